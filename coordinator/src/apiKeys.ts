@@ -1,0 +1,50 @@
+/**
+ * API keys: `sk-` + 32 random bytes, shown once; only the sha256 is stored.
+ * Lookups are cached briefly in memory to keep the database off the request path.
+ */
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import type { Db } from "./db/database.js";
+
+export interface ApiKeyInfo {
+  id: string;
+  name: string;
+}
+
+export function hashApiKey(secret: string): string {
+  return createHash("sha256").update(secret).digest("hex");
+}
+
+export async function createApiKey(db: Db, name: string): Promise<ApiKeyInfo & { secret: string }> {
+  const secret = `sk-${randomBytes(32).toString("base64url")}`;
+  const id = `key_${randomUUID()}`;
+  await db
+    .insertInto("api_keys")
+    .values({ id, name, key_hash: hashApiKey(secret) })
+    .execute();
+  return { id, name, secret };
+}
+
+const CACHE_MS = 5_000;
+
+export class ApiKeyVerifier {
+  private readonly cache = new Map<string, { info: ApiKeyInfo | undefined; until: number }>();
+
+  constructor(private readonly db: Db) {}
+
+  /** The key's record, or undefined for an unknown or revoked key. */
+  async verify(secret: string): Promise<ApiKeyInfo | undefined> {
+    const hash = hashApiKey(secret);
+    const now = Date.now();
+    const hit = this.cache.get(hash);
+    if (hit && hit.until > now) return hit.info;
+    const row = await this.db
+      .selectFrom("api_keys")
+      .select(["id", "name"])
+      .where("key_hash", "=", hash)
+      .where("revoked_at", "is", null)
+      .executeTakeFirst();
+    if (this.cache.size > 10_000) this.cache.clear();
+    this.cache.set(hash, { info: row, until: now + CACHE_MS });
+    return row;
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * Assembles and starts a coordinator: database, fleet, and the fastify plugins
+ * (errors, health, openai, control). One explicit context, no globals: what it
+ * needs comes in through CoordinatorOptions, and close() releases all of it.
+ */
+import websocket from "@fastify/websocket";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import type { Logger } from "pino";
+import { ApiKeyVerifier } from "./apiKeys.js";
+import { type Db, openDatabase } from "./db/database.js";
+import { errorsPlugin } from "./errors.js";
+import { Fleet } from "./fleet.js";
+import { controlPlugin } from "./plugins/control.js";
+import { healthPlugin } from "./plugins/health.js";
+import { openaiPlugin } from "./plugins/openai.js";
+
+export interface CoordinatorOptions {
+  host: string;
+  /** 0 picks a free port */
+  port: number;
+  /** PGlite data folder (or `memory://`), used when databaseUrl is absent */
+  dataDir: string;
+  databaseUrl?: string;
+  /** credential nodes present on the control channel */
+  nodeToken: string;
+  logger: Logger;
+  /** largest accepted request body, bytes */
+  bodyLimit?: number;
+}
+
+export interface Coordinator {
+  url: string;
+  app: FastifyInstance;
+  db: Db;
+  fleet: Fleet;
+  close(): Promise<void>;
+}
+
+export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinator> {
+  const db = await openDatabase({ dataDir: o.dataDir, databaseUrl: o.databaseUrl });
+  try {
+    const fleet = new Fleet();
+    const knownModels = new Set((await db.selectFrom("models").select("id").execute()).map((r) => r.id));
+    // jobs that were running when the coordinator last stopped cannot finish any more
+    await db
+      .updateTable("jobs")
+      .set({ status: "failed", error: "coordinator restarted", finished_at: new Date() })
+      .where("status", "=", "running")
+      .execute();
+    const app = Fastify({ loggerInstance: o.logger as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024 });
+    await app.register(errorsPlugin);
+    await app.register(websocket, { options: { perMessageDeflate: false, maxPayload: 16 * 1024 * 1024 } });
+    await app.register(healthPlugin, { fleet });
+    await app.register(controlPlugin, { db, fleet, knownModels, nodeToken: o.nodeToken });
+    await app.register(openaiPlugin, { db, fleet, knownModels, keys: new ApiKeyVerifier(db) });
+    const address = await app.listen({ host: o.host, port: o.port });
+    return {
+      url: address.replace("[::1]", "127.0.0.1"),
+      app,
+      db,
+      fleet,
+      async close() {
+        for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
+        await app.close();
+        await db.destroy();
+      },
+    };
+  } catch (err) {
+    await db.destroy();
+    throw err;
+  }
+}

@@ -1,0 +1,32 @@
+/**
+ * Opens the coordinator's database: embedded PGlite under `$SHAREDLLM_HOME/db`
+ * by default, PostgreSQL when a `DATABASE_URL` is given. Migrations run on open.
+ */
+import { mkdir } from "node:fs/promises";
+import { Kysely, PostgresDialect } from "kysely";
+import { KyselyPGlite } from "kysely-pglite";
+import pg from "pg";
+import { migrate } from "./migrations.js";
+import type { Database } from "./schema.js";
+
+export type Db = Kysely<Database>;
+
+export interface DatabaseOptions {
+  /** PostgreSQL connection string; when absent, PGlite in dataDir */
+  databaseUrl?: string;
+  /** PGlite data folder, or `memory://` */
+  dataDir: string;
+}
+
+export async function openDatabase(o: DatabaseOptions): Promise<Db> {
+  let db: Db;
+  if (o.databaseUrl) {
+    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: o.databaseUrl, max: 10 }) }) });
+  } else {
+    if (!o.dataDir.startsWith("memory://")) await mkdir(o.dataDir, { recursive: true });
+    const { dialect } = await KyselyPGlite.create(o.dataDir);
+    db = new Kysely<Database>({ dialect });
+  }
+  await migrate(db as Kysely<unknown>);
+  return db;
+}

@@ -1,0 +1,11 @@
+/** `GET /healthz`: liveness plus what a probe or a user wants to see at a glance. */
+import type { FastifyInstance } from "fastify";
+import type { Fleet } from "../fleet.js";
+
+export async function healthPlugin(app: FastifyInstance, o: { fleet: Fleet }): Promise<void> {
+  app.get("/healthz", async () => ({
+    status: "ok",
+    nodes: o.fleet.size,
+    models: [...new Set(o.fleet.list().flatMap((n) => [...n.models.keys()]))].sort(),
+  }));
+}

@@ -1,0 +1,238 @@
+/**
+ * The OpenAI-compatible API: `/v1/models`, `/v1/chat/completions`,
+ * `/v1/completions`, streaming and not. A job goes to a node over its control
+ * channel; streamed chunks are relayed to the client as they arrive, unchanged.
+ * A job that fails on a node before anything reached the client is retried on
+ * another node; a client that goes away cancels the generation on the node.
+ */
+import { randomUUID } from "node:crypto";
+import {
+  ApiError,
+  chatCompletionRequestSchema,
+  completionRequestSchema,
+  describeZodError,
+  errorBody,
+  type JobKind,
+  type JobStart,
+  type Usage,
+} from "@sharedllm/protocol";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { z } from "zod";
+import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
+import type { Db } from "../db/database.js";
+import type { JobStatus } from "../db/schema.js";
+import type { Fleet, JobSink } from "../fleet.js";
+
+export interface OpenAIPluginOptions {
+  db: Db;
+  fleet: Fleet;
+  keys: ApiKeyVerifier;
+  /** model ids ever served here (for 404 vs 503) */
+  knownModels: Set<string>;
+  /** attempts on different nodes before giving up */
+  maxAttempts?: number;
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    apiKey?: ApiKeyInfo;
+  }
+}
+
+const SSE_HEADERS = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+  connection: "keep-alive",
+  "x-accel-buffering": "no",
+};
+
+export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions): Promise<void> {
+  app.addHook("onRequest", async (req) => {
+    const header = req.headers.authorization;
+    if (!header) {
+      throw new ApiError("missing_api_key", "no API key: send it as 'Authorization: Bearer sk-...' (sharedllm up prints one)");
+    }
+    const m = /^Bearer\s+(\S+)$/i.exec(header);
+    const key = m?.[1] ? await o.keys.verify(m[1]) : undefined;
+    if (!key) throw new ApiError("invalid_api_key", "the API key is not valid (it may have been revoked)");
+    req.apiKey = key;
+  });
+
+  app.get("/v1/models", async () => {
+    const served = new Map<string, number>();
+    for (const n of o.fleet.list()) for (const id of n.models.keys()) served.set(id, (served.get(id) ?? 0) + 1);
+    return {
+      object: "list",
+      data: [...served].sort(([a], [b]) => a.localeCompare(b)).map(([id, nodes]) => modelObject(id, nodes)),
+    };
+  });
+
+  app.get<{ Params: { model: string } }>("/v1/models/:model", async (req) => {
+    const nodes = o.fleet.list().filter((n) => n.models.has(req.params.model)).length;
+    if (!nodes && !o.knownModels.has(req.params.model)) throw unknownModel(req.params.model);
+    return modelObject(req.params.model, nodes);
+  });
+
+  app.post("/v1/chat/completions", (req, reply) => generate("chat", chatCompletionRequestSchema, req, reply));
+  app.post("/v1/completions", (req, reply) => generate("completion", completionRequestSchema, req, reply));
+
+  function unknownModel(model: string) {
+    const served = [...new Set(o.fleet.list().flatMap((n) => [...n.models.keys()]))];
+    return new ApiError(
+      "model_not_found",
+      `model "${model}" does not exist here; available: ${served.join(", ") || "none (no node is connected)"}`,
+      { param: "model" },
+    );
+  }
+
+  async function generate(kind: JobKind, schema: z.ZodType<Record<string, unknown>>, req: FastifyRequest, reply: FastifyReply) {
+    if (typeof req.body !== "object" || req.body === null || Array.isArray(req.body)) {
+      throw new ApiError("invalid_request", "the request body must be a JSON object");
+    }
+    const parsed = schema.safeParse(req.body);
+    if (!parsed.success) {
+      const { message, param } = describeZodError(parsed.error);
+      throw new ApiError("invalid_request", message, { param: param ?? undefined });
+    }
+    const body = parsed.data as { model: string; stream?: boolean; stream_options?: { include_usage?: boolean } | null };
+    if (!o.fleet.servesModel(body.model) && !o.knownModels.has(body.model)) throw unknownModel(body.model);
+
+    const jobId = `job_${randomUUID()}`;
+    const stream = body.stream === true;
+    const job: JobStart = {
+      type: "job.start",
+      jobId,
+      kind,
+      stream,
+      includeUsage: body.stream_options?.include_usage === true,
+      request: parsed.data,
+    };
+    const apiKey = req.apiKey as ApiKeyInfo;
+    // recorded alongside dispatch, not before it: the insert stays off the time to first token
+    const recorded = o.db
+      .insertInto("jobs")
+      .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, status: "running", stream })
+      .execute();
+    let nodeId: string | null = null;
+    const finish = async (status: JobStatus, usage?: Usage, error?: string) => {
+      await recorded;
+      await o.db
+        .updateTable("jobs")
+        .set({
+          status,
+          node_id: nodeId,
+          prompt_tokens: usage?.prompt_tokens ?? null,
+          completion_tokens: usage?.completion_tokens ?? null,
+          error: error ?? null,
+          finished_at: new Date(),
+        })
+        .where("id", "=", jobId)
+        .execute();
+    };
+
+    const raw = reply.raw;
+    let settled = false;
+    let headersSent = false;
+    const tried = new Set<string>();
+    const maxAttempts = o.maxAttempts ?? 3;
+
+    return new Promise<unknown>((resolve, reject) => {
+      const fail = (err: ApiError) => {
+        settled = true;
+        finish("failed", undefined, err.message).then(
+          () => reject(err),
+          () => reject(err),
+        );
+      };
+      const onClientGone = () => {
+        if (settled) return;
+        settled = true;
+        o.fleet.cancel(jobId);
+        finish("cancelled", undefined, "client disconnected").catch((err) => req.log.error({ err }, "recording job failed"));
+        resolve(undefined);
+      };
+      raw.on("close", () => {
+        if (!raw.writableFinished) onClientGone();
+      });
+
+      const sink: JobSink = {
+        chunk(data) {
+          if (settled) return;
+          if (!headersSent) {
+            headersSent = true;
+            reply.hijack();
+            raw.socket?.setNoDelay(true);
+            raw.writeHead(200, SSE_HEADERS);
+          }
+          raw.write(`data: ${data}\n\n`);
+        },
+        end(usage) {
+          if (settled) return;
+          settled = true;
+          finish("completed", usage).then(
+            () => {
+              if (!headersSent) {
+                reply.hijack();
+                raw.writeHead(200, SSE_HEADERS);
+              }
+              raw.end("data: [DONE]\n\n");
+              resolve(undefined);
+            },
+            (err) => {
+              req.log.error({ err }, "recording job failed");
+              raw.end(`data: ${JSON.stringify(errorBody("internal_error", "the coordinator could not record this job"))}\n\n`);
+              resolve(undefined);
+            },
+          );
+        },
+        result(resBody) {
+          if (settled) return;
+          settled = true;
+          finish("completed", resBody.usage as Usage | undefined).then(
+            () => resolve(resBody),
+            (err) => {
+              req.log.error({ err }, "recording job failed");
+              reject(new ApiError("internal_error", "the coordinator could not record this job"));
+            },
+          );
+        },
+        error(e) {
+          if (settled) return;
+          if (!headersSent && e.retryable && tried.size < maxAttempts) {
+            req.log.warn({ jobId, nodeId, reason: e.message }, "job failed on a node before output; trying another");
+            return attempt();
+          }
+          const err =
+            e.status !== undefined && e.status < 500
+              ? new ApiError("invalid_request", e.message)
+              : new ApiError("node_failed", `generation failed on the serving node: ${e.message}`);
+          if (!headersSent) return fail(err);
+          settled = true;
+          finish("failed", undefined, err.message).catch((dbErr) => req.log.error({ err: dbErr }, "recording job failed"));
+          raw.end(`data: ${JSON.stringify(err.toBody())}\n\n`);
+          resolve(undefined);
+        },
+      };
+
+      const attempt = (): void => {
+        const node = o.fleet.pick(body.model, tried);
+        if (!node) {
+          fail(
+            tried.size
+              ? new ApiError("node_failed", `every node serving "${body.model}" failed this request; try again shortly`)
+              : new ApiError("no_capacity", `no node serving "${body.model}" has capacity right now; try again shortly`),
+          );
+          return;
+        }
+        tried.add(node.id);
+        nodeId = node.id;
+        o.fleet.dispatch(node, job, sink);
+      };
+      attempt();
+    });
+  }
+}
+
+function modelObject(id: string, nodes: number) {
+  return { id, object: "model", created: 0, owned_by: "sharedllm", nodes };
+}

@@ -1,0 +1,31 @@
+/**
+ * The `sharedllm` command. Every subcommand has --help; errors print one line
+ * that says what to do and exit non-zero (2 for usage errors, 1 otherwise).
+ */
+import { Command, CommanderError } from "commander";
+import { ModelError } from "../models/store.js";
+import { engineCommand } from "./engine.js";
+import { modelsCommand } from "./models.js";
+import { upCommand } from "./up.js";
+
+const program = new Command("sharedllm")
+  .description("Community-owned LLM inference: run a coordinator and nodes that serve llama.cpp behind an OpenAI-compatible API")
+  .version("0.1.0")
+  .showHelpAfterError("(run with --help for usage)")
+  .exitOverride();
+
+program.addCommand(upCommand());
+program.addCommand(engineCommand());
+program.addCommand(modelsCommand());
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // help and version exit 0; usage errors were already printed by commander
+    process.exit(err.exitCode === 0 ? 0 : 2);
+  }
+  const message = err instanceof ModelError || err instanceof Error ? err.message : String(err);
+  process.stderr.write(`sharedllm: ${message}\n`);
+  process.exit(1);
+}

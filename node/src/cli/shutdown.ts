@@ -1,0 +1,19 @@
+/**
+ * One AbortSignal for the whole process, fired by the first SIGINT or SIGTERM;
+ * a second signal exits at once. Everything long-running listens to it.
+ */
+let controller: AbortController | undefined;
+
+export function shutdownSignal(): AbortSignal {
+  if (!controller) {
+    const c = new AbortController();
+    controller = c;
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (c.signal.aborted) process.exit(130);
+      c.abort(new Error(`interrupted by ${sig}`));
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  }
+  return controller.signal;
+}

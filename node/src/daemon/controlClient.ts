@@ -1,0 +1,137 @@
+/**
+ * The node's end of the control channel: dials the coordinator's WebSocket,
+ * says hello, runs the jobs it is sent, and reconnects with exponential back-off
+ * and jitter whenever the connection drops. Jobs in flight when the channel drops
+ * are aborted: the coordinator has already failed them to their clients.
+ */
+import {
+  CLOSE_REFUSED,
+  CONTROL_PATH,
+  CONTROL_PROTOCOL_VERSION,
+  type CoordinatorFrame,
+  type Hello,
+  type JobStart,
+  type NodeFrame,
+} from "@sharedllm/protocol";
+import type { Logger } from "pino";
+import WebSocket from "ws";
+
+export interface ControlClientOptions {
+  coordinatorUrl: string;
+  /** bearer credential for the WebSocket upgrade */
+  token: string;
+  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots">;
+  runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
+  logger: Logger;
+  /** first reconnect delay; doubles up to maxBackoffMs, with +-50% jitter */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export class ControlClient {
+  private ws: WebSocket | undefined;
+  private readonly jobs = new Map<string, AbortController>();
+  private closed = false;
+  private attempt = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private connectedOnce: Promise<void>;
+  private markConnected!: () => void;
+  connected = false;
+
+  constructor(private readonly o: ControlClientOptions) {
+    this.connectedOnce = new Promise((r) => {
+      this.markConnected = r;
+    });
+  }
+
+  /** Starts dialling; resolves once the coordinator has welcomed this node (first time). */
+  start(): Promise<void> {
+    this.dial();
+    return this.connectedOnce;
+  }
+
+  get activeJobs(): number {
+    return this.jobs.size;
+  }
+
+  private dial(): void {
+    if (this.closed) return;
+    const url = new URL(CONTROL_PATH, this.o.coordinatorUrl.replace(/^http/, "ws"));
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${this.o.token}` }, perMessageDeflate: false });
+    this.ws = ws;
+    ws.on("open", () => {
+      const frame: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello() };
+      ws.send(JSON.stringify(frame));
+    });
+    ws.on("message", (data) => this.onFrame(ws, JSON.parse(data.toString()) as CoordinatorFrame));
+    ws.on("unexpected-response", (_req, res) => {
+      this.o.logger.error({ status: res.statusCode }, "coordinator refused the control channel (check the node token)");
+      ws.terminate();
+    });
+    ws.on("error", (err) => this.o.logger.debug({ err: err.message }, "control channel error"));
+    ws.on("close", (code, reason) => {
+      if (this.ws === ws) this.ws = undefined;
+      if (this.connected && !this.closed) this.o.logger.warn({ code, reason: reason.toString() }, "control channel closed");
+      this.connected = false;
+      for (const ctl of this.jobs.values()) ctl.abort();
+      this.jobs.clear();
+      if (code === CLOSE_REFUSED) this.o.logger.error({ reason: reason.toString() }, "coordinator refused this node");
+      this.scheduleReconnect();
+    });
+  }
+
+  private onFrame(ws: WebSocket, frame: CoordinatorFrame): void {
+    switch (frame.type) {
+      case "welcome":
+        this.attempt = 0;
+        this.connected = true;
+        this.o.logger.info({ nodeId: frame.nodeId }, "connected to coordinator");
+        this.markConnected();
+        return;
+      case "job.start": {
+        const ctl = new AbortController();
+        this.jobs.set(frame.jobId, ctl);
+        const send = (f: NodeFrame) => {
+          if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(f));
+        };
+        this.o
+          .runJob(frame, send, ctl.signal)
+          .catch((err: Error) => {
+            this.o.logger.error({ err, jobId: frame.jobId }, "job crashed");
+            send({ type: "job.error", jobId: frame.jobId, message: "internal node error", retryable: false });
+          })
+          .finally(() => this.jobs.delete(frame.jobId));
+        return;
+      }
+      case "job.cancel":
+        this.jobs.get(frame.jobId)?.abort();
+        this.jobs.delete(frame.jobId);
+        return;
+      case "error":
+        this.o.logger.error({ message: frame.message }, "coordinator reported an error");
+        return;
+    }
+  }
+
+  private scheduleReconnect(): void {
+    if (this.closed) return;
+    const base = Math.min((this.o.backoffMs ?? 250) * 2 ** this.attempt, this.o.maxBackoffMs ?? 10_000);
+    this.attempt++;
+    const delay = base * (0.5 + Math.random());
+    this.timer = setTimeout(() => this.dial(), delay);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    for (const ctl of this.jobs.values()) ctl.abort();
+    const ws = this.ws;
+    if (ws && ws.readyState !== WebSocket.CLOSED) {
+      await new Promise<void>((r) => {
+        ws.once("close", () => r());
+        ws.close(1000, "node stopping");
+        setTimeout(() => ws.terminate(), 2_000).unref();
+      });
+    }
+  }
+}

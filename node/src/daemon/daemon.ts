@@ -1,0 +1,106 @@
+/**
+ * The node daemon, solo role: makes sure the engine and the model are here,
+ * runs a supervised llama-server for the model on 127.0.0.1, and serves jobs
+ * that arrive over the control channel it dials to the coordinator.
+ */
+import { randomUUID } from "node:crypto";
+import { mkdir, readFile } from "node:fs/promises";
+import { cpus } from "node:os";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { type Engine, ensureEngine } from "../engine/build.js";
+import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
+import { writeFileAtomic } from "../lock.js";
+import { ModelStore } from "../models/store.js";
+import type { Paths } from "../paths.js";
+import { type ProgressFactory, silentProgress } from "../progress.js";
+import { ControlClient } from "./controlClient.js";
+import { runJob } from "./jobRunner.js";
+
+export interface NodeDaemonOptions {
+  paths: Paths;
+  coordinatorUrl: string;
+  /** the coordinator's node credential */
+  token: string;
+  /** model id in the store, or a source to pull (`default`, `hf:...`, a path) */
+  model: string;
+  /** parallel jobs; default 2 */
+  slots?: number;
+  /** context tokens per slot; default 4096 */
+  contextPerSlot?: number;
+  threads?: number;
+  logger: Logger;
+  progress?: ProgressFactory;
+  signal?: AbortSignal;
+}
+
+export interface NodeDaemon {
+  nodeId: string;
+  engine: Engine;
+  llama: LlamaServer;
+  control: ControlClient;
+  stop(): Promise<void>;
+}
+
+/** This instance's node id, created once and kept in `$SHAREDLLM_HOME/node.json`. */
+export async function nodeIdentity(home: string): Promise<string> {
+  const file = join(home, "node.json");
+  try {
+    return (JSON.parse(await readFile(file, "utf8")) as { nodeId: string }).nodeId;
+  } catch {
+    const nodeId = `node-${randomUUID()}`;
+    await mkdir(home, { recursive: true });
+    await writeFileAtomic(file, `${JSON.stringify({ nodeId }, null, 2)}\n`);
+    return nodeId;
+  }
+}
+
+export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
+  const progress = o.progress ?? silentProgress;
+  const nodeId = await nodeIdentity(o.paths.home);
+  const engine = await ensureEngine({ cache: o.paths.cache, progress, signal: o.signal });
+  const store = new ModelStore(o.paths.cache);
+  const model = (await store.get(o.model)) ?? (await store.pull(o.model, { progress, signal: o.signal }));
+  const slots = o.slots ?? 2;
+  const contextPerSlot = o.contextPerSlot ?? 4096;
+  const llama = await startLlamaServer({
+    engine,
+    modelId: model.id,
+    modelPath: store.blobPath(model.sha256),
+    slots,
+    contextPerSlot,
+    threads: o.threads ?? Math.max(1, cpus().length),
+    logDir: join(o.paths.home, "logs"),
+  });
+  const log = o.logger.child({ nodeId });
+  llama.supervisor.on("exit", (code, signal) => log.warn({ code, signal }, "llama-server exited; restarting"));
+  llama.supervisor.on("ready", () => log.info({ url: llama.url }, "llama-server ready"));
+  const control = new ControlClient({
+    coordinatorUrl: o.coordinatorUrl,
+    token: o.token,
+    logger: log,
+    hello: () => ({
+      nodeId,
+      engine: { tag: engine.tag, variant: engine.variant },
+      models: [{ id: model.id, sha256: model.sha256, contextSize: contextPerSlot }],
+      slots,
+    }),
+    runJob: (job, send, signal) => runJob(job, llama.url, send, signal),
+  });
+  try {
+    await control.start();
+  } catch (err) {
+    await llama.supervisor.stop();
+    throw err;
+  }
+  return {
+    nodeId,
+    engine,
+    llama,
+    control,
+    async stop() {
+      await control.close();
+      await llama.supervisor.stop();
+    },
+  };
+}

@@ -1,0 +1,223 @@
+/**
+ * Engine manager: builds `llama-server` and `ggml-rpc-server` from the llama.cpp
+ * source that the pinned node-llama-cpp package bundles, once per machine, into
+ * `$SHAREDLLM_CACHE/engine/<tag>-<variant>/`.
+ *
+ * A build happens in a private work folder and becomes visible only by an atomic
+ * rename of a finished folder that holds `engine.json`; an interrupted or failed
+ * build therefore never leaves anything that a later run takes as good.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { cpus } from "node:os";
+import { dirname, join } from "node:path";
+import { acquireLock, isAlive } from "../lock.js";
+import { type ProgressFactory, silentProgress } from "../progress.js";
+
+export type EngineVariant = "cpu" | "cuda" | "vulkan";
+
+export interface Engine {
+  /** llama.cpp release tag from node-llama-cpp, e.g. `b1234` */
+  tag: string;
+  variant: EngineVariant;
+  dir: string;
+  binDir: string;
+  llamaServer: string;
+  rpcServer: string;
+  builtAt: string;
+}
+
+const TARGETS = ["llama-server", "ggml-rpc-server"] as const;
+const require = createRequire(import.meta.url);
+
+/** The llama.cpp source bundled in node-llama-cpp and its release tag. */
+export async function bundledSource(): Promise<{ bundle: string; tag: string }> {
+  // the package exports no ./package.json: walk up from its entry point
+  let pkgDir = dirname(require.resolve("node-llama-cpp"));
+  while (!existsSync(join(pkgDir, "llama", "gitRelease.bundle"))) {
+    if (dirname(pkgDir) === pkgDir) throw new Error("node-llama-cpp has no bundled llama.cpp source; run npm install");
+    pkgDir = dirname(pkgDir);
+  }
+  const info = JSON.parse(await readFile(join(pkgDir, "llama", "llama.cpp.info.json"), "utf8")) as {
+    tag: string;
+  };
+  return { bundle: join(pkgDir, "llama", "gitRelease.bundle"), tag: info.tag };
+}
+
+/** CUDA or Vulkan only where both the toolkit and a device exist; override with SHAREDLLM_ENGINE_VARIANT. */
+export function detectVariant(env: NodeJS.ProcessEnv = process.env): EngineVariant {
+  const forced = env.SHAREDLLM_ENGINE_VARIANT;
+  if (forced === "cpu" || forced === "cuda" || forced === "vulkan") return forced;
+  const ok = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: "ignore" }).status === 0;
+  if (ok("nvcc", ["--version"]) && ok("nvidia-smi", ["-L"])) return "cuda";
+  if (ok("glslc", ["--version"]) && ok("vulkaninfo", ["--summary"])) return "vulkan";
+  return "cpu";
+}
+
+function engineDir(cache: string, tag: string, variant: EngineVariant): string {
+  return join(cache, "engine", `${tag}-${variant}`);
+}
+
+/** The finished engine in the cache, or undefined when none is built. */
+export async function findEngine(cache: string, variant: EngineVariant = detectVariant()): Promise<Engine | undefined> {
+  const { tag } = await bundledSource();
+  const dir = engineDir(cache, tag, variant);
+  try {
+    const engine = JSON.parse(await readFile(join(dir, "engine.json"), "utf8")) as Engine;
+    if (existsSync(engine.llamaServer) && existsSync(engine.rpcServer)) return engine;
+  } catch {
+    // no finished build here
+  }
+  return undefined;
+}
+
+export interface BuildOptions {
+  cache: string;
+  variant?: EngineVariant;
+  progress?: ProgressFactory;
+  signal?: AbortSignal;
+  /** build threads; default: all cores */
+  jobs?: number;
+}
+
+/** Returns the cached engine, building it first when needed. */
+export async function ensureEngine(opts: BuildOptions): Promise<Engine> {
+  const variant = opts.variant ?? detectVariant();
+  const found = await findEngine(opts.cache, variant);
+  if (found) return found;
+  const { bundle, tag } = await bundledSource();
+  const root = join(opts.cache, "engine");
+  await mkdir(root, { recursive: true });
+  const release = await acquireLock(join(root, `.lock-${tag}-${variant}`), opts.signal);
+  try {
+    // another process may have finished the build while we waited for the lock
+    const built = await findEngine(opts.cache, variant);
+    if (built) return built;
+    await removeStaleWork(root);
+    return await build({ ...opts, variant, bundle, tag, root });
+  } finally {
+    await release();
+  }
+}
+
+async function build(o: BuildOptions & { variant: EngineVariant; bundle: string; tag: string; root: string }): Promise<Engine> {
+  const work = join(o.root, `.work-${o.tag}-${o.variant}-${process.pid}`);
+  const progress = (o.progress ?? silentProgress)(`engine ${o.tag}-${o.variant}`);
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  try {
+    const src = join(work, "src");
+    const out = join(work, "build");
+    progress.update(0, "unpacking llama.cpp source");
+    await run("git", ["clone", "--quiet", o.bundle, src], { signal: o.signal });
+    const flags = [
+      "-DCMAKE_BUILD_TYPE=Release",
+      "-DGGML_RPC=ON",
+      "-DLLAMA_CURL=OFF",
+      "-DLLAMA_OPENSSL=OFF",
+      "-DLLAMA_BUILD_UI=OFF",
+      "-DLLAMA_USE_PREBUILT_UI=OFF",
+      "-DLLAMA_BUILD_TESTS=OFF",
+      "-DLLAMA_BUILD_EXAMPLES=OFF",
+      ...(o.variant === "cuda" ? ["-DGGML_CUDA=ON"] : []),
+      ...(o.variant === "vulkan" ? ["-DGGML_VULKAN=ON"] : []),
+    ];
+    progress.update(0, "configuring");
+    await run("cmake", ["-S", src, "-B", out, ...flags], { signal: o.signal, log: join(work, "configure.log") });
+    const jobs = String(o.jobs ?? Math.max(1, cpus().length));
+    await run("cmake", ["--build", out, "--config", "Release", "-j", jobs, "--target", ...TARGETS], {
+      signal: o.signal,
+      log: join(work, "build.log"),
+      onLine(line) {
+        const m = /^\[\s*(\d+)%\]\s*(.*)$/.exec(line);
+        if (m) progress.update(Number(m[1]) / 100, (m[2] ?? "").replace(/^Building \w+ object /, ""));
+      },
+    });
+    const stage = join(work, "stage");
+    await mkdir(stage);
+    await rename(join(out, "bin"), join(stage, "bin"));
+    const final = engineDir(o.cache, o.tag, o.variant);
+    const binDir = join(final, "bin");
+    const engine: Engine = {
+      tag: o.tag,
+      variant: o.variant,
+      dir: final,
+      binDir,
+      llamaServer: join(binDir, "llama-server"),
+      rpcServer: join(binDir, "ggml-rpc-server"),
+      builtAt: new Date().toISOString(),
+    };
+    for (const target of TARGETS) {
+      if (!existsSync(join(stage, "bin", target))) throw new Error(`engine build produced no ${target}; see ${work}`);
+    }
+    await writeFile(join(stage, "engine.json"), `${JSON.stringify(engine, null, 2)}\n`);
+    await rm(final, { recursive: true, force: true });
+    await rename(stage, final);
+    await rm(work, { recursive: true, force: true });
+    progress.done(`built into ${final}`);
+    return engine;
+  } catch (err) {
+    // keep the logs of a failed build for the user, but never in the final place
+    if (o.signal?.aborted) await rm(work, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+interface RunOptions {
+  signal?: AbortSignal;
+  log?: string;
+  onLine?: (line: string) => void;
+}
+
+/** Runs a build step in its own process group, so an abort stops the whole compiler tree. */
+function run(cmd: string, args: string[], o: RunOptions): Promise<void> {
+  return new Promise((resolvePromise, reject) => {
+    if (o.signal?.aborted) return reject(o.signal.reason);
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const lines: string[] = [];
+    let partial = "";
+    const onData = (buf: Buffer) => {
+      partial += buf.toString("utf8");
+      const parts = partial.split("\n");
+      partial = parts.pop() ?? "";
+      for (const line of parts) {
+        lines.push(line);
+        o.onLine?.(line);
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    const abort = () => {
+      if (child.pid) {
+        try {
+          process.kill(-child.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    };
+    o.signal?.addEventListener("abort", abort, { once: true });
+    child.on("error", (err) => {
+      o.signal?.removeEventListener("abort", abort);
+      reject(new Error(`could not run ${cmd}: ${err.message}. Install it (Debian: apt-get install ${cmd}).`));
+    });
+    child.on("close", async (code, sig) => {
+      o.signal?.removeEventListener("abort", abort);
+      if (o.log) await writeFile(o.log, lines.join("\n")).catch(() => {});
+      if (o.signal?.aborted) return reject(o.signal.reason ?? new Error("aborted"));
+      if (code === 0) return resolvePromise();
+      const tail = lines.slice(-30).join("\n");
+      reject(new Error(`${cmd} ${args.slice(0, 2).join(" ")} failed (${sig ?? `exit ${code}`}):\n${tail}`));
+    });
+  });
+}
+
+/** Work folders of builds whose process died (crash, SIGKILL) are removed. */
+async function removeStaleWork(root: string): Promise<void> {
+  for (const name of await readdir(root)) {
+    const m = /^\.work-.*-(\d+)$/.exec(name);
+    if (m && !isAlive(Number(m[1]))) await rm(join(root, name), { recursive: true, force: true });
+  }
+}

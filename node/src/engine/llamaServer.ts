@@ -1,0 +1,62 @@
+/**
+ * Runs llama-server for one model on 127.0.0.1, supervised. The model is served
+ * under its stable id (`--alias`), so responses name it as the API does.
+ */
+import { join } from "node:path";
+import type { Engine } from "./build.js";
+import { freePort } from "./freePort.js";
+import { Supervisor } from "./supervisor.js";
+
+export interface LlamaServerOptions {
+  engine: Engine;
+  modelId: string;
+  modelPath: string;
+  /** parallel sequences (llama-server slots) */
+  slots: number;
+  /** context tokens per slot */
+  contextPerSlot: number;
+  /** CPU threads; default: llama.cpp's choice */
+  threads?: number;
+  port?: number;
+  logDir: string;
+  /** extra llama-server arguments, e.g. `--rpc` for a cluster head */
+  extraArgs?: string[];
+}
+
+export interface LlamaServer {
+  url: string;
+  port: number;
+  supervisor: Supervisor;
+}
+
+export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServer> {
+  const port = o.port ?? (await freePort());
+  const url = `http://127.0.0.1:${port}`;
+  const args = [
+    "--model",
+    o.modelPath,
+    "--alias",
+    o.modelId,
+    "--host",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--parallel",
+    String(o.slots),
+    "--ctx-size",
+    String(o.slots * o.contextPerSlot),
+    "--no-webui",
+    ...(o.threads ? ["--threads", String(o.threads)] : []),
+    ...(o.extraArgs ?? []),
+  ];
+  const supervisor = new Supervisor({
+    name: "llama-server",
+    command: o.engine.llamaServer,
+    args,
+    env: { ...process.env, LD_LIBRARY_PATH: [o.engine.binDir, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":") },
+    logFile: join(o.logDir, `llama-server-${o.modelId}.log`),
+    healthCheck: async () => (await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000) })).ok,
+  });
+  await supervisor.start();
+  return { url, port, supervisor };
+}

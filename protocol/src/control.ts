@@ -1,0 +1,94 @@
+/**
+ * The control channel: one WebSocket per node, dialled out by the node (so it
+ * works behind NAT), carrying JSON text frames. The first frame each way is a
+ * handshake with the protocol version; a major mismatch is refused with a reason.
+ * Unknown extra fields are tolerated; missing required ones are rejected.
+ */
+import { z } from "zod";
+
+export const CONTROL_PROTOCOL_VERSION = 1;
+/** Path of the control-channel WebSocket on the coordinator. */
+export const CONTROL_PATH = "/v1/control";
+/** WebSocket close code the coordinator uses when it refuses a node. */
+export const CLOSE_REFUSED = 4001;
+
+const usageSchema = z.object({
+  prompt_tokens: z.number().int().nonnegative(),
+  completion_tokens: z.number().int().nonnegative(),
+  total_tokens: z.number().int().nonnegative(),
+});
+
+export const servedModelSchema = z.looseObject({
+  id: z.string().min(1),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** context window per slot, tokens */
+  contextSize: z.number().int().positive(),
+});
+export type ServedModel = z.infer<typeof servedModelSchema>;
+
+/** node -> coordinator, first frame */
+export const helloSchema = z.looseObject({
+  type: z.literal("hello"),
+  protocol: z.number().int(),
+  nodeId: z.string().min(1).max(128),
+  engine: z.looseObject({ tag: z.string(), variant: z.string() }),
+  models: z.array(servedModelSchema),
+  /** how many jobs the node runs at once */
+  slots: z.number().int().positive(),
+});
+export type Hello = z.infer<typeof helloSchema>;
+
+/** coordinator -> node, answer to hello */
+export interface Welcome {
+  type: "welcome";
+  protocol: number;
+  nodeId: string;
+}
+
+/** coordinator -> node: run a job. `request` is the validated OpenAI body, passed through. */
+export interface JobStart {
+  type: "job.start";
+  jobId: string;
+  kind: "chat" | "completion";
+  stream: boolean;
+  /** whether the client asked for the usage chunk at the end of the stream */
+  includeUsage: boolean;
+  request: Record<string, unknown>;
+}
+
+/** coordinator -> node: the client went away or the job was abandoned */
+export interface JobCancel {
+  type: "job.cancel";
+  jobId: string;
+}
+
+/** coordinator -> node: refusal or protocol error; the socket closes after it */
+export interface ControlErrorFrame {
+  type: "error";
+  message: string;
+}
+
+export type CoordinatorFrame = Welcome | JobStart | JobCancel | ControlErrorFrame;
+
+/** node -> coordinator: one server-sent event's data, to relay verbatim */
+export const jobChunkSchema = z.object({ type: z.literal("job.chunk"), jobId: z.string(), data: z.string() });
+/** node -> coordinator: the whole response of a non-streaming job */
+export const jobResultSchema = z.object({ type: z.literal("job.result"), jobId: z.string(), body: z.looseObject({}) });
+/** node -> coordinator: a stream finished; usage as metered by the engine */
+export const jobEndSchema = z.object({ type: z.literal("job.end"), jobId: z.string(), usage: usageSchema });
+/** node -> coordinator: the job failed on the node */
+export const jobErrorSchema = z.object({
+  type: z.literal("job.error"),
+  jobId: z.string(),
+  message: z.string(),
+  /** true when the engine failed before producing anything, so another node may retry */
+  retryable: z.boolean(),
+  /** set when the engine itself rejected the request (e.g. prompt longer than the context) */
+  status: z.number().int().optional(),
+});
+
+export const nodeFrameSchema = z.discriminatedUnion("type", [helloSchema, jobChunkSchema, jobResultSchema, jobEndSchema, jobErrorSchema]);
+export type NodeFrame = z.infer<typeof nodeFrameSchema>;
+export type JobChunk = z.infer<typeof jobChunkSchema>;
+export type JobEnd = z.infer<typeof jobEndSchema>;
+export type JobErrorFrame = z.infer<typeof jobErrorSchema>;

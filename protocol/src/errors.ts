@@ -1,0 +1,54 @@
+/**
+ * The closed catalog of errors a client can see. Each code has one HTTP status and
+ * one OpenAI error type; bodies are always `{ error: { message, type, code, param } }`.
+ */
+export const ERROR_CATALOG = {
+  invalid_json: { status: 400, type: "invalid_request_error" },
+  invalid_request: { status: 400, type: "invalid_request_error" },
+  missing_api_key: { status: 401, type: "authentication_error" },
+  invalid_api_key: { status: 401, type: "authentication_error" },
+  insufficient_credits: { status: 402, type: "insufficient_quota" },
+  model_not_found: { status: 404, type: "invalid_request_error" },
+  not_found: { status: 404, type: "invalid_request_error" },
+  method_not_allowed: { status: 405, type: "invalid_request_error" },
+  payload_too_large: { status: 413, type: "invalid_request_error" },
+  unsupported_media_type: { status: 415, type: "invalid_request_error" },
+  internal_error: { status: 500, type: "server_error" },
+  node_failed: { status: 502, type: "server_error" },
+  no_capacity: { status: 503, type: "service_unavailable" },
+  timeout: { status: 504, type: "server_error" },
+} as const satisfies Record<string, { status: number; type: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOG;
+
+export interface OpenAIErrorBody {
+  error: { message: string; type: string; code: ErrorCode; param: string | null };
+}
+
+/** An error meant for the client: stable code, status and a message that says what to do. */
+export class ApiError extends Error {
+  override name = "ApiError";
+  readonly code: ErrorCode;
+  readonly param: string | null;
+  /** whether trying another node may succeed (the scheduler fails over on these) */
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, opts: { param?: string; retryable?: boolean; cause?: unknown } = {}) {
+    super(message, { cause: opts.cause });
+    this.code = code;
+    this.param = opts.param ?? null;
+    this.retryable = opts.retryable ?? false;
+  }
+
+  get status(): number {
+    return ERROR_CATALOG[this.code].status;
+  }
+
+  toBody(): OpenAIErrorBody {
+    return errorBody(this.code, this.message, this.param);
+  }
+}
+
+export function errorBody(code: ErrorCode, message: string, param: string | null = null): OpenAIErrorBody {
+  return { error: { message, type: ERROR_CATALOG[code].type, code, param } };
+}
