@@ -27,9 +27,10 @@ export interface NodeView {
 export const QUEUE_FACTOR = 8;
 
 /**
- * Picks the node for a job: it must serve the model, not be cooling off after a
- * failure, and have queue room; among those the least loaded per slot wins (ties:
- * most slots, then id, so the choice is deterministic).
+ * Picks the node for a job: it must serve the model and have queue room; among
+ * those the least loaded per slot wins (ties: most slots, then id, so the choice
+ * is deterministic). Nodes cooling off after an engine failure are used only when
+ * no other node can take the job.
  */
 export function pickNode(
   nodes: Iterable<NodeView>,
@@ -38,14 +39,14 @@ export function pickNode(
   exclude: ReadonlySet<string> = new Set(),
 ): NodeView | undefined {
   let best: NodeView | undefined;
-  let bestLoad = Number.POSITIVE_INFINITY;
+  let bestRank = Number.POSITIVE_INFINITY;
   for (const n of nodes) {
-    if (exclude.has(n.id) || !n.models.has(model) || n.coolingUntil > now) continue;
-    if (n.active >= n.slots * QUEUE_FACTOR) continue;
-    const load = n.active / n.slots;
-    if (load < bestLoad || (load === bestLoad && best && (n.slots > best.slots || (n.slots === best.slots && n.id < best.id)))) {
+    if (exclude.has(n.id) || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR) continue;
+    // cooling nodes rank after every healthy one (load per slot stays below QUEUE_FACTOR)
+    const rank = n.active / n.slots + (n.coolingUntil > now ? QUEUE_FACTOR : 0);
+    if (rank < bestRank || (rank === bestRank && best && (n.slots > best.slots || (n.slots === best.slots && n.id < best.id)))) {
       best = n;
-      bestLoad = load;
+      bestRank = rank;
     }
   }
   return best;

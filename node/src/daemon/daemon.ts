@@ -17,6 +17,9 @@ import { type ProgressFactory, silentProgress } from "../progress.js";
 import { ControlClient } from "./controlClient.js";
 import { runJob } from "./jobRunner.js";
 
+/** How long a job waits for a restarting llama-server before it is handed back. */
+const ENGINE_WAIT_MS = 30_000;
+
 export interface NodeDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
@@ -85,7 +88,14 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       models: [{ id: model.id, sha256: model.sha256, contextSize: contextPerSlot }],
       slots,
     }),
-    runJob: (job, send, signal) => runJob(job, llama.url, send, signal),
+    runJob: async (job, send, signal) => {
+      // a job that arrives while llama-server restarts waits for it instead of failing
+      if (!llama.supervisor.ready && !(await llama.supervisor.whenReady(ENGINE_WAIT_MS, signal))) {
+        send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
+        return;
+      }
+      await runJob(job, llama.url, send, signal);
+    },
   });
   try {
     await control.start();

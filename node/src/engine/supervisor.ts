@@ -56,6 +56,24 @@ export class Supervisor extends EventEmitter<{
     return this.child?.pid;
   }
 
+  /** Resolves true once the process is (again) ready, false on timeout, abort or stop. */
+  whenReady(timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this._ready) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.off("ready", onReady);
+        signal?.removeEventListener("abort", onAbort);
+        resolve(ok);
+      };
+      const onReady = () => done(true);
+      const onAbort = () => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.on("ready", onReady);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
   /** The last lines the process printed, for error messages. */
   logTail(lines = 20): string {
     return this.tail.slice(-lines).join("\n");

@@ -1,0 +1,39 @@
+import type { ServedModel } from "@sharedllm/protocol";
+import { describe, expect, it } from "vitest";
+import { type NodeView, pickNode, QUEUE_FACTOR } from "./fleet.js";
+
+const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
+const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = {}): NodeView => ({
+  id,
+  models: new Map([["m", model]]),
+  slots,
+  active,
+  coolingUntil: 0,
+  ...extra,
+});
+
+describe("pickNode", () => {
+  it("picks the least loaded node per slot", () => {
+    expect(pickNode([node("a", 2), node("b", 1), node("c", 3)], "m", 0)?.id).toBe("b");
+    expect(pickNode([node("a", 2, 2), node("b", 3, 4)], "m", 0)?.id).toBe("b");
+  });
+
+  it("breaks ties by more slots, then by id", () => {
+    expect(pickNode([node("b", 0), node("a", 0)], "m", 0)?.id).toBe("a");
+    expect(pickNode([node("a", 0, 1), node("b", 0, 4)], "m", 0)?.id).toBe("b");
+  });
+
+  it("skips nodes without the model, excluded or with a full queue", () => {
+    const other = { ...node("x", 0), models: new Map() };
+    const full = node("f", 2 * QUEUE_FACTOR);
+    expect(pickNode([other, full], "m", 0)).toBeUndefined();
+    expect(pickNode([node("a", 0), node("b", 1)], "m", 0, new Set(["a"]))?.id).toBe("b");
+  });
+
+  it("uses a node cooling off after a failure only when no healthy node can take the job", () => {
+    const cooling = node("c", 0, 2, { coolingUntil: 1_000 });
+    expect(pickNode([cooling, node("busy", 2 * QUEUE_FACTOR - 1)], "m", 500)?.id).toBe("busy");
+    expect(pickNode([cooling], "m", 500)?.id).toBe("c");
+    expect(pickNode([cooling, node("b", 3)], "m", 1_001)?.id).toBe("c");
+  });
+});

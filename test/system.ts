@@ -1,0 +1,54 @@
+/**
+ * A whole local system for tests: a real coordinator (PGlite, or PostgreSQL when
+ * DATABASE_URL is set) and a real node daemon running llama-server on the
+ * default model, joined by a real control channel on loopback.
+ */
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import OpenAI from "openai";
+import { createApiKey, startCoordinator } from "../coordinator/src/index.ts";
+import { startNodeDaemon } from "../node/src/daemon/daemon.ts";
+import { DEFAULT_MODEL } from "../node/src/models/sources.ts";
+import { quietLogger, tempPaths } from "./helpers.ts";
+
+export const MODEL = DEFAULT_MODEL.id;
+
+export async function startSystem(opts: { slots?: number } = {}) {
+  const paths = await tempPaths();
+  const logger = quietLogger();
+  const nodeToken = randomBytes(32).toString("base64url");
+  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir: join(paths.home, "db"), nodeToken, logger });
+  const { secret: apiKey } = await createApiKey(coordinator.db, "test");
+  const node = await startNodeDaemon({
+    paths,
+    coordinatorUrl: coordinator.url,
+    token: nodeToken,
+    model: "default",
+    slots: opts.slots ?? 2,
+    contextPerSlot: 2048,
+    logger,
+  });
+  const client = new OpenAI({ baseURL: `${coordinator.url}/v1`, apiKey, maxRetries: 0, timeout: 60_000 });
+  return {
+    paths,
+    coordinator,
+    node,
+    apiKey,
+    client,
+    /** POST JSON to the coordinator with this system's key (or the headers given) */
+    post(path: string, body: unknown, headers: Record<string, string> = { authorization: `Bearer ${apiKey}` }) {
+      return fetch(coordinator.url + path, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: typeof body === "string" ? body : JSON.stringify(body),
+      });
+    },
+    async close() {
+      await node.stop();
+      await coordinator.close();
+      await paths.cleanup();
+    },
+  };
+}
+
+export type System = Awaited<ReturnType<typeof startSystem>>;
