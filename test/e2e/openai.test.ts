@@ -118,7 +118,8 @@ describe("bad input gets OpenAI-shaped errors", () => {
   });
 
   it("no key and a wrong key -> 401", async () => {
-    for (const headers of [{}, { authorization: "Bearer sk-wrong" }, { authorization: "Basic abc" }]) {
+    const cases: Record<string, string>[] = [{}, { authorization: "Bearer sk-wrong" }, { authorization: "Basic abc" }];
+    for (const headers of cases) {
       const res = await sys.post("/v1/chat/completions", good, headers);
       expect(res.status).toBe(401);
       expect(((await res.json()) as { error: { type: string } }).error.type).toBe("authentication_error");
