@@ -10,13 +10,18 @@ import { upCommand } from "./up.js";
 
 const program = new Command("sharedllm")
   .description("Community-owned LLM inference: run a coordinator and nodes that serve llama.cpp behind an OpenAI-compatible API")
-  .version("0.1.0")
-  .showHelpAfterError("(run with --help for usage)")
-  .exitOverride();
+  .version("0.1.0");
 
 program.addCommand(upCommand());
 program.addCommand(engineCommand());
 program.addCommand(modelsCommand());
+
+// settings of the root are not inherited by commands added with addCommand()
+const configure = (cmd: Command) => {
+  cmd.exitOverride().showHelpAfterError("(run with --help for usage)");
+  for (const sub of cmd.commands) configure(sub);
+};
+configure(program);
 
 try {
   await program.parseAsync(process.argv);

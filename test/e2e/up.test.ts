@@ -1,0 +1,194 @@
+/**
+ * The `sharedllm` command as a user runs it: `up` on a fresh SHAREDLLM_HOME
+ * serves a real model and stops cleanly; every command has --help; bad input
+ * exits non-zero with a message.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { hashApiKey } from "../../coordinator/src/apiKeys.ts";
+import { openDatabase } from "../../coordinator/src/db/database.ts";
+import { tempPaths, waitFor } from "../helpers.ts";
+
+const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+
+function sharedllm(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 60_000 });
+}
+
+/** pids of every descendant of a process, from /proc */
+function descendants(pid: number): number[] {
+  const out = spawnSync("ps", ["-e", "-o", "pid=,ppid="], { encoding: "utf8" }).stdout;
+  const children = new Map<number, number[]>();
+  for (const line of out.trim().split("\n")) {
+    const [c, p] = line.trim().split(/\s+/).map(Number) as [number, number];
+    children.set(p, [...(children.get(p) ?? []), c]);
+  }
+  const all: number[] = [];
+  const walk = (p: number) => {
+    for (const c of children.get(p) ?? []) {
+      all.push(c);
+      walk(c);
+    }
+  };
+  walk(pid);
+  return all;
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    // a zombie still answers signal 0 until it is reaped
+    return !readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.startsWith("Z");
+  } catch {
+    return false;
+  }
+};
+
+const running: ChildProcess[] = [];
+afterEach(() => {
+  for (const p of running.splice(0)) if (p.pid && p.exitCode === null) process.kill(-p.pid, "SIGKILL");
+});
+
+async function startUp(home: string) {
+  const child = spawn(process.execPath, [BIN, "up", "--port", "0"], {
+    env: { ...process.env, SHAREDLLM_HOME: home },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  running.push(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (b) => {
+    stdout += b;
+  });
+  child.stderr?.on("data", (b) => {
+    stderr += b;
+  });
+  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+  const up = await waitFor(
+    "up.json",
+    async () => {
+      if (child.exitCode !== null) throw new Error(`sharedllm up exited early:\n${stderr}`);
+      return JSON.parse(await readFile(join(home, "up.json"), "utf8")) as {
+        coordinatorUrl: string;
+        apiKey: string;
+        models: string[];
+        pid: number;
+      };
+    },
+    120_000,
+    200,
+  );
+  return { child, up, exited, output: () => ({ stdout, stderr }) };
+}
+
+describe("sharedllm up", () => {
+  it("serves the default model from a fresh home, prints how to use it, and Ctrl-C stops everything", async () => {
+    const { home, cleanup } = await tempPaths("sharedllm-up-");
+    try {
+      const { child, up, exited, output } = await startUp(home);
+      expect(up.models).toEqual(["smollm2-135m-instruct"]);
+      expect(up.apiKey).toMatch(/^sk-/);
+      const { stdout } = output();
+      expect(stdout).toContain(`${up.coordinatorUrl}/v1`);
+      expect(stdout).toContain(up.apiKey);
+      expect(stdout).toContain(`curl ${up.coordinatorUrl}/v1/chat/completions`);
+
+      const res = await fetch(`${up.coordinatorUrl}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${up.apiKey}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: up.models[0], messages: [{ role: "user", content: "Hello!" }], max_tokens: 8 }),
+      });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { choices: { message: { content: string } }[] }).choices[0]?.message.content.length).toBeGreaterThan(0);
+
+      const children = descendants(child.pid as number);
+      expect(children.length).toBeGreaterThan(0);
+      child.kill("SIGINT");
+      expect(await exited).toBe(0);
+      expect(output().stderr).toContain("stopped");
+      expect(children.filter(alive)).toEqual([]);
+
+      // the key is stored only as its hash
+      const db = await openDatabase({ dataDir: join(home, "db") });
+      const keys = await db.selectFrom("api_keys").selectAll().execute();
+      await db.destroy();
+      expect(keys.map((k) => k.key_hash)).toContain(hashApiKey(up.apiKey));
+      expect(JSON.stringify(keys)).not.toContain(up.apiKey);
+    } finally {
+      await cleanup();
+    }
+  }, 180_000);
+
+  it("leaves no llama-server behind when it is killed outright", async () => {
+    const { home, cleanup } = await tempPaths("sharedllm-up-");
+    try {
+      const { child, exited } = await startUp(home);
+      const children = descendants(child.pid as number);
+      expect(children.length).toBeGreaterThan(0);
+      child.kill("SIGKILL");
+      await exited;
+      await waitFor("children to die with their parent", () => children.filter(alive).length === 0, 10_000);
+    } finally {
+      await cleanup();
+    }
+  }, 180_000);
+
+  it("reports a port in use plainly and exits 1", async () => {
+    const { home, cleanup } = await tempPaths("sharedllm-up-");
+    try {
+      const { up } = await startUp(home);
+      const port = new URL(up.coordinatorUrl).port;
+      const second = await tempPaths("sharedllm-up-");
+      const r = sharedllm(["up", "--port", port], { SHAREDLLM_HOME: second.home });
+      await second.cleanup();
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`port ${port} is in use`);
+    } finally {
+      await cleanup();
+    }
+  }, 180_000);
+});
+
+describe("sharedllm commands", () => {
+  it.each([
+    [[]],
+    [["up"]],
+    [["engine"]],
+    [["engine", "build"]],
+    [["engine", "info"]],
+    [["models"]],
+    [["models", "pull"]],
+    [["models", "list"]],
+    [["models", "rm"]],
+  ])("%j --help", (args) => {
+    const r = sharedllm([...args, "--help"]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: sharedllm/);
+  });
+
+  it("usage errors exit 2 with a hint", () => {
+    const r = sharedllm(["frobnicate"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("unknown command");
+    const p = sharedllm(["up", "--port", "nope"]);
+    expect(p.status).toBe(2);
+    expect(p.stderr).toContain("expected a whole number");
+  });
+
+  it("a bad model source exits 1 with what to do", () => {
+    const r = sharedllm(["models", "pull", "/nonexistent/model.gguf"]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^sharedllm: cannot read \/nonexistent\/model.gguf: no such file/);
+  });
+
+  it("engine info and models list show the cached engine and default model", () => {
+    const info = JSON.parse(sharedllm(["engine", "info", "--json"]).stdout) as { built: boolean; tag: string };
+    expect(info.built).toBe(true);
+    const list = JSON.parse(sharedllm(["models", "list", "--json"]).stdout) as { id: string }[];
+    expect(list.map((m) => m.id)).toContain("smollm2-135m-instruct");
+  });
+});
