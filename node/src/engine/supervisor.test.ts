@@ -1,0 +1,94 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { tempPaths, waitFor } from "../../../test/helpers.ts";
+import { ModelStore } from "../models/store.js";
+import { resolvePaths } from "../paths.js";
+import { findEngine } from "./build.js";
+import { type LlamaServer, startLlamaServer } from "./llamaServer.js";
+import { Supervisor } from "./supervisor.js";
+
+const stops: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const s of stops.splice(0)) await s();
+});
+
+async function llama(): Promise<LlamaServer> {
+  const { cache } = resolvePaths();
+  const engine = await findEngine(cache);
+  if (!engine) throw new Error("engine not built (globalSetup builds it)");
+  const tmp = await tempPaths();
+  const store = new ModelStore(cache);
+  const server = await startLlamaServer({
+    engine,
+    modelId: "smollm2-135m-instruct",
+    modelPath: await store.path("smollm2-135m-instruct"),
+    slots: 1,
+    contextPerSlot: 512,
+    logDir: join(tmp.home, "logs"),
+  });
+  stops.push(async () => {
+    await server.supervisor.stop();
+    await tmp.cleanup();
+  });
+  return server;
+}
+
+describe("supervised llama-server", () => {
+  it("is restarted with growing back-off after it dies, on the same port", async () => {
+    const server = await llama();
+    const delays: number[] = [];
+    server.supervisor.on("restarting", (ms) => delays.push(ms));
+    for (let i = 1; i <= 2; i++) {
+      const pid = server.supervisor.pid as number;
+      process.kill(pid, "SIGKILL");
+      await waitFor(`restart ${i}`, () => server.supervisor.restarts === i && server.supervisor.ready, 30_000);
+      expect(server.supervisor.pid).not.toBe(pid);
+      expect((await fetch(`${server.url}/health`)).ok).toBe(true);
+    }
+    expect(delays).toHaveLength(2);
+    expect(delays[1]).toBeGreaterThan(delays[0] as number);
+  });
+
+  it("fails fast with the log tail when the process exits during start-up", async () => {
+    const { cache } = resolvePaths();
+    const engine = await findEngine(cache);
+    const tmp = await tempPaths();
+    stops.push(tmp.cleanup);
+    const started = Date.now();
+    const err = await startLlamaServer({
+      engine: engine as NonNullable<typeof engine>,
+      modelId: "missing",
+      modelPath: "/nonexistent/model.gguf",
+      slots: 1,
+      contextPerSlot: 512,
+      logDir: join(tmp.home, "logs"),
+    }).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/exited during start-up[\s\S]*model/);
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
+});
+
+describe("Supervisor.stop", () => {
+  it("SIGKILLs a process that ignores SIGTERM after the timeout, and reaps it", async () => {
+    const tmp = await tempPaths();
+    stops.push(tmp.cleanup);
+    const flag = join(tmp.home, "trapped");
+    const sup = new Supervisor({
+      name: "stubborn",
+      command: "sh",
+      args: ["-c", `trap '' TERM; touch ${flag}; while :; do sleep 0.1; done`],
+      logFile: join(tmp.home, "stubborn.log"),
+      // ready once the trap is set
+      healthCheck: async () => existsSync(flag),
+      stopTimeoutMs: 300,
+    });
+    await sup.start();
+    const pid = sup.pid as number;
+    const started = Date.now();
+    await sup.stop();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
