@@ -1,0 +1,66 @@
+import { pino } from "pino";
+import { describe, expect, it } from "vitest";
+import { storageBackends } from "../../../test/helpers.ts";
+import { ApiKeyVerifier, createApiKey, hashApiKey } from "../apiKeys.js";
+import { startCoordinator } from "../coordinator.js";
+import { openDatabase } from "./database.js";
+
+describe.each(storageBackends())("storage on $name", ({ open }) => {
+  it("migrates once, keeps API keys only as hashes, and survives a reopen", async () => {
+    const db0 = await open();
+    try {
+      const db = await openDatabase(db0);
+      const key = await createApiKey(db, "k");
+      const verifier = new ApiKeyVerifier(db);
+      expect(await verifier.verify(key.secret)).toEqual({ id: key.id, name: "k" });
+      expect(await verifier.verify(`${key.secret}x`)).toBeUndefined();
+      const rows = await db.selectFrom("api_keys").selectAll().execute();
+      expect(rows).toHaveLength(1);
+      expect(rows[0]?.key_hash).toBe(hashApiKey(key.secret));
+      expect(JSON.stringify(rows)).not.toContain(key.secret);
+      await db.destroy();
+      // a second open runs no migration twice and sees the same data
+      const again = await openDatabase(db0);
+      expect(await new ApiKeyVerifier(again).verify(key.secret)).toEqual({ id: key.id, name: "k" });
+      await again.destroy();
+    } finally {
+      await db0.cleanup();
+    }
+  });
+
+  it("a revoked key stops working", async () => {
+    const db0 = await open();
+    try {
+      const db = await openDatabase(db0);
+      const key = await createApiKey(db, "k");
+      await db.updateTable("api_keys").set({ revoked_at: new Date() }).where("id", "=", key.id).execute();
+      expect(await new ApiKeyVerifier(db).verify(key.secret)).toBeUndefined();
+      await db.destroy();
+    } finally {
+      await db0.cleanup();
+    }
+  });
+
+  it("a coordinator restart records jobs that were in flight as failed and keeps finished ones", async () => {
+    const db0 = await open();
+    try {
+      const db = await openDatabase(db0);
+      const key = await createApiKey(db, "k");
+      const base = { kind: "chat", model: "m", api_key_id: key.id, stream: false };
+      await db.insertInto("jobs").values([
+        { ...base, id: "job_done", status: "completed", prompt_tokens: 3, completion_tokens: 4, finished_at: new Date() },
+        { ...base, id: "job_open", status: "running" },
+      ]).execute();
+      await db.destroy();
+      const c = await startCoordinator({ host: "127.0.0.1", port: 0, nodeToken: "t".repeat(43), logger: pino({ level: "silent" }), ...db0 });
+      const jobs = await c.db.selectFrom("jobs").select(["id", "status", "error", "completion_tokens"]).orderBy("id").execute();
+      await c.close();
+      expect(jobs).toEqual([
+        { id: "job_done", status: "completed", error: null, completion_tokens: 4 },
+        { id: "job_open", status: "failed", error: "coordinator restarted", completion_tokens: null },
+      ]);
+    } finally {
+      await db0.cleanup();
+    }
+  });
+});
