@@ -33,7 +33,10 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
  * The storage backends a test should run on: PGlite always, and PostgreSQL when
  * DATABASE_URL is set (each call gets a fresh database there, dropped by cleanup).
  */
-export function storageBackends(): { name: string; open: () => Promise<{ databaseUrl?: string; dataDir: string; cleanup: () => Promise<void> }> }[] {
+export function storageBackends(): {
+  name: string;
+  open: () => Promise<{ databaseUrl?: string; dataDir: string; cleanup: () => Promise<void> }>;
+}[] {
   const backends: ReturnType<typeof storageBackends> = [
     {
       name: "PGlite",

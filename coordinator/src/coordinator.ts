@@ -49,7 +49,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .execute();
     const app = Fastify({ loggerInstance: o.logger as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024 });
     await app.register(errorsPlugin);
-    await app.register(websocket, { options: { perMessageDeflate: false, maxPayload: 16 * 1024 * 1024 } });
+    await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
     await app.register(healthPlugin, { fleet });
     await app.register(controlPlugin, { db, fleet, knownModels, nodeToken: o.nodeToken });
     await app.register(openaiPlugin, { db, fleet, knownModels, keys: new ApiKeyVerifier(db) });

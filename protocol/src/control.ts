@@ -70,8 +70,30 @@ export interface ControlErrorFrame {
 
 export type CoordinatorFrame = Welcome | JobStart | JobCancel | ControlErrorFrame;
 
-/** node -> coordinator: one server-sent event's data, to relay verbatim */
-export const jobChunkSchema = z.object({ type: z.literal("job.chunk"), jobId: z.string(), data: z.string() });
+/**
+ * node -> coordinator: one server-sent event's data, to relay verbatim. This is
+ * the hot path (one frame per token), so it skips JSON: a text frame
+ * `\u0001<jobId>\n<data>`. Every other frame is a JSON object.
+ */
+export interface JobChunk {
+  type: "job.chunk";
+  jobId: string;
+  data: string;
+}
+
+const CHUNK_MARK = "\u0001";
+
+export function encodeChunkFrame(jobId: string, data: string): string {
+  return `${CHUNK_MARK}${jobId}\n${data}`;
+}
+
+/** The chunk in a frame, or undefined when the frame is not a chunk frame. */
+export function decodeChunkFrame(frame: string): { jobId: string; data: string } | undefined {
+  if (frame[0] !== CHUNK_MARK) return undefined;
+  const nl = frame.indexOf("\n");
+  if (nl < 0) return undefined;
+  return { jobId: frame.slice(1, nl), data: frame.slice(nl + 1) };
+}
 /** node -> coordinator: the whole response of a non-streaming job */
 export const jobResultSchema = z.object({ type: z.literal("job.result"), jobId: z.string(), body: z.looseObject({}) });
 /** node -> coordinator: a stream finished; usage as metered by the engine */
@@ -87,8 +109,8 @@ export const jobErrorSchema = z.object({
   status: z.number().int().optional(),
 });
 
-export const nodeFrameSchema = z.discriminatedUnion("type", [helloSchema, jobChunkSchema, jobResultSchema, jobEndSchema, jobErrorSchema]);
-export type NodeFrame = z.infer<typeof nodeFrameSchema>;
-export type JobChunk = z.infer<typeof jobChunkSchema>;
+/** Every node frame but chunks (see encodeChunkFrame). */
+export const nodeFrameSchema = z.discriminatedUnion("type", [helloSchema, jobResultSchema, jobEndSchema, jobErrorSchema]);
+export type NodeFrame = z.infer<typeof nodeFrameSchema> | JobChunk;
 export type JobEnd = z.infer<typeof jobEndSchema>;
 export type JobErrorFrame = z.infer<typeof jobErrorSchema>;

@@ -47,12 +47,21 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       const db = await openDatabase(db0);
       const key = await createApiKey(db, "k");
       const base = { kind: "chat", model: "m", api_key_id: key.id, stream: false };
-      await db.insertInto("jobs").values([
-        { ...base, id: "job_done", status: "completed", prompt_tokens: 3, completion_tokens: 4, finished_at: new Date() },
-        { ...base, id: "job_open", status: "running" },
-      ]).execute();
+      await db
+        .insertInto("jobs")
+        .values([
+          { ...base, id: "job_done", status: "completed", prompt_tokens: 3, completion_tokens: 4, finished_at: new Date() },
+          { ...base, id: "job_open", status: "running" },
+        ])
+        .execute();
       await db.destroy();
-      const c = await startCoordinator({ host: "127.0.0.1", port: 0, nodeToken: "t".repeat(43), logger: pino({ level: "silent" }), ...db0 });
+      const c = await startCoordinator({
+        host: "127.0.0.1",
+        port: 0,
+        nodeToken: "t".repeat(43),
+        logger: pino({ level: "silent" }),
+        ...db0,
+      });
       const jobs = await c.db.selectFrom("jobs").select(["id", "status", "error", "completion_tokens"]).orderBy("id").execute();
       await c.close();
       expect(jobs).toEqual([

@@ -9,13 +9,14 @@ import {
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
   type CoordinatorFrame,
+  decodeChunkFrame,
   errorBody,
-  helloSchema,
-  type NodeFrame,
+  type Hello,
   nodeFrameSchema,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
+import type { z } from "zod";
 import type { Db } from "../db/database.js";
 import type { ConnectedNode, Fleet } from "../fleet.js";
 
@@ -48,9 +49,13 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         socket.close(CLOSE_REFUSED, message.slice(0, 120));
       };
       socket.on("message", (data: Buffer) => {
-        let frame: NodeFrame;
+        const text = data.toString("utf8");
+        // the hot path: one chunk frame per token, no JSON
+        const chunk = decodeChunkFrame(text);
+        if (chunk) return node ? o.fleet.chunk(node.id, chunk.jobId, chunk.data) : refuse("the first frame must be hello");
+        let frame: z.infer<typeof nodeFrameSchema>;
         try {
-          const parsed = nodeFrameSchema.safeParse(JSON.parse(data.toString("utf8")));
+          const parsed = nodeFrameSchema.safeParse(JSON.parse(text));
           if (!parsed.success) return refuse(`malformed frame: ${parsed.error.issues[0]?.message ?? "invalid"}`);
           frame = parsed.data;
         } catch {
@@ -64,8 +69,6 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           return;
         }
         switch (frame.type) {
-          case "job.chunk":
-            return o.fleet.chunk(node.id, frame.jobId, frame.data);
           case "job.end":
             return o.fleet.end(node.id, frame.jobId, frame.usage);
           case "job.result":
@@ -83,8 +86,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         }
       });
 
-      async function onHello(ws: WebSocket, hello: NodeFrame & { type: "hello" }): Promise<ConnectedNode | undefined> {
-        const h = helloSchema.parse(hello);
+      async function onHello(ws: WebSocket, h: Hello): Promise<ConnectedNode | undefined> {
         if (h.protocol !== CONTROL_PROTOCOL_VERSION) {
           refuse(
             `control protocol ${h.protocol} is not supported; this coordinator speaks ${CONTROL_PROTOCOL_VERSION}: upgrade the older side`,

@@ -108,25 +108,32 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
       request: parsed.data,
     };
     const apiKey = req.apiKey as ApiKeyInfo;
-    // recorded alongside dispatch, not before it: the insert stays off the time to first token
-    const recorded = o.db
-      .insertInto("jobs")
-      .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, status: "running", stream })
-      .execute();
     let nodeId: string | null = null;
+    // The running row is written once the first token is on its way to the client,
+    // so the embedded database's work stays off the time to first token; the final
+    // state is written (upserted) before the client hears that the job is done.
+    let started: Promise<unknown> | undefined;
+    const recordStart = () => {
+      started ??= o.db
+        .insertInto("jobs")
+        .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, node_id: nodeId, status: "running", stream })
+        .execute()
+        .catch((err) => req.log.error({ err, jobId }, "recording job start failed"));
+    };
     const finish = async (status: JobStatus, usage?: Usage, error?: string) => {
-      await recorded;
+      await started;
+      const final = {
+        status,
+        node_id: nodeId,
+        prompt_tokens: usage?.prompt_tokens ?? null,
+        completion_tokens: usage?.completion_tokens ?? null,
+        error: error ?? null,
+        finished_at: new Date(),
+      };
       await o.db
-        .updateTable("jobs")
-        .set({
-          status,
-          node_id: nodeId,
-          prompt_tokens: usage?.prompt_tokens ?? null,
-          completion_tokens: usage?.completion_tokens ?? null,
-          error: error ?? null,
-          finished_at: new Date(),
-        })
-        .where("id", "=", jobId)
+        .insertInto("jobs")
+        .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, stream, ...final })
+        .onConflict((c) => c.column("id").doUpdateSet(final))
         .execute();
     };
 
@@ -163,6 +170,9 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
             reply.hijack();
             raw.socket?.setNoDelay(true);
             raw.writeHead(200, SSE_HEADERS);
+            raw.write(`data: ${data}\n\n`);
+            recordStart();
+            return;
           }
           raw.write(`data: ${data}\n\n`);
         },
@@ -227,6 +237,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         tried.add(node.id);
         nodeId = node.id;
         o.fleet.dispatch(node, job, sink);
+        if (!stream) recordStart();
       };
       attempt();
     });

@@ -21,6 +21,8 @@ export interface UpFile {
   coordinatorUrl: string;
   apiKey: string;
   models: string[];
+  /** the local node's own llama-server, for debugging and benchmarks */
+  engineUrl: string;
   pid: number;
   startedAt: string;
 }
@@ -54,84 +56,103 @@ export function upCommand(): Command {
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
     .addOption(new Option("--slots <n>", "parallel requests on the node").default(2).argParser(positiveInt))
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
+    .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--verbose", "log at info level")
-    .action(async (o: { port: number; host: string; model: string; slots: number; databaseUrl?: string; verbose?: boolean }) => {
-      const signal = shutdownSignal();
-      const paths = resolvePaths();
-      await mkdir(paths.home, { recursive: true });
-      const upFile = join(paths.home, "up.json");
-      await rm(upFile, { force: true });
-      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-      const progress = terminalProgress();
-      const secrets = await loadSecrets(paths.home);
-
-      const coordinator = await startCoordinator({
-        host: o.host,
-        port: o.port,
-        dataDir: join(paths.home, "db"),
-        databaseUrl: o.databaseUrl,
-        nodeToken: secrets.nodeToken,
-        logger,
-      }).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
-        throw err;
-      });
-      const stops: Array<() => Promise<void>> = [() => coordinator.close()];
-      const stopAll = async () => {
-        for (const stop of stops.reverse()) await stop().catch((err) => logger.error({ err }, "stop failed"));
+    .action(
+      async (o: {
+        port: number;
+        host: string;
+        model: string;
+        slots: number;
+        databaseUrl?: string;
+        engineArgs?: string;
+        verbose?: boolean;
+      }) => {
+        const signal = shutdownSignal();
+        const paths = resolvePaths();
+        await mkdir(paths.home, { recursive: true });
+        const upFile = join(paths.home, "up.json");
         await rm(upFile, { force: true });
-      };
-      try {
-        // reuse the dev key across runs while the database still knows it
-        let apiKey = secrets.devApiKey;
-        const known = apiKey
-          ? await coordinator.db
-              .selectFrom("api_keys")
-              .select("id")
-              .where("key_hash", "=", hashApiKey(apiKey))
-              .where("revoked_at", "is", null)
-              .executeTakeFirst()
-          : undefined;
-        if (!apiKey || !known) {
-          apiKey = (await createApiKey(coordinator.db, "dev")).secret;
-          await saveSecrets(paths.home, { ...secrets, devApiKey: apiKey });
-        }
-        const node = await startNodeDaemon({
-          paths,
-          coordinatorUrl: coordinator.url,
-          token: secrets.nodeToken,
-          model: o.model,
-          slots: o.slots,
+        const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+        const progress = terminalProgress();
+        const secrets = await loadSecrets(paths.home);
+
+        const coordinator = await startCoordinator({
+          host: o.host,
+          port: o.port,
+          dataDir: join(paths.home, "db"),
+          databaseUrl: o.databaseUrl,
+          nodeToken: secrets.nodeToken,
           logger,
-          progress,
-          signal,
+        }).catch((err: NodeJS.ErrnoException) => {
+          if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
+          throw err;
         });
-        stops.push(() => node.stop());
-        const models = [...new Set(coordinator.fleet.list().flatMap((n) => [...n.models.keys()]))];
-        const up: UpFile = { coordinatorUrl: coordinator.url, apiKey, models, pid: process.pid, startedAt: new Date().toISOString() };
-        await writeFileAtomic(upFile, `${JSON.stringify(up, null, 2)}\n`, 0o600);
-        process.stdout.write(
-          [
-            "",
-            `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
-            `  models:  ${models.join(", ")}`,
-            `  API key: ${apiKey}`,
-            "",
-            "Try it:",
-            `  curl ${coordinator.url}/v1/chat/completions -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" \\`,
-            `    -d '{"model":"${models[0]}","messages":[{"role":"user","content":"Hello!"}]}'`,
-            "",
-            `(written to ${upFile}; Ctrl-C stops everything)`,
-            "",
-          ].join("\n"),
-        );
-      } catch (err) {
+        const stops: Array<() => Promise<void>> = [() => coordinator.close()];
+        const stopAll = async () => {
+          for (const stop of stops.reverse()) await stop().catch((err) => logger.error({ err }, "stop failed"));
+          await rm(upFile, { force: true });
+        };
+        try {
+          // reuse the dev key across runs while the database still knows it
+          let apiKey = secrets.devApiKey;
+          const known = apiKey
+            ? await coordinator.db
+                .selectFrom("api_keys")
+                .select("id")
+                .where("key_hash", "=", hashApiKey(apiKey))
+                .where("revoked_at", "is", null)
+                .executeTakeFirst()
+            : undefined;
+          if (!apiKey || !known) {
+            apiKey = (await createApiKey(coordinator.db, "dev")).secret;
+            await saveSecrets(paths.home, { ...secrets, devApiKey: apiKey });
+          }
+          const node = await startNodeDaemon({
+            paths,
+            coordinatorUrl: coordinator.url,
+            token: secrets.nodeToken,
+            model: o.model,
+            slots: o.slots,
+            engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
+            logger,
+            progress,
+            signal,
+          });
+          stops.push(() => node.stop());
+          const models = [...new Set(coordinator.fleet.list().flatMap((n) => [...n.models.keys()]))];
+          const up: UpFile = {
+            coordinatorUrl: coordinator.url,
+            apiKey,
+            models,
+            engineUrl: node.llama.url,
+            pid: process.pid,
+            startedAt: new Date().toISOString(),
+          };
+          await writeFileAtomic(upFile, `${JSON.stringify(up, null, 2)}\n`, 0o600);
+          process.stdout.write(
+            [
+              "",
+              `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
+              `  models:  ${models.join(", ")}`,
+              `  API key: ${apiKey}`,
+              "",
+              "Try it:",
+              `  curl ${coordinator.url}/v1/chat/completions -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" \\`,
+              `    -d '{"model":"${models[0]}","messages":[{"role":"user","content":"Hello!"}]}'`,
+              "",
+              `(written to ${upFile}; Ctrl-C stops everything)`,
+              "",
+            ].join("\n"),
+          );
+        } catch (err) {
+          await stopAll();
+          throw err;
+        }
+        await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+        process.stderr.write("stopping...\n");
         await stopAll();
-        throw err;
-      }
-      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-      process.stderr.write("stopping...\n");
-      await stopAll();
-      process.stderr.write("stopped\n");
-    });
+        process.stderr.write("stopped\n");
+      },
+    );
 }

@@ -9,6 +9,7 @@ import {
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
   type CoordinatorFrame,
+  encodeChunkFrame,
   type Hello,
   type JobStart,
   type NodeFrame,
@@ -92,7 +93,8 @@ export class ControlClient {
         const ctl = new AbortController();
         this.jobs.set(frame.jobId, ctl);
         const send = (f: NodeFrame) => {
-          if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(f));
+          if (ws.readyState !== WebSocket.OPEN) return;
+          ws.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data) : JSON.stringify(f));
         };
         this.o
           .runJob(frame, send, ctl.signal)

@@ -32,6 +32,8 @@ export interface NodeDaemonOptions {
   /** context tokens per slot; default 4096 */
   contextPerSlot?: number;
   threads?: number;
+  /** extra llama-server arguments */
+  engineArgs?: string[];
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -74,6 +76,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     contextPerSlot,
     threads: o.threads ?? Math.max(1, cpus().length),
     logDir: join(o.paths.home, "logs"),
+    extraArgs: o.engineArgs,
   });
   const log = o.logger.child({ nodeId });
   llama.supervisor.on("exit", (code, signal) => log.warn({ code, signal }, "llama-server exited; restarting"));

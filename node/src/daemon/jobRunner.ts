@@ -3,41 +3,48 @@
  * frames: each server-sent event's data is relayed verbatim (`job.chunk`), the
  * engine's own token counts close the stream (`job.end`). The engine is always
  * asked for usage; the usage-only chunk is passed on only to clients that asked.
+ *
+ * This is the per-token hot path on a machine whose cores llama-server wants,
+ * so it uses node:http rather than fetch's web streams. Each job gets its own
+ * connection: llama-server may drop a kept-alive one right after a stream, and a
+ * request sent on it would fail for nothing.
  */
+import { type IncomingMessage, request } from "node:http";
 import type { JobStart, NodeFrame, Usage } from "@sharedllm/protocol";
 
 const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as const;
 
-export async function runJob(job: JobStart, llamaUrl: string, send: (f: NodeFrame) => void, signal: AbortSignal): Promise<void> {
-  const body = job.stream ? { ...job.request, stream: true, stream_options: { include_usage: true } } : { ...job.request, stream: false };
-  let res: Response;
+type Send = (f: NodeFrame) => void;
+
+export async function runJob(job: JobStart, llamaUrl: string, send: Send, signal: AbortSignal): Promise<void> {
+  const body = JSON.stringify(
+    job.stream ? { ...job.request, stream: true, stream_options: { include_usage: true } } : { ...job.request, stream: false },
+  );
+  let res: IncomingMessage;
   try {
-    res = await fetch(llamaUrl + PATHS[job.kind], {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-      signal,
-    });
+    res = await post(llamaUrl + PATHS[job.kind], body, signal);
   } catch (err) {
     if (!signal.aborted) fail(send, job, `the engine is not reachable: ${(err as Error).message}`, true);
     return;
   }
-  if (!res.ok) {
-    const text = await res.text().catch(() => "");
-    let message = text.slice(0, 500) || res.statusText;
+  res.setEncoding("utf8");
+  const status = res.statusCode ?? 0;
+  if (status !== 200) {
+    const text = await readAll(res).catch(() => "");
+    let message = text.slice(0, 500) || `HTTP ${status}`;
     try {
       message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? message;
     } catch {
       // not JSON: keep the text
     }
     // 4xx is the request's fault (e.g. prompt longer than the context); 5xx the engine's
-    const clientFault = res.status >= 400 && res.status < 500;
-    send({ type: "job.error", jobId: job.jobId, message, retryable: !clientFault, ...(clientFault ? { status: res.status } : {}) });
+    const clientFault = status >= 400 && status < 500;
+    send({ type: "job.error", jobId: job.jobId, message, retryable: !clientFault, ...(clientFault ? { status } : {}) });
     return;
   }
   if (!job.stream) {
     try {
-      send({ type: "job.result", jobId: job.jobId, body: (await res.json()) as Record<string, unknown> });
+      send({ type: "job.result", jobId: job.jobId, body: JSON.parse(await readAll(res)) as Record<string, unknown> });
     } catch (err) {
       if (!signal.aborted) fail(send, job, `the engine failed mid-response: ${(err as Error).message}`, false);
     }
@@ -46,61 +53,93 @@ export async function runJob(job: JobStart, llamaUrl: string, send: (f: NodeFram
   await relayStream(job, res, send, signal);
 }
 
-async function relayStream(job: JobStart, res: Response, send: (f: NodeFrame) => void, signal: AbortSignal) {
-  let usage: Usage | undefined;
-  let chunks = 0;
-  let buffered = "";
-  const decoder = new TextDecoder();
-  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-  /** "more" to read on, "done" at [DONE], "failed" after reporting an engine error */
-  const onEvent = (event: string): "more" | "done" | "failed" => {
-    // an event is one or more lines; llama-server sends a single `data: ...` line
-    for (const line of event.split("\n")) {
-      if (!line.startsWith("data:")) continue;
-      const data = line.slice(line[5] === " " ? 6 : 5);
-      if (data === "[DONE]") return "done";
-      if (data.startsWith('{"error"')) {
-        const msg = (JSON.parse(data) as { error?: { message?: string } }).error?.message ?? "engine error";
-        fail(send, job, msg, chunks === 0);
-        return "failed";
+function post(url: string, body: string, signal: AbortSignal): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, {
+      method: "POST",
+      agent: false,
+      signal,
+      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+    });
+    req.setNoDelay(true);
+    req.once("response", resolve);
+    req.once("error", reject);
+    req.end(body);
+  });
+}
+
+function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    res.on("data", (s: string) => {
+      text += s;
+    });
+    res.once("end", () => resolve(text));
+    res.once("error", reject);
+    res.once("aborted", () => reject(new Error("connection closed")));
+  });
+}
+
+function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    let usage: Usage | undefined;
+    let chunks = 0;
+    let buffered = "";
+    let finished = false;
+    const finish = (after?: () => void) => {
+      if (finished) return;
+      finished = true;
+      if (!signal.aborted) after?.();
+      res.destroy();
+      resolve();
+    };
+    /** "more" to read on, "done" at [DONE], "failed" after reporting an engine error */
+    const onEvent = (event: string): "more" | "done" | "failed" => {
+      // an event is one or more lines; llama-server sends a single `data: ...` line
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(line[5] === " " ? 6 : 5);
+        if (data === "[DONE]") return "done";
+        if (data.startsWith('{"error"')) {
+          const msg = (JSON.parse(data) as { error?: { message?: string } }).error?.message ?? "engine error";
+          fail(send, job, msg, chunks === 0);
+          return "failed";
+        }
+        if (data.includes('"usage"')) {
+          const parsed = JSON.parse(data) as { usage?: Usage | null; choices?: unknown[] };
+          if (parsed.usage) usage = parsed.usage;
+          if (parsed.choices?.length === 0 && !job.includeUsage) continue;
+        }
+        chunks++;
+        send({ type: "job.chunk", jobId: job.jobId, data });
       }
-      if (data.includes('"usage"')) {
-        const parsed = JSON.parse(data) as { usage?: Usage | null; choices?: unknown[] };
-        if (parsed.usage) usage = parsed.usage;
-        if (parsed.choices?.length === 0 && !job.includeUsage) continue;
-      }
-      chunks++;
-      send({ type: "job.chunk", jobId: job.jobId, data });
-    }
-    return "more";
-  };
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += decoder.decode(value, { stream: true });
+      return "more";
+    };
+    res.on("data", (text: string) => {
+      if (finished) return;
+      buffered += text;
       let cut = buffered.indexOf("\n\n");
       while (cut >= 0) {
-        const event = buffered.slice(0, cut);
+        const state = onEvent(buffered.slice(0, cut));
         buffered = buffered.slice(cut + 2);
-        const state = onEvent(event);
-        if (state !== "more") {
-          if (state === "done") {
+        if (state === "failed") return finish();
+        if (state === "done") {
+          return finish(() => {
             if (usage) send({ type: "job.end", jobId: job.jobId, usage });
             else fail(send, job, "the engine ended the stream without usage", false);
-          }
-          await reader.cancel().catch(() => {});
-          return;
+          });
         }
         cut = buffered.indexOf("\n\n");
       }
-    }
-    if (!signal.aborted) fail(send, job, "the engine closed the stream before it finished", chunks === 0);
-  } catch (err) {
-    if (!signal.aborted) fail(send, job, `the engine failed mid-stream: ${(err as Error).message}`, chunks === 0);
-  }
+    });
+    const broken = (why: string) => finish(() => fail(send, job, `the engine ${why}`, chunks === 0));
+    res.once("end", () => broken("closed the stream before it finished"));
+    res.once("aborted", () => broken("failed mid-stream (connection lost)"));
+    res.once("error", (err) => broken(`failed mid-stream: ${err.message}`));
+    signal.addEventListener("abort", () => finish(), { once: true });
+  });
 }
 
-function fail(send: (f: NodeFrame) => void, job: JobStart, message: string, retryable: boolean) {
+function fail(send: Send, job: JobStart, message: string, retryable: boolean) {
   send({ type: "job.error", jobId: job.jobId, message, retryable });
 }

@@ -1,0 +1,159 @@
+/**
+ * Coordinator path vs direct llama-server: the same streamed requests
+ * (temperature 0, fixed seed, fixed length) sent straight to the node's
+ * llama-server and through the coordinator, interleaved A/B, one at a time.
+ * Reports medians of decode tokens/s, time to first token and inter-token gap.
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { waitFor } from "../test/helpers.ts";
+
+export interface StreamTiming {
+  /** ms from sending the request to the first token's chunk */
+  ttftMs: number;
+  /** tokens after the first, per second of streaming */
+  decodeTps: number;
+  /** median ms between consecutive token chunks */
+  medianGapMs: number;
+  tokens: number;
+  text: string;
+}
+
+const BIN = join(import.meta.dirname, "..", "node", "bin", "sharedllm.js");
+
+/**
+ * Sends one streamed chat request and times each token's chunk as the client sees
+ * it. node:http keeps the client's own CPU use small: on two cores every client
+ * cycle is taken from llama-server on both paths alike. A fresh connection per
+ * request on both paths (llama-server may drop kept-alive ones after a stream).
+ */
+export function timeStream(url: string, apiKey: string, body: Record<string, unknown>): Promise<StreamTiming> {
+  const payload = JSON.stringify({ ...body, stream: true });
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = request(`${url}/v1/chat/completions`, {
+      method: "POST",
+      agent: false,
+      headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}`, "content-length": Buffer.byteLength(payload) },
+    });
+    req.setNoDelay(true);
+    req.once("error", reject);
+    req.once("response", (res) => {
+      res.setEncoding("utf8");
+      if (res.statusCode !== 200) {
+        let text = "";
+        res.on("data", (s: string) => {
+          text += s;
+        });
+        res.once("end", () => reject(new Error(`HTTP ${res.statusCode}: ${text}`)));
+        return;
+      }
+      const stamps: number[] = [];
+      let text = "";
+      let buf = "";
+      res.on("data", (s: string) => {
+        const now = performance.now();
+        buf += s;
+        let cut = buf.indexOf("\n\n");
+        while (cut >= 0) {
+          const event = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          cut = buf.indexOf("\n\n");
+          if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
+          const content = (JSON.parse(event.slice(6)) as { choices: { delta?: { content?: string } }[] }).choices[0]?.delta?.content;
+          if (content) {
+            stamps.push(now);
+            text += content;
+          }
+        }
+      });
+      res.once("error", reject);
+      res.once("end", () => {
+        const first = stamps[0] ?? Number.NaN;
+        const last = stamps.at(-1) ?? Number.NaN;
+        const gaps = stamps.slice(1).map((t, i) => t - (stamps[i] as number));
+        resolve({
+          ttftMs: first - t0,
+          decodeTps: ((stamps.length - 1) * 1000) / (last - first),
+          medianGapMs: median(gaps),
+          tokens: stamps.length,
+          text,
+        });
+      });
+    });
+    req.end(payload);
+  });
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+export async function benchCoordinator(opts: { rounds: number; maxTokens: number; engineArgs?: string }) {
+  const home = await mkdtemp(join(tmpdir(), "sharedllm-bench-"));
+  // the system runs as users run it: `sharedllm up`, in its own process
+  const args = ["up", "--port", "0", "--slots", "1", ...(opts.engineArgs ? ["--engine-args", opts.engineArgs] : [])];
+  const up = spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, SHAREDLLM_HOME: home },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  try {
+    const info = await waitFor(
+      "sharedllm up",
+      async () =>
+        JSON.parse(await readFile(join(home, "up.json"), "utf8")) as {
+          coordinatorUrl: string;
+          apiKey: string;
+          models: string[];
+          engineUrl: string;
+        },
+      600_000,
+      250,
+    );
+    const body = {
+      model: info.models[0],
+      messages: [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }],
+      max_tokens: opts.maxTokens,
+      temperature: 0,
+      seed: 7,
+      ignore_eos: true,
+    };
+    const paths = { direct: info.engineUrl, coordinator: info.coordinatorUrl };
+    // warm-up: load weights into the page cache and fill both paths' connection pools
+    for (const url of Object.values(paths)) await timeStream(url, info.apiKey, { ...body, max_tokens: 16 });
+    const runs: Record<keyof typeof paths, StreamTiming[]> = { direct: [], coordinator: [] };
+    for (let r = 0; r < opts.rounds; r++) {
+      // alternate which path goes first, so drift hits both alike
+      const order: (keyof typeof paths)[] = r % 2 ? ["coordinator", "direct"] : ["direct", "coordinator"];
+      for (const which of order) runs[which].push(await timeStream(paths[which], info.apiKey, body));
+    }
+    const stat = (xs: StreamTiming[]) => ({
+      decodeTps: median(xs.map((x) => x.decodeTps)),
+      ttftMs: median(xs.map((x) => x.ttftMs)),
+      medianGapMs: median(xs.map((x) => x.medianGapMs)),
+      tokens: median(xs.map((x) => x.tokens)),
+    });
+    const d = stat(runs.direct);
+    const c = stat(runs.coordinator);
+    const sameText = runs.direct.every((x, i) => x.text === runs.coordinator[i]?.text);
+    return {
+      rounds: opts.rounds,
+      maxTokens: opts.maxTokens,
+      direct: d,
+      coordinator: c,
+      decodeRatio: c.decodeTps / d.decodeTps,
+      addedTtftMs: c.ttftMs - d.ttftMs,
+      gapRatio: c.medianGapMs / d.medianGapMs,
+      sameText,
+    };
+  } finally {
+    up.kill("SIGINT");
+    await new Promise((r) => up.once("exit", r));
+    await rm(home, { recursive: true, force: true });
+  }
+}
