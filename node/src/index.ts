@@ -1,1 +1,5 @@
-export {};
+export { type NodeDaemon, type NodeDaemonOptions, startNodeDaemon } from "./daemon/daemon.js";
+export { type Engine, ensureEngine, findEngine } from "./engine/build.js";
+export { DEFAULT_MODEL } from "./models/sources.js";
+export { type ModelEntry, ModelError, ModelStore } from "./models/store.js";
+export { type Paths, resolvePaths } from "./paths.js";
