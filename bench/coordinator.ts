@@ -96,6 +96,7 @@ export function median(xs: number[]): number {
 
 export async function benchCoordinator(opts: { rounds: number; maxTokens: number; engineArgs?: string }) {
   const home = await mkdtemp(join(tmpdir(), "sharedllm-bench-"));
+  const stops: Array<() => void> = [];
   // the system runs as users run it: `sharedllm up`, in its own process
   const args = ["up", "--port", "0", "--slots", "1", ...(opts.engineArgs ? ["--engine-args", opts.engineArgs] : [])];
   const up = spawn(process.execPath, [BIN, ...args], {
@@ -123,13 +124,20 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
       seed: 7,
       ignore_eos: true,
     };
-    const paths = { direct: info.engineUrl, coordinator: info.coordinatorUrl };
+    // a bare TCP relay process in front of llama-server: the floor cost of any extra hop
+    const pipe = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "pipe.ts"), new URL(info.engineUrl).port], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    stops.push(() => pipe.kill());
+    const pipePort = await new Promise<string>((resolve) => pipe.stdout?.once("data", (b: Buffer) => resolve(b.toString().trim())));
+    const paths = { direct: info.engineUrl, pipe: `http://127.0.0.1:${pipePort}`, coordinator: info.coordinatorUrl };
     // warm-up: load weights into the page cache and fill both paths' connection pools
     for (const url of Object.values(paths)) await timeStream(url, info.apiKey, { ...body, max_tokens: 16 });
-    const runs: Record<keyof typeof paths, StreamTiming[]> = { direct: [], coordinator: [] };
+    const runs: Record<keyof typeof paths, StreamTiming[]> = { direct: [], pipe: [], coordinator: [] };
+    const arms = Object.keys(paths) as (keyof typeof paths)[];
     for (let r = 0; r < opts.rounds; r++) {
-      // alternate which path goes first, so drift hits both alike
-      const order: (keyof typeof paths)[] = r % 2 ? ["coordinator", "direct"] : ["direct", "coordinator"];
+      // rotate which path goes first, so drift hits all alike
+      const order = arms.map((_, i) => arms[(i + r) % arms.length] as keyof typeof paths);
       for (const which of order) runs[which].push(await timeStream(paths[which], info.apiKey, body));
     }
     const stat = (xs: StreamTiming[]) => ({
@@ -139,19 +147,24 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
       tokens: median(xs.map((x) => x.tokens)),
     });
     const d = stat(runs.direct);
+    const p = stat(runs.pipe);
     const c = stat(runs.coordinator);
     const sameText = runs.direct.every((x, i) => x.text === runs.coordinator[i]?.text);
     return {
       rounds: opts.rounds,
       maxTokens: opts.maxTokens,
       direct: d,
+      pipe: p,
       coordinator: c,
       decodeRatio: c.decodeTps / d.decodeTps,
       addedTtftMs: c.ttftMs - d.ttftMs,
       gapRatio: c.medianGapMs / d.medianGapMs,
+      pipeDecodeRatio: p.decodeTps / d.decodeTps,
+      coordinatorVsPipeDecode: c.decodeTps / p.decodeTps,
       sameText,
     };
   } finally {
+    for (const stop of stops) stop();
     up.kill("SIGINT");
     await new Promise((r) => up.once("exit", r));
     await rm(home, { recursive: true, force: true });

@@ -14,8 +14,15 @@ import { tempPaths, waitFor } from "../helpers.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
 
+/** The environment of a fresh machine: embedded defaults, so no DATABASE_URL. */
+function userEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...extra };
+  delete env.DATABASE_URL;
+  return env;
+}
+
 function sharedllm(args: string[], env: NodeJS.ProcessEnv = {}) {
-  return spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", env: { ...process.env, ...env }, timeout: 60_000 });
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", env: userEnv(env), timeout: 60_000 });
 }
 
 /** pids of every descendant of a process, from /proc */
@@ -54,7 +61,7 @@ afterEach(() => {
 
 async function startUp(home: string) {
   const child = spawn(process.execPath, [BIN, "up", "--port", "0"], {
-    env: { ...process.env, SHAREDLLM_HOME: home },
+    env: userEnv({ SHAREDLLM_HOME: home }),
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
