@@ -15,6 +15,7 @@ import { ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 import { ControlClient } from "./controlClient.js";
+import { EngineConnections } from "./engineConnection.js";
 import { runJob } from "./jobRunner.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
@@ -79,6 +80,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     extraArgs: o.engineArgs,
   });
   const log = o.logger.child({ nodeId });
+  const connections = new EngineConnections(llama.port);
   llama.supervisor.on("exit", (code, signal) => log.warn({ code, signal }, "llama-server exited; restarting"));
   llama.supervisor.on("ready", () => log.info({ url: llama.url }, "llama-server ready"));
   const control = new ControlClient({
@@ -97,12 +99,13 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
         return;
       }
-      await runJob(job, llama.url, send, signal);
+      await runJob(job, connections, send, signal);
     },
   });
   try {
     await control.start();
   } catch (err) {
+    connections.close();
     await llama.supervisor.stop();
     throw err;
   }
@@ -113,6 +116,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     control,
     async stop() {
       await control.close();
+      connections.close();
       await llama.supervisor.stop();
     },
   };

@@ -5,27 +5,32 @@
  * asked for usage; the usage-only chunk is passed on only to clients that asked.
  *
  * This is the per-token hot path on a machine whose cores llama-server wants,
- * so it uses node:http rather than fetch's web streams. Each job gets its own
- * connection: llama-server may drop a kept-alive one right after a stream, and a
- * request sent on it would fail for nothing.
+ * so it uses node:http rather than fetch's web streams, on connections from
+ * EngineConnections (one per job, opened ahead of time).
  */
 import { type IncomingMessage, request } from "node:http";
 import type { JobStart, NodeFrame, Usage } from "@sharedllm/protocol";
+import type { EngineConnections } from "./engineConnection.js";
 
 const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as const;
 
 type Send = (f: NodeFrame) => void;
 
-export async function runJob(job: JobStart, llamaUrl: string, send: Send, signal: AbortSignal): Promise<void> {
+export async function runJob(job: JobStart, engine: EngineConnections, send: Send, signal: AbortSignal): Promise<void> {
   const body = JSON.stringify(
     job.stream ? { ...job.request, stream: true, stream_options: { include_usage: true } } : { ...job.request, stream: false },
   );
-  let res: IncomingMessage;
-  try {
-    res = await post(llamaUrl + PATHS[job.kind], body, signal);
-  } catch (err) {
-    if (!signal.aborted) fail(send, job, `the engine is not reachable: ${(err as Error).message}`, true);
-    return;
+  let res: IncomingMessage | undefined;
+  // a warm connection the engine closed a moment ago fails before any response: try once more on a new one
+  for (let attempt = 1; !res; attempt++) {
+    try {
+      res = await post(engine, PATHS[job.kind], body, signal);
+    } catch (err) {
+      if (signal.aborted) return;
+      if (attempt < 2 && ["ECONNRESET", "EPIPE"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
+      fail(send, job, `the engine is not reachable: ${(err as Error).message}`, true);
+      return;
+    }
   }
   res.setEncoding("utf8");
   const status = res.statusCode ?? 0;
@@ -53,15 +58,15 @@ export async function runJob(job: JobStart, llamaUrl: string, send: Send, signal
   await relayStream(job, res, send, signal);
 }
 
-function post(url: string, body: string, signal: AbortSignal): Promise<IncomingMessage> {
+function post(engine: EngineConnections, path: string, body: string, signal: AbortSignal): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
-    const req = request(url, {
+    const req = request({
+      path,
       method: "POST",
-      agent: false,
+      createConnection: () => engine.take(),
       signal,
       headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
     });
-    req.setNoDelay(true);
     req.once("response", resolve);
     req.once("error", reject);
     req.end(body);
