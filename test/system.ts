@@ -16,13 +16,13 @@ export const MODEL = DEFAULT_MODEL.id;
 export async function startSystem(opts: { slots?: number } = {}) {
   const paths = await tempPaths();
   const logger = quietLogger();
-  const nodeToken = randomBytes(32).toString("base64url");
-  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir: join(paths.home, "db"), nodeToken, logger });
+  const joinToken = randomBytes(32).toString("base64url");
+  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir: join(paths.home, "db"), joinToken, logger });
   const { secret: apiKey } = await createApiKey(coordinator.db, "test");
   const node = await startNodeDaemon({
     paths,
     coordinatorUrl: coordinator.url,
-    token: nodeToken,
+    joinToken,
     model: "default",
     slots: opts.slots ?? 2,
     contextPerSlot: 2048,
@@ -31,6 +31,7 @@ export async function startSystem(opts: { slots?: number } = {}) {
   const client = new OpenAI({ baseURL: `${coordinator.url}/v1`, apiKey, maxRetries: 0, timeout: 60_000 });
   return {
     paths,
+    joinToken,
     coordinator,
     node,
     apiKey,

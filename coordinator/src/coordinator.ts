@@ -12,6 +12,7 @@ import { errorsPlugin } from "./errors.js";
 import { Fleet } from "./fleet.js";
 import { controlPlugin } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
+import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
 
 export interface CoordinatorOptions {
@@ -21,8 +22,8 @@ export interface CoordinatorOptions {
   /** PGlite data folder (or `memory://`), used when databaseUrl is absent */
   dataDir: string;
   databaseUrl?: string;
-  /** credential nodes present on the control channel */
-  nodeToken: string;
+  /** the site's join token: nodes sign their registration with it */
+  joinToken: string;
   logger: Logger;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
@@ -51,7 +52,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await app.register(errorsPlugin);
     await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
     await app.register(healthPlugin, { fleet });
-    await app.register(controlPlugin, { db, fleet, knownModels, nodeToken: o.nodeToken });
+    await app.register(nodesPlugin, { db, joinToken: o.joinToken });
+    await app.register(controlPlugin, { db, fleet, knownModels });
     await app.register(openaiPlugin, { db, fleet, knownModels, keys: new ApiKeyVerifier(db) });
     const address = await app.listen({ host: o.host, port: o.port });
     return {

@@ -2,3 +2,4 @@ export * from "./control.js";
 export * from "./errors.js";
 export * from "./ids.js";
 export * from "./openai.js";
+export * from "./siteAuth.js";

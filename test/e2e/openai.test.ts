@@ -191,6 +191,14 @@ describe("failures", () => {
     expect(failed.length).toBeGreaterThan(0);
   });
 
+  it("a request sent right after llama-server died, before anyone noticed, waits for the restart and succeeds", async () => {
+    const restarts = sys.node.llama.supervisor.restarts;
+    process.kill(sys.node.llama.supervisor.pid as number, "SIGKILL");
+    const r = await sys.client.chat.completions.create({ model: MODEL, messages, max_tokens: 8 });
+    expect(r.choices[0]?.message.content?.length).toBeGreaterThan(0);
+    expect(sys.node.llama.supervisor.restarts).toBe(restarts + 1);
+  });
+
   it("with no node connected, requests for a known model get 503 no_capacity", async () => {
     await sys.node.control.close();
     await waitFor("the node to leave the fleet", () => sys.coordinator.fleet.size === 0);

@@ -58,7 +58,7 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       const c = await startCoordinator({
         host: "127.0.0.1",
         port: 0,
-        nodeToken: "t".repeat(43),
+        joinToken: "t".repeat(43),
         logger: pino({ level: "silent" }),
         ...db0,
       });

@@ -46,6 +46,18 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex("jobs_status").on("jobs").column("status").execute();
     },
   },
+  "0002_node_sessions": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("node_sessions")
+        .addColumn("token_hash", "text", (c) => c.primaryKey())
+        .addColumn("node_id", "text", (c) => c.notNull().references("nodes.id"))
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("node_sessions_node").on("node_sessions").column("node_id").execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -25,6 +25,14 @@ export interface NodesTable {
   last_seen_at: Timestamp;
 }
 
+export interface NodeSessionsTable {
+  /** sha256 (hex) of the control-channel session token */
+  token_hash: string;
+  node_id: string;
+  created_at: Timestamp;
+  expires_at: Timestamp;
+}
+
 export type JobStatus = "running" | "completed" | "failed" | "cancelled";
 
 export interface JobsTable {
@@ -46,6 +54,7 @@ export interface Database {
   api_keys: ApiKeysTable;
   models: ModelsTable;
   nodes: NodesTable;
+  node_sessions: NodeSessionsTable;
   jobs: JobsTable;
 }
 

@@ -3,7 +3,6 @@
  * with a bearer credential, say hello (protocol version, models, slots), and then
  * carry jobs. A node whose socket closes is removed and its jobs fail cleanly.
  */
-import { timingSafeEqual } from "node:crypto";
 import {
   CLOSE_REFUSED,
   CONTROL_PATH,
@@ -19,26 +18,33 @@ import type { WebSocket } from "ws";
 import type { z } from "zod";
 import type { Db } from "../db/database.js";
 import type { ConnectedNode, Fleet } from "../fleet.js";
+import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
   db: Db;
   fleet: Fleet;
   knownModels: Set<string>;
-  /** the credential nodes present on the upgrade */
-  nodeToken: string;
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** the node whose session token opened this control channel */
+    sessionNodeId?: string;
+  }
 }
 
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
-  const expected = Buffer.from(o.nodeToken);
   app.get(
     CONTROL_PATH,
     {
       websocket: true,
       preValidation: async (req, reply) => {
-        const got = Buffer.from(/^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? "")?.[1] ?? "");
-        if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
-          return reply.code(401).send(errorBody("invalid_api_key", "this node's token is not valid for this coordinator"));
+        const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? "")?.[1];
+        const nodeId = token ? await sessionNode(o.db, token) : undefined;
+        if (!nodeId) {
+          return reply.code(401).send(errorBody("invalid_api_key", "no valid node session: register with the site's join token first"));
         }
+        req.sessionNodeId = nodeId;
       },
     },
     (socket, req) => {
@@ -87,6 +93,11 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       });
 
       async function onHello(ws: WebSocket, h: Hello): Promise<ConnectedNode | undefined> {
+        const nodeId = req.sessionNodeId as string;
+        if (h.nodeId.toLowerCase() !== nodeId) {
+          refuse(`this session belongs to node ${nodeId}, not ${h.nodeId}`);
+          return undefined;
+        }
         if (h.protocol !== CONTROL_PROTOCOL_VERSION) {
           refuse(
             `control protocol ${h.protocol} is not supported; this coordinator speaks ${CONTROL_PROTOCOL_VERSION}: upgrade the older side`,
@@ -97,7 +108,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         const now = new Date();
         await o.db
           .insertInto("nodes")
-          .values({ id: h.nodeId, engine, first_seen_at: now, last_seen_at: now })
+          .values({ id: nodeId, engine, first_seen_at: now, last_seen_at: now })
           .onConflict((c) => c.column("id").doUpdateSet({ engine, last_seen_at: now }))
           .execute();
         for (const m of h.models) {
@@ -110,7 +121,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         }
         if (ws.readyState !== ws.OPEN) return undefined;
         const n: ConnectedNode = {
-          id: h.nodeId,
+          id: nodeId,
           engine,
           models: new Map(h.models.map((m) => [m.id, m])),
           slots: h.slots,
@@ -121,8 +132,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           send,
         };
         o.fleet.add(n);
-        send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId: h.nodeId });
-        req.log.info({ nodeId: h.nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
+        send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId: nodeId });
+        req.log.info({ nodeId: nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
         return n;
       }
     },

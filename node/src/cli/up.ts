@@ -28,7 +28,8 @@ export interface UpFile {
 }
 
 interface Secrets {
-  nodeToken: string;
+  /** the local site's join token: the local node registers with it */
+  joinToken: string;
   devApiKey?: string;
 }
 
@@ -38,7 +39,7 @@ async function loadSecrets(home: string): Promise<Secrets> {
   try {
     return JSON.parse(await readFile(file, "utf8")) as Secrets;
   } catch {
-    const s: Secrets = { nodeToken: randomBytes(32).toString("base64url") };
+    const s: Secrets = { joinToken: randomBytes(32).toString("base64url") };
     await saveSecrets(home, s);
     return s;
   }
@@ -82,7 +83,7 @@ export function upCommand(): Command {
           port: o.port,
           dataDir: join(paths.home, "db"),
           databaseUrl: o.databaseUrl,
-          nodeToken: secrets.nodeToken,
+          joinToken: secrets.joinToken,
           logger,
         }).catch((err: NodeJS.ErrnoException) => {
           if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
@@ -111,7 +112,7 @@ export function upCommand(): Command {
           const node = await startNodeDaemon({
             paths,
             coordinatorUrl: coordinator.url,
-            token: secrets.nodeToken,
+            joinToken: secrets.joinToken,
             model: o.model,
             slots: o.slots,
             engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),

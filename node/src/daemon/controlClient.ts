@@ -17,10 +17,16 @@ import {
 import type { Logger } from "pino";
 import WebSocket from "ws";
 
+/** Where the session token for the WebSocket upgrade comes from (registration). */
+export interface SessionCredentials {
+  get(): Promise<string>;
+  /** the coordinator no longer accepts the current token: get() must register again */
+  invalidate(): void;
+}
+
 export interface ControlClientOptions {
   coordinatorUrl: string;
-  /** bearer credential for the WebSocket upgrade */
-  token: string;
+  credentials: SessionCredentials;
   hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
   logger: Logger;
@@ -47,7 +53,7 @@ export class ControlClient {
 
   /** Starts dialling; resolves once the coordinator has welcomed this node (first time). */
   start(): Promise<void> {
-    this.dial();
+    void this.dial();
     return this.connectedOnce;
   }
 
@@ -55,10 +61,18 @@ export class ControlClient {
     return this.jobs.size;
   }
 
-  private dial(): void {
+  private async dial(): Promise<void> {
+    if (this.closed) return;
+    let token: string;
+    try {
+      token = await this.o.credentials.get();
+    } catch (err) {
+      this.o.logger.error({ err: (err as Error).message }, "cannot register with the coordinator; retrying");
+      return this.scheduleReconnect();
+    }
     if (this.closed) return;
     const url = new URL(CONTROL_PATH, this.o.coordinatorUrl.replace(/^http/, "ws"));
-    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${this.o.token}` }, perMessageDeflate: false });
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, perMessageDeflate: false });
     this.ws = ws;
     ws.on("open", () => {
       const frame: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello() };
@@ -66,7 +80,8 @@ export class ControlClient {
     });
     ws.on("message", (data) => this.onFrame(ws, JSON.parse(data.toString()) as CoordinatorFrame));
     ws.on("unexpected-response", (_req, res) => {
-      this.o.logger.error({ status: res.statusCode }, "coordinator refused the control channel (check the node token)");
+      if (res.statusCode === 401) this.o.credentials.invalidate();
+      this.o.logger.warn({ status: res.statusCode }, "coordinator refused the control channel session; registering again");
       ws.terminate();
     });
     ws.on("error", (err) => this.o.logger.debug({ err: err.message }, "control channel error"));
@@ -120,7 +135,7 @@ export class ControlClient {
     const base = Math.min((this.o.backoffMs ?? 250) * 2 ** this.attempt, this.o.maxBackoffMs ?? 10_000);
     this.attempt++;
     const delay = base * (0.5 + Math.random());
-    this.timer = setTimeout(() => this.dial(), delay);
+    this.timer = setTimeout(() => void this.dial(), delay);
   }
 
   async close(): Promise<void> {

@@ -3,20 +3,20 @@
  * runs a supervised llama-server for the model on 127.0.0.1, and serves jobs
  * that arrive over the control channel it dials to the coordinator.
  */
-import { randomUUID } from "node:crypto";
-import { mkdir, readFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
-import { writeFileAtomic } from "../lock.js";
+import type { Supervisor } from "../engine/supervisor.js";
+import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
-import { ControlClient } from "./controlClient.js";
+import { ControlClient, type SessionCredentials } from "./controlClient.js";
 import { EngineConnections } from "./engineConnection.js";
-import { runJob } from "./jobRunner.js";
+import { EngineUnreachable, runJob } from "./jobRunner.js";
+import { registerNode } from "./registration.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
 const ENGINE_WAIT_MS = 30_000;
@@ -24,8 +24,8 @@ const ENGINE_WAIT_MS = 30_000;
 export interface NodeDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
-  /** the coordinator's node credential */
-  token: string;
+  /** the site's join token (signs the registration) */
+  joinToken: string;
   /** model id in the store, or a source to pull (`default`, `hf:...`, a path) */
   model: string;
   /** parallel jobs; default 2 */
@@ -48,22 +48,10 @@ export interface NodeDaemon {
   stop(): Promise<void>;
 }
 
-/** This instance's node id, created once and kept in `$SHAREDLLM_HOME/node.json`. */
-export async function nodeIdentity(home: string): Promise<string> {
-  const file = join(home, "node.json");
-  try {
-    return (JSON.parse(await readFile(file, "utf8")) as { nodeId: string }).nodeId;
-  } catch {
-    const nodeId = `node-${randomUUID()}`;
-    await mkdir(home, { recursive: true });
-    await writeFileAtomic(file, `${JSON.stringify({ nodeId }, null, 2)}\n`);
-    return nodeId;
-  }
-}
-
 export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
   const progress = o.progress ?? silentProgress;
-  const nodeId = await nodeIdentity(o.paths.home);
+  const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
+  const nodeId = identity.nodeId;
   const engine = await ensureEngine({ cache: o.paths.cache, progress, signal: o.signal });
   const store = new ModelStore(o.paths.cache);
   const model = (await store.get(o.model)) ?? (await store.pull(o.model, { progress, signal: o.signal }));
@@ -85,7 +73,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   llama.supervisor.on("ready", () => log.info({ url: llama.url }, "llama-server ready"));
   const control = new ControlClient({
     coordinatorUrl: o.coordinatorUrl,
-    token: o.token,
+    credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
     logger: log,
     hello: () => ({
       nodeId,
@@ -94,12 +82,20 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       slots,
     }),
     runJob: async (job, send, signal) => {
-      // a job that arrives while llama-server restarts waits for it instead of failing
-      if (!llama.supervisor.ready && !(await llama.supervisor.whenReady(ENGINE_WAIT_MS, signal))) {
-        send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
-        return;
+      // a job that arrives while llama-server restarts (or is dying and not yet
+      // noticed by its supervisor) waits for it instead of failing
+      for (let attempt = 1; ; attempt++) {
+        if (!llama.supervisor.ready && !(await llama.supervisor.whenReady(ENGINE_WAIT_MS, signal))) break;
+        try {
+          return await runJob(job, connections, send, signal);
+        } catch (err) {
+          if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
+          log.warn({ jobId: job.jobId }, "llama-server unreachable; waiting for its restart");
+          await waitUntilDown(llama.supervisor, 2_000);
+        }
       }
-      await runJob(job, connections, send, signal);
+      if (!signal.aborted)
+        send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
     },
   });
   try {
@@ -120,4 +116,38 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       await llama.supervisor.stop();
     },
   };
+}
+
+/** A session token from registration, kept until the coordinator stops accepting it. */
+function sessionCredentials(o: Parameters<typeof registerNode>[0]): SessionCredentials {
+  let current: Promise<string> | undefined;
+  return {
+    get() {
+      current ??= registerNode(o).then(
+        (r) => r.sessionToken,
+        (err) => {
+          current = undefined;
+          throw err;
+        },
+      );
+      return current;
+    },
+    invalidate() {
+      current = undefined;
+    },
+  };
+}
+
+/** Resolves once the supervisor has seen its process exit (or after timeoutMs). */
+function waitUntilDown(sup: Supervisor, timeoutMs: number): Promise<void> {
+  if (!sup.ready) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      sup.off("exit", done);
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    sup.on("exit", done);
+  });
 }

@@ -16,6 +16,11 @@ const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as
 
 type Send = (f: NodeFrame) => void;
 
+/** llama-server did not take the request at all (it is down or restarting); nothing was sent for the job. */
+export class EngineUnreachable extends Error {
+  override name = "EngineUnreachable";
+}
+
 export async function runJob(job: JobStart, engine: EngineConnections, send: Send, signal: AbortSignal): Promise<void> {
   const body = JSON.stringify(
     job.stream ? { ...job.request, stream: true, stream_options: { include_usage: true } } : { ...job.request, stream: false },
@@ -28,8 +33,7 @@ export async function runJob(job: JobStart, engine: EngineConnections, send: Sen
     } catch (err) {
       if (signal.aborted) return;
       if (attempt < 2 && ["ECONNRESET", "EPIPE"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
-      fail(send, job, `the engine is not reachable: ${(err as Error).message}`, true);
-      return;
+      throw new EngineUnreachable(`the engine is not reachable: ${(err as Error).message}`, { cause: err });
     }
   }
   res.setEncoding("utf8");

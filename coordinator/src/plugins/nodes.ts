@@ -1,0 +1,98 @@
+/**
+ * Node registration: a node proves site membership (HMAC under the join token,
+ * fresh and used once) and that it holds the key of the address it claims (an
+ * EIP-191 signature over the same nonce). It gets a session token for the
+ * control channel. Any failure is a 401 that changes nothing.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import {
+  ApiError,
+  NonceCache,
+  REGISTER_PATH,
+  type RegisterResponse,
+  registerRequestSchema,
+  registrationMessage,
+  SITE_AUTH_HEADERS,
+  verifySiteRequest,
+} from "@sharedllm/protocol";
+import type { FastifyInstance } from "fastify";
+import { verifyMessage } from "viem";
+import type { Db } from "../db/database.js";
+
+export interface NodesPluginOptions {
+  db: Db;
+  /** the site's join token (HMAC key) */
+  joinToken: string;
+  sessionTtlMs?: number;
+}
+
+const DEFAULT_SESSION_TTL_MS = 24 * 3600_000;
+
+export const hashSessionToken = (token: string) => createHash("sha256").update(token).digest("hex");
+
+export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): Promise<void> {
+  const nonces = new NonceCache();
+  // the HMAC covers the exact bytes of the body, so keep them
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (_req, body, done) => done(null, body));
+
+  app.post(REGISTER_PATH, async (req, reply) => {
+    const raw = typeof req.body === "string" ? req.body : "";
+    const refused = (why: string) => {
+      req.log.warn({ why, ip: req.ip }, "node registration refused");
+      return new ApiError("invalid_api_key", `registration refused: ${why}`);
+    };
+    const auth = verifySiteRequest(o.joinToken, { method: req.method, path: REGISTER_PATH, headers: req.headers, body: raw }, nonces);
+    if (!auth.ok) {
+      throw refused(
+        {
+          missing: `sign the request with the site's join token (${Object.values(SITE_AUTH_HEADERS).join(", ")})`,
+          expired: "the request's timestamp is more than 60 s off; check this machine's clock",
+          bad_signature: "the signature does not match: a wrong join token, or the request was altered",
+          replayed: "this request was already used",
+        }[auth.reason],
+      );
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(raw);
+    } catch {
+      throw new ApiError("invalid_json", "the request body is not valid JSON");
+    }
+    const parsed = registerRequestSchema.safeParse(body);
+    if (!parsed.success) throw new ApiError("invalid_request", `bad registration: ${parsed.error.issues[0]?.message}`);
+    const nodeId = parsed.data.nodeId.toLowerCase() as `0x${string}`;
+    const message = registrationMessage({ nodeId, timestamp: String(auth.timestamp), nonce: auth.nonce });
+    const proven = await verifyMessage({ address: nodeId, message, signature: parsed.data.proof as `0x${string}` }).catch(() => false);
+    if (!proven) throw refused("the proof is not signed by the node's key");
+
+    const sessionToken = randomBytes(32).toString("base64url");
+    const now = new Date();
+    const expiresAt = new Date(now.getTime() + (o.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS));
+    await o.db.transaction().execute(async (tx) => {
+      await tx
+        .insertInto("nodes")
+        .values({ id: nodeId, engine: "unknown", first_seen_at: now, last_seen_at: now })
+        .onConflict((c) => c.column("id").doUpdateSet({ last_seen_at: now }))
+        .execute();
+      await tx.deleteFrom("node_sessions").where("node_id", "=", nodeId).where("expires_at", "<", now).execute();
+      await tx
+        .insertInto("node_sessions")
+        .values({ token_hash: hashSessionToken(sessionToken), node_id: nodeId, expires_at: expiresAt })
+        .execute();
+    });
+    req.log.info({ nodeId }, "node registered");
+    const res: RegisterResponse = { nodeId, sessionToken, expiresAt: expiresAt.toISOString() };
+    return reply.code(201).send(res);
+  });
+}
+
+/** The node a control-channel session token belongs to, if it is valid. */
+export async function sessionNode(db: Db, token: string): Promise<string | undefined> {
+  const row = await db
+    .selectFrom("node_sessions")
+    .select("node_id")
+    .where("token_hash", "=", hashSessionToken(token))
+    .where("expires_at", ">", new Date())
+    .executeTakeFirst();
+  return row?.node_id;
+}

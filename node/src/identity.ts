@@ -1,0 +1,38 @@
+/**
+ * The node's identity: a secp256k1 key (an Ethereum account, also its payout
+ * address), created on first start in `$SHAREDLLM_HOME/node-key.json`, readable
+ * only by its owner. The private key never leaves this file and is never logged.
+ */
+import { chmod, mkdir, readFile, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
+import { writeFileAtomic } from "./lock.js";
+
+export interface NodeIdentity {
+  /** lower-case address: the node id */
+  nodeId: string;
+  account: PrivateKeyAccount;
+  file: string;
+  created: boolean;
+}
+
+export async function loadNodeIdentity(home: string, opts: { create?: boolean } = { create: true }): Promise<NodeIdentity | undefined> {
+  const file = join(home, "node-key.json");
+  let privateKey: `0x${string}`;
+  let created = false;
+  try {
+    privateKey = (JSON.parse(await readFile(file, "utf8")) as { privateKey: `0x${string}` }).privateKey;
+    // a key file others can read is tightened, not trusted as is
+    if (((await stat(file)).mode & 0o077) !== 0) await chmod(file, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`${file} is unreadable: ${(err as Error).message}`);
+    if (!opts.create) return undefined;
+    privateKey = generatePrivateKey();
+    const address = privateKeyToAccount(privateKey).address;
+    await mkdir(home, { recursive: true });
+    await writeFileAtomic(file, `${JSON.stringify({ address, privateKey }, null, 2)}\n`, 0o600);
+    created = true;
+  }
+  const account = privateKeyToAccount(privateKey);
+  return { nodeId: account.address.toLowerCase(), account, file, created };
+}
