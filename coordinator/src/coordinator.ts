@@ -4,14 +4,17 @@
  * needs comes in through CoordinatorOptions, and close() releases all of it.
  */
 import websocket from "@fastify/websocket";
+import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
 import { Fleet } from "./fleet.js";
+import { Metrics } from "./metrics.js";
 import { controlPlugin } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
+import { networkPlugin } from "./plugins/network.js";
 import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
 
@@ -25,6 +28,8 @@ export interface CoordinatorOptions {
   /** the site's join token: nodes sign their registration with it */
   joinToken: string;
   logger: Logger;
+  /** how often nodes send heartbeats; default 5 s */
+  heartbeatIntervalMs?: number;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
 }
@@ -48,13 +53,19 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .set({ status: "failed", error: "coordinator restarted", finished_at: new Date() })
       .where("status", "=", "running")
       .execute();
-    const app = Fastify({ loggerInstance: o.logger as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024 });
+    const app = Fastify({
+      loggerInstance: o.logger as FastifyBaseLogger,
+      bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
+      forceCloseConnections: true,
+    });
     await app.register(errorsPlugin);
     await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
+    const metrics = new Metrics(fleet);
     await app.register(healthPlugin, { fleet });
+    await app.register(networkPlugin, { db, fleet, metrics });
     await app.register(nodesPlugin, { db, joinToken: o.joinToken });
-    await app.register(controlPlugin, { db, fleet, knownModels });
-    await app.register(openaiPlugin, { db, fleet, knownModels, keys: new ApiKeyVerifier(db) });
+    await app.register(controlPlugin, { db, fleet, knownModels, heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS });
+    await app.register(openaiPlugin, { db, fleet, knownModels, metrics, keys: new ApiKeyVerifier(db) });
     const address = await app.listen({ host: o.host, port: o.port });
     return {
       url: address.replace("[::1]", "127.0.0.1"),

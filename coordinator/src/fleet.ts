@@ -3,7 +3,7 @@
  * running, and the routing of their frames back to whoever waits for them.
  * Choosing a node is a pure function over a snapshot (`pickNode`).
  */
-import type { JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Heartbeat, JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -52,8 +52,25 @@ export function pickNode(
   return best;
 }
 
+/** Nodes that have been silent for `missed` heartbeat periods: a pure decision over a snapshot. */
+export function silentNodes<T extends { id: string; lastSeenAt: number }>(
+  nodes: Iterable<T>,
+  now: number,
+  intervalMs: number,
+  missed: number,
+): T[] {
+  const out: T[] = [];
+  for (const n of nodes) if (now - n.lastSeenAt > intervalMs * missed) out.push(n);
+  return out;
+}
+
 export interface ConnectedNode extends NodeView {
   engine: string;
+  /** last heartbeat (or hello), ms epoch */
+  lastSeenAt: number;
+  heartbeat?: Heartbeat;
+  /** closes the node's control channel */
+  disconnect(reason: string): void;
   send(frame: JobStart | { type: "job.cancel"; jobId: string }): void;
   jobs: Map<string, JobSink>;
   connectedAt: number;

@@ -43,7 +43,26 @@ export interface Welcome {
   type: "welcome";
   protocol: number;
   nodeId: string;
+  /** how often the node must send a heartbeat; three missed ones mark it offline */
+  heartbeatIntervalMs: number;
 }
+
+/** The default heartbeat period; a node silent for three periods is offline. */
+export const HEARTBEAT_INTERVAL_MS = 5_000;
+export const MISSED_HEARTBEATS_OFFLINE = 3;
+
+/** node -> coordinator, every heartbeat interval: how the node is doing */
+export const heartbeatSchema = z.object({
+  type: z.literal("heartbeat"),
+  /** 1-minute load average per core */
+  load: z.number().nonnegative(),
+  freeMemoryBytes: z.number().int().nonnegative(),
+  activeJobs: z.number().int().nonnegative(),
+  loadedModels: z.array(z.string()),
+  /** decode speed over the recent jobs, tokens per second (0 when idle) */
+  tokensPerSecond: z.number().nonnegative(),
+});
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
 /** coordinator -> node: run a job. `request` is the validated OpenAI body, passed through. */
 export interface JobStart {
@@ -110,7 +129,7 @@ export const jobErrorSchema = z.object({
 });
 
 /** Every node frame but chunks (see encodeChunkFrame). */
-export const nodeFrameSchema = z.discriminatedUnion("type", [helloSchema, jobResultSchema, jobEndSchema, jobErrorSchema]);
+export const nodeFrameSchema = z.discriminatedUnion("type", [helloSchema, heartbeatSchema, jobResultSchema, jobEndSchema, jobErrorSchema]);
 export type NodeFrame = z.infer<typeof nodeFrameSchema> | JobChunk;
 export type JobEnd = z.infer<typeof jobEndSchema>;
 export type JobErrorFrame = z.infer<typeof jobErrorSchema>;

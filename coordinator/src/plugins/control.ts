@@ -11,19 +11,21 @@ import {
   decodeChunkFrame,
   errorBody,
   type Hello,
+  MISSED_HEARTBEATS_OFFLINE,
   nodeFrameSchema,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import type { z } from "zod";
 import type { Db } from "../db/database.js";
-import type { ConnectedNode, Fleet } from "../fleet.js";
+import { type ConnectedNode, type Fleet, silentNodes } from "../fleet.js";
 import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
   db: Db;
   fleet: Fleet;
   knownModels: Set<string>;
+  heartbeatIntervalMs: number;
 }
 
 declare module "fastify" {
@@ -34,6 +36,16 @@ declare module "fastify" {
 }
 
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
+  // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
+  const sweeper = setInterval(() => {
+    for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
+      app.log.warn({ nodeId: n.id }, "node missed its heartbeats; marking it offline");
+      o.fleet.remove(n.id, `missed ${MISSED_HEARTBEATS_OFFLINE} heartbeats`);
+      n.disconnect("missed heartbeats");
+    }
+  }, o.heartbeatIntervalMs);
+  app.addHook("onClose", async () => clearInterval(sweeper));
+
   app.get(
     CONTROL_PATH,
     {
@@ -75,6 +87,10 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           return;
         }
         switch (frame.type) {
+          case "heartbeat":
+            node.lastSeenAt = Date.now();
+            node.heartbeat = frame;
+            return;
           case "job.end":
             return o.fleet.end(node.id, frame.jobId, frame.usage);
           case "job.result":
@@ -86,10 +102,18 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         }
       });
       socket.on("close", () => {
-        if (node && o.fleet.get(node.id) === node) {
-          o.fleet.remove(node.id, "control channel closed");
-          req.log.info({ nodeId: node.id }, "node disconnected");
+        if (!node) return;
+        const id = node.id;
+        if (o.fleet.get(id) === node) {
+          o.fleet.remove(id, "control channel closed");
+          req.log.info({ nodeId: id }, "node disconnected");
         }
+        o.db
+          .updateTable("nodes")
+          .set({ last_seen_at: new Date(node.lastSeenAt) })
+          .where("id", "=", id)
+          .execute()
+          .catch((err) => req.log.error({ err, nodeId: id }, "recording last seen failed"));
       });
 
       async function onHello(ws: WebSocket, h: Hello): Promise<ConnectedNode | undefined> {
@@ -129,10 +153,12 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           coolingUntil: 0,
           jobs: new Map(),
           connectedAt: Date.now(),
+          lastSeenAt: Date.now(),
           send,
+          disconnect: (reason) => socket.close(CLOSE_REFUSED, reason),
         };
         o.fleet.add(n);
-        send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId: nodeId });
+        send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
         req.log.info({ nodeId: nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
         return n;
       }

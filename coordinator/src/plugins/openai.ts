@@ -22,11 +22,13 @@ import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
 import type { Fleet, JobSink } from "../fleet.js";
+import type { Metrics } from "../metrics.js";
 
 export interface OpenAIPluginOptions {
   db: Db;
   fleet: Fleet;
   keys: ApiKeyVerifier;
+  metrics: Metrics;
   /** model ids ever served here (for 404 vs 503) */
   knownModels: Set<string>;
   /** attempts on different nodes before giving up */
@@ -121,6 +123,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         .catch((err) => req.log.error({ err, jobId }, "recording job start failed"));
     };
     const finish = async (status: JobStatus, usage?: Usage, error?: string) => {
+      o.metrics.jobFinished(body.model, status, usage);
       await started;
       const final = {
         status,

@@ -10,6 +10,7 @@ import {
   CONTROL_PROTOCOL_VERSION,
   type CoordinatorFrame,
   encodeChunkFrame,
+  type Heartbeat,
   type Hello,
   type JobStart,
   type NodeFrame,
@@ -28,6 +29,8 @@ export interface ControlClientOptions {
   coordinatorUrl: string;
   credentials: SessionCredentials;
   hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots">;
+  /** the node's state for each heartbeat */
+  status: () => Omit<Heartbeat, "type" | "activeJobs">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
   logger: Logger;
   /** first reconnect delay; doubles up to maxBackoffMs, with +-50% jitter */
@@ -41,6 +44,7 @@ export class ControlClient {
   private closed = false;
   private attempt = 0;
   private timer: NodeJS.Timeout | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
   private connectedOnce: Promise<void>;
   private markConnected!: () => void;
   connected = false;
@@ -89,6 +93,7 @@ export class ControlClient {
       if (this.ws === ws) this.ws = undefined;
       if (this.connected && !this.closed) this.o.logger.warn({ code, reason: reason.toString() }, "control channel closed");
       this.connected = false;
+      clearInterval(this.heartbeat);
       for (const ctl of this.jobs.values()) ctl.abort();
       this.jobs.clear();
       if (code === CLOSE_REFUSED) this.o.logger.error({ reason: reason.toString() }, "coordinator refused this node");
@@ -101,6 +106,11 @@ export class ControlClient {
       case "welcome":
         this.attempt = 0;
         this.connected = true;
+        clearInterval(this.heartbeat);
+        this.heartbeat = setInterval(() => {
+          const beat: Heartbeat = { type: "heartbeat", ...this.o.status(), activeJobs: this.jobs.size };
+          if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(beat));
+        }, frame.heartbeatIntervalMs);
         this.o.logger.info({ nodeId: frame.nodeId }, "connected to coordinator");
         this.markConnected();
         return;
@@ -141,6 +151,7 @@ export class ControlClient {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
+    clearInterval(this.heartbeat);
     for (const ctl of this.jobs.values()) ctl.abort();
     const ws = this.ws;
     if (ws && ws.readyState !== WebSocket.CLOSED) {

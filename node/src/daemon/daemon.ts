@@ -3,7 +3,7 @@
  * runs a supervised llama-server for the model on 127.0.0.1, and serves jobs
  * that arrive over the control channel it dials to the coordinator.
  */
-import { cpus } from "node:os";
+import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { type Engine, ensureEngine } from "../engine/build.js";
@@ -17,6 +17,7 @@ import { ControlClient, type SessionCredentials } from "./controlClient.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
 import { registerNode } from "./registration.js";
+import { Throughput } from "./throughput.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
 const ENGINE_WAIT_MS = 30_000;
@@ -69,6 +70,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   });
   const log = o.logger.child({ nodeId });
   const connections = new EngineConnections(llama.port);
+  const throughput = new Throughput();
   llama.supervisor.on("exit", (code, signal) => log.warn({ code, signal }, "llama-server exited; restarting"));
   llama.supervisor.on("ready", () => log.info({ url: llama.url }, "llama-server ready"));
   const control = new ControlClient({
@@ -81,7 +83,22 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       models: [{ id: model.id, sha256: model.sha256, contextSize: contextPerSlot }],
       slots,
     }),
-    runJob: async (job, send, signal) => {
+    status: () => ({
+      load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
+      freeMemoryBytes: freemem(),
+      loadedModels: llama.supervisor.ready ? [model.id] : [],
+      tokensPerSecond: throughput.tokensPerSecond(),
+    }),
+    runJob: async (job, rawSend, signal) => {
+      const started = Date.now();
+      const send: typeof rawSend = (f) => {
+        if (f.type === "job.end") throughput.record(f.usage.completion_tokens, Date.now() - started);
+        else if (f.type === "job.result") {
+          const usage = f.body.usage as { completion_tokens?: number } | undefined;
+          throughput.record(usage?.completion_tokens ?? 0, Date.now() - started);
+        }
+        rawSend(f);
+      };
       // a job that arrives while llama-server restarts (or is dying and not yet
       // noticed by its supervisor) waits for it instead of failing
       for (let attempt = 1; ; attempt++) {

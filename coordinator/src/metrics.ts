@@ -1,0 +1,51 @@
+/**
+ * Prometheus metrics of one coordinator, in a registry of its own (no globals):
+ * fleet gauges read at scrape time, job and token counters bumped as jobs end.
+ */
+import { Counter, Gauge, Registry } from "prom-client";
+import type { JobStatus } from "./db/schema.js";
+import type { Fleet } from "./fleet.js";
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly jobs: Counter<"status" | "model">;
+  private readonly tokens: Counter<"type" | "model">;
+
+  constructor(fleet: Fleet) {
+    const registers = [this.registry];
+    new Gauge({
+      name: "sharedllm_nodes_online",
+      help: "nodes connected over the control channel",
+      registers,
+      collect() {
+        this.set(fleet.size);
+      },
+    });
+    new Gauge({
+      name: "sharedllm_jobs_active",
+      help: "jobs dispatched to nodes and not finished",
+      registers,
+      collect() {
+        this.set(fleet.list().reduce((sum, n) => sum + n.active, 0));
+      },
+    });
+    new Gauge({
+      name: "sharedllm_fleet_tokens_per_second",
+      help: "sum of the nodes' recent decode speeds, from heartbeats",
+      registers,
+      collect() {
+        this.set(fleet.list().reduce((sum, n) => sum + (n.heartbeat?.tokensPerSecond ?? 0), 0));
+      },
+    });
+    this.jobs = new Counter({ name: "sharedllm_jobs_total", help: "jobs by final status", labelNames: ["status", "model"], registers });
+    this.tokens = new Counter({ name: "sharedllm_tokens_total", help: "tokens served", labelNames: ["type", "model"], registers });
+  }
+
+  jobFinished(model: string, status: JobStatus, usage?: { prompt_tokens: number; completion_tokens: number }): void {
+    this.jobs.inc({ status, model });
+    if (usage) {
+      this.tokens.inc({ type: "prompt", model }, usage.prompt_tokens);
+      this.tokens.inc({ type: "completion", model }, usage.completion_tokens);
+    }
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * `GET /v1/network`: every node this coordinator knows, online (with its last
+ * heartbeat) or offline (with when it was last seen), and the models served;
+ * `GET /metrics`: Prometheus text. Both are read-only views for the portal, the
+ * CLI and monitoring.
+ */
+import type { FastifyInstance } from "fastify";
+import type { Db } from "../db/database.js";
+import type { Fleet } from "../fleet.js";
+import type { Metrics } from "../metrics.js";
+
+export interface NetworkNode {
+  id: string;
+  status: "online" | "offline";
+  engine: string;
+  models: string[];
+  slots: number;
+  activeJobs: number;
+  load: number | null;
+  freeMemoryBytes: number | null;
+  tokensPerSecond: number | null;
+  lastSeenAt: string;
+}
+
+export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fleet; metrics: Metrics }): Promise<void> {
+  app.get("/v1/network", async () => {
+    const online = o.fleet.list();
+    const onlineIds = new Set(online.map((n) => n.id));
+    const nodes: NetworkNode[] = online.map((n) => ({
+      id: n.id,
+      status: "online",
+      engine: n.engine,
+      models: [...n.models.keys()],
+      slots: n.slots,
+      activeJobs: n.active,
+      load: n.heartbeat?.load ?? null,
+      freeMemoryBytes: n.heartbeat?.freeMemoryBytes ?? null,
+      tokensPerSecond: n.heartbeat?.tokensPerSecond ?? null,
+      lastSeenAt: new Date(n.lastSeenAt).toISOString(),
+    }));
+    for (const row of await o.db.selectFrom("nodes").selectAll().orderBy("last_seen_at", "desc").limit(1_000).execute()) {
+      if (onlineIds.has(row.id)) continue;
+      nodes.push({
+        id: row.id,
+        status: "offline",
+        engine: row.engine,
+        models: [],
+        slots: 0,
+        activeJobs: 0,
+        load: null,
+        freeMemoryBytes: null,
+        tokensPerSecond: null,
+        lastSeenAt: new Date(row.last_seen_at).toISOString(),
+      });
+    }
+    const models = new Map<string, number>();
+    for (const n of online) for (const id of n.models.keys()) models.set(id, (models.get(id) ?? 0) + 1);
+    return {
+      nodes,
+      models: [...models].map(([id, count]) => ({ id, nodes: count })),
+      totals: { online: online.length, offline: nodes.length - online.length, activeJobs: online.reduce((s, n) => s + n.active, 0) },
+    };
+  });
+
+  app.get("/metrics", async (_req, reply) => {
+    reply.header("content-type", o.metrics.registry.contentType);
+    return o.metrics.registry.metrics();
+  });
+}

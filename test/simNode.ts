@@ -1,0 +1,108 @@
+/**
+ * A simulated node that speaks the real control protocol (registration, hello,
+ * heartbeats, job frames) with no llama-server behind it: for fleet tests and
+ * the control-plane benchmark.
+ */
+import {
+  CONTROL_PATH,
+  CONTROL_PROTOCOL_VERSION,
+  type CoordinatorFrame,
+  encodeChunkFrame,
+  type JobStart,
+  type NodeFrame,
+} from "@sharedllm/protocol";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import WebSocket from "ws";
+import { registerNode } from "../node/src/daemon/registration.ts";
+
+export type SimJobHandler = (job: JobStart, send: (f: NodeFrame) => void) => void;
+
+/** Answers every job with a short stream: two content chunks, then usage. */
+export const echoJob: SimJobHandler = (job, send) => {
+  for (const word of ["sim", "ulated"]) {
+    send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] }) });
+  }
+  if (job.stream) send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
+  else {
+    send({
+      type: "job.result",
+      jobId: job.jobId,
+      body: {
+        choices: [{ index: 0, message: { role: "assistant", content: "simulated" } }],
+        usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 },
+      },
+    });
+  }
+};
+
+export class SimNode {
+  readonly account = privateKeyToAccount(generatePrivateKey());
+  readonly id = this.account.address.toLowerCase();
+  ws: WebSocket | undefined;
+  heartbeats = true;
+  jobsSeen = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly o: { coordinatorUrl: string; joinToken: string; models?: string[]; slots?: number; onJob?: SimJobHandler },
+  ) {}
+
+  /** Registers, connects and says hello; resolves on welcome. */
+  async start(): Promise<void> {
+    const { sessionToken } = await registerNode({
+      coordinatorUrl: this.o.coordinatorUrl,
+      joinToken: this.o.joinToken,
+      account: this.account,
+    });
+    const ws = new WebSocket(this.o.coordinatorUrl.replace(/^http/, "ws") + CONTROL_PATH, {
+      headers: { authorization: `Bearer ${sessionToken}` },
+      perMessageDeflate: false,
+    });
+    this.ws = ws;
+    const send = (f: NodeFrame) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data) : JSON.stringify(f));
+    };
+    await new Promise<void>((resolve, reject) => {
+      ws.once("error", reject);
+      ws.once("open", () =>
+        ws.send(
+          JSON.stringify({
+            type: "hello",
+            protocol: CONTROL_PROTOCOL_VERSION,
+            nodeId: this.id,
+            engine: { tag: "sim", variant: "cpu" },
+            models: (this.o.models ?? ["sim-model"]).map((id) => ({ id, sha256: "0".repeat(64), contextSize: 2048 })),
+            slots: this.o.slots ?? 2,
+          }),
+        ),
+      );
+      ws.on("message", (data) => {
+        const frame = JSON.parse(data.toString()) as CoordinatorFrame;
+        if (frame.type === "welcome") {
+          this.timer = setInterval(() => {
+            if (this.heartbeats) {
+              send({
+                type: "heartbeat",
+                load: 0.1,
+                freeMemoryBytes: 1e9,
+                activeJobs: 0,
+                loadedModels: this.o.models ?? ["sim-model"],
+                tokensPerSecond: 42,
+              });
+            }
+          }, frame.heartbeatIntervalMs);
+          resolve();
+        } else if (frame.type === "job.start") {
+          this.jobsSeen++;
+          (this.o.onJob ?? echoJob)(frame, send);
+        }
+      });
+    });
+    ws.once("close", () => clearInterval(this.timer));
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.ws?.terminate();
+  }
+}
