@@ -9,6 +9,7 @@ const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = 
   slots,
   active,
   coolingUntil: 0,
+  accepting: true,
   ...extra,
 });
 
@@ -23,10 +24,11 @@ describe("pickNode", () => {
     expect(pickNode([node("a", 0, 1), node("b", 0, 4)], "m", 0)?.id).toBe("b");
   });
 
-  it("skips nodes without the model, excluded or with a full queue", () => {
+  it("skips nodes without the model, not accepting jobs, excluded or with a full queue", () => {
     const other = { ...node("x", 0), models: new Map() };
     const full = node("f", 2 * QUEUE_FACTOR);
-    expect(pickNode([other, full], "m", 0)).toBeUndefined();
+    const paused = node("p", 0, 2, { accepting: false });
+    expect(pickNode([other, full, paused], "m", 0)).toBeUndefined();
     expect(pickNode([node("a", 0), node("b", 1)], "m", 0, new Set(["a"]))?.id).toBe("b");
   });
 

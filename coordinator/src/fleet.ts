@@ -21,13 +21,15 @@ export interface NodeView {
   active: number;
   /** until when the node is skipped after an engine failure (ms epoch) */
   coolingUntil: number;
+  /** false while the node is paused, outside its schedule, or draining */
+  accepting: boolean;
 }
 
 /** How deep a node's queue may grow beyond its slots before the fleet reports no capacity. */
 export const QUEUE_FACTOR = 8;
 
 /**
- * Picks the node for a job: it must serve the model and have queue room; among
+ * Picks the node for a job: it must accept jobs, serve the model and have queue room; among
  * those the least loaded per slot wins (ties: most slots, then id, so the choice
  * is deterministic). Nodes cooling off after an engine failure are used only when
  * no other node can take the job.
@@ -41,7 +43,7 @@ export function pickNode(
   let best: NodeView | undefined;
   let bestRank = Number.POSITIVE_INFINITY;
   for (const n of nodes) {
-    if (exclude.has(n.id) || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR) continue;
+    if (exclude.has(n.id) || !n.accepting || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR) continue;
     // cooling nodes rank after every healthy one (load per slot stays below QUEUE_FACTOR)
     const rank = n.active / n.slots + (n.coolingUntil > now ? QUEUE_FACTOR : 0);
     if (rank < bestRank || (rank === bestRank && best && (n.slots > best.slots || (n.slots === best.slots && n.id < best.id)))) {

@@ -35,6 +35,8 @@ export const helloSchema = z.looseObject({
   models: z.array(servedModelSchema),
   /** how many jobs the node runs at once */
   slots: z.number().int().positive(),
+  /** false when the node starts paused or outside its schedule; default true */
+  accepting: z.boolean().optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
 
@@ -128,8 +130,31 @@ export const jobErrorSchema = z.object({
   status: z.number().int().optional(),
 });
 
+/**
+ * node -> coordinator: whether the node takes new jobs (paused by its owner,
+ * outside its contribution schedule, or draining before it leaves). Jobs in
+ * flight are not affected.
+ */
+export const availabilitySchema = z.object({
+  type: z.literal("availability"),
+  accepting: z.boolean(),
+  reason: z.enum(["resumed", "paused", "schedule", "draining"]),
+});
+export type Availability = z.infer<typeof availabilitySchema>;
+
+/** node -> coordinator: the node leaves the site for good; its sessions end */
+export const leaveSchema = z.object({ type: z.literal("leave") });
+
 /** Every node frame but chunks (see encodeChunkFrame). */
-export const nodeFrameSchema = z.discriminatedUnion("type", [helloSchema, heartbeatSchema, jobResultSchema, jobEndSchema, jobErrorSchema]);
+export const nodeFrameSchema = z.discriminatedUnion("type", [
+  helloSchema,
+  heartbeatSchema,
+  availabilitySchema,
+  leaveSchema,
+  jobResultSchema,
+  jobEndSchema,
+  jobErrorSchema,
+]);
 export type NodeFrame = z.infer<typeof nodeFrameSchema> | JobChunk;
 export type JobEnd = z.infer<typeof jobEndSchema>;
 export type JobErrorFrame = z.infer<typeof jobErrorSchema>;

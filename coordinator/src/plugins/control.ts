@@ -91,6 +91,12 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             node.lastSeenAt = Date.now();
             node.heartbeat = frame;
             return;
+          case "availability":
+            node.accepting = frame.accepting;
+            req.log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
+            return;
+          case "leave":
+            return void onLeave(node);
           case "job.end":
             return o.fleet.end(node.id, frame.jobId, frame.usage);
           case "job.result":
@@ -115,6 +121,13 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           .execute()
           .catch((err) => req.log.error({ err, nodeId: id }, "recording last seen failed"));
       });
+
+      async function onLeave(n: ConnectedNode) {
+        o.fleet.remove(n.id, "node left the site");
+        await o.db.deleteFrom("node_sessions").where("node_id", "=", n.id).execute();
+        req.log.info({ nodeId: n.id }, "node left the site");
+        socket.close(1000, "left");
+      }
 
       async function onHello(ws: WebSocket, h: Hello): Promise<ConnectedNode | undefined> {
         const nodeId = req.sessionNodeId as string;
@@ -151,6 +164,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           slots: h.slots,
           active: 0,
           coolingUntil: 0,
+          accepting: h.accepting ?? true,
           jobs: new Map(),
           connectedAt: Date.now(),
           lastSeenAt: Date.now(),

@@ -12,6 +12,8 @@ import type { Metrics } from "../metrics.js";
 export interface NetworkNode {
   id: string;
   status: "online" | "offline";
+  /** false while paused, outside its schedule or draining */
+  accepting: boolean;
   engine: string;
   models: string[];
   slots: number;
@@ -29,6 +31,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
     const nodes: NetworkNode[] = online.map((n) => ({
       id: n.id,
       status: "online",
+      accepting: n.accepting,
       engine: n.engine,
       models: [...n.models.keys()],
       slots: n.slots,
@@ -43,6 +46,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
       nodes.push({
         id: row.id,
         status: "offline",
+        accepting: false,
         engine: row.engine,
         models: [],
         slots: 0,

@@ -41,6 +41,9 @@ declare module "fastify" {
   }
 }
 
+/** Response header naming the node that served the request. */
+export const NODE_HEADER = "x-sharedllm-node";
+
 const SSE_HEADERS = {
   "content-type": "text/event-stream; charset=utf-8",
   "cache-control": "no-cache",
@@ -172,7 +175,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
             headersSent = true;
             reply.hijack();
             raw.socket?.setNoDelay(true);
-            raw.writeHead(200, SSE_HEADERS);
+            raw.writeHead(200, { ...SSE_HEADERS, [NODE_HEADER]: nodeId ?? "" });
             raw.write(`data: ${data}\n\n`);
             recordStart();
             return;
@@ -186,7 +189,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
             () => {
               if (!headersSent) {
                 reply.hijack();
-                raw.writeHead(200, SSE_HEADERS);
+                raw.writeHead(200, { ...SSE_HEADERS, [NODE_HEADER]: nodeId ?? "" });
               }
               raw.end("data: [DONE]\n\n");
               resolve(undefined);
@@ -202,7 +205,10 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
           if (settled) return;
           settled = true;
           finish("completed", resBody.usage as Usage | undefined).then(
-            () => resolve(resBody),
+            () => {
+              reply.header(NODE_HEADER, nodeId);
+              resolve(resBody);
+            },
             (err) => {
               req.log.error({ err }, "recording job failed");
               reject(new ApiError("internal_error", "the coordinator could not record this job"));

@@ -4,8 +4,10 @@
  */
 import { Command, CommanderError } from "commander";
 import { ModelError } from "../models/store.js";
+import { coordinatorCommand } from "./coordinator.js";
 import { engineCommand } from "./engine.js";
 import { modelsCommand } from "./models.js";
+import { nodeCommand } from "./node.js";
 import { upCommand } from "./up.js";
 
 const program = new Command("sharedllm")
@@ -15,6 +17,8 @@ const program = new Command("sharedllm")
 program.addCommand(upCommand());
 program.addCommand(engineCommand());
 program.addCommand(modelsCommand());
+program.addCommand(nodeCommand());
+program.addCommand(coordinatorCommand());
 
 // settings of the root are not inherited by commands added with addCommand()
 const configure = (cmd: Command) => {

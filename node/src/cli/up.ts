@@ -4,10 +4,8 @@
  * default model. Prints the URL, a dev API key and a curl line once ready, and
  * writes the same to $SHAREDLLM_HOME/up.json. Ctrl-C stops everything.
  */
-import { randomBytes } from "node:crypto";
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { createApiKey, hashApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { Command, Option } from "commander";
 import { pino } from "pino";
 import { startNodeDaemon } from "../daemon/daemon.js";
@@ -15,6 +13,7 @@ import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
 import { positiveInt } from "./args.js";
+import { runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export interface UpFile {
@@ -25,28 +24,6 @@ export interface UpFile {
   engineUrl: string;
   pid: number;
   startedAt: string;
-}
-
-interface Secrets {
-  /** the local site's join token: the local node registers with it */
-  joinToken: string;
-  devApiKey?: string;
-}
-
-/** Instance secrets (node credential, dev key), created once, readable only by the owner. */
-async function loadSecrets(home: string): Promise<Secrets> {
-  const file = join(home, "secrets.json");
-  try {
-    return JSON.parse(await readFile(file, "utf8")) as Secrets;
-  } catch {
-    const s: Secrets = { joinToken: randomBytes(32).toString("base64url") };
-    await saveSecrets(home, s);
-    return s;
-  }
-}
-
-async function saveSecrets(home: string, s: Secrets) {
-  await writeFileAtomic(join(home, "secrets.json"), `${JSON.stringify(s, null, 2)}\n`, 0o600);
 }
 
 export function upCommand(): Command {
@@ -76,18 +53,12 @@ export function upCommand(): Command {
         await rm(upFile, { force: true });
         const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
         const progress = terminalProgress();
-        const secrets = await loadSecrets(paths.home);
-
-        const coordinator = await startCoordinator({
+        const { coordinator, joinToken, apiKey } = await runCoordinator({
+          home: paths.home,
           host: o.host,
           port: o.port,
-          dataDir: join(paths.home, "db"),
           databaseUrl: o.databaseUrl,
-          joinToken: secrets.joinToken,
           logger,
-        }).catch((err: NodeJS.ErrnoException) => {
-          if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
-          throw err;
         });
         const stops: Array<() => Promise<void>> = [() => coordinator.close()];
         const stopAll = async () => {
@@ -95,24 +66,10 @@ export function upCommand(): Command {
           await rm(upFile, { force: true });
         };
         try {
-          // reuse the dev key across runs while the database still knows it
-          let apiKey = secrets.devApiKey;
-          const known = apiKey
-            ? await coordinator.db
-                .selectFrom("api_keys")
-                .select("id")
-                .where("key_hash", "=", hashApiKey(apiKey))
-                .where("revoked_at", "is", null)
-                .executeTakeFirst()
-            : undefined;
-          if (!apiKey || !known) {
-            apiKey = (await createApiKey(coordinator.db, "dev")).secret;
-            await saveSecrets(paths.home, { ...secrets, devApiKey: apiKey });
-          }
           const node = await startNodeDaemon({
             paths,
             coordinatorUrl: coordinator.url,
-            joinToken: secrets.joinToken,
+            joinToken,
             model: o.model,
             slots: o.slots,
             engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),

@@ -5,6 +5,7 @@
  * are aborted: the coordinator has already failed them to their clients.
  */
 import {
+  type Availability,
   CLOSE_REFUSED,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
@@ -28,12 +29,12 @@ export interface SessionCredentials {
 export interface ControlClientOptions {
   coordinatorUrl: string;
   credentials: SessionCredentials;
-  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots">;
+  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "accepting">;
   /** the node's state for each heartbeat */
   status: () => Omit<Heartbeat, "type" | "activeJobs">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
   logger: Logger;
-  /** first reconnect delay; doubles up to maxBackoffMs, with +-50% jitter */
+  /** first reconnect delay; doubles up to maxBackoffMs (default 4 s), with +-50% jitter */
   backoffMs?: number;
   maxBackoffMs?: number;
 }
@@ -45,6 +46,7 @@ export class ControlClient {
   private attempt = 0;
   private timer: NodeJS.Timeout | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
+  private availability: { accepting: boolean; reason: Availability["reason"] } = { accepting: true, reason: "resumed" };
   private connectedOnce: Promise<void>;
   private markConnected!: () => void;
   connected = false;
@@ -65,6 +67,33 @@ export class ControlClient {
     return this.jobs.size;
   }
 
+  /** Tells the coordinator whether to send new jobs; remembered across reconnects. */
+  setAvailability(accepting: boolean, reason: Availability["reason"]): void {
+    this.availability = { accepting, reason };
+    this.sendFrame({ type: "availability", accepting, reason });
+  }
+
+  get accepting(): boolean {
+    return this.availability.accepting;
+  }
+
+  /** Resolves once no job is in flight (or after timeoutMs); true if drained. */
+  async drained(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.jobs.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    return this.jobs.size === 0;
+  }
+
+  /** Leaves the site: the coordinator forgets this node's sessions; the channel closes. */
+  async leave(): Promise<void> {
+    this.sendFrame({ type: "leave" });
+    await this.close();
+  }
+
+  private sendFrame(f: NodeFrame): void {
+    if (this.ws?.readyState === WebSocket.OPEN && this.connected) this.ws.send(JSON.stringify(f));
+  }
+
   private async dial(): Promise<void> {
     if (this.closed) return;
     let token: string;
@@ -79,7 +108,7 @@ export class ControlClient {
     const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, perMessageDeflate: false });
     this.ws = ws;
     ws.on("open", () => {
-      const frame: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello() };
+      const frame: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello(), accepting: this.availability.accepting };
       ws.send(JSON.stringify(frame));
     });
     ws.on("message", (data) => this.onFrame(ws, JSON.parse(data.toString()) as CoordinatorFrame));
@@ -142,7 +171,8 @@ export class ControlClient {
 
   private scheduleReconnect(): void {
     if (this.closed) return;
-    const base = Math.min((this.o.backoffMs ?? 250) * 2 ** this.attempt, this.o.maxBackoffMs ?? 10_000);
+    // capped so that a node finds a restarted coordinator within seconds
+    const base = Math.min((this.o.backoffMs ?? 250) * 2 ** this.attempt, this.o.maxBackoffMs ?? 4_000);
     this.attempt++;
     const delay = base * (0.5 + Math.random());
     this.timer = setTimeout(() => void this.dial(), delay);

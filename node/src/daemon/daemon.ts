@@ -5,6 +5,7 @@
  */
 import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
+import type { Availability } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
@@ -17,6 +18,7 @@ import { ControlClient, type SessionCredentials } from "./controlClient.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
 import { registerNode } from "./registration.js";
+import { inSchedule, parseSchedule } from "./schedule.js";
 import { Throughput } from "./throughput.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
@@ -36,6 +38,10 @@ export interface NodeDaemonOptions {
   threads?: number;
   /** extra llama-server arguments */
   engineArgs?: string[];
+  /** when the owner lets this machine serve, e.g. "weekdays 17:00-08:00" (default: always) */
+  schedule?: string;
+  /** start without taking jobs until resume() */
+  paused?: boolean;
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -43,14 +49,23 @@ export interface NodeDaemonOptions {
 
 export interface NodeDaemon {
   nodeId: string;
+  /** the model this node serves */
+  modelId: string;
   engine: Engine;
   llama: LlamaServer;
   control: ControlClient;
+  /** stop taking new jobs (jobs in flight finish) */
+  pause(): void;
+  resume(): void;
+  /** drain (no new jobs, wait for jobs in flight up to timeoutMs), deregister, stop */
+  leave(timeoutMs?: number): Promise<{ drained: boolean }>;
+  /** stop at once: jobs in flight fail */
   stop(): Promise<void>;
 }
 
 export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
   const progress = o.progress ?? silentProgress;
+  const windows = o.schedule ? parseSchedule(o.schedule) : undefined;
   const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
   const nodeId = identity.nodeId;
   const engine = await ensureEngine({ cache: o.paths.cache, progress, signal: o.signal });
@@ -115,6 +130,23 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
     },
   });
+  // what the owner wants, combined into one availability the coordinator sees
+  const state = { paused: o.paused ?? false, draining: false };
+  const availability = (): { accepting: boolean; reason: Availability["reason"] } => {
+    if (state.draining) return { accepting: false, reason: "draining" };
+    if (state.paused) return { accepting: false, reason: "paused" };
+    if (windows && !inSchedule(windows, new Date())) return { accepting: false, reason: "schedule" };
+    return { accepting: true, reason: "resumed" };
+  };
+  const applyAvailability = () => {
+    const a = availability();
+    if (a.accepting !== control.accepting) {
+      log.info(a, a.accepting ? "taking jobs" : "not taking new jobs");
+      control.setAvailability(a.accepting, a.reason);
+    }
+  };
+  applyAvailability();
+  const scheduleTimer = windows ? setInterval(applyAvailability, 30_000) : undefined;
   try {
     await control.start();
   } catch (err) {
@@ -122,16 +154,35 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     await llama.supervisor.stop();
     throw err;
   }
+  const stop = async () => {
+    clearInterval(scheduleTimer);
+    await control.close();
+    connections.close();
+    await llama.supervisor.stop();
+  };
   return {
     nodeId,
+    modelId: model.id,
     engine,
     llama,
     control,
-    async stop() {
-      await control.close();
-      connections.close();
-      await llama.supervisor.stop();
+    pause() {
+      state.paused = true;
+      applyAvailability();
     },
+    resume() {
+      state.paused = false;
+      applyAvailability();
+    },
+    async leave(timeoutMs = 120_000) {
+      state.draining = true;
+      applyAvailability();
+      const drained = await control.drained(timeoutMs);
+      await control.leave();
+      await stop();
+      return { drained };
+    },
+    stop,
   };
 }
 

@@ -1,0 +1,43 @@
+/** `sharedllm coordinator start`: a coordinator on its own, for nodes on other machines to join. */
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { Command, Option } from "commander";
+import { pino } from "pino";
+import { writeFileAtomic } from "../lock.js";
+import { resolvePaths } from "../paths.js";
+import { positiveInt } from "./args.js";
+import { runCoordinator } from "./coordinatorRun.js";
+import { shutdownSignal } from "./shutdown.js";
+
+export function coordinatorCommand(): Command {
+  const cmd = new Command("coordinator").description("run a coordinator that nodes join");
+  cmd
+    .command("start")
+    .description("start the coordinator in the foreground; prints the command that joins a node to it")
+    .addOption(new Option("--port <port>", "port (0 = any free port)").default(8787).argParser(positiveInt))
+    .option("--host <host>", "address to listen on (use 0.0.0.0 for nodes on the LAN)", "127.0.0.1")
+    .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
+    .option("--verbose", "log at info level")
+    .action(async (o: { port: number; host: string; databaseUrl?: string; verbose?: boolean }) => {
+      const signal = shutdownSignal();
+      const { home } = resolvePaths();
+      await mkdir(home, { recursive: true });
+      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+      const { coordinator, joinToken, apiKey } = await runCoordinator({ home, ...o, logger });
+      const runFile = join(home, "coordinator.json");
+      await writeFileAtomic(runFile, `${JSON.stringify({ url: coordinator.url, apiKey, pid: process.pid }, null, 2)}\n`, 0o600);
+      process.stdout.write(
+        [
+          `coordinator: ${coordinator.url}/v1 (OpenAI-compatible)`,
+          `API key:     ${apiKey}`,
+          "join a node (on the node's machine):",
+          `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}`,
+          "",
+        ].join("\n"),
+      );
+      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+      await coordinator.close();
+      await rm(runFile, { force: true });
+    });
+  return cmd;
+}

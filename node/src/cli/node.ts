@@ -1,0 +1,241 @@
+/**
+ * `sharedllm node init|start|status|pause|resume|leave`: this machine as a node
+ * of a site. `start` runs the daemon in the foreground; the other commands talk
+ * to a running daemon through `$SHAREDLLM_HOME/node-run.json` (its pid) and a
+ * command file plus SIGUSR1.
+ */
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Command, Option } from "commander";
+import { pino } from "pino";
+import { startNodeDaemon } from "../daemon/daemon.js";
+import { registerNode } from "../daemon/registration.js";
+import { parseSchedule } from "../daemon/schedule.js";
+import { loadNodeIdentity } from "../identity.js";
+import { isAlive, writeFileAtomic } from "../lock.js";
+import { resolvePaths } from "../paths.js";
+import { terminalProgress } from "../progress.js";
+import { positiveInt } from "./args.js";
+import { shutdownSignal } from "./shutdown.js";
+
+interface NodeConfig {
+  coordinatorUrl: string;
+  joinToken: string;
+}
+
+interface NodeRun {
+  pid: number;
+  nodeId: string;
+  coordinatorUrl: string;
+  startedAt: string;
+}
+
+type NodeCommand = "pause" | "resume" | "leave";
+
+const files = (home: string) => ({
+  config: join(home, "node-config.json"),
+  run: join(home, "node-run.json"),
+  command: join(home, "node-command"),
+});
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await readFile(file, "utf8")) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function checkUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error();
+    return u.origin;
+  } catch {
+    throw new Error(`"${url}" is not a coordinator URL; write e.g. http://192.168.1.10:8787`);
+  }
+}
+
+/** The coordinator and join token from flags, else from `node init`. */
+async function nodeConfig(home: string, o: { coordinator?: string; token?: string }): Promise<NodeConfig> {
+  const saved = await readJson<NodeConfig>(files(home).config);
+  const coordinatorUrl = o.coordinator ?? saved?.coordinatorUrl;
+  const joinToken = o.token ?? saved?.joinToken;
+  if (!coordinatorUrl || !joinToken) {
+    throw new Error("no coordinator configured: pass --coordinator <url> --token <join token>, or run sharedllm node init first");
+  }
+  return { coordinatorUrl: checkUrl(coordinatorUrl), joinToken };
+}
+
+/** The running daemon of this home, if any. */
+async function runningNode(home: string): Promise<NodeRun | undefined> {
+  const run = await readJson<NodeRun>(files(home).run);
+  return run && isAlive(run.pid) ? run : undefined;
+}
+
+async function tellDaemon(home: string, command: NodeCommand): Promise<NodeRun> {
+  const run = await runningNode(home);
+  if (!run) throw new Error(`no node daemon is running for ${home}; start one with: sharedllm node start`);
+  await writeFile(files(home).command, command);
+  process.kill(run.pid, "SIGUSR1");
+  return run;
+}
+
+export function nodeCommand(): Command {
+  const cmd = new Command("node").description("run this machine as a node of a site");
+
+  cmd
+    .command("init")
+    .description("create this node's key and check that the coordinator accepts it")
+    .requiredOption("--coordinator <url>", "the site's coordinator, e.g. http://192.168.1.10:8787")
+    .requiredOption("--token <token>", "the site's join token")
+    .action(async (o: { coordinator: string; token: string }) => {
+      const { home } = resolvePaths();
+      const config: NodeConfig = { coordinatorUrl: checkUrl(o.coordinator), joinToken: o.token };
+      const identity = await loadNodeIdentity(home);
+      if (!identity) throw new Error("could not create the node key");
+      await registerNode({ ...config, account: identity.account }).catch((err: Error) => {
+        throw new Error(err.name === "RegistrationRefused" ? err.message : `cannot reach ${config.coordinatorUrl}: ${err.message}`);
+      });
+      await mkdir(home, { recursive: true });
+      await writeFileAtomic(files(home).config, `${JSON.stringify(config, null, 2)}\n`, 0o600);
+      process.stdout.write(`node ${identity.nodeId} ${identity.created ? "created and " : ""}accepted by ${config.coordinatorUrl}\n`);
+    });
+
+  cmd
+    .command("start")
+    .description("run the node daemon in the foreground (Ctrl-C drains and stops it)")
+    .option("--coordinator <url>", "the site's coordinator (default: from node init)")
+    .option("--token <token>", "the site's join token (default: from node init)")
+    .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
+    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
+    .addOption(new Option("--threads <n>", "CPU threads for the engine (default: all cores)").argParser(positiveInt))
+    .option("--schedule <windows>", 'when to serve, local time, e.g. "weekdays 17:00-08:00; weekends 00:00-24:00"')
+    .option("--paused", "start without taking jobs until sharedllm node resume")
+    .option("--engine-args <args>", "extra llama-server arguments, space-separated")
+    .option("--verbose", "log at info level")
+    .action(
+      async (o: {
+        coordinator?: string;
+        token?: string;
+        model: string;
+        slots: number;
+        threads?: number;
+        schedule?: string;
+        paused?: boolean;
+        engineArgs?: string;
+        verbose?: boolean;
+      }) => {
+        const signal = shutdownSignal();
+        const paths = resolvePaths();
+        const config = await nodeConfig(paths.home, o);
+        if (o.schedule) parseSchedule(o.schedule);
+        if (await runningNode(paths.home)) throw new Error(`a node daemon already runs for ${paths.home}; see: sharedllm node status`);
+        const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+        const daemon = await startNodeDaemon({
+          paths,
+          ...config,
+          model: o.model,
+          slots: o.slots,
+          threads: o.threads,
+          schedule: o.schedule,
+          paused: o.paused,
+          engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
+          logger,
+          progress: terminalProgress(),
+          signal,
+        });
+        const f = files(paths.home);
+        const run: NodeRun = {
+          pid: process.pid,
+          nodeId: daemon.nodeId,
+          coordinatorUrl: config.coordinatorUrl,
+          startedAt: new Date().toISOString(),
+        };
+        await writeFileAtomic(f.run, `${JSON.stringify(run, null, 2)}\n`);
+        process.stdout.write(`node ${daemon.nodeId} serving ${daemon.modelId} for ${config.coordinatorUrl}\n`);
+        const done = new Promise<"stop" | "leave">((resolve) => {
+          signal.addEventListener("abort", () => resolve("stop"), { once: true });
+          process.on("SIGUSR1", async () => {
+            const command = (await readFile(f.command, "utf8").catch(() => "")).trim() as NodeCommand;
+            await rm(f.command, { force: true });
+            if (command === "pause") daemon.pause();
+            else if (command === "resume") daemon.resume();
+            else if (command === "leave") resolve("leave");
+          });
+        });
+        const how = await done;
+        if (how === "leave") {
+          process.stderr.write("leaving: finishing jobs in flight...\n");
+          const { drained } = await daemon.leave();
+          process.stderr.write(drained ? "left the site\n" : "left the site (some jobs did not finish in time)\n");
+        } else {
+          daemon.pause();
+          await daemon.control.drained(30_000);
+          await daemon.stop();
+          process.stderr.write("stopped\n");
+        }
+        await rm(f.run, { force: true });
+      },
+    );
+
+  cmd
+    .command("status")
+    .description("show this node's id, daemon and what the coordinator sees")
+    .option("--json", "print JSON")
+    .action(async (o: { json?: boolean }) => {
+      const { home } = resolvePaths();
+      const identity = await loadNodeIdentity(home, { create: false });
+      const config = await readJson<NodeConfig>(files(home).config);
+      const run = await runningNode(home);
+      const coordinatorUrl = run?.coordinatorUrl ?? config?.coordinatorUrl;
+      let seen: unknown;
+      if (identity && coordinatorUrl) {
+        try {
+          const net = (await (await fetch(`${coordinatorUrl}/v1/network`, { signal: AbortSignal.timeout(5_000) })).json()) as {
+            nodes: { id: string }[];
+          };
+          seen = net.nodes.find((n) => n.id === identity.nodeId) ?? "unknown to the coordinator";
+        } catch (err) {
+          seen = `coordinator unreachable: ${(err as Error).message}`;
+        }
+      }
+      const status = {
+        nodeId: identity?.nodeId ?? null,
+        coordinatorUrl: coordinatorUrl ?? null,
+        daemon: run ? { pid: run.pid, startedAt: run.startedAt } : null,
+        coordinatorView: seen ?? null,
+      };
+      if (o.json) return void process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+      if (!identity) return void process.stdout.write("not a node yet: run sharedllm node init --coordinator <url> --token <token>\n");
+      process.stdout.write(
+        [
+          `node:        ${identity.nodeId}`,
+          `coordinator: ${coordinatorUrl ?? "not configured"}`,
+          `daemon:      ${run ? `running (pid ${run.pid}, since ${run.startedAt})` : "not running"}`,
+          `coordinator sees: ${typeof seen === "string" ? seen : JSON.stringify(seen)}`,
+          "",
+        ].join("\n"),
+      );
+    });
+
+  for (const [name, what] of [
+    ["pause", "stop taking new jobs; jobs in flight finish"],
+    ["resume", "take jobs again"],
+    ["leave", "drain (finish jobs in flight), deregister from the site and stop the daemon"],
+  ] as const) {
+    cmd
+      .command(name)
+      .description(what)
+      .action(async () => {
+        const { home } = resolvePaths();
+        const run = await tellDaemon(home, name);
+        if (name === "leave") {
+          const deadline = Date.now() + 130_000;
+          while (isAlive(run.pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+        }
+        process.stdout.write(`${name}: sent to node daemon pid ${run.pid}\n`);
+      });
+  }
+  return cmd;
+}
