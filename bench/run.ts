@@ -1,45 +1,72 @@
 /**
- * `npm run bench`: benchmarks that print ratios measured side by side in one run.
- * Options: --rounds=N (default 20), --max-tokens=N (default 128), --engine-args="..." (extra llama-server
- * arguments for the node), --json.
+ * `npm run bench`: benchmarks that print ratios and figures measured side by side
+ * in one run. Options: --only=coordinator|control-plane, --rounds=N (20),
+ * --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
+ * --nodes=N (5000), --requests=N (2000), --json.
  */
 import { parseArgs } from "node:util";
+import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
 
 const { values } = parseArgs({
   options: {
+    only: { type: "string" },
     rounds: { type: "string", default: "20" },
     "max-tokens": { type: "string", default: "128" },
-    json: { type: "boolean", default: false },
     "engine-args": { type: "string" },
+    nodes: { type: "string", default: "5000" },
+    requests: { type: "string", default: "2000" },
+    json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 if (values.help) {
-  process.stdout.write('usage: npm run bench -- [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--json]\n');
+  process.stdout.write(
+    'usage: npm run bench -- [--only=coordinator|control-plane] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
+  );
   process.exit(0);
 }
+const f = (n: number, d = 2) => n.toFixed(d);
+const results: Record<string, unknown> = {};
 
-const result = await benchCoordinator({
-  rounds: Number(values.rounds),
-  maxTokens: Number(values["max-tokens"]),
-  engineArgs: values["engine-args"],
-});
-if (values.json) {
-  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-} else {
-  const f = (n: number, d = 2) => n.toFixed(d);
-  const { direct: d, pipe: p, coordinator: c } = result;
-  process.stdout.write(
-    [
-      `coordinator path vs direct llama-server (${result.rounds} interleaved rounds, ${result.maxTokens} tokens, medians)`,
-      `                   direct   bare pipe   coordinator   coordinator vs direct`,
-      `decode tokens/s    ${f(d.decodeTps, 1).padStart(8)} ${f(p.decodeTps, 1).padStart(11)} ${f(c.decodeTps, 1).padStart(13)}   ${f(result.decodeRatio, 3)}x   (target >= 0.97)`,
-      `first token ms     ${f(d.ttftMs).padStart(8)} ${f(p.ttftMs).padStart(11)} ${f(c.ttftMs).padStart(13)}   +${f(result.addedTtftMs)} ms (target <= 5)`,
-      `inter-token gap ms ${f(d.medianGapMs).padStart(8)} ${f(p.medianGapMs).padStart(11)} ${f(c.medianGapMs).padStart(13)}   ${f(result.gapRatio, 3)}x   (target within 5%)`,
-      `bare pipe vs direct decode: ${f(result.pipeDecodeRatio, 3)}x; coordinator vs bare pipe: ${f(result.coordinatorVsPipeDecode, 3)}x`,
-      `same text on both paths: ${result.sameText}`,
-      "",
-    ].join("\n"),
-  );
+if (!values.only || values.only === "coordinator") {
+  const r = await benchCoordinator({
+    rounds: Number(values.rounds),
+    maxTokens: Number(values["max-tokens"]),
+    engineArgs: values["engine-args"],
+  });
+  results.coordinator = r;
+  if (!values.json) {
+    const { direct: d, pipe: p, coordinator: c } = r;
+    process.stdout.write(
+      [
+        `coordinator path vs direct llama-server (${r.rounds} interleaved rounds, ${r.maxTokens} tokens, medians)`,
+        "                   direct   bare pipe   coordinator   coordinator vs direct",
+        `decode tokens/s    ${f(d.decodeTps, 1).padStart(8)} ${f(p.decodeTps, 1).padStart(11)} ${f(c.decodeTps, 1).padStart(13)}   ${f(r.decodeRatio, 3)}x   (target >= 0.97)`,
+        `first token ms     ${f(d.ttftMs).padStart(8)} ${f(p.ttftMs).padStart(11)} ${f(c.ttftMs).padStart(13)}   +${f(r.addedTtftMs)} ms (target <= 5)`,
+        `inter-token gap ms ${f(d.medianGapMs).padStart(8)} ${f(p.medianGapMs).padStart(11)} ${f(c.medianGapMs).padStart(13)}   ${f(r.gapRatio, 3)}x   (target within 5%)`,
+        `bare pipe vs direct decode: ${f(r.pipeDecodeRatio, 3)}x; coordinator vs bare pipe: ${f(r.coordinatorVsPipeDecode, 3)}x`,
+        `same text on both paths: ${r.sameText}`,
+        "",
+      ].join("\n"),
+    );
+  }
 }
+
+if (!values.only || values.only === "control-plane") {
+  const r = await benchControlPlane({ nodes: Number(values.nodes), requests: Number(values.requests), steadySeconds: 20 });
+  results.controlPlane = r;
+  if (!values.json) {
+    process.stdout.write(
+      [
+        `control plane: ${r.nodes} simulated nodes on the real protocol, one coordinator process`,
+        `  connected in ${f(r.connectSeconds, 1)} s; ${r.heartbeatsPerSecond} heartbeats/s; online after 20 s steady state: ${r.stillOnlineAfterSteadyState}`,
+        `  coordinator CPU while heartbeating: ${f(r.coordinator.steadyCpuPercent, 1)}% of one core; RSS ${f(r.coordinator.idleRssMiB, 0)} MiB idle -> ${f(r.coordinator.steadyRssMiB, 0)} MiB with the fleet -> ${f(r.coordinator.afterRequestsRssMiB, 0)} MiB after requests`,
+        `  scheduling decision: p50 ${f(r.scheduling.p50Ms, 3)} ms, p99 ${f(r.scheduling.p99Ms, 3)} ms (target p99 <= 5 ms)`,
+        `  ${r.requests.count} requests at concurrency 32: ${f(r.requests.perSecond, 0)}/s, latency p50 ${f(r.requests.p50Ms)} ms, p99 ${f(r.requests.p99Ms)} ms`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+if (values.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);

@@ -19,11 +19,12 @@ export type SimJobHandler = (job: JobStart, send: (f: NodeFrame) => void) => voi
 
 /** Answers every job with a short stream: two content chunks, then usage. */
 export const echoJob: SimJobHandler = (job, send) => {
-  for (const word of ["sim", "ulated"]) {
-    send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] }) });
-  }
-  if (job.stream) send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
-  else {
+  if (job.stream) {
+    for (const word of ["sim", "ulated"]) {
+      send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] }) });
+    }
+    send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
+  } else {
     send({
       type: "job.result",
       jobId: job.jobId,

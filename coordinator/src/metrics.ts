@@ -2,7 +2,7 @@
  * Prometheus metrics of one coordinator, in a registry of its own (no globals):
  * fleet gauges read at scrape time, job and token counters bumped as jobs end.
  */
-import { Counter, Gauge, Registry } from "prom-client";
+import { Counter, Gauge, Registry, Summary } from "prom-client";
 import type { JobStatus } from "./db/schema.js";
 import type { Fleet } from "./fleet.js";
 
@@ -10,6 +10,7 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly jobs: Counter<"status" | "model">;
   private readonly tokens: Counter<"type" | "model">;
+  private readonly scheduling: Summary;
 
   constructor(fleet: Fleet) {
     const registers = [this.registry];
@@ -39,6 +40,18 @@ export class Metrics {
     });
     this.jobs = new Counter({ name: "sharedllm_jobs_total", help: "jobs by final status", labelNames: ["status", "model"], registers });
     this.tokens = new Counter({ name: "sharedllm_tokens_total", help: "tokens served", labelNames: ["type", "model"], registers });
+    this.scheduling = new Summary({
+      name: "sharedllm_schedule_seconds",
+      help: "time to choose a node for a job",
+      percentiles: [0.5, 0.9, 0.99],
+      maxAgeSeconds: 600,
+      ageBuckets: 5,
+      registers,
+    });
+  }
+
+  scheduled(seconds: number): void {
+    this.scheduling.observe(seconds);
   }
 
   jobFinished(model: string, status: JobStatus, usage?: { prompt_tokens: number; completion_tokens: number }): void {

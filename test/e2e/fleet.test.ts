@@ -71,7 +71,13 @@ async function chat(maxTokens: number, onFirstChunk?: () => void): Promise<Outco
   const res = await fetch(`${coordinator.url}/v1/chat/completions`, {
     method: "POST",
     headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
-    body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Count to ten." }], max_tokens: maxTokens, ignore_eos: true, stream: true }),
+    body: JSON.stringify({
+      model: MODEL,
+      messages: [{ role: "user", content: "Count to ten." }],
+      max_tokens: maxTokens,
+      ignore_eos: true,
+      stream: true,
+    }),
   });
   const node = res.headers.get(NODE_HEADER) ?? "";
   if (res.status !== 200) return { node, ok: false, error: `HTTP ${res.status}` };

@@ -45,6 +45,13 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     }
   }, o.heartbeatIntervalMs);
   app.addHook("onClose", async () => clearInterval(sweeper));
+  // at shutdown the whole fleet is recorded as seen now, in one statement, not once per closing socket
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+    const ids = o.fleet.list().map((n) => n.id);
+    if (ids.length) await o.db.updateTable("nodes").set({ last_seen_at: new Date() }).where("id", "in", ids).execute();
+  });
 
   app.get(
     CONTROL_PATH,
@@ -114,6 +121,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           o.fleet.remove(id, "control channel closed");
           req.log.info({ nodeId: id }, "node disconnected");
         }
+        if (closing) return;
         o.db
           .updateTable("nodes")
           .set({ last_seen_at: new Date(node.lastSeenAt) })

@@ -170,7 +170,8 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
 
       const sink: JobSink = {
         chunk(data) {
-          if (settled) return;
+          // chunks belong to streams; a node that sends them for a non-streaming job is ignored
+          if (settled || !stream) return;
           if (!headersSent) {
             headersSent = true;
             reply.hijack();
@@ -234,7 +235,9 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
       };
 
       const attempt = (): void => {
+        const t0 = performance.now();
         const node = o.fleet.pick(body.model, tried);
+        o.metrics.scheduled((performance.now() - t0) / 1000);
         if (!node) {
           fail(
             tried.size
