@@ -8,7 +8,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",
-    // two cores: real llama-servers in parallel files would only fight for them
-    maxWorkers: 2,
+    // two cores: test files with real llama-servers would only fight for them, and
+    // timing-sensitive checks (cancellation, restarts) would flake; files run one by one
+    fileParallelism: false,
   },
 });

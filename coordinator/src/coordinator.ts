@@ -10,7 +10,7 @@ import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
-import { Fleet } from "./fleet.js";
+import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { Metrics } from "./metrics.js";
 import { controlPlugin } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
@@ -30,6 +30,8 @@ export interface CoordinatorOptions {
   logger: Logger;
   /** how often nodes send heartbeats; default 5 s */
   heartbeatIntervalMs?: number;
+  /** extra say over where each job may run (site-only keys, federation); default: anywhere */
+  policy?: SchedulingPolicy;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
 }
@@ -65,7 +67,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await app.register(networkPlugin, { db, fleet, metrics });
     await app.register(nodesPlugin, { db, joinToken: o.joinToken });
     await app.register(controlPlugin, { db, fleet, knownModels, heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS });
-    await app.register(openaiPlugin, { db, fleet, knownModels, metrics, keys: new ApiKeyVerifier(db) });
+    await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys: new ApiKeyVerifier(db) });
     const address = await app.listen({ host: o.host, port: o.port });
     return {
       url: address.replace("[::1]", "127.0.0.1"),

@@ -10,6 +10,7 @@ const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = 
   active,
   coolingUntil: 0,
   accepting: true,
+  tokensPerSecond: 0,
   ...extra,
 });
 
@@ -19,7 +20,9 @@ describe("pickNode", () => {
     expect(pickNode([node("a", 2, 2), node("b", 3, 4)], "m", 0)?.id).toBe("b");
   });
 
-  it("breaks ties by more slots, then by id", () => {
+  it("breaks ties by measured speed, then more slots, then id", () => {
+    expect(pickNode([node("a", 0, 2, { tokensPerSecond: 10 }), node("b", 0, 2, { tokensPerSecond: 30 })], "m", 0)?.id).toBe("b");
+    expect(pickNode([node("a", 1, 2, { tokensPerSecond: 10 }), node("b", 2, 2, { tokensPerSecond: 30 })], "m", 0)?.id).toBe("a");
     expect(pickNode([node("b", 0), node("a", 0)], "m", 0)?.id).toBe("a");
     expect(pickNode([node("a", 0, 1), node("b", 0, 4)], "m", 0)?.id).toBe("b");
   });
@@ -30,6 +33,13 @@ describe("pickNode", () => {
     const paused = node("p", 0, 2, { accepting: false });
     expect(pickNode([other, full, paused], "m", 0)).toBeUndefined();
     expect(pickNode([node("a", 0), node("b", 1)], "m", 0, new Set(["a"]))?.id).toBe("b");
+  });
+
+  it("prefers nodes with the model loaded, and applies the policy", () => {
+    const restarting = node("a", 0, 2, { loadedModels: new Set() });
+    expect(pickNode([restarting, node("b", 3)], "m", 0)?.id).toBe("b");
+    expect(pickNode([restarting], "m", 0)?.id).toBe("a");
+    expect(pickNode([node("a", 0), node("b", 3)], "m", 0, new Set(), (n) => n.id !== "a")?.id).toBe("b");
   });
 
   it("uses a node cooling off after a failure only when no healthy node can take the job", () => {

@@ -3,7 +3,7 @@
  * running, and the routing of their frames back to whoever waits for them.
  * Choosing a node is a pure function over a snapshot (`pickNode`).
  */
-import type { Heartbeat, JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Capabilities, Heartbeat, JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -23,35 +23,53 @@ export interface NodeView {
   coolingUntil: number;
   /** false while the node is paused, outside its schedule, or draining */
   accepting: boolean;
+  /** models the engine has in memory now (from heartbeats); undefined before the first one */
+  loadedModels?: ReadonlySet<string>;
+  /** recent or measured decode speed, tokens/s (0 when unknown) */
+  tokensPerSecond: number;
 }
+
+/** Extra say over where a job may run (site-only keys, federation); default: anywhere. */
+export type SchedulingPolicy = (job: { model: string; apiKeyId: string }, node: NodeView) => boolean;
 
 /** How deep a node's queue may grow beyond its slots before the fleet reports no capacity. */
 export const QUEUE_FACTOR = 8;
 
 /**
- * Picks the node for a job: it must accept jobs, serve the model and have queue room; among
- * those the least loaded per slot wins (ties: most slots, then id, so the choice
- * is deterministic). Nodes cooling off after an engine failure are used only when
- * no other node can take the job.
+ * Picks the node for a job. It must accept jobs, serve the model, pass the policy
+ * and have queue room. Among those, the least outstanding work per slot wins;
+ * ties go to the faster node (measured tokens/s), then more slots, then the
+ * lower id, so the choice is deterministic. Nodes whose engine does not have the
+ * model loaded (restarting) or that are cooling off after a failure are used only
+ * when no other node can take the job.
  */
 export function pickNode(
   nodes: Iterable<NodeView>,
   model: string,
   now: number,
   exclude: ReadonlySet<string> = new Set(),
+  allow: (n: NodeView) => boolean = () => true,
 ): NodeView | undefined {
   let best: NodeView | undefined;
   let bestRank = Number.POSITIVE_INFINITY;
   for (const n of nodes) {
-    if (exclude.has(n.id) || !n.accepting || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR) continue;
-    // cooling nodes rank after every healthy one (load per slot stays below QUEUE_FACTOR)
-    const rank = n.active / n.slots + (n.coolingUntil > now ? QUEUE_FACTOR : 0);
-    if (rank < bestRank || (rank === bestRank && best && (n.slots > best.slots || (n.slots === best.slots && n.id < best.id)))) {
+    if (exclude.has(n.id) || !n.accepting || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR || !allow(n)) continue;
+    // a penalty of QUEUE_FACTOR puts a node after every fully usable one (load per slot stays below it)
+    let rank = n.active / n.slots;
+    if (n.coolingUntil > now) rank += QUEUE_FACTOR;
+    if (n.loadedModels && !n.loadedModels.has(model)) rank += QUEUE_FACTOR;
+    if (rank < bestRank || (rank === bestRank && best && better(n, best))) {
       best = n;
       bestRank = rank;
     }
   }
   return best;
+}
+
+function better(a: NodeView, b: NodeView): boolean {
+  if (a.tokensPerSecond !== b.tokensPerSecond) return a.tokensPerSecond > b.tokensPerSecond;
+  if (a.slots !== b.slots) return a.slots > b.slots;
+  return a.id < b.id;
 }
 
 /** Nodes that have been silent for `missed` heartbeat periods: a pure decision over a snapshot. */
@@ -70,6 +88,7 @@ export interface ConnectedNode extends NodeView {
   engine: string;
   /** last heartbeat (or hello), ms epoch */
   lastSeenAt: number;
+  capabilities?: Capabilities;
   heartbeat?: Heartbeat;
   /** closes the node's control channel */
   disconnect(reason: string): void;
@@ -120,8 +139,8 @@ export class Fleet {
     return false;
   }
 
-  pick(model: string, exclude?: ReadonlySet<string>): ConnectedNode | undefined {
-    return pickNode(this.nodes.values(), model, Date.now(), exclude) as ConnectedNode | undefined;
+  pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {
+    return pickNode(this.nodes.values(), model, Date.now(), exclude, allow) as ConnectedNode | undefined;
   }
 
   dispatch(node: ConnectedNode, job: JobStart, sink: JobSink): void {

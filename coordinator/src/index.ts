@@ -1,4 +1,4 @@
 export { type ApiKeyInfo, createApiKey, hashApiKey } from "./apiKeys.js";
 export { type Coordinator, type CoordinatorOptions, startCoordinator } from "./coordinator.js";
 export type { Db } from "./db/database.js";
-export { type NodeView, pickNode } from "./fleet.js";
+export { type NodeView, pickNode, type SchedulingPolicy } from "./fleet.js";

@@ -26,6 +26,23 @@ export const servedModelSchema = z.looseObject({
 });
 export type ServedModel = z.infer<typeof servedModelSchema>;
 
+/** What a node can do; sent in hello, shown in the network view, used by the scheduler. */
+export const capabilitiesSchema = z.object({
+  cpuModel: z.string(),
+  cores: z.number().int().positive(),
+  /** CPU threads the owner lets the engine use */
+  threads: z.number().int().positive(),
+  memoryBytes: z.number().nonnegative(),
+  gpu: z.string().nullable(),
+  vramBytes: z.number().nonnegative(),
+  freeDiskBytes: z.number().nonnegative(),
+  engineVariant: z.string(),
+  /** measured decode speed on the served model */
+  tokensPerSecond: z.number().nonnegative(),
+  measuredAt: z.string(),
+});
+export type Capabilities = z.infer<typeof capabilitiesSchema>;
+
 /** node -> coordinator, first frame */
 export const helloSchema = z.looseObject({
   type: z.literal("hello"),
@@ -37,6 +54,7 @@ export const helloSchema = z.looseObject({
   slots: z.number().int().positive(),
   /** false when the node starts paused or outside its schedule; default true */
   accepting: z.boolean().optional(),
+  capabilities: capabilitiesSchema.optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
 

@@ -82,6 +82,24 @@ describe("official openai client", () => {
   });
 });
 
+describe("the network view", () => {
+  it("shows the real node online with its capabilities and measured speed", async () => {
+    const net = (await (await fetch(`${sys.coordinator.url}/v1/network`)).json()) as {
+      nodes: {
+        id: string;
+        status: string;
+        models: string[];
+        capabilities: { cores: number; tokensPerSecond: number; engineVariant: string };
+      }[];
+    };
+    const me = net.nodes.find((n) => n.id === sys.node.nodeId);
+    expect(me).toMatchObject({ status: "online", models: [MODEL] });
+    expect(me?.capabilities.cores).toBeGreaterThan(0);
+    expect(me?.capabilities.engineVariant).toBe(sys.node.engine.variant);
+    expect(me?.capabilities.tokensPerSecond).toBeGreaterThan(1);
+  });
+});
+
 describe("same text as llama-server itself", () => {
   it("at temperature 0, chat and completions through the coordinator equal llama-server's direct answers", async () => {
     const direct = new OpenAI({ baseURL: `${sys.node.llama.url}/v1`, apiKey: "unused", maxRetries: 0 });

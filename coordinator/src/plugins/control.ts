@@ -97,6 +97,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           case "heartbeat":
             node.lastSeenAt = Date.now();
             node.heartbeat = frame;
+            node.loadedModels = new Set(frame.loadedModels);
+            if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
             return;
           case "availability":
             node.accepting = frame.accepting;
@@ -173,6 +175,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           active: 0,
           coolingUntil: 0,
           accepting: h.accepting ?? true,
+          capabilities: h.capabilities,
+          tokensPerSecond: h.capabilities?.tokensPerSecond ?? 0,
           jobs: new Map(),
           connectedAt: Date.now(),
           lastSeenAt: Date.now(),

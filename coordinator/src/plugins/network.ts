@@ -4,6 +4,7 @@
  * `GET /metrics`: Prometheus text. Both are read-only views for the portal, the
  * CLI and monitoring.
  */
+import type { Capabilities } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { Db } from "../db/database.js";
 import type { Fleet } from "../fleet.js";
@@ -21,6 +22,7 @@ export interface NetworkNode {
   load: number | null;
   freeMemoryBytes: number | null;
   tokensPerSecond: number | null;
+  capabilities: Capabilities | null;
   lastSeenAt: string;
 }
 
@@ -39,6 +41,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
       load: n.heartbeat?.load ?? null,
       freeMemoryBytes: n.heartbeat?.freeMemoryBytes ?? null,
       tokensPerSecond: n.heartbeat?.tokensPerSecond ?? null,
+      capabilities: n.capabilities ?? null,
       lastSeenAt: new Date(n.lastSeenAt).toISOString(),
     }));
     for (const row of await o.db.selectFrom("nodes").selectAll().orderBy("last_seen_at", "desc").limit(1_000).execute()) {
@@ -54,6 +57,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
         load: null,
         freeMemoryBytes: null,
         tokensPerSecond: null,
+        capabilities: null,
         lastSeenAt: new Date(row.last_seen_at).toISOString(),
       });
     }

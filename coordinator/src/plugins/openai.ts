@@ -21,7 +21,7 @@ import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
-import type { Fleet, JobSink } from "../fleet.js";
+import type { Fleet, JobSink, SchedulingPolicy } from "../fleet.js";
 import type { Metrics } from "../metrics.js";
 
 export interface OpenAIPluginOptions {
@@ -29,6 +29,8 @@ export interface OpenAIPluginOptions {
   fleet: Fleet;
   keys: ApiKeyVerifier;
   metrics: Metrics;
+  /** extra say over where each job may run */
+  policy?: SchedulingPolicy;
   /** model ids ever served here (for 404 vs 503) */
   knownModels: Set<string>;
   /** attempts on different nodes before giving up */
@@ -236,7 +238,8 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
 
       const attempt = (): void => {
         const t0 = performance.now();
-        const node = o.fleet.pick(body.model, tried);
+        const policy = o.policy;
+        const node = o.fleet.pick(body.model, tried, policy && ((n) => policy({ model: body.model, apiKeyId: apiKey.id }, n)));
         o.metrics.scheduled((performance.now() - t0) / 1000);
         if (!node) {
           fail(

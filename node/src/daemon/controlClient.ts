@@ -29,7 +29,7 @@ export interface SessionCredentials {
 export interface ControlClientOptions {
   coordinatorUrl: string;
   credentials: SessionCredentials;
-  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "accepting">;
+  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "capabilities">;
   /** the node's state for each heartbeat */
   status: () => Omit<Heartbeat, "type" | "activeJobs">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;

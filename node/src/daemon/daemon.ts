@@ -14,6 +14,7 @@ import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
+import { capabilities, detectHardware, measureSpeed } from "./capabilities.js";
 import { ControlClient, type SessionCredentials } from "./controlClient.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
@@ -66,6 +67,8 @@ export interface NodeDaemon {
 export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
   const progress = o.progress ?? silentProgress;
   const windows = o.schedule ? parseSchedule(o.schedule) : undefined;
+  // GPU detection loads node-llama-cpp's native addon (seconds): overlap it with the rest
+  const hardware = detectHardware(o.logger);
   const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
   const nodeId = identity.nodeId;
   const engine = await ensureEngine({ cache: o.paths.cache, progress, signal: o.signal });
@@ -73,17 +76,31 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const model = (await store.get(o.model)) ?? (await store.pull(o.model, { progress, signal: o.signal }));
   const slots = o.slots ?? 2;
   const contextPerSlot = o.contextPerSlot ?? 4096;
+  const threads = o.threads ?? Math.max(1, cpus().length);
   const llama = await startLlamaServer({
     engine,
     modelId: model.id,
     modelPath: store.blobPath(model.sha256),
     slots,
     contextPerSlot,
-    threads: o.threads ?? Math.max(1, cpus().length),
+    threads,
     logDir: join(o.paths.home, "logs"),
     extraArgs: o.engineArgs,
   });
   const log = o.logger.child({ nodeId });
+  const caps = await capabilities({
+    home: o.paths.home,
+    cache: o.paths.cache,
+    engine,
+    modelSha256: model.sha256,
+    threads,
+    hardware: await hardware,
+    measure: () => measureSpeed(llama.url),
+  }).catch(async (err) => {
+    await llama.supervisor.stop();
+    throw err;
+  });
+  log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
   const connections = new EngineConnections(llama.port);
   const throughput = new Throughput();
   llama.supervisor.on("exit", (code, signal) => log.warn({ code, signal }, "llama-server exited; restarting"));
@@ -97,6 +114,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       engine: { tag: engine.tag, variant: engine.variant },
       models: [{ id: model.id, sha256: model.sha256, contextSize: contextPerSlot }],
       slots,
+      capabilities: caps,
     }),
     status: () => ({
       load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
