@@ -29,48 +29,44 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
   }
 }
 
-/**
- * The storage backends a test should run on: PGlite always, and PostgreSQL when
- * DATABASE_URL is set (each call gets a fresh database there, dropped by cleanup).
- */
-export function storageBackends(): {
-  name: string;
-  open: () => Promise<{ databaseUrl?: string; dataDir: string; cleanup: () => Promise<void> }>;
-}[] {
-  const backends: ReturnType<typeof storageBackends> = [
-    {
-      name: "PGlite",
-      open: async () => {
-        const paths = await tempPaths("sharedllm-db-");
-        return { dataDir: join(paths.home, "db"), cleanup: paths.cleanup };
-      },
-    },
-  ];
-  const admin = process.env.DATABASE_URL;
-  if (admin) {
-    backends.push({
-      name: "PostgreSQL",
-      open: async () => {
-        const { default: pg } = await import("pg");
-        const name = `sharedllm_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-        const client = new pg.Client({ connectionString: admin });
-        await client.connect();
-        await client.query(`CREATE DATABASE ${name}`);
-        await client.end();
-        const url = new URL(admin);
-        url.pathname = `/${name}`;
-        return {
-          databaseUrl: url.toString(),
-          dataDir: "unused",
-          cleanup: async () => {
-            const c = new pg.Client({ connectionString: admin });
-            await c.connect();
-            await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-            await c.end();
-          },
-        };
-      },
-    });
-  }
-  return backends;
+export interface TestDatabase {
+  databaseUrl?: string;
+  dataDir: string;
+  cleanup: () => Promise<void>;
+}
+
+async function pgliteDatabase(): Promise<TestDatabase> {
+  const paths = await tempPaths("sharedllm-db-");
+  return { dataDir: join(paths.home, "db"), cleanup: paths.cleanup };
+}
+
+/** A fresh database on the PostgreSQL server of `adminUrl`, dropped by cleanup. */
+async function postgresDatabase(adminUrl: string): Promise<TestDatabase> {
+  const { default: pg } = await import("pg");
+  const name = `sharedllm_test_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
+  const admin = async (sql: string) => {
+    const client = new pg.Client({ connectionString: adminUrl });
+    await client.connect();
+    try {
+      await client.query(sql);
+    } finally {
+      await client.end();
+    }
+  };
+  await admin(`CREATE DATABASE ${name}`);
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return { databaseUrl: url.toString(), dataDir: "unused", cleanup: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+}
+
+/** The database a coordinator under test uses: PostgreSQL when DATABASE_URL is set, else PGlite. */
+export function testDatabase(): Promise<TestDatabase> {
+  const adminUrl = process.env.DATABASE_URL;
+  return adminUrl ? postgresDatabase(adminUrl) : pgliteDatabase();
+}
+
+/** Both storage backends (PostgreSQL only when DATABASE_URL is set), for tests of storage itself. */
+export function storageBackends(): { name: string; open: () => Promise<TestDatabase> }[] {
+  const adminUrl = process.env.DATABASE_URL;
+  return [{ name: "PGlite", open: pgliteDatabase }, ...(adminUrl ? [{ name: "PostgreSQL", open: () => postgresDatabase(adminUrl) }] : [])];
 }

@@ -4,12 +4,11 @@
  * default model, joined by a real control channel on loopback.
  */
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
 import OpenAI from "openai";
 import { createApiKey, startCoordinator } from "../coordinator/src/index.ts";
 import { startNodeDaemon } from "../node/src/daemon/daemon.ts";
 import { DEFAULT_MODEL } from "../node/src/models/sources.ts";
-import { quietLogger, tempPaths } from "./helpers.ts";
+import { quietLogger, tempPaths, testDatabase } from "./helpers.ts";
 
 export const MODEL = DEFAULT_MODEL.id;
 
@@ -17,7 +16,8 @@ export async function startSystem(opts: { slots?: number } = {}) {
   const paths = await tempPaths();
   const logger = quietLogger();
   const joinToken = randomBytes(32).toString("base64url");
-  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir: join(paths.home, "db"), joinToken, logger });
+  const database = await testDatabase();
+  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger });
   const { secret: apiKey } = await createApiKey(coordinator.db, "test");
   const node = await startNodeDaemon({
     paths,
@@ -47,6 +47,7 @@ export async function startSystem(opts: { slots?: number } = {}) {
     async close() {
       await node.stop();
       await coordinator.close();
+      await database.cleanup();
       await paths.cleanup();
     },
   };

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApiKey } from "../../coordinator/src/apiKeys.ts";
 import { type Coordinator, startCoordinator } from "../../coordinator/src/coordinator.ts";
 import { NODE_HEADER } from "../../coordinator/src/plugins/openai.ts";
-import { quietLogger, tempPaths, waitFor } from "../helpers.ts";
+import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
@@ -24,7 +24,7 @@ interface Daemon {
 }
 
 let coordinator: Coordinator;
-let dataDir: string;
+let database: TestDatabase;
 let apiKey: string;
 const homes: Awaited<ReturnType<typeof tempPaths>>[] = [];
 const daemons: Daemon[] = [];
@@ -99,10 +99,8 @@ async function chat(maxTokens: number, onFirstChunk?: () => void): Promise<Outco
 }
 
 beforeAll(async () => {
-  const coordHome = await tempPaths("fleet-coordinator-");
-  homes.push(coordHome);
-  dataDir = join(coordHome.home, "db");
-  coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir, joinToken, logger: quietLogger() });
+  database = await testDatabase();
+  coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger() });
   apiKey = (await createApiKey(coordinator.db, "fleet")).secret;
   for (let i = 0; i < 3; i++) {
     const h = await tempPaths(`fleet-node${i}-`);
@@ -116,6 +114,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(daemons.map(killDaemon));
   await coordinator?.close();
+  await database?.cleanup();
   for (const h of homes) await h.cleanup();
 });
 
@@ -160,7 +159,7 @@ describe("a fleet of three real nodes", () => {
     const port = Number(new URL(coordinator.url).port);
     const before = (await coordinator.db.selectFrom("nodes").select("id").orderBy("id").execute()).map((r) => r.id);
     await coordinator.close();
-    coordinator = await startCoordinator({ host: "127.0.0.1", port, dataDir, joinToken, logger: quietLogger() });
+    coordinator = await startCoordinator({ host: "127.0.0.1", port, ...database, joinToken, logger: quietLogger() });
     const restartedAt = Date.now();
     await waitFor("all three nodes to reconnect", () => coordinator.fleet.size === 3, 10_000);
     expect(Date.now() - restartedAt).toBeLessThan(10_000);

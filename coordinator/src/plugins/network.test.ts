@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { waitFor } from "../../../test/helpers.ts";
+import { type TestDatabase, testDatabase, waitFor } from "../../../test/helpers.ts";
 import { SimNode } from "../../../test/simNode.ts";
 import { createApiKey } from "../apiKeys.js";
 import { type Coordinator, startCoordinator } from "../coordinator.js";
@@ -12,11 +12,13 @@ let c: Coordinator;
 let apiKey: string;
 const sims: SimNode[] = [];
 
+let database: TestDatabase;
 beforeEach(async () => {
+  database = await testDatabase();
   c = await startCoordinator({
     host: "127.0.0.1",
     port: 0,
-    dataDir: "memory://",
+    ...database,
     joinToken,
     heartbeatIntervalMs: HEARTBEAT_MS,
     logger: pino({ level: "silent" }),
@@ -26,6 +28,7 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const s of sims.splice(0)) s.stop();
   await c?.close();
+  await database?.cleanup();
 });
 
 async function sim(opts: ConstructorParameters<typeof SimNode>[0] extends infer O ? Partial<O> : never = {}) {

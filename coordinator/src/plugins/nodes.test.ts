@@ -12,14 +12,20 @@ import { pino } from "pino";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
+import { type TestDatabase, testDatabase } from "../../../test/helpers.ts";
 import { type Coordinator, startCoordinator } from "../coordinator.js";
 
 const joinToken = randomBytes(32).toString("base64url");
 let c: Coordinator;
+let database: TestDatabase;
 beforeAll(async () => {
-  c = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir: "memory://", joinToken, logger: pino({ level: "silent" }) });
+  database = await testDatabase();
+  c = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: pino({ level: "silent" }) });
 });
-afterAll(() => c?.close());
+afterAll(async () => {
+  await c?.close();
+  await database?.cleanup();
+});
 
 interface Signed {
   body: string;
