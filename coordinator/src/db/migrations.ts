@@ -58,6 +58,19 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex("node_sessions_node").on("node_sessions").column("node_id").execute();
     },
   },
+  "0003_events": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("events")
+        .addColumn("id", "bigserial", (c) => c.primaryKey())
+        .addColumn("at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("node_id", "text")
+        .addColumn("data", "text", (c) => c.notNull().defaultTo("{}"))
+        .execute();
+      await db.schema.createIndex("events_node").on("events").columns(["node_id", "id"]).execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -1,5 +1,5 @@
 /** Table types of the coordinator's database (one schema for PGlite and PostgreSQL). */
-import type { ColumnType, Insertable, Selectable } from "kysely";
+import type { ColumnType, Generated, Insertable, Selectable } from "kysely";
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 
@@ -33,6 +33,18 @@ export interface NodeSessionsTable {
   expires_at: Timestamp;
 }
 
+export type EventKind = "node.registered" | "node.connected" | "node.disconnected" | "node.offline" | "node.availability" | "node.left";
+
+/** Append-only journal of what happened to nodes; never updated or deleted. */
+export interface EventsTable {
+  id: Generated<string>;
+  at: Generated<Date>;
+  kind: EventKind;
+  node_id: string | null;
+  /** JSON */
+  data: string;
+}
+
 export type JobStatus = "running" | "completed" | "failed" | "cancelled";
 
 export interface JobsTable {
@@ -56,6 +68,7 @@ export interface Database {
   nodes: NodesTable;
   node_sessions: NodeSessionsTable;
   jobs: JobsTable;
+  events: EventsTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

@@ -18,6 +18,7 @@ import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import type { z } from "zod";
 import type { Db } from "../db/database.js";
+import { recordEvent } from "../events.js";
 import { type ConnectedNode, type Fleet, silentNodes } from "../fleet.js";
 import { sessionNode } from "./nodes.js";
 
@@ -40,6 +41,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
   const sweeper = setInterval(() => {
     for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
       app.log.warn({ nodeId: n.id }, "node missed its heartbeats; marking it offline");
+      recordEvent(o.db, app.log, "node.offline", n.id, { reason: "missed heartbeats" });
       o.fleet.remove(n.id, `missed ${MISSED_HEARTBEATS_OFFLINE} heartbeats`);
       n.disconnect("missed heartbeats");
     }
@@ -102,6 +104,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             return;
           case "availability":
             node.accepting = frame.accepting;
+            recordEvent(o.db, req.log, "node.availability", node.id, { accepting: frame.accepting, reason: frame.reason });
             req.log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
             return;
           case "leave":
@@ -124,6 +127,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           req.log.info({ nodeId: id }, "node disconnected");
         }
         if (closing) return;
+        recordEvent(o.db, req.log, "node.disconnected", id);
         o.db
           .updateTable("nodes")
           .set({ last_seen_at: new Date(node.lastSeenAt) })
@@ -136,6 +140,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         o.fleet.remove(n.id, "node left the site");
         await o.db.deleteFrom("node_sessions").where("node_id", "=", n.id).execute();
         req.log.info({ nodeId: n.id }, "node left the site");
+        recordEvent(o.db, req.log, "node.left", n.id);
         socket.close(1000, "left");
       }
 
@@ -185,7 +190,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         };
         o.fleet.add(n);
         send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
-        req.log.info({ nodeId: nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
+        req.log.info({ nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
+        recordEvent(o.db, req.log, "node.connected", nodeId, { models: [...n.models.keys()], slots: h.slots, engine });
         return n;
       }
     },

@@ -72,6 +72,12 @@ describe("heartbeats and the network view", () => {
     expect(Date.now() - started).toBeLessThan(HEARTBEAT_MS * 3 + 2_000);
     const net = await network();
     expect(net.nodes.find((n) => n.id === silent.id)?.status).toBe("offline");
+    // the journal tells the node's story in order
+    const story = await waitFor("the disconnect to be journalled", async () => {
+      const rows = await c.db.selectFrom("events").select("kind").where("node_id", "=", silent.id).orderBy("id").execute();
+      return rows.length === 4 ? rows.map((r) => r.kind) : undefined;
+    });
+    expect(story).toEqual(["node.registered", "node.connected", "node.offline", "node.disconnected"]);
 
     const healthy = await sim();
     const ok = await post(true);

@@ -79,6 +79,10 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
         .insertInto("node_sessions")
         .values({ token_hash: hashSessionToken(sessionToken), node_id: nodeId, expires_at: expiresAt })
         .execute();
+      await tx
+        .insertInto("events")
+        .values({ kind: "node.registered", node_id: nodeId, data: JSON.stringify({ ip: req.ip }) })
+        .execute();
     });
     req.log.info({ nodeId }, "node registered");
     const res: RegisterResponse = { nodeId, sessionToken, expiresAt: expiresAt.toISOString() };
