@@ -10,6 +10,7 @@ import {
   encodeChunkFrame,
   type JobStart,
   type NodeFrame,
+  type ServedModel,
 } from "@sharedllm/protocol";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import WebSocket from "ws";
@@ -45,7 +46,15 @@ export class SimNode {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly o: { coordinatorUrl: string; joinToken: string; models?: string[]; slots?: number; onJob?: SimJobHandler },
+    private readonly o: {
+      coordinatorUrl: string;
+      joinToken: string;
+      models?: string[];
+      /** full model entries to announce (sources, sizes), instead of `models` */
+      served?: ServedModel[];
+      slots?: number;
+      onJob?: SimJobHandler;
+    },
   ) {}
 
   /** Registers, connects and says hello; resolves on welcome. */
@@ -72,7 +81,7 @@ export class SimNode {
             protocol: CONTROL_PROTOCOL_VERSION,
             nodeId: this.id,
             engine: { tag: "sim", variant: "cpu" },
-            models: (this.o.models ?? ["sim-model"]).map((id) => ({ id, sha256: "0".repeat(64), contextSize: 2048 })),
+            models: this.o.served ?? (this.o.models ?? ["sim-model"]).map((id) => ({ id, sha256: "0".repeat(64), contextSize: 2048 })),
             slots: this.o.slots ?? 2,
           }),
         ),

@@ -10,7 +10,7 @@ import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
-import { Fleet, type SchedulingPolicy } from "./fleet.js";
+import { Fleet, type KnownModel, type SchedulingPolicy } from "./fleet.js";
 import { Metrics } from "./metrics.js";
 import { controlPlugin } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
@@ -48,7 +48,12 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
   const db = await openDatabase({ dataDir: o.dataDir, databaseUrl: o.databaseUrl });
   try {
     const fleet = new Fleet();
-    const knownModels = new Set((await db.selectFrom("models").select("id").execute()).map((r) => r.id));
+    const knownModels = new Map<string, KnownModel>(
+      (await db.selectFrom("models").select(["id", "sha256", "source", "size_bytes"]).execute()).map((r) => [
+        r.id,
+        { id: r.id, sha256: r.sha256, source: r.source ?? undefined, sizeBytes: r.size_bytes === null ? undefined : Number(r.size_bytes) },
+      ]),
+    );
     // jobs that were running when the coordinator last stopped cannot finish any more
     await db
       .updateTable("jobs")

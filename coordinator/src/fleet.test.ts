@@ -1,6 +1,6 @@
 import type { ServedModel } from "@sharedllm/protocol";
 import { describe, expect, it } from "vitest";
-import { type NodeView, pickNode, QUEUE_FACTOR } from "./fleet.js";
+import { type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
 
 const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
 const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = {}): NodeView => ({
@@ -47,5 +47,25 @@ describe("pickNode", () => {
     expect(pickNode([cooling, node("busy", 2 * QUEUE_FACTOR - 1)], "m", 500)?.id).toBe("busy");
     expect(pickNode([cooling], "m", 500)?.id).toBe("c");
     expect(pickNode([cooling, node("b", 3)], "m", 1_001)?.id).toBe("c");
+  });
+});
+
+describe("pickLoader", () => {
+  const wanted = { id: "big", sha256: "1".repeat(64), source: "hf:o/r/big.gguf", sizeBytes: 1_000 };
+  const withMemory = (id: string, free: number, extra: Partial<NodeView> & { loading?: string } = {}) => ({
+    ...node(id, 0),
+    heartbeat: { type: "heartbeat" as const, load: 0, freeMemoryBytes: free, activeJobs: 0, loadedModels: ["m"], tokensPerSecond: 0 },
+    ...extra,
+  });
+
+  it("asks the idle node with the most free memory, if it has room for twice the model", () => {
+    expect(pickLoader([withMemory("a", 3_000), withMemory("b", 5_000)], wanted)?.id).toBe("b");
+    expect(pickLoader([withMemory("a", 1_500)], wanted)).toBeUndefined();
+  });
+
+  it("never asks a busy, paused or already loading node", () => {
+    expect(pickLoader([withMemory("busy", 9_000, { active: 1 })], wanted)).toBeUndefined();
+    expect(pickLoader([withMemory("paused", 9_000, { accepting: false })], wanted)).toBeUndefined();
+    expect(pickLoader([withMemory("loading", 9_000, { loading: "other" })], wanted)).toBeUndefined();
   });
 });

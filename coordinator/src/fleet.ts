@@ -3,7 +3,7 @@
  * running, and the routing of their frames back to whoever waits for them.
  * Choosing a node is a pure function over a snapshot (`pickNode`).
  */
-import type { Capabilities, Heartbeat, JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Capabilities, Heartbeat, JobErrorFrame, JobStart, ModelLoad, ServedModel, Usage } from "@sharedllm/protocol";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -84,7 +84,36 @@ export function silentNodes<T extends { id: string; lastSeenAt: number }>(
   return out;
 }
 
+/** A model this coordinator has seen served, and where it can be pulled from. */
+export interface KnownModel {
+  id: string;
+  sha256: string;
+  source?: string;
+  sizeBytes?: number;
+}
+
+/**
+ * The node to ask to load a model in demand: idle (nothing in flight), taking jobs,
+ * not loading anything already, with free memory for twice the model file; among
+ * those the one with the most free memory.
+ */
+export function pickLoader<T extends NodeView & { loading?: string; heartbeat?: Heartbeat }>(
+  nodes: Iterable<T>,
+  model: KnownModel,
+): T | undefined {
+  let best: T | undefined;
+  for (const n of nodes) {
+    if (!n.accepting || n.active > 0 || n.loading || n.models.has(model.id)) continue;
+    const free = n.heartbeat?.freeMemoryBytes ?? 0;
+    if (free < 2 * (model.sizeBytes ?? 0)) continue;
+    if (!best || free > (best.heartbeat?.freeMemoryBytes ?? 0)) best = n;
+  }
+  return best;
+}
+
 export interface ConnectedNode extends NodeView {
+  /** the model the node was asked to load, until it reports its models again */
+  loading?: string;
   engine: string;
   /** last heartbeat (or hello), ms epoch */
   lastSeenAt: number;
@@ -92,7 +121,7 @@ export interface ConnectedNode extends NodeView {
   heartbeat?: Heartbeat;
   /** closes the node's control channel */
   disconnect(reason: string): void;
-  send(frame: JobStart | { type: "job.cancel"; jobId: string }): void;
+  send(frame: JobStart | ModelLoad | { type: "job.cancel"; jobId: string }): void;
   jobs: Map<string, JobSink>;
   connectedAt: number;
 }
@@ -132,6 +161,17 @@ export class Fleet {
       sink.error({ message: `the node serving this request went away (${reason})`, retryable: true });
     }
     node.jobs.clear();
+  }
+
+  /** Asks an idle node with room to pull and serve a model; returns it, or undefined when none can. */
+  requestLoad(model: KnownModel): ConnectedNode | undefined {
+    if (!model.source) return undefined;
+    for (const n of this.nodes.values()) if (n.loading === model.id) return n;
+    const node = pickLoader(this.nodes.values(), model);
+    if (!node) return undefined;
+    node.loading = model.id;
+    node.send({ type: "model.load", model: model.id, source: model.source, sha256: model.sha256 });
+    return node;
   }
 
   servesModel(model: string): boolean {

@@ -23,6 +23,10 @@ export const servedModelSchema = z.looseObject({
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   /** context window per slot, tokens */
   contextSize: z.number().int().positive(),
+  /** size of the GGUF file */
+  sizeBytes: z.number().nonnegative().optional(),
+  /** where another node can pull it from (`default`, `hf:...`); absent for local files */
+  source: z.string().optional(),
 });
 export type ServedModel = z.infer<typeof servedModelSchema>;
 
@@ -107,7 +111,15 @@ export interface ControlErrorFrame {
   message: string;
 }
 
-export type CoordinatorFrame = Welcome | JobStart | JobCancel | ControlErrorFrame;
+/** coordinator -> node: pull this model and serve it too (it is in demand and no node serves it) */
+export interface ModelLoad {
+  type: "model.load";
+  model: string;
+  source: string;
+  sha256: string;
+}
+
+export type CoordinatorFrame = Welcome | JobStart | JobCancel | ModelLoad | ControlErrorFrame;
 
 /**
  * node -> coordinator: one server-sent event's data, to relay verbatim. This is
@@ -160,6 +172,13 @@ export const availabilitySchema = z.object({
 });
 export type Availability = z.infer<typeof availabilitySchema>;
 
+/** node -> coordinator: the models the node serves now (after a model.load), and a failed load if any */
+export const modelsSchema = z.object({
+  type: z.literal("models"),
+  models: z.array(servedModelSchema),
+  failed: z.object({ model: z.string(), message: z.string() }).optional(),
+});
+
 /** node -> coordinator: the node leaves the site for good; its sessions end */
 export const leaveSchema = z.object({ type: z.literal("leave") });
 
@@ -168,6 +187,7 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   helloSchema,
   heartbeatSchema,
   availabilitySchema,
+  modelsSchema,
   leaveSchema,
   jobResultSchema,
   jobEndSchema,

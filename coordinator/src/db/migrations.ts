@@ -71,6 +71,12 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex("events_node").on("events").columns(["node_id", "id"]).execute();
     },
   },
+  "0004_model_sources": {
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable("models").addColumn("source", "text").execute();
+      await db.schema.alterTable("models").addColumn("size_bytes", "bigint").execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -15,6 +15,9 @@ export interface ApiKeysTable {
 export interface ModelsTable {
   id: string;
   sha256: string;
+  /** where a node can pull it from (`default`, `hf:...`), if any node said */
+  source: string | null;
+  size_bytes: ColumnType<string | number | bigint | null, number | null | undefined, number | null>;
   first_seen_at: Timestamp;
 }
 

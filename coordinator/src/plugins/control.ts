@@ -13,19 +13,20 @@ import {
   type Hello,
   MISSED_HEARTBEATS_OFFLINE,
   nodeFrameSchema,
+  type ServedModel,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import type { z } from "zod";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
-import { type ConnectedNode, type Fleet, silentNodes } from "../fleet.js";
+import { type ConnectedNode, type Fleet, type KnownModel, silentNodes } from "../fleet.js";
 import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
   db: Db;
   fleet: Fleet;
-  knownModels: Set<string>;
+  knownModels: Map<string, KnownModel>;
   heartbeatIntervalMs: number;
 }
 
@@ -107,6 +108,11 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             recordEvent(o.db, req.log, "node.availability", node.id, { accepting: frame.accepting, reason: frame.reason });
             req.log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
             return;
+          case "models":
+            node.models = new Map(frame.models.map((m) => [m.id, m]));
+            node.loading = undefined;
+            if (frame.failed) req.log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
+            return void rememberModels(frame.models).catch((err) => req.log.error({ err }, "recording models failed"));
           case "leave":
             return void onLeave(node);
           case "job.end":
@@ -136,6 +142,25 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           .catch((err) => req.log.error({ err, nodeId: id }, "recording last seen failed"));
       });
 
+      /** Models served anywhere become known, with where they can be pulled from. */
+      async function rememberModels(models: ServedModel[]) {
+        for (const m of models) {
+          const update = { sha256: m.sha256, source: m.source ?? null, size_bytes: m.sizeBytes ?? null };
+          await o.db
+            .insertInto("models")
+            .values({ id: m.id, ...update })
+            .onConflict((c) => c.column("id").doUpdateSet(m.source ? update : { sha256: m.sha256 }))
+            .execute();
+          const prior = o.knownModels.get(m.id);
+          o.knownModels.set(m.id, {
+            id: m.id,
+            sha256: m.sha256,
+            source: m.source ?? prior?.source,
+            sizeBytes: m.sizeBytes ?? prior?.sizeBytes,
+          });
+        }
+      }
+
       async function onLeave(n: ConnectedNode) {
         o.fleet.remove(n.id, "node left the site");
         await o.db.deleteFrom("node_sessions").where("node_id", "=", n.id).execute();
@@ -163,14 +188,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           .values({ id: nodeId, engine, first_seen_at: now, last_seen_at: now })
           .onConflict((c) => c.column("id").doUpdateSet({ engine, last_seen_at: now }))
           .execute();
-        for (const m of h.models) {
-          await o.db
-            .insertInto("models")
-            .values({ id: m.id, sha256: m.sha256 })
-            .onConflict((c) => c.column("id").doNothing())
-            .execute();
-          o.knownModels.add(m.id);
-        }
+        await rememberModels(h.models);
         if (ws.readyState !== ws.OPEN) return undefined;
         const n: ConnectedNode = {
           id: nodeId,

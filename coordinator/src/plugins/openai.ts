@@ -21,7 +21,7 @@ import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
-import type { Fleet, JobSink, SchedulingPolicy } from "../fleet.js";
+import type { Fleet, JobSink, KnownModel, SchedulingPolicy } from "../fleet.js";
 import type { Metrics } from "../metrics.js";
 
 export interface OpenAIPluginOptions {
@@ -31,8 +31,10 @@ export interface OpenAIPluginOptions {
   metrics: Metrics;
   /** extra say over where each job may run */
   policy?: SchedulingPolicy;
-  /** model ids ever served here (for 404 vs 503) */
-  knownModels: Set<string>;
+  /** models ever served here (404 vs 503), with where nodes can pull them from */
+  knownModels: ReadonlyMap<string, KnownModel>;
+  /** how long a request waits for a model a node is loading on demand; default 3 min */
+  loadWaitMs?: number;
   /** attempts on different nodes before giving up */
   maxAttempts?: number;
 }
@@ -83,6 +85,29 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
   app.post("/v1/chat/completions", (req, reply) => generate("chat", chatCompletionRequestSchema, req, reply));
   app.post("/v1/completions", (req, reply) => generate("completion", completionRequestSchema, req, reply));
 
+  /**
+   * A model known here but served by no node now: an idle node with room is asked
+   * to pull and load it, and the request waits for it (or the client gives up).
+   */
+  async function loadOnDemand(model: string, req: FastifyRequest): Promise<void> {
+    const known = o.knownModels.get(model);
+    if (!known) throw unknownModel(model);
+    const loader = o.fleet.requestLoad(known);
+    if (!loader) {
+      throw new ApiError("no_capacity", `no node serves "${model}" now and none has room to load it; try again later`);
+    }
+    req.log.info({ model, nodeId: loader.id }, "model in demand: a node is loading it");
+    const deadline = Date.now() + (o.loadWaitMs ?? 180_000);
+    while (!o.fleet.servesModel(model)) {
+      if (req.socket.destroyed) throw new ApiError("timeout", "the client went away while the model was loading");
+      if (o.fleet.get(loader.id) !== loader || loader.loading !== model) {
+        throw new ApiError("no_capacity", `loading "${model}" on a node failed; try again later`);
+      }
+      if (Date.now() > deadline) throw new ApiError("timeout", `"${model}" is still loading; try again shortly`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   function unknownModel(model: string) {
     const served = [...new Set(o.fleet.list().flatMap((n) => [...n.models.keys()]))];
     return new ApiError(
@@ -102,7 +127,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
       throw new ApiError("invalid_request", message, { param: param ?? undefined });
     }
     const body = parsed.data as { model: string; stream?: boolean; stream_options?: { include_usage?: boolean } | null };
-    if (!o.fleet.servesModel(body.model) && !o.knownModels.has(body.model)) throw unknownModel(body.model);
+    if (!o.fleet.servesModel(body.model)) await loadOnDemand(body.model, req);
 
     const jobId = `job_${randomUUID()}`;
     const stream = body.stream === true;

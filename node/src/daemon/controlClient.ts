@@ -14,6 +14,7 @@ import {
   type Heartbeat,
   type Hello,
   type JobStart,
+  type ModelLoad,
   type NodeFrame,
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
@@ -33,6 +34,8 @@ export interface ControlClientOptions {
   /** the node's state for each heartbeat */
   status: () => Omit<Heartbeat, "type" | "activeJobs">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
+  /** the coordinator asks this node to pull and serve a model; reply with the new model list */
+  loadModel: (frame: ModelLoad, reply: (f: NodeFrame) => void) => void;
   logger: Logger;
   /** first reconnect delay; doubles up to maxBackoffMs (default 4 s), with +-50% jitter */
   backoffMs?: number;
@@ -159,6 +162,9 @@ export class ControlClient {
           .finally(() => this.jobs.delete(frame.jobId));
         return;
       }
+      case "model.load":
+        this.o.loadModel(frame, (f) => this.sendFrame(f));
+        return;
       case "job.cancel":
         this.jobs.get(frame.jobId)?.abort();
         this.jobs.delete(frame.jobId);

@@ -5,13 +5,14 @@
  */
 import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
-import type { Availability } from "@sharedllm/protocol";
+import type { Availability, ServedModel } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import type { Supervisor } from "../engine/supervisor.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
-import { ModelStore } from "../models/store.js";
+import { parseSource } from "../models/sources.js";
+import { type ModelEntry, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 import { capabilities, detectHardware, measureSpeed } from "./capabilities.js";
@@ -48,12 +49,21 @@ export interface NodeDaemonOptions {
   signal?: AbortSignal;
 }
 
+interface Served {
+  entry: ModelEntry;
+  llama: LlamaServer;
+  connections: EngineConnections;
+}
+
 export interface NodeDaemon {
   nodeId: string;
   /** the model this node serves */
   modelId: string;
   engine: Engine;
+  /** the llama-server of the model the node started with */
   llama: LlamaServer;
+  /** the models served now (the start model and any loaded on request) */
+  models(): string[];
   control: ControlClient;
   /** stop taking new jobs (jobs in flight finish) */
   pause(): void;
@@ -77,17 +87,34 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const slots = o.slots ?? 2;
   const contextPerSlot = o.contextPerSlot ?? 4096;
   const threads = o.threads ?? Math.max(1, cpus().length);
-  const llama = await startLlamaServer({
-    engine,
-    modelId: model.id,
-    modelPath: store.blobPath(model.sha256),
-    slots,
-    contextPerSlot,
-    threads,
-    logDir: join(o.paths.home, "logs"),
-    extraArgs: o.engineArgs,
-  });
   const log = o.logger.child({ nodeId });
+  /** every model this node serves, each on its own supervised llama-server */
+  const served = new Map<string, Served>();
+  const startServing = async (entry: ModelEntry): Promise<Served> => {
+    const llama = await startLlamaServer({
+      engine,
+      modelId: entry.id,
+      modelPath: store.blobPath(entry.sha256),
+      slots,
+      contextPerSlot,
+      threads,
+      logDir: join(o.paths.home, "logs"),
+      extraArgs: o.engineArgs,
+    });
+    llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "llama-server exited; restarting"));
+    llama.supervisor.on("ready", () => log.info({ model: entry.id, url: llama.url }, "llama-server ready"));
+    const s: Served = { entry, llama, connections: new EngineConnections(llama.port) };
+    served.set(entry.id, s);
+    return s;
+  };
+  const stopServing = async () => {
+    for (const s of served.values()) {
+      s.connections.close();
+      await s.llama.supervisor.stop();
+    }
+  };
+  const primary = await startServing(model);
+  const llama = primary.llama;
   const caps = await capabilities({
     home: o.paths.home,
     cache: o.paths.cache,
@@ -97,31 +124,48 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     hardware: await hardware,
     measure: () => measureSpeed(llama.url),
   }).catch(async (err) => {
-    await llama.supervisor.stop();
+    await stopServing();
     throw err;
   });
   log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
-  const connections = new EngineConnections(llama.port);
   const throughput = new Throughput();
-  llama.supervisor.on("exit", (code, signal) => log.warn({ code, signal }, "llama-server exited; restarting"));
-  llama.supervisor.on("ready", () => log.info({ url: llama.url }, "llama-server ready"));
+  const servedModels = (): ServedModel[] =>
+    [...served.values()].map(({ entry }) => ({
+      id: entry.id,
+      sha256: entry.sha256,
+      contextSize: contextPerSlot,
+      sizeBytes: entry.size,
+      // a path on this machine means nothing to another node
+      ...(parseSource(entry.source).kind === "local" ? {} : { source: entry.source }),
+    }));
+  let loading: Promise<void> | undefined;
   const control = new ControlClient({
     coordinatorUrl: o.coordinatorUrl,
     credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
     logger: log,
-    hello: () => ({
-      nodeId,
-      engine: { tag: engine.tag, variant: engine.variant },
-      models: [{ id: model.id, sha256: model.sha256, contextSize: contextPerSlot }],
-      slots,
-      capabilities: caps,
-    }),
+    hello: () => ({ nodeId, engine: { tag: engine.tag, variant: engine.variant }, models: servedModels(), slots, capabilities: caps }),
     status: () => ({
       load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
       freeMemoryBytes: freemem(),
-      loadedModels: llama.supervisor.ready ? [model.id] : [],
+      loadedModels: [...served.values()].filter((s) => s.llama.supervisor.ready).map((s) => s.entry.id),
       tokensPerSecond: throughput.tokensPerSecond(),
     }),
+    loadModel: (frame, reply) => {
+      // one load at a time; the coordinator hears the new model list either way
+      loading = (loading ?? Promise.resolve()).then(async () => {
+        if (served.has(frame.model)) return reply({ type: "models", models: servedModels() });
+        try {
+          log.info({ model: frame.model, source: frame.source }, "loading a model the coordinator asked for");
+          const entry =
+            (await store.get(frame.model)) ?? (await store.pull(frame.source, { id: frame.model, sha256: frame.sha256, signal: o.signal }));
+          await startServing(entry);
+          reply({ type: "models", models: servedModels() });
+        } catch (err) {
+          log.error({ err: (err as Error).message, model: frame.model }, "loading a model failed");
+          reply({ type: "models", models: servedModels(), failed: { model: frame.model, message: (err as Error).message } });
+        }
+      });
+    },
     runJob: async (job, rawSend, signal) => {
       const started = Date.now();
       const send: typeof rawSend = (f) => {
@@ -132,16 +176,22 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         }
         rawSend(f);
       };
+      const target = served.get(String(job.request.model));
+      if (!target) {
+        send({ type: "job.error", jobId: job.jobId, message: `this node does not serve ${String(job.request.model)}`, retryable: true });
+        return;
+      }
+      const sup = target.llama.supervisor;
       // a job that arrives while llama-server restarts (or is dying and not yet
       // noticed by its supervisor) waits for it instead of failing
       for (let attempt = 1; ; attempt++) {
-        if (!llama.supervisor.ready && !(await llama.supervisor.whenReady(ENGINE_WAIT_MS, signal))) break;
+        if (!sup.ready && !(await sup.whenReady(ENGINE_WAIT_MS, signal))) break;
         try {
-          return await runJob(job, connections, send, signal);
+          return await runJob(job, target.connections, send, signal);
         } catch (err) {
           if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
           log.warn({ jobId: job.jobId }, "llama-server unreachable; waiting for its restart");
-          await waitUntilDown(llama.supervisor, 2_000);
+          await waitUntilDown(sup, 2_000);
         }
       }
       if (!signal.aborted)
@@ -168,21 +218,21 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   try {
     await control.start();
   } catch (err) {
-    connections.close();
-    await llama.supervisor.stop();
+    await stopServing();
     throw err;
   }
   const stop = async () => {
     clearInterval(scheduleTimer);
     await control.close();
-    connections.close();
-    await llama.supervisor.stop();
+    await loading;
+    await stopServing();
   };
   return {
     nodeId,
     modelId: model.id,
     engine,
     llama,
+    models: () => [...served.keys()],
     control,
     pause() {
       state.paused = true;
