@@ -6,7 +6,7 @@
  */
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { startNodeDaemon } from "../daemon/daemon.js";
 import { registerNode } from "../daemon/registration.js";
@@ -110,6 +110,13 @@ export function nodeCommand(): Command {
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
     .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
     .addOption(new Option("--threads <n>", "CPU threads for the engine (default: all cores)").argParser(positiveInt))
+    .addOption(
+      new Option("--max-memory <GiB>", "cap on the memory the engines may use (weights + KV cache)").argParser((v) => {
+        const n = Number(v);
+        if (!(n > 0)) throw new InvalidArgumentError("expected a positive number of GiB");
+        return n;
+      }),
+    )
     .option("--schedule <windows>", 'when to serve, local time, e.g. "weekdays 17:00-08:00; weekends 00:00-24:00"')
     .option("--paused", "start without taking jobs until sharedllm node resume")
     .option("--engine-args <args>", "extra llama-server arguments, space-separated")
@@ -121,6 +128,7 @@ export function nodeCommand(): Command {
         model: string;
         slots: number;
         threads?: number;
+        maxMemory?: number;
         schedule?: string;
         paused?: boolean;
         engineArgs?: string;
@@ -138,6 +146,7 @@ export function nodeCommand(): Command {
           model: o.model,
           slots: o.slots,
           threads: o.threads,
+          maxMemoryBytes: o.maxMemory === undefined ? undefined : o.maxMemory * 2 ** 30,
           schedule: o.schedule,
           paused: o.paused,
           engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),

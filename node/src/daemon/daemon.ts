@@ -11,6 +11,7 @@ import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import type { Supervisor } from "../engine/supervisor.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
+import { estimateServingMemory, GiB } from "../models/memory.js";
 import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
@@ -44,6 +45,8 @@ export interface NodeDaemonOptions {
   schedule?: string;
   /** start without taking jobs until resume() */
   paused?: boolean;
+  /** cap on the memory the node's engines may use, bytes (weights + KV cache); default: none */
+  maxMemoryBytes?: number;
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -53,6 +56,8 @@ interface Served {
   entry: ModelEntry;
   llama: LlamaServer;
   connections: EngineConnections;
+  /** estimated memory of this engine */
+  memoryBytes: number;
 }
 
 export interface NodeDaemon {
@@ -91,6 +96,15 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   /** every model this node serves, each on its own supervised llama-server */
   const served = new Map<string, Served>();
   const startServing = async (entry: ModelEntry): Promise<Served> => {
+    const need = await estimateServingMemory(store.blobPath(entry.sha256), slots * contextPerSlot);
+    const used = [...served.values()].reduce((sum, s) => sum + s.memoryBytes, 0);
+    if (o.maxMemoryBytes !== undefined && used + need > o.maxMemoryBytes) {
+      throw new Error(
+        `${entry.id} needs about ${(need / GiB).toFixed(2)} GiB with ${slots} slots of ${contextPerSlot} tokens` +
+          `${used ? ` on top of ${(used / GiB).toFixed(2)} GiB in use` : ""}, over the ${(o.maxMemoryBytes / GiB).toFixed(2)} GiB cap; ` +
+          "raise --max-memory, lower --slots, or pick a smaller model",
+      );
+    }
     const llama = await startLlamaServer({
       engine,
       modelId: entry.id,
@@ -103,7 +117,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     });
     llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "llama-server exited; restarting"));
     llama.supervisor.on("ready", () => log.info({ model: entry.id, url: llama.url }, "llama-server ready"));
-    const s: Served = { entry, llama, connections: new EngineConnections(llama.port) };
+    const s: Served = { entry, llama, connections: new EngineConnections(llama.port), memoryBytes: need };
     served.set(entry.id, s);
     return s;
   };
