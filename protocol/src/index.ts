@@ -1,5 +1,4 @@
 export * from "./control.js";
 export * from "./errors.js";
-export * from "./ids.js";
 export * from "./openai.js";
 export * from "./siteAuth.js";
