@@ -1,6 +1,6 @@
 import type { ServedModel } from "@sharedllm/protocol";
 import { describe, expect, it } from "vitest";
-import { type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
+import { type ConnectedNode, Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
 
 const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
 const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = {}): NodeView => ({
@@ -67,5 +67,34 @@ describe("pickLoader", () => {
     expect(pickLoader([withMemory("busy", 9_000, { active: 1 })], wanted)).toBeUndefined();
     expect(pickLoader([withMemory("paused", 9_000, { accepting: false })], wanted)).toBeUndefined();
     expect(pickLoader([withMemory("loading", 9_000, { loading: "other" })], wanted)).toBeUndefined();
+  });
+});
+
+describe("Fleet bookkeeping", () => {
+  const connected = (id: string, models: string[]): ConnectedNode => ({
+    ...node(id, 0),
+    models: new Map(models.map((m) => [m, { ...model, id: m }])),
+    engine: "e",
+    lastSeenAt: 0,
+    jobs: new Map(),
+    connectedAt: 0,
+    send: () => {},
+    disconnect: () => {},
+  });
+
+  it("knows which models are served as nodes come, change their models and go", () => {
+    const fleet = new Fleet();
+    const a = connected("a", ["m"]);
+    fleet.add(a);
+    fleet.add(connected("b", ["m", "x"]));
+    expect([fleet.servesModel("m"), fleet.servesModel("x"), fleet.servesModel("y")]).toEqual([true, true, false]);
+    fleet.remove("b", "test");
+    expect([fleet.servesModel("m"), fleet.servesModel("x")]).toEqual([true, false]);
+    fleet.setModels(a, new Map([["y", { ...model, id: "y" }]]));
+    expect([fleet.servesModel("m"), fleet.servesModel("y")]).toEqual([false, true]);
+    // a node that reconnects replaces its old session without counting twice
+    fleet.add(connected("a", ["y"]));
+    fleet.remove("a", "test");
+    expect(fleet.servesModel("y")).toBe(false);
   });
 });

@@ -145,10 +145,30 @@ export class Fleet {
     return this.nodes.get(id);
   }
 
+  /** model id -> how many nodes serve it, so "is it served?" costs no scan */
+  private readonly servedBy = new Map<string, number>();
+
+  private countModels(models: Iterable<string>, delta: 1 | -1): void {
+    for (const m of models) {
+      const n = (this.servedBy.get(m) ?? 0) + delta;
+      if (n > 0) this.servedBy.set(m, n);
+      else this.servedBy.delete(m);
+    }
+  }
+
   /** Adds a node; a node that reconnects under the same id replaces its old session. */
   add(node: ConnectedNode): void {
     if (this.nodes.has(node.id)) this.remove(node.id, "node reconnected");
     this.nodes.set(node.id, node);
+    this.countModels(node.models.keys(), 1);
+  }
+
+  /** A node's served models changed (it loaded one on request). */
+  setModels(node: ConnectedNode, models: ReadonlyMap<string, ServedModel>): void {
+    if (this.nodes.get(node.id) === node) this.countModels(node.models.keys(), -1);
+    node.models = models;
+    node.loading = undefined;
+    if (this.nodes.get(node.id) === node) this.countModels(models.keys(), 1);
   }
 
   /** Removes a node and fails its jobs: retryable only where nothing reached the client yet is the caller's call. */
@@ -156,6 +176,7 @@ export class Fleet {
     const node = this.nodes.get(id);
     if (!node) return;
     this.nodes.delete(id);
+    this.countModels(node.models.keys(), -1);
     for (const [jobId, sink] of node.jobs) {
       this.jobNode.delete(jobId);
       sink.error({ message: `the node serving this request went away (${reason})`, retryable: true });
@@ -175,8 +196,7 @@ export class Fleet {
   }
 
   servesModel(model: string): boolean {
-    for (const n of this.nodes.values()) if (n.models.has(model)) return true;
-    return false;
+    return this.servedBy.has(model);
   }
 
   pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {

@@ -109,8 +109,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             req.log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
             return;
           case "models":
-            node.models = new Map(frame.models.map((m) => [m.id, m]));
-            node.loading = undefined;
+            o.fleet.setModels(node, new Map(frame.models.map((m) => [m.id, m])));
             if (frame.failed) req.log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
             return void rememberModels(frame.models).catch((err) => req.log.error({ err }, "recording models failed"));
           case "leave":
@@ -190,6 +189,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           .execute();
         await rememberModels(h.models);
         if (ws.readyState !== ws.OPEN) return undefined;
+        // every field present from the start: all nodes share one object shape, which keeps scheduling scans fast
         const n: ConnectedNode = {
           id: nodeId,
           engine,
@@ -203,6 +203,9 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           jobs: new Map(),
           connectedAt: Date.now(),
           lastSeenAt: Date.now(),
+          heartbeat: undefined,
+          loadedModels: undefined,
+          loading: undefined,
           send,
           disconnect: (reason) => socket.close(CLOSE_REFUSED, reason),
         };
