@@ -11,6 +11,7 @@ const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = 
   coolingUntil: 0,
   accepting: true,
   tokensPerSecond: 0,
+  order: id.charCodeAt(0),
   ...extra,
 });
 
@@ -20,7 +21,7 @@ describe("pickNode", () => {
     expect(pickNode([node("a", 2, 2), node("b", 3, 4)], "m", 0)?.id).toBe("b");
   });
 
-  it("breaks ties by measured speed, then more slots, then id", () => {
+  it("breaks ties by measured speed, then more slots, then connection order", () => {
     expect(pickNode([node("a", 0, 2, { tokensPerSecond: 10 }), node("b", 0, 2, { tokensPerSecond: 30 })], "m", 0)?.id).toBe("b");
     expect(pickNode([node("a", 1, 2, { tokensPerSecond: 10 }), node("b", 2, 2, { tokensPerSecond: 30 })], "m", 0)?.id).toBe("a");
     expect(pickNode([node("b", 0), node("a", 0)], "m", 0)?.id).toBe("a");
@@ -36,7 +37,7 @@ describe("pickNode", () => {
   });
 
   it("prefers nodes with the model loaded, and applies the policy", () => {
-    const restarting = node("a", 0, 2, { loadedModels: new Set() });
+    const restarting = node("a", 0, 2, { notLoaded: new Set(["m"]) });
     expect(pickNode([restarting, node("b", 3)], "m", 0)?.id).toBe("b");
     expect(pickNode([restarting], "m", 0)?.id).toBe("a");
     expect(pickNode([node("a", 0), node("b", 3)], "m", 0, new Set(), (n) => n.id !== "a")?.id).toBe("b");

@@ -23,8 +23,10 @@ export interface NodeView {
   coolingUntil: number;
   /** false while the node is paused, outside its schedule, or draining */
   accepting: boolean;
-  /** models the engine has in memory now (from heartbeats); undefined before the first one */
-  loadedModels?: ReadonlySet<string>;
+  /** served models whose engine is not ready now (from heartbeats); undefined when all are ready */
+  notLoaded?: ReadonlySet<string>;
+  /** deterministic last tie-break: lower first (the fleet numbers nodes as they connect) */
+  order: number;
   /** recent or measured decode speed, tokens/s (0 when unknown) */
   tokensPerSecond: number;
 }
@@ -38,8 +40,8 @@ export const QUEUE_FACTOR = 8;
 /**
  * Picks the node for a job. It must accept jobs, serve the model, pass the policy
  * and have queue room. Among those, the least outstanding work per slot wins;
- * ties go to the faster node (measured tokens/s), then more slots, then the
- * lower id, so the choice is deterministic. Nodes whose engine does not have the
+ * ties go to the faster node (measured tokens/s), then more slots, then the node
+ * connected first, so the choice is deterministic. Nodes whose engine does not have the
  * model loaded (restarting) or that are cooling off after a failure are used only
  * when no other node can take the job.
  */
@@ -57,7 +59,7 @@ export function pickNode(
     // a penalty of QUEUE_FACTOR puts a node after every fully usable one (load per slot stays below it)
     let rank = n.active / n.slots;
     if (n.coolingUntil > now) rank += QUEUE_FACTOR;
-    if (n.loadedModels && !n.loadedModels.has(model)) rank += QUEUE_FACTOR;
+    if (n.notLoaded?.has(model)) rank += QUEUE_FACTOR;
     if (rank < bestRank || (rank === bestRank && best && better(n, best))) {
       best = n;
       bestRank = rank;
@@ -69,7 +71,7 @@ export function pickNode(
 function better(a: NodeView, b: NodeView): boolean {
   if (a.tokensPerSecond !== b.tokensPerSecond) return a.tokensPerSecond > b.tokensPerSecond;
   if (a.slots !== b.slots) return a.slots > b.slots;
-  return a.id < b.id;
+  return a.order < b.order;
 }
 
 /** Nodes that have been silent for `missed` heartbeat periods: a pure decision over a snapshot. */
@@ -145,13 +147,16 @@ export class Fleet {
     return this.nodes.get(id);
   }
 
-  /** model id -> how many nodes serve it, so "is it served?" costs no scan */
-  private readonly servedBy = new Map<string, number>();
+  /** model id -> the nodes serving it: scheduling scans only those, and "is it served?" costs no scan */
+  private readonly servedBy = new Map<string, Set<ConnectedNode>>();
+  private connections = 0;
 
-  private countModels(models: Iterable<string>, delta: 1 | -1): void {
-    for (const m of models) {
-      const n = (this.servedBy.get(m) ?? 0) + delta;
-      if (n > 0) this.servedBy.set(m, n);
+  private index(node: ConnectedNode, add: boolean): void {
+    for (const m of node.models.keys()) {
+      const set = this.servedBy.get(m) ?? new Set();
+      if (add) set.add(node);
+      else set.delete(node);
+      if (set.size) this.servedBy.set(m, set);
       else this.servedBy.delete(m);
     }
   }
@@ -159,16 +164,18 @@ export class Fleet {
   /** Adds a node; a node that reconnects under the same id replaces its old session. */
   add(node: ConnectedNode): void {
     if (this.nodes.has(node.id)) this.remove(node.id, "node reconnected");
+    node.order = ++this.connections;
     this.nodes.set(node.id, node);
-    this.countModels(node.models.keys(), 1);
+    this.index(node, true);
   }
 
   /** A node's served models changed (it loaded one on request). */
   setModels(node: ConnectedNode, models: ReadonlyMap<string, ServedModel>): void {
-    if (this.nodes.get(node.id) === node) this.countModels(node.models.keys(), -1);
+    const live = this.nodes.get(node.id) === node;
+    if (live) this.index(node, false);
     node.models = models;
     node.loading = undefined;
-    if (this.nodes.get(node.id) === node) this.countModels(models.keys(), 1);
+    if (live) this.index(node, true);
   }
 
   /** Removes a node and fails its jobs: retryable only where nothing reached the client yet is the caller's call. */
@@ -176,7 +183,7 @@ export class Fleet {
     const node = this.nodes.get(id);
     if (!node) return;
     this.nodes.delete(id);
-    this.countModels(node.models.keys(), -1);
+    this.index(node, false);
     for (const [jobId, sink] of node.jobs) {
       this.jobNode.delete(jobId);
       sink.error({ message: `the node serving this request went away (${reason})`, retryable: true });
@@ -200,7 +207,8 @@ export class Fleet {
   }
 
   pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {
-    return pickNode(this.nodes.values(), model, Date.now(), exclude, allow) as ConnectedNode | undefined;
+    const candidates = this.servedBy.get(model);
+    return candidates && (pickNode(candidates, model, Date.now(), exclude, allow) as ConnectedNode | undefined);
   }
 
   dispatch(node: ConnectedNode, job: JobStart, sink: JobSink): void {

@@ -37,6 +37,12 @@ declare module "fastify" {
   }
 }
 
+/** The served models a heartbeat does not list as loaded; undefined in the usual case of none. */
+function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefined {
+  if (loaded.length >= node.models.size && [...node.models.keys()].every((m) => loaded.includes(m))) return undefined;
+  return new Set([...node.models.keys()].filter((m) => !loaded.includes(m)));
+}
+
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
   // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
   const sweeper = setInterval(() => {
@@ -100,7 +106,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           case "heartbeat":
             node.lastSeenAt = Date.now();
             node.heartbeat = frame;
-            node.loadedModels = new Set(frame.loadedModels);
+            node.notLoaded = notLoaded(node, frame.loadedModels);
             if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
             return;
           case "availability":
@@ -204,7 +210,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           connectedAt: Date.now(),
           lastSeenAt: Date.now(),
           heartbeat: undefined,
-          loadedModels: undefined,
+          notLoaded: undefined,
+          order: 0,
           loading: undefined,
           send,
           disconnect: (reason) => socket.close(CLOSE_REFUSED, reason),
