@@ -116,8 +116,12 @@ export class ControlClient {
     });
     ws.on("message", (data) => this.onFrame(ws, JSON.parse(data.toString()) as CoordinatorFrame));
     ws.on("unexpected-response", (_req, res) => {
-      if (res.statusCode === 401) this.o.credentials.invalidate();
-      this.o.logger.warn({ status: res.statusCode }, "coordinator refused the control channel session; registering again");
+      const expired = res.statusCode === 401;
+      if (expired) this.o.credentials.invalidate();
+      this.o.logger.warn(
+        { status: res.statusCode },
+        expired ? "control channel session refused; registering again" : "control channel refused",
+      );
       ws.terminate();
     });
     ws.on("error", (err) => this.o.logger.debug({ err: err.message }, "control channel error"));
