@@ -2,7 +2,8 @@
  * API keys: `sk-` + 32 random bytes, shown once; only the sha256 is stored.
  * Lookups are cached briefly in memory to keep the database off the request path.
  */
-import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
+import { hashSecret } from "./credentials.js";
 import type { Db } from "./db/database.js";
 
 export interface ApiKeyInfo {
@@ -10,16 +11,12 @@ export interface ApiKeyInfo {
   name: string;
 }
 
-export function hashApiKey(secret: string): string {
-  return createHash("sha256").update(secret).digest("hex");
-}
-
 export async function createApiKey(db: Db, name: string): Promise<ApiKeyInfo & { secret: string }> {
   const secret = `sk-${randomBytes(32).toString("base64url")}`;
   const id = `key_${randomUUID()}`;
   await db
     .insertInto("api_keys")
-    .values({ id, name, key_hash: hashApiKey(secret) })
+    .values({ id, name, key_hash: hashSecret(secret) })
     .execute();
   return { id, name, secret };
 }
@@ -33,7 +30,7 @@ export class ApiKeyVerifier {
 
   /** The key's record, or undefined for an unknown or revoked key. */
   async verify(secret: string): Promise<ApiKeyInfo | undefined> {
-    const hash = hashApiKey(secret);
+    const hash = hashSecret(secret);
     const now = Date.now();
     const hit = this.cache.get(hash);
     if (hit && hit.until > now) return hit.info;

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { hashApiKey } from "../../coordinator/src/apiKeys.ts";
+import { hashSecret } from "../../coordinator/src/credentials.ts";
 import { openDatabase } from "../../coordinator/src/db/database.ts";
 import { tempPaths, waitFor } from "../helpers.ts";
 
@@ -123,7 +123,7 @@ describe("sharedllm up", () => {
       const db = await openDatabase({ dataDir: join(home, "db") });
       const keys = await db.selectFrom("api_keys").selectAll().execute();
       await db.destroy();
-      expect(keys.map((k) => k.key_hash)).toContain(hashApiKey(up.apiKey));
+      expect(keys.map((k) => k.key_hash)).toContain(hashSecret(up.apiKey));
       expect(JSON.stringify(keys)).not.toContain(up.apiKey);
     } finally {
       await cleanup();

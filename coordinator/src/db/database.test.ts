@@ -1,8 +1,9 @@
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { storageBackends } from "../../../test/helpers.ts";
-import { ApiKeyVerifier, createApiKey, hashApiKey } from "../apiKeys.js";
+import { ApiKeyVerifier, createApiKey } from "../apiKeys.js";
 import { startCoordinator } from "../coordinator.js";
+import { hashSecret } from "../credentials.js";
 import { openDatabase } from "./database.js";
 
 describe.each(storageBackends())("storage on $name", ({ open }) => {
@@ -16,7 +17,7 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       expect(await verifier.verify(`${key.secret}x`)).toBeUndefined();
       const rows = await db.selectFrom("api_keys").selectAll().execute();
       expect(rows).toHaveLength(1);
-      expect(rows[0]?.key_hash).toBe(hashApiKey(key.secret));
+      expect(rows[0]?.key_hash).toBe(hashSecret(key.secret));
       expect(JSON.stringify(rows)).not.toContain(key.secret);
       await db.destroy();
       // a second open runs no migration twice and sees the same data

@@ -18,6 +18,7 @@ import {
 import type { FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import type { z } from "zod";
+import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type ConnectedNode, type Fleet, type KnownModel, silentNodes } from "../fleet.js";
@@ -67,7 +68,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     {
       websocket: true,
       preValidation: async (req, reply) => {
-        const token = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? "")?.[1];
+        const token = bearerToken(req.headers.authorization);
         const nodeId = token ? await sessionNode(o.db, token) : undefined;
         if (!nodeId) {
           return reply.code(401).send(errorBody("invalid_api_key", "no valid node session: register with the site's join token first"));

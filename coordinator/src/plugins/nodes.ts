@@ -4,7 +4,7 @@
  * EIP-191 signature over the same nonce). It gets a session token for the
  * control channel. Any failure is a 401 that changes nothing.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import {
   ApiError,
   NonceCache,
@@ -17,6 +17,7 @@ import {
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import { verifyMessage } from "viem";
+import { hashSecret } from "../credentials.js";
 import type { Db } from "../db/database.js";
 
 export interface NodesPluginOptions {
@@ -27,8 +28,6 @@ export interface NodesPluginOptions {
 }
 
 const DEFAULT_SESSION_TTL_MS = 24 * 3600_000;
-
-export const hashSessionToken = (token: string) => createHash("sha256").update(token).digest("hex");
 
 export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): Promise<void> {
   const nonces = new NonceCache();
@@ -77,7 +76,7 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
       await tx.deleteFrom("node_sessions").where("node_id", "=", nodeId).where("expires_at", "<", now).execute();
       await tx
         .insertInto("node_sessions")
-        .values({ token_hash: hashSessionToken(sessionToken), node_id: nodeId, expires_at: expiresAt })
+        .values({ token_hash: hashSecret(sessionToken), node_id: nodeId, expires_at: expiresAt })
         .execute();
       await tx
         .insertInto("events")
@@ -95,7 +94,7 @@ export async function sessionNode(db: Db, token: string): Promise<string | undef
   const row = await db
     .selectFrom("node_sessions")
     .select("node_id")
-    .where("token_hash", "=", hashSessionToken(token))
+    .where("token_hash", "=", hashSecret(token))
     .where("expires_at", ">", new Date())
     .executeTakeFirst();
   return row?.node_id;

@@ -19,6 +19,7 @@ import {
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
+import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
 import type { Fleet, JobSink, KnownModel, SchedulingPolicy } from "../fleet.js";
@@ -61,8 +62,8 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     if (!header) {
       throw new ApiError("missing_api_key", "no API key: send it as 'Authorization: Bearer sk-...' (sharedllm up prints one)");
     }
-    const m = /^Bearer\s+(\S+)$/i.exec(header);
-    const key = m?.[1] ? await o.keys.verify(m[1]) : undefined;
+    const token = bearerToken(header);
+    const key = token ? await o.keys.verify(token) : undefined;
     if (!key) throw new ApiError("invalid_api_key", "the API key is not valid (it may have been revoked)");
     req.apiKey = key;
   });

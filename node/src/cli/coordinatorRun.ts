@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { type Coordinator, createApiKey, hashApiKey, startCoordinator } from "@sharedllm/coordinator";
+import { ApiKeyVerifier, type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import type { Logger } from "pino";
 import { writeFileAtomic } from "../lock.js";
 
@@ -58,15 +58,7 @@ export async function runCoordinator(o: {
     throw err;
   });
   let apiKey = secrets.devApiKey;
-  const known = apiKey
-    ? await coordinator.db
-        .selectFrom("api_keys")
-        .select("id")
-        .where("key_hash", "=", hashApiKey(apiKey))
-        .where("revoked_at", "is", null)
-        .executeTakeFirst()
-    : undefined;
-  if (!apiKey || !known) {
+  if (!apiKey || !(await new ApiKeyVerifier(coordinator.db).verify(apiKey))) {
     apiKey = (await createApiKey(coordinator.db, "dev")).secret;
     await saveSecrets(o.home, { ...secrets, devApiKey: apiKey });
   }

@@ -9,7 +9,6 @@ import type { Availability, ServedModel } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
-import type { Supervisor } from "../engine/supervisor.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { estimateServingMemory, GiB } from "../models/memory.js";
 import { parseSource } from "../models/sources.js";
@@ -205,7 +204,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         } catch (err) {
           if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
           log.warn({ jobId: job.jobId }, "llama-server unreachable; waiting for its restart");
-          await waitUntilDown(sup, 2_000);
+          await sup.whenExited(2_000);
         }
       }
       if (!signal.aborted)
@@ -286,18 +285,4 @@ function sessionCredentials(o: Parameters<typeof registerNode>[0]): SessionCrede
       current = undefined;
     },
   };
-}
-
-/** Resolves once the supervisor has seen its process exit (or after timeoutMs). */
-function waitUntilDown(sup: Supervisor, timeoutMs: number): Promise<void> {
-  if (!sup.ready) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      sup.off("exit", done);
-      resolve();
-    };
-    const timer = setTimeout(done, timeoutMs);
-    sup.on("exit", done);
-  });
 }

@@ -74,6 +74,20 @@ export class Supervisor extends EventEmitter<{
     });
   }
 
+  /** Resolves once the supervisor has seen its process exit (at once if it is not ready), or after timeoutMs. */
+  whenExited(timeoutMs: number): Promise<void> {
+    if (!this._ready) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.off("exit", done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.on("exit", done);
+    });
+  }
+
   /** The last lines the process printed, for error messages. */
   logTail(lines = 20): string {
     return this.tail.slice(-lines).join("\n");
