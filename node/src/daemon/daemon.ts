@@ -55,7 +55,7 @@ interface Served {
   entry: ModelEntry;
   llama: LlamaServer;
   connections: EngineConnections;
-  /** estimated memory of this engine */
+  /** estimated memory of this engine (0 when no cap is set) */
   memoryBytes: number;
 }
 
@@ -95,7 +95,8 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   /** every model this node serves, each on its own supervised llama-server */
   const served = new Map<string, Served>();
   const startServing = async (entry: ModelEntry): Promise<Served> => {
-    const need = await estimateServingMemory(store.blobPath(entry.sha256), slots * contextPerSlot);
+    // the estimate reads GGUF metadata: only worth it when the owner set a cap
+    const need = o.maxMemoryBytes === undefined ? 0 : await estimateServingMemory(store.blobPath(entry.sha256), slots * contextPerSlot);
     const used = [...served.values()].reduce((sum, s) => sum + s.memoryBytes, 0);
     if (o.maxMemoryBytes !== undefined && used + need > o.maxMemoryBytes) {
       throw new Error(
