@@ -45,7 +45,11 @@ export interface Coordinator {
 }
 
 export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinator> {
-  const db = await openDatabase({ dataDir: o.dataDir, databaseUrl: o.databaseUrl });
+  const db = await openDatabase({
+    dataDir: o.dataDir,
+    databaseUrl: o.databaseUrl,
+    onConnectionError: (err) => o.logger.warn({ err: err.message }, "a PostgreSQL connection was dropped; it will be replaced"),
+  });
   try {
     const fleet = new Fleet();
     const knownModels = new Map<string, KnownModel>(

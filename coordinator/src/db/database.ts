@@ -16,12 +16,18 @@ export interface DatabaseOptions {
   databaseUrl?: string;
   /** PGlite data folder, or `memory://` */
   dataDir: string;
+  /** told about errors of idle PostgreSQL connections (server restart, terminated backend) */
+  onConnectionError?: (err: Error) => void;
 }
 
 export async function openDatabase(o: DatabaseOptions): Promise<Db> {
   let db: Db;
   if (o.databaseUrl) {
-    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: o.databaseUrl, max: 10 }) }) });
+    const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 10 });
+    // without a listener, an idle connection the server drops would crash the process;
+    // the pool replaces it on the next query
+    pool.on("error", (err) => o.onConnectionError?.(err));
+    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
     if (!o.dataDir.startsWith("memory://")) await mkdir(o.dataDir, { recursive: true });
     const { dialect } = await KyselyPGlite.create(o.dataDir);
