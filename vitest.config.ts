@@ -2,7 +2,13 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["protocol/src/**/*.test.ts", "coordinator/src/**/*.test.ts", "node/src/**/*.test.ts", "test/**/*.test.ts"],
+    include: [
+      "protocol/src/**/*.test.ts",
+      "coordinator/src/**/*.test.ts",
+      "node/src/**/*.test.ts",
+      "test/**/*.test.ts",
+      "contracts/test/**/*.test.ts",
+    ],
     // builds the engine and fetches the default model once, before any test runs
     globalSetup: ["test/globalSetup.ts"],
     testTimeout: 60_000,

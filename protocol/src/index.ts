@@ -1,4 +1,5 @@
 export * from "./control.js";
 export * from "./errors.js";
+export * from "./ledger.js";
 export * from "./openai.js";
 export * from "./siteAuth.js";

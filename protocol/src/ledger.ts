@@ -1,0 +1,117 @@
+/**
+ * What the coordinator, the nodes and the CreditLedger contract agree on: the EIP-712 WorkReceipt
+ * (DESIGN.md section 6), the leaves of the earnings Merkle tree (section 7) and the wire form of
+ * receipts. Amounts are bigint credits (the ledger's smallest unit) everywhere; on JSON wires they
+ * travel as decimal strings.
+ */
+import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
+import { type Address, type Hex, keccak256, stringToBytes } from "viem";
+import { z } from "zod";
+
+export const WORK_RECEIPT_TYPES = {
+  WorkReceipt: [
+    { name: "jobId", type: "bytes32" },
+    { name: "node", type: "address" },
+    { name: "coordinator", type: "address" },
+    { name: "model", type: "bytes32" },
+    { name: "promptTokens", type: "uint32" },
+    { name: "completionTokens", type: "uint32" },
+    { name: "shareBps", type: "uint16" },
+    { name: "credits", type: "uint256" },
+    { name: "issuedAt", type: "uint64" },
+  ],
+} as const;
+
+export interface WorkReceipt {
+  jobId: Hex;
+  node: Address;
+  coordinator: Address;
+  /** sha256 of the GGUF file */
+  model: Hex;
+  promptTokens: number;
+  completionTokens: number;
+  /** this node's share of the job in basis points (10000 for a solo node) */
+  shareBps: number;
+  credits: bigint;
+  /** unix seconds */
+  issuedAt: bigint;
+}
+
+export function workReceiptDomain(chainId: number, ledger: Address) {
+  return { name: "SharedLLM", version: "1", chainId, verifyingContract: ledger } as const;
+}
+
+/** The bytes32 of a coordinator job id in receipts. */
+export function receiptJobId(jobId: string): Hex {
+  return keccak256(stringToBytes(jobId));
+}
+
+const hex = (bytes: number) => z.string().regex(new RegExp(`^0x[0-9a-fA-F]{${bytes * 2}}$`));
+const uint = z.string().regex(/^\d{1,78}$/);
+
+/** A receipt on the control channel (bigints as decimal strings). */
+export const workReceiptWireSchema = z.object({
+  jobId: hex(32),
+  node: hex(20),
+  coordinator: hex(20),
+  model: hex(32),
+  promptTokens: z.number().int().min(0).max(0xffffffff),
+  completionTokens: z.number().int().min(0).max(0xffffffff),
+  shareBps: z.number().int().min(0).max(10_000),
+  credits: uint,
+  issuedAt: uint,
+});
+export type WorkReceiptWire = z.infer<typeof workReceiptWireSchema>;
+
+export function receiptToWire(r: WorkReceipt): WorkReceiptWire {
+  return { ...r, credits: r.credits.toString(), issuedAt: r.issuedAt.toString() };
+}
+
+export function receiptFromWire(w: WorkReceiptWire): WorkReceipt {
+  return {
+    ...w,
+    jobId: w.jobId as Hex,
+    node: w.node as Address,
+    coordinator: w.coordinator as Address,
+    model: w.model as Hex,
+    credits: BigInt(w.credits),
+    issuedAt: BigInt(w.issuedAt),
+  };
+}
+
+/** Splits `credits` by basis points; rounding leftovers go to the first share so the parts sum exactly. */
+export function splitCredits(credits: bigint, sharesBps: readonly number[]): bigint[] {
+  const parts = sharesBps.map((bps) => (credits * BigInt(bps)) / 10_000n);
+  const left = credits - parts.reduce((a, b) => a + b, 0n);
+  if (parts.length > 0) parts[0] = (parts[0] ?? 0n) + left;
+  return parts;
+}
+
+export interface EarningsTree {
+  root: Hex;
+  /** proof for a node's leaf, or undefined when the node is not in the tree */
+  proof(node: Address): Hex[] | undefined;
+}
+
+const ZERO_ROOT: Hex = `0x${"0".repeat(64)}`;
+
+/**
+ * The Merkle tree over every node's cumulative earnings, leaves
+ * keccak256(keccak256(abi.encode(address node, uint256 cumulative))) as CreditLedger.claim checks them.
+ */
+export function earningsTree(cumulative: ReadonlyMap<Address, bigint>): EarningsTree {
+  const entries = [...cumulative].filter(([, amount]) => amount > 0n).map(([node, amount]) => [node.toLowerCase(), amount] as const);
+  if (entries.length === 0) return { root: ZERO_ROOT, proof: () => undefined };
+  const tree = StandardMerkleTree.of(
+    entries.map(([node, amount]) => [node, amount.toString()]),
+    ["address", "uint256"],
+  );
+  const index = new Map(entries.map(([node], i) => [node, i]));
+  return {
+    root: tree.root as Hex,
+    proof(node) {
+      const i = index.get(node.toLowerCase());
+      return i === undefined ? undefined : (tree.getProof(i) as Hex[]);
+    },
+  };
+}
