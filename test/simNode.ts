@@ -10,6 +10,7 @@ import {
   encodeChunkFrame,
   type JobStart,
   type NodeFrame,
+  type ReceiptRequest,
   type ServedModel,
 } from "@sharedllm/protocol";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -54,6 +55,8 @@ export class SimNode {
       served?: ServedModel[];
       slots?: number;
       onJob?: SimJobHandler;
+      /** receipt requests (paid jobs); default: ignored */
+      onReceiptRequest?: (req: ReceiptRequest, send: (f: NodeFrame) => void) => void;
     },
   ) {}
 
@@ -105,6 +108,8 @@ export class SimNode {
         } else if (frame.type === "job.start") {
           this.jobsSeen++;
           (this.o.onJob ?? echoJob)(frame, send);
+        } else if (frame.type === "receipt.request") {
+          this.o.onReceiptRequest?.(frame, send);
         }
       });
     });

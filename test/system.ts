@@ -5,19 +5,19 @@
  */
 import { randomBytes } from "node:crypto";
 import OpenAI from "openai";
-import { createApiKey, startCoordinator } from "../coordinator/src/index.ts";
+import { type CoordinatorOptions, createApiKey, startCoordinator } from "../coordinator/src/index.ts";
 import { startNodeDaemon } from "../node/src/daemon/daemon.ts";
 import { DEFAULT_MODEL } from "../node/src/models/sources.ts";
 import { quietLogger, tempPaths, testDatabase } from "./helpers.ts";
 
 export const MODEL = DEFAULT_MODEL.id;
 
-export async function startSystem(opts: { slots?: number } = {}) {
+export async function startSystem(opts: { slots?: number; ledger?: CoordinatorOptions["ledger"] } = {}) {
   const paths = await tempPaths();
   const logger = quietLogger();
   const joinToken = randomBytes(32).toString("base64url");
   const database = await testDatabase();
-  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger });
+  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger, ledger: opts.ledger });
   const { secret: apiKey } = await createApiKey(coordinator.db, "test");
   const node = await startNodeDaemon({
     paths,
@@ -32,6 +32,7 @@ export async function startSystem(opts: { slots?: number } = {}) {
   return {
     paths,
     joinToken,
+    database,
     coordinator,
     node,
     apiKey,

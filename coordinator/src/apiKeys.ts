@@ -9,16 +9,19 @@ import type { Db } from "./db/database.js";
 export interface ApiKeyInfo {
   id: string;
   name: string;
+  /** the wallet whose credits the key spends; undefined for the operator's unmetered keys */
+  owner?: string;
 }
 
-export async function createApiKey(db: Db, name: string): Promise<ApiKeyInfo & { secret: string }> {
+/** A new key; with an owner it spends that wallet's credits, without one it is the operator's (free). */
+export async function createApiKey(db: Db, name: string, owner?: string): Promise<ApiKeyInfo & { secret: string }> {
   const secret = `sk-${randomBytes(32).toString("base64url")}`;
   const id = `key_${randomUUID()}`;
   await db
     .insertInto("api_keys")
-    .values({ id, name, key_hash: hashSecret(secret) })
+    .values({ id, name, key_hash: hashSecret(secret), owner_address: owner?.toLowerCase() ?? null })
     .execute();
-  return { id, name, secret };
+  return { id, name, owner: owner?.toLowerCase(), secret };
 }
 
 const CACHE_MS = 5_000;
@@ -36,12 +39,18 @@ export class ApiKeyVerifier {
     if (hit && hit.until > now) return hit.info;
     const row = await this.db
       .selectFrom("api_keys")
-      .select(["id", "name"])
+      .select(["id", "name", "owner_address"])
       .where("key_hash", "=", hash)
       .where("revoked_at", "is", null)
       .executeTakeFirst();
+    const info = row && { id: row.id, name: row.name, owner: row.owner_address ?? undefined };
     if (this.cache.size > 10_000) this.cache.clear();
-    this.cache.set(hash, { info: row, until: now + CACHE_MS });
-    return row;
+    this.cache.set(hash, { info, until: now + CACHE_MS });
+    return info;
+  }
+
+  /** Drops cached lookups (after a key was revoked). */
+  forget(): void {
+    this.cache.clear();
   }
 }

@@ -4,6 +4,7 @@
  * needs comes in through CoordinatorOptions, and close() releases all of it.
  */
 import websocket from "@fastify/websocket";
+import { DEV_CHAIN_ID } from "@sharedllm/contracts";
 import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
@@ -11,7 +12,12 @@ import { ApiKeyVerifier } from "./apiKeys.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
 import { Fleet, type KnownModel, type SchedulingPolicy } from "./fleet.js";
+import { type ChainOptions, LedgerChain } from "./ledger/chain.js";
+import { DEFAULT_PRICING, Metering, type Pricing } from "./ledger/metering.js";
+import { Receipts } from "./ledger/receipts.js";
+import { type SettlementOptions, Settler } from "./ledger/settlement.js";
 import { Metrics } from "./metrics.js";
+import { accountsPlugin } from "./plugins/accounts.js";
 import { controlPlugin } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
 import { networkPlugin } from "./plugins/network.js";
@@ -34,6 +40,8 @@ export interface CoordinatorOptions {
   policy?: SchedulingPolicy;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
+  /** credits on an EVM chain; without it every key is free and nodes earn nothing */
+  ledger?: { chain: ChainOptions; pricing?: Pricing; settlement?: SettlementOptions };
 }
 
 export interface Coordinator {
@@ -41,6 +49,8 @@ export interface Coordinator {
   app: FastifyInstance;
   db: Db;
   fleet: Fleet;
+  /** present when the coordinator runs with a ledger */
+  ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler };
   close(): Promise<void>;
 }
 
@@ -64,6 +74,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .set({ status: "failed", error: "coordinator restarted", finished_at: new Date() })
       .where("status", "=", "running")
       .execute();
+    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger));
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
@@ -75,17 +86,28 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await app.register(healthPlugin, { fleet });
     await app.register(networkPlugin, { db, fleet, metrics });
     await app.register(nodesPlugin, { db, joinToken: o.joinToken });
-    await app.register(controlPlugin, { db, fleet, knownModels, heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS });
-    await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys: new ApiKeyVerifier(db) });
+    await app.register(controlPlugin, {
+      db,
+      fleet,
+      knownModels,
+      heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS,
+      receipts: ledger?.receipts,
+    });
+    const keys = new ApiKeyVerifier(db);
+    await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys, ledger });
+    if (ledger) await app.register(accountsPlugin, { db, keys, ...ledger });
     const address = await app.listen({ host: o.host, port: o.port });
+    ledger?.settler.start();
     return {
       url: address.replace("[::1]", "127.0.0.1"),
       app,
       db,
       fleet,
+      ledger,
       async close() {
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
+        await ledger?.settler.stop();
         await db.destroy();
       },
     };
@@ -93,4 +115,45 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await db.destroy();
     throw err;
   }
+}
+
+/**
+ * Connects the ledger. The journal belongs to one ledger contract on one chain: a dev chain that
+ * was restarted (it keeps no state) starts the journal over; any other change is refused.
+ */
+async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, fleet: Fleet, logger: Logger) {
+  const chain = await LedgerChain.connect(o.chain);
+  const genesis = await chain.public.getBlock({ blockNumber: 0n });
+  const identity = `${chain.chainId}:${chain.ledger.toLowerCase()}:${chain.coordinator.toLowerCase()}:${genesis.hash}`;
+  const stored = await db.selectFrom("meta").select("value").where("key", "=", "ledger").executeTakeFirst();
+  if (stored && stored.value !== identity) {
+    if (chain.chainId !== DEV_CHAIN_ID) {
+      throw new Error(
+        `this database keeps the credit journal of ledger ${stored.value}, not ${identity}; use the database made for that ledger`,
+      );
+    }
+    logger.warn("the dev chain was restarted and keeps no state: the credit journal starts over");
+    await db.transaction().execute(async (tx) => {
+      await tx.deleteFrom("ledger_entries").execute();
+      await tx.deleteFrom("receipts").execute();
+      await tx.deleteFrom("settlements").execute();
+    });
+  }
+  await db
+    .insertInto("meta")
+    .values({ key: "ledger", value: identity })
+    .onConflict((c) => c.column("key").doUpdateSet({ value: identity }))
+    .execute();
+  const released = await Metering.releaseOrphanedHolds(db);
+  if (released) logger.warn({ released }, "released credit holds of jobs that ended with the last run");
+  const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING);
+  const receipts = new Receipts(db, chain.chainId, chain.ledger, chain.coordinator, (node, frame) => {
+    const n = fleet.get(node.toLowerCase());
+    if (!n) return false;
+    n.send(frame);
+    return true;
+  });
+  const settler = new Settler(db, chain, logger, o.settlement);
+  logger.info({ chainId: chain.chainId, ledger: chain.ledger, coordinator: chain.coordinator }, "credit ledger connected");
+  return { chain, metering, receipts, settler };
 }

@@ -3,7 +3,7 @@
  * running, and the routing of their frames back to whoever waits for them.
  * Choosing a node is a pure function over a snapshot (`pickNode`).
  */
-import type { Capabilities, Heartbeat, JobErrorFrame, JobStart, ModelLoad, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Capabilities, Heartbeat, JobErrorFrame, JobStart, ModelLoad, ReceiptRequest, ServedModel, Usage } from "@sharedllm/protocol";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -123,7 +123,7 @@ export interface ConnectedNode extends NodeView {
   heartbeat?: Heartbeat;
   /** closes the node's control channel */
   disconnect(reason: string): void;
-  send(frame: JobStart | ModelLoad | { type: "job.cancel"; jobId: string }): void;
+  send(frame: JobStart | ModelLoad | ReceiptRequest | { type: "job.cancel"; jobId: string }): void;
   jobs: Map<string, JobSink>;
   connectedAt: number;
 }

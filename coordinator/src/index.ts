@@ -3,3 +3,6 @@ export { type Coordinator, type CoordinatorOptions, startCoordinator } from "./c
 export { hashSecret } from "./credentials.js";
 export type { Db } from "./db/database.js";
 export { type NodeView, pickNode, type SchedulingPolicy } from "./fleet.js";
+export type { ChainOptions } from "./ledger/chain.js";
+export { DEFAULT_PRICING, type Price, type Pricing } from "./ledger/metering.js";
+export type { SettlementOptions } from "./ledger/settlement.js";

@@ -4,7 +4,7 @@
  * only by its owner. The private key never leaves this file and is never logged.
  */
 import { chmod, mkdir, readFile, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { writeFileAtomic } from "./lock.js";
 
@@ -17,7 +17,15 @@ export interface NodeIdentity {
 }
 
 export async function loadNodeIdentity(home: string, opts: { create?: boolean } = { create: true }): Promise<NodeIdentity | undefined> {
-  const file = join(home, "node-key.json");
+  const key = await loadKeyFile(join(home, "node-key.json"), opts);
+  return key && { nodeId: key.account.address.toLowerCase(), ...key };
+}
+
+/** A secp256k1 key in a 0600 JSON file (`{ address, privateKey }`), created when absent and asked to. */
+export async function loadKeyFile(
+  file: string,
+  opts: { create?: boolean } = { create: true },
+): Promise<{ account: PrivateKeyAccount; file: string; created: boolean } | undefined> {
   let privateKey: `0x${string}`;
   let created = false;
   try {
@@ -29,10 +37,9 @@ export async function loadNodeIdentity(home: string, opts: { create?: boolean } 
     if (!opts.create) return undefined;
     privateKey = generatePrivateKey();
     const address = privateKeyToAccount(privateKey).address;
-    await mkdir(home, { recursive: true });
+    await mkdir(dirname(file), { recursive: true });
     await writeFileAtomic(file, `${JSON.stringify({ address, privateKey }, null, 2)}\n`, 0o600);
     created = true;
   }
-  const account = privateKeyToAccount(privateKey);
-  return { nodeId: account.address.toLowerCase(), account, file, created };
+  return { account: privateKeyToAccount(privateKey), file, created };
 }

@@ -5,6 +5,7 @@
  * Unknown extra fields are tolerated; missing required ones are rejected.
  */
 import { z } from "zod";
+import { type WorkReceiptWire, workReceiptWireSchema } from "./ledger.js";
 
 export const CONTROL_PROTOCOL_VERSION = 1;
 /** Path of the control-channel WebSocket on the coordinator. */
@@ -119,7 +120,19 @@ export interface ModelLoad {
   sha256: string;
 }
 
-export type CoordinatorFrame = Welcome | JobStart | JobCancel | ModelLoad | ControlErrorFrame;
+/**
+ * coordinator -> node: a paid job ended; sign this WorkReceipt (EIP-712, under `domain`) if it
+ * matches what the node served, and send it back as a `receipt` frame.
+ */
+export interface ReceiptRequest {
+  type: "receipt.request";
+  /** the coordinator's job id (the receipt carries its keccak256) */
+  jobId: string;
+  receipt: WorkReceiptWire;
+  domain: { chainId: number; verifyingContract: `0x${string}` };
+}
+
+export type CoordinatorFrame = Welcome | JobStart | JobCancel | ModelLoad | ReceiptRequest | ControlErrorFrame;
 
 /**
  * node -> coordinator: one server-sent event's data, to relay verbatim. This is
@@ -179,6 +192,18 @@ export const modelsSchema = z.object({
   failed: z.object({ model: z.string(), message: z.string() }).optional(),
 });
 
+/** node -> coordinator: a signed WorkReceipt, or the reason the node will not sign the one proposed */
+export const receiptSchema = z.object({
+  type: z.literal("receipt"),
+  receipt: workReceiptWireSchema,
+  signature: z
+    .string()
+    .regex(/^0x[0-9a-fA-F]+$/)
+    .nullable(),
+  refused: z.string().max(500).optional(),
+});
+export type ReceiptFrame = z.infer<typeof receiptSchema>;
+
 /** node -> coordinator: the node leaves the site for good; its sessions end */
 export const leaveSchema = z.object({ type: z.literal("leave") });
 
@@ -189,6 +214,7 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   availabilitySchema,
   modelsSchema,
   leaveSchema,
+  receiptSchema,
   jobResultSchema,
   jobEndSchema,
   jobErrorSchema,

@@ -60,7 +60,7 @@ afterEach(() => {
 });
 
 async function startUp(home: string) {
-  const child = spawn(process.execPath, [BIN, "up", "--port", "0"], {
+  const child = spawn(process.execPath, [BIN, "up", "--port", "0", "--chain-port", "0"], {
     env: userEnv({ SHAREDLLM_HOME: home }),
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
@@ -84,6 +84,8 @@ async function startUp(home: string) {
         apiKey: string;
         models: string[];
         pid: number;
+        chainRpcUrl?: string;
+        contracts?: Record<string, string>;
       };
     },
     120_000,
@@ -99,6 +101,15 @@ describe("sharedllm up", () => {
       const { child, up, exited, output } = await startUp(home);
       expect(up.models).toEqual(["smollm2-135m-instruct"]);
       expect(up.apiKey).toMatch(/^sk-/);
+      // the local dev chain runs with the contracts deployed on it
+      expect(up.chainRpcUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect(Object.keys(up.contracts ?? {})).toEqual(expect.arrayContaining(["CreditLedger", "FederationRegistry"]));
+      const code = await fetch(up.chainRpcUrl as string, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_getCode", params: [up.contracts?.CreditLedger, "latest"] }),
+      }).then((r) => r.json() as Promise<{ result: string }>);
+      expect(code.result.length).toBeGreaterThan(1000);
       const { stdout } = output();
       expect(stdout).toContain(`${up.coordinatorUrl}/v1`);
       expect(stdout).toContain(up.apiKey);

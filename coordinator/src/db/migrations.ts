@@ -77,6 +77,65 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable("models").addColumn("size_bytes", "bigint").execute();
     },
   },
+  "0005_ledger": {
+    async up(db: Kysely<unknown>) {
+      // keys made by a signed-in wallet are bound to it and spend its credits;
+      // keys without an owner are the operator's (unmetered)
+      await db.schema.alterTable("api_keys").addColumn("owner_address", "text").execute();
+      await db.schema.createIndex("api_keys_owner").on("api_keys").column("owner_address").execute();
+      await db.schema
+        .createTable("siwe_nonces")
+        .addColumn("nonce", "text", (c) => c.primaryKey())
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("web_sessions")
+        .addColumn("token_hash", "text", (c) => c.primaryKey())
+        .addColumn("address", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      // the append-only credit journal: balances are derived from it, rows are never changed
+      await db.schema
+        .createTable("ledger_entries")
+        .addColumn("id", "bigserial", (c) => c.primaryKey())
+        .addColumn("address", "text", (c) => c.notNull())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("amount", sql`numeric(78, 0)`, (c) => c.notNull())
+        .addColumn("job_id", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      await db.schema.createIndex("ledger_entries_address").on("ledger_entries").columns(["address", "kind"]).execute();
+      await db.schema.createIndex("ledger_entries_job").on("ledger_entries").column("job_id").execute();
+      await db.schema
+        .createTable("receipts")
+        .addColumn("id", "bigserial", (c) => c.primaryKey())
+        .addColumn("job_id", "text", (c) => c.notNull())
+        .addColumn("node_address", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("reason", "text")
+        .addColumn("receipt", "text", (c) => c.notNull())
+        .addColumn("signature", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      await sql`create unique index receipts_accepted_once on receipts (job_id, node_address) where status = 'accepted'`.execute(db);
+      await db.schema
+        .createTable("settlements")
+        .addColumn("batch_id", "integer", (c) => c.primaryKey())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("max_entry_id", "bigint", (c) => c.notNull())
+        .addColumn("payload", "text", (c) => c.notNull())
+        .addColumn("tx_hash", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("confirmed_at", "timestamptz")
+        .execute();
+      await db.schema
+        .createTable("meta")
+        .addColumn("key", "text", (c) => c.primaryKey())
+        .addColumn("value", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -8,6 +8,8 @@ export interface ApiKeysTable {
   /** sha256 (hex) of the secret; the secret itself is never stored */
   key_hash: string;
   name: string;
+  /** the wallet whose credits the key spends; null for the operator's unmetered keys */
+  owner_address: string | null;
   created_at: Timestamp;
   revoked_at: Timestamp | null;
 }
@@ -65,6 +67,72 @@ export interface JobsTable {
   finished_at: Timestamp | null;
 }
 
+export interface SiweNoncesTable {
+  nonce: string;
+  expires_at: Timestamp;
+}
+
+export interface WebSessionsTable {
+  /** sha256 (hex) of the session token */
+  token_hash: string;
+  /** lower-case wallet address */
+  address: string;
+  created_at: Timestamp;
+  expires_at: Timestamp;
+}
+
+/**
+ * hold: credits reserved for a running job; release: a hold given back (in full);
+ * charge: what a user paid for a job; earn: a node's share of a job, from an accepted receipt.
+ */
+export type LedgerKind = "hold" | "release" | "charge" | "earn";
+
+/** numeric(78, 0): written as bigint, read as a decimal string */
+type Amount = ColumnType<string, bigint | string, never>;
+
+/** The append-only credit journal; balances are sums over it. */
+export interface LedgerEntriesTable {
+  id: Generated<string>;
+  address: string;
+  kind: LedgerKind;
+  amount: Amount;
+  job_id: string | null;
+  created_at: Generated<Date>;
+}
+
+export type ReceiptStatus = "accepted" | "rejected";
+
+export interface ReceiptsTable {
+  id: Generated<string>;
+  job_id: string;
+  node_address: string;
+  status: ReceiptStatus;
+  reason: string | null;
+  /** the receipt as JSON (bigints as strings) */
+  receipt: string;
+  signature: string | null;
+  created_at: Generated<Date>;
+}
+
+export type SettlementStatus = "prepared" | "sent" | "confirmed";
+
+export interface SettlementsTable {
+  batch_id: number;
+  status: SettlementStatus;
+  /** the batch covers every journal entry with an id up to this one (cumulative sums) */
+  max_entry_id: ColumnType<string, string | bigint, never>;
+  /** JSON: users, cumulative spends, earnings per node, root, total earnings */
+  payload: string;
+  tx_hash: string | null;
+  created_at: Generated<Date>;
+  confirmed_at: Timestamp | null;
+}
+
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
 export interface Database {
   api_keys: ApiKeysTable;
   models: ModelsTable;
@@ -72,6 +140,12 @@ export interface Database {
   node_sessions: NodeSessionsTable;
   jobs: JobsTable;
   events: EventsTable;
+  siwe_nonces: SiweNoncesTable;
+  web_sessions: WebSessionsTable;
+  ledger_entries: LedgerEntriesTable;
+  receipts: ReceiptsTable;
+  settlements: SettlementsTable;
+  meta: MetaTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

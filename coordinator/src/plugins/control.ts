@@ -22,6 +22,7 @@ import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type ConnectedNode, type Fleet, type KnownModel, silentNodes } from "../fleet.js";
+import type { Receipts } from "../ledger/receipts.js";
 import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
@@ -29,6 +30,8 @@ export interface ControlPluginOptions {
   fleet: Fleet;
   knownModels: Map<string, KnownModel>;
   heartbeatIntervalMs: number;
+  /** where signed work receipts go; absent when the coordinator runs without a ledger */
+  receipts?: Receipts;
 }
 
 declare module "fastify" {
@@ -127,6 +130,18 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             return o.fleet.result(node.id, frame.jobId, frame.body);
           case "job.error":
             return o.fleet.error(node.id, frame.jobId, frame);
+          case "receipt": {
+            const from = node.id;
+            if (!o.receipts) return;
+            return void o.receipts
+              .submit(from as `0x${string}`, frame.receipt, frame.signature as `0x${string}` | null, frame.refused)
+              .then((r) =>
+                r.accepted
+                  ? req.log.debug({ nodeId: from }, "receipt accepted")
+                  : req.log.warn({ nodeId: from, reason: r.reason }, "receipt rejected"),
+              )
+              .catch((err) => req.log.error({ err, nodeId: from }, "recording a receipt failed"));
+          }
           case "hello":
             return refuse("hello was already received");
         }

@@ -14,6 +14,7 @@ import {
   errorBody,
   type JobKind,
   type JobStart,
+  requestedMaxTokens,
   type Usage,
 } from "@sharedllm/protocol";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
@@ -23,6 +24,8 @@ import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
 import type { Fleet, JobSink, KnownModel, SchedulingPolicy } from "../fleet.js";
+import { jobCost, type Metering, promptTokenBound } from "../ledger/metering.js";
+import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 
 export interface OpenAIPluginOptions {
@@ -38,7 +41,12 @@ export interface OpenAIPluginOptions {
   loadWaitMs?: number;
   /** attempts on different nodes before giving up */
   maxAttempts?: number;
+  /** credits: wallet-bound keys pay for their jobs, serving nodes get receipts; absent = free */
+  ledger?: { metering: Metering; receipts: Receipts };
 }
+
+/** Completion length reserved for a request without max_tokens when no node says its context size. */
+const DEFAULT_CONTEXT = 4096;
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -142,6 +150,37 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     };
     const apiKey = req.apiKey as ApiKeyInfo;
     let nodeId: string | null = null;
+    let modelSha256: string | undefined;
+
+    // a wallet-bound key pays: hold the worst case now (402 before anything runs), charge the actual usage at the end
+    const payer = o.ledger && apiKey.owner ? { ...o.ledger, address: apiKey.owner as `0x${string}` } : undefined;
+    const price = payer?.metering.price(body.model);
+    let hold = 0n;
+    if (payer && price) {
+      const context =
+        o.fleet
+          .list()
+          .find((n) => n.models.has(body.model))
+          ?.models.get(body.model)?.contextSize ?? DEFAULT_CONTEXT;
+      hold = jobCost(price, promptTokenBound(parsed.data), requestedMaxTokens(parsed.data as never) ?? context);
+      await payer.metering.reserve(payer.address, jobId, hold);
+    }
+    /** Charges a completed job (at most its hold) or releases the hold; then asks the node for its receipt. */
+    const settleCredits = async (status: JobStatus, usage?: Usage) => {
+      if (!payer || !price) return;
+      if (status !== "completed" || !usage) return payer.metering.release(payer.address, jobId, hold);
+      const charged = await payer.metering.charge(payer.address, jobId, hold, jobCost(price, usage.prompt_tokens, usage.completion_tokens));
+      if (charged > 0n && nodeId && modelSha256) {
+        payer.receipts.request({
+          jobId,
+          modelSha256,
+          promptTokens: usage.prompt_tokens,
+          completionTokens: usage.completion_tokens,
+          credits: charged,
+          members: [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
+        });
+      }
+    };
     // The running row is written once the first token is on its way to the client,
     // so the embedded database's work stays off the time to first token; the final
     // state is written (upserted) before the client hears that the job is done.
@@ -169,6 +208,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, stream, ...final })
         .onConflict((c) => c.column("id").doUpdateSet(final))
         .execute();
+      await settleCredits(status, usage);
     };
 
     const raw = reply.raw;
@@ -277,6 +317,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         }
         tried.add(node.id);
         nodeId = node.id;
+        modelSha256 = node.models.get(body.model)?.sha256;
         o.fleet.dispatch(node, job, sink);
         if (!stream) recordStart();
       };

@@ -5,25 +5,52 @@ import { Command, Option } from "commander";
 import { pino } from "pino";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
-import { positiveInt } from "./args.js";
-import { runCoordinator } from "./coordinatorRun.js";
+import { address, addSettlementOptions, positiveInt, type SettlementArgs } from "./args.js";
+import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export function coordinatorCommand(): Command {
   const cmd = new Command("coordinator").description("run a coordinator that nodes join");
-  cmd
+  const start = cmd
     .command("start")
     .description("start the coordinator in the foreground; prints the command that joins a node to it")
     .addOption(new Option("--port <port>", "port (0 = any free port)").default(8787).argParser(positiveInt))
     .option("--host <host>", "address to listen on (use 0.0.0.0 for nodes on the LAN)", "127.0.0.1")
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
     .option("--verbose", "log at info level")
-    .action(async (o: { port: number; host: string; databaseUrl?: string; verbose?: boolean }) => {
+    .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (enables credits)")
+    .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
+  addSettlementOptions(start).action(
+    async (
+      o: {
+        port: number;
+        host: string;
+        databaseUrl?: string;
+        verbose?: boolean;
+        chainRpcUrl?: string;
+        ledger?: `0x${string}`;
+      } & SettlementArgs,
+    ) => {
+      if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger)) throw new Error("credits need both --chain-rpc-url and --ledger");
       const signal = shutdownSignal();
       const { home } = resolvePaths();
       await mkdir(home, { recursive: true });
       const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-      const { coordinator, joinToken, apiKey } = await runCoordinator({ home, ...o, logger });
+      const ledger =
+        o.chainRpcUrl && o.ledger
+          ? {
+              chain: { rpcUrl: o.chainRpcUrl, ledger: o.ledger, account: await coordinatorAccount(home) },
+              settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
+            }
+          : undefined;
+      const { coordinator, joinToken, apiKey } = await runCoordinator({
+        home,
+        host: o.host,
+        port: o.port,
+        databaseUrl: o.databaseUrl,
+        logger,
+        ledger,
+      });
       const runFile = join(home, "coordinator.json");
       await writeFileAtomic(runFile, `${JSON.stringify({ url: coordinator.url, apiKey, pid: process.pid }, null, 2)}\n`, 0o600);
       process.stdout.write(
@@ -32,12 +59,18 @@ export function coordinatorCommand(): Command {
           `API key:     ${apiKey}`,
           "join a node (on the node's machine):",
           `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}`,
+          ...(coordinator.ledger
+            ? [
+                `credits:     CreditLedger ${coordinator.ledger.chain.ledger}; this coordinator settles as ${coordinator.ledger.chain.coordinator} (it needs COORDINATOR_ROLE and gas)`,
+              ]
+            : []),
           "",
         ].join("\n"),
       );
       await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
       await coordinator.close();
       await rm(runFile, { force: true });
-    });
+    },
+  );
   return cmd;
 }

@@ -6,8 +6,10 @@
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ApiKeyVerifier, type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
+import { ApiKeyVerifier, type Coordinator, type CoordinatorOptions, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import type { Logger } from "pino";
+import type { PrivateKeyAccount } from "viem/accounts";
+import { loadKeyFile } from "../identity.js";
 import { writeFileAtomic } from "../lock.js";
 
 interface Secrets {
@@ -44,6 +46,7 @@ export async function runCoordinator(o: {
   port: number;
   databaseUrl?: string;
   logger: Logger;
+  ledger?: CoordinatorOptions["ledger"];
 }): Promise<RunningCoordinator> {
   const secrets = await loadSecrets(o.home);
   const coordinator = await startCoordinator({
@@ -53,6 +56,7 @@ export async function runCoordinator(o: {
     databaseUrl: o.databaseUrl,
     joinToken: secrets.joinToken,
     logger: o.logger,
+    ledger: o.ledger,
   }).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
     throw err;
@@ -63,4 +67,9 @@ export async function runCoordinator(o: {
     await saveSecrets(o.home, { ...secrets, devApiKey: apiKey });
   }
   return { coordinator, joinToken: secrets.joinToken, apiKey };
+}
+
+/** The coordinator's own key (settlements, federation), in `$SHAREDLLM_HOME/coordinator-key.json`. */
+export async function coordinatorAccount(home: string) {
+  return (await loadKeyFile(join(home, "coordinator-key.json")))?.account as PrivateKeyAccount;
 }

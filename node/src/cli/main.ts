@@ -5,6 +5,7 @@
 import { Command, CommanderError } from "commander";
 import { ModelError } from "../models/store.js";
 import { coordinatorCommand } from "./coordinator.js";
+import { creditsCommand } from "./credits.js";
 import { engineCommand } from "./engine.js";
 import { modelsCommand } from "./models.js";
 import { nodeCommand } from "./node.js";
@@ -19,6 +20,7 @@ program.addCommand(engineCommand());
 program.addCommand(modelsCommand());
 program.addCommand(nodeCommand());
 program.addCommand(coordinatorCommand());
+program.addCommand(creditsCommand());
 
 // settings of the root are not inherited by commands added with addCommand()
 const configure = (cmd: Command) => {

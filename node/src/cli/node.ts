@@ -32,13 +32,13 @@ interface NodeRun {
 
 type NodeCommand = "pause" | "resume" | "leave";
 
-const files = (home: string) => ({
+export const files = (home: string) => ({
   config: join(home, "node-config.json"),
   run: join(home, "node-run.json"),
   command: join(home, "node-command"),
 });
 
-async function readJson<T>(file: string): Promise<T | undefined> {
+export async function readJson<T>(file: string): Promise<T | undefined> {
   try {
     return JSON.parse(await readFile(file, "utf8")) as T;
   } catch {
@@ -46,7 +46,7 @@ async function readJson<T>(file: string): Promise<T | undefined> {
   }
 }
 
-function checkUrl(url: string): string {
+export function checkUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error();

@@ -8,12 +8,15 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Command, Option } from "commander";
 import { pino } from "pino";
+import { deployDevContracts, startDevChain } from "../chain.js";
 import { startNodeDaemon } from "../daemon/daemon.js";
+import { freePort } from "../engine/freePort.js";
+import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
-import { positiveInt } from "./args.js";
-import { runCoordinator } from "./coordinatorRun.js";
+import { addSettlementOptions, positiveInt, type SettlementArgs } from "./args.js";
+import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export interface UpFile {
@@ -22,12 +25,15 @@ export interface UpFile {
   models: string[];
   /** the local node's own llama-server, for debugging and benchmarks */
   engineUrl: string;
+  /** the local dev chain and the contracts on it; absent with --no-chain */
+  chainRpcUrl?: string;
+  contracts?: Record<string, string>;
   pid: number;
   startedAt: string;
 }
 
 export function upCommand(): Command {
-  return new Command("up")
+  const cmd = new Command("up")
     .description("run a coordinator and a local node with the default model on this machine")
     .addOption(new Option("--port <port>", "coordinator port (0 = any free port)").default(8787).argParser(positiveInt))
     .option("--host <host>", "address to listen on", "127.0.0.1")
@@ -36,8 +42,11 @@ export function upCommand(): Command {
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--verbose", "log at info level")
-    .action(
-      async (o: {
+    .option("--no-chain", "run without the local dev chain: no credits, every key is free")
+    .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(positiveInt));
+  return addSettlementOptions(cmd).action(
+    async (
+      o: {
         port: number;
         host: string;
         model: string;
@@ -45,72 +54,102 @@ export function upCommand(): Command {
         databaseUrl?: string;
         engineArgs?: string;
         verbose?: boolean;
-      }) => {
-        const signal = shutdownSignal();
-        const paths = resolvePaths();
-        await mkdir(paths.home, { recursive: true });
-        const upFile = join(paths.home, "up.json");
-        await rm(upFile, { force: true });
-        const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-        const progress = terminalProgress();
-        const { coordinator, joinToken, apiKey } = await runCoordinator({
-          home: paths.home,
-          host: o.host,
-          port: o.port,
-          databaseUrl: o.databaseUrl,
-          logger,
-        });
-        const stops: Array<() => Promise<void>> = [() => coordinator.close()];
-        const stopAll = async () => {
-          for (const stop of stops.reverse()) await stop().catch((err) => logger.error({ err }, "stop failed"));
-          await rm(upFile, { force: true });
-        };
+        chain: boolean;
+        chainPort: number;
+      } & SettlementArgs,
+    ) => {
+      const signal = shutdownSignal();
+      const paths = resolvePaths();
+      await mkdir(paths.home, { recursive: true });
+      const upFile = join(paths.home, "up.json");
+      await rm(upFile, { force: true });
+      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+      const progress = terminalProgress();
+      const stops: Array<() => Promise<void>> = [];
+      let chain: { rpcUrl: string; contracts: Record<string, string> } | undefined;
+      let ledger: Parameters<typeof runCoordinator>[0]["ledger"];
+      if (o.chain) {
+        process.stderr.write("starting the local dev chain and deploying the contracts...\n");
+        const dev = await startDevChain({ home: paths.home, host: "127.0.0.1", port: o.chainPort || (await freePort()) });
+        stops.push(() => dev.supervisor.stop());
         try {
-          const node = await startNodeDaemon({
-            paths,
-            coordinatorUrl: coordinator.url,
-            joinToken,
-            model: o.model,
-            slots: o.slots,
-            engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
-            logger,
-            progress,
-            signal,
-          });
-          stops.push(() => node.stop());
-          const models = [...new Set(coordinator.fleet.list().flatMap((n) => [...n.models.keys()]))];
-          const up: UpFile = {
-            coordinatorUrl: coordinator.url,
-            apiKey,
-            models,
-            engineUrl: node.llama.url,
-            pid: process.pid,
-            startedAt: new Date().toISOString(),
+          const coordinatorKey = await coordinatorAccount(paths.home);
+          const node = (await loadNodeIdentity(paths.home)) as NodeIdentity;
+          const deployment = await deployDevContracts(dev.rpcUrl, coordinatorKey.address, [node.account.address]);
+          chain = { rpcUrl: dev.rpcUrl, contracts: deployment.contracts };
+          ledger = {
+            chain: { rpcUrl: dev.rpcUrl, ledger: deployment.contracts.CreditLedger, account: coordinatorKey },
+            settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
           };
-          await writeFileAtomic(upFile, `${JSON.stringify(up, null, 2)}\n`, 0o600);
-          process.stdout.write(
-            [
-              "",
-              `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
-              `  models:  ${models.join(", ")}`,
-              `  API key: ${apiKey}`,
-              "",
-              "Try it:",
-              `  curl ${coordinator.url}/v1/chat/completions -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" \\`,
-              `    -d '{"model":"${models[0]}","messages":[{"role":"user","content":"Hello!"}]}'`,
-              "",
-              `(written to ${upFile}; Ctrl-C stops everything)`,
-              "",
-            ].join("\n"),
-          );
         } catch (err) {
-          await stopAll();
+          await dev.supervisor.stop();
           throw err;
         }
-        await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-        process.stderr.write("stopping...\n");
+      }
+      const { coordinator, joinToken, apiKey } = await runCoordinator({
+        home: paths.home,
+        host: o.host,
+        port: o.port,
+        databaseUrl: o.databaseUrl,
+        logger,
+        ledger,
+      }).catch(async (err) => {
+        for (const stop of stops) await stop();
+        throw err;
+      });
+      stops.push(() => coordinator.close());
+      const stopAll = async () => {
+        for (const stop of stops.reverse()) await stop().catch((err) => logger.error({ err }, "stop failed"));
+        await rm(upFile, { force: true });
+      };
+      try {
+        const node = await startNodeDaemon({
+          paths,
+          coordinatorUrl: coordinator.url,
+          joinToken,
+          model: o.model,
+          slots: o.slots,
+          engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
+          logger,
+          progress,
+          signal,
+        });
+        stops.push(() => node.stop());
+        const models = [...new Set(coordinator.fleet.list().flatMap((n) => [...n.models.keys()]))];
+        const up: UpFile = {
+          coordinatorUrl: coordinator.url,
+          apiKey,
+          models,
+          engineUrl: node.llama.url,
+          ...(chain && { chainRpcUrl: chain.rpcUrl, contracts: chain.contracts }),
+          pid: process.pid,
+          startedAt: new Date().toISOString(),
+        };
+        await writeFileAtomic(upFile, `${JSON.stringify(up, null, 2)}\n`, 0o600);
+        process.stdout.write(
+          [
+            "",
+            `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
+            `  models:  ${models.join(", ")}`,
+            `  API key: ${apiKey}`,
+            ...(chain ? [`  chain:   ${chain.rpcUrl} (local dev chain), CreditLedger ${chain.contracts.CreditLedger}`] : []),
+            "",
+            "Try it:",
+            `  curl ${coordinator.url}/v1/chat/completions -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" \\`,
+            `    -d '{"model":"${models[0]}","messages":[{"role":"user","content":"Hello!"}]}'`,
+            "",
+            `(written to ${upFile}; Ctrl-C stops everything)`,
+            "",
+          ].join("\n"),
+        );
+      } catch (err) {
         await stopAll();
-        process.stderr.write("stopped\n");
-      },
-    );
+        throw err;
+      }
+      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+      process.stderr.write("stopping...\n");
+      await stopAll();
+      process.stderr.write("stopped\n");
+    },
+  );
 }

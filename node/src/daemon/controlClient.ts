@@ -16,6 +16,8 @@ import {
   type JobStart,
   type ModelLoad,
   type NodeFrame,
+  type ReceiptFrame,
+  type ReceiptRequest,
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import WebSocket from "ws";
@@ -36,6 +38,8 @@ export interface ControlClientOptions {
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
   /** the coordinator asks this node to pull and serve a model; reply with the new model list */
   loadModel: (frame: ModelLoad, reply: (f: NodeFrame) => void) => void;
+  /** the coordinator proposes a work receipt for a finished paid job: sign it or say why not */
+  signReceipt: (frame: ReceiptRequest) => Promise<ReceiptFrame>;
   logger: Logger;
   /** first reconnect delay; doubles up to maxBackoffMs (default 4 s), with +-50% jitter */
   backoffMs?: number;
@@ -168,6 +172,12 @@ export class ControlClient {
       }
       case "model.load":
         this.o.loadModel(frame, (f) => this.sendFrame(f));
+        return;
+      case "receipt.request":
+        void this.o
+          .signReceipt(frame)
+          .then((f) => this.sendFrame(f))
+          .catch((err: Error) => this.o.logger.error({ err: err.message, jobId: frame.jobId }, "signing a receipt failed"));
         return;
       case "job.cancel":
         this.jobs.get(frame.jobId)?.abort();

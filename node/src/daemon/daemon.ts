@@ -5,7 +5,7 @@
  */
 import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
-import type { Availability, ServedModel } from "@sharedllm/protocol";
+import type { Availability, ServedModel, Usage } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
@@ -19,6 +19,7 @@ import { capabilities, detectHardware, measureSpeed } from "./capabilities.js";
 import { ControlClient, type SessionCredentials } from "./controlClient.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
+import { ReceiptSigner } from "./receipts.js";
 import { registerNode } from "./registration.js";
 import { inSchedule, parseSchedule } from "./schedule.js";
 import { Throughput } from "./throughput.js";
@@ -153,7 +154,9 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       ...(parseSource(entry.source).kind === "local" ? {} : { source: entry.source }),
     }));
   let loading: Promise<void> | undefined;
+  const receipts = new ReceiptSigner(identity.account);
   const control = new ControlClient({
+    signReceipt: (frame) => receipts.sign(frame),
     coordinatorUrl: o.coordinatorUrl,
     credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
     logger: log,
@@ -182,15 +185,15 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     },
     runJob: async (job, rawSend, signal) => {
       const started = Date.now();
+      const target = served.get(String(job.request.model));
       const send: typeof rawSend = (f) => {
-        if (f.type === "job.end") throughput.record(f.usage.completion_tokens, Date.now() - started);
-        else if (f.type === "job.result") {
-          const usage = f.body.usage as { completion_tokens?: number } | undefined;
-          throughput.record(usage?.completion_tokens ?? 0, Date.now() - started);
+        const usage = f.type === "job.end" ? f.usage : f.type === "job.result" ? (f.body.usage as Usage | undefined) : undefined;
+        if (usage) {
+          throughput.record(usage.completion_tokens ?? 0, Date.now() - started);
+          if (target) receipts.record(job.jobId, target.entry.sha256, usage);
         }
         rawSend(f);
       };
-      const target = served.get(String(job.request.model));
       if (!target) {
         send({ type: "job.error", jobId: job.jobId, message: `this node does not serve ${String(job.request.model)}`, retryable: true });
         return;

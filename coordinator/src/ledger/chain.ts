@@ -1,0 +1,152 @@
+/**
+ * The coordinator's view of the CreditLedger contract, through viem: escrow reads for metering,
+ * batch settlement transactions (explicit nonce, replacement of a stuck transaction with higher
+ * fees) and the chain's own record of settled batches, which is the truth when the database and
+ * the chain disagree after a crash.
+ */
+import { CreditLedger } from "@sharedllm/contracts";
+import {
+  type Account,
+  type Address,
+  type Chain,
+  createPublicClient,
+  createWalletClient,
+  defineChain,
+  type Hex,
+  http,
+  type LocalAccount,
+  type PublicClient,
+  type Transport,
+  type WalletClient,
+} from "viem";
+
+export interface ChainOptions {
+  rpcUrl: string;
+  /** CreditLedger address */
+  ledger: Address;
+  /** the RPC URL clients (claims, the portal) should use; default rpcUrl */
+  publicRpcUrl?: string;
+  /** the coordinator's own account: it signs settlements and must hold COORDINATOR_ROLE */
+  account: LocalAccount;
+}
+
+export interface Escrow {
+  deposited: bigint;
+  spent: bigint;
+  pendingWithdrawal: bigint;
+  unlockAt: bigint;
+}
+
+export interface BatchCall {
+  batchId: number;
+  users: Address[];
+  cumulativeSpent: bigint[];
+  earningsRoot: Hex;
+  totalEarnings: bigint;
+}
+
+export class LedgerChain {
+  readonly public: PublicClient;
+  readonly wallet: WalletClient<Transport, Chain, Account>;
+  readonly ledger: Address;
+  readonly coordinator: Address;
+  readonly publicRpcUrl: string;
+
+  private constructor(
+    o: ChainOptions,
+    readonly chainId: number,
+  ) {
+    const chain = defineChain({
+      id: chainId,
+      name: `chain ${chainId}`,
+      nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+      rpcUrls: { default: { http: [o.rpcUrl] } },
+    });
+    const transport = http(o.rpcUrl, { retryCount: 2, timeout: 15_000 });
+    this.public = createPublicClient({ chain, transport, pollingInterval: 250 }) as PublicClient;
+    const account = o.account;
+    this.wallet = createWalletClient({ chain, transport, account });
+    this.ledger = o.ledger;
+    this.publicRpcUrl = o.publicRpcUrl ?? o.rpcUrl;
+    this.coordinator = account.address;
+  }
+
+  static async connect(o: ChainOptions): Promise<LedgerChain> {
+    const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 10_000 }) });
+    const chainId = await probe.getChainId().catch((err: Error) => {
+      throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+    });
+    const code = await probe.getCode({ address: o.ledger });
+    if (!code || code === "0x") throw new Error(`no CreditLedger contract at ${o.ledger} on chain ${chainId} (${o.rpcUrl})`);
+    return new LedgerChain(o, chainId);
+  }
+
+  async escrow(user: Address): Promise<Escrow> {
+    const [deposited, spent, pendingWithdrawal, unlockAt] = await this.public.readContract({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "escrows",
+      args: [user, this.coordinator],
+    });
+    return { deposited, spent, pendingWithdrawal, unlockAt };
+  }
+
+  /** The last batch the chain has from this coordinator (0 before the first). */
+  async lastBatch(): Promise<number> {
+    const [lastBatch] = await this.public.readContract({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "settlements",
+      args: [this.coordinator],
+    });
+    return Number(lastBatch);
+  }
+
+  async claimed(node: Address): Promise<bigint> {
+    return this.public.readContract({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "claimed",
+      args: [this.coordinator, node],
+    });
+  }
+
+  async credits(account: Address): Promise<bigint> {
+    return this.public.readContract({ address: this.ledger, abi: CreditLedger.abi, functionName: "credits", args: [account] });
+  }
+
+  /** The transaction that settled a batch of this coordinator, from the chain's events. */
+  async findSettlement(batchId: number): Promise<Hex | undefined> {
+    const logs = await this.public.getContractEvents({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      eventName: "BatchSettled",
+      args: { coordinator: this.coordinator, batchId: BigInt(batchId) },
+      fromBlock: 0n,
+    });
+    return logs[0]?.transactionHash ?? undefined;
+  }
+
+  /** Checks the batch against the chain's state (reverts surface here, before anything is sent). */
+  async simulateSettle(b: BatchCall) {
+    const { request } = await this.public.simulateContract({
+      account: this.wallet.account,
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "settle",
+      args: [BigInt(b.batchId), b.users, b.cumulativeSpent, b.earningsRoot, b.totalEarnings],
+    });
+    return request;
+  }
+
+  /** Sends the settlement with an explicit nonce and fees; returns its hash as soon as the node has it. */
+  async sendSettle(b: BatchCall, tx: { nonce: number; maxFeePerGas: bigint; maxPriorityFeePerGas: bigint; gas: bigint }): Promise<Hex> {
+    return this.wallet.writeContract({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "settle",
+      args: [BigInt(b.batchId), b.users, b.cumulativeSpent, b.earningsRoot, b.totalEarnings],
+      ...tx,
+    });
+  }
+}

@@ -1,0 +1,168 @@
+/**
+ * Credits for API use. A user's spendable balance is their escrow for this coordinator on chain
+ * (deposited, less an announced withdrawal) minus what the journal says they spent or hold now.
+ * Each job reserves its worst case before it runs (HTTP 402 when that does not fit), then is
+ * charged its actual usage (never above the hold) and the hold is released, in one transaction.
+ */
+import { ApiError } from "@sharedllm/protocol";
+import { type Kysely, sql } from "kysely";
+import type { Address } from "viem";
+import type { Database } from "../db/schema.js";
+import type { Escrow, LedgerChain } from "./chain.js";
+
+/** Credits per token, in the ledger's smallest unit. */
+export interface Price {
+  prompt: bigint;
+  completion: bigint;
+}
+
+export interface Pricing {
+  default: Price;
+  models?: Record<string, Price>;
+}
+
+export const DEFAULT_PRICING: Pricing = { default: { prompt: 1n, completion: 2n } };
+
+/** What a job costs, given its token counts. */
+export function jobCost(price: Price, promptTokens: number, completionTokens: number): bigint {
+  return price.prompt * BigInt(promptTokens) + price.completion * BigInt(completionTokens);
+}
+
+/**
+ * An upper bound on a request's prompt tokens without a tokenizer: a token is at least one byte
+ * of text, plus a margin for the chat template's own tokens.
+ */
+export function promptTokenBound(request: Record<string, unknown>): number {
+  const text = JSON.stringify(request.messages ?? request.prompt ?? "");
+  const messages = Array.isArray(request.messages) ? request.messages.length : 1;
+  return Buffer.byteLength(text) + 16 * messages + 64;
+}
+
+export interface Balance {
+  deposited: bigint;
+  pendingWithdrawal: bigint;
+  /** settled on chain */
+  settledSpent: bigint;
+  /** every charge in the journal, settled or not */
+  charged: bigint;
+  held: bigint;
+  available: bigint;
+}
+
+const ESCROW_CACHE_MS = 2_000;
+
+export class Metering {
+  private readonly escrows = new Map<string, { escrow: Escrow; until: number }>();
+
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly chain: LedgerChain,
+    readonly pricing: Pricing,
+  ) {}
+
+  price(model: string): Price {
+    return this.pricing.models?.[model] ?? this.pricing.default;
+  }
+
+  private async escrow(address: Address, fresh: boolean): Promise<Escrow> {
+    const key = address.toLowerCase();
+    const hit = this.escrows.get(key);
+    if (!fresh && hit && hit.until > Date.now()) return hit.escrow;
+    const escrow = await this.chain.escrow(address).catch((err: Error) => {
+      throw new ApiError("no_capacity", `the credit ledger cannot be read right now (${err.message}); try again shortly`);
+    });
+    this.escrows.set(key, { escrow, until: Date.now() + ESCROW_CACHE_MS });
+    return escrow;
+  }
+
+  private async used(db: Kysely<Database>, address: string): Promise<{ charged: bigint; held: bigint }> {
+    const rows = await db
+      .selectFrom("ledger_entries")
+      .select(["kind", sql<string>`sum(amount)`.as("total")])
+      .where("address", "=", address.toLowerCase())
+      .where("kind", "in", ["charge", "hold", "release"])
+      .groupBy("kind")
+      .execute();
+    const sum = (k: string) => BigInt(rows.find((r) => r.kind === k)?.total ?? 0);
+    return { charged: sum("charge"), held: sum("hold") - sum("release") };
+  }
+
+  async balance(address: Address, fresh = true): Promise<Balance> {
+    const escrow = await this.escrow(address, fresh);
+    const { charged, held } = await this.used(this.db, address);
+    return {
+      deposited: escrow.deposited,
+      pendingWithdrawal: escrow.pendingWithdrawal,
+      settledSpent: escrow.spent,
+      charged,
+      held,
+      available: spendable(escrow, charged, held),
+    };
+  }
+
+  /**
+   * Holds `amount` for a job, or throws 402 when the balance is short. Per-address advisory lock:
+   * concurrent requests of one wallet (also through several coordinator replicas) cannot overspend.
+   */
+  async reserve(address: Address, jobId: string, amount: bigint): Promise<void> {
+    const who = address.toLowerCase();
+    for (const fresh of [false, true]) {
+      const escrow = await this.escrow(address, fresh);
+      const ok = await this.db.transaction().execute(async (tx) => {
+        await sql`select pg_advisory_xact_lock(hashtext(${who}))`.execute(tx);
+        const { charged, held } = await this.used(tx, who);
+        if (spendable(escrow, charged, held) < amount) return false;
+        await tx.insertInto("ledger_entries").values({ address: who, kind: "hold", amount, job_id: jobId }).execute();
+        return true;
+      });
+      if (ok) return;
+    }
+    const b = await this.balance(address);
+    throw new ApiError(
+      "insufficient_credits",
+      `this request may cost up to ${amount} credits and ${b.available} are available to ${who}; deposit more credits into escrow for this coordinator (or lower max_tokens)`,
+    );
+  }
+
+  /** Ends a job's hold: charges `cost` (at most the hold) and releases the hold, atomically. Returns the charge. */
+  async charge(address: Address, jobId: string, held: bigint, cost: bigint): Promise<bigint> {
+    const who = address.toLowerCase();
+    const amount = cost < held ? cost : held;
+    await this.db.transaction().execute(async (tx) => {
+      await tx.insertInto("ledger_entries").values({ address: who, kind: "release", amount: held, job_id: jobId }).execute();
+      if (amount > 0n) await tx.insertInto("ledger_entries").values({ address: who, kind: "charge", amount, job_id: jobId }).execute();
+    });
+    return amount;
+  }
+
+  async release(address: Address, jobId: string, held: bigint): Promise<void> {
+    await this.db
+      .insertInto("ledger_entries")
+      .values({ address: address.toLowerCase(), kind: "release", amount: held, job_id: jobId })
+      .execute();
+  }
+
+  /** Releases holds of jobs that can no longer finish (the coordinator stopped while they ran). */
+  static async releaseOrphanedHolds(db: Kysely<Database>): Promise<number> {
+    const orphans = await db
+      .selectFrom("ledger_entries as h")
+      .select(["h.address", "h.amount", "h.job_id"])
+      .where("h.kind", "=", "hold")
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom("ledger_entries as r").select("r.id").whereRef("r.job_id", "=", "h.job_id").where("r.kind", "=", "release"))),
+      )
+      .execute();
+    if (orphans.length) {
+      await db
+        .insertInto("ledger_entries")
+        .values(orphans.map((o) => ({ address: o.address, kind: "release" as const, amount: o.amount, job_id: o.job_id })))
+        .execute();
+    }
+    return orphans.length;
+  }
+}
+
+function spendable(escrow: Escrow, charged: bigint, held: bigint): bigint {
+  const left = escrow.deposited - escrow.pendingWithdrawal - charged - held;
+  return left > 0n ? left : 0n;
+}

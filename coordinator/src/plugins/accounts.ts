@@ -1,0 +1,243 @@
+/**
+ * Wallet accounts: Sign-In with Ethereum (EIP-4361) gives a session; a session makes API keys
+ * bound to its wallet (the secret is shown once, stored as sha256); the account and earnings
+ * views say what a wallet can spend, what its nodes earned, and the proof a claim needs.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { ApiError } from "@sharedllm/protocol";
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { sql } from "kysely";
+import { type Address, getAddress, type Hex, isAddress } from "viem";
+import { generateSiweNonce, parseSiweMessage, verifySiweMessage } from "viem/siwe";
+import { z } from "zod";
+import type { ApiKeyVerifier } from "../apiKeys.js";
+import { bearerToken, hashSecret } from "../credentials.js";
+import type { Db } from "../db/database.js";
+import type { LedgerChain } from "../ledger/chain.js";
+import type { Metering } from "../ledger/metering.js";
+import type { Settler } from "../ledger/settlement.js";
+
+export interface AccountsPluginOptions {
+  db: Db;
+  keys: ApiKeyVerifier;
+  chain: LedgerChain;
+  metering: Metering;
+  settler: Settler;
+}
+
+const NONCE_TTL_MS = 10 * 60_000;
+const SESSION_TTL_MS = 7 * 24 * 3600_000;
+const SESSION_PREFIX = "sess_";
+
+const loginSchema = z.object({ message: z.string().min(1).max(4096), signature: z.string().regex(/^0x[0-9a-fA-F]+$/) });
+const newKeySchema = z.object({ name: z.string().trim().min(1).max(100) }).strict();
+
+export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOptions): Promise<void> {
+  /** The wallet behind a session token (or, with `allowApiKey`, an API key's owner). */
+  async function wallet(req: FastifyRequest, allowApiKey = false): Promise<Address> {
+    const token = bearerToken(req.headers.authorization);
+    if (!token) throw new ApiError("missing_api_key", "sign in first: send the session token as 'Authorization: Bearer sess_...'");
+    if (token.startsWith(SESSION_PREFIX)) {
+      const row = await o.db
+        .selectFrom("web_sessions")
+        .select("address")
+        .where("token_hash", "=", hashSecret(token))
+        .where("expires_at", ">", new Date())
+        .executeTakeFirst();
+      if (row) return getAddress(row.address);
+      throw new ApiError("invalid_api_key", "the session has expired or was signed out; sign in again");
+    }
+    const key = allowApiKey ? await o.keys.verify(token) : undefined;
+    if (key?.owner) return getAddress(key.owner);
+    throw new ApiError("invalid_api_key", allowApiKey ? "not a valid session token or wallet-bound API key" : "not a valid session token");
+  }
+
+  app.get("/v1/ledger", async () => ({
+    chainId: o.chain.chainId,
+    ledger: o.chain.ledger,
+    coordinator: o.chain.coordinator,
+    rpcUrl: o.chain.publicRpcUrl,
+    pricing: {
+      default: priceJson(o.metering.pricing.default),
+      models: Object.fromEntries(Object.entries(o.metering.pricing.models ?? {}).map(([m, p]) => [m, priceJson(p)])),
+    },
+  }));
+
+  app.get("/v1/auth/nonce", async () => {
+    const nonce = generateSiweNonce();
+    await o.db.deleteFrom("siwe_nonces").where("expires_at", "<", new Date()).execute();
+    await o.db
+      .insertInto("siwe_nonces")
+      .values({ nonce, expires_at: new Date(Date.now() + NONCE_TTL_MS) })
+      .execute();
+    return { nonce, chainId: o.chain.chainId };
+  });
+
+  app.post("/v1/auth/login", async (req) => {
+    const body = loginSchema.safeParse(req.body);
+    if (!body.success) throw new ApiError("invalid_request", "send { message, signature }: an EIP-4361 message and the wallet's signature");
+    const message = parseSiweMessage(body.data.message);
+    if (!message.address || !message.nonce) throw new ApiError("invalid_request", "not an EIP-4361 sign-in message");
+    if (message.chainId !== o.chain.chainId) {
+      throw new ApiError("invalid_request", `sign in on chain ${o.chain.chainId}; the message names chain ${message.chainId}`);
+    }
+    // the nonce is used up whatever happens next: a signature can be tried once
+    // (returning, not numDeletedRows: PGlite does not report affected rows)
+    const used = await o.db
+      .deleteFrom("siwe_nonces")
+      .where("nonce", "=", message.nonce)
+      .where("expires_at", ">", new Date())
+      .returning("nonce")
+      .executeTakeFirst();
+    if (!used) throw new ApiError("invalid_api_key", "the sign-in nonce is unknown, used or expired; ask for a new one");
+    const ok = await verifySiweMessage(o.chain.public, {
+      message: body.data.message,
+      signature: body.data.signature as Hex,
+      domain: req.host,
+      nonce: message.nonce,
+    }).catch(() => false);
+    if (!ok)
+      throw new ApiError("invalid_api_key", `the signature or the message (domain must be ${req.host}, not expired) does not check out`);
+    const token = `${SESSION_PREFIX}${randomBytes(32).toString("base64url")}`;
+    const expiresAt = new Date(Date.now() + SESSION_TTL_MS);
+    const address = getAddress(message.address);
+    await o.db
+      .insertInto("web_sessions")
+      .values({ token_hash: hashSecret(token), address: address.toLowerCase(), expires_at: expiresAt })
+      .execute();
+    req.log.info({ address }, "wallet signed in");
+    return { token, address, expiresAt: expiresAt.toISOString() };
+  });
+
+  app.get("/v1/auth/session", async (req) => ({ address: await wallet(req) }));
+
+  app.post("/v1/auth/logout", async (req) => {
+    await wallet(req);
+    await o.db
+      .deleteFrom("web_sessions")
+      .where("token_hash", "=", hashSecret(bearerToken(req.headers.authorization) as string))
+      .execute();
+    return { signedOut: true };
+  });
+
+  app.post("/v1/keys", async (req, reply) => {
+    const address = await wallet(req);
+    const body = newKeySchema.safeParse(req.body ?? {});
+    if (!body.success) throw new ApiError("invalid_request", "send { name }: a label for the key, 1-100 characters");
+    const secret = `sk-${randomBytes(32).toString("base64url")}`;
+    const id = `key_${randomUUID()}`;
+    await o.db
+      .insertInto("api_keys")
+      .values({ id, name: body.data.name, key_hash: hashSecret(secret), owner_address: address.toLowerCase() })
+      .execute();
+    reply.code(201);
+    return { id, name: body.data.name, key: secret, owner: address };
+  });
+
+  app.get("/v1/keys", async (req) => {
+    const address = await wallet(req);
+    const rows = await o.db
+      .selectFrom("api_keys as k")
+      .leftJoin("jobs as j", "j.api_key_id", "k.id")
+      .leftJoin("ledger_entries as c", (join) => join.onRef("c.job_id", "=", "j.id").on("c.kind", "=", "charge"))
+      .select([
+        "k.id",
+        "k.name",
+        "k.created_at",
+        "k.revoked_at",
+        sql<string>`count(j.id)`.as("requests"),
+        sql<string | null>`sum(j.prompt_tokens)`.as("prompt_tokens"),
+        sql<string | null>`sum(j.completion_tokens)`.as("completion_tokens"),
+        sql<string | null>`sum(c.amount)`.as("credits"),
+      ])
+      .where("k.owner_address", "=", address.toLowerCase())
+      .groupBy(["k.id", "k.name", "k.created_at", "k.revoked_at"])
+      .orderBy("k.created_at", "desc")
+      .execute();
+    return {
+      data: rows.map((r) => ({
+        id: r.id,
+        name: r.name,
+        createdAt: new Date(r.created_at).toISOString(),
+        revokedAt: r.revoked_at ? new Date(r.revoked_at).toISOString() : null,
+        usage: {
+          requests: Number(r.requests),
+          promptTokens: Number(r.prompt_tokens ?? 0),
+          completionTokens: Number(r.completion_tokens ?? 0),
+          credits: r.credits ?? "0",
+        },
+      })),
+    };
+  });
+
+  app.delete<{ Params: { id: string } }>("/v1/keys/:id", async (req) => {
+    const address = await wallet(req);
+    const res = await o.db
+      .updateTable("api_keys")
+      .set({ revoked_at: new Date() })
+      .where("id", "=", req.params.id)
+      .where("owner_address", "=", address.toLowerCase())
+      .where("revoked_at", "is", null)
+      .returning("id")
+      .executeTakeFirst();
+    if (!res) throw new ApiError("not_found", `no active key ${req.params.id} belongs to ${address}`);
+    o.keys.forget();
+    return { id: req.params.id, revoked: true };
+  });
+
+  app.get("/v1/account", async (req) => {
+    const address = await wallet(req, true);
+    const b = await o.metering.balance(address);
+    return {
+      address,
+      deposited: b.deposited.toString(),
+      pendingWithdrawal: b.pendingWithdrawal.toString(),
+      settledSpent: b.settledSpent.toString(),
+      charged: b.charged.toString(),
+      held: b.held.toString(),
+      available: b.available.toString(),
+    };
+  });
+
+  /** What a node earned here, what is settled, and the proof to claim it (public: it is on chain anyway). */
+  app.get<{ Params: { address: string } }>("/v1/earnings/:address", async (req) => {
+    if (!isAddress(req.params.address)) throw new ApiError("invalid_request", "not an address", { param: "address" });
+    const address = getAddress(req.params.address);
+    const { earned } = await o.db
+      .selectFrom("ledger_entries")
+      .select(sql<string | null>`sum(amount)`.as("earned"))
+      .where("address", "=", address.toLowerCase())
+      .where("kind", "=", "earn")
+      .executeTakeFirstOrThrow();
+    const settled = await o.settler.settledEarnings(address);
+    const claimed = await o.chain.claimed(address);
+    const days = await o.db
+      .selectFrom("ledger_entries")
+      .select([sql<string>`to_char(date_trunc('day', created_at), 'YYYY-MM-DD')`.as("day"), sql<string>`sum(amount)`.as("credits")])
+      .where("address", "=", address.toLowerCase())
+      .where("kind", "=", "earn")
+      .groupBy(sql`date_trunc('day', created_at)`)
+      .orderBy(sql`date_trunc('day', created_at)`)
+      .execute();
+    const settledAmount = settled?.cumulative ?? 0n;
+    return {
+      address,
+      coordinator: o.chain.coordinator,
+      ledger: o.chain.ledger,
+      chainId: o.chain.chainId,
+      earned: earned ?? "0",
+      pending: (BigInt(earned ?? 0) - settledAmount).toString(),
+      settled: settledAmount.toString(),
+      claimed: claimed.toString(),
+      claimable: (settledAmount > claimed ? settledAmount - claimed : 0n).toString(),
+      claim: settled
+        ? { batchId: settled.batchId, cumulative: settled.cumulative.toString(), proof: settled.proof, root: settled.root }
+        : null,
+      byDay: days,
+    };
+  });
+}
+
+function priceJson(p: { prompt: bigint; completion: bigint }) {
+  return { prompt: p.prompt.toString(), completion: p.completion.toString() };
+}

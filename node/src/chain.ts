@@ -1,0 +1,93 @@
+/**
+ * The chain side of the CLI: the local dev chain that `sharedllm up` runs (Hardhat's JSON-RPC
+ * node, in memory, supervised like the engine), contract deployment with records per network,
+ * and the viem clients the credits commands use.
+ */
+import { join } from "node:path";
+import { DEV_CHAIN_SCRIPT, DEV_DEPLOYER_KEY, type Deployment, deployContracts } from "@sharedllm/contracts";
+import {
+  type Account,
+  type Address,
+  type Chain,
+  createPublicClient,
+  createTestClient,
+  createWalletClient,
+  defineChain,
+  http,
+  type PublicClient,
+  parseEther,
+  type Transport,
+  type WalletClient,
+} from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { Supervisor } from "./engine/supervisor.js";
+
+/** Dev chain prices: 1 credit = 1 gwei, a withdrawal waits an hour. */
+export const DEV_WEI_PER_CREDIT = 1_000_000_000n;
+export const DEV_WITHDRAWAL_NOTICE_S = 3600n;
+
+export function chainClients(rpcUrl: string, chainId: number, account?: Account) {
+  const chain = defineChain({
+    id: chainId,
+    name: `chain ${chainId}`,
+    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  });
+  const transport = http(rpcUrl, { retryCount: 2, timeout: 15_000 });
+  const publicClient = createPublicClient({ chain, transport, pollingInterval: 250 }) as PublicClient;
+  const wallet = account && (createWalletClient({ chain, transport, account }) as WalletClient<Transport, Chain, Account>);
+  return { publicClient, wallet, chain };
+}
+
+async function rpcAnswers(rpcUrl: string): Promise<boolean> {
+  try {
+    const res = await fetch(rpcUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_chainId", params: [] }),
+      signal: AbortSignal.timeout(2_000),
+    });
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
+/** Starts the dev chain on host:port; it keeps its state only while it runs. */
+export async function startDevChain(o: { home: string; host: string; port: number }): Promise<{ rpcUrl: string; supervisor: Supervisor }> {
+  const rpcUrl = `http://${o.host}:${o.port}`;
+  if (await rpcAnswers(rpcUrl)) throw new Error(`something already answers JSON-RPC on ${rpcUrl}; pick another port with --chain-port`);
+  const supervisor = new Supervisor({
+    name: "dev chain",
+    command: process.execPath,
+    args: ["--import", import.meta.resolve("tsx"), DEV_CHAIN_SCRIPT, o.host, String(o.port)],
+    logFile: join(o.home, "logs", "dev-chain.log"),
+    healthCheck: () => rpcAnswers(rpcUrl),
+    startTimeoutMs: 60_000,
+  });
+  await supervisor.start();
+  return { rpcUrl, supervisor };
+}
+
+/**
+ * Deploys fresh contracts on the dev chain with its first well-known account, gives the coordinator
+ * its role, and funds the coordinator and the given accounts with dev coins for gas.
+ */
+export async function deployDevContracts(rpcUrl: string, coordinator: Address, fund: Address[]): Promise<Deployment> {
+  const { publicClient, wallet } = chainClients(
+    rpcUrl,
+    await createPublicClient({ transport: http(rpcUrl) }).getChainId(),
+    privateKeyToAccount(DEV_DEPLOYER_KEY),
+  );
+  const deployment = await deployContracts({
+    publicClient,
+    wallet: wallet as WalletClient<Transport, Chain, Account>,
+    weiPerCredit: DEV_WEI_PER_CREDIT,
+    withdrawalNoticeSeconds: DEV_WITHDRAWAL_NOTICE_S,
+    coordinators: [coordinator],
+    mockStablecoin: { unitsPerCredit: 1n },
+  });
+  const test = createTestClient({ mode: "hardhat", transport: http(rpcUrl) });
+  for (const address of [coordinator, ...fund]) await test.setBalance({ address, value: parseEther("100") });
+  return deployment;
+}

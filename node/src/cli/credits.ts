@@ -1,0 +1,126 @@
+/**
+ * `sharedllm credits [claim]`: what this node earned at its coordinator (pending, settled,
+ * claimed, claimable) and its credit balance on chain; `claim` sends the claim transaction with
+ * the Merkle proof the coordinator serves, signed by the node's own key.
+ */
+import { join } from "node:path";
+import { CreditLedger } from "@sharedllm/contracts";
+import { Command } from "commander";
+import type { Address, Hex } from "viem";
+import { chainClients } from "../chain.js";
+import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
+import { resolvePaths } from "../paths.js";
+import { checkUrl, files, readJson } from "./node.js";
+
+interface Ledger {
+  chainId: number;
+  ledger: Address;
+  coordinator: Address;
+  rpcUrl?: string;
+}
+
+interface Earnings {
+  earned: string;
+  pending: string;
+  settled: string;
+  claimed: string;
+  claimable: string;
+  claim: { batchId: number; cumulative: string; proof: Hex[] } | null;
+}
+
+/** The coordinator from --coordinator, else the one this home's node or `up` uses. */
+async function coordinatorUrl(home: string, flag?: string): Promise<string> {
+  const url =
+    flag ??
+    (await readJson<{ coordinatorUrl: string }>(files(home).config))?.coordinatorUrl ??
+    (await readJson<{ coordinatorUrl: string }>(join(home, "up.json")))?.coordinatorUrl;
+  if (!url) throw new Error("no coordinator known here: pass --coordinator <url>");
+  return checkUrl(url);
+}
+
+async function getJson<T>(url: string): Promise<T> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(15_000) }).catch((err: Error) => {
+    throw new Error(`cannot reach ${new URL(url).origin}: ${err.message}`);
+  });
+  const body = (await res.json().catch(() => ({}))) as T & { error?: { message: string } };
+  if (res.status === 404 && url.endsWith("/v1/ledger")) throw new Error(`${new URL(url).origin} runs without credits (no ledger)`);
+  if (!res.ok) throw new Error(body.error?.message ?? `${url} answered ${res.status}`);
+  return body;
+}
+
+async function context(o: { coordinator?: string; chainRpcUrl?: string }) {
+  const { home } = resolvePaths();
+  const identity = await loadNodeIdentity(home, { create: false });
+  if (!identity) throw new Error(`this machine has no node key in ${home}; run sharedllm node init first`);
+  const url = await coordinatorUrl(home, o.coordinator);
+  const ledger = await getJson<Ledger>(`${url}/v1/ledger`);
+  const rpcUrl = o.chainRpcUrl ?? ledger.rpcUrl;
+  if (!rpcUrl) throw new Error("the coordinator does not say which chain RPC to use: pass --chain-rpc-url");
+  const address = identity.account.address;
+  const earnings = await getJson<Earnings>(`${url}/v1/earnings/${address}`);
+  const clients = chainClients(rpcUrl, ledger.chainId, identity.account);
+  return { identity: identity as NodeIdentity, url, ledger, earnings, address, ...clients };
+}
+
+export function creditsCommand(): Command {
+  const options = (c: Command) =>
+    c
+      .option("--coordinator <url>", "the coordinator (default: the one this node uses)")
+      .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain (default: the one the coordinator names)");
+  const cmd = options(
+    new Command("credits").description("show what this node earned, what is settled and claimable, and its balance on chain"),
+  );
+  cmd.action(async (o: { coordinator?: string; chainRpcUrl?: string }) => {
+    const c = await context(o);
+    const balance = await c.publicClient.readContract({
+      address: c.ledger.ledger,
+      abi: CreditLedger.abi,
+      functionName: "credits",
+      args: [c.address],
+    });
+    process.stdout.write(
+      [
+        `node ${c.address} at ${c.url} (ledger ${c.ledger.ledger}, chain ${c.ledger.chainId})`,
+        `  earned:     ${c.earnings.earned} credits`,
+        `  pending:    ${c.earnings.pending} (not yet settled on chain)`,
+        `  settled:    ${c.earnings.settled}`,
+        `  claimed:    ${c.earnings.claimed}`,
+        `  claimable:  ${c.earnings.claimable}${BigInt(c.earnings.claimable) > 0n ? " (sharedllm credits claim)" : ""}`,
+        `  on chain:   ${balance} credits`,
+        "",
+      ].join("\n"),
+    );
+  });
+  options(cmd.command("claim").description("claim the settled, unclaimed earnings onto this node's on-chain balance")).action(
+    async (_o: unknown, command: Command) => {
+      // the flags may land on `credits` or on `claim`
+      const c = await context(command.optsWithGlobals<{ coordinator?: string; chainRpcUrl?: string }>());
+      if (!c.earnings.claim || BigInt(c.earnings.claimable) === 0n) {
+        throw new Error(
+          `nothing to claim yet: ${c.earnings.pending} credits wait for the next settlement, ${c.earnings.claimed} were claimed`,
+        );
+      }
+      const { cumulative, proof } = c.earnings.claim;
+      const wallet = c.wallet as NonNullable<typeof c.wallet>;
+      const { request } = await c.publicClient.simulateContract({
+        account: wallet.account,
+        address: c.ledger.ledger,
+        abi: CreditLedger.abi,
+        functionName: "claim",
+        args: [c.ledger.coordinator, c.address, BigInt(cumulative), proof],
+      });
+      process.stderr.write("sending the claim...\n");
+      const hash = await wallet.writeContract(request);
+      const receipt = await c.publicClient.waitForTransactionReceipt({ hash });
+      if (receipt.status !== "success") throw new Error(`the claim transaction ${hash} reverted`);
+      const balance = await c.publicClient.readContract({
+        address: c.ledger.ledger,
+        abi: CreditLedger.abi,
+        functionName: "credits",
+        args: [c.address],
+      });
+      process.stdout.write(`claimed ${c.earnings.claimable} credits (tx ${hash}); on-chain balance ${balance} credits\n`);
+    },
+  );
+  return cmd;
+}

@@ -1,0 +1,66 @@
+/**
+ * The node's side of work receipts: it remembers what it served (tokens, model) for a while, and
+ * signs a receipt the coordinator proposes only when it matches that record, once per job.
+ */
+import {
+  type ReceiptFrame,
+  type ReceiptRequest,
+  receiptFromWire,
+  receiptJobId,
+  WORK_RECEIPT_TYPES,
+  workReceiptDomain,
+} from "@sharedllm/protocol";
+import type { LocalAccount } from "viem";
+
+interface Served {
+  modelSha256: string;
+  promptTokens: number;
+  completionTokens: number;
+  at: number;
+}
+
+/** How long a served job can still be receipted. */
+const KEEP_MS = 60 * 60_000;
+
+export class ReceiptSigner {
+  private readonly served = new Map<string, Served>();
+
+  constructor(private readonly account: LocalAccount) {}
+
+  record(jobId: string, modelSha256: string, usage: { prompt_tokens?: number; completion_tokens?: number }): void {
+    const now = Date.now();
+    for (const [id, s] of this.served) {
+      if (now - s.at < KEEP_MS) break; // insertion order: the rest are newer
+      this.served.delete(id);
+    }
+    this.served.set(jobId, {
+      modelSha256,
+      promptTokens: usage.prompt_tokens ?? 0,
+      completionTokens: usage.completion_tokens ?? 0,
+      at: now,
+    });
+  }
+
+  async sign(req: ReceiptRequest): Promise<ReceiptFrame> {
+    const refuse = (refused: string): ReceiptFrame => ({ type: "receipt", receipt: req.receipt, signature: null, refused });
+    const r = receiptFromWire(req.receipt);
+    const mine = this.served.get(req.jobId);
+    if (!mine) return refuse(`this node has no record of serving job ${req.jobId}`);
+    if (r.jobId !== receiptJobId(req.jobId)) return refuse("the receipt's jobId is not this job's");
+    if (r.node.toLowerCase() !== this.account.address.toLowerCase()) return refuse(`the receipt names node ${r.node}`);
+    if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
+    if (r.promptTokens !== mine.promptTokens || r.completionTokens !== mine.completionTokens) {
+      return refuse(
+        `token counts ${r.promptTokens}+${r.completionTokens} differ from what this node served (${mine.promptTokens}+${mine.completionTokens})`,
+      );
+    }
+    this.served.delete(req.jobId);
+    const signature = await this.account.signTypedData({
+      domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+      types: WORK_RECEIPT_TYPES,
+      primaryType: "WorkReceipt",
+      message: r,
+    });
+    return { type: "receipt", receipt: req.receipt, signature };
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * Credits end to end, on the real parts: the local EVM chain with the real contracts, a coordinator
+ * with the ledger, a real node daemon serving the default model. A wallet deposits, signs in with
+ * Ethereum, gets an API key and chats; the node signs receipts; a batch settles on chain; the node
+ * claims with `sharedllm credits claim`; chain and journal agree to the smallest unit.
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { sql } from "kysely";
+import OpenAI from "openai";
+import { type Address, getAddress } from "viem";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
+import { waitFor } from "../helpers.ts";
+import { MODEL, type System, startSystem } from "../system.ts";
+
+const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+
+let chain: TestChain;
+let sys: System;
+
+function cli(args: string[], home: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: { ...process.env, SHAREDLLM_HOME: home },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (b) => {
+    stdout += b;
+  });
+  child.stderr.on("data", (b) => {
+    stderr += b;
+  });
+  return new Promise((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr })));
+}
+
+async function journal(address: Address, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
+  const row = await sys.coordinator.db
+    .selectFrom("ledger_entries")
+    .select(sql<string | null>`sum(amount)`.as("total"))
+    .where("address", "=", address.toLowerCase())
+    .where("kind", "=", kind)
+    .executeTakeFirstOrThrow();
+  return BigInt(row.total ?? 0);
+}
+
+async function account(session: string) {
+  const res = await fetch(`${sys.coordinator.url}/v1/account`, { headers: { authorization: `Bearer ${session}` } });
+  expect(res.status).toBe(200);
+  return (await res.json()) as { available: string; charged: string; held: string; deposited: string };
+}
+
+beforeAll(async () => {
+  chain = await startTestChain();
+  sys = await startSystem({ ledger: chain.ledgerOptions() });
+  await chain.fund(sys.node.nodeId as Address);
+}, 240_000);
+
+afterAll(async () => {
+  await sys?.close();
+  await chain?.stop();
+});
+
+describe("credits on a real chain", () => {
+  it("a wallet deposits, signs in, chats; the node's receipts settle and it claims exactly what the journal says", async () => {
+    const user = devWallet(5);
+    const node = getAddress(sys.node.nodeId);
+    await chain.deposit(user, 1_000_000n);
+    const session = await signIn(sys.coordinator.url, user, chain.chainId);
+    const key = await createKey(sys.coordinator.url, session, "e2e");
+    const client = new OpenAI({ baseURL: `${sys.coordinator.url}/v1`, apiKey: key, maxRetries: 0 });
+
+    const before = await account(session);
+    expect(before.available).toBe("1000000");
+    const usages: { prompt_tokens: number; completion_tokens: number }[] = [];
+    const chat = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: "Name a colour." }],
+      max_tokens: 12,
+      temperature: 0,
+    });
+    usages.push(chat.usage as (typeof usages)[number]);
+    const stream = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: "user", content: "Count to five." }],
+      max_tokens: 16,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? "";
+      if (chunk.usage) usages.push(chunk.usage);
+    }
+    expect(text.length).toBeGreaterThan(0);
+    expect(usages).toHaveLength(2);
+    // default price: 1 credit per prompt token, 2 per completion token
+    const cost = usages.reduce((sum, u) => sum + BigInt(u.prompt_tokens) + 2n * BigInt(u.completion_tokens), 0n);
+
+    const after = await account(session);
+    expect(BigInt(after.charged)).toBe(cost);
+    expect(after.held).toBe("0");
+    expect(BigInt(after.available)).toBe(1_000_000n - cost);
+
+    // the key's usage history
+    const keys = (await (await fetch(`${sys.coordinator.url}/v1/keys`, { headers: { authorization: `Bearer ${session}` } })).json()) as {
+      data: { name: string; usage: { requests: number; credits: string } }[];
+    };
+    expect(keys.data[0]).toMatchObject({ name: "e2e", usage: { requests: 2, credits: cost.toString() } });
+
+    // the node signed both receipts; its earnings settle on chain
+    await waitFor("both receipts accepted", async () => {
+      const rows = await sys.coordinator.db
+        .selectFrom("receipts")
+        .select(["status", "reason"])
+        .where("node_address", "=", node.toLowerCase())
+        .execute();
+      expect(rows.filter((r) => r.status === "rejected")).toEqual([]);
+      return rows.length === 2;
+    });
+    expect(await journal(node, "earn")).toBe(cost);
+    const earnings = await waitFor(
+      "the earnings to settle",
+      async () => {
+        const e = (await (await fetch(`${sys.coordinator.url}/v1/earnings/${node}`)).json()) as { claimable: string; earned: string };
+        return e.claimable === cost.toString() ? e : undefined;
+      },
+      30_000,
+      100,
+    );
+    expect(earnings.earned).toBe(cost.toString());
+
+    const shown = await cli(["credits", "--coordinator", sys.coordinator.url], sys.paths.home);
+    expect(shown.stderr).toBe("");
+    expect(shown.stdout).toMatch(new RegExp(`claimable:\\s+${cost}`));
+    const claimed = await cli(["credits", "claim", "--coordinator", sys.coordinator.url], sys.paths.home);
+    expect(claimed.code, claimed.stderr).toBe(0);
+    expect(claimed.stdout).toContain(`claimed ${cost} credits`);
+
+    // chain == journal, exactly
+    expect(await chain.credits(node)).toBe(await journal(node, "earn"));
+    expect((await chain.escrow(user.address)).spent).toBe(await journal(user.address, "charge"));
+    const s = await chain.settlement();
+    expect(s.totalClaimed).toBe(s.totalEarnings);
+    expect(s.totalSpent).toBe(cost);
+    // claiming again finds nothing
+    const again = await cli(["credits", "claim", "--coordinator", sys.coordinator.url], sys.paths.home);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain("nothing to claim yet");
+  });
+
+  it("a request the balance cannot cover gets 402 in OpenAI shape and costs nothing", async () => {
+    const poor = devWallet(6);
+    await chain.deposit(poor, 10n);
+    const session = await signIn(sys.coordinator.url, poor, chain.chainId);
+    const key = await createKey(sys.coordinator.url, session);
+    const res = await fetch(`${sys.coordinator.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Write a long story." }], max_tokens: 200 }),
+    });
+    expect(res.status).toBe(402);
+    const body = (await res.json()) as { error: { code: string; type: string; message: string } };
+    expect(body.error).toMatchObject({ code: "insufficient_credits", type: "insufficient_quota" });
+    expect(body.error.message).toContain("10 are available");
+    expect(await account(session)).toMatchObject({ available: "10", charged: "0", held: "0" });
+    expect(await journal(poor.address, "hold")).toBe(0n);
+    const jobs = await sys.coordinator.db
+      .selectFrom("jobs")
+      .innerJoin("api_keys", "api_keys.id", "jobs.api_key_id")
+      .select("jobs.id")
+      .where("api_keys.owner_address", "=", poor.address.toLowerCase())
+      .execute();
+    expect(jobs).toEqual([]);
+  });
+
+  it("refuses sign-in with a replayed nonce, a wrong domain or another wallet's signature", async () => {
+    const user = devWallet(7);
+    const url = sys.coordinator.url;
+    const login = (message: string, signature: string) =>
+      fetch(`${url}/v1/auth/login`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ message, signature }),
+      });
+    const { createSiweMessage } = await import("viem/siwe");
+    const fresh = async (domain = new URL(url).host) => {
+      const { nonce } = (await (await fetch(`${url}/v1/auth/nonce`)).json()) as { nonce: string };
+      return createSiweMessage({ address: user.address, chainId: chain.chainId, domain, nonce, uri: url, version: "1" });
+    };
+    const good = await fresh();
+    expect((await login(good, await user.signMessage({ message: good }))).status).toBe(200);
+    expect((await login(good, await user.signMessage({ message: good }))).status).toBe(401); // nonce used
+    const phished = await fresh("evil.example");
+    expect((await login(phished, await user.signMessage({ message: phished }))).status).toBe(401);
+    const other = await fresh();
+    expect((await login(other, await devWallet(8).signMessage({ message: other }))).status).toBe(401);
+    // no session: no keys
+    const res = await fetch(`${url}/v1/keys`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    expect(res.status).toBe(401);
+  });
+});
