@@ -2,7 +2,7 @@
  * A real local EVM chain for tests (the dev chain `sharedllm up` runs: Hardhat's JSON-RPC node)
  * with the real contracts deployed, and wallets from its well-known test mnemonic.
  */
-import { CreditLedger } from "@sharedllm/contracts";
+import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "@sharedllm/contracts";
 import { type Address, createTestClient, type Hex, http, type LocalAccount, parseEther } from "viem";
 import { generatePrivateKey, mnemonicToAccount, privateKeyToAccount } from "viem/accounts";
 import { createSiweMessage } from "viem/siwe";
@@ -34,6 +34,19 @@ export async function startTestChain() {
     /** the coordinator's ledger options for this chain */
     ledgerOptions: (settlement = { maxAgeMs: 300, checkEveryMs: 100 }) => ({ chain: { rpcUrl, ledger, account: coordinator }, settlement }),
     fund: (address: Address) => test.setBalance({ address, value: parseEther("100") }),
+    /** grants another coordinator account its role (and gas) */
+    async addCoordinator(address: Address) {
+      const { wallet } = chainClients(rpcUrl, deployment.chainId, privateKeyToAccount(DEV_DEPLOYER_KEY));
+      const hash = await (wallet as NonNullable<typeof wallet>).writeContract({
+        address: ledger,
+        abi: CreditLedger.abi,
+        functionName: "grantRole",
+        args: [ROLES.coordinator, address],
+      });
+      await publicClient.waitForTransactionReceipt({ hash });
+      await test.setBalance({ address, value: parseEther("100") });
+    },
+    test,
     /** buys `credits` with the native coin straight into escrow for `forCoordinator` */
     async deposit(account: LocalAccount, credits: bigint, forCoordinator: Address = coordinator.address) {
       const { wallet } = chainClients(rpcUrl, deployment.chainId, account);

@@ -1,0 +1,277 @@
+/**
+ * Receipts and settlement against the real chain, with simulated nodes (the real control protocol,
+ * no engine): forged receipts are rejected with their reason; a coordinator killed between sending
+ * a settlement and recording it settles exactly once after a restart; a stuck settlement is
+ * replaced with higher fees and mined once.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { type ReceiptRequest, receiptFromWire, WORK_RECEIPT_TYPES, workReceiptDomain } from "@sharedllm/protocol";
+import { sql } from "kysely";
+import type { Address, LocalAccount } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { openDatabase } from "../../coordinator/src/db/database.ts";
+import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
+import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { SimNode } from "../simNode.ts";
+
+const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+/** echoJob's usage is 3 prompt + 2 completion tokens: 3 + 2*2 credits */
+const JOB_COST = 7n;
+
+let chain: TestChain;
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+
+beforeAll(async () => {
+  chain = await startTestChain();
+}, 120_000);
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+afterAll(async () => {
+  await chain?.stop();
+});
+
+async function paidKey(url: string, user: LocalAccount, coordinator: Address, credits = 1_000n) {
+  await chain.deposit(user, credits, coordinator);
+  return createKey(url, await signIn(url, user, chain.chainId));
+}
+
+async function chat(url: string, key: string) {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: "hi" }], max_tokens: 8 }),
+  });
+  expect(res.status).toBe(200);
+}
+
+describe("work receipts", () => {
+  it("rejects a wrong signer, altered token counts and a replayed job, and pays the honest receipt once", async () => {
+    const db = await testDatabase();
+    const joinToken = randomBytes(32).toString("base64url");
+    const coordinator: Coordinator = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...db,
+      joinToken,
+      logger: quietLogger(),
+      ledger: chain.ledgerOptions({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 }),
+    });
+    cleanups.push(db.cleanup, () => coordinator.close());
+    let answer: (req: ReceiptRequest, send: (f: never) => void) => Promise<void> = async () => {};
+    const sim = new SimNode({
+      coordinatorUrl: coordinator.url,
+      joinToken,
+      models: ["sim-model"],
+      onReceiptRequest: (req, send) => void answer(req, send as never),
+    });
+    await sim.start();
+    cleanups.push(() => sim.stop());
+    const sign = (req: ReceiptRequest, by: LocalAccount, change: (r: ReturnType<typeof receiptFromWire>) => void = () => {}) => {
+      const receipt = receiptFromWire(req.receipt);
+      change(receipt);
+      return by
+        .signTypedData({
+          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+          types: WORK_RECEIPT_TYPES,
+          primaryType: "WorkReceipt",
+          message: receipt,
+        })
+        .then((signature) => ({
+          ...req.receipt,
+          promptTokens: receipt.promptTokens,
+          completionTokens: receipt.completionTokens,
+          signature,
+        }));
+    };
+    const receipts = () =>
+      coordinator.db
+        .selectFrom("receipts")
+        .select(["status", "reason", "job_id"])
+        .where("node_address", "=", sim.id)
+        .orderBy("id")
+        .execute();
+    const key = await paidKey(coordinator.url, devWallet(10), chain.coordinator.address);
+
+    // 1. signed by some other key
+    answer = async (req, send) => {
+      const { signature, ...receipt } = await sign(req, privateKeyToAccount(generatePrivateKey()));
+      send({ type: "receipt", receipt, signature } as never);
+    };
+    await chat(coordinator.url, key);
+    await waitFor("the first receipt", async () => (await receipts()).length === 1);
+
+    // 2. the node's own signature over inflated token counts
+    answer = async (req, send) => {
+      const { signature, ...receipt } = await sign(req, sim.account, (r) => {
+        r.completionTokens += 5;
+      });
+      send({ type: "receipt", receipt, signature } as never);
+    };
+    await chat(coordinator.url, key);
+    await waitFor("the second receipt", async () => (await receipts()).length === 2);
+
+    // 3. honest, then the same signed receipt again
+    answer = async (req, send) => {
+      const { signature, ...receipt } = await sign(req, sim.account);
+      send({ type: "receipt", receipt, signature } as never);
+      await waitFor("the honest receipt", async () => (await receipts()).length === 3);
+      send({ type: "receipt", receipt, signature } as never);
+    };
+    await chat(coordinator.url, key);
+    const rows = await waitFor("the replayed receipt", async () => {
+      const r = await receipts();
+      return r.length === 4 ? r : undefined;
+    });
+
+    expect(rows.map((r) => r.status)).toEqual(["rejected", "rejected", "accepted", "rejected"]);
+    expect(rows[0]?.reason).toContain("signature is not by the node");
+    expect(rows[1]?.reason).toMatch(/completionTokens 7 does not match the coordinator's metering \(2\)/);
+    expect(rows[3]?.reason).toContain("replayed");
+    expect(rows[3]?.job_id).toBe(rows[2]?.job_id);
+    const { earned } = await coordinator.db
+      .selectFrom("ledger_entries")
+      .select(sql<string>`sum(amount)`.as("earned"))
+      .where("address", "=", sim.id)
+      .where("kind", "=", "earn")
+      .executeTakeFirstOrThrow();
+    expect(BigInt(earned)).toBe(JOB_COST);
+  });
+});
+
+describe("settlement", () => {
+  function startCli(args: string[], env: NodeJS.ProcessEnv) {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (b) => {
+      stdout += b;
+    });
+    child.stderr?.on("data", (b) => {
+      stderr += b;
+    });
+    const exited = new Promise<NodeJS.Signals | number | null>((r) => child.on("exit", (code, signal) => r(signal ?? code)));
+    cleanups.push(() => {
+      if (child.exitCode === null && child.signalCode === null) process.kill(-(child.pid as number), "SIGKILL");
+    });
+    return { child: child as ChildProcess, exited, out: () => ({ stdout, stderr }) };
+  }
+
+  it("a coordinator killed between sending a settlement and recording it settles exactly once after a restart", async () => {
+    const home = await tempPaths("sharedllm-settle-");
+    const db = await testDatabase();
+    cleanups.push(db.cleanup, home.cleanup);
+    const key = generatePrivateKey();
+    const account = privateKeyToAccount(key);
+    const joinToken = randomBytes(32).toString("base64url");
+    await writeFile(join(home.home, "coordinator-key.json"), JSON.stringify({ address: account.address, privateKey: key }), {
+      mode: 0o600,
+    });
+    await writeFile(join(home.home, "secrets.json"), JSON.stringify({ joinToken }), { mode: 0o600 });
+    await chain.addCoordinator(account.address);
+    const args = [
+      "coordinator",
+      "start",
+      "--port",
+      "0",
+      "--chain-rpc-url",
+      chain.rpcUrl,
+      "--ledger",
+      chain.ledger,
+      "--settle-after",
+      "0",
+      "--verbose",
+    ];
+    const env = { SHAREDLLM_HOME: home.home, ...(db.databaseUrl ? { DATABASE_URL: db.databaseUrl } : {}) };
+
+    const first = startCli(args, { ...env, SHAREDLLM_FAILPOINT: "settlement.sent" });
+    const url = await waitFor("the coordinator URL", () => /coordinator: (http:\/\/\S+)\/v1/.exec(first.out().stdout)?.[1], 60_000);
+    const sim = new SimNode({ coordinatorUrl: url, joinToken, models: ["sim-model"] });
+    await sim.start();
+    cleanups.push(() => sim.stop());
+    const user = devWallet(11);
+    await chat(url, await paidKey(url, user, account.address));
+    // the settler prepares batch 1, sends it, and dies before writing down that it did
+    expect(await first.exited).toBe("SIGKILL");
+    expect(first.out().stderr).not.toContain("settlement confirmed");
+    expect((await chain.settlement(account.address)).lastBatch).toBe(1n);
+
+    const second = startCli(args, env);
+    await waitFor("the restarted coordinator to find batch 1 on chain", () => second.out().stderr.includes("already on chain"), 60_000);
+    second.child.kill("SIGINT");
+    expect(await second.exited).toBe(0);
+
+    const events = await chain.batchEvents(account.address);
+    expect(events).toHaveLength(1);
+    expect((await chain.settlement(account.address)).lastBatch).toBe(1n);
+    // the coordinator's own database: PostgreSQL when the suite runs on it, else PGlite in its home
+    const store = await openDatabase({ databaseUrl: db.databaseUrl, dataDir: join(home.home, "db") });
+    try {
+      const batches = await store.selectFrom("settlements").select(["batch_id", "status", "tx_hash"]).execute();
+      expect(batches).toEqual([{ batch_id: 1, status: "confirmed", tx_hash: events[0]?.transactionHash }]);
+      const { charged } = await store
+        .selectFrom("ledger_entries")
+        .select(sql<string>`sum(amount)`.as("charged"))
+        .where("address", "=", user.address.toLowerCase())
+        .where("kind", "=", "charge")
+        .executeTakeFirstOrThrow();
+      expect(BigInt(charged)).toBe(JOB_COST);
+      expect((await chain.escrow(user.address, account.address)).spent).toBe(JOB_COST);
+    } finally {
+      await store.destroy();
+    }
+  });
+
+  it("replaces a settlement that is not mined in time with higher fees, and it lands once", async () => {
+    const db = await testDatabase();
+    const joinToken = randomBytes(32).toString("base64url");
+    const account = privateKeyToAccount(generatePrivateKey());
+    await chain.addCoordinator(account.address);
+    const coordinator = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...db,
+      joinToken,
+      logger: quietLogger(),
+      ledger: {
+        chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account },
+        settlement: { maxAgeMs: 0, checkEveryMs: 100, stuckAfterMs: 1_000 },
+      },
+    });
+    cleanups.push(db.cleanup, () => coordinator.close());
+    const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });
+    await sim.start();
+    cleanups.push(() => sim.stop());
+    const key = await paidKey(coordinator.url, devWallet(12), account.address);
+    await chain.test.setAutomine(false);
+    cleanups.push(() => chain.test.setAutomine(true));
+    await chat(coordinator.url, key);
+    const sent = () => coordinator.db.selectFrom("settlements").select(["status", "tx_hash"]).where("batch_id", "=", 1).executeTakeFirst();
+    const firstHash = (await waitFor("the settlement to be sent", async () => (await sent())?.tx_hash)) as `0x${string}`;
+    const stuck = await chain.publicClient.getTransaction({ hash: firstHash });
+    const replacement = await waitFor("a replacement", async () => {
+      const h = (await sent())?.tx_hash;
+      return h !== firstHash ? h : undefined;
+    });
+    await chain.test.mine({ blocks: 1 });
+    await waitFor("the settlement to be confirmed", async () => (await sent())?.status === "confirmed");
+    const events = await chain.batchEvents(account.address);
+    expect(events).toHaveLength(1);
+    expect(events[0]?.transactionHash).toBe(replacement);
+    // the replacement used the stuck one's nonce with higher fees; the stuck one never made it into a block
+    const replaced = await chain.publicClient.getTransaction({ hash: replacement as `0x${string}` });
+    expect(replaced.nonce).toBe(stuck.nonce);
+    expect(replaced.maxFeePerGas).toBeGreaterThan(stuck.maxFeePerGas as bigint);
+    const original = await chain.publicClient.getTransaction({ hash: firstHash }).catch(() => undefined);
+    expect(original?.blockNumber ?? null).toBeNull();
+  });
+});
