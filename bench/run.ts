@@ -1,12 +1,13 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|control-plane, --rounds=N (20),
+ * in one run. Options: --only=coordinator|control-plane|settlement, --rounds=N (20),
  * --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --nodes=N (5000), --requests=N (2000), --json.
  */
 import { parseArgs } from "node:util";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
+import { benchSettlement } from "./settlement.ts";
 
 const { values } = parseArgs({
   options: {
@@ -22,7 +23,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|control-plane] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|control-plane|settlement] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -64,6 +65,23 @@ if (!values.only || values.only === "control-plane") {
         `  coordinator CPU while heartbeating: ${f(r.coordinator.steadyCpuPercent, 1)}% of one core; RSS ${f(r.coordinator.idleRssMiB, 0)} MiB idle -> ${f(r.coordinator.steadyRssMiB, 0)} MiB with the fleet -> ${f(r.coordinator.afterRequestsRssMiB, 0)} MiB after requests`,
         `  scheduling decision: p50 ${f(r.scheduling.p50Ms, 3)} ms, p99 ${f(r.scheduling.p99Ms, 3)} ms (target p99 <= 5 ms)`,
         `  ${r.requests.count} requests at concurrency 32: ${f(r.requests.perSecond, 0)}/s, latency p50 ${f(r.requests.p50Ms)} ms, p99 ${f(r.requests.p99Ms)} ms`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+if (!values.only || values.only === "settlement") {
+  const rows = await benchSettlement();
+  results.settlement = rows.map((x) => ({ ...x, gas: x.gas.toString() }));
+  if (!values.json) {
+    process.stdout.write(
+      [
+        "settlement gas: the coordinator's Settler on the dev chain, one settle transaction per batch (<= 400 users each)",
+        "  receipts from          receipts   users   transactions        gas   gas per receipt",
+        ...rows.map(
+          (x) =>
+            `  ${x.shape.padEnd(20)} ${String(x.receipts).padStart(8)} ${String(x.users).padStart(7)} ${String(x.transactions).padStart(14)} ${String(x.gas).padStart(10)} ${f(x.perReceipt, 0).padStart(17)}`,
+        ),
         "",
       ].join("\n"),
     );

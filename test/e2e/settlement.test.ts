@@ -231,6 +231,37 @@ describe("settlement", () => {
     }
   });
 
+  it("splits a batch whose users would not fit one transaction, and every user's spend lands on chain", async () => {
+    const db = await testDatabase();
+    const joinToken = randomBytes(32).toString("base64url");
+    const account = privateKeyToAccount(generatePrivateKey());
+    await chain.addCoordinator(account.address);
+    const coordinator = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...db,
+      joinToken,
+      logger: quietLogger(),
+      ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement: { maxAgeMs: 3_600_000, maxUsersPerBatch: 2 } },
+    });
+    cleanups.push(db.cleanup, () => coordinator.close());
+    const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });
+    await sim.start();
+    cleanups.push(() => sim.stop());
+    const users = [devWallet(13), devWallet(14), devWallet(15)];
+    for (const user of users) await chat(coordinator.url, await paidKey(coordinator.url, user, account.address));
+    const settler = coordinator.ledger?.settler;
+    await settler?.tick(true);
+    await settler?.tick(true);
+    const batches = await coordinator.db.selectFrom("settlements").select(["batch_id", "status", "payload"]).orderBy("batch_id").execute();
+    expect(batches.map((b) => [b.batch_id, b.status, (JSON.parse(b.payload) as { users: string[] }).users.length])).toEqual([
+      [1, "confirmed", 2],
+      [2, "confirmed", 1],
+    ]);
+    for (const user of users) expect((await chain.escrow(user.address, account.address)).spent).toBe(JOB_COST);
+    expect((await chain.settlement(account.address)).totalSpent).toBe(3n * JOB_COST);
+  });
+
   it("replaces a settlement that is not mined in time with higher fees, and it lands once", async () => {
     const db = await testDatabase();
     const joinToken = randomBytes(32).toString("base64url");

@@ -22,6 +22,8 @@ export interface SettlementOptions {
   checkEveryMs?: number;
   /** a sent settlement not mined after this long is replaced with higher fees; default 60 s */
   stuckAfterMs?: number;
+  /** most users whose spend one settlement posts (each costs a storage write); default 400 */
+  maxUsersPerBatch?: number;
 }
 
 interface Payload {
@@ -72,7 +74,8 @@ export class Settler {
 
   /** One pass: finish stored batches, then prepare and post a new one when due (or when forced). */
   tick(force = false): Promise<void> {
-    if (this.running) return this.running;
+    // a forced pass waits for one in progress, then runs itself
+    if (this.running) return force ? this.running.then(() => this.tick(true)) : this.running;
     if (!force && Date.now() < this.retryAt) return Promise.resolve();
     this.running = this.pass(force)
       .then(
@@ -129,42 +132,46 @@ export class Settler {
         .orderBy("batch_id", "desc")
         .limit(1)
         .executeTakeFirst();
-      const { max } = await tx
+      const after = last?.max_entry_id ?? "0";
+      const newest = await tx
         .selectFrom("ledger_entries")
         .select(sql<string | null>`max(id)`.as("max"))
         .where("kind", "in", ["charge", "earn"])
         .executeTakeFirstOrThrow();
-      if (max === null || BigInt(max) <= BigInt(last?.max_entry_id ?? 0)) return undefined;
+      if (newest.max === null || BigInt(newest.max) <= BigInt(after)) return undefined;
+      // users who spent since the last batch, in the order of their first new charge; a batch posts
+      // at most maxUsersPerBatch of them (one storage write each: a transaction has a gas cap), and
+      // ends just before the first charge of the next user, who goes into the next batch
+      const cap = this.o.maxUsersPerBatch ?? 400;
+      const movers = await tx
+        .selectFrom("ledger_entries")
+        .select(["address", sql<string>`min(id)`.as("first")])
+        .where("kind", "=", "charge")
+        .where("id", ">", after)
+        .groupBy("address")
+        .orderBy(sql`min(id)`)
+        .limit(cap + 1)
+        .execute();
+      const max = movers.length > cap ? (BigInt((movers[cap] as { first: string }).first) - 1n).toString() : newest.max;
+      const users = movers.slice(0, cap).map((m) => m.address as Address);
       const sums = await tx
         .selectFrom("ledger_entries")
         .select(["address", "kind", sql<string>`sum(amount)`.as("total")])
-        .where("kind", "in", ["charge", "earn"])
+        .where((eb) => {
+          const earn = eb("kind", "=", "earn");
+          return users.length ? eb.or([earn, eb.and([eb("kind", "=", "charge"), eb("address", "in", users)])]) : earn;
+        })
         .where("id", "<=", max)
         .groupBy(["address", "kind"])
-        .orderBy("address")
         .execute();
-      // each user's cumulative spend as of the previous batch: only users whose spend moved are posted
-      const before = await tx
-        .selectFrom("ledger_entries")
-        .select(["address", sql<string>`sum(amount)`.as("total")])
-        .where("kind", "=", "charge")
-        .where("id", "<=", last?.max_entry_id ?? "0")
-        .groupBy("address")
-        .execute();
-      const previousSpend = new Map(before.map((r) => [r.address, r.total]));
-      const users: Address[] = [];
-      const spends: string[] = [];
+      const spent = new Map(sums.filter((r) => r.kind === "charge").map((r) => [r.address, r.total]));
+      const spends = users.map((u) => spent.get(u) ?? "0");
       const earnings: Record<Address, string> = {};
       let totalEarnings = 0n;
       for (const row of sums) {
-        const address = row.address as Address;
-        if (row.kind === "earn") {
-          earnings[address] = row.total;
-          totalEarnings += BigInt(row.total);
-        } else if (previousSpend.get(address) !== row.total) {
-          users.push(address);
-          spends.push(row.total);
-        }
+        if (row.kind !== "earn") continue;
+        earnings[row.address as Address] = row.total;
+        totalEarnings += BigInt(row.total);
       }
       const root = earningsTree(new Map(Object.entries(earnings).map(([a, v]) => [a as Address, BigInt(v)]))).root;
       const payload: Payload = { users, spends, earnings, root, totalEarnings: totalEarnings.toString() };
