@@ -5,8 +5,7 @@
 import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "@sharedllm/contracts";
 import { type Address, createTestClient, type Hex, http, type LocalAccount, parseEther } from "viem";
 import { generatePrivateKey, mnemonicToAccount, privateKeyToAccount } from "viem/accounts";
-import { createSiweMessage } from "viem/siwe";
-import { chainClients, DEV_WEI_PER_CREDIT, deployDevContracts, startDevChain } from "../node/src/chain.ts";
+import { chainClients, DEV_WEI_PER_CREDIT, deployDevContracts, signInWithEthereum, startDevChain } from "../node/src/chain.ts";
 import { freePort } from "../node/src/engine/freePort.ts";
 import { tempPaths } from "./helpers.ts";
 
@@ -89,27 +88,7 @@ export async function startTestChain() {
 export type TestChain = Awaited<ReturnType<typeof startTestChain>>;
 
 /** Signs in with Ethereum at a coordinator; returns the session token. */
-export async function signIn(coordinatorUrl: string, account: LocalAccount, chainId: number): Promise<string> {
-  const { nonce } = (await (await fetch(`${coordinatorUrl}/v1/auth/nonce`)).json()) as { nonce: string };
-  const url = new URL(coordinatorUrl);
-  const message = createSiweMessage({
-    address: account.address,
-    chainId,
-    domain: url.host,
-    nonce,
-    uri: url.origin,
-    version: "1",
-    statement: "Sign in to SharedLLM",
-  });
-  const signature = await account.signMessage({ message });
-  const res = await fetch(`${coordinatorUrl}/v1/auth/login`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ message, signature }),
-  });
-  if (!res.ok) throw new Error(`sign-in failed: ${res.status} ${await res.text()}`);
-  return ((await res.json()) as { token: string }).token;
-}
+export const signIn = signInWithEthereum;
 
 /** Creates a wallet-bound API key with a session token. */
 export async function createKey(coordinatorUrl: string, session: string, name = "test"): Promise<string> {

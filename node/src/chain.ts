@@ -14,12 +14,14 @@ import {
   createWalletClient,
   defineChain,
   http,
+  type LocalAccount,
   type PublicClient,
   parseEther,
   type Transport,
   type WalletClient,
 } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
+import { createSiweMessage } from "viem/siwe";
 import { Supervisor } from "./engine/supervisor.js";
 
 /** Dev chain prices: 1 credit = 1 gwei, a withdrawal waits an hour. */
@@ -90,4 +92,30 @@ export async function deployDevContracts(rpcUrl: string, coordinator: Address, f
   const test = createTestClient({ mode: "hardhat", transport: http(rpcUrl) });
   for (const address of [coordinator, ...fund]) await test.setBalance({ address, value: parseEther("100") });
   return deployment;
+}
+
+/** Signs in at a coordinator with Ethereum (EIP-4361); returns the session token. */
+export async function signInWithEthereum(coordinatorUrl: string, account: LocalAccount, chainId: number): Promise<string> {
+  const url = new URL(coordinatorUrl);
+  const nonceRes = await fetch(`${url.origin}/v1/auth/nonce`);
+  if (!nonceRes.ok) throw new Error(`${url.origin} gives no sign-in nonce (${nonceRes.status}): does it run with credits?`);
+  const { nonce } = (await nonceRes.json()) as { nonce: string };
+  const message = createSiweMessage({
+    address: account.address,
+    chainId,
+    domain: url.host,
+    nonce,
+    uri: url.origin,
+    version: "1",
+    statement: "Sign in to SharedLLM",
+  });
+  const signature = await account.signMessage({ message });
+  const res = await fetch(`${url.origin}/v1/auth/login`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ message, signature }),
+  });
+  const body = (await res.json()) as { token?: string; error?: { message: string } };
+  if (!res.ok || !body.token) throw new Error(`sign-in refused: ${body.error?.message ?? res.status}`);
+  return body.token;
 }

@@ -5,13 +5,14 @@
  * claims with `sharedllm credits claim`; chain and journal agree to the smallest unit.
  */
 import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { sql } from "kysely";
 import OpenAI from "openai";
-import { type Address, getAddress } from "viem";
+import { type Address, getAddress, toHex } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
-import { waitFor } from "../helpers.ts";
+import { tempPaths, waitFor } from "../helpers.ts";
 import { MODEL, type System, startSystem } from "../system.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
@@ -19,9 +20,9 @@ const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js")
 let chain: TestChain;
 let sys: System;
 
-function cli(args: string[], home: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(args: string[], home: string, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [BIN, ...args], {
-    env: { ...process.env, SHAREDLLM_HOME: home },
+    env: { ...process.env, SHAREDLLM_HOME: home, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";
@@ -135,12 +136,15 @@ describe("credits on a real chain", () => {
     const shown = await cli(["credits", "--coordinator", sys.coordinator.url], sys.paths.home);
     expect(shown.stderr).toBe("");
     expect(shown.stdout).toMatch(new RegExp(`claimable:\\s+${cost}`));
-    const claimed = await cli(["credits", "claim", "--coordinator", sys.coordinator.url], sys.paths.home);
+    // the node claims its earnings and puts them into escrow to pay for its own API use
+    const claimed = await cli(["credits", "claim", "--deposit", "--coordinator", sys.coordinator.url], sys.paths.home);
     expect(claimed.code, claimed.stderr).toBe(0);
     expect(claimed.stdout).toContain(`claimed ${cost} credits`);
+    expect(claimed.stdout).toContain(`deposited ${cost} credits into escrow`);
 
     // chain == journal, exactly
-    expect(await chain.credits(node)).toBe(await journal(node, "earn"));
+    expect((await chain.escrow(node)).deposited).toBe(await journal(node, "earn"));
+    expect(await chain.credits(node)).toBe(0n);
     expect((await chain.escrow(user.address)).spent).toBe(await journal(user.address, "charge"));
     const s = await chain.settlement();
     expect(s.totalClaimed).toBe(s.totalEarnings);
@@ -149,6 +153,21 @@ describe("credits on a real chain", () => {
     const again = await cli(["credits", "claim", "--coordinator", sys.coordinator.url], sys.paths.home);
     expect(again.code).toBe(1);
     expect(again.stderr).toContain("nothing to claim yet");
+
+    // an API key for the node's own wallet spends what it earned
+    const nodeKey = await cli(["credits", "api-key", "--coordinator", sys.coordinator.url], sys.paths.home);
+    expect(nodeKey.code, nodeKey.stderr).toBe(0);
+    const own = new OpenAI({ baseURL: `${sys.coordinator.url}/v1`, apiKey: nodeKey.stdout.trim(), maxRetries: 0 });
+    const reply = await own.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "Hi" }], max_tokens: 1 });
+    const ownCost = BigInt(reply.usage?.prompt_tokens ?? 0) + 2n * BigInt(reply.usage?.completion_tokens ?? 0);
+    const mine = (await (
+      await fetch(`${sys.coordinator.url}/v1/account`, { headers: { authorization: `Bearer ${nodeKey.stdout.trim()}` } })
+    ).json()) as {
+      available: string;
+      charged: string;
+    };
+    expect(BigInt(mine.charged)).toBe(ownCost);
+    expect(BigInt(mine.available)).toBe(cost - ownCost);
   });
 
   it("a request the balance cannot cover gets 402 in OpenAI shape and costs nothing", async () => {
@@ -174,6 +193,37 @@ describe("credits on a real chain", () => {
       .where("api_keys.owner_address", "=", poor.address.toLowerCase())
       .execute();
     expect(jobs).toEqual([]);
+  });
+
+  it("deploys the contracts to a chain by RPC URL with the deployer key from the environment, and records the deployment", async () => {
+    const out = await tempPaths("sharedllm-deploy-");
+    try {
+      const missing = await cli(["contracts", "deploy", "--rpc-url", chain.rpcUrl, "--out", out.home], out.home);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toContain("SHAREDLLM_DEPLOYER_KEY");
+      const key = toHex(devWallet(3).getHdKey().privateKey as Uint8Array);
+      const deployed = await cli(
+        ["contracts", "deploy", "--rpc-url", chain.rpcUrl, "--out", out.home, "--coordinator", chain.coordinator.address],
+        out.home,
+        {
+          SHAREDLLM_DEPLOYER_KEY: key,
+        },
+      );
+      expect(deployed.code, deployed.stderr).toBe(0);
+      expect(deployed.stdout + deployed.stderr).not.toContain(key.slice(2));
+      const record = JSON.parse(await readFile(join(out.home, `${chain.chainId}.json`), "utf8")) as {
+        chainId: number;
+        deployer: string;
+        contracts: { CreditLedger: Address };
+      };
+      expect(record).toMatchObject({ chainId: chain.chainId, deployer: devWallet(3).address });
+      expect(deployed.stdout).toContain(record.contracts.CreditLedger);
+      // a coordinator connects to it
+      const code = await chain.publicClient.getCode({ address: record.contracts.CreditLedger });
+      expect(code?.length).toBeGreaterThan(1000);
+    } finally {
+      await out.cleanup();
+    }
   });
 
   it("refuses sign-in with a replayed nonce, a wrong domain or another wallet's signature", async () => {

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { CreditLedger } from "@sharedllm/contracts";
 import { Command } from "commander";
 import type { Address, Hex } from "viem";
-import { chainClients } from "../chain.js";
+import { chainClients, signInWithEthereum } from "../chain.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { resolvePaths } from "../paths.js";
 import { checkUrl, files, readJson } from "./node.js";
@@ -91,10 +91,12 @@ export function creditsCommand(): Command {
       ].join("\n"),
     );
   });
-  options(cmd.command("claim").description("claim the settled, unclaimed earnings onto this node's on-chain balance")).action(
-    async (_o: unknown, command: Command) => {
+  options(cmd.command("claim").description("claim the settled, unclaimed earnings onto this node's on-chain balance"))
+    .option("--deposit", "then deposit them into escrow for the coordinator, to pay for this wallet's own API use")
+    .action(async (_o: unknown, command: Command) => {
       // the flags may land on `credits` or on `claim`
-      const c = await context(command.optsWithGlobals<{ coordinator?: string; chainRpcUrl?: string }>());
+      const flags = command.optsWithGlobals<{ coordinator?: string; chainRpcUrl?: string; deposit?: boolean }>();
+      const c = await context(flags);
       if (!c.earnings.claim || BigInt(c.earnings.claimable) === 0n) {
         throw new Error(
           `nothing to claim yet: ${c.earnings.pending} credits wait for the next settlement, ${c.earnings.claimed} were claimed`,
@@ -113,14 +115,45 @@ export function creditsCommand(): Command {
       const hash = await wallet.writeContract(request);
       const receipt = await c.publicClient.waitForTransactionReceipt({ hash });
       if (receipt.status !== "success") throw new Error(`the claim transaction ${hash} reverted`);
+      process.stdout.write(`claimed ${c.earnings.claimable} credits (tx ${hash})\n`);
+      if (flags.deposit) {
+        const deposit = await wallet.writeContract({
+          address: c.ledger.ledger,
+          abi: CreditLedger.abi,
+          functionName: "deposit",
+          args: [c.ledger.coordinator, BigInt(c.earnings.claimable)],
+        });
+        if ((await c.publicClient.waitForTransactionReceipt({ hash: deposit })).status !== "success")
+          throw new Error(`the deposit ${deposit} reverted`);
+        process.stdout.write(`deposited ${c.earnings.claimable} credits into escrow for ${c.ledger.coordinator} (tx ${deposit})\n`);
+      }
       const balance = await c.publicClient.readContract({
         address: c.ledger.ledger,
         abi: CreditLedger.abi,
         functionName: "credits",
         args: [c.address],
       });
-      process.stdout.write(`claimed ${c.earnings.claimable} credits (tx ${hash}); on-chain balance ${balance} credits\n`);
-    },
-  );
+      process.stdout.write(`on-chain balance ${balance} credits\n`);
+    });
+  options(cmd.command("api-key").description("sign in with this node's key and create an API key that spends its credits"))
+    .option("--name <name>", "a label for the key", "node")
+    .action(async (_o: unknown, command: Command) => {
+      const flags = command.optsWithGlobals<{ coordinator?: string; name: string }>();
+      const { home } = resolvePaths();
+      const identity = await loadNodeIdentity(home, { create: false });
+      if (!identity) throw new Error(`this machine has no node key in ${home}; run sharedllm node init first`);
+      const url = await coordinatorUrl(home, flags.coordinator);
+      const { chainId } = await getJson<Ledger>(`${url}/v1/ledger`);
+      const session = await signInWithEthereum(url, identity.account, chainId);
+      const res = await fetch(`${url}/v1/keys`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${session}` },
+        body: JSON.stringify({ name: flags.name }),
+      });
+      const body = (await res.json()) as { key?: string; error?: { message: string } };
+      if (!body.key) throw new Error(body.error?.message ?? `creating the key failed (${res.status})`);
+      process.stdout.write(`${body.key}\n`);
+      process.stderr.write(`(shown once; it spends the credits ${identity.account.address} has in escrow at ${url})\n`);
+    });
   return cmd;
 }

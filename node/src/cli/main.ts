@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from "commander";
 import { ModelError } from "../models/store.js";
+import { contractsCommand } from "./contracts.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { creditsCommand } from "./credits.js";
 import { engineCommand } from "./engine.js";
@@ -21,6 +22,7 @@ program.addCommand(modelsCommand());
 program.addCommand(nodeCommand());
 program.addCommand(coordinatorCommand());
 program.addCommand(creditsCommand());
+program.addCommand(contractsCommand());
 
 // settings of the root are not inherited by commands added with addCommand()
 const configure = (cmd: Command) => {

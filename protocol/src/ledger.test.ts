@@ -1,0 +1,76 @@
+import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
+import { type Address, recoverTypedDataAddress } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { describe, expect, it } from "vitest";
+import {
+  earningsTree,
+  receiptFromWire,
+  receiptJobId,
+  receiptToWire,
+  splitCredits,
+  WORK_RECEIPT_TYPES,
+  type WorkReceipt,
+  workReceiptDomain,
+  workReceiptWireSchema,
+} from "./ledger.js";
+
+const addr = (n: number) => `0x${n.toString(16).padStart(40, "0")}` as Address;
+
+describe("splitCredits", () => {
+  it("splits by basis points and never loses or invents a unit", () => {
+    expect(splitCredits(100n, [10_000])).toEqual([100n]);
+    expect(splitCredits(100n, [5_000, 3_000, 2_000])).toEqual([50n, 30n, 20n]);
+    const parts = splitCredits(7n, [3_333, 3_333, 3_334]);
+    expect(parts.reduce((a, b) => a + b, 0n)).toBe(7n);
+    expect(parts).toEqual([3n, 2n, 2n]);
+  });
+});
+
+describe("earningsTree", () => {
+  it("gives proofs that verify against the root for every node, with the leaf encoding the contract checks", () => {
+    const earnings = new Map<Address, bigint>([
+      [addr(1), 10n],
+      [addr(2), 25n],
+      [addr(3), 7n],
+    ]);
+    const tree = earningsTree(earnings);
+    for (const [node, amount] of earnings) {
+      const proof = tree.proof(node) as `0x${string}`[];
+      expect(StandardMerkleTree.verify(tree.root, ["address", "uint256"], [node, amount.toString()], proof)).toBe(true);
+      expect(StandardMerkleTree.verify(tree.root, ["address", "uint256"], [node, (amount + 1n).toString()], proof)).toBe(false);
+    }
+    expect(tree.proof(addr(9))).toBeUndefined();
+    // a node with nothing earned is left out; an empty tree has the zero root
+    expect(earningsTree(new Map([[addr(1), 0n]])).root).toBe(`0x${"0".repeat(64)}`);
+  });
+});
+
+describe("work receipts", () => {
+  it("survive the wire and recover to the signing node", async () => {
+    const account = privateKeyToAccount(generatePrivateKey());
+    const receipt: WorkReceipt = {
+      jobId: receiptJobId("job_1"),
+      node: account.address,
+      coordinator: addr(7),
+      model: `0x${"ab".repeat(32)}`,
+      promptTokens: 12,
+      completionTokens: 34,
+      shareBps: 10_000,
+      credits: 80n,
+      issuedAt: 1_800_000_000n,
+    };
+    const wire = workReceiptWireSchema.parse(JSON.parse(JSON.stringify(receiptToWire(receipt))));
+    expect(receiptFromWire(wire)).toEqual(receipt);
+    const domain = workReceiptDomain(31337, addr(8));
+    const signature = await account.signTypedData({ domain, types: WORK_RECEIPT_TYPES, primaryType: "WorkReceipt", message: receipt });
+    expect(
+      await recoverTypedDataAddress({ domain, types: WORK_RECEIPT_TYPES, primaryType: "WorkReceipt", message: receipt, signature }),
+    ).toBe(account.address);
+    const altered = { ...receipt, completionTokens: 35 };
+    expect(
+      await recoverTypedDataAddress({ domain, types: WORK_RECEIPT_TYPES, primaryType: "WorkReceipt", message: altered, signature }),
+    ).not.toBe(account.address);
+    expect(workReceiptWireSchema.safeParse({ ...wire, credits: "-1" }).success).toBe(false);
+    expect(workReceiptWireSchema.safeParse({ ...wire, shareBps: 10_001 }).success).toBe(false);
+  });
+});
