@@ -98,7 +98,7 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
   const home = await mkdtemp(join(tmpdir(), "sharedllm-bench-"));
   const stops: Array<() => void> = [];
   // the system runs as users run it: `sharedllm up`, in its own process
-  const args = ["up", "--port", "0", "--slots", "1", ...(opts.engineArgs ? ["--engine-args", opts.engineArgs] : [])];
+  const args = ["up", "--port", "0", "--slots", "1", "--no-chain", ...(opts.engineArgs ? ["--engine-args", opts.engineArgs] : [])];
   const up = spawn(process.execPath, [BIN, ...args], {
     env: { ...process.env, SHAREDLLM_HOME: home },
     stdio: ["ignore", "ignore", "inherit"],
