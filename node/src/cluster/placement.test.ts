@@ -1,0 +1,121 @@
+import { describe, expect, it } from "vitest";
+import { type MemberInfo, type ModelLayout, PlacementError, planPlacement, tensorSplit } from "./placement.js";
+
+const MiB = 2 ** 20;
+const model = (layers: number, layerMiB = 10, outputMiB = 20, kvMiB = 1): ModelLayout => ({
+  layerBytes: Array.from({ length: layers }, () => layerMiB * MiB),
+  outputBytes: outputMiB * MiB,
+  kvBytesPerLayer: kvMiB * MiB,
+});
+const member = (id: string, freeMiB: number, tps = 10, rttMs = 0.3): MemberInfo => ({
+  id,
+  freeMemoryBytes: freeMiB * MiB,
+  tokensPerSecond: tps,
+  rttMs,
+});
+
+/** A small deterministic PRNG for the property checks. */
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+describe("planPlacement", () => {
+  it("splits equal members evenly into contiguous ranges, output head on the last", () => {
+    const p = planPlacement(model(30), [member("a", 4096), member("b", 4096)]);
+    expect(p.members.map((m) => [m.id, m.firstLayer, m.layerCount])).toEqual([
+      ["a", 0, 15],
+      ["b", 15, 15],
+    ]);
+    expect(p.members[1]?.bytes).toBe(15 * 11 * MiB + 20 * MiB);
+    expect(p.members.reduce((s, m) => s + m.shareBps, 0)).toBe(10_000);
+    expect(tensorSplit(p)).toBe("15,15");
+  });
+
+  it("gives faster members proportionally more", () => {
+    const p = planPlacement(model(30), [member("slow", 4096, 10), member("fast", 4096, 20)]);
+    expect(p.members.map((m) => [m.id, m.layerCount])).toEqual([
+      ["fast", 20],
+      ["slow", 10],
+    ]);
+    expect(p.members.map((m) => m.shareBps)).toEqual([6667, 3333]);
+  });
+
+  it("leaves out a member too slow or too far to help, unless memory needs it", () => {
+    const roomy = planPlacement(model(30), [
+      member("a", 4096, 20),
+      member("b", 4096, 20),
+      member("weak", 4096, 2),
+      member("far", 4096, 20, 40),
+    ]);
+    expect(roomy.members.map((m) => m.id)).toEqual(["a", "b"]);
+    expect(roomy.excluded).toEqual(
+      expect.arrayContaining([
+        { id: "weak", reason: "too slow to help" },
+        { id: "far", reason: "link too slow (40 ms round trip)" },
+      ]),
+    );
+    expect(roomy.excluded).toHaveLength(2);
+    // a and b alone cannot hold it: the weak member is needed after all
+    const tight = planPlacement(model(30), [member("a", 128 + 150, 20), member("b", 128 + 150, 20), member("weak", 4096, 2)]);
+    expect(tight.members.map((m) => m.id).sort()).toEqual(["a", "b", "weak"]);
+  });
+
+  it("says how much memory is missing when the model does not fit", () => {
+    expect(() => planPlacement(model(30), [member("a", 200), member("b", 200)])).toThrow(PlacementError);
+    try {
+      planPlacement(model(30), [member("a", 200), member("b", 200)]);
+    } catch (err) {
+      // 30 * 11 + 20 = 350 MiB needed, 2 * (200 - 128) = 144 free
+      expect((err as PlacementError).missingBytes).toBe(206 * MiB);
+      expect((err as Error).message).toContain("needs 206 MiB more");
+    }
+  });
+
+  it("never exceeds a member's memory, places every layer once, and favours speed (random clusters)", () => {
+    const rand = rng(42);
+    let planned = 0;
+    for (let trial = 0; trial < 500; trial++) {
+      const layers = 4 + Math.floor(rand() * 60);
+      const layout: ModelLayout = {
+        layerBytes: Array.from({ length: layers }, () => Math.floor((5 + rand() * 20) * MiB)),
+        outputBytes: Math.floor(rand() * 50 * MiB),
+        kvBytesPerLayer: Math.floor(rand() * 2 * MiB),
+      };
+      const members = Array.from({ length: 1 + Math.floor(rand() * 5) }, (_, i) =>
+        member(`m${i}`, 128 + Math.floor(rand() * 1200), 1 + Math.floor(rand() * 40), rand() * 3),
+      );
+      let p: ReturnType<typeof planPlacement>;
+      try {
+        p = planPlacement(layout, members);
+      } catch (err) {
+        expect(err).toBeInstanceOf(PlacementError);
+        continue;
+      }
+      planned++;
+      let next = 0;
+      for (const m of p.members) {
+        expect(m.firstLayer).toBe(next);
+        expect(m.layerCount).toBeGreaterThan(0);
+        next += m.layerCount;
+        const info = members.find((x) => x.id === m.id) as MemberInfo;
+        expect(m.bytes).toBeLessThanOrEqual(info.freeMemoryBytes - 128 * MiB);
+      }
+      expect(next).toBe(layers);
+      expect(p.members.reduce((s, m) => s + m.shareBps, 0)).toBe(10_000);
+      // where memory did not bind, a faster member never holds fewer layers than a slower one (beyond rounding)
+      for (const a of p.members) {
+        for (const b of p.members) {
+          const sa = (members.find((x) => x.id === a.id) as MemberInfo).tokensPerSecond;
+          const sb = (members.find((x) => x.id === b.id) as MemberInfo).tokensPerSecond;
+          const roomA = (members.find((x) => x.id === a.id) as MemberInfo).freeMemoryBytes - 128 * MiB - a.bytes;
+          if (sa > sb && roomA > 40 * MiB) expect(a.layerCount).toBeGreaterThanOrEqual(b.layerCount - 1);
+        }
+      }
+    }
+    expect(planned).toBeGreaterThan(100);
+  });
+});
