@@ -76,6 +76,7 @@ describe("Fleet bookkeeping", () => {
     ...node(id, 0),
     models: new Map(models.map((m) => [m, { ...model, id: m }])),
     engine: "e",
+    role: "solo",
     lastSeenAt: 0,
     jobs: new Map(),
     connectedAt: 0,

@@ -3,7 +3,7 @@
  * running, and the routing of their frames back to whoever waits for them.
  * Choosing a node is a pure function over a snapshot (`pickNode`).
  */
-import type { Capabilities, Heartbeat, JobErrorFrame, JobStart, ModelLoad, ReceiptRequest, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Capabilities, ClusterPlan, CoordinatorFrame, Heartbeat, JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -121,9 +121,14 @@ export interface ConnectedNode extends NodeView {
   lastSeenAt: number;
   capabilities?: Capabilities;
   heartbeat?: Heartbeat;
+  role: "solo" | "worker" | "head";
+  /** a worker's tunnel, at the address its control channel comes from */
+  tunnel?: { host: string; port: number; tls: boolean; speed: number };
+  /** a head's current layer split over its workers */
+  cluster?: ClusterPlan["members"];
   /** closes the node's control channel */
   disconnect(reason: string): void;
-  send(frame: JobStart | ModelLoad | ReceiptRequest | { type: "job.cancel"; jobId: string }): void;
+  send(frame: CoordinatorFrame): void;
   jobs: Map<string, JobSink>;
   connectedAt: number;
 }

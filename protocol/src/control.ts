@@ -60,6 +60,10 @@ export const helloSchema = z.looseObject({
   /** false when the node starts paused or outside its schedule; default true */
   accepting: z.boolean().optional(),
   capabilities: capabilitiesSchema.optional(),
+  /** solo (default): serves its models; worker: lends its rpc-server to cluster heads; head: serves a split model */
+  role: z.enum(["solo", "worker", "head"]).optional(),
+  /** a worker's tunnel: its port (on the address it dials from), TLS, and a relative compute score */
+  tunnel: z.object({ port: z.number().int().min(1).max(65_535), tls: z.boolean(), speed: z.number().positive() }).optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
 
@@ -130,9 +134,30 @@ export interface ReceiptRequest {
   jobId: string;
   receipt: WorkReceiptWire;
   domain: { chainId: number; verifyingContract: `0x${string}` };
+  /** set when a cluster head ran the job and this node served some of its layers */
+  via?: string;
 }
 
-export type CoordinatorFrame = Welcome | JobStart | JobCancel | ModelLoad | ReceiptRequest | ControlErrorFrame;
+/** coordinator -> worker: accept tunnel connections of this head under this session key; answer `tunnel.ready` */
+export interface TunnelSessionFrame {
+  type: "tunnel.session";
+  sessionId: string;
+  /** 32 random bytes, hex */
+  key: string;
+  head: string;
+  /** unix ms */
+  expiresAt: number;
+}
+
+/** coordinator -> head: the members of the cluster it asked for, where their tunnels are, and who is missing */
+export interface ClusterMembers {
+  type: "cluster.members";
+  sessionId: string;
+  members: { nodeId: string; host: string; port: number; tls: boolean; freeMemoryBytes: number; speed: number }[];
+  missing: { nodeId: string; reason: string }[];
+}
+
+export type CoordinatorFrame = Welcome | JobStart | JobCancel | ModelLoad | ReceiptRequest | TunnelSessionFrame | ClusterMembers | ControlErrorFrame;
 
 /**
  * node -> coordinator: one server-sent event's data, to relay verbatim. This is
@@ -204,6 +229,25 @@ export const receiptSchema = z.object({
 });
 export type ReceiptFrame = z.infer<typeof receiptSchema>;
 
+/** head -> coordinator: form a cluster session with these workers (the coordinator hands them the key) */
+export const clusterFormSchema = z.object({
+  type: z.literal("cluster.form"),
+  sessionId: z.string().min(8).max(64),
+  key: z.string().regex(/^[0-9a-f]{64}$/),
+  members: z.array(z.string()).min(1).max(64),
+  expiresAt: z.number().int().positive(),
+});
+
+/** worker -> coordinator: the session is in place; the head may dial */
+export const tunnelReadySchema = z.object({ type: z.literal("tunnel.ready"), sessionId: z.string() });
+
+/** head -> coordinator: the layer split now served (for the network view and for paying every member) */
+export const clusterPlanSchema = z.object({
+  type: z.literal("cluster.plan"),
+  members: z.array(z.object({ nodeId: z.string(), firstLayer: z.number().int().nonnegative(), layerCount: z.number().int().positive(), shareBps: z.number().int().min(0).max(10_000) })),
+});
+export type ClusterPlan = z.infer<typeof clusterPlanSchema>;
+
 /** node -> coordinator: the node leaves the site for good; its sessions end */
 export const leaveSchema = z.object({ type: z.literal("leave") });
 
@@ -215,6 +259,9 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   modelsSchema,
   leaveSchema,
   receiptSchema,
+  clusterFormSchema,
+  tunnelReadySchema,
+  clusterPlanSchema,
   jobResultSchema,
   jobEndSchema,
   jobErrorSchema,

@@ -30,6 +30,8 @@ export interface PaidJob {
   credits: bigint;
   /** who served it, with shares in basis points summing to 10000 (one member at 10000 for a solo node) */
   members: { node: Address; shareBps: number }[];
+  /** the cluster head that ran it, when the members served layers of a split model */
+  via?: string;
 }
 
 export type ReceiptOutcome = { accepted: true } | { accepted: false; reason: string };
@@ -79,6 +81,7 @@ export class Receipts {
         jobId: job.jobId,
         receipt: receiptToWire(receipt),
         domain: { chainId: this.chainId, verifyingContract: this.ledger },
+        ...(job.via ? { via: job.via } : {}),
       });
     });
   }

@@ -5,6 +5,8 @@
  */
 import {
   CLOSE_REFUSED,
+  type ClusterMembers,
+  type clusterFormSchema,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
   type CoordinatorFrame,
@@ -48,6 +50,8 @@ function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefin
 }
 
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
+  /** cluster sessions waiting for their workers' `tunnel.ready` */
+  const clusterForms = new Map<string, { ready(nodeId: string): void }>();
   // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
   const sweeper = setInterval(() => {
     for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
@@ -142,6 +146,14 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
               )
               .catch((err) => req.log.error({ err, nodeId: from }, "recording a receipt failed"));
           }
+          case "cluster.form":
+            return void formCluster(node, frame);
+          case "tunnel.ready":
+            return void clusterForms.get(frame.sessionId)?.ready(node.id);
+          case "cluster.plan":
+            node.cluster = frame.members;
+            req.log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
+            return;
           case "hello":
             return refuse("hello was already received");
         }
@@ -180,6 +192,49 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             sizeBytes: m.sizeBytes ?? prior?.sizeBytes,
           });
         }
+      }
+
+      /**
+       * A head asks for its workers: each gets the session key over its own control channel and
+       * says when it is in place; then the head hears where the tunnels are (and who is missing).
+       */
+      async function formCluster(head: ConnectedNode, f: z.infer<typeof clusterFormSchema>) {
+        const members: ClusterMembers["members"] = [];
+        const missing: ClusterMembers["missing"] = [];
+        const waiting = new Set<string>();
+        for (const id of new Set(f.members.map((m) => m.toLowerCase()))) {
+          const w = o.fleet.get(id);
+          if (!w) missing.push({ nodeId: id, reason: "not connected" });
+          else if (w.role !== "worker" || !w.tunnel) missing.push({ nodeId: id, reason: "not a worker" });
+          else {
+            waiting.add(id);
+            w.send({ type: "tunnel.session", sessionId: f.sessionId, key: f.key, head: head.id, expiresAt: f.expiresAt });
+            members.push({
+              nodeId: id,
+              ...w.tunnel,
+              freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0,
+            });
+          }
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(finish, 5_000);
+          function finish() {
+            clearTimeout(timer);
+            clusterForms.delete(f.sessionId);
+            resolve();
+          }
+          if (!waiting.size) return finish();
+          clusterForms.set(f.sessionId, {
+            ready(id) {
+              waiting.delete(id);
+              if (!waiting.size) finish();
+            },
+          });
+        });
+        const ready = members.filter((m) => !waiting.has(m.nodeId));
+        for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
+        head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing });
+        req.log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
       }
 
       async function onLeave(n: ConnectedNode) {
@@ -229,6 +284,9 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           notLoaded: undefined,
           order: 0,
           loading: undefined,
+          role: h.role ?? "solo",
+          tunnel: h.tunnel && { host: (req.socket.remoteAddress ?? "127.0.0.1").replace(/^::ffff:/, ""), ...h.tunnel },
+          cluster: undefined,
           send,
           disconnect: (reason) => socket.close(CLOSE_REFUSED, reason),
         };

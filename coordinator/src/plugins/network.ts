@@ -23,6 +23,10 @@ export interface NetworkNode {
   freeMemoryBytes: number | null;
   tokensPerSecond: number | null;
   capabilities: Capabilities | null;
+  /** solo, worker (lends its rpc-server) or head (serves a split model) */
+  role: "solo" | "worker" | "head";
+  /** a head's layer split over its workers */
+  cluster: { nodeId: string; firstLayer: number; layerCount: number; shareBps: number }[] | null;
   lastSeenAt: string;
 }
 
@@ -42,6 +46,8 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
       freeMemoryBytes: n.heartbeat?.freeMemoryBytes ?? null,
       tokensPerSecond: n.heartbeat?.tokensPerSecond ?? null,
       capabilities: n.capabilities ?? null,
+      role: n.role,
+      cluster: n.cluster ?? null,
       lastSeenAt: new Date(n.lastSeenAt).toISOString(),
     }));
     for (const row of await o.db.selectFrom("nodes").selectAll().orderBy("last_seen_at", "desc").limit(1_000).execute()) {
@@ -58,6 +64,8 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
         freeMemoryBytes: null,
         tokensPerSecond: null,
         capabilities: null,
+        role: "solo",
+        cluster: null,
         lastSeenAt: new Date(row.last_seen_at).toISOString(),
       });
     }

@@ -171,13 +171,18 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
       if (status !== "completed" || !usage) return payer.metering.release(payer.address, jobId, hold);
       const charged = await payer.metering.charge(payer.address, jobId, hold, jobCost(price, usage.prompt_tokens, usage.completion_tokens));
       if (charged > 0n && nodeId && modelSha256) {
+        // a split model pays every member by the layers it served; a solo node gets it all
+        const split = o.fleet.get(nodeId)?.cluster;
         payer.receipts.request({
           jobId,
           modelSha256,
           promptTokens: usage.prompt_tokens,
           completionTokens: usage.completion_tokens,
           credits: charged,
-          members: [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
+          via: split?.length ? nodeId : undefined,
+          members: split?.length
+            ? split.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps }))
+            : [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
         });
       }
     };

@@ -7,7 +7,8 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { pino } from "pino";
+import { type Logger, pino } from "pino";
+import { startWorkerDaemon } from "../cluster/worker.js";
 import { startNodeDaemon } from "../daemon/daemon.js";
 import { registerNode } from "../daemon/registration.js";
 import { parseSchedule } from "../daemon/schedule.js";
@@ -120,9 +121,30 @@ export function nodeCommand(): Command {
     .option("--schedule <windows>", 'when to serve, local time, e.g. "weekdays 17:00-08:00; weekends 00:00-24:00"')
     .option("--paused", "start without taking jobs until sharedllm node resume")
     .option("--engine-args <args>", "extra llama-server arguments, space-separated")
+    .addOption(
+      new Option(
+        "--role <role>",
+        "solo: serve the model here; worker: lend this machine's rpc-server to cluster heads; head: split the model over workers",
+      )
+        .choices(["solo", "worker", "head"])
+        .default("solo"),
+    )
+    .option("--members <ids>", "head: the workers to split over, comma-separated node ids")
+    .addOption(new Option("--tunnel-port <port>", "worker: port of the RPC tunnel (0 = any free port)").default(0).argParser(positiveInt))
+    .option("--tunnel-host <host>", "worker: address the tunnel listens on", "0.0.0.0")
+    .option("--tunnel-tls-cert <file>", "worker: PEM certificate: TLS on the tunnel (with --tunnel-tls-key)")
+    .option("--tunnel-tls-key <file>", "worker: PEM private key for --tunnel-tls-cert")
+    .option("--tunnel-tls", "head: the workers' tunnels use TLS")
     .option("--verbose", "log at info level")
     .action(
       async (o: {
+        role: "solo" | "worker" | "head";
+        members?: string;
+        tunnelPort: number;
+        tunnelHost: string;
+        tunnelTlsCert?: string;
+        tunnelTlsKey?: string;
+        tunnelTls?: boolean;
         coordinator?: string;
         token?: string;
         model: string;
@@ -140,7 +162,18 @@ export function nodeCommand(): Command {
         if (o.schedule) parseSchedule(o.schedule);
         if (await runningNode(paths.home)) throw new Error(`a node daemon already runs for ${paths.home}; see: sharedllm node status`);
         const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+        if (o.role === "worker") return runWorker(paths, config, o, logger, signal);
+        const members =
+          o.members
+            ?.split(",")
+            .map((m) => m.trim().toLowerCase())
+            .filter(Boolean) ?? [];
+        if (o.role === "head" && !members.length)
+          throw new Error("a head needs --members <node id,...>: the workers to split the model over");
+        if (members.some((m) => !/^0x[0-9a-f]{40}$/.test(m)))
+          throw new Error("--members takes node ids (0x and 40 hex digits), comma-separated");
         const daemon = await startNodeDaemon({
+          cluster: o.role === "head" ? { members, tls: o.tunnelTls } : undefined,
           paths,
           ...config,
           model: o.model,
@@ -247,4 +280,41 @@ export function nodeCommand(): Command {
       });
   }
   return cmd;
+}
+
+async function runWorker(
+  paths: ReturnType<typeof resolvePaths>,
+  config: NodeConfig,
+  o: { threads?: number; tunnelPort: number; tunnelHost: string; tunnelTlsCert?: string; tunnelTlsKey?: string },
+  logger: Logger,
+  signal: AbortSignal,
+) {
+  if (Boolean(o.tunnelTlsCert) !== Boolean(o.tunnelTlsKey))
+    throw new Error("TLS on the tunnel needs both --tunnel-tls-cert and --tunnel-tls-key");
+  const worker = await startWorkerDaemon({
+    paths,
+    ...config,
+    threads: o.threads,
+    tunnelHost: o.tunnelHost,
+    tunnelPort: o.tunnelPort,
+    tls: o.tunnelTlsCert && o.tunnelTlsKey ? { certFile: o.tunnelTlsCert, keyFile: o.tunnelTlsKey } : undefined,
+    logger,
+    progress: terminalProgress(),
+    signal,
+  });
+  const f = files(paths.home);
+  const run: NodeRun = {
+    pid: process.pid,
+    nodeId: worker.nodeId,
+    coordinatorUrl: config.coordinatorUrl,
+    startedAt: new Date().toISOString(),
+  };
+  await writeFileAtomic(f.run, `${JSON.stringify(run, null, 2)}\n`);
+  process.stdout.write(
+    `worker ${worker.nodeId} lends its rpc-server through tunnel port ${worker.tunnel.port} for ${config.coordinatorUrl}\n`,
+  );
+  await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+  await worker.stop();
+  await rm(f.run, { force: true });
+  process.stderr.write("stopped\n");
 }

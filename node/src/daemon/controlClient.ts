@@ -7,6 +7,7 @@
 import {
   type Availability,
   CLOSE_REFUSED,
+  type ClusterMembers,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
   type CoordinatorFrame,
@@ -18,6 +19,7 @@ import {
   type NodeFrame,
   type ReceiptFrame,
   type ReceiptRequest,
+  type TunnelSessionFrame,
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import WebSocket from "ws";
@@ -32,7 +34,7 @@ export interface SessionCredentials {
 export interface ControlClientOptions {
   coordinatorUrl: string;
   credentials: SessionCredentials;
-  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "capabilities">;
+  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "capabilities" | "role" | "tunnel">;
   /** the node's state for each heartbeat */
   status: () => Omit<Heartbeat, "type" | "activeJobs">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
@@ -40,6 +42,8 @@ export interface ControlClientOptions {
   loadModel: (frame: ModelLoad, reply: (f: NodeFrame) => void) => void;
   /** the coordinator proposes a work receipt for a finished paid job: sign it or say why not */
   signReceipt: (frame: ReceiptRequest) => Promise<ReceiptFrame>;
+  /** cluster frames: a worker's tunnel sessions, a head's members */
+  onClusterFrame?: (frame: TunnelSessionFrame | ClusterMembers) => void;
   logger: Logger;
   /** first reconnect delay; doubles up to maxBackoffMs (default 4 s), with +-50% jitter */
   backoffMs?: number;
@@ -97,7 +101,8 @@ export class ControlClient {
     await this.close();
   }
 
-  private sendFrame(f: NodeFrame): void {
+  /** Sends a frame now if connected (frames are not queued across reconnects). */
+  sendFrame(f: NodeFrame): void {
     if (this.ws?.readyState === WebSocket.OPEN && this.connected) this.ws.send(JSON.stringify(f));
   }
 
@@ -178,6 +183,10 @@ export class ControlClient {
           .signReceipt(frame)
           .then((f) => this.sendFrame(f))
           .catch((err: Error) => this.o.logger.error({ err: err.message, jobId: frame.jobId }, "signing a receipt failed"));
+        return;
+      case "tunnel.session":
+      case "cluster.members":
+        this.o.onClusterFrame?.(frame);
         return;
       case "job.cancel":
         this.jobs.get(frame.jobId)?.abort();

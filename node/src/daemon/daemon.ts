@@ -5,8 +5,11 @@
  */
 import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
-import type { Availability, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Availability, Capabilities, ServedModel, Usage } from "@sharedllm/protocol";
 import type { Logger } from "pino";
+import { ClusterHead } from "../cluster/head.js";
+import { readModelLayout } from "../cluster/layout.js";
+import { relayBinary } from "../cluster/relay.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
@@ -47,6 +50,8 @@ export interface NodeDaemonOptions {
   paused?: boolean;
   /** cap on the memory the node's engines may use, bytes (weights + KV cache); default: none */
   maxMemoryBytes?: number;
+  /** head role: split the model over these workers (node ids) through RPC tunnels */
+  cluster?: { members: string[]; tls?: boolean };
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -67,6 +72,8 @@ export interface NodeDaemon {
   engine: Engine;
   /** the llama-server of the model the node started with */
   llama: LlamaServer;
+  /** the cluster this node heads, if it is a head */
+  cluster?: ClusterHead;
   /** the models served now (the start model and any loaded on request) */
   models(): string[];
   control: ControlClient;
@@ -93,6 +100,18 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const contextPerSlot = o.contextPerSlot ?? 4096;
   const threads = o.threads ?? Math.max(1, cpus().length);
   const log = o.logger.child({ nodeId });
+  // a cluster head splits its model over workers (llama.cpp RPC through tunnels)
+  const head =
+    o.cluster &&
+    new ClusterHead({
+      headId: nodeId,
+      members: o.cluster.members,
+      layout: await readModelLayout(store.blobPath(model.sha256), slots * contextPerSlot),
+      send: (f) => control.sendFrame(f),
+      relayBinary: await relayBinary(o.paths.cache),
+      tls: o.cluster.tls,
+      logger: o.logger.child({ nodeId, role: "head" }),
+    });
   /** every model this node serves, each on its own supervised llama-server */
   const served = new Map<string, Served>();
   const startServing = async (entry: ModelEntry): Promise<Served> => {
@@ -115,6 +134,8 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       threads,
       logDir: join(o.paths.home, "logs"),
       extraArgs: o.engineArgs,
+      // the start model of a head runs split over its cluster, re-formed before every (re)start
+      prepareArgs: head && entry.id === model.id ? () => head.prepare() : undefined,
     });
     llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "llama-server exited; restarting"));
     llama.supervisor.on("ready", () => log.info({ model: entry.id, url: llama.url }, "llama-server ready"));
@@ -128,21 +149,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       await s.llama.supervisor.stop();
     }
   };
-  const primary = await startServing(model);
-  const llama = primary.llama;
-  const caps = await capabilities({
-    home: o.paths.home,
-    cache: o.paths.cache,
-    engine,
-    modelSha256: model.sha256,
-    threads,
-    hardware: await hardware,
-    measure: () => measureSpeed(llama.url),
-  }).catch(async (err) => {
-    await stopServing();
-    throw err;
-  });
-  log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
+  let caps: Capabilities | undefined;
   const throughput = new Throughput();
   const servedModels = (): ServedModel[] =>
     [...served.values()].map(({ entry }) => ({
@@ -160,7 +167,17 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     coordinatorUrl: o.coordinatorUrl,
     credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
     logger: log,
-    hello: () => ({ nodeId, engine: { tag: engine.tag, variant: engine.variant }, models: servedModels(), slots, capabilities: caps }),
+    hello: () => ({
+      nodeId,
+      engine: { tag: engine.tag, variant: engine.variant },
+      models: servedModels(),
+      slots,
+      capabilities: caps,
+      role: head ? "head" : "solo",
+    }),
+    onClusterFrame: (f) => {
+      if (f.type === "cluster.members") head?.onMembers(f);
+    },
     status: () => ({
       load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
       freeMemoryBytes: freemem(),
@@ -232,23 +249,45 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   };
   applyAvailability();
   const scheduleTimer = windows ? setInterval(applyAvailability, 30_000) : undefined;
+  // a head forms its cluster through the coordinator before its llama-server can start;
+  // a solo node connects once it serves, so the coordinator sees its models from the first hello
+  let primary: Served;
   try {
-    await control.start();
+    if (head) await control.start();
+    primary = await startServing(model);
+    caps = await capabilities({
+      home: o.paths.home,
+      cache: o.paths.cache,
+      engine,
+      modelSha256: model.sha256,
+      threads,
+      hardware: await hardware,
+      measure: () => measureSpeed(primary.llama.url),
+    });
+    log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
+    if (head) control.sendFrame({ type: "models", models: servedModels() });
+    else await control.start();
   } catch (err) {
+    clearInterval(scheduleTimer);
+    await control.close();
     await stopServing();
+    await head?.close();
     throw err;
   }
+  const llama = primary.llama;
   const stop = async () => {
     clearInterval(scheduleTimer);
     await control.close();
     await loading;
     await stopServing();
+    await head?.close();
   };
   return {
     nodeId,
     modelId: model.id,
     engine,
     llama,
+    cluster: head,
     models: () => [...served.keys()],
     control,
     pause() {
@@ -272,7 +311,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
 }
 
 /** A session token from registration, kept until the coordinator stops accepting it. */
-function sessionCredentials(o: Parameters<typeof registerNode>[0]): SessionCredentials {
+export function sessionCredentials(o: Parameters<typeof registerNode>[0]): SessionCredentials {
   let current: Promise<string> | undefined;
   return {
     get() {

@@ -25,7 +25,11 @@ const KEEP_MS = 60 * 60_000;
 export class ReceiptSigner {
   private readonly served = new Map<string, Served>();
 
-  constructor(private readonly account: LocalAccount) {}
+  constructor(
+    private readonly account: LocalAccount,
+    /** a worker signs for jobs of a cluster head it currently serves (it cannot see their tokens) */
+    private readonly servesHead: (head: string) => boolean = () => false,
+  ) {}
 
   record(jobId: string, modelSha256: string, usage: { prompt_tokens?: number; completion_tokens?: number }): void {
     const now = Date.now();
@@ -44,10 +48,13 @@ export class ReceiptSigner {
   async sign(req: ReceiptRequest): Promise<ReceiptFrame> {
     const refuse = (refused: string): ReceiptFrame => ({ type: "receipt", receipt: req.receipt, signature: null, refused });
     const r = receiptFromWire(req.receipt);
-    const mine = this.served.get(req.jobId);
-    if (!mine) return refuse(`this node has no record of serving job ${req.jobId}`);
     if (r.jobId !== receiptJobId(req.jobId)) return refuse("the receipt's jobId is not this job's");
     if (r.node.toLowerCase() !== this.account.address.toLowerCase()) return refuse(`the receipt names node ${r.node}`);
+    const mine = this.served.get(req.jobId);
+    if (!mine) {
+      if (req.via && this.servesHead(req.via.toLowerCase())) return this.signed(req);
+      return refuse(`this node has no record of serving job ${req.jobId}`);
+    }
     if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
     if (r.promptTokens !== mine.promptTokens || r.completionTokens !== mine.completionTokens) {
       return refuse(
@@ -55,11 +62,15 @@ export class ReceiptSigner {
       );
     }
     this.served.delete(req.jobId);
+    return this.signed(req);
+  }
+
+  private async signed(req: ReceiptRequest): Promise<ReceiptFrame> {
     const signature = await this.account.signTypedData({
       domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
       types: WORK_RECEIPT_TYPES,
       primaryType: "WorkReceipt",
-      message: r,
+      message: receiptFromWire(req.receipt),
     });
     return { type: "receipt", receipt: req.receipt, signature };
   }

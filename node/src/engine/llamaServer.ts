@@ -19,8 +19,10 @@ export interface LlamaServerOptions {
   threads?: number;
   port?: number;
   logDir: string;
-  /** extra llama-server arguments, e.g. `--rpc` for a cluster head */
+  /** extra llama-server arguments */
   extraArgs?: string[];
+  /** arguments decided before every (re)start: a cluster head's `--rpc` and `--tensor-split` */
+  prepareArgs?: () => Promise<string[]>;
 }
 
 export interface LlamaServer {
@@ -55,6 +57,7 @@ export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServ
     args,
     env: { ...process.env, LD_LIBRARY_PATH: [o.engine.binDir, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":") },
     logFile: join(o.logDir, `llama-server-${o.modelId}.log`),
+    prepare: o.prepareArgs,
     healthCheck: async () => (await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000) })).ok,
   });
   await supervisor.start();

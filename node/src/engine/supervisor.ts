@@ -19,6 +19,8 @@ export interface SupervisorOptions {
   logFile: string;
   /** resolves true once the process serves */
   healthCheck: () => Promise<boolean>;
+  /** arguments decided anew before every (re)start, appended to args (e.g. a cluster's current split) */
+  prepare?: () => Promise<string[]>;
   startTimeoutMs?: number;
   /** first restart delay; doubles per failure up to maxBackoffMs */
   backoffMs?: number;
@@ -101,8 +103,10 @@ export class Supervisor extends EventEmitter<{
     await this.launch();
   }
 
-  private launch(): Promise<void> {
-    const { command, args } = this.opts;
+  private async launch(): Promise<void> {
+    const { command } = this.opts;
+    const args = [...this.opts.args, ...(this.opts.prepare ? await this.opts.prepare() : [])];
+    if (this.stopping) throw new Error(`${this.opts.name} is stopping`);
     const [cmd, argv] = hasSetpriv ? ["setpriv", ["--pdeathsig", "SIGKILL", "--", command, ...args]] : [command, args];
     this.log?.write(`\n--- ${new Date().toISOString()} starting ${command} ${args.join(" ")}\n`);
     const child = spawn(cmd, argv, { env: this.opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });

@@ -1,0 +1,136 @@
+/**
+ * The head of a LAN cluster: it asks the coordinator for its workers (which hands each the
+ * session key), measures the link to each through its tunnel, plans the layer split, and gives
+ * llama-server one local endpoint per member (`--rpc`) with the matching `--tensor-split`. This
+ * runs before every start of llama-server: when a member dies, llama-server fails, its jobs fail
+ * cleanly, and the restart re-forms the cluster over the members that still answer.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import type { ClusterMembers, NodeFrame } from "@sharedllm/protocol";
+import type { Logger } from "pino";
+import { type ModelLayout, type Placement, planPlacement, tensorSplit } from "./placement.js";
+import { dialTunnel, TunnelProxy } from "./tunnel.js";
+
+export interface ClusterHeadOptions {
+  headId: string;
+  /** node ids of the workers to split over */
+  members: string[];
+  layout: ModelLayout;
+  send: (frame: NodeFrame) => void;
+  relayBinary: string | undefined;
+  /** TLS on the tunnels */
+  tls?: boolean;
+  logger: Logger;
+  /** how long a session key lives; default 24 h */
+  sessionTtlMs?: number;
+}
+
+const FORM_TIMEOUT_MS = 15_000;
+
+export class ClusterHead {
+  private pending: { sessionId: string; resolve: (m: ClusterMembers) => void } | undefined;
+  private proxies: TunnelProxy[] = [];
+  plan: Placement | undefined;
+  /** bytes sent to and received from members over the life of this head (weights included) */
+  bytesOut = 0;
+  bytesIn = 0;
+
+  constructor(private readonly o: ClusterHeadOptions) {}
+
+  /** The coordinator's answer to a cluster.form. */
+  onMembers(frame: ClusterMembers): void {
+    if (this.pending?.sessionId === frame.sessionId) this.pending.resolve(frame);
+  }
+
+  private form(): Promise<{ members: ClusterMembers; key: string; sessionId: string }> {
+    const sessionId = randomUUID();
+    const key = randomBytes(32).toString("hex");
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending = undefined;
+        reject(new Error("the coordinator did not answer the cluster request (is this node connected?)"));
+      }, FORM_TIMEOUT_MS);
+      this.pending = {
+        sessionId,
+        resolve: (members) => {
+          clearTimeout(timer);
+          this.pending = undefined;
+          resolve({ members, key, sessionId });
+        },
+      };
+      this.o.send({
+        type: "cluster.form",
+        sessionId,
+        key,
+        members: this.o.members,
+        expiresAt: Date.now() + (this.o.sessionTtlMs ?? 24 * 3600_000),
+      });
+    });
+  }
+
+  /** Forms the cluster anew and returns llama-server's `--rpc`/`--tensor-split` arguments. */
+  async prepare(): Promise<string[]> {
+    await this.closeProxies();
+    const { members, key, sessionId } = await this.form();
+    for (const m of members.missing) this.o.logger.warn({ member: m.nodeId, reason: m.reason }, "cluster member unavailable");
+    // the link to each member, measured through its tunnel: the best of three handshakes (two round trips each)
+    const infos = [];
+    for (const m of members.members) {
+      const dial = { host: m.host, port: m.port, tls: m.tls, session: { id: sessionId, key }, headId: this.o.headId, workerId: m.nodeId };
+      let best = Number.POSITIVE_INFINITY;
+      try {
+        for (let i = 0; i < 3; i++) {
+          const t0 = performance.now();
+          (await dialTunnel(dial)).destroy();
+          best = Math.min(best, performance.now() - t0);
+        }
+      } catch (err) {
+        this.o.logger.warn({ member: m.nodeId, err: (err as Error).message }, "cluster member unreachable");
+        continue;
+      }
+      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best / 2 });
+    }
+    if (!infos.length) throw new Error("no cluster member is reachable");
+    const plan = planPlacement(this.o.layout, infos);
+    for (const e of plan.excluded) this.o.logger.warn(e, "cluster member left out of the split");
+    const ports: number[] = [];
+    for (const p of plan.members) {
+      const m = infos.find((x) => x.id === p.id) as (typeof infos)[number];
+      const proxy = new TunnelProxy(
+        { host: m.host, port: m.port, tls: m.tls, session: { id: sessionId, key }, headId: this.o.headId, workerId: m.nodeId },
+        this.o.relayBinary,
+        this.o.logger,
+      );
+      ports.push(await proxy.listen());
+      this.proxies.push(proxy);
+    }
+    this.plan = plan;
+    this.o.send({
+      type: "cluster.plan",
+      members: plan.members.map((m) => ({ nodeId: m.id, firstLayer: m.firstLayer, layerCount: m.layerCount, shareBps: m.shareBps })),
+    });
+    this.o.logger.info({ split: plan.members.map((m) => `${m.id}:${m.firstLayer}+${m.layerCount}`) }, "cluster formed");
+    return ["--rpc", ports.map((p) => `127.0.0.1:${p}`).join(","), "--tensor-split", tensorSplit(plan), "--n-gpu-layers", "999"];
+  }
+
+  private async closeProxies() {
+    for (const p of this.proxies) {
+      await p.close();
+      this.bytesOut += p.bytesOut;
+      this.bytesIn += p.bytesIn;
+    }
+    this.proxies = [];
+  }
+
+  /** Bytes moved through the current proxies so far (closed connections only) plus earlier ones. */
+  traffic(): { out: number; in: number } {
+    return {
+      out: this.bytesOut + this.proxies.reduce((s, p) => s + p.bytesOut, 0),
+      in: this.bytesIn + this.proxies.reduce((s, p) => s + p.bytesIn, 0),
+    };
+  }
+
+  close(): Promise<void> {
+    return this.closeProxies();
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * The node daemon, worker role: lends this machine to cluster heads of its site. It runs
+ * ggml-rpc-server on 127.0.0.1 (tensor cache on) behind the authenticated tunnel, tells the
+ * coordinator where the tunnel is, and takes the session keys heads obtain for it.
+ */
+import { readFile } from "node:fs/promises";
+import { cpus, freemem, loadavg } from "node:os";
+import { join } from "node:path";
+import type { Capabilities } from "@sharedllm/protocol";
+import type { Logger } from "pino";
+import { detectHardware } from "../daemon/capabilities.js";
+import { ControlClient } from "../daemon/controlClient.js";
+import { sessionCredentials } from "../daemon/daemon.js";
+import { ReceiptSigner } from "../daemon/receipts.js";
+import { ensureEngine } from "../engine/build.js";
+import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
+import type { Paths } from "../paths.js";
+import { type ProgressFactory, silentProgress } from "../progress.js";
+import { relayBinary } from "./relay.js";
+import { type RpcServer, startRpcServer } from "./rpcServer.js";
+import { TunnelServer } from "./tunnel.js";
+
+export interface WorkerDaemonOptions {
+  paths: Paths;
+  coordinatorUrl: string;
+  joinToken: string;
+  threads?: number;
+  /** where the tunnel listens; default 0.0.0.0 (it is the way in from the LAN) */
+  tunnelHost?: string;
+  /** default 0: any free port */
+  tunnelPort?: number;
+  /** PEM files: TLS on the tunnel, for links that cross untrusted networks */
+  tls?: { certFile: string; keyFile: string };
+  logger: Logger;
+  progress?: ProgressFactory;
+  signal?: AbortSignal;
+}
+
+export interface WorkerDaemon {
+  nodeId: string;
+  rpc: RpcServer;
+  tunnel: TunnelServer;
+  control: ControlClient;
+  stop(): Promise<void>;
+}
+
+/** A relative compute score (multiply-adds per ms on one thread, times threads): only ratios between members matter. */
+function computeScore(threads: number): number {
+  let x = 1.0001;
+  let ops = 0;
+  const until = performance.now() + 50;
+  while (performance.now() < until) {
+    for (let i = 0; i < 100_000; i++) x = x * 1.0000001 + 1e-9;
+    ops += 100_000;
+  }
+  return Math.max(1, Math.round((ops / 50 / 1_000) * threads + (x > 1e9 ? 1 : 0)));
+}
+
+export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerDaemon> {
+  const progress = o.progress ?? silentProgress;
+  const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
+  const nodeId = identity.nodeId;
+  const log = o.logger.child({ nodeId, role: "worker" });
+  const hardware = detectHardware(log);
+  const engine = await ensureEngine({ cache: o.paths.cache, progress, signal: o.signal });
+  const threads = o.threads ?? Math.max(1, cpus().length);
+  const rpc = await startRpcServer({ engine, cache: o.paths.cache, logDir: join(o.paths.home, "logs"), threads });
+  const tunnel = new TunnelServer({
+    nodeId,
+    host: o.tunnelHost ?? "0.0.0.0",
+    port: o.tunnelPort ?? 0,
+    upstreamPort: rpc.port,
+    relayBinary: await relayBinary(o.paths.cache),
+    tls: o.tls && { cert: await readFile(o.tls.certFile), key: await readFile(o.tls.keyFile) },
+    logger: log,
+  });
+  try {
+    await tunnel.listen();
+  } catch (err) {
+    await rpc.supervisor.stop();
+    throw new Error(`the tunnel cannot listen on ${o.tunnelHost ?? "0.0.0.0"}:${o.tunnelPort ?? 0}: ${(err as Error).message}`);
+  }
+  const hw = await hardware;
+  const speed = computeScore(threads);
+  const caps: Capabilities = {
+    ...hw,
+    threads,
+    freeDiskBytes: 0,
+    engineVariant: engine.variant,
+    tokensPerSecond: 0,
+    measuredAt: new Date().toISOString(),
+  };
+  const receipts = new ReceiptSigner(identity.account, (head) => tunnel.servesHead(head));
+  const control: ControlClient = new ControlClient({
+    coordinatorUrl: o.coordinatorUrl,
+    credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
+    logger: log,
+    hello: () => ({
+      nodeId,
+      engine: { tag: engine.tag, variant: engine.variant },
+      models: [],
+      slots: 1,
+      capabilities: caps,
+      role: "worker",
+      tunnel: { port: tunnel.port, tls: Boolean(o.tls), speed },
+    }),
+    status: () => ({
+      load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
+      freeMemoryBytes: freemem(),
+      loadedModels: [],
+      tokensPerSecond: 0,
+    }),
+    runJob: async (job, send) =>
+      send({ type: "job.error", jobId: job.jobId, message: "this node is a cluster worker and runs no jobs itself", retryable: true }),
+    loadModel: (frame, reply) =>
+      reply({ type: "models", models: [], failed: { model: frame.model, message: "a cluster worker serves no models" } }),
+    signReceipt: (frame) => receipts.sign(frame),
+    onClusterFrame: (f) => {
+      if (f.type !== "tunnel.session") return;
+      tunnel.addSession({ id: f.sessionId, key: f.key, head: f.head, expiresAt: f.expiresAt });
+      log.info({ head: f.head }, "cluster session from a head");
+      control.sendFrame({ type: "tunnel.ready", sessionId: f.sessionId });
+    },
+  });
+  const stop = async () => {
+    await control.close();
+    await tunnel.close();
+    await rpc.supervisor.stop();
+  };
+  try {
+    await control.start();
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  log.info({ tunnelPort: tunnel.port, rpcPort: rpc.port, speed }, "worker ready");
+  return { nodeId, rpc, tunnel, control, stop };
+}
