@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|control-plane|settlement, --rounds=N (20),
+ * in one run. Options: --only=coordinator|split|control-plane|settlement, --rounds=N (20),
  * --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --nodes=N (5000), --requests=N (2000), --json.
  */
@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
 import { benchSettlement } from "./settlement.ts";
+import { benchSplit } from "./split.ts";
 
 const { values } = parseArgs({
   options: {
@@ -23,7 +24,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|control-plane|settlement] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -48,6 +49,24 @@ if (!values.only || values.only === "coordinator") {
         `inter-token gap ms ${f(d.medianGapMs).padStart(8)} ${f(p.medianGapMs).padStart(11)} ${f(c.medianGapMs).padStart(13)}   ${f(r.gapRatio, 3)}x   (target within 5%)`,
         `bare pipe vs direct decode: ${f(r.pipeDecodeRatio, 3)}x; coordinator vs bare pipe: ${f(r.coordinatorVsPipeDecode, 3)}x`,
         `same text on both paths: ${r.sameText}`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+
+if (!values.only || values.only === "split") {
+  const r = await benchSplit({ rounds: Number(values.rounds), maxTokens: Number(values["max-tokens"]) });
+  results.split = r;
+  if (!values.json) {
+    const t = r.decodeTps as Record<string, number>;
+    process.stdout.write(
+      [
+        `model split over two rpc-servers on this machine (${r.rounds} interleaved rounds, ${r.maxTokens} tokens, median decode tokens/s)`,
+        `  raw --rpc ${f(t.raw ?? 0, 1)}   tunnelled ${f(t.tunnel ?? 0, 1)}   tunnelled with a Node pipe ${f(t.naivePipe ?? 0, 1)}   solo ${f(t.solo ?? 0, 1)}`,
+        `  tunnelled vs raw split: ${f(r.tunnelVsRaw, 3)}x (target >= 0.90); Node pipe vs raw: ${f(r.naivePipeVsRaw, 3)}x`,
+        `  split vs solo: ${f(r.splitVsSolo, 3)}x (raw split vs solo ${f(r.rawSplitVsSolo, 3)}x); same text on all arms: ${r.sameText}`,
+        `  bytes sent to the workers when the cluster forms: cold caches ${(r.reform.coldBytes / 2 ** 20).toFixed(1)} MiB, re-formed warm ${(r.reform.warmBytes / 2 ** 20).toFixed(1)} MiB`,
         "",
       ].join("\n"),
     );
