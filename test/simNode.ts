@@ -55,6 +55,8 @@ export class SimNode {
       served?: ServedModel[];
       slots?: number;
       onJob?: SimJobHandler;
+      /** extra hello fields (role, tunnel) */
+      hello?: Record<string, unknown>;
       /** receipt requests (paid jobs); default: ignored */
       onReceiptRequest?: (req: ReceiptRequest, send: (f: NodeFrame) => void) => void;
     },
@@ -86,6 +88,7 @@ export class SimNode {
             engine: { tag: "sim", variant: "cpu" },
             models: this.o.served ?? (this.o.models ?? ["sim-model"]).map((id) => ({ id, sha256: "0".repeat(64), contextSize: 2048 })),
             slots: this.o.slots ?? 2,
+            ...this.o.hello,
           }),
         ),
       );
@@ -114,6 +117,11 @@ export class SimNode {
       });
     });
     ws.once("close", () => clearInterval(this.timer));
+  }
+
+  /** Sends any frame on the control channel. */
+  send(frame: NodeFrame): void {
+    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
   }
 
   stop(): void {

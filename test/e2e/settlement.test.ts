@@ -144,6 +144,82 @@ describe("work receipts", () => {
   });
 });
 
+describe("split clusters", () => {
+  it("pays every member of a split by its layer share, each signing its own receipt", async () => {
+    const db = await testDatabase();
+    const joinToken = randomBytes(32).toString("base64url");
+    const coordinator = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...db,
+      joinToken,
+      logger: quietLogger(),
+      ledger: chain.ledgerOptions({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 }),
+    });
+    cleanups.push(db.cleanup, () => coordinator.close());
+    const sign = (by: SimNode) => (req: ReceiptRequest, send: (f: never) => void) =>
+      void by.account
+        .signTypedData({
+          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+          types: WORK_RECEIPT_TYPES,
+          primaryType: "WorkReceipt",
+          message: receiptFromWire(req.receipt),
+        })
+        .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never));
+    const workers: SimNode[] = [];
+    const vias: (string | undefined)[] = [];
+    for (let i = 0; i < 2; i++) {
+      const w: SimNode = new SimNode({
+        coordinatorUrl: coordinator.url,
+        joinToken,
+        models: [],
+        hello: { role: "worker", tunnel: { port: 7000 + i, tls: false, speed: 10 } },
+        onReceiptRequest: (req, send) => {
+          vias.push(req.via);
+          sign(w)(req, send as never);
+        },
+      });
+      await w.start();
+      cleanups.push(() => w.stop());
+      workers.push(w);
+    }
+    const head = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"], hello: { role: "head" } });
+    await head.start();
+    cleanups.push(() => head.stop());
+    head.send({
+      type: "cluster.plan",
+      members: [
+        { nodeId: workers[0]?.id as string, firstLayer: 0, layerCount: 20, shareBps: 6667 },
+        { nodeId: workers[1]?.id as string, firstLayer: 20, layerCount: 10, shareBps: 3333 },
+      ],
+    });
+    await waitFor("the split to show", () => coordinator.fleet.get(head.id)?.cluster?.length === 2);
+    const key = await paidKey(coordinator.url, devWallet(16), chain.coordinator.address);
+    for (let i = 0; i < 3; i++) await chat(coordinator.url, key);
+    const earned = async (node: SimNode) =>
+      BigInt(
+        (
+          await coordinator.db
+            .selectFrom("ledger_entries")
+            .select(sql<string | null>`sum(amount)`.as("t"))
+            .where("address", "=", node.id)
+            .where("kind", "=", "earn")
+            .executeTakeFirstOrThrow()
+        ).t ?? 0,
+      );
+    await waitFor(
+      "six receipts",
+      async () => (await coordinator.db.selectFrom("receipts").select("id").where("status", "=", "accepted").execute()).length === 6,
+    );
+    // 7 credits a job, split 6667/3333 bps: 4 + 2 with the rounding unit to the first member, three jobs
+    expect(await earned(workers[0] as SimNode)).toBe(3n * 5n);
+    expect(await earned(workers[1] as SimNode)).toBe(3n * 2n);
+    expect((await earned(workers[0] as SimNode)) + (await earned(workers[1] as SimNode))).toBe(3n * JOB_COST);
+    expect(await earned(head)).toBe(0n);
+    expect(new Set(vias)).toEqual(new Set([head.id]));
+  });
+});
+
 describe("settlement", () => {
   function startCli(args: string[], env: NodeJS.ProcessEnv) {
     const child = spawn(process.execPath, [BIN, ...args], {
