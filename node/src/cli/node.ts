@@ -134,7 +134,6 @@ export function nodeCommand(): Command {
     .option("--tunnel-host <host>", "worker: address the tunnel listens on", "0.0.0.0")
     .option("--tunnel-tls-cert <file>", "worker: PEM certificate: TLS on the tunnel (with --tunnel-tls-key)")
     .option("--tunnel-tls-key <file>", "worker: PEM private key for --tunnel-tls-cert")
-    .option("--tunnel-tls", "head: the workers' tunnels use TLS")
     .option("--verbose", "log at info level")
     .action(
       async (o: {
@@ -144,7 +143,6 @@ export function nodeCommand(): Command {
         tunnelHost: string;
         tunnelTlsCert?: string;
         tunnelTlsKey?: string;
-        tunnelTls?: boolean;
         coordinator?: string;
         token?: string;
         model: string;
@@ -173,7 +171,7 @@ export function nodeCommand(): Command {
         if (members.some((m) => !/^0x[0-9a-f]{40}$/.test(m)))
           throw new Error("--members takes node ids (0x and 40 hex digits), comma-separated");
         const daemon = await startNodeDaemon({
-          cluster: o.role === "head" ? { members, tls: o.tunnelTls } : undefined,
+          cluster: o.role === "head" ? { members } : undefined,
           paths,
           ...config,
           model: o.model,

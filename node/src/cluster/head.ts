@@ -18,8 +18,6 @@ export interface ClusterHeadOptions {
   layout: ModelLayout;
   send: (frame: NodeFrame) => void;
   relayBinary: string | undefined;
-  /** TLS on the tunnels */
-  tls?: boolean;
   logger: Logger;
   /** how long a session key lives; default 24 h */
   sessionTtlMs?: number;

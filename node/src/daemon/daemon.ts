@@ -51,7 +51,7 @@ export interface NodeDaemonOptions {
   /** cap on the memory the node's engines may use, bytes (weights + KV cache); default: none */
   maxMemoryBytes?: number;
   /** head role: split the model over these workers (node ids) through RPC tunnels */
-  cluster?: { members: string[]; tls?: boolean };
+  cluster?: { members: string[] };
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -109,7 +109,6 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       layout: await readModelLayout(store.blobPath(model.sha256), slots * contextPerSlot),
       send: (f) => control.sendFrame(f),
       relayBinary: await relayBinary(o.paths.cache),
-      tls: o.cluster.tls,
       logger: o.logger.child({ nodeId, role: "head" }),
     });
   /** every model this node serves, each on its own supervised llama-server */
