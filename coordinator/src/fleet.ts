@@ -3,7 +3,16 @@
  * running, and the routing of their frames back to whoever waits for them.
  * Choosing a node is a pure function over a snapshot (`pickNode`).
  */
-import type { Capabilities, ClusterPlan, CoordinatorFrame, Heartbeat, JobErrorFrame, JobStart, ServedModel, Usage } from "@sharedllm/protocol";
+import type {
+  Capabilities,
+  ClusterPlan,
+  CoordinatorFrame,
+  Heartbeat,
+  JobErrorFrame,
+  JobStart,
+  ServedModel,
+  Usage,
+} from "@sharedllm/protocol";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {

@@ -157,7 +157,15 @@ export interface ClusterMembers {
   missing: { nodeId: string; reason: string }[];
 }
 
-export type CoordinatorFrame = Welcome | JobStart | JobCancel | ModelLoad | ReceiptRequest | TunnelSessionFrame | ClusterMembers | ControlErrorFrame;
+export type CoordinatorFrame =
+  | Welcome
+  | JobStart
+  | JobCancel
+  | ModelLoad
+  | ReceiptRequest
+  | TunnelSessionFrame
+  | ClusterMembers
+  | ControlErrorFrame;
 
 /**
  * node -> coordinator: one server-sent event's data, to relay verbatim. This is
@@ -244,7 +252,14 @@ export const tunnelReadySchema = z.object({ type: z.literal("tunnel.ready"), ses
 /** head -> coordinator: the layer split now served (for the network view and for paying every member) */
 export const clusterPlanSchema = z.object({
   type: z.literal("cluster.plan"),
-  members: z.array(z.object({ nodeId: z.string(), firstLayer: z.number().int().nonnegative(), layerCount: z.number().int().positive(), shareBps: z.number().int().min(0).max(10_000) })),
+  members: z.array(
+    z.object({
+      nodeId: z.string(),
+      firstLayer: z.number().int().nonnegative(),
+      layerCount: z.number().int().positive(),
+      shareBps: z.number().int().min(0).max(10_000),
+    }),
+  ),
 });
 export type ClusterPlan = z.infer<typeof clusterPlanSchema>;
 

@@ -6,10 +6,10 @@
 import {
   CLOSE_REFUSED,
   type ClusterMembers,
-  type clusterFormSchema,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
   type CoordinatorFrame,
+  type clusterFormSchema,
   decodeChunkFrame,
   errorBody,
   type Hello,
