@@ -66,6 +66,8 @@ export function relay(a: Socket, b: Socket, binary: string | undefined): Relayed
 }
 
 function pipeInNode(a: Socket, b: Socket): Relayed {
+  a.setNoDelay(true);
+  b.setNoDelay(true);
   let aToB = 0;
   let bToA = 0;
   a.on("data", (d: Buffer) => {

@@ -170,6 +170,8 @@ export class TunnelServer {
 
   private async accept(socket: Socket) {
     socket.on("error", () => {});
+    // many small RPC round trips per token: Nagle's algorithm would hold each one back
+    socket.setNoDelay(true);
     const serverNonce = randomBytes(16).toString("hex");
     socket.write(`${JSON.stringify({ p: TUNNEL_PROTOCOL, node: this.o.nodeId, nonce: serverNonce })}\n`);
     let hello: Record<string, unknown>;
