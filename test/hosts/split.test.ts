@@ -8,6 +8,7 @@
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import net from "node:net";
+import { totalmem } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Coordinator, createApiKey, startCoordinator } from "../../coordinator/src/index.ts";
@@ -150,6 +151,8 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     expect(headNode?.role).toBe("head");
     expect(headNode?.cluster?.map((m) => m.nodeId).sort()).toEqual(workers.map((w) => w.id).sort());
     expect(headNode?.cluster?.reduce((s, m) => s + m.layerCount, 0)).toBe(30);
+    // one virtual node whose capacity is its machines' together (here: three namespaces of one machine)
+    expect(headNode?.capacity?.memoryBytes).toBe(3 * totalmem());
     for (const prompt of PROMPTS) {
       const split = await chat(prompt);
       expect(split.status).toBe(200);

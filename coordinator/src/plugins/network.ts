@@ -7,7 +7,7 @@
 import type { Capabilities } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { Db } from "../db/database.js";
-import type { Fleet } from "../fleet.js";
+import type { ConnectedNode, Fleet } from "../fleet.js";
 import type { Metrics } from "../metrics.js";
 
 export interface NetworkNode {
@@ -27,10 +27,21 @@ export interface NetworkNode {
   role: "solo" | "worker" | "head";
   /** a head's layer split over its workers */
   cluster: { nodeId: string; firstLayer: number; layerCount: number; shareBps: number }[] | null;
+  /** a virtual node's capacity: its members' memory summed (a solo node's own) */
+  capacity: { memoryBytes: number; vramBytes: number } | null;
   lastSeenAt: string;
 }
 
 export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fleet; metrics: Metrics }): Promise<void> {
+  /** What a serving unit can hold: a head counts the members of its split (and itself). */
+  const capacity = (n: ConnectedNode) => {
+    const units = [n, ...(n.cluster ?? []).map((m) => o.fleet.get(m.nodeId)).filter((x) => x !== undefined)];
+    if (!units.some((u) => u.capabilities)) return null;
+    return {
+      memoryBytes: units.reduce((s, u) => s + (u.capabilities?.memoryBytes ?? 0), 0),
+      vramBytes: units.reduce((s, u) => s + (u.capabilities?.vramBytes ?? 0), 0),
+    };
+  };
   app.get("/v1/network", async () => {
     const online = o.fleet.list();
     const onlineIds = new Set(online.map((n) => n.id));
@@ -48,6 +59,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
       capabilities: n.capabilities ?? null,
       role: n.role,
       cluster: n.cluster ?? null,
+      capacity: capacity(n),
       lastSeenAt: new Date(n.lastSeenAt).toISOString(),
     }));
     for (const row of await o.db.selectFrom("nodes").selectAll().orderBy("last_seen_at", "desc").limit(1_000).execute()) {
@@ -66,6 +78,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
         capabilities: null,
         role: "solo",
         cluster: null,
+        capacity: null,
         lastSeenAt: new Date(row.last_seen_at).toISOString(),
       });
     }
