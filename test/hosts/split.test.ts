@@ -103,7 +103,13 @@ async function chat(content: string, extra: Record<string, unknown> = {}) {
 async function network() {
   const res = await fetch(`${coordinator.url}/v1/network`, { headers: { authorization: `Bearer ${apiKey}` } });
   return (await res.json()) as {
-    nodes: { id: string; role: string; status: string; cluster: { nodeId: string; layerCount: number }[] | null }[];
+    nodes: {
+      id: string;
+      role: string;
+      status: string;
+      cluster: { nodeId: string; layerCount: number }[] | null;
+      capacity: { memoryBytes: number } | null;
+    }[];
   };
 }
 
