@@ -1,3 +1,4 @@
+export * from "./beacon.js";
 export * from "./control.js";
 export * from "./errors.js";
 export * from "./ledger.js";

@@ -1,0 +1,29 @@
+import { describe, expect, it } from "vitest";
+import { decideRole, type Member } from "./clustering.js";
+
+const GiB = 2 ** 30;
+const m = (id: string, address: string, memoryGiB: number, rttMs?: number): Member => ({
+  nodeId: id,
+  address,
+  memoryBytes: memoryGiB * GiB,
+  rttMs,
+});
+
+describe("decideRole", () => {
+  it("is solo without near peers (a slow link does not count)", () => {
+    expect(decideRole(m("a", "10.0.0.2", 8), [m("b", "10.0.0.3", 16, 10.8)])).toEqual({ role: "solo", head: "a", workers: [] });
+    expect(decideRole(m("a", "10.0.0.2", 8), [m("b", "10.0.0.3", 16)])).toMatchObject({ role: "solo" });
+  });
+
+  it("makes the member with the most memory the head, ties to the lowest address", () => {
+    const peers = [m("b", "10.0.0.3", 16, 0.3), m("c", "10.0.0.4", 8, 0.4), m("far", "10.0.0.9", 64, 10)];
+    expect(decideRole(m("a", "10.0.0.2", 8), peers)).toEqual({ role: "worker", head: "b", workers: ["a", "c"] });
+    expect(decideRole(m("b", "10.0.0.3", 16), [m("a", "10.0.0.2", 8, 0.3), m("c", "10.0.0.4", 8, 0.3)])).toEqual({
+      role: "head",
+      head: "b",
+      workers: ["a", "c"],
+    });
+    // equal memory: 10.0.0.10 is higher than 10.0.0.9 (numeric, not string order)
+    expect(decideRole(m("x", "10.0.0.10", 8), [m("y", "10.0.0.9", 8, 0.2)])).toMatchObject({ role: "worker", head: "y" });
+  });
+});

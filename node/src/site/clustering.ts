@@ -1,0 +1,40 @@
+/**
+ * Which cluster this daemon belongs to (DESIGN.md section 8): the peers whose median round trip
+ * is under the threshold (2 ms) form a cluster with it; the head is the member with the most
+ * memory (ties: the lowest address). Pure, from this daemon's own view of its peers.
+ */
+
+export interface Member {
+  nodeId: string;
+  address: string;
+  memoryBytes: number;
+  /** median round trip from this daemon; undefined until measured */
+  rttMs?: number;
+}
+
+export interface Decision {
+  role: "solo" | "head" | "worker";
+  head: string;
+  /** the cluster's members other than the head (node ids, sorted) */
+  workers: string[];
+}
+
+function addressKey(address: string): number {
+  return address.split(".").reduce((a, o) => a * 256 + Number(o), 0);
+}
+
+export function decideRole(self: Member, peers: Member[], thresholdMs = 2): Decision {
+  const near = peers.filter((p) => p.rttMs !== undefined && p.rttMs < thresholdMs);
+  if (!near.length) return { role: "solo", head: self.nodeId, workers: [] };
+  const members = [self, ...near].sort((a, b) => b.memoryBytes - a.memoryBytes || addressKey(a.address) - addressKey(b.address));
+  const head = members[0] as Member;
+  const workers = members
+    .slice(1)
+    .map((m) => m.nodeId)
+    .sort();
+  return { role: head.nodeId === self.nodeId ? "head" : "worker", head: head.nodeId, workers };
+}
+
+export function sameDecision(a: Decision | undefined, b: Decision): boolean {
+  return !!a && a.role === b.role && a.head === b.head && a.workers.join() === b.workers.join();
+}

@@ -1,0 +1,189 @@
+/**
+ * A daemon's LAN discovery: it announces itself every few seconds (multicast, plus broadcast
+ * where multicast is dropped, plus unicast to the addresses of `--scan`), learns its site's
+ * peers from their beacons, and keeps the median of recent probe/pong round trips to each.
+ */
+import dgram from "node:dgram";
+import { EventEmitter } from "node:events";
+import { type Beacon, type BeaconFailure, DISCOVERY_GROUP, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon } from "@sharedllm/protocol";
+import type { Logger } from "pino";
+
+export interface Peer {
+  nodeId: string;
+  address: string;
+  port: number;
+  lastSeen: number;
+  memoryBytes: number;
+  role?: Beacon["role"];
+  tunnelPort?: number;
+  /** recent round trips, ms (newest last) */
+  rtts: number[];
+}
+
+export interface DiscoveryOptions {
+  key: Buffer;
+  nodeId: string;
+  /** what this node announces now */
+  info: () => Pick<Beacon, "memoryBytes" | "role" | "tunnelPort">;
+  /** UDP port to listen on and to announce to; default 47474 */
+  port?: number;
+  /** multicast group; null turns multicast off */
+  group?: string | null;
+  /** broadcast address for the fallback (e.g. 10.0.0.255); default none */
+  broadcast?: string;
+  /** host[:port] targets probed by unicast: `--scan` ranges, expanded */
+  targets?: string[];
+  /** interface address to bind and send multicast from; default all */
+  bindAddress?: string;
+  intervalMs?: number;
+  logger: Logger;
+}
+
+/** Round trips kept per peer (the median of these is the link estimate). */
+const RTT_SAMPLES = 7;
+/** A peer not heard from for this long is gone. */
+export const PEER_TIMEOUT_MS = 10_000;
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+export class Discovery extends EventEmitter<{ change: [] }> {
+  private socket: dgram.Socket | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly nonces = new NonceCache();
+  /** probe nonce -> sent at */
+  private readonly probes = new Map<string, number>();
+  readonly peers = new Map<string, Peer>();
+  readonly ignored: Record<BeaconFailure, number> = { malformed: 0, other_site: 0, expired: 0, bad_signature: 0, replayed: 0 };
+  multicast = false;
+
+  constructor(private readonly o: DiscoveryOptions) {
+    super();
+  }
+
+  get port(): number {
+    return this.o.port ?? DISCOVERY_PORT;
+  }
+
+  async start(): Promise<void> {
+    const socket = dgram.createSocket({ type: "udp4", reuseAddr: true });
+    this.socket = socket;
+    socket.on("message", (msg, rinfo) => this.onMessage(msg, rinfo));
+    socket.on("error", (err) => this.o.logger.warn({ err: err.message }, "discovery socket error"));
+    await new Promise<void>((resolve) => socket.bind(this.port, this.o.bindAddress, resolve));
+    socket.setBroadcast(true);
+    const group = this.o.group === undefined ? DISCOVERY_GROUP : this.o.group;
+    if (group) {
+      try {
+        socket.addMembership(group, this.o.bindAddress);
+        socket.setMulticastTTL(1);
+        socket.setMulticastLoopback(true);
+        this.multicast = true;
+      } catch (err) {
+        this.o.logger.warn({ err: (err as Error).message }, "multicast unavailable: beacons go by broadcast and --scan only");
+      }
+    }
+    this.tick();
+    this.timer = setInterval(() => this.tick(), this.o.intervalMs ?? 2_000);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.socket?.close();
+    this.socket = undefined;
+  }
+
+  /** Peers heard recently, with the median round trip (undefined until measured). */
+  view(now = Date.now()): (Peer & { rttMs?: number })[] {
+    return [...this.peers.values()]
+      .filter((p) => now - p.lastSeen < PEER_TIMEOUT_MS)
+      .map((p) => ({ ...p, rttMs: p.rtts.length ? median(p.rtts) : undefined }));
+  }
+
+  private send(packet: Buffer, address: string, port = this.port) {
+    this.socket?.send(packet, port, address, () => {});
+  }
+
+  private tick() {
+    const now = Date.now();
+    for (const [id, p] of this.peers) {
+      if (now - p.lastSeen > PEER_TIMEOUT_MS) {
+        this.peers.delete(id);
+        this.emit("change");
+      }
+    }
+    for (const [nonce, at] of this.probes) if (now - at > PEER_TIMEOUT_MS) this.probes.delete(nonce);
+    const beacon = () => sealBeacon(this.o.key, { kind: "beacon", node: this.o.nodeId, ...this.o.info() });
+    const group = this.o.group === undefined ? DISCOVERY_GROUP : this.o.group;
+    if (this.multicast && group) this.send(beacon(), group);
+    if (this.o.broadcast) this.send(beacon(), this.o.broadcast);
+    for (const t of this.o.targets ?? []) {
+      const [host, port] = t.split(":");
+      this.send(beacon(), host as string, port ? Number(port) : this.port);
+    }
+    // one probe per known peer per tick: the round trips feed the clustering
+    for (const p of this.peers.values()) this.probe(p.address, p.port);
+  }
+
+  private probe(address: string, port: number) {
+    const packet = sealBeacon(this.o.key, { kind: "probe", node: this.o.nodeId, ...this.o.info() });
+    const nonce = (JSON.parse(packet.toString().split("\n")[0] as string) as Beacon).nonce;
+    this.probes.set(nonce, performance.now());
+    this.send(packet, address, port);
+  }
+
+  private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo) {
+    const opened = openBeacon(this.o.key, msg, this.nonces);
+    if (!opened.ok) {
+      this.ignored[opened.reason] += 1;
+      return;
+    }
+    const b = opened.beacon;
+    if (b.node === this.o.nodeId) return;
+    const known = this.peers.get(b.node);
+    const peer: Peer = known ?? { nodeId: b.node, address: rinfo.address, port: rinfo.port, lastSeen: 0, memoryBytes: 0, rtts: [] };
+    peer.address = rinfo.address;
+    peer.port = b.kind === "beacon" ? rinfo.port : peer.port;
+    peer.lastSeen = Date.now();
+    peer.memoryBytes = b.memoryBytes ?? peer.memoryBytes;
+    peer.role = b.role ?? peer.role;
+    peer.tunnelPort = b.tunnelPort ?? peer.tunnelPort;
+    if (!known) {
+      this.peers.set(b.node, peer);
+      this.o.logger.info({ peer: b.node, address: rinfo.address }, "found a site peer");
+      this.emit("change");
+    }
+    if (b.kind === "probe") {
+      this.send(sealBeacon(this.o.key, { kind: "pong", node: this.o.nodeId, echo: b.nonce, ...this.o.info() }), rinfo.address, rinfo.port);
+    } else if (b.kind === "pong" && b.echo) {
+      const sentAt = this.probes.get(b.echo);
+      if (sentAt === undefined) return;
+      this.probes.delete(b.echo);
+      peer.rtts.push(performance.now() - sentAt);
+      if (peer.rtts.length > RTT_SAMPLES) peer.rtts.shift();
+      this.emit("change");
+    }
+  }
+}
+
+/** The addresses of an IPv4 CIDR range (at most a /16), without network and broadcast addresses. */
+export function expandCidr(cidr: string): string[] {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr.trim());
+  if (!m) throw new Error(`"${cidr}" is not an IPv4 range like 192.168.1.0/24`);
+  const octets = m.slice(1, 5).map(Number);
+  const bits = Number(m[5]);
+  if (octets.some((o) => o > 255) || bits > 32) throw new Error(`"${cidr}" is not an IPv4 range like 192.168.1.0/24`);
+  if (bits < 16) throw new Error(`${cidr} is too large to scan: use /16 or smaller`);
+  const base = octets.reduce((a, o) => (a << 8) | o, 0) >>> 0;
+  const size = 2 ** (32 - bits);
+  const start = (base & ~(size - 1)) >>> 0;
+  const out: string[] = [];
+  for (let i = size > 2 ? 1 : 0; i < (size > 2 ? size - 1 : size); i++) {
+    const a = (start + i) >>> 0;
+    out.push([a >>> 24, (a >>> 16) & 255, (a >>> 8) & 255, a & 255].join("."));
+  }
+  return out;
+}

@@ -1,0 +1,154 @@
+/**
+ * A site member with no per-machine configuration: it discovers its site's peers on the LAN,
+ * measures round trips to them, and takes the role the clustering decides: solo (serves the
+ * model itself), worker (lends its rpc-server to the head) or head (serves the model split over
+ * its workers). Decisions must hold for a debounce period before the role changes, so a
+ * flapping link does not thrash the cluster; a head waits until its workers announce themselves
+ * as workers before it forms the split.
+ */
+import { networkInterfaces, totalmem } from "node:os";
+import { siteBeaconKey } from "@sharedllm/protocol";
+import type { Logger } from "pino";
+import { startWorkerDaemon, type WorkerDaemon } from "../cluster/worker.js";
+import { type NodeDaemon, startNodeDaemon } from "../daemon/daemon.js";
+import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
+import type { Paths } from "../paths.js";
+import type { ProgressFactory } from "../progress.js";
+import { type Decision, decideRole, sameDecision } from "./clustering.js";
+import { Discovery } from "./discovery.js";
+
+export interface SiteDaemonOptions {
+  paths: Paths;
+  coordinatorUrl: string;
+  joinToken: string;
+  model: string;
+  slots?: number;
+  threads?: number;
+  /** unicast discovery targets (expanded `--scan` ranges), for networks that drop multicast */
+  scanTargets?: string[];
+  discoveryPort?: number;
+  /** multicast group; null: no multicast */
+  group?: string | null;
+  broadcast?: string;
+  /** round trip under which peers cluster; default 2 ms */
+  thresholdMs?: number;
+  /** how long a new decision must hold before the role changes; default 6 s */
+  debounceMs?: number;
+  beaconIntervalMs?: number;
+  logger: Logger;
+  progress?: ProgressFactory;
+  signal?: AbortSignal;
+}
+
+export interface SiteDaemon {
+  nodeId: string;
+  discovery: Discovery;
+  role(): Decision["role"];
+  decision(): Decision | undefined;
+  stop(): Promise<void>;
+}
+
+export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon> {
+  const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
+  const nodeId = identity.nodeId;
+  const log = o.logger.child({ nodeId, part: "site" });
+  let current: { decision: Decision; daemon: NodeDaemon | WorkerDaemon } | undefined;
+  let switching: Promise<void> | undefined;
+  const discovery = new Discovery({
+    key: siteBeaconKey(o.joinToken),
+    nodeId,
+    info: () => ({ memoryBytes: totalmem(), role: current?.decision.role }),
+    port: o.discoveryPort,
+    group: o.group,
+    broadcast: o.broadcast,
+    targets: o.scanTargets,
+    intervalMs: o.beaconIntervalMs,
+    logger: log,
+  });
+  await discovery.start();
+
+  const common = {
+    paths: o.paths,
+    coordinatorUrl: o.coordinatorUrl,
+    joinToken: o.joinToken,
+    threads: o.threads,
+    logger: o.logger,
+    progress: o.progress,
+    signal: o.signal,
+  };
+  const run = async (d: Decision): Promise<NodeDaemon | WorkerDaemon> => {
+    if (d.role === "worker") return startWorkerDaemon(common);
+    return startNodeDaemon({ ...common, model: o.model, slots: o.slots, cluster: d.role === "head" ? { members: d.workers } : undefined });
+  };
+  const apply = async (d: Decision) => {
+    if (sameDecision(current?.decision, d)) return;
+    log.info({ role: d.role, head: d.head, workers: d.workers }, "taking a new role");
+    await current?.daemon.stop();
+    current = undefined;
+    current = { decision: d, daemon: await run(d) };
+  };
+
+  const decide = (): Decision => {
+    const view = discovery.view();
+    const self = { nodeId, address: ownAddress(view[0]?.address), memoryBytes: totalmem() };
+    return decideRole(
+      self,
+      view.map((p) => ({ nodeId: p.nodeId, address: p.address, memoryBytes: p.memoryBytes, rttMs: p.rttMs })),
+      o.thresholdMs,
+    );
+  };
+  let pending: { decision: Decision; since: number } | undefined;
+  const evaluate = () => {
+    if (switching) return;
+    const d = decide();
+    if (sameDecision(current?.decision, d)) {
+      pending = undefined;
+      return;
+    }
+    if (!sameDecision(pending?.decision, d)) pending = { decision: d, since: Date.now() };
+    if (Date.now() - (pending?.since ?? 0) < (o.debounceMs ?? 6_000)) return;
+    // a head forms its split once its workers say they are workers
+    if (d.role === "head") {
+      const ready = d.workers.every((w) => discovery.peers.get(w)?.role === "worker");
+      if (!ready) return;
+    }
+    pending = undefined;
+    switching = apply(d)
+      .catch((err: Error) => log.error({ err: err.message, role: d.role }, "could not take the role; will retry"))
+      .finally(() => {
+        switching = undefined;
+      });
+  };
+  // the first role: solo until the peers are measured
+  await apply({ role: "solo", head: nodeId, workers: [] });
+  const timer = setInterval(evaluate, 500);
+  return {
+    nodeId,
+    discovery,
+    role: () => current?.decision.role ?? "solo",
+    decision: () => current?.decision,
+    async stop() {
+      clearInterval(timer);
+      await switching;
+      discovery.stop();
+      await current?.daemon.stop();
+    },
+  };
+}
+
+/** This machine's IPv4 address on the peers' network (longest common prefix with a peer's address). */
+function ownAddress(peer: string | undefined): string {
+  const mine = Object.values(networkInterfaces())
+    .flat()
+    .filter((a) => a && a.family === "IPv4" && !a.internal)
+    .map((a) => (a as { address: string }).address);
+  if (!peer) return mine[0] ?? "127.0.0.1";
+  const common = (a: string) => {
+    const x = a.split(".");
+    const y = peer.split(".");
+    let n = 0;
+    while (n < 4 && x[n] === y[n]) n++;
+    return n;
+  };
+  return mine.sort((a, b) => common(b) - common(a))[0] ?? "127.0.0.1";
+}
