@@ -10,6 +10,7 @@ import { creditsCommand } from "./credits.js";
 import { engineCommand } from "./engine.js";
 import { modelsCommand } from "./models.js";
 import { nodeCommand } from "./node.js";
+import { siteCommand } from "./site.js";
 import { upCommand } from "./up.js";
 
 const program = new Command("sharedllm")
@@ -23,6 +24,7 @@ program.addCommand(nodeCommand());
 program.addCommand(coordinatorCommand());
 program.addCommand(creditsCommand());
 program.addCommand(contractsCommand());
+program.addCommand(siteCommand());
 
 // settings of the root are not inherited by commands added with addCommand()
 const configure = (cmd: Command) => {

@@ -19,12 +19,12 @@ import { terminalProgress } from "../progress.js";
 import { positiveInt } from "./args.js";
 import { shutdownSignal } from "./shutdown.js";
 
-interface NodeConfig {
+export interface NodeConfig {
   coordinatorUrl: string;
   joinToken: string;
 }
 
-interface NodeRun {
+export interface NodeRun {
   pid: number;
   nodeId: string;
   coordinatorUrl: string;
@@ -69,7 +69,7 @@ async function nodeConfig(home: string, o: { coordinator?: string; token?: strin
 }
 
 /** The running daemon of this home, if any. */
-async function runningNode(home: string): Promise<NodeRun | undefined> {
+export async function runningNode(home: string): Promise<NodeRun | undefined> {
   const run = await readJson<NodeRun>(files(home).run);
   return run && isAlive(run.pid) ? run : undefined;
 }

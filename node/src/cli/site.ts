@@ -1,0 +1,287 @@
+/**
+ * `sharedllm site`: an institution in two commands. `site init` on one machine runs the site's
+ * coordinator and prints the join command; `site join` on every other machine enrols it and runs
+ * a site daemon, which finds its peers on the LAN and clusters with the near ones by itself.
+ * `site scan` probes a range where multicast is dropped; `site status` shows the site.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import dgram from "node:dgram";
+import { mkdir, open, rm, writeFile } from "node:fs/promises";
+import { homedir, networkInterfaces } from "node:os";
+import { join } from "node:path";
+import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
+import { Command, Option } from "commander";
+import { pino } from "pino";
+import { registerNode } from "../daemon/registration.js";
+import { loadNodeIdentity } from "../identity.js";
+import { writeFileAtomic } from "../lock.js";
+import { resolvePaths } from "../paths.js";
+import { terminalProgress } from "../progress.js";
+import { expandCidr } from "../site/discovery.js";
+import { startSiteDaemon } from "../site/siteDaemon.js";
+import { positiveInt } from "./args.js";
+import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
+import { checkUrl, files, type NodeConfig, type NodeRun, readJson, runningNode } from "./node.js";
+import { shutdownSignal } from "./shutdown.js";
+
+/** This machine's LAN address, for the join command others run. */
+function lanAddress(): string {
+  const all = Object.values(networkInterfaces()).flat();
+  return all.find((a) => a && a.family === "IPv4" && !a.internal)?.address ?? "127.0.0.1";
+}
+
+async function enrol(home: string, url: string, token: string): Promise<{ nodeId: string; config: NodeConfig }> {
+  const config: NodeConfig = { coordinatorUrl: checkUrl(url), joinToken: token };
+  const identity = await loadNodeIdentity(home);
+  if (!identity) throw new Error("could not create the node key");
+  await registerNode({ ...config, account: identity.account }).catch((err: Error) => {
+    throw new Error(
+      err.name === "RegistrationRefused"
+        ? `${config.coordinatorUrl} refused this machine: ${err.message} (check --token)`
+        : `cannot reach ${config.coordinatorUrl}: ${err.message}`,
+    );
+  });
+  await mkdir(home, { recursive: true });
+  await writeFileAtomic(files(home).config, `${JSON.stringify(config, null, 2)}\n`, 0o600);
+  return { nodeId: identity.nodeId, config };
+}
+
+export function siteCommand(): Command {
+  const cmd = new Command("site").description("set up an institution: one coordinator, every other machine joins and clusters by itself");
+
+  cmd
+    .command("init")
+    .description("run this site's coordinator (creating the site on first run) and print the command that joins a machine")
+    .addOption(new Option("--port <port>", "coordinator port").default(8787).argParser(positiveInt))
+    .option("--host <host>", "address to listen on", "0.0.0.0")
+    .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
+    .option("--verbose", "log at info level")
+    .action(async (o: { port: number; host: string; databaseUrl?: string; verbose?: boolean }) => {
+      const signal = shutdownSignal();
+      const { home } = resolvePaths();
+      await mkdir(home, { recursive: true });
+      await coordinatorAccount(home);
+      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+      const { coordinator, joinToken, apiKey } = await runCoordinator({
+        home,
+        host: o.host,
+        port: o.port,
+        databaseUrl: o.databaseUrl,
+        logger,
+      });
+      const port = new URL(coordinator.url).port;
+      const address = o.host === "0.0.0.0" ? lanAddress() : o.host;
+      await writeFileAtomic(
+        join(home, "site.json"),
+        `${JSON.stringify({ coordinatorUrl: `http://${address}:${port}`, pid: process.pid }, null, 2)}\n`,
+        0o600,
+      );
+      process.stdout.write(
+        [
+          `site coordinator: http://${address}:${port}/v1 (OpenAI-compatible)`,
+          `API key:          ${apiKey}`,
+          "join each machine of the site (run on that machine):",
+          `  sharedllm site join http://${address}:${port} --token ${joinToken}`,
+          "",
+        ].join("\n"),
+      );
+      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+      await coordinator.close();
+      await rm(join(home, "site.json"), { force: true });
+    });
+
+  cmd
+    .command("join")
+    .description("enrol this machine in a site and run its daemon (it finds its LAN peers and clusters with them)")
+    .argument("<coordinator-url>", "the site's coordinator, as site init printed it")
+    .requiredOption("--token <token>", "the site's join token")
+    .option("--model <source>", "model to serve", "default")
+    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
+    .addOption(new Option("--threads <n>", "CPU threads (default: all cores)").argParser(positiveInt))
+    .option("--scan <cidr...>", "also probe these ranges for peers (networks that drop multicast)")
+    .option("--no-multicast", "do not use multicast beacons")
+    .option("--broadcast <address>", "broadcast address for beacons, e.g. 192.168.1.255")
+    .option("--background", "run the daemon in the background (log in $SHAREDLLM_HOME/logs/site.log)")
+    .option("--service", "install and start it as a systemd user service")
+    .option("--verbose", "log at info level")
+    .action(
+      async (
+        url: string,
+        o: {
+          token: string;
+          model: string;
+          slots: number;
+          threads?: number;
+          scan?: string[];
+          multicast: boolean;
+          broadcast?: string;
+          background?: boolean;
+          service?: boolean;
+          verbose?: boolean;
+        },
+      ) => {
+        const paths = resolvePaths();
+        const scanTargets = (o.scan ?? []).flatMap(expandCidr);
+        const running = await runningNode(paths.home);
+        if (running) {
+          if (running.coordinatorUrl === checkUrl(url)) {
+            process.stdout.write(`already joined: node ${running.nodeId} runs for ${running.coordinatorUrl} (pid ${running.pid})\n`);
+            return;
+          }
+          throw new Error(`a node daemon already runs for ${running.coordinatorUrl} here; stop it first`);
+        }
+        const { nodeId, config } = await enrol(paths.home, url, o.token);
+        const rest = process.argv.slice(process.argv.indexOf("join") + 1).filter((a) => a !== "--background" && a !== "--service");
+        if (o.service) return installService(paths.home, rest);
+        if (o.background) {
+          await mkdir(join(paths.home, "logs"), { recursive: true });
+          const log = await open(join(paths.home, "logs", "site.log"), "a");
+          const child = spawn(process.execPath, [process.argv[1] as string, "site", "join", ...rest], {
+            detached: true,
+            stdio: ["ignore", log.fd, log.fd],
+            env: process.env,
+          });
+          child.unref();
+          process.stdout.write(
+            `node ${nodeId} joined ${config.coordinatorUrl}; the daemon runs in the background (pid ${child.pid}, log ${join(paths.home, "logs", "site.log")})\n`,
+          );
+          return;
+        }
+        const signal = shutdownSignal();
+        const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+        const daemon = await startSiteDaemon({
+          paths,
+          ...config,
+          model: o.model,
+          slots: o.slots,
+          threads: o.threads,
+          scanTargets,
+          group: o.multicast ? undefined : null,
+          broadcast: o.broadcast,
+          logger,
+          progress: terminalProgress(),
+          signal,
+        });
+        const run: NodeRun = { pid: process.pid, nodeId, coordinatorUrl: config.coordinatorUrl, startedAt: new Date().toISOString() };
+        await writeFileAtomic(files(paths.home).run, `${JSON.stringify(run, null, 2)}\n`);
+        process.stdout.write(`node ${nodeId} joined ${config.coordinatorUrl} and looks for its LAN peers\n`);
+        await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+        await daemon.stop();
+        await rm(files(paths.home).run, { force: true });
+        process.stderr.write("stopped\n");
+      },
+    );
+
+  cmd
+    .command("scan")
+    .description("probe a range for this site's daemons (where multicast is dropped)")
+    .argument("<cidr>", "IPv4 range, e.g. 192.168.1.0/24")
+    .option("--token <token>", "the site's join token (default: the one this machine joined with)")
+    .addOption(new Option("--wait <ms>", "how long to wait for answers").default(2000).argParser(positiveInt))
+    .action(async (cidr: string, o: { token?: string; wait: number }) => {
+      const { home } = resolvePaths();
+      const token =
+        o.token ??
+        (await readJson<NodeConfig>(files(home).config))?.joinToken ??
+        (await readJson<{ joinToken: string }>(join(home, "secrets.json")))?.joinToken;
+      if (!token) throw new Error("no site known here: pass --token <join token>, or run it on a machine that joined");
+      const targets = expandCidr(cidr);
+      const key = siteBeaconKey(token);
+      const me = (await loadNodeIdentity(home))?.nodeId as string;
+      const socket = dgram.createSocket("udp4");
+      await new Promise<void>((r) => socket.bind(0, r));
+      const nonces = new NonceCache();
+      const sent = new Map<string, number>();
+      const found = new Map<string, { address: string; rttMs: number; memoryBytes?: number; role?: string }>();
+      socket.on("message", (msg, rinfo) => {
+        const b = openBeacon(key, msg, nonces);
+        if (!b.ok || b.beacon.kind !== "pong" || !b.beacon.echo) return;
+        const at = sent.get(b.beacon.echo);
+        if (at === undefined || found.has(b.beacon.node)) return;
+        found.set(b.beacon.node, {
+          address: rinfo.address,
+          rttMs: performance.now() - at,
+          memoryBytes: b.beacon.memoryBytes,
+          role: b.beacon.role,
+        });
+      });
+      for (const address of targets) {
+        const packet = sealBeacon(key, { kind: "probe", node: me });
+        sent.set((JSON.parse(packet.toString().split("\n")[0] as string) as { nonce: string }).nonce, performance.now());
+        socket.send(packet, DISCOVERY_PORT, address);
+      }
+      await new Promise((r) => setTimeout(r, o.wait));
+      socket.close();
+      if (!found.size) {
+        process.stdout.write(`no daemon of this site answered in ${cidr}\n`);
+        process.exitCode = 1;
+        return;
+      }
+      process.stdout.write(`${found.size} daemon(s) of this site in ${cidr}:\n`);
+      for (const [node, f] of [...found].sort((a, b) => a[1].address.localeCompare(b[1].address))) {
+        process.stdout.write(
+          `  ${f.address.padEnd(15)} ${node}  ${f.role ?? "?"}  ${((f.memoryBytes ?? 0) / 2 ** 30).toFixed(1)} GiB  ${f.rttMs.toFixed(2)} ms\n`,
+        );
+      }
+    });
+
+  cmd
+    .command("status")
+    .description("show the site as its coordinator sees it: nodes, roles, clusters and their splits")
+    .option("--coordinator <url>", "the site's coordinator (default: the one this machine joined)")
+    .action(async (o: { coordinator?: string }) => {
+      const { home } = resolvePaths();
+      const url =
+        o.coordinator ??
+        (await readJson<NodeConfig>(files(home).config))?.coordinatorUrl ??
+        (await readJson<{ coordinatorUrl: string }>(join(home, "site.json")))?.coordinatorUrl;
+      if (!url) throw new Error("no site known here: pass --coordinator <url>");
+      const res = await fetch(`${checkUrl(url)}/v1/network`).catch((err: Error) => {
+        throw new Error(`cannot reach ${url}: ${err.message}`);
+      });
+      const net = (await res.json()) as {
+        nodes: {
+          id: string;
+          status: string;
+          role: string;
+          models: string[];
+          cluster: { nodeId: string; layerCount: number }[] | null;
+          capacity: { memoryBytes: number } | null;
+        }[];
+      };
+      for (const n of net.nodes.filter((x) => x.status === "online")) {
+        const split = n.cluster ? `  split: ${n.cluster.map((m) => `${m.nodeId.slice(0, 10)}…:${m.layerCount}`).join(" ")}` : "";
+        process.stdout.write(`${n.id}  ${n.role.padEnd(6)}  ${n.models.join(",") || "-"}${split}\n`);
+      }
+    });
+  return cmd;
+}
+
+function installService(home: string, args: string[]) {
+  if (spawnSync("systemctl", ["--user", "--version"], { stdio: "ignore" }).status !== 0) {
+    throw new Error("systemd user services are not available here; use --background or run it in the foreground");
+  }
+  const unit = join(homedir(), ".config", "systemd", "user", "sharedllm-site.service");
+  const quoted = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
+  const text = [
+    "[Unit]",
+    "Description=SharedLLM site daemon",
+    "After=network-online.target",
+    "",
+    "[Service]",
+    `Environment=SHAREDLLM_HOME=${home}`,
+    `ExecStart=${process.execPath} ${quoted(process.argv[1] as string)} site join ${args.map(quoted).join(" ")}`,
+    "Restart=on-failure",
+    "",
+    "[Install]",
+    "WantedBy=default.target",
+    "",
+  ].join("\n");
+  return mkdir(join(homedir(), ".config", "systemd", "user"), { recursive: true })
+    .then(() => writeFile(unit, text))
+    .then(() => {
+      const r = spawnSync("systemctl", ["--user", "enable", "--now", "sharedllm-site.service"], { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`systemctl could not start the service: ${r.stderr.trim()}`);
+      process.stdout.write(`installed and started ${unit}\n`);
+    });
+}
