@@ -123,7 +123,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     cleanups.push(db.cleanup);
     coordinator = await startCoordinator({ host: lan.gateway, port: 0, ...db, joinToken, logger: quietLogger() });
     apiKey = (await createApiKey(coordinator.db, "split")).secret;
-    const [h, w1, w2] = [lan.addHost("head"), lan.addHost("w1"), lan.addHost("w2")] as [Host, Host, Host];
+    const [h, w1, w2] = [await lan.addHost("head"), await lan.addHost("w1"), await lan.addHost("w2")];
     workers.push(await startDaemon(w1, ["--role", "worker"]), await startDaemon(w2, ["--role", "worker"]));
     head = await startDaemon(h, ["--role", "head", "--members", workers.map((w) => w.id).join(","), "--slots", "1"]);
     // the reference: the same model on one llama-server, in the root namespace
