@@ -85,7 +85,10 @@ async function rejoin(host: Host, home: string, url: string, token: string, extr
 
 async function network(url: string): Promise<NetNode[]> {
   const nodes = ((await (await fetch(`${url}/v1/network`)).json()) as { nodes: NetNode[] }).nodes.filter((n) => n.status === "online");
-  if (process.env.SITE_DEBUG) process.stderr.write(`${nodes.map((n) => `${n.id.slice(0, 8)}:${n.role}:${n.models.length}:${(n.cluster ?? []).map((m) => m.nodeId.slice(0, 8)).join("+")}`).join(" ")}\n`);
+  if (process.env.SITE_DEBUG)
+    process.stderr.write(
+      `${nodes.map((n) => `${n.id.slice(0, 8)}:${n.role}:${n.models.length}:${(n.cluster ?? []).map((m) => m.nodeId.slice(0, 8)).join("+")}`).join(" ")}\n`,
+    );
   return nodes;
 }
 

@@ -47,7 +47,7 @@ describe("LAN discovery", () => {
       () => a.view().find((p) => p.nodeId === id(2))?.rttMs !== undefined && b.view().some((p) => p.nodeId === id(1)),
     );
     expect(a.view().map((p) => p.nodeId)).toEqual([id(2)]);
-    expect((a.view()[0]?.rttMs ?? 99) < 2).toBe(true);
+    expect(a.view()[0]?.rttMs).toBeLessThan(50);
     await waitFor("site B's beacons to be ignored", () => a.ignored.other_site > 0);
 
     // a forged beacon (site A's id, no key) and a replayed genuine one

@@ -41,6 +41,8 @@ export interface DiscoveryOptions {
 
 /** Round trips kept per peer (the median of these is the link estimate). */
 const RTT_SAMPLES = 7;
+/** Scan targets beaconed per tick. */
+const SCAN_SLICE = 64;
 /** A peer not heard from for this long is gone. */
 export const PEER_TIMEOUT_MS = 10_000;
 
@@ -56,6 +58,7 @@ export class Discovery extends EventEmitter<{ change: [] }> {
   private readonly nonces = new NonceCache();
   /** probe nonce -> sent at */
   private readonly probes = new Map<string, number>();
+  private scanAt = 0;
   readonly peers = new Map<string, Peer>();
   readonly ignored: Record<BeaconFailure, number> = { malformed: 0, other_site: 0, expired: 0, bad_signature: 0, replayed: 0 };
   multicast = false;
@@ -116,16 +119,29 @@ export class Discovery extends EventEmitter<{ change: [] }> {
       }
     }
     for (const [nonce, at] of this.probes) if (now - at > PEER_TIMEOUT_MS) this.probes.delete(nonce);
+    // one probe per known peer per tick, half a tick after the beacons, so a burst of scan
+    // datagrams does not sit between a probe and the timing of its pong
+    setTimeout(
+      () => {
+        for (const p of this.peers.values()) this.probe(p.address, p.port);
+      },
+      (this.o.intervalMs ?? 2_000) / 2,
+    ).unref();
     const beacon = () => sealBeacon(this.o.key, { kind: "beacon", node: this.o.nodeId, ...this.o.info() });
     const group = this.o.group === undefined ? DISCOVERY_GROUP : this.o.group;
     if (this.multicast && group) this.send(beacon(), group);
     if (this.o.broadcast) this.send(beacon(), this.o.broadcast);
-    for (const t of this.o.targets ?? []) {
+    // a scan sweeps its range a slice per tick, skipping known peers: datagrams to absent hosts wait
+    // for ARP in the socket's send buffer, and a whole /24 at once would crowd out the probes
+    const targets = this.o.targets ?? [];
+    const known = new Set([...this.peers.values()].map((p) => `${p.address}:${p.port}`));
+    for (let i = 0; i < Math.min(SCAN_SLICE, targets.length); i++) {
+      const t = targets[(this.scanAt + i) % targets.length] as string;
       const [host, port] = t.split(":");
-      this.send(beacon(), host as string, port ? Number(port) : this.port);
+      const target = `${host}:${port ?? this.port}`;
+      if (!known.has(target)) this.send(beacon(), host as string, port ? Number(port) : this.port);
     }
-    // one probe per known peer per tick: the round trips feed the clustering
-    for (const p of this.peers.values()) this.probe(p.address, p.port);
+    this.scanAt = targets.length ? (this.scanAt + SCAN_SLICE) % targets.length : 0;
   }
 
   private probe(address: string, port: number) {
