@@ -258,6 +258,10 @@ export const clusterPlanSchema = z.object({
       firstLayer: z.number().int().nonnegative(),
       layerCount: z.number().int().positive(),
       shareBps: z.number().int().min(0).max(10_000),
+      /** what the head measured: the member's compute score, link round trip and throughput */
+      speed: z.number().nonnegative().optional(),
+      rttMs: z.number().nonnegative().optional(),
+      throughputMiBps: z.number().nonnegative().optional(),
     }),
   ),
 });

@@ -133,6 +133,10 @@ describe.skipIf(!canUseNetns())("a site on four hosts", () => {
     // equal memory (one machine): the lowest address, a, heads
     await waitFor("the cluster to form", async () => shape(await network(site.url), a.id, [b.id, c.id], [far.id]), 240_000, 1_000);
 
+    // the head measured its members; site status shows the split with speed and link
+    const status = execFileSync(process.execPath, [BIN, "site", "status", "--coordinator", site.url]).toString();
+    expect(status).toMatch(new RegExp(`${a.id}\\s+head`));
+    expect(status).toMatch(/layers 0-\d+ on 0x[0-9a-f]{40}\s+speed \d+\s+link \d+\.\d+ ms, \d+ MiB\/s/);
     // requests at once: the virtual node and the solo node both serve
     const served = new Set<string>();
     await waitFor(

@@ -4,7 +4,7 @@
  * `GET /metrics`: Prometheus text. Both are read-only views for the portal, the
  * CLI and monitoring.
  */
-import type { Capabilities } from "@sharedllm/protocol";
+import type { Capabilities, ClusterPlan } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { Db } from "../db/database.js";
 import type { ConnectedNode, Fleet } from "../fleet.js";
@@ -26,7 +26,7 @@ export interface NetworkNode {
   /** solo, worker (lends its rpc-server) or head (serves a split model) */
   role: "solo" | "worker" | "head";
   /** a head's layer split over its workers */
-  cluster: { nodeId: string; firstLayer: number; layerCount: number; shareBps: number }[] | null;
+  cluster: ClusterPlan["members"] | null;
   /** a virtual node's capacity: its members' memory summed (a solo node's own) */
   capacity: { memoryBytes: number; vramBytes: number } | null;
   lastSeenAt: string;

@@ -245,13 +245,21 @@ export function siteCommand(): Command {
           status: string;
           role: string;
           models: string[];
-          cluster: { nodeId: string; layerCount: number }[] | null;
+          cluster:
+            | { nodeId: string; firstLayer: number; layerCount: number; speed?: number; rttMs?: number; throughputMiBps?: number }[]
+            | null;
           capacity: { memoryBytes: number } | null;
         }[];
       };
       for (const n of net.nodes.filter((x) => x.status === "online")) {
-        const split = n.cluster ? `  split: ${n.cluster.map((m) => `${m.nodeId.slice(0, 10)}…:${m.layerCount}`).join(" ")}` : "";
-        process.stdout.write(`${n.id}  ${n.role.padEnd(6)}  ${n.models.join(",") || "-"}${split}\n`);
+        const memory = n.capacity ? `  ${(n.capacity.memoryBytes / 2 ** 30).toFixed(1)} GiB` : "";
+        process.stdout.write(`${n.id}  ${n.role.padEnd(6)}  ${n.models.join(",") || "-"}${memory}\n`);
+        for (const m of n.cluster ?? []) {
+          const link = m.rttMs === undefined ? "" : `  link ${m.rttMs.toFixed(2)} ms, ${(m.throughputMiBps ?? 0).toFixed(0)} MiB/s`;
+          process.stdout.write(
+            `    layers ${m.firstLayer}-${m.firstLayer + m.layerCount - 1} on ${m.nodeId}  speed ${m.speed ?? "?"}${link}\n`,
+          );
+        }
       }
     });
   return cmd;

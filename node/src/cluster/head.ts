@@ -8,8 +8,8 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import type { ClusterMembers, NodeFrame } from "@sharedllm/protocol";
 import type { Logger } from "pino";
-import { type ModelLayout, type Placement, planPlacement, tensorSplit } from "./placement.js";
-import { dialTunnel, TunnelProxy } from "./tunnel.js";
+import { type MemberInfo, type ModelLayout, type Placement, planPlacement, tensorSplit } from "./placement.js";
+import { dialTunnel, measureThroughput, TunnelProxy } from "./tunnel.js";
 
 export interface ClusterHeadOptions {
   headId: string;
@@ -72,7 +72,7 @@ export class ClusterHead {
     const { members, key, sessionId } = await this.form();
     for (const m of members.missing) this.o.logger.warn({ member: m.nodeId, reason: m.reason }, "cluster member unavailable");
     // the link to each member, measured through its tunnel: the best of three handshakes (two round trips each)
-    const infos = [];
+    const infos: (MemberInfo & ClusterMembers["members"][number])[] = [];
     for (const m of members.members) {
       const dial = { host: m.host, port: m.port, tls: m.tls, session: { id: sessionId, key }, headId: this.o.headId, workerId: m.nodeId };
       let best = Number.POSITIVE_INFINITY;
@@ -86,7 +86,8 @@ export class ClusterHead {
         this.o.logger.warn({ member: m.nodeId, err: (err as Error).message }, "cluster member unreachable");
         continue;
       }
-      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best / 2 });
+      const throughputMiBps = await measureThroughput(dial).catch(() => 0);
+      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best / 2, throughputMiBps });
     }
     if (!infos.length) throw new Error("no cluster member is reachable");
     const plan = planPlacement(this.o.layout, infos);
@@ -105,7 +106,18 @@ export class ClusterHead {
     this.plan = plan;
     this.o.send({
       type: "cluster.plan",
-      members: plan.members.map((m) => ({ nodeId: m.id, firstLayer: m.firstLayer, layerCount: m.layerCount, shareBps: m.shareBps })),
+      members: plan.members.map((m) => {
+        const info = infos.find((x) => x.id === m.id);
+        return {
+          nodeId: m.id,
+          firstLayer: m.firstLayer,
+          layerCount: m.layerCount,
+          shareBps: m.shareBps,
+          speed: info?.tokensPerSecond,
+          rttMs: info?.rttMs,
+          throughputMiBps: info?.throughputMiBps,
+        };
+      }),
     });
     this.o.logger.info({ split: plan.members.map((m) => `${m.id}:${m.firstLayer}+${m.layerCount}`) }, "cluster formed");
     return ["--rpc", ports.map((p) => `127.0.0.1:${p}`).join(","), "--tensor-split", tensorSplit(plan), "--n-gpu-layers", "999"];

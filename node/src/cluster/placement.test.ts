@@ -59,6 +59,8 @@ describe("planPlacement", () => {
       ]),
     );
     expect(roomy.excluded).toHaveLength(2);
+    const narrow = planPlacement(model(30), [member("a", 4096), { ...member("thin", 4096), throughputMiBps: 2 }]);
+    expect(narrow.excluded).toEqual([{ id: "thin", reason: "link too narrow (2.0 MiB/s)" }]);
     // a and b alone cannot hold it: the weak member is needed after all
     const tight = planPlacement(model(30), [member("a", 128 + 150, 20), member("b", 128 + 150, 20), member("weak", 4096, 2)]);
     expect(tight.members.map((m) => m.id).sort()).toEqual(["a", "b", "weak"]);

@@ -26,6 +26,8 @@ export interface MemberInfo {
   tokensPerSecond: number;
   /** round trip to the head over the tunnel */
   rttMs: number;
+  /** measured link throughput to the head; undefined when not measured */
+  throughputMiBps?: number;
 }
 
 export interface PlacedMember {
@@ -53,6 +55,8 @@ export interface PlacementOptions {
   minRelativeSpeed?: number;
   /** a member further than this round trip is left out when possible; default 5 ms */
   maxRttMs?: number;
+  /** a member whose link carries less than this is left out when possible; default 10 MiB/s */
+  minThroughputMiBps?: number;
 }
 
 export class PlacementError extends Error {
@@ -141,6 +145,8 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
   const reserve = opts.reserveBytes ?? 128 * MiB;
   const minRelative = opts.minRelativeSpeed ?? 0.25;
   const maxRtt = opts.maxRttMs ?? 5;
+  const minThroughput = opts.minThroughputMiBps ?? 10;
+  const nearEnough = (m: MemberInfo) => m.rttMs <= maxRtt && (m.throughputMiBps === undefined || m.throughputMiBps >= minThroughput);
   if (!model.layerBytes.length) throw new PlacementError("the model has no layers to place", 0);
   const usable = members.filter((m) => m.tokensPerSecond > 0 && m.freeMemoryBytes > 0);
   const excluded = members.filter((m) => !usable.includes(m)).map((m) => ({ id: m.id, reason: "no measured speed or no free memory" }));
@@ -160,7 +166,7 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
     }
   };
   // start with the members fast and near enough to matter; add the others only while memory requires them
-  let set = ranked.filter((m) => m.tokensPerSecond >= fastest * minRelative && m.rttMs <= maxRtt);
+  let set = ranked.filter((m) => m.tokensPerSecond >= fastest * minRelative && nearEnough(m));
   let plan = set.length ? tryPlan(set) : undefined;
   for (const m of ranked) {
     if (plan) break;
@@ -181,7 +187,13 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
   const counts = plan.counts;
   for (const m of ranked) {
     if (set.includes(m)) continue;
-    excluded.push({ id: m.id, reason: m.rttMs > maxRtt ? `link too slow (${m.rttMs} ms round trip)` : "too slow to help" });
+    const reason =
+      m.rttMs > maxRtt
+        ? `link too slow (${m.rttMs} ms round trip)`
+        : !nearEnough(m)
+          ? `link too narrow (${m.throughputMiBps?.toFixed(1)} MiB/s)`
+          : "too slow to help";
+    excluded.push({ id: m.id, reason });
   }
   const placed: PlacedMember[] = [];
   const bytes = usage(model, counts);

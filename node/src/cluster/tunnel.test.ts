@@ -13,7 +13,7 @@ import { quietLogger, tempPaths, waitFor } from "../../../test/helpers.ts";
 import { findEngine } from "../engine/build.js";
 import { relayBinary } from "./relay.js";
 import { type RpcServer, startRpcServer } from "./rpcServer.js";
-import { TUNNEL_PROTOCOL, TunnelProxy, TunnelServer, type TunnelSession } from "./tunnel.js";
+import { measureThroughput, TUNNEL_PROTOCOL, TunnelProxy, TunnelServer, type TunnelSession } from "./tunnel.js";
 
 const WORKER = "0x00000000000000000000000000000000000000aa";
 const HEAD = "0x00000000000000000000000000000000000000bb";
@@ -96,7 +96,7 @@ function rawAttempt(
 
 const clientLine = (key: string, serverNonce: string, nonce = randomBytes(16).toString("hex"), id = session.id) => {
   const mac = createHmac("sha256", Buffer.from(key, "hex"))
-    .update(["client", id, HEAD, WORKER, serverNonce, nonce, ""].join("|"))
+    .update(["client", id, HEAD, WORKER, serverNonce, nonce, "", "relay"].join("|"))
     .digest("hex");
   return `${JSON.stringify({ session: id, head: HEAD, nonce, mac })}\n`;
 };
@@ -152,6 +152,13 @@ describe("the RPC tunnel", () => {
     expect(refused).toMatchObject({ "no handshake": 1, malformed: 1, "wrong key": 2, "unknown session": 1, "stale session": 1 });
     // rpc-server saw only the one valid connection
     expect(await rpc.acceptedConnections()).toBe(before + 1);
+  });
+
+  it("measures a link's throughput through an authenticated tunnel without touching rpc-server", async () => {
+    const before = await rpc.acceptedConnections();
+    const mibps = await measureThroughput({ host: "127.0.0.1", port: tunnel.port, session, headId: HEAD, workerId: WORKER }, 2 * 2 ** 20);
+    expect(mibps).toBeGreaterThan(1);
+    expect(await rpc.acceptedConnections()).toBe(before);
   });
 
   it("greets with its protocol and node id", async () => {

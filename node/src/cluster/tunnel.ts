@@ -5,8 +5,8 @@
  * per-cluster-session key (handed out over the control channel):
  *
  *   worker -> head  {"p":"sharedllm-tunnel/1","node":<worker>,"nonce":<sn>}
- *   head -> worker  {"session":<id>,"head":<head>,"nonce":<cn>,"mac":HMAC(key, client|id|head|worker|sn|cn|tls)}
- *   worker -> head  {"ok":true,"mac":HMAC(key, server|id|head|worker|sn|cn|tls)}
+ *   head -> worker  {"session":<id>,"head":<head>,"nonce":<cn>,"mode":<m>,"mac":HMAC(key, client|id|head|worker|sn|cn|tls|m)}
+ *   worker -> head  {"ok":true,"mac":HMAC(key, server|id|head|worker|sn|cn|tls|m)}
  *
  * Both nonces are fresh per connection, so a recorded handshake cannot be replayed; `tls` is the
  * TLS channel binding (exported keying material) when the link uses TLS, so a man in the middle
@@ -197,13 +197,16 @@ export class TunnelServer {
       return this.refuse(socket, "stale session");
     }
     if (session.head !== head) return this.refuse(socket, "wrong head");
-    const parts = [id, head, this.o.nodeId, serverNonce, nonce, binding(socket)];
+    // "bench": the head measures the link's throughput; the bytes are counted, not relayed
+    const bench = hello.mode === "bench";
+    const parts = [id, head, this.o.nodeId, serverNonce, nonce, binding(socket), bench ? "bench" : "relay"];
     if (!sameMac(theirs, mac(session.key, "client", parts))) return this.refuse(socket, "wrong key");
     const seen = this.seen.get(id) as Set<string>;
     if (seen.has(nonce)) return this.refuse(socket, "replayed");
     // the head waits for our answer before sending anything: bytes already here break the protocol
     if (socket.readableLength > 0) return this.refuse(socket, "malformed");
     seen.add(nonce);
+    if (bench) return this.sink(socket, mac(session.key, "server", parts));
     const upstream = net.connect({ host: "127.0.0.1", port: this.o.upstreamPort, noDelay: true });
     upstream.pause();
     try {
@@ -228,6 +231,37 @@ export class TunnelServer {
     this.stats.bytesIn += moved.aToB;
     this.stats.bytesOut += moved.bToA;
   }
+
+  /** A link measurement: count what the head sends until it stops, then say how much arrived. */
+  private sink(socket: Socket, serverMac: string) {
+    let bytes = 0;
+    socket.write(`${JSON.stringify({ ok: true, mac: serverMac })}\n`);
+    socket.on("data", (d: Buffer) => {
+      bytes += d.length;
+      if (bytes > 256 * 2 ** 20) socket.destroy();
+    });
+    socket.once("end", () => socket.end(`${JSON.stringify({ bytes })}\n`));
+    socket.resume();
+  }
+}
+
+/** Throughput of the link to a worker: MiB/s of a few MiB sent through an authenticated tunnel. */
+export async function measureThroughput(o: DialOptions, bytes = 4 * 2 ** 20): Promise<number> {
+  const socket = await dialTunnel({ ...o, mode: "bench" });
+  try {
+    const t0 = performance.now();
+    const chunk = Buffer.alloc(256 * 1024);
+    for (let sent = 0; sent < bytes; sent += chunk.length) {
+      if (!socket.write(chunk)) await new Promise((r) => socket.once("drain", r));
+    }
+    socket.end();
+    const answer = await readLine(socket, 30_000);
+    const ms = performance.now() - t0;
+    if (answer.bytes !== bytes) throw new Error(`the worker counted ${String(answer.bytes)} of ${bytes} bytes`);
+    return bytes / 2 ** 20 / (ms / 1000);
+  } finally {
+    socket.destroy();
+  }
 }
 
 export interface DialOptions {
@@ -239,6 +273,8 @@ export interface DialOptions {
   workerId: string;
   /** TLS on the link; the server's certificate is not checked (the HMAC proves the peer) */
   tls?: boolean;
+  /** relay (default): to rpc-server; bench: a throughput measurement */
+  mode?: "relay" | "bench";
   timeoutMs?: number;
 }
 
@@ -265,8 +301,9 @@ export async function dialTunnel(o: DialOptions): Promise<Socket> {
     if (greeting.p !== TUNNEL_PROTOCOL) throw new Error(`not a ${TUNNEL_PROTOCOL} tunnel`);
     if (greeting.node !== o.workerId) throw new Error(`the tunnel belongs to ${String(greeting.node)}, not ${o.workerId}`);
     const nonce = randomBytes(16).toString("hex");
-    const parts = [o.session.id, o.headId, o.workerId, String(greeting.nonce), nonce, binding(socket)];
-    socket.write(`${JSON.stringify({ session: o.session.id, head: o.headId, nonce, mac: mac(o.session.key, "client", parts) })}\n`);
+    const mode = o.mode ?? "relay";
+    const parts = [o.session.id, o.headId, o.workerId, String(greeting.nonce), nonce, binding(socket), mode];
+    socket.write(`${JSON.stringify({ session: o.session.id, head: o.headId, nonce, mode, mac: mac(o.session.key, "client", parts) })}\n`);
     const answer = await readLine(socket, timeout);
     if (answer.ok !== true || typeof answer.mac !== "string" || !sameMac(answer.mac, mac(o.session.key, "server", parts))) {
       throw new Error("the worker did not prove it holds the session key");
