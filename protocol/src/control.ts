@@ -223,6 +223,8 @@ export const modelsSchema = z.object({
   type: z.literal("models"),
   models: z.array(servedModelSchema),
   failed: z.object({ model: z.string(), message: z.string() }).optional(),
+  /** capabilities measured after the hello (a head measures once its cluster serves) */
+  capabilities: capabilitiesSchema.optional(),
 });
 
 /** node -> coordinator: a signed WorkReceipt, or the reason the node will not sign the one proposed */

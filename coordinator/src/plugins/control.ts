@@ -123,6 +123,10 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             req.log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
             return;
           case "models":
+            if (frame.capabilities) {
+              node.capabilities = frame.capabilities;
+              node.tokensPerSecond = frame.capabilities.tokensPerSecond;
+            }
             o.fleet.setModels(node, new Map(frame.models.map((m) => [m.id, m])));
             if (frame.failed) req.log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
             return void rememberModels(frame.models).catch((err) => req.log.error({ err }, "recording models failed"));

@@ -264,7 +264,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       measure: () => measureSpeed(primary.llama.url),
     });
     log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
-    if (head) control.sendFrame({ type: "models", models: servedModels() });
+    if (head) control.sendFrame({ type: "models", models: servedModels(), capabilities: caps });
     else await control.start();
   } catch (err) {
     clearInterval(scheduleTimer);
