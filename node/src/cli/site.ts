@@ -10,7 +10,7 @@ import { mkdir, open, rm, writeFile } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { registerNode } from "../daemon/registration.js";
 import { loadNodeIdentity } from "../identity.js";
@@ -101,6 +101,13 @@ export function siteCommand(): Command {
     .option("--scan <cidr...>", "also probe these ranges for peers (networks that drop multicast)")
     .option("--no-multicast", "do not use multicast beacons")
     .option("--broadcast <address>", "broadcast address for beacons, e.g. 192.168.1.255")
+    .addOption(
+      new Option("--cluster-rtt <ms>", "peers with a median round trip under this cluster together").default(2).argParser((v) => {
+        const n = Number(v);
+        if (!(n > 0 && n < 1000)) throw new InvalidArgumentError("expected milliseconds, e.g. 2");
+        return n;
+      }),
+    )
     .option("--background", "run the daemon in the background (log in $SHAREDLLM_HOME/logs/site.log)")
     .option("--service", "install and start it as a systemd user service")
     .option("--verbose", "log at info level")
@@ -115,6 +122,7 @@ export function siteCommand(): Command {
           scan?: string[];
           multicast: boolean;
           broadcast?: string;
+          clusterRtt: number;
           background?: boolean;
           service?: boolean;
           verbose?: boolean;
@@ -158,6 +166,7 @@ export function siteCommand(): Command {
           scanTargets,
           group: o.multicast ? undefined : null,
           broadcast: o.broadcast,
+          thresholdMs: o.clusterRtt,
           logger,
           progress: terminalProgress(),
           signal,
