@@ -8,7 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { type SettlementOptions, startCoordinator } from "@sharedllm/coordinator";
 import { type ReceiptRequest, receiptFromWire, WORK_RECEIPT_TYPES, workReceiptDomain } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Address, LocalAccount } from "viem";
@@ -36,6 +36,24 @@ afterAll(async () => {
   await chain?.stop();
 });
 
+/** A coordinator with the ledger on the test chain (settling as a fresh coordinator account when asked). */
+async function ledgerCoordinator(settlement: SettlementOptions, opts: { ownAccount?: boolean } = {}) {
+  const db = await testDatabase();
+  const joinToken = randomBytes(32).toString("base64url");
+  const account = opts.ownAccount ? privateKeyToAccount(generatePrivateKey()) : chain.coordinator;
+  if (opts.ownAccount) await chain.addCoordinator(account.address);
+  const coordinator = await startCoordinator({
+    host: "127.0.0.1",
+    port: 0,
+    ...db,
+    joinToken,
+    logger: quietLogger(),
+    ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement },
+  });
+  cleanups.push(db.cleanup, () => coordinator.close());
+  return { coordinator, joinToken, account };
+}
+
 async function paidKey(url: string, user: LocalAccount, coordinator: Address, credits = 1_000n) {
   await chain.deposit(user, credits, coordinator);
   return createKey(url, await signIn(url, user, chain.chainId));
@@ -52,17 +70,7 @@ async function chat(url: string, key: string) {
 
 describe("work receipts", () => {
   it("rejects a wrong signer, altered token counts and a replayed job, and pays the honest receipt once", async () => {
-    const db = await testDatabase();
-    const joinToken = randomBytes(32).toString("base64url");
-    const coordinator: Coordinator = await startCoordinator({
-      host: "127.0.0.1",
-      port: 0,
-      ...db,
-      joinToken,
-      logger: quietLogger(),
-      ledger: chain.ledgerOptions({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 }),
-    });
-    cleanups.push(db.cleanup, () => coordinator.close());
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
     let answer: (req: ReceiptRequest, send: (f: never) => void) => Promise<void> = async () => {};
     const sim = new SimNode({
       coordinatorUrl: coordinator.url,
@@ -146,17 +154,7 @@ describe("work receipts", () => {
 
 describe("split clusters", () => {
   it("pays every member of a split by its layer share, each signing its own receipt", async () => {
-    const db = await testDatabase();
-    const joinToken = randomBytes(32).toString("base64url");
-    const coordinator = await startCoordinator({
-      host: "127.0.0.1",
-      port: 0,
-      ...db,
-      joinToken,
-      logger: quietLogger(),
-      ledger: chain.ledgerOptions({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 }),
-    });
-    cleanups.push(db.cleanup, () => coordinator.close());
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
     const sign = (by: SimNode) => (req: ReceiptRequest, send: (f: never) => void) =>
       void by.account
         .signTypedData({
@@ -308,19 +306,7 @@ describe("settlement", () => {
   });
 
   it("splits a batch whose users would not fit one transaction, and every user's spend lands on chain", async () => {
-    const db = await testDatabase();
-    const joinToken = randomBytes(32).toString("base64url");
-    const account = privateKeyToAccount(generatePrivateKey());
-    await chain.addCoordinator(account.address);
-    const coordinator = await startCoordinator({
-      host: "127.0.0.1",
-      port: 0,
-      ...db,
-      joinToken,
-      logger: quietLogger(),
-      ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement: { maxAgeMs: 3_600_000, maxUsersPerBatch: 2 } },
-    });
-    cleanups.push(db.cleanup, () => coordinator.close());
+    const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 3_600_000, maxUsersPerBatch: 2 }, { ownAccount: true });
     const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });
     await sim.start();
     cleanups.push(() => sim.stop());
@@ -339,22 +325,10 @@ describe("settlement", () => {
   });
 
   it("replaces a settlement that is not mined in time with higher fees, and it lands once", async () => {
-    const db = await testDatabase();
-    const joinToken = randomBytes(32).toString("base64url");
-    const account = privateKeyToAccount(generatePrivateKey());
-    await chain.addCoordinator(account.address);
-    const coordinator = await startCoordinator({
-      host: "127.0.0.1",
-      port: 0,
-      ...db,
-      joinToken,
-      logger: quietLogger(),
-      ledger: {
-        chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account },
-        settlement: { maxAgeMs: 0, checkEveryMs: 100, stuckAfterMs: 1_000 },
-      },
-    });
-    cleanups.push(db.cleanup, () => coordinator.close());
+    const { coordinator, joinToken, account } = await ledgerCoordinator(
+      { maxAgeMs: 0, checkEveryMs: 100, stuckAfterMs: 1_000 },
+      { ownAccount: true },
+    );
     const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });
     await sim.start();
     cleanups.push(() => sim.stop());

@@ -68,6 +68,12 @@ async function nodeConfig(home: string, o: { coordinator?: string; token?: strin
   return { coordinatorUrl: checkUrl(coordinatorUrl), joinToken };
 }
 
+/** Records the daemon running for this home (what `node status|pause|resume|leave` talk to). */
+export async function recordRun(home: string, nodeId: string, coordinatorUrl: string): Promise<void> {
+  const run: NodeRun = { pid: process.pid, nodeId, coordinatorUrl, startedAt: new Date().toISOString() };
+  await writeFileAtomic(files(home).run, `${JSON.stringify(run, null, 2)}\n`);
+}
+
 /** The running daemon of this home, if any. */
 export async function runningNode(home: string): Promise<NodeRun | undefined> {
   const run = await readJson<NodeRun>(files(home).run);
@@ -186,13 +192,7 @@ export function nodeCommand(): Command {
           signal,
         });
         const f = files(paths.home);
-        const run: NodeRun = {
-          pid: process.pid,
-          nodeId: daemon.nodeId,
-          coordinatorUrl: config.coordinatorUrl,
-          startedAt: new Date().toISOString(),
-        };
-        await writeFileAtomic(f.run, `${JSON.stringify(run, null, 2)}\n`);
+        await recordRun(paths.home, daemon.nodeId, config.coordinatorUrl);
         process.stdout.write(`node ${daemon.nodeId} serving ${daemon.modelId} for ${config.coordinatorUrl}\n`);
         const done = new Promise<"stop" | "leave">((resolve) => {
           signal.addEventListener("abort", () => resolve("stop"), { once: true });
@@ -301,13 +301,7 @@ async function runWorker(
     signal,
   });
   const f = files(paths.home);
-  const run: NodeRun = {
-    pid: process.pid,
-    nodeId: worker.nodeId,
-    coordinatorUrl: config.coordinatorUrl,
-    startedAt: new Date().toISOString(),
-  };
-  await writeFileAtomic(f.run, `${JSON.stringify(run, null, 2)}\n`);
+  await recordRun(paths.home, worker.nodeId, config.coordinatorUrl);
   process.stdout.write(
     `worker ${worker.nodeId} lends its rpc-server through tunnel port ${worker.tunnel.port} for ${config.coordinatorUrl}\n`,
   );

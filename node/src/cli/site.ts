@@ -21,7 +21,7 @@ import { expandCidr } from "../site/discovery.js";
 import { startSiteDaemon } from "../site/siteDaemon.js";
 import { positiveInt } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
-import { checkUrl, files, type NodeConfig, type NodeRun, readJson, runningNode } from "./node.js";
+import { checkUrl, files, type NodeConfig, readJson, recordRun, runningNode } from "./node.js";
 import { shutdownSignal } from "./shutdown.js";
 
 /** This machine's LAN address, for the join command others run. */
@@ -171,8 +171,7 @@ export function siteCommand(): Command {
           progress: terminalProgress(),
           signal,
         });
-        const run: NodeRun = { pid: process.pid, nodeId, coordinatorUrl: config.coordinatorUrl, startedAt: new Date().toISOString() };
-        await writeFileAtomic(files(paths.home).run, `${JSON.stringify(run, null, 2)}\n`);
+        await recordRun(paths.home, nodeId, config.coordinatorUrl);
         process.stdout.write(`node ${nodeId} joined ${config.coordinatorUrl} and looks for its LAN peers\n`);
         await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
         await daemon.stop();
