@@ -29,9 +29,6 @@ export class ClusterHead {
   private pending: { sessionId: string; resolve: (m: ClusterMembers) => void } | undefined;
   private proxies: TunnelProxy[] = [];
   plan: Placement | undefined;
-  /** bytes sent to and received from members over the life of this head (weights included) */
-  bytesOut = 0;
-  bytesIn = 0;
 
   constructor(private readonly o: ClusterHeadOptions) {}
 
@@ -124,20 +121,8 @@ export class ClusterHead {
   }
 
   private async closeProxies() {
-    for (const p of this.proxies) {
-      await p.close();
-      this.bytesOut += p.bytesOut;
-      this.bytesIn += p.bytesIn;
-    }
+    for (const p of this.proxies) await p.close();
     this.proxies = [];
-  }
-
-  /** Bytes moved through the current proxies so far (closed connections only) plus earlier ones. */
-  traffic(): { out: number; in: number } {
-    return {
-      out: this.bytesOut + this.proxies.reduce((s, p) => s + p.bytesOut, 0),
-      in: this.bytesIn + this.proxies.reduce((s, p) => s + p.bytesIn, 0),
-    };
   }
 
   close(): Promise<void> {

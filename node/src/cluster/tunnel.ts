@@ -322,8 +322,6 @@ export async function dialTunnel(o: DialOptions): Promise<Socket> {
 export class TunnelProxy {
   private server: net.Server | undefined;
   private readonly relays = new Set<Relayed>();
-  bytesOut = 0;
-  bytesIn = 0;
   port = 0;
 
   constructor(
@@ -360,9 +358,7 @@ export class TunnelProxy {
     remote.on("error", () => {});
     const r = relay(local, remote, this.dial.tls ? undefined : this.relayBinary);
     this.relays.add(r);
-    const moved = await r.done;
+    await r.done;
     this.relays.delete(r);
-    this.bytesOut += moved.aToB;
-    this.bytesIn += moved.bToA;
   }
 }
