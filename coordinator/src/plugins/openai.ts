@@ -157,11 +157,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     const price = payer?.metering.price(body.model);
     let hold = 0n;
     if (payer && price) {
-      const context =
-        o.fleet
-          .list()
-          .find((n) => n.models.has(body.model))
-          ?.models.get(body.model)?.contextSize ?? DEFAULT_CONTEXT;
+      const context = o.fleet.servedModel(body.model)?.contextSize ?? DEFAULT_CONTEXT;
       hold = jobCost(price, promptTokenBound(parsed.data), requestedMaxTokens(parsed.data as never) ?? context);
       await payer.metering.reserve(payer.address, jobId, hold);
     }
