@@ -101,6 +101,11 @@ async function chat(url: string, apiKey: string) {
   return { status: res.status, node: res.headers.get("x-sharedllm-node") };
 }
 
+/** Waits until a chat request through the site's coordinator succeeds. */
+function requestSucceeds(site: { url: string; apiKey: string }, what: string) {
+  return waitFor(what, async () => ((await chat(site.url, site.apiKey)).status === 200 ? true : undefined), 60_000, 500);
+}
+
 /** The coordinator's view reaches: a head over exactly `workers`, and the given solo nodes serving. */
 function shape(nodes: NetNode[], head: string, workers: string[], solos: string[]) {
   const h = nodes.find((n) => n.id === head);
@@ -153,14 +158,7 @@ describe.skipIf(!canUseNetns())("a site on four hosts", () => {
     // a member leaves: the head re-forms over the other
     process.kill(-(c.child.pid as number), "SIGKILL");
     await waitFor("the cluster to re-form without c", async () => shape(await network(site.url), a.id, [b.id], [far.id]), 120_000, 1_000);
-    expect(
-      await waitFor(
-        "a request after the re-form",
-        async () => ((await chat(site.url, site.apiKey)).status === 200 ? true : undefined),
-        60_000,
-        500,
-      ),
-    ).toBe(true);
+    expect(await requestSucceeds(site, "a request after the re-form")).toBe(true);
     // and comes back
     await rejoin(c.host, c.home, site.url, site.token);
     await waitFor(
@@ -169,14 +167,7 @@ describe.skipIf(!canUseNetns())("a site on four hosts", () => {
       180_000,
       1_000,
     );
-    expect(
-      await waitFor(
-        "a request after the second re-form",
-        async () => ((await chat(site.url, site.apiKey)).status === 200 ? true : undefined),
-        60_000,
-        500,
-      ),
-    ).toBe(true);
+    expect(await requestSucceeds(site, "a request after the second re-form")).toBe(true);
   }, 900_000);
 
   it("without multicast, --scan finds the peers and the cluster forms; site scan lists them", async () => {
