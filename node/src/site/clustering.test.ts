@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decideRole, type Member } from "./clustering.js";
+import { decideRole, type Member, sameDecision } from "./clustering.js";
 
 const GiB = 2 ** 30;
 const m = (id: string, address: string, memoryGiB: number, rttMs?: number): Member => ({
@@ -25,5 +25,14 @@ describe("decideRole", () => {
     });
     // equal memory: 10.0.0.10 is higher than 10.0.0.9 (numeric, not string order)
     expect(decideRole(m("x", "10.0.0.10", 8), [m("y", "10.0.0.9", 8, 0.2)])).toMatchObject({ role: "worker", head: "y" });
+  });
+
+  it("keeps a worker's daemon when only the other workers change, and re-forms a head", () => {
+    const worker = { role: "worker" as const, head: "a", workers: ["b", "c"] };
+    expect(sameDecision(worker, { ...worker, workers: ["b"] })).toBe(true);
+    expect(sameDecision(worker, { ...worker, head: "c" })).toBe(false);
+    const head = { role: "head" as const, head: "a", workers: ["b", "c"] };
+    expect(sameDecision(head, { ...head, workers: ["b"] })).toBe(false);
+    expect(sameDecision(undefined, head)).toBe(false);
   });
 });

@@ -35,6 +35,7 @@ export function decideRole(self: Member, peers: Member[], thresholdMs = 2): Deci
   return { role: head.nodeId === self.nodeId ? "head" : "worker", head: head.nodeId, workers };
 }
 
+/** Whether two decisions need the same daemon: a worker serves its head whoever else joins. */
 export function sameDecision(a: Decision | undefined, b: Decision): boolean {
-  return !!a && a.role === b.role && a.head === b.head && a.workers.join() === b.workers.join();
+  return !!a && a.role === b.role && a.head === b.head && (a.role === "worker" || a.workers.join() === b.workers.join());
 }

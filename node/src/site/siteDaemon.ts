@@ -52,7 +52,7 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
   const nodeId = identity.nodeId;
   const log = o.logger.child({ nodeId, part: "site" });
-  let current: { decision: Decision; daemon: NodeDaemon | WorkerDaemon } | undefined;
+  let current: { decision: Decision; daemon: NodeDaemon | WorkerDaemon; since: number } | undefined;
   let switching: Promise<void> | undefined;
   const discovery = new Discovery({
     key: siteBeaconKey(o.joinToken),
@@ -81,11 +81,20 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
     return startNodeDaemon({ ...common, model: o.model, slots: o.slots, cluster: d.role === "head" ? { members: d.workers } : undefined });
   };
   const apply = async (d: Decision) => {
-    if (sameDecision(current?.decision, d)) return;
     log.info({ role: d.role, head: d.head, workers: d.workers }, "taking a new role");
     await current?.daemon.stop();
     current = undefined;
-    current = { decision: d, daemon: await run(d) };
+    current = { decision: d, daemon: await run(d), since: Date.now() };
+  };
+  const debounceMs = o.debounceMs ?? 6_000;
+  // a head forms its split once its workers say they are workers
+  const workersReady = (d: Decision) => d.workers.every((w) => discovery.peers.get(w)?.role === "worker");
+  /** Workers of the decision that the head's split neither placed nor left out on purpose (unreachable when it formed). */
+  const unformed = (d: Decision): string[] => {
+    const plan = current && "cluster" in current.daemon ? current.daemon.cluster?.plan : undefined;
+    if (!plan) return [];
+    const formed = new Set([...plan.members, ...plan.excluded].map((m) => m.id));
+    return d.workers.filter((w) => !formed.has(w));
   };
 
   const decide = (): Decision => {
@@ -101,18 +110,18 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   const evaluate = () => {
     if (switching) return;
     const d = decide();
-    if (sameDecision(current?.decision, d)) {
+    if (current && sameDecision(current.decision, d)) {
       pending = undefined;
-      return;
+      // a worker that was restarting when the head formed is taken in once it is back
+      const reform = d.role === "head" && Date.now() - current.since >= debounceMs && unformed(d).length > 0 && workersReady(d);
+      if (!reform) return;
+      log.info({ workers: unformed(d) }, "forming the cluster again to take in workers that were unreachable");
+    } else {
+      if (!sameDecision(pending?.decision, d)) pending = { decision: d, since: Date.now() };
+      if (Date.now() - (pending?.since ?? 0) < debounceMs) return;
+      if (d.role === "head" && !workersReady(d)) return;
+      pending = undefined;
     }
-    if (!sameDecision(pending?.decision, d)) pending = { decision: d, since: Date.now() };
-    if (Date.now() - (pending?.since ?? 0) < (o.debounceMs ?? 6_000)) return;
-    // a head forms its split once its workers say they are workers
-    if (d.role === "head") {
-      const ready = d.workers.every((w) => discovery.peers.get(w)?.role === "worker");
-      if (!ready) return;
-    }
-    pending = undefined;
     switching = apply(d)
       .catch((err: Error) => log.error({ err: err.message, role: d.role }, "could not take the role; will retry"))
       .finally(() => {
