@@ -1,14 +1,30 @@
 /**
  * Makes the shared cache ready before the suite: the engine is built (about 6
- * minutes on 2 cores the first time, then reused) and the default model pulled.
+ * minutes on 2 cores the first time, then reused) and the default model pulled;
+ * the web portal is built from its sources, and Debian's Chromium is installed
+ * for the browser tests where it is missing (as root, with apt-get).
  */
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { ensureEngine } from "../node/src/engine/build.ts";
 import { ModelStore } from "../node/src/models/store.ts";
 import { resolvePaths } from "../node/src/paths.ts";
 import { terminalProgress } from "../node/src/progress.ts";
+import { CHROMIUM } from "./browser.ts";
 
 export default async function setup() {
   const { cache } = resolvePaths();
   await ensureEngine({ cache, progress: terminalProgress() });
   await new ModelStore(cache).pull("default", { progress: terminalProgress() });
+  execFileSync("npm", ["run", "--silent", "build", "-w", "@sharedllm/web"], {
+    cwd: join(import.meta.dirname, ".."),
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  if (!existsSync(CHROMIUM) && process.getuid?.() === 0) {
+    process.stderr.write("installing Debian's chromium for the browser tests (apt-get, a few minutes)\n");
+    const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
+    execFileSync("apt-get", ["update", "-q"], { stdio: ["ignore", "ignore", "inherit"], env });
+    execFileSync("apt-get", ["install", "-y", "-q", "chromium"], { stdio: ["ignore", "ignore", "inherit"], env });
+  }
 }

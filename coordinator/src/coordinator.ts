@@ -6,6 +6,7 @@
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
 import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
@@ -23,6 +24,7 @@ import { healthPlugin } from "./plugins/health.js";
 import { networkPlugin } from "./plugins/network.js";
 import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
+import { webPlugin } from "./plugins/web.js";
 
 export interface CoordinatorOptions {
   host: string;
@@ -42,6 +44,8 @@ export interface CoordinatorOptions {
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
   ledger?: { chain: ChainOptions; pricing?: Pricing; settlement?: SettlementOptions };
+  /** the web portal's build, served at `/`; default `web/dist` */
+  webRoot?: string;
 }
 
 export interface Coordinator {
@@ -96,6 +100,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     const keys = new ApiKeyVerifier(db);
     await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys, ledger });
     if (ledger) await app.register(accountsPlugin, { db, keys, ...ledger });
+    await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     const address = await app.listen({ host: o.host, port: o.port });
     ledger?.settler.start();
     return {

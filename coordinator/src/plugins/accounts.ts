@@ -219,6 +219,18 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       .groupBy(sql`date_trunc('day', created_at)`)
       .orderBy(sql`date_trunc('day', created_at)`)
       .execute();
+    // the jobs this node took part in (the head of a split and each member earn for the same job)
+    const served = await o.db
+      .selectFrom("ledger_entries as e")
+      .innerJoin("jobs as j", "j.id", "e.job_id")
+      .select([
+        sql<string>`count(distinct j.id)`.as("jobs"),
+        sql<string | null>`sum(j.prompt_tokens)`.as("prompt_tokens"),
+        sql<string | null>`sum(j.completion_tokens)`.as("completion_tokens"),
+      ])
+      .where("e.address", "=", address.toLowerCase())
+      .where("e.kind", "=", "earn")
+      .executeTakeFirstOrThrow();
     const settledAmount = settled?.cumulative ?? 0n;
     return {
       address,
@@ -234,6 +246,11 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
         ? { batchId: settled.batchId, cumulative: settled.cumulative.toString(), proof: settled.proof, root: settled.root }
         : null,
       byDay: days,
+      served: {
+        jobs: Number(served.jobs),
+        promptTokens: Number(served.prompt_tokens ?? 0),
+        completionTokens: Number(served.completion_tokens ?? 0),
+      },
     };
   });
 }

@@ -1,0 +1,29 @@
+/**
+ * The portal (`web/`'s build) at `/`: hashed assets cached for good, the page itself never, and
+ * the portal's own paths answered with its page so a reload or a shared link works.
+ */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import fastifyStatic from "@fastify/static";
+import { ApiError } from "@sharedllm/protocol";
+import type { FastifyInstance } from "fastify";
+
+/** Paths the portal routes in the browser. */
+export const PORTAL_PATHS = ["/keys", "/earnings", "/network", "/playground"];
+
+export async function webPlugin(app: FastifyInstance, o: { root: string }): Promise<void> {
+  if (!existsSync(join(o.root, "index.html"))) {
+    app.get("/", async () => {
+      throw new ApiError("not_found", "the web portal is not built here: run `npm run build` in the repository, then restart");
+    });
+    return;
+  }
+  await app.register(fastifyStatic, {
+    root: o.root,
+    wildcard: false,
+    setHeaders(res, path) {
+      res.setHeader("cache-control", path.includes(`${join("dist", "assets")}`) ? "public, max-age=31536000, immutable" : "no-cache");
+    },
+  });
+  for (const path of PORTAL_PATHS) app.get(path, (_req, reply) => reply.sendFile("index.html"));
+}

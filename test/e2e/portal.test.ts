@@ -1,0 +1,283 @@
+/// <reference lib="dom" />
+/**
+ * The web portal in a real browser (Debian's Chromium through playwright-core) against the real
+ * system: the local chain with the real contracts, a coordinator with the ledger serving the
+ * portal's build, and a real node on the default model. The wallet is injected and signs with
+ * dev-chain accounts for real. Screenshots of every page land in test-artifacts/screenshots.
+ */
+import { sql } from "kysely";
+import type { Browser, Page } from "playwright-core";
+import { type Account, type Address, getAddress } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { loadNodeIdentity } from "../../node/src/identity.ts";
+import { launchBrowser, openPortal, type Portal, TestWallet } from "../browser.ts";
+import { devWallet, startTestChain, type TestChain } from "../chain.ts";
+import { waitFor } from "../helpers.ts";
+import { MODEL, type System, startSystem } from "../system.ts";
+
+let chain: TestChain;
+let sys: System;
+let browser: Browser;
+const portals: Portal[] = [];
+
+beforeAll(async () => {
+  chain = await startTestChain();
+  sys = await startSystem({ ledger: chain.ledgerOptions() });
+  await chain.fund(sys.node.nodeId as Address);
+  browser = await launchBrowser();
+}, 240_000);
+
+afterAll(async () => {
+  for (const p of portals) await p.context.close();
+  await browser?.close();
+  await sys?.close();
+  await chain?.stop();
+});
+
+// a failed test leaves the last page's screenshot and text behind
+afterEach(async (ctx) => {
+  const last = portals.at(-1);
+  if (ctx.task.result?.state !== "fail" || !last) return;
+  await last.screenshot(`failed-${ctx.task.name.slice(0, 40).replaceAll(/\W+/g, "-")}`).catch(() => {});
+  process.stderr.write(`page at failure: ${last.page.url()}\n${await last.page.innerText("body").catch(() => "")}\nerrors: ${last.errors.join("\n")}\n`);
+});
+
+async function open(wallet: TestWallet | undefined, width = 1280): Promise<Portal> {
+  const p = await openPortal(browser, sys.coordinator.url, wallet, width);
+  portals.push(p);
+  return p;
+}
+
+const wallet = (account: Account) => new TestWallet(account, chain.rpcUrl, chain.chainId);
+
+/** Connects the injected wallet and signs in with Ethereum. */
+async function signIn(page: Page) {
+  await page.getByRole("button", { name: "Connect wallet" }).click();
+  await page.getByRole("button", { name: "Sign in with Ethereum" }).click();
+  await page.getByRole("button", { name: "Sign out" }).waitFor();
+}
+
+async function go(page: Page, name: string) {
+  await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name }).click();
+  await page.getByRole("heading", { level: 1, name }).waitFor();
+}
+
+/** The number shown in an element, without thousands separators. */
+async function shown(page: Page, testId: string): Promise<bigint> {
+  const text = (await page.getByTestId(testId).textContent()) ?? "";
+  return /^[\d,]+$/.test(text) ? BigInt(text.replaceAll(",", "")) : -1n;
+}
+
+async function journal(address: string, kind: "charge" | "earn"): Promise<bigint> {
+  const row = await sys.coordinator.db
+    .selectFrom("ledger_entries")
+    .select(sql<string | null>`sum(amount)`.as("total"))
+    .where("address", "=", address.toLowerCase())
+    .where("kind", "=", kind)
+    .executeTakeFirstOrThrow();
+  return BigInt(row.total ?? 0);
+}
+
+describe("the web portal in Chromium", () => {
+  it("a wallet connects, signs in, deposits, makes a key, chats with streamed output, and its balance falls by exactly the charge", async () => {
+    const user = wallet(devWallet(6));
+    const { page, errors, screenshot } = await open(user);
+    await page.getByText("Connect a wallet to buy credits").waitFor();
+    await screenshot("connect");
+    await signIn(page);
+    // the session survives a reload
+    await page.reload();
+    await page.getByRole("button", { name: "Sign out" }).waitFor();
+    await page.getByRole("heading", { name: "Balance" }).waitFor();
+    await waitFor("the balance", async () => ((await shown(page, "available")) === 0n ? true : undefined), 10_000);
+
+    // buy 50,000 credits into escrow: one transaction, its progress shown
+    await page.getByLabel("Credits", { exact: true }).first().fill("50000");
+    await page.getByRole("button", { name: "Buy and deposit" }).click();
+    await page.getByText("Buying 50,000 credits: done.").waitFor({ timeout: 30_000 });
+    await waitFor("the deposit to show", async () => ((await shown(page, "available")) === 50_000n ? true : undefined), 15_000);
+    expect((await chain.escrow(getAddress(user.address))).deposited).toBe(50_000n);
+    await screenshot("credits");
+
+    // an API key: shown once, works, and is revoked
+    await go(page, "API keys");
+    await page.getByLabel("Name").fill("laptop");
+    await page.getByRole("button", { name: "Create key" }).click();
+    const secret = (await page.getByTestId("new-key").textContent()) ?? "";
+    expect(secret).toMatch(/^sk-/);
+    const models = (k: string) =>
+      fetch(`${sys.coordinator.url}/v1/models`, { headers: { authorization: `Bearer ${k}` } }).then((r) => r.status);
+    expect(await models(secret)).toBe(200);
+    await screenshot("keys");
+    await page.getByRole("button", { name: "Revoke laptop" }).click();
+    await page.getByRole("cell", { name: "revoked" }).waitFor();
+    expect(await models(secret)).toBe(401);
+
+    // the playground streams a reply and charges the wallet
+    await go(page, "Playground");
+    await page.getByRole("button", { name: "Create a playground key" }).click();
+    await page.getByLabel("Model").locator(`option[value="${MODEL}"]`).waitFor({ state: "attached" });
+    const before = await waitFor("the balance in the playground", async () => {
+      const v = await shown(page, "playground-available");
+      return v >= 0n ? v : undefined;
+    });
+    expect(before).toBe(50_000n);
+    const chargedBefore = await journal(user.address, "charge");
+    // count how often the reply's text changes while it streams
+    await page.evaluate(() => {
+      const w = window as unknown as { __updates: number };
+      w.__updates = 0;
+      new MutationObserver(() => {
+        w.__updates++;
+      }).observe(document.body, { subtree: true, characterData: true, childList: true });
+    });
+    await page.getByLabel("Message").fill("Write two sentences about the sea.");
+    await page.getByLabel("Message").press("Enter");
+    await page.getByTestId("cost").waitFor({ timeout: 60_000 });
+    const reply = (await page.getByTestId("reply").textContent()) ?? "";
+    expect(reply.length).toBeGreaterThan(10);
+    expect(await page.evaluate(() => (window as unknown as { __updates: number }).__updates)).toBeGreaterThan(5);
+    const charged = (await journal(user.address, "charge")) - chargedBefore;
+    expect(charged).toBeGreaterThan(0n);
+    // the cost the page shows is the journal's charge, and the balance falls by exactly that
+    expect(await page.getByTestId("cost").textContent()).toContain(`${charged.toLocaleString("en-US")} credits`);
+    await waitFor(
+      "the balance to fall by the charge",
+      async () => ((await shown(page, "playground-available")) === before - charged ? true : undefined),
+      15_000,
+    );
+    await screenshot("playground");
+
+    // the key's usage is listed
+    await go(page, "API keys");
+    const row = page.getByRole("row").filter({ hasText: "playground" });
+    await expect.poll(async () => (await row.getByRole("cell").nth(2).textContent()) ?? "", { timeout: 15_000 }).toBe("1");
+
+    // the network map shows the node serving the model
+    await go(page, "Network");
+    await page.locator(`[data-node="${sys.node.nodeId}"]`).getByText(MODEL).waitFor();
+    await screenshot("network");
+    expect(errors).toEqual([]);
+  }, 180_000);
+
+  it("a contributor sees its node's earnings and claims them; its on-chain credits rise by the claimed amount", async () => {
+    const identity = await loadNodeIdentity(sys.paths.home);
+    const contributor = wallet((identity as NonNullable<typeof identity>).account);
+    const node = getAddress(sys.node.nodeId);
+    const { page, errors, screenshot } = await open(contributor);
+    await signIn(page);
+    await go(page, "Earnings");
+    await page.getByText("online · solo").waitFor();
+    // the earnings of the first test settle within a second (batches by age, 300 ms)
+    const claimable = await waitFor(
+      "settled earnings to be claimable",
+      async () => {
+        const v = await shown(page, "claimable");
+        return v > 0n ? v : undefined;
+      },
+      30_000,
+      250,
+    );
+    expect(claimable).toBe(await journal(node, "earn"));
+    const onChainBefore = await chain.credits(node);
+    expect(await shown(page, "onchain")).toBe(onChainBefore);
+    await screenshot("earnings");
+    await page.getByRole("button", { name: /^Claim/ }).click();
+    await page.getByText(/Claiming [\d,]+ credits: done\./).waitFor({ timeout: 30_000 });
+    expect(await chain.credits(node)).toBe(onChainBefore + claimable);
+    await waitFor(
+      "the page to show the claim",
+      async () => ((await shown(page, "onchain")) === onChainBefore + claimable ? true : undefined),
+      10_000,
+    );
+    expect(await shown(page, "claimable")).toBe(0n);
+    await screenshot("earnings-claimed");
+    expect(errors).toEqual([]);
+  }, 120_000);
+
+  it("works at 375 px wide and by keyboard", async () => {
+    const { page, errors, screenshot } = await open(wallet(devWallet(6)), 375);
+    // the navigation and the wallet button are reached with Tab and work with Enter
+    const reached: string[] = [];
+    await page.getByRole("button", { name: "Connect wallet" }).waitFor();
+    for (let i = 0; i < 12; i++) {
+      await page.keyboard.press("Tab");
+      reached.push(await page.evaluate(() => document.activeElement?.textContent ?? ""));
+    }
+    expect(reached).toEqual(expect.arrayContaining(["Connect wallet", "Credits", "API keys", "Earnings", "Network", "Playground"]));
+    while ((await page.evaluate(() => document.activeElement?.textContent)) !== "Network") await page.keyboard.press("Shift+Tab");
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { level: 1, name: "Network" }).waitFor();
+    await go(page, "Credits");
+    await signIn(page);
+    for (const name of ["Credits", "API keys", "Earnings", "Network", "Playground"]) {
+      await go(page, name);
+      // nothing sticks out of the screen (elements inside a scrolling box do not count)
+      const outside = await page.evaluate(() =>
+        [...document.querySelectorAll("body *")]
+          .filter((e) => e.getBoundingClientRect().right > 375.5 && !e.closest(".table-wrap, nav"))
+          .map((e) => `${e.tagName.toLowerCase()}.${e.className}`),
+      );
+      expect(outside).toEqual([]);
+      expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(375);
+      await screenshot(name.toLowerCase().replace(" ", "-"));
+    }
+    expect(errors).toEqual([]);
+  }, 120_000);
+
+  describe("failure paths", () => {
+    it("a rejected signature is said plainly and nothing is signed in", async () => {
+      const user = wallet(devWallet(7));
+      user.rejects.add("personal_sign");
+      const { page, screenshot } = await open(user);
+      await page.getByRole("button", { name: "Connect wallet" }).click();
+      await page.getByRole("button", { name: "Sign in with Ethereum" }).click();
+      await page.getByRole("alert").filter({ hasText: "You rejected the request in your wallet" }).waitFor();
+      await screenshot("signature-rejected");
+      expect(await page.getByRole("button", { name: "Sign out" }).count()).toBe(0);
+      // the user changes their mind
+      user.rejects.delete("personal_sign");
+      await page.getByRole("button", { name: "Sign in with Ethereum" }).click();
+      await page.getByRole("button", { name: "Sign out" }).waitFor();
+    }, 60_000);
+
+    it("a wallet on another chain is asked to switch; one without ETH is told so", async () => {
+      const broke = wallet(privateKeyToAccount(generatePrivateKey()));
+      broke.chainId = 1;
+      const { page, screenshot } = await open(broke);
+      await page.getByRole("button", { name: "Connect wallet" }).click();
+      await page.getByText(`Your wallet is on chain 1; this coordinator settles on chain ${chain.chainId}.`).waitFor();
+      await screenshot("wrong-chain");
+      await page.getByRole("button", { name: `Switch to chain ${chain.chainId}` }).click();
+      await page.getByText("Your wallet is on chain 1").waitFor({ state: "detached" });
+      await page.getByRole("button", { name: "Sign in with Ethereum" }).click();
+      await page.getByRole("button", { name: "Buy and deposit" }).click();
+      await page.getByRole("alert").filter({ hasText: "does not have enough ETH" }).waitFor({ timeout: 20_000 });
+      await screenshot("insufficient-funds");
+    }, 60_000);
+
+    it("a chat without enough credits gets the 402 said plainly and costs nothing", async () => {
+      const poor = wallet(devWallet(8));
+      const { page, screenshot } = await open(poor);
+      await signIn(page);
+      await go(page, "Playground");
+      await page.getByRole("button", { name: "Create a playground key" }).click();
+      await page.getByLabel("Model").locator(`option[value="${MODEL}"]`).waitFor({ state: "attached" });
+      await page.getByLabel("Message").fill("Hello?");
+      await page.getByRole("button", { name: "Send" }).click();
+      await page.getByRole("alert").filter({ hasText: "Not enough credits" }).waitFor({ timeout: 20_000 });
+      await screenshot("insufficient-credits");
+      expect(await journal(poor.address, "charge")).toBe(0n);
+    }, 60_000);
+
+    it("a coordinator that goes down is said plainly in the open page", async () => {
+      const { page, screenshot } = await open(undefined);
+      await page.getByRole("heading", { level: 1 }).waitFor();
+      await go(page, "Network");
+      await sys.coordinator.app.close();
+      await page.getByRole("alert").filter({ hasText: "Cannot reach the coordinator" }).waitFor({ timeout: 15_000 });
+      await screenshot("coordinator-down");
+    }, 60_000);
+  });
+});

@@ -1,0 +1,2 @@
+/** The folder of the portal's build, served by the coordinator at `/`. */
+export declare const webRoot: string;
