@@ -40,7 +40,12 @@ afterEach(async (ctx) => {
   const last = portals.at(-1);
   if (ctx.task.result?.state !== "fail" || !last) return;
   await last.screenshot(`failed-${ctx.task.name.slice(0, 40).replaceAll(/\W+/g, "-")}`).catch(() => {});
-  process.stderr.write(`page at failure: ${last.page.url()}\n${await last.page.innerText("body").catch(() => "")}\nerrors: ${last.errors.join("\n")}\n`);
+  // what the user saw, as the accessibility tree
+  const text = await last.page
+    .locator("body")
+    .ariaSnapshot()
+    .catch(() => "");
+  process.stderr.write(`page at failure: ${last.page.url()}\n${text}\nerrors: ${last.errors.join("\n")}\n`);
 });
 
 async function open(wallet: TestWallet | undefined, width = 1280): Promise<Portal> {
@@ -180,6 +185,21 @@ describe("the web portal in Chromium", () => {
       250,
     );
     expect(claimable).toBe(await journal(node, "earn"));
+    // what it served: one receipt per paid job, with the job's tokens
+    const receipts = await sys.coordinator.db
+      .selectFrom("receipts")
+      .select("receipt")
+      .where("node_address", "=", node.toLowerCase())
+      .where("status", "=", "accepted")
+      .execute();
+    const tokens = receipts.reduce((n, r) => {
+      const w = JSON.parse(r.receipt) as { promptTokens: number; completionTokens: number };
+      return n + w.promptTokens + w.completionTokens;
+    }, 0);
+    expect(receipts.length).toBeGreaterThan(0);
+    await page
+      .getByText(`Served ${receipts.length} job${receipts.length === 1 ? "" : "s"}, ${tokens.toLocaleString("en-US")} tokens.`)
+      .waitFor();
     const onChainBefore = await chain.credits(node);
     expect(await shown(page, "onchain")).toBe(onChainBefore);
     await screenshot("earnings");
@@ -215,7 +235,7 @@ describe("the web portal in Chromium", () => {
       await go(page, name);
       // nothing sticks out of the screen (elements inside a scrolling box do not count)
       const outside = await page.evaluate(() =>
-        [...document.querySelectorAll("body *")]
+        Array.from(document.querySelectorAll("body *"))
           .filter((e) => e.getBoundingClientRect().right > 375.5 && !e.closest(".table-wrap, nav"))
           .map((e) => `${e.tagName.toLowerCase()}.${e.className}`),
       );

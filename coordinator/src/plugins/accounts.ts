@@ -219,17 +219,16 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       .groupBy(sql`date_trunc('day', created_at)`)
       .orderBy(sql`date_trunc('day', created_at)`)
       .execute();
-    // the jobs this node took part in (the head of a split and each member earn for the same job)
+    // the jobs this node was paid for (the head of a split and each member sign a receipt for the same job)
     const served = await o.db
-      .selectFrom("ledger_entries as e")
-      .innerJoin("jobs as j", "j.id", "e.job_id")
+      .selectFrom("receipts")
       .select([
-        sql<string>`count(distinct j.id)`.as("jobs"),
-        sql<string | null>`sum(j.prompt_tokens)`.as("prompt_tokens"),
-        sql<string | null>`sum(j.completion_tokens)`.as("completion_tokens"),
+        sql<string>`count(*)`.as("jobs"),
+        sql<string | null>`sum((receipt::json->>'promptTokens')::numeric)`.as("prompt_tokens"),
+        sql<string | null>`sum((receipt::json->>'completionTokens')::numeric)`.as("completion_tokens"),
       ])
-      .where("e.address", "=", address.toLowerCase())
-      .where("e.kind", "=", "earn")
+      .where("node_address", "=", address.toLowerCase())
+      .where("status", "=", "accepted")
       .executeTakeFirstOrThrow();
     const settledAmount = settled?.cumulative ?? 0n;
     return {

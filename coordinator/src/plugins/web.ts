@@ -21,8 +21,9 @@ export async function webPlugin(app: FastifyInstance, o: { root: string }): Prom
   await app.register(fastifyStatic, {
     root: o.root,
     wildcard: false,
+    cacheControl: false,
     setHeaders(res, path) {
-      res.setHeader("cache-control", path.includes(`${join("dist", "assets")}`) ? "public, max-age=31536000, immutable" : "no-cache");
+      res.setHeader("cache-control", path.startsWith(join(o.root, "assets")) ? "public, max-age=31536000, immutable" : "no-cache");
     },
   });
   for (const path of PORTAL_PATHS) app.get(path, (_req, reply) => reply.sendFile("index.html"));

@@ -86,7 +86,7 @@ export function EarningsPage({ ledger }: { ledger: Ledger }) {
         )}
         {e && (
           <p>
-            Served {e.served.jobs.toLocaleString("en-US")} jobs,{" "}
+            Served {e.served.jobs.toLocaleString("en-US")} {e.served.jobs === 1 ? "job" : "jobs"},{" "}
             {(e.served.promptTokens + e.served.completionTokens).toLocaleString("en-US")} tokens.
           </p>
         )}
