@@ -114,6 +114,14 @@ describe("sharedllm up", () => {
       expect(stdout).toContain(`${up.coordinatorUrl}/v1`);
       expect(stdout).toContain(up.apiKey);
       expect(stdout).toContain(`curl ${up.coordinatorUrl}/v1/chat/completions`);
+      // the portal is served at the printed address, with the ledger it needs
+      expect(stdout).toContain(`portal:  ${up.coordinatorUrl}/`);
+      const portal = await fetch(`${up.coordinatorUrl}/`);
+      expect(portal.status).toBe(200);
+      expect(await portal.text()).toContain('<div id="root">');
+      const ledger = (await fetch(`${up.coordinatorUrl}/v1/ledger`).then((r) => r.json())) as { ledger: string; rpcUrl: string };
+      expect(ledger.ledger).toBe(up.contracts?.CreditLedger);
+      expect(ledger.rpcUrl).toBe(up.chainRpcUrl);
 
       const res = await fetch(`${up.coordinatorUrl}/v1/chat/completions`, {
         method: "POST",

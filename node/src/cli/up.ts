@@ -130,6 +130,7 @@ export function upCommand(): Command {
           [
             "",
             `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
+            `  portal:  ${coordinator.url}/ (wallet, credits, keys, earnings, network map, playground)`,
             `  models:  ${models.join(", ")}`,
             `  API key: ${apiKey}`,
             ...(chain ? [`  chain:   ${chain.rpcUrl} (local dev chain), CreditLedger ${chain.contracts.CreditLedger}`] : []),
