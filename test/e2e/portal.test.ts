@@ -291,9 +291,12 @@ describe("the web portal in Chromium", () => {
       expect(await journal(poor.address, "charge")).toBe(0n);
     }, 60_000);
 
-    it("a coordinator that goes down is said plainly in the open page", async () => {
+    it("a browser without a wallet, and a coordinator that goes down, are said plainly in the open page", async () => {
       const { page, screenshot } = await open(undefined);
       await page.getByRole("heading", { level: 1 }).waitFor();
+      // (this browser has no wallet at all)
+      await page.getByRole("button", { name: "Connect wallet" }).click();
+      await page.getByRole("alert").filter({ hasText: "No wallet found in this browser." }).waitFor();
       await go(page, "Network");
       await sys.coordinator.app.close();
       await page.getByRole("alert").filter({ hasText: "Cannot reach the coordinator" }).waitFor({ timeout: 15_000 });

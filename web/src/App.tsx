@@ -96,12 +96,13 @@ function WalletButton() {
   const { disconnect } = useDisconnect();
   const session = useSession();
   if (!isConnected || !address) {
-    const injected = connectors[0];
     return (
       <div className="wallet">
-        <button type="button" disabled={isPending || !injected} onClick={() => injected && connect({ connector: injected })}>
-          {isPending ? "Connecting…" : "Connect wallet"}
-        </button>
+        {connectors.map((c) => (
+          <button key={c.uid} type="button" disabled={isPending} onClick={() => connect({ connector: c })}>
+            {isPending ? "Connecting…" : c.type === "injected" && c.id === "injected" ? "Connect wallet" : `Connect ${c.name}`}
+          </button>
+        ))}
         {error && (
           <span className="error" role="alert">
             {/provider not found/i.test(error.message) ? "No wallet found in this browser." : walletError(error)}

@@ -5,6 +5,7 @@
 import { CreditLedger } from "@sharedllm/contracts/artifacts";
 import { BaseError, defineChain, UserRejectedRequestError } from "viem";
 import { createConfig, http, injected } from "wagmi";
+import { walletConnect } from "wagmi/connectors";
 import type { Ledger } from "./api.js";
 
 export const ledgerAbi = CreditLedger.abi;
@@ -16,7 +17,13 @@ export function walletConfig(l: Ledger) {
     nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
     rpcUrls: { default: { http: [l.rpcUrl] } },
   });
-  return createConfig({ chains: [chain], connectors: [injected()], transports: { [chain.id]: http(l.rpcUrl) } });
+  // WalletConnect where the build was given a project id (its provider package must be installed then)
+  const projectId = import.meta.env.VITE_WALLETCONNECT_PROJECT_ID;
+  return createConfig({
+    chains: [chain],
+    connectors: [injected(), ...(projectId ? [walletConnect({ projectId, showQrModal: true })] : [])],
+    transports: { [chain.id]: http(l.rpcUrl) },
+  });
 }
 
 /** What went wrong with a wallet request or a transaction, in a sentence for the user. */
