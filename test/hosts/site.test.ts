@@ -8,7 +8,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { tempPaths, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 import { canUseNetns, type Host, Lan } from "./netns.ts";
@@ -27,6 +27,16 @@ const cleanups: (() => Promise<unknown> | unknown)[] = [];
 afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
 }, 60_000);
+
+/** Each daemon's log (they run with --verbose), printed when a test fails. */
+const daemonLogs: { name: string; o: { out: string; err: string } }[] = [];
+afterEach((ctx) => {
+  if (ctx.task.result?.state !== "fail") return;
+  for (const { name, o } of daemonLogs) {
+    const tail = o.err.trim().split("\n").slice(-25);
+    process.stderr.write(`--- ${name}: last ${tail.length} log lines\n${tail.map((l) => l.slice(0, 400)).join("\n")}\n`);
+  }
+});
 
 function output(child: ChildProcess) {
   const o = { out: "", err: "" };
@@ -67,10 +77,15 @@ async function join_(host: Host, url: string, token: string, extra: string[] = [
 }
 
 async function rejoin(host: Host, home: string, url: string, token: string, extra: string[] = []) {
-  const child = host.spawn(process.execPath, [BIN, "site", "join", url, "--token", token, "--threads", "1", "--slots", "1", ...extra], {
-    SHAREDLLM_HOME: home,
-  });
+  const child = host.spawn(
+    process.execPath,
+    [BIN, "site", "join", url, "--token", token, "--threads", "1", "--slots", "1", "--verbose", ...extra],
+    {
+      SHAREDLLM_HOME: home,
+    },
+  );
   const o = output(child);
+  daemonLogs.push({ name: host.name, o });
   const m = await waitFor(
     `${host.name} to join`,
     () => {

@@ -16,8 +16,10 @@ export interface Peer {
   memoryBytes: number;
   role?: Beacon["role"];
   tunnelPort?: number;
-  /** recent round trips, ms (newest last) */
+  /** recent round trips, ms (newest last): each the fastest of one burst of probes */
   rtts: number[];
+  /** the burst the newest sample belongs to */
+  burst?: number;
 }
 
 export interface DiscoveryOptions {
@@ -39,8 +41,13 @@ export interface DiscoveryOptions {
   logger: Logger;
 }
 
-/** Round trips kept per peer (the median of these is the link estimate). */
+/** Round-trip samples kept per peer (the median of these is the link estimate). */
 const RTT_SAMPLES = 7;
+/**
+ * Probes per sample: a sample is the fastest of a burst. A busy CPU only ever adds to a round
+ * trip measured between two event loops, so the fastest of three sees the link, not the load.
+ */
+const BURST = 3;
 /** Scan targets beaconed per tick. */
 const SCAN_SLICE = 64;
 /** A peer not heard from for this long is gone. */
@@ -56,8 +63,9 @@ export class Discovery extends EventEmitter<{ change: [] }> {
   private socket: dgram.Socket | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly nonces = new NonceCache();
-  /** probe nonce -> sent at */
-  private readonly probes = new Map<string, number>();
+  /** probe nonce -> when it was sent, in which burst */
+  private readonly probes = new Map<string, { at: number; burst: number }>();
+  private bursts = 0;
   private scanAt = 0;
   readonly peers = new Map<string, Peer>();
   readonly ignored: Record<BeaconFailure, number> = { malformed: 0, other_site: 0, expired: 0, bad_signature: 0, replayed: 0 };
@@ -118,12 +126,14 @@ export class Discovery extends EventEmitter<{ change: [] }> {
         this.emit("change");
       }
     }
-    for (const [nonce, at] of this.probes) if (now - at > PEER_TIMEOUT_MS) this.probes.delete(nonce);
-    // one probe per known peer per tick, half a tick after the beacons, so a burst of scan
-    // datagrams does not sit between a probe and the timing of its pong
+    const sentBefore = performance.now() - PEER_TIMEOUT_MS;
+    for (const [nonce, p] of this.probes) if (p.at < sentBefore) this.probes.delete(nonce);
+    // one burst of probes per known peer per tick, half a tick after the beacons, so a burst of
+    // scan datagrams does not sit between a probe and the timing of its pong
     setTimeout(
       () => {
-        for (const p of this.peers.values()) this.probe(p.address, p.port);
+        const burst = ++this.bursts;
+        for (const p of this.peers.values()) for (let i = 0; i < BURST; i++) this.probe(p.address, p.port, burst);
       },
       (this.o.intervalMs ?? 2_000) / 2,
     ).unref();
@@ -144,10 +154,10 @@ export class Discovery extends EventEmitter<{ change: [] }> {
     this.scanAt = targets.length ? (this.scanAt + SCAN_SLICE) % targets.length : 0;
   }
 
-  private probe(address: string, port: number) {
+  private probe(address: string, port: number, burst: number) {
     const packet = sealBeacon(this.o.key, { kind: "probe", node: this.o.nodeId, ...this.o.info() });
     const nonce = (JSON.parse(packet.toString().split("\n")[0] as string) as Beacon).nonce;
-    this.probes.set(nonce, performance.now());
+    this.probes.set(nonce, { at: performance.now(), burst });
     this.send(packet, address, port);
   }
 
@@ -175,11 +185,20 @@ export class Discovery extends EventEmitter<{ change: [] }> {
     if (b.kind === "probe") {
       this.send(sealBeacon(this.o.key, { kind: "pong", node: this.o.nodeId, echo: b.nonce, ...this.o.info() }), rinfo.address, rinfo.port);
     } else if (b.kind === "pong" && b.echo) {
-      const sentAt = this.probes.get(b.echo);
-      if (sentAt === undefined) return;
+      const sent = this.probes.get(b.echo);
+      if (sent === undefined) return;
       this.probes.delete(b.echo);
-      peer.rtts.push(performance.now() - sentAt);
-      if (peer.rtts.length > RTT_SAMPLES) peer.rtts.shift();
+      const rtt = performance.now() - sent.at;
+      if (peer.burst !== undefined && sent.burst < peer.burst) return; // a straggler of an older burst
+      if (peer.burst === sent.burst) {
+        // another pong of the newest burst: the sample is the fastest
+        const last = peer.rtts.length - 1;
+        peer.rtts[last] = Math.min(peer.rtts[last] as number, rtt);
+      } else {
+        peer.burst = sent.burst;
+        peer.rtts.push(rtt);
+        if (peer.rtts.length > RTT_SAMPLES) peer.rtts.shift();
+      }
       this.emit("change");
     }
   }

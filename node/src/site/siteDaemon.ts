@@ -117,7 +117,13 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
       if (!reform) return;
       log.info({ workers: unformed(d) }, "forming the cluster again to take in workers that were unreachable");
     } else {
-      if (!sameDecision(pending?.decision, d)) pending = { decision: d, since: Date.now() };
+      if (!sameDecision(pending?.decision, d)) {
+        pending = { decision: d, since: Date.now() };
+        const links = Object.fromEntries(
+          discovery.view().map((p) => [p.nodeId, p.rttMs === undefined ? "unmeasured" : `${p.rttMs.toFixed(2)} ms`]),
+        );
+        log.info({ role: d.role, head: d.head, workers: d.workers, links }, "the cluster looks different: waiting to see that it holds");
+      }
       if (Date.now() - (pending?.since ?? 0) < debounceMs) return;
       if (d.role === "head" && !workersReady(d)) return;
       pending = undefined;
