@@ -44,16 +44,31 @@ export interface WorkerDaemon {
   stop(): Promise<void>;
 }
 
-/** A relative compute score (multiply-adds per ms on one thread, times threads): only ratios between members matter. */
+/**
+ * A relative compute score (multiply-adds per ms on one core, times threads): only ratios between
+ * members matter. Counted per millisecond of this process's CPU time, not of the clock, so a
+ * machine that is busy for a moment (another member starting up beside it) is not taken for a slow
+ * one; the best of five rounds, since the process's CPU time also counts its compiler and GC threads.
+ */
 function computeScore(threads: number): number {
   let x = 1.0001;
-  let ops = 0;
-  const until = performance.now() + 50;
-  while (performance.now() < until) {
-    for (let i = 0; i < 100_000; i++) x = x * 1.0000001 + 1e-9;
-    ops += 100_000;
-  }
-  return Math.max(1, Math.round((ops / 50 / 1_000) * threads + (x > 1e9 ? 1 : 0)));
+  const round = () => {
+    let ops = 0;
+    const start = process.cpuUsage();
+    const cpuMs = () => {
+      const used = process.cpuUsage(start);
+      return (used.user + used.system) / 1_000;
+    };
+    const giveUpAt = performance.now() + 1_000;
+    while (cpuMs() < 20 && performance.now() < giveUpAt) {
+      for (let i = 0; i < 100_000; i++) x = x * 1.0000001 + 1e-9;
+      ops += 100_000;
+    }
+    return ops / Math.max(1, cpuMs()) / 1_000;
+  };
+  let best = 0;
+  for (let i = 0; i < 5; i++) best = Math.max(best, round());
+  return Math.max(1, Math.round(best * threads + (x > 1e9 ? 1 : 0)));
 }
 
 export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerDaemon> {
