@@ -4,6 +4,7 @@
  * default model, joined by a real control channel on loopback.
  */
 import { randomBytes } from "node:crypto";
+import { sql } from "kysely";
 import OpenAI from "openai";
 import { type CoordinatorOptions, createApiKey, startCoordinator } from "../coordinator/src/index.ts";
 import { startNodeDaemon } from "../node/src/daemon/daemon.ts";
@@ -44,6 +45,16 @@ export async function startSystem(opts: { slots?: number; ledger?: CoordinatorOp
         headers: { "content-type": "application/json", ...headers },
         body: typeof body === "string" ? body : JSON.stringify(body),
       });
+    },
+    /** the coordinator's credit journal: the sum of one kind of entry for an address (smallest unit) */
+    async journal(address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
+      const row = await coordinator.db
+        .selectFrom("ledger_entries")
+        .select(sql<string | null>`sum(amount)`.as("total"))
+        .where("address", "=", address.toLowerCase())
+        .where("kind", "=", kind)
+        .executeTakeFirstOrThrow();
+      return BigInt(row.total ?? 0);
     },
     async close() {
       await node.stop();

@@ -7,7 +7,6 @@
 import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { sql } from "kysely";
 import OpenAI from "openai";
 import { type Address, getAddress, toHex } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -34,16 +33,6 @@ function cli(args: string[], home: string, env: NodeJS.ProcessEnv = {}): Promise
     stderr += b;
   });
   return new Promise((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr })));
-}
-
-async function journal(address: Address, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
-  const row = await sys.coordinator.db
-    .selectFrom("ledger_entries")
-    .select(sql<string | null>`sum(amount)`.as("total"))
-    .where("address", "=", address.toLowerCase())
-    .where("kind", "=", kind)
-    .executeTakeFirstOrThrow();
-  return BigInt(row.total ?? 0);
 }
 
 async function account(session: string) {
@@ -121,7 +110,7 @@ describe("credits on a real chain", () => {
       expect(rows.filter((r) => r.status === "rejected")).toEqual([]);
       return rows.length === 2;
     });
-    expect(await journal(node, "earn")).toBe(cost);
+    expect(await sys.journal(node, "earn")).toBe(cost);
     const earnings = await waitFor(
       "the earnings to settle",
       async () => {
@@ -143,9 +132,9 @@ describe("credits on a real chain", () => {
     expect(claimed.stdout).toContain(`deposited ${cost} credits into escrow`);
 
     // chain == journal, exactly
-    expect((await chain.escrow(node)).deposited).toBe(await journal(node, "earn"));
+    expect((await chain.escrow(node)).deposited).toBe(await sys.journal(node, "earn"));
     expect(await chain.credits(node)).toBe(0n);
-    expect((await chain.escrow(user.address)).spent).toBe(await journal(user.address, "charge"));
+    expect((await chain.escrow(user.address)).spent).toBe(await sys.journal(user.address, "charge"));
     const s = await chain.settlement();
     expect(s.totalClaimed).toBe(s.totalEarnings);
     expect(s.totalSpent).toBe(cost);
@@ -185,7 +174,7 @@ describe("credits on a real chain", () => {
     expect(body.error).toMatchObject({ code: "insufficient_credits", type: "insufficient_quota" });
     expect(body.error.message).toContain("10 are available");
     expect(await account(session)).toMatchObject({ available: "10", charged: "0", held: "0" });
-    expect(await journal(poor.address, "hold")).toBe(0n);
+    expect(await sys.journal(poor.address, "hold")).toBe(0n);
     const jobs = await sys.coordinator.db
       .selectFrom("jobs")
       .innerJoin("api_keys", "api_keys.id", "jobs.api_key_id")

@@ -5,7 +5,6 @@
  * portal's build, and a real node on the default model. The wallet is injected and signs with
  * dev-chain accounts for real. Screenshots of every page land in test-artifacts/screenshots.
  */
-import { sql } from "kysely";
 import type { Browser, Page } from "playwright-core";
 import { type Account, type Address, getAddress } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -74,16 +73,6 @@ async function shown(page: Page, testId: string): Promise<bigint> {
   return /^[\d,]+$/.test(text) ? BigInt(text.replaceAll(",", "")) : -1n;
 }
 
-async function journal(address: string, kind: "charge" | "earn"): Promise<bigint> {
-  const row = await sys.coordinator.db
-    .selectFrom("ledger_entries")
-    .select(sql<string | null>`sum(amount)`.as("total"))
-    .where("address", "=", address.toLowerCase())
-    .where("kind", "=", kind)
-    .executeTakeFirstOrThrow();
-  return BigInt(row.total ?? 0);
-}
-
 describe("the web portal in Chromium", () => {
   it("a wallet connects, signs in, deposits, makes a key, chats with streamed output, and its balance falls by exactly the charge", async () => {
     const user = wallet(devWallet(6));
@@ -128,7 +117,7 @@ describe("the web portal in Chromium", () => {
       return v >= 0n ? v : undefined;
     });
     expect(before).toBe(50_000n);
-    const chargedBefore = await journal(user.address, "charge");
+    const chargedBefore = await sys.journal(user.address, "charge");
     // count how often the reply's text changes while it streams
     await page.evaluate(() => {
       const w = window as unknown as { __updates: number };
@@ -143,7 +132,7 @@ describe("the web portal in Chromium", () => {
     const reply = (await page.getByTestId("reply").textContent()) ?? "";
     expect(reply.length).toBeGreaterThan(10);
     expect(await page.evaluate(() => (window as unknown as { __updates: number }).__updates)).toBeGreaterThan(5);
-    const charged = (await journal(user.address, "charge")) - chargedBefore;
+    const charged = (await sys.journal(user.address, "charge")) - chargedBefore;
     expect(charged).toBeGreaterThan(0n);
     // the cost the page shows is the journal's charge, and the balance falls by exactly that
     expect(await page.getByTestId("cost").textContent()).toContain(`${charged.toLocaleString("en-US")} credits`);
@@ -184,7 +173,7 @@ describe("the web portal in Chromium", () => {
       30_000,
       250,
     );
-    expect(claimable).toBe(await journal(node, "earn"));
+    expect(claimable).toBe(await sys.journal(node, "earn"));
     // what it served: one receipt per paid job, with the job's tokens
     const receipts = await sys.coordinator.db
       .selectFrom("receipts")
@@ -288,7 +277,7 @@ describe("the web portal in Chromium", () => {
       await page.getByRole("button", { name: "Send" }).click();
       await page.getByRole("alert").filter({ hasText: "Not enough credits" }).waitFor({ timeout: 20_000 });
       await screenshot("insufficient-credits");
-      expect(await journal(poor.address, "charge")).toBe(0n);
+      expect(await sys.journal(poor.address, "charge")).toBe(0n);
     }, 60_000);
 
     it("a browser without a wallet, and a coordinator that goes down, are said plainly in the open page", async () => {
