@@ -143,6 +143,28 @@ describe("the web portal in Chromium", () => {
     );
     await screenshot("playground");
 
+    // a withdrawal waits out its notice on the chain's clock, then returns the credits out of escrow
+    await go(page, "Credits");
+    const available = await shown(page, "available");
+    await page.getByLabel("Credits", { exact: true }).nth(1).fill("1000");
+    await page.getByRole("button", { name: "Announce withdrawal" }).click();
+    await page.getByText("Announcing a withdrawal of 1,000 credits: done.").waitFor({ timeout: 30_000 });
+    await page.getByText(/1,000 credits unlock at/).waitFor();
+    expect(await page.getByRole("button", { name: "Withdraw", exact: true }).isDisabled()).toBe(true);
+    await waitFor(
+      "the balance to leave out the withdrawal",
+      async () => ((await shown(page, "available")) === available - 1_000n ? true : undefined),
+      15_000,
+    );
+    await chain.test.increaseTime({ seconds: 3_601 });
+    await chain.test.mine({ blocks: 1 });
+    await page.getByText("1,000 credits can be withdrawn now.").waitFor({ timeout: 15_000 });
+    await page.getByRole("button", { name: "Withdraw", exact: true }).click();
+    await page.getByText("Withdrawing: done.").waitFor({ timeout: 30_000 });
+    expect(await chain.credits(getAddress(user.address))).toBe(1_000n);
+    await page.getByText("credits outside escrow: 1,000").waitFor();
+    await screenshot("credits-withdrawn");
+
     // the key's usage is listed
     await go(page, "API keys");
     const row = page.getByRole("row").filter({ hasText: "playground" });

@@ -5,7 +5,7 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useState } from "react";
 import { formatEther } from "viem";
-import { useBalance, useConnection, useReadContract, useWriteContract } from "wagmi";
+import { useBalance, useBlock, useConnection, useReadContract, useWriteContract } from "wagmi";
 import { type Account, api, type Ledger } from "../api.js";
 import { useSession } from "../session.js";
 import { TxStatus, useTx } from "../tx.js";
@@ -36,13 +36,21 @@ export function CreditsPage({ ledger }: { ledger: Ledger }) {
   });
   const free = useReadContract({ ...contract, functionName: "credits", args: [address ?? "0x"], query: { enabled: !!address } });
   const eth = useBalance({ address, query: { enabled: !!address } });
+  // the notice runs on the chain's clock
+  const block = useBlock({ watch: true });
   const { writeContractAsync } = useWriteContract();
   const tx = useTx();
   const [amount, setAmount] = useState("1000");
   const [withdrawAmount, setWithdrawAmount] = useState("");
 
   const refresh = async () => {
-    await Promise.all([escrow.refetch(), free.refetch(), eth.refetch(), queries.invalidateQueries({ queryKey: ["account"] })]);
+    await Promise.all([
+      escrow.refetch(),
+      free.refetch(),
+      eth.refetch(),
+      block.refetch(),
+      queries.invalidateQueries({ queryKey: ["account"] }),
+    ]);
   };
   const units = (s: string): bigint | undefined => (/^\d+$/.test(s.trim()) && BigInt(s) > 0n ? BigInt(s) : undefined);
 
@@ -79,7 +87,7 @@ export function CreditsPage({ ledger }: { ledger: Ledger }) {
 
   const a = account.data;
   const [, , pending, unlockAt] = escrow.data ?? [0n, 0n, 0n, 0n];
-  const unlocked = pending > 0n && BigInt(Math.floor(Date.now() / 1000)) >= unlockAt;
+  const unlocked = pending > 0n && block.data !== undefined && block.data.timestamp >= unlockAt;
   const n = units(amount);
   return (
     <>
