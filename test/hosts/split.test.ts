@@ -29,6 +29,8 @@ interface Daemon {
   id: string;
   pid: number;
   tunnelPort?: number;
+  /** what the daemon wrote to stderr (warnings and errors) */
+  log(): string;
 }
 
 let lan: Lan;
@@ -84,6 +86,7 @@ async function startDaemon(host: Host, args: string[]): Promise<Daemon> {
     id: line[1] as string,
     pid: child.pid as number,
     tunnelPort: tunnelPort ? Number(tunnelPort) : undefined,
+    log: () => err,
   };
 }
 
@@ -155,7 +158,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     const net0 = await network();
     const headNode = net0.nodes.find((n) => n.id === head.id);
     expect(headNode?.role).toBe("head");
-    expect(headNode?.cluster?.map((m) => m.nodeId).sort()).toEqual(workers.map((w) => w.id).sort());
+    expect(headNode?.cluster?.map((m) => m.nodeId).sort(), `the head's log:\n${head.log()}`).toEqual(workers.map((w) => w.id).sort());
     expect(headNode?.cluster?.reduce((s, m) => s + m.layerCount, 0)).toBe(30);
     // one virtual node whose capacity is its machines' together (here: three namespaces of one machine)
     expect(headNode?.capacity?.memoryBytes).toBe(3 * totalmem());

@@ -24,6 +24,9 @@ export interface ClusterHeadOptions {
 }
 
 const FORM_TIMEOUT_MS = 15_000;
+/** formations tried while members are missing, and the pause between them */
+const FORM_ATTEMPTS = 3;
+const FORM_RETRY_MS = 2_000;
 
 export class ClusterHead {
   private pending: { sessionId: string; resolve: (m: ClusterMembers) => void } | undefined;
@@ -63,29 +66,50 @@ export class ClusterHead {
     });
   }
 
-  /** Forms the cluster anew and returns llama-server's `--rpc`/`--tensor-split` arguments. */
-  async prepare(): Promise<string[]> {
-    await this.closeProxies();
+  /** One formation: the coordinator hands out the session; each member's link is measured through its tunnel. */
+  private async formAndMeasure() {
     const { members, key, sessionId } = await this.form();
     for (const m of members.missing) this.o.logger.warn({ member: m.nodeId, reason: m.reason }, "cluster member unavailable");
-    // the link to each member, measured through its tunnel: the best of three handshakes (two round trips each)
+    // the link to each member: the fastest TCP connect of five authenticated dials (the connect is
+    // answered by the worker's kernel, so a busy worker process does not pass for a far one)
     const infos: (MemberInfo & ClusterMembers["members"][number])[] = [];
     for (const m of members.members) {
       const dial = { host: m.host, port: m.port, tls: m.tls, session: { id: sessionId, key }, headId: this.o.headId, workerId: m.nodeId };
       let best = Number.POSITIVE_INFINITY;
       try {
-        for (let i = 0; i < 3; i++) {
-          const t0 = performance.now();
-          (await dialTunnel(dial)).destroy();
-          best = Math.min(best, performance.now() - t0);
+        for (let i = 0; i < 5; i++) {
+          (await dialTunnel({ ...dial, onConnected: (ms) => (best = Math.min(best, ms)) })).destroy();
         }
       } catch (err) {
         this.o.logger.warn({ member: m.nodeId, err: (err as Error).message }, "cluster member unreachable");
         continue;
       }
-      const throughputMiBps = await measureThroughput(dial).catch(() => 0);
-      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best / 2, throughputMiBps });
+      // a measurement that fails once is tried again before the link counts as too narrow
+      const throughputMiBps = await measureThroughput(dial)
+        .catch(() => measureThroughput(dial))
+        .catch((err: Error) => {
+          this.o.logger.warn({ member: m.nodeId, err: err.message }, "could not measure the link's throughput");
+          return 0;
+        });
+      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best, throughputMiBps });
     }
+    return { infos, key, sessionId };
+  }
+
+  /** Forms the cluster anew and returns llama-server's `--rpc`/`--tensor-split` arguments. */
+  async prepare(): Promise<string[]> {
+    await this.closeProxies();
+    // a member that is missing or unreachable for a moment (starting, busy) is asked for again
+    // a few times before the cluster forms without it
+    let formed: Awaited<ReturnType<ClusterHead["formAndMeasure"]>>;
+    for (let attempt = 1; ; attempt++) {
+      formed = await this.formAndMeasure();
+      const absent = this.o.members.length - formed.infos.length;
+      if (!absent || attempt >= FORM_ATTEMPTS) break;
+      this.o.logger.info({ absent, attempt }, "cluster members missing: asking again");
+      await new Promise((r) => setTimeout(r, FORM_RETRY_MS));
+    }
+    const { infos, key, sessionId } = formed;
     if (!infos.length) throw new Error("no cluster member is reachable");
     const plan = planPlacement(this.o.layout, infos);
     for (const e of plan.excluded) this.o.logger.warn(e, "cluster member left out of the split");

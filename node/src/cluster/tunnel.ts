@@ -276,6 +276,8 @@ export interface DialOptions {
   /** relay (default): to rpc-server; bench: a throughput measurement */
   mode?: "relay" | "bench";
   timeoutMs?: number;
+  /** told how long the TCP connect took: one round trip, answered by the worker's kernel, not its busy process */
+  onConnected?: (ms: number) => void;
 }
 
 /** The head's end: an authenticated connection to a worker, paused, with nothing read past the handshake. */
@@ -284,6 +286,8 @@ export async function dialTunnel(o: DialOptions): Promise<Socket> {
     ? tls.connect({ host: o.host, port: o.port, rejectUnauthorized: false, noDelay: true } as tls.ConnectionOptions)
     : net.connect({ host: o.host, port: o.port, noDelay: true });
   socket.pause();
+  const started = performance.now();
+  socket.once("connect", () => o.onConnected?.(performance.now() - started));
   const timeout = o.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   try {
     await new Promise<void>((resolve, reject) => {

@@ -48,7 +48,8 @@ export interface WorkerDaemon {
  * A relative compute score (multiply-adds per ms on one core, times threads): only ratios between
  * members matter. Counted per millisecond of this process's CPU time, not of the clock, so a
  * machine that is busy for a moment (another member starting up beside it) is not taken for a slow
- * one; the best of five rounds, since the process's CPU time also counts its compiler and GC threads.
+ * one; the best of five rounds after three for warm-up, since the process's CPU time also counts its
+ * compiler and GC threads.
  */
 function computeScore(threads: number): number {
   let x = 1.0001;
@@ -66,6 +67,8 @@ function computeScore(threads: number): number {
     }
     return ops / Math.max(1, cpuMs()) / 1_000;
   };
+  // untimed rounds first, so the timed ones run optimised code
+  for (let i = 0; i < 3; i++) round();
   let best = 0;
   for (let i = 0; i < 5; i++) best = Math.max(best, round());
   return Math.max(1, Math.round(best * threads + (x > 1e9 ? 1 : 0)));
