@@ -27,6 +27,15 @@ describe("decideRole", () => {
     expect(decideRole(m("x", "10.0.0.10", 8), [m("y", "10.0.0.9", 8, 0.2)])).toMatchObject({ role: "worker", head: "y" });
   });
 
+  it("keeps a member whose round trip wobbles above the threshold, but does not take in a new one", () => {
+    const peers = [m("b", "10.0.0.3", 8, 3.1)];
+    expect(decideRole(m("a", "10.0.0.2", 8), peers)).toMatchObject({ role: "solo" });
+    const current = { role: "head" as const, head: "a", workers: ["b"] };
+    expect(decideRole(m("a", "10.0.0.2", 8), peers, 2, current)).toEqual(current);
+    // a far link stays far
+    expect(decideRole(m("a", "10.0.0.2", 8), [m("b", "10.0.0.3", 8, 10.8)], 2, current)).toMatchObject({ role: "solo" });
+  });
+
   it("keeps a worker's daemon when only the other workers change, and re-forms a head", () => {
     const worker = { role: "worker" as const, head: "a", workers: ["b", "c"] };
     expect(sameDecision(worker, { ...worker, workers: ["b"] })).toBe(true);

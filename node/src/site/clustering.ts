@@ -23,12 +23,20 @@ function addressKey(address: string): number {
   return address.split(".").reduce((a, o) => a * 256 + Number(o), 0);
 }
 
-export function decideRole(self: Member, peers: Member[], thresholdMs = 2): Decision {
-  const near = peers.filter((p) => p.rttMs !== undefined && p.rttMs < thresholdMs);
+/**
+ * A member of this daemon's cluster stays in it while its round trip is under this many times the
+ * threshold: a round trip measured between two busy machines wobbles, and a cluster must not break
+ * up (and re-form, reloading the model) whenever it crosses the line. A far link stays far.
+ */
+export const STAY_FACTOR = 2;
+
+export function decideRole(self: Member, peers: Member[], thresholdMs = 2, current?: Decision): Decision {
+  const members = new Set(current && current.role !== "solo" ? [current.head, ...current.workers] : []);
+  const near = peers.filter((p) => p.rttMs !== undefined && p.rttMs < thresholdMs * (members.has(p.nodeId) ? STAY_FACTOR : 1));
   if (!near.length) return { role: "solo", head: self.nodeId, workers: [] };
-  const members = [self, ...near].sort((a, b) => b.memoryBytes - a.memoryBytes || addressKey(a.address) - addressKey(b.address));
-  const head = members[0] as Member;
-  const workers = members
+  const cluster = [self, ...near].sort((a, b) => b.memoryBytes - a.memoryBytes || addressKey(a.address) - addressKey(b.address));
+  const head = cluster[0] as Member;
+  const workers = cluster
     .slice(1)
     .map((m) => m.nodeId)
     .sort();

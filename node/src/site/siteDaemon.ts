@@ -104,6 +104,7 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
       self,
       view.map((p) => ({ nodeId: p.nodeId, address: p.address, memoryBytes: p.memoryBytes, rttMs: p.rttMs })),
       o.thresholdMs,
+      current?.decision,
     );
   };
   let pending: { decision: Decision; since: number } | undefined;
