@@ -162,7 +162,7 @@ export async function openPortal(browser: Browser, url: string, wallet: TestWall
   const page = await context.newPage();
   const errors: string[] = [];
   page.on("console", (m) => {
-    if (m.type() === "error") errors.push(m.text());
+    if (m.type() === "error") errors.push(`${m.text()} (${m.location().url})`);
   });
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(url);

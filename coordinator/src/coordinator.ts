@@ -87,7 +87,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await app.register(errorsPlugin);
     await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
     const metrics = new Metrics(fleet);
-    await app.register(healthPlugin, { fleet });
+    await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });
     await app.register(nodesPlugin, { db, joinToken: o.joinToken });
     await app.register(controlPlugin, {

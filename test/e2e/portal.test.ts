@@ -315,3 +315,41 @@ describe("the web portal in Chromium", () => {
     }, 60_000);
   });
 });
+
+describe("the portal of a coordinator without credits", () => {
+  let free: System;
+  beforeAll(async () => {
+    free = await startSystem();
+  }, 240_000);
+  afterAll(async () => {
+    await free?.close();
+  });
+
+  it("shows the network map and a playground that takes a pasted key, and nothing of wallets", async () => {
+    const portal = await openPortal(browser, free.coordinator.url, undefined);
+    portals.push(portal);
+    const { page, errors, screenshot } = portal;
+    await page.getByRole("heading", { level: 1, name: "Network" }).waitFor();
+    await page.locator(`[data-node="${free.node.nodeId}"]`).getByText(MODEL).waitFor();
+    expect(await page.getByRole("navigation", { name: "Pages" }).getByRole("link").allTextContents()).toEqual(["Network", "Playground"]);
+    expect(await page.getByRole("button", { name: "Connect wallet" }).count()).toBe(0);
+    await go(page, "Playground");
+    await page.getByLabel("API key").fill(free.apiKey);
+    await page.getByRole("button", { name: "Use key" }).click();
+    await page.getByLabel("Model").locator(`option[value="${MODEL}"]`).waitFor({ state: "attached" });
+    await page.getByLabel("Message").fill("Say hello.");
+    await page.getByRole("button", { name: "Send" }).click();
+    // the reply is in once the Send button is back (it reads Stop while the reply streams)
+    await expect
+      .poll(
+        async () =>
+          (await page.getByRole("button", { name: "Send" }).count()) && ((await page.getByTestId("reply").textContent()) ?? "").length,
+        {
+          timeout: 60_000,
+        },
+      )
+      .toBeGreaterThan(5);
+    await screenshot("no-credits-playground");
+    expect(errors).toEqual([]);
+  }, 120_000);
+});

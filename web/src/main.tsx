@@ -3,7 +3,7 @@ import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { WagmiProvider } from "wagmi";
 import { App } from "./App.js";
-import { ApiError, api, type Ledger } from "./api.js";
+import { api, type Ledger } from "./api.js";
 import { SessionProvider } from "./session.js";
 import { walletConfig } from "./wallet.js";
 import "./styles.css";
@@ -15,21 +15,20 @@ const queryClient = new QueryClient({ defaultOptions: { queries: { retry: 1, ref
 async function boot() {
   let ledger: Ledger | undefined;
   try {
-    ledger = await api<Ledger>("/v1/ledger");
+    // a coordinator without credits has no ledger: the network map and the playground still work
+    const health = await api<{ credits: boolean }>("/healthz");
+    if (health.credits) ledger = await api<Ledger>("/v1/ledger");
   } catch (err) {
-    // 404: this coordinator runs without credits; the network map and the playground still work
-    if (!(err instanceof ApiError) || err.status !== 404) {
-      root.render(
-        <main className="boot-error" role="alert">
-          <h1>SharedLLM</h1>
-          <p>{err instanceof Error ? err.message : String(err)}</p>
-          <button type="button" onClick={boot}>
-            Try again
-          </button>
-        </main>,
-      );
-      return;
-    }
+    root.render(
+      <main className="boot-error" role="alert">
+        <h1>SharedLLM</h1>
+        <p>{err instanceof Error ? err.message : String(err)}</p>
+        <button type="button" onClick={boot}>
+          Try again
+        </button>
+      </main>,
+    );
+    return;
   }
   root.render(
     <StrictMode>

@@ -2,9 +2,11 @@
 import type { FastifyInstance } from "fastify";
 import type { Fleet } from "../fleet.js";
 
-export async function healthPlugin(app: FastifyInstance, o: { fleet: Fleet }): Promise<void> {
+export async function healthPlugin(app: FastifyInstance, o: { fleet: Fleet; credits: boolean }): Promise<void> {
   app.get("/healthz", async () => ({
     status: "ok",
+    /** whether requests are paid in credits on a chain (then `/v1/ledger` says which) */
+    credits: o.credits,
     nodes: o.fleet.size,
     models: [...new Set(o.fleet.list().flatMap((n) => [...n.models.keys()]))].sort(),
   }));

@@ -2,7 +2,7 @@
  * Playground: a streaming chat through the real OpenAI-compatible API with one of the user's keys
  * (a "playground" key made for this browser, or one pasted in), spending the user's credits.
  */
-import { useQuery } from "@tanstack/react-query";
+import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useEffect, useRef, useState } from "react";
 import { ApiError, api, type Ledger, streamChat } from "../api.js";
 import { useSession } from "../session.js";
@@ -38,6 +38,7 @@ export function PlaygroundPage({ ledger }: { ledger?: Ledger }) {
   const [cost, setCost] = useState<{ prompt: number; completion: number; credits: bigint }>();
   const abort = useRef<AbortController>(undefined);
   const balance = useAccountBalance();
+  const queries = useQueryClient();
   const create = useCreateKey();
 
   const chooseKey = (k: string) => {
@@ -78,7 +79,8 @@ export function PlaygroundPage({ ledger }: { ledger?: Ledger }) {
       }
     } finally {
       setBusy(false);
-      balance.refetch();
+      // (an invalidation, not a refetch: it leaves alone a balance nobody is signed in for)
+      queries.invalidateQueries({ queryKey: ["account"] });
     }
   };
 
