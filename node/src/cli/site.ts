@@ -9,7 +9,7 @@ import dgram from "node:dgram";
 import { mkdir, open, rm, writeFile } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
-import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
+import { type ClusterPlan, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { registerNode } from "../daemon/registration.js";
@@ -253,9 +253,7 @@ export function siteCommand(): Command {
           status: string;
           role: string;
           models: string[];
-          cluster:
-            | { nodeId: string; firstLayer: number; layerCount: number; speed?: number; rttMs?: number; throughputMiBps?: number }[]
-            | null;
+          cluster: ClusterPlan["members"] | null;
           capacity: { memoryBytes: number } | null;
         }[];
       };

@@ -114,9 +114,9 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
     if (current && sameDecision(current.decision, d)) {
       pending = undefined;
       // a worker that was restarting when the head formed is taken in once it is back
-      const reform = d.role === "head" && Date.now() - current.since >= debounceMs && unformed(d).length > 0 && workersReady(d);
-      if (!reform) return;
-      log.info({ workers: unformed(d) }, "forming the cluster again to take in workers that were unreachable");
+      const missed = d.role === "head" && Date.now() - current.since >= debounceMs ? unformed(d) : [];
+      if (!missed.length || !workersReady(d)) return;
+      log.info({ workers: missed }, "forming the cluster again to take in workers that were unreachable");
     } else {
       if (!sameDecision(pending?.decision, d)) {
         pending = { decision: d, since: Date.now() };
