@@ -12,6 +12,7 @@ import { KeysPage } from "./pages/Keys.js";
 import { NetworkPage } from "./pages/Network.js";
 import { PlaygroundPage } from "./pages/Playground.js";
 import { useSession } from "./session.js";
+import { Alert } from "./ui.js";
 import { shortAddress, walletError } from "./wallet.js";
 
 interface Page {
@@ -151,11 +152,7 @@ function SignedIn({ children }: { children: ReactNode }) {
           </button>
         </>
       )}
-      {session?.error && (
-        <p className="error" role="alert">
-          {session.error}
-        </p>
-      )}
+      <Alert error={session?.error} />
     </section>
   );
 }

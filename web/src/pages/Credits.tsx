@@ -9,6 +9,7 @@ import { useBalance, useBlock, useConnection, useReadContract, useWriteContract 
 import { type Account, api, type Ledger } from "../api.js";
 import { useSession } from "../session.js";
 import { TxStatus, useTx } from "../tx.js";
+import { Alert, Figure } from "../ui.js";
 import { credits, ledgerAbi } from "../wallet.js";
 
 export function useAccountBalance() {
@@ -93,32 +94,15 @@ export function CreditsPage({ ledger }: { ledger: Ledger }) {
     <>
       <section className="card" aria-labelledby="balance-h">
         <h2 id="balance-h">Balance</h2>
-        {account.error && (
-          <p className="error" role="alert">
-            {account.error.message}
-          </p>
-        )}
+        <Alert error={account.error} />
         <dl className="figures">
-          <div>
-            <dt>Available</dt>
-            <dd data-testid="available">{credits(a?.available)}</dd>
-          </div>
-          <div>
-            <dt>In escrow</dt>
-            <dd>{a ? credits(BigInt(a.deposited) - BigInt(a.settledSpent)) : "…"}</dd>
-          </div>
-          <div>
-            <dt>Spent, not yet settled</dt>
-            <dd>{credits(a?.charged)}</dd>
-          </div>
-          <div>
-            <dt>Reserved by running jobs</dt>
-            <dd>{credits(a?.held)}</dd>
-          </div>
-          <div>
-            <dt>Pending withdrawal</dt>
-            <dd>{credits(a?.pendingWithdrawal)}</dd>
-          </div>
+          <Figure label="Available" testId="available">
+            {credits(a?.available)}
+          </Figure>
+          <Figure label="In escrow">{a ? credits(BigInt(a.deposited) - BigInt(a.settledSpent)) : "…"}</Figure>
+          <Figure label="Spent, not yet settled">{credits(a?.charged)}</Figure>
+          <Figure label="Reserved by running jobs">{credits(a?.held)}</Figure>
+          <Figure label="Pending withdrawal">{credits(a?.pendingWithdrawal)}</Figure>
         </dl>
         <p className="muted">
           Wallet: {eth.data ? `${Number(formatEther(eth.data.value)).toFixed(4)} ETH` : "…"} · credits outside escrow: {credits(free.data)}

@@ -9,6 +9,7 @@ import { isAddress } from "viem";
 import { useConnection, useReadContract, useWriteContract } from "wagmi";
 import { api, type Earnings, type Ledger, type Network } from "../api.js";
 import { TxStatus, useTx } from "../tx.js";
+import { Alert, Figure } from "../ui.js";
 import { credits, ledgerAbi, shortAddress } from "../wallet.js";
 
 export function EarningsPage({ ledger }: { ledger: Ledger }) {
@@ -94,32 +95,17 @@ export function EarningsPage({ ledger }: { ledger: Ledger }) {
 
       <section className="card" aria-labelledby="earned-h">
         <h2 id="earned-h">Earnings</h2>
-        {earnings.error && (
-          <p className="error" role="alert">
-            {earnings.error.message}
-          </p>
-        )}
+        <Alert error={earnings.error} />
         <dl className="figures">
-          <div>
-            <dt>Earned</dt>
-            <dd>{credits(e?.earned)}</dd>
-          </div>
-          <div>
-            <dt>Pending settlement</dt>
-            <dd>{credits(e?.pending)}</dd>
-          </div>
-          <div>
-            <dt>Claimable</dt>
-            <dd data-testid="claimable">{credits(e?.claimable)}</dd>
-          </div>
-          <div>
-            <dt>Claimed</dt>
-            <dd>{credits(e?.claimed)}</dd>
-          </div>
-          <div>
-            <dt>On-chain credits</dt>
-            <dd data-testid="onchain">{credits(onChain.data)}</dd>
-          </div>
+          <Figure label="Earned">{credits(e?.earned)}</Figure>
+          <Figure label="Pending settlement">{credits(e?.pending)}</Figure>
+          <Figure label="Claimable" testId="claimable">
+            {credits(e?.claimable)}
+          </Figure>
+          <Figure label="Claimed">{credits(e?.claimed)}</Figure>
+          <Figure label="On-chain credits" testId="onchain">
+            {credits(onChain.data)}
+          </Figure>
         </dl>
         <button type="button" className="primary" disabled={tx.busy || !e || BigInt(e.claimable) === 0n} onClick={claim}>
           Claim {e && BigInt(e.claimable) > 0n ? `${credits(e.claimable)} credits` : ""}

@@ -3,6 +3,7 @@ import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useState } from "react";
 import { type ApiKey, api } from "../api.js";
 import { useSession } from "../session.js";
+import { Alert } from "../ui.js";
 import { credits } from "../wallet.js";
 
 export function useKeys() {
@@ -55,11 +56,7 @@ export function KeysPage() {
             Create key
           </button>
         </form>
-        {create.error && (
-          <p className="error" role="alert">
-            {create.error.message}
-          </p>
-        )}
+        <Alert error={create.error} />
         {secret && (
           <div className="secret" role="status">
             <p>
@@ -83,11 +80,7 @@ export function KeysPage() {
 
       <section className="card" aria-labelledby="keys-h">
         <h2 id="keys-h">Your keys</h2>
-        {keys.error && (
-          <p className="error" role="alert">
-            {keys.error.message}
-          </p>
-        )}
+        <Alert error={keys.error} />
         {keys.data?.length === 0 && <p className="muted">No keys yet.</p>}
         {!!keys.data?.length && (
           <div className="table-wrap">
@@ -132,11 +125,7 @@ export function KeysPage() {
             </table>
           </div>
         )}
-        {revoke.error && (
-          <p className="error" role="alert">
-            {revoke.error.message}
-          </p>
-        )}
+        <Alert error={revoke.error} />
       </section>
     </>
   );

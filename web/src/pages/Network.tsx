@@ -4,12 +4,13 @@
  */
 import { useQuery } from "@tanstack/react-query";
 import { api, type Network, type NetworkNode } from "../api.js";
+import { Alert, Figure } from "../ui.js";
 import { shortAddress } from "../wallet.js";
 
 export function NetworkPage() {
   const network = useQuery({ queryKey: ["network"], queryFn: () => api<Network>("/v1/network"), refetchInterval: 2_000 });
   const n = network.data;
-  if (!n) return network.error ? <p className="error">{network.error.message}</p> : <p className="muted">Loading…</p>;
+  if (!n) return network.error ? <Alert error={network.error} /> : <p className="muted">Loading…</p>;
   const online = n.nodes.filter((x) => x.status === "online");
   const inCluster = new Set(online.flatMap((x) => (x.role === "head" ? (x.cluster ?? []).map((m) => m.nodeId) : [])));
   const units = online.filter((x) => x.role !== "worker" || !inCluster.has(x.id));
@@ -18,22 +19,12 @@ export function NetworkPage() {
   return (
     <>
       <dl className="figures card" aria-label="Network totals">
-        <div>
-          <dt>Nodes online</dt>
-          <dd data-testid="online">{n.totals.online}</dd>
-        </div>
-        <div>
-          <dt>Jobs running</dt>
-          <dd>{n.totals.activeJobs}</dd>
-        </div>
-        <div>
-          <dt>Throughput</dt>
-          <dd>{tps.toFixed(1)} tokens/s</dd>
-        </div>
-        <div>
-          <dt>Models</dt>
-          <dd>{n.models.map((m) => m.id).join(", ") || "none"}</dd>
-        </div>
+        <Figure label="Nodes online" testId="online">
+          {n.totals.online}
+        </Figure>
+        <Figure label="Jobs running">{n.totals.activeJobs}</Figure>
+        <Figure label="Throughput">{tps.toFixed(1)} tokens/s</Figure>
+        <Figure label="Models">{n.models.map((m) => m.id).join(", ") || "none"}</Figure>
       </dl>
       <ul className="map" aria-label="Serving units">
         {units.map((u) => (

@@ -6,6 +6,7 @@ import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useEffect, useRef, useState } from "react";
 import { ApiError, api, type Ledger, streamChat } from "../api.js";
 import { useSession } from "../session.js";
+import { Alert } from "../ui.js";
 import { credits } from "../wallet.js";
 import { useAccountBalance } from "./Credits.js";
 import { useCreateKey } from "./Keys.js";
@@ -123,12 +124,8 @@ export function PlaygroundPage({ ledger }: { ledger?: Ledger }) {
             </form>
           </div>
         )}
-        {create.error && <p className="error">{create.error.message}</p>}
-        {models.error && (
-          <p className="error" role="alert">
-            {models.error.message}
-          </p>
-        )}
+        <Alert error={create.error} />
+        <Alert error={models.error} />
         <label>
           Model
           <select value={model} onChange={(e) => setModel(e.target.value)} disabled={!models.data?.length}>
@@ -157,11 +154,7 @@ export function PlaygroundPage({ ledger }: { ledger?: Ledger }) {
             </li>
           ))}
         </ol>
-        {error && (
-          <p className="error" role="alert">
-            {error}
-          </p>
-        )}
+        <Alert error={error} />
         {cost && (
           <p className="muted" data-testid="cost">
             {cost.prompt} prompt + {cost.completion} completion tokens: {credits(cost.credits)} credits
