@@ -19,7 +19,7 @@ import { Receipts } from "./ledger/receipts.js";
 import { type SettlementOptions, Settler } from "./ledger/settlement.js";
 import { Metrics } from "./metrics.js";
 import { accountsPlugin } from "./plugins/accounts.js";
-import { controlPlugin } from "./plugins/control.js";
+import { controlPlugin, type LocalDial } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
 import { networkPlugin } from "./plugins/network.js";
 import { nodesPlugin } from "./plugins/nodes.js";
@@ -55,6 +55,8 @@ export interface Coordinator {
   fleet: Fleet;
   /** present when the coordinator runs with a ledger */
   ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler };
+  /** the control channel for a node in this process, opened with its session token (no loopback WebSocket) */
+  dialLocal: LocalDial;
   close(): Promise<void>;
 }
 
@@ -90,7 +92,11 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });
     await app.register(nodesPlugin, { db, joinToken: o.joinToken });
+    let dialLocal: LocalDial | undefined;
     await app.register(controlPlugin, {
+      exposeLocalDial: (dial) => {
+        dialLocal = dial;
+      },
       db,
       fleet,
       knownModels,
@@ -109,6 +115,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       db,
       fleet,
       ledger,
+      dialLocal: (token) => (dialLocal as LocalDial)(token),
       async close() {
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();

@@ -1,4 +1,5 @@
 export * from "./beacon.js";
+export * from "./channel.js";
 export * from "./control.js";
 export * from "./errors.js";
 export * from "./ledger.js";

@@ -4,11 +4,14 @@
  * carry jobs. A node whose socket closes is removed and its jobs fail cleanly.
  */
 import {
+  ChannelRefused,
   CLOSE_REFUSED,
   type ClusterMembers,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
+  type ControlChannel,
   type CoordinatorFrame,
+  channelPair,
   type clusterFormSchema,
   decodeChunkFrame,
   errorBody,
@@ -17,7 +20,7 @@ import {
   nodeFrameSchema,
   type ServedModel,
 } from "@sharedllm/protocol";
-import type { FastifyInstance } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { WebSocket } from "ws";
 import type { z } from "zod";
 import { bearerToken } from "../credentials.js";
@@ -34,7 +37,12 @@ export interface ControlPluginOptions {
   heartbeatIntervalMs: number;
   /** where signed work receipts go; absent when the coordinator runs without a ledger */
   receipts?: Receipts;
+  /** receives the dial for a node in this process: its session token gives it an in-process channel */
+  exposeLocalDial?: (dial: LocalDial) => void;
 }
+
+/** Opens an in-process control channel for a registered node; throws ChannelRefused for a bad token. */
+export type LocalDial = (sessionToken: string) => Promise<ControlChannel>;
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -83,223 +91,261 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         req.sessionNodeId = nodeId;
       },
     },
-    (socket, req) => {
-      const send = (f: CoordinatorFrame) => socket.send(JSON.stringify(f));
-      let node: ConnectedNode | undefined;
-      const refuse = (message: string) => {
-        send({ type: "error", message });
-        socket.close(CLOSE_REFUSED, message.slice(0, 120));
-      };
-      socket.on("message", (data: Buffer) => {
-        const text = data.toString("utf8");
-        // the hot path: one chunk frame per token, no JSON
-        const chunk = decodeChunkFrame(text);
-        if (chunk) return node ? o.fleet.chunk(node.id, chunk.jobId, chunk.data) : refuse("the first frame must be hello");
-        let frame: z.infer<typeof nodeFrameSchema>;
-        try {
-          const parsed = nodeFrameSchema.safeParse(JSON.parse(text));
-          if (!parsed.success) return refuse(`malformed frame: ${parsed.error.issues[0]?.message ?? "invalid"}`);
-          frame = parsed.data;
-        } catch {
-          return refuse("frames must be JSON");
-        }
-        if (!node) {
-          if (frame.type !== "hello") return refuse("the first frame must be hello");
-          void onHello(socket, frame).then((n) => {
-            node = n;
-          });
-          return;
-        }
-        switch (frame.type) {
-          case "heartbeat":
-            node.lastSeenAt = Date.now();
-            node.heartbeat = frame;
-            node.notLoaded = notLoaded(node, frame.loadedModels);
-            if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
-            return;
-          case "availability":
-            node.accepting = frame.accepting;
-            recordEvent(o.db, req.log, "node.availability", node.id, { accepting: frame.accepting, reason: frame.reason });
-            req.log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
-            return;
-          case "models":
-            if (frame.capabilities) {
-              node.capabilities = frame.capabilities;
-              node.tokensPerSecond = frame.capabilities.tokensPerSecond;
-            }
-            o.fleet.setModels(node, new Map(frame.models.map((m) => [m.id, m])));
-            if (frame.failed) req.log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
-            return void rememberModels(frame.models).catch((err) => req.log.error({ err }, "recording models failed"));
-          case "leave":
-            return void onLeave(node);
-          case "job.end":
-            return o.fleet.end(node.id, frame.jobId, frame.usage);
-          case "job.result":
-            return o.fleet.result(node.id, frame.jobId, frame.body);
-          case "job.error":
-            return o.fleet.error(node.id, frame.jobId, frame);
-          case "receipt": {
-            const from = node.id;
-            if (!o.receipts) return;
-            return void o.receipts
-              .submit(from as `0x${string}`, frame.receipt, frame.signature as `0x${string}` | null, frame.refused)
-              .then((r) =>
-                r.accepted
-                  ? req.log.debug({ nodeId: from }, "receipt accepted")
-                  : req.log.warn({ nodeId: from, reason: r.reason }, "receipt rejected"),
-              )
-              .catch((err) => req.log.error({ err, nodeId: from }, "recording a receipt failed"));
-          }
-          case "cluster.form":
-            return void formCluster(node, frame);
-          case "tunnel.ready":
-            return void clusterForms.get(frame.sessionId)?.ready(node.id);
-          case "cluster.plan":
-            node.cluster = frame.members;
-            req.log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
-            return;
-          case "hello":
-            return refuse("hello was already received");
-        }
-      });
-      socket.on("close", () => {
-        if (!node) return;
-        const id = node.id;
-        if (o.fleet.get(id) === node) {
-          o.fleet.remove(id, "control channel closed");
-          req.log.info({ nodeId: id }, "node disconnected");
-        }
-        if (closing) return;
-        recordEvent(o.db, req.log, "node.disconnected", id);
-        o.db
-          .updateTable("nodes")
-          .set({ last_seen_at: new Date(node.lastSeenAt) })
-          .where("id", "=", id)
-          .execute()
-          .catch((err) => req.log.error({ err, nodeId: id }, "recording last seen failed"));
-      });
-
-      /** Models served anywhere become known, with where they can be pulled from. */
-      async function rememberModels(models: ServedModel[]) {
-        for (const m of models) {
-          const update = { sha256: m.sha256, source: m.source ?? null, size_bytes: m.sizeBytes ?? null };
-          await o.db
-            .insertInto("models")
-            .values({ id: m.id, ...update })
-            .onConflict((c) => c.column("id").doUpdateSet(m.source ? update : { sha256: m.sha256 }))
-            .execute();
-          const prior = o.knownModels.get(m.id);
-          o.knownModels.set(m.id, {
-            id: m.id,
-            sha256: m.sha256,
-            source: m.source ?? prior?.source,
-            sizeBytes: m.sizeBytes ?? prior?.sizeBytes,
-          });
-        }
-      }
-
-      /**
-       * A head asks for its workers: each gets the session key over its own control channel and
-       * says when it is in place; then the head hears where the tunnels are (and who is missing).
-       */
-      async function formCluster(head: ConnectedNode, f: z.infer<typeof clusterFormSchema>) {
-        const members: ClusterMembers["members"] = [];
-        const missing: ClusterMembers["missing"] = [];
-        const waiting = new Set<string>();
-        for (const id of new Set(f.members.map((m) => m.toLowerCase()))) {
-          const w = o.fleet.get(id);
-          if (!w) missing.push({ nodeId: id, reason: "not connected" });
-          else if (w.role !== "worker" || !w.tunnel) missing.push({ nodeId: id, reason: "not a worker" });
-          else {
-            waiting.add(id);
-            w.send({ type: "tunnel.session", sessionId: f.sessionId, key: f.key, head: head.id, expiresAt: f.expiresAt });
-            members.push({
-              nodeId: id,
-              ...w.tunnel,
-              freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0,
-            });
-          }
-        }
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(finish, 5_000);
-          function finish() {
-            clearTimeout(timer);
-            clusterForms.delete(f.sessionId);
-            resolve();
-          }
-          if (!waiting.size) return finish();
-          clusterForms.set(f.sessionId, {
-            ready(id) {
-              waiting.delete(id);
-              if (!waiting.size) finish();
-            },
-          });
-        });
-        const ready = members.filter((m) => !waiting.has(m.nodeId));
-        for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
-        head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing });
-        req.log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
-      }
-
-      async function onLeave(n: ConnectedNode) {
-        o.fleet.remove(n.id, "node left the site");
-        await o.db.deleteFrom("node_sessions").where("node_id", "=", n.id).execute();
-        req.log.info({ nodeId: n.id }, "node left the site");
-        recordEvent(o.db, req.log, "node.left", n.id);
-        socket.close(1000, "left");
-      }
-
-      async function onHello(ws: WebSocket, h: Hello): Promise<ConnectedNode | undefined> {
-        const nodeId = req.sessionNodeId as string;
-        if (h.nodeId.toLowerCase() !== nodeId) {
-          refuse(`this session belongs to node ${nodeId}, not ${h.nodeId}`);
-          return undefined;
-        }
-        if (h.protocol !== CONTROL_PROTOCOL_VERSION) {
-          refuse(
-            `control protocol ${h.protocol} is not supported; this coordinator speaks ${CONTROL_PROTOCOL_VERSION}: upgrade the older side`,
-          );
-          return undefined;
-        }
-        const engine = `${h.engine.tag}-${h.engine.variant}`;
-        const now = new Date();
-        await o.db
-          .insertInto("nodes")
-          .values({ id: nodeId, engine, first_seen_at: now, last_seen_at: now })
-          .onConflict((c) => c.column("id").doUpdateSet({ engine, last_seen_at: now }))
-          .execute();
-        await rememberModels(h.models);
-        if (ws.readyState !== ws.OPEN) return undefined;
-        // every field present from the start: all nodes share one object shape, which keeps scheduling scans fast
-        const n: ConnectedNode = {
-          id: nodeId,
-          engine,
-          models: new Map(h.models.map((m) => [m.id, m])),
-          slots: h.slots,
-          active: 0,
-          coolingUntil: 0,
-          accepting: h.accepting ?? true,
-          capabilities: h.capabilities,
-          tokensPerSecond: h.capabilities?.tokensPerSecond ?? 0,
-          jobs: new Map(),
-          connectedAt: Date.now(),
-          lastSeenAt: Date.now(),
-          heartbeat: undefined,
-          notLoaded: undefined,
-          order: 0,
-          loading: undefined,
-          role: h.role ?? "solo",
-          tunnel: h.tunnel && { host: (req.socket.remoteAddress ?? "127.0.0.1").replace(/^::ffff:/, ""), ...h.tunnel },
-          cluster: undefined,
-          send,
-          disconnect: (reason) => socket.close(CLOSE_REFUSED, reason),
-        };
-        o.fleet.add(n);
-        send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
-        req.log.info({ nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
-        recordEvent(o.db, req.log, "node.connected", nodeId, { models: [...n.models.keys()], slots: h.slots, engine });
-        return n;
-      }
-    },
+    (socket, req) =>
+      attach(webSocketChannel(socket), {
+        nodeId: req.sessionNodeId as string,
+        host: (req.socket.remoteAddress ?? "127.0.0.1").replace(/^::ffff:/, ""),
+        log: req.log,
+      }),
   );
+
+  // a node in this process (`sharedllm up`) skips the loopback WebSocket; registration and frames are the same
+  const localChannels = new Set<ControlChannel>();
+  o.exposeLocalDial?.(async (token) => {
+    if (closing) throw new Error("the coordinator is stopping");
+    const nodeId = await sessionNode(o.db, token);
+    if (!nodeId) throw new ChannelRefused(401, "no valid node session: register with the site's join token first");
+    const [coordinatorEnd, nodeEnd] = channelPair();
+    localChannels.add(coordinatorEnd);
+    coordinatorEnd.onClose(() => localChannels.delete(coordinatorEnd));
+    attach(coordinatorEnd, { nodeId, host: "127.0.0.1", log: app.log });
+    return nodeEnd;
+  });
+  // as closing the server ends every WebSocket
+  app.addHook("onClose", async () => {
+    for (const c of localChannels) c.close(1001, "coordinator stopping");
+  });
+
+  /** Serves one node's control channel, from its hello to its close. */
+  function attach(channel: ControlChannel, session: { nodeId: string; host: string; log: FastifyBaseLogger }) {
+    const { log } = session;
+    const send = (f: CoordinatorFrame) => channel.send(JSON.stringify(f));
+    let node: ConnectedNode | undefined;
+    const refuse = (message: string) => {
+      send({ type: "error", message });
+      channel.close(CLOSE_REFUSED, message.slice(0, 120));
+    };
+    channel.onMessage((text) => {
+      // the hot path: one chunk frame per token, no JSON
+      const chunk = decodeChunkFrame(text);
+      if (chunk) return node ? o.fleet.chunk(node.id, chunk.jobId, chunk.data) : refuse("the first frame must be hello");
+      let frame: z.infer<typeof nodeFrameSchema>;
+      try {
+        const parsed = nodeFrameSchema.safeParse(JSON.parse(text));
+        if (!parsed.success) return refuse(`malformed frame: ${parsed.error.issues[0]?.message ?? "invalid"}`);
+        frame = parsed.data;
+      } catch {
+        return refuse("frames must be JSON");
+      }
+      if (!node) {
+        if (frame.type !== "hello") return refuse("the first frame must be hello");
+        void onHello(frame).then((n) => {
+          node = n;
+        });
+        return;
+      }
+      switch (frame.type) {
+        case "heartbeat":
+          node.lastSeenAt = Date.now();
+          node.heartbeat = frame;
+          node.notLoaded = notLoaded(node, frame.loadedModels);
+          if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
+          return;
+        case "availability":
+          node.accepting = frame.accepting;
+          recordEvent(o.db, log, "node.availability", node.id, { accepting: frame.accepting, reason: frame.reason });
+          log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
+          return;
+        case "models":
+          if (frame.capabilities) {
+            node.capabilities = frame.capabilities;
+            node.tokensPerSecond = frame.capabilities.tokensPerSecond;
+          }
+          o.fleet.setModels(node, new Map(frame.models.map((m) => [m.id, m])));
+          if (frame.failed) log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
+          return void rememberModels(frame.models).catch((err) => log.error({ err }, "recording models failed"));
+        case "leave":
+          return void onLeave(node);
+        case "job.end":
+          return o.fleet.end(node.id, frame.jobId, frame.usage);
+        case "job.result":
+          return o.fleet.result(node.id, frame.jobId, frame.body);
+        case "job.error":
+          return o.fleet.error(node.id, frame.jobId, frame);
+        case "receipt": {
+          const from = node.id;
+          if (!o.receipts) return;
+          return void o.receipts
+            .submit(from as `0x${string}`, frame.receipt, frame.signature as `0x${string}` | null, frame.refused)
+            .then((r) =>
+              r.accepted
+                ? log.debug({ nodeId: from }, "receipt accepted")
+                : log.warn({ nodeId: from, reason: r.reason }, "receipt rejected"),
+            )
+            .catch((err) => log.error({ err, nodeId: from }, "recording a receipt failed"));
+        }
+        case "cluster.form":
+          return void formCluster(node, frame);
+        case "tunnel.ready":
+          return void clusterForms.get(frame.sessionId)?.ready(node.id);
+        case "cluster.plan":
+          node.cluster = frame.members;
+          log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
+          return;
+        case "hello":
+          return refuse("hello was already received");
+      }
+    });
+    channel.onClose(() => {
+      if (!node) return;
+      const id = node.id;
+      if (o.fleet.get(id) === node) {
+        o.fleet.remove(id, "control channel closed");
+        log.info({ nodeId: id }, "node disconnected");
+      }
+      if (closing) return;
+      recordEvent(o.db, log, "node.disconnected", id);
+      o.db
+        .updateTable("nodes")
+        .set({ last_seen_at: new Date(node.lastSeenAt) })
+        .where("id", "=", id)
+        .execute()
+        .catch((err) => log.error({ err, nodeId: id }, "recording last seen failed"));
+    });
+
+    /** Models served anywhere become known, with where they can be pulled from. */
+    async function rememberModels(models: ServedModel[]) {
+      for (const m of models) {
+        const update = { sha256: m.sha256, source: m.source ?? null, size_bytes: m.sizeBytes ?? null };
+        await o.db
+          .insertInto("models")
+          .values({ id: m.id, ...update })
+          .onConflict((c) => c.column("id").doUpdateSet(m.source ? update : { sha256: m.sha256 }))
+          .execute();
+        const prior = o.knownModels.get(m.id);
+        o.knownModels.set(m.id, {
+          id: m.id,
+          sha256: m.sha256,
+          source: m.source ?? prior?.source,
+          sizeBytes: m.sizeBytes ?? prior?.sizeBytes,
+        });
+      }
+    }
+
+    /**
+     * A head asks for its workers: each gets the session key over its own control channel and
+     * says when it is in place; then the head hears where the tunnels are (and who is missing).
+     */
+    async function formCluster(head: ConnectedNode, f: z.infer<typeof clusterFormSchema>) {
+      const members: ClusterMembers["members"] = [];
+      const missing: ClusterMembers["missing"] = [];
+      const waiting = new Set<string>();
+      for (const id of new Set(f.members.map((m) => m.toLowerCase()))) {
+        const w = o.fleet.get(id);
+        if (!w) missing.push({ nodeId: id, reason: "not connected" });
+        else if (w.role !== "worker" || !w.tunnel) missing.push({ nodeId: id, reason: "not a worker" });
+        else {
+          waiting.add(id);
+          w.send({ type: "tunnel.session", sessionId: f.sessionId, key: f.key, head: head.id, expiresAt: f.expiresAt });
+          members.push({
+            nodeId: id,
+            ...w.tunnel,
+            freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0,
+          });
+        }
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(finish, 5_000);
+        function finish() {
+          clearTimeout(timer);
+          clusterForms.delete(f.sessionId);
+          resolve();
+        }
+        if (!waiting.size) return finish();
+        clusterForms.set(f.sessionId, {
+          ready(id) {
+            waiting.delete(id);
+            if (!waiting.size) finish();
+          },
+        });
+      });
+      const ready = members.filter((m) => !waiting.has(m.nodeId));
+      for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
+      head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing });
+      log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
+    }
+
+    async function onLeave(n: ConnectedNode) {
+      o.fleet.remove(n.id, "node left the site");
+      await o.db.deleteFrom("node_sessions").where("node_id", "=", n.id).execute();
+      log.info({ nodeId: n.id }, "node left the site");
+      recordEvent(o.db, log, "node.left", n.id);
+      channel.close(1000, "left");
+    }
+
+    async function onHello(h: Hello): Promise<ConnectedNode | undefined> {
+      const nodeId = session.nodeId;
+      if (h.nodeId.toLowerCase() !== nodeId) {
+        refuse(`this session belongs to node ${nodeId}, not ${h.nodeId}`);
+        return undefined;
+      }
+      if (h.protocol !== CONTROL_PROTOCOL_VERSION) {
+        refuse(
+          `control protocol ${h.protocol} is not supported; this coordinator speaks ${CONTROL_PROTOCOL_VERSION}: upgrade the older side`,
+        );
+        return undefined;
+      }
+      const engine = `${h.engine.tag}-${h.engine.variant}`;
+      const now = new Date();
+      await o.db
+        .insertInto("nodes")
+        .values({ id: nodeId, engine, first_seen_at: now, last_seen_at: now })
+        .onConflict((c) => c.column("id").doUpdateSet({ engine, last_seen_at: now }))
+        .execute();
+      await rememberModels(h.models);
+      if (!channel.open) return undefined;
+      // every field present from the start: all nodes share one object shape, which keeps scheduling scans fast
+      const n: ConnectedNode = {
+        id: nodeId,
+        engine,
+        models: new Map(h.models.map((m) => [m.id, m])),
+        slots: h.slots,
+        active: 0,
+        coolingUntil: 0,
+        accepting: h.accepting ?? true,
+        capabilities: h.capabilities,
+        tokensPerSecond: h.capabilities?.tokensPerSecond ?? 0,
+        jobs: new Map(),
+        connectedAt: Date.now(),
+        lastSeenAt: Date.now(),
+        heartbeat: undefined,
+        notLoaded: undefined,
+        order: 0,
+        loading: undefined,
+        role: h.role ?? "solo",
+        tunnel: h.tunnel && { host: session.host, ...h.tunnel },
+        cluster: undefined,
+        send,
+        disconnect: (reason) => channel.close(CLOSE_REFUSED, reason),
+      };
+      o.fleet.add(n);
+      send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
+      log.info({ nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
+      recordEvent(o.db, log, "node.connected", nodeId, { models: [...n.models.keys()], slots: h.slots, engine });
+      return n;
+    }
+  }
+}
+
+/** A WebSocket as a control channel. */
+function webSocketChannel(ws: WebSocket): ControlChannel {
+  return {
+    get open() {
+      return ws.readyState === ws.OPEN;
+    },
+    send: (frame) => ws.send(frame),
+    close: (code, reason) => ws.close(code, reason),
+    onMessage: (listener) => ws.on("message", (data: Buffer) => listener(data.toString("utf8"))),
+    onClose: (listener) => ws.on("close", (code: number, reason: Buffer) => listener(code, reason.toString())),
+  };
 }

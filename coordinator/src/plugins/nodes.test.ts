@@ -12,7 +12,7 @@ import { pino } from "pino";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { type TestDatabase, testDatabase } from "../../../test/helpers.ts";
+import { type TestDatabase, testDatabase, waitFor } from "../../../test/helpers.ts";
 import { type Coordinator, startCoordinator } from "../coordinator.js";
 
 const joinToken = randomBytes(32).toString("base64url");
@@ -155,5 +155,39 @@ describe("node registration", () => {
       }),
     );
     expect(await closed).toBe(CLOSE_REFUSED);
+  });
+
+  it("a node in the coordinator's process gets an in-process channel on the same terms", async () => {
+    await expect(c.dialLocal("made-up")).rejects.toMatchObject({ name: "ChannelRefused", status: 401 });
+    const account = privateKeyToAccount(generatePrivateKey());
+    const { sessionToken } = (await (await send(await registration({ account }))).json()) as { sessionToken: string };
+    const hello = (nodeId: string) =>
+      JSON.stringify({
+        type: "hello",
+        protocol: CONTROL_PROTOCOL_VERSION,
+        nodeId,
+        engine: { tag: "t", variant: "cpu" },
+        models: [],
+        slots: 1,
+      });
+
+    const channel = await c.dialLocal(sessionToken);
+    const welcome = new Promise<{ type: string; nodeId: string }>((r) => channel.onMessage((f) => r(JSON.parse(f))));
+    channel.send(hello(account.address));
+    expect(await welcome).toMatchObject({ type: "welcome", nodeId: account.address.toLowerCase() });
+    expect(c.fleet.get(account.address.toLowerCase())).toBeDefined();
+    const gone = new Promise<number>((r) => channel.onClose((code) => r(code)));
+    channel.close(1000, "bye");
+    expect(await gone).toBe(1000);
+    await waitFor("the node to leave the fleet", () => c.fleet.get(account.address.toLowerCase()) === undefined, 5_000);
+
+    // a session used for another node id is refused as on a WebSocket
+    const other = await c.dialLocal(sessionToken);
+    const refused = new Promise<[number, string]>((r) => other.onClose((code, reason) => r([code, reason])));
+    other.send(hello(privateKeyToAccount(generatePrivateKey()).address));
+    const [code, reason] = await refused;
+    expect(code).toBe(CLOSE_REFUSED);
+    expect(reason).toMatch(/this session belongs to node/);
+    expect(other.open).toBe(false);
   });
 });

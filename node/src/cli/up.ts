@@ -106,6 +106,7 @@ export function upCommand(): Command {
         const node = await startNodeDaemon({
           paths,
           coordinatorUrl: coordinator.url,
+          dialControl: coordinator.dialLocal,
           joinToken,
           model: o.model,
           slots: o.slots,

@@ -6,10 +6,12 @@
  */
 import {
   type Availability,
+  ChannelRefused,
   CLOSE_REFUSED,
   type ClusterMembers,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
+  type ControlChannel,
   type CoordinatorFrame,
   encodeChunkFrame,
   type Heartbeat,
@@ -45,13 +47,15 @@ export interface ControlClientOptions {
   /** cluster frames: a worker's tunnel sessions, a head's members */
   onClusterFrame?: (frame: TunnelSessionFrame | ClusterMembers) => void;
   logger: Logger;
+  /** opens the channel with a session token; default: the coordinator's WebSocket at coordinatorUrl */
+  dial?: (sessionToken: string) => Promise<ControlChannel>;
   /** first reconnect delay; doubles up to maxBackoffMs (default 4 s), with +-50% jitter */
   backoffMs?: number;
   maxBackoffMs?: number;
 }
 
 export class ControlClient {
-  private ws: WebSocket | undefined;
+  private channel: ControlChannel | undefined;
   private readonly jobs = new Map<string, AbortController>();
   private closed = false;
   private attempt = 0;
@@ -103,7 +107,7 @@ export class ControlClient {
 
   /** Sends a frame now if connected (frames are not queued across reconnects). */
   sendFrame(f: NodeFrame): void {
-    if (this.ws?.readyState === WebSocket.OPEN && this.connected) this.ws.send(JSON.stringify(f));
+    if (this.channel?.open && this.connected) this.channel.send(JSON.stringify(f));
   }
 
   private async dial(): Promise<void> {
@@ -116,37 +120,38 @@ export class ControlClient {
       return this.scheduleReconnect();
     }
     if (this.closed) return;
-    const url = new URL(CONTROL_PATH, this.o.coordinatorUrl.replace(/^http/, "ws"));
-    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token}` }, perMessageDeflate: false });
-    this.ws = ws;
-    ws.on("open", () => {
-      const frame: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello(), accepting: this.availability.accepting };
-      ws.send(JSON.stringify(frame));
-    });
-    ws.on("message", (data) => this.onFrame(ws, JSON.parse(data.toString()) as CoordinatorFrame));
-    ws.on("unexpected-response", (_req, res) => {
-      const expired = res.statusCode === 401;
-      if (expired) this.o.credentials.invalidate();
-      this.o.logger.warn(
-        { status: res.statusCode },
-        expired ? "control channel session refused; registering again" : "control channel refused",
-      );
-      ws.terminate();
-    });
-    ws.on("error", (err) => this.o.logger.debug({ err: err.message }, "control channel error"));
-    ws.on("close", (code, reason) => {
-      if (this.ws === ws) this.ws = undefined;
-      if (this.connected && !this.closed) this.o.logger.warn({ code, reason: reason.toString() }, "control channel closed");
+    let channel: ControlChannel;
+    try {
+      channel = await (this.o.dial ?? ((t: string) => dialWebSocket(this.o.coordinatorUrl, t)))(token);
+    } catch (err) {
+      if (err instanceof ChannelRefused) {
+        const expired = err.status === 401;
+        if (expired) this.o.credentials.invalidate();
+        this.o.logger.warn(
+          { status: err.status },
+          expired ? "control channel session refused; registering again" : "control channel refused",
+        );
+      } else this.o.logger.debug({ err: (err as Error).message }, "control channel error");
+      return this.scheduleReconnect();
+    }
+    if (this.closed) return channel.close(1000, "node stopping");
+    this.channel = channel;
+    channel.onMessage((text) => this.onFrame(channel, JSON.parse(text) as CoordinatorFrame));
+    channel.onClose((code, reason) => {
+      if (this.channel === channel) this.channel = undefined;
+      if (this.connected && !this.closed) this.o.logger.warn({ code, reason }, "control channel closed");
       this.connected = false;
       clearInterval(this.heartbeat);
       for (const ctl of this.jobs.values()) ctl.abort();
       this.jobs.clear();
-      if (code === CLOSE_REFUSED) this.o.logger.error({ reason: reason.toString() }, "coordinator refused this node");
+      if (code === CLOSE_REFUSED) this.o.logger.error({ reason }, "coordinator refused this node");
       this.scheduleReconnect();
     });
+    const hello: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello(), accepting: this.availability.accepting };
+    channel.send(JSON.stringify(hello));
   }
 
-  private onFrame(ws: WebSocket, frame: CoordinatorFrame): void {
+  private onFrame(channel: ControlChannel, frame: CoordinatorFrame): void {
     switch (frame.type) {
       case "welcome":
         this.attempt = 0;
@@ -154,7 +159,7 @@ export class ControlClient {
         clearInterval(this.heartbeat);
         this.heartbeat = setInterval(() => {
           const beat: Heartbeat = { type: "heartbeat", ...this.o.status(), activeJobs: this.jobs.size };
-          if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(beat));
+          if (channel.open) channel.send(JSON.stringify(beat));
         }, frame.heartbeatIntervalMs);
         this.o.logger.info({ nodeId: frame.nodeId }, "connected to coordinator");
         this.markConnected();
@@ -163,8 +168,8 @@ export class ControlClient {
         const ctl = new AbortController();
         this.jobs.set(frame.jobId, ctl);
         const send = (f: NodeFrame) => {
-          if (ws.readyState !== WebSocket.OPEN) return;
-          ws.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data) : JSON.stringify(f));
+          if (!channel.open) return;
+          channel.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data) : JSON.stringify(f));
         };
         this.o
           .runJob(frame, send, ctl.signal)
@@ -212,13 +217,42 @@ export class ControlClient {
     if (this.timer) clearTimeout(this.timer);
     clearInterval(this.heartbeat);
     for (const ctl of this.jobs.values()) ctl.abort();
-    const ws = this.ws;
-    if (ws && ws.readyState !== WebSocket.CLOSED) {
+    const channel = this.channel;
+    if (channel?.open) {
       await new Promise<void>((r) => {
-        ws.once("close", () => r());
-        ws.close(1000, "node stopping");
-        setTimeout(() => ws.terminate(), 2_000).unref();
+        channel.onClose(() => r());
+        channel.close(1000, "node stopping");
       });
     }
   }
+}
+
+/** Dials the coordinator's control WebSocket; resolves once it is open. */
+function dialWebSocket(coordinatorUrl: string, sessionToken: string): Promise<ControlChannel> {
+  const url = new URL(CONTROL_PATH, coordinatorUrl.replace(/^http/, "ws"));
+  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${sessionToken}` }, perMessageDeflate: false });
+  return new Promise((resolve, reject) => {
+    ws.once("unexpected-response", (_req, res) => {
+      reject(new ChannelRefused(res.statusCode ?? 0, `the coordinator answered HTTP ${res.statusCode}`));
+      ws.terminate();
+    });
+    ws.on("error", reject);
+    ws.once("open", () => {
+      // later errors end in "close", which the channel reports
+      ws.removeListener("error", reject).on("error", () => {});
+      resolve({
+        get open() {
+          return ws.readyState === WebSocket.OPEN;
+        },
+        send: (frame) => ws.send(frame),
+        close: (code, reason) => {
+          ws.close(code, reason);
+          // a peer that never answers the close handshake
+          setTimeout(() => ws.terminate(), 2_000).unref();
+        },
+        onMessage: (listener) => ws.on("message", (data: Buffer) => listener(data.toString())),
+        onClose: (listener) => ws.on("close", (code: number, reason: Buffer) => listener(code, reason.toString())),
+      });
+    });
+  });
 }

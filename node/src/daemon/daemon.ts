@@ -5,7 +5,7 @@
  */
 import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
-import type { Availability, Capabilities, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Availability, Capabilities, ControlChannel, ServedModel, Usage } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { readModelLayout } from "../cluster/layout.js";
@@ -33,6 +33,8 @@ const ENGINE_WAIT_MS = 30_000;
 export interface NodeDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
+  /** a coordinator in this process: its in-process control channel instead of the WebSocket */
+  dialControl?: (sessionToken: string) => Promise<ControlChannel>;
   /** the site's join token (signs the registration) */
   joinToken: string;
   /** model id in the store, or a source to pull (`default`, `hf:...`, a path) */
@@ -164,6 +166,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const control = new ControlClient({
     signReceipt: (frame) => receipts.sign(frame),
     coordinatorUrl: o.coordinatorUrl,
+    dial: o.dialControl,
     credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
     logger: log,
     hello: () => ({
