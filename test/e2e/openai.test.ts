@@ -3,6 +3,7 @@
  * client against the coordinator, a real node daemon and llama-server on the
  * default model.
  */
+import { Agent, request } from "node:http";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { waitFor } from "../helpers.ts";
@@ -79,6 +80,42 @@ describe("official openai client", () => {
     let text = "";
     for await (const c of stream) text += c.choices[0]?.text ?? "";
     expect(text).toBe(r.choices[0]?.text);
+  });
+});
+
+describe("HTTP framing", () => {
+  it("streams back to back over one kept-alive connection, each a whole SSE body ending in [DONE]", async () => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const stream = (max_tokens: number) =>
+      new Promise<{ reused: boolean; events: string[] }>((resolve, reject) => {
+        const body = JSON.stringify({ model: MODEL, messages, max_tokens, temperature: 0, stream: true });
+        const req = request(`${sys.coordinator.url}/v1/chat/completions`, {
+          method: "POST",
+          agent,
+          headers: { authorization: `Bearer ${sys.apiKey}`, "content-type": "application/json" },
+        });
+        req.once("error", reject);
+        req.once("response", (res) => {
+          expect(res.headers["transfer-encoding"]).toBe("chunked");
+          let text = "";
+          res.setEncoding("utf8").on("data", (t: string) => {
+            text += t;
+          });
+          res.once("end", () => resolve({ reused: req.reusedSocket, events: text.split("\n\n").filter(Boolean) }));
+        });
+        req.end(body);
+      });
+    try {
+      for (const [i, tokens] of [6, 9, 3].entries()) {
+        const { reused, events } = await stream(tokens);
+        expect(reused).toBe(i > 0);
+        expect(events.at(-1)).toBe("data: [DONE]");
+        const deltas = events.slice(0, -1).map((e) => JSON.parse(e.replace(/^data: /, "")) as { choices: unknown[] });
+        expect(deltas.length).toBeGreaterThanOrEqual(tokens);
+      }
+    } finally {
+      agent.destroy();
+    }
   });
 });
 

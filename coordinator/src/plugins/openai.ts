@@ -6,6 +6,7 @@
  * another node; a client that goes away cancels the generation on the node.
  */
 import { randomUUID } from "node:crypto";
+import type { ServerResponse } from "node:http";
 import {
   ApiError,
   chatCompletionRequestSchema,
@@ -250,7 +251,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
             recordStart();
             return;
           }
-          raw.write(`data: ${data}\n\n`);
+          writeEvent(raw, `data: ${data}\n\n`);
         },
         end(usage) {
           if (settled) return;
@@ -325,6 +326,23 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
       attempt();
     });
   }
+}
+
+/**
+ * A streamed event after the first, written straight to the socket as one HTTP/1.1
+ * chunk. The response's own write() corks the socket and sends four buffers on the
+ * next tick, which costs more CPU per token than the token's bytes; on a machine
+ * whose cores llama-server is using, that CPU is taken from decoding. The response
+ * itself still sends the headers, the first event and the last chunk, in order on
+ * the same socket.
+ */
+function writeEvent(raw: ServerResponse, event: string): void {
+  const socket = raw.socket;
+  if (!socket || !raw.chunkedEncoding) {
+    raw.write(event);
+    return;
+  }
+  socket.write(`${Buffer.byteLength(event).toString(16)}\r\n${event}\r\n`);
 }
 
 function modelObject(id: string, nodes: number) {
