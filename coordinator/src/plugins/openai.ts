@@ -183,15 +183,20 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         });
       }
     };
-    // The running row is written once the first token is on its way to the client,
-    // so the embedded database's work stays off the time to first token; the final
-    // state is written (upserted) before the client hears that the job is done.
+    // The running row is written once the first token has left for the client, so
+    // the embedded database's work stays off the time to first token: the response
+    // flushes its first write at the end of the current tick, and PGlite's work
+    // (synchronous, on this thread) would run before that if it started in a microtask.
+    // The final state is written (upserted) before the client hears that the job is done.
     let started: Promise<unknown> | undefined;
     const recordStart = () => {
-      started ??= o.db
-        .insertInto("jobs")
-        .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, node_id: nodeId, status: "running", stream })
-        .execute()
+      started ??= new Promise((r) => setImmediate(r))
+        .then(() =>
+          o.db
+            .insertInto("jobs")
+            .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, node_id: nodeId, status: "running", stream })
+            .execute(),
+        )
         .catch((err) => req.log.error({ err, jobId }, "recording job start failed"));
     };
     const finish = async (status: JobStatus, usage?: Usage, error?: string) => {
