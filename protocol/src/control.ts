@@ -1,6 +1,7 @@
 /**
  * The control channel: one WebSocket per node, dialled out by the node (so it
- * works behind NAT), carrying JSON text frames. The first frame each way is a
+ * works behind NAT), carrying JSON text frames (channel.ts: the in-process
+ * transport of a node inside the coordinator's process). The first frame each way is a
  * handshake with the protocol version; a major mismatch is refused with a reason.
  * Unknown extra fields are tolerated; missing required ones are rejected.
  */

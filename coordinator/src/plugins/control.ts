@@ -1,7 +1,8 @@
 /**
  * The coordinator's end of the control channel: nodes dial in over a WebSocket
- * with a bearer credential, say hello (protocol version, models, slots), and then
- * carry jobs. A node whose socket closes is removed and its jobs fail cleanly.
+ * with a bearer credential (a node in this process: an in-process channel, same
+ * credential), say hello (protocol version, models, slots), and then carry jobs.
+ * A node whose channel closes is removed and its jobs fail cleanly.
  */
 import {
   ChannelRefused,
