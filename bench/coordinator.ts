@@ -5,6 +5,7 @@
  * Reports medians of decode tokens/s, time to first token and inter-token gap.
  */
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
@@ -90,6 +91,14 @@ export function timeStream(url: string, apiKey: string, body: Record<string, unk
   });
 }
 
+/** User + system CPU of a process so far, ms, from /proc (Linux; 10 ms ticks). */
+function processCpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * (1000 / CLOCK_TICKS_PER_SECOND);
+}
+const CLOCK_TICKS_PER_SECOND = 100;
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
@@ -136,11 +145,19 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
     // warm-up: page cache, connection pools, and the relays' JavaScript compiled as a long-running server has it
     for (let i = 0; i < WARM_UP_REQUESTS; i++) for (const url of Object.values(paths)) await timeStream(url, info.apiKey, body);
     const runs: Record<keyof typeof paths, StreamTiming[]> = { direct: [], pipe: [], coordinator: [] };
+    // CPU of the process relaying each path, summed over that path's requests: what the relay takes from llama-server
+    const relayCpuMs = { direct: () => 0, pipe: () => processCpuMs(pipe.pid), coordinator: () => processCpuMs(up.pid) };
+    const relayCpu = { direct: 0, pipe: 0, coordinator: 0 };
     const arms = Object.keys(paths) as (keyof typeof paths)[];
     for (let r = 0; r < opts.rounds; r++) {
       // rotate which path goes first, so drift hits all alike
       const order = arms.map((_, i) => arms[(i + r) % arms.length] as keyof typeof paths);
-      for (const which of order) runs[which].push(await timeStream(paths[which], info.apiKey, body));
+      for (const which of order) {
+        const cpu0 = relayCpuMs[which]();
+        const timing = await timeStream(paths[which], info.apiKey, body);
+        relayCpu[which] += relayCpuMs[which]() - cpu0;
+        runs[which].push(timing);
+      }
     }
     const stat = (xs: StreamTiming[]) => ({
       decodeTps: median(xs.map((x) => x.decodeTps)),
@@ -167,6 +184,11 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
       pipeDecodeRatio: paired(runs.pipe, runs.direct, (x, y) => x.decodeTps / y.decodeTps),
       coordinatorVsPipeDecode: paired(runs.coordinator, runs.pipe, (x, y) => x.decodeTps / y.decodeTps),
       sameText,
+      /** µs of relay-process CPU per streamed token (0 for direct) */
+      relayCpuPerTokenUs: {
+        pipe: (relayCpu.pipe * 1000) / runs.pipe.reduce((n, x) => n + x.tokens, 0),
+        coordinator: (relayCpu.coordinator * 1000) / runs.coordinator.reduce((n, x) => n + x.tokens, 0),
+      },
     };
   } finally {
     for (const stop of stops) stop();

@@ -48,6 +48,7 @@ if (!values.only || values.only === "coordinator") {
         `first token ms     ${f(d.ttftMs).padStart(8)} ${f(p.ttftMs).padStart(11)} ${f(c.ttftMs).padStart(13)}   +${f(r.addedTtftMs)} ms (target <= 5)`,
         `inter-token gap ms ${f(d.medianGapMs).padStart(8)} ${f(p.medianGapMs).padStart(11)} ${f(c.medianGapMs).padStart(13)}   ${f(r.gapRatio, 3)}x   (target within 5%)`,
         `bare pipe vs direct decode: ${f(r.pipeDecodeRatio, 3)}x; coordinator vs bare pipe: ${f(r.coordinatorVsPipeDecode, 3)}x`,
+        `relay process CPU per token: bare pipe ${f(r.relayCpuPerTokenUs.pipe, 0)} us, coordinator (with its in-process node) ${f(r.relayCpuPerTokenUs.coordinator, 0)} us`,
         `same text on both paths: ${r.sameText}`,
         "",
       ].join("\n"),
