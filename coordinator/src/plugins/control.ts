@@ -20,9 +20,9 @@ import {
   MISSED_HEARTBEATS_OFFLINE,
   nodeFrameSchema,
   type ServedModel,
+  webSocketChannel,
 } from "@sharedllm/protocol";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
-import type { WebSocket } from "ws";
 import type { z } from "zod";
 import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
@@ -336,17 +336,4 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       return n;
     }
   }
-}
-
-/** A WebSocket as a control channel. */
-function webSocketChannel(ws: WebSocket): ControlChannel {
-  return {
-    get open() {
-      return ws.readyState === ws.OPEN;
-    },
-    send: (frame) => ws.send(frame),
-    close: (code, reason) => ws.close(code, reason),
-    onMessage: (listener) => ws.on("message", (data: Buffer) => listener(data.toString("utf8"))),
-    onClose: (listener) => ws.on("close", (code: number, reason: Buffer) => listener(code, reason.toString())),
-  };
 }

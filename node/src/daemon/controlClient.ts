@@ -22,6 +22,7 @@ import {
   type ReceiptFrame,
   type ReceiptRequest,
   type TunnelSessionFrame,
+  webSocketChannel,
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import WebSocket from "ws";
@@ -240,19 +241,7 @@ function dialWebSocket(coordinatorUrl: string, sessionToken: string): Promise<Co
     ws.once("open", () => {
       // later errors end in "close", which the channel reports
       ws.removeListener("error", reject).on("error", () => {});
-      resolve({
-        get open() {
-          return ws.readyState === WebSocket.OPEN;
-        },
-        send: (frame) => ws.send(frame),
-        close: (code, reason) => {
-          ws.close(code, reason);
-          // a peer that never answers the close handshake
-          setTimeout(() => ws.terminate(), 2_000).unref();
-        },
-        onMessage: (listener) => ws.on("message", (data: Buffer) => listener(data.toString())),
-        onClose: (listener) => ws.on("close", (code: number, reason: Buffer) => listener(code, reason.toString())),
-      });
+      resolve(webSocketChannel(ws));
     });
   });
 }

@@ -28,7 +28,7 @@ function addressKey(address: string): number {
  * threshold: a round trip measured between two busy machines wobbles, and a cluster must not break
  * up (and re-form, reloading the model) whenever it crosses the line. A far link stays far.
  */
-export const STAY_FACTOR = 2;
+const STAY_FACTOR = 2;
 
 export function decideRole(self: Member, peers: Member[], thresholdMs = 2, current?: Decision): Decision {
   const members = new Set(current && current.role !== "solo" ? [current.head, ...current.workers] : []);
