@@ -220,12 +220,6 @@ export class Fleet {
     return this.servedBy.has(model);
   }
 
-  /** How some node serving the model describes it (context size, sha256), from the per-model index. */
-  servedModel(model: string): ServedModel | undefined {
-    const node = this.servedBy.get(model)?.values().next().value;
-    return node?.models.get(model);
-  }
-
   pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {
     const candidates = this.servedBy.get(model);
     return candidates && (pickNode(candidates, model, Date.now(), exclude, allow) as ConnectedNode | undefined);
