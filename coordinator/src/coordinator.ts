@@ -10,9 +10,10 @@ import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
+import { catalogue, type PinnedModel } from "./catalogue.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
-import { Fleet, type KnownModel, type SchedulingPolicy } from "./fleet.js";
+import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 import { DEFAULT_PRICING, Metering, type Pricing } from "./ledger/metering.js";
 import { Receipts } from "./ledger/receipts.js";
@@ -44,6 +45,8 @@ export interface CoordinatorOptions {
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
   ledger?: { chain: ChainOptions; pricing?: Pricing; settlement?: SettlementOptions };
+  /** the models nodes may be asked to load, with their sources and hashes (the operator's, never a node's) */
+  models?: PinnedModel[];
   /** the web portal's build, served at `/`; default `web/dist` */
   webRoot?: string;
 }
@@ -68,11 +71,13 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
   });
   try {
     const fleet = new Fleet();
-    const knownModels = new Map<string, KnownModel>(
-      (await db.selectFrom("models").select(["id", "sha256", "source", "size_bytes"]).execute()).map((r) => [
-        r.id,
-        { id: r.id, sha256: r.sha256, source: r.source ?? undefined, sizeBytes: r.size_bytes === null ? undefined : Number(r.size_bytes) },
-      ]),
+    const knownModels = catalogue(
+      o.models ?? [],
+      (await db.selectFrom("models").select(["id", "sha256", "size_bytes"]).execute()).map((r) => ({
+        id: r.id,
+        sha256: r.sha256,
+        sizeBytes: r.size_bytes === null ? undefined : Number(r.size_bytes),
+      })),
     );
     // jobs that were running when the coordinator last stopped cannot finish any more
     await db

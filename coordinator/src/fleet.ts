@@ -13,6 +13,7 @@ import type {
   ServedModel,
   Usage,
 } from "@sharedllm/protocol";
+import type { KnownModel } from "./catalogue.js";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -93,14 +94,6 @@ export function silentNodes<T extends { id: string; lastSeenAt: number }>(
   const out: T[] = [];
   for (const n of nodes) if (now - n.lastSeenAt > intervalMs * missed) out.push(n);
   return out;
-}
-
-/** A model this coordinator has seen served, and where it can be pulled from. */
-export interface KnownModel {
-  id: string;
-  sha256: string;
-  source?: string;
-  sizeBytes?: number;
 }
 
 /**

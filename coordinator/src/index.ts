@@ -1,4 +1,5 @@
 export { type ApiKeyInfo, ApiKeyVerifier, createApiKey } from "./apiKeys.js";
+export type { KnownModel, PinnedModel } from "./catalogue.js";
 export { type Coordinator, type CoordinatorOptions, startCoordinator } from "./coordinator.js";
 export { hashSecret } from "./credentials.js";
 export type { Db } from "./db/database.js";

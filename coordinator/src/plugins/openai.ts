@@ -23,10 +23,11 @@ import {
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
+import type { KnownModel } from "../catalogue.js";
 import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
-import type { Fleet, JobSink, KnownModel, SchedulingPolicy } from "../fleet.js";
+import type { Fleet, JobSink, SchedulingPolicy } from "../fleet.js";
 import { jobCost, type Metering, promptTokenBound } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
 import { meteredUsage, RelayedText } from "../ledger/usage.js";
@@ -110,6 +111,12 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
   async function loadOnDemand(model: string, req: FastifyRequest): Promise<void> {
     const known = o.knownModels.get(model);
     if (!known) throw unknownModel(model);
+    if (!known.source) {
+      throw new ApiError(
+        "no_capacity",
+        `no node serves "${model}" now, and it is not a model this coordinator loads on demand; try again later`,
+      );
+    }
     const loader = o.fleet.requestLoad(known);
     if (!loader) {
       throw new ApiError("no_capacity", `no node serves "${model}" now and none has room to load it; try again later`);

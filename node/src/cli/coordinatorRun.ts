@@ -11,6 +11,7 @@ import type { Logger } from "pino";
 import type { PrivateKeyAccount } from "viem/accounts";
 import { loadKeyFile } from "../identity.js";
 import { writeFileAtomic } from "../lock.js";
+import { loadPins } from "../models/pins.js";
 
 interface Secrets {
   /** the site's join token: nodes register with it */
@@ -57,6 +58,7 @@ export async function runCoordinator(o: {
     joinToken: secrets.joinToken,
     logger: o.logger,
     ledger: o.ledger,
+    models: await loadPins(o.home),
   }).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
     throw err;

@@ -15,7 +15,8 @@ import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { estimateServingMemory, GiB } from "../models/memory.js";
 import { parseSource } from "../models/sources.js";
-import { type ModelEntry, ModelStore } from "../models/store.js";
+import { refuseLoad } from "../models/pins.js";
+import { type ModelEntry, ModelError, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 import { capabilities, detectHardware, measureSpeed } from "./capabilities.js";
@@ -191,9 +192,11 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       loading = (loading ?? Promise.resolve()).then(async () => {
         if (served.has(frame.model)) return reply({ type: "models", models: servedModels() });
         try {
+          const held = await store.get(frame.model);
+          const refused = refuseLoad(frame, held);
+          if (refused) throw new ModelError(refused);
           log.info({ model: frame.model, source: frame.source }, "loading a model the coordinator asked for");
-          const entry =
-            (await store.get(frame.model)) ?? (await store.pull(frame.source, { id: frame.model, sha256: frame.sha256, signal: o.signal }));
+          const entry = held ?? (await store.pull(frame.source, { id: frame.model, sha256: frame.sha256, signal: o.signal }));
           await startServing(entry);
           reply({ type: "models", models: servedModels() });
         } catch (err) {
