@@ -75,7 +75,13 @@ describe("engine request", () => {
   });
 
   it("checks the sampling extensions it forwards", () => {
-    expect(describeZodError((chat({ top_k: -1 }) as { error: never }).error).param).toBe("top_k");
-    expect(describeZodError((chat({ min_p: 2 }) as { error: never }).error).param).toBe("min_p");
+    for (const [extra, param] of [
+      [{ top_k: -1 }, "top_k"],
+      [{ min_p: 2 }, "min_p"],
+    ] as const) {
+      const r = chat(extra);
+      expect(r.success).toBe(false);
+      if (!r.success) expect(describeZodError(r.error).param).toBe(param);
+    }
   });
 });
