@@ -5,7 +5,16 @@
  * bound, nor strand a hold, nor make requests unaffordable.
  */
 import { randomBytes } from "node:crypto";
-import { CONTROL_PATH, CONTROL_PROTOCOL_VERSION, type JobStart, type Usage } from "@sharedllm/protocol";
+import {
+  CONTROL_PATH,
+  CONTROL_PROTOCOL_VERSION,
+  type JobStart,
+  type ReceiptRequest,
+  receiptFromWire,
+  type Usage,
+  WORK_RECEIPT_TYPES,
+  workReceiptDomain,
+} from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Address } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -14,7 +23,7 @@ import WebSocket from "ws";
 import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
 import { registerNode } from "../../node/src/daemon/registration.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
-import { quietLogger, type TestDatabase, testDatabase } from "../helpers.ts";
+import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
 import { type SimJobHandler, SimNode } from "../simNode.ts";
 
 let chain: TestChain;
@@ -23,9 +32,7 @@ let coordinator: Coordinator;
 const joinToken = randomBytes(32).toString("base64url");
 const nodes: SimNode[] = [];
 
-beforeAll(async () => {
-  chain = await startTestChain();
-  database = await testDatabase();
+const start = async () => {
   coordinator = await startCoordinator({
     host: "127.0.0.1",
     port: 0,
@@ -34,6 +41,12 @@ beforeAll(async () => {
     logger: quietLogger(),
     ledger: chain.ledgerOptions(),
   });
+};
+
+beforeAll(async () => {
+  chain = await startTestChain();
+  database = await testDatabase();
+  await start();
 }, 120_000);
 
 afterAll(async () => {
@@ -43,13 +56,14 @@ afterAll(async () => {
   await chain?.stop();
 });
 
-async function node(model: string, onJob: SimJobHandler, contextSize = 2048) {
+async function node(model: string, onJob: SimJobHandler, contextSize = 2048, more: Partial<ConstructorParameters<typeof SimNode>[0]> = {}) {
   const n = new SimNode({
     coordinatorUrl: coordinator.url,
     joinToken,
     served: [{ id: model, sha256: "ab".repeat(32), contextSize }],
     models: [model],
     onJob,
+    ...more,
   });
   await n.start();
   nodes.push(n);
@@ -218,5 +232,49 @@ describe("metering against hostile requests and nodes", () => {
     expect(res.status).toBe(200);
     await res.text();
     expect(await user.account()).toMatchObject({ held: "0" });
+  });
+
+  it("a receipt proposal outlives a coordinator restart: the node gets it again when it reconnects, and is paid", async () => {
+    const account = privateKeyToAccount(generatePrivateKey());
+    const answer = (o: { sign: boolean }) => (req: ReceiptRequest, send: (f: never) => void) => {
+      if (!o.sign) return;
+      void account
+        .signTypedData({
+          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+          types: WORK_RECEIPT_TYPES,
+          primaryType: "WorkReceipt",
+          message: receiptFromWire(req.receipt),
+        })
+        .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never));
+    };
+    const reply: SimJobHandler = (job, send) => streamed(job, send, ["paid"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 });
+    // the node goes away before it signs
+    const away = await node("m-restart", reply, 2048, { account, onReceiptRequest: answer({ sign: false }) });
+    const user = await payer(14, 100_000n);
+    await (await user.chat({ model: "m-restart", stream: true, max_tokens: 4 })).text();
+    const charged = await user.journal("charge");
+    expect(charged).toBe(7n);
+    away.stop();
+    await coordinator.close();
+    await start();
+    // the same node comes back to the restarted coordinator and signs what it is sent
+    await node("m-restart", reply, 2048, { account, onReceiptRequest: answer({ sign: true }) });
+    await waitFor("the receipt to be accepted", async () => {
+      const row = await coordinator.db
+        .selectFrom("receipts")
+        .select("status")
+        .where("node_address", "=", account.address.toLowerCase())
+        .executeTakeFirst();
+      return row?.status === "accepted";
+    });
+    const earned = await coordinator.db
+      .selectFrom("ledger_entries")
+      .select(sql<string>`sum(amount)`.as("total"))
+      .where("address", "=", account.address.toLowerCase())
+      .where("kind", "=", "earn")
+      .executeTakeFirstOrThrow();
+    expect(BigInt(earned.total)).toBe(charged);
+    const waiting = coordinator.db.selectFrom("receipt_proposals").selectAll().where("node_address", "=", account.address.toLowerCase());
+    expect(await waiting.execute()).toEqual([]);
   });
 });

@@ -136,6 +136,26 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  // what a restart used to forget: registration nonces and receipt proposals
+  "0006_durable_nonces_and_proposals": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("site_nonces")
+        .addColumn("nonce", "text", (c) => c.primaryKey())
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("receipt_proposals")
+        .addColumn("job_id", "text", (c) => c.notNull())
+        .addColumn("node_address", "text", (c) => c.notNull())
+        .addColumn("receipt", "text", (c) => c.notNull())
+        .addColumn("job_ref", "text", (c) => c.notNull())
+        .addColumn("via", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addPrimaryKeyConstraint("receipt_proposals_pk", ["job_id", "node_address"])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

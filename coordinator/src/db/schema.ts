@@ -128,6 +128,26 @@ export interface SettlementsTable {
   confirmed_at: Timestamp | null;
 }
 
+/** A used registration nonce, kept until its request could no longer be fresh. */
+export interface SiteNoncesTable {
+  nonce: string;
+  expires_at: Timestamp;
+}
+
+/** A receipt the coordinator proposed to a node and is waiting for it to sign. */
+export interface ReceiptProposalsTable {
+  /** the receipt's jobId (bytes32) */
+  job_id: string;
+  node_address: string;
+  /** the proposed receipt, wire form (JSON) */
+  receipt: string;
+  /** the coordinator's own job id */
+  job_ref: string;
+  /** the cluster head that ran the job, when the node served layers of it */
+  via: string | null;
+  created_at: Generated<Date>;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -146,6 +166,8 @@ export interface Database {
   receipts: ReceiptsTable;
   settlements: SettlementsTable;
   meta: MetaTable;
+  site_nonces: SiteNoncesTable;
+  receipt_proposals: ReceiptProposalsTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

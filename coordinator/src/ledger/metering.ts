@@ -124,15 +124,26 @@ export class Metering {
     );
   }
 
-  /** Ends a job's hold: charges `cost` (at most the hold) and releases the hold, atomically. Returns the charge. */
-  async charge(address: Address, jobId: string, held: bigint, cost: bigint): Promise<bigint> {
+  /**
+   * Ends a job's hold: charges `cost` (at most the hold) and releases the hold, atomically, with
+   * whatever `within` records of the charge in the same transaction. Returns the charge and
+   * what `within` returned.
+   */
+  async charge<T>(
+    address: Address,
+    jobId: string,
+    held: bigint,
+    cost: bigint,
+    within: (tx: Kysely<Database>, charged: bigint) => Promise<T>,
+  ): Promise<{ charged: bigint; recorded: T }> {
     const who = address.toLowerCase();
     const amount = cost < held ? cost : held;
-    await this.db.transaction().execute(async (tx) => {
+    const recorded = await this.db.transaction().execute(async (tx) => {
       await tx.insertInto("ledger_entries").values({ address: who, kind: "release", amount: held, job_id: jobId }).execute();
       if (amount > 0n) await tx.insertInto("ledger_entries").values({ address: who, kind: "charge", amount, job_id: jobId }).execute();
+      return within(tx, amount);
     });
-    return amount;
+    return { charged: amount, recorded };
   }
 
   async release(address: Address, jobId: string, held: bigint): Promise<void> {

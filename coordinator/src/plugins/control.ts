@@ -337,6 +337,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       };
       o.fleet.add(n);
       send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
+      // receipts it has not signed yet (proposed while it was away, or before a restart)
+      o.receipts?.resend(nodeId as `0x${string}`).catch((err) => log.error({ err, nodeId }, "re-sending receipt proposals failed"));
       log.info({ nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
       recordEvent(o.db, log, "node.connected", nodeId, { models: [...n.models.keys()], slots: h.slots, engine });
       return n;

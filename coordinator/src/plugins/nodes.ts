@@ -13,6 +13,7 @@ import {
   registerRequestSchema,
   registrationMessage,
   SITE_AUTH_HEADERS,
+  SITE_AUTH_WINDOW_MS,
   verifySiteRequest,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
@@ -68,6 +69,15 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
     const now = new Date();
     const expiresAt = new Date(now.getTime() + (o.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS));
     await o.db.transaction().execute(async (tx) => {
+      // the nonce cache above is this process's; the database's outlives a restart and serves every replica
+      await tx.deleteFrom("site_nonces").where("expires_at", "<", now).execute();
+      const fresh = await tx
+        .insertInto("site_nonces")
+        .values({ nonce: auth.nonce, expires_at: new Date(auth.timestamp + SITE_AUTH_WINDOW_MS) })
+        .onConflict((c) => c.column("nonce").doNothing())
+        .returning("nonce")
+        .executeTakeFirst();
+      if (!fresh) throw refused("this request was already used");
       await tx
         .insertInto("nodes")
         .values({ id: nodeId, engine: "unknown", first_seen_at: now, last_seen_at: now })

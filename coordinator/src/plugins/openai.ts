@@ -16,6 +16,7 @@ import {
   errorBody,
   type JobKind,
   type JobStart,
+  type ReceiptRequest,
   requestedMaxTokens,
   type Usage,
   usageSchema,
@@ -195,28 +196,39 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     const settleCredits = async (status: JobStatus, usage?: Usage) => {
       if (!payer || !price) return;
       if (status !== "completed" || !usage) return payer.metering.release(payer.address, jobId, hold);
-      let charged: bigint;
+      // a split model pays every member by the layers it served; a solo node gets it all
+      const split = nodeId ? o.fleet.get(nodeId)?.cluster : undefined;
+      const owed = (charged: bigint) =>
+        nodeId && modelSha256 && charged > 0n
+          ? {
+              jobId,
+              modelSha256,
+              promptTokens: usage.prompt_tokens,
+              completionTokens: usage.completion_tokens,
+              credits: charged,
+              via: split?.length ? nodeId : undefined,
+              members: split?.length
+                ? split.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps }))
+                : [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
+            }
+          : undefined;
+      let requests: ReceiptRequest[];
       try {
-        charged = await payer.metering.charge(payer.address, jobId, hold, jobCost(price, usage.prompt_tokens, usage.completion_tokens));
+        ({ recorded: requests } = await payer.metering.charge(
+          payer.address,
+          jobId,
+          hold,
+          jobCost(price, usage.prompt_tokens, usage.completion_tokens),
+          async (tx, charged) => {
+            const job = owed(charged);
+            return job ? payer.receipts.propose(tx, job) : [];
+          },
+        ));
       } catch (err) {
         await payer.metering.release(payer.address, jobId, hold);
         throw err;
       }
-      if (charged > 0n && nodeId && modelSha256) {
-        // a split model pays every member by the layers it served; a solo node gets it all
-        const split = o.fleet.get(nodeId)?.cluster;
-        payer.receipts.request({
-          jobId,
-          modelSha256,
-          promptTokens: usage.prompt_tokens,
-          completionTokens: usage.completion_tokens,
-          credits: charged,
-          via: split?.length ? nodeId : undefined,
-          members: split?.length
-            ? split.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps }))
-            : [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
-        });
-      }
+      payer.receipts.send(requests);
     };
     // The running row is written once the first token has left for the client, so
     // the embedded database's work stays off the time to first token: the response
