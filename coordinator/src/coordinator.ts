@@ -14,6 +14,7 @@ import { catalogue, type PinnedModel } from "./catalogue.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
 import { Fleet, type SchedulingPolicy } from "./fleet.js";
+import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
 import { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 import { DEFAULT_PRICING, Metering, type Pricing } from "./ledger/metering.js";
 import { Receipts } from "./ledger/receipts.js";
@@ -70,6 +71,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     onConnectionError: (err) => o.logger.warn({ err: err.message }, "a PostgreSQL connection was dropped; it will be replaced"),
   });
   try {
+    const lease = await InstanceLease.take(db, !o.databaseUrl);
     const fleet = new Fleet();
     const knownModels = catalogue(
       o.models ?? [],
@@ -85,7 +87,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .set({ status: "failed", error: "coordinator restarted", finished_at: new Date() })
       .where("status", "=", "running")
       .execute();
-    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger));
+    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease));
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
@@ -113,6 +115,13 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     if (ledger) await app.register(accountsPlugin, { db, keys, ...ledger });
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     const address = await app.listen({ host: o.host, port: o.port });
+    // renewing the lease; a gone coordinator's holds are released by whichever one is still running
+    const leaseTimer = setInterval(() => {
+      lease
+        .renew()
+        .then(() => ledger && releaseGoneHolds(db, lease, o.logger))
+        .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
+    }, LEASE_RENEW_MS);
     ledger?.settler.start();
     return {
       url: address.replace("[::1]", "127.0.0.1"),
@@ -122,8 +131,10 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ledger,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async close() {
+        clearInterval(leaseTimer);
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
+        await lease.end();
         await ledger?.settler.stop();
         await db.destroy();
       },
@@ -138,7 +149,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
  * Connects the ledger. The journal belongs to one ledger contract on one chain: a dev chain that
  * was restarted (it keeps no state) starts the journal over; any other change is refused.
  */
-async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, fleet: Fleet, logger: Logger) {
+async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, fleet: Fleet, logger: Logger, lease: InstanceLease) {
   const chain = await LedgerChain.connect(o.chain);
   const genesis = await chain.public.getBlock({ blockNumber: 0n });
   const identity = `${chain.chainId}:${chain.ledger.toLowerCase()}:${chain.coordinator.toLowerCase()}:${genesis.hash}`;
@@ -154,6 +165,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
       await tx.deleteFrom("ledger_entries").execute();
       await tx.deleteFrom("receipts").execute();
       await tx.deleteFrom("settlements").execute();
+      await tx.deleteFrom("receipt_proposals").execute();
     });
   }
   await db
@@ -161,9 +173,8 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     .values({ key: "ledger", value: identity })
     .onConflict((c) => c.column("key").doUpdateSet({ value: identity }))
     .execute();
-  const released = await Metering.releaseOrphanedHolds(db);
-  if (released) logger.warn({ released }, "released credit holds of jobs that ended with the last run");
-  const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING);
+  await releaseGoneHolds(db, lease, logger);
+  const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING, lease.id);
   const receipts = new Receipts(db, chain.chainId, chain.ledger, chain.coordinator, (node, frame) => {
     const n = fleet.get(node.toLowerCase());
     if (!n) return false;
@@ -173,4 +184,10 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
   const settler = new Settler(db, chain, logger, o.settlement);
   logger.info({ chainId: chain.chainId, ledger: chain.ledger, coordinator: chain.coordinator }, "credit ledger connected");
   return { chain, metering, receipts, settler };
+}
+
+/** Releases the holds of coordinators that stopped or died while their jobs ran (see instance.ts). */
+async function releaseGoneHolds(db: Db, lease: InstanceLease, logger: Logger): Promise<void> {
+  const released = await Metering.releaseOrphanedHolds(db, await lease.live());
+  if (released) logger.warn({ released }, "released credit holds of jobs whose coordinator has gone");
 }

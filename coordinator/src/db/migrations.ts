@@ -136,7 +136,7 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
-  // what a restart used to forget: registration nonces and receipt proposals
+  // what a restart used to forget (registration nonces, receipt proposals) or take from another process (holds)
   "0006_durable_nonces_and_proposals": {
     async up(db: Kysely<unknown>) {
       await db.schema
@@ -154,6 +154,14 @@ const migrations: Record<string, Migration> = {
         .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
         .addPrimaryKeyConstraint("receipt_proposals_pk", ["job_id", "node_address"])
         .execute();
+      // which coordinator process holds credits for a job: only a gone one's holds are released
+      await db.schema
+        .createTable("coordinator_instances")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("started_at", "timestamptz", (c) => c.notNull())
+        .addColumn("seen_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.alterTable("ledger_entries").addColumn("instance_id", "text").execute();
     },
   },
 };

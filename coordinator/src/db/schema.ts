@@ -97,6 +97,8 @@ export interface LedgerEntriesTable {
   kind: LedgerKind;
   amount: Amount;
   job_id: string | null;
+  /** for a hold: the coordinator process that made it (InstanceLease) */
+  instance_id: string | null;
   created_at: Generated<Date>;
 }
 
@@ -148,6 +150,13 @@ export interface ReceiptProposalsTable {
   created_at: Generated<Date>;
 }
 
+/** A running coordinator's lease (instance.ts). */
+export interface CoordinatorInstancesTable {
+  id: string;
+  started_at: Timestamp;
+  seen_at: Timestamp;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -168,6 +177,7 @@ export interface Database {
   meta: MetaTable;
   site_nonces: SiteNoncesTable;
   receipt_proposals: ReceiptProposalsTable;
+  coordinator_instances: CoordinatorInstancesTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;
