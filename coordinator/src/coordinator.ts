@@ -3,11 +3,12 @@
  * (errors, health, openai, control). One explicit context, no globals: what it
  * needs comes in through CoordinatorOptions, and close() releases all of it.
  */
+import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { type Db, openDatabase } from "./db/database.js";
@@ -46,7 +47,26 @@ export interface CoordinatorOptions {
   ledger?: { chain: ChainOptions; pricing?: Pricing; settlement?: SettlementOptions };
   /** the web portal's build, served at `/`; default `web/dist` */
   webRoot?: string;
+  /** serve HTTPS (and WSS to nodes) with this PEM certificate chain and key */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * The origins (scheme://host:port) users reach this coordinator at: Sign-In with Ethereum
+   * messages must name one of them. Default: the URL it listens on (and its localhost twin).
+   */
+  publicOrigins?: string[];
+  /** per client address, per minute; default DEFAULT_RATE_LIMITS */
+  rateLimits?: Partial<RateLimits>;
 }
+
+/** How many requests one client address may make per minute to the endpoints that write for anyone who asks. */
+export interface RateLimits {
+  /** sign-in nonces and sign-in attempts */
+  signIns: number;
+  /** node registrations (signed or not) */
+  registrations: number;
+}
+
+export const DEFAULT_RATE_LIMITS: RateLimits = { signIns: 30, registrations: 120 };
 
 export interface Coordinator {
   url: string;
@@ -81,17 +101,25 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .where("status", "=", "running")
       .execute();
     const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger));
+    // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
-    });
+      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
+    } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
+    const limits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
+    await app.register(rateLimit, {
+      global: false,
+      errorResponseBuilder: (_req, ctx) =>
+        new ApiError("rate_limit_exceeded", `too many requests from this address; try again in ${Math.ceil(ctx.ttl / 1000)} s`),
+    });
     await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
     const metrics = new Metrics(fleet);
     await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });
-    await app.register(nodesPlugin, { db, joinToken: o.joinToken });
+    await app.register(nodesPlugin, { db, joinToken: o.joinToken, registrationsPerMinute: limits.registrations });
     let dialLocal: LocalDial | undefined;
     await app.register(controlPlugin, {
       exposeLocalDial: (dial) => {
@@ -105,12 +133,16 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     });
     const keys = new ApiKeyVerifier(db);
     await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys, ledger });
-    if (ledger) await app.register(accountsPlugin, { db, keys, ...ledger });
+    let origins: string[] = [];
+    if (ledger) {
+      await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
+    }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
-    const address = await app.listen({ host: o.host, port: o.port });
+    const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
+    origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url);
     ledger?.settler.start();
     return {
-      url: address.replace("[::1]", "127.0.0.1"),
+      url,
       app,
       db,
       fleet,
@@ -127,6 +159,22 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await db.destroy();
     throw err;
   }
+}
+
+/** The origin of a URL, e.g. `https://llm.example.org`; throws on what is not an http(s) URL. */
+function originOf(url: string): string {
+  const u = new URL(url);
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`${url} is not an http(s) origin`);
+  return u.origin;
+}
+
+/** The listen URL as an origin; on loopback, `localhost` names the same server. */
+function listenOrigins(url: string): string[] {
+  const u = new URL(url);
+  if (u.hostname !== "127.0.0.1") return [u.origin];
+  const local = new URL(url);
+  local.hostname = "localhost";
+  return [u.origin, local.origin];
 }
 
 /**
