@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import dgram from "node:dgram";
-import { mkdir, open, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, rm } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { type ClusterPlan, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
@@ -90,11 +90,11 @@ export function siteCommand(): Command {
       await rm(join(home, "site.json"), { force: true });
     });
 
-  cmd
+  const join_ = cmd
     .command("join")
     .description("enrol this machine in a site and run its daemon (it finds its LAN peers and clusters with them)")
     .argument("<coordinator-url>", "the site's coordinator, as site init printed it")
-    .requiredOption("--token <token>", "the site's join token")
+    .option("--token <token>", "the site's join token (required the first time; then read from this machine's 0600 config)")
     .option("--model <source>", "model to serve", "default")
     .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
     .addOption(new Option("--threads <n>", "CPU threads (default: all cores)").argParser(positiveInt))
@@ -115,7 +115,7 @@ export function siteCommand(): Command {
       async (
         url: string,
         o: {
-          token: string;
+          token?: string;
           model: string;
           slots: number;
           threads?: number;
@@ -138,8 +138,20 @@ export function siteCommand(): Command {
           }
           throw new Error(`a node daemon already runs for ${running.coordinatorUrl} here; stop it first`);
         }
-        const { nodeId, config } = await enrol(paths.home, url, o.token);
-        const rest = process.argv.slice(process.argv.indexOf("join") + 1).filter((a) => a !== "--background" && a !== "--service");
+        const saved = await readJson<NodeConfig>(files(paths.home).config);
+        const token = o.token ?? (saved?.coordinatorUrl === checkUrl(url) ? saved.joinToken : undefined);
+        if (!token) {
+          join_.error(
+            "error: required option '--token <token>' not specified (a machine that joined this site before reads it from its config)",
+            {
+              exitCode: 2,
+              code: "commander.missingMandatoryOptionValue",
+            },
+          );
+        }
+        const { nodeId, config } = await enrol(paths.home, url, token as string);
+        // the daemon reads the join token from the config enrol wrote (0600), never from its command line
+        const rest = daemonArgs(process.argv.slice(process.argv.indexOf("join") + 1));
         if (o.service) return installService(paths.home, rest);
         if (o.background) {
           await mkdir(join(paths.home, "logs"), { recursive: true });
@@ -271,13 +283,21 @@ export function siteCommand(): Command {
   return cmd;
 }
 
-function installService(home: string, args: string[]) {
-  if (spawnSync("systemctl", ["--user", "--version"], { stdio: "ignore" }).status !== 0) {
-    throw new Error("systemd user services are not available here; use --background or run it in the foreground");
+/** The arguments `site join` passes on to its background daemon or service: no join token, no --background/--service. */
+export function daemonArgs(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === "--token") i++;
+    else if (!a.startsWith("--token=") && a !== "--background" && a !== "--service") out.push(a);
   }
-  const unit = join(homedir(), ".config", "systemd", "user", "sharedllm-site.service");
+  return out;
+}
+
+/** The systemd user unit that runs `site join` with these arguments (which hold no secret). */
+export function serviceUnit(home: string, args: string[]): string {
   const quoted = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
-  const text = [
+  return [
     "[Unit]",
     "Description=SharedLLM site daemon",
     "After=network-online.target",
@@ -291,8 +311,15 @@ function installService(home: string, args: string[]) {
     "WantedBy=default.target",
     "",
   ].join("\n");
+}
+
+function installService(home: string, args: string[]) {
+  if (spawnSync("systemctl", ["--user", "--version"], { stdio: "ignore" }).status !== 0) {
+    throw new Error("systemd user services are not available here; use --background or run it in the foreground");
+  }
+  const unit = join(homedir(), ".config", "systemd", "user", "sharedllm-site.service");
   return mkdir(join(homedir(), ".config", "systemd", "user"), { recursive: true })
-    .then(() => writeFile(unit, text))
+    .then(() => writeFileAtomic(unit, serviceUnit(home, args), 0o600))
     .then(() => {
       const r = spawnSync("systemctl", ["--user", "enable", "--now", "sharedllm-site.service"], { encoding: "utf8" });
       if (r.status !== 0) throw new Error(`systemctl could not start the service: ${r.stderr.trim()}`);
