@@ -3,6 +3,7 @@
  * (errors, health, openai, control). One explicit context, no globals: what it
  * needs comes in through CoordinatorOptions, and close() releases all of it.
  */
+import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
@@ -139,7 +140,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
-    origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url);
+    origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url, o.host);
     ledger?.settler.start();
     return {
       url,
@@ -168,13 +169,25 @@ function originOf(url: string): string {
   return u.origin;
 }
 
-/** The listen URL as an origin; on loopback, `localhost` names the same server. */
-function listenOrigins(url: string): string[] {
+/**
+ * The origins the coordinator answers at: its listen URL, `localhost` with it on loopback, and
+ * every address of this machine when it listens on all of them.
+ */
+function listenOrigins(url: string, host: string): string[] {
   const u = new URL(url);
-  if (u.hostname !== "127.0.0.1") return [u.origin];
-  const local = new URL(url);
-  local.hostname = "localhost";
-  return [u.origin, local.origin];
+  const hosts = new Set([u.hostname]);
+  if (u.hostname === "127.0.0.1") hosts.add("localhost");
+  if (host === "0.0.0.0" || host === "::") {
+    for (const a of Object.values(networkInterfaces()).flat()) {
+      if (a) hosts.add(a.family === "IPv6" ? `[${a.address}]` : a.address);
+    }
+    hosts.add("localhost");
+  }
+  return [...hosts].map((h) => {
+    const origin = new URL(url);
+    origin.hostname = h;
+    return origin.origin;
+  });
 }
 
 /**

@@ -33,6 +33,8 @@ const ENGINE_WAIT_MS = 30_000;
 export interface NodeDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
+  /** PEM certificate(s) to trust for an https coordinator; default: the system's CAs */
+  coordinatorCa?: string;
   /** a coordinator in this process: its in-process control channel instead of the WebSocket */
   dialControl?: (sessionToken: string) => Promise<ControlChannel>;
   /** the site's join token (signs the registration) */
@@ -166,8 +168,14 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const control = new ControlClient({
     signReceipt: (frame) => receipts.sign(frame),
     coordinatorUrl: o.coordinatorUrl,
+    coordinatorCa: o.coordinatorCa,
     dial: o.dialControl,
-    credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
+    credentials: sessionCredentials({
+      coordinatorUrl: o.coordinatorUrl,
+      coordinatorCa: o.coordinatorCa,
+      joinToken: o.joinToken,
+      account: identity.account,
+    }),
     logger: log,
     hello: () => ({
       nodeId,
