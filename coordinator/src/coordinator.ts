@@ -3,11 +3,13 @@
  * (errors, health, openai, control). One explicit context, no globals: what it
  * needs comes in through CoordinatorOptions, and close() releases all of it.
  */
+import { networkInterfaces } from "node:os";
+import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { catalogue, type PinnedModel } from "./catalogue.js";
@@ -50,7 +52,26 @@ export interface CoordinatorOptions {
   models?: PinnedModel[];
   /** the web portal's build, served at `/`; default `web/dist` */
   webRoot?: string;
+  /** serve HTTPS (and WSS to nodes) with this PEM certificate chain and key */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * The origins (scheme://host:port) users reach this coordinator at: Sign-In with Ethereum
+   * messages must name one of them. Default: the URL it listens on (and its localhost twin).
+   */
+  publicOrigins?: string[];
+  /** per client address, per minute; default DEFAULT_RATE_LIMITS */
+  rateLimits?: Partial<RateLimits>;
 }
+
+/** How many requests one client address may make per minute to the endpoints that write for anyone who asks. */
+export interface RateLimits {
+  /** sign-in nonces and sign-in attempts */
+  signIns: number;
+  /** node registrations (signed or not) */
+  registrations: number;
+}
+
+export const DEFAULT_RATE_LIMITS: RateLimits = { signIns: 30, registrations: 120 };
 
 export interface Coordinator {
   url: string;
@@ -88,17 +109,25 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .where("status", "=", "running")
       .execute();
     const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease));
+    // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
-    });
+      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
+    } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
+    const limits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
+    await app.register(rateLimit, {
+      global: false,
+      errorResponseBuilder: (_req, ctx) =>
+        new ApiError("rate_limit_exceeded", `too many requests from this address; try again in ${Math.ceil(ctx.ttl / 1000)} s`),
+    });
     await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
     const metrics = new Metrics(fleet);
     await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });
-    await app.register(nodesPlugin, { db, joinToken: o.joinToken });
+    await app.register(nodesPlugin, { db, joinToken: o.joinToken, registrationsPerMinute: limits.registrations });
     let dialLocal: LocalDial | undefined;
     await app.register(controlPlugin, {
       exposeLocalDial: (dial) => {
@@ -112,9 +141,13 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     });
     const keys = new ApiKeyVerifier(db);
     await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys, ledger });
-    if (ledger) await app.register(accountsPlugin, { db, keys, ...ledger });
+    let origins: string[] = [];
+    if (ledger) {
+      await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
+    }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
-    const address = await app.listen({ host: o.host, port: o.port });
+    const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
+    origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url, o.host);
     // renewing the lease; a gone coordinator's holds are released by whichever one is still running
     const leaseTimer = setInterval(() => {
       lease
@@ -124,7 +157,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     }, LEASE_RENEW_MS);
     ledger?.settler.start();
     return {
-      url: address.replace("[::1]", "127.0.0.1"),
+      url,
       app,
       db,
       fleet,
@@ -143,6 +176,34 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await db.destroy();
     throw err;
   }
+}
+
+/** The origin of a URL, e.g. `https://llm.example.org`; throws on what is not an http(s) URL. */
+function originOf(url: string): string {
+  const u = new URL(url);
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`${url} is not an http(s) origin`);
+  return u.origin;
+}
+
+/**
+ * The origins the coordinator answers at: its listen URL, `localhost` with it on loopback, and
+ * every address of this machine when it listens on all of them.
+ */
+function listenOrigins(url: string, host: string): string[] {
+  const u = new URL(url);
+  const hosts = new Set([u.hostname]);
+  if (u.hostname === "127.0.0.1") hosts.add("localhost");
+  if (host === "0.0.0.0" || host === "::") {
+    for (const a of Object.values(networkInterfaces()).flat()) {
+      if (a) hosts.add(a.family === "IPv6" ? `[${a.address}]` : a.address);
+    }
+    hosts.add("localhost");
+  }
+  return [...hosts].map((h) => {
+    const origin = new URL(url);
+    origin.hostname = h;
+    return origin.origin;
+  });
 }
 
 /**

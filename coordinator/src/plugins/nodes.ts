@@ -26,6 +26,8 @@ export interface NodesPluginOptions {
   /** the site's join token (HMAC key) */
   joinToken: string;
   sessionTtlMs?: number;
+  /** registrations one client address may attempt per minute (signed or not) */
+  registrationsPerMinute: number;
 }
 
 const DEFAULT_SESSION_TTL_MS = 24 * 3600_000;
@@ -35,7 +37,7 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
   // the HMAC covers the exact bytes of the body, so keep them
   app.addContentTypeParser("application/json", { parseAs: "string" }, (_req, body, done) => done(null, body));
 
-  app.post(REGISTER_PATH, async (req, reply) => {
+  app.post(REGISTER_PATH, { config: { rateLimit: { max: o.registrationsPerMinute, timeWindow: 60_000 } } }, async (req, reply) => {
     const raw = typeof req.body === "string" ? req.body : "";
     const refused = (why: string) => {
       req.log.warn({ why, ip: req.ip }, "node registration refused");

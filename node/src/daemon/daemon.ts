@@ -14,8 +14,8 @@ import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { estimateServingMemory, GiB } from "../models/memory.js";
-import { parseSource } from "../models/sources.js";
 import { refuseLoad } from "../models/pins.js";
+import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelError, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
@@ -34,6 +34,8 @@ const ENGINE_WAIT_MS = 30_000;
 export interface NodeDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
+  /** PEM certificate(s) to trust for an https coordinator; default: the system's CAs */
+  coordinatorCa?: string;
   /** a coordinator in this process: its in-process control channel instead of the WebSocket */
   dialControl?: (sessionToken: string) => Promise<ControlChannel>;
   /** the site's join token (signs the registration) */
@@ -167,8 +169,14 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const control = new ControlClient({
     signReceipt: (frame) => receipts.sign(frame),
     coordinatorUrl: o.coordinatorUrl,
+    coordinatorCa: o.coordinatorCa,
     dial: o.dialControl,
-    credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
+    credentials: sessionCredentials({
+      coordinatorUrl: o.coordinatorUrl,
+      coordinatorCa: o.coordinatorCa,
+      joinToken: o.joinToken,
+      account: identity.account,
+    }),
     logger: log,
     hello: () => ({
       nodeId,
