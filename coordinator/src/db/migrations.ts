@@ -136,6 +136,35 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0006_settlement_entries": {
+    async up(db: Kysely<unknown>) {
+      // which batch took each charge and earning: a batch takes the entries no batch has taken yet,
+      // so one committed late (PostgreSQL commits out of id order) goes into the next batch
+      // instead of below an id watermark that was already passed
+      await db.schema
+        .createTable("batch_entries")
+        .addColumn("entry_id", "bigint", (c) => c.primaryKey())
+        .addColumn("batch_id", "integer", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("batch_entries_batch").on("batch_entries").column("batch_id").execute();
+      // entries a batch cannot carry (they would make it revert, or pay more than was spent), kept out
+      // of every batch with the reason, for the operator
+      await db.schema
+        .createTable("set_aside_entries")
+        .addColumn("entry_id", "bigint", (c) => c.primaryKey())
+        .addColumn("reason", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      await db.schema.createIndex("ledger_entries_kind").on("ledger_entries").columns(["kind", "id"]).execute();
+      // batches made before this migration covered every charge and earning up to their max_entry_id
+      await sql`
+        insert into batch_entries (entry_id, batch_id)
+        select e.id, (select min(s.batch_id) from settlements s where s.max_entry_id >= e.id)
+        from ledger_entries e
+        where e.kind in ('charge', 'earn') and e.id <= (select max(max_entry_id) from settlements)
+      `.execute(db);
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };
