@@ -70,7 +70,7 @@ async function chat(url: string, key: string) {
 
 describe("work receipts", () => {
   it("rejects a wrong signer, altered token counts and a replayed job, and pays the honest receipt once", async () => {
-    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
     let answer: (req: ReceiptRequest, send: (f: never) => void) => Promise<void> = async () => {};
     const sim = new SimNode({
       coordinatorUrl: coordinator.url,
@@ -154,7 +154,7 @@ describe("work receipts", () => {
 
 describe("split clusters", () => {
   it("pays every member of a split by its layer share, each signing its own receipt", async () => {
-    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
     const sign = (by: SimNode) => (req: ReceiptRequest, send: (f: never) => void) =>
       void by.account
         .signTypedData({
@@ -306,7 +306,7 @@ describe("settlement", () => {
   });
 
   it("splits a batch whose users would not fit one transaction, and every user's spend lands on chain", async () => {
-    const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 3_600_000, maxUsersPerBatch: 2 }, { ownAccount: true });
+    const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 1_200_000, maxUsersPerBatch: 2 }, { ownAccount: true });
     const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });
     await sim.start();
     cleanups.push(() => sim.stop());

@@ -88,7 +88,7 @@ describe("planBatch", () => {
     expect(plan.setAside[0]?.reason).toBe("no charge is recorded for job ghost");
   });
 
-  it("sets aside a charge the escrow no longer covers, with what nodes earned on it; the rest settles", () => {
+  it("posts a charge the escrow no longer covers as a shortfall, sets aside what nodes earned on it; the rest settles", () => {
     const entries = [charge(U1, 80n, "j1"), earn(N1, 80n, "j1"), charge(U2, 30n, "j2"), earn(N1, 30n, "j2")];
     const users = new Map([
       // U1 spent 80, then withdrew everything before settlement
@@ -96,10 +96,16 @@ describe("planBatch", () => {
       [U2, { posted: 0n, escrow: escrow(100n) }],
     ]);
     const plan = planBatch(input(entries, { users }));
-    expect(plan.take).toEqual([entries[2]?.id, entries[3]?.id]);
-    expect(plan.setAside.map((a) => a.id)).toEqual([entries[0]?.id, entries[1]?.id]);
+    expect(plan.take).toEqual([entries[0]?.id, entries[2]?.id, entries[3]?.id]);
+    expect(plan.setAside.map((a) => [a.id, a.taken ?? false])).toEqual([
+      [entries[0]?.id, true],
+      [entries[1]?.id, false],
+    ]);
     expect(plan.setAside[0]?.reason).toContain("withdrew before it was settled");
-    expect(plan.users).toEqual([U2]);
+    // U1's 80 is posted (the ledger clamps it to 0 and records the shortfall); only U2's 30 is spent
+    expect(plan.users).toEqual([U1, U2]);
+    expect(plan.spends).toEqual([80n, 30n]);
+    expect(plan.batchSpent).toBe(30n);
     expect(plan.earnings).toEqual(new Map([[N1, 30n]]));
   });
 
@@ -108,7 +114,8 @@ describe("planBatch", () => {
     expect(coverable(e, 499n)).toBe(100n);
     expect(coverable(e, 500n)).toBe(40n);
     const plan = planBatch(input([charge(U1, 50n, "j1")], { users: new Map([[U1, { posted: 10n, escrow: e }]]) }));
-    expect(plan.take).toEqual([]);
+    expect(plan.spends).toEqual([60n]);
+    expect(plan.batchSpent).toBe(30n);
     expect(plan.setAside[0]?.reason).toContain("covers 40 credits");
   });
 

@@ -4,8 +4,9 @@
  * it now, and the chain's totals and cap; it returns the entries to take and those to set aside for
  * good, with the reason. Whatever an entry says, the batch it returns cannot revert on the
  * contract's checks, and it never pays nodes more for a job than the user was charged for it:
- * - a charge the user's escrow no longer covers (they withdrew first) is set aside, and so is what
- *   nodes earned on that job;
+ * - a charge the user's escrow no longer covers (they withdrew first) is still posted, so the ledger
+ *   records the user's shortfall (and the journal keeps it as their debt), but it is also set aside
+ *   (taken and set aside, with the reason) so that nothing is earned on that job;
  * - what nodes earned on a job beyond its charge, or on a job with no charge, is set aside;
  * - the batch moves at most the contract's per-batch cap of spend (the rest waits for the next
  *   batch), and at most `maxUsers` users (a storage write each).
@@ -55,6 +56,8 @@ export interface PlanInput {
 export interface SetAside {
   id: string;
   reason: string;
+  /** the batch still posts it (a charge posted as the user's shortfall) */
+  taken?: boolean;
 }
 
 export interface BatchPlan {
@@ -74,8 +77,8 @@ export interface BatchPlan {
 /** What settle() can still charge a user at `at`: all of their escrow, less a withdrawal whose notice is over by then. */
 export function coverable(e: Escrow, at: bigint): bigint {
   if (e.pendingWithdrawal === 0n || at < e.unlockAt) return e.deposited;
-  const unspent = e.deposited - e.spent;
-  return e.deposited - (e.pendingWithdrawal < unspent ? e.pendingWithdrawal : unspent);
+  // the withdrawal takes what it announced, at most what is unspent
+  return e.pendingWithdrawal < e.deposited - e.spent ? e.deposited - e.pendingWithdrawal : e.spent;
 }
 
 export function planBatch(input: PlanInput): BatchPlan {
@@ -96,18 +99,14 @@ export function planBatch(input: PlanInput): BatchPlan {
     const before = posted.get(c.address) ?? user.posted;
     const after = before + c.amount;
     const cover = coverable(user.escrow, input.chain.settleBy);
-    const job = c.jobId ?? "";
-    if (after > cover) {
-      setAside.push({
-        id: c.id,
-        reason: `escrow of ${c.address} covers ${cover} credits, and with this charge ${after} were spent: the user withdrew before it was settled`,
-      });
-      chargeAside.add(job);
-      continue;
-    }
-    // spend this charge adds on chain (the chain may lag the journal after a clamp: never below its spent)
+    // spend a cumulative posting adds on chain: clamped to what the escrow covers, never below what is settled
     const onChain = user.escrow.spent;
-    const delta = (after > onChain ? after - onChain : 0n) - (before > onChain ? before - onChain : 0n);
+    const adds = (cumulative: bigint) => {
+      const settled = cumulative < cover ? cumulative : cover;
+      return settled > onChain ? settled - onChain : 0n;
+    };
+    const delta = adds(after) - adds(before);
+    const job = c.jobId ?? "";
     if (delta > input.chain.maxBatchSpend) {
       setAside.push({
         id: c.id,
@@ -125,8 +124,17 @@ export function planBatch(input: PlanInput): BatchPlan {
     }
     posted.set(c.address, after);
     batchSpent += delta;
-    charged.set(job, (charged.get(job) ?? 0n) + c.amount);
     take.push(c.id);
+    if (after > cover) {
+      setAside.push({
+        id: c.id,
+        taken: true,
+        reason: `escrow of ${c.address} covers ${cover} credits, and with this charge ${after} were spent (the user withdrew before it was settled): posted as their shortfall, nothing is earned on this job`,
+      });
+      chargeAside.add(job);
+      continue;
+    }
+    charged.set(job, (charged.get(job) ?? 0n) + c.amount);
   }
 
   const earnings = new Map(input.earnings);

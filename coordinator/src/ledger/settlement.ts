@@ -214,8 +214,7 @@ export class Settler {
           .values(plan.setAside.map((a) => ({ entry_id: a.id, reason: a.reason })))
           .onConflict((c) => c.column("entry_id").doNothing())
           .execute();
-        for (const a of plan.setAside)
-          this.log.warn({ entryId: a.id, reason: a.reason }, "journal entry set aside: no batch will carry it");
+        for (const a of plan.setAside) this.log.warn({ entryId: a.id, reason: a.reason }, "journal entry set aside");
       }
       if (!plan.take.length) return undefined;
       const last = await tx.selectFrom("settlements").select("batch_id").orderBy("batch_id", "desc").limit(1).executeTakeFirst();
@@ -316,6 +315,8 @@ export class Settler {
   /** Drops a batch the chain never took, so its entries are planned again against the chain's state. */
   private async discard(batchId: number, why: string): Promise<never> {
     await this.db.transaction().execute(async (tx) => {
+      const taken = tx.selectFrom("batch_entries").select("entry_id").where("batch_id", "=", batchId);
+      await tx.deleteFrom("set_aside_entries").where("entry_id", "in", taken).execute();
       await tx.deleteFrom("batch_entries").where("batch_id", "=", batchId).execute();
       await tx.deleteFrom("settlements").where("batch_id", "=", batchId).where("status", "!=", "confirmed").execute();
     });
