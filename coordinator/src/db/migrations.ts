@@ -145,21 +145,28 @@ const migrations: Record<string, Migration> = {
         .createTable("batch_entries")
         .addColumn("entry_id", "bigint", (c) => c.primaryKey())
         .addColumn("batch_id", "integer", (c) => c.notNull())
+        // the job as receipts name it (receiptJobId): what ties a job's earnings to its charge
+        .addColumn("job_key", "text")
         .execute();
       await db.schema.createIndex("batch_entries_batch").on("batch_entries").column("batch_id").execute();
+      await db.schema.createIndex("batch_entries_job").on("batch_entries").column("job_key").execute();
       // entries a batch cannot carry (they would make it revert, or pay more than was spent), kept out
       // of every batch with the reason, for the operator
       await db.schema
         .createTable("set_aside_entries")
         .addColumn("entry_id", "bigint", (c) => c.primaryKey())
+        .addColumn("job_key", "text")
         .addColumn("reason", "text", (c) => c.notNull())
         .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
         .execute();
+      await db.schema.createIndex("set_aside_entries_job").on("set_aside_entries").column("job_key").execute();
       await db.schema.createIndex("ledger_entries_kind").on("ledger_entries").columns(["kind", "id"]).execute();
       // batches made before this migration covered every charge and earning up to their max_entry_id
+      // (a charge's job key is a keccak hash SQL cannot compute: those charges stay without one)
       await sql`
-        insert into batch_entries (entry_id, batch_id)
-        select e.id, (select min(s.batch_id) from settlements s where s.max_entry_id >= e.id)
+        insert into batch_entries (entry_id, batch_id, job_key)
+        select e.id, (select min(s.batch_id) from settlements s where s.max_entry_id >= e.id),
+          case when e.kind = 'earn' then lower(e.job_id) end
         from ledger_entries e
         where e.kind in ('charge', 'earn') and e.id <= (select max(max_entry_id) from settlements)
       `.execute(db);

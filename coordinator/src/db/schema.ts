@@ -132,11 +132,15 @@ export interface SettlementsTable {
 export interface BatchEntriesTable {
   entry_id: ColumnType<string, string | bigint, never>;
   batch_id: number;
+  /** the job as receipts name it (receiptJobId), lower-case */
+  job_key: string | null;
 }
 
 /** A charge or earning no batch will carry, and why (see the settler's checks). */
 export interface SetAsideEntriesTable {
   entry_id: ColumnType<string, string | bigint, never>;
+  /** the job as receipts name it (receiptJobId), lower-case */
+  job_key: string | null;
   reason: string;
   created_at: Generated<Date>;
 }

@@ -11,6 +11,7 @@ import {
   type Chain,
   createPublicClient,
   createWalletClient,
+  decodeFunctionData,
   defineChain,
   type Hex,
   http,
@@ -135,8 +136,11 @@ export class LedgerChain {
     return this.public.readContract({ address: this.ledger, abi: CreditLedger.abi, functionName: "credits", args: [account] });
   }
 
-  /** The transaction that settled a batch of this coordinator and the root it posted, from the chain's events. */
-  async findSettlement(batchId: number): Promise<{ hash: Hex; root: Hex } | undefined> {
+  /**
+   * A batch of this coordinator as the chain has it: the transaction that settled it (from the
+   * BatchSettled event) and what it posted (decoded from its input when it called settle directly).
+   */
+  async findSettlement(batchId: number): Promise<{ hash: Hex; root: Hex; call?: BatchCall } | undefined> {
     const logs = await this.public.getContractEvents({
       address: this.ledger,
       abi: CreditLedger.abi,
@@ -145,7 +149,26 @@ export class LedgerChain {
       fromBlock: 0n,
     });
     const log = logs[0];
-    return log?.transactionHash && log.args.earningsRoot ? { hash: log.transactionHash, root: log.args.earningsRoot } : undefined;
+    if (!log?.transactionHash || !log.args.earningsRoot) return undefined;
+    const tx = await this.public.getTransaction({ hash: log.transactionHash });
+    const decoded = (() => {
+      try {
+        return decodeFunctionData({ abi: CreditLedger.abi, data: tx.input });
+      } catch {
+        return undefined; // sent through another contract (a multisig): only the event speaks for it
+      }
+    })();
+    const call: BatchCall | undefined =
+      decoded?.functionName === "settle"
+        ? {
+            batchId: Number(decoded.args[0]),
+            users: [...decoded.args[1]],
+            cumulativeSpent: [...decoded.args[2]],
+            earningsRoot: decoded.args[3],
+            totalEarnings: decoded.args[4],
+          }
+        : undefined;
+    return { hash: log.transactionHash, root: log.args.earningsRoot, call };
   }
 
   /** Checks the batch against the chain's state (reverts surface here, before anything is sent). */

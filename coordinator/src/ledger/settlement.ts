@@ -9,7 +9,7 @@
  * whether a stored batch still has to be sent, so a crash between sending and recording neither
  * loses nor doubles a batch, and a database that is not this coordinator's history is refused.
  */
-import { type EarningsTree, earningsTree } from "@sharedllm/protocol";
+import { type EarningsTree, earningsTree, receiptJobId } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
 import type { Logger } from "pino";
 import { type Address, BaseError, ContractFunctionRevertedError, type Hex } from "viem";
@@ -190,8 +190,10 @@ export class Settler {
         address: r.address as Address,
         kind: r.kind as JournalEntry["kind"],
         amount: BigInt(r.amount),
-        jobId: r.job_id,
+        // receipts name a job by its hash: charges are keyed the same way, so a job's earnings meet its charge
+        jobId: r.job_id === null ? null : r.kind === "charge" ? receiptJobId(r.job_id) : r.job_id.toLowerCase(),
       }));
+      const jobKey = new Map(entries.map((e) => [e.id, e.jobId]));
       const payers = [...new Set(entries.filter((e) => e.kind === "charge").map((e) => e.address))];
       const jobIds = [...new Set(entries.flatMap((e) => (e.kind === "earn" && e.jobId ? [e.jobId] : [])))];
       const [posted, escrows, history, earnings] = await Promise.all([
@@ -211,7 +213,7 @@ export class Settler {
       if (plan.setAside.length) {
         await tx
           .insertInto("set_aside_entries")
-          .values(plan.setAside.map((a) => ({ entry_id: a.id, reason: a.reason })))
+          .values(plan.setAside.map((a) => ({ entry_id: a.id, job_key: jobKey.get(a.id) ?? null, reason: a.reason })))
           .onConflict((c) => c.column("entry_id").doNothing())
           .execute();
         for (const a of plan.setAside) this.log.warn({ entryId: a.id, reason: a.reason }, "journal entry set aside");
@@ -237,7 +239,7 @@ export class Settler {
       for (let i = 0; i < plan.take.length; i += 1000) {
         await tx
           .insertInto("batch_entries")
-          .values(plan.take.slice(i, i + 1000).map((id) => ({ entry_id: id, batch_id: batchId })))
+          .values(plan.take.slice(i, i + 1000).map((id) => ({ entry_id: id, batch_id: batchId, job_key: jobKey.get(id) ?? null })))
           .execute();
       }
       this.log.info(
@@ -277,26 +279,33 @@ export class Settler {
     return out;
   }
 
-  /** What earlier batches and set-aside entries say about each job. */
-  private async jobHistory(db: Kysely<Database>, jobIds: string[]): Promise<Map<string, JobHistory>> {
+  /** What earlier batches and set-aside entries say about each job (by the key receipts use). */
+  private async jobHistory(db: Kysely<Database>, jobKeys: string[]): Promise<Map<string, JobHistory>> {
     const jobs = new Map<string, JobHistory>();
-    if (!jobIds.length) return jobs;
-    const rows = await db
-      .selectFrom("ledger_entries as e")
-      .leftJoin("batch_entries as b", "b.entry_id", "e.id")
-      .leftJoin("set_aside_entries as a", "a.entry_id", "e.id")
-      .select(["e.job_id", "e.kind", "e.amount", "b.batch_id", "a.entry_id as aside"])
-      .where("e.job_id", "in", jobIds)
-      .where("e.kind", "in", ["charge", "earn"])
+    if (!jobKeys.length) return jobs;
+    const job = (key: string | null) => {
+      const h = jobs.get(key as string) ?? { charged: 0n, earned: 0n, chargeSetAside: false };
+      jobs.set(key as string, h);
+      return h;
+    };
+    const taken = await db
+      .selectFrom("batch_entries as b")
+      .innerJoin("ledger_entries as e", "e.id", "b.entry_id")
+      .select(["b.job_key", "e.kind", "e.amount"])
+      .where("b.job_key", "in", jobKeys)
       .execute();
-    for (const r of rows) {
-      const job = jobs.get(r.job_id as string) ?? { charged: 0n, earned: 0n, chargeSetAside: false };
-      jobs.set(r.job_id as string, job);
-      if (r.kind === "charge" && r.aside !== null) job.chargeSetAside = true;
-      if (r.batch_id === null) continue;
-      if (r.kind === "charge") job.charged += BigInt(r.amount);
-      else job.earned += BigInt(r.amount);
+    for (const r of taken) {
+      if (r.kind === "charge") job(r.job_key).charged += BigInt(r.amount);
+      else job(r.job_key).earned += BigInt(r.amount);
     }
+    const aside = await db
+      .selectFrom("set_aside_entries as a")
+      .innerJoin("ledger_entries as e", "e.id", "a.entry_id")
+      .select("a.job_key")
+      .where("a.job_key", "in", jobKeys)
+      .where("e.kind", "=", "charge")
+      .execute();
+    for (const r of aside) job(r.job_key).chargeSetAside = true;
     return jobs;
   }
 
@@ -328,11 +337,17 @@ export class Settler {
   private async post(batchId: number, payload: Payload): Promise<void> {
     const onChain = await this.chain.lastBatch();
     if (onChain >= batchId) {
-      // the chain has a batch with this number: it is ours only if it posted our root
+      // the chain has a batch with this number: it is ours only if it posted what we stored
       const settled = await this.chain.findSettlement(batchId);
-      if (settled?.root.toLowerCase() !== payload.root.toLowerCase()) {
+      const same =
+        settled?.root.toLowerCase() === payload.root.toLowerCase() &&
+        (!settled.call ||
+          (settled.call.totalEarnings === BigInt(payload.totalEarnings) &&
+            settled.call.users.map((u) => u.toLowerCase()).join() === payload.users.map((u) => u.toLowerCase()).join() &&
+            settled.call.cumulativeSpent.join() === payload.spends.join()));
+      if (!settled || !same) {
         throw new Error(
-          `the ledger's batch ${batchId} of coordinator ${this.chain.coordinator} has root ${settled?.root ?? "(no event found)"}, not this database's ${payload.root}: this database does not hold the settlement history of that account; start the coordinator with its own database`,
+          `the ledger's batch ${batchId} of coordinator ${this.chain.coordinator} (root ${settled?.root ?? "unknown"}) is not this database's batch ${batchId} (root ${payload.root}): this database does not hold the settlement history of that account; start the coordinator with its own database`,
         );
       }
       await this.confirm(batchId, settled.hash);
