@@ -79,6 +79,8 @@ export async function benchSettlement(sizes = [1, 100, 1000]): Promise<Settlemen
         }
         await db.deleteFrom("ledger_entries").execute();
         await db.deleteFrom("settlements").execute();
+        await db.deleteFrom("batch_entries").execute();
+        await db.deleteFrom("set_aside_entries").execute();
         for (let i = 0; i < receipts; i++) {
           const job = randomUUID();
           await db
