@@ -2,6 +2,7 @@
  * Schema migrations, applied in order at start-up. Never edit a released
  * migration: add the next one.
  */
+import { receiptJobId } from "@sharedllm/protocol";
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from "kysely";
 
 const migrations: Record<string, Migration> = {
@@ -162,22 +163,33 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex("set_aside_entries_job").on("set_aside_entries").column("job_key").execute();
       await db.schema.createIndex("ledger_entries_kind").on("ledger_entries").columns(["kind", "id"]).execute();
       // batches made before this migration covered every charge and earning up to their max_entry_id
-      // (a charge's job key is a keccak hash SQL cannot compute: those charges stay without one)
-      await sql`
-        insert into batch_entries (entry_id, batch_id, job_key)
-        select e.id, (select min(s.batch_id) from settlements s where s.max_entry_id >= e.id),
-          case when e.kind = 'earn' then lower(e.job_id) end
+      const taken = await sql<{ id: string; kind: string; job_id: string | null; batch_id: number }>`
+        select e.id, e.kind, e.job_id, (select min(s.batch_id) from settlements s where s.max_entry_id >= e.id) as batch_id
         from ledger_entries e
         where e.kind in ('charge', 'earn') and e.id <= (select max(max_entry_id) from settlements)
       `.execute(db);
+      const rows = taken.rows.map((r) => ({
+        entry_id: String(r.id),
+        batch_id: r.batch_id,
+        // receipts name a job by the hash of its id; earnings already carry it
+        job_key: r.job_id === null ? null : r.kind === "charge" ? receiptJobId(r.job_id) : r.job_id.toLowerCase(),
+      }));
+      for (let i = 0; i < rows.length; i += 1000) {
+        await (db as Kysely<{ batch_entries: (typeof rows)[number] }>)
+          .insertInto("batch_entries")
+          .values(rows.slice(i, i + 1000))
+          .execute();
+      }
     },
   },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
-export async function migrate(db: Kysely<unknown>): Promise<void> {
-  const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+/** Applies every migration (or those up to `target`, for tests of a migration). */
+export async function migrate(db: Kysely<unknown>, target?: string): Promise<void> {
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await (target ? migrator.migrateTo(target) : migrator.migrateToLatest());
   const failed = results?.find((r) => r.status === "Error");
   if (error || failed) {
     throw new Error(`database migration ${failed?.migrationName ?? ""} failed: ${(error as Error)?.message ?? "unknown error"}`);
