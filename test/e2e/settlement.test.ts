@@ -18,7 +18,7 @@ import {
   TimelockController,
 } from "@sharedllm/contracts";
 import { type SettlementOptions, startCoordinator } from "@sharedllm/coordinator";
-import { type ReceiptRequest, receiptFromWire, WORK_RECEIPT_TYPES, workReceiptDomain } from "@sharedllm/protocol";
+import { earningsTree, type ReceiptRequest, receiptFromWire, WORK_RECEIPT_TYPES, workReceiptDomain } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Abi, Address, LocalAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -454,6 +454,54 @@ describe("settlement that bad entries cannot stall", () => {
     expect(await coordinator.db.selectFrom("settlements").select("status").orderBy("batch_id").execute()).toEqual([
       { status: "confirmed" },
       { status: "confirmed" },
+    ]);
+  });
+
+  it("a stored batch the ledger refuses (one made before this fix, carrying a poisoned earning) is dropped and planned again", async () => {
+    const { coordinator, joinToken, account } = await ledgerCoordinator(quick, { ownAccount: true });
+    const settler = coordinator.ledger?.settler;
+    const sim = await honestNode(coordinator.url, joinToken);
+    const user = devWallet(26);
+    await chat(coordinator.url, await paidKey(coordinator.url, user, account.address));
+    await waitFor("the receipt", async () => (await acceptedReceipts(coordinator.db)) === 1);
+    const { job_id } = await coordinator.db
+      .selectFrom("ledger_entries")
+      .select("job_id")
+      .where("kind", "=", "earn")
+      .executeTakeFirstOrThrow();
+    const puppet = privateKeyToAccount(generatePrivateKey()).address.toLowerCase() as Address;
+    await coordinator.db.insertInto("ledger_entries").values({ address: puppet, kind: "earn", amount: JOB_COST, job_id }).execute();
+    // what the old settler stored: every entry up to the newest, earnings above spend; settle() reverts on it
+    const taken = await coordinator.db.selectFrom("ledger_entries").select("id").where("kind", "in", ["charge", "earn"]).execute();
+    const earnings = new Map([
+      [sim.id as Address, JOB_COST],
+      [puppet, JOB_COST],
+    ]);
+    const payload = {
+      users: [user.address.toLowerCase()],
+      spends: [String(JOB_COST)],
+      earnings: Object.fromEntries([...earnings].map(([a, v]) => [a, String(v)])),
+      root: earningsTree(earnings).root,
+      totalEarnings: String(2n * JOB_COST),
+    };
+    await coordinator.db
+      .insertInto("settlements")
+      .values({ batch_id: 1, status: "prepared", max_entry_id: taken.at(-1)?.id as string, payload: JSON.stringify(payload) })
+      .execute();
+    await coordinator.db
+      .insertInto("batch_entries")
+      .values(taken.map((t) => ({ entry_id: t.id, batch_id: 1, job_key: null })))
+      .execute();
+
+    await settler?.tick(true);
+    // the ledger refused it: it is dropped, and nothing went on chain
+    expect(await coordinator.db.selectFrom("settlements").select("batch_id").execute()).toEqual([]);
+    expect((await chain.settlement(account.address)).lastBatch).toBe(0n);
+    await settler?.tick(true);
+    expect(await chain.settlement(account.address)).toMatchObject({ lastBatch: 1n, totalSpent: JOB_COST, totalEarnings: JOB_COST });
+    expect((await settler?.settledEarnings(sim.id as Address))?.cumulative).toBe(JOB_COST);
+    expect(await coordinator.db.selectFrom("set_aside_entries").select("reason").execute()).toEqual([
+      { reason: `earnings on job ${job_id} would reach 14 credits, above its charge of 7` },
     ]);
   });
 
