@@ -4,10 +4,11 @@
  * node's cumulative earnings (as a Merkle root). What a batch takes is decided by batchPlan.ts
  * against the chain's state read just before: entries that would make it revert or pay more than
  * was spent are set aside for good with their reason (set_aside_entries, and the log), so one bad
- * entry never stalls the others. A batch is stored before anything is sent; the chain's own record
- * (the last batch number of this coordinator, and the root of its BatchSettled event) decides
- * whether a stored batch still has to be sent, so a crash between sending and recording neither
- * loses nor doubles a batch, and a database that is not this coordinator's history is refused.
+ * entry never stalls the others; a stored batch the ledger still refuses is dropped and planned
+ * again. A batch is stored before anything is sent; the chain's own record (the last batch number
+ * of this coordinator, and what its BatchSettled transaction posted) decides whether a stored batch
+ * still has to be sent, so a crash between sending and recording neither loses nor doubles a
+ * batch, and a database that is not this coordinator's history is refused.
  */
 import { type EarningsTree, earningsTree, receiptJobId } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
