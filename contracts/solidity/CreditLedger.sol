@@ -7,6 +7,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 /// @title SharedLLM credit ledger
 /// @notice Users buy credits (native coin, or a stablecoin where configured) and deposit them into
@@ -32,11 +33,13 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
     bytes32 public constant REGISTRAR_ROLE = keccak256("REGISTRAR_ROLE");
 
+    /// Two storage slots: what settle() reads for a user costs two cold reads.
     struct Escrow {
-        uint256 deposited; // credits deposited, less what was withdrawn
-        uint256 spent; // cumulative spend settled by the coordinator
-        uint256 pendingWithdrawal;
+        uint128 deposited; // credits deposited, less what was withdrawn
+        uint128 spent; // cumulative spend settled by the coordinator
+        uint96 pendingWithdrawal;
         uint64 unlockAt;
+        uint96 shortfall; // spend the coordinator posted that the escrow could not cover (latest batch)
     }
 
     struct Settlement {
@@ -61,9 +64,6 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     mapping(address user => mapping(address coordinator => Escrow)) public escrows;
     mapping(address coordinator => Settlement) public settlements;
     mapping(address coordinator => mapping(address node => uint256)) public claimed;
-    /// Cumulative spend a coordinator posted for a user that their escrow could not cover (they
-    /// withdrew before it was settled); nodes are paid only what was covered.
-    mapping(address user => mapping(address coordinator => uint256)) public shortfall;
 
     event PriceSet(uint256 weiPerCredit);
     event StablecoinSet(address token, uint256 unitsPerCredit);
@@ -147,8 +147,8 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         emit WithdrawalNoticeSet(seconds_);
     }
 
-    function setMaxBatchSpend(uint256 credits) external onlyRole(GOVERNOR_ROLE) {
-        _setMaxBatchSpend(credits);
+    function setMaxBatchSpend(uint256 cap) external onlyRole(GOVERNOR_ROLE) {
+        _setMaxBatchSpend(cap);
     }
 
     function pause() external onlyRole(PAUSER_ROLE) {
@@ -207,7 +207,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         Escrow storage e = escrows[msg.sender][coordinator];
         uint256 unspent = e.deposited - e.spent;
         if (unspent < amount) revert InsufficientEscrow(unspent, amount);
-        e.pendingWithdrawal = amount;
+        e.pendingWithdrawal = SafeCast.toUint96(amount);
         e.unlockAt = uint64(block.timestamp) + withdrawalNotice;
         emit WithdrawalRequested(msg.sender, coordinator, amount, e.unlockAt);
     }
@@ -221,7 +221,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         amount = e.pendingWithdrawal < unspent ? e.pendingWithdrawal : unspent;
         e.pendingWithdrawal = 0;
         e.unlockAt = 0;
-        e.deposited -= amount;
+        e.deposited -= uint128(amount); // at most deposited - spent
         credits[msg.sender] += amount;
         emit Withdrawn(msg.sender, coordinator, amount);
     }
@@ -248,13 +248,14 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
             uint256 posted = cumulativeSpent[i];
             if (posted < e.spent) revert SpendDecreased(users[i], e.spent, posted);
             uint256 covered = _coverable(e);
-            if (posted > covered) {
-                shortfall[users[i]][msg.sender] = posted - covered;
+            uint256 short = posted > covered ? posted - covered : 0;
+            if (short != e.shortfall) e.shortfall = SafeCast.toUint96(short);
+            if (short != 0) {
                 emit SpendShortfall(users[i], msg.sender, posted, covered);
                 posted = covered;
             }
             batchSpent += posted - e.spent;
-            e.spent = posted;
+            e.spent = uint128(posted); // at most deposited
         }
         if (batchSpent > maxBatchSpend) revert BatchSpendAboveCap(maxBatchSpend, batchSpent);
         s.totalSpent += batchSpent;
@@ -302,6 +303,12 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         return _coverable(escrows[user][coordinator]);
     }
 
+    /// Spend a coordinator posted for a user that their escrow could not cover (they withdrew before
+    /// it was settled), as of the latest batch that posted them; nodes are paid only what was covered.
+    function shortfall(address user, address coordinator) external view returns (uint256) {
+        return escrows[user][coordinator].shortfall;
+    }
+
     // ---- internals ----
 
     function _coverable(Escrow storage e) private view returns (uint256) {
@@ -310,9 +317,9 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         return e.deposited - (e.pendingWithdrawal < unspent ? e.pendingWithdrawal : unspent);
     }
 
-    function _setMaxBatchSpend(uint256 credits) private {
-        maxBatchSpend = credits;
-        emit MaxBatchSpendSet(credits);
+    function _setMaxBatchSpend(uint256 cap) private {
+        maxBatchSpend = cap;
+        emit MaxBatchSpendSet(cap);
     }
 
     function _setPrice(uint256 weiPerCredit_) private {
@@ -327,7 +334,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     }
 
     function _deposit(address user, address coordinator, uint256 amount) private {
-        escrows[user][coordinator].deposited += amount;
+        escrows[user][coordinator].deposited += SafeCast.toUint128(amount);
         emit Deposited(user, coordinator, amount);
     }
 }

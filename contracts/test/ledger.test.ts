@@ -324,6 +324,11 @@ describe("attacks on settlement", () => {
     expect(events.map((e) => [e.args.user?.toLowerCase(), e.args.posted, e.args.covered])).toEqual([[addr(user).toLowerCase(), 80n, 0n]]);
     await L(nodeA, "claim", [addr(coordinator), addr(nodeA), 30n, tree.proof(addr(nodeA))]);
     expect(await read("credits", [addr(nodeA)])).toBe(30n);
+    // the user deposits again: the next batch posting their 80 is covered, and the shortfall is gone
+    await L(user, "deposit", [addr(coordinator), 100n]);
+    await L(coordinator, "settle", [2n, [addr(user)], [80n], tree.root, 30n]);
+    expect(await read("shortfall", [addr(user), addr(coordinator)])).toBe(0n);
+    expect((await escrow(user)).spent).toBe(80n);
   });
 
   it("escrow under a withdrawal whose notice is over cannot be settled, even before the user takes it", async () => {
