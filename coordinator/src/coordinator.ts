@@ -226,6 +226,8 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
       await tx.deleteFrom("ledger_entries").execute();
       await tx.deleteFrom("receipts").execute();
       await tx.deleteFrom("settlements").execute();
+      await tx.deleteFrom("batch_entries").execute();
+      await tx.deleteFrom("set_aside_entries").execute();
       await tx.deleteFrom("receipt_proposals").execute();
     });
   }
@@ -243,6 +245,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     return true;
   });
   const settler = new Settler(db, chain, logger, o.settlement);
+  await settler.checkWithdrawalNotice();
   logger.info({ chainId: chain.chainId, ledger: chain.ledger, coordinator: chain.coordinator }, "credit ledger connected");
   return { chain, metering, receipts, settler };
 }

@@ -121,13 +121,30 @@ export type SettlementStatus = "prepared" | "sent" | "confirmed";
 export interface SettlementsTable {
   batch_id: number;
   status: SettlementStatus;
-  /** the batch covers every journal entry with an id up to this one (cumulative sums) */
+  /** the newest journal entry the batch took (which entries: batch_entries) */
   max_entry_id: ColumnType<string, string | bigint, never>;
   /** JSON: users, cumulative spends, earnings per node, root, total earnings */
   payload: string;
   tx_hash: string | null;
   created_at: Generated<Date>;
   confirmed_at: Timestamp | null;
+}
+
+/** The batch that took a charge or earning into settlement. */
+export interface BatchEntriesTable {
+  entry_id: ColumnType<string, string | bigint, never>;
+  batch_id: number;
+  /** the job as receipts name it (receiptJobId), lower-case */
+  job_key: string | null;
+}
+
+/** A charge or earning no batch will carry, and why (see the settler's checks). */
+export interface SetAsideEntriesTable {
+  entry_id: ColumnType<string, string | bigint, never>;
+  /** the job as receipts name it (receiptJobId), lower-case */
+  job_key: string | null;
+  reason: string;
+  created_at: Generated<Date>;
 }
 
 /** A used registration nonce, kept until its request could no longer be fresh. */
@@ -174,6 +191,8 @@ export interface Database {
   ledger_entries: LedgerEntriesTable;
   receipts: ReceiptsTable;
   settlements: SettlementsTable;
+  batch_entries: BatchEntriesTable;
+  set_aside_entries: SetAsideEntriesTable;
   meta: MetaTable;
   site_nonces: SiteNoncesTable;
   receipt_proposals: ReceiptProposalsTable;
