@@ -441,6 +441,9 @@ describe("settlement that bad entries cannot stall", () => {
     await send(user, "claim", [account.address, sim.id, earned?.cumulative, earned?.proof]);
     expect(await chain.credits(sim.id as Address)).toBe(JOB_COST);
     expect(await settler?.settledEarnings(puppet as Address)).toBeUndefined();
+    // and its earnings view shows nothing pending, the set-aside amount apart
+    const view = (await (await fetch(`${coordinator.url}/v1/earnings/${puppet}`)).json()) as Record<string, unknown>;
+    expect(view).toMatchObject({ earned: "0", pending: "0", setAside: JOB_COST.toString(), byDay: [] });
 
     // later batches keep going
     await chat(coordinator.url, key);

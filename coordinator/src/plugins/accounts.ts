@@ -225,9 +225,14 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
   app.get<{ Params: { address: string } }>("/v1/earnings/:address", async (req) => {
     if (!isAddress(req.params.address)) throw new ApiError("invalid_request", "not an address", { param: "address" });
     const address = getAddress(req.params.address);
-    const { earned } = await o.db
+    // earnings the settler set aside (a job's earnings above its charge) are never paid: not counted
+    const setAside = sql<boolean>`exists (select 1 from set_aside_entries s where s.entry_id = ledger_entries.id)`;
+    const { earned, withheld } = await o.db
       .selectFrom("ledger_entries")
-      .select(sql<string | null>`sum(amount)`.as("earned"))
+      .select([
+        sql<string | null>`sum(amount) filter (where not ${setAside})`.as("earned"),
+        sql<string | null>`sum(amount) filter (where ${setAside})`.as("withheld"),
+      ])
       .where("address", "=", address.toLowerCase())
       .where("kind", "=", "earn")
       .executeTakeFirstOrThrow();
@@ -238,6 +243,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       .select([sql<string>`to_char(date_trunc('day', created_at), 'YYYY-MM-DD')`.as("day"), sql<string>`sum(amount)`.as("credits")])
       .where("address", "=", address.toLowerCase())
       .where("kind", "=", "earn")
+      .where(sql<boolean>`not ${setAside}`)
       .groupBy(sql`date_trunc('day', created_at)`)
       .orderBy(sql`date_trunc('day', created_at)`)
       .execute();
@@ -263,6 +269,8 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       settled: settledAmount.toString(),
       claimed: claimed.toString(),
       claimable: (settledAmount > claimed ? settledAmount - claimed : 0n).toString(),
+      /** earnings set aside by the settler (never paid), with the reason in the coordinator's log */
+      setAside: withheld ?? "0",
       claim: settled
         ? { batchId: settled.batchId, cumulative: settled.cumulative.toString(), proof: settled.proof, root: settled.root }
         : null,
