@@ -9,7 +9,6 @@ import type { Availability, Capabilities, ControlChannel, ServedModel, Usage } f
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { readModelLayout } from "../cluster/layout.js";
-import { relayBinary } from "../cluster/relay.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
@@ -110,7 +109,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       members: o.cluster.members,
       layout: await readModelLayout(store.blobPath(model.sha256), slots * contextPerSlot),
       send: (f) => control.sendFrame(f),
-      relayBinary: await relayBinary(o.paths.cache),
+      signer: identity.account,
       logger: o.logger.child({ nodeId, role: "head" }),
     });
   /** every model this node serves, each on its own supervised llama-server */
