@@ -56,7 +56,7 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   let switching: Promise<void> | undefined;
   const discovery = new Discovery({
     key: siteBeaconKey(o.joinToken),
-    nodeId,
+    signer: identity.account,
     info: () => ({ memoryBytes: totalmem(), role: current?.decision.role }),
     port: o.discoveryPort,
     group: o.group,
