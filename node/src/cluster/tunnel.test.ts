@@ -6,6 +6,7 @@
  * or replaying a real head's signed handshake gets nothing through; bytes injected or altered
  * mid-stream end the connection before they reach the upstream.
  */
+import { spawn } from "node:child_process";
 import net, { type Socket } from "node:net";
 import tls from "node:tls";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -206,6 +207,23 @@ describe("the RPC tunnel", () => {
       await new Promise((r) => mitm.close(r));
     }
   });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "serves the head's local endpoint to its own user only, not to another user of the machine",
+    async () => {
+      received = Buffer.alloc(0);
+      const proxy = new TunnelProxy(dial(), quietLogger());
+      await proxy.listen();
+      // another local user (nobody) connects to the endpoint llama-server uses and speaks RPC
+      const script = `const s = require("node:net").connect(${proxy.port}, "127.0.0.1", () => s.write("GGML-RPC-FROM-ANOTHER-USER")); s.on("close", () => process.exit(0)); s.on("error", () => process.exit(0));`;
+      const other = spawn(process.execPath, ["-e", script], { uid: 65534, gid: 65534, stdio: "ignore" });
+      const exited = new Promise((r) => other.once("exit", r));
+      await waitFor("the other user's connection to be refused", () => proxy.refused === 1);
+      await exited;
+      expect(received.length).toBe(0);
+      await proxy.close();
+    },
+  );
 
   it("keeps a session at most a day, and measures a link without touching rpc-server", async () => {
     tunnel.addSession({ id: "long", head: stranger.address, expiresAt: Date.now() + 10 * MAX_SESSION_MS });

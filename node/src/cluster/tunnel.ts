@@ -23,6 +23,7 @@ import net, { type Socket } from "node:net";
 import tls, { type TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import { type Hex, recoverMessageAddress } from "viem";
+import { fromOwnUser } from "./localPeer.js";
 import { type Relayed, relay } from "./relay.js";
 import { certFingerprint, ephemeralCert, type TunnelCert } from "./tunnelCert.js";
 
@@ -378,7 +379,9 @@ export async function dialTunnel(o: DialOptions): Promise<TLSSocket> {
 
 /**
  * A local endpoint for one cluster member: llama-server connects to 127.0.0.1:port as if it
- * were the member's rpc-server; each connection is tunnelled to the member and relayed.
+ * were the member's rpc-server; each connection is tunnelled to the member and relayed. Only
+ * connections from this process's own user are served (llama.cpp's `--rpc` cannot use a Unix
+ * socket): another user of a shared machine gets nothing.
  */
 export class TunnelProxy {
   private server: net.Server | undefined;
@@ -404,8 +407,17 @@ export class TunnelProxy {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 
+  /** local connections turned away: not from this process's user */
+  refused = 0;
+
   private async forward(local: Socket) {
     local.on("error", () => {});
+    if (!(await fromOwnUser(local))) {
+      this.refused++;
+      this.logger.warn({ port: local.remotePort }, "a local connection of another user to a cluster endpoint: refused");
+      local.destroy();
+      return;
+    }
     let remote: Socket;
     try {
       remote = await dialTunnel(this.dial);
