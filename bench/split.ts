@@ -101,13 +101,13 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
       seed: 7,
       ignore_eos: true,
     };
-    for (const l of Object.values(arms)) await timeStream(l.url, "none", { ...body, max_tokens: 16 });
+    for (const l of Object.values(arms)) await timeStream(l.url, l.apiKey, { ...body, max_tokens: 16 });
     const names = Object.keys(arms);
     const runs: Record<string, StreamTiming[]> = Object.fromEntries(names.map((n) => [n, []]));
     for (let r = 0; r < opts.rounds; r++) {
       for (let i = 0; i < names.length; i++) {
         const name = names[(i + r) % names.length] as string;
-        runs[name]?.push(await timeStream((arms[name] as LlamaServer).url, "none", body));
+        runs[name]?.push(await timeStream((arms[name] as LlamaServer).url, (arms[name] as LlamaServer).apiKey, body));
       }
     }
     const tps = (n: string) => median((runs[n] ?? []).map((t) => t.decodeTps));

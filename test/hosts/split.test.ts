@@ -168,7 +168,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
       expect(split.node).toBe(head.id);
       const direct = await fetch(`${solo.url}/v1/chat/completions`, {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", authorization: `Bearer ${solo.apiKey}` },
         body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: prompt }], max_tokens: 24, temperature: 0 }),
       }).then((r) => r.json() as Promise<{ choices: { message: { content: string } }[] }>);
       expect(split.body.choices[0]?.message.content).toBe(direct.choices[0]?.message.content);

@@ -139,7 +139,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     });
     llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "llama-server exited; restarting"));
     llama.supervisor.on("ready", () => log.info({ model: entry.id, url: llama.url }, "llama-server ready"));
-    const s: Served = { entry, llama, connections: new EngineConnections(llama.port), memoryBytes: need };
+    const s: Served = { entry, llama, connections: new EngineConnections(llama.port, `Bearer ${llama.apiKey}`), memoryBytes: need };
     served.set(entry.id, s);
     return s;
   };
@@ -263,7 +263,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       modelSha256: model.sha256,
       threads,
       hardware: await hardware,
-      measure: () => measureSpeed(primary.llama.url),
+      measure: () => measureSpeed(primary.llama.url, primary.llama.apiKey),
     });
     log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
     if (head) control.sendFrame({ type: "models", models: servedModels(), capabilities: caps });
