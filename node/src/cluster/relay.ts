@@ -19,16 +19,25 @@ export function relay(a: Socket, b: Socket): Relayed {
   b.setNoDelay(true);
   let aToB = 0;
   let bToA = 0;
-  a.on("data", (d: Buffer) => {
-    aToB += d.length;
+  // plain handlers rather than pipe(): one write per chunk, backpressure by pause/resume
+  const forward = (from: Socket, to: Socket, count: (n: number) => void) => {
+    from.on("data", (d: Buffer) => {
+      count(d.length);
+      if (!to.write(d)) {
+        from.pause();
+        to.once("drain", () => from.resume());
+      }
+    });
+    from.once("end", () => to.end());
+    from.once("error", () => to.destroy());
+    from.once("close", () => to.destroy());
+  };
+  forward(a, b, (n) => {
+    aToB += n;
   });
-  b.on("data", (d: Buffer) => {
-    bToA += d.length;
+  forward(b, a, (n) => {
+    bToA += n;
   });
-  a.pipe(b);
-  b.pipe(a);
-  a.on("error", () => b.destroy());
-  b.on("error", () => a.destroy());
   a.resume();
   b.resume();
   const done = Promise.all([new Promise((r) => a.once("close", r)), new Promise((r) => b.once("close", r))]).then(() => ({ aToB, bToA }));
