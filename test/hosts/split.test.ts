@@ -177,7 +177,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     for (const w of workers) expect(await rpcAccepts(w)).toBeGreaterThan(0);
   });
 
-  it("drops unauthenticated tunnel connections before rpc-server sees them", async () => {
+  it("drops tunnel connections without TLS and the head's key before rpc-server sees them", async () => {
     const w = workers[0] as Daemon;
     const before = await rpcAccepts(w);
     for (const payload of [
@@ -188,7 +188,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
       await new Promise<void>((resolve) => {
         const s = net.connect({ host: w.host.address, port: w.tunnelPort as number });
         s.on("error", () => {});
-        s.once("data", () => s.write(payload));
+        s.once("connect", () => s.write(payload));
         s.once("close", () => resolve());
         setTimeout(() => s.destroy(), 7_000).unref();
       });

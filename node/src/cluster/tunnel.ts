@@ -210,7 +210,8 @@ export class TunnelServer {
   async listen(): Promise<number> {
     const { cert } = this.o.identity;
     this.server = tls.createServer(
-      { ...TLS_OPTIONS, key: cert.key, cert: cert.cert, requestCert: true },
+      // a connection that never completes its TLS handshake is dropped as soon as a silent head would be
+      { ...TLS_OPTIONS, key: cert.key, cert: cert.cert, requestCert: true, handshakeTimeout: HANDSHAKE_TIMEOUT_MS },
       (socket) => void this.accept(socket),
     );
     // a failed TLS handshake (no certificate, garbage, a TLS version below 1.3) never reaches accept
