@@ -43,7 +43,10 @@ export async function benchControlPlane(opts: { nodes: number; requests: number;
   const home = await mkdtemp(join(tmpdir(), "sharedllm-cp-"));
   const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
   delete env.DATABASE_URL;
-  const coord = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0"], { env, stdio: ["ignore", "ignore", "inherit"] });
+  const coord = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0", "--max-registrations-per-minute", "65535"], {
+    env,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
   const sims: SimNode[] = [];
   try {
     const info = await waitFor(

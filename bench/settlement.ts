@@ -7,6 +7,7 @@
  * users cost almost nothing each, and a batch posts at most 400 users (a transaction's gas cap).
  */
 import { randomUUID } from "node:crypto";
+import { receiptJobId } from "@sharedllm/protocol";
 import { pino } from "pino";
 import { type Address, createTestClient, createWalletClient, http, parseEther } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -79,13 +80,21 @@ export async function benchSettlement(sizes = [1, 100, 1000]): Promise<Settlemen
         }
         await db.deleteFrom("ledger_entries").execute();
         await db.deleteFrom("settlements").execute();
+        await db.deleteFrom("batch_entries").execute();
+        await db.deleteFrom("set_aside_entries").execute();
         for (let i = 0; i < receipts; i++) {
           const job = randomUUID();
           await db
             .insertInto("ledger_entries")
             .values([
               { address: (payers[i % payers.length] as Address).toLowerCase(), kind: "charge", amount: CREDITS_PER_RECEIPT, job_id: job },
-              { address: (NODES[i % NODES.length] as Address).toLowerCase(), kind: "earn", amount: CREDITS_PER_RECEIPT, job_id: job },
+              // an accepted receipt names the job by its hash, as receipts.ts writes it
+              {
+                address: (NODES[i % NODES.length] as Address).toLowerCase(),
+                kind: "earn",
+                amount: CREDITS_PER_RECEIPT,
+                job_id: receiptJobId(job),
+              },
             ])
             .execute();
         }
@@ -107,6 +116,8 @@ export async function benchSettlement(sizes = [1, 100, 1000]): Promise<Settlemen
         if (batches.some((b) => b.status !== "confirmed" || !b.tx_hash)) throw new Error(`settling ${receipts} receipts did not finish`);
         let gas = 0n;
         for (const b of batches) gas += (await publicClient.getTransactionReceipt({ hash: b.tx_hash as `0x${string}` })).gasUsed;
+        const aside = await db.selectFrom("set_aside_entries").select("reason").limit(1).executeTakeFirst();
+        if (aside) throw new Error(`the settler set a bench entry aside: ${aside.reason}`);
         const spent = (await chain.escrow(payers[0] as Address)).spent;
         if (spent === 0n) throw new Error("the settlement did not record the spend");
         rows.push({ shape, receipts, users: payers.length, transactions: batches.length, gas, perReceipt: Number(gas) / receipts });

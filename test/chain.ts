@@ -28,6 +28,8 @@ export async function startTestChain() {
     rpcUrl,
     chainId: deployment.chainId,
     ledger,
+    /** the governance timelock */
+    governance: deployment.contracts.Governance,
     coordinator,
     publicClient,
     /** the coordinator's ledger options for this chain */

@@ -13,7 +13,7 @@ import {
   type ReceiptRequest,
   type ServedModel,
 } from "@sharedllm/protocol";
-import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import WebSocket from "ws";
 import { registerNode } from "../node/src/daemon/registration.ts";
 
@@ -39,8 +39,8 @@ export const echoJob: SimJobHandler = (job, send) => {
 };
 
 export class SimNode {
-  readonly account = privateKeyToAccount(generatePrivateKey());
-  readonly id = this.account.address.toLowerCase();
+  readonly account: PrivateKeyAccount;
+  readonly id: string;
   ws: WebSocket | undefined;
   heartbeats = true;
   jobsSeen = 0;
@@ -61,8 +61,13 @@ export class SimNode {
       onReceiptRequest?: (req: ReceiptRequest, send: (f: NodeFrame) => void) => void;
       /** every other frame from the coordinator (cluster sessions, errors) */
       onFrame?: (frame: CoordinatorFrame, send: (f: NodeFrame) => void) => void;
+      /** the node's key; default: a new one (the same key again is the same node coming back) */
+      account?: PrivateKeyAccount;
     },
-  ) {}
+  ) {
+    this.account = o.account ?? privateKeyToAccount(generatePrivateKey());
+    this.id = this.account.address.toLowerCase();
+  }
 
   /** Registers, connects and says hello; resolves on welcome. */
   async start(): Promise<void> {

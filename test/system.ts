@@ -13,12 +13,22 @@ import { quietLogger, tempPaths, testDatabase } from "./helpers.ts";
 
 export const MODEL = DEFAULT_MODEL.id;
 
-export async function startSystem(opts: { slots?: number; ledger?: CoordinatorOptions["ledger"] } = {}) {
+export async function startSystem(
+  opts: { slots?: number; ledger?: CoordinatorOptions["ledger"]; models?: CoordinatorOptions["models"] } = {},
+) {
   const paths = await tempPaths();
   const logger = quietLogger();
   const joinToken = randomBytes(32).toString("base64url");
   const database = await testDatabase();
-  const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger, ledger: opts.ledger });
+  const coordinator = await startCoordinator({
+    host: "127.0.0.1",
+    port: 0,
+    ...database,
+    joinToken,
+    logger,
+    ledger: opts.ledger,
+    models: opts.models,
+  });
   const { secret: apiKey } = await createApiKey(coordinator.db, "test");
   const node = await startNodeDaemon({
     paths,

@@ -5,7 +5,7 @@ import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { loadHardhat } from "../src/hardhat.js";
 
-const CONTRACTS = ["CreditLedger", "FederationRegistry", "MockStablecoin"] as const;
+const CONTRACTS = ["CreditLedger", "FederationRegistry", "MockStablecoin", "TimelockController"] as const;
 
 const hre = loadHardhat();
 await hre.run("compile", { quiet: true });

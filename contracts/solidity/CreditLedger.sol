@@ -7,6 +7,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 /// @title SharedLLM credit ledger
 /// @notice Users buy credits (native coin, or a stablecoin where configured) and deposit them into
@@ -16,6 +17,13 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 /// nothing is paid twice and a missed batch loses nothing.
 /// @dev Credits are balances inside the ledger, not an ERC-20: they are a prepaid service unit,
 /// not something to trade, and keeping them here saves an approve/transfer round per deposit.
+///
+/// Keys (docs/security): governance (a TimelockController: every change waits its delay) holds
+/// DEFAULT_ADMIN_ROLE, GOVERNOR_ROLE (price, stablecoin, notice, batch cap) and TREASURER_ROLE
+/// (sweep). The operator holds PAUSER_ROLE and REGISTRAR_ROLE (grants and revokes COORDINATOR_ROLE
+/// at once, so a stolen coordinator key can be cut off without waiting for the timelock). A
+/// coordinator settles only escrow deposited for itself, at most `maxBatchSpend` per batch, and
+/// never the escrow under a withdrawal whose notice is over.
 contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -23,12 +31,15 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
     bytes32 public constant TREASURER_ROLE = keccak256("TREASURER_ROLE");
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
+    bytes32 public constant REGISTRAR_ROLE = keccak256("REGISTRAR_ROLE");
 
+    /// Two storage slots: what settle() reads for a user costs two cold reads.
     struct Escrow {
-        uint256 deposited; // credits deposited, less what was withdrawn
-        uint256 spent; // cumulative spend settled by the coordinator
-        uint256 pendingWithdrawal;
+        uint128 deposited; // credits deposited, less what was withdrawn
+        uint128 spent; // cumulative spend settled by the coordinator
+        uint96 pendingWithdrawal;
         uint64 unlockAt;
+        uint96 shortfall; // spend the coordinator posted that the escrow could not cover (latest batch)
     }
 
     struct Settlement {
@@ -45,6 +56,9 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     /// Stablecoin base units paid for one credit; 0 while no stablecoin is configured.
     uint256 public stableUnitsPerCredit;
     uint64 public withdrawalNotice;
+    /// Most credits of user spend one settle() may move (governance sets it): bounds what a stolen
+    /// coordinator key takes in one transaction.
+    uint256 public maxBatchSpend;
 
     mapping(address account => uint256) public credits;
     mapping(address user => mapping(address coordinator => Escrow)) public escrows;
@@ -54,6 +68,8 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     event PriceSet(uint256 weiPerCredit);
     event StablecoinSet(address token, uint256 unitsPerCredit);
     event WithdrawalNoticeSet(uint64 seconds_);
+    event MaxBatchSpendSet(uint256 credits);
+    event SpendShortfall(address indexed user, address indexed coordinator, uint256 posted, uint256 covered);
     event CreditsBought(address indexed buyer, uint256 credits, uint256 paid, address token);
     event Deposited(address indexed user, address indexed coordinator, uint256 amount);
     event WithdrawalRequested(address indexed user, address indexed coordinator, uint256 amount, uint64 unlockAt);
@@ -79,21 +95,39 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     error BatchOutOfOrder(uint64 expected, uint64 got);
     error LengthMismatch();
     error SpendDecreased(address user, uint256 settled, uint256 posted);
-    error SpendAboveEscrow(address user, uint256 deposited, uint256 posted);
+    error BatchSpendAboveCap(uint256 cap, uint256 batchSpent);
     error EarningsDecreased(uint256 settled, uint256 posted);
     error EarningsAboveSpend(uint256 spent, uint256 earnings);
     error InvalidProof();
     error NothingToClaim();
     error NativeTransferFailed();
 
-    constructor(address admin, uint256 weiPerCredit_, uint64 withdrawalNotice_) {
-        _grantRole(DEFAULT_ADMIN_ROLE, admin);
-        _grantRole(GOVERNOR_ROLE, admin);
-        _grantRole(PAUSER_ROLE, admin);
-        _grantRole(TREASURER_ROLE, admin);
-        _setPrice(weiPerCredit_);
-        withdrawalNotice = withdrawalNotice_;
-        emit WithdrawalNoticeSet(withdrawalNotice_);
+    struct Config {
+        uint256 weiPerCredit;
+        uint64 withdrawalNotice;
+        uint256 maxBatchSpend;
+        IERC20 stablecoin; // zero: none
+        uint256 stableUnitsPerCredit;
+    }
+
+    /// @param governance the timelock: every admin, governor and treasurer act waits its delay
+    /// @param operator pauses, and grants or revokes coordinators, without delay
+    constructor(address governance, address operator, Config memory c) {
+        _grantRole(DEFAULT_ADMIN_ROLE, governance);
+        _grantRole(GOVERNOR_ROLE, governance);
+        _grantRole(TREASURER_ROLE, governance);
+        _grantRole(PAUSER_ROLE, operator);
+        _grantRole(REGISTRAR_ROLE, operator);
+        _setRoleAdmin(COORDINATOR_ROLE, REGISTRAR_ROLE);
+        _setPrice(c.weiPerCredit);
+        withdrawalNotice = c.withdrawalNotice;
+        emit WithdrawalNoticeSet(c.withdrawalNotice);
+        _setMaxBatchSpend(c.maxBatchSpend);
+        if (address(c.stablecoin) != address(0)) {
+            stablecoin = c.stablecoin;
+            stableUnitsPerCredit = c.stableUnitsPerCredit;
+            emit StablecoinSet(address(c.stablecoin), c.stableUnitsPerCredit);
+        }
     }
 
     // ---- governance ----
@@ -111,6 +145,10 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     function setWithdrawalNotice(uint64 seconds_) external onlyRole(GOVERNOR_ROLE) {
         withdrawalNotice = seconds_;
         emit WithdrawalNoticeSet(seconds_);
+    }
+
+    function setMaxBatchSpend(uint256 cap) external onlyRole(GOVERNOR_ROLE) {
+        _setMaxBatchSpend(cap);
     }
 
     function pause() external onlyRole(PAUSER_ROLE) {
@@ -169,7 +207,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         Escrow storage e = escrows[msg.sender][coordinator];
         uint256 unspent = e.deposited - e.spent;
         if (unspent < amount) revert InsufficientEscrow(unspent, amount);
-        e.pendingWithdrawal = amount;
+        e.pendingWithdrawal = SafeCast.toUint96(amount);
         e.unlockAt = uint64(block.timestamp) + withdrawalNotice;
         emit WithdrawalRequested(msg.sender, coordinator, amount, e.unlockAt);
     }
@@ -183,16 +221,17 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         amount = e.pendingWithdrawal < unspent ? e.pendingWithdrawal : unspent;
         e.pendingWithdrawal = 0;
         e.unlockAt = 0;
-        e.deposited -= amount;
+        e.deposited -= uint128(amount); // at most deposited - spent
         credits[msg.sender] += amount;
         emit Withdrawn(msg.sender, coordinator, amount);
     }
 
     // ---- settlement ----
 
-    /// Posts one batch: cumulative spend per user (never above their escrow, never decreasing) and
-    /// the Merkle root over every node's cumulative earnings. Batches are numbered 1, 2, 3... per
-    /// coordinator, so a batch posted twice is refused instead of paid twice.
+    /// Posts one batch: cumulative spend per user (never decreasing) and the Merkle root over every
+    /// node's cumulative earnings. Batches are numbered 1, 2, 3... per coordinator, so a batch posted
+    /// twice is refused instead of paid twice. Spend above what a user's escrow covers (they withdrew
+    /// before it was settled) is clamped and recorded as their shortfall instead of refusing the batch.
     function settle(
         uint64 batchId,
         address[] calldata users,
@@ -208,10 +247,17 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
             Escrow storage e = escrows[users[i]][msg.sender];
             uint256 posted = cumulativeSpent[i];
             if (posted < e.spent) revert SpendDecreased(users[i], e.spent, posted);
-            if (posted > e.deposited) revert SpendAboveEscrow(users[i], e.deposited, posted);
+            uint256 covered = _coverable(e);
+            uint256 short = posted > covered ? posted - covered : 0;
+            if (short != e.shortfall) e.shortfall = SafeCast.toUint96(short);
+            if (short != 0) {
+                emit SpendShortfall(users[i], msg.sender, posted, covered);
+                posted = covered;
+            }
             batchSpent += posted - e.spent;
-            e.spent = posted;
+            e.spent = uint128(posted); // at most deposited
         }
+        if (batchSpent > maxBatchSpend) revert BatchSpendAboveCap(maxBatchSpend, batchSpent);
         s.totalSpent += batchSpent;
         if (totalEarnings < s.totalEarnings) revert EarningsDecreased(s.totalEarnings, totalEarnings);
         if (totalEarnings > s.totalSpent) revert EarningsAboveSpend(s.totalSpent, totalEarnings);
@@ -251,7 +297,30 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         return e.pendingWithdrawal < unspent ? unspent - e.pendingWithdrawal : 0;
     }
 
+    /// What a coordinator may settle of a user's escrow: all of it while a withdrawal is under notice
+    /// (spend made before the announcement is settled then), less the withdrawal once the notice is over.
+    function coverable(address user, address coordinator) external view returns (uint256) {
+        return _coverable(escrows[user][coordinator]);
+    }
+
+    /// Spend a coordinator posted for a user that their escrow could not cover (they withdrew before
+    /// it was settled), as of the latest batch that posted them; nodes are paid only what was covered.
+    function shortfall(address user, address coordinator) external view returns (uint256) {
+        return escrows[user][coordinator].shortfall;
+    }
+
     // ---- internals ----
+
+    function _coverable(Escrow storage e) private view returns (uint256) {
+        if (e.pendingWithdrawal == 0 || block.timestamp < e.unlockAt) return e.deposited;
+        uint256 unspent = e.deposited - e.spent;
+        return e.deposited - (e.pendingWithdrawal < unspent ? e.pendingWithdrawal : unspent);
+    }
+
+    function _setMaxBatchSpend(uint256 cap) private {
+        maxBatchSpend = cap;
+        emit MaxBatchSpendSet(cap);
+    }
 
     function _setPrice(uint256 weiPerCredit_) private {
         if (weiPerCredit_ == 0) revert ZeroAmount();
@@ -265,7 +334,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     }
 
     function _deposit(address user, address coordinator, uint256 amount) private {
-        escrows[user][coordinator].deposited += amount;
+        escrows[user][coordinator].deposited += SafeCast.toUint128(amount);
         emit Deposited(user, coordinator, amount);
     }
 }

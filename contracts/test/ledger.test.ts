@@ -8,18 +8,31 @@ import { earningsTree } from "@sharedllm/protocol";
 import { type Address, decodeErrorResult, type Hex, type PublicClient, type TestClient, type WalletClient } from "viem";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadHardhat } from "../src/hardhat.js";
-import { CreditLedger, deployContracts, FederationRegistry, MockStablecoin } from "../src/index.js";
+import {
+  CreditLedger,
+  deployContracts,
+  executeArgs,
+  FederationRegistry,
+  governanceCall,
+  MockStablecoin,
+  ROLES,
+  scheduleArgs,
+  TimelockController,
+} from "../src/index.js";
 import { GasReport } from "./gasReport.js";
 
 const WEI_PER_CREDIT = 1_000_000_000n; // 1 gwei per credit
 const NOTICE = 3600n;
 const STABLE_UNITS = 10n; // 10 micro-USD per credit
+const CAP = 10_000n; // most spend one settlement may move
+const DELAY = 600n; // governance timelock
+const ZERO_ADDRESS = "0x0000000000000000000000000000000000000000";
 
 const gas = new GasReport();
 let pub: PublicClient;
 let test: TestClient;
 let admin: WalletClient, coordinator: WalletClient, user: WalletClient, nodeA: WalletClient, nodeB: WalletClient, stranger: WalletClient;
-let ledger: Address, registry: Address, stable: Address;
+let ledger: Address, registry: Address, stable: Address, timelock: Address;
 let snapshot: Hex;
 
 const addr = (w: WalletClient) => (w.account as { address: Address }).address;
@@ -53,7 +66,8 @@ async function revertName(p: Promise<unknown>): Promise<string> {
     for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
       const data = (e as { data?: unknown }).data;
       if (typeof data === "string" && data.startsWith("0x") && data.length >= 10) {
-        return decodeErrorResult({ abi: [...CreditLedger.abi, ...FederationRegistry.abi], data: data as Hex }).errorName;
+        return decodeErrorResult({ abi: [...CreditLedger.abi, ...FederationRegistry.abi, ...TimelockController.abi], data: data as Hex })
+          .errorName;
       }
     }
     throw err;
@@ -80,7 +94,10 @@ beforeAll(async () => {
     withdrawalNoticeSeconds: NOTICE,
     coordinators: [addr(coordinator)],
     mockStablecoin: { unitsPerCredit: STABLE_UNITS },
+    maxBatchSpend: CAP,
+    timelockDelaySeconds: DELAY,
   });
+  timelock = d.contracts.Governance;
   ledger = d.contracts.CreditLedger;
   registry = d.contracts.FederationRegistry;
   stable = d.contracts.MockStablecoin as Address;
@@ -96,6 +113,15 @@ afterAll(() => {
   process.stdout.write(`\nGas report (CreditLedger, FederationRegistry)\n${gas.table()}\n`);
   gas.write(`${process.cwd()}/test-artifacts/gas-report.txt`);
 });
+
+/** A governance change through the timelock: the operator schedules it, the delay passes, it is executed. */
+async function govern(functionName: string, args: readonly unknown[]) {
+  const call = governanceCall(ledger, CreditLedger.abi, functionName, args, `${functionName}:${args.join(",")}`);
+  await write(admin, timelock, TimelockController.abi, "schedule", scheduleArgs(call, DELAY));
+  await test.increaseTime({ seconds: Number(DELAY) });
+  await test.mine({ blocks: 1 });
+  await write(admin, timelock, TimelockController.abi, "execute", executeArgs(call));
+}
 
 type EscrowTuple = readonly [bigint, bigint, bigint, bigint];
 const escrow = async (u: WalletClient) => {
@@ -118,8 +144,8 @@ describe("buying and escrow", () => {
     expect(await pub.getBalance({ address: ledger })).toBe(5_000n * WEI_PER_CREDIT);
     // a payment that is not a whole number of credits is refused rather than rounded away
     expect(await revertName(L(user, "buy", [addr(coordinator)], WEI_PER_CREDIT + 1n))).toBe("InexactPayment");
-    // the governor changes the price; nobody else can
-    await L(admin, "setPrice", [2n * WEI_PER_CREDIT]);
+    // governance changes the price (through the timelock); nobody else can
+    await govern("setPrice", [2n * WEI_PER_CREDIT]);
     await L(user, "buy", ["0x0000000000000000000000000000000000000000"], 10n * WEI_PER_CREDIT);
     expect(await read("credits", [addr(user)])).toBe(5n);
     expect(await revertName(L(user, "setPrice", [1n]))).toBe("AccessControlUnauthorizedAccount");
@@ -205,10 +231,11 @@ describe("settlement and claims", () => {
     expect(await read("available", [addr(nodeA), addr(coordinator)])).toBe(400n);
   });
 
-  it("refuses spend above escrow, decreasing spend, earnings above spend and batches out of order", async () => {
+  it("refuses decreasing spend, earnings above spend and batches out of order", async () => {
     await fund(user, 100n);
     const zero = `0x${"0".repeat(64)}`;
-    expect(await revertName(L(coordinator, "settle", [1n, [addr(user)], [101n], zero, 0n]))).toBe("SpendAboveEscrow");
+    // spend above escrow is clamped (see the withdrawal test), so earnings above what it covers are refused
+    expect(await revertName(L(coordinator, "settle", [1n, [addr(user)], [101n], zero, 101n]))).toBe("EarningsAboveSpend");
     expect(await revertName(L(coordinator, "settle", [1n, [addr(user)], [50n], zero, 51n]))).toBe("EarningsAboveSpend");
     expect(await revertName(L(coordinator, "settle", [2n, [addr(user)], [50n], zero, 0n]))).toBe("BatchOutOfOrder");
     await L(coordinator, "settle", [1n, [addr(user)], [50n], zero, 50n]);
@@ -264,14 +291,98 @@ describe("settlement and claims", () => {
     expect(await read("credits", [addr(nodeA)])).toBe(10n);
   });
 
-  it("lets the treasurer sweep payments", async () => {
+  it("lets the treasurer (governance, through the timelock) sweep payments", async () => {
     await fund(user, 100n);
     const before = await pub.getBalance({ address: addr(stranger) });
-    await L(admin, "sweep", [addr(stranger), "0x0000000000000000000000000000000000000000", 100n * WEI_PER_CREDIT]);
+    await govern("sweep", [addr(stranger), ZERO_ADDRESS, 100n * WEI_PER_CREDIT]);
     expect(await pub.getBalance({ address: addr(stranger) })).toBe(before + 100n * WEI_PER_CREDIT);
     expect(await revertName(L(stranger, "sweep", [addr(stranger), "0x0000000000000000000000000000000000000000", 1n]))).toBe(
       "AccessControlUnauthorizedAccount",
     );
+  });
+});
+
+describe("attacks on settlement", () => {
+  const zero = `0x${"0".repeat(64)}`;
+
+  it("a user who withdraws before their spend is settled cannot stall the batch: spend is clamped, the shortfall recorded", async () => {
+    await L(user, "buy", [addr(coordinator)], 100n * WEI_PER_CREDIT);
+    await L(stranger, "buy", [addr(coordinator)], 100n * WEI_PER_CREDIT);
+    // the user spent 80 (not yet settled), announces a withdrawal of everything and takes it after the notice
+    await L(user, "requestWithdrawal", [addr(coordinator), 100n]);
+    await test.increaseTime({ seconds: Number(NOTICE) });
+    await test.mine({ blocks: 1 });
+    await L(user, "withdraw", [addr(coordinator)]);
+    expect(await read("credits", [addr(user)])).toBe(100n);
+    // the batch still settles: the stranger's 30 in full, the user's 80 clamped to their (empty) escrow
+    const tree = earningsTree(new Map([[addr(nodeA), 30n]]));
+    const receipt = await L(coordinator, "settle", [1n, [addr(user), addr(stranger)], [80n, 30n], tree.root, 30n]);
+    expect(receipt.status).toBe("success");
+    expect(await settlement()).toMatchObject({ lastBatch: 1n, totalSpent: 30n, totalEarnings: 30n });
+    expect(await read("shortfall", [addr(user), addr(coordinator)])).toBe(80n);
+    const events = await pub.getContractEvents({ address: ledger, abi: CreditLedger.abi, eventName: "SpendShortfall" });
+    expect(events.map((e) => [e.args.user?.toLowerCase(), e.args.posted, e.args.covered])).toEqual([[addr(user).toLowerCase(), 80n, 0n]]);
+    await L(nodeA, "claim", [addr(coordinator), addr(nodeA), 30n, tree.proof(addr(nodeA))]);
+    expect(await read("credits", [addr(nodeA)])).toBe(30n);
+    // the user deposits again: the next batch posting their 80 is covered, and the shortfall is gone
+    await L(user, "deposit", [addr(coordinator), 100n]);
+    await L(coordinator, "settle", [2n, [addr(user)], [80n], tree.root, 30n]);
+    expect(await read("shortfall", [addr(user), addr(coordinator)])).toBe(0n);
+    expect((await escrow(user)).spent).toBe(80n);
+  });
+
+  it("escrow under a withdrawal whose notice is over cannot be settled, even before the user takes it", async () => {
+    await L(user, "buy", [addr(coordinator)], 100n * WEI_PER_CREDIT);
+    await L(user, "requestWithdrawal", [addr(coordinator), 60n]);
+    // during the notice, spend made before the announcement can still be settled
+    await L(coordinator, "settle", [1n, [addr(user)], [20n], zero, 0n]);
+    await test.increaseTime({ seconds: Number(NOTICE) });
+    await test.mine({ blocks: 1 });
+    expect(await read("coverable", [addr(user), addr(coordinator)])).toBe(40n);
+    // a coordinator (or a thief of its key) posting all 100 gets only the 40 not announced
+    await L(coordinator, "settle", [2n, [addr(user)], [100n], zero, 0n]);
+    expect((await escrow(user)).spent).toBe(40n);
+    expect(await read("shortfall", [addr(user), addr(coordinator)])).toBe(60n);
+    await L(user, "withdraw", [addr(coordinator)]);
+    expect(await read("credits", [addr(user)])).toBe(60n);
+  });
+
+  it("a stolen coordinator key moves at most the governed cap per batch, and cannot sweep, reprice or grant", async () => {
+    await L(user, "buy", [addr(coordinator)], 50_000n * WEI_PER_CREDIT);
+    expect(await read("maxBatchSpend")).toBe(CAP);
+    expect(await revertName(L(coordinator, "settle", [1n, [addr(user)], [CAP + 1n], zero, 0n]))).toBe("BatchSpendAboveCap");
+    await L(coordinator, "settle", [1n, [addr(user)], [CAP], zero, 0n]);
+    expect(await revertName(L(coordinator, "sweep", [addr(coordinator), ZERO_ADDRESS, 1n]))).toBe("AccessControlUnauthorizedAccount");
+    expect(await revertName(L(coordinator, "setPrice", [1n]))).toBe("AccessControlUnauthorizedAccount");
+    expect(await revertName(L(coordinator, "setMaxBatchSpend", [10n ** 30n]))).toBe("AccessControlUnauthorizedAccount");
+    expect(await revertName(L(coordinator, "grantRole", [ROLES.coordinator, addr(stranger)]))).toBe("AccessControlUnauthorizedAccount");
+    // the operator cuts the key off at once (no timelock for revoking a coordinator)
+    await L(admin, "revokeRole", [ROLES.coordinator, addr(coordinator)]);
+    expect(await revertName(L(coordinator, "settle", [2n, [addr(user)], [CAP + 1n], zero, 0n]))).toBe("AccessControlUnauthorizedAccount");
+    expect((await escrow(user)).spent).toBe(CAP);
+  });
+
+  it("governance changes only through the timelock: scheduled, delayed, then executed", async () => {
+    // the operator key alone holds no governance role
+    expect(await revertName(L(admin, "setMaxBatchSpend", [1n]))).toBe("AccessControlUnauthorizedAccount");
+    expect(await revertName(L(admin, "sweep", [addr(admin), ZERO_ADDRESS, 1n]))).toBe("AccessControlUnauthorizedAccount");
+    expect(await revertName(L(admin, "grantRole", [ROLES.governor, addr(admin)]))).toBe("AccessControlUnauthorizedAccount");
+    const call = governanceCall(ledger, CreditLedger.abi, "setMaxBatchSpend", [5n]);
+    // only the proposer schedules; nothing executes before the delay
+    expect(await revertName(write(coordinator, timelock, TimelockController.abi, "schedule", scheduleArgs(call, DELAY)))).toBe(
+      "AccessControlUnauthorizedAccount",
+    );
+    expect(await revertName(write(admin, timelock, TimelockController.abi, "schedule", scheduleArgs(call, DELAY - 1n)))).toBe(
+      "TimelockInsufficientDelay",
+    );
+    await write(admin, timelock, TimelockController.abi, "schedule", scheduleArgs(call, DELAY));
+    expect(await revertName(write(admin, timelock, TimelockController.abi, "execute", executeArgs(call)))).toBe(
+      "TimelockUnexpectedOperationState",
+    );
+    await test.increaseTime({ seconds: Number(DELAY) });
+    await test.mine({ blocks: 1 });
+    await write(admin, timelock, TimelockController.abi, "execute", executeArgs(call));
+    expect(await read("maxBatchSpend")).toBe(5n);
   });
 });
 
@@ -322,7 +433,7 @@ describe("FederationRegistry", () => {
 it("ships artifacts compiled from the current Solidity sources (npm run build -w @sharedllm/contracts)", async () => {
   const hre = loadHardhat();
   await hre.run("compile", { quiet: true });
-  for (const [name, shipped] of Object.entries({ CreditLedger, FederationRegistry, MockStablecoin })) {
+  for (const [name, shipped] of Object.entries({ CreditLedger, FederationRegistry, MockStablecoin, TimelockController })) {
     expect((await hre.artifacts.readArtifact(name)).bytecode, name).toBe(shipped.bytecode);
   }
 });

@@ -3,16 +3,20 @@
  * (errors, health, openai, control). One explicit context, no globals: what it
  * needs comes in through CoordinatorOptions, and close() releases all of it.
  */
+import { networkInterfaces } from "node:os";
+import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
+import { catalogue, type PinnedModel } from "./catalogue.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
-import { Fleet, type KnownModel, type SchedulingPolicy } from "./fleet.js";
+import { Fleet, type SchedulingPolicy } from "./fleet.js";
+import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
 import { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 import { DEFAULT_PRICING, Metering, type Pricing } from "./ledger/metering.js";
 import { Receipts } from "./ledger/receipts.js";
@@ -44,9 +48,30 @@ export interface CoordinatorOptions {
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
   ledger?: { chain: ChainOptions; pricing?: Pricing; settlement?: SettlementOptions };
+  /** the models nodes may be asked to load, with their sources and hashes (the operator's, never a node's) */
+  models?: PinnedModel[];
   /** the web portal's build, served at `/`; default `web/dist` */
   webRoot?: string;
+  /** serve HTTPS (and WSS to nodes) with this PEM certificate chain and key */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * The origins (scheme://host:port) users reach this coordinator at: Sign-In with Ethereum
+   * messages must name one of them. Default: the URL it listens on (and its localhost twin).
+   */
+  publicOrigins?: string[];
+  /** per client address, per minute; default DEFAULT_RATE_LIMITS */
+  rateLimits?: Partial<RateLimits>;
 }
+
+/** How many requests one client address may make per minute to the endpoints that write for anyone who asks. */
+export interface RateLimits {
+  /** sign-in nonces and sign-in attempts */
+  signIns: number;
+  /** node registrations (signed or not) */
+  registrations: number;
+}
+
+export const DEFAULT_RATE_LIMITS: RateLimits = { signIns: 30, registrations: 120 };
 
 export interface Coordinator {
   url: string;
@@ -67,12 +92,15 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     onConnectionError: (err) => o.logger.warn({ err: err.message }, "a PostgreSQL connection was dropped; it will be replaced"),
   });
   try {
+    const lease = await InstanceLease.take(db, !o.databaseUrl);
     const fleet = new Fleet();
-    const knownModels = new Map<string, KnownModel>(
-      (await db.selectFrom("models").select(["id", "sha256", "source", "size_bytes"]).execute()).map((r) => [
-        r.id,
-        { id: r.id, sha256: r.sha256, source: r.source ?? undefined, sizeBytes: r.size_bytes === null ? undefined : Number(r.size_bytes) },
-      ]),
+    const knownModels = catalogue(
+      o.models ?? [],
+      (await db.selectFrom("models").select(["id", "sha256", "size_bytes"]).execute()).map((r) => ({
+        id: r.id,
+        sha256: r.sha256,
+        sizeBytes: r.size_bytes === null ? undefined : Number(r.size_bytes),
+      })),
     );
     // jobs that were running when the coordinator last stopped cannot finish any more
     await db
@@ -80,18 +108,26 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       .set({ status: "failed", error: "coordinator restarted", finished_at: new Date() })
       .where("status", "=", "running")
       .execute();
-    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger));
+    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease));
+    // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
-    });
+      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
+    } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
+    const limits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
+    await app.register(rateLimit, {
+      global: false,
+      errorResponseBuilder: (_req, ctx) =>
+        new ApiError("rate_limit_exceeded", `too many requests from this address; try again in ${Math.ceil(ctx.ttl / 1000)} s`),
+    });
     await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
     const metrics = new Metrics(fleet);
     await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });
-    await app.register(nodesPlugin, { db, joinToken: o.joinToken });
+    await app.register(nodesPlugin, { db, joinToken: o.joinToken, registrationsPerMinute: limits.registrations });
     let dialLocal: LocalDial | undefined;
     await app.register(controlPlugin, {
       exposeLocalDial: (dial) => {
@@ -105,20 +141,33 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     });
     const keys = new ApiKeyVerifier(db);
     await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys, ledger });
-    if (ledger) await app.register(accountsPlugin, { db, keys, ...ledger });
+    let origins: string[] = [];
+    if (ledger) {
+      await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
+    }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
-    const address = await app.listen({ host: o.host, port: o.port });
+    const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
+    origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url, o.host);
+    // renewing the lease; a gone coordinator's holds are released by whichever one is still running
+    const leaseTimer = setInterval(() => {
+      lease
+        .renew()
+        .then(() => ledger && releaseGoneHolds(db, lease, o.logger))
+        .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
+    }, LEASE_RENEW_MS);
     ledger?.settler.start();
     return {
-      url: address.replace("[::1]", "127.0.0.1"),
+      url,
       app,
       db,
       fleet,
       ledger,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async close() {
+        clearInterval(leaseTimer);
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
+        await lease.end();
         await ledger?.settler.stop();
         await db.destroy();
       },
@@ -129,11 +178,39 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
   }
 }
 
+/** The origin of a URL, e.g. `https://llm.example.org`; throws on what is not an http(s) URL. */
+function originOf(url: string): string {
+  const u = new URL(url);
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`${url} is not an http(s) origin`);
+  return u.origin;
+}
+
+/**
+ * The origins the coordinator answers at: its listen URL, `localhost` with it on loopback, and
+ * every address of this machine when it listens on all of them.
+ */
+function listenOrigins(url: string, host: string): string[] {
+  const u = new URL(url);
+  const hosts = new Set([u.hostname]);
+  if (u.hostname === "127.0.0.1") hosts.add("localhost");
+  if (host === "0.0.0.0" || host === "::") {
+    for (const a of Object.values(networkInterfaces()).flat()) {
+      if (a) hosts.add(a.family === "IPv6" ? `[${a.address}]` : a.address);
+    }
+    hosts.add("localhost");
+  }
+  return [...hosts].map((h) => {
+    const origin = new URL(url);
+    origin.hostname = h;
+    return origin.origin;
+  });
+}
+
 /**
  * Connects the ledger. The journal belongs to one ledger contract on one chain: a dev chain that
  * was restarted (it keeps no state) starts the journal over; any other change is refused.
  */
-async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, fleet: Fleet, logger: Logger) {
+async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, fleet: Fleet, logger: Logger, lease: InstanceLease) {
   const chain = await LedgerChain.connect(o.chain);
   const genesis = await chain.public.getBlock({ blockNumber: 0n });
   const identity = `${chain.chainId}:${chain.ledger.toLowerCase()}:${chain.coordinator.toLowerCase()}:${genesis.hash}`;
@@ -149,6 +226,9 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
       await tx.deleteFrom("ledger_entries").execute();
       await tx.deleteFrom("receipts").execute();
       await tx.deleteFrom("settlements").execute();
+      await tx.deleteFrom("batch_entries").execute();
+      await tx.deleteFrom("set_aside_entries").execute();
+      await tx.deleteFrom("receipt_proposals").execute();
     });
   }
   await db
@@ -156,9 +236,8 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     .values({ key: "ledger", value: identity })
     .onConflict((c) => c.column("key").doUpdateSet({ value: identity }))
     .execute();
-  const released = await Metering.releaseOrphanedHolds(db);
-  if (released) logger.warn({ released }, "released credit holds of jobs that ended with the last run");
-  const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING);
+  await releaseGoneHolds(db, lease, logger);
+  const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING, lease.id);
   const receipts = new Receipts(db, chain.chainId, chain.ledger, chain.coordinator, (node, frame) => {
     const n = fleet.get(node.toLowerCase());
     if (!n) return false;
@@ -166,6 +245,13 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     return true;
   });
   const settler = new Settler(db, chain, logger, o.settlement);
+  await settler.checkWithdrawalNotice();
   logger.info({ chainId: chain.chainId, ledger: chain.ledger, coordinator: chain.coordinator }, "credit ledger connected");
   return { chain, metering, receipts, settler };
+}
+
+/** Releases the holds of coordinators that stopped or died while their jobs ran (see instance.ts). */
+async function releaseGoneHolds(db: Db, lease: InstanceLease, logger: Logger): Promise<void> {
+  const released = await Metering.releaseOrphanedHolds(db, await lease.live());
+  if (released) logger.warn({ released }, "released credit holds of jobs whose coordinator has gone");
 }

@@ -13,6 +13,7 @@ import type {
   ServedModel,
   Usage,
 } from "@sharedllm/protocol";
+import type { KnownModel } from "./catalogue.js";
 
 /** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
 export interface JobSink {
@@ -93,14 +94,6 @@ export function silentNodes<T extends { id: string; lastSeenAt: number }>(
   const out: T[] = [];
   for (const n of nodes) if (now - n.lastSeenAt > intervalMs * missed) out.push(n);
   return out;
-}
-
-/** A model this coordinator has seen served, and where it can be pulled from. */
-export interface KnownModel {
-  id: string;
-  sha256: string;
-  source?: string;
-  sizeBytes?: number;
 }
 
 /**
@@ -218,12 +211,6 @@ export class Fleet {
 
   servesModel(model: string): boolean {
     return this.servedBy.has(model);
-  }
-
-  /** How some node serving the model describes it (context size, sha256), from the per-model index. */
-  servedModel(model: string): ServedModel | undefined {
-    const node = this.servedBy.get(model)?.values().next().value;
-    return node?.models.get(model);
   }
 
   pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {

@@ -4,7 +4,7 @@
  * and the viem clients the credits commands use.
  */
 import { join } from "node:path";
-import { DEV_CHAIN_SCRIPT, DEV_DEPLOYER_KEY, type Deployment, deployContracts } from "@sharedllm/contracts";
+import { DEV_CHAIN_SCRIPT, DEV_DEPLOYER_KEY, DEV_TIMELOCK_DELAY_S, type Deployment, deployContracts } from "@sharedllm/contracts";
 import {
   type Account,
   type Address,
@@ -27,6 +27,8 @@ import { Supervisor } from "./engine/supervisor.js";
 /** Dev chain prices: 1 credit = 1 gwei, a withdrawal waits an hour. */
 export const DEV_WEI_PER_CREDIT = 1_000_000_000n;
 export const DEV_WITHDRAWAL_NOTICE_S = 3600n;
+/** Dev chain cap on one settlement: a billion credits (1 ETH of dev coin). */
+export const DEV_MAX_BATCH_SPEND = 1_000_000_000n;
 
 export function chainClients(rpcUrl: string, chainId: number, account?: Account) {
   const chain = defineChain({
@@ -86,6 +88,8 @@ export async function deployDevContracts(rpcUrl: string, coordinator: Address, f
     wallet: wallet as WalletClient<Transport, Chain, Account>,
     weiPerCredit: DEV_WEI_PER_CREDIT,
     withdrawalNoticeSeconds: DEV_WITHDRAWAL_NOTICE_S,
+    maxBatchSpend: DEV_MAX_BATCH_SPEND,
+    timelockDelaySeconds: DEV_TIMELOCK_DELAY_S,
     coordinators: [coordinator],
     mockStablecoin: { unitsPerCredit: 1n },
   });

@@ -7,6 +7,7 @@
  */
 import { z } from "zod";
 import { type WorkReceiptWire, workReceiptWireSchema } from "./ledger.js";
+import { usageSchema } from "./openai.js";
 
 export const CONTROL_PROTOCOL_VERSION = 1;
 /** Path of the control-channel WebSocket on the coordinator. */
@@ -14,19 +15,21 @@ export const CONTROL_PATH = "/v1/control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
 export const CLOSE_REFUSED = 4001;
 
-const usageSchema = z.object({
-  prompt_tokens: z.number().int().nonnegative(),
-  completion_tokens: z.number().int().nonnegative(),
-  total_tokens: z.number().int().nonnegative(),
-});
+/** The largest context a node may report: larger figures are lies or mistakes. */
+export const MAX_CONTEXT_SIZE = 1 << 20;
 
 export const servedModelSchema = z.looseObject({
   id: z.string().min(1),
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   /** context window per slot, tokens */
-  contextSize: z.number().int().positive(),
+  contextSize: z.number().int().positive().max(MAX_CONTEXT_SIZE),
   /** size of the GGUF file */
-  sizeBytes: z.number().nonnegative().optional(),
+  sizeBytes: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(2 ** 50)
+    .optional(),
   /** where another node can pull it from (`default`, `hf:...`); absent for local files */
   source: z.string().optional(),
 });
@@ -94,7 +97,7 @@ export const heartbeatSchema = z.object({
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
-/** coordinator -> node: run a job. `request` is the validated OpenAI body, passed through. */
+/** coordinator -> node: run a job. `request` is what the engine runs: allow-listed fields of the OpenAI body, with the generation limit set (engineRequest). */
 export interface JobStart {
   type: "job.start";
   jobId: string;

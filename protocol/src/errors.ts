@@ -13,6 +13,7 @@ export const ERROR_CATALOG = {
   method_not_allowed: { status: 405, type: "invalid_request_error" },
   payload_too_large: { status: 413, type: "invalid_request_error" },
   unsupported_media_type: { status: 415, type: "invalid_request_error" },
+  rate_limit_exceeded: { status: 429, type: "requests" },
   internal_error: { status: 500, type: "server_error" },
   node_failed: { status: 502, type: "server_error" },
   no_capacity: { status: 503, type: "service_unavailable" },

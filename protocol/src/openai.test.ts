@@ -1,15 +1,22 @@
 import { describe, expect, it } from "vitest";
 import { ApiError, ERROR_CATALOG } from "./errors.js";
-import { chatCompletionRequestSchema, completionRequestSchema, describeZodError, MAX_TOKENS_LIMIT } from "./openai.js";
+import {
+  type ChatCompletionRequest,
+  chatCompletionRequestSchema,
+  completionRequestSchema,
+  describeZodError,
+  engineRequest,
+  MAX_TOKENS_LIMIT,
+} from "./openai.js";
 
 const chat = (extra: Record<string, unknown>) =>
   chatCompletionRequestSchema.safeParse({ model: "m", messages: [{ role: "user", content: "hi" }], ...extra });
 
 describe("chat request schema", () => {
-  it("accepts a minimal request and keeps unknown sampling fields for llama-server", () => {
-    const r = chat({ top_k: 40, min_p: 0.05 });
+  it("accepts a minimal request and tolerates unknown fields", () => {
+    const r = chat({ top_k: 40, min_p: 0.05, mirostat: 2 });
     expect(r.success).toBe(true);
-    expect(r.data).toMatchObject({ top_k: 40, min_p: 0.05 });
+    expect(r.data).toMatchObject({ top_k: 40, min_p: 0.05, mirostat: 2 });
   });
 
   it.each([
@@ -49,6 +56,32 @@ describe("error catalog", () => {
       const e = new ApiError(code, "what to do");
       expect(e.toBody()).toEqual({ error: { message: "what to do", type: ERROR_CATALOG[code].type, code, param: null } });
       expect(e.status).toBe(ERROR_CATALOG[code].status);
+    }
+  });
+});
+
+describe("engine request", () => {
+  it("forwards only allow-listed fields, with the coordinator's generation limit", () => {
+    const r = chat({ max_tokens: 4, n_predict: 8010, n_cmpl: 3, id_slot: 1, top_k: 40, user: "u", stop: null });
+    expect(r.success).toBe(true);
+    const sent = engineRequest(r.data as ChatCompletionRequest, 4);
+    expect(sent).toEqual({
+      model: "m",
+      messages: [{ role: "user", content: "hi" }],
+      top_k: 40,
+      max_tokens: 4,
+      n_predict: 4,
+    });
+  });
+
+  it("checks the sampling extensions it forwards", () => {
+    for (const [extra, param] of [
+      [{ top_k: -1 }, "top_k"],
+      [{ min_p: 2 }, "min_p"],
+    ] as const) {
+      const r = chat(extra);
+      expect(r.success).toBe(false);
+      if (!r.success) expect(describeZodError(r.error).param).toBe(param);
     }
   });
 });

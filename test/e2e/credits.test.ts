@@ -159,6 +159,22 @@ describe("credits on a real chain", () => {
     expect(BigInt(mine.available)).toBe(cost - ownCost);
   });
 
+  it("llama-server's own length fields cannot outrun the hold: the engine stops at max_tokens", async () => {
+    const user = devWallet(9);
+    await chain.deposit(user, 100_000n);
+    const session = await signIn(sys.coordinator.url, user, chain.chainId);
+    const key = await createKey(sys.coordinator.url, session);
+    const res = await fetch(`${sys.coordinator.url}/v1/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, prompt: "Once upon a time", max_tokens: 3, n_predict: 300, ignore_eos: true, temperature: 0 }),
+    });
+    expect(res.status).toBe(200);
+    const { usage } = (await res.json()) as { usage: { prompt_tokens: number; completion_tokens: number } };
+    expect(usage.completion_tokens).toBe(3);
+    expect(await account(session)).toMatchObject({ held: "0", charged: String(usage.prompt_tokens + 2 * 3) });
+  });
+
   it("a request the balance cannot cover gets 402 in OpenAI shape and costs nothing", async () => {
     const poor = devWallet(6);
     await chain.deposit(poor, 10n);

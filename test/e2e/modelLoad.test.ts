@@ -1,7 +1,8 @@
 /**
  * A model in demand that no node serves: the coordinator asks an idle node with
- * room to pull it (here over real HTTP from a local stand-in for the Hugging Face
- * hub) and load it on a second llama-server; the waiting request is then served.
+ * room to pull it from the source the operator pinned (here over real HTTP from a
+ * local stand-in for the Hugging Face hub) and load it on a second llama-server;
+ * the waiting request is then served. A node cannot change where models come from.
  */
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
@@ -31,7 +32,12 @@ beforeAll(async () => {
   await new Promise<void>((r) => hub.listen(0, "127.0.0.1", r));
   process.env.SHAREDLLM_HF_ENDPOINT = `http://127.0.0.1:${(hub.address() as AddressInfo).port}`;
   await store.rm(COPY).catch(() => {});
-  sys = await startSystem();
+  sys = await startSystem({
+    models: [
+      { id: COPY, source: "hf:test/smol/smollm2-copy.gguf", sha256: DEFAULT_MODEL.sha256, sizeBytes: DEFAULT_MODEL.size },
+      { id: "huge", source: "hf:test/huge/huge.gguf", sha256: "2".repeat(64), sizeBytes: 10 ** 15 },
+    ],
+  });
 });
 
 afterAll(async () => {
@@ -43,23 +49,16 @@ afterAll(async () => {
 
 describe("loading a model on demand", () => {
   it("an idle node with room pulls and loads a model in demand, and the waiting request is served", async () => {
-    // a node that served the model once taught the coordinator where it comes from, then left
-    const teacher = new SimNode({
+    // a node that claims the pinned id for another file, from a source of its choosing, and then leaves
+    const liar = new SimNode({
       coordinatorUrl: sys.coordinator.url,
       joinToken: sys.joinToken,
-      served: [
-        {
-          id: COPY,
-          sha256: DEFAULT_MODEL.sha256,
-          contextSize: 2048,
-          sizeBytes: DEFAULT_MODEL.size,
-          source: "hf:test/smol/smollm2-copy.gguf",
-        },
-      ],
+      served: [{ id: COPY, sha256: "6".repeat(64), contextSize: 2048, sizeBytes: 1, source: "/etc/passwd" }],
     });
-    await teacher.start();
-    teacher.stop();
-    await waitFor("the teaching node to leave", () => sys.coordinator.fleet.size === 1);
+    await liar.start();
+    expect(sys.coordinator.fleet.get(liar.id)?.models.has(COPY)).toBe(false);
+    liar.stop();
+    await waitFor("the lying node to leave", () => sys.coordinator.fleet.size === 1);
     // the real node's free memory is known once it has sent a heartbeat
     await waitFor("a heartbeat from the real node", () => sys.coordinator.fleet.get(sys.node.nodeId)?.heartbeat, 15_000);
 
@@ -73,16 +72,24 @@ describe("loading a model on demand", () => {
   }, 120_000);
 
   it("a model that no node has room for gets 503 at once", async () => {
+    const res = await sys.post("/v1/chat/completions", { model: "huge", messages: [{ role: "user", content: "Hi!" }], max_tokens: 4 });
+    expect(res.status).toBe(503);
+    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/none has room to load it/);
+  });
+
+  it("a model a node announced with a source of its own is never loaded on demand", async () => {
     const teacher = new SimNode({
       coordinatorUrl: sys.coordinator.url,
       joinToken: sys.joinToken,
-      served: [{ id: "huge", sha256: "2".repeat(64), contextSize: 2048, sizeBytes: 10 ** 15, source: "hf:test/huge/huge.gguf" }],
+      served: [{ id: "taught", sha256: "3".repeat(64), contextSize: 2048, sizeBytes: 1, source: "hf:evil/evil/evil.gguf" }],
     });
     await teacher.start();
     teacher.stop();
     await waitFor("the teaching node to leave", () => sys.coordinator.fleet.size === 1);
-    const res = await sys.post("/v1/chat/completions", { model: "huge", messages: [{ role: "user", content: "Hi!" }], max_tokens: 4 });
+    const loads = sys.node.models().length;
+    const res = await sys.post("/v1/chat/completions", { model: "taught", messages: [{ role: "user", content: "Hi!" }], max_tokens: 4 });
     expect(res.status).toBe(503);
-    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/none has room to load it/);
+    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/not a model this coordinator loads on demand/);
+    expect(sys.node.models()).toHaveLength(loads);
   });
 });

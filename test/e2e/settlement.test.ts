@@ -8,21 +8,32 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import {
+  CreditLedger,
+  DEV_DEPLOYER_KEY,
+  DEV_TIMELOCK_DELAY_S,
+  executeArgs,
+  governanceCall,
+  scheduleArgs,
+  TimelockController,
+} from "@sharedllm/contracts";
 import { type SettlementOptions, startCoordinator } from "@sharedllm/coordinator";
 import {
   type ClusterMembers,
   type CoordinatorFrame,
+  earningsTree,
   type ReceiptRequest,
   receiptFromWire,
   WORK_RECEIPT_TYPES,
   workReceiptDomain,
 } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
-import type { Address, LocalAccount } from "viem";
+import type { Abi, Address, LocalAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase } from "../../coordinator/src/db/database.ts";
+import { type Db, openDatabase } from "../../coordinator/src/db/database.ts";
 import type { Database } from "../../coordinator/src/db/schema.ts";
+import { chainClients } from "../../node/src/chain.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { SimNode } from "../simNode.ts";
@@ -45,10 +56,11 @@ afterAll(async () => {
 });
 
 /** A coordinator with the ledger on the test chain (settling as a fresh coordinator account when asked). */
-async function ledgerCoordinator(settlement: SettlementOptions, opts: { ownAccount?: boolean } = {}) {
+async function ledgerCoordinator(settlement: SettlementOptions, opts: { ownAccount?: boolean; account?: LocalAccount } = {}) {
   const db = await testDatabase();
+  cleanups.push(db.cleanup);
   const joinToken = randomBytes(32).toString("base64url");
-  const account = opts.ownAccount ? privateKeyToAccount(generatePrivateKey()) : chain.coordinator;
+  const account = opts.account ?? (opts.ownAccount ? privateKeyToAccount(generatePrivateKey()) : chain.coordinator);
   if (opts.ownAccount) await chain.addCoordinator(account.address);
   const coordinator = await startCoordinator({
     host: "127.0.0.1",
@@ -58,11 +70,49 @@ async function ledgerCoordinator(settlement: SettlementOptions, opts: { ownAccou
     logger: quietLogger(),
     ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement },
   });
-  cleanups.push(db.cleanup, () => coordinator.close());
+  cleanups.push(() => coordinator.close());
   return { coordinator, joinToken, account };
 }
 
+/** A simulated node that signs every receipt it is asked for, as proposed. */
+async function honestNode(url: string, joinToken: string): Promise<SimNode> {
+  const sim: SimNode = new SimNode({
+    coordinatorUrl: url,
+    joinToken,
+    models: ["sim-model"],
+    onReceiptRequest: (req, send) =>
+      void sim.account
+        .signTypedData({
+          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+          types: WORK_RECEIPT_TYPES,
+          primaryType: "WorkReceipt",
+          message: receiptFromWire(req.receipt),
+        })
+        .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never)),
+  });
+  await sim.start();
+  cleanups.push(() => sim.stop());
+  return sim;
+}
+
+/** Sends a transaction from `from` and waits for it to be mined. */
+async function send(
+  from: LocalAccount,
+  functionName: string,
+  args: readonly unknown[],
+  to: Address = chain.ledger,
+  abi: Abi = CreditLedger.abi,
+) {
+  const { wallet } = chainClients(chain.rpcUrl, chain.chainId, from);
+  const hash = await (wallet as NonNullable<typeof wallet>).writeContract({ address: to, abi, functionName, args } as never);
+  const receipt = await chain.publicClient.waitForTransactionReceipt({ hash });
+  expect(receipt.status).toBe("success");
+}
+
+const acceptedReceipts = async (db: Db) => (await db.selectFrom("receipts").select("id").where("status", "=", "accepted").execute()).length;
+
 async function paidKey(url: string, user: LocalAccount, coordinator: Address, credits = 1_000n) {
+  await chain.fund(user.address);
   await chain.deposit(user, credits, coordinator);
   return createKey(url, await signIn(url, user, chain.chainId));
 }
@@ -78,7 +128,7 @@ async function chat(url: string, key: string) {
 
 describe("work receipts", () => {
   it("rejects a wrong signer, altered token counts and a replayed job, and pays the honest receipt once", async () => {
-    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
     let answer: (req: ReceiptRequest, send: (f: never) => void) => Promise<void> = async () => {};
     const sim = new SimNode({
       coordinatorUrl: coordinator.url,
@@ -207,7 +257,7 @@ describe("split clusters", () => {
   const workerHello = (i: number) => ({ role: "worker", tunnel: { port: 7000 + i, tls: false, speed: 10 } });
 
   it("pays every member of a split by its layer share, each signing its own receipt", async () => {
-    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
     const vias: (string | undefined)[] = [];
     const workers: SimNode[] = [];
     for (let i = 0; i < 2; i++) {
@@ -253,7 +303,7 @@ describe("split clusters", () => {
   });
 
   it("refuses splits that name strangers or pay more than 10000 bps, so a job never pays more than its charge", async () => {
-    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 3_600_000, checkEveryMs: 60_000 });
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
     // the attacker serves the model (alone, so it gets every job) and runs two sock-puppet nodes
     // that sign whatever they are offered
     const attackerFrames: CoordinatorFrame[] = [];
@@ -387,7 +437,7 @@ describe("settlement", () => {
   });
 
   it("splits a batch whose users would not fit one transaction, and every user's spend lands on chain", async () => {
-    const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 3_600_000, maxUsersPerBatch: 2 }, { ownAccount: true });
+    const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 1_200_000, maxUsersPerBatch: 2 }, { ownAccount: true });
     const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });
     await sim.start();
     cleanups.push(() => sim.stop());
@@ -435,5 +485,229 @@ describe("settlement", () => {
     expect(replaced.maxFeePerGas).toBeGreaterThan(stuck.maxFeePerGas as bigint);
     const original = await chain.publicClient.getTransaction({ hash: firstHash }).catch(() => undefined);
     expect(original?.blockNumber ?? null).toBeNull();
+  });
+});
+
+describe("settlement that bad entries cannot stall", () => {
+  const quick = { maxAgeMs: 1_200_000, checkEveryMs: 60_000 };
+
+  it("sets aside a poisoned earning with its reason, settles the honest entries, and later batches keep going", async () => {
+    const { coordinator, joinToken, account } = await ledgerCoordinator(quick, { ownAccount: true });
+    const settler = coordinator.ledger?.settler;
+    const sim = await honestNode(coordinator.url, joinToken);
+    const user = devWallet(17);
+    const key = await paidKey(coordinator.url, user, account.address);
+    await chat(coordinator.url, key);
+    await waitFor("the honest receipt", async () => (await acceptedReceipts(coordinator.db)) === 1);
+    // the poison: another node "earned" the whole job again, as two sock puppets at 10000 bps each did;
+    // on the ledger, earnings above spend make settle() revert
+    const { job_id } = await coordinator.db
+      .selectFrom("ledger_entries")
+      .select("job_id")
+      .where("kind", "=", "earn")
+      .executeTakeFirstOrThrow();
+    const puppet = privateKeyToAccount(generatePrivateKey()).address.toLowerCase();
+    const poison = await coordinator.db
+      .insertInto("ledger_entries")
+      .values({ address: puppet, kind: "earn", amount: JOB_COST, job_id })
+      .returning("id")
+      .executeTakeFirstOrThrow();
+
+    await settler?.tick(true);
+    expect(await chain.settlement(account.address)).toMatchObject({ lastBatch: 1n, totalSpent: JOB_COST, totalEarnings: JOB_COST });
+    const aside = await coordinator.db.selectFrom("set_aside_entries").select(["entry_id", "reason"]).execute();
+    expect(aside).toEqual([{ entry_id: poison.id, reason: `earnings on job ${job_id} would reach 14 credits, above its charge of 7` }]);
+    // the honest node is paid; the puppet has nothing to claim
+    const earned = await settler?.settledEarnings(sim.id as Address);
+    expect(earned?.cumulative).toBe(JOB_COST);
+    await send(user, "claim", [account.address, sim.id, earned?.cumulative, earned?.proof]);
+    expect(await chain.credits(sim.id as Address)).toBe(JOB_COST);
+    expect(await settler?.settledEarnings(puppet as Address)).toBeUndefined();
+    // and its earnings view shows nothing pending, the set-aside amount apart
+    const view = (await (await fetch(`${coordinator.url}/v1/earnings/${puppet}`)).json()) as Record<string, unknown>;
+    expect(view).toMatchObject({ earned: "0", pending: "0", setAside: JOB_COST.toString(), byDay: [] });
+
+    // later batches keep going
+    await chat(coordinator.url, key);
+    await waitFor("the second receipt", async () => (await acceptedReceipts(coordinator.db)) === 2);
+    await settler?.tick(true);
+    expect(await chain.settlement(account.address)).toMatchObject({
+      lastBatch: 2n,
+      totalSpent: 2n * JOB_COST,
+      totalEarnings: 2n * JOB_COST,
+    });
+    expect(await coordinator.db.selectFrom("settlements").select("status").orderBy("batch_id").execute()).toEqual([
+      { status: "confirmed" },
+      { status: "confirmed" },
+    ]);
+  });
+
+  it("a stored batch the ledger refuses (one made before this fix, carrying a poisoned earning) is dropped and planned again", async () => {
+    const { coordinator, joinToken, account } = await ledgerCoordinator(quick, { ownAccount: true });
+    const settler = coordinator.ledger?.settler;
+    const sim = await honestNode(coordinator.url, joinToken);
+    const user = devWallet(26);
+    await chat(coordinator.url, await paidKey(coordinator.url, user, account.address));
+    await waitFor("the receipt", async () => (await acceptedReceipts(coordinator.db)) === 1);
+    const { job_id } = await coordinator.db
+      .selectFrom("ledger_entries")
+      .select("job_id")
+      .where("kind", "=", "earn")
+      .executeTakeFirstOrThrow();
+    const puppet = privateKeyToAccount(generatePrivateKey()).address.toLowerCase() as Address;
+    await coordinator.db.insertInto("ledger_entries").values({ address: puppet, kind: "earn", amount: JOB_COST, job_id }).execute();
+    // what the old settler stored: every entry up to the newest, earnings above spend; settle() reverts on it
+    const taken = await coordinator.db.selectFrom("ledger_entries").select("id").where("kind", "in", ["charge", "earn"]).execute();
+    const earnings = new Map([
+      [sim.id as Address, JOB_COST],
+      [puppet, JOB_COST],
+    ]);
+    const payload = {
+      users: [user.address.toLowerCase()],
+      spends: [String(JOB_COST)],
+      earnings: Object.fromEntries([...earnings].map(([a, v]) => [a, String(v)])),
+      root: earningsTree(earnings).root,
+      totalEarnings: String(2n * JOB_COST),
+    };
+    await coordinator.db
+      .insertInto("settlements")
+      .values({ batch_id: 1, status: "prepared", max_entry_id: taken.at(-1)?.id as string, payload: JSON.stringify(payload) })
+      .execute();
+    await coordinator.db
+      .insertInto("batch_entries")
+      .values(taken.map((t) => ({ entry_id: t.id, batch_id: 1, job_key: null })))
+      .execute();
+
+    await settler?.tick(true);
+    // the ledger refused it: it is dropped, and nothing went on chain
+    expect(await coordinator.db.selectFrom("settlements").select("batch_id").execute()).toEqual([]);
+    expect((await chain.settlement(account.address)).lastBatch).toBe(0n);
+    await settler?.tick(true);
+    expect(await chain.settlement(account.address)).toMatchObject({ lastBatch: 1n, totalSpent: JOB_COST, totalEarnings: JOB_COST });
+    expect((await settler?.settledEarnings(sim.id as Address))?.cumulative).toBe(JOB_COST);
+    expect(await coordinator.db.selectFrom("set_aside_entries").select("reason").execute()).toEqual([
+      { reason: `earnings on job ${job_id} would reach 14 credits, above its charge of 7` },
+    ]);
+  });
+
+  it("a user who withdraws before their spend is settled: the batch settles, nodes are paid what escrow covers, the shortfall is on chain", async () => {
+    const { coordinator, joinToken, account } = await ledgerCoordinator(quick, { ownAccount: true });
+    const settler = coordinator.ledger?.settler;
+    const sim = await honestNode(coordinator.url, joinToken);
+    const [withdrawer, honest] = [devWallet(18), devWallet(19)];
+    await chat(coordinator.url, await paidKey(coordinator.url, withdrawer, account.address));
+    await chat(coordinator.url, await paidKey(coordinator.url, honest, account.address));
+    await waitFor("both receipts", async () => (await acceptedReceipts(coordinator.db)) === 2);
+    // the attack: announce a withdrawal of all the escrow, wait out the notice, take it before settlement
+    await send(withdrawer, "requestWithdrawal", [account.address, 1_000n]);
+    await chain.test.increaseTime({ seconds: 3600 });
+    await chain.test.mine({ blocks: 1 });
+    await send(withdrawer, "withdraw", [account.address]);
+    expect(await chain.credits(withdrawer.address)).toBe(1_000n);
+
+    await settler?.tick(true);
+    // the batch settled: the honest user's spend in full, the withdrawer's recorded as their shortfall
+    expect(await chain.settlement(account.address)).toMatchObject({ lastBatch: 1n, totalSpent: JOB_COST, totalEarnings: JOB_COST });
+    expect((await chain.escrow(honest.address, account.address)).spent).toBe(JOB_COST);
+    expect((await chain.escrow(withdrawer.address, account.address)).spent).toBe(0n);
+    const shortfall = await chain.publicClient.readContract({
+      address: chain.ledger,
+      abi: CreditLedger.abi,
+      functionName: "shortfall",
+      args: [withdrawer.address, account.address],
+    });
+    expect(shortfall).toBe(JOB_COST);
+    // the node is paid for the job that was paid for, not for the other
+    expect((await settler?.settledEarnings(sim.id as Address))?.cumulative).toBe(JOB_COST);
+    const reasons = (await coordinator.db.selectFrom("set_aside_entries").select("reason").orderBy("entry_id").execute()).map(
+      (r) => r.reason,
+    );
+    expect(reasons).toHaveLength(2);
+    expect(reasons[0]).toContain("withdrew before it was settled");
+    expect(reasons[1]).toContain("was set aside (its user could not pay)");
+  });
+
+  it("refuses to start with a settle interval that cannot meet the withdrawal notice", async () => {
+    await expect(ledgerCoordinator({ maxAgeMs: 3_600_000 })).rejects.toThrow(
+      /users could withdraw before paying\. Settle at most every \d+ s/,
+    );
+  });
+
+  it("a fresh database against a used ledger does not confirm batches it never sent", async () => {
+    const first = await ledgerCoordinator(quick, { ownAccount: true });
+    await honestNode(first.coordinator.url, first.joinToken);
+    const key = await paidKey(first.coordinator.url, devWallet(20), first.account.address);
+    await chat(first.coordinator.url, key);
+    await waitFor("the receipt", async () => (await acceptedReceipts(first.coordinator.db)) === 1);
+    await first.coordinator.ledger?.settler.tick(true);
+    expect((await chain.settlement(first.account.address)).lastBatch).toBe(1n);
+
+    // the same coordinator key with a new, empty database: its own batch 1 is not the chain's batch 1
+    const second = await ledgerCoordinator(quick, { account: first.account });
+    const sim = await honestNode(second.coordinator.url, second.joinToken);
+    await chat(second.coordinator.url, await paidKey(second.coordinator.url, devWallet(21), first.account.address));
+    await waitFor("the receipt", async () => (await acceptedReceipts(second.coordinator.db)) === 1);
+    await second.coordinator.ledger?.settler.tick(true);
+    expect(await second.coordinator.db.selectFrom("settlements").select(["batch_id", "status"]).execute()).toEqual([
+      { batch_id: 1, status: "prepared" },
+    ]);
+    // nothing was confirmed: the node gets no proof against a root this database never posted
+    expect(await second.coordinator.ledger?.settler.settledEarnings(sim.id as Address)).toBeUndefined();
+    expect(await chain.batchEvents(first.account.address)).toHaveLength(1);
+  });
+
+  it.skipIf(!process.env.DATABASE_URL)("on PostgreSQL, a charge committed after a later one still goes into the next batch", async () => {
+    const { coordinator, account } = await ledgerCoordinator(quick, { ownAccount: true });
+    const settler = coordinator.ledger?.settler;
+    const user = devWallet(22).address.toLowerCase();
+    await chain.fund(devWallet(22).address);
+    await chain.deposit(devWallet(22), 1_000n, account.address);
+    // charge A takes its id first but commits last; charge B commits in between, and a batch is made then
+    let commitA: () => void = () => {};
+    const gate = new Promise<void>((r) => {
+      commitA = r;
+    });
+    let inserted: () => void = () => {};
+    const aInserted = new Promise<void>((r) => {
+      inserted = r;
+    });
+    const a = coordinator.db.transaction().execute(async (tx) => {
+      await tx.insertInto("ledger_entries").values({ address: user, kind: "charge", amount: 11n, job_id: "job-a" }).execute();
+      inserted();
+      await gate;
+    });
+    await aInserted;
+    await coordinator.db.insertInto("ledger_entries").values({ address: user, kind: "charge", amount: 13n, job_id: "job-b" }).execute();
+    await settler?.tick(true);
+    expect((await chain.escrow(devWallet(22).address, account.address)).spent).toBe(13n);
+    commitA();
+    await a;
+    await settler?.tick(true);
+    expect((await chain.escrow(devWallet(22).address, account.address)).spent).toBe(24n);
+    expect((await chain.settlement(account.address)).lastBatch).toBe(2n);
+  });
+
+  it("keeps every batch within the cap governance sets through the timelock", async () => {
+    const { coordinator, joinToken, account } = await ledgerCoordinator(quick, { ownAccount: true });
+    await honestNode(coordinator.url, joinToken);
+    const users = [devWallet(23), devWallet(24), devWallet(25)];
+    for (const user of users) await chat(coordinator.url, await paidKey(coordinator.url, user, account.address));
+    await waitFor("three receipts", async () => (await acceptedReceipts(coordinator.db)) === 3);
+    const deployer = privateKeyToAccount(DEV_DEPLOYER_KEY);
+    const govern = async (cap: bigint) => {
+      const call = governanceCall(chain.ledger, CreditLedger.abi, "setMaxBatchSpend", [cap], `cap ${cap} ${Date.now()}`);
+      await send(deployer, "schedule", scheduleArgs(call, DEV_TIMELOCK_DELAY_S), chain.governance, TimelockController.abi);
+      await chain.test.increaseTime({ seconds: Number(DEV_TIMELOCK_DELAY_S) });
+      await chain.test.mine({ blocks: 1 });
+      await send(deployer, "execute", executeArgs(call), chain.governance, TimelockController.abi);
+    };
+    const cap = await chain.publicClient.readContract({ address: chain.ledger, abi: CreditLedger.abi, functionName: "maxBatchSpend" });
+    await govern(10n);
+    cleanups.push(() => govern(cap));
+    const settler = coordinator.ledger?.settler;
+    for (let i = 0; i < 3; i++) await settler?.tick(true);
+    const events = await chain.batchEvents(account.address);
+    expect(events.map((e) => e.args.batchSpent)).toEqual([JOB_COST, JOB_COST, JOB_COST]);
+    for (const user of users) expect((await chain.escrow(user.address, account.address)).spent).toBe(JOB_COST);
   });
 });

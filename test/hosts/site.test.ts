@@ -52,7 +52,7 @@ function output(child: ChildProcess) {
 async function siteInit(lan: Lan) {
   const home = await tempPaths("sharedllm-site-");
   cleanups.push(home.cleanup);
-  const child = spawn(process.execPath, [BIN, "site", "init", "--host", lan.gateway, "--port", "0"], {
+  const child = spawn(process.execPath, [BIN, "site", "init", "--host", lan.gateway, "--port", "0", "--insecure-http"], {
     env: { ...process.env, SHAREDLLM_HOME: home.home },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,

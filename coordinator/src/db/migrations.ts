@@ -2,6 +2,7 @@
  * Schema migrations, applied in order at start-up. Never edit a released
  * migration: add the next one.
  */
+import { receiptJobId } from "@sharedllm/protocol";
 import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from "kysely";
 
 const migrations: Record<string, Migration> = {
@@ -136,12 +137,87 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0006_settlement_entries": {
+    async up(db: Kysely<unknown>) {
+      // which batch took each charge and earning: a batch takes the entries no batch has taken yet,
+      // so one committed late (PostgreSQL commits out of id order) goes into the next batch
+      // instead of below an id watermark that was already passed
+      await db.schema
+        .createTable("batch_entries")
+        .addColumn("entry_id", "bigint", (c) => c.primaryKey())
+        .addColumn("batch_id", "integer", (c) => c.notNull())
+        // the job as receipts name it (receiptJobId): what ties a job's earnings to its charge
+        .addColumn("job_key", "text")
+        .execute();
+      await db.schema.createIndex("batch_entries_batch").on("batch_entries").column("batch_id").execute();
+      await db.schema.createIndex("batch_entries_job").on("batch_entries").column("job_key").execute();
+      // entries a batch cannot carry (they would make it revert, or pay more than was spent), kept out
+      // of every batch with the reason, for the operator
+      await db.schema
+        .createTable("set_aside_entries")
+        .addColumn("entry_id", "bigint", (c) => c.primaryKey())
+        .addColumn("job_key", "text")
+        .addColumn("reason", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      await db.schema.createIndex("set_aside_entries_job").on("set_aside_entries").column("job_key").execute();
+      await db.schema.createIndex("ledger_entries_kind").on("ledger_entries").columns(["kind", "id"]).execute();
+      // batches made before this migration covered every charge and earning up to their max_entry_id
+      const taken = await sql<{ id: string; kind: string; job_id: string | null; batch_id: number }>`
+        select e.id, e.kind, e.job_id, (select min(s.batch_id) from settlements s where s.max_entry_id >= e.id) as batch_id
+        from ledger_entries e
+        where e.kind in ('charge', 'earn') and e.id <= (select max(max_entry_id) from settlements)
+      `.execute(db);
+      const rows = taken.rows.map((r) => ({
+        entry_id: String(r.id),
+        batch_id: r.batch_id,
+        // receipts name a job by the hash of its id; earnings already carry it
+        job_key: r.job_id === null ? null : r.kind === "charge" ? receiptJobId(r.job_id) : r.job_id.toLowerCase(),
+      }));
+      for (let i = 0; i < rows.length; i += 1000) {
+        await (db as Kysely<{ batch_entries: (typeof rows)[number] }>)
+          .insertInto("batch_entries")
+          .values(rows.slice(i, i + 1000))
+          .execute();
+      }
+    },
+  },
+  // what a restart used to forget (registration nonces, receipt proposals) or take from another process (holds)
+  "0007_durable_state": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("site_nonces")
+        .addColumn("nonce", "text", (c) => c.primaryKey())
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("receipt_proposals")
+        .addColumn("job_id", "text", (c) => c.notNull())
+        .addColumn("node_address", "text", (c) => c.notNull())
+        .addColumn("receipt", "text", (c) => c.notNull())
+        .addColumn("job_ref", "text", (c) => c.notNull())
+        .addColumn("via", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addPrimaryKeyConstraint("receipt_proposals_pk", ["job_id", "node_address"])
+        .execute();
+      // which coordinator process holds credits for a job: only a gone one's holds are released
+      await db.schema
+        .createTable("coordinator_instances")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("started_at", "timestamptz", (c) => c.notNull())
+        .addColumn("seen_at", "timestamptz", (c) => c.notNull())
+        .execute();
+      await db.schema.alterTable("ledger_entries").addColumn("instance_id", "text").execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
-export async function migrate(db: Kysely<unknown>): Promise<void> {
-  const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+/** Applies every migration (or those up to `target`, for tests of a migration). */
+export async function migrate(db: Kysely<unknown>, target?: string): Promise<void> {
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await (target ? migrator.migrateTo(target) : migrator.migrateToLatest());
   const failed = results?.find((r) => r.status === "Error");
   if (error || failed) {
     throw new Error(`database migration ${failed?.migrationName ?? ""} failed: ${(error as Error)?.message ?? "unknown error"}`);

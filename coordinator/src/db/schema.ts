@@ -97,6 +97,8 @@ export interface LedgerEntriesTable {
   kind: LedgerKind;
   amount: Amount;
   job_id: string | null;
+  /** for a hold: the coordinator process that made it (InstanceLease) */
+  instance_id: string | null;
   created_at: Generated<Date>;
 }
 
@@ -119,13 +121,57 @@ export type SettlementStatus = "prepared" | "sent" | "confirmed";
 export interface SettlementsTable {
   batch_id: number;
   status: SettlementStatus;
-  /** the batch covers every journal entry with an id up to this one (cumulative sums) */
+  /** the newest journal entry the batch took (which entries: batch_entries) */
   max_entry_id: ColumnType<string, string | bigint, never>;
   /** JSON: users, cumulative spends, earnings per node, root, total earnings */
   payload: string;
   tx_hash: string | null;
   created_at: Generated<Date>;
   confirmed_at: Timestamp | null;
+}
+
+/** The batch that took a charge or earning into settlement. */
+export interface BatchEntriesTable {
+  entry_id: ColumnType<string, string | bigint, never>;
+  batch_id: number;
+  /** the job as receipts name it (receiptJobId), lower-case */
+  job_key: string | null;
+}
+
+/** A charge or earning no batch will carry, and why (see the settler's checks). */
+export interface SetAsideEntriesTable {
+  entry_id: ColumnType<string, string | bigint, never>;
+  /** the job as receipts name it (receiptJobId), lower-case */
+  job_key: string | null;
+  reason: string;
+  created_at: Generated<Date>;
+}
+
+/** A used registration nonce, kept until its request could no longer be fresh. */
+export interface SiteNoncesTable {
+  nonce: string;
+  expires_at: Timestamp;
+}
+
+/** A receipt the coordinator proposed to a node and is waiting for it to sign. */
+export interface ReceiptProposalsTable {
+  /** the receipt's jobId (bytes32) */
+  job_id: string;
+  node_address: string;
+  /** the proposed receipt, wire form (JSON) */
+  receipt: string;
+  /** the coordinator's own job id */
+  job_ref: string;
+  /** the cluster head that ran the job, when the node served layers of it */
+  via: string | null;
+  created_at: Generated<Date>;
+}
+
+/** A running coordinator's lease (instance.ts). */
+export interface CoordinatorInstancesTable {
+  id: string;
+  started_at: Timestamp;
+  seen_at: Timestamp;
 }
 
 export interface MetaTable {
@@ -145,7 +191,12 @@ export interface Database {
   ledger_entries: LedgerEntriesTable;
   receipts: ReceiptsTable;
   settlements: SettlementsTable;
+  batch_entries: BatchEntriesTable;
+  set_aside_entries: SetAsideEntriesTable;
   meta: MetaTable;
+  site_nonces: SiteNoncesTable;
+  receipt_proposals: ReceiptProposalsTable;
+  coordinator_instances: CoordinatorInstancesTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

@@ -11,6 +11,7 @@ import {
   type Chain,
   createPublicClient,
   createWalletClient,
+  decodeFunctionData,
   defineChain,
   type Hex,
   http,
@@ -93,13 +94,33 @@ export class LedgerChain {
 
   /** The last batch the chain has from this coordinator (0 before the first). */
   async lastBatch(): Promise<number> {
-    const [lastBatch] = await this.public.readContract({
+    return (await this.settlement()).lastBatch;
+  }
+
+  /** This coordinator's settlement record on chain. */
+  async settlement(): Promise<{ lastBatch: number; totalSpent: bigint; totalEarnings: bigint }> {
+    const [lastBatch, , totalSpent, totalEarnings] = await this.public.readContract({
       address: this.ledger,
       abi: CreditLedger.abi,
       functionName: "settlements",
       args: [this.coordinator],
     });
-    return Number(lastBatch);
+    return { lastBatch: Number(lastBatch), totalSpent, totalEarnings };
+  }
+
+  /** The most spend one settlement may move, as governance set it. */
+  async maxBatchSpend(): Promise<bigint> {
+    return this.public.readContract({ address: this.ledger, abi: CreditLedger.abi, functionName: "maxBatchSpend" });
+  }
+
+  /** How long a user's withdrawal waits after they announce it (s). */
+  async withdrawalNotice(): Promise<bigint> {
+    return this.public.readContract({ address: this.ledger, abi: CreditLedger.abi, functionName: "withdrawalNotice" });
+  }
+
+  /** The time of the newest block (s). */
+  async now(): Promise<bigint> {
+    return (await this.public.getBlock({ blockTag: "latest" })).timestamp;
   }
 
   async claimed(node: Address): Promise<bigint> {
@@ -115,8 +136,11 @@ export class LedgerChain {
     return this.public.readContract({ address: this.ledger, abi: CreditLedger.abi, functionName: "credits", args: [account] });
   }
 
-  /** The transaction that settled a batch of this coordinator, from the chain's events. */
-  async findSettlement(batchId: number): Promise<Hex | undefined> {
+  /**
+   * A batch of this coordinator as the chain has it: the transaction that settled it (from the
+   * BatchSettled event) and what it posted (decoded from its input when it called settle directly).
+   */
+  async findSettlement(batchId: number): Promise<{ hash: Hex; root: Hex; call?: BatchCall } | undefined> {
     const logs = await this.public.getContractEvents({
       address: this.ledger,
       abi: CreditLedger.abi,
@@ -124,7 +148,27 @@ export class LedgerChain {
       args: { coordinator: this.coordinator, batchId: BigInt(batchId) },
       fromBlock: 0n,
     });
-    return logs[0]?.transactionHash ?? undefined;
+    const log = logs[0];
+    if (!log?.transactionHash || !log.args.earningsRoot) return undefined;
+    const tx = await this.public.getTransaction({ hash: log.transactionHash });
+    const decoded = (() => {
+      try {
+        return decodeFunctionData({ abi: CreditLedger.abi, data: tx.input });
+      } catch {
+        return undefined; // sent through another contract (a multisig): only the event speaks for it
+      }
+    })();
+    const call: BatchCall | undefined =
+      decoded?.functionName === "settle"
+        ? {
+            batchId: Number(decoded.args[0]),
+            users: [...decoded.args[1]],
+            cumulativeSpent: [...decoded.args[2]],
+            earningsRoot: decoded.args[3],
+            totalEarnings: decoded.args[4],
+          }
+        : undefined;
+    return { hash: log.transactionHash, root: log.args.earningsRoot, call };
   }
 
   /** Checks the batch against the chain's state (reverts surface here, before anything is sent). */

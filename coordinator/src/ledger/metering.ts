@@ -58,6 +58,8 @@ export class Metering {
     private readonly db: Kysely<Database>,
     private readonly chain: LedgerChain,
     readonly pricing: Pricing,
+    /** this coordinator process's lease: its holds are released by no one else while it runs */
+    private readonly instance: string,
   ) {}
 
   price(model: string): Price {
@@ -112,7 +114,10 @@ export class Metering {
         await sql`select pg_advisory_xact_lock(hashtext(${who}))`.execute(tx);
         const { charged, held } = await this.used(tx, who);
         if (spendable(escrow, charged, held) < amount) return false;
-        await tx.insertInto("ledger_entries").values({ address: who, kind: "hold", amount, job_id: jobId }).execute();
+        await tx
+          .insertInto("ledger_entries")
+          .values({ address: who, kind: "hold", amount, job_id: jobId, instance_id: this.instance })
+          .execute();
         return true;
       });
       if (ok) return;
@@ -124,15 +129,26 @@ export class Metering {
     );
   }
 
-  /** Ends a job's hold: charges `cost` (at most the hold) and releases the hold, atomically. Returns the charge. */
-  async charge(address: Address, jobId: string, held: bigint, cost: bigint): Promise<bigint> {
+  /**
+   * Ends a job's hold: charges `cost` (at most the hold) and releases the hold, atomically, with
+   * whatever `within` records of the charge in the same transaction. Returns the charge and
+   * what `within` returned.
+   */
+  async charge<T>(
+    address: Address,
+    jobId: string,
+    held: bigint,
+    cost: bigint,
+    within: (tx: Kysely<Database>, charged: bigint) => Promise<T>,
+  ): Promise<{ charged: bigint; recorded: T }> {
     const who = address.toLowerCase();
     const amount = cost < held ? cost : held;
-    await this.db.transaction().execute(async (tx) => {
+    const recorded = await this.db.transaction().execute(async (tx) => {
       await tx.insertInto("ledger_entries").values({ address: who, kind: "release", amount: held, job_id: jobId }).execute();
       if (amount > 0n) await tx.insertInto("ledger_entries").values({ address: who, kind: "charge", amount, job_id: jobId }).execute();
+      return within(tx, amount);
     });
-    return amount;
+    return { charged: amount, recorded };
   }
 
   async release(address: Address, jobId: string, held: bigint): Promise<void> {
@@ -142,12 +158,17 @@ export class Metering {
       .execute();
   }
 
-  /** Releases holds of jobs that can no longer finish (the coordinator stopped while they ran). */
-  static async releaseOrphanedHolds(db: Kysely<Database>): Promise<number> {
+  /**
+   * Releases holds of jobs that can no longer finish: those made by coordinator processes whose
+   * leases have lapsed (they stopped or died while the jobs ran). `live` are the processes whose
+   * leases are current; their holds are theirs to end.
+   */
+  static async releaseOrphanedHolds(db: Kysely<Database>, live: readonly string[]): Promise<number> {
     const orphans = await db
       .selectFrom("ledger_entries as h")
       .select(["h.address", "h.amount", "h.job_id"])
       .where("h.kind", "=", "hold")
+      .where((eb) => (live.length ? eb.or([eb("h.instance_id", "is", null), eb("h.instance_id", "not in", live)]) : eb.lit(true)))
       .where(({ not, exists, selectFrom }) =>
         not(exists(selectFrom("ledger_entries as r").select("r.id").whereRef("r.job_id", "=", "h.job_id").where("r.kind", "=", "release"))),
       )

@@ -1,7 +1,8 @@
 /**
- * Work receipts (DESIGN.md section 6). When a paid job ends, the coordinator proposes to each
- * serving node a receipt built from its own metering; the node checks it against what it served
- * and signs it (EIP-712). A returned receipt is accepted only when the signature is the node's and
+ * Work receipts. When a paid job ends, the coordinator proposes to each serving node a receipt
+ * built from its own metering, recorded with the charge (a restart forgets none, and a node gets
+ * its proposals again when it reconnects); the node checks it against what it served and signs
+ * it (EIP-712). A returned receipt is accepted only when the signature is the node's and
  * every field equals the proposal; then the node's share is credited in the journal, in the same
  * transaction. Anything else is kept as rejected, with the reason.
  */
@@ -36,12 +37,10 @@ export interface PaidJob {
 
 export type ReceiptOutcome = { accepted: true } | { accepted: false; reason: string };
 
-/** How long a proposal waits for the node's signature. */
-const PROPOSAL_TTL_MS = 10 * 60_000;
+/** How long a proposal waits for the node's signature (it is sent again each time the node connects). */
+const PROPOSAL_TTL_MS = 24 * 3600_000;
 
 export class Receipts {
-  private readonly proposals = new Map<string, { receipt: WorkReceipt; until: number }>();
-
   constructor(
     private readonly db: Kysely<Database>,
     private readonly chainId: number,
@@ -55,15 +54,18 @@ export class Receipts {
     return workReceiptDomain(this.chainId, this.ledger);
   }
 
-  /** Proposes receipts for a paid job to every member that served it. */
-  request(job: PaidJob): void {
-    const now = Date.now();
-    for (const [key, p] of this.proposals) if (p.until < now) this.proposals.delete(key);
+  /**
+   * Records the receipts a paid job owes each member that served it, in `tx`: the transaction
+   * that charges the user, so a charge is never without its receipts, even across a crash.
+   * Returns the requests to send once that transaction has committed.
+   */
+  async propose(tx: Kysely<Database>, job: PaidJob): Promise<ReceiptRequest[]> {
     const shares = splitCredits(
       job.credits,
       job.members.map((m) => m.shareBps),
     );
-    job.members.forEach((m, i) => {
+    const issuedAt = BigInt(Math.floor(Date.now() / 1000));
+    const requests = job.members.map((m, i): ReceiptRequest => {
       const receipt: WorkReceipt = {
         jobId: receiptJobId(job.jobId),
         node: m.node,
@@ -73,17 +75,52 @@ export class Receipts {
         completionTokens: job.completionTokens,
         shareBps: m.shareBps,
         credits: shares[i] ?? 0n,
-        issuedAt: BigInt(Math.floor(now / 1000)),
+        issuedAt,
       };
-      this.proposals.set(key(receipt.jobId, m.node), { receipt, until: now + PROPOSAL_TTL_MS });
-      this.sendToNode(m.node, {
-        type: "receipt.request",
-        jobId: job.jobId,
-        receipt: receiptToWire(receipt),
-        domain: { chainId: this.chainId, verifyingContract: this.ledger },
-        ...(job.via ? { via: job.via } : {}),
-      });
+      return this.request(job.jobId, receiptToWire(receipt), job.via ?? null);
     });
+    if (requests.length) {
+      await tx
+        .insertInto("receipt_proposals")
+        .values(
+          requests.map((r) => ({
+            job_id: r.receipt.jobId,
+            node_address: r.receipt.node.toLowerCase(),
+            receipt: JSON.stringify(r.receipt),
+            job_ref: r.jobId,
+            via: r.via ?? null,
+          })),
+        )
+        .execute();
+    }
+    return requests;
+  }
+
+  /** Sends proposals to their nodes; one not connected now gets it when it connects again. */
+  send(requests: readonly ReceiptRequest[]): void {
+    for (const r of requests) this.sendToNode(r.receipt.node as Address, r);
+  }
+
+  /** Sends a node every proposal still waiting for its signature (it has just connected). */
+  async resend(node: Address): Promise<void> {
+    const rows = await this.db
+      .selectFrom("receipt_proposals")
+      .selectAll()
+      .where("node_address", "=", node.toLowerCase())
+      .where("created_at", ">", new Date(Date.now() - PROPOSAL_TTL_MS))
+      .orderBy("created_at")
+      .execute();
+    this.send(rows.map((r) => this.request(r.job_ref, JSON.parse(r.receipt) as WorkReceiptWire, r.via)));
+  }
+
+  private request(jobId: string, receipt: WorkReceiptWire, via: string | null): ReceiptRequest {
+    return {
+      type: "receipt.request",
+      jobId,
+      receipt,
+      domain: { chainId: this.chainId, verifyingContract: this.ledger },
+      ...(via ? { via } : {}),
+    };
   }
 
   /** A receipt a node sent back (or a refusal): verified, then recorded as accepted or rejected. */
@@ -99,10 +136,14 @@ export class Receipts {
       signature,
     };
     if (!outcome.accepted) {
-      await this.db
-        .insertInto("receipts")
-        .values({ ...row, status: "rejected", reason: outcome.reason })
-        .execute();
+      await this.db.transaction().execute(async (tx) => {
+        await tx
+          .insertInto("receipts")
+          .values({ ...row, status: "rejected", reason: outcome.reason })
+          .execute();
+        // a node that refuses to sign is not asked again
+        if (refusal) await this.forget(tx, receipt);
+      });
       return outcome;
     }
     try {
@@ -111,6 +152,7 @@ export class Receipts {
           .insertInto("receipts")
           .values({ ...row, status: "accepted", reason: null })
           .execute();
+        await this.forget(tx, receipt);
         if (receipt.credits > 0n) {
           await tx
             .insertInto("ledger_entries")
@@ -127,8 +169,15 @@ export class Receipts {
         .execute();
       return { accepted: false, reason };
     }
-    this.proposals.delete(key(receipt.jobId, receipt.node));
     return outcome;
+  }
+
+  private async forget(tx: Kysely<Database>, receipt: WorkReceipt): Promise<void> {
+    await tx
+      .deleteFrom("receipt_proposals")
+      .where("job_id", "=", receipt.jobId)
+      .where("node_address", "=", receipt.node.toLowerCase())
+      .execute();
   }
 
   private async check(from: Address, receipt: WorkReceipt, signature: Hex | null): Promise<ReceiptOutcome> {
@@ -143,8 +192,13 @@ export class Receipts {
     if (!signer || signer.toLowerCase() !== receipt.node.toLowerCase() || signer.toLowerCase() !== from.toLowerCase()) {
       return { accepted: false, reason: `signature is not by the node (signer ${signer ?? "unrecoverable"}, node ${receipt.node})` };
     }
-    const proposal = this.proposals.get(key(receipt.jobId, receipt.node));
-    if (!proposal) {
+    const proposal = await this.db
+      .selectFrom("receipt_proposals")
+      .select(["receipt", "created_at"])
+      .where("job_id", "=", receipt.jobId)
+      .where("node_address", "=", receipt.node.toLowerCase())
+      .executeTakeFirst();
+    if (!proposal || proposal.created_at.getTime() < Date.now() - PROPOSAL_TTL_MS) {
       const paid = await this.db
         .selectFrom("receipts")
         .select("id")
@@ -159,7 +213,7 @@ export class Receipts {
           : `no receipt was requested from this node for job ${receipt.jobId}`,
       };
     }
-    const expected = proposal.receipt;
+    const expected = receiptFromWire(JSON.parse(proposal.receipt) as WorkReceiptWire);
     for (const field of Object.keys(expected) as (keyof WorkReceipt)[]) {
       const a = String(expected[field]).toLowerCase();
       const b = String(receipt[field]).toLowerCase();
@@ -167,8 +221,4 @@ export class Receipts {
     }
     return { accepted: true };
   }
-}
-
-function key(jobId: Hex, node: Address): string {
-  return `${jobId}:${node.toLowerCase()}`;
 }

@@ -1,17 +1,22 @@
 /**
- * Batch settlement (DESIGN.md section 7). A batch covers every journal entry up to an id: each
- * user's cumulative spend and each node's cumulative earnings (as a Merkle root). It is prepared
- * and stored before anything is sent; the chain's own record (the last batch number of this
- * coordinator, BatchSettled events) decides whether a stored batch still has to be sent, so a
- * crash between sending and recording neither loses nor doubles a batch: batch numbers are
- * sequential on chain, and a batch the chain already has is only marked confirmed.
+ * Batch settlement (DESIGN.md section 7). A batch takes the journal's charges and earnings that no
+ * batch took yet (batch_entries records which) and posts each user's cumulative spend and each
+ * node's cumulative earnings (as a Merkle root). What a batch takes is decided by batchPlan.ts
+ * against the chain's state read just before: entries that would make it revert or pay more than
+ * was spent are set aside for good with their reason (set_aside_entries, and the log), so one bad
+ * entry never stalls the others; a stored batch the ledger still refuses is dropped and planned
+ * again. A batch is stored before anything is sent; the chain's own record (the last batch number
+ * of this coordinator, and what its BatchSettled transaction posted) decides whether a stored batch
+ * still has to be sent, so a crash between sending and recording neither loses nor doubles a
+ * batch, and a database that is not this coordinator's history is refused.
  */
-import { type EarningsTree, earningsTree } from "@sharedllm/protocol";
+import { type EarningsTree, earningsTree, receiptJobId } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
 import type { Logger } from "pino";
-import type { Address, Hex } from "viem";
+import { type Address, BaseError, ContractFunctionRevertedError, type Hex } from "viem";
 import type { Database } from "../db/schema.js";
-import type { BatchCall, LedgerChain } from "./chain.js";
+import { type JobHistory, type JournalEntry, planBatch } from "./batchPlan.js";
+import type { BatchCall, Escrow, LedgerChain } from "./chain.js";
 
 export interface SettlementOptions {
   /** settle once this many unsettled charges and earnings have accumulated; default 1000 */
@@ -42,6 +47,20 @@ export interface SettledEarnings {
   proof: Hex[];
 }
 
+/** A settlement not mined after this many sends (each with higher fees) is given up until the next pass. */
+const MAX_SENDS = 6;
+/** Most journal entries one batch looks at. */
+const MAX_ENTRIES = 20_000;
+/** Contract errors that say a batch's content cannot be settled: it is dropped and prepared again from the chain's state. */
+const CONTENT_ERRORS = new Set(["EarningsAboveSpend", "EarningsDecreased", "SpendDecreased", "BatchSpendAboveCap", "LengthMismatch"]);
+
+/** The contract error a failed call reverted with, if it reverted. */
+function revertReason(err: unknown): string | undefined {
+  if (!(err instanceof BaseError)) return undefined;
+  const reverted = err.walk((e) => e instanceof ContractFunctionRevertedError);
+  return reverted instanceof ContractFunctionRevertedError ? (reverted.data?.errorName ?? reverted.reason ?? "reverted") : undefined;
+}
+
 /** Test hook: SHAREDLLM_FAILPOINT=settlement.sent kills the process right after a settlement is sent. */
 function failpoint(name: string) {
   if (process.env.SHAREDLLM_FAILPOINT === name) process.kill(process.pid, "SIGKILL");
@@ -60,6 +79,29 @@ export class Settler {
     private readonly log: Logger,
     private readonly o: SettlementOptions = {},
   ) {}
+
+  /** How long a charge may wait before its settlement is mined, at worst (ms). */
+  private worstLagMs(): number {
+    return (this.o.maxAgeMs ?? 5 * 60_000) + (this.o.checkEveryMs ?? 1_000) + MAX_SENDS * (this.o.stuckAfterMs ?? 60_000);
+  }
+
+  /**
+   * Refuses settings under which a user could withdraw before their spend is settled: the worst
+   * lag of a settlement must fit half the ledger's withdrawal notice (the other half is headroom
+   * for an RPC outage or a gas top-up).
+   */
+  async checkWithdrawalNotice(): Promise<void> {
+    const noticeMs = Number(await this.chain.withdrawalNotice()) * 1000;
+    const lag = this.worstLagMs();
+    if (lag <= noticeMs / 2) return;
+    const fixed = lag - (this.o.maxAgeMs ?? 5 * 60_000);
+    const most = Math.floor((noticeMs / 2 - fixed) / 1000);
+    throw new Error(
+      `settlements may lag spend by up to ${Math.ceil(lag / 1000)} s (settle after ${Math.ceil((this.o.maxAgeMs ?? 300_000) / 1000)} s, plus up to ${MAX_SENDS} sends of a stuck transaction), but the ledger lets a user withdraw ${noticeMs / 1000} s after announcing it, and settlement must fit half of that: users could withdraw before paying. ${
+        most > 0 ? `Settle at most every ${most} s (--settle-after ${most})` : "Settle more often"
+      }, or have governance raise the withdrawal notice.`,
+    );
+  }
 
   start(): void {
     this.timer = setInterval(() => void this.tick(), this.o.checkEveryMs ?? 1_000);
@@ -104,17 +146,22 @@ export class Settler {
     if (prepared) await this.post(prepared.batchId, prepared.payload);
   }
 
-  private async lastBatch() {
-    return this.db.selectFrom("settlements").select(["batch_id", "max_entry_id"]).orderBy("batch_id", "desc").limit(1).executeTakeFirst();
+  /** Charges and earnings no batch took and none set aside. */
+  private untaken(db: Kysely<Database>) {
+    return db
+      .selectFrom("ledger_entries as e")
+      .where("e.kind", "in", ["charge", "earn"])
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom("batch_entries as b").select("b.entry_id").whereRef("b.entry_id", "=", "e.id"))),
+      )
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom("set_aside_entries as a").select("a.entry_id").whereRef("a.entry_id", "=", "e.id"))),
+      );
   }
 
   private async due(): Promise<boolean> {
-    const last = await this.lastBatch();
-    const pending = await this.db
-      .selectFrom("ledger_entries")
-      .select([sql<string>`count(*)`.as("n"), sql<Date | null>`min(created_at)`.as("oldest")])
-      .where("kind", "in", ["charge", "earn"])
-      .where("id", ">", last?.max_entry_id ?? "0")
+    const pending = await this.untaken(this.db)
+      .select([sql<string>`count(*)`.as("n"), sql<Date | null>`min(e.created_at)`.as("oldest")])
       .executeTakeFirstOrThrow();
     const n = Number(pending.n);
     if (n === 0) return false;
@@ -122,79 +169,190 @@ export class Settler {
     return n >= (this.o.batchSize ?? 1000) || age >= (this.o.maxAgeMs ?? 5 * 60_000);
   }
 
-  /** Stores the next batch (cumulative sums up to the newest entry); undefined when nothing is new. */
+  /**
+   * Stores the next batch: the untaken entries that pass batchPlan's checks against the chain's
+   * state now, taken in the same transaction that numbers the batch (no id watermark: an entry
+   * committed late goes into the next batch); entries that fail are set aside. Undefined when
+   * nothing is left to take.
+   */
   private async prepare(): Promise<{ batchId: number; payload: Payload } | undefined> {
+    const [onChain, maxBatchSpend, now] = await Promise.all([this.chain.settlement(), this.chain.maxBatchSpend(), this.chain.now()]);
+    const settleBy = now + BigInt(Math.ceil((MAX_SENDS * (this.o.stuckAfterMs ?? 60_000)) / 1000));
     return this.db.transaction().execute(async (tx) => {
       await sql`select pg_advisory_xact_lock(hashtext('sharedllm.settlement'))`.execute(tx);
-      const last = await tx
-        .selectFrom("settlements")
-        .select(["batch_id", "max_entry_id"])
-        .orderBy("batch_id", "desc")
-        .limit(1)
-        .executeTakeFirst();
-      const after = last?.max_entry_id ?? "0";
-      const newest = await tx
-        .selectFrom("ledger_entries")
-        .select(sql<string | null>`max(id)`.as("max"))
-        .where("kind", "in", ["charge", "earn"])
-        .executeTakeFirstOrThrow();
-      if (newest.max === null || BigInt(newest.max) <= BigInt(after)) return undefined;
-      // users who spent since the last batch, in the order of their first new charge; a batch posts
-      // at most maxUsersPerBatch of them (one storage write each: a transaction has a gas cap), and
-      // ends just before the first charge of the next user, who goes into the next batch
-      const cap = this.o.maxUsersPerBatch ?? 400;
-      const movers = await tx
-        .selectFrom("ledger_entries")
-        .select(["address", sql<string>`min(id)`.as("first")])
-        .where("kind", "=", "charge")
-        .where("id", ">", after)
-        .groupBy("address")
-        .orderBy(sql`min(id)`)
-        .limit(cap + 1)
+      const rows = await this.untaken(tx)
+        .select(["e.id", "e.address", "e.kind", "e.amount", "e.job_id"])
+        .orderBy("e.id")
+        .limit(MAX_ENTRIES)
         .execute();
-      const max = movers.length > cap ? (BigInt((movers[cap] as { first: string }).first) - 1n).toString() : newest.max;
-      const users = movers.slice(0, cap).map((m) => m.address as Address);
-      const sums = await tx
-        .selectFrom("ledger_entries")
-        .select(["address", "kind", sql<string>`sum(amount)`.as("total")])
-        .where((eb) => {
-          const earn = eb("kind", "=", "earn");
-          return users.length ? eb.or([earn, eb.and([eb("kind", "=", "charge"), eb("address", "in", users)])]) : earn;
-        })
-        .where("id", "<=", max)
-        .groupBy(["address", "kind"])
-        .execute();
-      const spent = new Map(sums.filter((r) => r.kind === "charge").map((r) => [r.address, r.total]));
-      const spends = users.map((u) => spent.get(u) ?? "0");
-      const earnings: Record<Address, string> = {};
-      let totalEarnings = 0n;
-      for (const row of sums) {
-        if (row.kind !== "earn") continue;
-        earnings[row.address as Address] = row.total;
-        totalEarnings += BigInt(row.total);
+      if (!rows.length) return undefined;
+      const entries: JournalEntry[] = rows.map((r) => ({
+        id: String(r.id),
+        address: r.address as Address,
+        kind: r.kind as JournalEntry["kind"],
+        amount: BigInt(r.amount),
+        // receipts name a job by its hash: charges are keyed the same way, so a job's earnings meet its charge
+        jobId: r.job_id === null ? null : r.kind === "charge" ? receiptJobId(r.job_id) : r.job_id.toLowerCase(),
+      }));
+      const jobKey = new Map(entries.map((e) => [e.id, e.jobId]));
+      const payers = [...new Set(entries.filter((e) => e.kind === "charge").map((e) => e.address))];
+      const jobIds = [...new Set(entries.flatMap((e) => (e.kind === "earn" && e.jobId ? [e.jobId] : [])))];
+      const [posted, escrows, history, earnings] = await Promise.all([
+        this.postedSpend(tx, payers),
+        this.escrows(payers),
+        this.jobHistory(tx, jobIds),
+        this.earnedBefore(tx),
+      ]);
+      const plan = planBatch({
+        entries,
+        users: new Map(payers.map((u, i) => [u, { posted: posted.get(u) ?? 0n, escrow: escrows[i] as Escrow }])),
+        jobs: history,
+        earnings,
+        chain: { totalSpent: onChain.totalSpent, maxBatchSpend, settleBy },
+        maxUsers: this.o.maxUsersPerBatch ?? 400,
+      });
+      if (plan.setAside.length) {
+        await tx
+          .insertInto("set_aside_entries")
+          .values(plan.setAside.map((a) => ({ entry_id: a.id, job_key: jobKey.get(a.id) ?? null, reason: a.reason })))
+          .onConflict((c) => c.column("entry_id").doNothing())
+          .execute();
+        for (const a of plan.setAside) this.log.warn({ entryId: a.id, reason: a.reason }, "journal entry set aside");
       }
-      const root = earningsTree(new Map(Object.entries(earnings).map(([a, v]) => [a as Address, BigInt(v)]))).root;
-      const payload: Payload = { users, spends, earnings, root, totalEarnings: totalEarnings.toString() };
+      if (!plan.take.length) return undefined;
+      const last = await tx.selectFrom("settlements").select("batch_id").orderBy("batch_id", "desc").limit(1).executeTakeFirst();
       const batchId = (last?.batch_id ?? 0) + 1;
+      const earningsRecord: Record<Address, string> = {};
+      for (const [node, v] of plan.earnings) earningsRecord[node] = v.toString();
+      const root = earningsTree(plan.earnings).root;
+      const payload: Payload = {
+        users: plan.users,
+        spends: plan.spends.map(String),
+        earnings: earningsRecord,
+        root,
+        totalEarnings: plan.totalEarnings.toString(),
+      };
+      const maxEntry = plan.take.reduce((a, b) => (BigInt(b) > BigInt(a) ? b : a));
       await tx
         .insertInto("settlements")
-        .values({ batch_id: batchId, status: "prepared", max_entry_id: max, payload: JSON.stringify(payload) })
+        .values({ batch_id: batchId, status: "prepared", max_entry_id: maxEntry, payload: JSON.stringify(payload) })
         .execute();
+      for (let i = 0; i < plan.take.length; i += 1000) {
+        await tx
+          .insertInto("batch_entries")
+          .values(plan.take.slice(i, i + 1000).map((id) => ({ entry_id: id, batch_id: batchId, job_key: jobKey.get(id) ?? null })))
+          .execute();
+      }
       this.log.info(
-        { batchId, users: users.length, nodes: Object.keys(earnings).length, totalEarnings: payload.totalEarnings },
+        {
+          batchId,
+          entries: plan.take.length,
+          setAside: plan.setAside.length,
+          users: plan.users.length,
+          nodes: plan.earnings.size,
+          batchSpent: plan.batchSpent.toString(),
+          totalEarnings: payload.totalEarnings,
+        },
         "settlement batch prepared",
       );
       return { batchId, payload };
     });
   }
 
+  /** Each user's charges taken by earlier batches. */
+  private async postedSpend(db: Kysely<Database>, users: Address[]): Promise<Map<Address, bigint>> {
+    if (!users.length) return new Map();
+    const rows = await db
+      .selectFrom("ledger_entries as e")
+      .innerJoin("batch_entries as b", "b.entry_id", "e.id")
+      .select(["e.address", sql<string>`sum(e.amount)`.as("total")])
+      .where("e.kind", "=", "charge")
+      .where("e.address", "in", users)
+      .groupBy("e.address")
+      .execute();
+    return new Map(rows.map((r) => [r.address as Address, BigInt(r.total)]));
+  }
+
+  /** Escrows as the chain has them now, a few reads at a time. */
+  private async escrows(users: Address[]): Promise<Escrow[]> {
+    const out: Escrow[] = [];
+    for (let i = 0; i < users.length; i += 16) out.push(...(await Promise.all(users.slice(i, i + 16).map((u) => this.chain.escrow(u)))));
+    return out;
+  }
+
+  /** What earlier batches and set-aside entries say about each job (by the key receipts use). */
+  private async jobHistory(db: Kysely<Database>, jobKeys: string[]): Promise<Map<string, JobHistory>> {
+    const jobs = new Map<string, JobHistory>();
+    if (!jobKeys.length) return jobs;
+    const job = (key: string | null) => {
+      const h = jobs.get(key as string) ?? { charged: 0n, earned: 0n, chargeSetAside: false };
+      jobs.set(key as string, h);
+      return h;
+    };
+    const taken = await db
+      .selectFrom("batch_entries as b")
+      .innerJoin("ledger_entries as e", "e.id", "b.entry_id")
+      .select(["b.job_key", "e.kind", "e.amount"])
+      .where("b.job_key", "in", jobKeys)
+      .execute();
+    for (const r of taken) {
+      if (r.kind === "charge") job(r.job_key).charged += BigInt(r.amount);
+      else job(r.job_key).earned += BigInt(r.amount);
+    }
+    const aside = await db
+      .selectFrom("set_aside_entries as a")
+      .innerJoin("ledger_entries as e", "e.id", "a.entry_id")
+      .select("a.job_key")
+      .where("a.job_key", "in", jobKeys)
+      .where("e.kind", "=", "charge")
+      .execute();
+    for (const r of aside) job(r.job_key).chargeSetAside = true;
+    return jobs;
+  }
+
+  /** Each node's earnings taken by earlier batches. */
+  private async earnedBefore(db: Kysely<Database>): Promise<Map<Address, bigint>> {
+    const rows = await db
+      .selectFrom("ledger_entries as e")
+      .innerJoin("batch_entries as b", "b.entry_id", "e.id")
+      .select(["e.address", sql<string>`sum(e.amount)`.as("total")])
+      .where("e.kind", "=", "earn")
+      .groupBy("e.address")
+      .execute();
+    return new Map(rows.map((r) => [r.address as Address, BigInt(r.total)]));
+  }
+
+  /** Drops a batch the chain never took, so its entries are planned again against the chain's state. */
+  private async discard(batchId: number, why: string): Promise<never> {
+    await this.db.transaction().execute(async (tx) => {
+      const taken = tx.selectFrom("batch_entries").select("entry_id").where("batch_id", "=", batchId);
+      await tx.deleteFrom("set_aside_entries").where("entry_id", "in", taken).execute();
+      await tx.deleteFrom("batch_entries").where("batch_id", "=", batchId).execute();
+      await tx.deleteFrom("settlements").where("batch_id", "=", batchId).where("status", "!=", "confirmed").execute();
+    });
+    this.log.warn({ batchId, why }, "settlement batch dropped; it will be prepared again from the chain's state");
+    throw new Error(`settlement batch ${batchId} was refused by the ledger (${why}); it will be prepared again`);
+  }
+
   /** Gets a stored batch onto the chain exactly once, replacing the transaction while it is stuck. */
   private async post(batchId: number, payload: Payload): Promise<void> {
     const onChain = await this.chain.lastBatch();
     if (onChain >= batchId) {
-      const hash = await this.chain.findSettlement(batchId);
-      await this.confirm(batchId, hash ?? null);
-      this.log.info({ batchId, txHash: hash }, "settlement batch was already on chain; recorded it");
+      // the chain has a batch with this number: it is ours only if it posted what we stored
+      const settled = await this.chain.findSettlement(batchId);
+      const same =
+        settled?.root.toLowerCase() === payload.root.toLowerCase() &&
+        (!settled.call ||
+          (settled.call.totalEarnings === BigInt(payload.totalEarnings) &&
+            settled.call.users.map((u) => u.toLowerCase()).join() === payload.users.map((u) => u.toLowerCase()).join() &&
+            settled.call.cumulativeSpent.join() === payload.spends.join()));
+      if (!settled || !same) {
+        throw new Error(
+          `the ledger's batch ${batchId} of coordinator ${this.chain.coordinator} (root ${settled?.root ?? "unknown"}) is not this database's batch ${batchId} (root ${payload.root}): this database does not hold the settlement history of that account; start the coordinator with its own database`,
+        );
+      }
+      await this.confirm(batchId, settled.hash);
+      this.log.info({ batchId, txHash: settled.hash }, "settlement batch was already on chain; recorded it");
       return;
     }
     if (onChain !== batchId - 1) throw new Error(`the chain has batch ${onChain} of this coordinator; batch ${batchId} cannot follow it`);
@@ -205,7 +363,11 @@ export class Settler {
       earningsRoot: payload.root,
       totalEarnings: BigInt(payload.totalEarnings),
     };
-    const request = await this.chain.simulateSettle(call);
+    const request = await this.chain.simulateSettle(call).catch(async (err: Error) => {
+      const reason = revertReason(err);
+      if (reason && CONTENT_ERRORS.has(reason)) return this.discard(batchId, reason);
+      throw err;
+    });
     const pub = this.chain.public;
     const from = this.chain.coordinator;
     const nonce = await pub.getTransactionCount({ address: from, blockTag: "pending" });
@@ -223,14 +385,17 @@ export class Settler {
       this.log.info({ batchId, txHash: hash, attempt }, "settlement sent");
       const receipt = await pub.waitForTransactionReceipt({ hash, timeout: this.o.stuckAfterMs ?? 60_000 }).catch(() => undefined);
       if (receipt) {
-        if (receipt.status !== "success") throw new Error(`settlement of batch ${batchId} reverted (${hash})`);
+        if (receipt.status !== "success") {
+          if ((await this.chain.lastBatch()) < batchId) return this.discard(batchId, `transaction ${hash} reverted`);
+          throw new Error(`settlement of batch ${batchId} reverted (${hash})`);
+        }
         await this.confirm(batchId, hash);
         this.log.info({ batchId, txHash: hash, gasUsed: receipt.gasUsed.toString() }, "settlement confirmed");
         return;
       }
       // an earlier attempt may have been mined meanwhile
       if ((await this.chain.lastBatch()) >= batchId) return this.post(batchId, payload);
-      if (attempt >= 5) throw new Error(`settlement of batch ${batchId} is still not mined after ${attempt + 1} attempts`);
+      if (attempt >= MAX_SENDS - 1) throw new Error(`settlement of batch ${batchId} is still not mined after ${attempt + 1} attempts`);
       // same nonce, fees up by a quarter: the node replaces the stuck transaction
       fees = { maxFeePerGas: (fees.maxFeePerGas * 5n) / 4n + 1n, maxPriorityFeePerGas: (fees.maxPriorityFeePerGas * 5n) / 4n + 1n };
       this.log.warn({ batchId, txHash: hash }, "settlement not mined in time; replacing it with higher fees");

@@ -23,9 +23,15 @@ export interface AccountsPluginOptions {
   chain: LedgerChain;
   metering: Metering;
   settler: Settler;
+  /** the origins users reach this coordinator at; a sign-in message must name one (domain and URI) */
+  publicOrigins: () => readonly string[];
+  /** sign-in nonces (and sign-in attempts) one client address may ask for per minute */
+  signInsPerMinute: number;
 }
 
-const NONCE_TTL_MS = 10 * 60_000;
+const NONCE_TTL_MS = 5 * 60_000;
+/** Sign-ins in progress at once, all clients together: a bound on the rows anonymous callers can make. */
+const MAX_OUTSTANDING_NONCES = 10_000;
 const SESSION_TTL_MS = 7 * 24 * 3600_000;
 const SESSION_PREFIX = "sess_";
 
@@ -63,9 +69,18 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     },
   }));
 
-  app.get("/v1/auth/nonce", async () => {
+  const signInLimit = { config: { rateLimit: { max: o.signInsPerMinute, timeWindow: 60_000 } } };
+
+  app.get("/v1/auth/nonce", signInLimit, async () => {
     const nonce = generateSiweNonce();
     await o.db.deleteFrom("siwe_nonces").where("expires_at", "<", new Date()).execute();
+    const { n } = await o.db
+      .selectFrom("siwe_nonces")
+      .select((eb) => eb.fn.countAll().as("n"))
+      .executeTakeFirstOrThrow();
+    if (Number(n) >= MAX_OUTSTANDING_NONCES) {
+      throw new ApiError("rate_limit_exceeded", "too many sign-ins are in progress on this coordinator; try again in a few minutes");
+    }
     await o.db
       .insertInto("siwe_nonces")
       .values({ nonce, expires_at: new Date(Date.now() + NONCE_TTL_MS) })
@@ -73,11 +88,19 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     return { nonce, chainId: o.chain.chainId };
   });
 
-  app.post("/v1/auth/login", async (req) => {
+  app.post("/v1/auth/login", signInLimit, async (req) => {
     const body = loginSchema.safeParse(req.body);
     if (!body.success) throw new ApiError("invalid_request", "send { message, signature }: an EIP-4361 message and the wallet's signature");
     const message = parseSiweMessage(body.data.message);
     if (!message.address || !message.nonce) throw new ApiError("invalid_request", "not an EIP-4361 sign-in message");
+    // the wallet showed its owner the domain and URI: they must be this coordinator's, whatever Host the request names
+    const origin = o.publicOrigins().find((x) => new URL(x).host === message.domain);
+    if (!origin || !message.uri || !sameOrigin(message.uri, origin)) {
+      throw new ApiError(
+        "invalid_api_key",
+        `the sign-in message names ${message.domain ?? "no domain"} (${message.uri ?? "no URI"}); this coordinator is ${o.publicOrigins().join(" or ")}`,
+      );
+    }
     if (message.chainId !== o.chain.chainId) {
       throw new ApiError("invalid_request", `sign in on chain ${o.chain.chainId}; the message names chain ${message.chainId}`);
     }
@@ -93,11 +116,10 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     const ok = await verifySiweMessage(o.chain.public, {
       message: body.data.message,
       signature: body.data.signature as Hex,
-      domain: req.host,
+      domain: message.domain,
       nonce: message.nonce,
     }).catch(() => false);
-    if (!ok)
-      throw new ApiError("invalid_api_key", `the signature or the message (domain must be ${req.host}, not expired) does not check out`);
+    if (!ok) throw new ApiError("invalid_api_key", "the signature or the message (not expired, not before its time) does not check out");
     const token = `${SESSION_PREFIX}${randomBytes(32).toString("base64url")}`;
     const expiresAt = new Date(Date.now() + SESSION_TTL_MS);
     const address = getAddress(message.address);
@@ -203,9 +225,14 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
   app.get<{ Params: { address: string } }>("/v1/earnings/:address", async (req) => {
     if (!isAddress(req.params.address)) throw new ApiError("invalid_request", "not an address", { param: "address" });
     const address = getAddress(req.params.address);
-    const { earned } = await o.db
+    // earnings the settler set aside (a job's earnings above its charge) are never paid: not counted
+    const setAside = sql<boolean>`exists (select 1 from set_aside_entries s where s.entry_id = ledger_entries.id)`;
+    const { earned, withheld } = await o.db
       .selectFrom("ledger_entries")
-      .select(sql<string | null>`sum(amount)`.as("earned"))
+      .select([
+        sql<string | null>`sum(amount) filter (where not ${setAside})`.as("earned"),
+        sql<string | null>`sum(amount) filter (where ${setAside})`.as("withheld"),
+      ])
       .where("address", "=", address.toLowerCase())
       .where("kind", "=", "earn")
       .executeTakeFirstOrThrow();
@@ -216,6 +243,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       .select([sql<string>`to_char(date_trunc('day', created_at), 'YYYY-MM-DD')`.as("day"), sql<string>`sum(amount)`.as("credits")])
       .where("address", "=", address.toLowerCase())
       .where("kind", "=", "earn")
+      .where(sql<boolean>`not ${setAside}`)
       .groupBy(sql`date_trunc('day', created_at)`)
       .orderBy(sql`date_trunc('day', created_at)`)
       .execute();
@@ -241,6 +269,8 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       settled: settledAmount.toString(),
       claimed: claimed.toString(),
       claimable: (settledAmount > claimed ? settledAmount - claimed : 0n).toString(),
+      /** earnings set aside by the settler (never paid), with the reason in the coordinator's log */
+      setAside: withheld ?? "0",
       claim: settled
         ? { batchId: settled.batchId, cumulative: settled.cumulative.toString(), proof: settled.proof, root: settled.root }
         : null,
@@ -252,6 +282,14 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       },
     };
   });
+}
+
+function sameOrigin(uri: string, origin: string): boolean {
+  try {
+    return new URL(uri).origin === origin;
+  } catch {
+    return false;
+  }
 }
 
 function priceJson(p: { prompt: bigint; completion: bigint }) {

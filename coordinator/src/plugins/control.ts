@@ -24,11 +24,12 @@ import {
 } from "@sharedllm/protocol";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { z } from "zod";
+import { admitModels, type KnownModel } from "../catalogue.js";
 import { checkPlan, decideForm, type Formation } from "../clusters.js";
 import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
-import { type ConnectedNode, type Fleet, type KnownModel, silentNodes } from "../fleet.js";
+import { type ConnectedNode, type Fleet, silentNodes } from "../fleet.js";
 import type { Receipts } from "../ledger/receipts.js";
 import { sessionNode } from "./nodes.js";
 
@@ -165,9 +166,9 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             node.capabilities = frame.capabilities;
             node.tokensPerSecond = frame.capabilities.tokensPerSecond;
           }
-          o.fleet.setModels(node, new Map(frame.models.map((m) => [m.id, m])));
+          o.fleet.setModels(node, new Map(admitted(frame.models).map((m) => [m.id, m])));
           if (frame.failed) log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
-          return void rememberModels(frame.models).catch((err) => log.error({ err }, "recording models failed"));
+          return void rememberModels([...node.models.values()]).catch((err) => log.error({ err }, "recording models failed"));
         case "leave":
           return void onLeave(node);
         case "job.end":
@@ -224,22 +225,26 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         .catch((err) => log.error({ err, nodeId: id }, "recording last seen failed"));
     });
 
-    /** Models served anywhere become known, with where they can be pulled from. */
+    /** The node's models it may serve here: a pinned model only with the pinned file. */
+    function admitted(models: ServedModel[]): ServedModel[] {
+      const { admitted, refused } = admitModels(models, o.knownModels);
+      for (const r of refused) log.warn({ nodeId: session.nodeId, model: r.id, reason: r.reason }, "node may not serve this model here");
+      return admitted;
+    }
+
+    /**
+     * Models served anywhere become known (404 vs 503). What a node says of a model's source is
+     * never kept: only the operator's pins say where nodes may pull from.
+     */
     async function rememberModels(models: ServedModel[]) {
       for (const m of models) {
-        const update = { sha256: m.sha256, source: m.source ?? null, size_bytes: m.sizeBytes ?? null };
+        if (o.knownModels.get(m.id)?.source) continue;
         await o.db
           .insertInto("models")
-          .values({ id: m.id, ...update })
-          .onConflict((c) => c.column("id").doUpdateSet(m.source ? update : { sha256: m.sha256 }))
+          .values({ id: m.id, sha256: m.sha256, source: null, size_bytes: m.sizeBytes ?? null })
+          .onConflict((c) => c.column("id").doUpdateSet({ sha256: m.sha256, size_bytes: m.sizeBytes ?? null }))
           .execute();
-        const prior = o.knownModels.get(m.id);
-        o.knownModels.set(m.id, {
-          id: m.id,
-          sha256: m.sha256,
-          source: m.source ?? prior?.source,
-          sizeBytes: m.sizeBytes ?? prior?.sizeBytes,
-        });
+        o.knownModels.set(m.id, { id: m.id, sha256: m.sha256, sizeBytes: m.sizeBytes });
       }
     }
 
@@ -316,13 +321,14 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         .values({ id: nodeId, engine, first_seen_at: now, last_seen_at: now })
         .onConflict((c) => c.column("id").doUpdateSet({ engine, last_seen_at: now }))
         .execute();
-      await rememberModels(h.models);
+      const models = admitted(h.models);
+      await rememberModels(models);
       if (!channel.open) return undefined;
       // every field present from the start: all nodes share one object shape, which keeps scheduling scans fast
       const n: ConnectedNode = {
         id: nodeId,
         engine,
-        models: new Map(h.models.map((m) => [m.id, m])),
+        models: new Map(models.map((m) => [m.id, m])),
         slots: h.slots,
         active: 0,
         coolingUntil: 0,
@@ -344,6 +350,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       };
       o.fleet.add(n);
       send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
+      // receipts it has not signed yet (proposed while it was away, or before a restart)
+      o.receipts?.resend(nodeId as `0x${string}`).catch((err) => log.error({ err, nodeId }, "re-sending receipt proposals failed"));
       log.info({ nodeId, models: [...n.models.keys()], slots: h.slots }, "node connected");
       recordEvent(o.db, log, "node.connected", nodeId, { models: [...n.models.keys()], slots: h.slots, engine });
       return n;

@@ -138,6 +138,18 @@ describe("node registration", () => {
     expect(await counts()).toEqual(before);
   });
 
+  it("a registration replayed to the restarted coordinator is refused too: used nonces are kept in the database", async () => {
+    const r = await registration();
+    expect((await send(r)).status).toBe(201);
+    await c.close();
+    c = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: pino({ level: "silent" }) });
+    const before = await counts();
+    const again = await send(r);
+    expect(again.status).toBe(401);
+    expect(((await again.json()) as { error: { message: string } }).error.message).toMatch(/already used/);
+    expect(await counts()).toEqual(before);
+  });
+
   it("the control channel refuses unknown sessions, and a session used for another node id", async () => {
     expect((await openControl("made-up")).status).toBe(401);
     const res = await send(await registration());

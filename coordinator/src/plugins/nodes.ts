@@ -13,6 +13,7 @@ import {
   registerRequestSchema,
   registrationMessage,
   SITE_AUTH_HEADERS,
+  SITE_AUTH_WINDOW_MS,
   verifySiteRequest,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
@@ -25,6 +26,8 @@ export interface NodesPluginOptions {
   /** the site's join token (HMAC key) */
   joinToken: string;
   sessionTtlMs?: number;
+  /** registrations one client address may attempt per minute (signed or not) */
+  registrationsPerMinute: number;
 }
 
 const DEFAULT_SESSION_TTL_MS = 24 * 3600_000;
@@ -34,7 +37,7 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
   // the HMAC covers the exact bytes of the body, so keep them
   app.addContentTypeParser("application/json", { parseAs: "string" }, (_req, body, done) => done(null, body));
 
-  app.post(REGISTER_PATH, async (req, reply) => {
+  app.post(REGISTER_PATH, { config: { rateLimit: { max: o.registrationsPerMinute, timeWindow: 60_000 } } }, async (req, reply) => {
     const raw = typeof req.body === "string" ? req.body : "";
     const refused = (why: string) => {
       req.log.warn({ why, ip: req.ip }, "node registration refused");
@@ -68,6 +71,15 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
     const now = new Date();
     const expiresAt = new Date(now.getTime() + (o.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS));
     await o.db.transaction().execute(async (tx) => {
+      // the nonce cache above is this process's; the database's outlives a restart and serves every replica
+      await tx.deleteFrom("site_nonces").where("expires_at", "<", now).execute();
+      const fresh = await tx
+        .insertInto("site_nonces")
+        .values({ nonce: auth.nonce, expires_at: new Date(auth.timestamp + SITE_AUTH_WINDOW_MS) })
+        .onConflict((c) => c.column("nonce").doNothing())
+        .returning("nonce")
+        .executeTakeFirst();
+      if (!fresh) throw refused("this request was already used");
       await tx
         .insertInto("nodes")
         .values({ id: nodeId, engine: "unknown", first_seen_at: now, last_seen_at: now })

@@ -12,21 +12,26 @@ import {
   chatCompletionRequestSchema,
   completionRequestSchema,
   describeZodError,
+  engineRequest,
   errorBody,
   type JobKind,
   type JobStart,
+  type ReceiptRequest,
   requestedMaxTokens,
   type Usage,
+  usageSchema,
 } from "@sharedllm/protocol";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
+import type { KnownModel } from "../catalogue.js";
 import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { JobStatus } from "../db/schema.js";
-import type { Fleet, JobSink, KnownModel, SchedulingPolicy } from "../fleet.js";
+import type { Fleet, JobSink, SchedulingPolicy } from "../fleet.js";
 import { jobCost, type Metering, promptTokenBound } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
+import { meteredUsage, RelayedText } from "../ledger/usage.js";
 import type { Metrics } from "../metrics.js";
 
 export interface OpenAIPluginOptions {
@@ -42,12 +47,17 @@ export interface OpenAIPluginOptions {
   loadWaitMs?: number;
   /** attempts on different nodes before giving up */
   maxAttempts?: number;
+  /** the generation limit of a request without max_tokens; default 4096 */
+  defaultMaxTokens?: number;
   /** credits: wallet-bound keys pay for their jobs, serving nodes get receipts; absent = free */
   ledger?: { metering: Metering; receipts: Receipts };
 }
 
-/** Completion length reserved for a request without max_tokens when no node says its context size. */
-const DEFAULT_CONTEXT = 4096;
+/**
+ * The generation limit of a request without max_tokens. It is the coordinator's, not a node's
+ * word (a node that claimed a huge context would make every such request unaffordable).
+ */
+export const DEFAULT_MAX_TOKENS = 4096;
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -102,6 +112,12 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
   async function loadOnDemand(model: string, req: FastifyRequest): Promise<void> {
     const known = o.knownModels.get(model);
     if (!known) throw unknownModel(model);
+    if (!known.source) {
+      throw new ApiError(
+        "no_capacity",
+        `no node serves "${model}" now, and it is not a model this coordinator loads on demand; try again later`,
+      );
+    }
     const loader = o.fleet.requestLoad(known);
     if (!loader) {
       throw new ApiError("no_capacity", `no node serves "${model}" now and none has room to load it; try again later`);
@@ -141,14 +157,26 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
 
     const jobId = `job_${randomUUID()}`;
     const stream = body.stream === true;
+    // the engine generates at most what the credits were reserved for
+    const generationLimit = requestedMaxTokens(parsed.data as never) ?? o.defaultMaxTokens ?? DEFAULT_MAX_TOKENS;
     const job: JobStart = {
       type: "job.start",
       jobId,
       kind,
       stream,
       includeUsage: body.stream_options?.include_usage === true,
-      request: parsed.data,
+      request: engineRequest(parsed.data as never, generationLimit),
     };
+    const promptTokens = promptTokenBound(parsed.data);
+    /** what was relayed to the client bounds what the job is charged */
+    const relayed = new RelayedText();
+    const metered = (reported: Usage) =>
+      meteredUsage(reported, {
+        promptTokens,
+        generationLimit,
+        relayedBytes: relayed.bytes,
+        stop: (parsed.data as { stop?: string | string[] | null }).stop,
+      });
     const apiKey = req.apiKey as ApiKeyInfo;
     let nodeId: string | null = null;
     let modelSha256: string | undefined;
@@ -158,30 +186,49 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     const price = payer?.metering.price(body.model);
     let hold = 0n;
     if (payer && price) {
-      const context = o.fleet.servedModel(body.model)?.contextSize ?? DEFAULT_CONTEXT;
-      hold = jobCost(price, promptTokenBound(parsed.data), requestedMaxTokens(parsed.data as never) ?? context);
+      hold = jobCost(price, promptTokens, generationLimit);
       await payer.metering.reserve(payer.address, jobId, hold);
     }
-    /** Charges a completed job (at most its hold) or releases the hold; then asks the node for its receipt. */
+    /**
+     * Charges a completed job (at most its hold) or releases the hold; then asks the node for its
+     * receipt. A charge that fails releases the hold instead: no path leaves it held.
+     */
     const settleCredits = async (status: JobStatus, usage?: Usage) => {
       if (!payer || !price) return;
       if (status !== "completed" || !usage) return payer.metering.release(payer.address, jobId, hold);
-      const charged = await payer.metering.charge(payer.address, jobId, hold, jobCost(price, usage.prompt_tokens, usage.completion_tokens));
-      if (charged > 0n && nodeId && modelSha256) {
-        // a split model pays every member by the layers it served; a solo node gets it all
-        const split = o.fleet.get(nodeId)?.cluster;
-        payer.receipts.request({
+      // a split model pays every member by the layers it served; a solo node gets it all
+      const split = nodeId ? o.fleet.get(nodeId)?.cluster : undefined;
+      const owed = (charged: bigint) =>
+        nodeId && modelSha256 && charged > 0n
+          ? {
+              jobId,
+              modelSha256,
+              promptTokens: usage.prompt_tokens,
+              completionTokens: usage.completion_tokens,
+              credits: charged,
+              via: split?.length ? nodeId : undefined,
+              members: split?.length
+                ? split.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps }))
+                : [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
+            }
+          : undefined;
+      let requests: ReceiptRequest[];
+      try {
+        ({ recorded: requests } = await payer.metering.charge(
+          payer.address,
           jobId,
-          modelSha256,
-          promptTokens: usage.prompt_tokens,
-          completionTokens: usage.completion_tokens,
-          credits: charged,
-          via: split?.length ? nodeId : undefined,
-          members: split?.length
-            ? split.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps }))
-            : [{ node: nodeId as `0x${string}`, shareBps: 10_000 }],
-        });
+          hold,
+          jobCost(price, usage.prompt_tokens, usage.completion_tokens),
+          async (tx, charged) => {
+            const job = owed(charged);
+            return job ? payer.receipts.propose(tx, job) : [];
+          },
+        ));
+      } catch (err) {
+        await payer.metering.release(payer.address, jobId, hold);
+        throw err;
       }
+      payer.receipts.send(requests);
     };
     // The running row is written once the first token has left for the client, so
     // the embedded database's work stays off the time to first token: the response
@@ -200,22 +247,25 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         .catch((err) => req.log.error({ err, jobId }, "recording job start failed"));
     };
     const finish = async (status: JobStatus, usage?: Usage, error?: string) => {
-      o.metrics.jobFinished(body.model, status, usage);
-      await started;
-      const final = {
-        status,
-        node_id: nodeId,
-        prompt_tokens: usage?.prompt_tokens ?? null,
-        completion_tokens: usage?.completion_tokens ?? null,
-        error: error ?? null,
-        finished_at: new Date(),
-      };
-      await o.db
-        .insertInto("jobs")
-        .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, stream, ...final })
-        .onConflict((c) => c.column("id").doUpdateSet(final))
-        .execute();
-      await settleCredits(status, usage);
+      try {
+        o.metrics.jobFinished(body.model, status, usage);
+        await started;
+        const final = {
+          status,
+          node_id: nodeId,
+          prompt_tokens: usage?.prompt_tokens ?? null,
+          completion_tokens: usage?.completion_tokens ?? null,
+          error: error ?? null,
+          finished_at: new Date(),
+        };
+        await o.db
+          .insertInto("jobs")
+          .values({ id: jobId, kind, model: body.model, api_key_id: apiKey.id, stream, ...final })
+          .onConflict((c) => c.column("id").doUpdateSet(final))
+          .execute();
+      } finally {
+        await settleCredits(status, usage);
+      }
     };
 
     const raw = reply.raw;
@@ -247,6 +297,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         chunk(data) {
           // chunks belong to streams; a node that sends them for a non-streaming job is ignored
           if (settled || !stream) return;
+          relayed.addChunk(data);
           if (!headersSent) {
             headersSent = true;
             reply.hijack();
@@ -258,10 +309,10 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
           }
           writeEvent(raw, `data: ${data}\n\n`);
         },
-        end(usage) {
+        end(reported) {
           if (settled) return;
           settled = true;
-          finish("completed", usage).then(
+          finish("completed", metered(reported)).then(
             () => {
               if (!headersSent) {
                 reply.hijack();
@@ -279,8 +330,14 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
         },
         result(resBody) {
           if (settled) return;
+          // a response whose counts are not whole token numbers is the node's failure; nothing reached the client
+          const reported = usageSchema.safeParse(resBody.usage);
+          if (!reported.success) return sink.error({ message: "the node reported malformed usage", retryable: true });
+          relayed.addBody(resBody);
+          const usage = metered(reported.data);
+          resBody.usage = usage;
           settled = true;
-          finish("completed", resBody.usage as Usage | undefined).then(
+          finish("completed", usage).then(
             () => {
               reply.header(NODE_HEADER, nodeId);
               resolve(resBody);

@@ -1,4 +1,5 @@
 /** Argument parsers shared by the subcommands. */
+import { DEFAULT_RATE_LIMITS } from "@sharedllm/coordinator";
 import { type Command, InvalidArgumentError, Option } from "commander";
 
 /** A whole number from 0 to 65535 (ports, counts). */
@@ -28,4 +29,35 @@ export function addSettlementOptions(cmd: Command): Command {
 export interface SettlementArgs {
   settleAfter: number;
   batchSize: number;
+}
+
+/** How a coordinator listens: TLS, plain HTTP beyond loopback, its public URLs, rate limits (`up`, `coordinator start`, `site init`). */
+export function addListenOptions(cmd: Command): Command {
+  return cmd
+    .option("--tls-cert <file>", "PEM certificate (chain) for the address users and nodes reach: serve HTTPS and WSS (with --tls-key)")
+    .option("--tls-key <file>", "PEM private key of --tls-cert")
+    .option("--insecure-http", "serve plain HTTP beyond loopback: API keys, prompts and join tokens cross the network in clear")
+    .option(
+      "--public-url <url...>",
+      "URL(s) users reach this coordinator at; sign-in messages must name one (default: the addresses it listens on)",
+    )
+    .addOption(
+      new Option("--max-registrations-per-minute <n>", "node registrations one address may attempt per minute")
+        .default(DEFAULT_RATE_LIMITS.registrations)
+        .argParser(positiveInt),
+    )
+    .addOption(
+      new Option("--max-sign-ins-per-minute <n>", "wallet sign-ins one address may attempt per minute")
+        .default(DEFAULT_RATE_LIMITS.signIns)
+        .argParser(positiveInt),
+    );
+}
+
+export interface ListenArgs {
+  tlsCert?: string;
+  tlsKey?: string;
+  insecureHttp?: boolean;
+  publicUrl?: string[];
+  maxRegistrationsPerMinute: number;
+  maxSignInsPerMinute: number;
 }

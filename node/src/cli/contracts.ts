@@ -30,37 +30,56 @@ export function contractsCommand(): Command {
     )
     .option("--price-gwei <gwei>", "price of one credit in gwei of the native coin", "1")
     .option("--withdrawal-notice <seconds>", "how long a withdrawal waits", "86400")
+    .option(
+      "--max-batch-spend <credits>",
+      "most credits of user spend one settlement may move (bounds a stolen coordinator key)",
+      "1000000000",
+    )
+    .option("--timelock-delay <seconds>", "how long every governance change waits in the timelock", "172800")
     .option("--out <dir>", "where the deployment record goes", DEPLOYMENTS)
-    .action(async (o: { rpcUrl: string; coordinator?: `0x${string}`[]; priceGwei: string; withdrawalNotice: string; out: string }) => {
-      const key = process.env.SHAREDLLM_DEPLOYER_KEY;
-      if (!key || !/^0x[0-9a-fA-F]{64}$/.test(key))
-        throw new Error("set SHAREDLLM_DEPLOYER_KEY to the deployer's private key (0x and 64 hex digits)");
-      const chainId = await createPublicClient({ transport: http(o.rpcUrl) })
-        .getChainId()
-        .catch((err: Error) => {
-          throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+    .action(
+      async (o: {
+        rpcUrl: string;
+        coordinator?: `0x${string}`[];
+        priceGwei: string;
+        withdrawalNotice: string;
+        maxBatchSpend: string;
+        timelockDelay: string;
+        out: string;
+      }) => {
+        const key = process.env.SHAREDLLM_DEPLOYER_KEY;
+        if (!key || !/^0x[0-9a-fA-F]{64}$/.test(key))
+          throw new Error("set SHAREDLLM_DEPLOYER_KEY to the deployer's private key (0x and 64 hex digits)");
+        const chainId = await createPublicClient({ transport: http(o.rpcUrl) })
+          .getChainId()
+          .catch((err: Error) => {
+            throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+          });
+        const { publicClient, wallet } = chainClients(o.rpcUrl, chainId, privateKeyToAccount(key as Hex));
+        process.stderr.write(`deploying to chain ${chainId} as ${wallet?.account.address}...\n`);
+        const deployment = await deployContracts({
+          publicClient,
+          wallet: wallet as NonNullable<typeof wallet>,
+          weiPerCredit: parseGwei(o.priceGwei),
+          withdrawalNoticeSeconds: BigInt(o.withdrawalNotice),
+          maxBatchSpend: BigInt(o.maxBatchSpend),
+          timelockDelaySeconds: BigInt(o.timelockDelay),
+          coordinators: o.coordinator,
         });
-      const { publicClient, wallet } = chainClients(o.rpcUrl, chainId, privateKeyToAccount(key as Hex));
-      process.stderr.write(`deploying to chain ${chainId} as ${wallet?.account.address}...\n`);
-      const deployment = await deployContracts({
-        publicClient,
-        wallet: wallet as NonNullable<typeof wallet>,
-        weiPerCredit: parseGwei(o.priceGwei),
-        withdrawalNoticeSeconds: BigInt(o.withdrawalNotice),
-        coordinators: o.coordinator,
-      });
-      const file = join(o.out, `${chainId}.json`);
-      await mkdir(dirname(file), { recursive: true });
-      await writeFile(file, `${JSON.stringify(deployment, null, 2)}\n`);
-      process.stdout.write(
-        [
-          `CreditLedger:       ${deployment.contracts.CreditLedger}`,
-          `FederationRegistry: ${deployment.contracts.FederationRegistry}`,
-          `recorded in ${file}`,
-          `run a coordinator on it: sharedllm coordinator start --chain-rpc-url ${o.rpcUrl} --ledger ${deployment.contracts.CreditLedger}`,
-          "",
-        ].join("\n"),
-      );
-    });
+        const file = join(o.out, `${chainId}.json`);
+        await mkdir(dirname(file), { recursive: true });
+        await writeFile(file, `${JSON.stringify(deployment, null, 2)}\n`);
+        process.stdout.write(
+          [
+            `CreditLedger:       ${deployment.contracts.CreditLedger}`,
+            `FederationRegistry: ${deployment.contracts.FederationRegistry}`,
+            `Governance:         ${deployment.contracts.Governance} (TimelockController, ${o.timelockDelay} s; ${deployment.deployer} proposes and executes)`,
+            `recorded in ${file}`,
+            `run a coordinator on it: sharedllm coordinator start --chain-rpc-url ${o.rpcUrl} --ledger ${deployment.contracts.CreditLedger}`,
+            "",
+          ].join("\n"),
+        );
+      },
+    );
   return cmd;
 }

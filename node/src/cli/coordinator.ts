@@ -5,7 +5,7 @@ import { Command, Option } from "commander";
 import { pino } from "pino";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
-import { address, addSettlementOptions, positiveInt, type SettlementArgs } from "./args.js";
+import { addListenOptions, address, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
@@ -15,12 +15,12 @@ export function coordinatorCommand(): Command {
     .command("start")
     .description("start the coordinator in the foreground; prints the command that joins a node to it")
     .addOption(new Option("--port <port>", "port (0 = any free port)").default(8787).argParser(positiveInt))
-    .option("--host <host>", "address to listen on (use 0.0.0.0 for nodes on the LAN)", "127.0.0.1")
+    .option("--host <host>", "address to listen on (0.0.0.0 for nodes on the LAN: give it --tls-cert/--tls-key)", "127.0.0.1")
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
     .option("--verbose", "log at info level")
     .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (enables credits)")
     .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
-  addSettlementOptions(start).action(
+  addListenOptions(addSettlementOptions(start)).action(
     async (
       o: {
         port: number;
@@ -29,7 +29,8 @@ export function coordinatorCommand(): Command {
         verbose?: boolean;
         chainRpcUrl?: string;
         ledger?: `0x${string}`;
-      } & SettlementArgs,
+      } & SettlementArgs &
+        ListenArgs,
     ) => {
       if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger)) throw new Error("credits need both --chain-rpc-url and --ledger");
       const signal = shutdownSignal();
@@ -43,13 +44,14 @@ export function coordinatorCommand(): Command {
               settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
             }
           : undefined;
-      const { coordinator, joinToken, apiKey } = await runCoordinator({
+      const { coordinator, joinToken, apiKey, selfSignedCert } = await runCoordinator({
         home,
         host: o.host,
         port: o.port,
         databaseUrl: o.databaseUrl,
         logger,
         ledger,
+        listen: o,
       });
       const runFile = join(home, "coordinator.json");
       await writeFileAtomic(runFile, `${JSON.stringify({ url: coordinator.url, apiKey, pid: process.pid }, null, 2)}\n`, 0o600);
@@ -58,7 +60,8 @@ export function coordinatorCommand(): Command {
           `coordinator: ${coordinator.url}/v1 (OpenAI-compatible)`,
           `API key:     ${apiKey}`,
           "join a node (on the node's machine):",
-          `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}`,
+          `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
+          ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to the node)`] : []),
           ...(coordinator.ledger
             ? [
                 `credits:     CreditLedger ${coordinator.ledger.chain.ledger}; this coordinator settles as ${coordinator.ledger.chain.coordinator} (it needs COORDINATOR_ROLE and gas)`,

@@ -4,6 +4,7 @@
  * to a running daemon through `$SHAREDLLM_HOME/node-run.json` (its pid) and a
  * command file plus SIGUSR1.
  */
+import { X509Certificate } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
@@ -22,7 +23,26 @@ import { shutdownSignal } from "./shutdown.js";
 export interface NodeConfig {
   coordinatorUrl: string;
   joinToken: string;
+  /** PEM certificate(s) trusted for an https coordinator (a self-signed site certificate); default: the system's CAs */
+  coordinatorCa?: string;
 }
+
+/** The --coordinator-ca file's certificate(s), checked to be PEM. */
+export async function readCoordinatorCa(file: string | undefined): Promise<string | undefined> {
+  if (!file) return undefined;
+  const pem = await readFile(file, "utf8").catch((err: Error) => {
+    throw new Error(`cannot read --coordinator-ca ${file}: ${err.message}`);
+  });
+  try {
+    new X509Certificate(pem);
+  } catch {
+    throw new Error(`--coordinator-ca ${file} is not a PEM certificate`);
+  }
+  return pem;
+}
+
+export const coordinatorCaOption = () =>
+  new Option("--coordinator-ca <file>", "PEM certificate to trust for an https coordinator with a self-signed certificate");
 
 export interface NodeRun {
   pid: number;
@@ -58,14 +78,15 @@ export function checkUrl(url: string): string {
 }
 
 /** The coordinator and join token from flags, else from `node init`. */
-async function nodeConfig(home: string, o: { coordinator?: string; token?: string }): Promise<NodeConfig> {
+async function nodeConfig(home: string, o: { coordinator?: string; token?: string; coordinatorCa?: string }): Promise<NodeConfig> {
   const saved = await readJson<NodeConfig>(files(home).config);
   const coordinatorUrl = o.coordinator ?? saved?.coordinatorUrl;
   const joinToken = o.token ?? saved?.joinToken;
   if (!coordinatorUrl || !joinToken) {
     throw new Error("no coordinator configured: pass --coordinator <url> --token <join token>, or run sharedllm node init first");
   }
-  return { coordinatorUrl: checkUrl(coordinatorUrl), joinToken };
+  const coordinatorCa = (await readCoordinatorCa(o.coordinatorCa)) ?? (o.coordinator ? undefined : saved?.coordinatorCa);
+  return { coordinatorUrl: checkUrl(coordinatorUrl), joinToken, ...(coordinatorCa && { coordinatorCa }) };
 }
 
 /** Records the daemon running for this home (what `node status|pause|resume|leave` talk to). */
@@ -96,9 +117,10 @@ export function nodeCommand(): Command {
     .description("create this node's key and check that the coordinator accepts it")
     .requiredOption("--coordinator <url>", "the site's coordinator, e.g. http://192.168.1.10:8787")
     .requiredOption("--token <token>", "the site's join token")
-    .action(async (o: { coordinator: string; token: string }) => {
+    .addOption(coordinatorCaOption())
+    .action(async (o: { coordinator: string; token: string; coordinatorCa?: string }) => {
       const { home } = resolvePaths();
-      const config: NodeConfig = { coordinatorUrl: checkUrl(o.coordinator), joinToken: o.token };
+      const config = await nodeConfig(home, o);
       const identity = await loadNodeIdentity(home);
       if (!identity) throw new Error("could not create the node key");
       await registerNode({ ...config, account: identity.account }).catch((err: Error) => {
@@ -114,6 +136,7 @@ export function nodeCommand(): Command {
     .description("run the node daemon in the foreground (Ctrl-C drains and stops it)")
     .option("--coordinator <url>", "the site's coordinator (default: from node init)")
     .option("--token <token>", "the site's join token (default: from node init)")
+    .addOption(coordinatorCaOption())
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
     .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
     .addOption(new Option("--threads <n>", "CPU threads for the engine (default: all cores)").argParser(positiveInt))
@@ -149,6 +172,7 @@ export function nodeCommand(): Command {
         heads?: string;
         coordinator?: string;
         token?: string;
+        coordinatorCa?: string;
         model: string;
         slots: number;
         threads?: number;

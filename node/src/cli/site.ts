@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import dgram from "node:dgram";
-import { mkdir, open, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, rm } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { type ClusterPlan, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
@@ -19,9 +19,9 @@ import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
 import { expandCidr } from "../site/discovery.js";
 import { startSiteDaemon } from "../site/siteDaemon.js";
-import { positiveInt } from "./args.js";
+import { addListenOptions, type ListenArgs, positiveInt } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
-import { checkUrl, files, type NodeConfig, readJson, recordRun, runningNode } from "./node.js";
+import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
 import { shutdownSignal } from "./shutdown.js";
 
 /** This machine's LAN address, for the join command others run. */
@@ -30,8 +30,8 @@ function lanAddress(): string {
   return all.find((a) => a && a.family === "IPv4" && !a.internal)?.address ?? "127.0.0.1";
 }
 
-async function enrol(home: string, url: string, token: string): Promise<{ nodeId: string; config: NodeConfig }> {
-  const config: NodeConfig = { coordinatorUrl: checkUrl(url), joinToken: token };
+async function enrol(home: string, url: string, token: string, ca?: string): Promise<{ nodeId: string; config: NodeConfig }> {
+  const config: NodeConfig = { coordinatorUrl: checkUrl(url), joinToken: token, ...(ca && { coordinatorCa: ca }) };
   const identity = await loadNodeIdentity(home);
   if (!identity) throw new Error("could not create the node key");
   await registerNode({ ...config, account: identity.account }).catch((err: Error) => {
@@ -49,52 +49,52 @@ async function enrol(home: string, url: string, token: string): Promise<{ nodeId
 export function siteCommand(): Command {
   const cmd = new Command("site").description("set up an institution: one coordinator, every other machine joins and clusters by itself");
 
-  cmd
+  const init = cmd
     .command("init")
     .description("run this site's coordinator (creating the site on first run) and print the command that joins a machine")
     .addOption(new Option("--port <port>", "coordinator port").default(8787).argParser(positiveInt))
-    .option("--host <host>", "address to listen on", "0.0.0.0")
+    .option("--host <host>", "address to listen on (beyond loopback: give it --tls-cert/--tls-key)", "0.0.0.0")
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
-    .option("--verbose", "log at info level")
-    .action(async (o: { port: number; host: string; databaseUrl?: string; verbose?: boolean }) => {
-      const signal = shutdownSignal();
-      const { home } = resolvePaths();
-      await mkdir(home, { recursive: true });
-      await coordinatorAccount(home);
-      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-      const { coordinator, joinToken, apiKey } = await runCoordinator({
-        home,
-        host: o.host,
-        port: o.port,
-        databaseUrl: o.databaseUrl,
-        logger,
-      });
-      const port = new URL(coordinator.url).port;
-      const address = o.host === "0.0.0.0" ? lanAddress() : o.host;
-      await writeFileAtomic(
-        join(home, "site.json"),
-        `${JSON.stringify({ coordinatorUrl: `http://${address}:${port}`, pid: process.pid }, null, 2)}\n`,
-        0o600,
-      );
-      process.stdout.write(
-        [
-          `site coordinator: http://${address}:${port}/v1 (OpenAI-compatible)`,
-          `API key:          ${apiKey}`,
-          "join each machine of the site (run on that machine):",
-          `  sharedllm site join http://${address}:${port} --token ${joinToken}`,
-          "",
-        ].join("\n"),
-      );
-      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-      await coordinator.close();
-      await rm(join(home, "site.json"), { force: true });
+    .option("--verbose", "log at info level");
+  addListenOptions(init).action(async (o: { port: number; host: string; databaseUrl?: string; verbose?: boolean } & ListenArgs) => {
+    const signal = shutdownSignal();
+    const { home } = resolvePaths();
+    await mkdir(home, { recursive: true });
+    await coordinatorAccount(home);
+    const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+    const { coordinator, joinToken, apiKey, selfSignedCert } = await runCoordinator({
+      home,
+      host: o.host,
+      port: o.port,
+      databaseUrl: o.databaseUrl,
+      logger,
+      listen: o,
     });
+    const listening = new URL(coordinator.url);
+    listening.hostname = o.host === "0.0.0.0" ? lanAddress() : o.host;
+    const url = listening.origin;
+    await writeFileAtomic(join(home, "site.json"), `${JSON.stringify({ coordinatorUrl: url, pid: process.pid }, null, 2)}\n`, 0o600);
+    process.stdout.write(
+      [
+        `site coordinator: ${url}/v1 (OpenAI-compatible)`,
+        `API key:          ${apiKey}`,
+        "join each machine of the site (run on that machine):",
+        `  sharedllm site join ${url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
+        ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to each machine)`] : []),
+        "",
+      ].join("\n"),
+    );
+    await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+    await coordinator.close();
+    await rm(join(home, "site.json"), { force: true });
+  });
 
-  cmd
+  const join_ = cmd
     .command("join")
     .description("enrol this machine in a site and run its daemon (it finds its LAN peers and clusters with them)")
     .argument("<coordinator-url>", "the site's coordinator, as site init printed it")
-    .requiredOption("--token <token>", "the site's join token")
+    .option("--token <token>", "the site's join token (required the first time; then read from this machine's 0600 config)")
+    .addOption(coordinatorCaOption())
     .option("--model <source>", "model to serve", "default")
     .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
     .addOption(new Option("--threads <n>", "CPU threads (default: all cores)").argParser(positiveInt))
@@ -115,7 +115,8 @@ export function siteCommand(): Command {
       async (
         url: string,
         o: {
-          token: string;
+          token?: string;
+          coordinatorCa?: string;
           model: string;
           slots: number;
           threads?: number;
@@ -138,8 +139,22 @@ export function siteCommand(): Command {
           }
           throw new Error(`a node daemon already runs for ${running.coordinatorUrl} here; stop it first`);
         }
-        const { nodeId, config } = await enrol(paths.home, url, o.token);
-        const rest = process.argv.slice(process.argv.indexOf("join") + 1).filter((a) => a !== "--background" && a !== "--service");
+        const saved = await readJson<NodeConfig>(files(paths.home).config);
+        const known = saved?.coordinatorUrl === checkUrl(url) ? saved : undefined;
+        const token = o.token ?? known?.joinToken;
+        if (!token) {
+          join_.error(
+            "error: required option '--token <token>' not specified (a machine that joined this site before reads it from its config)",
+            {
+              exitCode: 2,
+              code: "commander.missingMandatoryOptionValue",
+            },
+          );
+        }
+        const ca = (await readCoordinatorCa(o.coordinatorCa)) ?? known?.coordinatorCa;
+        const { nodeId, config } = await enrol(paths.home, url, token as string, ca);
+        // the daemon reads the join token from the config enrol wrote (0600), never from its command line
+        const rest = daemonArgs(process.argv.slice(process.argv.indexOf("join") + 1));
         if (o.service) return installService(paths.home, rest);
         if (o.background) {
           await mkdir(join(paths.home, "logs"), { recursive: true });
@@ -271,13 +286,21 @@ export function siteCommand(): Command {
   return cmd;
 }
 
-function installService(home: string, args: string[]) {
-  if (spawnSync("systemctl", ["--user", "--version"], { stdio: "ignore" }).status !== 0) {
-    throw new Error("systemd user services are not available here; use --background or run it in the foreground");
+/** The arguments `site join` passes on to its background daemon or service: no join token, no --background/--service. */
+export function daemonArgs(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === "--token") i++;
+    else if (!a.startsWith("--token=") && a !== "--background" && a !== "--service") out.push(a);
   }
-  const unit = join(homedir(), ".config", "systemd", "user", "sharedllm-site.service");
+  return out;
+}
+
+/** The systemd user unit that runs `site join` with these arguments (which hold no secret). */
+export function serviceUnit(home: string, args: string[]): string {
   const quoted = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
-  const text = [
+  return [
     "[Unit]",
     "Description=SharedLLM site daemon",
     "After=network-online.target",
@@ -291,8 +314,15 @@ function installService(home: string, args: string[]) {
     "WantedBy=default.target",
     "",
   ].join("\n");
+}
+
+function installService(home: string, args: string[]) {
+  if (spawnSync("systemctl", ["--user", "--version"], { stdio: "ignore" }).status !== 0) {
+    throw new Error("systemd user services are not available here; use --background or run it in the foreground");
+  }
+  const unit = join(homedir(), ".config", "systemd", "user", "sharedllm-site.service");
   return mkdir(join(homedir(), ".config", "systemd", "user"), { recursive: true })
-    .then(() => writeFile(unit, text))
+    .then(() => writeFileAtomic(unit, serviceUnit(home, args), 0o600))
     .then(() => {
       const r = spawnSync("systemctl", ["--user", "enable", "--now", "sharedllm-site.service"], { encoding: "utf8" });
       if (r.status !== 0) throw new Error(`systemctl could not start the service: ${r.stderr.trim()}`);

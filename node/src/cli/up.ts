@@ -15,7 +15,7 @@ import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
-import { addSettlementOptions, positiveInt, type SettlementArgs } from "./args.js";
+import { addListenOptions, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
@@ -45,7 +45,7 @@ export function upCommand(): Command {
     .option("--verbose", "log at info level")
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
     .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(positiveInt));
-  return addSettlementOptions(cmd).action(
+  return addListenOptions(addSettlementOptions(cmd)).action(
     async (
       o: {
         port: number;
@@ -57,7 +57,8 @@ export function upCommand(): Command {
         verbose?: boolean;
         chain: boolean;
         chainPort: number;
-      } & SettlementArgs,
+      } & SettlementArgs &
+        ListenArgs,
     ) => {
       const signal = shutdownSignal();
       const paths = resolvePaths();
@@ -87,13 +88,14 @@ export function upCommand(): Command {
           throw err;
         }
       }
-      const { coordinator, joinToken, apiKey } = await runCoordinator({
+      const { coordinator, joinToken, apiKey, cert } = await runCoordinator({
         home: paths.home,
         host: o.host,
         port: o.port,
         databaseUrl: o.databaseUrl,
         logger,
         ledger,
+        listen: o,
       }).catch(async (err) => {
         for (const stop of stops) await stop();
         throw err;
@@ -107,6 +109,7 @@ export function upCommand(): Command {
         const node = await startNodeDaemon({
           paths,
           coordinatorUrl: coordinator.url,
+          coordinatorCa: cert,
           dialControl: coordinator.dialLocal,
           joinToken,
           model: o.model,

@@ -3,7 +3,7 @@
  * weights are loaded): bytes per repeating layer, the output head, and the KV cache per layer.
  */
 import { stat } from "node:fs/promises";
-import { readGgufFileInfo } from "node-llama-cpp";
+import { GgufRefused, readGgufHeader } from "../models/ggufHeader.js";
 import type { ModelLayout } from "./placement.js";
 
 /** Bytes per element of the common ggml types (block size / block bytes), for the last tensor only. */
@@ -22,7 +22,7 @@ const BYTES_PER_ELEMENT: Record<number, number> = {
 };
 
 export async function readModelLayout(modelPath: string, contextTokens: number): Promise<ModelLayout> {
-  const info = await readGgufFileInfo(modelPath, { readTensorInfo: true });
+  const { info, figures: f } = await readGgufHeader(modelPath, { tensors: true });
   const tensors = [...(info.fullTensorInfo ?? info.tensorInfo ?? [])].sort((a, b) => Number(a.fileOffset) - Number(b.fileOffset));
   const { size } = await stat(modelPath);
   // a tensor's size is the distance to the next one (alignment included); the last one from its shape
@@ -32,25 +32,18 @@ export async function readModelLayout(modelPath: string, contextTokens: number):
     const elements = t.dimensions.reduce((a: number, d) => a * Number(d), 1);
     sizes.set(t.name, next ? Number(next.fileOffset) - Number(t.fileOffset) : Math.ceil(elements * (BYTES_PER_ELEMENT[t.ggmlType] ?? 1)));
   });
-  const meta = info.metadata as unknown as Record<string, unknown> & { general: { architecture: string } };
-  const arch = meta[meta.general.architecture] as
-    | { block_count?: number; embedding_length?: number; attention?: { head_count?: number; head_count_kv?: number } }
-    | undefined;
-  const layers = arch?.block_count ?? 0;
-  const layerBytes = Array.from({ length: layers }, () => 0);
+  const layerBytes = Array.from({ length: f.layers }, () => 0);
   let output = 0;
   for (const [name, bytes] of sizes) {
     const m = /^blk\.(\d+)\./.exec(name);
+    if (m && Number(m[1]) >= f.layers) throw new GgufRefused(modelPath, `tensor ${name} is past block_count ${f.layers}`);
     if (m) layerBytes[Number(m[1])] = (layerBytes[Number(m[1])] ?? 0) + bytes;
     else if (name.startsWith("output")) output += bytes;
   }
   // tied embeddings: the output head reuses token_embd, which llama.cpp then also keeps on the last device
   if (!sizes.has("output.weight")) output += sizes.get("token_embd.weight") ?? 0;
-  const embd = arch?.embedding_length ?? 0;
-  const heads = arch?.attention?.head_count ?? 1;
-  const kvHeads = arch?.attention?.head_count_kv ?? heads;
   // f16 keys and values
-  const kvBytesPerLayer = 2 * ((embd * kvHeads) / heads) * 2 * contextTokens;
-  if (!layers || layerBytes.some((b) => b === 0) || size <= 0) throw new Error(`${modelPath}: cannot read its layer layout`);
+  const kvBytesPerLayer = 2 * ((f.embeddingLength * f.kvHeads) / f.heads) * 2 * contextTokens;
+  if (layerBytes.some((b) => b === 0) || size <= 0) throw new Error(`${modelPath}: cannot read its layer layout`);
   return { layerBytes, outputBytes: output, kvBytesPerLayer };
 }

@@ -22,6 +22,8 @@ import { TunnelServer, tunnelIdentity } from "./tunnel.js";
 export interface WorkerDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
+  /** PEM certificate(s) to trust for an https coordinator; default: the system's CAs */
+  coordinatorCa?: string;
   joinToken: string;
   threads?: number;
   /** where the tunnel listens; default 0.0.0.0 (it is the way in from the LAN) */
@@ -113,7 +115,13 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
   const receipts = new ReceiptSigner(identity.account, (head) => tunnel.servesHead(head));
   const control: ControlClient = new ControlClient({
     coordinatorUrl: o.coordinatorUrl,
-    credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
+    coordinatorCa: o.coordinatorCa,
+    credentials: sessionCredentials({
+      coordinatorUrl: o.coordinatorUrl,
+      coordinatorCa: o.coordinatorCa,
+      joinToken: o.joinToken,
+      account: identity.account,
+    }),
     logger: log,
     hello: () => ({
       nodeId,

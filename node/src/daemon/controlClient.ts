@@ -36,6 +36,8 @@ export interface SessionCredentials {
 
 export interface ControlClientOptions {
   coordinatorUrl: string;
+  /** PEM certificate(s) to trust for a wss coordinator (its own self-signed one); default: the system's CAs */
+  coordinatorCa?: string;
   credentials: SessionCredentials;
   hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "capabilities" | "role" | "tunnel">;
   /** the node's state for each heartbeat */
@@ -123,7 +125,7 @@ export class ControlClient {
     if (this.closed) return;
     let channel: ControlChannel;
     try {
-      channel = await (this.o.dial ?? ((t: string) => dialWebSocket(this.o.coordinatorUrl, t)))(token);
+      channel = await (this.o.dial ?? ((t: string) => dialWebSocket(this.o.coordinatorUrl, t, this.o.coordinatorCa)))(token);
     } catch (err) {
       if (err instanceof ChannelRefused) {
         const expired = err.status === 401;
@@ -228,10 +230,13 @@ export class ControlClient {
   }
 }
 
-/** Dials the coordinator's control WebSocket; resolves once it is open. */
-function dialWebSocket(coordinatorUrl: string, sessionToken: string): Promise<ControlChannel> {
+/**
+ * Dials the coordinator's control WebSocket (wss for an https coordinator, its certificate verified
+ * against the system's CAs or `ca`); resolves once it is open.
+ */
+function dialWebSocket(coordinatorUrl: string, sessionToken: string, ca?: string): Promise<ControlChannel> {
   const url = new URL(CONTROL_PATH, coordinatorUrl.replace(/^http/, "ws"));
-  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${sessionToken}` }, perMessageDeflate: false });
+  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${sessionToken}` }, perMessageDeflate: false, ...(ca && { ca }) });
   return new Promise((resolve, reject) => {
     ws.once("unexpected-response", (_req, res) => {
       reject(new ChannelRefused(res.statusCode ?? 0, `the coordinator answered HTTP ${res.statusCode}`));

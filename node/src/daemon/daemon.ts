@@ -13,8 +13,9 @@ import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { estimateServingMemory, GiB } from "../models/memory.js";
+import { refuseLoad } from "../models/pins.js";
 import { parseSource } from "../models/sources.js";
-import { type ModelEntry, ModelStore } from "../models/store.js";
+import { type ModelEntry, ModelError, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 import { capabilities, detectHardware, measureSpeed } from "./capabilities.js";
@@ -32,6 +33,8 @@ const ENGINE_WAIT_MS = 30_000;
 export interface NodeDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
+  /** PEM certificate(s) to trust for an https coordinator; default: the system's CAs */
+  coordinatorCa?: string;
   /** a coordinator in this process: its in-process control channel instead of the WebSocket */
   dialControl?: (sessionToken: string) => Promise<ControlChannel>;
   /** the site's join token (signs the registration) */
@@ -165,8 +168,14 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   const control = new ControlClient({
     signReceipt: (frame) => receipts.sign(frame),
     coordinatorUrl: o.coordinatorUrl,
+    coordinatorCa: o.coordinatorCa,
     dial: o.dialControl,
-    credentials: sessionCredentials({ coordinatorUrl: o.coordinatorUrl, joinToken: o.joinToken, account: identity.account }),
+    credentials: sessionCredentials({
+      coordinatorUrl: o.coordinatorUrl,
+      coordinatorCa: o.coordinatorCa,
+      joinToken: o.joinToken,
+      account: identity.account,
+    }),
     logger: log,
     hello: () => ({
       nodeId,
@@ -190,9 +199,11 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       loading = (loading ?? Promise.resolve()).then(async () => {
         if (served.has(frame.model)) return reply({ type: "models", models: servedModels() });
         try {
+          const held = await store.get(frame.model);
+          const refused = refuseLoad(frame, held);
+          if (refused) throw new ModelError(refused);
           log.info({ model: frame.model, source: frame.source }, "loading a model the coordinator asked for");
-          const entry =
-            (await store.get(frame.model)) ?? (await store.pull(frame.source, { id: frame.model, sha256: frame.sha256, signal: o.signal }));
+          const entry = held ?? (await store.pull(frame.source, { id: frame.model, sha256: frame.sha256, signal: o.signal }));
           await startServing(entry);
           reply({ type: "models", models: servedModels() });
         } catch (err) {

@@ -4,6 +4,8 @@
  * Returns the control-channel session token.
  */
 import { randomBytes } from "node:crypto";
+import http from "node:http";
+import https from "node:https";
 import { REGISTER_PATH, type RegisterRequest, type RegisterResponse, registrationMessage, signSiteRequest } from "@sharedllm/protocol";
 import type { PrivateKeyAccount } from "viem/accounts";
 
@@ -16,6 +18,8 @@ export async function registerNode(o: {
   coordinatorUrl: string;
   joinToken: string;
   account: PrivateKeyAccount;
+  /** PEM certificate(s) to trust for an https coordinator (its own self-signed one); default: the system's CAs */
+  coordinatorCa?: string;
   signal?: AbortSignal;
 }): Promise<RegisterResponse> {
   const nodeId = o.account.address.toLowerCase();
@@ -26,16 +30,44 @@ export async function registerNode(o: {
   const req: RegisterRequest = { nodeId, proof };
   const body = JSON.stringify(req);
   const headers = signSiteRequest(o.joinToken, "POST", REGISTER_PATH, body, now, nonce);
-  const res = await fetch(new URL(REGISTER_PATH, o.coordinatorUrl), {
-    method: "POST",
-    headers: { "content-type": "application/json", ...headers },
-    body,
-    signal: o.signal,
-  });
-  const json = (await res.json().catch(() => ({}))) as RegisterResponse & { error?: { message?: string } };
+  const res = await post(new URL(REGISTER_PATH, o.coordinatorUrl), { "content-type": "application/json", ...headers }, body, o);
+  const json = (() => {
+    try {
+      return JSON.parse(res.text) as RegisterResponse & { error?: { message?: string } };
+    } catch {
+      return {} as { error?: { message?: string } };
+    }
+  })();
   if (res.status === 401 || res.status === 400) {
     throw new RegistrationRefused(`the coordinator refused this node: ${json.error?.message ?? `HTTP ${res.status}`}`);
   }
-  if (!res.ok) throw new Error(`registration failed: HTTP ${res.status} ${json.error?.message ?? ""}`);
-  return json;
+  if (res.status < 200 || res.status > 299) throw new Error(`registration failed: HTTP ${res.status} ${json.error?.message ?? ""}`);
+  return json as RegisterResponse;
+}
+
+/** POSTs with node's own client, which takes the trusted CA for this one request (fetch cannot). */
+function post(
+  url: URL,
+  headers: Record<string, string>,
+  body: string,
+  o: { coordinatorCa?: string; signal?: AbortSignal },
+): Promise<{ status: number; text: string }> {
+  const client = url.protocol === "https:" ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = client.request(
+      url,
+      { method: "POST", headers, signal: o.signal, ...(o.coordinatorCa && { ca: o.coordinatorCa }) },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk: string) => {
+          text += chunk;
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.end(body);
+  });
 }

@@ -11,7 +11,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { cpus } from "node:os";
+import { arch, cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { acquireLock, isAlive } from "../lock.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
@@ -30,6 +30,7 @@ export interface Engine {
 }
 
 const TARGETS = ["llama-server", "ggml-rpc-server"] as const;
+const NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16";
 const require = createRequire(import.meta.url);
 
 /** The llama.cpp source bundled in node-llama-cpp and its release tag. */
@@ -121,6 +122,9 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
       "-DLLAMA_USE_PREBUILT_UI=OFF",
       "-DLLAMA_BUILD_TESTS=OFF",
       "-DLLAMA_BUILD_EXAMPLES=OFF",
+      // a native build uses every instruction the CPU lists, but some virtual machines list AMX
+      // without enabling its register state: its first tile instruction kills llama-server (SIGILL)
+      ...(arch() === "x64" ? [`-DCMAKE_C_FLAGS=${NO_AMX}`, `-DCMAKE_CXX_FLAGS=${NO_AMX}`] : []),
       ...(o.variant === "cuda" ? ["-DGGML_CUDA=ON"] : []),
       ...(o.variant === "vulkan" ? ["-DGGML_VULKAN=ON"] : []),
     ];

@@ -20,6 +20,8 @@ import { Discovery } from "./discovery.js";
 export interface SiteDaemonOptions {
   paths: Paths;
   coordinatorUrl: string;
+  /** PEM certificate(s) to trust for an https coordinator; default: the system's CAs */
+  coordinatorCa?: string;
   joinToken: string;
   model: string;
   slots?: number;
@@ -70,6 +72,7 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   const common = {
     paths: o.paths,
     coordinatorUrl: o.coordinatorUrl,
+    coordinatorCa: o.coordinatorCa,
     joinToken: o.joinToken,
     threads: o.threads,
     logger: o.logger,

@@ -1,0 +1,43 @@
+import { receiptJobId } from "@sharedllm/protocol";
+import { Kysely } from "kysely";
+import { KyselyPGlite } from "kysely-pglite";
+import { describe, expect, it } from "vitest";
+import { migrate } from "./migrations.js";
+import type { Database } from "./schema.js";
+
+describe("migration 0006_settlement_entries", () => {
+  it("records which batch took each entry of batches made under the id watermark, with the job key receipts use", async () => {
+    const { dialect } = await KyselyPGlite.create("memory://");
+    const db = new Kysely<Database>({ dialect });
+    try {
+      await migrate(db as Kysely<unknown>, "0005_ledger");
+      const entry = (kind: "charge" | "earn", job: string) => ({
+        address: "0x00000000000000000000000000000000000000a1",
+        kind,
+        amount: 7n,
+        job_id: kind === "earn" ? receiptJobId(job) : job,
+      });
+      await db
+        .insertInto("ledger_entries")
+        .values([entry("charge", "j1"), entry("earn", "j1"), entry("charge", "j2"), entry("earn", "j2"), entry("charge", "j3")])
+        .execute();
+      await db
+        .insertInto("settlements")
+        .values([
+          { batch_id: 1, status: "confirmed", max_entry_id: "2", payload: "{}" },
+          { batch_id: 2, status: "confirmed", max_entry_id: "4", payload: "{}" },
+        ])
+        .execute();
+      await migrate(db as Kysely<unknown>);
+      const rows = await db.selectFrom("batch_entries").selectAll().orderBy("entry_id").execute();
+      expect(rows.map((r) => [String(r.entry_id), r.batch_id, r.job_key])).toEqual([
+        ["1", 1, receiptJobId("j1")],
+        ["2", 1, receiptJobId("j1")],
+        ["3", 2, receiptJobId("j2")],
+        ["4", 2, receiptJobId("j2")],
+      ]);
+    } finally {
+      await db.destroy();
+    }
+  });
+});

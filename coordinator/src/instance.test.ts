@@ -1,0 +1,68 @@
+import { describe, expect, it } from "vitest";
+import { storageBackends } from "../../test/helpers.ts";
+import { openDatabase } from "./db/database.js";
+import { InstanceLease } from "./instance.js";
+import { Metering } from "./ledger/metering.js";
+
+describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
+  it("a starting coordinator releases the holds of gone coordinators only, never those of one still running", async () => {
+    const db0 = await open();
+    const db = await openDatabase(db0);
+    try {
+      const running = await InstanceLease.take(db, false);
+      const gone = await InstanceLease.take(db, false);
+      await db
+        .updateTable("coordinator_instances")
+        .set({ seen_at: new Date(Date.now() - 60_000) })
+        .where("id", "=", gone.id)
+        .execute();
+      const hold = (job: string, instance: string | null) => ({
+        address: "0xa",
+        kind: "hold" as const,
+        amount: 10n,
+        job_id: job,
+        instance_id: instance,
+      });
+      await db
+        .insertInto("ledger_entries")
+        .values([hold("j-running", running.id), hold("j-gone", gone.id), hold("j-old", null)])
+        .execute();
+      const released = async () =>
+        (await db.selectFrom("ledger_entries").select("job_id").where("kind", "=", "release").orderBy("job_id").execute()).map(
+          (r) => r.job_id,
+        );
+
+      // another coordinator starts on the same database
+      const starting = await InstanceLease.take(db, false);
+      expect(await Metering.releaseOrphanedHolds(db, await starting.live())).toBe(2);
+      expect(await released()).toEqual(["j-gone", "j-old"]);
+      // running's jobs are its own to end; once its lease lapses, they are released once
+      expect(await Metering.releaseOrphanedHolds(db, await starting.live())).toBe(0);
+      await db
+        .updateTable("coordinator_instances")
+        .set({ seen_at: new Date(Date.now() - 60_000) })
+        .where("id", "=", running.id)
+        .execute();
+      expect(await Metering.releaseOrphanedHolds(db, await starting.live())).toBe(1);
+      expect(await released()).toEqual(["j-gone", "j-old", "j-running"]);
+    } finally {
+      await db.destroy();
+      await db0.cleanup();
+    }
+  });
+
+  it("on a database only this process can open, every other lease is gone", async () => {
+    const db0 = await open();
+    const db = await openDatabase(db0);
+    try {
+      const earlier = await InstanceLease.take(db, false);
+      const now = await InstanceLease.take(db, true);
+      expect(await now.live()).toEqual([now.id]);
+      await earlier.end();
+      expect(await db.selectFrom("coordinator_instances").select("id").execute()).toEqual([{ id: now.id }]);
+    } finally {
+      await db.destroy();
+      await db0.cleanup();
+    }
+  });
+});

@@ -1,0 +1,52 @@
+/**
+ * This coordinator process's lease in its database. Several coordinators may share one
+ * PostgreSQL database (and one process may follow another on the same one), so what a process
+ * leaves behind when it dies (credit holds of jobs it was running) is released only once its
+ * lease has lapsed: never the holds of a coordinator that is still running its jobs.
+ */
+import { randomUUID } from "node:crypto";
+import type { Db } from "./db/database.js";
+
+/** How often a coordinator renews its lease; one that missed LEASE_MISSES renewals is gone. */
+export const LEASE_RENEW_MS = 5_000;
+const LEASE_MISSES = 3;
+
+export class InstanceLease {
+  readonly id = randomUUID();
+
+  private constructor(
+    private readonly db: Db,
+    private readonly exclusive: boolean,
+  ) {}
+
+  /**
+   * Takes a lease. `exclusive`: the database is this process's alone (embedded PGlite opens in one
+   * process only), so every other lease in it belongs to a process that has gone.
+   */
+  static async take(db: Db, exclusive: boolean): Promise<InstanceLease> {
+    const lease = new InstanceLease(db, exclusive);
+    const now = new Date();
+    await db.insertInto("coordinator_instances").values({ id: lease.id, started_at: now, seen_at: now }).execute();
+    return lease;
+  }
+
+  async renew(): Promise<void> {
+    await this.db.updateTable("coordinator_instances").set({ seen_at: new Date() }).where("id", "=", this.id).execute();
+  }
+
+  /** Gives the lease up at a clean stop (every job of this process has ended). */
+  async end(): Promise<void> {
+    await this.db.deleteFrom("coordinator_instances").where("id", "=", this.id).execute();
+  }
+
+  /** The coordinators whose leases are current, this one included. */
+  async live(now = Date.now()): Promise<string[]> {
+    if (this.exclusive) return [this.id];
+    const rows = await this.db
+      .selectFrom("coordinator_instances")
+      .select("id")
+      .where("seen_at", ">", new Date(now - LEASE_RENEW_MS * LEASE_MISSES))
+      .execute();
+    return rows.map((r) => r.id);
+  }
+}
