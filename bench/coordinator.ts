@@ -123,6 +123,7 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
           apiKey: string;
           models: string[];
           engineUrl: string;
+          engineApiKey: string;
         },
       600_000,
       250,
@@ -143,7 +144,9 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
     const pipePort = await new Promise<string>((resolve) => pipe.stdout?.once("data", (b: Buffer) => resolve(b.toString().trim())));
     const paths = { direct: info.engineUrl, pipe: `http://127.0.0.1:${pipePort}`, coordinator: info.coordinatorUrl };
     // warm-up: page cache, connection pools, and the relays' JavaScript compiled as a long-running server has it
-    for (let i = 0; i < WARM_UP_REQUESTS; i++) for (const url of Object.values(paths)) await timeStream(url, info.apiKey, body);
+    const keys = { direct: info.engineApiKey, pipe: info.engineApiKey, coordinator: info.apiKey };
+    for (let i = 0; i < WARM_UP_REQUESTS; i++)
+      for (const [which, url] of Object.entries(paths)) await timeStream(url, keys[which as keyof typeof keys], body);
     const runs: Record<keyof typeof paths, StreamTiming[]> = { direct: [], pipe: [], coordinator: [] };
     // CPU of the process relaying each path, summed over that path's requests: what the relay takes from llama-server
     const relayCpuMs = { direct: () => 0, pipe: () => processCpuMs(pipe.pid), coordinator: () => processCpuMs(up.pid) };
@@ -154,7 +157,7 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
       const order = arms.map((_, i) => arms[(i + r) % arms.length] as keyof typeof paths);
       for (const which of order) {
         const cpu0 = relayCpuMs[which]();
-        const timing = await timeStream(paths[which], info.apiKey, body);
+        const timing = await timeStream(paths[which], keys[which], body);
         relayCpu[which] += relayCpuMs[which]() - cpu0;
         runs[which].push(timing);
       }

@@ -64,8 +64,8 @@ if (!values.only || values.only === "split") {
     process.stdout.write(
       [
         `model split over two rpc-servers on this machine (${r.rounds} interleaved rounds, ${r.maxTokens} tokens, median decode tokens/s)`,
-        `  raw --rpc ${f(t.raw ?? 0, 1)}   tunnelled ${f(t.tunnel ?? 0, 1)}   tunnelled with a Node pipe ${f(t.naivePipe ?? 0, 1)}   solo ${f(t.solo ?? 0, 1)}`,
-        `  tunnelled vs raw split: ${f(r.tunnelVsRaw, 3)}x (target >= 0.90); Node pipe vs raw: ${f(r.naivePipeVsRaw, 3)}x`,
+        `  raw --rpc ${f(t.raw ?? 0, 1)}   tunnelled (TLS 1.3) ${f(t.tunnel ?? 0, 1)}   solo ${f(t.solo ?? 0, 1)}`,
+        `  tunnelled vs raw split: ${f(r.tunnelVsRaw, 3)}x (target >= 0.95)`,
         `  split vs solo: ${f(r.splitVsSolo, 3)}x (raw split vs solo ${f(r.rawSplitVsSolo, 3)}x); same text on all arms: ${r.sameText}`,
         `  bytes sent to the workers when the cluster forms: cold caches ${(r.reform.coldBytes / 2 ** 20).toFixed(1)} MiB, re-formed warm ${(r.reform.warmBytes / 2 ** 20).toFixed(1)} MiB`,
         "",

@@ -1,19 +1,18 @@
 /**
- * One model split over two rpc-servers on this machine, four ways, interleaved round by round:
- * raw llama.cpp `--rpc` straight to the rpc-servers; through SharedLLM's tunnels (HMAC handshake,
- * then the C relay); through the same tunnels with the bytes moved by Node streams (the naive
- * pipe); and solo (no split). Each arm has its own llama-server and rpc-servers (an rpc-server
+ * One model split over two rpc-servers on this machine, three ways, interleaved round by round:
+ * raw llama.cpp `--rpc` straight to the rpc-servers (plain TCP, no authentication); through
+ * SharedLLM's tunnels (TLS 1.3 both ends, certificates tied to node keys, every byte encrypted and
+ * checked in the head's and the worker's processes); and solo (no split). Each arm has its own llama-server and rpc-servers (an rpc-server
  * serves one client at a time), all idle while another arm runs. Also: bytes the head sends to
  * its workers when a cluster forms with cold tensor caches, and again when it re-forms warm.
  */
-import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { relayBinary } from "../node/src/cluster/relay.ts";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { type RpcServer, startRpcServer } from "../node/src/cluster/rpcServer.ts";
-import { TunnelProxy, TunnelServer } from "../node/src/cluster/tunnel.ts";
+import { TunnelProxy, TunnelServer, tunnelIdentity } from "../node/src/cluster/tunnel.ts";
 import { findEngine } from "../node/src/engine/build.ts";
 import { type LlamaServer, startLlamaServer } from "../node/src/engine/llamaServer.ts";
 import { DEFAULT_MODEL } from "../node/src/models/sources.ts";
@@ -22,7 +21,7 @@ import { resolvePaths } from "../node/src/paths.ts";
 import { median, type StreamTiming, timeStream } from "./coordinator.ts";
 
 const SPLIT = ["--tensor-split", "15,15", "--n-gpu-layers", "999"];
-const HEAD = "0x00000000000000000000000000000000000000bb";
+const head = tunnelIdentity(privateKeyToAccount(generatePrivateKey()));
 const log = pino({ level: "silent" });
 
 export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
@@ -32,7 +31,6 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
   if (!engine || !entry) throw new Error("run `sharedllm engine build` and `sharedllm models pull default` first");
   const dir = await mkdtemp(join(tmpdir(), "sharedllm-bench-split-"));
   const stops: (() => Promise<unknown>)[] = [];
-  const binary = await relayBinary(cache);
   const llama = async (name: string, extraArgs: string[]) => {
     const l = await startLlamaServer({
       engine,
@@ -57,23 +55,18 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
     }
     return pair;
   };
-  const tunnels = async (pair: RpcServer[], relay: string | undefined) => {
-    const session = { id: "bench", key: randomBytes(32).toString("hex"), head: HEAD, expiresAt: Date.now() + 3_600_000 };
+  const tunnels = async (pair: RpcServer[]) => {
     const servers: TunnelServer[] = [];
     const ports: number[] = [];
-    for (const [i, r] of pair.entries()) {
-      const worker = `0x${(0xa0 + i).toString(16).padStart(40, "0")}`;
-      const server = new TunnelServer({
-        nodeId: worker,
-        host: "127.0.0.1",
-        port: 0,
-        upstreamPort: r.port,
-        relayBinary: relay,
-        logger: log,
-      });
+    for (const r of pair) {
+      const worker = tunnelIdentity(privateKeyToAccount(generatePrivateKey()));
+      const server = new TunnelServer({ identity: worker, host: "127.0.0.1", port: 0, upstreamPort: r.port, logger: log });
       await server.listen();
-      server.addSession(session);
-      const proxy = new TunnelProxy({ host: "127.0.0.1", port: server.port, session, headId: HEAD, workerId: worker }, relay, log);
+      server.addSession({ id: "bench", head: head.signer.address, expiresAt: Date.now() + 3_600_000 });
+      const proxy = new TunnelProxy(
+        { host: "127.0.0.1", port: server.port, sessionId: "bench", identity: head, workerId: worker.signer.address },
+        log,
+      );
       ports.push(await proxy.listen());
       stops.push(
         () => proxy.close(),
@@ -85,7 +78,7 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
   };
   try {
     // cluster formation: cold caches, then the same cluster re-formed with warm ones
-    const tunnelled = await tunnels(await rpcPair("tunnel"), binary);
+    const tunnelled = await tunnels(await rpcPair("tunnel"));
     const sent = () => tunnelled.servers.reduce((s, t) => s + t.stats.bytesIn, 0);
     const cold = await llama("reform-cold", [...tunnelled.rpc, ...SPLIT]);
     await cold.supervisor.stop();
@@ -95,11 +88,9 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
     const warmBytes = (await settled(sent)) - coldBytes;
 
     const raw = await rpcPair("raw");
-    const naive = await tunnels(await rpcPair("naive"), undefined);
     const arms: Record<string, LlamaServer> = {
       raw: await llama("raw", ["--rpc", raw.map((r) => `127.0.0.1:${r.port}`).join(","), ...SPLIT]),
       tunnel: await llama("tunnel", [...tunnelled.rpc, ...SPLIT]),
-      naivePipe: await llama("naive", [...naive.rpc, ...SPLIT]),
       solo: await llama("solo", []),
     };
     const body = {
@@ -110,13 +101,13 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
       seed: 7,
       ignore_eos: true,
     };
-    for (const l of Object.values(arms)) await timeStream(l.url, "none", { ...body, max_tokens: 16 });
+    for (const l of Object.values(arms)) await timeStream(l.url, l.apiKey, { ...body, max_tokens: 16 });
     const names = Object.keys(arms);
     const runs: Record<string, StreamTiming[]> = Object.fromEntries(names.map((n) => [n, []]));
     for (let r = 0; r < opts.rounds; r++) {
       for (let i = 0; i < names.length; i++) {
         const name = names[(i + r) % names.length] as string;
-        runs[name]?.push(await timeStream((arms[name] as LlamaServer).url, "none", body));
+        runs[name]?.push(await timeStream((arms[name] as LlamaServer).url, (arms[name] as LlamaServer).apiKey, body));
       }
     }
     const tps = (n: string) => median((runs[n] ?? []).map((t) => t.decodeTps));
@@ -125,7 +116,6 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
       maxTokens: opts.maxTokens,
       decodeTps: Object.fromEntries(names.map((n) => [n, tps(n)])),
       tunnelVsRaw: tps("tunnel") / tps("raw"),
-      naivePipeVsRaw: tps("naivePipe") / tps("raw"),
       splitVsSolo: tps("tunnel") / tps("solo"),
       rawSplitVsSolo: tps("raw") / tps("solo"),
       sameText: (runs.tunnel?.[0]?.text ?? "a") === (runs.raw?.[0]?.text ?? "b") && runs.raw?.[0]?.text === runs.solo?.[0]?.text,

@@ -59,6 +59,8 @@ export class SimNode {
       hello?: Record<string, unknown>;
       /** receipt requests (paid jobs); default: ignored */
       onReceiptRequest?: (req: ReceiptRequest, send: (f: NodeFrame) => void) => void;
+      /** every other frame from the coordinator (cluster sessions, errors) */
+      onFrame?: (frame: CoordinatorFrame, send: (f: NodeFrame) => void) => void;
       /** the node's key; default: a new one (the same key again is the same node coming back) */
       account?: PrivateKeyAccount;
     },
@@ -118,6 +120,8 @@ export class SimNode {
           (this.o.onJob ?? echoJob)(frame, send);
         } else if (frame.type === "receipt.request") {
           this.o.onReceiptRequest?.(frame, send);
+        } else {
+          this.o.onFrame?.(frame, send);
         }
       });
     });

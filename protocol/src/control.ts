@@ -142,14 +142,16 @@ export interface ReceiptRequest {
   via?: string;
 }
 
-/** coordinator -> worker: accept tunnel connections of this head under this session key; answer `tunnel.ready` */
+/**
+ * coordinator -> worker: this head may dial your tunnel for this session, until `expiresAt`; answer
+ * `tunnel.ready`. No key travels: the tunnel authenticates both ends by their own node keys, and
+ * the worker still serves only a head its own site policy allows.
+ */
 export interface TunnelSessionFrame {
   type: "tunnel.session";
   sessionId: string;
-  /** 32 random bytes, hex */
-  key: string;
   head: string;
-  /** unix ms */
+  /** unix ms, at most a day ahead */
   expiresAt: number;
 }
 
@@ -159,6 +161,10 @@ export interface ClusterMembers {
   sessionId: string;
   members: { nodeId: string; host: string; port: number; tls: boolean; freeMemoryBytes: number; speed: number }[];
   missing: { nodeId: string; reason: string }[];
+  /** when the session ends (the head's request, capped by the coordinator) */
+  expiresAt?: number;
+  /** set when the coordinator would not form the cluster at all, with why */
+  refused?: string;
 }
 
 export type CoordinatorFrame =
@@ -243,11 +249,10 @@ export const receiptSchema = z.object({
 });
 export type ReceiptFrame = z.infer<typeof receiptSchema>;
 
-/** head -> coordinator: form a cluster session with these workers (the coordinator hands them the key) */
+/** head -> coordinator: form a cluster session with these workers (the coordinator tells each which head may dial it) */
 export const clusterFormSchema = z.object({
   type: z.literal("cluster.form"),
   sessionId: z.string().min(8).max(64),
-  key: z.string().regex(/^[0-9a-f]{64}$/),
   members: z.array(z.string()).min(1).max(64),
   expiresAt: z.number().int().positive(),
 });

@@ -24,6 +24,18 @@ describe("splitCredits", () => {
     expect(parts.reduce((a, b) => a + b, 0n)).toBe(7n);
     expect(parts).toEqual([3n, 2n, 2n]);
   });
+
+  it("never pays out more than the charge, whatever shares it is given", () => {
+    const sum = (xs: bigint[]) => xs.reduce((a, b) => a + b, 0n);
+    // the sock-puppet attack: two members at 10000 each
+    expect(splitCredits(7n, [10_000, 10_000])).toEqual([4n, 3n]);
+    for (const shares of [[10_000, 10_000, 10_000], [1, 1], [9_999, 10_000], [60_000], [0, 5_000]]) {
+      for (const credits of [0n, 1n, 7n, 10n ** 18n + 3n]) expect(sum(splitCredits(credits, shares))).toBe(credits);
+    }
+    expect(splitCredits(7n, [0, 0])).toEqual([0n, 0n]);
+    expect(() => splitCredits(7n, [-10_000, 20_000])).toThrow(RangeError);
+    expect(() => splitCredits(7n, [0.5, 9_999.5])).toThrow(RangeError);
+  });
 });
 
 describe("earningsTree", () => {

@@ -79,11 +79,22 @@ export function receiptFromWire(w: WorkReceiptWire): WorkReceipt {
   };
 }
 
-/** Splits `credits` by basis points; rounding leftovers go to the first share so the parts sum exactly. */
+/**
+ * Splits `credits` by basis points; rounding leftovers go to the first share so the parts sum
+ * exactly. The shares are weights over their own total, so whatever a caller passes (shares that
+ * add up to more or less than 10000, one member named twice) the parts never add up to more than
+ * `credits`: a job never pays out more than it was charged. A negative or fractional share throws.
+ */
 export function splitCredits(credits: bigint, sharesBps: readonly number[]): bigint[] {
-  const parts = sharesBps.map((bps) => (credits * BigInt(bps)) / 10_000n);
+  if (credits < 0n) throw new RangeError(`cannot split a negative amount (${credits})`);
+  for (const bps of sharesBps) {
+    if (!Number.isSafeInteger(bps) || bps < 0) throw new RangeError(`a share must be a whole number of basis points, not ${bps}`);
+  }
+  const total = sharesBps.reduce((a, b) => a + BigInt(b), 0n);
+  if (total === 0n) return sharesBps.map(() => 0n);
+  const parts = sharesBps.map((bps) => (credits * BigInt(bps)) / total);
   const left = credits - parts.reduce((a, b) => a + b, 0n);
-  if (parts.length > 0) parts[0] = (parts[0] ?? 0n) + left;
+  parts[0] = (parts[0] ?? 0n) + left;
   return parts;
 }
 

@@ -139,7 +139,7 @@ describe("the network view", () => {
 
 describe("same text as llama-server itself", () => {
   it("at temperature 0, chat and completions through the coordinator equal llama-server's direct answers", async () => {
-    const direct = new OpenAI({ baseURL: `${sys.node.llama.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const direct = new OpenAI({ baseURL: `${sys.node.llama.url}/v1`, apiKey: sys.node.llama.apiKey, maxRetries: 0 });
     const prompts = ["Write a haiku about rivers.", "What is 2 + 2?", "List the planets."];
     for (const content of prompts) {
       const req = { model: MODEL, messages: [{ role: "user" as const, content }], max_tokens: 40, temperature: 0, seed: 42 };
@@ -209,7 +209,11 @@ describe("failures", () => {
     await reader.read();
     // the engine is generating for this request now
     const busy = async () =>
-      ((await (await fetch(`${sys.node.llama.url}/slots`)).json()) as { is_processing: boolean }[]).some((s) => s.is_processing);
+      (
+        (await (await fetch(`${sys.node.llama.url}/slots`, { headers: { authorization: `Bearer ${sys.node.llama.apiKey}` } })).json()) as {
+          is_processing: boolean;
+        }[]
+      ).some((s) => s.is_processing);
     expect(await busy()).toBe(true);
     ctl.abort();
     await waitFor("llama-server to stop generating", async () => !(await busy()), 5_000);

@@ -18,12 +18,21 @@ import {
   TimelockController,
 } from "@sharedllm/contracts";
 import { type SettlementOptions, startCoordinator } from "@sharedllm/coordinator";
-import { earningsTree, type ReceiptRequest, receiptFromWire, WORK_RECEIPT_TYPES, workReceiptDomain } from "@sharedllm/protocol";
-import { sql } from "kysely";
+import {
+  type ClusterMembers,
+  type CoordinatorFrame,
+  earningsTree,
+  type ReceiptRequest,
+  receiptFromWire,
+  WORK_RECEIPT_TYPES,
+  workReceiptDomain,
+} from "@sharedllm/protocol";
+import { type Kysely, sql } from "kysely";
 import type { Abi, Address, LocalAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type Db, openDatabase } from "../../coordinator/src/db/database.ts";
+import type { Database } from "../../coordinator/src/db/schema.ts";
 import { chainClients } from "../../node/src/chain.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
@@ -202,37 +211,75 @@ describe("work receipts", () => {
 });
 
 describe("split clusters", () => {
+  const sign = (by: SimNode) => (req: ReceiptRequest, send: (f: never) => void) =>
+    void by.account
+      .signTypedData({
+        domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+        types: WORK_RECEIPT_TYPES,
+        primaryType: "WorkReceipt",
+        message: receiptFromWire(req.receipt),
+      })
+      .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never));
+  const earned = async (coordinator: { db: Kysely<Database> }, node: SimNode) =>
+    BigInt(
+      (
+        await coordinator.db
+          .selectFrom("ledger_entries")
+          .select(sql<string | null>`sum(amount)`.as("t"))
+          .where("address", "=", node.id)
+          .where("kind", "=", "earn")
+          .executeTakeFirstOrThrow()
+      ).t ?? 0,
+    );
+  /** A node of the given role that signs every receipt proposed to it and takes every cluster session. */
+  async function signingNode(
+    url: string,
+    joinToken: string,
+    hello: Record<string, unknown>,
+    frames: CoordinatorFrame[] = [],
+    models = ["sim-model"],
+  ) {
+    const n: SimNode = new SimNode({
+      coordinatorUrl: url,
+      joinToken,
+      models,
+      hello,
+      onReceiptRequest: (req, send) => sign(n)(req, send as never),
+      onFrame: (f, send) => {
+        frames.push(f);
+        if (f.type === "tunnel.session") send({ type: "tunnel.ready", sessionId: f.sessionId });
+      },
+    });
+    await n.start();
+    cleanups.push(() => n.stop());
+    return n;
+  }
+  const workerHello = (i: number) => ({ role: "worker", tunnel: { port: 7000 + i, tls: false, speed: 10 } });
+
   it("pays every member of a split by its layer share, each signing its own receipt", async () => {
     const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
-    const sign = (by: SimNode) => (req: ReceiptRequest, send: (f: never) => void) =>
-      void by.account
-        .signTypedData({
-          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-          types: WORK_RECEIPT_TYPES,
-          primaryType: "WorkReceipt",
-          message: receiptFromWire(req.receipt),
-        })
-        .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never));
-    const workers: SimNode[] = [];
     const vias: (string | undefined)[] = [];
+    const workers: SimNode[] = [];
     for (let i = 0; i < 2; i++) {
       const w: SimNode = new SimNode({
         coordinatorUrl: coordinator.url,
         joinToken,
         models: [],
-        hello: { role: "worker", tunnel: { port: 7000 + i, tls: false, speed: 10 } },
+        hello: workerHello(i),
         onReceiptRequest: (req, send) => {
           vias.push(req.via);
           sign(w)(req, send as never);
         },
+        onFrame: (f, send) => f.type === "tunnel.session" && send({ type: "tunnel.ready", sessionId: f.sessionId }),
       });
       await w.start();
       cleanups.push(() => w.stop());
       workers.push(w);
     }
-    const head = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"], hello: { role: "head" } });
-    await head.start();
-    cleanups.push(() => head.stop());
+    const headFrames: CoordinatorFrame[] = [];
+    const head = await signingNode(coordinator.url, joinToken, { role: "head" }, headFrames);
+    head.send({ type: "cluster.form", sessionId: "session-1", members: workers.map((w) => w.id), expiresAt: Date.now() + 60_000 });
+    await waitFor("the cluster to form", () => headFrames.some((f) => f.type === "cluster.members" && f.members.length === 2));
     head.send({
       type: "cluster.plan",
       members: [
@@ -243,27 +290,62 @@ describe("split clusters", () => {
     await waitFor("the split to show", () => coordinator.fleet.get(head.id)?.cluster?.length === 2);
     const key = await paidKey(coordinator.url, devWallet(16), chain.coordinator.address);
     for (let i = 0; i < 3; i++) await chat(coordinator.url, key);
-    const earned = async (node: SimNode) =>
-      BigInt(
-        (
-          await coordinator.db
-            .selectFrom("ledger_entries")
-            .select(sql<string | null>`sum(amount)`.as("t"))
-            .where("address", "=", node.id)
-            .where("kind", "=", "earn")
-            .executeTakeFirstOrThrow()
-        ).t ?? 0,
-      );
     await waitFor(
       "six receipts",
       async () => (await coordinator.db.selectFrom("receipts").select("id").where("status", "=", "accepted").execute()).length === 6,
     );
     // 7 credits a job, split 6667/3333 bps: 4 + 2 with the rounding unit to the first member, three jobs
-    expect(await earned(workers[0] as SimNode)).toBe(3n * 5n);
-    expect(await earned(workers[1] as SimNode)).toBe(3n * 2n);
-    expect((await earned(workers[0] as SimNode)) + (await earned(workers[1] as SimNode))).toBe(3n * JOB_COST);
-    expect(await earned(head)).toBe(0n);
+    expect(await earned(coordinator, workers[0] as SimNode)).toBe(3n * 5n);
+    expect(await earned(coordinator, workers[1] as SimNode)).toBe(3n * 2n);
+    expect((await earned(coordinator, workers[0] as SimNode)) + (await earned(coordinator, workers[1] as SimNode))).toBe(3n * JOB_COST);
+    expect(await earned(coordinator, head)).toBe(0n);
     expect(new Set(vias)).toEqual(new Set([head.id]));
+  });
+
+  it("refuses splits that name strangers or pay more than 10000 bps, so a job never pays more than its charge", async () => {
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 });
+    // the attacker serves the model (alone, so it gets every job) and runs two sock-puppet nodes
+    // that sign whatever they are offered
+    const attackerFrames: CoordinatorFrame[] = [];
+    const attacker = await signingNode(coordinator.url, joinToken, {}, attackerFrames);
+    const puppets = [
+      await signingNode(coordinator.url, joinToken, {}, [], []),
+      await signingNode(coordinator.url, joinToken, workerHello(1), [], []),
+    ];
+    const at10000 = (ids: string[]) => ids.map((nodeId, i) => ({ nodeId, firstLayer: i * 10, layerCount: 10, shareBps: 10_000 }));
+    // 1. a solo node announces a split over its puppets at 10000 bps each, without forming anything
+    attacker.send({ type: "cluster.plan", members: at10000(puppets.map((p) => p.id)) });
+    // 2. it cannot form a cluster either: it is not a head
+    attacker.send({ type: "cluster.form", sessionId: "session-x", members: [puppets[1]?.id as string], expiresAt: Date.now() + 1e12 });
+    await waitFor(
+      "both refusals",
+      () => attackerFrames.filter((f) => f.type === "error" || (f.type === "cluster.members" && f.refused)).length === 2,
+    );
+    expect(coordinator.fleet.get(attacker.id)?.cluster).toBeUndefined();
+    // every paid job pays out exactly its charge, and the puppets nothing
+    const key = await paidKey(coordinator.url, devWallet(17), chain.coordinator.address);
+    for (let i = 0; i < 2; i++) await chat(coordinator.url, key);
+    const accepted = async () =>
+      (await coordinator.db.selectFrom("receipts").select("id").where("status", "=", "accepted").execute()).length;
+    await waitFor("two receipts", async () => (await accepted()) === 2);
+    expect(await earned(coordinator, attacker)).toBe(2n * JOB_COST);
+    for (const p of puppets) expect(await earned(coordinator, p)).toBe(0n);
+
+    // 3. a real head with a formed cluster may not overpay its member, name it twice or add a stranger
+    const headFrames: CoordinatorFrame[] = [];
+    const head = await signingNode(coordinator.url, joinToken, { role: "head" }, headFrames);
+    const worker = puppets[1] as SimNode;
+    head.send({ type: "cluster.form", sessionId: "session-1", members: [worker.id], expiresAt: Date.now() + 10 * 24 * 3600_000 });
+    const formed = await waitFor("the cluster to form", () =>
+      headFrames.find((f): f is ClusterMembers => f.type === "cluster.members" && f.members.length === 1),
+    );
+    expect(formed.expiresAt).toBeLessThanOrEqual(Date.now() + 24 * 3600_000);
+    head.send({ type: "cluster.plan", members: at10000([worker.id, head.id]) });
+    head.send({ type: "cluster.plan", members: at10000([worker.id, worker.id]) });
+    head.send({ type: "cluster.plan", members: [{ nodeId: puppets[0]?.id as string, firstLayer: 0, layerCount: 10, shareBps: 10_000 }] });
+    await waitFor("three refusals", () => headFrames.filter((f) => f.type === "error").length === 3);
+    expect(coordinator.fleet.get(head.id)?.cluster).toBeUndefined();
+    expect(await accepted()).toBe(2);
   });
 });
 

@@ -168,7 +168,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
       expect(split.node).toBe(head.id);
       const direct = await fetch(`${solo.url}/v1/chat/completions`, {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", authorization: `Bearer ${solo.apiKey}` },
         body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: prompt }], max_tokens: 24, temperature: 0 }),
       }).then((r) => r.json() as Promise<{ choices: { message: { content: string } }[] }>);
       expect(split.body.choices[0]?.message.content).toBe(direct.choices[0]?.message.content);
@@ -177,7 +177,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     for (const w of workers) expect(await rpcAccepts(w)).toBeGreaterThan(0);
   });
 
-  it("drops unauthenticated tunnel connections before rpc-server sees them", async () => {
+  it("drops tunnel connections without TLS and the head's key before rpc-server sees them", async () => {
     const w = workers[0] as Daemon;
     const before = await rpcAccepts(w);
     for (const payload of [
@@ -188,7 +188,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
       await new Promise<void>((resolve) => {
         const s = net.connect({ host: w.host.address, port: w.tunnelPort as number });
         s.on("error", () => {});
-        s.once("data", () => s.write(payload));
+        s.once("connect", () => s.write(payload));
         s.once("close", () => resolve());
         setTimeout(() => s.destroy(), 7_000).unref();
       });

@@ -25,6 +25,7 @@ import {
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { z } from "zod";
 import { admitModels, type KnownModel } from "../catalogue.js";
+import { checkPlan, decideForm, type Formation } from "../clusters.js";
 import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
@@ -62,6 +63,8 @@ function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefin
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
   /** cluster sessions waiting for their workers' `tunnel.ready` */
   const clusterForms = new Map<string, { ready(nodeId: string): void }>();
+  /** each head's latest formation: the only members its split may name */
+  const formations = new Map<string, Formation>();
   // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
   const sweeper = setInterval(() => {
     for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
@@ -190,10 +193,16 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           return void formCluster(node, frame);
         case "tunnel.ready":
           return void clusterForms.get(frame.sessionId)?.ready(node.id);
-        case "cluster.plan":
-          node.cluster = frame.members;
+        case "cluster.plan": {
+          const refused = checkPlan(node.id, formations.get(node.id), frame.members, Date.now());
+          if (refused) {
+            log.warn({ nodeId: node.id, reason: refused }, "cluster split refused");
+            return send({ type: "error", message: `cluster split refused: ${refused}` });
+          }
+          node.cluster = frame.members.map((m) => ({ ...m, nodeId: m.nodeId.toLowerCase() }));
           log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
           return;
+        }
         case "hello":
           return refuse("hello was already received");
       }
@@ -203,6 +212,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       const id = node.id;
       if (o.fleet.get(id) === node) {
         o.fleet.remove(id, "control channel closed");
+        formations.delete(id);
         log.info({ nodeId: id }, "node disconnected");
       }
       if (closing) return;
@@ -239,26 +249,28 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     }
 
     /**
-     * A head asks for its workers: each gets the session key over its own control channel and
-     * says when it is in place; then the head hears where the tunnels are (and who is missing).
+     * A head asks for its workers: each worker hears which head may dial it, until when (no key:
+     * the tunnel's keys come from the head's and the worker's own node keys) and says when it is
+     * in place; then the head hears where the tunnels are (and who is missing).
      */
     async function formCluster(head: ConnectedNode, f: z.infer<typeof clusterFormSchema>) {
+      const decision = decideForm(head, f, (id) => o.fleet.get(id), Date.now());
+      if (!decision.ok) {
+        log.warn({ nodeId: head.id, reason: decision.reason }, "cluster formation refused");
+        head.send({ type: "cluster.members", sessionId: f.sessionId, members: [], missing: [], refused: decision.reason });
+        return;
+      }
+      const { expiresAt, missing } = decision;
+      // a new formation replaces the head's earlier one, and with it the split it may announce
+      formations.delete(head.id);
+      head.cluster = undefined;
       const members: ClusterMembers["members"] = [];
-      const missing: ClusterMembers["missing"] = [];
       const waiting = new Set<string>();
-      for (const id of new Set(f.members.map((m) => m.toLowerCase()))) {
-        const w = o.fleet.get(id);
-        if (!w) missing.push({ nodeId: id, reason: "not connected" });
-        else if (w.role !== "worker" || !w.tunnel) missing.push({ nodeId: id, reason: "not a worker" });
-        else {
-          waiting.add(id);
-          w.send({ type: "tunnel.session", sessionId: f.sessionId, key: f.key, head: head.id, expiresAt: f.expiresAt });
-          members.push({
-            nodeId: id,
-            ...w.tunnel,
-            freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0,
-          });
-        }
+      for (const id of decision.invite) {
+        const w = o.fleet.get(id) as ConnectedNode & { tunnel: NonNullable<ConnectedNode["tunnel"]> };
+        waiting.add(id);
+        w.send({ type: "tunnel.session", sessionId: f.sessionId, head: head.id, expiresAt });
+        members.push({ nodeId: id, ...w.tunnel, freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0 });
       }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(finish, 5_000);
@@ -277,7 +289,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       });
       const ready = members.filter((m) => !waiting.has(m.nodeId));
       for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
-      head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing });
+      formations.set(head.id, { sessionId: f.sessionId, head: head.id, members: new Set(ready.map((m) => m.nodeId)), expiresAt });
+      head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing, expiresAt });
       log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
     }
 

@@ -161,8 +161,7 @@ export function nodeCommand(): Command {
     .option("--members <ids>", "head: the workers to split over, comma-separated node ids")
     .addOption(new Option("--tunnel-port <port>", "worker: port of the RPC tunnel (0 = any free port)").default(0).argParser(positiveInt))
     .option("--tunnel-host <host>", "worker: address the tunnel listens on", "0.0.0.0")
-    .option("--tunnel-tls-cert <file>", "worker: PEM certificate: TLS on the tunnel (with --tunnel-tls-key)")
-    .option("--tunnel-tls-key <file>", "worker: PEM private key for --tunnel-tls-cert")
+    .option("--heads <ids>", "worker: the only cluster heads it serves, comma-separated node ids (default: any head the coordinator names)")
     .option("--verbose", "log at info level")
     .action(
       async (o: {
@@ -170,8 +169,7 @@ export function nodeCommand(): Command {
         members?: string;
         tunnelPort: number;
         tunnelHost: string;
-        tunnelTlsCert?: string;
-        tunnelTlsKey?: string;
+        heads?: string;
         coordinator?: string;
         token?: string;
         coordinatorCa?: string;
@@ -307,19 +305,22 @@ export function nodeCommand(): Command {
 async function runWorker(
   paths: ReturnType<typeof resolvePaths>,
   config: NodeConfig,
-  o: { threads?: number; tunnelPort: number; tunnelHost: string; tunnelTlsCert?: string; tunnelTlsKey?: string },
+  o: { threads?: number; tunnelPort: number; tunnelHost: string; heads?: string },
   logger: Logger,
   signal: AbortSignal,
 ) {
-  if (Boolean(o.tunnelTlsCert) !== Boolean(o.tunnelTlsKey))
-    throw new Error("TLS on the tunnel needs both --tunnel-tls-cert and --tunnel-tls-key");
+  const heads = o.heads
+    ?.split(",")
+    .map((h) => h.trim().toLowerCase())
+    .filter(Boolean);
+  if (heads?.some((h) => !/^0x[0-9a-f]{40}$/.test(h))) throw new Error("--heads takes node ids (0x and 40 hex digits), comma-separated");
   const worker = await startWorkerDaemon({
     paths,
     ...config,
     threads: o.threads,
     tunnelHost: o.tunnelHost,
     tunnelPort: o.tunnelPort,
-    tls: o.tunnelTlsCert && o.tunnelTlsKey ? { certFile: o.tunnelTlsCert, keyFile: o.tunnelTlsKey } : undefined,
+    heads,
     logger,
     progress: terminalProgress(),
     signal,

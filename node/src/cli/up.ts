@@ -23,8 +23,9 @@ export interface UpFile {
   coordinatorUrl: string;
   apiKey: string;
   models: string[];
-  /** the local node's own llama-server, for debugging and benchmarks */
+  /** the local node's own llama-server, for debugging and benchmarks, and its API key */
   engineUrl: string;
+  engineApiKey: string;
   /** the local dev chain and the contracts on it; absent with --no-chain */
   chainRpcUrl?: string;
   contracts?: Record<string, string>;
@@ -125,6 +126,7 @@ export function upCommand(): Command {
           apiKey,
           models,
           engineUrl: node.llama.url,
+          engineApiKey: node.llama.apiKey,
           ...(chain && { chainRpcUrl: chain.rpcUrl, contracts: chain.contracts }),
           pid: process.pid,
           startedAt: new Date().toISOString(),

@@ -1,15 +1,24 @@
 /**
- * The head of a LAN cluster: it asks the coordinator for its workers (which hands each the
- * session key), measures the link to each through its tunnel, plans the layer split, and gives
+ * The head of a LAN cluster: it asks the coordinator for its workers (which tells each that this
+ * head may dial it), measures the link to each through its tunnel (TLS, both ends proven by their
+ * node keys), plans the layer split, and gives
  * llama-server one local endpoint per member (`--rpc`) with the matching `--tensor-split`. This
  * runs before every start of llama-server: when a member dies, llama-server fails, its jobs fail
  * cleanly, and the restart re-forms the cluster over the members that still answer.
  */
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import type { ClusterMembers, NodeFrame } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type MemberInfo, type ModelLayout, type Placement, planPlacement, tensorSplit } from "./placement.js";
-import { dialTunnel, measureThroughput, TunnelProxy } from "./tunnel.js";
+import {
+  type DialOptions,
+  dialTunnel,
+  measureThroughput,
+  type TunnelIdentity,
+  TunnelProxy,
+  type TunnelSigner,
+  tunnelIdentity,
+} from "./tunnel.js";
 
 export interface ClusterHeadOptions {
   headId: string;
@@ -17,9 +26,10 @@ export interface ClusterHeadOptions {
   members: string[];
   layout: ModelLayout;
   send: (frame: NodeFrame) => void;
-  relayBinary: string | undefined;
+  /** this head's node key: the workers serve only it */
+  signer: TunnelSigner;
   logger: Logger;
-  /** how long a session key lives; default 24 h */
+  /** how long a cluster session lives; default (and at most) 24 h */
   sessionTtlMs?: number;
 }
 
@@ -40,9 +50,8 @@ export class ClusterHead {
     if (this.pending?.sessionId === frame.sessionId) this.pending.resolve(frame);
   }
 
-  private form(): Promise<{ members: ClusterMembers; key: string; sessionId: string }> {
+  private form(): Promise<{ members: ClusterMembers; sessionId: string }> {
     const sessionId = randomUUID();
-    const key = randomBytes(32).toString("hex");
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending = undefined;
@@ -53,28 +62,28 @@ export class ClusterHead {
         resolve: (members) => {
           clearTimeout(timer);
           this.pending = undefined;
-          resolve({ members, key, sessionId });
+          if (members.refused) reject(new Error(`the coordinator would not form the cluster: ${members.refused}`));
+          else resolve({ members, sessionId });
         },
       };
       this.o.send({
         type: "cluster.form",
         sessionId,
-        key,
         members: this.o.members,
         expiresAt: Date.now() + (this.o.sessionTtlMs ?? 24 * 3600_000),
       });
     });
   }
 
-  /** One formation: the coordinator hands out the session; each member's link is measured through its tunnel. */
-  private async formAndMeasure() {
-    const { members, key, sessionId } = await this.form();
+  /** One formation: the coordinator names this head to the workers; each member's link is measured through its tunnel. */
+  private async formAndMeasure(identity: TunnelIdentity) {
+    const { members, sessionId } = await this.form();
     for (const m of members.missing) this.o.logger.warn({ member: m.nodeId, reason: m.reason }, "cluster member unavailable");
     // the link to each member: the fastest TCP connect of five authenticated dials (the connect is
     // answered by the worker's kernel, so a busy worker process does not pass for a far one)
-    const infos: (MemberInfo & ClusterMembers["members"][number])[] = [];
+    const infos: (MemberInfo & ClusterMembers["members"][number] & { dial: DialOptions })[] = [];
     for (const m of members.members) {
-      const dial = { host: m.host, port: m.port, tls: m.tls, session: { id: sessionId, key }, headId: this.o.headId, workerId: m.nodeId };
+      const dial: DialOptions = { host: m.host, port: m.port, sessionId, identity, workerId: m.nodeId };
       let best = Number.POSITIVE_INFINITY;
       try {
         for (let i = 0; i < 5; i++) {
@@ -91,9 +100,9 @@ export class ClusterHead {
           this.o.logger.warn({ member: m.nodeId, err: err.message }, "could not measure the link's throughput");
           return 0;
         });
-      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best, throughputMiBps });
+      infos.push({ ...m, id: m.nodeId, tokensPerSecond: m.speed, rttMs: best, throughputMiBps, dial });
     }
-    return { infos, key, sessionId };
+    return { infos };
   }
 
   /** Forms the cluster anew and returns llama-server's `--rpc`/`--tensor-split` arguments. */
@@ -101,26 +110,24 @@ export class ClusterHead {
     await this.closeProxies();
     // a member that is missing or unreachable for a moment (starting, busy) is asked for again
     // a few times before the cluster forms without it
+    // a fresh certificate for every formation, tied to this head's node key on every connection
+    const identity = tunnelIdentity(this.o.signer);
     let formed: Awaited<ReturnType<ClusterHead["formAndMeasure"]>>;
     for (let attempt = 1; ; attempt++) {
-      formed = await this.formAndMeasure();
+      formed = await this.formAndMeasure(identity);
       const absent = this.o.members.length - formed.infos.length;
       if (!absent || attempt >= FORM_ATTEMPTS) break;
       this.o.logger.info({ absent, attempt }, "cluster members missing: asking again");
       await new Promise((r) => setTimeout(r, FORM_RETRY_MS));
     }
-    const { infos, key, sessionId } = formed;
+    const { infos } = formed;
     if (!infos.length) throw new Error("no cluster member is reachable");
     const plan = planPlacement(this.o.layout, infos);
     for (const e of plan.excluded) this.o.logger.warn(e, "cluster member left out of the split");
     const ports: number[] = [];
     for (const p of plan.members) {
       const m = infos.find((x) => x.id === p.id) as (typeof infos)[number];
-      const proxy = new TunnelProxy(
-        { host: m.host, port: m.port, tls: m.tls, session: { id: sessionId, key }, headId: this.o.headId, workerId: m.nodeId },
-        this.o.relayBinary,
-        this.o.logger,
-      );
+      const proxy = new TunnelProxy(m.dial, this.o.logger);
       ports.push(await proxy.listen());
       this.proxies.push(proxy);
     }

@@ -1,168 +1,236 @@
 /**
- * The tunnel in front of a real rpc-server: authenticated connections get through (plain and
- * TLS); unauthenticated, wrongly keyed, replayed, unknown and stale ones are dropped before
- * rpc-server sees them, which rpc-server's own log confirms.
+ * The tunnel against a LAN attacker. Behind it sits a recording TCP server in rpc-server's place,
+ * so every byte that would reach rpc-server is seen. The named head gets through, its bytes
+ * encrypted on the wire; a connection without TLS, without a certificate, signed by another key,
+ * from a head the session does not name or the worker's policy does not serve, on a stale session,
+ * or replaying a real head's signed handshake gets nothing through; bytes injected or altered
+ * mid-stream end the connection before they reach the upstream.
  */
-import { execFileSync } from "node:child_process";
-import { createHmac, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import net from "node:net";
-import { join } from "node:path";
+import { spawn } from "node:child_process";
+import net, { type Socket } from "node:net";
+import tls from "node:tls";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { quietLogger, tempPaths, waitFor } from "../../../test/helpers.ts";
-import { findEngine } from "../engine/build.js";
-import { relayBinary } from "./relay.js";
-import { type RpcServer, startRpcServer } from "./rpcServer.js";
-import { measureThroughput, TUNNEL_PROTOCOL, TunnelProxy, TunnelServer, type TunnelSession } from "./tunnel.js";
+import { quietLogger, waitFor } from "../../../test/helpers.ts";
+import {
+  bindingMessage,
+  dialTunnel,
+  MAX_SESSION_MS,
+  measureThroughput,
+  TUNNEL_PROTOCOL,
+  TunnelProxy,
+  TunnelServer,
+  tunnelIdentity,
+} from "./tunnel.js";
 
-const WORKER = "0x00000000000000000000000000000000000000aa";
-const HEAD = "0x00000000000000000000000000000000000000bb";
+const worker = privateKeyToAccount(generatePrivateKey());
+const head = privateKeyToAccount(generatePrivateKey());
+const stranger = privateKeyToAccount(generatePrivateKey());
+const banned = privateKeyToAccount(generatePrivateKey());
+const WORKER = worker.address.toLowerCase();
+const HEAD = head.address.toLowerCase();
 
-let paths: Awaited<ReturnType<typeof tempPaths>>;
-let rpc: RpcServer;
+/** rpc-server's stand-in: keeps every byte any connection sent it, and echoes it back */
+let upstream: net.Server;
+let received = Buffer.alloc(0);
+let upstreamConnections = 0;
+let upstreamClosed = 0;
 let tunnel: TunnelServer;
-let tlsTunnel: TunnelServer;
-const session: TunnelSession = { id: "s1", key: randomBytes(32).toString("hex"), head: HEAD, expiresAt: Date.now() + 3_600_000 };
+const headIdentity = tunnelIdentity(head);
+const workerIdentity = tunnelIdentity(worker);
+const dial = () => ({ host: "127.0.0.1", port: tunnel.port, sessionId: "s1", identity: headIdentity, workerId: WORKER });
 
 beforeAll(async () => {
-  paths = await tempPaths("sharedllm-tunnel-");
-  const engine = await findEngine(paths.cache);
-  if (!engine) throw new Error("no engine build (the global setup builds it)");
-  rpc = await startRpcServer({ engine, cache: paths.home, logDir: paths.home });
-  const binary = await relayBinary(paths.cache);
+  upstream = net.createServer((s) => {
+    upstreamConnections++;
+    s.on("close", () => upstreamClosed++);
+    s.on("data", (d) => {
+      received = Buffer.concat([received, d]);
+      s.write(d);
+    });
+    s.on("error", () => {});
+  });
+  await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
   tunnel = new TunnelServer({
-    nodeId: WORKER,
+    identity: workerIdentity,
     host: "127.0.0.1",
     port: 0,
-    upstreamPort: rpc.port,
-    relayBinary: binary,
+    upstreamPort: (upstream.address() as net.AddressInfo).port,
+    allowHead: (h) => h !== banned.address.toLowerCase(),
     logger: quietLogger(),
   });
   await tunnel.listen();
-  tunnel.addSession(session);
-  execFileSync(
-    "openssl",
-    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=worker"].concat([
-      "-keyout",
-      join(paths.home, "key.pem"),
-      "-out",
-      join(paths.home, "cert.pem"),
-    ]),
-    { stdio: "ignore" },
-  );
-  tlsTunnel = new TunnelServer({
-    nodeId: WORKER,
-    host: "127.0.0.1",
-    port: 0,
-    upstreamPort: rpc.port,
-    tls: { key: readFileSync(join(paths.home, "key.pem")), cert: readFileSync(join(paths.home, "cert.pem")) },
-    logger: quietLogger(),
-  });
-  await tlsTunnel.listen();
-  tlsTunnel.addSession(session);
-}, 60_000);
+  expect(tunnel.addSession({ id: "s1", head: HEAD, expiresAt: Date.now() + 3_600_000 })).toBe(true);
+});
 
 afterAll(async () => {
   await tunnel?.close();
-  await tlsTunnel?.close();
-  await rpc?.supervisor.stop();
-  await paths?.cleanup();
+  await new Promise((r) => upstream?.close(r));
 });
 
-/** Connects to the tunnel, reads the greeting, sends `reply(greeting)`, and says how it ended. */
-function rawAttempt(
-  reply: (greeting: { nonce: string; node: string }) => string | undefined,
-): Promise<{ greeting: { nonce: string }; closed: boolean; answer: string }> {
+/** Sends `bytes` on a connection and resolves with what came back before it closed (or 1.5 s passed). */
+function exchange(socket: Socket, bytes?: Buffer | string): Promise<string> {
   return new Promise((resolve) => {
-    const s = net.connect({ host: "127.0.0.1", port: tunnel.port });
-    let buf = "";
-    let greeting: { nonce: string; node: string } | undefined;
-    s.on("data", (d) => {
-      buf += d;
-      if (!greeting && buf.includes("\n")) {
-        greeting = JSON.parse(buf.slice(0, buf.indexOf("\n"))) as { nonce: string; node: string };
-        buf = buf.slice(buf.indexOf("\n") + 1);
-        const line = reply(greeting);
-        if (line !== undefined) s.write(line);
-      }
+    let answer = "";
+    socket.on("data", (d) => {
+      answer += d;
     });
-    s.on("error", () => {});
-    s.on("close", () => resolve({ greeting: greeting as { nonce: string }, closed: true, answer: buf }));
-    setTimeout(() => {
-      s.destroy();
-    }, 1_500).unref();
+    socket.on("error", () => {});
+    socket.on("close", () => resolve(answer));
+    socket.resume();
+    if (bytes !== undefined) socket.write(bytes);
+    setTimeout(() => socket.destroy(), 1_500).unref();
   });
 }
 
-const clientLine = (key: string, serverNonce: string, nonce = randomBytes(16).toString("hex"), id = session.id) => {
-  const mac = createHmac("sha256", Buffer.from(key, "hex"))
-    .update(["client", id, HEAD, WORKER, serverNonce, nonce, "", "relay"].join("|"))
-    .digest("hex");
-  return `${JSON.stringify({ session: id, head: HEAD, nonce, mac })}\n`;
-};
+/** A TLS connection with a certificate of its own, as an attacker on the LAN can make. */
+async function attackerTls(): Promise<tls.TLSSocket & { fingerprint: string }> {
+  const { cert } = tunnelIdentity(stranger);
+  const s = tls.connect({ host: "127.0.0.1", port: tunnel.port, key: cert.key, cert: cert.cert, rejectUnauthorized: false });
+  s.on("error", () => {});
+  await new Promise((r) => s.once("secureConnect", r));
+  return Object.assign(s, { fingerprint: cert.fingerprint });
+}
+
+/** The handshake line of a head, signed by `by` over this very connection. */
+async function signedLine(s: tls.TLSSocket & { fingerprint: string }, by: typeof head, claimed = by.address.toLowerCase(), session = "s1") {
+  const facts = {
+    cert: s.fingerprint,
+    peer: workerIdentity.cert.fingerprint,
+    exporter: s.exportKeyingMaterial(32, "EXPORTER-sharedllm-tunnel", Buffer.alloc(0)).toString("hex"),
+  };
+  const message = bindingMessage({ role: "head", session, head: claimed, worker: WORKER, mode: "relay", ...facts });
+  return `${JSON.stringify({ p: TUNNEL_PROTOCOL, session, head: claimed, mode: "relay", sig: await by.signMessage({ message }) })}\n`;
+}
 
 describe("the RPC tunnel", () => {
-  it("lets a head with the session key through to rpc-server, plain and over TLS", async () => {
-    const before = await rpc.acceptedConnections();
-    for (const [server, tls] of [
-      [tunnel, false],
-      [tlsTunnel, true],
-    ] as const) {
-      const proxy = new TunnelProxy(
-        { host: "127.0.0.1", port: server.port, session, headId: HEAD, workerId: WORKER, tls },
-        await relayBinary(paths.cache),
-        quietLogger(),
-      );
-      await proxy.listen();
-      // what llama-server would do: connect to the local endpoint
-      const local = net.connect({ host: "127.0.0.1", port: proxy.port });
-      await new Promise((r) => local.once("connect", r));
-      await waitFor(
-        "rpc-server to accept the tunnelled connection",
-        async () => (await rpc.acceptedConnections()) === before + (tls ? 2 : 1),
-      );
-      local.destroy();
-      await proxy.close();
-    }
-    expect(tunnel.stats.accepted + tlsTunnel.stats.accepted).toBe(2);
+  it("carries the named head's bytes to rpc-server, encrypted on the wire", async () => {
+    received = Buffer.alloc(0);
+    // a tap between head and worker sees only TLS records, never the RPC bytes
+    let wire = Buffer.alloc(0);
+    const tap = net.createServer((a) => {
+      const b = net.connect(tunnel.port, "127.0.0.1");
+      a.on("data", (d) => {
+        wire = Buffer.concat([wire, d]);
+      });
+      a.pipe(b).pipe(a);
+      a.on("error", () => b.destroy());
+      b.on("error", () => a.destroy());
+    });
+    await new Promise<void>((r) => tap.listen(0, "127.0.0.1", r));
+    const proxy = new TunnelProxy({ ...dial(), port: (tap.address() as net.AddressInfo).port }, quietLogger());
+    await proxy.listen();
+    // what llama-server does: connect to the local endpoint and speak RPC
+    const local = net.connect(proxy.port, "127.0.0.1");
+    const secret = "GGML-RPC-COMMAND-set_tensor";
+    local.write(secret);
+    let echoed = "";
+    local.on("data", (d) => {
+      echoed += d;
+    });
+    await waitFor("the bytes to reach rpc-server and come back", () => echoed === secret);
+    expect(received.toString()).toBe(secret);
+    expect(wire.includes(secret)).toBe(false);
+    local.destroy();
+    await proxy.close();
+    await new Promise((r) => tap.close(r));
   });
 
-  it("drops unauthenticated, wrongly keyed, replayed, unknown and stale connections before rpc-server sees them", async () => {
-    const before = await rpc.acceptedConnections();
+  it("serves no connection that is not the named head's, and rpc-server sees none of its bytes", async () => {
+    const before = upstreamConnections;
+    received = Buffer.alloc(0);
     const refusedBefore = { ...tunnel.stats.refused };
-    // no handshake at all, garbage, a wrong key, an unknown session
-    expect((await rawAttempt(() => undefined)).answer).toBe("");
-    expect((await rawAttempt(() => "GET / HTTP/1.1\r\n\r\n\n")).closed).toBe(true);
-    expect((await rawAttempt((g) => clientLine(randomBytes(32).toString("hex"), g.nonce))).answer).toBe("");
-    expect((await rawAttempt((g) => clientLine(session.key, g.nonce, undefined, "no-such-session"))).answer).toBe("");
-    // a valid handshake, recorded, and played again on a new connection
-    let recorded = "";
-    const valid = await rawAttempt((g) => {
-      recorded = clientLine(session.key, g.nonce);
-      return recorded;
-    });
-    expect(valid.answer).toContain('"ok":true');
-    await waitFor("the valid connection", async () => (await rpc.acceptedConnections()) === before + 1);
-    expect((await rawAttempt(() => recorded)).answer).toBe("");
+    // plain TCP speaking the RPC protocol straight away
+    expect(await exchange(net.connect(tunnel.port, "127.0.0.1"), "GGML-RPC-COMMAND\n")).toBe("");
+    // TLS without a client certificate
+    const noCert = tls.connect({ host: "127.0.0.1", port: tunnel.port, rejectUnauthorized: false });
+    expect(await exchange(noCert, `${JSON.stringify({ p: TUNNEL_PROTOCOL, session: "s1", head: HEAD, mode: "relay" })}\n`)).toBe("");
+    // TLS with a certificate, claiming to be the head, signed by another key
+    let s = await attackerTls();
+    expect(await exchange(s, await signedLine(s, stranger, HEAD))).toBe("");
+    // a node that is not the named head, with its own valid signature
+    s = await attackerTls();
+    expect(await exchange(s, await signedLine(s, stranger))).toBe("");
+    // a head the coordinator named but this worker's own policy does not serve
+    expect(tunnel.addSession({ id: "s2", head: banned.address, expiresAt: Date.now() + 60_000 })).toBe(false);
+    s = await attackerTls();
+    expect(await exchange(s, await signedLine(s, banned, undefined, "s2"))).toBe("");
     // a session past its expiry
-    tunnel.addSession({ ...session, id: "old", head: "0x00000000000000000000000000000000000000cc", expiresAt: Date.now() - 1 });
-    expect((await rawAttempt((g) => clientLine(session.key, g.nonce, undefined, "old"))).answer).toBe("");
+    tunnel.addSession({ id: "old", head: stranger.address, expiresAt: Date.now() - 1 });
+    s = await attackerTls();
+    expect(await exchange(s, await signedLine(s, stranger, undefined, "old"))).toBe("");
+    // the real head's signed handshake, recorded off its own connection and replayed on the attacker's
+    const real = await dialTunnel(dial());
+    const replay = await signedLine(Object.assign(real, { fingerprint: headIdentity.cert.fingerprint }), head);
+    real.destroy();
+    s = await attackerTls();
+    expect(await exchange(s, replay)).toBe("");
 
     const refused = Object.fromEntries(Object.entries(tunnel.stats.refused).map(([k, v]) => [k, v - (refusedBefore[k] ?? 0)]));
-    expect(refused).toMatchObject({ "no handshake": 1, malformed: 1, "wrong key": 2, "unknown session": 1, "stale session": 1 });
-    // rpc-server saw only the one valid connection
-    expect(await rpc.acceptedConnections()).toBe(before + 1);
+    expect(refused).toMatchObject({ "wrong key": 2, "wrong head": 1, "unknown session": 1, "stale session": 1 });
+    expect((refused["tls handshake failed"] ?? 0) + (refused["no certificate"] ?? 0)).toBe(2);
+    // the real head's dial (no relay bytes) and nothing else reached rpc-server
+    expect(upstreamConnections - before).toBe(1);
+    expect(received.length).toBe(0);
   });
 
-  it("measures a link's throughput through an authenticated tunnel without touching rpc-server", async () => {
-    const before = await rpc.acceptedConnections();
-    const mibps = await measureThroughput({ host: "127.0.0.1", port: tunnel.port, session, headId: HEAD, workerId: WORKER }, 2 * 2 ** 20);
+  it("ends a connection whose bytes are injected or altered mid-stream before they reach rpc-server", async () => {
+    for (const attack of ["inject", "alter"] as const) {
+      received = Buffer.alloc(0);
+      // a man in the middle that lets the handshake through, then tampers with what the head sends
+      let tamper = false;
+      let toWorker: Socket | undefined;
+      const mitm = net.createServer((a) => {
+        const b = net.connect(tunnel.port, "127.0.0.1");
+        toWorker = b;
+        a.on("data", (d: Buffer) => {
+          if (tamper && attack === "alter") d[d.length - 1] = (d[d.length - 1] as number) ^ 1;
+          b.write(d);
+        });
+        b.pipe(a);
+        a.on("error", () => b.destroy());
+        b.on("error", () => a.destroy());
+        b.on("close", () => a.destroy());
+      });
+      await new Promise<void>((r) => mitm.listen(0, "127.0.0.1", r));
+      const socket = await dialTunnel({ ...dial(), port: (mitm.address() as net.AddressInfo).port });
+      socket.on("error", () => {});
+      const closedBefore = upstreamClosed;
+      socket.write("first");
+      await waitFor("the first bytes", () => received.toString() === "first");
+      tamper = true;
+      if (attack === "inject") toWorker?.write(Buffer.from("\x17\x03\x03\x00\x05GGML!"));
+      else socket.write("second");
+      await waitFor(`the worker to drop the ${attack}ed connection to rpc-server`, () => upstreamClosed === closedBefore + 1);
+      expect(received.toString()).toBe("first");
+      socket.destroy();
+      await new Promise((r) => mitm.close(r));
+    }
+  });
+
+  it.skipIf(process.getuid?.() !== 0)(
+    "serves the head's local endpoint to its own user only, not to another user of the machine",
+    async () => {
+      received = Buffer.alloc(0);
+      const proxy = new TunnelProxy(dial(), quietLogger());
+      await proxy.listen();
+      // another local user (nobody) connects to the endpoint llama-server uses and speaks RPC
+      const script = `const s = require("node:net").connect(${proxy.port}, "127.0.0.1", () => s.write("GGML-RPC-FROM-ANOTHER-USER")); s.on("close", () => process.exit(0)); s.on("error", () => process.exit(0));`;
+      const other = spawn(process.execPath, ["-e", script], { uid: 65534, gid: 65534, stdio: "ignore" });
+      const exited = new Promise((r) => other.once("exit", r));
+      await waitFor("the other user's connection to be refused", () => proxy.refused === 1);
+      await exited;
+      expect(received.length).toBe(0);
+      await proxy.close();
+    },
+  );
+
+  it("keeps a session at most a day, and measures a link without touching rpc-server", async () => {
+    tunnel.addSession({ id: "long", head: stranger.address, expiresAt: Date.now() + 10 * MAX_SESSION_MS });
+    expect(tunnel.expiresAt("long")).toBeLessThanOrEqual(Date.now() + MAX_SESSION_MS);
+    const before = upstreamConnections;
+    const mibps = await measureThroughput(dial(), 2 * 2 ** 20);
     expect(mibps).toBeGreaterThan(1);
-    expect(await rpc.acceptedConnections()).toBe(before);
-  });
-
-  it("greets with its protocol and node id", async () => {
-    const { greeting } = await rawAttempt(() => undefined);
-    expect(greeting).toMatchObject({ p: TUNNEL_PROTOCOL, node: WORKER });
+    expect(upstreamConnections).toBe(before);
   });
 });

@@ -1,58 +1,101 @@
 /**
  * The RPC tunnel (DESIGN.md section 5). llama.cpp's rpc-server has no authentication, so it
- * listens on 127.0.0.1 only and a worker exposes this tunnel instead. Before a single byte
- * reaches rpc-server, a connection must pass an HMAC-SHA256 challenge-response under a
- * per-cluster-session key (handed out over the control channel):
+ * listens on 127.0.0.1 only and a worker exposes this tunnel instead. Every connection is TLS 1.3
+ * with a certificate on both ends: each end makes an ephemeral Ed25519 certificate (tunnelCert.ts)
+ * and ties it to its node key (its secp256k1 Ethereum key) with an EIP-191 signature over
  *
- *   worker -> head  {"p":"sharedllm-tunnel/1","node":<worker>,"nonce":<sn>}
- *   head -> worker  {"session":<id>,"head":<head>,"nonce":<cn>,"mode":<m>,"mac":HMAC(key, client|id|head|worker|sn|cn|tls|m)}
- *   worker -> head  {"ok":true,"mac":HMAC(key, server|id|head|worker|sn|cn|tls|m)}
+ *   sharedllm-tunnel/2 <role> session <id> head <head> worker <worker> mode <m>
+ *   cert <own certificate's sha256> peer <the other end's certificate's sha256> exporter <tls exporter>
  *
- * Both nonces are fresh per connection, so a recorded handshake cannot be replayed; `tls` is the
- * TLS channel binding (exported keying material) when the link uses TLS, so a man in the middle
- * cannot splice two TLS sessions. Then the authenticated sockets go to the relay.
+ * so each end pins the certificate the other proved in the TLS handshake to the node key that
+ * signed it; the exporter (RFC 8446 section 7.5) makes each signature good for this connection only.
+ *
+ *   head -> worker  {"p":"sharedllm-tunnel/2","session":<id>,"head":<head>,"mode":<m>,"sig":<head's signature>}
+ *   worker -> head  {"ok":true,"sig":<worker's signature>}
+ *
+ * The traffic keys come from TLS 1.3's ephemeral (EC)DHE exchange, fresh for every connection;
+ * nobody else (the coordinator included) ever holds one. Every byte after the handshake is
+ * encrypted and authenticated by TLS, so bytes injected or altered on the path end the connection
+ * before rpc-server sees them. A worker serves a head only while the coordinator's formation names
+ * it (a session, capped at a day) and its own policy allows it (`allowHead`).
  */
-import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import net, { type Socket } from "node:net";
 import tls, { type TLSSocket } from "node:tls";
 import type { Logger } from "pino";
+import { type Hex, recoverMessageAddress } from "viem";
+import { fromOwnUser } from "./localPeer.js";
 import { type Relayed, relay } from "./relay.js";
+import { certFingerprint, ephemeralCert, type TunnelCert } from "./tunnelCert.js";
 
-export const TUNNEL_PROTOCOL = "sharedllm-tunnel/1";
+export const TUNNEL_PROTOCOL = "sharedllm-tunnel/2";
+/** The longest a worker keeps a session, whatever it is told. */
+export const MAX_SESSION_MS = 24 * 3600_000;
 const HANDSHAKE_TIMEOUT_MS = 5_000;
 const MAX_LINE = 2_048;
+const EXPORTER_LABEL = "EXPORTER-sharedllm-tunnel";
 
 export interface TunnelSession {
   id: string;
-  /** 32 random bytes, hex */
-  key: string;
   /** the node id of the head allowed to use it */
   head: string;
   /** unix ms */
   expiresAt: number;
 }
 
-export interface TunnelTls {
-  key: string | Buffer;
-  cert: string | Buffer;
+/** A node key that signs (a viem account). */
+export interface TunnelSigner {
+  address: string;
+  signMessage(args: { message: string }): Promise<Hex>;
 }
 
-function mac(key: string, role: "client" | "server", parts: string[]): string {
-  return createHmac("sha256", Buffer.from(key, "hex"))
-    .update([role, ...parts].join("|"))
-    .digest("hex");
+/** One end of a tunnel: its node key and the ephemeral certificate it proves in TLS. */
+export interface TunnelIdentity {
+  signer: TunnelSigner;
+  cert: TunnelCert;
 }
 
-function sameMac(a: string, b: string): boolean {
-  const x = Buffer.from(a, "hex");
-  const y = Buffer.from(b, "hex");
-  return x.length === 32 && y.length === 32 && timingSafeEqual(x, y);
+export function tunnelIdentity(signer: TunnelSigner): TunnelIdentity {
+  return { signer, cert: ephemeralCert() };
 }
 
-function binding(socket: Socket): string {
-  return socket instanceof tls.TLSSocket
-    ? (socket as TLSSocket).exportKeyingMaterial(32, "sharedllm-tunnel", Buffer.alloc(0)).toString("hex")
-    : "";
+interface Binding {
+  role: "head" | "worker";
+  session: string;
+  head: string;
+  worker: string;
+  mode: "relay" | "bench";
+  cert: string;
+  peer: string;
+  exporter: string;
+}
+
+/** What an end signs to tie its certificate and this connection to its node key. */
+export function bindingMessage(b: Binding): string {
+  return [
+    `${TUNNEL_PROTOCOL} ${b.role}`,
+    `session ${b.session} head ${b.head.toLowerCase()} worker ${b.worker.toLowerCase()} mode ${b.mode}`,
+    `cert ${b.cert} peer ${b.peer} exporter ${b.exporter}`,
+  ].join("\n");
+}
+
+/** The certificate fingerprints and exporter of an established TLS connection, seen from this end. */
+function connectionFacts(socket: TLSSocket, own: TunnelCert): { cert: string; peer: string; exporter: string } | undefined {
+  const peer = socket.getPeerX509Certificate();
+  if (!peer || socket.getProtocol() !== "TLSv1.3") return undefined;
+  return {
+    cert: own.fingerprint,
+    peer: certFingerprint(peer),
+    exporter: socket.exportKeyingMaterial(32, EXPORTER_LABEL, Buffer.alloc(0)).toString("hex"),
+  };
+}
+
+async function signedBy(message: string, signature: unknown): Promise<string | undefined> {
+  if (typeof signature !== "string" || !/^0x[0-9a-fA-F]{130}$/.test(signature)) return undefined;
+  try {
+    return (await recoverMessageAddress({ message, signature: signature as Hex })).toLowerCase();
+  } catch {
+    return undefined;
+  }
 }
 
 /** Reads one JSON line without consuming anything after it; the socket is left paused. */
@@ -94,16 +137,25 @@ function readLine(socket: Socket, timeoutMs: number): Promise<Record<string, unk
   });
 }
 
+/** TLS 1.3 only, a certificate demanded of the other end, checked by its node key's signature (not by a CA). */
+const TLS_OPTIONS = {
+  minVersion: "TLSv1.3",
+  maxVersion: "TLSv1.3",
+  rejectUnauthorized: false,
+  // AES-128-GCM first: as safe for this use and the cheapest per record on CPUs with AES instructions
+  ciphersuites: "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384",
+} as const;
+
 export interface TunnelServerOptions {
-  /** this worker's node id */
-  nodeId: string;
+  /** this worker's node key */
+  identity: TunnelIdentity;
   host: string;
   /** 0 picks a free port */
   port: number;
   /** where rpc-server listens on 127.0.0.1 */
   upstreamPort: number;
-  relayBinary?: string;
-  tls?: TunnelTls;
+  /** this worker's own policy: whether it lends itself to this head at all (default: any head the coordinator names) */
+  allowHead?: (head: string) => boolean;
   logger: Logger;
 }
 
@@ -118,37 +170,52 @@ export interface TunnelStats {
 /** The worker's end: authenticates each connection, then relays it to rpc-server. */
 export class TunnelServer {
   private readonly sessions = new Map<string, TunnelSession>();
-  private readonly seen = new Map<string, Set<string>>();
   private readonly relays = new Set<Relayed>();
-  private server: net.Server | undefined;
+  private server: tls.Server | undefined;
+  readonly nodeId: string;
   readonly stats: TunnelStats = { accepted: 0, refused: {}, bytesIn: 0, bytesOut: 0 };
   port = 0;
 
-  constructor(private readonly o: TunnelServerOptions) {}
+  constructor(private readonly o: TunnelServerOptions) {
+    this.nodeId = o.identity.signer.address.toLowerCase();
+  }
 
-  /** Accepts connections under this session (replacing an earlier one of the same head). */
-  addSession(s: TunnelSession): void {
-    for (const [id, old] of this.sessions) if (old.head === s.head) this.endSession(id);
-    this.sessions.set(s.id, s);
-    this.seen.set(s.id, new Set());
+  /**
+   * Accepts connections of this head under this session (replacing an earlier one of the same
+   * head), for at most a day; false when this worker's policy does not serve that head.
+   */
+  addSession(s: TunnelSession): boolean {
+    const head = s.head.toLowerCase();
+    if (this.o.allowHead && !this.o.allowHead(head)) return false;
+    for (const [id, old] of this.sessions) if (old.head === head) this.endSession(id);
+    this.sessions.set(s.id, { id: s.id, head, expiresAt: Math.min(s.expiresAt, Date.now() + MAX_SESSION_MS) });
+    return true;
+  }
+
+  /** When a session ends here (unix ms), or undefined when there is none of that id. */
+  expiresAt(id: string): number | undefined {
+    return this.sessions.get(id)?.expiresAt;
   }
 
   endSession(id: string): void {
     this.sessions.delete(id);
-    this.seen.delete(id);
   }
 
   /** Whether a head holds a live session here (receipts for its jobs may be signed). */
   servesHead(head: string): boolean {
     const now = Date.now();
-    return [...this.sessions.values()].some((s) => s.head === head && s.expiresAt > now);
+    return [...this.sessions.values()].some((s) => s.head === head.toLowerCase() && s.expiresAt > now);
   }
 
   async listen(): Promise<number> {
-    const onConnection = (socket: Socket) => void this.accept(socket);
-    this.server = this.o.tls
-      ? tls.createServer({ key: this.o.tls.key, cert: this.o.tls.cert, pauseOnConnect: true } as tls.TlsOptions, onConnection)
-      : net.createServer({ pauseOnConnect: true }, onConnection);
+    const { cert } = this.o.identity;
+    this.server = tls.createServer(
+      // a connection that never completes its TLS handshake is dropped as soon as a silent head would be
+      { ...TLS_OPTIONS, key: cert.key, cert: cert.cert, requestCert: true, handshakeTimeout: HANDSHAKE_TIMEOUT_MS },
+      (socket) => void this.accept(socket),
+    );
+    // a failed TLS handshake (no certificate, garbage, a TLS version below 1.3) never reaches accept
+    this.server.on("tlsClientError", (_err, socket) => this.count(socket, "tls handshake failed"));
     await new Promise<void>((resolve, reject) => {
       this.server?.once("error", reject);
       this.server?.listen(this.o.port, this.o.host, () => resolve());
@@ -162,32 +229,31 @@ export class TunnelServer {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 
-  private refuse(socket: Socket, reason: string) {
+  private count(socket: Socket, reason: string) {
     this.stats.refused[reason] = (this.stats.refused[reason] ?? 0) + 1;
     this.o.logger.warn({ remote: socket.remoteAddress, reason }, "tunnel connection refused");
+  }
+
+  private refuse(socket: Socket, reason: string) {
+    this.count(socket, reason);
     socket.destroy();
   }
 
-  private async accept(socket: Socket) {
+  private async accept(socket: TLSSocket) {
+    socket.pause();
     socket.on("error", () => {});
     // many small RPC round trips per token: Nagle's algorithm would hold each one back
     socket.setNoDelay(true);
-    const serverNonce = randomBytes(16).toString("hex");
-    socket.write(`${JSON.stringify({ p: TUNNEL_PROTOCOL, node: this.o.nodeId, nonce: serverNonce })}\n`);
+    const facts = connectionFacts(socket, this.o.identity.cert);
+    if (!facts) return this.refuse(socket, "no certificate");
     let hello: Record<string, unknown>;
     try {
       hello = await readLine(socket, HANDSHAKE_TIMEOUT_MS);
     } catch (err) {
       return this.refuse(socket, (err as Error).message.startsWith("malformed") ? "malformed" : "no handshake");
     }
-    const { session: id, head, nonce, mac: theirs } = hello;
-    if (
-      typeof id !== "string" ||
-      typeof head !== "string" ||
-      typeof nonce !== "string" ||
-      typeof theirs !== "string" ||
-      !/^[0-9a-f]{32}$/.test(nonce)
-    ) {
+    const { p, session: id, head, mode } = hello;
+    if (p !== TUNNEL_PROTOCOL || typeof id !== "string" || typeof head !== "string" || (mode !== "relay" && mode !== "bench")) {
       return this.refuse(socket, "malformed");
     }
     const session = this.sessions.get(id);
@@ -196,17 +262,16 @@ export class TunnelServer {
       this.endSession(id);
       return this.refuse(socket, "stale session");
     }
-    if (session.head !== head) return this.refuse(socket, "wrong head");
-    // "bench": the head measures the link's throughput; the bytes are counted, not relayed
-    const bench = hello.mode === "bench";
-    const parts = [id, head, this.o.nodeId, serverNonce, nonce, binding(socket), bench ? "bench" : "relay"];
-    if (!sameMac(theirs, mac(session.key, "client", parts))) return this.refuse(socket, "wrong key");
-    const seen = this.seen.get(id) as Set<string>;
-    if (seen.has(nonce)) return this.refuse(socket, "replayed");
+    if (session.head !== head.toLowerCase()) return this.refuse(socket, "wrong head");
+    if (this.o.allowHead && !this.o.allowHead(session.head)) return this.refuse(socket, "head not allowed");
+    const binding = { session: id, head: session.head, worker: this.nodeId, mode } as const;
+    // the head signed its own certificate (our peer) and ours, on this very connection
+    const theirs = bindingMessage({ ...binding, role: "head", cert: facts.peer, peer: facts.cert, exporter: facts.exporter });
+    if ((await signedBy(theirs, hello.sig)) !== session.head) return this.refuse(socket, "wrong key");
     // the head waits for our answer before sending anything: bytes already here break the protocol
     if (socket.readableLength > 0) return this.refuse(socket, "malformed");
-    seen.add(nonce);
-    if (bench) return this.sink(socket, mac(session.key, "server", parts));
+    const ours = await this.o.identity.signer.signMessage({ message: bindingMessage({ ...binding, role: "worker", ...facts }) });
+    if (mode === "bench") return this.sink(socket, ours);
     const upstream = net.connect({ host: "127.0.0.1", port: this.o.upstreamPort, noDelay: true });
     upstream.pause();
     try {
@@ -220,11 +285,10 @@ export class TunnelServer {
       return;
     }
     upstream.on("error", () => {});
-    socket.write(`${JSON.stringify({ ok: true, mac: mac(session.key, "server", parts) })}\n`);
+    socket.write(`${JSON.stringify({ ok: true, sig: ours })}\n`);
     this.stats.accepted += 1;
     this.o.logger.info({ head, session: id }, "tunnel connection accepted");
-    // TLS bytes must be decrypted here; plain TCP goes to the relay process
-    const r = relay(socket, upstream, this.o.tls ? undefined : this.o.relayBinary);
+    const r = relay(socket, upstream);
     this.relays.add(r);
     const moved = await r.done;
     this.relays.delete(r);
@@ -233,9 +297,9 @@ export class TunnelServer {
   }
 
   /** A link measurement: count what the head sends until it stops, then say how much arrived. */
-  private sink(socket: Socket, serverMac: string) {
+  private sink(socket: Socket, sig: Hex) {
     let bytes = 0;
-    socket.write(`${JSON.stringify({ ok: true, mac: serverMac })}\n`);
+    socket.write(`${JSON.stringify({ ok: true, sig })}\n`);
     socket.on("data", (d: Buffer) => {
       bytes += d.length;
       if (bytes > 256 * 2 ** 20) socket.destroy();
@@ -267,12 +331,12 @@ export async function measureThroughput(o: DialOptions, bytes = 4 * 2 ** 20): Pr
 export interface DialOptions {
   host: string;
   port: number;
-  session: Pick<TunnelSession, "id" | "key">;
-  headId: string;
-  /** the worker's node id this head expects behind the address */
+  /** the cluster session the coordinator formed */
+  sessionId: string;
+  /** this head's node key and certificate */
+  identity: TunnelIdentity;
+  /** the worker's node id this head expects behind the address: only its key's signature is taken */
   workerId: string;
-  /** TLS on the link; the server's certificate is not checked (the HMAC proves the peer) */
-  tls?: boolean;
   /** relay (default): to rpc-server; bench: a throughput measurement */
   mode?: "relay" | "bench";
   timeoutMs?: number;
@@ -281,10 +345,10 @@ export interface DialOptions {
 }
 
 /** The head's end: an authenticated connection to a worker, paused, with nothing read past the handshake. */
-export async function dialTunnel(o: DialOptions): Promise<Socket> {
-  const socket: Socket = o.tls
-    ? tls.connect({ host: o.host, port: o.port, rejectUnauthorized: false, noDelay: true } as tls.ConnectionOptions)
-    : net.connect({ host: o.host, port: o.port, noDelay: true });
+export async function dialTunnel(o: DialOptions): Promise<TLSSocket> {
+  const { cert } = o.identity;
+  const socket = tls.connect({ ...TLS_OPTIONS, host: o.host, port: o.port, key: cert.key, cert: cert.cert });
+  socket.setNoDelay(true);
   socket.pause();
   const started = performance.now();
   socket.once("connect", () => o.onConnected?.(performance.now() - started));
@@ -292,7 +356,7 @@ export async function dialTunnel(o: DialOptions): Promise<Socket> {
   try {
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error("connect timed out")), timeout);
-      socket.once(o.tls ? "secureConnect" : "connect", () => {
+      socket.once("secureConnect", () => {
         clearTimeout(t);
         resolve();
       });
@@ -301,16 +365,17 @@ export async function dialTunnel(o: DialOptions): Promise<Socket> {
         reject(err);
       });
     });
-    const greeting = await readLine(socket, timeout);
-    if (greeting.p !== TUNNEL_PROTOCOL) throw new Error(`not a ${TUNNEL_PROTOCOL} tunnel`);
-    if (greeting.node !== o.workerId) throw new Error(`the tunnel belongs to ${String(greeting.node)}, not ${o.workerId}`);
-    const nonce = randomBytes(16).toString("hex");
+    const facts = connectionFacts(socket, cert);
+    if (!facts) throw new Error("the worker offered no certificate over TLS 1.3");
     const mode = o.mode ?? "relay";
-    const parts = [o.session.id, o.headId, o.workerId, String(greeting.nonce), nonce, binding(socket), mode];
-    socket.write(`${JSON.stringify({ session: o.session.id, head: o.headId, nonce, mode, mac: mac(o.session.key, "client", parts) })}\n`);
+    const head = o.identity.signer.address.toLowerCase();
+    const binding = { session: o.sessionId, head, worker: o.workerId.toLowerCase(), mode } as const;
+    const sig = await o.identity.signer.signMessage({ message: bindingMessage({ ...binding, role: "head", ...facts }) });
+    socket.write(`${JSON.stringify({ p: TUNNEL_PROTOCOL, session: o.sessionId, head, mode, sig })}\n`);
     const answer = await readLine(socket, timeout);
-    if (answer.ok !== true || typeof answer.mac !== "string" || !sameMac(answer.mac, mac(o.session.key, "server", parts))) {
-      throw new Error("the worker did not prove it holds the session key");
+    const theirs = bindingMessage({ ...binding, role: "worker", cert: facts.peer, peer: facts.cert, exporter: facts.exporter });
+    if (answer.ok !== true || (await signedBy(theirs, answer.sig)) !== binding.worker) {
+      throw new Error("the worker did not prove it holds its node key");
     }
     return socket;
   } catch (err) {
@@ -321,7 +386,9 @@ export async function dialTunnel(o: DialOptions): Promise<Socket> {
 
 /**
  * A local endpoint for one cluster member: llama-server connects to 127.0.0.1:port as if it
- * were the member's rpc-server; each connection is tunnelled to the member and relayed.
+ * were the member's rpc-server; each connection is tunnelled to the member and relayed. Only
+ * connections from this process's own user are served (llama.cpp's `--rpc` cannot use a Unix
+ * socket): another user of a shared machine gets nothing.
  */
 export class TunnelProxy {
   private server: net.Server | undefined;
@@ -330,7 +397,6 @@ export class TunnelProxy {
 
   constructor(
     private readonly dial: DialOptions,
-    private readonly relayBinary: string | undefined,
     private readonly logger: Logger,
     /** told when a connection to the member breaks or cannot be made */
     private readonly onBroken: (err: Error) => void = () => {},
@@ -348,8 +414,17 @@ export class TunnelProxy {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 
+  /** local connections turned away: not from this process's user */
+  refused = 0;
+
   private async forward(local: Socket) {
     local.on("error", () => {});
+    if (!(await fromOwnUser(local))) {
+      this.refused++;
+      this.logger.warn({ port: local.remotePort }, "a local connection of another user to a cluster endpoint: refused");
+      local.destroy();
+      return;
+    }
     let remote: Socket;
     try {
       remote = await dialTunnel(this.dial);
@@ -360,7 +435,7 @@ export class TunnelProxy {
       return;
     }
     remote.on("error", () => {});
-    const r = relay(local, remote, this.dial.tls ? undefined : this.relayBinary);
+    const r = relay(local, remote);
     this.relays.add(r);
     await r.done;
     this.relays.delete(r);

@@ -1,9 +1,9 @@
 /**
  * The node daemon, worker role: lends this machine to cluster heads of its site. It runs
  * ggml-rpc-server on 127.0.0.1 (tensor cache on) behind the authenticated tunnel, tells the
- * coordinator where the tunnel is, and takes the session keys heads obtain for it.
+ * coordinator where the tunnel is, and takes the cluster sessions the coordinator forms for a head,
+ * when its own policy serves that head: the head its site daemon picked, or those its owner named.
  */
-import { readFile } from "node:fs/promises";
 import { cpus, freemem, loadavg } from "node:os";
 import { join } from "node:path";
 import type { Capabilities } from "@sharedllm/protocol";
@@ -16,9 +16,8 @@ import { ensureEngine } from "../engine/build.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
-import { relayBinary } from "./relay.js";
 import { type RpcServer, startRpcServer } from "./rpcServer.js";
-import { TunnelServer } from "./tunnel.js";
+import { TunnelServer, tunnelIdentity } from "./tunnel.js";
 
 export interface WorkerDaemonOptions {
   paths: Paths;
@@ -31,8 +30,11 @@ export interface WorkerDaemonOptions {
   tunnelHost?: string;
   /** default 0: any free port */
   tunnelPort?: number;
-  /** PEM files: TLS on the tunnel, for links that cross untrusted networks */
-  tls?: { certFile: string; keyFile: string };
+  /**
+   * the heads this worker lends itself to (node ids): the head its site daemon's clustering picked,
+   * or those its owner named; undefined: any head the coordinator's formation names
+   */
+  heads?: string[];
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -85,13 +87,13 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
   const engine = await ensureEngine({ cache: o.paths.cache, progress, signal: o.signal });
   const threads = o.threads ?? Math.max(1, cpus().length);
   const rpc = await startRpcServer({ engine, cache: o.paths.cache, logDir: join(o.paths.home, "logs"), threads });
+  const heads = o.heads && new Set(o.heads.map((h) => h.toLowerCase()));
   const tunnel = new TunnelServer({
-    nodeId,
+    identity: tunnelIdentity(identity.account),
     host: o.tunnelHost ?? "0.0.0.0",
     port: o.tunnelPort ?? 0,
     upstreamPort: rpc.port,
-    relayBinary: await relayBinary(o.paths.cache),
-    tls: o.tls && { cert: await readFile(o.tls.certFile), key: await readFile(o.tls.keyFile) },
+    allowHead: heads && ((head) => heads.has(head)),
     logger: log,
   });
   try {
@@ -128,7 +130,7 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
       slots: 1,
       capabilities: caps,
       role: "worker",
-      tunnel: { port: tunnel.port, tls: Boolean(o.tls), speed },
+      tunnel: { port: tunnel.port, tls: true, speed },
     }),
     status: () => ({
       load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
@@ -143,7 +145,10 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     signReceipt: (frame) => receipts.sign(frame),
     onClusterFrame: (f) => {
       if (f.type !== "tunnel.session") return;
-      tunnel.addSession({ id: f.sessionId, key: f.key, head: f.head, expiresAt: f.expiresAt });
+      if (!tunnel.addSession({ id: f.sessionId, head: f.head, expiresAt: f.expiresAt })) {
+        log.warn({ head: f.head }, "a cluster session for a head this worker does not serve: ignored");
+        return;
+      }
       log.info({ head: f.head }, "cluster session from a head");
       control.sendFrame({ type: "tunnel.ready", sessionId: f.sessionId });
     },

@@ -86,10 +86,10 @@ export async function capabilities(o: {
 }
 
 /** Decode speed of the running llama-server on a fixed request (temperature 0, 64 tokens). */
-export async function measureSpeed(llamaUrl: string): Promise<number> {
+export async function measureSpeed(llamaUrl: string, apiKey: string): Promise<number> {
   const res = await fetch(`${llamaUrl}/completion`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}` },
     body: JSON.stringify({ prompt: "The history of computing", n_predict: 64, temperature: 0, ignore_eos: true, cache_prompt: false }),
   });
   if (!res.ok) throw new Error(`speed measurement failed: HTTP ${res.status}`);

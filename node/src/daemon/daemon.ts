@@ -9,7 +9,6 @@ import type { Availability, Capabilities, ControlChannel, ServedModel, Usage } f
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { readModelLayout } from "../cluster/layout.js";
-import { relayBinary } from "../cluster/relay.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
@@ -113,7 +112,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       members: o.cluster.members,
       layout: await readModelLayout(store.blobPath(model.sha256), slots * contextPerSlot),
       send: (f) => control.sendFrame(f),
-      relayBinary: await relayBinary(o.paths.cache),
+      signer: identity.account,
       logger: o.logger.child({ nodeId, role: "head" }),
     });
   /** every model this node serves, each on its own supervised llama-server */
@@ -143,7 +142,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     });
     llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "llama-server exited; restarting"));
     llama.supervisor.on("ready", () => log.info({ model: entry.id, url: llama.url }, "llama-server ready"));
-    const s: Served = { entry, llama, connections: new EngineConnections(llama.port), memoryBytes: need };
+    const s: Served = { entry, llama, connections: new EngineConnections(llama.port, `Bearer ${llama.apiKey}`), memoryBytes: need };
     served.set(entry.id, s);
     return s;
   };
@@ -275,7 +274,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       modelSha256: model.sha256,
       threads,
       hardware: await hardware,
-      measure: () => measureSpeed(primary.llama.url),
+      measure: () => measureSpeed(primary.llama.url, primary.llama.apiKey),
     });
     log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
     if (head) control.sendFrame({ type: "models", models: servedModels(), capabilities: caps });

@@ -15,6 +15,8 @@ export class EngineConnections {
 
   constructor(
     private readonly port: number,
+    /** llama-server's Authorization header value */
+    readonly authorization?: string,
     private readonly host = "127.0.0.1",
   ) {}
 

@@ -69,7 +69,11 @@ function post(engine: EngineConnections, path: string, body: string, signal: Abo
       method: "POST",
       createConnection: () => engine.take(),
       signal,
-      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+      headers: {
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(body),
+        ...(engine.authorization ? { authorization: engine.authorization } : {}),
+      },
     });
     req.once("response", resolve);
     req.once("error", reject);

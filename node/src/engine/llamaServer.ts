@@ -1,7 +1,11 @@
 /**
  * Runs llama-server for one model on 127.0.0.1, supervised. The model is served
- * under its stable id (`--alias`), so responses name it as the API does.
+ * under its stable id (`--alias`), so responses name it as the API does. Every
+ * request but /health needs this process's own API key (a fresh secret per start,
+ * passed in llama-server's environment, which other users cannot read, not on its
+ * command line, which they can): another user of the machine gets 401.
  */
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { Engine } from "./build.js";
 import { freePort } from "./freePort.js";
@@ -29,11 +33,14 @@ export interface LlamaServer {
   url: string;
   port: number;
   supervisor: Supervisor;
+  /** the key every request but /health needs (`Authorization: Bearer <key>`) */
+  apiKey: string;
 }
 
 export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServer> {
   const port = o.port ?? (await freePort());
   const url = `http://127.0.0.1:${port}`;
+  const apiKey = randomBytes(32).toString("base64url");
   const args = [
     "--model",
     o.modelPath,
@@ -55,11 +62,15 @@ export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServ
     name: "llama-server",
     command: o.engine.llamaServer,
     args,
-    env: { ...process.env, LD_LIBRARY_PATH: [o.engine.binDir, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":") },
+    env: {
+      ...process.env,
+      LD_LIBRARY_PATH: [o.engine.binDir, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":"),
+      LLAMA_API_KEY: apiKey,
+    },
     logFile: join(o.logDir, `llama-server-${o.modelId}.log`),
     prepare: o.prepareArgs,
     healthCheck: async () => (await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000) })).ok,
   });
   await supervisor.start();
-  return { url, port, supervisor };
+  return { url, port, supervisor, apiKey };
 }

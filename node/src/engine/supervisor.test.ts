@@ -1,4 +1,5 @@
 import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { tempPaths, waitFor } from "../../../test/helpers.ts";
@@ -35,6 +36,20 @@ async function llama(): Promise<LlamaServer> {
 }
 
 describe("supervised llama-server", () => {
+  it("answers only requests with its own API key, which no other user can read off its command line", async () => {
+    const server = await llama();
+    const body = JSON.stringify({ prompt: "Hi", n_predict: 1 });
+    const ask = (headers: Record<string, string>) =>
+      fetch(`${server.url}/completion`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+    // another local user who found the port
+    expect((await ask({})).status).toBe(401);
+    expect((await ask({ authorization: "Bearer guessed" })).status).toBe(401);
+    expect((await fetch(`${server.url}/v1/models`)).status).toBe(401);
+    expect((await ask({ authorization: `Bearer ${server.apiKey}` })).status).toBe(200);
+    const cmdline = (await readFile(`/proc/${server.supervisor.pid}/cmdline`, "utf8").catch(() => "")).split("\0");
+    expect(cmdline.some((arg) => arg.includes(server.apiKey))).toBe(false);
+  });
+
   it("is restarted with growing back-off after it dies, on the same port", async () => {
     const server = await llama();
     const delays: number[] = [];

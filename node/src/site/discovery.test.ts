@@ -1,10 +1,12 @@
 /**
  * Discovery over real UDP sockets on loopback (unicast targets, as with `--scan`): two daemons
- * of one site find each other and measure round trips; a daemon of another site, forged and
- * replayed datagrams are ignored.
+ * of one site find each other and measure round trips; a daemon of another site, forged,
+ * spoofed (another node's id) and replayed datagrams are ignored.
  */
+import { createHmac } from "node:crypto";
 import dgram from "node:dgram";
-import { sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
+import { sealBeacon, signBeacon, siteBeaconKey } from "@sharedllm/protocol";
+import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterEach, describe, expect, it } from "vitest";
 import { quietLogger, waitFor } from "../../../test/helpers.ts";
 import { freePort } from "../engine/freePort.js";
@@ -12,16 +14,17 @@ import { Discovery, expandCidr } from "./discovery.js";
 
 const siteA = siteBeaconKey("site-a-token");
 const siteB = siteBeaconKey("site-b-token");
-const id = (n: number) => `0x${n.toString(16).padStart(40, "0")}`;
+const keys = Array.from({ length: 10 }, () => privateKeyToAccount(generatePrivateKey()));
+const id = (n: number) => (keys[n] as PrivateKeyAccount).address.toLowerCase();
 const running: Discovery[] = [];
 afterEach(() => {
   for (const d of running.splice(0)) d.stop();
 });
 
-async function daemon(key: Buffer, node: string, port: number, targets: string[]) {
+async function daemon(key: Buffer, n: number, port: number, targets: string[]) {
   const d = new Discovery({
     key,
-    nodeId: node,
+    signer: keys[n] as PrivateKeyAccount,
     info: () => ({ memoryBytes: 8 * 2 ** 30, role: "solo" }),
     port,
     group: null,
@@ -39,9 +42,9 @@ describe("LAN discovery", () => {
   it("finds the site's peers with round trips, and ignores another site, forged and replayed beacons", async () => {
     const [pa, pb, pc] = [await freePort(), await freePort(), await freePort()];
     const all = [pa, pb, pc].map((p) => `127.0.0.1:${p}`);
-    const a = await daemon(siteA, id(1), pa, all);
-    const b = await daemon(siteA, id(2), pb, all);
-    await daemon(siteB, id(3), pc, all);
+    const a = await daemon(siteA, 1, pa, all);
+    const b = await daemon(siteA, 2, pb, all);
+    await daemon(siteB, 3, pc, all);
     await waitFor(
       "a and b to measure each other",
       () => a.view().find((p) => p.nodeId === id(2))?.rttMs !== undefined && b.view().some((p) => p.nodeId === id(1)),
@@ -50,18 +53,27 @@ describe("LAN discovery", () => {
     expect(a.view()[0]?.rttMs).toBeLessThan(50);
     await waitFor("site B's beacons to be ignored", () => a.ignored.other_site > 0);
 
-    // a forged beacon (site A's id, no key) and a replayed genuine one
+    // a forged beacon (site A's id, no key), a replayed genuine one, and a site member's beacons
+    // speaking for another node id: unsigned, and signed with its own key but naming b
     const sock = dgram.createSocket("udp4");
-    const genuine = sealBeacon(siteA, { kind: "beacon", node: id(9), memoryBytes: 1 });
+    const genuine = await signBeacon(siteA, keys[9] as PrivateKeyAccount, { memoryBytes: 1 });
     const forged = Buffer.from(genuine.toString().replace(id(9), id(8)));
+    const unsigned = sealBeacon(siteA, { kind: "beacon", node: id(7), memoryBytes: 2 ** 50 } as never);
+    const own = (await signBeacon(siteA, keys[6] as PrivateKeyAccount, { memoryBytes: 2 ** 50 })).toString();
+    const json = JSON.parse(own.split("\n")[0] as string);
+    const asB = JSON.stringify({ ...json, node: id(2) });
+    const sig = own.split("\n")[1] as string;
+    const spoofed = Buffer.from(`${asB}\n${sig}\n${createHmac("sha256", siteA).update(`${asB}\n${sig}`).digest("hex")}`);
     const send = (buf: Buffer) => new Promise((r) => sock.send(buf, pa, "127.0.0.1", r));
-    await send(forged);
-    await send(genuine);
-    await send(genuine);
-    await waitFor("the forged and replayed datagrams to be ignored", () => a.ignored.bad_signature >= 1 && a.ignored.replayed >= 1);
+    const memoryOfB = a.view().find((p) => p.nodeId === id(2))?.memoryBytes;
+    for (const d of [forged, genuine, genuine, unsigned, spoofed]) await send(d);
+    await waitFor(
+      "the forged, replayed and spoofed datagrams to be ignored",
+      () => a.ignored.bad_signature >= 1 && a.ignored.replayed >= 1 && a.ignored.spoofed >= 2,
+    );
     sock.close();
-    expect(a.view().some((p) => p.nodeId === id(8))).toBe(false);
-    expect(a.view().some((p) => p.nodeId === id(3))).toBe(false);
+    for (const n of [8, 7, 3]) expect(a.view().some((p) => p.nodeId === id(n))).toBe(false);
+    expect(a.view().find((p) => p.nodeId === id(2))?.memoryBytes).toBe(memoryOfB);
   });
 
   it("expands scan ranges", () => {

@@ -1,11 +1,23 @@
 /**
  * A daemon's LAN discovery: it announces itself every few seconds (multicast, plus broadcast
- * where multicast is dropped, plus unicast to the addresses of `--scan`), learns its site's
- * peers from their beacons, and keeps the median of recent probe/pong round trips to each.
+ * where multicast is dropped, plus unicast to the addresses of `--scan`) with beacons signed by
+ * its node key, learns its site's peers from their signed beacons only (so a peer's id, address
+ * and claims are its own), and keeps the median of recent probe/pong round trips to each, counting
+ * only pongs from the address the peer's own beacons came from.
  */
 import dgram from "node:dgram";
 import { EventEmitter } from "node:events";
-import { type Beacon, type BeaconFailure, DISCOVERY_GROUP, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon } from "@sharedllm/protocol";
+import {
+  type Beacon,
+  type BeaconFailure,
+  type BeaconSigner,
+  DISCOVERY_GROUP,
+  DISCOVERY_PORT,
+  NonceCache,
+  openBeacon,
+  sealBeacon,
+  signBeacon,
+} from "@sharedllm/protocol";
 import type { Logger } from "pino";
 
 export interface Peer {
@@ -24,7 +36,8 @@ export interface Peer {
 
 export interface DiscoveryOptions {
   key: Buffer;
-  nodeId: string;
+  /** this node's key: its beacons are signed with it, and it names the node */
+  signer: BeaconSigner;
   /** what this node announces now */
   info: () => Pick<Beacon, "memoryBytes" | "role" | "tunnelPort">;
   /** UDP port to listen on and to announce to; default 47474 */
@@ -68,11 +81,13 @@ export class Discovery extends EventEmitter<{ change: [] }> {
   private bursts = 0;
   private scanAt = 0;
   readonly peers = new Map<string, Peer>();
-  readonly ignored: Record<BeaconFailure, number> = { malformed: 0, other_site: 0, expired: 0, bad_signature: 0, replayed: 0 };
+  readonly ignored: Record<BeaconFailure, number> = { malformed: 0, other_site: 0, expired: 0, bad_signature: 0, spoofed: 0, replayed: 0 };
+  readonly nodeId: string;
   multicast = false;
 
   constructor(private readonly o: DiscoveryOptions) {
     super();
+    this.nodeId = o.signer.address.toLowerCase();
   }
 
   get port(): number {
@@ -97,8 +112,8 @@ export class Discovery extends EventEmitter<{ change: [] }> {
         this.o.logger.warn({ err: (err as Error).message }, "multicast unavailable: beacons go by broadcast and --scan only");
       }
     }
-    this.tick();
-    this.timer = setInterval(() => this.tick(), this.o.intervalMs ?? 2_000);
+    void this.tick();
+    this.timer = setInterval(() => void this.tick(), this.o.intervalMs ?? 2_000);
   }
 
   stop(): void {
@@ -118,7 +133,11 @@ export class Discovery extends EventEmitter<{ change: [] }> {
     this.socket?.send(packet, port, address, () => {});
   }
 
-  private tick() {
+  private beacon(): Promise<Buffer> {
+    return signBeacon(this.o.key, this.o.signer, this.o.info());
+  }
+
+  private async tick() {
     const now = Date.now();
     for (const [id, p] of this.peers) {
       if (now - p.lastSeen > PEER_TIMEOUT_MS) {
@@ -137,10 +156,10 @@ export class Discovery extends EventEmitter<{ change: [] }> {
       },
       (this.o.intervalMs ?? 2_000) / 2,
     ).unref();
-    const beacon = () => sealBeacon(this.o.key, { kind: "beacon", node: this.o.nodeId, ...this.o.info() });
+    const beacon = await this.beacon();
     const group = this.o.group === undefined ? DISCOVERY_GROUP : this.o.group;
-    if (this.multicast && group) this.send(beacon(), group);
-    if (this.o.broadcast) this.send(beacon(), this.o.broadcast);
+    if (this.multicast && group) this.send(beacon, group);
+    if (this.o.broadcast) this.send(beacon, this.o.broadcast);
     // a scan sweeps its range a slice per tick, skipping known peers: datagrams to absent hosts wait
     // for ARP in the socket's send buffer, and a whole /24 at once would crowd out the probes
     const targets = this.o.targets ?? [];
@@ -149,58 +168,69 @@ export class Discovery extends EventEmitter<{ change: [] }> {
       const t = targets[(this.scanAt + i) % targets.length] as string;
       const [host, port] = t.split(":");
       const target = `${host}:${port ?? this.port}`;
-      if (!known.has(target)) this.send(beacon(), host as string, port ? Number(port) : this.port);
+      if (!known.has(target)) this.send(beacon, host as string, port ? Number(port) : this.port);
     }
     this.scanAt = targets.length ? (this.scanAt + SCAN_SLICE) % targets.length : 0;
   }
 
   private probe(address: string, port: number, burst: number) {
-    const packet = sealBeacon(this.o.key, { kind: "probe", node: this.o.nodeId, ...this.o.info() });
+    const packet = sealBeacon(this.o.key, { kind: "probe", node: this.nodeId });
     const nonce = (JSON.parse(packet.toString().split("\n")[0] as string) as Beacon).nonce;
     this.probes.set(nonce, { at: performance.now(), burst });
     this.send(packet, address, port);
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo) {
+    // the clock first: checking the datagram must not count as part of the round trip
+    const arrived = performance.now();
     const opened = openBeacon(this.o.key, msg, this.nonces);
     if (!opened.ok) {
       this.ignored[opened.reason] += 1;
       return;
     }
     const b = opened.beacon;
-    if (b.node === this.o.nodeId) return;
-    const known = this.peers.get(b.node);
-    const peer: Peer = known ?? { nodeId: b.node, address: rinfo.address, port: rinfo.port, lastSeen: 0, memoryBytes: 0, rtts: [] };
-    peer.address = rinfo.address;
-    peer.port = b.kind === "beacon" ? rinfo.port : peer.port;
-    peer.lastSeen = Date.now();
-    peer.memoryBytes = b.memoryBytes ?? peer.memoryBytes;
-    peer.role = b.role ?? peer.role;
-    peer.tunnelPort = b.tunnelPort ?? peer.tunnelPort;
-    if (!known) {
-      this.peers.set(b.node, peer);
-      this.o.logger.info({ peer: b.node, address: rinfo.address }, "found a site peer");
-      this.emit("change");
-    }
+    if (b.node === this.nodeId) return;
     if (b.kind === "probe") {
-      this.send(sealBeacon(this.o.key, { kind: "pong", node: this.o.nodeId, echo: b.nonce, ...this.o.info() }), rinfo.address, rinfo.port);
-    } else if (b.kind === "pong" && b.echo) {
-      const sent = this.probes.get(b.echo);
-      if (sent === undefined) return;
-      this.probes.delete(b.echo);
-      const rtt = performance.now() - sent.at;
-      if (peer.burst !== undefined && sent.burst < peer.burst) return; // a straggler of an older burst
-      if (peer.burst === sent.burst) {
-        // another pong of the newest burst: the sample is the fastest
-        const last = peer.rtts.length - 1;
-        peer.rtts[last] = Math.min(peer.rtts[last] as number, rtt);
-      } else {
-        peer.burst = sent.burst;
-        peer.rtts.push(rtt);
-        if (peer.rtts.length > RTT_SAMPLES) peer.rtts.shift();
-      }
-      this.emit("change");
+      this.send(sealBeacon(this.o.key, { kind: "pong", node: this.nodeId, echo: b.nonce, ...this.o.info() }), rinfo.address, rinfo.port);
+      return;
     }
+    const known = this.peers.get(b.node);
+    if (b.kind === "beacon") {
+      // signed by the node it names: its address and claims are its own
+      const peer: Peer = known ?? { nodeId: b.node, address: rinfo.address, port: rinfo.port, lastSeen: 0, memoryBytes: 0, rtts: [] };
+      peer.address = rinfo.address;
+      peer.port = rinfo.port;
+      peer.lastSeen = Date.now();
+      peer.memoryBytes = b.memoryBytes ?? peer.memoryBytes;
+      peer.role = b.role ?? peer.role;
+      peer.tunnelPort = b.tunnelPort ?? peer.tunnelPort;
+      if (!known) {
+        this.peers.set(b.node, peer);
+        this.o.logger.info({ peer: b.node, address: rinfo.address }, "found a site peer");
+        // a peer that found us by a unicast scan hears who we are straight back
+        void this.beacon().then((packet) => this.send(packet, rinfo.address, rinfo.port));
+        this.emit("change");
+      }
+      return;
+    }
+    // a pong times the link to a known peer, and only from where that peer's own beacons come
+    if (!known || known.address !== rinfo.address || !b.echo) return;
+    const sent = this.probes.get(b.echo);
+    if (sent === undefined) return;
+    this.probes.delete(b.echo);
+    const rtt = arrived - sent.at;
+    const peer = known;
+    if (peer.burst !== undefined && sent.burst < peer.burst) return; // a straggler of an older burst
+    if (peer.burst === sent.burst) {
+      // another pong of the newest burst: the sample is the fastest
+      const last = peer.rtts.length - 1;
+      peer.rtts[last] = Math.min(peer.rtts[last] as number, rtt);
+    } else {
+      peer.burst = sent.burst;
+      peer.rtts.push(rtt);
+      if (peer.rtts.length > RTT_SAMPLES) peer.rtts.shift();
+    }
+    this.emit("change");
   }
 }
 

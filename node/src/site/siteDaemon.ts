@@ -58,7 +58,7 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   let switching: Promise<void> | undefined;
   const discovery = new Discovery({
     key: siteBeaconKey(o.joinToken),
-    nodeId,
+    signer: identity.account,
     info: () => ({ memoryBytes: totalmem(), role: current?.decision.role }),
     port: o.discoveryPort,
     group: o.group,
@@ -80,7 +80,8 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
     signal: o.signal,
   };
   const run = async (d: Decision): Promise<NodeDaemon | WorkerDaemon> => {
-    if (d.role === "worker") return startWorkerDaemon(common);
+    // a worker lends itself only to the head its own clustering picked
+    if (d.role === "worker") return startWorkerDaemon({ ...common, heads: [d.head] });
     return startNodeDaemon({ ...common, model: o.model, slots: o.slots, cluster: d.role === "head" ? { members: d.workers } : undefined });
   };
   const apply = async (d: Decision) => {
