@@ -14,6 +14,13 @@ import { MODEL } from "../system.ts";
 import { canUseNetns, type Host, Lan } from "./netns.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+/**
+ * The clustering threshold of these hosts: between the near hosts' round trip and the far one's
+ * (10 ms and more). On some virtual machines a datagram's round trip between two idle processes is
+ * 1 to 2.5 ms even on loopback (waking a sleeping process is slow there), so the default 2 ms would
+ * keep the near hosts apart on this kind of machine.
+ */
+const CLUSTER_RTT_MS = 6;
 
 interface NetNode {
   id: string;
@@ -79,7 +86,22 @@ async function join_(host: Host, url: string, token: string, extra: string[] = [
 async function rejoin(host: Host, home: string, url: string, token: string, extra: string[] = []) {
   const child = host.spawn(
     process.execPath,
-    [BIN, "site", "join", url, "--token", token, "--threads", "1", "--slots", "1", "--verbose", ...extra],
+    [
+      BIN,
+      "site",
+      "join",
+      url,
+      "--token",
+      token,
+      "--threads",
+      "1",
+      "--slots",
+      "1",
+      "--cluster-rtt",
+      String(CLUSTER_RTT_MS),
+      "--verbose",
+      ...extra,
+    ],
     {
       SHAREDLLM_HOME: home,
     },

@@ -171,6 +171,9 @@ export class Discovery extends EventEmitter<{ change: [] }> {
       if (!known.has(target)) this.send(beacon, host as string, port ? Number(port) : this.port);
     }
     this.scanAt = targets.length ? (this.scanAt + SCAN_SLICE) % targets.length : 0;
+    // peers known by a scan hear no multicast: they get each beacon unicast, so their view of this
+    // node's claims (memory, role, tunnel) stays as fresh as a multicast peer's
+    if (!(this.multicast && group)) for (const p of this.peers.values()) this.send(beacon, p.address, p.port);
   }
 
   private probe(address: string, port: number, burst: number) {
