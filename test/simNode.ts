@@ -11,9 +11,12 @@ import {
   type JobStart,
   type NodeFrame,
   type ReceiptRequest,
+  receiptFromWire,
   type ServedModel,
+  WORK_RECEIPT_TYPES,
+  workReceiptDomain,
 } from "@sharedllm/protocol";
-import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
+import { generatePrivateKey, type LocalAccount, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import WebSocket from "ws";
 import { registerNode } from "../node/src/daemon/registration.ts";
 
@@ -37,6 +40,19 @@ export const echoJob: SimJobHandler = (job, send) => {
     });
   }
 };
+
+/** Answers every receipt request by signing the receipt as proposed, with `account` (an honest node). */
+export const signsReceipts =
+  (account: LocalAccount) =>
+  (req: ReceiptRequest, send: (f: NodeFrame) => void): void =>
+    void account
+      .signTypedData({
+        domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
+        types: WORK_RECEIPT_TYPES,
+        primaryType: "WorkReceipt",
+        message: receiptFromWire(req.receipt),
+      })
+      .then((signature) => send({ type: "receipt", receipt: req.receipt, signature }));
 
 export class SimNode {
   readonly account: PrivateKeyAccount;

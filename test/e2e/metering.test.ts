@@ -5,16 +5,7 @@
  * bound, nor strand a hold, nor make requests unaffordable.
  */
 import { randomBytes } from "node:crypto";
-import {
-  CONTROL_PATH,
-  CONTROL_PROTOCOL_VERSION,
-  type JobStart,
-  type ReceiptRequest,
-  receiptFromWire,
-  type Usage,
-  WORK_RECEIPT_TYPES,
-  workReceiptDomain,
-} from "@sharedllm/protocol";
+import { CONTROL_PATH, CONTROL_PROTOCOL_VERSION, type JobStart, type Usage } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Address } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
@@ -24,7 +15,7 @@ import { type Coordinator, startCoordinator } from "../../coordinator/src/index.
 import { registerNode } from "../../node/src/daemon/registration.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
-import { type SimJobHandler, SimNode } from "../simNode.ts";
+import { type SimJobHandler, SimNode, signsReceipts } from "../simNode.ts";
 
 let chain: TestChain;
 let database: TestDatabase;
@@ -236,17 +227,7 @@ describe("metering against hostile requests and nodes", () => {
 
   it("a receipt proposal outlives a coordinator restart: the node gets it again when it reconnects, and is paid", async () => {
     const account = privateKeyToAccount(generatePrivateKey());
-    const answer = (o: { sign: boolean }) => (req: ReceiptRequest, send: (f: never) => void) => {
-      if (!o.sign) return;
-      void account
-        .signTypedData({
-          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-          types: WORK_RECEIPT_TYPES,
-          primaryType: "WorkReceipt",
-          message: receiptFromWire(req.receipt),
-        })
-        .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never));
-    };
+    const answer = (o: { sign: boolean }) => (o.sign ? signsReceipts(account) : () => {});
     const reply: SimJobHandler = (job, send) => streamed(job, send, ["paid"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 });
     // the node goes away before it signs
     const away = await node("m-restart", reply, 2048, { account, onReceiptRequest: answer({ sign: false }) });

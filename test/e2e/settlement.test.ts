@@ -36,7 +36,7 @@ import type { Database } from "../../coordinator/src/db/schema.ts";
 import { chainClients } from "../../node/src/chain.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
-import { SimNode } from "../simNode.ts";
+import { SimNode, signsReceipts } from "../simNode.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
 /** echoJob's usage is 3 prompt + 2 completion tokens: 3 + 2*2 credits */
@@ -80,15 +80,7 @@ async function honestNode(url: string, joinToken: string): Promise<SimNode> {
     coordinatorUrl: url,
     joinToken,
     models: ["sim-model"],
-    onReceiptRequest: (req, send) =>
-      void sim.account
-        .signTypedData({
-          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-          types: WORK_RECEIPT_TYPES,
-          primaryType: "WorkReceipt",
-          message: receiptFromWire(req.receipt),
-        })
-        .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never)),
+    onReceiptRequest: (req, send) => signsReceipts(sim.account)(req, send),
   });
   await sim.start();
   cleanups.push(() => sim.stop());
@@ -211,15 +203,7 @@ describe("work receipts", () => {
 });
 
 describe("split clusters", () => {
-  const sign = (by: SimNode) => (req: ReceiptRequest, send: (f: never) => void) =>
-    void by.account
-      .signTypedData({
-        domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-        types: WORK_RECEIPT_TYPES,
-        primaryType: "WorkReceipt",
-        message: receiptFromWire(req.receipt),
-      })
-      .then((signature) => send({ type: "receipt", receipt: req.receipt, signature } as never));
+  const sign = (by: SimNode) => signsReceipts(by.account);
   const earned = async (coordinator: { db: Kysely<Database> }, node: SimNode) =>
     BigInt(
       (
