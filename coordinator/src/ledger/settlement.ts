@@ -1,5 +1,5 @@
 /**
- * Batch settlement (DESIGN.md section 7). A batch takes the journal's charges and earnings that no
+ * Batch settlement (docs/security/ledger.md). A batch takes the journal's charges and earnings that no
  * batch took yet (batch_entries records which) and posts each user's cumulative spend and each
  * node's cumulative earnings (as a Merkle root). What a batch takes is decided by batchPlan.ts
  * against the chain's state read just before: entries that would make it revert or pay more than
