@@ -236,7 +236,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     .values({ key: "ledger", value: identity })
     .onConflict((c) => c.column("key").doUpdateSet({ value: identity }))
     .execute();
-  await releaseGoneHolds(db, lease, logger);
+  await releaseGoneHolds(db, lease, logger, true);
   const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING, lease.id);
   const receipts = new Receipts(db, chain.chainId, chain.ledger, chain.coordinator, (node, frame) => {
     const n = fleet.get(node.toLowerCase());
@@ -250,8 +250,14 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
   return { chain, metering, receipts, settler };
 }
 
-/** Releases the holds of coordinators that stopped or died while their jobs ran (see instance.ts). */
-async function releaseGoneHolds(db: Db, lease: InstanceLease, logger: Logger): Promise<void> {
-  const released = await Metering.releaseOrphanedHolds(db, await lease.live());
+/**
+ * Releases the holds of coordinators that stopped or died while their jobs ran (see instance.ts):
+ * at start every hold no live coordinator made, then (each renewal) those of leases found lapsed,
+ * which costs nothing while no coordinator has gone.
+ */
+async function releaseGoneHolds(db: Db, lease: InstanceLease, logger: Logger, atStart = false): Promise<void> {
+  const gone = await lease.lapsed();
+  const released = await Metering.releaseOrphanedHolds(db, atStart ? { live: await lease.live() } : { gone });
+  await lease.forget(gone);
   if (released) logger.warn({ released }, "released credit holds of jobs whose coordinator has gone");
 }

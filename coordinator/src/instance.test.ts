@@ -34,17 +34,33 @@ describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
 
       // another coordinator starts on the same database
       const starting = await InstanceLease.take(db, false);
-      expect(await Metering.releaseOrphanedHolds(db, await starting.live())).toBe(2);
+      expect(await Metering.releaseOrphanedHolds(db, { live: await starting.live() })).toBe(2);
       expect(await released()).toEqual(["j-gone", "j-old"]);
-      // running's jobs are its own to end; once its lease lapses, they are released once
-      expect(await Metering.releaseOrphanedHolds(db, await starting.live())).toBe(0);
+      await starting.forget(await starting.lapsed());
+      // running's jobs are its own to end: a sweep finds no lapsed lease
+      expect(await starting.lapsed()).toEqual([]);
+      expect(await Metering.releaseOrphanedHolds(db, { gone: await starting.lapsed() })).toBe(0);
+      // once its lease lapses, its holds are released once
       await db
         .updateTable("coordinator_instances")
         .set({ seen_at: new Date(Date.now() - 60_000) })
         .where("id", "=", running.id)
         .execute();
-      expect(await Metering.releaseOrphanedHolds(db, await starting.live())).toBe(1);
+      const lapsed = await starting.lapsed();
+      expect(lapsed).toEqual([running.id]);
+      expect(await Metering.releaseOrphanedHolds(db, { gone: lapsed })).toBe(1);
+      await starting.forget(lapsed);
       expect(await released()).toEqual(["j-gone", "j-old", "j-running"]);
+      // the job that process was running ends after all: no second release, the hold is not counted twice
+      await db
+        .insertInto("ledger_entries")
+        .values({ address: "0xa", kind: "release", amount: 10n, job_id: "j-running" })
+        .onConflict((oc) => oc.column("job_id").where("kind", "=", "release").doNothing())
+        .execute();
+      expect(await released()).toEqual(["j-gone", "j-old", "j-running"]);
+      // and a process that stalled past its lease takes it again when it renews
+      await running.renew();
+      expect(await starting.live()).toContain(running.id);
     } finally {
       await db.destroy();
       await db0.cleanup();

@@ -30,13 +30,31 @@ export class InstanceLease {
     return lease;
   }
 
+  /** Renews the lease; one taken away while this process stalled (its holds were released) is taken again. */
   async renew(): Promise<void> {
-    await this.db.updateTable("coordinator_instances").set({ seen_at: new Date() }).where("id", "=", this.id).execute();
+    const now = new Date();
+    await this.db
+      .insertInto("coordinator_instances")
+      .values({ id: this.id, started_at: now, seen_at: now })
+      .onConflict((c) => c.column("id").doUpdateSet({ seen_at: now }))
+      .execute();
   }
 
   /** Gives the lease up at a clean stop (every job of this process has ended). */
   async end(): Promise<void> {
     await this.db.deleteFrom("coordinator_instances").where("id", "=", this.id).execute();
+  }
+
+  /** Other coordinators whose leases have lapsed (on an exclusive database: every other one). */
+  async lapsed(now = Date.now()): Promise<string[]> {
+    let q = this.db.selectFrom("coordinator_instances").select("id").where("id", "!=", this.id);
+    if (!this.exclusive) q = q.where("seen_at", "<=", new Date(now - LEASE_RENEW_MS * LEASE_MISSES));
+    return (await q.execute()).map((r) => r.id);
+  }
+
+  /** Drops the leases of coordinators whose holds have been released. */
+  async forget(ids: readonly string[]): Promise<void> {
+    if (ids.length) await this.db.deleteFrom("coordinator_instances").where("id", "in", ids).execute();
   }
 
   /** The coordinators whose leases are current, this one included. */

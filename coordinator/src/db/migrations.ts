@@ -208,6 +208,8 @@ const migrations: Record<string, Migration> = {
         .addColumn("seen_at", "timestamptz", (c) => c.notNull())
         .execute();
       await db.schema.alterTable("ledger_entries").addColumn("instance_id", "text").execute();
+      // a job's hold is released once, whoever releases it (the job's end, or a sweep after its coordinator went)
+      await sql`create unique index ledger_entries_one_release on ledger_entries (job_id) where kind = 'release'`.execute(db);
     },
   },
 };

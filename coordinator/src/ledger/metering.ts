@@ -5,7 +5,7 @@
  * charged its actual usage (never above the hold) and the hold is released, in one transaction.
  */
 import { ApiError } from "@sharedllm/protocol";
-import { type Kysely, sql } from "kysely";
+import { type Kysely, type OnConflictBuilder, sql } from "kysely";
 import type { Address } from "viem";
 import type { Database } from "../db/schema.js";
 import type { Escrow, LedgerChain } from "./chain.js";
@@ -144,7 +144,11 @@ export class Metering {
     const who = address.toLowerCase();
     const amount = cost < held ? cost : held;
     const recorded = await this.db.transaction().execute(async (tx) => {
-      await tx.insertInto("ledger_entries").values({ address: who, kind: "release", amount: held, job_id: jobId }).execute();
+      await tx
+        .insertInto("ledger_entries")
+        .values({ address: who, kind: "release", amount: held, job_id: jobId })
+        .onConflict(oneRelease)
+        .execute();
       if (amount > 0n) await tx.insertInto("ledger_entries").values({ address: who, kind: "charge", amount, job_id: jobId }).execute();
       return within(tx, amount);
     });
@@ -155,20 +159,32 @@ export class Metering {
     await this.db
       .insertInto("ledger_entries")
       .values({ address: address.toLowerCase(), kind: "release", amount: held, job_id: jobId })
+      .onConflict(oneRelease)
       .execute();
   }
 
   /**
    * Releases holds of jobs that can no longer finish: those made by coordinator processes whose
-   * leases have lapsed (they stopped or died while the jobs ran). `live` are the processes whose
-   * leases are current; their holds are theirs to end.
+   * leases have lapsed (they stopped or died while the jobs ran). At start, every hold but those
+   * of the `live` processes (whose leases are current: their holds are theirs to end); later, the
+   * holds of the processes found `gone` since.
    */
-  static async releaseOrphanedHolds(db: Kysely<Database>, live: readonly string[]): Promise<number> {
+  static async releaseOrphanedHolds(
+    db: Kysely<Database>,
+    holders: { live: readonly string[] } | { gone: readonly string[] },
+  ): Promise<number> {
+    if ("gone" in holders && !holders.gone.length) return 0;
     const orphans = await db
       .selectFrom("ledger_entries as h")
       .select(["h.address", "h.amount", "h.job_id"])
       .where("h.kind", "=", "hold")
-      .where((eb) => (live.length ? eb.or([eb("h.instance_id", "is", null), eb("h.instance_id", "not in", live)]) : eb.lit(true)))
+      .where((eb) =>
+        "gone" in holders
+          ? eb("h.instance_id", "in", holders.gone)
+          : holders.live.length
+            ? eb.or([eb("h.instance_id", "is", null), eb("h.instance_id", "not in", holders.live)])
+            : eb.lit(true),
+      )
       .where(({ not, exists, selectFrom }) =>
         not(exists(selectFrom("ledger_entries as r").select("r.id").whereRef("r.job_id", "=", "h.job_id").where("r.kind", "=", "release"))),
       )
@@ -177,11 +193,15 @@ export class Metering {
       await db
         .insertInto("ledger_entries")
         .values(orphans.map((o) => ({ address: o.address, kind: "release" as const, amount: o.amount, job_id: o.job_id })))
+        .onConflict(oneRelease)
         .execute();
     }
     return orphans.length;
   }
 }
+
+/** A job's hold is released once: a second release (a job that ends after a sweep released it) is no entry. */
+const oneRelease = (oc: OnConflictBuilder<Database, "ledger_entries">) => oc.column("job_id").where("kind", "=", "release").doNothing();
 
 function spendable(escrow: Escrow, charged: bigint, held: bigint): bigint {
   const left = escrow.deposited - escrow.pendingWithdrawal - charged - held;
