@@ -102,11 +102,13 @@ export function siteCommand(): Command {
     .option("--no-multicast", "do not use multicast beacons")
     .option("--broadcast <address>", "broadcast address for beacons, e.g. 192.168.1.255")
     .addOption(
-      new Option("--cluster-rtt <ms>", "peers with a median round trip under this cluster together").default(2).argParser((v) => {
-        const n = Number(v);
-        if (!(n > 0 && n < 1000)) throw new InvalidArgumentError("expected milliseconds, e.g. 2");
-        return n;
-      }),
+      new Option("--cluster-rtt <ms>", "peers whose round trip (the fastest of recent samples) is under this cluster together")
+        .default(2)
+        .argParser((v) => {
+          const n = Number(v);
+          if (!(n > 0 && n < 1000)) throw new InvalidArgumentError("expected milliseconds, e.g. 2");
+          return n;
+        }),
     )
     .option("--background", "run the daemon in the background (log in $SHAREDLLM_HOME/logs/site.log)")
     .option("--service", "install and start it as a systemd user service")

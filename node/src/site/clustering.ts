@@ -1,5 +1,5 @@
 /**
- * Which cluster this daemon belongs to (DESIGN.md section 8): the peers whose median round trip
+ * Which cluster this daemon belongs to: the peers whose round trip (the fastest recent sample)
  * is under the threshold (2 ms) form a cluster with it; the head is the member with the most
  * memory (ties: the lowest address). Pure, from this daemon's own view of its peers.
  */
@@ -8,7 +8,7 @@ export interface Member {
   nodeId: string;
   address: string;
   memoryBytes: number;
-  /** median round trip from this daemon; undefined until measured */
+  /** round trip from this daemon (the fastest recent sample); undefined until measured */
   rttMs?: number;
 }
 

@@ -2,7 +2,7 @@
  * A daemon's LAN discovery: it announces itself every few seconds (multicast, plus broadcast
  * where multicast is dropped, plus unicast to the addresses of `--scan`) with beacons signed by
  * its node key, learns its site's peers from their signed beacons only (so a peer's id, address
- * and claims are its own), and keeps the median of recent probe/pong round trips to each, counting
+ * and claims are its own), and keeps the fastest of recent probe/pong round trips to each, counting
  * only pongs from the address the peer's own beacons came from.
  */
 import dgram from "node:dgram";
@@ -54,7 +54,12 @@ export interface DiscoveryOptions {
   logger: Logger;
 }
 
-/** Round-trip samples kept per peer (the median of these is the link estimate). */
+/**
+ * Round-trip samples kept per peer. The fastest of these is the link estimate: a round trip
+ * measured between two event loops is the link's plus whatever delay the two machines' load
+ * adds, never less, so the floor of recent samples is the link (on a virtual machine whose idle
+ * processes wake slowly, the median of a near peer wandered from 2 to 8 ms with the load).
+ */
 const RTT_SAMPLES = 7;
 /**
  * Probes per sample: a sample is the fastest of a burst. A busy CPU only ever adds to a round
@@ -65,12 +70,6 @@ const BURST = 3;
 const SCAN_SLICE = 64;
 /** A peer not heard from for this long is gone. */
 export const PEER_TIMEOUT_MS = 10_000;
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-}
 
 export class Discovery extends EventEmitter<{ change: [] }> {
   private socket: dgram.Socket | undefined;
@@ -122,11 +121,11 @@ export class Discovery extends EventEmitter<{ change: [] }> {
     this.socket = undefined;
   }
 
-  /** Peers heard recently, with the median round trip (undefined until measured). */
+  /** Peers heard recently, with the link's round trip (undefined until measured). */
   view(now = Date.now()): (Peer & { rttMs?: number })[] {
     return [...this.peers.values()]
       .filter((p) => now - p.lastSeen < PEER_TIMEOUT_MS)
-      .map((p) => ({ ...p, rttMs: p.rtts.length ? median(p.rtts) : undefined }));
+      .map((p) => ({ ...p, rttMs: p.rtts.length ? Math.min(...p.rtts) : undefined }));
   }
 
   private send(packet: Buffer, address: string, port = this.port) {
