@@ -11,6 +11,9 @@ import type { Db } from "./db/database.js";
 export const LEASE_RENEW_MS = 5_000;
 const LEASE_MISSES = 3;
 
+/** A lease last renewed before this has lapsed. */
+const lapsedBefore = (now: number) => new Date(now - LEASE_RENEW_MS * LEASE_MISSES);
+
 export class InstanceLease {
   readonly id = randomUUID();
 
@@ -48,7 +51,7 @@ export class InstanceLease {
   /** Other coordinators whose leases have lapsed (on an exclusive database: every other one). */
   async lapsed(now = Date.now()): Promise<string[]> {
     let q = this.db.selectFrom("coordinator_instances").select("id").where("id", "!=", this.id);
-    if (!this.exclusive) q = q.where("seen_at", "<=", new Date(now - LEASE_RENEW_MS * LEASE_MISSES));
+    if (!this.exclusive) q = q.where("seen_at", "<=", lapsedBefore(now));
     return (await q.execute()).map((r) => r.id);
   }
 
@@ -60,11 +63,7 @@ export class InstanceLease {
   /** The coordinators whose leases are current, this one included. */
   async live(now = Date.now()): Promise<string[]> {
     if (this.exclusive) return [this.id];
-    const rows = await this.db
-      .selectFrom("coordinator_instances")
-      .select("id")
-      .where("seen_at", ">", new Date(now - LEASE_RENEW_MS * LEASE_MISSES))
-      .execute();
+    const rows = await this.db.selectFrom("coordinator_instances").select("id").where("seen_at", ">", lapsedBefore(now)).execute();
     return rows.map((r) => r.id);
   }
 }

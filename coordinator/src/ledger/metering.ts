@@ -178,12 +178,11 @@ export class Metering {
       .selectFrom("ledger_entries as h")
       .select(["h.address", "h.amount", "h.job_id"])
       .where("h.kind", "=", "hold")
+      // `live` always holds the caller's own lease
       .where((eb) =>
         "gone" in holders
           ? eb("h.instance_id", "in", holders.gone)
-          : holders.live.length
-            ? eb.or([eb("h.instance_id", "is", null), eb("h.instance_id", "not in", holders.live)])
-            : eb.lit(true),
+          : eb.or([eb("h.instance_id", "is", null), eb("h.instance_id", "not in", holders.live)]),
       )
       .where(({ not, exists, selectFrom }) =>
         not(exists(selectFrom("ledger_entries as r").select("r.id").whereRef("r.job_id", "=", "h.job_id").where("r.kind", "=", "release"))),

@@ -47,8 +47,6 @@ export interface OpenAIPluginOptions {
   loadWaitMs?: number;
   /** attempts on different nodes before giving up */
   maxAttempts?: number;
-  /** the generation limit of a request without max_tokens; default 4096 */
-  defaultMaxTokens?: number;
   /** credits: wallet-bound keys pay for their jobs, serving nodes get receipts; absent = free */
   ledger?: { metering: Metering; receipts: Receipts };
 }
@@ -57,7 +55,7 @@ export interface OpenAIPluginOptions {
  * The generation limit of a request without max_tokens. It is the coordinator's, not a node's
  * word (a node that claimed a huge context would make every such request unaffordable).
  */
-export const DEFAULT_MAX_TOKENS = 4096;
+const DEFAULT_MAX_TOKENS = 4096;
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -158,7 +156,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     const jobId = `job_${randomUUID()}`;
     const stream = body.stream === true;
     // the engine generates at most what the credits were reserved for
-    const generationLimit = requestedMaxTokens(parsed.data as never) ?? o.defaultMaxTokens ?? DEFAULT_MAX_TOKENS;
+    const generationLimit = requestedMaxTokens(parsed.data as never) ?? DEFAULT_MAX_TOKENS;
     const job: JobStart = {
       type: "job.start",
       jobId,
