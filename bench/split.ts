@@ -45,12 +45,18 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
     stops.push(() => l.supervisor.stop());
     return l;
   };
-  const rpcPair = async (name: string) => {
+  const rpcPair = async (name: string, tcp: boolean) => {
     const pair: RpcServer[] = [];
     for (const i of [0, 1]) {
       // a tensor cache of its own, empty at first
-      const r = await startRpcServer({ engine, cache: join(dir, `${name}-cache-${i}`), logDir: join(dir, `${name}-rpc-${i}`), threads: 1 });
-      stops.push(() => r.supervisor.stop());
+      const r = await startRpcServer({
+        engine,
+        cache: join(dir, `${name}-cache-${i}`),
+        logDir: join(dir, `${name}-rpc-${i}`),
+        threads: 1,
+        tcpPort: tcp ? 0 : undefined,
+      });
+      stops.push(() => r.stop());
       pair.push(r);
     }
     return pair;
@@ -60,7 +66,7 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
     const ports: number[] = [];
     for (const r of pair) {
       const worker = tunnelIdentity(privateKeyToAccount(generatePrivateKey()));
-      const server = new TunnelServer({ identity: worker, host: "127.0.0.1", port: 0, upstreamPort: r.port, logger: log });
+      const server = new TunnelServer({ identity: worker, host: "127.0.0.1", port: 0, upstream: r.address, logger: log });
       await server.listen();
       server.addSession({ id: "bench", head: head.signer.address, expiresAt: Date.now() + 3_600_000 });
       const proxy = new TunnelProxy(
@@ -78,7 +84,7 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
   };
   try {
     // cluster formation: cold caches, then the same cluster re-formed with warm ones
-    const tunnelled = await tunnels(await rpcPair("tunnel"));
+    const tunnelled = await tunnels(await rpcPair("tunnel", false));
     const sent = () => tunnelled.servers.reduce((s, t) => s + t.stats.bytesIn, 0);
     const cold = await llama("reform-cold", [...tunnelled.rpc, ...SPLIT]);
     await cold.supervisor.stop();
@@ -87,9 +93,9 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
     await warm.supervisor.stop();
     const warmBytes = (await settled(sent)) - coldBytes;
 
-    const raw = await rpcPair("raw");
+    const raw = await rpcPair("raw", true);
     const arms: Record<string, LlamaServer> = {
-      raw: await llama("raw", ["--rpc", raw.map((r) => `127.0.0.1:${r.port}`).join(","), ...SPLIT]),
+      raw: await llama("raw", ["--rpc", raw.map((r) => `127.0.0.1:${(r.address as { port: number }).port}`).join(","), ...SPLIT]),
       tunnel: await llama("tunnel", [...tunnelled.rpc, ...SPLIT]),
       solo: await llama("solo", []),
     };

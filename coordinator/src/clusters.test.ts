@@ -50,5 +50,9 @@ describe("checkPlan", () => {
     expect(checkPlan("h", formation, [member("w1", 0, 10, 10_000), member("w2", 10, 10, 10_000)], NOW)).toMatch(/20000/);
     expect(checkPlan("h", formation, [member("w1", 0, 10, 4000), member("w2", 10, 10, 5000)], NOW)).toMatch(/9000/);
     expect(checkPlan("h", formation, [member("w1", 0, 10, 5000), member("w2", 5, 10, 5000)], NOW)).toMatch(/overlap/);
+    // a head that serves half the layers cannot take more than half the pay, whatever order it lists
+    expect(checkPlan("h", formation, [member("w1", 10, 10, 1000), member("h", 0, 10, 9000)], NOW)).toMatch(
+      /h's share \(9000 bps\) is not its part of the layers \(5000 bps\)/,
+    );
   });
 });

@@ -6,7 +6,7 @@
  * Decisions are pure; the control plugin carries them out (a `tunnel.session` to each worker, a
  * `cluster.members` to the head).
  */
-import type { ClusterPlan } from "@sharedllm/protocol";
+import { type ClusterPlan, sharesByLayers } from "@sharedllm/protocol";
 
 /** The longest a cluster session may live before its head forms it again. */
 export const MAX_SESSION_MS = 24 * 3600_000;
@@ -62,7 +62,8 @@ export function decideForm(
 /**
  * Whether a head's layer split can be believed: it comes from the head of a live formation, names
  * only that formation's members (or the head itself, where it serves layers), each once, over
- * layers that do not overlap, with shares that add up to exactly 10000. The reason when not.
+ * layers that do not overlap, with shares that add up to exactly 10000 and follow the layers each
+ * member serves (`sharesByLayers`), so a head cannot pay itself its workers' part. The reason when not.
  */
 export function checkPlan(headId: string, formation: Formation | undefined, plan: ClusterPlan["members"], now: number): string | undefined {
   if (!formation || formation.head !== headId)
@@ -84,5 +85,9 @@ export function checkPlan(headId: string, formation: Formation | undefined, plan
     const prev = layers[i - 1] as (typeof layers)[number];
     if ((layers[i] as (typeof layers)[number]).firstLayer < prev.firstLayer + prev.layerCount) return "the members' layers overlap";
   }
+  const fair = sharesByLayers(layers.map((m) => m.layerCount));
+  const off = layers.find((m, i) => m.shareBps !== fair[i]);
+  if (off)
+    return `${off.nodeId.toLowerCase()}'s share (${off.shareBps} bps) is not its part of the layers (${fair[layers.indexOf(off)]} bps)`;
   return undefined;
 }

@@ -7,6 +7,7 @@ import {
   receiptFromWire,
   receiptJobId,
   receiptToWire,
+  sharesByLayers,
   splitCredits,
   WORK_RECEIPT_TYPES,
   type WorkReceipt,
@@ -15,6 +16,15 @@ import {
 } from "./ledger.js";
 
 const addr = (n: number) => `0x${n.toString(16).padStart(40, "0")}` as Address;
+
+describe("sharesByLayers", () => {
+  it("pays each member its part of the layers, in whole basis points adding up to 10000", () => {
+    expect(sharesByLayers([30])).toEqual([10_000]);
+    expect(sharesByLayers([20, 10])).toEqual([6_667, 3_333]);
+    expect(sharesByLayers([10, 10, 10])).toEqual([3_334, 3_333, 3_333]);
+    expect(sharesByLayers([1, 29]).reduce((a, b) => a + b, 0)).toBe(10_000);
+  });
+});
 
 describe("splitCredits", () => {
   it("splits by basis points and never loses or invents a unit", () => {

@@ -80,6 +80,19 @@ export function receiptFromWire(w: WorkReceiptWire): WorkReceipt {
 }
 
 /**
+ * A cluster's shares in basis points from the layers each member serves, in the order given: a
+ * member is paid for its part of the model, rounding leftovers to the first, so the shares add up
+ * to exactly 10000. Heads announce these and the coordinator checks them (docs/security/cluster.md).
+ */
+export function sharesByLayers(layerCounts: readonly number[]): number[] {
+  const total = layerCounts.reduce((a, b) => a + b, 0);
+  if (total <= 0) return layerCounts.map(() => 0);
+  const shares = layerCounts.map((c) => Math.floor((c * 10_000) / total));
+  shares[0] = (shares[0] ?? 0) + 10_000 - shares.reduce((a, b) => a + b, 0);
+  return shares;
+}
+
+/**
  * Splits `credits` by basis points; rounding leftovers go to the first share so the parts sum
  * exactly. The shares are weights over their own total, so whatever a caller passes (shares that
  * add up to more or less than 10000, one member named twice) the parts never add up to more than

@@ -122,11 +122,49 @@ async function rejoin(host: Host, home: string, url: string, token: string, extr
 
 async function network(url: string): Promise<NetNode[]> {
   const nodes = ((await (await fetch(`${url}/v1/network`)).json()) as { nodes: NetNode[] }).nodes.filter((n) => n.status === "online");
-  if (process.env.SITE_DEBUG)
-    process.stderr.write(
-      `${nodes.map((n) => `${n.id.slice(0, 8)}:${n.role}:${n.models.length}:${(n.cluster ?? []).map((m) => m.nodeId.slice(0, 8)).join("+")}`).join(" ")}\n`,
-    );
+  if (process.env.SITE_DEBUG) process.stderr.write(`${seen(nodes)}\n`);
   return nodes;
+}
+
+/** The coordinator's view in short: id:role:models:cluster members. */
+function seen(nodes: NetNode[]): string {
+  return nodes
+    .map((n) => `${n.id.slice(0, 8)}:${n.role}:${n.models.length}:${(n.cluster ?? []).map((m) => m.nodeId.slice(0, 8)).join("+")}`)
+    .join(" ");
+}
+
+/** Each daemon's latest clustering decision, role change or failure, from its log, in short. */
+function decisions(): string {
+  const wanted = /the cluster looks different|taking a new role|could not take the role|cluster formation|forming the cluster|cannot reach/;
+  return daemonLogs
+    .map(({ name, o }) => {
+      const line = o.err
+        .split("\n")
+        .filter((l) => wanted.test(l))
+        .pop();
+      if (!line) return `${name}: -`;
+      try {
+        const { time: _t, level: _l, pid: _p, hostname: _h, ...rest } = JSON.parse(line) as Record<string, unknown>;
+        return `${name}: ${JSON.stringify(rest).slice(0, 400)}`;
+      } catch {
+        return `${name}: ${line.slice(0, 400)}`;
+      }
+    })
+    .join(" | ");
+}
+
+/** Waits for the coordinator to see `shape`; a timeout says what the coordinator and each daemon last saw. */
+function waitForShape(what: string, url: string, head: string, workers: string[], solos: string[], timeoutMs: number) {
+  return waitFor(
+    what,
+    async () => {
+      const nodes = await network(url);
+      if (shape(nodes, head, workers, solos)) return true;
+      throw new Error(`the coordinator sees ${seen(nodes)}; the daemons last decided ${decisions()}`);
+    },
+    timeoutMs,
+    1_000,
+  );
 }
 
 async function chat(url: string, apiKey: string) {
@@ -173,7 +211,7 @@ describe.skipIf(!canUseNetns())("a site on four hosts", () => {
       Awaited<ReturnType<typeof join_>>,
     ];
     // equal memory (one machine): the lowest address, a, heads
-    await waitFor("the cluster to form", async () => shape(await network(site.url), a.id, [b.id, c.id], [far.id]), 240_000, 1_000);
+    await waitForShape("the cluster to form", site.url, a.id, [b.id, c.id], [far.id], 240_000);
 
     // the head measured its members; site status shows the split with speed and link
     const status = execFileSync(process.execPath, [BIN, "site", "status", "--coordinator", site.url]).toString();
@@ -194,16 +232,11 @@ describe.skipIf(!canUseNetns())("a site on four hosts", () => {
 
     // a member leaves: the head re-forms over the other
     process.kill(-(c.child.pid as number), "SIGKILL");
-    await waitFor("the cluster to re-form without c", async () => shape(await network(site.url), a.id, [b.id], [far.id]), 120_000, 1_000);
+    await waitForShape("the cluster to re-form without c", site.url, a.id, [b.id], [far.id], 120_000);
     expect(await requestSucceeds(site, "a request after the re-form")).toBe(true);
     // and comes back
     await rejoin(c.host, c.home, site.url, site.token);
-    await waitFor(
-      "the cluster to re-form with c",
-      async () => shape(await network(site.url), a.id, [b.id, c.id], [far.id]),
-      180_000,
-      1_000,
-    );
+    await waitForShape("the cluster to re-form with c", site.url, a.id, [b.id, c.id], [far.id], 180_000);
     expect(await requestSucceeds(site, "a request after the second re-form")).toBe(true);
   }, 900_000);
 
@@ -216,7 +249,7 @@ describe.skipIf(!canUseNetns())("a site on four hosts", () => {
     const joined = [];
     for (const h of hosts) joined.push(await join_(h, site.url, site.token, ["--no-multicast", "--scan", range]));
     const [a, b] = joined as [Awaited<ReturnType<typeof join_>>, Awaited<ReturnType<typeof join_>>];
-    await waitFor("the cluster to form by scanning", async () => shape(await network(site.url), a.id, [b.id], []), 240_000, 1_000);
+    await waitForShape("the cluster to form by scanning", site.url, a.id, [b.id], [], 240_000);
     expect((await chat(site.url, site.apiKey)).status).toBe(200);
     const listed = execFileSync("ip", ["netns", "exec", (hosts[0] as Host).ns, process.execPath, BIN, "site", "scan", range], {
       env: { ...process.env, SHAREDLLM_HOME: a.home },

@@ -9,6 +9,7 @@
  * one behind a slow link) would hold every token up: such members are left out as long as the
  * others can hold the model (one weak host must not slow the cluster: llama.cpp issue 10047).
  */
+import { sharesByLayers } from "@sharedllm/protocol";
 
 export interface ModelLayout {
   /** weight bytes of each repeating layer (blk.N) */
@@ -197,16 +198,16 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
   }
   const placed: PlacedMember[] = [];
   const bytes = usage(model, counts);
-  const n = model.layerBytes.length;
   let first = 0;
   set.forEach((m, i) => {
     const c = counts[i] as number;
-    if (c > 0)
-      placed.push({ id: m.id, firstLayer: first, layerCount: c, bytes: bytes[i] as number, shareBps: Math.floor((c * 10_000) / n) });
+    if (c > 0) placed.push({ id: m.id, firstLayer: first, layerCount: c, bytes: bytes[i] as number, shareBps: 0 });
     first += c;
   });
-  const rounding = 10_000 - placed.reduce((s, p) => s + p.shareBps, 0);
-  if (placed[0]) placed[0].shareBps += rounding;
+  const shares = sharesByLayers(placed.map((p) => p.layerCount));
+  placed.forEach((p, i) => {
+    p.shareBps = shares[i] as number;
+  });
   return { members: placed, excluded, costMs: cost(set, counts) };
 }
 

@@ -55,7 +55,7 @@ beforeAll(async () => {
     identity: workerIdentity,
     host: "127.0.0.1",
     port: 0,
-    upstreamPort: (upstream.address() as net.AddressInfo).port,
+    upstream: { host: "127.0.0.1", port: (upstream.address() as net.AddressInfo).port },
     allowHead: (h) => h !== banned.address.toLowerCase(),
     logger: quietLogger(),
   });

@@ -25,6 +25,7 @@ import type { Logger } from "pino";
 import { type Hex, recoverMessageAddress } from "viem";
 import { fromOwnUser } from "./localPeer.js";
 import { type Relayed, relay } from "./relay.js";
+import type { RpcAddress } from "./rpcServer.js";
 import { certFingerprint, ephemeralCert, type TunnelCert } from "./tunnelCert.js";
 
 export const TUNNEL_PROTOCOL = "sharedllm-tunnel/2";
@@ -152,8 +153,8 @@ export interface TunnelServerOptions {
   host: string;
   /** 0 picks a free port */
   port: number;
-  /** where rpc-server listens on 127.0.0.1 */
-  upstreamPort: number;
+  /** where rpc-server listens (a private Unix socket in a worker) */
+  upstream: RpcAddress;
   /** this worker's own policy: whether it lends itself to this head at all (default: any head the coordinator names) */
   allowHead?: (head: string) => boolean;
   logger: Logger;
@@ -272,7 +273,7 @@ export class TunnelServer {
     if (socket.readableLength > 0) return this.refuse(socket, "malformed");
     const ours = await this.o.identity.signer.signMessage({ message: bindingMessage({ ...binding, role: "worker", ...facts }) });
     if (mode === "bench") return this.sink(socket, ours);
-    const upstream = net.connect({ host: "127.0.0.1", port: this.o.upstreamPort, noDelay: true });
+    const upstream = net.connect({ ...this.o.upstream, noDelay: true });
     upstream.pause();
     try {
       await new Promise<void>((resolve, reject) => {

@@ -92,14 +92,14 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     identity: tunnelIdentity(identity.account),
     host: o.tunnelHost ?? "0.0.0.0",
     port: o.tunnelPort ?? 0,
-    upstreamPort: rpc.port,
+    upstream: rpc.address,
     allowHead: heads && ((head) => heads.has(head)),
     logger: log,
   });
   try {
     await tunnel.listen();
   } catch (err) {
-    await rpc.supervisor.stop();
+    await rpc.stop();
     throw new Error(`the tunnel cannot listen on ${o.tunnelHost ?? "0.0.0.0"}:${o.tunnelPort ?? 0}: ${(err as Error).message}`);
   }
   const hw = await hardware;
@@ -156,7 +156,7 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
   const stop = async () => {
     await control.close();
     await tunnel.close();
-    await rpc.supervisor.stop();
+    await rpc.stop();
   };
   try {
     await control.start();
@@ -164,6 +164,6 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     await stop();
     throw err;
   }
-  log.info({ tunnelPort: tunnel.port, rpcPort: rpc.port, speed }, "worker ready");
+  log.info({ tunnelPort: tunnel.port, rpc: rpc.address, speed }, "worker ready");
   return { nodeId, rpc, tunnel, control, stop };
 }

@@ -1,13 +1,14 @@
 /**
  * Engine manager: builds `llama-server` and `ggml-rpc-server` from the llama.cpp
  * source that the pinned node-llama-cpp package bundles, once per machine, into
- * `$SHAREDLLM_CACHE/engine/<tag>-<variant>/`.
+ * `$SHAREDLLM_CACHE/engine/<tag>-<variant>-<patches digest>/`.
  *
  * A build happens in a private work folder and becomes visible only by an atomic
  * rename of a finished folder that holds `engine.json`; an interrupted or failed
  * build therefore never leaves anything that a later run takes as good.
  */
 import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
@@ -30,6 +31,12 @@ export interface Engine {
 }
 
 const TARGETS = ["llama-server", "ggml-rpc-server"] as const;
+/**
+ * Our changes to the bundled source, applied in name order before configuring. Today one: ggml's
+ * rpc-server also listens on a Unix socket (host `unix:PATH`, the socket made 0600), so a worker's
+ * rpc-server is out of other local users' reach (docs/security/cluster.md).
+ */
+const PATCHES = join(import.meta.dirname, "..", "..", "engine-patches");
 const NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16";
 const require = createRequire(import.meta.url);
 
@@ -47,6 +54,20 @@ export async function bundledSource(): Promise<{ bundle: string; tag: string }> 
   return { bundle: join(pkgDir, "llama", "gitRelease.bundle"), tag: info.tag };
 }
 
+async function patchFiles(): Promise<string[]> {
+  return (await readdir(PATCHES))
+    .filter((f) => f.endsWith(".patch"))
+    .sort()
+    .map((f) => join(PATCHES, f));
+}
+
+/** A short digest of our patches: an engine built from other patches is another engine. */
+async function patchesDigest(): Promise<string> {
+  const hash = createHash("sha256");
+  for (const file of await patchFiles()) hash.update(await readFile(file));
+  return hash.digest("hex").slice(0, 8);
+}
+
 /** CUDA or Vulkan only where both the toolkit and a device exist; override with SHAREDLLM_ENGINE_VARIANT. */
 export function detectVariant(env: NodeJS.ProcessEnv = process.env): EngineVariant {
   const forced = env.SHAREDLLM_ENGINE_VARIANT;
@@ -57,14 +78,15 @@ export function detectVariant(env: NodeJS.ProcessEnv = process.env): EngineVaria
   return "cpu";
 }
 
-function engineDir(cache: string, tag: string, variant: EngineVariant): string {
-  return join(cache, "engine", `${tag}-${variant}`);
+/** Where an engine lives in the cache: by release, variant and our patches. */
+async function engineDir(cache: string, tag: string, variant: EngineVariant): Promise<string> {
+  return join(cache, "engine", `${tag}-${variant}-${await patchesDigest()}`);
 }
 
 /** The finished engine in the cache, or undefined when none is built. */
 export async function findEngine(cache: string, variant: EngineVariant = detectVariant()): Promise<Engine | undefined> {
   const { tag } = await bundledSource();
-  const dir = engineDir(cache, tag, variant);
+  const dir = await engineDir(cache, tag, variant);
   try {
     const engine = JSON.parse(await readFile(join(dir, "engine.json"), "utf8")) as Engine;
     if (existsSync(engine.llamaServer) && existsSync(engine.rpcServer)) return engine;
@@ -113,6 +135,7 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
     const out = join(work, "build");
     progress.update(0, "unpacking llama.cpp source");
     await run("git", ["clone", "--quiet", o.bundle, src], { signal: o.signal });
+    for (const patch of await patchFiles()) await run("git", ["-C", src, "apply", patch], { signal: o.signal });
     const flags = [
       "-DCMAKE_BUILD_TYPE=Release",
       "-DGGML_RPC=ON",
@@ -142,7 +165,7 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
     const stage = join(work, "stage");
     await mkdir(stage);
     await rename(join(out, "bin"), join(stage, "bin"));
-    const final = engineDir(o.cache, o.tag, o.variant);
+    const final = await engineDir(o.cache, o.tag, o.variant);
     const binDir = join(final, "bin");
     const engine: Engine = {
       tag: o.tag,
