@@ -20,7 +20,8 @@ import { ModelStore } from "../node/src/models/store.ts";
 import { resolvePaths } from "../node/src/paths.ts";
 import { median, type StreamTiming, timeStream } from "./coordinator.ts";
 
-const SPLIT = ["--tensor-split", "15,15", "--n-gpu-layers", "999"];
+/** As a head splits it: the repeating layers (30) over the two members, the output head kept local. */
+const SPLIT = ["--tensor-split", "15,15", "--n-gpu-layers", "30"];
 const head = tunnelIdentity(privateKeyToAccount(generatePrivateKey()));
 const log = pino({ level: "silent" });
 

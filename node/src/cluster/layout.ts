@@ -1,6 +1,6 @@
 /**
  * A model's layout for placement, read from its GGUF header with node-llama-cpp's reader (no
- * weights are loaded): bytes per repeating layer, the output head, and the KV cache per layer.
+ * weights are loaded): bytes per repeating layer and the KV cache per layer.
  */
 import { stat } from "node:fs/promises";
 import { GgufRefused, readGgufHeader } from "../models/ggufHeader.js";
@@ -33,17 +33,13 @@ export async function readModelLayout(modelPath: string, contextTokens: number):
     sizes.set(t.name, next ? Number(next.fileOffset) - Number(t.fileOffset) : Math.ceil(elements * (BYTES_PER_ELEMENT[t.ggmlType] ?? 1)));
   });
   const layerBytes = Array.from({ length: f.layers }, () => 0);
-  let output = 0;
   for (const [name, bytes] of sizes) {
     const m = /^blk\.(\d+)\./.exec(name);
     if (m && Number(m[1]) >= f.layers) throw new GgufRefused(modelPath, `tensor ${name} is past block_count ${f.layers}`);
     if (m) layerBytes[Number(m[1])] = (layerBytes[Number(m[1])] ?? 0) + bytes;
-    else if (name.startsWith("output")) output += bytes;
   }
-  // tied embeddings: the output head reuses token_embd, which llama.cpp then also keeps on the last device
-  if (!sizes.has("output.weight")) output += sizes.get("token_embd.weight") ?? 0;
   // f16 keys and values
   const kvBytesPerLayer = 2 * ((f.embeddingLength * f.kvHeads) / f.heads) * 2 * contextTokens;
   if (layerBytes.some((b) => b === 0) || size <= 0) throw new Error(`${modelPath}: cannot read its layer layout`);
-  return { layerBytes, outputBytes: output, kvBytesPerLayer };
+  return { layerBytes, kvBytesPerLayer };
 }

@@ -2,9 +2,8 @@ import { describe, expect, it } from "vitest";
 import { type MemberInfo, type ModelLayout, PlacementError, planPlacement, tensorSplit } from "./placement.js";
 
 const MiB = 2 ** 20;
-const model = (layers: number, layerMiB = 10, outputMiB = 20, kvMiB = 1): ModelLayout => ({
+const model = (layers: number, layerMiB = 10, kvMiB = 1): ModelLayout => ({
   layerBytes: Array.from({ length: layers }, () => layerMiB * MiB),
-  outputBytes: outputMiB * MiB,
   kvBytesPerLayer: kvMiB * MiB,
 });
 const member = (id: string, freeMiB: number, tps = 10, rttMs = 0.3): MemberInfo => ({
@@ -24,13 +23,13 @@ function rng(seed: number) {
 }
 
 describe("planPlacement", () => {
-  it("splits equal members evenly into contiguous ranges, output head on the last", () => {
+  it("splits equal members evenly into contiguous ranges; the output head is not theirs", () => {
     const p = planPlacement(model(30), [member("a", 4096), member("b", 4096)]);
     expect(p.members.map((m) => [m.id, m.firstLayer, m.layerCount])).toEqual([
       ["a", 0, 15],
       ["b", 15, 15],
     ]);
-    expect(p.members[1]?.bytes).toBe(15 * 11 * MiB + 20 * MiB);
+    expect(p.members[1]?.bytes).toBe(15 * 11 * MiB);
     expect(p.members.reduce((s, m) => s + m.shareBps, 0)).toBe(10_000);
     expect(tensorSplit(p)).toBe("15,15");
   });
@@ -71,9 +70,9 @@ describe("planPlacement", () => {
     try {
       planPlacement(model(30), [member("a", 200), member("b", 200)]);
     } catch (err) {
-      // 30 * 11 + 20 = 350 MiB needed, 2 * (200 - 128) = 144 free
-      expect((err as PlacementError).missingBytes).toBe(206 * MiB);
-      expect((err as Error).message).toContain("needs 206 MiB more");
+      // 30 * 11 = 330 MiB needed, 2 * (200 - 128) = 144 free
+      expect((err as PlacementError).missingBytes).toBe(186 * MiB);
+      expect((err as Error).message).toContain("needs 186 MiB more");
     }
   });
 
@@ -84,7 +83,6 @@ describe("planPlacement", () => {
       const layers = 4 + Math.floor(rand() * 60);
       const layout: ModelLayout = {
         layerBytes: Array.from({ length: layers }, () => Math.floor((5 + rand() * 20) * MiB)),
-        outputBytes: Math.floor(rand() * 50 * MiB),
         kvBytesPerLayer: Math.floor(rand() * 2 * MiB),
       };
       const members = Array.from({ length: 1 + Math.floor(rand() * 5) }, (_, i) =>

@@ -14,8 +14,6 @@ import { sharesByLayers } from "@sharedllm/protocol";
 export interface ModelLayout {
   /** weight bytes of each repeating layer (blk.N) */
   layerBytes: number[];
-  /** the output head (output norm + output matrix), which llama.cpp puts on the last device */
-  outputBytes: number;
   /** KV cache bytes each layer needs for the configured context */
   kvBytesPerLayer: number;
 }
@@ -35,7 +33,7 @@ export interface PlacedMember {
   id: string;
   firstLayer: number;
   layerCount: number;
-  /** weights + KV cache (+ output head on the last member) */
+  /** weights + KV cache of its layers */
   bytes: number;
   /** share of the work, by layers, in basis points (they sum to 10000) */
   shareBps: number;
@@ -80,7 +78,7 @@ function fmt(bytes: number): string {
 /** Layers per member for one ordered set, or undefined when they cannot hold the model. */
 function allocate(model: ModelLayout, members: MemberInfo[], reserve: number): number[] | undefined {
   const n = model.layerBytes.length;
-  const room = members.map((m, i) => m.freeMemoryBytes - reserve - (i === members.length - 1 ? model.outputBytes : 0));
+  const room = members.map((m) => m.freeMemoryBytes - reserve);
   if (room.some((r) => r < 0)) return undefined;
   // ideal shares by speed, water-filled under each member's layer capacity
   const avgLayer = model.layerBytes.reduce((a, b) => a + b, 0) / Math.max(1, n) + model.kvBytesPerLayer;
@@ -113,24 +111,45 @@ function allocate(model: ModelLayout, members: MemberInfo[], reserve: number): n
     counts[i] = (counts[i] as number) + 1;
   }
   // exact check with the real layer sizes; move a layer off a member that overflows
-  for (let guard = 0; guard < n * members.length; guard++) {
+  const fits = (c: number[]) => usage(model, c).every((b, i) => b <= (members[i] as MemberInfo).freeMemoryBytes - reserve);
+  for (let guard = 0; !fits(counts); guard++) {
     const bytes = usage(model, counts);
     const over = bytes.findIndex((b, i) => b > (members[i] as MemberInfo).freeMemoryBytes - reserve);
-    if (over < 0) return counts;
     const to = bytes.findIndex((b, i) => i !== over && b + avgLayer <= (members[i] as MemberInfo).freeMemoryBytes - reserve);
-    if (to < 0 || (counts[over] as number) === 0) return undefined;
+    if (guard >= n * members.length || to < 0 || (counts[over] as number) === 0) return undefined;
     counts[over] = (counts[over] as number) - 1;
     counts[to] = (counts[to] as number) + 1;
   }
-  return undefined;
+  // the capacities above were estimated with the average layer: where a member's real layers left
+  // it room, take a layer from a member that is slower for its load, while that shortens the slower
+  const load = (i: number, c = at(counts, i)) => c / speedOf(i);
+  for (let guard = 0, moved = true; moved && guard < n * members.length; guard++) {
+    moved = false;
+    for (const j of members.map((_, k) => k).sort((x, y) => load(y) - load(x))) {
+      if (at(counts, j) <= 1) continue;
+      const i = members.findIndex((_, k) => {
+        if (k === j || load(k, at(counts, k) + 1) >= load(j)) return false;
+        const trial = [...counts];
+        trial[k] = at(trial, k) + 1;
+        trial[j] = at(trial, j) - 1;
+        return fits(trial);
+      });
+      if (i < 0) continue;
+      counts[i] = at(counts, i) + 1;
+      counts[j] = at(counts, j) - 1;
+      moved = true;
+      break;
+    }
+  }
+  return counts;
 }
 
 function usage(model: ModelLayout, counts: number[]): number[] {
   let layer = 0;
-  return counts.map((c, i) => {
+  return counts.map((c) => {
     let bytes = 0;
     for (let k = 0; k < c; k++) bytes += (model.layerBytes[layer++] ?? 0) + model.kvBytesPerLayer;
-    return bytes + (i === counts.length - 1 ? model.outputBytes : 0);
+    return bytes;
   });
 }
 
@@ -151,11 +170,10 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
   if (!model.layerBytes.length) throw new PlacementError("the model has no layers to place", 0);
   const usable = members.filter((m) => m.tokensPerSecond > 0 && m.freeMemoryBytes > 0);
   const excluded = members.filter((m) => !usable.includes(m)).map((m) => ({ id: m.id, reason: "no measured speed or no free memory" }));
-  // fastest first: the order of the layer ranges (and the output head on the last)
+  // fastest first: the order of the layer ranges
   const ranked = [...usable].sort((a, b) => b.tokensPerSecond - a.tokensPerSecond || a.id.localeCompare(b.id));
   const fastest = ranked[0]?.tokensPerSecond ?? 0;
-  // a plan gives every member at least one layer: llama.cpp puts the output head on the last
-  // device that has layers, so a member without layers cannot be part of the split
+  // a plan gives every member at least one layer: a member without layers has no part in the split
   const tryPlan = (members: MemberInfo[]): { set: MemberInfo[]; counts: number[] } | undefined => {
     let current = members;
     for (;;) {
@@ -176,7 +194,7 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
     plan = tryPlan(set);
   }
   if (!plan) {
-    const total = model.layerBytes.reduce((a, b) => a + b, 0) + model.kvBytesPerLayer * model.layerBytes.length + model.outputBytes;
+    const total = model.layerBytes.reduce((a, b) => a + b, 0) + model.kvBytesPerLayer * model.layerBytes.length;
     const free = ranked.reduce((s, m) => s + Math.max(0, m.freeMemoryBytes - reserve), 0);
     const missing = Math.max(1, total - free);
     throw new PlacementError(
