@@ -35,8 +35,6 @@ describe("decideForm", () => {
 describe("checkPlan", () => {
   it("believes a split of the formation's members whose shares add up to 10000", () => {
     expect(checkPlan("h", formation, [member("w1", 0, 20, 6667), member("w2", 20, 10, 3333)], NOW)).toBeUndefined();
-    // the head may serve layers too
-    expect(checkPlan("h", formation, [member("h", 0, 10, 5000), member("w1", 10, 10, 5000)], NOW)).toBeUndefined();
   });
 
   it("refuses splits from a node without a formation, over strangers, duplicates, or shares not adding up to 10000", () => {
@@ -50,9 +48,11 @@ describe("checkPlan", () => {
     expect(checkPlan("h", formation, [member("w1", 0, 10, 10_000), member("w2", 10, 10, 10_000)], NOW)).toMatch(/20000/);
     expect(checkPlan("h", formation, [member("w1", 0, 10, 4000), member("w2", 10, 10, 5000)], NOW)).toMatch(/9000/);
     expect(checkPlan("h", formation, [member("w1", 0, 10, 5000), member("w2", 5, 10, 5000)], NOW)).toMatch(/overlap/);
-    // a head that serves half the layers cannot take more than half the pay, whatever order it lists
-    expect(checkPlan("h", formation, [member("w1", 10, 10, 1000), member("h", 0, 10, 9000)], NOW)).toMatch(
-      /h's share \(9000 bps\) is not its part of the layers \(5000 bps\)/,
+    // a member that serves half the layers is paid half, whatever order the head lists them in
+    expect(checkPlan("h", formation, [member("w1", 10, 10, 1000), member("w2", 0, 10, 9000)], NOW)).toMatch(
+      /w2's share \(9000 bps\) is not its part of the layers \(5000 bps\)/,
     );
+    // the head runs only the output head: it cannot name itself to be paid
+    expect(checkPlan("h", formation, [member("h", 0, 10, 5000), member("w1", 10, 10, 5000)], NOW)).toMatch(/serves no layers/);
   });
 });

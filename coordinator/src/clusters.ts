@@ -61,7 +61,7 @@ export function decideForm(
 
 /**
  * Whether a head's layer split can be believed: it comes from the head of a live formation, names
- * only that formation's members (or the head itself, where it serves layers), each once, over
+ * only that formation's members (a head serves no layers of its own split), each once, over
  * layers that do not overlap, with shares that add up to exactly 10000 and follow the layers each
  * member serves (`sharesByLayers`), so a head cannot pay itself its workers' part. The reason when not.
  */
@@ -76,7 +76,8 @@ export function checkPlan(headId: string, formation: Formation | undefined, plan
     const id = m.nodeId.toLowerCase();
     if (seen.has(id)) return `${id} is named twice in the split`;
     seen.add(id);
-    if (id !== headId && !formation.members.has(id)) return `${id} is not a member of this head's cluster`;
+    if (id === headId) return "a head serves no layers of its own split: only its workers are paid by it";
+    if (!formation.members.has(id)) return `${id} is not a member of this head's cluster`;
     total += m.shareBps;
   }
   if (total !== 10_000) return `the shares add up to ${total} basis points, not 10000`;
