@@ -18,7 +18,7 @@ import {
 } from "@sharedllm/protocol";
 import { generatePrivateKey, type LocalAccount, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import WebSocket from "ws";
-import { registerNode } from "../node/src/daemon/registration.ts";
+import { registerNode } from "../node/src/control/registration.ts";
 
 export type SimJobHandler = (job: JobStart, send: (f: NodeFrame) => void) => void;
 

@@ -12,7 +12,7 @@ import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { registerNode } from "../../node/src/daemon/registration.ts";
+import { registerNode } from "../../node/src/control/registration.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
 import { type SimJobHandler, SimNode, signsReceipts } from "../simNode.ts";

@@ -14,9 +14,8 @@ import { pino } from "pino";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { ControlClient } from "../../node/src/daemon/controlClient.ts";
-import { sessionCredentials } from "../../node/src/daemon/daemon.ts";
-import { registerNode } from "../../node/src/daemon/registration.ts";
+import { ControlClient } from "../../node/src/control/client.ts";
+import { registerNode, sessionCredentials } from "../../node/src/control/registration.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");

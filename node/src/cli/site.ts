@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { type ClusterPlan, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
-import { registerNode } from "../daemon/registration.js";
+import { registerNode } from "../control/registration.js";
 import { loadNodeIdentity } from "../identity.js";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";

@@ -4,14 +4,12 @@
  * coordinator where the tunnel is, and takes the cluster sessions the coordinator forms for a head,
  * when its own policy serves that head: the head its site daemon picked, or those its owner named.
  */
-import { cpus, freemem, loadavg } from "node:os";
+import { cpus } from "node:os";
 import { join } from "node:path";
-import type { Capabilities } from "@sharedllm/protocol";
 import type { Logger } from "pino";
-import { detectHardware } from "../daemon/capabilities.js";
-import { ControlClient } from "../daemon/controlClient.js";
-import { sessionCredentials } from "../daemon/daemon.js";
-import { ReceiptSigner } from "../daemon/receipts.js";
+import { capabilities, detectHardware } from "../control/capabilities.js";
+import type { ControlClient } from "../control/client.js";
+import { openControlLink } from "../control/link.js";
 import { ensureEngine } from "../engine/build.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import type { Paths } from "../paths.js";
@@ -102,55 +100,30 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     await rpc.stop();
     throw new Error(`the tunnel cannot listen on ${o.tunnelHost ?? "0.0.0.0"}:${o.tunnelPort ?? 0}: ${(err as Error).message}`);
   }
-  const hw = await hardware;
   const speed = computeScore(threads);
-  const caps: Capabilities = {
-    ...hw,
-    threads,
-    freeDiskBytes: 0,
-    engineVariant: engine.variant,
-    tokensPerSecond: 0,
-    measuredAt: new Date().toISOString(),
-  };
-  const receipts = new ReceiptSigner(identity.account, (head) => tunnel.servesHead(head));
-  const control: ControlClient = new ControlClient({
+  const caps = await capabilities({ home: o.paths.home, cache: o.paths.cache, engine, threads, hardware: await hardware });
+  const { client: control } = openControlLink({
     coordinatorUrl: o.coordinatorUrl,
     coordinatorCa: o.coordinatorCa,
-    credentials: sessionCredentials({
-      coordinatorUrl: o.coordinatorUrl,
-      coordinatorCa: o.coordinatorCa,
-      joinToken: o.joinToken,
-      account: identity.account,
-    }),
+    joinToken: o.joinToken,
+    identity,
+    engine,
+    role: "worker",
     logger: log,
-    hello: () => ({
-      nodeId,
-      engine: { tag: engine.tag, variant: engine.variant },
-      models: [],
-      slots: 1,
-      capabilities: caps,
-      role: "worker",
-      tunnel: { port: tunnel.port, tls: true, speed },
-    }),
-    status: () => ({
-      load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
-      freeMemoryBytes: freemem(),
-      loadedModels: [],
-      tokensPerSecond: 0,
-    }),
+    hello: () => ({ models: [], slots: 1, capabilities: caps, tunnel: { port: tunnel.port, tls: true, speed } }),
+    servesHead: (head) => tunnel.servesHead(head),
     runJob: async (job, send) =>
       send({ type: "job.error", jobId: job.jobId, message: "this node is a cluster worker and runs no jobs itself", retryable: true }),
     loadModel: (frame, reply) =>
       reply({ type: "models", models: [], failed: { model: frame.model, message: "a cluster worker serves no models" } }),
-    signReceipt: (frame) => receipts.sign(frame),
-    onClusterFrame: (f) => {
+    onClusterFrame: (f, send) => {
       if (f.type !== "tunnel.session") return;
       if (!tunnel.addSession({ id: f.sessionId, head: f.head, expiresAt: f.expiresAt })) {
         log.warn({ head: f.head }, "a cluster session for a head this worker does not serve: ignored");
         return;
       }
       log.info({ head: f.head }, "cluster session from a head");
-      control.sendFrame({ type: "tunnel.ready", sessionId: f.sessionId });
+      send({ type: "tunnel.ready", sessionId: f.sessionId });
     },
   });
   const stop = async () => {

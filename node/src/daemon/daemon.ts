@@ -3,12 +3,15 @@
  * runs a supervised llama-server for the model on 127.0.0.1, and serves jobs
  * that arrive over the control channel it dials to the coordinator.
  */
-import { cpus, freemem, loadavg } from "node:os";
+import { cpus } from "node:os";
 import { join } from "node:path";
 import type { Availability, Capabilities, ControlChannel, ServedModel, Usage } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { readModelLayout } from "../cluster/layout.js";
+import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
+import type { ControlClient } from "../control/client.js";
+import { openControlLink } from "../control/link.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
@@ -18,12 +21,8 @@ import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelError, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
-import { capabilities, detectHardware, measureSpeed } from "./capabilities.js";
-import { ControlClient, type SessionCredentials } from "./controlClient.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
-import { ReceiptSigner } from "./receipts.js";
-import { registerNode } from "./registration.js";
 import { inSchedule, parseSchedule } from "./schedule.js";
 import { Throughput } from "./throughput.js";
 
@@ -164,33 +163,20 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       ...(parseSource(entry.source).kind === "local" ? {} : { source: entry.source }),
     }));
   let loading: Promise<void> | undefined;
-  const receipts = new ReceiptSigner(identity.account);
-  const control = new ControlClient({
-    signReceipt: (frame) => receipts.sign(frame),
+  const { client: control, receipts } = openControlLink({
     coordinatorUrl: o.coordinatorUrl,
     coordinatorCa: o.coordinatorCa,
     dial: o.dialControl,
-    credentials: sessionCredentials({
-      coordinatorUrl: o.coordinatorUrl,
-      coordinatorCa: o.coordinatorCa,
-      joinToken: o.joinToken,
-      account: identity.account,
-    }),
+    joinToken: o.joinToken,
+    identity,
+    engine,
+    role: head ? "head" : "solo",
     logger: log,
-    hello: () => ({
-      nodeId,
-      engine: { tag: engine.tag, variant: engine.variant },
-      models: servedModels(),
-      slots,
-      capabilities: caps,
-      role: head ? "head" : "solo",
-    }),
+    hello: () => ({ models: servedModels(), slots, capabilities: caps }),
     onClusterFrame: (f) => {
       if (f.type === "cluster.members") head?.onMembers(f);
     },
     status: () => ({
-      load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
-      freeMemoryBytes: freemem(),
       loadedModels: [...served.values()].filter((s) => s.llama.supervisor.ready).map((s) => s.entry.id),
       tokensPerSecond: throughput.tokensPerSecond(),
     }),
@@ -271,10 +257,9 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       home: o.paths.home,
       cache: o.paths.cache,
       engine,
-      modelSha256: model.sha256,
       threads,
       hardware: await hardware,
-      measure: () => measureSpeed(primary.llama.url, primary.llama.apiKey),
+      model: { sha256: model.sha256, measure: () => measureSpeed(primary.llama.url, primary.llama.apiKey) },
     });
     log.info({ tokensPerSecond: caps.tokensPerSecond, gpu: caps.gpu }, "capabilities");
     if (head) control.sendFrame({ type: "models", models: servedModels(), capabilities: caps });
@@ -319,25 +304,5 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       return { drained };
     },
     stop,
-  };
-}
-
-/** A session token from registration, kept until the coordinator stops accepting it. */
-export function sessionCredentials(o: Parameters<typeof registerNode>[0]): SessionCredentials {
-  let current: Promise<string> | undefined;
-  return {
-    get() {
-      current ??= registerNode(o).then(
-        (r) => r.sessionToken,
-        (err) => {
-          current = undefined;
-          throw err;
-        },
-      );
-      return current;
-    },
-    invalidate() {
-      current = undefined;
-    },
   };
 }

@@ -47,8 +47,8 @@ export interface ControlClientOptions {
   loadModel: (frame: ModelLoad, reply: (f: NodeFrame) => void) => void;
   /** the coordinator proposes a work receipt for a finished paid job: sign it or say why not */
   signReceipt: (frame: ReceiptRequest) => Promise<ReceiptFrame>;
-  /** cluster frames: a worker's tunnel sessions, a head's members */
-  onClusterFrame?: (frame: TunnelSessionFrame | ClusterMembers) => void;
+  /** cluster frames: a worker's tunnel sessions (answered through `send`), a head's members */
+  onClusterFrame?: (frame: TunnelSessionFrame | ClusterMembers, send: (f: NodeFrame) => void) => void;
   logger: Logger;
   /** opens the channel with a session token; default: the coordinator's WebSocket at coordinatorUrl */
   dial?: (sessionToken: string) => Promise<ControlChannel>;
@@ -194,7 +194,7 @@ export class ControlClient {
         return;
       case "tunnel.session":
       case "cluster.members":
-        this.o.onClusterFrame?.(frame);
+        this.o.onClusterFrame?.(frame, (f) => this.sendFrame(f));
         return;
       case "job.cancel":
         this.jobs.get(frame.jobId)?.abort();

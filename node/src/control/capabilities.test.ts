@@ -20,7 +20,7 @@ describe("capabilities", () => {
       measured++;
       return 100 + measured;
     };
-    const base = { home: tmp.home, cache: tmp.home, engine, modelSha256: "a".repeat(64), threads: 2, hardware, measure };
+    const base = { home: tmp.home, cache: tmp.home, engine, model: { sha256: "a".repeat(64), measure }, threads: 2, hardware };
     const first = await capabilities(base);
     expect(first).toMatchObject({ cpuModel: "Test CPU", cores: 2, threads: 2, gpu: null, engineVariant: "cpu", tokensPerSecond: 101 });
     expect(first.freeDiskBytes).toBeGreaterThan(0);
@@ -33,6 +33,12 @@ describe("capabilities", () => {
         .tokensPerSecond,
     ).toBe(104);
     expect(measured).toBe(4);
+  });
+
+  it("reports a speed of 0, measuring nothing, for a node that serves no model (a cluster worker)", async () => {
+    const caps = await capabilities({ home: tmp.home, cache: tmp.home, engine, threads: 2, hardware });
+    expect(caps).toMatchObject({ cpuModel: "Test CPU", threads: 2, engineVariant: "cpu", tokensPerSecond: 0 });
+    expect(caps.freeDiskBytes).toBeGreaterThan(0);
   });
 
   it("detects this machine's CPU and memory, and a GPU only where node-llama-cpp finds one", async () => {

@@ -1,7 +1,7 @@
 /**
- * What this machine can do: CPU, memory, GPU and VRAM (node-llama-cpp's
- * detection), free disk, engine variant, and a measured generation speed on the
- * served model. The speed is measured once and kept in
+ * What this machine can do, as a node tells the coordinator in its hello: CPU,
+ * memory, GPU and VRAM (node-llama-cpp's detection), free disk, engine variant,
+ * and a measured generation speed on the served model. The speed is measured once and kept in
  * `$SHAREDLLM_HOME/capabilities.json`; it is measured again when the hardware,
  * the engine, the model or the thread count changes.
  */
@@ -46,6 +46,12 @@ export async function detectHardware(logger: Logger): Promise<Hardware> {
   return hw;
 }
 
+/** The model a node serves, and how to measure its decode speed (tokens per second). */
+interface MeasuredModel {
+  sha256: string;
+  measure: () => Promise<number>;
+}
+
 interface Cached {
   fingerprint: string;
   tokensPerSecond: number;
@@ -53,36 +59,41 @@ interface Cached {
 }
 
 /**
- * The node's capabilities, with the generation speed from the cache when the
- * fingerprint matches, or measured now with `measure()`.
+ * The node's capabilities, with the generation speed of the model it serves from the cache when
+ * the fingerprint matches, or measured now with `model.measure()`. A node that serves no model
+ * itself (a cluster worker) reports a speed of 0.
  */
 export async function capabilities(o: {
   home: string;
   cache: string;
   engine: Engine;
-  modelSha256: string;
   threads: number;
   hardware: Hardware;
-  measure: () => Promise<number>;
+  model?: MeasuredModel;
 }): Promise<Capabilities> {
-  const fingerprint = createHash("sha256")
-    .update(JSON.stringify([o.hardware, o.engine.tag, o.engine.variant, o.modelSha256, o.threads]))
-    .digest("hex");
-  const file = join(o.home, "capabilities.json");
-  let cached = JSON.parse(await readFile(file, "utf8").catch(() => "null")) as Cached | null;
-  if (cached?.fingerprint !== fingerprint) {
-    cached = { fingerprint, tokensPerSecond: await o.measure(), measuredAt: new Date().toISOString() };
-    await writeFileAtomic(file, `${JSON.stringify(cached, null, 2)}\n`);
-  }
+  const speed = o.model ? await modelSpeed(o, o.model) : { tokensPerSecond: 0, measuredAt: new Date().toISOString() };
   const disk = await statfs(o.cache);
   return {
     ...o.hardware,
     threads: o.threads,
     freeDiskBytes: disk.bavail * disk.bsize,
     engineVariant: o.engine.variant,
-    tokensPerSecond: cached.tokensPerSecond,
-    measuredAt: cached.measuredAt,
+    tokensPerSecond: speed.tokensPerSecond,
+    measuredAt: speed.measuredAt,
   };
+}
+
+/** The served model's speed, kept in `capabilities.json` until what it was measured on changes. */
+async function modelSpeed(o: { home: string; engine: Engine; threads: number; hardware: Hardware }, model: MeasuredModel): Promise<Cached> {
+  const fingerprint = createHash("sha256")
+    .update(JSON.stringify([o.hardware, o.engine.tag, o.engine.variant, model.sha256, o.threads]))
+    .digest("hex");
+  const file = join(o.home, "capabilities.json");
+  const cached = JSON.parse(await readFile(file, "utf8").catch(() => "null")) as Cached | null;
+  if (cached?.fingerprint === fingerprint) return cached;
+  const measured = { fingerprint, tokensPerSecond: await model.measure(), measuredAt: new Date().toISOString() };
+  await writeFileAtomic(file, `${JSON.stringify(measured, null, 2)}\n`);
+  return measured;
 }
 
 /** Decode speed of the running llama-server on a fixed request (temperature 0, 64 tokens). */

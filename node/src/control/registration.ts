@@ -1,27 +1,31 @@
 /**
  * Registers this node with its site's coordinator: the request is HMAC-signed
  * with the join token and carries the node key's signature over the same nonce.
- * Returns the control-channel session token.
+ * Returns the control-channel session token, which `sessionCredentials` keeps
+ * until the coordinator stops accepting it.
  */
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
 import { REGISTER_PATH, type RegisterRequest, type RegisterResponse, registrationMessage, signSiteRequest } from "@sharedllm/protocol";
 import type { PrivateKeyAccount } from "viem/accounts";
+import type { SessionCredentials } from "./client.js";
 
 /** The coordinator said no: retrying with the same credentials will not help. */
 export class RegistrationRefused extends Error {
   override name = "RegistrationRefused";
 }
 
-export async function registerNode(o: {
+export interface RegistrationOptions {
   coordinatorUrl: string;
   joinToken: string;
   account: PrivateKeyAccount;
   /** PEM certificate(s) to trust for an https coordinator (its own self-signed one); default: the system's CAs */
   coordinatorCa?: string;
   signal?: AbortSignal;
-}): Promise<RegisterResponse> {
+}
+
+export async function registerNode(o: RegistrationOptions): Promise<RegisterResponse> {
   const nodeId = o.account.address.toLowerCase();
   // the proof signs the timestamp and nonce of this very request
   const now = Date.now();
@@ -43,6 +47,26 @@ export async function registerNode(o: {
   }
   if (res.status < 200 || res.status > 299) throw new Error(`registration failed: HTTP ${res.status} ${json.error?.message ?? ""}`);
   return json as RegisterResponse;
+}
+
+/** A session token from registration, kept until the coordinator stops accepting it. */
+export function sessionCredentials(o: RegistrationOptions): SessionCredentials {
+  let current: Promise<string> | undefined;
+  return {
+    get() {
+      current ??= registerNode(o).then(
+        (r) => r.sessionToken,
+        (err) => {
+          current = undefined;
+          throw err;
+        },
+      );
+      return current;
+    },
+    invalidate() {
+      current = undefined;
+    },
+  };
 }
 
 /** POSTs with node's own client, which takes the trusted CA for this one request (fetch cannot). */
