@@ -9,7 +9,8 @@
 import { randomUUID } from "node:crypto";
 import type { ClusterMembers, NodeFrame } from "@sharedllm/protocol";
 import type { Logger } from "pino";
-import { type MemberInfo, type ModelLayout, type Placement, planPlacement, tensorSplit } from "./placement.js";
+import type { ModelLayout } from "../models/gguf.js";
+import { type MemberInfo, type Placement, planPlacement, tensorSplit } from "./placement.js";
 import {
   type DialOptions,
   dialTunnel,

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { type MemberInfo, type ModelLayout, PlacementError, planPlacement, tensorSplit } from "./placement.js";
+import type { ModelLayout } from "../models/gguf.js";
+import { type MemberInfo, PlacementError, planPlacement, tensorSplit } from "./placement.js";
 
 const MiB = 2 ** 20;
 const model = (layers: number, layerMiB = 10, kvMiB = 1): ModelLayout => ({

@@ -10,13 +10,7 @@
  * others can hold the model (one weak host must not slow the cluster: llama.cpp issue 10047).
  */
 import { sharesByLayers } from "@sharedllm/protocol";
-
-export interface ModelLayout {
-  /** weight bytes of each repeating layer (blk.N) */
-  layerBytes: number[];
-  /** KV cache bytes each layer needs for the configured context */
-  kvBytesPerLayer: number;
-}
+import type { ModelLayout } from "../models/gguf.js";
 
 export interface MemberInfo {
   id: string;

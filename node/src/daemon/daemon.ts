@@ -8,14 +8,13 @@ import { join } from "node:path";
 import type { Availability, Capabilities, ControlChannel, ServedModel, Usage } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
-import { readModelLayout } from "../cluster/layout.js";
 import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
 import type { ControlClient } from "../control/client.js";
 import { openControlLink } from "../control/link.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
-import { estimateServingMemory, GiB } from "../models/memory.js";
+import { estimateServingMemory, readModelLayout } from "../models/gguf.js";
 import { refuseLoad } from "../models/pins.js";
 import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelError, ModelStore } from "../models/store.js";
@@ -28,6 +27,7 @@ import { Throughput } from "./throughput.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
 const ENGINE_WAIT_MS = 30_000;
+const GiB = 2 ** 30;
 
 export interface NodeDaemonOptions {
   paths: Paths;

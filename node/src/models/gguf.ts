@@ -1,12 +1,14 @@
 /**
- * The figures a model's GGUF header declares, bounded before anything is sized from them. A GGUF
- * comes from wherever its source points, so its header is untrusted input: counts and lengths are
- * checked against limits far above any real model (and against the file's own size) before
- * node-llama-cpp's reader builds arrays from them, and the architecture figures that size memory
- * (layers, widths, heads, context) are checked after. A header outside them is refused with a
- * GgufRefused error that names the figure.
+ * What a model's GGUF file says about its size: the figures its header declares, the KV cache they
+ * imply, the memory serving it takes, and its per-layer layout for placement over a cluster.
+ *
+ * A GGUF comes from wherever its source points, so its header is untrusted input: counts and
+ * lengths are checked against limits far above any real model (and against the file's own size)
+ * before node-llama-cpp's reader builds arrays from them, and the architecture figures that size
+ * memory (layers, widths, heads, context) are checked after. A header outside them is refused with
+ * a GgufRefused error that names the figure. Everything here is sized from those bounded figures.
  */
-import { open } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { type GgufFileInfo, readGgufFileInfo } from "node-llama-cpp";
 import { z } from "zod";
 
@@ -81,6 +83,72 @@ export async function readGgufHeader(path: string, o: { tensors: boolean }): Pro
       contextLength: a.context_length,
     },
   };
+}
+
+/** Bytes of KV cache one layer holds per token of context: f16 keys and values over the K/V heads. */
+export function kvBytesPerTokenPerLayer(f: GgufFigures): number {
+  return 2 * ((f.embeddingLength * f.kvHeads) / f.heads) * 2;
+}
+
+/** llama.cpp's compute and output buffers on CPU, roughly; generous for small models. */
+const OVERHEAD_BYTES = 256 * 2 ** 20;
+
+/**
+ * How much memory serving a model takes: the weights (the GGUF file) plus the KV cache for every
+ * slot's context plus room for compute buffers.
+ */
+export async function estimateServingMemory(modelPath: string, contextTokens: number): Promise<number> {
+  const { size } = await stat(modelPath);
+  const { figures: f } = await readGgufHeader(modelPath, { tensors: false });
+  return size + f.layers * kvBytesPerTokenPerLayer(f) * contextTokens + OVERHEAD_BYTES;
+}
+
+/** A model's layout for placement over a cluster's members. */
+export interface ModelLayout {
+  /** weight bytes of each repeating layer (blk.N) */
+  layerBytes: number[];
+  /** KV cache bytes each layer needs for the configured context */
+  kvBytesPerLayer: number;
+}
+
+/** Bytes per element of the common ggml types (block size / block bytes), for the last tensor only. */
+const BYTES_PER_ELEMENT: Record<number, number> = {
+  0: 4,
+  1: 2,
+  2: 18 / 32,
+  3: 20 / 32,
+  6: 22 / 32,
+  7: 24 / 32,
+  8: 34 / 32,
+  12: 144 / 256,
+  13: 176 / 256,
+  14: 210 / 256,
+  30: 2,
+};
+
+/**
+ * A model's layout from its tensor records (no weights are loaded): bytes per repeating layer
+ * and the KV cache per layer for `contextTokens`.
+ */
+export async function readModelLayout(modelPath: string, contextTokens: number): Promise<ModelLayout> {
+  const { info, figures: f } = await readGgufHeader(modelPath, { tensors: true });
+  const tensors = [...(info.fullTensorInfo ?? info.tensorInfo ?? [])].sort((a, b) => Number(a.fileOffset) - Number(b.fileOffset));
+  const { size } = await stat(modelPath);
+  // a tensor's size is the distance to the next one (alignment included); the last one from its shape
+  const sizes = new Map<string, number>();
+  tensors.forEach((t, i) => {
+    const next = tensors[i + 1];
+    const elements = t.dimensions.reduce((a: number, d) => a * Number(d), 1);
+    sizes.set(t.name, next ? Number(next.fileOffset) - Number(t.fileOffset) : Math.ceil(elements * (BYTES_PER_ELEMENT[t.ggmlType] ?? 1)));
+  });
+  const layerBytes = Array.from({ length: f.layers }, () => 0);
+  for (const [name, bytes] of sizes) {
+    const m = /^blk\.(\d+)\./.exec(name);
+    if (m && Number(m[1]) >= f.layers) throw new GgufRefused(modelPath, `tensor ${name} is past block_count ${f.layers}`);
+    if (m) layerBytes[Number(m[1])] = (layerBytes[Number(m[1])] ?? 0) + bytes;
+  }
+  if (layerBytes.some((b) => b === 0) || size <= 0) throw new Error(`${modelPath}: cannot read its layer layout`);
+  return { layerBytes, kvBytesPerLayer: kvBytesPerTokenPerLayer(f) * contextTokens };
 }
 
 /** GGUF value types (gguf.h) and the bytes of each fixed-size one. */

@@ -2,10 +2,8 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tempPaths } from "../../../test/helpers.ts";
-import { readModelLayout } from "../cluster/layout.js";
 import { resolvePaths } from "../paths.js";
-import { GgufRefused } from "./ggufHeader.js";
-import { estimateServingMemory } from "./memory.js";
+import { estimateServingMemory, GgufRefused, readModelLayout } from "./gguf.js";
 import { DEFAULT_MODEL } from "./sources.js";
 import { ModelStore } from "./store.js";
 
@@ -39,6 +37,17 @@ beforeAll(async () => {
   dir = await tempPaths("sharedllm-gguf-");
 });
 afterAll(() => dir?.cleanup());
+
+describe("serving memory estimate", () => {
+  it("is the weights plus a KV cache that grows with the context", async () => {
+    const path = await new ModelStore(resolvePaths().cache).path(DEFAULT_MODEL.id);
+    const small = await estimateServingMemory(path, 1024);
+    const large = await estimateServingMemory(path, 8192);
+    expect(small).toBeGreaterThan(DEFAULT_MODEL.size);
+    // SmolLM2-135M: 30 layers, 576-wide embeddings, 3 of 9 heads for K/V -> 2*30*192*2 bytes per token
+    expect(large - small).toBe(2 * 30 * 192 * 2 * (8192 - 1024));
+  });
+});
 
 describe("GGUF header bounds", () => {
   it("refuses a block_count of 2^31 with a clear error and without allocating for it", async () => {
