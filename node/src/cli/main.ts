@@ -3,7 +3,7 @@
  * that says what to do and exit non-zero (2 for usage errors, 1 otherwise).
  */
 import { Command, CommanderError } from "commander";
-import { ModelError } from "../models/store.js";
+import { ModelError } from "../models/modelError.js";
 import { contractsCommand } from "./contracts.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { creditsCommand } from "./credits.js";

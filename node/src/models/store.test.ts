@@ -6,8 +6,9 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { ModelError } from "./modelError.js";
 import { DEFAULT_MODEL, parseSource } from "./sources.js";
-import { ModelError, ModelStore } from "./store.js";
+import { ModelStore } from "./store.js";
 
 /** A small file that is a GGUF as far as the store can tell (magic + version + payload). */
 function fakeGguf(size = 200_000): Buffer {

@@ -8,10 +8,11 @@
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
-import { basename, join, resolve } from "node:path";
+import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { acquireLock, writeFileAtomic } from "../lock.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
+import { ModelError } from "./modelError.js";
 import { fetchDefaultModel, fetchHuggingFace, parseSource } from "./sources.js";
 
 export interface ModelEntry {
@@ -26,10 +27,6 @@ export interface ModelEntry {
 interface Manifest {
   version: 1;
   models: Record<string, ModelEntry>;
-}
-
-export class ModelError extends Error {
-  override name = "ModelError";
 }
 
 const GGUF_MAGIC = Buffer.from("GGUF", "ascii");
@@ -204,7 +201,7 @@ async function assertGguf(file: string, source: string): Promise<void> {
   }
 }
 
-export async function hashFile(file: string): Promise<{ sha256: string; size: number }> {
+async function hashFile(file: string): Promise<{ sha256: string; size: number }> {
   const hash = createHash("sha256");
   let size = 0;
   for await (const chunk of createReadStream(file)) {
@@ -212,13 +209,4 @@ export async function hashFile(file: string): Promise<{ sha256: string; size: nu
     size += (chunk as Buffer).length;
   }
   return { sha256: hash.digest("hex"), size };
-}
-
-/** A model id derived from a file name: `SmolLM2-135M.Q4_1.gguf` -> `smollm2-135m.q4_1`. */
-export function idFromFileName(file: string): string {
-  return basename(resolve(file))
-    .replace(/\.gguf$/i, "")
-    .toLowerCase()
-    .replace(/[^a-z0-9._-]+/g, "-")
-    .replace(/^[^a-z0-9]+/, "");
 }
