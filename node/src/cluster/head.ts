@@ -32,6 +32,8 @@ export interface ClusterHeadOptions {
   logger: Logger;
   /** how long a cluster session lives; default (and at most) 24 h */
   sessionTtlMs?: number;
+  /** a member whose link's round trip is over this is left out of the split; default 5 ms */
+  maxRttMs?: number;
 }
 
 const FORM_TIMEOUT_MS = 15_000;
@@ -123,7 +125,7 @@ export class ClusterHead {
     }
     const { infos } = formed;
     if (!infos.length) throw new Error("no cluster member is reachable");
-    const plan = planPlacement(this.o.layout, infos);
+    const plan = planPlacement(this.o.layout, infos, { maxRttMs: this.o.maxRttMs });
     for (const e of plan.excluded) this.o.logger.warn(e, "cluster member left out of the split");
     const ports: number[] = [];
     for (const p of plan.members) {

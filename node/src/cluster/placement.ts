@@ -41,12 +41,15 @@ export interface Placement {
   costMs: number;
 }
 
+/** A member further than this round trip is left out of a split when the others can hold the model. */
+export const DEFAULT_MAX_RTT_MS = 5;
+
 export interface PlacementOptions {
   /** memory each member keeps free for compute buffers and the OS; default 128 MiB */
   reserveBytes?: number;
   /** a member slower than this fraction of the fastest is left out when possible; default 0.25 */
   minRelativeSpeed?: number;
-  /** a member further than this round trip is left out when possible; default 5 ms */
+  /** a member further than this round trip is left out when possible; default DEFAULT_MAX_RTT_MS */
   maxRttMs?: number;
   /** a member whose link carries less than this is left out when possible; default 10 MiB/s */
   minThroughputMiBps?: number;
@@ -158,7 +161,7 @@ function cost(members: MemberInfo[], counts: number[]): number {
 export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: PlacementOptions = {}): Placement {
   const reserve = opts.reserveBytes ?? 128 * MiB;
   const minRelative = opts.minRelativeSpeed ?? 0.25;
-  const maxRtt = opts.maxRttMs ?? 5;
+  const maxRtt = opts.maxRttMs ?? DEFAULT_MAX_RTT_MS;
   const minThroughput = opts.minThroughputMiBps ?? 10;
   const nearEnough = (m: MemberInfo) => m.rttMs <= maxRtt && (m.throughputMiBps === undefined || m.throughputMiBps >= minThroughput);
   if (!model.layerBytes.length) throw new PlacementError("the model has no layers to place", 0);

@@ -54,8 +54,11 @@ export interface NodeDaemonOptions {
   paused?: boolean;
   /** cap on the memory the node's engines may use, bytes (weights + KV cache); default: none */
   maxMemoryBytes?: number;
-  /** head role: split the model over these workers (node ids) through RPC tunnels */
-  cluster?: { members: string[] };
+  /**
+   * head role: split the model over these workers (node ids) through RPC tunnels; `maxRttMs`:
+   * the round trip over which a member is left out of the split (default 5 ms)
+   */
+  cluster?: { members: string[]; maxRttMs?: number };
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -110,6 +113,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     new ClusterHead({
       headId: nodeId,
       members: o.cluster.members,
+      maxRttMs: o.cluster.maxRttMs,
       layout: await readModelLayout(store.blobPath(model.sha256), slots * contextPerSlot),
       send: (f) => control.sendFrame(f),
       signer: identity.account,

@@ -28,9 +28,12 @@ function addressKey(address: string): number {
  * threshold: a round trip measured between two busy machines wobbles, and a cluster must not break
  * up (and re-form, reloading the model) whenever it crosses the line. A far link stays far.
  */
-const STAY_FACTOR = 2;
+export const STAY_FACTOR = 2;
 
-export function decideRole(self: Member, peers: Member[], thresholdMs = 2, current?: Decision): Decision {
+/** The round trip under which peers cluster, unless the operator says otherwise (`--cluster-rtt`). */
+export const DEFAULT_THRESHOLD_MS = 2;
+
+export function decideRole(self: Member, peers: Member[], thresholdMs = DEFAULT_THRESHOLD_MS, current?: Decision): Decision {
   const members = new Set(current && current.role !== "solo" ? [current.head, ...current.workers] : []);
   const near = peers.filter((p) => p.rttMs !== undefined && p.rttMs < thresholdMs * (members.has(p.nodeId) ? STAY_FACTOR : 1));
   if (!near.length) return { role: "solo", head: self.nodeId, workers: [] };

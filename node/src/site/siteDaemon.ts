@@ -9,12 +9,13 @@
 import { networkInterfaces, totalmem } from "node:os";
 import { siteBeaconKey } from "@sharedllm/protocol";
 import type { Logger } from "pino";
+import { DEFAULT_MAX_RTT_MS } from "../cluster/placement.js";
 import { startWorkerDaemon, type WorkerDaemon } from "../cluster/worker.js";
 import { type NodeDaemon, startNodeDaemon } from "../daemon/daemon.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import type { Paths } from "../paths.js";
 import type { ProgressFactory } from "../progress.js";
-import { type Decision, decideRole, sameDecision } from "./clustering.js";
+import { DEFAULT_THRESHOLD_MS, type Decision, decideRole, STAY_FACTOR, sameDecision } from "./clustering.js";
 import { Discovery } from "./discovery.js";
 
 export interface SiteDaemonOptions {
@@ -82,7 +83,15 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   const run = async (d: Decision): Promise<NodeDaemon | WorkerDaemon> => {
     // a worker lends itself only to the head its own clustering picked
     if (d.role === "worker") return startWorkerDaemon({ ...common, heads: [d.head] });
-    return startNodeDaemon({ ...common, model: o.model, slots: o.slots, cluster: d.role === "head" ? { members: d.workers } : undefined });
+    // the split leaves out no member for a round trip the clustering keeps it for: a head measures
+    // its links while workers load their engines, and one slow moment must not drop a member for good
+    const maxRttMs = Math.max(DEFAULT_MAX_RTT_MS, (o.thresholdMs ?? DEFAULT_THRESHOLD_MS) * STAY_FACTOR);
+    return startNodeDaemon({
+      ...common,
+      model: o.model,
+      slots: o.slots,
+      cluster: d.role === "head" ? { members: d.workers, maxRttMs } : undefined,
+    });
   };
   const apply = async (d: Decision) => {
     log.info({ role: d.role, head: d.head, workers: d.workers }, "taking a new role");
