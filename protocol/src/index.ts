@@ -9,3 +9,5 @@ export * from "./errors.js";
 export * from "./ledger.js";
 export * from "./openai.js";
 export * from "./registration.js";
+export * from "./responses.js";
+export * from "./sse.js";
