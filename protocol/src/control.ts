@@ -6,7 +6,7 @@
  * Unknown extra fields are tolerated; missing required ones are rejected.
  */
 import { z } from "zod";
-import { type WorkReceiptWire, workReceiptWireSchema } from "./ledger.js";
+import { addressSchema, workReceiptWireSchema } from "./ledger.js";
 import { usageSchema } from "./openai.js";
 
 export const CONTROL_PROTOCOL_VERSION = 1;
@@ -72,13 +72,14 @@ export const helloSchema = z.looseObject({
 export type Hello = z.infer<typeof helloSchema>;
 
 /** coordinator -> node, answer to hello */
-export interface Welcome {
-  type: "welcome";
-  protocol: number;
-  nodeId: string;
+export const welcomeSchema = z.object({
+  type: z.literal("welcome"),
+  protocol: z.number().int(),
+  nodeId: z.string().min(1),
   /** how often the node must send a heartbeat; three missed ones mark it offline */
-  heartbeatIntervalMs: number;
-}
+  heartbeatIntervalMs: z.number().int().positive(),
+});
+export type Welcome = z.infer<typeof welcomeSchema>;
 
 /** The default heartbeat period; a node silent for three periods is offline. */
 export const HEARTBEAT_INTERVAL_MS = 5_000;
@@ -98,84 +99,97 @@ export const heartbeatSchema = z.object({
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
 /** coordinator -> node: run a job. `request` is what the engine runs: allow-listed fields of the OpenAI body, with the generation limit set (engineRequest). */
-export interface JobStart {
-  type: "job.start";
-  jobId: string;
-  kind: "chat" | "completion";
-  stream: boolean;
+export const jobStartSchema = z.object({
+  type: z.literal("job.start"),
+  jobId: z.string().min(1),
+  kind: z.enum(["chat", "completion"]),
+  stream: z.boolean(),
   /** whether the client asked for the usage chunk at the end of the stream */
-  includeUsage: boolean;
-  request: Record<string, unknown>;
-}
+  includeUsage: z.boolean(),
+  request: z.record(z.string(), z.unknown()),
+});
+export type JobStart = z.infer<typeof jobStartSchema>;
 
 /** coordinator -> node: the client went away or the job was abandoned */
-export interface JobCancel {
-  type: "job.cancel";
-  jobId: string;
-}
+export const jobCancelSchema = z.object({ type: z.literal("job.cancel"), jobId: z.string() });
+export type JobCancel = z.infer<typeof jobCancelSchema>;
 
 /** coordinator -> node: refusal or protocol error; the socket closes after it */
-export interface ControlErrorFrame {
-  type: "error";
-  message: string;
-}
+export const controlErrorSchema = z.object({ type: z.literal("error"), message: z.string() });
+export type ControlErrorFrame = z.infer<typeof controlErrorSchema>;
 
 /** coordinator -> node: pull this model and serve it too (it is in demand and no node serves it) */
-export interface ModelLoad {
-  type: "model.load";
-  model: string;
-  source: string;
-  sha256: string;
-}
+export const modelLoadSchema = z.object({
+  type: z.literal("model.load"),
+  model: z.string().min(1),
+  source: z.string().min(1),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type ModelLoad = z.infer<typeof modelLoadSchema>;
 
 /**
  * coordinator -> node: a paid job ended; sign this WorkReceipt (EIP-712, under `domain`) if it
  * matches what the node served, and send it back as a `receipt` frame.
  */
-export interface ReceiptRequest {
-  type: "receipt.request";
+export const receiptRequestSchema = z.object({
+  type: z.literal("receipt.request"),
   /** the coordinator's job id (the receipt carries its keccak256) */
-  jobId: string;
-  receipt: WorkReceiptWire;
-  domain: { chainId: number; verifyingContract: `0x${string}` };
+  jobId: z.string(),
+  receipt: workReceiptWireSchema,
+  domain: z.object({ chainId: z.number().int().positive(), verifyingContract: addressSchema }),
   /** set when a cluster head ran the job and this node served some of its layers */
-  via?: string;
-}
+  via: z.string().optional(),
+});
+export type ReceiptRequest = z.infer<typeof receiptRequestSchema>;
 
 /**
  * coordinator -> worker: this head may dial your tunnel for this session, until `expiresAt`; answer
  * `tunnel.ready`. No key travels: the tunnel authenticates both ends by their own node keys, and
  * the worker still serves only a head its own site policy allows.
  */
-export interface TunnelSessionFrame {
-  type: "tunnel.session";
-  sessionId: string;
-  head: string;
+export const tunnelSessionSchema = z.object({
+  type: z.literal("tunnel.session"),
+  sessionId: z.string(),
+  head: z.string(),
   /** unix ms, at most a day ahead */
-  expiresAt: number;
-}
+  expiresAt: z.number().int().positive(),
+});
+export type TunnelSessionFrame = z.infer<typeof tunnelSessionSchema>;
 
 /** coordinator -> head: the members of the cluster it asked for, where their tunnels are, and who is missing */
-export interface ClusterMembers {
-  type: "cluster.members";
-  sessionId: string;
-  members: { nodeId: string; host: string; port: number; tls: boolean; freeMemoryBytes: number; speed: number }[];
-  missing: { nodeId: string; reason: string }[];
+export const clusterMembersSchema = z.object({
+  type: z.literal("cluster.members"),
+  sessionId: z.string(),
+  members: z.array(
+    z.object({
+      nodeId: z.string(),
+      host: z.string(),
+      port: z.number().int().min(1).max(65_535),
+      tls: z.boolean(),
+      freeMemoryBytes: z.number().nonnegative(),
+      speed: z.number().nonnegative(),
+    }),
+  ),
+  missing: z.array(z.object({ nodeId: z.string(), reason: z.string() })),
   /** when the session ends (the head's request, capped by the coordinator) */
-  expiresAt?: number;
+  expiresAt: z.number().int().positive().optional(),
   /** set when the coordinator would not form the cluster at all, with why */
-  refused?: string;
-}
+  refused: z.string().optional(),
+});
+export type ClusterMembers = z.infer<typeof clusterMembersSchema>;
 
-export type CoordinatorFrame =
-  | Welcome
-  | JobStart
-  | JobCancel
-  | ModelLoad
-  | ReceiptRequest
-  | TunnelSessionFrame
-  | ClusterMembers
-  | ControlErrorFrame;
+/** Every coordinator frame; a node acts on none that does not parse. */
+export const coordinatorFrameSchema = z.discriminatedUnion("type", [
+  welcomeSchema,
+  jobStartSchema,
+  jobCancelSchema,
+  modelLoadSchema,
+  receiptRequestSchema,
+  tunnelSessionSchema,
+  clusterMembersSchema,
+  controlErrorSchema,
+]);
+export type CoordinatorFrame = z.infer<typeof coordinatorFrameSchema>;
 
 /**
  * node -> coordinator: one server-sent event's data, to relay verbatim. This is
@@ -299,3 +313,23 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
 export type NodeFrame = z.infer<typeof nodeFrameSchema> | JobChunk;
 export type JobEnd = z.infer<typeof jobEndSchema>;
 export type JobErrorFrame = z.infer<typeof jobErrorSchema>;
+
+/**
+ * A JSON frame checked against its direction's schema (nodeFrameSchema, coordinatorFrameSchema),
+ * or why it is refused. Unknown extra fields are tolerated; missing or mistyped ones are not.
+ */
+export function parseFrame<T>(schema: z.ZodType<T>, text: string): { ok: true; frame: T } | { ok: false; reason: string } {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: "frames must be JSON" };
+  }
+  const parsed = schema.safeParse(json);
+  if (parsed.success) return { ok: true, frame: parsed.data };
+  const issue = parsed.error.issues[0];
+  return {
+    ok: false,
+    reason: `malformed frame: ${issue ? `${issue.message}${issue.path.length ? ` at ${issue.path.join(".")}` : ""}` : "invalid"}`,
+  };
+}

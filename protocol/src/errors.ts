@@ -48,6 +48,13 @@ export class ApiError extends Error {
   toBody(): OpenAIErrorBody {
     return errorBody(this.code, this.message, this.param);
   }
+
+  /** The error an OpenAI-shaped body of this catalog stands for (what a client got); undefined for any other body. */
+  static fromBody(body: unknown): ApiError | undefined {
+    const e = (body as { error?: { message?: unknown; code?: unknown; param?: unknown } } | null)?.error;
+    if (typeof e?.message !== "string" || typeof e.code !== "string" || !Object.hasOwn(ERROR_CATALOG, e.code)) return undefined;
+    return new ApiError(e.code as ErrorCode, e.message, typeof e.param === "string" ? { param: e.param } : {});
+  }
 }
 
 export function errorBody(code: ErrorCode, message: string, param: string | null = null): OpenAIErrorBody {

@@ -46,6 +46,9 @@ export function receiptJobId(jobId: string): Hex {
   return keccak256(stringToBytes(jobId));
 }
 
+/** An EVM address (checksummed or not), typed as viem's Address. */
+export const addressSchema = z.custom<Address>((v) => typeof v === "string" && /^0x[0-9a-fA-F]{40}$/.test(v), "must be an address");
+
 const hex = (bytes: number) => z.string().regex(new RegExp(`^0x[0-9a-fA-F]{${bytes * 2}}$`));
 const uint = z.string().regex(/^\d{1,78}$/);
 

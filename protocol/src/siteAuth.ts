@@ -3,10 +3,9 @@
  * HMAC-SHA256 under the site's join token, over method, path, timestamp, nonce and
  * the body's sha256. A request is good for 60 s and once (the receiver keeps a
  * nonce cache). Registration also carries the node's own EIP-191 signature over
- * the same nonce, proving it holds the key of the address it claims.
+ * the same nonce, proving it holds the key of the address it claims (registration.ts).
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { z } from "zod";
 
 export const SITE_AUTH_HEADERS = {
   timestamp: "x-sharedllm-timestamp",
@@ -16,8 +15,6 @@ export const SITE_AUTH_HEADERS = {
 
 /** How far a request's timestamp may be from the receiver's clock. */
 export const SITE_AUTH_WINDOW_MS = 60_000;
-
-export const REGISTER_PATH = "/v1/nodes/register";
 
 function canonical(method: string, path: string, timestamp: string, nonce: string, body: string): string {
   const bodyHash = createHash("sha256").update(body).digest("hex");
@@ -85,24 +82,4 @@ export class NonceCache {
     this.seen.set(nonce, expiresAt);
     return true;
   }
-}
-
-/** What a node proves with its own key at registration (EIP-191 personal message). */
-export function registrationMessage(p: { nodeId: string; timestamp: string; nonce: string }): string {
-  return `SharedLLM node registration\nnode: ${p.nodeId.toLowerCase()}\ntimestamp: ${p.timestamp}\nnonce: ${p.nonce}`;
-}
-
-export const registerRequestSchema = z.object({
-  /** the node's address (its payout account), checksummed or not */
-  nodeId: z.string().regex(/^0x[0-9a-fA-F]{40}$/, "must be an Ethereum address"),
-  /** EIP-191 signature of registrationMessage by nodeId's key */
-  proof: z.string().regex(/^0x[0-9a-fA-F]+$/),
-});
-export type RegisterRequest = z.infer<typeof registerRequestSchema>;
-
-export interface RegisterResponse {
-  nodeId: string;
-  /** bearer for the control channel */
-  sessionToken: string;
-  expiresAt: string;
 }

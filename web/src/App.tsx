@@ -2,10 +2,11 @@
  * The portal's frame: header with the wallet, navigation, banners for an unreachable coordinator
  * and a wallet on the wrong chain, and the page for the current path.
  */
+import type { LedgerResponse } from "@sharedllm/protocol";
 import { useQuery } from "@tanstack/react-query";
 import { type MouseEvent, type ReactNode, useEffect, useState } from "react";
 import { useChainId, useConnect, useConnection, useConnectors, useDisconnect, useSwitchChain } from "wagmi";
-import { api, type Ledger, UNREACHABLE } from "./api.js";
+import { api, UNREACHABLE } from "./api.js";
 import { CreditsPage } from "./pages/Credits.js";
 import { EarningsPage } from "./pages/Earnings.js";
 import { KeysPage } from "./pages/Keys.js";
@@ -19,7 +20,7 @@ interface Page {
   path: string;
   title: string;
   wallet: boolean;
-  render: (ledger: Ledger | undefined) => ReactNode;
+  render: (ledger: LedgerResponse | undefined) => ReactNode;
 }
 
 const PAGES: Page[] = [
@@ -47,7 +48,7 @@ function usePath(): [string, (to: string) => void] {
   ];
 }
 
-export function App({ ledger }: { ledger?: Ledger }) {
+export function App({ ledger }: { ledger?: LedgerResponse }) {
   const [path, go] = usePath();
   const pages = PAGES.filter((p) => ledger || !p.wallet);
   const page = pages.find((p) => p.path === path) ?? (pages.find((p) => p.path === "/network") as Page);
@@ -158,7 +159,7 @@ function SignedIn({ children }: { children: ReactNode }) {
 }
 
 /** The wallet is on another chain than the coordinator's ledger: offer the switch. */
-function ChainBanner({ ledger }: { ledger: Ledger }) {
+function ChainBanner({ ledger }: { ledger: LedgerResponse }) {
   const { isConnected, chainId } = useConnection();
   const expected = useChainId();
   const { switchChain, isPending, error } = useSwitchChain();

@@ -1,9 +1,10 @@
+import type { LedgerResponse } from "@sharedllm/protocol";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { WagmiProvider } from "wagmi";
 import { App } from "./App.js";
-import { api, type Ledger } from "./api.js";
+import { api } from "./api.js";
 import { SessionProvider } from "./session.js";
 import { walletConfig } from "./wallet.js";
 import "./styles.css";
@@ -13,11 +14,11 @@ const queryClient = new QueryClient({ defaultOptions: { queries: { retry: 1, ref
 
 /** The coordinator's chain decides the wallet config: the portal starts once it is known. */
 async function boot() {
-  let ledger: Ledger | undefined;
+  let ledger: LedgerResponse | undefined;
   try {
     // a coordinator without credits has no ledger: the network map and the playground still work
     const health = await api<{ credits: boolean }>("/healthz");
-    if (health.credits) ledger = await api<Ledger>("/v1/ledger");
+    if (health.credits) ledger = await api<LedgerResponse>("/v1/ledger");
   } catch (err) {
     root.render(
       <main className="boot-error" role="alert">

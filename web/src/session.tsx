@@ -2,10 +2,11 @@
  * The signed-in wallet: Sign-In with Ethereum (EIP-4361) against the coordinator gives a session
  * token, kept in localStorage so a reload keeps the session; the coordinator checks it on load.
  */
+import { ApiError, type LedgerResponse } from "@sharedllm/protocol";
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useState } from "react";
 import { createSiweMessage } from "viem/siwe";
 import { useConnection, useSignMessage } from "wagmi";
-import { ApiError, api, type Ledger } from "./api.js";
+import { api } from "./api.js";
 import { walletError } from "./wallet.js";
 
 const STORAGE_KEY = "sharedllm.session";
@@ -39,7 +40,7 @@ function load(): Stored | undefined {
   }
 }
 
-export function SessionProvider({ ledger, children }: { ledger: Ledger; children: ReactNode }) {
+export function SessionProvider({ ledger, children }: { ledger: LedgerResponse; children: ReactNode }) {
   const [session, setSession] = useState<Stored | undefined>(load);
   const [signingIn, setSigningIn] = useState(false);
   const [error, setError] = useState<string>();
@@ -55,8 +56,8 @@ export function SessionProvider({ ledger, children }: { ledger: Ledger; children
   useEffect(() => {
     const stored = load();
     if (!stored) return;
-    api<{ address: string }>("/v1/auth/session", { token: stored.token }).catch((err: ApiError) => {
-      if (err.status === 401) forget();
+    api<{ address: string }>("/v1/auth/session", { token: stored.token }).catch((err: unknown) => {
+      if (err instanceof ApiError && err.status === 401) forget();
     });
   }, [forget]);
 

@@ -3,14 +3,14 @@
  * the portal talks to, and plain words for what wallets and chains throw.
  */
 import { CreditLedger } from "@sharedllm/contracts/artifacts";
+import type { LedgerResponse } from "@sharedllm/protocol";
 import { BaseError, defineChain, UserRejectedRequestError } from "viem";
 import { createConfig, http, injected } from "wagmi";
 import { walletConnect } from "wagmi/connectors";
-import type { Ledger } from "./api.js";
 
 export const ledgerAbi = CreditLedger.abi;
 
-export function walletConfig(l: Ledger) {
+export function walletConfig(l: LedgerResponse) {
   const chain = defineChain({
     id: l.chainId,
     name: l.chainId === 31337 ? "SharedLLM dev chain" : `Chain ${l.chainId}`,

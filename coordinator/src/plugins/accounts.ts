@@ -4,7 +4,15 @@
  * views say what a wallet can spend, what its nodes earned, and the proof a claim needs.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { ApiError } from "@sharedllm/protocol";
+import {
+  type AccountResponse,
+  ApiError,
+  type ApiKeysResponse,
+  type EarningsResponse,
+  type LedgerResponse,
+  type NewApiKeyResponse,
+  type TokenPrice,
+} from "@sharedllm/protocol";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { sql } from "kysely";
 import { type Address, getAddress, type Hex, isAddress } from "viem";
@@ -58,16 +66,19 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     throw new ApiError("invalid_api_key", allowApiKey ? "not a valid session token or wallet-bound API key" : "not a valid session token");
   }
 
-  app.get("/v1/ledger", async () => ({
-    chainId: o.chain.chainId,
-    ledger: o.chain.ledger,
-    coordinator: o.chain.coordinator,
-    rpcUrl: o.chain.publicRpcUrl,
-    pricing: {
-      default: priceJson(o.metering.pricing.default),
-      models: Object.fromEntries(Object.entries(o.metering.pricing.models ?? {}).map(([m, p]) => [m, priceJson(p)])),
-    },
-  }));
+  app.get(
+    "/v1/ledger",
+    async (): Promise<LedgerResponse> => ({
+      chainId: o.chain.chainId,
+      ledger: o.chain.ledger,
+      coordinator: o.chain.coordinator,
+      rpcUrl: o.chain.publicRpcUrl,
+      pricing: {
+        default: priceJson(o.metering.pricing.default),
+        models: Object.fromEntries(Object.entries(o.metering.pricing.models ?? {}).map(([m, p]) => [m, priceJson(p)])),
+      },
+    }),
+  );
 
   const signInLimit = { config: { rateLimit: { max: o.signInsPerMinute, timeWindow: 60_000 } } };
 
@@ -142,7 +153,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     return { signedOut: true };
   });
 
-  app.post("/v1/keys", async (req, reply) => {
+  app.post("/v1/keys", async (req, reply): Promise<NewApiKeyResponse> => {
     const address = await wallet(req);
     const body = newKeySchema.safeParse(req.body ?? {});
     if (!body.success) throw new ApiError("invalid_request", "send { name }: a label for the key, 1-100 characters");
@@ -156,7 +167,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     return { id, name: body.data.name, key: secret, owner: address };
   });
 
-  app.get("/v1/keys", async (req) => {
+  app.get("/v1/keys", async (req): Promise<ApiKeysResponse> => {
     const address = await wallet(req);
     const rows = await o.db
       .selectFrom("api_keys as k")
@@ -207,7 +218,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
     return { id: req.params.id, revoked: true };
   });
 
-  app.get("/v1/account", async (req) => {
+  app.get("/v1/account", async (req): Promise<AccountResponse> => {
     const address = await wallet(req, true);
     const b = await o.metering.balance(address);
     return {
@@ -222,7 +233,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
   });
 
   /** What a node earned here, what is settled, and the proof to claim it (public: it is on chain anyway). */
-  app.get<{ Params: { address: string } }>("/v1/earnings/:address", async (req) => {
+  app.get<{ Params: { address: string } }>("/v1/earnings/:address", async (req): Promise<EarningsResponse> => {
     if (!isAddress(req.params.address)) throw new ApiError("invalid_request", "not an address", { param: "address" });
     const address = getAddress(req.params.address);
     // earnings the settler set aside (a job's earnings above its charge) are never paid: not counted
@@ -269,7 +280,6 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       settled: settledAmount.toString(),
       claimed: claimed.toString(),
       claimable: (settledAmount > claimed ? settledAmount - claimed : 0n).toString(),
-      /** earnings set aside by the settler (never paid), with the reason in the coordinator's log */
       setAside: withheld ?? "0",
       claim: settled
         ? { batchId: settled.batchId, cumulative: settled.cumulative.toString(), proof: settled.proof, root: settled.root }
@@ -292,6 +302,6 @@ function sameOrigin(uri: string, origin: string): boolean {
   }
 }
 
-function priceJson(p: { prompt: bigint; completion: bigint }) {
+function priceJson(p: { prompt: bigint; completion: bigint }): TokenPrice {
   return { prompt: p.prompt.toString(), completion: p.completion.toString() };
 }

@@ -19,9 +19,10 @@ import {
   type Hello,
   MISSED_HEARTBEATS_OFFLINE,
   nodeFrameSchema,
+  parseFrame,
   type ServedModel,
-  webSocketChannel,
 } from "@sharedllm/protocol";
+import { webSocketChannel } from "@sharedllm/protocol/node";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { z } from "zod";
 import { admitModels, type KnownModel } from "../catalogue.js";
@@ -134,14 +135,9 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       // the hot path: one chunk frame per token, no JSON
       const chunk = decodeChunkFrame(text);
       if (chunk) return node ? o.fleet.chunk(node.id, chunk.jobId, chunk.data) : refuse("the first frame must be hello");
-      let frame: z.infer<typeof nodeFrameSchema>;
-      try {
-        const parsed = nodeFrameSchema.safeParse(JSON.parse(text));
-        if (!parsed.success) return refuse(`malformed frame: ${parsed.error.issues[0]?.message ?? "invalid"}`);
-        frame = parsed.data;
-      } catch {
-        return refuse("frames must be JSON");
-      }
+      const parsed = parseFrame(nodeFrameSchema, text);
+      if (!parsed.ok) return refuse(parsed.reason);
+      const frame = parsed.frame;
       if (!node) {
         if (frame.type !== "hello") return refuse("the first frame must be hello");
         void onHello(frame).then((n) => {

@@ -1,36 +1,15 @@
 /**
  * `GET /v1/network`: every node this coordinator knows, online (with its last
- * heartbeat) or offline (with when it was last seen), and the models served;
+ * heartbeat) or offline (with when it was last seen), and the models served (the
+ * shape is protocol's NetworkResponse);
  * `GET /metrics`: Prometheus text. Both are read-only views for the portal, the
  * CLI and monitoring.
  */
-import type { Capabilities, ClusterPlan } from "@sharedllm/protocol";
+import type { NetworkNode, NetworkResponse } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { Db } from "../db/database.js";
 import type { ConnectedNode, Fleet } from "../fleet.js";
 import type { Metrics } from "../metrics.js";
-
-export interface NetworkNode {
-  id: string;
-  status: "online" | "offline";
-  /** false while paused, outside its schedule or draining */
-  accepting: boolean;
-  engine: string;
-  models: string[];
-  slots: number;
-  activeJobs: number;
-  load: number | null;
-  freeMemoryBytes: number | null;
-  tokensPerSecond: number | null;
-  capabilities: Capabilities | null;
-  /** solo, worker (lends its rpc-server) or head (serves a split model) */
-  role: "solo" | "worker" | "head";
-  /** a head's layer split over its workers */
-  cluster: ClusterPlan["members"] | null;
-  /** a virtual node's capacity: its members' memory summed (a solo node's own) */
-  capacity: { memoryBytes: number; vramBytes: number } | null;
-  lastSeenAt: string;
-}
 
 export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fleet; metrics: Metrics }): Promise<void> {
   /** What a serving unit can hold: a head counts the members of its split (and itself). */
@@ -42,7 +21,7 @@ export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fl
       vramBytes: units.reduce((s, u) => s + (u.capabilities?.vramBytes ?? 0), 0),
     };
   };
-  app.get("/v1/network", async () => {
+  app.get("/v1/network", async (): Promise<NetworkResponse> => {
     const online = o.fleet.list();
     const onlineIds = new Set(online.map((n) => n.id));
     const nodes: NetworkNode[] = online.map((n) => ({

@@ -1,13 +1,6 @@
 import { randomBytes } from "node:crypto";
-import {
-  CLOSE_REFUSED,
-  CONTROL_PATH,
-  CONTROL_PROTOCOL_VERSION,
-  REGISTER_PATH,
-  registrationMessage,
-  SITE_AUTH_WINDOW_MS,
-  signSiteRequest,
-} from "@sharedllm/protocol";
+import { CLOSE_REFUSED, CONTROL_PATH, CONTROL_PROTOCOL_VERSION, REGISTER_PATH, registrationMessage } from "@sharedllm/protocol";
+import { SITE_AUTH_WINDOW_MS, signSiteRequest } from "@sharedllm/protocol/node";
 import { pino } from "pino";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

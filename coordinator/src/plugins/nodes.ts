@@ -5,17 +5,8 @@
  * control channel. Any failure is a 401 that changes nothing.
  */
 import { randomBytes } from "node:crypto";
-import {
-  ApiError,
-  NonceCache,
-  REGISTER_PATH,
-  type RegisterResponse,
-  registerRequestSchema,
-  registrationMessage,
-  SITE_AUTH_HEADERS,
-  SITE_AUTH_WINDOW_MS,
-  verifySiteRequest,
-} from "@sharedllm/protocol";
+import { ApiError, REGISTER_PATH, type RegisterResponse, registerRequestSchema, registrationMessage } from "@sharedllm/protocol";
+import { NonceCache, SITE_AUTH_HEADERS, SITE_AUTH_WINDOW_MS, verifySiteRequest } from "@sharedllm/protocol/node";
 import type { FastifyInstance } from "fastify";
 import { verifyMessage } from "viem";
 import { hashSecret } from "../credentials.js";

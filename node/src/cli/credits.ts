@@ -5,28 +5,12 @@
  */
 import { join } from "node:path";
 import { CreditLedger } from "@sharedllm/contracts";
+import type { EarningsResponse, LedgerResponse, NewApiKeyResponse } from "@sharedllm/protocol";
 import { Command } from "commander";
-import type { Address, Hex } from "viem";
 import { chainClients, signInWithEthereum } from "../chain.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { resolvePaths } from "../paths.js";
 import { checkUrl, files, readJson } from "./node.js";
-
-interface Ledger {
-  chainId: number;
-  ledger: Address;
-  coordinator: Address;
-  rpcUrl?: string;
-}
-
-interface Earnings {
-  earned: string;
-  pending: string;
-  settled: string;
-  claimed: string;
-  claimable: string;
-  claim: { batchId: number; cumulative: string; proof: Hex[] } | null;
-}
 
 /** The coordinator from --coordinator, else the one this home's node or `up` uses. */
 async function coordinatorUrl(home: string, flag?: string): Promise<string> {
@@ -53,11 +37,11 @@ async function context(o: { coordinator?: string; chainRpcUrl?: string }) {
   const identity = await loadNodeIdentity(home, { create: false });
   if (!identity) throw new Error(`this machine has no node key in ${home}; run sharedllm node init first`);
   const url = await coordinatorUrl(home, o.coordinator);
-  const ledger = await getJson<Ledger>(`${url}/v1/ledger`);
+  const ledger = await getJson<LedgerResponse>(`${url}/v1/ledger`);
   const rpcUrl = o.chainRpcUrl ?? ledger.rpcUrl;
   if (!rpcUrl) throw new Error("the coordinator does not say which chain RPC to use: pass --chain-rpc-url");
   const address = identity.account.address;
-  const earnings = await getJson<Earnings>(`${url}/v1/earnings/${address}`);
+  const earnings = await getJson<EarningsResponse>(`${url}/v1/earnings/${address}`);
   const clients = chainClients(rpcUrl, ledger.chainId, identity.account);
   return { identity: identity as NodeIdentity, url, ledger, earnings, address, ...clients };
 }
@@ -143,14 +127,14 @@ export function creditsCommand(): Command {
       const identity = await loadNodeIdentity(home, { create: false });
       if (!identity) throw new Error(`this machine has no node key in ${home}; run sharedllm node init first`);
       const url = await coordinatorUrl(home, flags.coordinator);
-      const { chainId } = await getJson<Ledger>(`${url}/v1/ledger`);
+      const { chainId } = await getJson<LedgerResponse>(`${url}/v1/ledger`);
       const session = await signInWithEthereum(url, identity.account, chainId);
       const res = await fetch(`${url}/v1/keys`, {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${session}` },
         body: JSON.stringify({ name: flags.name }),
       });
-      const body = (await res.json()) as { key?: string; error?: { message: string } };
+      const body = (await res.json()) as Partial<NewApiKeyResponse> & { error?: { message: string } };
       if (!body.key) throw new Error(body.error?.message ?? `creating the key failed (${res.status})`);
       process.stdout.write(`${body.key}\n`);
       process.stderr.write(`(shown once; it spends the credits ${identity.account.address} has in escrow at ${url})\n`);

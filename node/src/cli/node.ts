@@ -7,6 +7,7 @@
 import { X509Certificate } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { NetworkResponse } from "@sharedllm/protocol";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { type Logger, pino } from "pino";
 import { startWorkerDaemon } from "../cluster/worker.js";
@@ -254,9 +255,9 @@ export function nodeCommand(): Command {
       let seen: unknown;
       if (identity && coordinatorUrl) {
         try {
-          const net = (await (await fetch(`${coordinatorUrl}/v1/network`, { signal: AbortSignal.timeout(5_000) })).json()) as {
-            nodes: { id: string }[];
-          };
+          const net = (await (
+            await fetch(`${coordinatorUrl}/v1/network`, { signal: AbortSignal.timeout(5_000) })
+          ).json()) as NetworkResponse;
           seen = net.nodes.find((n) => n.id === identity.nodeId) ?? "unknown to the coordinator";
         } catch (err) {
           seen = `coordinator unreachable: ${(err as Error).message}`;

@@ -9,7 +9,8 @@ import dgram from "node:dgram";
 import { mkdir, open, rm } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
-import { type ClusterPlan, DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol";
+import type { NetworkResponse } from "@sharedllm/protocol";
+import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { registerNode } from "../control/registration.js";
@@ -264,16 +265,7 @@ export function siteCommand(): Command {
       const res = await fetch(`${checkUrl(url)}/v1/network`).catch((err: Error) => {
         throw new Error(`cannot reach ${url}: ${err.message}`);
       });
-      const net = (await res.json()) as {
-        nodes: {
-          id: string;
-          status: string;
-          role: string;
-          models: string[];
-          cluster: ClusterPlan["members"] | null;
-          capacity: { memoryBytes: number } | null;
-        }[];
-      };
+      const net = (await res.json()) as NetworkResponse;
       for (const n of net.nodes.filter((x) => x.status === "online")) {
         const memory = n.capacity ? `  ${(n.capacity.memoryBytes / 2 ** 30).toFixed(1)} GiB` : "";
         process.stdout.write(`${n.id}  ${n.role.padEnd(6)}  ${n.models.join(",") || "-"}${memory}\n`);

@@ -2,7 +2,9 @@
  * The node's end of the control channel: dials the coordinator's WebSocket,
  * says hello, runs the jobs it is sent, and reconnects with exponential back-off
  * and jitter whenever the connection drops. Jobs in flight when the channel drops
- * are aborted: the coordinator has already failed them to their clients.
+ * are aborted: the coordinator has already failed them to their clients. Frames
+ * from the coordinator are checked against their schemas first: one that does not
+ * parse is logged and not acted on.
  */
 import {
   type Availability,
@@ -13,17 +15,19 @@ import {
   CONTROL_PROTOCOL_VERSION,
   type ControlChannel,
   type CoordinatorFrame,
+  coordinatorFrameSchema,
   encodeChunkFrame,
   type Heartbeat,
   type Hello,
   type JobStart,
   type ModelLoad,
   type NodeFrame,
+  parseFrame,
   type ReceiptFrame,
   type ReceiptRequest,
   type TunnelSessionFrame,
-  webSocketChannel,
 } from "@sharedllm/protocol";
+import { webSocketChannel } from "@sharedllm/protocol/node";
 import type { Logger } from "pino";
 import WebSocket from "ws";
 
@@ -139,7 +143,12 @@ export class ControlClient {
     }
     if (this.closed) return channel.close(1000, "node stopping");
     this.channel = channel;
-    channel.onMessage((text) => this.onFrame(channel, JSON.parse(text) as CoordinatorFrame));
+    channel.onMessage((text) => {
+      const parsed = parseFrame(coordinatorFrameSchema, text);
+      // acted on by no one: a coordinator that sends it has a bug or is not one
+      if (!parsed.ok) return this.o.logger.error({ reason: parsed.reason }, "refused a frame from the coordinator");
+      this.onFrame(channel, parsed.frame);
+    });
     channel.onClose((code, reason) => {
       if (this.channel === channel) this.channel = undefined;
       if (this.connected && !this.closed) this.o.logger.warn({ code, reason }, "control channel closed");

@@ -7,7 +7,8 @@
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
-import { REGISTER_PATH, type RegisterRequest, type RegisterResponse, registrationMessage, signSiteRequest } from "@sharedllm/protocol";
+import { REGISTER_PATH, type RegisterRequest, type RegisterResponse, registrationMessage } from "@sharedllm/protocol";
+import { signSiteRequest } from "@sharedllm/protocol/node";
 import type { PrivateKeyAccount } from "viem/accounts";
 import type { SessionCredentials } from "./client.js";
 

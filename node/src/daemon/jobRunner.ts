@@ -9,7 +9,7 @@
  * EngineConnections (one per job, opened ahead of time).
  */
 import { type IncomingMessage, request } from "node:http";
-import type { JobStart, NodeFrame, Usage } from "@sharedllm/protocol";
+import { type JobStart, type NodeFrame, SseDecoder, type Usage } from "@sharedllm/protocol";
 import type { EngineConnections } from "./engineConnection.js";
 
 const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as const;
@@ -97,7 +97,7 @@ function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: Ab
   return new Promise((resolve) => {
     let usage: Usage | undefined;
     let chunks = 0;
-    let buffered = "";
+    const sse = new SseDecoder();
     let finished = false;
     const finish = (after?: () => void) => {
       if (finished) return;
@@ -107,34 +107,26 @@ function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: Ab
       resolve();
     };
     /** "more" to read on, "done" at [DONE], "failed" after reporting an engine error */
-    const onEvent = (event: string): "more" | "done" | "failed" => {
-      // an event is one or more lines; llama-server sends a single `data: ...` line
-      for (const line of event.split("\n")) {
-        if (!line.startsWith("data:")) continue;
-        const data = line.slice(line[5] === " " ? 6 : 5);
-        if (data === "[DONE]") return "done";
-        if (data.startsWith('{"error"')) {
-          const msg = (JSON.parse(data) as { error?: { message?: string } }).error?.message ?? "engine error";
-          fail(send, job, msg, chunks === 0);
-          return "failed";
-        }
-        if (data.includes('"usage"')) {
-          const parsed = JSON.parse(data) as { usage?: Usage | null; choices?: unknown[] };
-          if (parsed.usage) usage = parsed.usage;
-          if (parsed.choices?.length === 0 && !job.includeUsage) continue;
-        }
-        chunks++;
-        send({ type: "job.chunk", jobId: job.jobId, data });
+    const onEvent = (data: string): "more" | "done" | "failed" => {
+      if (data === "[DONE]") return "done";
+      if (data.startsWith('{"error"')) {
+        const msg = (JSON.parse(data) as { error?: { message?: string } }).error?.message ?? "engine error";
+        fail(send, job, msg, chunks === 0);
+        return "failed";
       }
+      if (data.includes('"usage"')) {
+        const parsed = JSON.parse(data) as { usage?: Usage | null; choices?: unknown[] };
+        if (parsed.usage) usage = parsed.usage;
+        if (parsed.choices?.length === 0 && !job.includeUsage) return "more";
+      }
+      chunks++;
+      send({ type: "job.chunk", jobId: job.jobId, data });
       return "more";
     };
     res.on("data", (text: string) => {
       if (finished) return;
-      buffered += text;
-      let cut = buffered.indexOf("\n\n");
-      while (cut >= 0) {
-        const state = onEvent(buffered.slice(0, cut));
-        buffered = buffered.slice(cut + 2);
+      for (const data of sse.push(text)) {
+        const state = onEvent(data);
         if (state === "failed") return finish();
         if (state === "done") {
           return finish(() => {
@@ -142,7 +134,6 @@ function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: Ab
             else fail(send, job, "the engine ended the stream without usage", false);
           });
         }
-        cut = buffered.indexOf("\n\n");
       }
     });
     const broken = (why: string) => finish(() => fail(send, job, `the engine ${why}`, chunks === 0));

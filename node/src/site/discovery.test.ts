@@ -5,7 +5,7 @@
  */
 import { createHmac } from "node:crypto";
 import dgram from "node:dgram";
-import { sealBeacon, signBeacon, siteBeaconKey } from "@sharedllm/protocol";
+import { sealBeacon, signBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterEach, describe, expect, it } from "vitest";
 import { quietLogger, waitFor } from "../../../test/helpers.ts";

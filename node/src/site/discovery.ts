@@ -17,7 +17,7 @@ import {
   openBeacon,
   sealBeacon,
   signBeacon,
-} from "@sharedllm/protocol";
+} from "@sharedllm/protocol/node";
 import type { Logger } from "pino";
 
 export interface Peer {

@@ -7,7 +7,7 @@
  * as workers before it forms the split.
  */
 import { networkInterfaces, totalmem } from "node:os";
-import { siteBeaconKey } from "@sharedllm/protocol";
+import { siteBeaconKey } from "@sharedllm/protocol/node";
 import type { Logger } from "pino";
 import { DEFAULT_MAX_RTT_MS } from "../cluster/placement.js";
 import { startWorkerDaemon, type WorkerDaemon } from "../cluster/worker.js";

@@ -2,11 +2,12 @@
  * Credits: what the signed-in wallet can spend here (escrow on chain less the coordinator's spend
  * journal), buying credits into escrow, and withdrawing unspent escrow after the notice period.
  */
+import type { AccountResponse, LedgerResponse } from "@sharedllm/protocol";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useState } from "react";
 import { formatEther } from "viem";
 import { useBalance, useBlock, useConnection, useReadContract, useWriteContract } from "wagmi";
-import { type Account, api, type Ledger } from "../api.js";
+import { api } from "../api.js";
 import { useSession } from "../session.js";
 import { TxStatus, useTx } from "../tx.js";
 import { Alert, Figure } from "../ui.js";
@@ -16,13 +17,13 @@ export function useAccountBalance() {
   const token = useSession()?.session?.token;
   return useQuery({
     queryKey: ["account", token],
-    queryFn: () => api<Account>("/v1/account", { token }),
+    queryFn: () => api<AccountResponse>("/v1/account", { token }),
     enabled: !!token,
     refetchInterval: 5_000,
   });
 }
 
-export function CreditsPage({ ledger }: { ledger: Ledger }) {
+export function CreditsPage({ ledger }: { ledger: LedgerResponse }) {
   const { address } = useConnection();
   const account = useAccountBalance();
   const queries = useQueryClient();

@@ -3,27 +3,28 @@
  * what they served and earned by day, what is pending settlement, and a claim of what is settled
  * (the proof comes from the coordinator; anyone may send a claim, the credits go to the node).
  */
+import type { EarningsResponse, LedgerResponse, NetworkResponse } from "@sharedllm/protocol";
 import { useQuery } from "@tanstack/react-query";
 import { type FormEvent, useState } from "react";
 import { isAddress } from "viem";
 import { useConnection, useReadContract, useWriteContract } from "wagmi";
-import { api, type Earnings, type Ledger, type Network } from "../api.js";
+import { api } from "../api.js";
 import { TxStatus, useTx } from "../tx.js";
 import { Alert, Figure } from "../ui.js";
 import { credits, ledgerAbi, shortAddress } from "../wallet.js";
 
-export function EarningsPage({ ledger }: { ledger: Ledger }) {
+export function EarningsPage({ ledger }: { ledger: LedgerResponse }) {
   const { address } = useConnection();
   const [lookup, setLookup] = useState("");
   const [node, setNode] = useState<`0x${string}` | undefined>();
   const target = node ?? address;
   const earnings = useQuery({
     queryKey: ["earnings", target],
-    queryFn: () => api<Earnings>(`/v1/earnings/${target}`),
+    queryFn: () => api<EarningsResponse>(`/v1/earnings/${target}`),
     enabled: !!target,
     refetchInterval: 5_000,
   });
-  const network = useQuery({ queryKey: ["network"], queryFn: () => api<Network>("/v1/network"), refetchInterval: 3_000 });
+  const network = useQuery({ queryKey: ["network"], queryFn: () => api<NetworkResponse>("/v1/network"), refetchInterval: 3_000 });
   const mine = network.data?.nodes.filter((n) => n.id.toLowerCase() === target?.toLowerCase()) ?? [];
   const onChain = useReadContract({
     address: ledger.ledger,
@@ -118,7 +119,7 @@ export function EarningsPage({ ledger }: { ledger: Ledger }) {
 }
 
 /** Credits earned per day, as bars (the last 30 days with earnings). */
-function DayChart({ days }: { days: Earnings["byDay"] }) {
+function DayChart({ days }: { days: EarningsResponse["byDay"] }) {
   const shown = days.slice(-30);
   if (!shown.length) return <p className="muted">Nothing earned yet.</p>;
   const max = shown.reduce((m, d) => (BigInt(d.credits) > m ? BigInt(d.credits) : m), 1n);

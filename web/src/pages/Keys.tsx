@@ -1,7 +1,8 @@
 /** API keys bound to the signed-in wallet: create (the secret is shown once), list with usage, revoke. */
+import type { ApiKeysResponse, NewApiKeyResponse } from "@sharedllm/protocol";
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useState } from "react";
-import { type ApiKey, api } from "../api.js";
+import { api } from "../api.js";
 import { useSession } from "../session.js";
 import { Alert } from "../ui.js";
 import { credits } from "../wallet.js";
@@ -10,7 +11,7 @@ export function useKeys() {
   const token = useSession()?.session?.token;
   return useQuery({
     queryKey: ["keys", token],
-    queryFn: () => api<{ data: ApiKey[] }>("/v1/keys", { token }).then((r) => r.data),
+    queryFn: () => api<ApiKeysResponse>("/v1/keys", { token }).then((r) => r.data),
     enabled: !!token,
     refetchInterval: 10_000,
   });
@@ -20,7 +21,7 @@ export function useCreateKey() {
   const token = useSession()?.session?.token;
   const queries = useQueryClient();
   return useMutation({
-    mutationFn: (name: string) => api<{ id: string; name: string; key: string }>("/v1/keys", { body: { name }, token }),
+    mutationFn: (name: string) => api<NewApiKeyResponse>("/v1/keys", { body: { name }, token }),
     onSuccess: () => queries.invalidateQueries({ queryKey: ["keys"] }),
   });
 }

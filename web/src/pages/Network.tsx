@@ -2,13 +2,14 @@
  * The network map: serving units live (polled every 2 s): solo nodes, and LAN clusters as one
  * virtual node with its members and their layer split; offline nodes below.
  */
+import type { NetworkNode, NetworkResponse } from "@sharedllm/protocol";
 import { useQuery } from "@tanstack/react-query";
-import { api, type Network, type NetworkNode } from "../api.js";
+import { api } from "../api.js";
 import { Alert, Figure } from "../ui.js";
 import { shortAddress } from "../wallet.js";
 
 export function NetworkPage() {
-  const network = useQuery({ queryKey: ["network"], queryFn: () => api<Network>("/v1/network"), refetchInterval: 2_000 });
+  const network = useQuery({ queryKey: ["network"], queryFn: () => api<NetworkResponse>("/v1/network"), refetchInterval: 2_000 });
   const n = network.data;
   if (!n) return network.error ? <Alert error={network.error} /> : <p className="muted">Loading…</p>;
   const online = n.nodes.filter((x) => x.status === "online");

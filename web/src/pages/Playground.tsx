@@ -2,9 +2,10 @@
  * Playground: a streaming chat through the real OpenAI-compatible API with one of the user's keys
  * (a "playground" key made for this browser, or one pasted in), spending the user's credits.
  */
+import { ApiError, type LedgerResponse } from "@sharedllm/protocol";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { type FormEvent, useEffect, useRef, useState } from "react";
-import { ApiError, api, type Ledger, streamChat } from "../api.js";
+import { api, streamChat } from "../api.js";
 import { useSession } from "../session.js";
 import { Alert } from "../ui.js";
 import { credits } from "../wallet.js";
@@ -18,7 +19,7 @@ interface Message {
 
 const keyStorage = (owner: string | undefined) => `sharedllm.playgroundKey.${owner?.toLowerCase() ?? "anonymous"}`;
 
-export function PlaygroundPage({ ledger }: { ledger?: Ledger }) {
+export function PlaygroundPage({ ledger }: { ledger?: LedgerResponse }) {
   const session = useSession();
   const owner = session?.session?.address;
   const [key, setKey] = useState(() => localStorage.getItem(keyStorage(owner)) ?? "");

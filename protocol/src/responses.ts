@@ -1,0 +1,110 @@
+/**
+ * The bodies of the coordinator's read APIs that the portal and the CLI show: the network view,
+ * the chain a coordinator settles on and its prices, a wallet's account and API keys, a node's
+ * earnings. Credits are bigints on the coordinator and decimal strings here (JSON has no bigint).
+ */
+import type { Address, Hex } from "viem";
+import type { Capabilities, ClusterPlan } from "./control.js";
+
+/** One node in `GET /v1/network`: online (with its last heartbeat) or offline (with when it was last seen). */
+export interface NetworkNode {
+  id: string;
+  status: "online" | "offline";
+  /** false while paused, outside its schedule or draining */
+  accepting: boolean;
+  engine: string;
+  models: string[];
+  slots: number;
+  activeJobs: number;
+  load: number | null;
+  freeMemoryBytes: number | null;
+  tokensPerSecond: number | null;
+  capabilities: Capabilities | null;
+  /** solo, worker (lends its rpc-server) or head (serves a split model) */
+  role: "solo" | "worker" | "head";
+  /** a head's layer split over its workers */
+  cluster: ClusterPlan["members"] | null;
+  /** a virtual node's capacity: its members' memory summed (a solo node's own) */
+  capacity: { memoryBytes: number; vramBytes: number } | null;
+  lastSeenAt: string;
+}
+
+/** `GET /v1/network` */
+export interface NetworkResponse {
+  nodes: NetworkNode[];
+  /** each model served now, with how many online nodes serve it */
+  models: { id: string; nodes: number }[];
+  totals: { online: number; offline: number; activeJobs: number };
+}
+
+/** Credits per token, decimal strings. */
+export interface TokenPrice {
+  prompt: string;
+  completion: string;
+}
+
+/** `GET /v1/ledger` (404 when the coordinator runs without credits) */
+export interface LedgerResponse {
+  chainId: number;
+  /** the CreditLedger contract */
+  ledger: Address;
+  /** the coordinator's own address (it signs settlements) */
+  coordinator: Address;
+  /** the JSON-RPC URL the coordinator tells wallets and nodes to use */
+  rpcUrl: string;
+  pricing: { default: TokenPrice; models: Record<string, TokenPrice> };
+}
+
+/** `GET /v1/account`: what a signed-in wallet can spend */
+export interface AccountResponse {
+  address: Address;
+  deposited: string;
+  pendingWithdrawal: string;
+  settledSpent: string;
+  /** charged here and not yet settled on chain */
+  charged: string;
+  /** held for requests in flight */
+  held: string;
+  available: string;
+}
+
+/** One key in `GET /v1/keys` (never its secret) */
+export interface ApiKeyListing {
+  id: string;
+  name: string;
+  createdAt: string;
+  revokedAt: string | null;
+  usage: { requests: number; promptTokens: number; completionTokens: number; credits: string };
+}
+
+/** `GET /v1/keys` */
+export interface ApiKeysResponse {
+  data: ApiKeyListing[];
+}
+
+/** `POST /v1/keys`: the secret is shown this once */
+export interface NewApiKeyResponse {
+  id: string;
+  name: string;
+  key: string;
+  owner: Address;
+}
+
+/** `GET /v1/earnings/:address`: what a node earned here, what is settled, and the proof to claim it */
+export interface EarningsResponse {
+  address: Address;
+  coordinator: Address;
+  ledger: Address;
+  chainId: number;
+  earned: string;
+  pending: string;
+  settled: string;
+  claimed: string;
+  claimable: string;
+  /** earnings set aside by the settler (never paid), with the reason in the coordinator's log */
+  setAside: string;
+  /** the latest confirmed settlement that pays this node, and its Merkle proof */
+  claim: { batchId: number; cumulative: string; proof: Hex[]; root: Hex } | null;
+  byDay: { day: string; credits: string }[];
+  served: { jobs: number; promptTokens: number; completionTokens: number };
+}
