@@ -2,7 +2,7 @@ import { CONTROL_PROTOCOL_VERSION, channelPair, type JobStart } from "@sharedllm
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { waitFor } from "../../../test/helpers.ts";
-import { ControlClient } from "./controlClient.js";
+import { ControlClient } from "./client.js";
 
 describe("control client", () => {
   it("refuses a malformed frame from the coordinator: logged, not acted on; the valid frames after it are", async () => {
