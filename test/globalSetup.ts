@@ -1,8 +1,9 @@
 /**
  * Makes the shared cache ready before the suite: the engine is built (about 6
  * minutes on 2 cores the first time, then reused) and the default model pulled;
- * the web portal is built from its sources, and Debian's Chromium is installed
- * for the browser tests where it is missing (as root, with apt-get).
+ * the web portal's production build is made from its sources, and Debian's
+ * Chromium is installed for the browser tests where it is missing (as root, with
+ * apt-get).
  */
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -17,9 +18,12 @@ export default async function setup() {
   const { cache } = resolvePaths();
   await ensureEngine({ cache, progress: terminalProgress() });
   await new ModelStore(cache).pull("default", { progress: terminalProgress() });
+  // the production build, as `npm install` makes it: vitest's NODE_ENV=test would make Vite bundle
+  // React's development build, and a later `sharedllm up` would serve that
   execFileSync("npm", ["run", "--silent", "build", "-w", "@sharedllm/web"], {
     cwd: join(import.meta.dirname, ".."),
     stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, NODE_ENV: "production" },
   });
   if (!existsSync(CHROMIUM) && process.getuid?.() === 0) {
     process.stderr.write("installing Debian's chromium for the browser tests (apt-get, a few minutes)\n");

@@ -5,6 +5,6 @@ export default defineConfig({
   root: import.meta.dirname,
   plugins: [react()],
   build: { outDir: "dist", emptyOutDir: true, chunkSizeWarningLimit: 1500 },
-  // `npm run dev -w @sharedllm/web` against a coordinator on :8080
-  server: { proxy: { "/v1": "http://127.0.0.1:8080", "/healthz": "http://127.0.0.1:8080" } },
+  // `npm run dev -w @sharedllm/web` against the coordinator of `sharedllm up` (port 8787)
+  server: { proxy: { "/v1": "http://127.0.0.1:8787", "/healthz": "http://127.0.0.1:8787" } },
 });

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: Apache-2.0
+// SPDX-License-Identifier: AGPL-3.0-or-later
 pragma solidity 0.8.30;
 
 // Governance of the ledger is OpenZeppelin's TimelockController, unchanged: importing it here makes

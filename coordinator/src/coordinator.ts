@@ -1,7 +1,8 @@
 /**
- * Assembles and starts a coordinator: database, fleet, and the fastify plugins
- * (errors, health, openai, control). One explicit context, no globals: what it
- * needs comes in through CoordinatorOptions, and close() releases all of it.
+ * Assembles and starts a coordinator: database, fleet, ledger, and the fastify plugins
+ * (errors, health, network, nodes, control, openai, accounts when it has a ledger, web).
+ * One explicit context, no globals: what it needs comes in through CoordinatorOptions,
+ * and close() releases all of it.
  */
 import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";

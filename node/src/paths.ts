@@ -1,5 +1,5 @@
 /**
- * Where SharedLLM keeps things on this machine (DESIGN.md section 4):
+ * Where SharedLLM keeps things on this machine (docs/architecture.md, "Storage"):
  * `SHAREDLLM_CACHE` is shared by every instance (engine builds, model blobs),
  * `SHAREDLLM_HOME` is one instance's own state (keys, database, up.json).
  */

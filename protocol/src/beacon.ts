@@ -1,14 +1,14 @@
 /**
- * LAN discovery (DESIGN.md section 8): daemons of one site announce themselves with UDP beacons
- * (multicast, broadcast as fallback, unicast probes for `site scan`) and measure round trips to
- * each other with probe/pong pairs. Every datagram is `<json>\n<signature>\n<hmac>`: the HMAC-SHA256
- * of JSON and signature under the site's beacon key (HKDF of the join token), with a timestamp and
- * a nonce, so datagrams of another site, forged ones and replays are ignored. The site key only
- * proves membership: every member holds it. A `beacon` (the datagram that says who a node is,
- * where, and what it claims) is also signed by the node's own secp256k1 key (ECDSA over
+ * LAN discovery (docs/architecture.md, "LAN cluster"): daemons of one site announce themselves with
+ * UDP beacons (multicast, broadcast as fallback, unicast probes for `site scan`) and measure round
+ * trips to each other with probe/pong pairs. Every datagram is `<json>\n<signature>\n<hmac>`: the
+ * HMAC-SHA256 of JSON and signature under the site's beacon key (HKDF of the join token), with a
+ * timestamp and a nonce, so datagrams of another site, forged ones and replays are ignored. The
+ * site key only proves membership: every member holds it. A `beacon` (the datagram that says who a
+ * node is, where, and what it claims) is also signed by the node's own secp256k1 key (ECDSA over
  * sha256("sharedllm-beacon/1\n" + json), with the public key in the JSON, which must hash to the
- * node id), so no member can speak for another node id. Probes and pongs only time round trips
- * and stay unsigned by node keys: signing them would add to the very round trip they measure.
+ * node id), so no member can speak for another node id. Probes and pongs only time round trips and
+ * stay unsigned by node keys: signing them would add to the very round trip they measure.
  */
 import { createHash, createHmac, createPublicKey, hkdfSync, type KeyObject, randomBytes, timingSafeEqual, verify } from "node:crypto";
 import type { Hex } from "viem";

@@ -1,6 +1,6 @@
 /**
  * What the coordinator, the nodes and the CreditLedger contract agree on: the EIP-712 WorkReceipt
- * (DESIGN.md section 6), the leaves of the earnings Merkle tree (section 7) and the wire form of
+ * (docs/architecture.md, "Ledger"), the leaves of the earnings Merkle tree and the wire form of
  * receipts. Amounts are bigint credits (the ledger's smallest unit) everywhere; on JSON wires they
  * travel as decimal strings.
  */

@@ -7,6 +7,7 @@ import { Agent, request } from "node:http";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { waitFor } from "../helpers.ts";
+import { schemaErrors } from "../openai/schema.ts";
 import { MODEL, type System, startSystem } from "../system.ts";
 
 let sys: System;
@@ -80,6 +81,33 @@ describe("official openai client", () => {
     let text = "";
     for await (const c of stream) text += c.choices[0]?.text ?? "";
     expect(text).toBe(r.choices[0]?.text);
+  });
+});
+
+describe("OpenAI's official schema", () => {
+  /** The JSON events of an SSE body, without the closing [DONE]. */
+  const events = async (res: Response) =>
+    (await res.text())
+      .split("\n\n")
+      .filter((e) => e.startsWith("data: {"))
+      .map((e) => JSON.parse(e.slice("data: ".length)) as unknown);
+
+  it("every response the coordinator sends conforms: models, chat and completions, whole and streamed", async () => {
+    const get = async (path: string) =>
+      (await fetch(sys.coordinator.url + path, { headers: { authorization: `Bearer ${sys.apiKey}` } })).json();
+    expect(schemaErrors("ListModelsResponse", await get("/v1/models"))).toEqual([]);
+    expect(schemaErrors("Model", await get(`/v1/models/${MODEL}`))).toEqual([]);
+
+    const chat = { model: MODEL, messages, max_tokens: 8 };
+    expect(schemaErrors("CreateChatCompletionResponse", await (await sys.post("/v1/chat/completions", chat)).json())).toEqual([]);
+    const chunks = await events(await sys.post("/v1/chat/completions", { ...chat, stream: true, stream_options: { include_usage: true } }));
+    expect(chunks.length).toBeGreaterThan(3);
+    for (const chunk of chunks) expect(schemaErrors("CreateChatCompletionStreamResponse", chunk), JSON.stringify(chunk)).toEqual([]);
+
+    // streamed completions have no schema of their own (OpenAI's own chunks would fail the
+    // whole response's, whose finish_reason may not be null)
+    const completion = { model: MODEL, prompt: "Once upon a time", max_tokens: 8 };
+    expect(schemaErrors("CreateCompletionResponse", await (await sys.post("/v1/completions", completion)).json())).toEqual([]);
   });
 });
 

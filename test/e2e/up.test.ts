@@ -209,6 +209,9 @@ describe("sharedllm commands", () => {
     const p = sharedllm(["up", "--port", "nope"]);
     expect(p.status).toBe(2);
     expect(p.stderr).toContain("expected a whole number");
+    const slots = sharedllm(["up", "--slots", "0"]);
+    expect(slots.status).toBe(2);
+    expect(slots.stderr).toContain("--slots <n>' argument '0' is invalid. expected a whole number from 1 to 65535");
   });
 
   it("a bad model source exits 1 with what to do", () => {

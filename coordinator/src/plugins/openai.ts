@@ -33,6 +33,7 @@ import { jobCost, type Metering, promptTokenBound } from "../ledger/metering.js"
 import type { Receipts } from "../ledger/receipts.js";
 import { meteredUsage, RelayedText } from "../ledger/usage.js";
 import type { Metrics } from "../metrics.js";
+import { withRequiredFields } from "../openaiFields.js";
 
 export interface OpenAIPluginOptions {
   db: Db;
@@ -334,6 +335,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
           relayed.addBody(resBody);
           const usage = metered(reported.data);
           resBody.usage = usage;
+          withRequiredFields(resBody);
           settled = true;
           finish("completed", usage).then(
             () => {

@@ -42,6 +42,27 @@ describe("the portal's files", () => {
     expect(missing.json().error.code).toBe("not_found");
   });
 
+  it("serves what is on disk now: a portal rebuilt while it runs, and one built after it started", async () => {
+    const a = await app(true);
+    const root = dirs.at(-1) as string;
+    await rm(join(root, "assets"), { recursive: true });
+    await mkdir(join(root, "assets"));
+    await writeFile(join(root, "assets", "index-def.js"), "console.log(2)");
+    await writeFile(join(root, "index.html"), "<!doctype html><title>rebuilt</title>");
+    expect((await a.inject("/")).body).toContain("<title>rebuilt</title>");
+    expect((await a.inject("/assets/index-def.js")).statusCode).toBe(200);
+    expect((await a.inject("/assets/index-abc.js")).statusCode).toBe(404);
+
+    const later = await app(false);
+    expect((await later.inject("/")).statusCode).toBe(404);
+    const built = dirs.at(-1) as string;
+    await mkdir(join(built, "assets"), { recursive: true });
+    await writeFile(join(built, "index.html"), "<!doctype html><title>portal</title>");
+    await writeFile(join(built, "assets", "index-abc.js"), "console.log(1)");
+    expect((await later.inject("/network")).body).toContain("<title>portal</title>");
+    expect((await later.inject("/assets/index-abc.js")).statusCode).toBe(200);
+  });
+
   it("says how to build it where it is not built", async () => {
     const res = await (await app(false)).inject("/");
     expect(res.statusCode).toBe(404);

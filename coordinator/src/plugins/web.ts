@@ -1,30 +1,32 @@
 /**
  * The portal (`web/`'s build) at `/`: hashed assets cached for good, the page itself never, and
- * the portal's own paths answered with its page so a reload or a shared link works.
+ * the portal's own paths answered with its page so a reload or a shared link works. Files are
+ * looked up on disk at each request, so a portal rebuilt while the coordinator runs is served
+ * as it now is (its new hashed assets included).
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import fastifyStatic from "@fastify/static";
 import { ApiError } from "@sharedllm/protocol";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply } from "fastify";
 
 /** Paths the portal routes in the browser. */
 export const PORTAL_PATHS = ["/keys", "/earnings", "/network", "/playground"];
 
 export async function webPlugin(app: FastifyInstance, o: { root: string }): Promise<void> {
-  if (!existsSync(join(o.root, "index.html"))) {
-    app.get("/", async () => {
-      throw new ApiError("not_found", "the web portal is not built here: run `npm run build` in the repository, then restart");
-    });
-    return;
-  }
   await app.register(fastifyStatic, {
     root: o.root,
-    wildcard: false,
+    wildcard: true,
     cacheControl: false,
     setHeaders(res, path) {
       res.setHeader("cache-control", path.startsWith(join(o.root, "assets")) ? "public, max-age=31536000, immutable" : "no-cache");
     },
   });
-  for (const path of PORTAL_PATHS) app.get(path, (_req, reply) => reply.sendFile("index.html"));
+  const page = (_req: unknown, reply: FastifyReply) => {
+    if (!existsSync(join(o.root, "index.html"))) {
+      throw new ApiError("not_found", "the web portal is not built here: run `npm run build` in the repository");
+    }
+    return reply.sendFile("index.html");
+  };
+  for (const path of ["/", ...PORTAL_PATHS]) app.get(path, page);
 }

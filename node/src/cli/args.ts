@@ -2,8 +2,15 @@
 import { DEFAULT_RATE_LIMITS } from "@sharedllm/coordinator";
 import { type Command, InvalidArgumentError, Option } from "commander";
 
-/** A whole number from 0 to 65535 (ports, counts). */
+/** A whole number from 1 to 65535 (counts: slots, threads, limits). */
 export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65_535) throw new InvalidArgumentError("expected a whole number from 1 to 65535");
+  return n;
+}
+
+/** A whole number from 0 to 65535 (ports, where 0 picks a free one; seconds, where 0 means at once). */
+export function wholeNumber(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 65_535) throw new InvalidArgumentError("expected a whole number from 0 to 65535");
   return n;
@@ -21,7 +28,7 @@ export function addSettlementOptions(cmd: Command): Command {
     .addOption(
       new Option("--settle-after <seconds>", "settle credits on chain once the oldest unsettled entry is this old")
         .default(300)
-        .argParser(positiveInt),
+        .argParser(wholeNumber),
     )
     .addOption(new Option("--batch-size <n>", "settle once this many charges and earnings wait").default(1000).argParser(positiveInt));
 }

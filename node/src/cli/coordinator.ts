@@ -5,7 +5,7 @@ import { Command, Option } from "commander";
 import { pino } from "pino";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
-import { addListenOptions, address, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs } from "./args.js";
+import { addListenOptions, address, addSettlementOptions, type ListenArgs, type SettlementArgs, wholeNumber } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
@@ -14,7 +14,7 @@ export function coordinatorCommand(): Command {
   const start = cmd
     .command("start")
     .description("start the coordinator in the foreground; prints the command that joins a node to it")
-    .addOption(new Option("--port <port>", "port (0 = any free port)").default(8787).argParser(positiveInt))
+    .addOption(new Option("--port <port>", "port (0 = any free port)").default(8787).argParser(wholeNumber))
     .option("--host <host>", "address to listen on (0.0.0.0 for nodes on the LAN: give it --tls-cert/--tls-key)", "127.0.0.1")
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
     .option("--verbose", "log at info level")

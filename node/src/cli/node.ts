@@ -18,7 +18,7 @@ import { loadNodeIdentity } from "../identity.js";
 import { isAlive, writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
-import { positiveInt } from "./args.js";
+import { positiveInt, wholeNumber } from "./args.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export interface NodeConfig {
@@ -160,7 +160,7 @@ export function nodeCommand(): Command {
         .default("solo"),
     )
     .option("--members <ids>", "head: the workers to split over, comma-separated node ids")
-    .addOption(new Option("--tunnel-port <port>", "worker: port of the RPC tunnel (0 = any free port)").default(0).argParser(positiveInt))
+    .addOption(new Option("--tunnel-port <port>", "worker: port of the RPC tunnel (0 = any free port)").default(0).argParser(wholeNumber))
     .option("--tunnel-host <host>", "worker: address the tunnel listens on", "0.0.0.0")
     .option("--heads <ids>", "worker: the only cluster heads it serves, comma-separated node ids (default: any head the coordinator names)")
     .option("--verbose", "log at info level")

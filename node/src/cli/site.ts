@@ -20,7 +20,7 @@ import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
 import { expandCidr } from "../site/discovery.js";
 import { startSiteDaemon } from "../site/siteDaemon.js";
-import { addListenOptions, type ListenArgs, positiveInt } from "./args.js";
+import { addListenOptions, type ListenArgs, positiveInt, wholeNumber } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
 import { shutdownSignal } from "./shutdown.js";
@@ -53,7 +53,7 @@ export function siteCommand(): Command {
   const init = cmd
     .command("init")
     .description("run this site's coordinator (creating the site on first run) and print the command that joins a machine")
-    .addOption(new Option("--port <port>", "coordinator port").default(8787).argParser(positiveInt))
+    .addOption(new Option("--port <port>", "coordinator port").default(8787).argParser(wholeNumber))
     .option("--host <host>", "address to listen on (beyond loopback: give it --tls-cert/--tls-key)", "0.0.0.0")
     .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
     .option("--verbose", "log at info level");

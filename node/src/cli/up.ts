@@ -15,7 +15,7 @@ import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { writeFileAtomic } from "../lock.js";
 import { resolvePaths } from "../paths.js";
 import { terminalProgress } from "../progress.js";
-import { addListenOptions, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs } from "./args.js";
+import { addListenOptions, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs, wholeNumber } from "./args.js";
 import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
 import { shutdownSignal } from "./shutdown.js";
 
@@ -36,7 +36,7 @@ export interface UpFile {
 export function upCommand(): Command {
   const cmd = new Command("up")
     .description("run a coordinator and a local node with the default model on this machine")
-    .addOption(new Option("--port <port>", "coordinator port (0 = any free port)").default(8787).argParser(positiveInt))
+    .addOption(new Option("--port <port>", "coordinator port (0 = any free port)").default(8787).argParser(wholeNumber))
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
     .addOption(new Option("--slots <n>", "parallel requests on the node").default(2).argParser(positiveInt))
@@ -44,7 +44,7 @@ export function upCommand(): Command {
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--verbose", "log at info level")
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
-    .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(positiveInt));
+    .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(wholeNumber));
   return addListenOptions(addSettlementOptions(cmd)).action(
     async (
       o: {

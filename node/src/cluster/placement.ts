@@ -1,8 +1,8 @@
 /**
- * Layer placement for a split model (DESIGN.md section 8): which contiguous layers each cluster
- * member serves. Pure: the model's per-layer sizes, the KV cache each layer needs for the context,
- * and each member's free memory, measured speed and link go in; layer ranges come out, or an
- * error that says how much memory is missing.
+ * Layer placement for a split model (docs/architecture.md, "LAN cluster"): which contiguous
+ * layers each cluster member serves. Pure: the model's per-layer sizes, the KV cache each layer
+ * needs for the context, and each member's free memory, measured speed and link go in; layer
+ * ranges come out, or an error that says how much memory is missing.
  *
  * Layers are shared in proportion to measured speed, capped by memory, so every member takes about
  * as long for its part. Decoding runs the parts one after the other, so a much slower member (or

@@ -1,8 +1,9 @@
 /**
- * The RPC tunnel (DESIGN.md section 5). llama.cpp's rpc-server has no authentication, so it
- * listens on 127.0.0.1 only and a worker exposes this tunnel instead. Every connection is TLS 1.3
- * with a certificate on both ends: each end makes an ephemeral Ed25519 certificate (tunnelCert.ts)
- * and ties it to its node key (its secp256k1 Ethereum key) with an EIP-191 signature over
+ * The RPC tunnel (docs/architecture.md, "LAN cluster"; docs/security/cluster.md). llama.cpp's
+ * rpc-server has no authentication, so it listens only on a private Unix socket and a worker
+ * exposes this tunnel instead. Every connection is TLS 1.3 with a certificate on both ends: each end makes an
+ * ephemeral Ed25519 certificate (tunnelCert.ts) and ties it to its node key (its secp256k1
+ * Ethereum key) with an EIP-191 signature over
  *
  *   sharedllm-tunnel/2 <role> session <id> head <head> worker <worker> mode <m>
  *   cert <own certificate's sha256> peer <the other end's certificate's sha256> exporter <tls exporter>

@@ -1,0 +1,173 @@
+/**
+ * An owner's say over a running node, end to end: a coordinator and a real `sharedllm node
+ * start` daemon (llama-server on the default model), steered with `sharedllm node pause`,
+ * `resume` and `leave` from another process, as an owner would. The coordinator learns each
+ * change from the node's availability frame.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createApiKey } from "../../coordinator/src/apiKeys.ts";
+import { type Coordinator, startCoordinator } from "../../coordinator/src/coordinator.ts";
+import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { MODEL } from "../system.ts";
+
+const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const joinToken = randomBytes(32).toString("base64url");
+
+let coordinator: Coordinator;
+let database: TestDatabase;
+let home: Awaited<ReturnType<typeof tempPaths>>;
+let apiKey: string;
+let daemon: ChildProcess;
+let nodeId: string;
+let exited: Promise<{ code: number | null; stderr: string }>;
+
+/** `sharedllm node <command>` for the daemon's home, as its owner would type it. */
+async function owner(command: "pause" | "resume" | "leave"): Promise<string> {
+  const { stdout } = await promisify(execFile)(process.execPath, [BIN, "node", command], {
+    env: { ...process.env, SHAREDLLM_HOME: home.home },
+  });
+  return stdout;
+}
+
+/** Starts a streamed chat; `firstChunk` resolves when output starts, `done` with whether it completed. */
+function stream(maxTokens: number) {
+  let first: () => void = () => {};
+  const firstChunk = new Promise<void>((r) => {
+    first = r;
+  });
+  const done = (async () => {
+    const res = await chat({ max_tokens: maxTokens, ignore_eos: true, stream: true });
+    expect(res.status).toBe(200);
+    let text = "";
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      first();
+      text += Buffer.from(chunk).toString();
+    }
+    return text.endsWith("data: [DONE]\n\n") && !text.includes('"error"');
+  })();
+  return { firstChunk, done };
+}
+
+function chat(extra: Record<string, unknown> = {}): Promise<Response> {
+  return fetch(`${coordinator.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Count to one hundred." }], max_tokens: 4, ...extra }),
+  });
+}
+
+const accepting = () => coordinator.fleet.get(nodeId)?.accepting;
+
+async function availabilityEvents(): Promise<{ accepting: boolean; reason: string }[]> {
+  const rows = await coordinator.db
+    .selectFrom("events")
+    .select("data")
+    .where("kind", "=", "node.availability")
+    .where("node_id", "=", nodeId)
+    .orderBy("at")
+    .execute();
+  return rows.map((r) => JSON.parse(r.data));
+}
+
+beforeAll(async () => {
+  database = await testDatabase();
+  coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger() });
+  apiKey = (await createApiKey(coordinator.db, "owner")).secret;
+  home = await tempPaths("node-control-");
+  daemon = spawn(process.execPath, [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2"], {
+    env: { ...process.env, SHAREDLLM_HOME: home.home },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  let stderr = "";
+  daemon.stderr?.on("data", (b) => {
+    stderr += b;
+  });
+  let gone = false;
+  exited = new Promise((r) =>
+    daemon.once("exit", (code) => {
+      gone = true;
+      r({ code, stderr });
+    }),
+  );
+  let stdout = "";
+  daemon.stdout?.on("data", (b) => {
+    stdout += b;
+  });
+  nodeId = await waitFor(
+    "the node daemon to serve",
+    () => {
+      if (gone) throw new Error(`the node daemon exited:\n${stderr}`);
+      return /^node (0x[0-9a-f]{40}) serving/m.exec(stdout)?.[1];
+    },
+    120_000,
+  );
+  await waitFor("the node online and taking jobs", () => accepting() === true, 30_000);
+}, 180_000);
+
+afterAll(async () => {
+  if (daemon?.pid && daemon.exitCode === null) {
+    process.kill(-daemon.pid, "SIGKILL");
+    await exited;
+  }
+  await coordinator?.close();
+  await database?.cleanup();
+  await home?.cleanup();
+});
+
+describe("node pause, resume and leave", () => {
+  it("a paused node gets no new jobs while its job in flight finishes; resumed, it takes jobs again", async () => {
+    const running = stream(300);
+    await running.firstChunk;
+    expect(await owner("pause")).toMatch(/^pause: sent to node daemon pid \d+/);
+    await waitFor("the coordinator to see the node paused", () => accepting() === false);
+
+    const refused = await chat();
+    expect(refused.status).toBe(503);
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe("no_capacity");
+    expect(await running.done).toBe(true);
+
+    await owner("resume");
+    await waitFor("the coordinator to see the node taking jobs", () => accepting() === true);
+    const served = await chat();
+    expect(served.status).toBe(200);
+    expect(served.headers.get("x-sharedllm-node")).toBe(nodeId);
+    await waitFor("both changes recorded", async () => (await availabilityEvents()).length === 2);
+    expect(await availabilityEvents()).toEqual([
+      { accepting: false, reason: "paused" },
+      { accepting: true, reason: "resumed" },
+    ]);
+  }, 120_000);
+
+  it("leave finishes the job in flight first, then the daemon exits and the coordinator forgets the node and its sessions", async () => {
+    expect(await coordinator.db.selectFrom("node_sessions").select("node_id").where("node_id", "=", nodeId).execute()).not.toEqual([]);
+    const running = stream(200);
+    await running.firstChunk;
+    const leaving = owner("leave");
+    await waitFor("the coordinator to see the node draining", () => accepting() === false);
+    expect((await chat()).status).toBe(503);
+
+    expect(await running.done).toBe(true);
+    expect(await leaving).toMatch(/^leave: sent to node daemon pid \d+/);
+    const exit = await exited;
+    expect(exit.code).toBe(0);
+    expect(exit.stderr).toContain("left the site\n");
+    expect(exit.stderr).not.toContain("some jobs did not finish");
+
+    await waitFor("the coordinator to forget the node", () => coordinator.fleet.get(nodeId) === undefined);
+    await waitFor(
+      "its sessions to be gone",
+      async () => (await coordinator.db.selectFrom("node_sessions").select("node_id").where("node_id", "=", nodeId).execute()).length === 0,
+    );
+    await waitFor("the drain recorded", async () => (await availabilityEvents()).length === 3);
+    expect((await availabilityEvents()).at(-1)).toEqual({ accepting: false, reason: "draining" });
+    const left = await waitFor("the leave to be recorded", () =>
+      coordinator.db.selectFrom("events").select("kind").where("kind", "=", "node.left").where("node_id", "=", nodeId).executeTakeFirst(),
+    );
+    expect(left.kind).toBe("node.left");
+  }, 120_000);
+});
