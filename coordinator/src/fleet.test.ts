@@ -100,4 +100,17 @@ describe("Fleet bookkeeping", () => {
     fleet.remove("a", "test");
     expect(fleet.servesModel("y")).toBe(false);
   });
+
+  it("tells its watchers of every change in who serves what, until they stop watching", () => {
+    const fleet = new Fleet();
+    const seen: boolean[] = [];
+    const stop = fleet.watch(() => seen.push(fleet.servesModel("m")));
+    const a = connected("a", []);
+    fleet.add(a);
+    fleet.setModels(a, new Map([["m", model]]));
+    fleet.remove("a", "test");
+    stop();
+    fleet.add(connected("b", ["m"]));
+    expect(seen).toEqual([false, true, false]);
+  });
 });

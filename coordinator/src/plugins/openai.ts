@@ -60,7 +60,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
   app.post("/v1/chat/completions", (req, reply) => generate("chat", chatCompletionRequestSchema, req, reply));
   app.post("/v1/completions", (req, reply) => generate("completion", completionRequestSchema, req, reply));
 
-  function generate(kind: JobKind, schema: z.ZodType<Record<string, unknown>>, req: FastifyRequest, reply: FastifyReply) {
+  async function generate(kind: JobKind, schema: z.ZodType<Record<string, unknown>>, req: FastifyRequest, reply: FastifyReply) {
     if (typeof req.body !== "object" || req.body === null || Array.isArray(req.body)) {
       throw new ApiError("invalid_request", "the request body must be a JSON object");
     }
