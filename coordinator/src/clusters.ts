@@ -3,10 +3,13 @@
  * layer splits (and so which payouts) it may announce. The coordinator remembers each formation it
  * made; a head's plan is believed only over that formation's members, with distinct members and
  * shares adding up to exactly 10000, since every paid job of the head is split by those shares.
- * Decisions are pure; the control plugin carries them out (a `tunnel.session` to each worker, a
- * `cluster.members` to the head).
+ * Decisions are pure (`decideForm`, `checkPlan`); `Clusters` carries them out over the fleet (a
+ * `tunnel.session` to each worker, a `cluster.members` to the head) and remembers the formations.
  */
-import { type ClusterPlan, sharesByLayers } from "@sharedllm/protocol";
+import { type ClusterMembers, type ClusterPlan, sharesByLayers } from "@sharedllm/protocol";
+import type { FastifyBaseLogger } from "fastify";
+import type { Fleet } from "./fleet.js";
+import type { ConnectedNode } from "./units.js";
 
 /** The longest a cluster session may live before its head forms it again. */
 export const MAX_SESSION_MS = 24 * 3600_000;
@@ -91,4 +94,81 @@ export function checkPlan(headId: string, formation: Formation | undefined, plan
   if (off)
     return `${off.nodeId.toLowerCase()}'s share (${off.shareBps} bps) is not its part of the layers (${fair[layers.indexOf(off)]} bps)`;
   return undefined;
+}
+
+/** How long a head waits for its invited workers to take the session. */
+const READY_WAIT_MS = 5_000;
+
+/** The clusters formed here: each head's latest formation, and the formations waiting for their workers. */
+export class Clusters {
+  /** cluster sessions waiting for their workers' `tunnel.ready` */
+  private readonly waiting = new Map<string, { ready(nodeId: string): void }>();
+  /** each head's latest formation: the only members its split may name */
+  private readonly formations = new Map<string, Formation>();
+
+  constructor(private readonly fleet: Fleet) {}
+
+  /**
+   * A head asks for its workers: each worker hears which head may dial it, until when (no key:
+   * the tunnel's keys come from the head's and the worker's own node keys) and says when it is
+   * in place; then the head hears where the tunnels are (and who is missing).
+   */
+  async form(head: ConnectedNode, f: { sessionId: string; members: string[]; expiresAt: number }, log: FastifyBaseLogger): Promise<void> {
+    const decision = decideForm(head, f, (id) => this.fleet.get(id), Date.now());
+    if (!decision.ok) {
+      log.warn({ nodeId: head.id, reason: decision.reason }, "cluster formation refused");
+      head.send({ type: "cluster.members", sessionId: f.sessionId, members: [], missing: [], refused: decision.reason });
+      return;
+    }
+    const { expiresAt, missing } = decision;
+    // a new formation replaces the head's earlier one, and with it the split it may announce
+    this.formations.delete(head.id);
+    head.cluster = undefined;
+    const members: ClusterMembers["members"] = [];
+    const waiting = new Set<string>();
+    for (const id of decision.invite) {
+      const w = this.fleet.get(id) as ConnectedNode & { tunnel: NonNullable<ConnectedNode["tunnel"]> };
+      waiting.add(id);
+      w.send({ type: "tunnel.session", sessionId: f.sessionId, head: head.id, expiresAt });
+      members.push({ nodeId: id, ...w.tunnel, freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0 });
+    }
+    await new Promise<void>((resolve) => {
+      const finish = () => {
+        clearTimeout(timer);
+        this.waiting.delete(f.sessionId);
+        resolve();
+      };
+      const timer = setTimeout(finish, READY_WAIT_MS);
+      if (!waiting.size) return finish();
+      this.waiting.set(f.sessionId, {
+        ready(id) {
+          waiting.delete(id);
+          if (!waiting.size) finish();
+        },
+      });
+    });
+    const ready = members.filter((m) => !waiting.has(m.nodeId));
+    for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
+    this.formations.set(head.id, { sessionId: f.sessionId, head: head.id, members: new Set(ready.map((m) => m.nodeId)), expiresAt });
+    head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing, expiresAt });
+    log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
+  }
+
+  /** A worker took its session (`tunnel.ready`). */
+  ready(sessionId: string, nodeId: string): void {
+    this.waiting.get(sessionId)?.ready(nodeId);
+  }
+
+  /** A head announces its layer split: kept when `checkPlan` believes it; the reason when not. */
+  plan(head: ConnectedNode, members: ClusterPlan["members"]): string | undefined {
+    const refused = checkPlan(head.id, this.formations.get(head.id), members, Date.now());
+    if (refused) return refused;
+    head.cluster = members.map((m) => ({ ...m, nodeId: m.nodeId.toLowerCase() }));
+    return undefined;
+  }
+
+  /** A head went away: its formation ends with it. */
+  forget(headId: string): void {
+    this.formations.delete(headId);
+  }
 }

@@ -1,5 +1,5 @@
 /**
- * Assembles and starts a coordinator: database, fleet, ledger, and the fastify plugins
+ * Assembles and starts a coordinator: database, fleet, jobs, ledger, and the fastify plugins
  * (errors, health, network, nodes, control, openai, accounts when it has a ledger, web).
  * One explicit context, no globals: what it needs comes in through CoordinatorOptions,
  * and close() releases all of it.
@@ -14,10 +14,12 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServ
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { catalogue, type PinnedModel } from "./catalogue.js";
+import { Clusters } from "./clusters.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
 import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
+import { Jobs } from "./jobs/jobs.js";
 import { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 import { DEFAULT_PRICING, Metering, type Pricing } from "./ledger/metering.js";
 import { Receipts } from "./ledger/receipts.js";
@@ -136,12 +138,14 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       },
       db,
       fleet,
+      clusters: new Clusters(fleet),
       knownModels,
       heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS,
       receipts: ledger?.receipts,
     });
     const keys = new ApiKeyVerifier(db);
-    await app.register(openaiPlugin, { db, fleet, knownModels, metrics, policy: o.policy, keys, ledger });
+    const jobs = new Jobs({ db, fleet, knownModels, metrics, policy: o.policy, ledger });
+    await app.register(openaiPlugin, { jobs, fleet, knownModels, keys });
     let origins: string[] = [];
     if (ledger) {
       await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });

@@ -1,6 +1,7 @@
 import type { ServedModel } from "@sharedllm/protocol";
 import { describe, expect, it } from "vitest";
-import { type ConnectedNode, Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
+import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
+import { ConnectedNode } from "./units.js";
 
 const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
 const node = (id: string, active: number, slots = 2, extra: Partial<NodeView> = {}): NodeView => ({
@@ -72,17 +73,17 @@ describe("pickLoader", () => {
 });
 
 describe("Fleet bookkeeping", () => {
-  const connected = (id: string, models: string[]): ConnectedNode => ({
-    ...node(id, 0),
-    models: new Map(models.map((m) => [m, { ...model, id: m }])),
-    engine: "e",
-    role: "solo",
-    lastSeenAt: 0,
-    jobs: new Map(),
-    connectedAt: 0,
-    send: () => {},
-    disconnect: () => {},
-  });
+  const connected = (id: string, models: string[]) =>
+    new ConnectedNode({
+      id,
+      models: new Map(models.map((m) => [m, { ...model, id: m }])),
+      slots: 2,
+      accepting: true,
+      engine: "e",
+      role: "solo",
+      send: () => {},
+      disconnect: () => {},
+    });
 
   it("knows which models are served as nodes come, change their models and go", () => {
     const fleet = new Fleet();
@@ -98,5 +99,18 @@ describe("Fleet bookkeeping", () => {
     fleet.add(connected("a", ["y"]));
     fleet.remove("a", "test");
     expect(fleet.servesModel("y")).toBe(false);
+  });
+
+  it("tells its watchers of every change in who serves what, until they stop watching", () => {
+    const fleet = new Fleet();
+    const seen: boolean[] = [];
+    const stop = fleet.watch(() => seen.push(fleet.servesModel("m")));
+    const a = connected("a", []);
+    fleet.add(a);
+    fleet.setModels(a, new Map([["m", model]]));
+    fleet.remove("a", "test");
+    stop();
+    fleet.add(connected("b", ["m"]));
+    expect(seen).toEqual([false, true, false]);
   });
 });

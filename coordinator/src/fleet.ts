@@ -1,27 +1,11 @@
 /**
- * The live fleet: nodes connected over the control channel, the jobs each is
- * running, and the routing of their frames back to whoever waits for them.
- * Choosing a node is a pure function over a snapshot (`pickNode`).
+ * The live fleet: the serving units connected now (nodes on their control channels, see
+ * units.ts), which models each serves, and a change event for whoever waits for one (a request
+ * waiting for a model to load). Choosing a unit is a pure function over a snapshot (`pickNode`).
  */
-import type {
-  Capabilities,
-  ClusterPlan,
-  CoordinatorFrame,
-  Heartbeat,
-  JobErrorFrame,
-  JobStart,
-  ServedModel,
-  Usage,
-} from "@sharedllm/protocol";
+import type { Heartbeat, ServedModel } from "@sharedllm/protocol";
 import type { KnownModel } from "./catalogue.js";
-
-/** Receives what a node reports for one job. Exactly one of end/result/error is called, once. */
-export interface JobSink {
-  chunk(data: string): void;
-  end(usage: Usage): void;
-  result(body: Record<string, unknown>): void;
-  error(e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void;
-}
+import type { ConnectedNode } from "./units.js";
 
 export interface NodeView {
   id: string;
@@ -115,32 +99,12 @@ export function pickLoader<T extends NodeView & { loading?: string; heartbeat?: 
   return best;
 }
 
-export interface ConnectedNode extends NodeView {
-  /** the model the node was asked to load, until it reports its models again */
-  loading?: string;
-  engine: string;
-  /** last heartbeat (or hello), ms epoch */
-  lastSeenAt: number;
-  capabilities?: Capabilities;
-  heartbeat?: Heartbeat;
-  role: "solo" | "worker" | "head";
-  /** a worker's tunnel, at the address its control channel comes from */
-  tunnel?: { host: string; port: number; tls: boolean; speed: number };
-  /** a head's current layer split over its workers */
-  cluster?: ClusterPlan["members"];
-  /** closes the node's control channel */
-  disconnect(reason: string): void;
-  send(frame: CoordinatorFrame): void;
-  jobs: Map<string, JobSink>;
-  connectedAt: number;
-}
-
-const COOL_OFF_MS = 2_000;
-
 export class Fleet {
   private readonly nodes = new Map<string, ConnectedNode>();
-  /** jobId -> node id, for routing frames */
-  private readonly jobNode = new Map<string, string>();
+  /** model id -> the nodes serving it: scheduling scans only those, and "is it served?" costs no scan */
+  private readonly servedBy = new Map<string, Set<ConnectedNode>>();
+  private readonly watchers = new Set<() => void>();
+  private connections = 0;
 
   get size(): number {
     return this.nodes.size;
@@ -154,9 +118,15 @@ export class Fleet {
     return this.nodes.get(id);
   }
 
-  /** model id -> the nodes serving it: scheduling scans only those, and "is it served?" costs no scan */
-  private readonly servedBy = new Map<string, Set<ConnectedNode>>();
-  private connections = 0;
+  /** Calls `listener` after every change of who is connected or what they serve; returns the unsubscribe. */
+  watch(listener: () => void): () => void {
+    this.watchers.add(listener);
+    return () => this.watchers.delete(listener);
+  }
+
+  private changed(): void {
+    for (const w of [...this.watchers]) w();
+  }
 
   private index(node: ConnectedNode, add: boolean): void {
     for (const m of node.models.keys()) {
@@ -174,28 +144,27 @@ export class Fleet {
     node.order = ++this.connections;
     this.nodes.set(node.id, node);
     this.index(node, true);
+    this.changed();
   }
 
-  /** A node's served models changed (it loaded one on request). */
+  /** A node's served models changed (it loaded one on request, or failed to). */
   setModels(node: ConnectedNode, models: ReadonlyMap<string, ServedModel>): void {
     const live = this.nodes.get(node.id) === node;
     if (live) this.index(node, false);
     node.models = models;
     node.loading = undefined;
     if (live) this.index(node, true);
+    this.changed();
   }
 
-  /** Removes a node and fails its jobs: retryable only where nothing reached the client yet is the caller's call. */
+  /** Removes a node and fails its jobs: retryable only where nothing reached the client yet is the job's call. */
   remove(id: string, reason: string): void {
     const node = this.nodes.get(id);
     if (!node) return;
     this.nodes.delete(id);
     this.index(node, false);
-    for (const [jobId, sink] of node.jobs) {
-      this.jobNode.delete(jobId);
-      sink.error({ message: `the node serving this request went away (${reason})`, retryable: true });
-    }
-    node.jobs.clear();
+    node.failJobs(reason);
+    this.changed();
   }
 
   /** Asks an idle node with room to pull and serve a model; returns it, or undefined when none can. */
@@ -216,49 +185,5 @@ export class Fleet {
   pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {
     const candidates = this.servedBy.get(model);
     return candidates && (pickNode(candidates, model, Date.now(), exclude, allow) as ConnectedNode | undefined);
-  }
-
-  dispatch(node: ConnectedNode, job: JobStart, sink: JobSink): void {
-    node.jobs.set(job.jobId, sink);
-    node.active = node.jobs.size;
-    this.jobNode.set(job.jobId, node.id);
-    node.send(job);
-  }
-
-  /** Tells the node to stop a job whose client went away; its sink hears nothing more. */
-  cancel(jobId: string): void {
-    this.take(jobId)?.node.send({ type: "job.cancel", jobId });
-  }
-
-  chunk(nodeId: string, jobId: string, data: string): void {
-    this.nodes.get(nodeId)?.jobs.get(jobId)?.chunk(data);
-  }
-
-  end(nodeId: string, jobId: string, usage: Usage): void {
-    this.take(jobId, nodeId)?.sink.end(usage);
-  }
-
-  result(nodeId: string, jobId: string, body: Record<string, unknown>): void {
-    this.take(jobId, nodeId)?.sink.result(body);
-  }
-
-  error(nodeId: string, jobId: string, e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void {
-    const taken = this.take(jobId, nodeId);
-    // an engine failure (not a bad request) sends the next jobs elsewhere for a while
-    if (taken && e.status === undefined) taken.node.coolingUntil = Date.now() + COOL_OFF_MS;
-    taken?.sink.error(e);
-  }
-
-  /** Detaches a job from its node; returns the node and the job's sink if the job is still known. */
-  private take(jobId: string, nodeId?: string): { node: ConnectedNode; sink: JobSink } | undefined {
-    const owner = this.jobNode.get(jobId);
-    if (!owner || (nodeId && owner !== nodeId)) return undefined;
-    this.jobNode.delete(jobId);
-    const node = this.nodes.get(owner);
-    const sink = node?.jobs.get(jobId);
-    if (!node || !sink) return undefined;
-    node.jobs.delete(jobId);
-    node.active = node.jobs.size;
-    return { node, sink };
   }
 }

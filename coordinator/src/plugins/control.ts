@@ -7,13 +7,11 @@
 import {
   ChannelRefused,
   CLOSE_REFUSED,
-  type ClusterMembers,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
   type ControlChannel,
   type CoordinatorFrame,
   channelPair,
-  type clusterFormSchema,
   decodeChunkFrame,
   errorBody,
   type Hello,
@@ -24,19 +22,20 @@ import {
 } from "@sharedllm/protocol";
 import { webSocketChannel } from "@sharedllm/protocol/node";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
-import type { z } from "zod";
 import { admitModels, type KnownModel } from "../catalogue.js";
-import { checkPlan, decideForm, type Formation } from "../clusters.js";
+import type { Clusters } from "../clusters.js";
 import { bearerToken } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
-import { type ConnectedNode, type Fleet, silentNodes } from "../fleet.js";
+import { type Fleet, silentNodes } from "../fleet.js";
 import type { Receipts } from "../ledger/receipts.js";
+import { ConnectedNode } from "../units.js";
 import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
   db: Db;
   fleet: Fleet;
+  clusters: Clusters;
   knownModels: Map<string, KnownModel>;
   heartbeatIntervalMs: number;
   /** where signed work receipts go; absent when the coordinator runs without a ledger */
@@ -62,10 +61,6 @@ function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefin
 }
 
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
-  /** cluster sessions waiting for their workers' `tunnel.ready` */
-  const clusterForms = new Map<string, { ready(nodeId: string): void }>();
-  /** each head's latest formation: the only members its split may name */
-  const formations = new Map<string, Formation>();
   // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
   const sweeper = setInterval(() => {
     for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
@@ -134,7 +129,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     channel.onMessage((text) => {
       // the hot path: one chunk frame per token, no JSON
       const chunk = decodeChunkFrame(text);
-      if (chunk) return node ? o.fleet.chunk(node.id, chunk.jobId, chunk.data) : refuse("the first frame must be hello");
+      if (chunk) return node ? node.chunk(chunk.jobId, chunk.data) : refuse("the first frame must be hello");
       const parsed = parseFrame(nodeFrameSchema, text);
       if (!parsed.ok) return refuse(parsed.reason);
       const frame = parsed.frame;
@@ -168,11 +163,11 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         case "leave":
           return void onLeave(node);
         case "job.end":
-          return o.fleet.end(node.id, frame.jobId, frame.usage);
+          return node.end(frame.jobId, frame.usage);
         case "job.result":
-          return o.fleet.result(node.id, frame.jobId, frame.body);
+          return node.result(frame.jobId, frame.body);
         case "job.error":
-          return o.fleet.error(node.id, frame.jobId, frame);
+          return node.error(frame.jobId, frame);
         case "receipt": {
           const from = node.id;
           if (!o.receipts) return;
@@ -186,16 +181,15 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             .catch((err) => log.error({ err, nodeId: from }, "recording a receipt failed"));
         }
         case "cluster.form":
-          return void formCluster(node, frame);
+          return void o.clusters.form(node, frame, log);
         case "tunnel.ready":
-          return void clusterForms.get(frame.sessionId)?.ready(node.id);
+          return o.clusters.ready(frame.sessionId, node.id);
         case "cluster.plan": {
-          const refused = checkPlan(node.id, formations.get(node.id), frame.members, Date.now());
+          const refused = o.clusters.plan(node, frame.members);
           if (refused) {
             log.warn({ nodeId: node.id, reason: refused }, "cluster split refused");
             return send({ type: "error", message: `cluster split refused: ${refused}` });
           }
-          node.cluster = frame.members.map((m) => ({ ...m, nodeId: m.nodeId.toLowerCase() }));
           log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
           return;
         }
@@ -208,7 +202,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       const id = node.id;
       if (o.fleet.get(id) === node) {
         o.fleet.remove(id, "control channel closed");
-        formations.delete(id);
+        o.clusters.forget(id);
         log.info({ nodeId: id }, "node disconnected");
       }
       if (closing) return;
@@ -244,52 +238,6 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       }
     }
 
-    /**
-     * A head asks for its workers: each worker hears which head may dial it, until when (no key:
-     * the tunnel's keys come from the head's and the worker's own node keys) and says when it is
-     * in place; then the head hears where the tunnels are (and who is missing).
-     */
-    async function formCluster(head: ConnectedNode, f: z.infer<typeof clusterFormSchema>) {
-      const decision = decideForm(head, f, (id) => o.fleet.get(id), Date.now());
-      if (!decision.ok) {
-        log.warn({ nodeId: head.id, reason: decision.reason }, "cluster formation refused");
-        head.send({ type: "cluster.members", sessionId: f.sessionId, members: [], missing: [], refused: decision.reason });
-        return;
-      }
-      const { expiresAt, missing } = decision;
-      // a new formation replaces the head's earlier one, and with it the split it may announce
-      formations.delete(head.id);
-      head.cluster = undefined;
-      const members: ClusterMembers["members"] = [];
-      const waiting = new Set<string>();
-      for (const id of decision.invite) {
-        const w = o.fleet.get(id) as ConnectedNode & { tunnel: NonNullable<ConnectedNode["tunnel"]> };
-        waiting.add(id);
-        w.send({ type: "tunnel.session", sessionId: f.sessionId, head: head.id, expiresAt });
-        members.push({ nodeId: id, ...w.tunnel, freeMemoryBytes: w.heartbeat?.freeMemoryBytes ?? w.capabilities?.memoryBytes ?? 0 });
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(finish, 5_000);
-        function finish() {
-          clearTimeout(timer);
-          clusterForms.delete(f.sessionId);
-          resolve();
-        }
-        if (!waiting.size) return finish();
-        clusterForms.set(f.sessionId, {
-          ready(id) {
-            waiting.delete(id);
-            if (!waiting.size) finish();
-          },
-        });
-      });
-      const ready = members.filter((m) => !waiting.has(m.nodeId));
-      for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
-      formations.set(head.id, { sessionId: f.sessionId, head: head.id, members: new Set(ready.map((m) => m.nodeId)), expiresAt });
-      head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing, expiresAt });
-      log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
-    }
-
     async function onLeave(n: ConnectedNode) {
       o.fleet.remove(n.id, "node left the site");
       await o.db.deleteFrom("node_sessions").where("node_id", "=", n.id).execute();
@@ -320,30 +268,18 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       const models = admitted(h.models);
       await rememberModels(models);
       if (!channel.open) return undefined;
-      // every field present from the start: all nodes share one object shape, which keeps scheduling scans fast
-      const n: ConnectedNode = {
+      const n = new ConnectedNode({
         id: nodeId,
         engine,
         models: new Map(models.map((m) => [m.id, m])),
         slots: h.slots,
-        active: 0,
-        coolingUntil: 0,
         accepting: h.accepting ?? true,
         capabilities: h.capabilities,
-        tokensPerSecond: h.capabilities?.tokensPerSecond ?? 0,
-        jobs: new Map(),
-        connectedAt: Date.now(),
-        lastSeenAt: Date.now(),
-        heartbeat: undefined,
-        notLoaded: undefined,
-        order: 0,
-        loading: undefined,
         role: h.role ?? "solo",
         tunnel: h.tunnel && { host: session.host, ...h.tunnel },
-        cluster: undefined,
         send,
         disconnect: (reason) => channel.close(CLOSE_REFUSED, reason),
-      };
+      });
       o.fleet.add(n);
       send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
       // receipts it has not signed yet (proposed while it was away, or before a restart)

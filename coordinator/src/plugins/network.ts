@@ -8,8 +8,9 @@
 import type { NetworkNode, NetworkResponse } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { Db } from "../db/database.js";
-import type { ConnectedNode, Fleet } from "../fleet.js";
+import type { Fleet } from "../fleet.js";
 import type { Metrics } from "../metrics.js";
+import type { ConnectedNode } from "../units.js";
 
 export async function networkPlugin(app: FastifyInstance, o: { db: Db; fleet: Fleet; metrics: Metrics }): Promise<void> {
   /** What a serving unit can hold: a head counts the members of its split (and itself). */

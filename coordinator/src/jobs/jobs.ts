@@ -1,0 +1,155 @@
+/**
+ * Where jobs are made: a validated request becomes a `Job` (job.ts) with its engine request, its
+ * generation limit and charge bounds, its credit hold when the key is wallet-bound, and the
+ * serving units it may run on. A model that no unit serves now but the coordinator knows how to
+ * get is loaded on demand first: an idle node with room pulls it, and the request waits for the
+ * fleet to report it served.
+ */
+import { randomUUID } from "node:crypto";
+import { ApiError, engineRequest, type JobKind, requestedMaxTokens } from "@sharedllm/protocol";
+import type { FastifyBaseLogger } from "fastify";
+import type { ApiKeyInfo } from "../apiKeys.js";
+import type { KnownModel } from "../catalogue.js";
+import type { Db } from "../db/database.js";
+import type { Fleet, SchedulingPolicy } from "../fleet.js";
+import { type Metering, promptTokenBound } from "../ledger/metering.js";
+import type { Receipts } from "../ledger/receipts.js";
+import type { Metrics } from "../metrics.js";
+import { CreditHold } from "./credits.js";
+import { Job, type JobOutput } from "./job.js";
+import { JobTable } from "./records.js";
+
+/**
+ * The generation limit of a request without max_tokens. It is the coordinator's, not a node's
+ * word (a node that claimed a huge context would make every such request unaffordable).
+ */
+const DEFAULT_MAX_TOKENS = 4096;
+
+/** How long a request waits for a model a node is loading on demand. */
+const LOAD_WAIT_MS = 180_000;
+
+export interface JobsOptions {
+  db: Db;
+  fleet: Fleet;
+  metrics: Metrics;
+  /** extra say over where each job may run */
+  policy?: SchedulingPolicy;
+  /** models ever served here (404 vs 503), with where nodes can pull them from */
+  knownModels: ReadonlyMap<string, KnownModel>;
+  /** credits: wallet-bound keys pay for their jobs, serving nodes get receipts; absent = free */
+  ledger?: { metering: Metering; receipts: Receipts };
+}
+
+/** A request the OpenAI plugin has validated. */
+export interface JobRequest {
+  kind: JobKind;
+  body: Record<string, unknown> & { model: string; stream?: boolean; stream_options?: { include_usage?: boolean } | null };
+  apiKey: ApiKeyInfo;
+  /** aborts when the client goes away */
+  signal: AbortSignal;
+  log: FastifyBaseLogger;
+}
+
+export class Jobs {
+  private readonly records: JobTable;
+
+  constructor(private readonly o: JobsOptions) {
+    this.records = new JobTable(o.db, o.metrics);
+  }
+
+  /** Starts a job for `r`, its output going to `out`; throws (an ApiError) when it cannot start. */
+  async submit(r: JobRequest, out: JobOutput): Promise<Job> {
+    const { fleet, policy, metrics, ledger } = this.o;
+    const { body, apiKey, signal } = r;
+    if (!fleet.servesModel(body.model)) await this.loadOnDemand(body.model, signal, r.log);
+    const jobId = `job_${randomUUID()}`;
+    // the engine generates at most what the credits were reserved for
+    const generationLimit = requestedMaxTokens(body as never) ?? DEFAULT_MAX_TOKENS;
+    const promptTokens = promptTokenBound(body);
+    // a wallet-bound key pays: hold the worst case now (402 before anything runs), charge the actual usage at the end
+    const payer = ledger && apiKey.owner ? (apiKey.owner as `0x${string}`) : undefined;
+    const job = new Job(
+      {
+        start: {
+          type: "job.start",
+          jobId,
+          kind: r.kind,
+          stream: body.stream === true,
+          includeUsage: body.stream_options?.include_usage === true,
+          request: engineRequest(body as never, generationLimit),
+        },
+        model: body.model,
+        apiKeyId: apiKey.id,
+        bounds: { promptTokens, generationLimit, stop: (body as { stop?: string | string[] | null }).stop },
+      },
+      {
+        pick(model, tried) {
+          const t0 = performance.now();
+          const unit = fleet.pick(model, tried, policy && ((n) => policy({ model, apiKeyId: apiKey.id }, n)));
+          metrics.scheduled((performance.now() - t0) / 1000);
+          return unit;
+        },
+        credits:
+          payer && ledger && new CreditHold(ledger, payer, jobId, ledger.metering.price(body.model), { promptTokens, generationLimit }),
+        records: this.records,
+        log: r.log,
+      },
+      out,
+    );
+    if (signal.aborted) job.cancel("client disconnected");
+    else signal.addEventListener("abort", () => job.cancel("client disconnected"), { once: true });
+    await job.run();
+    return job;
+  }
+
+  /**
+   * A model known here but served by no node now: an idle node with room is asked to pull and
+   * load it, and the request waits until the fleet serves it (or the loader fails or goes, the
+   * wait runs out, or the client gives up).
+   */
+  private async loadOnDemand(model: string, signal: AbortSignal, log: FastifyBaseLogger): Promise<void> {
+    const { fleet, knownModels } = this.o;
+    const known = knownModels.get(model);
+    if (!known) throw unknownModel(fleet, model);
+    if (!known.source) {
+      throw new ApiError(
+        "no_capacity",
+        `no node serves "${model}" now, and it is not a model this coordinator loads on demand; try again later`,
+      );
+    }
+    const loader = fleet.requestLoad(known);
+    if (!loader) {
+      throw new ApiError("no_capacity", `no node serves "${model}" now and none has room to load it; try again later`);
+    }
+    log.info({ model, nodeId: loader.id }, "model in demand: a node is loading it");
+    await new Promise<void>((resolve, reject) => {
+      const settle = (err?: ApiError) => {
+        clearTimeout(timer);
+        unwatch();
+        signal.removeEventListener("abort", gone);
+        if (err) reject(err);
+        else resolve();
+      };
+      const gone = () => settle(new ApiError("timeout", "the client went away while the model was loading"));
+      const timer = setTimeout(() => settle(new ApiError("timeout", `"${model}" is still loading; try again shortly`)), LOAD_WAIT_MS);
+      const unwatch = fleet.watch(() => {
+        if (fleet.servesModel(model)) settle();
+        else if (fleet.get(loader.id) !== loader || loader.loading !== model) {
+          settle(new ApiError("no_capacity", `loading "${model}" on a node failed; try again later`));
+        }
+      });
+      if (signal.aborted) gone();
+      else signal.addEventListener("abort", gone, { once: true });
+    });
+  }
+}
+
+/** 404 for a model never served here, naming those that are. */
+export function unknownModel(fleet: Fleet, model: string): ApiError {
+  const served = [...new Set(fleet.list().flatMap((n) => [...n.models.keys()]))];
+  return new ApiError(
+    "model_not_found",
+    `model "${model}" does not exist here; available: ${served.join(", ") || "none (no node is connected)"}`,
+    { param: "model" },
+  );
+}

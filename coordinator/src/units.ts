@@ -1,0 +1,164 @@
+/**
+ * Serving units: what a job runs on. A job sees one interface (`ServingUnit`): start a job,
+ * stop it, say who earns from it. Today there is one implementation, a node on a control channel
+ * (`ConnectedNode`), which is either a solo node (one machine runs the whole model) or a LAN
+ * virtual node (a cluster head whose llama-server splits the model's layers over its members'
+ * rpc-servers: its jobs pay the members by the layers each served). A federated peer or a browser
+ * node is one more implementation of `ServingUnit`.
+ */
+import type {
+  Capabilities,
+  ClusterPlan,
+  CoordinatorFrame,
+  Heartbeat,
+  JobErrorFrame,
+  JobStart,
+  ServedModel,
+  Usage,
+} from "@sharedllm/protocol";
+import type { NodeView } from "./fleet.js";
+
+/** Receives what a unit reports for one job. Exactly one of end/result/error is called, once. */
+export interface JobSink {
+  chunk(data: string): void;
+  end(usage: Usage): void;
+  result(body: Record<string, unknown>): void;
+  error(e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void;
+}
+
+/** Who earns from a job: node addresses with shares in basis points summing to 10000. */
+export interface Payees {
+  members: { node: `0x${string}`; shareBps: number }[];
+  /** the head that ran the job, when the members served layers of a split model */
+  via?: string;
+}
+
+export interface ServingUnit {
+  /** named in responses (`x-sharedllm-node`) and in the jobs table */
+  readonly id: string;
+  readonly models: ReadonlyMap<string, ServedModel>;
+  /** Starts a job; `sink` hears its output, then exactly one of end/result/error. */
+  dispatch(job: JobStart, sink: JobSink): void;
+  /** Stops a job whose client went away; its sink hears nothing more. */
+  cancel(jobId: string): void;
+  /** who is paid for a job served here now */
+  payees(): Payees;
+}
+
+/** How long a node is passed over after an engine failure. */
+const COOL_OFF_MS = 2_000;
+
+/** What a node says of itself when it connects (its hello, checked). */
+export interface NodeInit {
+  id: string;
+  engine: string;
+  models: ReadonlyMap<string, ServedModel>;
+  slots: number;
+  accepting: boolean;
+  capabilities?: Capabilities;
+  role: "solo" | "worker" | "head";
+  tunnel?: { host: string; port: number; tls: boolean; speed: number };
+  send(frame: CoordinatorFrame): void;
+  /** closes the node's control channel */
+  disconnect(reason: string): void;
+}
+
+/**
+ * A node on a control channel: a solo node, or a LAN virtual node once its head has announced a
+ * split. Its jobs are routed by id from the channel's frames to their sinks. Every field is set
+ * in the constructor: all nodes share one object shape, which keeps scheduling scans fast.
+ */
+export class ConnectedNode implements NodeView, ServingUnit {
+  readonly id: string;
+  models: ReadonlyMap<string, ServedModel>;
+  slots: number;
+  /** jobs dispatched and not yet finished */
+  active = 0;
+  coolingUntil = 0;
+  accepting: boolean;
+  notLoaded: ReadonlySet<string> | undefined = undefined;
+  order = 0;
+  tokensPerSecond: number;
+  /** the model the node was asked to load, until it reports its models again */
+  loading: string | undefined = undefined;
+  readonly engine: string;
+  /** last heartbeat (or hello), ms epoch */
+  lastSeenAt = Date.now();
+  readonly connectedAt = Date.now();
+  capabilities: Capabilities | undefined;
+  heartbeat: Heartbeat | undefined = undefined;
+  readonly role: "solo" | "worker" | "head";
+  /** a worker's tunnel, at the address its control channel comes from */
+  readonly tunnel: { host: string; port: number; tls: boolean; speed: number } | undefined;
+  /** a head's current layer split over its workers: set, the node is a LAN virtual node */
+  cluster: ClusterPlan["members"] | undefined = undefined;
+  readonly jobs = new Map<string, JobSink>();
+  readonly send: (frame: CoordinatorFrame) => void;
+  readonly disconnect: (reason: string) => void;
+
+  constructor(n: NodeInit) {
+    this.id = n.id;
+    this.models = n.models;
+    this.slots = n.slots;
+    this.accepting = n.accepting;
+    this.tokensPerSecond = n.capabilities?.tokensPerSecond ?? 0;
+    this.engine = n.engine;
+    this.capabilities = n.capabilities;
+    this.role = n.role;
+    this.tunnel = n.tunnel;
+    this.send = n.send;
+    this.disconnect = n.disconnect;
+  }
+
+  dispatch(job: JobStart, sink: JobSink): void {
+    this.jobs.set(job.jobId, sink);
+    this.active = this.jobs.size;
+    this.send(job);
+  }
+
+  cancel(jobId: string): void {
+    if (this.take(jobId)) this.send({ type: "job.cancel", jobId });
+  }
+
+  payees(): Payees {
+    if (!this.cluster?.length) return { members: [{ node: this.id as `0x${string}`, shareBps: 10_000 }] };
+    return { members: this.cluster.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps })), via: this.id };
+  }
+
+  /** the hot path: one call per streamed token */
+  chunk(jobId: string, data: string): void {
+    this.jobs.get(jobId)?.chunk(data);
+  }
+
+  end(jobId: string, usage: Usage): void {
+    this.take(jobId)?.end(usage);
+  }
+
+  result(jobId: string, body: Record<string, unknown>): void {
+    this.take(jobId)?.result(body);
+  }
+
+  error(jobId: string, e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void {
+    const sink = this.take(jobId);
+    // an engine failure (not a bad request) sends the next jobs elsewhere for a while
+    if (sink && e.status === undefined) this.coolingUntil = Date.now() + COOL_OFF_MS;
+    sink?.error(e);
+  }
+
+  /** Fails every job in flight (the node went away): retryable, as nothing may have reached their clients. */
+  failJobs(reason: string): void {
+    const sinks = [...this.jobs.values()];
+    this.jobs.clear();
+    this.active = 0;
+    for (const sink of sinks) sink.error({ message: `the node serving this request went away (${reason})`, retryable: true });
+  }
+
+  /** Detaches a job; returns its sink if the job is still running here. */
+  private take(jobId: string): JobSink | undefined {
+    const sink = this.jobs.get(jobId);
+    if (!sink) return undefined;
+    this.jobs.delete(jobId);
+    this.active = this.jobs.size;
+    return sink;
+  }
+}
