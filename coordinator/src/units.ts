@@ -75,7 +75,8 @@ export class ConnectedNode implements NodeView, ServingUnit {
   /** jobs dispatched and not yet finished */
   active = 0;
   coolingUntil = 0;
-  accepting: boolean;
+  /** the owner's say: false while paused, outside its schedule, or draining */
+  available: boolean;
   notLoaded: ReadonlySet<string> | undefined = undefined;
   order = 0;
   tokensPerSecond: number;
@@ -100,7 +101,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
     this.id = n.id;
     this.models = n.models;
     this.slots = n.slots;
-    this.accepting = n.accepting;
+    this.available = n.accepting;
     this.tokensPerSecond = n.capabilities?.tokensPerSecond ?? 0;
     this.engine = n.engine;
     this.capabilities = n.capabilities;
@@ -120,7 +121,18 @@ export class ConnectedNode implements NodeView, ServingUnit {
     if (this.take(jobId)) this.send({ type: "job.cancel", jobId });
   }
 
+  /**
+   * Whether the node takes jobs: its owner's say, and for a head, a split the coordinator accepted.
+   * A head's model runs on its workers; without an accepted split there is no one to pay for that
+   * work but the head (docs/security/cluster.md), so it gets no jobs.
+   */
+  get accepting(): boolean {
+    return this.available && (this.role !== "head" || !!this.cluster?.length);
+  }
+
   payees(): Payees {
+    // a head whose split was withdrawn mid-job: the work was its workers', not its own
+    if (this.role === "head" && !this.cluster?.length) return { members: [] };
     if (!this.cluster?.length) return { members: [{ node: this.id as `0x${string}`, shareBps: 10_000 }] };
     return { members: this.cluster.map((m) => ({ node: m.nodeId as `0x${string}`, shareBps: m.shareBps })), via: this.id };
   }

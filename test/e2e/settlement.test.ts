@@ -330,6 +330,12 @@ describe("split clusters", () => {
     await waitFor("three refusals", () => headFrames.filter((f) => f.type === "error").length === 3);
     expect(coordinator.fleet.get(head.id)?.cluster).toBeUndefined();
     expect(await accepted()).toBe(2);
+    // 4. a head without an accepted split gets no jobs: it would be paid alone for its workers' work
+    expect(coordinator.fleet.get(head.id)?.accepting).toBe(false);
+    for (let i = 0; i < 2; i++) await chat(coordinator.url, key);
+    await waitFor("four receipts", async () => (await accepted()) === 4);
+    expect(await earned(coordinator, head)).toBe(0n);
+    expect(await earned(coordinator, attacker)).toBe(4n * JOB_COST);
   });
 });
 

@@ -148,7 +148,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
           return;
         case "availability":
-          node.accepting = frame.accepting;
+          node.available = frame.accepting;
           recordEvent(o.db, log, "node.availability", node.id, { accepting: frame.accepting, reason: frame.reason });
           log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
           return;
