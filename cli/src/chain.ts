@@ -5,6 +5,7 @@
  */
 import { join } from "node:path";
 import { DEV_CHAIN_SCRIPT, DEV_DEPLOYER_KEY, DEV_TIMELOCK_DELAY_S, type Deployment, deployContracts } from "@sharedllm/contracts";
+import { Supervisor } from "@sharedllm/node";
 import {
   type Account,
   type Address,
@@ -22,7 +23,6 @@ import {
 } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createSiweMessage } from "viem/siwe";
-import { Supervisor } from "./engine/supervisor.js";
 
 /** Dev chain prices: 1 credit = 1 gwei, a withdrawal waits an hour. */
 export const DEV_WEI_PER_CREDIT = 1_000_000_000n;

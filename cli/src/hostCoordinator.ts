@@ -1,19 +1,19 @@
 /**
- * Starting a coordinator from the CLI (`up`, `coordinator start`, `site init`): the
- * instance's secrets (join token, dev API key) live in `$SHAREDLLM_HOME/secrets.json`
- * (0600), the database under `$SHAREDLLM_HOME/db` unless DATABASE_URL is set. Beyond
- * loopback it serves HTTPS, or plain HTTP only when asked to in so many words.
+ * Hosting a coordinator from the CLI (`up`, `coordinator start`, `site init`): start it, record
+ * it in a run file, wait for Ctrl-C, stop everything. The instance's secrets (join token, dev API
+ * key) live in `$SHAREDLLM_HOME/secrets.json` (0600), the database under `$SHAREDLLM_HOME/db`
+ * unless DATABASE_URL is set. Beyond loopback it serves HTTPS, or plain HTTP only when asked to
+ * in so many words.
  */
 import { randomBytes, X509Certificate } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ApiKeyVerifier, type Coordinator, type CoordinatorOptions, createApiKey, startCoordinator } from "@sharedllm/coordinator";
+import { loadKeyFile, loadPins, writeFileAtomic } from "@sharedllm/node";
 import type { Logger } from "pino";
 import type { PrivateKeyAccount } from "viem/accounts";
-import { loadKeyFile } from "../identity.js";
-import { writeFileAtomic } from "../lock.js";
-import { loadPins } from "../models/pins.js";
 import type { ListenArgs } from "./args.js";
+import { untilAborted } from "./shutdown.js";
 
 interface Secrets {
   /** the site's join token: nodes register with it */
@@ -47,6 +47,59 @@ export interface RunningCoordinator {
   cert?: string;
 }
 
+/** What a hosted coordinator's caller reports once everything is up. */
+export interface Hosted {
+  /** what the run file records (0600) */
+  record: object;
+  /** the lines printed for the user */
+  banner: string[];
+  /** stops what the caller started beside the coordinator (up: the local node); runs before the coordinator closes */
+  stop?: () => Promise<void>;
+}
+
+export interface HostOptions {
+  home: string;
+  host: string;
+  port: number;
+  databaseUrl?: string;
+  logger: Logger;
+  ledger?: CoordinatorOptions["ledger"];
+  listen: ListenArgs;
+  /** the process's shutdown signal: the coordinator runs until it fires */
+  signal: AbortSignal;
+  /** the run file that says this coordinator runs: written once everything is up, removed when it stops */
+  runFile: string;
+  /** once the coordinator listens: starts what runs beside it and says what to record and print */
+  ready: (running: RunningCoordinator) => Promise<Hosted> | Hosted;
+  /** stops what the caller started before the coordinator (up: the dev chain); runs last, also when starting fails */
+  stopBefore?: () => Promise<void>;
+}
+
+/** Runs a coordinator in the foreground until the shutdown signal, then stops it and what runs beside it. */
+export async function hostCoordinator(o: HostOptions): Promise<void> {
+  await rm(o.runFile, { force: true });
+  const stops: Array<() => Promise<void>> = o.stopBefore ? [o.stopBefore] : [];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop().catch((err) => o.logger.error({ err }, "stop failed"));
+    await rm(o.runFile, { force: true });
+  };
+  try {
+    const running = await startListening(o);
+    stops.push(() => running.coordinator.close());
+    const hosted = await o.ready(running);
+    if (hosted.stop) stops.push(hosted.stop);
+    await writeFileAtomic(o.runFile, `${JSON.stringify(hosted.record, null, 2)}\n`, 0o600);
+    process.stdout.write(`${hosted.banner.join("\n")}\n`);
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+  await untilAborted(o.signal);
+  process.stderr.write("stopping...\n");
+  await stopAll();
+  process.stderr.write("stopped\n");
+}
+
 const isLoopback = (host: string) => host === "localhost" || host === "::1" || /^127\./.test(host);
 
 async function readPem(file: string, flag: string): Promise<string> {
@@ -55,15 +108,7 @@ async function readPem(file: string, flag: string): Promise<string> {
   });
 }
 
-export async function runCoordinator(o: {
-  home: string;
-  host: string;
-  port: number;
-  databaseUrl?: string;
-  logger: Logger;
-  ledger?: CoordinatorOptions["ledger"];
-  listen: ListenArgs;
-}): Promise<RunningCoordinator> {
+async function startListening(o: HostOptions): Promise<RunningCoordinator> {
   const l = o.listen;
   if (Boolean(l.tlsCert) !== Boolean(l.tlsKey)) throw new Error("TLS needs both --tls-cert and --tls-key");
   if (!l.tlsCert && !isLoopback(o.host) && !l.insecureHttp) {

@@ -2,8 +2,9 @@
  * The `sharedllm` command. Every subcommand has --help; errors print one line
  * that says what to do and exit non-zero (2 for usage errors, 1 otherwise).
  */
+
+import { ModelError } from "@sharedllm/node";
 import { Command, CommanderError } from "commander";
-import { ModelError } from "../models/modelError.js";
 import { contractsCommand } from "./contracts.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { creditsCommand } from "./credits.js";

@@ -5,11 +5,11 @@
  */
 import { join } from "node:path";
 import { CreditLedger } from "@sharedllm/contracts";
+import { loadNodeIdentity, type NodeIdentity, resolvePaths } from "@sharedllm/node";
 import type { EarningsResponse, LedgerResponse, NewApiKeyResponse } from "@sharedllm/protocol";
 import { Command } from "commander";
-import { chainClients, signInWithEthereum } from "../chain.js";
-import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
-import { resolvePaths } from "../paths.js";
+import type { Address, Hex } from "viem";
+import { chainClients, signInWithEthereum } from "./chain.js";
 import { checkUrl, files, readJson } from "./node.js";
 
 /** The coordinator from --coordinator, else the one this home's node or `up` uses. */

@@ -9,21 +9,23 @@ import dgram from "node:dgram";
 import { mkdir, open, rm } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
+import {
+  expandCidr,
+  loadNodeIdentity,
+  registerNode,
+  resolvePaths,
+  startSiteDaemon,
+  terminalProgress,
+  writeFileAtomic,
+} from "@sharedllm/node";
 import type { NetworkResponse } from "@sharedllm/protocol";
 import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
-import { registerNode } from "../control/registration.js";
-import { loadNodeIdentity } from "../identity.js";
-import { writeFileAtomic } from "../lock.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
-import { expandCidr } from "../site/discovery.js";
-import { startSiteDaemon } from "../site/siteDaemon.js";
 import { addListenOptions, type ListenArgs, positiveInt, wholeNumber } from "./args.js";
-import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
+import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
-import { shutdownSignal } from "./shutdown.js";
+import { shutdownSignal, untilAborted } from "./shutdown.js";
 
 /** This machine's LAN address, for the join command others run. */
 function lanAddress(): string {
@@ -63,31 +65,31 @@ export function siteCommand(): Command {
     await mkdir(home, { recursive: true });
     await coordinatorAccount(home);
     const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-    const { coordinator, joinToken, apiKey, selfSignedCert } = await runCoordinator({
+    await hostCoordinator({
       home,
       host: o.host,
       port: o.port,
       databaseUrl: o.databaseUrl,
       logger,
       listen: o,
+      signal,
+      runFile: join(home, "site.json"),
+      ready: ({ coordinator, joinToken, apiKey, selfSignedCert }) => {
+        const listening = new URL(coordinator.url);
+        listening.hostname = o.host === "0.0.0.0" ? lanAddress() : o.host;
+        const url = listening.origin;
+        return {
+          record: { coordinatorUrl: url, pid: process.pid },
+          banner: [
+            `site coordinator: ${url}/v1 (OpenAI-compatible)`,
+            `API key:          ${apiKey}`,
+            "join each machine of the site (run on that machine):",
+            `  sharedllm site join ${url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
+            ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to each machine)`] : []),
+          ],
+        };
+      },
     });
-    const listening = new URL(coordinator.url);
-    listening.hostname = o.host === "0.0.0.0" ? lanAddress() : o.host;
-    const url = listening.origin;
-    await writeFileAtomic(join(home, "site.json"), `${JSON.stringify({ coordinatorUrl: url, pid: process.pid }, null, 2)}\n`, 0o600);
-    process.stdout.write(
-      [
-        `site coordinator: ${url}/v1 (OpenAI-compatible)`,
-        `API key:          ${apiKey}`,
-        "join each machine of the site (run on that machine):",
-        `  sharedllm site join ${url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
-        ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to each machine)`] : []),
-        "",
-      ].join("\n"),
-    );
-    await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-    await coordinator.close();
-    await rm(join(home, "site.json"), { force: true });
   });
 
   const join_ = cmd
@@ -191,7 +193,7 @@ export function siteCommand(): Command {
         });
         await recordRun(paths.home, nodeId, config.coordinatorUrl);
         process.stdout.write(`node ${nodeId} joined ${config.coordinatorUrl} and looks for its LAN peers\n`);
-        await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+        await untilAborted(signal);
         await daemon.stop();
         await rm(files(paths.home).run, { force: true });
         process.stderr.write("stopped\n");

@@ -17,3 +17,9 @@ export function shutdownSignal(): AbortSignal {
   }
   return controller.signal;
 }
+
+/** Resolves once the signal fires (at once when it already has). */
+export function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+}

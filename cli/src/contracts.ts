@@ -5,15 +5,12 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { deployContracts } from "@sharedllm/contracts";
+import { DEPLOYMENTS_DIR, deployContracts } from "@sharedllm/contracts";
 import { Command, Option } from "commander";
 import { createPublicClient, type Hex, http, parseGwei } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { chainClients } from "../chain.js";
 import { address } from "./args.js";
-
-const DEPLOYMENTS = fileURLToPath(new URL("../../../contracts/deployments", import.meta.url));
+import { chainClients } from "./chain.js";
 
 export function contractsCommand(): Command {
   const cmd = new Command("contracts").description("deploy the SharedLLM contracts to a chain");
@@ -36,7 +33,7 @@ export function contractsCommand(): Command {
       "1000000000",
     )
     .option("--timelock-delay <seconds>", "how long every governance change waits in the timelock", "172800")
-    .option("--out <dir>", "where the deployment record goes", DEPLOYMENTS)
+    .option("--out <dir>", "where the deployment record goes", DEPLOYMENTS_DIR)
     .action(
       async (o: {
         rpcUrl: string;

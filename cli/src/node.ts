@@ -7,17 +7,20 @@
 import { X509Certificate } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import {
+  isAlive,
+  loadNodeIdentity,
+  parseSchedule,
+  registerNode,
+  resolvePaths,
+  startNodeDaemon,
+  startWorkerDaemon,
+  terminalProgress,
+  writeFileAtomic,
+} from "@sharedllm/node";
 import type { NetworkResponse } from "@sharedllm/protocol";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { type Logger, pino } from "pino";
-import { startWorkerDaemon } from "../cluster/worker.js";
-import { registerNode } from "../control/registration.js";
-import { startNodeDaemon } from "../daemon/daemon.js";
-import { parseSchedule } from "../daemon/schedule.js";
-import { loadNodeIdentity } from "../identity.js";
-import { isAlive, writeFileAtomic } from "../lock.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
 import { positiveInt, wholeNumber } from "./args.js";
 import { shutdownSignal } from "./shutdown.js";
 
