@@ -1,7 +1,7 @@
 /** `sharedllm coordinator start`: a coordinator on its own, for nodes on other machines to join. */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { resolvePaths } from "@sharedllm/node";
+import { resolvePaths, SharedLLMError } from "@sharedllm/node";
 import { Command, Option } from "commander";
 import { pino } from "pino";
 import { addListenOptions, address, addSettlementOptions, type ListenArgs, type SettlementArgs, wholeNumber } from "./args.js";
@@ -31,7 +31,8 @@ export function coordinatorCommand(): Command {
       } & SettlementArgs &
         ListenArgs,
     ) => {
-      if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger)) throw new Error("credits need both --chain-rpc-url and --ledger");
+      if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger))
+        throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
       const signal = shutdownSignal();
       const { home } = resolvePaths();
       await mkdir(home, { recursive: true });

@@ -9,7 +9,7 @@ import { randomBytes, X509Certificate } from "node:crypto";
 import { readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { ApiKeyVerifier, type Coordinator, type CoordinatorOptions, createApiKey, startCoordinator } from "@sharedllm/coordinator";
-import { loadKeyFile, loadPins, writeFileAtomic } from "@sharedllm/node";
+import { loadKeyFile, loadPins, SharedLLMError, writeFileAtomic } from "@sharedllm/node";
 import type { Logger } from "pino";
 import type { PrivateKeyAccount } from "viem/accounts";
 import type { ListenArgs } from "./args.js";
@@ -104,15 +104,37 @@ const isLoopback = (host: string) => host === "localhost" || host === "::1" || /
 
 async function readPem(file: string, flag: string): Promise<string> {
   return readFile(file, "utf8").catch((err: Error) => {
-    throw new Error(`cannot read ${flag} ${file}: ${err.message}`);
+    throw new SharedLLMError("config", `cannot read ${flag} ${file}: ${err.message}`);
   });
+}
+
+function certificate(pem: string, file: string): X509Certificate {
+  try {
+    return new X509Certificate(pem);
+  } catch {
+    throw new SharedLLMError("config", `--tls-cert ${file} is not a PEM certificate`);
+  }
+}
+
+/** What a PostgreSQL connection fails with when the URL points nowhere usable: no server, no such host, wrong password, no such database. */
+const DATABASE_UNUSABLE = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "28P01", "28000", "3D000"]);
+
+/** Where a database URL points, without the password it may hold. */
+function databaseWhere(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.host}${u.pathname}`;
+  } catch {
+    return "--database-url";
+  }
 }
 
 async function startListening(o: HostOptions): Promise<RunningCoordinator> {
   const l = o.listen;
-  if (Boolean(l.tlsCert) !== Boolean(l.tlsKey)) throw new Error("TLS needs both --tls-cert and --tls-key");
+  if (Boolean(l.tlsCert) !== Boolean(l.tlsKey)) throw new SharedLLMError("config", "TLS needs both --tls-cert and --tls-key");
   if (!l.tlsCert && !isLoopback(o.host) && !l.insecureHttp) {
-    throw new Error(
+    throw new SharedLLMError(
+      "config",
       `refusing to listen on ${o.host} without TLS: API keys, prompts, sign-in sessions and the join token would cross the network in clear. ` +
         "Pass --tls-cert <file> --tls-key <file> (a certificate for the address users and nodes reach), " +
         "or --insecure-http on a network you trust",
@@ -120,7 +142,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
   }
   const tls =
     l.tlsCert && l.tlsKey ? { cert: await readPem(l.tlsCert, "--tls-cert"), key: await readPem(l.tlsKey, "--tls-key") } : undefined;
-  const cert = tls && new X509Certificate(tls.cert);
+  const cert = tls && certificate(tls.cert, l.tlsCert as string);
   const secrets = await loadSecrets(o.home);
   const coordinator = await startCoordinator({
     host: o.host,
@@ -135,7 +157,13 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     publicOrigins: l.publicUrl,
     rateLimits: { registrations: l.maxRegistrationsPerMinute, signIns: l.maxSignInsPerMinute },
   }).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === "EADDRINUSE") throw new Error(`port ${o.port} is in use; pick another with --port`);
+    if (err.code === "EADDRINUSE") throw new SharedLLMError("busy", `port ${o.port} is in use; pick another with --port`);
+    if (o.databaseUrl && DATABASE_UNUSABLE.has(err.code ?? "")) {
+      throw new SharedLLMError("unreachable", `cannot use the PostgreSQL database at ${databaseWhere(o.databaseUrl)}: ${err.message}`, {
+        hint: "check --database-url (or DATABASE_URL), or leave it out to use the embedded database",
+        cause: err,
+      });
+    }
     throw err;
   });
   let apiKey = secrets.devApiKey;

@@ -2,6 +2,8 @@
  * One AbortSignal for the whole process, fired by the first SIGINT or SIGTERM;
  * a second signal exits at once. Everything long-running listens to it.
  */
+import { SharedLLMError } from "@sharedllm/node";
+
 let controller: AbortController | undefined;
 
 export function shutdownSignal(): AbortSignal {
@@ -10,7 +12,7 @@ export function shutdownSignal(): AbortSignal {
     controller = c;
     const onSignal = (sig: NodeJS.Signals) => {
       if (c.signal.aborted) process.exit(130);
-      c.abort(new Error(`interrupted by ${sig}`));
+      c.abort(new SharedLLMError("interrupted", `interrupted by ${sig}`));
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);

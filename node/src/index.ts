@@ -9,6 +9,7 @@ export { parseSchedule, ScheduleError } from "./daemon/schedule.js";
 export { bundledSource, detectVariant, type Engine, ensureEngine, findEngine } from "./engine/build.js";
 export { freePort } from "./engine/freePort.js";
 export { Supervisor } from "./engine/supervisor.js";
+export { type ErrorCode, SharedLLMError } from "./errors.js";
 export { loadKeyFile, loadNodeIdentity, type NodeIdentity } from "./identity.js";
 export { isAlive, writeFileAtomic } from "./lock.js";
 export { ModelError } from "./models/modelError.js";
