@@ -158,7 +158,8 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     rateLimits: { registrations: l.maxRegistrationsPerMinute, signIns: l.maxSignInsPerMinute },
   }).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "EADDRINUSE") throw new SharedLLMError("busy", `port ${o.port} is in use; pick another with --port`);
-    if (o.databaseUrl && DATABASE_UNUSABLE.has(err.code ?? "")) {
+    const cause = err.cause as NodeJS.ErrnoException | undefined;
+    if (o.databaseUrl && DATABASE_UNUSABLE.has(err.code ?? cause?.code ?? "")) {
       throw new SharedLLMError("unreachable", `cannot use the PostgreSQL database at ${databaseWhere(o.databaseUrl)}: ${err.message}`, {
         hint: "check --database-url (or DATABASE_URL), or leave it out to use the embedded database",
         cause: err,
