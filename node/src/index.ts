@@ -17,6 +17,6 @@ export { loadPins } from "./models/pins.js";
 export { DEFAULT_MODEL } from "./models/sources.js";
 export { type ModelEntry, ModelStore } from "./models/store.js";
 export { type Paths, resolvePaths } from "./paths.js";
-export { type ProgressFactory, silentProgress, terminalProgress } from "./progress.js";
+export { type ProgressFactory, terminalProgress } from "./progress.js";
 export { expandCidr } from "./site/discovery.js";
 export { type SiteDaemon, type SiteDaemonOptions, startSiteDaemon } from "./site/siteDaemon.js";
