@@ -6,6 +6,7 @@ export default defineConfig({
       "protocol/src/**/*.test.ts",
       "coordinator/src/**/*.test.ts",
       "node/src/**/*.test.ts",
+      "cli/src/**/*.test.ts",
       "test/**/*.test.ts",
       "contracts/test/**/*.test.ts",
     ],

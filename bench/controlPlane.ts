@@ -15,7 +15,7 @@ import { waitFor } from "../test/helpers.ts";
 import { SimNode } from "../test/simNode.ts";
 import { median } from "./coordinator.ts";
 
-const BIN = join(import.meta.dirname, "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
 
 function procStats(pid: number): { cpuMs: number; rssBytes: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");

@@ -25,7 +25,7 @@ export interface StreamTiming {
 
 /** full-length requests per path before measuring */
 const WARM_UP_REQUESTS = 3;
-const BIN = join(import.meta.dirname, "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
 
 /**
  * Sends one streamed chat request and times each token's chunk as the client sees

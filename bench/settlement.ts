@@ -7,6 +7,7 @@
  * users cost almost nothing each, and a batch posts at most 400 users (a transaction's gas cap).
  */
 import { randomUUID } from "node:crypto";
+import { chainClients, deployDevContracts, startDevChain } from "@sharedllm/cli";
 import { receiptJobId } from "@sharedllm/protocol";
 import { pino } from "pino";
 import { type Address, createTestClient, createWalletClient, http, parseEther } from "viem";
@@ -15,7 +16,6 @@ import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "../contracts/src/index.ts
 import { openDatabase } from "../coordinator/src/db/database.ts";
 import { LedgerChain } from "../coordinator/src/ledger/chain.ts";
 import { Settler } from "../coordinator/src/ledger/settlement.ts";
-import { chainClients, deployDevContracts, startDevChain } from "../node/src/chain.ts";
 import { freePort } from "../node/src/engine/freePort.ts";
 import { tempPaths } from "../test/helpers.ts";
 

@@ -2,10 +2,11 @@
  * A real local EVM chain for tests (the dev chain `sharedllm up` runs: Hardhat's JSON-RPC node)
  * with the real contracts deployed, and wallets from its well-known test mnemonic.
  */
+
+import { chainClients, DEV_WEI_PER_CREDIT, deployDevContracts, signInWithEthereum, startDevChain } from "@sharedllm/cli";
 import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "@sharedllm/contracts";
 import { type Address, createTestClient, type Hex, http, type LocalAccount, parseEther } from "viem";
 import { generatePrivateKey, mnemonicToAccount, privateKeyToAccount } from "viem/accounts";
-import { chainClients, DEV_WEI_PER_CREDIT, deployDevContracts, signInWithEthereum, startDevChain } from "../node/src/chain.ts";
 import { freePort } from "../node/src/engine/freePort.ts";
 import { tempPaths } from "./helpers.ts";
 

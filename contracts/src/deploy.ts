@@ -1,3 +1,4 @@
+import { fileURLToPath } from "node:url";
 import type { Account, Address, Chain, Hex, PublicClient, Transport, WalletClient } from "viem";
 import { keccak256, stringToBytes } from "viem";
 import { CreditLedger, FederationRegistry, MockStablecoin, TimelockController } from "./artifacts.js";
@@ -12,6 +13,9 @@ export const ROLES = {
 
 /** Timelock delay of dev deployments: long enough to be a real delay, short enough for a test to wait it out. */
 export const DEV_TIMELOCK_DELAY_S = 2n;
+
+/** Where deployments to real networks are recorded, one `<chainId>.json` each. */
+export const DEPLOYMENTS_DIR = fileURLToPath(new URL("../deployments", import.meta.url));
 
 export interface Deployment {
   chainId: number;

@@ -6,6 +6,7 @@
 import { chmod, mkdir, readFile, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
+import { SharedLLMError } from "./errors.js";
 import { writeFileAtomic } from "./lock.js";
 
 export interface NodeIdentity {
@@ -33,7 +34,10 @@ export async function loadKeyFile(
     // a key file others can read is tightened, not trusted as is
     if (((await stat(file)).mode & 0o077) !== 0) await chmod(file, 0o600);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`${file} is unreadable: ${(err as Error).message}`);
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT")
+      throw new SharedLLMError("config", `${file} is unreadable: ${(err as Error).message}`, {
+        hint: "it holds this machine's node key: restore it from a backup (without it this machine is a new node, and what the old one earned stays with the old key)",
+      });
     if (!opts.create) return undefined;
     privateKey = generatePrivateKey();
     const address = privateKeyToAccount(privateKey).address;

@@ -1,6 +1,22 @@
+/**
+ * The node daemon as a library: the llama.cpp engine, the model store, the solo daemon, the LAN
+ * cluster roles and the site daemon. The `sharedllm` command (`cli/`) composes these.
+ */
+export { startWorkerDaemon, type WorkerDaemon, type WorkerDaemonOptions } from "./cluster/worker.js";
+export { RegistrationRefused, registerNode } from "./control/registration.js";
 export { type NodeDaemon, type NodeDaemonOptions, startNodeDaemon } from "./daemon/daemon.js";
-export { type Engine, ensureEngine, findEngine } from "./engine/build.js";
+export { parseSchedule, ScheduleError } from "./daemon/schedule.js";
+export { bundledSource, detectVariant, type Engine, ensureEngine, findEngine } from "./engine/build.js";
+export { freePort } from "./engine/freePort.js";
+export { Supervisor } from "./engine/supervisor.js";
+export { type ErrorCode, SharedLLMError } from "./errors.js";
+export { loadKeyFile, loadNodeIdentity, type NodeIdentity } from "./identity.js";
+export { isAlive, writeFileAtomic } from "./lock.js";
 export { ModelError } from "./models/modelError.js";
+export { loadPins } from "./models/pins.js";
 export { DEFAULT_MODEL } from "./models/sources.js";
 export { type ModelEntry, ModelStore } from "./models/store.js";
 export { type Paths, resolvePaths } from "./paths.js";
+export { type ProgressFactory, terminalProgress } from "./progress.js";
+export { expandCidr } from "./site/discovery.js";
+export { type SiteDaemon, type SiteDaemonOptions, startSiteDaemon } from "./site/siteDaemon.js";

@@ -14,7 +14,7 @@ import { createKey, devWallet, signIn, startTestChain, type TestChain } from "..
 import { tempPaths, waitFor } from "../helpers.ts";
 import { MODEL, type System, startSystem } from "../system.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 
 let chain: TestChain;
 let sys: System;

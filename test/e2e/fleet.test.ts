@@ -14,7 +14,7 @@ import { NODE_HEADER } from "../../coordinator/src/plugins/openai.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 
 interface Daemon {

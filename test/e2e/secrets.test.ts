@@ -7,13 +7,13 @@ import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
+import { daemonArgs, serviceUnit } from "@sharedllm/cli";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { daemonArgs, serviceUnit } from "../../node/src/cli/site.ts";
 import { isAlive } from "../../node/src/lock.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 let coordinator: Coordinator;
 let db: TestDatabase;

@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { chainClients } from "@sharedllm/cli";
 import {
   CreditLedger,
   DEV_DEPLOYER_KEY,
@@ -33,12 +34,11 @@ import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type Db, openDatabase } from "../../coordinator/src/db/database.ts";
 import type { Database } from "../../coordinator/src/db/schema.ts";
-import { chainClients } from "../../node/src/chain.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { SimNode, signsReceipts } from "../simNode.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 /** echoJob's usage is 3 prompt + 2 completion tokens: 3 + 2*2 credits */
 const JOB_COST = 7n;
 

@@ -10,7 +10,7 @@ import { type Coordinator, startCoordinator } from "../../coordinator/src/index.
 import { freePort } from "../../node/src/engine/freePort.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase } from "../helpers.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 let coordinator: Coordinator;
 let db: TestDatabase;
 let home: Awaited<ReturnType<typeof tempPaths>>;

@@ -18,7 +18,7 @@ import { ControlClient } from "../../node/src/control/client.ts";
 import { registerNode, sessionCredentials } from "../../node/src/control/registration.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 let dir: Awaited<ReturnType<typeof tempPaths>>;
 let db: TestDatabase;

@@ -12,7 +12,7 @@ import { hashSecret } from "../../coordinator/src/credentials.ts";
 import { openDatabase } from "../../coordinator/src/db/database.ts";
 import { tempPaths, waitFor } from "../helpers.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 
 /** The environment of a fresh machine: embedded defaults, so no DATABASE_URL. */
 function userEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {

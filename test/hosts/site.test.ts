@@ -13,7 +13,7 @@ import { tempPaths, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 import { canUseNetns, type Host, Lan } from "./netns.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 /**
  * The clustering threshold of these hosts: between the near hosts' round trip and the far one's
  * (10 ms and more). On some virtual machines a datagram's round trip between two idle processes is

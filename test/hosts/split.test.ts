@@ -19,7 +19,7 @@ import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 import { canUseNetns, type Host, Lan } from "./netns.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "node", "bin", "sharedllm.js");
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 const PROMPTS = ["Name three colours.", "What is the capital of France?"];
 

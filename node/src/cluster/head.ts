@@ -9,6 +9,7 @@
 import { randomUUID } from "node:crypto";
 import type { ClusterMembers, NodeFrame } from "@sharedllm/protocol";
 import type { Logger } from "pino";
+import { SharedLLMError } from "../errors.js";
 import type { ModelLayout } from "../models/gguf.js";
 import { type MemberInfo, type Placement, planPlacement, tensorSplit } from "./placement.js";
 import {
@@ -58,14 +59,14 @@ export class ClusterHead {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending = undefined;
-        reject(new Error("the coordinator did not answer the cluster request (is this node connected?)"));
+        reject(new SharedLLMError("cluster", "the coordinator did not answer the cluster request (is this node connected?)"));
       }, FORM_TIMEOUT_MS);
       this.pending = {
         sessionId,
         resolve: (members) => {
           clearTimeout(timer);
           this.pending = undefined;
-          if (members.refused) reject(new Error(`the coordinator would not form the cluster: ${members.refused}`));
+          if (members.refused) reject(new SharedLLMError("cluster", `the coordinator would not form the cluster: ${members.refused}`));
           else resolve({ members, sessionId });
         },
       };
@@ -124,7 +125,10 @@ export class ClusterHead {
       await new Promise((r) => setTimeout(r, FORM_RETRY_MS));
     }
     const { infos } = formed;
-    if (!infos.length) throw new Error("no cluster member is reachable");
+    if (!infos.length)
+      throw new SharedLLMError("cluster", "no cluster member is reachable", {
+        hint: "check that the workers run (sharedllm node status on each)",
+      });
     const plan = planPlacement(this.o.layout, infos, { maxRttMs: this.o.maxRttMs });
     for (const e of plan.excluded) this.o.logger.warn(e, "cluster member left out of the split");
     const ports: number[] = [];

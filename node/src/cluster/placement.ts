@@ -10,6 +10,7 @@
  * others can hold the model (one weak host must not slow the cluster: llama.cpp issue 10047).
  */
 import { sharesByLayers } from "@sharedllm/protocol";
+import { SharedLLMError } from "../errors.js";
 import type { ModelLayout } from "../models/gguf.js";
 
 export interface MemberInfo {
@@ -55,13 +56,13 @@ export interface PlacementOptions {
   minThroughputMiBps?: number;
 }
 
-export class PlacementError extends Error {
+export class PlacementError extends SharedLLMError {
   override name = "PlacementError";
   constructor(
     message: string,
     readonly missingBytes: number,
   ) {
-    super(message);
+    super("cluster", message);
   }
 }
 

@@ -24,6 +24,7 @@ import net, { type Socket } from "node:net";
 import tls, { type TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 import { type Hex, recoverMessageAddress } from "viem";
+import { SharedLLMError } from "../errors.js";
 import { fromOwnUser } from "./localPeer.js";
 import { type Relayed, relay } from "./relay.js";
 import type { RpcAddress } from "./rpcServer.js";
@@ -382,7 +383,7 @@ export async function dialTunnel(o: DialOptions): Promise<TLSSocket> {
     return socket;
   } catch (err) {
     socket.destroy();
-    throw new Error(`tunnel to ${o.workerId} at ${o.host}:${o.port}: ${(err as Error).message}`);
+    throw new SharedLLMError("cluster", `tunnel to ${o.workerId} at ${o.host}:${o.port}: ${(err as Error).message}`, { cause: err });
   }
 }
 

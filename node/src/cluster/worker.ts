@@ -11,6 +11,7 @@ import { capabilities, detectHardware } from "../control/capabilities.js";
 import type { ControlClient } from "../control/client.js";
 import { openControlLink } from "../control/link.js";
 import { ensureEngine } from "../engine/build.js";
+import { SharedLLMError } from "../errors.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
@@ -98,7 +99,10 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     await tunnel.listen();
   } catch (err) {
     await rpc.stop();
-    throw new Error(`the tunnel cannot listen on ${o.tunnelHost ?? "0.0.0.0"}:${o.tunnelPort ?? 0}: ${(err as Error).message}`);
+    throw new SharedLLMError(
+      "config",
+      `the tunnel cannot listen on ${o.tunnelHost ?? "0.0.0.0"}:${o.tunnelPort ?? 0}: ${(err as Error).message}; pick another --tunnel-port or --tunnel-host`,
+    );
   }
   const speed = computeScore(threads);
   const caps = await capabilities({ home: o.paths.home, cache: o.paths.cache, engine, threads, hardware: await hardware });

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import type { Capabilities } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import type { Engine } from "../engine/build.js";
+import { SharedLLMError } from "../errors.js";
 import { writeFileAtomic } from "../lock.js";
 
 export interface Hardware {
@@ -103,7 +104,7 @@ export async function measureSpeed(llamaUrl: string, apiKey: string): Promise<nu
     headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}` },
     body: JSON.stringify({ prompt: "The history of computing", n_predict: 64, temperature: 0, ignore_eos: true, cache_prompt: false }),
   });
-  if (!res.ok) throw new Error(`speed measurement failed: HTTP ${res.status}`);
+  if (!res.ok) throw new SharedLLMError("engine", `the engine failed its speed measurement: HTTP ${res.status}`);
   const body = (await res.json()) as { timings?: { predicted_per_second?: number } };
   return body.timings?.predicted_per_second ?? 0;
 }

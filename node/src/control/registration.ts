@@ -10,11 +10,15 @@ import https from "node:https";
 import { REGISTER_PATH, type RegisterRequest, type RegisterResponse, registrationMessage } from "@sharedllm/protocol";
 import { signSiteRequest } from "@sharedllm/protocol/node";
 import type { PrivateKeyAccount } from "viem/accounts";
+import { SharedLLMError } from "../errors.js";
 import type { SessionCredentials } from "./client.js";
 
 /** The coordinator said no: retrying with the same credentials will not help. */
-export class RegistrationRefused extends Error {
+export class RegistrationRefused extends SharedLLMError {
   override name = "RegistrationRefused";
+  constructor(message: string) {
+    super("refused", message);
+  }
 }
 
 export interface RegistrationOptions {
@@ -46,7 +50,10 @@ export async function registerNode(o: RegistrationOptions): Promise<RegisterResp
   if (res.status === 401 || res.status === 400) {
     throw new RegistrationRefused(`the coordinator refused this node: ${json.error?.message ?? `HTTP ${res.status}`}`);
   }
-  if (res.status < 200 || res.status > 299) throw new Error(`registration failed: HTTP ${res.status} ${json.error?.message ?? ""}`);
+  if (res.status < 200 || res.status > 299)
+    throw new SharedLLMError("unreachable", `registration failed: HTTP ${res.status} ${json.error?.message ?? ""}`, {
+      hint: "the coordinator could not take the registration; try again, or ask its operator",
+    });
   return json as RegisterResponse;
 }
 

@@ -13,6 +13,7 @@ import type { ControlClient } from "../control/client.js";
 import { openControlLink } from "../control/link.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
+import { SharedLLMError } from "../errors.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { estimateServingMemory, readModelLayout } from "../models/gguf.js";
 import { ModelError } from "../models/modelError.js";
@@ -126,7 +127,8 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     const need = o.maxMemoryBytes === undefined ? 0 : await estimateServingMemory(store.blobPath(entry.sha256), slots * contextPerSlot);
     const used = [...served.values()].reduce((sum, s) => sum + s.memoryBytes, 0);
     if (o.maxMemoryBytes !== undefined && used + need > o.maxMemoryBytes) {
-      throw new Error(
+      throw new SharedLLMError(
+        "config",
         `${entry.id} needs about ${(need / GiB).toFixed(2)} GiB with ${slots} slots of ${contextPerSlot} tokens` +
           `${used ? ` on top of ${(used / GiB).toFixed(2)} GiB in use` : ""}, over the ${(o.maxMemoryBytes / GiB).toFixed(2)} GiB cap; ` +
           "raise --max-memory, lower --slots, or pick a smaller model",

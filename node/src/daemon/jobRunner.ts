@@ -10,6 +10,7 @@
  */
 import { type IncomingMessage, request } from "node:http";
 import { type JobStart, type NodeFrame, SseDecoder, type Usage } from "@sharedllm/protocol";
+import { SharedLLMError } from "../errors.js";
 import type { EngineConnections } from "./engineConnection.js";
 
 const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as const;
@@ -17,8 +18,11 @@ const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as
 type Send = (f: NodeFrame) => void;
 
 /** llama-server did not take the request at all (it is down or restarting); nothing was sent for the job. */
-export class EngineUnreachable extends Error {
+export class EngineUnreachable extends SharedLLMError {
   override name = "EngineUnreachable";
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super("engine", message, options);
+  }
 }
 
 export async function runJob(job: JobStart, engine: EngineConnections, send: Send, signal: AbortSignal): Promise<void> {

@@ -5,6 +5,8 @@
  * `weekends`, or a comma list of `mon`..`sun` (ranges like `mon-fri` too). A window
  * that ends before it starts runs overnight and belongs to the day it starts on.
  */
+import { SharedLLMError } from "../errors.js";
+
 const DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"] as const;
 
 export interface Window {
@@ -14,8 +16,11 @@ export interface Window {
   end: number;
 }
 
-export class ScheduleError extends Error {
+export class ScheduleError extends SharedLLMError {
   override name = "ScheduleError";
+  constructor(message: string) {
+    super("config", message);
+  }
 }
 
 function parseDays(spec: string): Set<number> {

@@ -14,6 +14,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promise
 import { createRequire } from "node:module";
 import { arch, cpus } from "node:os";
 import { dirname, join } from "node:path";
+import { SharedLLMError } from "../errors.js";
 import { acquireLock, isAlive } from "../lock.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 
@@ -45,7 +46,7 @@ export async function bundledSource(): Promise<{ bundle: string; tag: string }> 
   // the package exports no ./package.json: walk up from its entry point
   let pkgDir = dirname(require.resolve("node-llama-cpp"));
   while (!existsSync(join(pkgDir, "llama", "gitRelease.bundle"))) {
-    if (dirname(pkgDir) === pkgDir) throw new Error("node-llama-cpp has no bundled llama.cpp source; run npm install");
+    if (dirname(pkgDir) === pkgDir) throw new SharedLLMError("engine", "node-llama-cpp has no bundled llama.cpp source; run npm install");
     pkgDir = dirname(pkgDir);
   }
   const info = JSON.parse(await readFile(join(pkgDir, "llama", "llama.cpp.info.json"), "utf8")) as {
@@ -177,7 +178,7 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
       builtAt: new Date().toISOString(),
     };
     for (const target of TARGETS) {
-      if (!existsSync(join(stage, "bin", target))) throw new Error(`engine build produced no ${target}; see ${work}`);
+      if (!existsSync(join(stage, "bin", target))) throw new SharedLLMError("engine", `engine build produced no ${target}; see ${work}`);
     }
     await writeFile(join(stage, "engine.json"), `${JSON.stringify(engine, null, 2)}\n`);
     await rm(final, { recursive: true, force: true });
@@ -228,7 +229,7 @@ function run(cmd: string, args: string[], o: RunOptions): Promise<void> {
     o.signal?.addEventListener("abort", abort, { once: true });
     child.on("error", (err) => {
       o.signal?.removeEventListener("abort", abort);
-      reject(new Error(`could not run ${cmd}: ${err.message}. Install it (Debian: apt-get install ${cmd}).`));
+      reject(new SharedLLMError("system", `could not run ${cmd}: ${err.message}. Install it (Debian: apt-get install ${cmd}).`));
     });
     child.on("close", async (code, sig) => {
       o.signal?.removeEventListener("abort", abort);
@@ -236,7 +237,7 @@ function run(cmd: string, args: string[], o: RunOptions): Promise<void> {
       if (o.signal?.aborted) return reject(o.signal.reason ?? new Error("aborted"));
       if (code === 0) return resolvePromise();
       const tail = lines.slice(-30).join("\n");
-      reject(new Error(`${cmd} ${args.slice(0, 2).join(" ")} failed (${sig ?? `exit ${code}`}):\n${tail}`));
+      reject(new SharedLLMError("engine", `${cmd} ${args.slice(0, 2).join(" ")} failed (${sig ?? `exit ${code}`}):\n${tail}`));
     });
   });
 }

@@ -9,6 +9,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { dirname } from "node:path";
+import { SharedLLMError } from "../errors.js";
 
 export interface SupervisorOptions {
   name: string;
@@ -126,7 +127,7 @@ export class Supervisor extends EventEmitter<{
       child.once("error", (err) => {
         if (starting) {
           starting = false;
-          reject(new Error(`${this.opts.name} could not start: ${err.message}`));
+          reject(new SharedLLMError("engine", `${this.opts.name} could not start: ${err.message}`));
         }
       });
       child.once("exit", (code, signal) => {
@@ -135,7 +136,9 @@ export class Supervisor extends EventEmitter<{
         if (this.child === child) this.child = undefined;
         if (starting) {
           starting = false;
-          reject(new Error(`${this.opts.name} exited during start-up (${signal ?? `code ${code}`}):\n${this.logTail()}`));
+          reject(
+            new SharedLLMError("engine", `${this.opts.name} exited during start-up (${signal ?? `code ${code}`}):\n${this.logTail()}`),
+          );
           return;
         }
         if (this.stopping) return;
@@ -155,7 +158,7 @@ export class Supervisor extends EventEmitter<{
         if (Date.now() > deadline) {
           starting = false;
           child.kill("SIGKILL");
-          reject(new Error(`${this.opts.name} did not become healthy in time:\n${this.logTail()}`));
+          reject(new SharedLLMError("engine", `${this.opts.name} did not become healthy in time:\n${this.logTail()}`));
           return;
         }
         setTimeout(poll, 100);

@@ -11,6 +11,7 @@
 import { open, stat } from "node:fs/promises";
 import { type GgufFileInfo, readGgufFileInfo } from "node-llama-cpp";
 import { z } from "zod";
+import { SharedLLMError } from "../errors.js";
 
 /** Limits on what a header may declare; each is far above the largest released model. */
 export const GGUF_LIMITS = {
@@ -28,10 +29,10 @@ export const GGUF_LIMITS = {
   contextLength: 1 << 24,
 } as const;
 
-export class GgufRefused extends Error {
+export class GgufRefused extends SharedLLMError {
   override name = "GgufRefused";
   constructor(path: string, what: string) {
-    super(`${path} is not a usable GGUF model: ${what}; get the model from a source you trust`);
+    super("model", `${path} is not a usable GGUF model: ${what}; get the model from a source you trust`);
   }
 }
 
@@ -147,7 +148,7 @@ export async function readModelLayout(modelPath: string, contextTokens: number):
     if (m && Number(m[1]) >= f.layers) throw new GgufRefused(modelPath, `tensor ${name} is past block_count ${f.layers}`);
     if (m) layerBytes[Number(m[1])] = (layerBytes[Number(m[1])] ?? 0) + bytes;
   }
-  if (layerBytes.some((b) => b === 0) || size <= 0) throw new Error(`${modelPath}: cannot read its layer layout`);
+  if (layerBytes.some((b) => b === 0) || size <= 0) throw new GgufRefused(modelPath, "cannot read its layer layout");
   return { layerBytes, kvBytesPerLayer: kvBytesPerTokenPerLayer(f) * contextTokens };
 }
 

@@ -19,6 +19,7 @@ import {
   signBeacon,
 } from "@sharedllm/protocol/node";
 import type { Logger } from "pino";
+import { SharedLLMError } from "../errors.js";
 
 export interface Peer {
   nodeId: string;
@@ -239,11 +240,11 @@ export class Discovery extends EventEmitter<{ change: [] }> {
 /** The addresses of an IPv4 CIDR range (at most a /16), without network and broadcast addresses. */
 export function expandCidr(cidr: string): string[] {
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr.trim());
-  if (!m) throw new Error(`"${cidr}" is not an IPv4 range like 192.168.1.0/24`);
+  if (!m) throw new SharedLLMError("config", `"${cidr}" is not an IPv4 range like 192.168.1.0/24`);
   const octets = m.slice(1, 5).map(Number);
   const bits = Number(m[5]);
-  if (octets.some((o) => o > 255) || bits > 32) throw new Error(`"${cidr}" is not an IPv4 range like 192.168.1.0/24`);
-  if (bits < 16) throw new Error(`${cidr} is too large to scan: use /16 or smaller`);
+  if (octets.some((o) => o > 255) || bits > 32) throw new SharedLLMError("config", `"${cidr}" is not an IPv4 range like 192.168.1.0/24`);
+  if (bits < 16) throw new SharedLLMError("config", `${cidr} is too large to scan: use /16 or smaller`);
   const base = octets.reduce((a, o) => (a << 8) | o, 0) >>> 0;
   const size = 2 ** (32 - bits);
   const start = (base & ~(size - 1)) >>> 0;

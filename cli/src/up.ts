@@ -6,17 +6,12 @@
  */
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { freePort, loadNodeIdentity, type NodeIdentity, resolvePaths, startNodeDaemon, terminalProgress } from "@sharedllm/node";
 import { Command, Option } from "commander";
 import { pino } from "pino";
-import { deployDevContracts, startDevChain } from "../chain.js";
-import { startNodeDaemon } from "../daemon/daemon.js";
-import { freePort } from "../engine/freePort.js";
-import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
-import { writeFileAtomic } from "../lock.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
 import { addListenOptions, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs, wholeNumber } from "./args.js";
-import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
+import { deployDevContracts, startDevChain } from "./chain.js";
+import { coordinatorAccount, type HostOptions, hostCoordinator } from "./hostCoordinator.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export interface UpFile {
@@ -64,21 +59,19 @@ export function upCommand(): Command {
       const paths = resolvePaths();
       await mkdir(paths.home, { recursive: true });
       const upFile = join(paths.home, "up.json");
+      // a stale up.json (from a killed run) must not be read while the dev chain starts
       await rm(upFile, { force: true });
       const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-      const progress = terminalProgress();
-      const stops: Array<() => Promise<void>> = [];
-      let chain: { rpcUrl: string; contracts: Record<string, string> } | undefined;
-      let ledger: Parameters<typeof runCoordinator>[0]["ledger"];
+      let chain: { rpcUrl: string; contracts: Record<string, string>; stop: () => Promise<void> } | undefined;
+      let ledger: HostOptions["ledger"];
       if (o.chain) {
         process.stderr.write("starting the local dev chain and deploying the contracts...\n");
         const dev = await startDevChain({ home: paths.home, host: "127.0.0.1", port: o.chainPort || (await freePort()) });
-        stops.push(() => dev.supervisor.stop());
         try {
           const coordinatorKey = await coordinatorAccount(paths.home);
           const node = (await loadNodeIdentity(paths.home)) as NodeIdentity;
           const deployment = await deployDevContracts(dev.rpcUrl, coordinatorKey.address, [node.account.address]);
-          chain = { rpcUrl: dev.rpcUrl, contracts: deployment.contracts };
+          chain = { rpcUrl: dev.rpcUrl, contracts: deployment.contracts, stop: () => dev.supervisor.stop() };
           ledger = {
             chain: { rpcUrl: dev.rpcUrl, ledger: deployment.contracts.CreditLedger, account: coordinatorKey },
             settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
@@ -88,7 +81,7 @@ export function upCommand(): Command {
           throw err;
         }
       }
-      const { coordinator, joinToken, apiKey, cert } = await runCoordinator({
+      await hostCoordinator({
         home: paths.home,
         host: o.host,
         port: o.port,
@@ -96,67 +89,54 @@ export function upCommand(): Command {
         logger,
         ledger,
         listen: o,
-      }).catch(async (err) => {
-        for (const stop of stops) await stop();
-        throw err;
+        signal,
+        runFile: upFile,
+        stopBefore: chain?.stop,
+        ready: async ({ coordinator, joinToken, apiKey, cert }) => {
+          const node = await startNodeDaemon({
+            paths,
+            coordinatorUrl: coordinator.url,
+            coordinatorCa: cert,
+            dialControl: coordinator.dialLocal,
+            joinToken,
+            model: o.model,
+            slots: o.slots,
+            engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
+            logger,
+            progress: terminalProgress(),
+            signal,
+          });
+          const models = [...new Set(coordinator.fleet.list().flatMap((n) => [...n.models.keys()]))];
+          const up: UpFile = {
+            coordinatorUrl: coordinator.url,
+            apiKey,
+            models,
+            engineUrl: node.llama.url,
+            engineApiKey: node.llama.apiKey,
+            ...(chain && { chainRpcUrl: chain.rpcUrl, contracts: chain.contracts }),
+            pid: process.pid,
+            startedAt: new Date().toISOString(),
+          };
+          return {
+            record: up,
+            stop: () => node.stop(),
+            banner: [
+              "",
+              `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
+              `  portal:  ${coordinator.url}/ (wallet, credits, keys, earnings, network map, playground)`,
+              `  models:  ${models.join(", ")}`,
+              `  API key: ${apiKey}`,
+              ...(chain ? [`  chain:   ${chain.rpcUrl} (local dev chain), CreditLedger ${chain.contracts.CreditLedger}`] : []),
+              "",
+              "Try it:",
+              `  curl ${coordinator.url}/v1/chat/completions -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" \\`,
+              `    -d '{"model":"${models[0]}","messages":[{"role":"user","content":"Hello!"}]}'`,
+              "",
+              `(written to ${upFile}; Ctrl-C stops everything)`,
+            ],
+          };
+        },
       });
-      stops.push(() => coordinator.close());
-      const stopAll = async () => {
-        for (const stop of stops.reverse()) await stop().catch((err) => logger.error({ err }, "stop failed"));
-        await rm(upFile, { force: true });
-      };
-      try {
-        const node = await startNodeDaemon({
-          paths,
-          coordinatorUrl: coordinator.url,
-          coordinatorCa: cert,
-          dialControl: coordinator.dialLocal,
-          joinToken,
-          model: o.model,
-          slots: o.slots,
-          engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
-          logger,
-          progress,
-          signal,
-        });
-        stops.push(() => node.stop());
-        const models = [...new Set(coordinator.fleet.list().flatMap((n) => [...n.models.keys()]))];
-        const up: UpFile = {
-          coordinatorUrl: coordinator.url,
-          apiKey,
-          models,
-          engineUrl: node.llama.url,
-          engineApiKey: node.llama.apiKey,
-          ...(chain && { chainRpcUrl: chain.rpcUrl, contracts: chain.contracts }),
-          pid: process.pid,
-          startedAt: new Date().toISOString(),
-        };
-        await writeFileAtomic(upFile, `${JSON.stringify(up, null, 2)}\n`, 0o600);
-        process.stdout.write(
-          [
-            "",
-            `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
-            `  portal:  ${coordinator.url}/ (wallet, credits, keys, earnings, network map, playground)`,
-            `  models:  ${models.join(", ")}`,
-            `  API key: ${apiKey}`,
-            ...(chain ? [`  chain:   ${chain.rpcUrl} (local dev chain), CreditLedger ${chain.contracts.CreditLedger}`] : []),
-            "",
-            "Try it:",
-            `  curl ${coordinator.url}/v1/chat/completions -H "Authorization: Bearer ${apiKey}" -H "Content-Type: application/json" \\`,
-            `    -d '{"model":"${models[0]}","messages":[{"role":"user","content":"Hello!"}]}'`,
-            "",
-            `(written to ${upFile}; Ctrl-C stops everything)`,
-            "",
-          ].join("\n"),
-        );
-      } catch (err) {
-        await stopAll();
-        throw err;
-      }
-      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-      process.stderr.write("stopping...\n");
-      await stopAll();
-      process.stderr.write("stopped\n");
     },
   );
 }

@@ -9,21 +9,25 @@ import dgram from "node:dgram";
 import { mkdir, open, rm } from "node:fs/promises";
 import { homedir, networkInterfaces } from "node:os";
 import { join } from "node:path";
+import {
+  expandCidr,
+  loadNodeIdentity,
+  RegistrationRefused,
+  registerNode,
+  resolvePaths,
+  SharedLLMError,
+  startSiteDaemon,
+  terminalProgress,
+  writeFileAtomic,
+} from "@sharedllm/node";
 import type { NetworkResponse } from "@sharedllm/protocol";
 import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
-import { registerNode } from "../control/registration.js";
-import { loadNodeIdentity } from "../identity.js";
-import { writeFileAtomic } from "../lock.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
-import { expandCidr } from "../site/discovery.js";
-import { startSiteDaemon } from "../site/siteDaemon.js";
 import { addListenOptions, type ListenArgs, positiveInt, wholeNumber } from "./args.js";
-import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
+import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
-import { shutdownSignal } from "./shutdown.js";
+import { shutdownSignal, untilAborted } from "./shutdown.js";
 
 /** This machine's LAN address, for the join command others run. */
 function lanAddress(): string {
@@ -34,13 +38,12 @@ function lanAddress(): string {
 async function enrol(home: string, url: string, token: string, ca?: string): Promise<{ nodeId: string; config: NodeConfig }> {
   const config: NodeConfig = { coordinatorUrl: checkUrl(url), joinToken: token, ...(ca && { coordinatorCa: ca }) };
   const identity = await loadNodeIdentity(home);
-  if (!identity) throw new Error("could not create the node key");
+  if (!identity) throw new SharedLLMError("config", `could not create the node key in ${home}`);
   await registerNode({ ...config, account: identity.account }).catch((err: Error) => {
-    throw new Error(
-      err.name === "RegistrationRefused"
-        ? `${config.coordinatorUrl} refused this machine: ${err.message} (check --token)`
-        : `cannot reach ${config.coordinatorUrl}: ${err.message}`,
-    );
+    if (err instanceof RegistrationRefused)
+      throw new SharedLLMError("refused", `${config.coordinatorUrl} refused this machine: ${err.message} (check --token)`);
+    if (err instanceof SharedLLMError) throw err;
+    throw new SharedLLMError("unreachable", `cannot reach ${config.coordinatorUrl}: ${err.message}`, { cause: err });
   });
   await mkdir(home, { recursive: true });
   await writeFileAtomic(files(home).config, `${JSON.stringify(config, null, 2)}\n`, 0o600);
@@ -63,31 +66,31 @@ export function siteCommand(): Command {
     await mkdir(home, { recursive: true });
     await coordinatorAccount(home);
     const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-    const { coordinator, joinToken, apiKey, selfSignedCert } = await runCoordinator({
+    await hostCoordinator({
       home,
       host: o.host,
       port: o.port,
       databaseUrl: o.databaseUrl,
       logger,
       listen: o,
+      signal,
+      runFile: join(home, "site.json"),
+      ready: ({ coordinator, joinToken, apiKey, selfSignedCert }) => {
+        const listening = new URL(coordinator.url);
+        listening.hostname = o.host === "0.0.0.0" ? lanAddress() : o.host;
+        const url = listening.origin;
+        return {
+          record: { coordinatorUrl: url, pid: process.pid },
+          banner: [
+            `site coordinator: ${url}/v1 (OpenAI-compatible)`,
+            `API key:          ${apiKey}`,
+            "join each machine of the site (run on that machine):",
+            `  sharedllm site join ${url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
+            ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to each machine)`] : []),
+          ],
+        };
+      },
     });
-    const listening = new URL(coordinator.url);
-    listening.hostname = o.host === "0.0.0.0" ? lanAddress() : o.host;
-    const url = listening.origin;
-    await writeFileAtomic(join(home, "site.json"), `${JSON.stringify({ coordinatorUrl: url, pid: process.pid }, null, 2)}\n`, 0o600);
-    process.stdout.write(
-      [
-        `site coordinator: ${url}/v1 (OpenAI-compatible)`,
-        `API key:          ${apiKey}`,
-        "join each machine of the site (run on that machine):",
-        `  sharedllm site join ${url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
-        ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to each machine)`] : []),
-        "",
-      ].join("\n"),
-    );
-    await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-    await coordinator.close();
-    await rm(join(home, "site.json"), { force: true });
   });
 
   const join_ = cmd
@@ -140,7 +143,10 @@ export function siteCommand(): Command {
             process.stdout.write(`already joined: node ${running.nodeId} runs for ${running.coordinatorUrl} (pid ${running.pid})\n`);
             return;
           }
-          throw new Error(`a node daemon already runs for ${running.coordinatorUrl} here; stop it first`);
+          throw new SharedLLMError(
+            "busy",
+            `a node daemon already runs for ${running.coordinatorUrl} here; stop it first (sharedllm node leave)`,
+          );
         }
         const saved = await readJson<NodeConfig>(files(paths.home).config);
         const known = saved?.coordinatorUrl === checkUrl(url) ? saved : undefined;
@@ -191,7 +197,7 @@ export function siteCommand(): Command {
         });
         await recordRun(paths.home, nodeId, config.coordinatorUrl);
         process.stdout.write(`node ${nodeId} joined ${config.coordinatorUrl} and looks for its LAN peers\n`);
-        await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
+        await untilAborted(signal);
         await daemon.stop();
         await rm(files(paths.home).run, { force: true });
         process.stderr.write("stopped\n");
@@ -210,7 +216,7 @@ export function siteCommand(): Command {
         o.token ??
         (await readJson<NodeConfig>(files(home).config))?.joinToken ??
         (await readJson<{ joinToken: string }>(join(home, "secrets.json")))?.joinToken;
-      if (!token) throw new Error("no site known here: pass --token <join token>, or run it on a machine that joined");
+      if (!token) throw new SharedLLMError("config", "no site known here: pass --token <join token>, or run it on a machine that joined");
       const targets = expandCidr(cidr);
       const key = siteBeaconKey(token);
       const me = (await loadNodeIdentity(home))?.nodeId as string;
@@ -261,9 +267,9 @@ export function siteCommand(): Command {
         o.coordinator ??
         (await readJson<NodeConfig>(files(home).config))?.coordinatorUrl ??
         (await readJson<{ coordinatorUrl: string }>(join(home, "site.json")))?.coordinatorUrl;
-      if (!url) throw new Error("no site known here: pass --coordinator <url>");
+      if (!url) throw new SharedLLMError("config", "no site known here: pass --coordinator <url>");
       const res = await fetch(`${checkUrl(url)}/v1/network`).catch((err: Error) => {
-        throw new Error(`cannot reach ${url}: ${err.message}`);
+        throw new SharedLLMError("unreachable", `cannot reach ${url}: ${err.message}`, { cause: err });
       });
       const net = (await res.json()) as NetworkResponse;
       for (const n of net.nodes.filter((x) => x.status === "online")) {
@@ -312,14 +318,14 @@ export function serviceUnit(home: string, args: string[]): string {
 
 function installService(home: string, args: string[]) {
   if (spawnSync("systemctl", ["--user", "--version"], { stdio: "ignore" }).status !== 0) {
-    throw new Error("systemd user services are not available here; use --background or run it in the foreground");
+    throw new SharedLLMError("system", "systemd user services are not available here; use --background or run it in the foreground");
   }
   const unit = join(homedir(), ".config", "systemd", "user", "sharedllm-site.service");
   return mkdir(join(homedir(), ".config", "systemd", "user"), { recursive: true })
     .then(() => writeFileAtomic(unit, serviceUnit(home, args), 0o600))
     .then(() => {
       const r = spawnSync("systemctl", ["--user", "enable", "--now", "sharedllm-site.service"], { encoding: "utf8" });
-      if (r.status !== 0) throw new Error(`systemctl could not start the service: ${r.stderr.trim()}`);
+      if (r.status !== 0) throw new SharedLLMError("system", `systemctl could not start the service: ${r.stderr.trim()}`);
       process.stdout.write(`installed and started ${unit}\n`);
     });
 }

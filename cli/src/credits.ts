@@ -5,11 +5,10 @@
  */
 import { join } from "node:path";
 import { CreditLedger } from "@sharedllm/contracts";
+import { loadNodeIdentity, type NodeIdentity, resolvePaths, SharedLLMError } from "@sharedllm/node";
 import type { EarningsResponse, LedgerResponse, NewApiKeyResponse } from "@sharedllm/protocol";
 import { Command } from "commander";
-import { chainClients, signInWithEthereum } from "../chain.js";
-import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
-import { resolvePaths } from "../paths.js";
+import { chainClients, signInWithEthereum } from "./chain.js";
 import { checkUrl, files, readJson } from "./node.js";
 
 /** The coordinator from --coordinator, else the one this home's node or `up` uses. */
@@ -18,28 +17,29 @@ async function coordinatorUrl(home: string, flag?: string): Promise<string> {
     flag ??
     (await readJson<{ coordinatorUrl: string }>(files(home).config))?.coordinatorUrl ??
     (await readJson<{ coordinatorUrl: string }>(join(home, "up.json")))?.coordinatorUrl;
-  if (!url) throw new Error("no coordinator known here: pass --coordinator <url>");
+  if (!url) throw new SharedLLMError("config", "no coordinator known here: pass --coordinator <url>");
   return checkUrl(url);
 }
 
 async function getJson<T>(url: string): Promise<T> {
   const res = await fetch(url, { signal: AbortSignal.timeout(15_000) }).catch((err: Error) => {
-    throw new Error(`cannot reach ${new URL(url).origin}: ${err.message}`);
+    throw new SharedLLMError("unreachable", `cannot reach ${new URL(url).origin}: ${err.message}`, { cause: err });
   });
   const body = (await res.json().catch(() => ({}))) as T & { error?: { message: string } };
-  if (res.status === 404 && url.endsWith("/v1/ledger")) throw new Error(`${new URL(url).origin} runs without credits (no ledger)`);
-  if (!res.ok) throw new Error(body.error?.message ?? `${url} answered ${res.status}`);
+  if (res.status === 404 && url.endsWith("/v1/ledger"))
+    throw new SharedLLMError("refused", `${new URL(url).origin} runs without credits (no ledger)`);
+  if (!res.ok) throw new SharedLLMError("refused", body.error?.message ?? `${url} answered ${res.status}`);
   return body;
 }
 
 async function context(o: { coordinator?: string; chainRpcUrl?: string }) {
   const { home } = resolvePaths();
   const identity = await loadNodeIdentity(home, { create: false });
-  if (!identity) throw new Error(`this machine has no node key in ${home}; run sharedllm node init first`);
+  if (!identity) throw new SharedLLMError("config", `this machine has no node key in ${home}; run sharedllm node init first`);
   const url = await coordinatorUrl(home, o.coordinator);
   const ledger = await getJson<LedgerResponse>(`${url}/v1/ledger`);
   const rpcUrl = o.chainRpcUrl ?? ledger.rpcUrl;
-  if (!rpcUrl) throw new Error("the coordinator does not say which chain RPC to use: pass --chain-rpc-url");
+  if (!rpcUrl) throw new SharedLLMError("config", "the coordinator does not say which chain RPC to use: pass --chain-rpc-url");
   const address = identity.account.address;
   const earnings = await getJson<EarningsResponse>(`${url}/v1/earnings/${address}`);
   const clients = chainClients(rpcUrl, ledger.chainId, identity.account);
@@ -82,7 +82,8 @@ export function creditsCommand(): Command {
       const flags = command.optsWithGlobals<{ coordinator?: string; chainRpcUrl?: string; deposit?: boolean }>();
       const c = await context(flags);
       if (!c.earnings.claim || BigInt(c.earnings.claimable) === 0n) {
-        throw new Error(
+        throw new SharedLLMError(
+          "refused",
           `nothing to claim yet: ${c.earnings.pending} credits wait for the next settlement, ${c.earnings.claimed} were claimed`,
         );
       }
@@ -98,7 +99,7 @@ export function creditsCommand(): Command {
       process.stderr.write("sending the claim...\n");
       const hash = await wallet.writeContract(request);
       const receipt = await c.publicClient.waitForTransactionReceipt({ hash });
-      if (receipt.status !== "success") throw new Error(`the claim transaction ${hash} reverted`);
+      if (receipt.status !== "success") throw new SharedLLMError("refused", `the claim transaction ${hash} reverted`);
       process.stdout.write(`claimed ${c.earnings.claimable} credits (tx ${hash})\n`);
       if (flags.deposit) {
         const deposit = await wallet.writeContract({
@@ -108,7 +109,7 @@ export function creditsCommand(): Command {
           args: [c.ledger.coordinator, BigInt(c.earnings.claimable)],
         });
         if ((await c.publicClient.waitForTransactionReceipt({ hash: deposit })).status !== "success")
-          throw new Error(`the deposit ${deposit} reverted`);
+          throw new SharedLLMError("refused", `the deposit ${deposit} reverted`);
         process.stdout.write(`deposited ${c.earnings.claimable} credits into escrow for ${c.ledger.coordinator} (tx ${deposit})\n`);
       }
       const balance = await c.publicClient.readContract({
@@ -125,7 +126,7 @@ export function creditsCommand(): Command {
       const flags = command.optsWithGlobals<{ coordinator?: string; name: string }>();
       const { home } = resolvePaths();
       const identity = await loadNodeIdentity(home, { create: false });
-      if (!identity) throw new Error(`this machine has no node key in ${home}; run sharedllm node init first`);
+      if (!identity) throw new SharedLLMError("config", `this machine has no node key in ${home}; run sharedllm node init first`);
       const url = await coordinatorUrl(home, flags.coordinator);
       const { chainId } = await getJson<LedgerResponse>(`${url}/v1/ledger`);
       const session = await signInWithEthereum(url, identity.account, chainId);
@@ -135,7 +136,7 @@ export function creditsCommand(): Command {
         body: JSON.stringify({ name: flags.name }),
       });
       const body = (await res.json()) as Partial<NewApiKeyResponse> & { error?: { message: string } };
-      if (!body.key) throw new Error(body.error?.message ?? `creating the key failed (${res.status})`);
+      if (!body.key) throw new SharedLLMError("refused", body.error?.message ?? `creating the key failed (${res.status})`);
       process.stdout.write(`${body.key}\n`);
       process.stderr.write(`(shown once; it spends the credits ${identity.account.address} has in escrow at ${url})\n`);
     });

@@ -7,17 +7,21 @@
 import { X509Certificate } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import {
+  isAlive,
+  loadNodeIdentity,
+  parseSchedule,
+  registerNode,
+  resolvePaths,
+  SharedLLMError,
+  startNodeDaemon,
+  startWorkerDaemon,
+  terminalProgress,
+  writeFileAtomic,
+} from "@sharedllm/node";
 import type { NetworkResponse } from "@sharedllm/protocol";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { type Logger, pino } from "pino";
-import { startWorkerDaemon } from "../cluster/worker.js";
-import { registerNode } from "../control/registration.js";
-import { startNodeDaemon } from "../daemon/daemon.js";
-import { parseSchedule } from "../daemon/schedule.js";
-import { loadNodeIdentity } from "../identity.js";
-import { isAlive, writeFileAtomic } from "../lock.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
 import { positiveInt, wholeNumber } from "./args.js";
 import { shutdownSignal } from "./shutdown.js";
 
@@ -32,12 +36,12 @@ export interface NodeConfig {
 export async function readCoordinatorCa(file: string | undefined): Promise<string | undefined> {
   if (!file) return undefined;
   const pem = await readFile(file, "utf8").catch((err: Error) => {
-    throw new Error(`cannot read --coordinator-ca ${file}: ${err.message}`);
+    throw new SharedLLMError("config", `cannot read --coordinator-ca ${file}: ${err.message}`);
   });
   try {
     new X509Certificate(pem);
   } catch {
-    throw new Error(`--coordinator-ca ${file} is not a PEM certificate`);
+    throw new SharedLLMError("config", `--coordinator-ca ${file} is not a PEM certificate`);
   }
   return pem;
 }
@@ -74,7 +78,7 @@ export function checkUrl(url: string): string {
     if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error();
     return u.origin;
   } catch {
-    throw new Error(`"${url}" is not a coordinator URL; write e.g. http://192.168.1.10:8787`);
+    throw new SharedLLMError("config", `"${url}" is not a coordinator URL; write e.g. http://192.168.1.10:8787`);
   }
 }
 
@@ -84,7 +88,10 @@ async function nodeConfig(home: string, o: { coordinator?: string; token?: strin
   const coordinatorUrl = o.coordinator ?? saved?.coordinatorUrl;
   const joinToken = o.token ?? saved?.joinToken;
   if (!coordinatorUrl || !joinToken) {
-    throw new Error("no coordinator configured: pass --coordinator <url> --token <join token>, or run sharedllm node init first");
+    throw new SharedLLMError(
+      "config",
+      "no coordinator configured: pass --coordinator <url> --token <join token>, or run sharedllm node init first",
+    );
   }
   const coordinatorCa = (await readCoordinatorCa(o.coordinatorCa)) ?? (o.coordinator ? undefined : saved?.coordinatorCa);
   return { coordinatorUrl: checkUrl(coordinatorUrl), joinToken, ...(coordinatorCa && { coordinatorCa }) };
@@ -104,7 +111,7 @@ export async function runningNode(home: string): Promise<NodeRun | undefined> {
 
 async function tellDaemon(home: string, command: NodeCommand): Promise<NodeRun> {
   const run = await runningNode(home);
-  if (!run) throw new Error(`no node daemon is running for ${home}; start one with: sharedllm node start`);
+  if (!run) throw new SharedLLMError("not_running", `no node daemon is running for ${home}; start one with: sharedllm node start`);
   await writeFile(files(home).command, command);
   process.kill(run.pid, "SIGUSR1");
   return run;
@@ -123,9 +130,10 @@ export function nodeCommand(): Command {
       const { home } = resolvePaths();
       const config = await nodeConfig(home, o);
       const identity = await loadNodeIdentity(home);
-      if (!identity) throw new Error("could not create the node key");
+      if (!identity) throw new SharedLLMError("config", `could not create the node key in ${home}`);
       await registerNode({ ...config, account: identity.account }).catch((err: Error) => {
-        throw new Error(err.name === "RegistrationRefused" ? err.message : `cannot reach ${config.coordinatorUrl}: ${err.message}`);
+        if (err instanceof SharedLLMError) throw err;
+        throw new SharedLLMError("unreachable", `cannot reach ${config.coordinatorUrl}: ${err.message}`, { cause: err });
       });
       await mkdir(home, { recursive: true });
       await writeFileAtomic(files(home).config, `${JSON.stringify(config, null, 2)}\n`, 0o600);
@@ -187,7 +195,8 @@ export function nodeCommand(): Command {
         const paths = resolvePaths();
         const config = await nodeConfig(paths.home, o);
         if (o.schedule) parseSchedule(o.schedule);
-        if (await runningNode(paths.home)) throw new Error(`a node daemon already runs for ${paths.home}; see: sharedllm node status`);
+        if (await runningNode(paths.home))
+          throw new SharedLLMError("busy", `a node daemon already runs for ${paths.home}; see: sharedllm node status`);
         const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
         if (o.role === "worker") return runWorker(paths, config, o, logger, signal);
         const members =
@@ -196,9 +205,9 @@ export function nodeCommand(): Command {
             .map((m) => m.trim().toLowerCase())
             .filter(Boolean) ?? [];
         if (o.role === "head" && !members.length)
-          throw new Error("a head needs --members <node id,...>: the workers to split the model over");
+          throw new SharedLLMError("config", "a head needs --members <node id,...>: the workers to split the model over");
         if (members.some((m) => !/^0x[0-9a-f]{40}$/.test(m)))
-          throw new Error("--members takes node ids (0x and 40 hex digits), comma-separated");
+          throw new SharedLLMError("config", "--members takes node ids (0x and 40 hex digits), comma-separated");
         const daemon = await startNodeDaemon({
           cluster: o.role === "head" ? { members } : undefined,
           paths,
@@ -314,7 +323,8 @@ async function runWorker(
     ?.split(",")
     .map((h) => h.trim().toLowerCase())
     .filter(Boolean);
-  if (heads?.some((h) => !/^0x[0-9a-f]{40}$/.test(h))) throw new Error("--heads takes node ids (0x and 40 hex digits), comma-separated");
+  if (heads?.some((h) => !/^0x[0-9a-f]{40}$/.test(h)))
+    throw new SharedLLMError("config", "--heads takes node ids (0x and 40 hex digits), comma-separated");
   const worker = await startWorkerDaemon({
     paths,
     ...config,

@@ -1,8 +1,7 @@
 /** `sharedllm engine build|info`: the llama.cpp build in the shared cache. */
+
+import { bundledSource, detectVariant, ensureEngine, findEngine, resolvePaths, terminalProgress } from "@sharedllm/node";
 import { Command } from "commander";
-import { bundledSource, detectVariant, ensureEngine, findEngine } from "../engine/build.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export function engineCommand(): Command {

@@ -1,12 +1,11 @@
 /** `sharedllm coordinator start`: a coordinator on its own, for nodes on other machines to join. */
-import { mkdir, rm } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
+import { resolvePaths, SharedLLMError } from "@sharedllm/node";
 import { Command, Option } from "commander";
 import { pino } from "pino";
-import { writeFileAtomic } from "../lock.js";
-import { resolvePaths } from "../paths.js";
 import { addListenOptions, address, addSettlementOptions, type ListenArgs, type SettlementArgs, wholeNumber } from "./args.js";
-import { coordinatorAccount, runCoordinator } from "./coordinatorRun.js";
+import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export function coordinatorCommand(): Command {
@@ -32,7 +31,8 @@ export function coordinatorCommand(): Command {
       } & SettlementArgs &
         ListenArgs,
     ) => {
-      if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger)) throw new Error("credits need both --chain-rpc-url and --ledger");
+      if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger))
+        throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
       const signal = shutdownSignal();
       const { home } = resolvePaths();
       await mkdir(home, { recursive: true });
@@ -44,7 +44,7 @@ export function coordinatorCommand(): Command {
               settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
             }
           : undefined;
-      const { coordinator, joinToken, apiKey, selfSignedCert } = await runCoordinator({
+      await hostCoordinator({
         home,
         host: o.host,
         port: o.port,
@@ -52,27 +52,24 @@ export function coordinatorCommand(): Command {
         logger,
         ledger,
         listen: o,
+        signal,
+        runFile: join(home, "coordinator.json"),
+        ready: ({ coordinator, joinToken, apiKey, selfSignedCert }) => ({
+          record: { url: coordinator.url, apiKey, pid: process.pid },
+          banner: [
+            `coordinator: ${coordinator.url}/v1 (OpenAI-compatible)`,
+            `API key:     ${apiKey}`,
+            "join a node (on the node's machine):",
+            `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
+            ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to the node)`] : []),
+            ...(coordinator.ledger
+              ? [
+                  `credits:     CreditLedger ${coordinator.ledger.chain.ledger}; this coordinator settles as ${coordinator.ledger.chain.coordinator} (it needs COORDINATOR_ROLE and gas)`,
+                ]
+              : []),
+          ],
+        }),
       });
-      const runFile = join(home, "coordinator.json");
-      await writeFileAtomic(runFile, `${JSON.stringify({ url: coordinator.url, apiKey, pid: process.pid }, null, 2)}\n`, 0o600);
-      process.stdout.write(
-        [
-          `coordinator: ${coordinator.url}/v1 (OpenAI-compatible)`,
-          `API key:     ${apiKey}`,
-          "join a node (on the node's machine):",
-          `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
-          ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to the node)`] : []),
-          ...(coordinator.ledger
-            ? [
-                `credits:     CreditLedger ${coordinator.ledger.chain.ledger}; this coordinator settles as ${coordinator.ledger.chain.coordinator} (it needs COORDINATOR_ROLE and gas)`,
-              ]
-            : []),
-          "",
-        ].join("\n"),
-      );
-      await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-      await coordinator.close();
-      await rm(runFile, { force: true });
     },
   );
   return cmd;

@@ -5,6 +5,7 @@
  */
 import { join } from "node:path";
 import { DEV_CHAIN_SCRIPT, DEV_DEPLOYER_KEY, DEV_TIMELOCK_DELAY_S, type Deployment, deployContracts } from "@sharedllm/contracts";
+import { SharedLLMError, Supervisor } from "@sharedllm/node";
 import {
   type Account,
   type Address,
@@ -22,7 +23,6 @@ import {
 } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createSiweMessage } from "viem/siwe";
-import { Supervisor } from "./engine/supervisor.js";
 
 /** Dev chain prices: 1 credit = 1 gwei, a withdrawal waits an hour. */
 export const DEV_WEI_PER_CREDIT = 1_000_000_000n;
@@ -60,7 +60,8 @@ async function rpcAnswers(rpcUrl: string): Promise<boolean> {
 /** Starts the dev chain on host:port; it keeps its state only while it runs. */
 export async function startDevChain(o: { home: string; host: string; port: number }): Promise<{ rpcUrl: string; supervisor: Supervisor }> {
   const rpcUrl = `http://${o.host}:${o.port}`;
-  if (await rpcAnswers(rpcUrl)) throw new Error(`something already answers JSON-RPC on ${rpcUrl}; pick another port with --chain-port`);
+  if (await rpcAnswers(rpcUrl))
+    throw new SharedLLMError("busy", `something already answers JSON-RPC on ${rpcUrl}; pick another port with --chain-port`);
   const supervisor = new Supervisor({
     name: "dev chain",
     command: process.execPath,
@@ -102,7 +103,8 @@ export async function deployDevContracts(rpcUrl: string, coordinator: Address, f
 export async function signInWithEthereum(coordinatorUrl: string, account: LocalAccount, chainId: number): Promise<string> {
   const url = new URL(coordinatorUrl);
   const nonceRes = await fetch(`${url.origin}/v1/auth/nonce`);
-  if (!nonceRes.ok) throw new Error(`${url.origin} gives no sign-in nonce (${nonceRes.status}): does it run with credits?`);
+  if (!nonceRes.ok)
+    throw new SharedLLMError("refused", `${url.origin} gives no sign-in nonce (${nonceRes.status}): does it run with credits?`);
   const { nonce } = (await nonceRes.json()) as { nonce: string };
   const message = createSiweMessage({
     address: account.address,
@@ -120,6 +122,6 @@ export async function signInWithEthereum(coordinatorUrl: string, account: LocalA
     body: JSON.stringify({ message, signature }),
   });
   const body = (await res.json()) as { token?: string; error?: { message: string } };
-  if (!res.ok || !body.token) throw new Error(`sign-in refused: ${body.error?.message ?? res.status}`);
+  if (!res.ok || !body.token) throw new SharedLLMError("refused", `sign-in refused: ${body.error?.message ?? res.status}`);
   return body.token;
 }

@@ -5,15 +5,13 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { deployContracts } from "@sharedllm/contracts";
+import { DEPLOYMENTS_DIR, deployContracts } from "@sharedllm/contracts";
+import { SharedLLMError } from "@sharedllm/node";
 import { Command, Option } from "commander";
 import { createPublicClient, type Hex, http, parseGwei } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
-import { chainClients } from "../chain.js";
 import { address } from "./args.js";
-
-const DEPLOYMENTS = fileURLToPath(new URL("../../../contracts/deployments", import.meta.url));
+import { chainClients } from "./chain.js";
 
 export function contractsCommand(): Command {
   const cmd = new Command("contracts").description("deploy the SharedLLM contracts to a chain");
@@ -36,7 +34,7 @@ export function contractsCommand(): Command {
       "1000000000",
     )
     .option("--timelock-delay <seconds>", "how long every governance change waits in the timelock", "172800")
-    .option("--out <dir>", "where the deployment record goes", DEPLOYMENTS)
+    .option("--out <dir>", "where the deployment record goes", DEPLOYMENTS_DIR)
     .action(
       async (o: {
         rpcUrl: string;
@@ -49,11 +47,11 @@ export function contractsCommand(): Command {
       }) => {
         const key = process.env.SHAREDLLM_DEPLOYER_KEY;
         if (!key || !/^0x[0-9a-fA-F]{64}$/.test(key))
-          throw new Error("set SHAREDLLM_DEPLOYER_KEY to the deployer's private key (0x and 64 hex digits)");
+          throw new SharedLLMError("config", "set SHAREDLLM_DEPLOYER_KEY to the deployer's private key (0x and 64 hex digits)");
         const chainId = await createPublicClient({ transport: http(o.rpcUrl) })
           .getChainId()
           .catch((err: Error) => {
-            throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+            throw new SharedLLMError("unreachable", `the chain at ${o.rpcUrl} does not answer: ${err.message}`, { cause: err });
           });
         const { publicClient, wallet } = chainClients(o.rpcUrl, chainId, privateKeyToAccount(key as Hex));
         process.stderr.write(`deploying to chain ${chainId} as ${wallet?.account.address}...\n`);

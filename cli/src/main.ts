@@ -1,13 +1,13 @@
 /**
- * The `sharedllm` command. Every subcommand has --help; errors print one line
- * that says what to do and exit non-zero (2 for usage errors, 1 otherwise).
+ * The `sharedllm` command. Every subcommand has --help; errors print what to do
+ * (errors.ts) and exit non-zero (2 for usage errors, 1 otherwise).
  */
 import { Command, CommanderError } from "commander";
-import { ModelError } from "../models/modelError.js";
 import { contractsCommand } from "./contracts.js";
 import { coordinatorCommand } from "./coordinator.js";
 import { creditsCommand } from "./credits.js";
 import { engineCommand } from "./engine.js";
+import { renderError } from "./errors.js";
 import { modelsCommand } from "./models.js";
 import { nodeCommand } from "./node.js";
 import { siteCommand } from "./site.js";
@@ -40,7 +40,6 @@ try {
     // help and version exit 0; usage errors were already printed by commander
     process.exit(err.exitCode === 0 ? 0 : 2);
   }
-  const message = err instanceof ModelError || err instanceof Error ? err.message : String(err);
-  process.stderr.write(`sharedllm: ${message}\n`);
+  process.stderr.write(renderError(err));
   process.exit(1);
 }

@@ -1,8 +1,7 @@
 /** `sharedllm models pull|list|rm`: the content-addressed model store. */
+
+import { ModelStore, resolvePaths, terminalProgress } from "@sharedllm/node";
 import { Command } from "commander";
-import { ModelStore } from "../models/store.js";
-import { resolvePaths } from "../paths.js";
-import { terminalProgress } from "../progress.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export function modelsCommand(): Command {
