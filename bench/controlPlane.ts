@@ -11,8 +11,8 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
-import { waitFor } from "../test/helpers.ts";
-import { SimNode } from "../test/simNode.ts";
+import { waitFor } from "@sharedllm/testkit";
+import { SimNode } from "@sharedllm/testkit/simNode";
 import { median } from "./coordinator.ts";
 
 const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");

@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { waitFor } from "../test/helpers.ts";
+import { waitFor } from "@sharedllm/testkit";
 
 export interface StreamTiming {
   /** ms from sending the request to the first token's chunk */

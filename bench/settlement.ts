@@ -8,16 +8,13 @@
  */
 import { randomUUID } from "node:crypto";
 import { chainClients, deployDevContracts, startDevChain } from "@sharedllm/cli";
+import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "@sharedllm/contracts";
+import { LedgerChain, openDatabase, Settler } from "@sharedllm/coordinator";
 import { receiptJobId } from "@sharedllm/protocol";
+import { freePort, tempPaths } from "@sharedllm/testkit";
 import { pino } from "pino";
 import { type Address, createTestClient, createWalletClient, http, parseEther } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "../contracts/src/index.ts";
-import { openDatabase } from "../coordinator/src/db/database.ts";
-import { LedgerChain } from "../coordinator/src/ledger/chain.ts";
-import { Settler } from "../coordinator/src/ledger/settlement.ts";
-import { freePort } from "../node/src/engine/freePort.ts";
-import { tempPaths } from "../test/helpers.ts";
 
 export interface SettlementGas {
   shape: string;

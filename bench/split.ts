@@ -9,15 +9,21 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import {
+  DEFAULT_MODEL,
+  findEngine,
+  type LlamaServer,
+  ModelStore,
+  type RpcServer,
+  resolvePaths,
+  startLlamaServer,
+  startRpcServer,
+  TunnelProxy,
+  TunnelServer,
+  tunnelIdentity,
+} from "@sharedllm/node";
 import { pino } from "pino";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { type RpcServer, startRpcServer } from "../node/src/cluster/rpcServer.ts";
-import { TunnelProxy, TunnelServer, tunnelIdentity } from "../node/src/cluster/tunnel.ts";
-import { findEngine } from "../node/src/engine/build.ts";
-import { type LlamaServer, startLlamaServer } from "../node/src/engine/llamaServer.ts";
-import { DEFAULT_MODEL } from "../node/src/models/sources.ts";
-import { ModelStore } from "../node/src/models/store.ts";
-import { resolvePaths } from "../node/src/paths.ts";
 import { median, type StreamTiming, timeStream } from "./coordinator.ts";
 
 /** As a head splits it: the repeating layers (30) over the two members, the output head kept local. */

@@ -5,9 +5,9 @@
 
 import { chainClients, DEV_WEI_PER_CREDIT, deployDevContracts, signInWithEthereum, startDevChain } from "@sharedllm/cli";
 import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "@sharedllm/contracts";
+import { freePort } from "@sharedllm/node";
 import { type Address, createTestClient, type Hex, http, type LocalAccount, parseEther } from "viem";
 import { generatePrivateKey, mnemonicToAccount, privateKeyToAccount } from "viem/accounts";
-import { freePort } from "../node/src/engine/freePort.ts";
 import { tempPaths } from "./helpers.ts";
 
 const TEST_MNEMONIC = "test test test test test test test test test test test junk";

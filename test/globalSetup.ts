@@ -8,10 +8,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ensureEngine } from "../node/src/engine/build.ts";
-import { ModelStore } from "../node/src/models/store.ts";
-import { resolvePaths } from "../node/src/paths.ts";
-import { terminalProgress } from "../node/src/progress.ts";
+import { ensureEngine, ModelStore, resolvePaths, terminalProgress } from "@sharedllm/node";
 import { CHROMIUM } from "./browser.ts";
 
 export default async function setup() {

@@ -2,8 +2,11 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { resolvePaths } from "@sharedllm/node";
 import { pino } from "pino";
-import { resolvePaths } from "../node/src/paths.ts";
+
+/** A free TCP port on loopback (for a dev chain or a server a test starts). */
+export { freePort } from "@sharedllm/node";
 
 /** A fresh SHAREDLLM_HOME sharing the machine's cache. */
 export async function tempPaths(prefix = "sharedllm-test-") {

@@ -3,6 +3,8 @@
  * heartbeats, job frames) with no llama-server behind it: for fleet tests and
  * the control-plane benchmark.
  */
+
+import { registerNode } from "@sharedllm/node";
 import {
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
@@ -18,7 +20,6 @@ import {
 } from "@sharedllm/protocol";
 import { generatePrivateKey, type LocalAccount, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import WebSocket from "ws";
-import { registerNode } from "../node/src/control/registration.ts";
 
 export type SimJobHandler = (job: JobStart, send: (f: NodeFrame) => void) => void;
 

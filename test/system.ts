@@ -4,11 +4,10 @@
  * default model, joined by a real control channel on loopback.
  */
 import { randomBytes } from "node:crypto";
+import { type CoordinatorOptions, createApiKey, startCoordinator } from "@sharedllm/coordinator";
+import { DEFAULT_MODEL, startNodeDaemon } from "@sharedllm/node";
 import { sql } from "kysely";
 import OpenAI from "openai";
-import { type CoordinatorOptions, createApiKey, startCoordinator } from "../coordinator/src/index.ts";
-import { startNodeDaemon } from "../node/src/daemon/daemon.ts";
-import { DEFAULT_MODEL } from "../node/src/models/sources.ts";
 import { quietLogger, tempPaths, testDatabase } from "./helpers.ts";
 
 export const MODEL = DEFAULT_MODEL.id;

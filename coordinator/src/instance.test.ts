@@ -1,5 +1,5 @@
+import { storageBackends } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
-import { storageBackends } from "../../test/helpers.ts";
 import { openDatabase } from "./db/database.js";
 import { InstanceLease } from "./instance.js";
 import { Metering } from "./ledger/metering.js";

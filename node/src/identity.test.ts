@@ -1,6 +1,6 @@
 import { chmod, stat, writeFile } from "node:fs/promises";
+import { tempPaths } from "@sharedllm/testkit";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { tempPaths } from "../../test/helpers.ts";
 import { loadNodeIdentity } from "./identity.js";
 
 let tmp: Awaited<ReturnType<typeof tempPaths>>;

@@ -2,12 +2,16 @@
  * The node daemon as a library: the llama.cpp engine, the model store, the solo daemon, the LAN
  * cluster roles and the site daemon. The `sharedllm` command (`cli/`) composes these.
  */
+export { type RpcServer, startRpcServer } from "./cluster/rpcServer.js";
+export { TunnelProxy, TunnelServer, tunnelIdentity } from "./cluster/tunnel.js";
 export { startWorkerDaemon, type WorkerDaemon, type WorkerDaemonOptions } from "./cluster/worker.js";
-export { RegistrationRefused, registerNode } from "./control/registration.js";
+export { ControlClient } from "./control/client.js";
+export { RegistrationRefused, registerNode, sessionCredentials } from "./control/registration.js";
 export { type NodeDaemon, type NodeDaemonOptions, startNodeDaemon } from "./daemon/daemon.js";
 export { parseSchedule, ScheduleError } from "./daemon/schedule.js";
 export { bundledSource, detectVariant, type Engine, ensureEngine, findEngine } from "./engine/build.js";
 export { freePort } from "./engine/freePort.js";
+export { type LlamaServer, startLlamaServer } from "./engine/llamaServer.js";
 export { Supervisor } from "./engine/supervisor.js";
 export { type ErrorCode, SharedLLMError } from "./errors.js";
 export { loadKeyFile, loadNodeIdentity, type NodeIdentity } from "./identity.js";

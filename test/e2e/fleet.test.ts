@@ -7,10 +7,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { type Coordinator, createApiKey, NODE_HEADER, startCoordinator } from "@sharedllm/coordinator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createApiKey } from "../../coordinator/src/apiKeys.ts";
-import { type Coordinator, startCoordinator } from "../../coordinator/src/coordinator.ts";
-import { NODE_HEADER } from "../../coordinator/src/plugins/openai.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 

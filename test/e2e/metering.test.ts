@@ -5,14 +5,14 @@
  * bound, nor strand a hold, nor make requests unaffordable.
  */
 import { randomBytes } from "node:crypto";
+import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { registerNode } from "@sharedllm/node";
 import { CONTROL_PATH, CONTROL_PROTOCOL_VERSION, type JobStart, type Usage } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Address } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { registerNode } from "../../node/src/control/registration.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
 import { type SimJobHandler, SimNode, signsReceipts } from "../simNode.ts";

@@ -8,9 +8,8 @@ import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createApiKey } from "../../coordinator/src/apiKeys.ts";
-import { type Coordinator, startCoordinator } from "../../coordinator/src/coordinator.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 

@@ -5,11 +5,12 @@
  * portal's build, and a real node on the default model. The wallet is injected and signs with
  * dev-chain accounts for real. Screenshots of every page land in test-artifacts/screenshots.
  */
+
+import { loadNodeIdentity } from "@sharedllm/node";
 import type { Browser, Page } from "playwright-core";
 import { type Account, type Address, getAddress } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { loadNodeIdentity } from "../../node/src/identity.ts";
 import { launchBrowser, openPortal, type Portal, TestWallet } from "../browser.ts";
 import { devWallet, startTestChain, type TestChain } from "../chain.ts";
 import { waitFor } from "../helpers.ts";

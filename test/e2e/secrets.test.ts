@@ -8,9 +8,9 @@ import { randomBytes } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { daemonArgs, serviceUnit } from "@sharedllm/cli";
+import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { isAlive } from "@sharedllm/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { isAlive } from "../../node/src/lock.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");

@@ -18,7 +18,7 @@ import {
   scheduleArgs,
   TimelockController,
 } from "@sharedllm/contracts";
-import { type SettlementOptions, startCoordinator } from "@sharedllm/coordinator";
+import { type Database, type Db, openDatabase, type SettlementOptions, startCoordinator } from "@sharedllm/coordinator";
 import {
   type ClusterMembers,
   type CoordinatorFrame,
@@ -32,8 +32,6 @@ import { type Kysely, sql } from "kysely";
 import type { Abi, Address, LocalAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { type Db, openDatabase } from "../../coordinator/src/db/database.ts";
-import type { Database } from "../../coordinator/src/db/schema.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { SimNode, signsReceipts } from "../simNode.ts";

@@ -5,9 +5,9 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { freePort } from "@sharedllm/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { freePort } from "../../node/src/engine/freePort.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase } from "../helpers.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");

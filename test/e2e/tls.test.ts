@@ -10,12 +10,11 @@ import { readFile } from "node:fs/promises";
 import { get } from "node:https";
 import { join } from "node:path";
 import { Writable } from "node:stream";
+import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { ControlClient, registerNode, sessionCredentials } from "@sharedllm/node";
 import { pino } from "pino";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Coordinator, startCoordinator } from "../../coordinator/src/index.ts";
-import { ControlClient } from "../../node/src/control/client.ts";
-import { registerNode, sessionCredentials } from "../../node/src/control/registration.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");

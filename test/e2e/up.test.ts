@@ -7,9 +7,8 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { hashSecret, openDatabase } from "@sharedllm/coordinator";
 import { afterEach, describe, expect, it } from "vitest";
-import { hashSecret } from "../../coordinator/src/credentials.ts";
-import { openDatabase } from "../../coordinator/src/db/database.ts";
 import { tempPaths, waitFor } from "../helpers.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");

@@ -1,6 +1,6 @@
+import { storageBackends } from "@sharedllm/testkit";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
-import { storageBackends } from "../../../test/helpers.ts";
 import { ApiKeyVerifier, createApiKey } from "../apiKeys.js";
 import { startCoordinator } from "../coordinator.js";
 import { hashSecret } from "../credentials.js";

@@ -1,7 +1,7 @@
 /** A job's transitions, with fake units, credits, rows and response: retries, cancels, failures, and the hold on each path. */
 import { ApiError, type JobStart, type Usage } from "@sharedllm/protocol";
+import { waitFor } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
-import { waitFor } from "../../../test/helpers.ts";
 import type { JobSink, Payees, ServingUnit } from "../units.js";
 import { Job, type JobCredits, type JobOutput, MAX_ATTEMPTS } from "./job.js";
 

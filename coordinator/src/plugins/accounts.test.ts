@@ -7,10 +7,10 @@
 import { randomBytes } from "node:crypto";
 import { request } from "node:http";
 import { REGISTER_PATH } from "@sharedllm/protocol";
+import { quietLogger, type TestDatabase, testDatabase } from "@sharedllm/testkit";
+import { devWallet, startTestChain, type TestChain } from "@sharedllm/testkit/chain";
 import { createSiweMessage } from "viem/siwe";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { devWallet, startTestChain, type TestChain } from "../../../test/chain.ts";
-import { quietLogger, type TestDatabase, testDatabase } from "../../../test/helpers.ts";
 import { type Coordinator, startCoordinator } from "../coordinator.js";
 
 let chain: TestChain;

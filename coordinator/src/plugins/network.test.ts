@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
+import { type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
+import { SimNode } from "@sharedllm/testkit/simNode";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { type TestDatabase, testDatabase, waitFor } from "../../../test/helpers.ts";
-import { SimNode } from "../../../test/simNode.ts";
 import { createApiKey } from "../apiKeys.js";
 import { type Coordinator, startCoordinator } from "../coordinator.js";
 

@@ -1,11 +1,11 @@
 import { randomBytes } from "node:crypto";
 import { CLOSE_REFUSED, CONTROL_PATH, CONTROL_PROTOCOL_VERSION, REGISTER_PATH, registrationMessage } from "@sharedllm/protocol";
 import { SITE_AUTH_WINDOW_MS, signSiteRequest } from "@sharedllm/protocol/node";
+import { type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
 import { pino } from "pino";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { type TestDatabase, testDatabase, waitFor } from "../../../test/helpers.ts";
 import { type Coordinator, startCoordinator } from "../coordinator.js";
 
 const joinToken = randomBytes(32).toString("base64url");

@@ -14,8 +14,6 @@ import type { Fleet } from "../fleet.js";
 import { type JobRequest, type Jobs, unknownModel } from "../jobs/jobs.js";
 import { jobResponse } from "./sse.js";
 
-export { NODE_HEADER } from "./sse.js";
-
 export interface OpenAIPluginOptions {
   jobs: Jobs;
   keys: ApiKeyVerifier;

@@ -9,9 +9,9 @@
 import { spawn } from "node:child_process";
 import net, { type Socket } from "node:net";
 import tls from "node:tls";
+import { quietLogger, waitFor } from "@sharedllm/testkit";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { quietLogger, waitFor } from "../../../test/helpers.ts";
 import {
   bindingMessage,
   dialTunnel,

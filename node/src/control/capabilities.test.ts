@@ -1,6 +1,6 @@
+import { tempPaths } from "@sharedllm/testkit";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { tempPaths } from "../../../test/helpers.ts";
 import type { Engine } from "../engine/build.js";
 import { capabilities, detectHardware, type Hardware } from "./capabilities.js";
 

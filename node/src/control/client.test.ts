@@ -1,7 +1,7 @@
 import { CONTROL_PROTOCOL_VERSION, channelPair, type JobStart } from "@sharedllm/protocol";
+import { waitFor } from "@sharedllm/testkit";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
-import { waitFor } from "../../../test/helpers.ts";
 import { ControlClient } from "./client.js";
 
 describe("control client", () => {

@@ -1,8 +1,8 @@
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { tempPaths, waitFor } from "@sharedllm/testkit";
 import { afterEach, describe, expect, it } from "vitest";
-import { tempPaths, waitFor } from "../../../test/helpers.ts";
 import { ModelStore } from "../models/store.js";
 import { resolvePaths } from "../paths.js";
 import { findEngine } from "./build.js";

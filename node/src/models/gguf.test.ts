@@ -1,7 +1,7 @@
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { tempPaths } from "@sharedllm/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { tempPaths } from "../../../test/helpers.ts";
 import { resolvePaths } from "../paths.js";
 import { estimateServingMemory, GgufRefused, readModelLayout } from "./gguf.js";
 import { DEFAULT_MODEL } from "./sources.js";

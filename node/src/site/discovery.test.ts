@@ -6,9 +6,9 @@
 import { createHmac } from "node:crypto";
 import dgram from "node:dgram";
 import { sealBeacon, signBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
+import { quietLogger, waitFor } from "@sharedllm/testkit";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterEach, describe, expect, it } from "vitest";
-import { quietLogger, waitFor } from "../../../test/helpers.ts";
 import { freePort } from "../engine/freePort.js";
 import { Discovery, expandCidr } from "./discovery.js";
 
