@@ -103,8 +103,8 @@ const READY_WAIT_MS = 5_000;
 export class Clusters {
   /** cluster sessions waiting for their workers' `tunnel.ready` */
   private readonly waiting = new Map<string, { ready(nodeId: string): void }>();
-  /** each head's latest formation: the only members its split may name */
-  private readonly formations = new Map<string, Formation>();
+  /** each head's latest formation, and the connection that made it: the only members its split may name */
+  private readonly formations = new Map<string, { formation: Formation; by: ConnectedNode }>();
 
   constructor(private readonly fleet: Fleet) {}
 
@@ -114,7 +114,9 @@ export class Clusters {
    * in place; then the head hears where the tunnels are (and who is missing).
    */
   async form(head: ConnectedNode, f: { sessionId: string; members: string[]; expiresAt: number }, log: FastifyBaseLogger): Promise<void> {
-    const decision = decideForm(head, f, (id) => this.fleet.get(id), Date.now());
+    const decision = this.waiting.has(f.sessionId)
+      ? ({ ok: false, reason: "that cluster session id is in use" } as const)
+      : decideForm(head, f, (id) => this.fleet.get(id), Date.now());
     if (!decision.ok) {
       log.warn({ nodeId: head.id, reason: decision.reason }, "cluster formation refused");
       head.send({ type: "cluster.members", sessionId: f.sessionId, members: [], missing: [], refused: decision.reason });
@@ -149,7 +151,8 @@ export class Clusters {
     });
     const ready = members.filter((m) => !waiting.has(m.nodeId));
     for (const id of waiting) missing.push({ nodeId: id, reason: "did not take the session in time" });
-    this.formations.set(head.id, { sessionId: f.sessionId, head: head.id, members: new Set(ready.map((m) => m.nodeId)), expiresAt });
+    const formation = { sessionId: f.sessionId, head: head.id, members: new Set(ready.map((m) => m.nodeId)), expiresAt };
+    this.formations.set(head.id, { formation, by: head });
     head.send({ type: "cluster.members", sessionId: f.sessionId, members: ready, missing, expiresAt });
     log.info({ head: head.id, members: ready.map((m) => m.nodeId), missing }, "cluster formed");
   }
@@ -161,7 +164,9 @@ export class Clusters {
 
   /** A head announces its layer split: kept when `checkPlan` believes it; the reason when not. */
   plan(head: ConnectedNode, members: ClusterPlan["members"]): string | undefined {
-    const refused = checkPlan(head.id, this.formations.get(head.id), members, Date.now());
+    // a formation counts only on the connection that made it, while that node is still a head
+    const f = this.formations.get(head.id);
+    const refused = checkPlan(head.id, f?.by === head && head.role === "head" ? f.formation : undefined, members, Date.now());
     if (refused) return refused;
     head.cluster = members.map((m) => ({ ...m, nodeId: m.nodeId.toLowerCase() }));
     return undefined;

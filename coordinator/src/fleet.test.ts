@@ -54,7 +54,7 @@ describe("pickNode", () => {
 
 describe("pickLoader", () => {
   const wanted = { id: "big", sha256: "1".repeat(64), source: "hf:o/r/big.gguf", sizeBytes: 1_000 };
-  const withMemory = (id: string, free: number, extra: Partial<NodeView> & { loading?: string } = {}) => ({
+  const withMemory = (id: string, free: number, extra: Partial<NodeView> & { loading?: string; role?: string } = {}) => ({
     ...node(id, 0),
     heartbeat: { type: "heartbeat" as const, load: 0, freeMemoryBytes: free, activeJobs: 0, loadedModels: ["m"], tokensPerSecond: 0 },
     ...extra,
@@ -69,6 +69,11 @@ describe("pickLoader", () => {
     expect(pickLoader([withMemory("busy", 9_000, { active: 1 })], wanted)).toBeUndefined();
     expect(pickLoader([withMemory("paused", 9_000, { accepting: false })], wanted)).toBeUndefined();
     expect(pickLoader([withMemory("loading", 9_000, { loading: "other" })], wanted)).toBeUndefined();
+  });
+
+  it("asks only solo nodes: a worker serves no models, and a head's split pays for its own model only", () => {
+    expect(pickLoader([withMemory("worker", 9_000, { role: "worker" }), withMemory("solo", 3_000)], wanted)?.id).toBe("solo");
+    expect(pickLoader([withMemory("head", 9_000, { role: "head" })], wanted)).toBeUndefined();
   });
 });
 

@@ -81,17 +81,18 @@ export function silentNodes<T extends { id: string; lastSeenAt: number }>(
 }
 
 /**
- * The node to ask to load a model in demand: idle (nothing in flight), taking jobs,
- * not loading anything already, with free memory for twice the model file; among
- * those the one with the most free memory.
+ * The node to ask to load a model in demand: a solo node (a worker serves no models, and a
+ * head's split, which decides its pay, is for its own model), idle (nothing in flight), taking
+ * jobs, not loading anything already, with free memory for twice the model file; among those the
+ * one with the most free memory.
  */
-export function pickLoader<T extends NodeView & { loading?: string; heartbeat?: Heartbeat }>(
+export function pickLoader<T extends NodeView & { role?: string; loading?: string; heartbeat?: Heartbeat }>(
   nodes: Iterable<T>,
   model: KnownModel,
 ): T | undefined {
   let best: T | undefined;
   for (const n of nodes) {
-    if (!n.accepting || n.active > 0 || n.loading || n.models.has(model.id)) continue;
+    if ((n.role ?? "solo") !== "solo" || !n.accepting || n.active > 0 || n.loading || n.models.has(model.id)) continue;
     const free = n.heartbeat?.freeMemoryBytes ?? 0;
     if (free < 2 * (model.sizeBytes ?? 0)) continue;
     if (!best || free > (best.heartbeat?.freeMemoryBytes ?? 0)) best = n;

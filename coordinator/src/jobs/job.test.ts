@@ -11,6 +11,8 @@ class FakeUnit implements ServingUnit {
   readonly models = new Map([["m", { id: "m", sha256: SHA, contextSize: 4096 }]]);
   sink: JobSink | undefined;
   cancelled: string[] = [];
+  /** who this unit says is paid now (a head's split, which may change) */
+  paying: string[] | undefined;
   constructor(readonly id: string) {}
   dispatch(_job: JobStart, sink: JobSink): void {
     this.sink = sink;
@@ -19,7 +21,7 @@ class FakeUnit implements ServingUnit {
     this.cancelled.push(jobId);
   }
   payees(): Payees {
-    return { members: [{ node: this.id as `0x${string}`, shareBps: 10_000 }] };
+    return { members: (this.paying ?? [this.id]).map((node) => ({ node: node as `0x${string}`, shareBps: 10_000 })) };
   }
 }
 
@@ -65,7 +67,7 @@ class FakeCredits implements JobCredits {
   }
 }
 
-function setup(o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean } = {}) {
+function setup(o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean; failFinish?: boolean } = {}) {
   const units = o.units ?? [new FakeUnit("n1"), new FakeUnit("n2"), new FakeUnit("n3"), new FakeUnit("n4")];
   const credits = new FakeCredits();
   const rows: string[] = [];
@@ -82,8 +84,10 @@ function setup(o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean } = {})
       credits: o.paid === false ? undefined : credits,
       records: {
         started: async (j) => void rows.push(`running on ${j.unit?.id}`),
-        finished: async (j, status, usage) =>
-          void rows.push(`${status} on ${j.unit?.id ?? "-"}${usage ? ` ${usage.completion_tokens}` : ""}`),
+        finished: async (j, status, usage) => {
+          if (o.failFinish) throw new Error("database gone");
+          rows.push(`${status} on ${j.unit?.id ?? "-"}${usage ? ` ${usage.completion_tokens}` : ""}`);
+        },
       },
       log: { warn() {}, error() {} },
     },
@@ -97,6 +101,25 @@ const usage = (completion: number): Usage => ({ prompt_tokens: 10, completion_to
 const states = (job: Job) => job.history.map((h) => (h.unit ? `${h.state}@${h.unit}` : h.state));
 
 describe("Job", () => {
+  it("pays whoever the unit named when the job was dispatched, even if its split changes before the end", async () => {
+    const { job, units, credits, out } = setup();
+    await job.run();
+    units[0]?.sink?.chunk(chunk("hello"));
+    (units[0] as FakeUnit).paying = ["someone-else"];
+    units[0]?.sink?.end(usage(2));
+    await waitFor("the end", () => out.seen.includes("end n1"));
+    expect(credits.log).toEqual(["hold", "charge 2 to n1 for a"]);
+  });
+
+  it("releases the hold of a whole response whose final row cannot be recorded: the client never gets the body", async () => {
+    const { job, units, credits, out } = setup({ stream: false, failFinish: true });
+    await job.run();
+    units[0]?.sink?.result({ choices: [{ message: { content: "hi" } }], usage: usage(1) });
+    await waitFor("the failure", () => out.error);
+    expect(out.seen).toEqual(["fail internal_error"]);
+    expect(credits.log).toEqual(["hold", "release"]);
+  });
+
   it("streams to completion: charged for what was relayed, recorded, then the client hears the end", async () => {
     const { job, units, credits, rows, out } = setup();
     await job.run();

@@ -86,6 +86,8 @@ export class Job implements JobSink {
   readonly history: { state: JobState; at: number; unit?: string }[] = [{ state: "queued", at: Date.now() }];
   /** the unit of the latest attempt */
   unit: ServingUnit | undefined;
+  /** who is paid for this attempt, and the model file it ran: as they were when it was dispatched */
+  private paid: { payees: Payees; modelSha256: string | undefined } | undefined;
   private readonly tried = new Set<string>();
   /** what was relayed to the client bounds what the job is charged */
   private readonly relayed = new RelayedText();
@@ -139,6 +141,8 @@ export class Job implements JobSink {
     }
     this.tried.add(unit.id);
     this.unit = unit;
+    // a split re-formed or a model swapped mid-job must not change who did this job's work
+    this.paid = { payees: unit.payees(), modelSha256: unit.models.get(this.spec.model)?.sha256 };
     this.to("dispatched", unit.id);
     unit.dispatch(this.spec.start, this);
     if (!this.streamed) this.recordStart();
@@ -230,15 +234,22 @@ export class Job implements JobSink {
     );
   }
 
-  /** The final row, then the credits: charged for a completed job, else (and if charging fails) released. */
+  /**
+   * The final row, then the credits: charged for a completed job whose output reached the client,
+   * else (and if charging fails) released. A stream's tokens have reached the client as they came;
+   * a whole response reaches it only once its row is recorded.
+   */
   private async settle(status: JobStatus, usage?: Usage, error?: string): Promise<void> {
+    let recorded = false;
     try {
       await this.started;
       await this.fx.records.finished(this, status, usage, error);
+      recorded = true;
     } finally {
       const credits = this.fx.credits;
-      if (credits && status === "completed" && usage && this.unit) {
-        await credits.charge(usage, this.unit.payees(), this.unit.models.get(this.spec.model)?.sha256);
+      const delivered = this.streamed || recorded;
+      if (credits && status === "completed" && usage && this.paid && delivered) {
+        await credits.charge(usage, this.paid.payees, this.paid.modelSha256);
       } else await credits?.release();
     }
   }

@@ -67,6 +67,11 @@ export async function startRpcServer(o: {
     logFile,
     // a probing connection would be served as a client: a Unix socket is up once its file is there
     healthCheck: async () => ("path" in address ? existsSync(address.path) : connects(address)),
+    // so the socket a crashed run left behind does not pass for the new run's
+    prepare: async () => {
+      if ("path" in address) await rm(address.path, { force: true });
+      return [];
+    },
   });
   const stop = async () => {
     await supervisor.stop();
