@@ -144,7 +144,9 @@ describe("node pause, resume and leave", () => {
 
   it("leave finishes the job in flight first, then the daemon exits and the coordinator forgets the node and its sessions", async () => {
     expect(await coordinator.db.selectFrom("node_sessions").select("node_id").where("node_id", "=", nodeId).execute()).not.toEqual([]);
-    const running = stream(200);
+    // long enough to outlast the owner's command starting up on a loaded machine (seconds), so the
+    // drain is seen while the job is still in flight: after it, the node is gone at once
+    const running = stream(1500);
     await running.firstChunk;
     const leaving = owner("leave");
     await waitFor("the coordinator to see the node draining", () => accepting() === false);
