@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
@@ -57,6 +58,17 @@ function chat(extra: Record<string, unknown> = {}): Promise<Response> {
     headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
     body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Count to one hundred." }], max_tokens: 4, ...extra }),
   });
+}
+
+/** The pid of `parent`'s child process named `name` (Linux /proc). */
+async function childPid(parent: number, name: string): Promise<number> {
+  for (const pid of await readdir("/proc")) {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+    // pid (comm) state ppid ...
+    const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
+    if (m && m[1] === name && Number(m[2]) === parent) return Number(pid);
+  }
+  throw new Error(`no ${name} child of ${parent}`);
 }
 
 const accepting = () => coordinator.fleet.get(nodeId)?.accepting;
@@ -144,13 +156,19 @@ describe("node pause, resume and leave", () => {
 
   it("leave finishes the job in flight first, then the daemon exits and the coordinator forgets the node and its sessions", async () => {
     expect(await coordinator.db.selectFrom("node_sessions").select("node_id").where("node_id", "=", nodeId).execute()).not.toEqual([]);
-    // long enough to outlast the owner's command starting up on a loaded machine (seconds), so the
-    // drain is seen while the job is still in flight: after it, the node is gone at once
-    const running = stream(1500);
+    const running = stream(300);
     await running.firstChunk;
+    // the job stays in flight however long the owner's command takes to start on a loaded
+    // machine: its llama-server is frozen until the drain has been seen
+    const engine = await childPid(daemon.pid as number, "llama-server");
+    process.kill(engine, "SIGSTOP");
     const leaving = owner("leave");
-    await waitFor("the coordinator to see the node draining", () => accepting() === false);
-    expect((await chat()).status).toBe(503);
+    try {
+      await waitFor("the coordinator to see the node draining", () => accepting() === false);
+      expect((await chat()).status).toBe(503);
+    } finally {
+      process.kill(engine, "SIGCONT");
+    }
 
     expect(await running.done).toBe(true);
     expect(await leaving).toMatch(/^leave: sent to node daemon pid \d+/);
