@@ -15,6 +15,7 @@ import {
   type ReceiptRequest,
   receiptFromWire,
   type ServedModel,
+  type Usage,
   WORK_RECEIPT_TYPES,
   workReceiptDomain,
 } from "@sharedllm/protocol";
@@ -23,24 +24,18 @@ import WebSocket from "ws";
 
 export type SimJobHandler = (job: JobStart, send: (f: NodeFrame) => void) => void;
 
-/** Answers every job with a short stream: two content chunks, then usage. */
-export const echoJob: SimJobHandler = (job, send) => {
-  if (job.stream) {
-    for (const word of ["sim", "ulated"]) {
-      send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] }) });
-    }
-    send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } });
-  } else {
-    send({
-      type: "job.result",
-      jobId: job.jobId,
-      body: {
-        choices: [{ index: 0, message: { role: "assistant", content: "simulated" } }],
-        usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 },
-      },
-    });
+/** Answers every job with a short stream (as a node does, whether or not its client asked for one): two tokens, then usage. */
+export const echoJob: SimJobHandler = (job, send) =>
+  streamWords(job, send, ["sim", "ulated"], { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
+
+/** Streams one event per word, each one token (ids 1, 2, ...), then ends the job with `usage`. */
+export function streamWords(job: JobStart, send: (f: NodeFrame) => void, words: readonly string[], usage: Usage): void {
+  for (const [i, word] of words.entries()) {
+    const choice = job.kind === "chat" ? { index: 0, delta: { content: word } } : { index: 0, text: word };
+    send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [choice] }), tokens: [i + 1] });
   }
-};
+  send({ type: "job.end", jobId: job.jobId, usage });
+}
 
 /** Answers every receipt request by signing the receipt as proposed, with `account` (an honest node). */
 export const signsReceipts =
@@ -99,7 +94,8 @@ export class SimNode {
     });
     this.ws = ws;
     const send = (f: NodeFrame) => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data) : JSON.stringify(f));
+      if (ws.readyState === WebSocket.OPEN)
+        ws.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data, f.tokens) : JSON.stringify(f));
     };
     await new Promise<void>((resolve, reject) => {
       ws.once("error", reject);

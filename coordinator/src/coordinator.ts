@@ -47,6 +47,8 @@ export interface CoordinatorOptions {
   heartbeatIntervalMs?: number;
   /** extra say over where each job may run (site-only keys, federation); default: anywhere */
   policy?: SchedulingPolicy;
+  /** how long a job whose unit failed mid-job waits for another to continue it; default 5 s */
+  continueWaitMs?: number;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
@@ -144,7 +146,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       receipts: ledger?.receipts,
     });
     const keys = new ApiKeyVerifier(db);
-    const jobs = new Jobs({ db, fleet, knownModels, metrics, policy: o.policy, ledger });
+    const jobs = new Jobs({ db, fleet, knownModels, metrics, policy: o.policy, ledger, continueWaitMs: o.continueWaitMs });
     await app.register(openaiPlugin, { jobs, fleet, knownModels, keys });
     let origins: string[] = [];
     if (ledger) {

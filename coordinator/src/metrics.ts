@@ -11,6 +11,8 @@ export class Metrics {
   private readonly jobs: Counter<"status" | "model">;
   private readonly tokens: Counter<"type" | "model">;
   private readonly scheduling: Summary;
+  private readonly continuations: Counter<"cause">;
+  private readonly continuationGap: Summary;
 
   constructor(fleet: Fleet) {
     const registers = [this.registry];
@@ -48,6 +50,28 @@ export class Metrics {
       ageBuckets: 5,
       registers,
     });
+    this.continuations = new Counter({
+      name: "sharedllm_continuations_total",
+      help: "jobs continued on another unit after theirs failed mid-job, by cause",
+      labelNames: ["cause"],
+      registers,
+    });
+    this.continuationGap = new Summary({
+      name: "sharedllm_continuation_gap_seconds",
+      help: "time from a unit failing mid-job to the next token from the unit continuing it",
+      percentiles: [0.5, 0.95],
+      maxAgeSeconds: 3600,
+      ageBuckets: 5,
+      registers,
+    });
+  }
+
+  continued(cause: string): void {
+    this.continuations.inc({ cause });
+  }
+
+  resumed(gapSeconds: number): void {
+    this.continuationGap.observe(gapSeconds);
   }
 
   scheduled(seconds: number): void {

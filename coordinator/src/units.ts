@@ -18,12 +18,16 @@ import type {
 } from "@sharedllm/protocol";
 import type { NodeView } from "./fleet.js";
 
-/** Receives what a unit reports for one job. Exactly one of end/result/error is called, once. */
+/** Why a unit failed a job: its node went away, its engine failed, or its owner took the machine back. */
+export type FailureCause = "node_lost" | "engine" | "owner";
+
+/** Receives what a unit reports for one job: its streamed events, then exactly one of end/error, once. */
 export interface JobSink {
-  chunk(data: string): void;
-  end(usage: Usage): void;
-  result(body: Record<string, unknown>): void;
-  error(e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void;
+  /** one event, with the ids of the tokens it streams (or their count when not all are known) */
+  chunk(data: string, tokens: readonly number[] | number): void;
+  /** `resumed`: the tokens of earlier output the unit was given again as part of its prompt */
+  end(usage: Usage, resumed?: number): void;
+  error(e: Pick<JobErrorFrame, "message" | "retryable" | "status"> & { cause?: FailureCause }): void;
 }
 
 /** Who earns from a job: node addresses with shares in basis points summing to 10000. */
@@ -37,7 +41,7 @@ export interface ServingUnit {
   /** named in responses (`x-sharedllm-node`) and in the jobs table */
   readonly id: string;
   readonly models: ReadonlyMap<string, ServedModel>;
-  /** Starts a job; `sink` hears its output, then exactly one of end/result/error. */
+  /** Starts a job; `sink` hears its output, then exactly one of end/error. */
   dispatch(job: JobStart, sink: JobSink): void;
   /** Stops a job whose client went away; its sink hears nothing more. */
   cancel(jobId: string): void;
@@ -138,31 +142,29 @@ export class ConnectedNode implements NodeView, ServingUnit {
   }
 
   /** the hot path: one call per streamed token */
-  chunk(jobId: string, data: string): void {
-    this.jobs.get(jobId)?.chunk(data);
+  chunk(jobId: string, data: string, tokens: readonly number[] | number): void {
+    this.jobs.get(jobId)?.chunk(data, tokens);
   }
 
-  end(jobId: string, usage: Usage): void {
-    this.take(jobId)?.end(usage);
-  }
-
-  result(jobId: string, body: Record<string, unknown>): void {
-    this.take(jobId)?.result(body);
+  end(jobId: string, usage: Usage, resumed?: number): void {
+    this.take(jobId)?.end(usage, resumed);
   }
 
   error(jobId: string, e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void {
     const sink = this.take(jobId);
     // an engine failure (not a bad request) sends the next jobs elsewhere for a while
     if (sink && e.status === undefined) this.coolingUntil = Date.now() + COOL_OFF_MS;
-    sink?.error(e);
+    sink?.error({ ...e, cause: "engine" });
   }
 
-  /** Fails every job in flight (the node went away): retryable, as nothing may have reached their clients. */
+  /** Fails every job in flight (the node went away): each is tried again, or continued, elsewhere. */
   failJobs(reason: string): void {
     const sinks = [...this.jobs.values()];
     this.jobs.clear();
     this.active = 0;
-    for (const sink of sinks) sink.error({ message: `the node serving this request went away (${reason})`, retryable: true });
+    for (const sink of sinks) {
+      sink.error({ message: `the node serving this request went away (${reason})`, retryable: true, cause: "node_lost" });
+    }
   }
 
   /** Detaches a job; returns its sink if the job is still running here. */

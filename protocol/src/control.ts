@@ -9,7 +9,8 @@ import { z } from "zod";
 import { addressSchema, workReceiptWireSchema } from "./ledger.js";
 import { usageSchema } from "./openai.js";
 
-export const CONTROL_PROTOCOL_VERSION = 1;
+/** 2: chunks carry the token ids they stream, every job streams from the engine, jobs resume (docs/continuation.md) */
+export const CONTROL_PROTOCOL_VERSION = 2;
 /** Path of the control-channel WebSocket on the coordinator. */
 export const CONTROL_PATH = "/v1/control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
@@ -107,6 +108,25 @@ export const jobStartSchema = z.object({
   /** whether the client asked for the usage chunk at the end of the stream */
   includeUsage: z.boolean(),
   request: z.record(z.string(), z.unknown()),
+  /**
+   * A job continued from another unit that failed mid-job (docs/continuation.md): the engine
+   * runs the prompt followed by the output so far (token ids, then any text whose ids are not
+   * known), and generates the rest. `request` then carries the remaining generation limit.
+   */
+  resume: z
+    .object({
+      tokens: z
+        .array(
+          z
+            .number()
+            .int()
+            .nonnegative()
+            .max(2 ** 31),
+        )
+        .max(1 << 20),
+      text: z.string().max(1 << 22),
+    })
+    .optional(),
 });
 export type JobStart = z.infer<typeof jobStartSchema>;
 
@@ -192,33 +212,60 @@ export const coordinatorFrameSchema = z.discriminatedUnion("type", [
 export type CoordinatorFrame = z.infer<typeof coordinatorFrameSchema>;
 
 /**
- * node -> coordinator: one server-sent event's data, to relay verbatim. This is
- * the hot path (one frame per token), so it skips JSON: a text frame
- * `\u0001<jobId>\n<data>`. Every other frame is a JSON object.
+ * node -> coordinator: one server-sent event's data, to relay verbatim, with the tokens it
+ * streams: their ids when the engine told them all, else only how many (an engine holds back
+ * text, e.g. half a UTF-8 character, and reports one id per event). This is the hot path (one
+ * frame per token), so it skips JSON: a text frame `\u0001<jobId>\t<tokens>\n<data>`, where
+ * `<tokens>` is comma-separated ids or `~<count>`.
  */
 export interface JobChunk {
   type: "job.chunk";
   jobId: string;
   data: string;
+  /** the ids of the tokens this event streams, or their count when not all ids are known */
+  tokens: readonly number[] | number;
 }
 
 const CHUNK_MARK = "\u0001";
+const MAX_TOKENS_PER_CHUNK = 4096;
 
-export function encodeChunkFrame(jobId: string, data: string): string {
-  return `${CHUNK_MARK}${jobId}\n${data}`;
+export function encodeChunkFrame(jobId: string, data: string, tokens: readonly number[] | number): string {
+  return `${CHUNK_MARK}${jobId}\t${typeof tokens === "number" ? `~${tokens}` : tokens.join(",")}\n${data}`;
 }
 
-/** The chunk in a frame, or undefined when the frame is not a chunk frame. */
-export function decodeChunkFrame(frame: string): { jobId: string; data: string } | undefined {
+/** The chunk in a frame; undefined when the frame is not a chunk frame or its token field is malformed. */
+export function decodeChunkFrame(frame: string): Omit<JobChunk, "type"> | undefined {
   if (frame[0] !== CHUNK_MARK) return undefined;
   const nl = frame.indexOf("\n");
-  if (nl < 0) return undefined;
-  return { jobId: frame.slice(1, nl), data: frame.slice(nl + 1) };
+  const tab = frame.indexOf("\t");
+  if (nl < 0 || tab < 0 || tab > nl) return undefined;
+  const field = frame.slice(tab + 1, nl);
+  let tokens: number[] | number;
+  if (field[0] === "~") {
+    tokens = /^~\d{1,4}$/.test(field) ? Number(field.slice(1)) : Number.NaN;
+    if (!(tokens <= MAX_TOKENS_PER_CHUNK)) return undefined;
+  } else {
+    tokens = field === "" ? [] : field.split(",").map(Number);
+    if (tokens.length > MAX_TOKENS_PER_CHUNK || tokens.some((t) => !Number.isInteger(t) || t < 0 || t >= 2 ** 31)) return undefined;
+  }
+  return { jobId: frame.slice(1, tab), data: frame.slice(nl + 1), tokens };
 }
-/** node -> coordinator: the whole response of a non-streaming job */
-export const jobResultSchema = z.object({ type: z.literal("job.result"), jobId: z.string(), body: z.looseObject({}) });
-/** node -> coordinator: a stream finished; usage as metered by the engine */
-export const jobEndSchema = z.object({ type: z.literal("job.end"), jobId: z.string(), usage: usageSchema });
+
+/**
+ * node -> coordinator: a job's stream finished; usage as metered by the engine. A resumed job's
+ * prompt tokens include the `resumed` tokens of earlier output it was given again.
+ */
+export const jobEndSchema = z.object({
+  type: z.literal("job.end"),
+  jobId: z.string(),
+  usage: usageSchema,
+  resumed: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(1 << 30)
+    .optional(),
+});
 /** node -> coordinator: the job failed on the node */
 export const jobErrorSchema = z.object({
   type: z.literal("job.error"),
@@ -306,7 +353,6 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   clusterFormSchema,
   tunnelReadySchema,
   clusterPlanSchema,
-  jobResultSchema,
   jobEndSchema,
   jobErrorSchema,
 ]);

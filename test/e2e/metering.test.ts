@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
-import { type SimJobHandler, SimNode, signsReceipts } from "../simNode.ts";
+import { type SimJobHandler, SimNode, signsReceipts, streamWords } from "../simNode.ts";
 
 let chain: TestChain;
 let database: TestDatabase;
@@ -91,18 +91,12 @@ async function payer(index: number, credits: bigint) {
   return { address: wallet.address as Address, journal, account, chat };
 }
 
-const streamed = (job: JobStart, send: Parameters<SimJobHandler>[1], words: string[], usage: Usage) => {
-  for (const w of words)
-    send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [{ index: 0, delta: { content: w } }] }) });
-  send({ type: "job.end", jobId: job.jobId, usage });
-};
-
 describe("metering against hostile requests and nodes", () => {
   it("the engine gets only allow-listed fields and the generation limit the hold covers, whatever the user adds", async () => {
     const seen: JobStart[] = [];
     await node("m-fields", (job, send) => {
       seen.push(job);
-      streamed(job, send, ["hi"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 });
+      streamWords(job, send, ["hi"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 });
     });
     const user = await payer(10, 100_000n);
     const res = await user.chat({
@@ -130,36 +124,31 @@ describe("metering against hostile requests and nodes", () => {
 
   it("a node that reports more tokens than it relayed is charged what the coordinator counted", async () => {
     await node("m-inflate", (job, send) =>
-      streamed(job, send, ["two", " words"], { prompt_tokens: 900_000, completion_tokens: 900_000, total_tokens: 1_800_000 }),
+      streamWords(job, send, ["two", " words"], { prompt_tokens: 900_000, completion_tokens: 900_000, total_tokens: 1_800_000 }),
     );
     const user = await payer(11, 1_000_000n);
     const res = await user.chat({ model: "m-inflate", stream: true, max_tokens: 2000 });
     expect(res.status).toBe(200);
     expect(await res.text()).toContain("[DONE]");
     const charged = await user.journal("charge");
-    // prompt: at most the request's bytes plus the template margin; completion: relayed bytes (9) + 16
+    // prompt: at most the request's bytes plus the template margin; completion: the tokens it
+    // streamed (2) + 16 for an end token that comes in no event (fewer than the relayed bytes, 9, + 16)
     const body = JSON.stringify([{ role: "user", content: "Say hi." }]);
     const promptBound = BigInt(Buffer.byteLength(body) + 16 + 64);
-    expect(charged).toBe(promptBound + 2n * BigInt(9 + 16));
+    expect(charged).toBe(promptBound + 2n * BigInt(2 + 16));
     expect(await user.account()).toMatchObject({ held: "0", charged: charged.toString() });
     const job = await coordinator.db
       .selectFrom("jobs")
       .select(["completion_tokens"])
       .where("model", "=", "m-inflate")
       .executeTakeFirstOrThrow();
-    expect(job.completion_tokens).toBe(25);
+    expect(job.completion_tokens).toBe(18);
   });
 
   it("malformed usage in a response is the node's failure: the job goes to another node, the hold is released", async () => {
+    // usage that is not whole token counts: the frame is refused, and the node with it
     const bad = await node("m-usage", (job, send) =>
-      send({
-        type: "job.result",
-        jobId: job.jobId,
-        body: {
-          choices: [{ index: 0, message: { role: "assistant", content: "hi" } }],
-          usage: { prompt_tokens: 1.5, completion_tokens: 1 },
-        },
-      }),
+      send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 1.5, completion_tokens: 1 } as Usage }),
     );
     const user = await payer(12, 100_000n);
     // only the lying node serves it: the client gets 502 and keeps its credits
@@ -170,16 +159,7 @@ describe("metering against hostile requests and nodes", () => {
     expect(await user.account()).toMatchObject({ held: "0", charged: "0", available: "100000" });
 
     // an honest node joins: the retry lands there and the user is charged its (bounded) usage once
-    await node("m-usage", (job, send) =>
-      send({
-        type: "job.result",
-        jobId: job.jobId,
-        body: {
-          choices: [{ index: 0, message: { role: "assistant", content: "hi" } }],
-          usage: { prompt_tokens: 7, completion_tokens: 1, total_tokens: 8 },
-        },
-      }),
-    );
+    await node("m-usage", (job, send) => streamWords(job, send, ["hi"], { prompt_tokens: 7, completion_tokens: 1, total_tokens: 8 }));
     const ok = await user.chat({ model: "m-usage", max_tokens: 8 });
     expect(ok.status).toBe(200);
     expect(((await ok.json()) as { usage: Usage }).usage).toEqual({ prompt_tokens: 7, completion_tokens: 1, total_tokens: 8 });
@@ -215,7 +195,7 @@ describe("metering against hostile requests and nodes", () => {
     // the largest context a node may claim changes nothing for a user with an ordinary balance
     await node(
       "m-context",
-      (job, send) => streamed(job, send, ["ok"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 }),
+      (job, send) => streamWords(job, send, ["ok"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 }),
       1 << 20,
     );
     const user = await payer(13, 10_000n);
@@ -228,7 +208,8 @@ describe("metering against hostile requests and nodes", () => {
   it("a receipt proposal outlives a coordinator restart: the node gets it again when it reconnects, and is paid", async () => {
     const account = privateKeyToAccount(generatePrivateKey());
     const answer = (o: { sign: boolean }) => (o.sign ? signsReceipts(account) : () => {});
-    const reply: SimJobHandler = (job, send) => streamed(job, send, ["paid"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 });
+    const reply: SimJobHandler = (job, send) =>
+      streamWords(job, send, ["paid"], { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 });
     // the node goes away before it signs
     const away = await node("m-restart", reply, 2048, { account, onReceiptRequest: answer({ sign: false }) });
     const user = await payer(14, 100_000n);

@@ -3,12 +3,15 @@
  * (HTTP 402 when it does not fit), then the actual usage charged, never above the hold, with
  * the serving nodes' receipt proposals in the same transaction (docs/security/metering.md). A
  * charge that fails releases the hold instead: no path leaves it held.
+ *
+ * A job continued on other units (docs/continuation.md) is charged once, for its prompt and its
+ * output; the charge is divided among the units in proportion to the list price of the work
+ * each did, a continuing unit's re-prefill of the output so far included.
  */
 import type { ReceiptRequest, Usage } from "@sharedllm/protocol";
 import { jobCost, type Metering, type Price } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
-import type { Payees } from "../units.js";
-import type { JobCredits } from "./job.js";
+import type { JobCredits, PaidPart } from "./job.js";
 
 export class CreditHold implements JobCredits {
   private readonly amount: bigint;
@@ -31,7 +34,7 @@ export class CreditHold implements JobCredits {
     return this.ledger.metering.release(this.payer, this.jobId, this.amount);
   }
 
-  async charge(usage: Usage, payees: Payees, modelSha256: string | undefined): Promise<void> {
+  async charge(usage: Usage, parts: readonly PaidPart[]): Promise<void> {
     const { metering, receipts } = this.ledger;
     let requests: ReceiptRequest[];
     try {
@@ -40,18 +43,34 @@ export class CreditHold implements JobCredits {
         this.jobId,
         this.amount,
         jobCost(this.price, usage.prompt_tokens, usage.completion_tokens),
-        // a split model pays every member by the layers it served; a solo node gets it all
-        async (tx, charged) =>
-          modelSha256 && charged > 0n
-            ? receipts.propose(tx, {
+        async (tx, charged) => {
+          const proposed: ReceiptRequest[] = [];
+          const paid = new Set<string>();
+          const credits = divide(
+            charged,
+            parts.map((p) => jobCost(this.price, p.promptTokens, p.completionTokens)),
+          );
+          for (const [i, part] of parts.entries()) {
+            // a split model pays every member by the layers it served; a solo node gets it all. A
+            // node already paid for this job by an earlier part has its receipt (one per job and node).
+            const members = part.payees.members.filter((m) => !paid.has(m.node.toLowerCase()));
+            const share = credits[i] ?? 0n;
+            if (!part.modelSha256 || share <= 0n || !members.length) continue;
+            for (const m of members) paid.add(m.node.toLowerCase());
+            proposed.push(
+              ...(await receipts.propose(tx, {
                 jobId: this.jobId,
-                modelSha256,
-                promptTokens: usage.prompt_tokens,
-                completionTokens: usage.completion_tokens,
-                credits: charged,
-                ...payees,
-              })
-            : [],
+                modelSha256: part.modelSha256,
+                promptTokens: part.promptTokens,
+                completionTokens: part.completionTokens,
+                credits: share,
+                members,
+                ...(part.payees.via && { via: part.payees.via }),
+              })),
+            );
+          }
+          return proposed;
+        },
       ));
     } catch (err) {
       await this.release();
@@ -59,4 +78,13 @@ export class CreditHold implements JobCredits {
     }
     receipts.send(requests);
   }
+}
+
+/** `credits` divided in proportion to `weights` (bigints); the rounding remainder goes to the first. */
+function divide(credits: bigint, weights: readonly bigint[]): bigint[] {
+  const total = weights.reduce((a, b) => a + b, 0n);
+  if (total === 0n) return weights.map((_, i) => (i === 0 ? credits : 0n));
+  const parts = weights.map((w) => (credits * w) / total);
+  parts[0] = (parts[0] ?? 0n) + credits - parts.reduce((a, b) => a + b, 0n);
+  return parts;
 }

@@ -1,20 +1,22 @@
-/** A job's transitions, with fake units, credits, rows and response: retries, cancels, failures, and the hold on each path. */
+/** A job's transitions, with fake units, credits, rows and response: retries, continuations, cancels, failures, and the hold on each path. */
 import { ApiError, type JobStart, type Usage } from "@sharedllm/protocol";
 import { waitFor } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
 import type { JobSink, Payees, ServingUnit } from "../units.js";
-import { Job, type JobCredits, type JobOutput, MAX_ATTEMPTS } from "./job.js";
+import { Job, type JobCredits, type JobOutput, MAX_ATTEMPTS, type PaidPart } from "./job.js";
 
 const SHA = "a".repeat(64);
 
 class FakeUnit implements ServingUnit {
   readonly models = new Map([["m", { id: "m", sha256: SHA, contextSize: 4096 }]]);
   sink: JobSink | undefined;
+  started: JobStart | undefined;
   cancelled: string[] = [];
   /** who this unit says is paid now (a head's split, which may change) */
   paying: string[] | undefined;
   constructor(readonly id: string) {}
-  dispatch(_job: JobStart, sink: JobSink): void {
+  dispatch(job: JobStart, sink: JobSink): void {
+    this.started = job;
     this.sink = sink;
   }
   cancel(jobId: string): void {
@@ -29,6 +31,7 @@ class FakeUnit implements ServingUnit {
 class FakeResponse implements JobOutput {
   seen: string[] = [];
   error: ApiError | undefined;
+  body: { choices?: unknown } | undefined;
   open(unit: string, data: string) {
     this.seen.push(`open ${unit} ${data}`);
   }
@@ -39,6 +42,7 @@ class FakeResponse implements JobOutput {
     this.seen.push(`end ${unit}`);
   }
   result(body: Record<string, unknown>, unit: string) {
+    this.body = body;
     this.seen.push(`result ${unit} ${JSON.stringify(body.usage)}`);
   }
   fail(err: ApiError) {
@@ -55,19 +59,24 @@ class FakeCredits implements JobCredits {
     if (this.refuse) throw new ApiError("insufficient_credits", "too little");
     this.log.push("hold");
   }
-  async charge(usage: Usage, payees: Payees, sha: string | undefined) {
+  parts: PaidPart[] = [];
+  async charge(usage: Usage, parts: readonly PaidPart[]) {
     if (this.failCharge) {
       await this.release();
       throw new Error("charge failed");
     }
-    this.log.push(`charge ${usage.completion_tokens} to ${payees.members.map((m) => m.node).join(",")} for ${sha?.slice(0, 1)}`);
+    this.parts = [...parts];
+    const who = parts.map((p) => p.payees.members.map((m) => m.node).join(",")).join(" then ");
+    this.log.push(`charge ${usage.completion_tokens} to ${who} for ${parts[0]?.modelSha256?.slice(0, 1)}`);
   }
   async release() {
     this.log.push("release");
   }
 }
 
-function setup(o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean; failFinish?: boolean } = {}) {
+function setup(
+  o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean; failFinish?: boolean; resumable?: boolean; spare?: boolean } = {},
+) {
   const units = o.units ?? [new FakeUnit("n1"), new FakeUnit("n2"), new FakeUnit("n3"), new FakeUnit("n4")];
   const credits = new FakeCredits();
   const rows: string[] = [];
@@ -78,9 +87,13 @@ function setup(o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean; failFi
       model: "m",
       apiKeyId: "k",
       bounds: { promptTokens: 100, generationLimit: 50 },
+      resumable: o.resumable ?? true,
     },
     {
       pick: (_model, tried) => units.find((u) => !tried.has(u.id)),
+      // none to continue on when there is no spare unit (the wait ran out)
+      continuer: async (_model, sha256, tried) =>
+        o.spare === false ? undefined : units.find((u) => !tried.has(u.id) && u.models.get("m")?.sha256 === sha256),
       credits: o.paid === false ? undefined : credits,
       records: {
         started: async (j) => void rows.push(`running on ${j.unit?.id}`),
@@ -97,6 +110,11 @@ function setup(o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean; failFi
 }
 
 const chunk = (text: string) => JSON.stringify({ choices: [{ delta: { content: text } }] });
+/** a continuing unit streams completion events */
+const cmpl = (text: string, finish: string | null = null) => JSON.stringify({ choices: [{ text, index: 0, finish_reason: finish }] });
+let nextId = 100;
+/** a unit streams `text` as one token */
+const say = (unit: FakeUnit | undefined, text: string) => unit?.sink?.chunk(chunk(text), [nextId++]);
 const usage = (completion: number): Usage => ({ prompt_tokens: 10, completion_tokens: completion, total_tokens: 10 + completion });
 const states = (job: Job) => job.history.map((h) => (h.unit ? `${h.state}@${h.unit}` : h.state));
 
@@ -104,7 +122,7 @@ describe("Job", () => {
   it("pays whoever the unit named when the job was dispatched, even if its split changes before the end", async () => {
     const { job, units, credits, out } = setup();
     await job.run();
-    units[0]?.sink?.chunk(chunk("hello"));
+    say(units[0], "hello");
     (units[0] as FakeUnit).paying = ["someone-else"];
     units[0]?.sink?.end(usage(2));
     await waitFor("the end", () => out.seen.includes("end n1"));
@@ -114,7 +132,8 @@ describe("Job", () => {
   it("releases the hold of a whole response whose final row cannot be recorded: the client never gets the body", async () => {
     const { job, units, credits, out } = setup({ stream: false, failFinish: true });
     await job.run();
-    units[0]?.sink?.result({ choices: [{ message: { content: "hi" } }], usage: usage(1) });
+    say(units[0], "hi");
+    units[0]?.sink?.end(usage(1));
     await waitFor("the failure", () => out.error);
     expect(out.seen).toEqual(["fail internal_error"]);
     expect(credits.log).toEqual(["hold", "release"]);
@@ -123,8 +142,8 @@ describe("Job", () => {
   it("streams to completion: charged for what was relayed, recorded, then the client hears the end", async () => {
     const { job, units, credits, rows, out } = setup();
     await job.run();
-    units[0]?.sink?.chunk(chunk("hello"));
-    units[0]?.sink?.chunk(chunk(" you"));
+    units[0]?.sink?.chunk(chunk("hello"), 4);
+    units[0]?.sink?.chunk(chunk(" you"), 30);
     // the node claims more tokens than the 9 bytes relayed (+16) can have made
     units[0]?.sink?.end(usage(40));
     await waitFor("the end", () => out.seen.includes("end n1"));
@@ -138,8 +157,7 @@ describe("Job", () => {
     const { job, units, credits, rows, out } = setup({ stream: false });
     await job.run();
     units[0]?.sink?.error({ message: "engine crashed", retryable: true });
-    // malformed usage is the unit's failure too
-    units[1]?.sink?.result({ choices: [], usage: { prompt_tokens: -1 } });
+    units[1]?.sink?.error({ message: "went away", retryable: true, cause: "node_lost" });
     expect(states(job)).toEqual(["queued", "dispatched@n1", "dispatched@n2", "dispatched@n3"]);
     units[2]?.sink?.error({ message: "engine crashed again", retryable: true });
     await waitFor("the failure", () => out.error !== undefined);
@@ -151,26 +169,77 @@ describe("Job", () => {
     expect(rows.at(-1)).toBe("failed on n3");
   });
 
-  it("completes a whole response on the unit that took over", async () => {
+  it("completes a whole response on the unit that took over, assembled from what it streamed", async () => {
     const { job, units, credits, out } = setup({ stream: false });
     await job.run();
     units[0]?.sink?.error({ message: "went away", retryable: true });
-    units[1]?.sink?.result({ choices: [{ message: { content: "hi" } }], usage: usage(5) });
+    say(units[1], "hi");
+    units[1]?.sink?.end(usage(1));
     await waitFor("the result", () => out.seen.length > 0);
-    expect(out.seen).toEqual([`result n2 ${JSON.stringify(usage(5))}`]);
-    expect(credits.log).toEqual(["hold", "charge 5 to n2 for a"]);
+    expect(out.seen).toEqual([`result n2 ${JSON.stringify(usage(1))}`]);
+    expect(credits.log).toEqual(["hold", "charge 1 to n2 for a"]);
   });
 
-  it("does not retry a failure once output reached the client: the stream ends with an error event", async () => {
-    const { job, units, credits, out } = setup();
+  it("continues a stream on another unit with the same model file: one response, each token once, each unit paid for its part", async () => {
+    const { job, units, credits, rows, out } = setup();
     await job.run();
-    units[0]?.sink?.chunk(chunk("partial"));
-    units[0]?.sink?.error({ message: "node went away", retryable: true });
-    expect(units[1]?.sink).toBeUndefined();
-    expect(out.seen).toEqual([`open n1 ${chunk("partial")}`, "fail node_failed"]);
-    await waitFor("the release", () => credits.log.includes("release"));
-    expect(credits.log).toEqual(["hold", "release"]);
-    expect(states(job).at(-1)).toBe("failed");
+    units[0]?.sink?.chunk(chunk("One"), [7]);
+    units[0]?.sink?.chunk(chunk(", two"), [8, 9]);
+    units[0]?.sink?.error({ message: "node went away", retryable: true, cause: "node_lost" });
+    await waitFor("the continuation", () => units[1]?.sink);
+    expect(units[1]?.started?.resume).toEqual({ tokens: [7, 8, 9], text: "" });
+    // the rest of the generation limit the credits were held for
+    expect(units[1]?.started?.request).toMatchObject({ max_tokens: 47, n_predict: 47 });
+    units[1]?.sink?.chunk(cmpl(", three"), [10]);
+    units[1]?.sink?.chunk(cmpl("", "stop"), 1);
+    // its prompt held the 3 tokens it was given again
+    units[1]?.sink?.end({ prompt_tokens: 13, completion_tokens: 2, total_tokens: 15 }, 3);
+    await waitFor("the end", () => out.seen.includes("end n2"));
+    expect(states(job)).toEqual(["queued", "dispatched@n1", "streaming", "continuing", "continuing@n2", "streaming", "completed"]);
+    expect(out.seen).toEqual([
+      `open n1 ${chunk("One")}`,
+      `chunk ${chunk(", two")}`,
+      `chunk ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta: { content: ", three" }, finish_reason: null }] })}`,
+      `chunk ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta: {}, finish_reason: "stop" }] })}`,
+      "end n2",
+    ]);
+    // charged once: the prompt once, the 5 tokens once
+    expect(credits.log).toEqual(["hold", "charge 5 to n1 then n2 for a"]);
+    expect(credits.parts.map((p) => [p.promptTokens, p.completionTokens])).toEqual([
+      [10, 3],
+      [13, 2],
+    ]);
+    expect(rows.at(-1)).toBe("completed on n2 5");
+  });
+
+  it("continues a whole response too: the client gets one body with all the text", async () => {
+    const { job, units, out } = setup({ stream: false });
+    await job.run();
+    say(units[0], "Hello");
+    units[0]?.sink?.error({ message: "engine crashed", retryable: false });
+    await waitFor("the continuation", () => units[1]?.sink);
+    units[1]?.sink?.chunk(cmpl(" world", "length"), [5]);
+    units[1]?.sink?.end({ prompt_tokens: 11, completion_tokens: 1, total_tokens: 12 }, 1);
+    await waitFor("the result", () => out.seen.length > 0);
+    expect(out.seen).toEqual([`result n2 ${JSON.stringify(usage(2))}`]);
+    expect(out.body?.choices).toEqual([
+      { index: 0, message: { role: "assistant", content: "Hello world" }, logprobs: null, finish_reason: "length" },
+    ]);
+  });
+
+  it("ends the stream with an error event, charging nothing, when no unit can continue it or the request cannot be", async () => {
+    for (const o of [{ spare: false }, { resumable: false }]) {
+      const { job, units, credits, out } = setup(o);
+      await job.run();
+      say(units[0], "partial");
+      units[0]?.sink?.error({ message: "node went away", retryable: true, cause: "node_lost" });
+      await waitFor("the failure", () => out.error !== undefined);
+      expect(units[1]?.sink).toBeUndefined();
+      expect(out.seen).toEqual([`open n1 ${chunk("partial")}`, "fail node_failed"]);
+      await waitFor("the release", () => credits.log.includes("release"));
+      expect(credits.log).toEqual(["hold", "release"]);
+      expect(states(job).at(-1)).toBe("failed");
+    }
   });
 
   it("fails a request the engine refused (a 4xx) without retrying", async () => {
@@ -195,7 +264,7 @@ describe("Job", () => {
   it("cancels on the unit when the client goes away, releasing the hold; later frames change nothing", async () => {
     const { job, units, credits, out, rows } = setup();
     await job.run();
-    units[0]?.sink?.chunk(chunk("some"));
+    say(units[0], "some");
     job.cancel("client disconnected");
     units[0]?.sink?.end(usage(3));
     await waitFor("the release", () => credits.log.includes("release"));
@@ -229,7 +298,8 @@ describe("Job", () => {
     const { job, units, credits, out } = setup({ stream: false });
     credits.failCharge = true;
     await job.run();
-    units[0]?.sink?.result({ choices: [{ message: { content: "hi" } }], usage: usage(1) });
+    say(units[0], "hi");
+    units[0]?.sink?.end(usage(1));
     await waitFor("the failure", () => out.error !== undefined);
     expect(out.error?.code).toBe("internal_error");
     expect(credits.log).toEqual(["hold", "release"]);

@@ -2,19 +2,22 @@
  * One job's life, from its credit hold to its last row: an object with explicit states, each
  * transition in one method and recorded in `history`.
  *
- *   queued -> dispatched -> streaming -> completed | failed | cancelled
+ *   queued -> dispatched -> streaming <-> continuing -> completed | failed | cancelled
  *
  * A job is queued while its credits are held, dispatched once a serving unit has it (again, on
- * another unit, when one fails before any output reached the client: at most MAX_ATTEMPTS), and
- * streaming once output has. `continuing` (a stream carried on by another unit after a failure)
- * has its place in the states and no transition into it yet. The effects (which unit, the
- * credits, the database rows, the client's response) come in as interfaces, so the rules here
- * are tested with fakes (job.test.ts).
+ * another unit, when one fails before any output: at most MAX_ATTEMPTS), and streaming once
+ * output has come. When its unit fails mid-job, the job is continuing: another unit with the same
+ * model file is given the prompt and the output so far (the Transcript's tokens) and generates
+ * the rest, and the client keeps its one response (docs/continuation.md). Every unit streams;
+ * a client that asked for a whole response gets it assembled at the end. The effects (which
+ * unit, the credits, the database rows, the client's response) come in as interfaces, so the
+ * rules here are tested with fakes (job.test.ts).
  */
-import { ApiError, type JobKind, type JobStart, type Usage, usageSchema } from "@sharedllm/protocol";
+import { ApiError, type JobKind, type JobStart, type Usage } from "@sharedllm/protocol";
 import type { JobStatus } from "../db/schema.js";
-import { meteredUsage, RelayedText, type UsageBounds } from "../ledger/usage.js";
-import type { JobSink, Payees, ServingUnit } from "../units.js";
+import { meteredUsage, type UsageBounds } from "../ledger/usage.js";
+import type { FailureCause, JobSink, Payees, ServingUnit } from "../units.js";
+import { Transcript } from "./transcript.js";
 
 export type JobState = "queued" | "dispatched" | "streaming" | "continuing" | "completed" | "failed" | "cancelled";
 
@@ -23,7 +26,7 @@ const NEXT: Record<JobState, readonly JobState[]> = {
   queued: ["dispatched", "failed", "cancelled"],
   dispatched: ["dispatched", "streaming", "completed", "failed", "cancelled"],
   streaming: ["continuing", "completed", "failed", "cancelled"],
-  continuing: ["streaming", "failed", "cancelled"],
+  continuing: ["continuing", "streaming", "completed", "failed", "cancelled"],
   completed: [],
   failed: [],
   cancelled: [],
@@ -32,13 +35,18 @@ const NEXT: Record<JobState, readonly JobState[]> = {
 /** Attempts on different units before a job fails. */
 export const MAX_ATTEMPTS = 3;
 
+/** Times a job may be continued on another unit after failing mid-job. */
+export const MAX_CONTINUATIONS = 3;
+
 /** What a job is: the request as the engine gets it, and the bounds of what it may be charged. */
 export interface JobSpec {
   start: JobStart;
   model: string;
   apiKeyId: string;
-  /** bounds of the metered usage, but the relayed bytes (the job counts those itself) */
-  bounds: Omit<UsageBounds, "relayedBytes">;
+  /** bounds of the metered usage, but what was streamed (the job counts that itself) */
+  bounds: Omit<UsageBounds, "relayedBytes" | "streamedTokens">;
+  /** whether the request can be continued on another unit (one choice, no tools or forced format) */
+  resumable: boolean;
 }
 
 /** The response to the client, told what to write. */
@@ -49,17 +57,26 @@ export interface JobOutput {
   chunk(data: string): void;
   /** the stream is over, and recorded */
   end(unit: string): void;
-  /** a whole (non-streaming) response, its usage metered, recorded */
+  /** a whole (non-streaming) response, assembled, its usage metered, recorded */
   result(body: Record<string, unknown>, unit: string): void;
   /** the job failed: before `open`, the client gets this as the HTTP error; after, as the stream's last event */
   fail(err: ApiError): void;
 }
 
+/** One unit's part of a job, as it is paid: who, for which model file, for what work. */
+export interface PaidPart {
+  payees: Payees;
+  modelSha256: string | undefined;
+  /** the prompt it processed: a continuing unit's includes the output it was given again */
+  promptTokens: number;
+  completionTokens: number;
+}
+
 /** The credits of a paid job: held before it runs, then charged (with receipts) or released. */
 export interface JobCredits {
   hold(): Promise<void>;
-  /** charges the usage and proposes receipts to the payees; releases the hold if that fails */
-  charge(usage: Usage, payees: Payees, modelSha256: string | undefined): Promise<void>;
+  /** charges the usage once and proposes receipts to each part's payees; releases the hold if that fails */
+  charge(usage: Usage, parts: readonly PaidPart[]): Promise<void>;
   release(): Promise<void>;
 }
 
@@ -74,25 +91,45 @@ export interface JobRecords {
 export interface JobEffects {
   /** a unit for the next attempt, none of `tried`; undefined when none can take the job */
   pick(model: string, tried: ReadonlySet<string>): ServingUnit | undefined;
+  /** a unit to continue the job on, none of `tried`, serving the model file `sha256`: waits a bounded time for one */
+  continuer(model: string, sha256: string, tried: ReadonlySet<string>, signal: AbortSignal): Promise<ServingUnit | undefined>;
+  /** continuations by cause, and the gap each left (failure to the next token) */
+  observe?: { continued(cause: FailureCause): void; resumed(gapSeconds: number): void };
   /** absent for a free key */
   credits?: JobCredits;
   records: JobRecords;
   log: { warn(o: object, msg: string): void; error(o: object, msg: string): void };
 }
 
+/** A unit's part of the job: where it ran and which of the job's tokens it streamed. */
+interface Part {
+  unit: ServingUnit;
+  /** who is paid for it, and the model file it ran: as they were when it was dispatched */
+  payees: Payees;
+  modelSha256: string | undefined;
+  /** the job's tokens streamed before it began: its unit was given them again */
+  from: number;
+  /** the job's tokens streamed when it ended */
+  to: number | undefined;
+}
+
 export class Job implements JobSink {
   state: JobState = "queued";
   /** every transition, in order */
   readonly history: { state: JobState; at: number; unit?: string }[] = [{ state: "queued", at: Date.now() }];
-  /** the unit of the latest attempt */
-  unit: ServingUnit | undefined;
-  /** who is paid for this attempt, and the model file it ran: as they were when it was dispatched */
-  private paid: { payees: Payees; modelSha256: string | undefined } | undefined;
+  /** the units that ran the job, in order; the last is running it */
+  private readonly parts: Part[] = [];
   private readonly tried = new Set<string>();
-  /** what was relayed to the client bounds what the job is charged */
-  private readonly relayed = new RelayedText();
+  /** everything the units streamed: tokens, text, what bounds the charge */
+  private readonly transcript: Transcript;
   private readonly streamed: boolean;
   private started: Promise<void> | undefined;
+  /** whether a streamed response has begun (after that, a failure is the stream's last event) */
+  private opened = false;
+  /** the model file the job runs: a continuing unit must hold the same */
+  private modelSha256: string | undefined;
+  /** while continuing: when the unit failed, and the wait for the next one */
+  private gap: { since: number; wait: AbortController } | undefined;
 
   constructor(
     readonly spec: JobSpec,
@@ -100,6 +137,7 @@ export class Job implements JobSink {
     private readonly out: JobOutput,
   ) {
     this.streamed = spec.start.stream;
+    this.transcript = new Transcript(spec.start.kind, spec.resumable);
   }
 
   get id(): string {
@@ -108,6 +146,11 @@ export class Job implements JobSink {
 
   get kind(): JobKind {
     return this.spec.start.kind;
+  }
+
+  /** the unit of the latest attempt */
+  get unit(): ServingUnit | undefined {
+    return this.parts.at(-1)?.unit;
   }
 
   get done(): boolean {
@@ -127,7 +170,7 @@ export class Job implements JobSink {
     this.dispatch();
   }
 
-  /** -> dispatched: the next attempt, on a unit not tried yet. */
+  /** -> dispatched: the next attempt from the start, on a unit not tried yet. */
   private dispatch(): void {
     const unit = this.fx.pick(this.spec.model, this.tried);
     if (!unit) {
@@ -139,72 +182,129 @@ export class Job implements JobSink {
       );
       return;
     }
-    this.tried.add(unit.id);
-    this.unit = unit;
-    // a split re-formed or a model swapped mid-job must not change who did this job's work
-    this.paid = { payees: unit.payees(), modelSha256: unit.models.get(this.spec.model)?.sha256 };
-    this.to("dispatched", unit.id);
-    unit.dispatch(this.spec.start, this);
+    this.parts.pop(); // an attempt that produced nothing is no part of the job
+    this.start(unit, "dispatched", this.spec.start);
     if (!this.streamed) this.recordStart();
   }
 
-  /** A streamed chunk: the first moves the job to streaming; each is relayed unchanged. */
-  chunk(data: string): void {
-    // chunks belong to streams; a unit that sends them for a non-streaming job is ignored
-    if (!this.streamed) return;
+  private start(unit: ServingUnit, state: "dispatched" | "continuing", start: JobStart): void {
+    this.tried.add(unit.id);
+    // a split re-formed or a model swapped mid-job must not change who did this job's work
+    const modelSha256 = unit.models.get(this.spec.model)?.sha256;
+    if (state === "dispatched") this.modelSha256 = modelSha256;
+    this.parts.push({ unit, payees: unit.payees(), modelSha256, from: this.transcript.tokens, to: undefined });
+    this.to(state, unit.id);
+    unit.dispatch(start, this);
+  }
+
+  /** An event the unit streamed: the first moves the job to streaming; a streaming client gets each as it comes. */
+  chunk(data: string, tokens: readonly number[] | number): void {
+    if (this.state !== "dispatched" && this.state !== "streaming" && this.state !== "continuing") return;
+    const continued = this.parts.length > 1;
+    const relay = this.transcript.add(data, tokens, continued);
     if (this.state === "streaming") {
-      this.relayed.addChunk(data);
-      this.out.chunk(data);
+      if (relay !== undefined && this.streamed) this.out.chunk(relay);
       return;
     }
-    if (this.state !== "dispatched") return;
+    const first = this.state === "dispatched";
     this.to("streaming");
-    this.relayed.addChunk(data);
-    this.out.open(this.unitId, data);
-    this.recordStart();
-  }
-
-  /** The stream ended: -> completed, charged and recorded before the client hears it. */
-  end(reported: Usage): void {
-    if (this.done) return;
-    this.to("completed");
-    this.settle("completed", this.metered(reported)).then(
-      () => this.out.end(this.unitId),
-      (err) => this.recordingFailed(err),
-    );
-  }
-
-  /** A whole response: -> completed, with its usage metered. */
-  result(body: Record<string, unknown>): void {
-    if (this.done) return;
-    // a response whose counts are not whole token numbers is the unit's failure; nothing reached the client
-    const reported = usageSchema.safeParse(body.usage);
-    if (!reported.success) {
-      this.error({ message: "the node reported malformed usage", retryable: true });
-      return;
+    if (this.gap) {
+      this.fx.observe?.resumed((performance.now() - this.gap.since) / 1000);
+      this.gap = undefined;
     }
-    this.relayed.addBody(body);
-    const usage = this.metered(reported.data);
-    body.usage = usage;
+    if (!this.streamed) return;
+    if (first) {
+      this.opened = true;
+      this.out.open(this.unitId, data);
+      this.recordStart();
+    } else if (relay !== undefined) this.out.chunk(relay);
+  }
+
+  /** The unit's stream ended: -> completed, charged and recorded before the client hears it. */
+  end(reported: Usage, resumed = 0): void {
+    if (this.done || this.state === "queued") return;
+    const part = this.parts.at(-1) as Part;
+    part.to = this.transcript.tokens;
+    // a continuing unit's prompt held the output so far: the client's prompt is the rest
+    const prompt = Math.max(0, reported.prompt_tokens - Math.min(resumed, reported.prompt_tokens));
+    const usage = meteredUsage(
+      {
+        prompt_tokens: prompt,
+        completion_tokens: part.from + reported.completion_tokens,
+        total_tokens: prompt + part.from + reported.completion_tokens,
+      },
+      { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: this.transcript.tokens },
+    );
     this.to("completed");
     this.settle("completed", usage).then(
-      () => this.out.result(body, this.unitId),
+      () => {
+        if (!this.streamed) return this.out.result(this.transcript.body(usage), this.unitId);
+        // a continued stream's usage is the job's, not its last unit's
+        if (this.transcript.heldUsage) this.out.chunk(JSON.stringify(this.transcript.event("", null, usage)));
+        this.out.end(this.unitId);
+      },
       (err) => this.recordingFailed(err),
     );
   }
 
-  /** The unit failed the job: another attempt if nothing reached the client and it may be retried, else -> failed. */
-  error(e: { message: string; retryable: boolean; status?: number }): void {
-    if (this.done) return;
-    if (this.state === "dispatched" && e.retryable && this.tried.size < MAX_ATTEMPTS) {
+  /**
+   * The unit failed the job. Before any output: another attempt if it may be retried. Mid-job:
+   * it continues on another unit when the request allows. Else -> failed.
+   */
+  error(e: { message: string; retryable: boolean; status?: number; cause?: FailureCause }): void {
+    if (this.done || this.state === "queued") return;
+    const clientFault = e.status !== undefined && e.status < 500;
+    if (!clientFault && this.state === "dispatched" && e.retryable && this.tried.size < MAX_ATTEMPTS) {
       this.fx.log.warn({ jobId: this.id, nodeId: this.unit?.id, reason: e.message }, "job failed on a node before output; trying another");
       this.dispatch();
       return;
     }
+    const resume = this.transcript.resume();
+    if (!clientFault && this.state !== "dispatched" && resume && this.parts.length <= MAX_CONTINUATIONS) {
+      this.fx.log.warn({ jobId: this.id, nodeId: this.unit?.id, reason: e.message }, "job failed mid-stream; continuing on another node");
+      this.continueJob(resume, e.cause ?? "engine");
+      return;
+    }
     this.fail(
-      e.status !== undefined && e.status < 500
+      clientFault
         ? new ApiError("invalid_request", e.message)
         : new ApiError("node_failed", `generation failed on the serving node: ${e.message}`),
+    );
+  }
+
+  /** -> continuing: the output so far goes to another unit with the same model file, which generates the rest. */
+  private continueJob(resume: NonNullable<JobStart["resume"]>, cause: FailureCause): void {
+    const failed = this.parts.at(-1) as Part;
+    failed.to = this.transcript.tokens;
+    // a unit that streamed nothing did no part of the job
+    if (failed.to === failed.from) this.parts.pop();
+    this.to("continuing");
+    this.fx.observe?.continued(cause);
+    const wait = new AbortController();
+    this.gap ??= { since: performance.now(), wait };
+    this.gap.wait = wait;
+    const sha256 = this.modelSha256;
+    const next = sha256 ? this.fx.continuer(this.spec.model, sha256, this.tried, wait.signal) : Promise.resolve(undefined);
+    next.then(
+      (unit) => {
+        if (this.state !== "continuing" || wait.signal.aborted) return;
+        if (!unit) {
+          this.fail(
+            new ApiError(
+              "node_failed",
+              `the node serving this request failed and no other node serving "${this.spec.model}" could continue it; try again`,
+            ),
+          );
+          return;
+        }
+        const left = Math.max(1, this.spec.bounds.generationLimit - this.transcript.tokens);
+        const { request } = this.spec.start;
+        this.start(unit, "continuing", { ...this.spec.start, request: { ...request, max_tokens: left, n_predict: left }, resume });
+      },
+      (err) => {
+        this.fx.log.error({ err, jobId: this.id }, "finding a node to continue the job failed");
+        if (this.state === "continuing") this.fail(new ApiError("node_failed", "the node serving this request failed; try again"));
+      },
     );
   }
 
@@ -213,6 +313,7 @@ export class Job implements JobSink {
     if (this.done) return;
     const queued = this.state === "queued";
     this.to("cancelled");
+    this.gap?.wait.abort();
     if (queued) return; // run() releases the hold once it is made
     this.unit?.cancel(this.id);
     this.settle("cancelled", undefined, reason).catch((err) => this.fx.log.error({ err, jobId: this.id }, "recording job failed"));
@@ -220,10 +321,10 @@ export class Job implements JobSink {
 
   /** -> failed: the hold is released; the client hears `err` once that is recorded (or at once, mid-stream). */
   private fail(err: ApiError): void {
-    const streaming = this.state === "streaming";
     this.to("failed");
+    this.gap?.wait.abort();
     const settled = this.settle("failed", undefined, err.message);
-    if (streaming) {
+    if (this.opened) {
       settled.catch((dbErr) => this.fx.log.error({ err: dbErr, jobId: this.id }, "recording job failed"));
       this.out.fail(err);
       return;
@@ -248,10 +349,23 @@ export class Job implements JobSink {
     } finally {
       const credits = this.fx.credits;
       const delivered = this.streamed || recorded;
-      if (credits && status === "completed" && usage && this.paid && delivered) {
-        await credits.charge(usage, this.paid.payees, this.paid.modelSha256);
-      } else await credits?.release();
+      if (credits && status === "completed" && usage && delivered) await credits.charge(usage, this.paidParts(usage));
+      else await credits?.release();
     }
+  }
+
+  /** Each unit's part as it is paid: the last one's completion is what the metered usage leaves for it. */
+  private paidParts(usage: Usage): PaidPart[] {
+    return this.parts.map((p, i) => {
+      const last = i === this.parts.length - 1;
+      const to = last ? Math.max(p.from, usage.completion_tokens) : Math.min(p.to ?? p.from, usage.completion_tokens);
+      return {
+        payees: p.payees,
+        modelSha256: p.modelSha256,
+        promptTokens: usage.prompt_tokens + p.from,
+        completionTokens: Math.max(0, to - p.from),
+      };
+    });
   }
 
   /**
@@ -269,10 +383,6 @@ export class Job implements JobSink {
   private recordingFailed(err: unknown): void {
     this.fx.log.error({ err, jobId: this.id }, "recording job failed");
     this.out.fail(new ApiError("internal_error", "the coordinator could not record this job"));
-  }
-
-  private metered(reported: Usage): Usage {
-    return meteredUsage(reported, { ...this.spec.bounds, relayedBytes: this.relayed.bytes });
   }
 
   private get unitId(): string {

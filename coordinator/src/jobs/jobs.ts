@@ -15,6 +15,7 @@ import type { Fleet, SchedulingPolicy } from "../fleet.js";
 import { type Metering, promptTokenBound } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
+import type { ServingUnit } from "../units.js";
 import { CreditHold } from "./credits.js";
 import { Job, type JobOutput } from "./job.js";
 import { JobTable } from "./records.js";
@@ -28,6 +29,9 @@ const DEFAULT_MAX_TOKENS = 4096;
 /** How long a request waits for a model a node is loading on demand. */
 const LOAD_WAIT_MS = 180_000;
 
+/** How long a job whose unit failed mid-job waits for another to continue it. */
+const CONTINUE_WAIT_MS = 5_000;
+
 export interface JobsOptions {
   db: Db;
   fleet: Fleet;
@@ -38,6 +42,8 @@ export interface JobsOptions {
   knownModels: ReadonlyMap<string, KnownModel>;
   /** credits: wallet-bound keys pay for their jobs, serving nodes get receipts; absent = free */
   ledger?: { metering: Metering; receipts: Receipts };
+  /** how long a job whose unit failed mid-job waits for another to continue it; default 5 s */
+  continueWaitMs?: number;
 }
 
 /** A request the OpenAI plugin has validated. */
@@ -81,6 +87,7 @@ export class Jobs {
         model: body.model,
         apiKeyId: apiKey.id,
         bounds: { promptTokens, generationLimit, stop: (body as { stop?: string | string[] | null }).stop },
+        resumable: resumable(body),
       },
       {
         pick(model, tried) {
@@ -89,6 +96,8 @@ export class Jobs {
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
+        continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal),
+        observe: metrics,
         credits:
           payer && ledger && new CreditHold(ledger, payer, jobId, ledger.metering.price(body.model), { promptTokens, generationLimit }),
         records: this.records,
@@ -100,6 +109,39 @@ export class Jobs {
     else signal.addEventListener("abort", () => job.cancel("client disconnected"), { once: true });
     await job.run();
     return job;
+  }
+
+  /**
+   * A unit to continue a job on: one serving the same model file, not tried for this job yet,
+   * taking jobs now or within the wait (a node coming back, a split re-forming).
+   */
+  private continuer(
+    model: string,
+    sha256: string,
+    tried: ReadonlySet<string>,
+    r: JobRequest,
+    signal: AbortSignal,
+  ): Promise<ServingUnit | undefined> {
+    const { fleet, policy } = this.o;
+    const pick = () =>
+      fleet.pick(model, tried, (n) => n.models.get(model)?.sha256 === sha256 && (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)));
+    const now = pick();
+    if (now || signal.aborted) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const settle = (unit: ServingUnit | undefined) => {
+        clearTimeout(timer);
+        unwatch();
+        signal.removeEventListener("abort", gone);
+        resolve(unit);
+      };
+      const gone = () => settle(undefined);
+      const timer = setTimeout(gone, this.o.continueWaitMs ?? CONTINUE_WAIT_MS);
+      const unwatch = fleet.watch(() => {
+        const unit = pick();
+        if (unit) settle(unit);
+      });
+      signal.addEventListener("abort", gone, { once: true });
+    });
   }
 
   /**
@@ -142,6 +184,15 @@ export class Jobs {
       else signal.addEventListener("abort", gone, { once: true });
     });
   }
+}
+
+/**
+ * Whether a request's output can be carried on by another unit as a plain completion of the
+ * prompt plus the output so far: one choice, and nothing the engine shapes beyond the text
+ * (tool calls, a forced format, log-probabilities the client reads).
+ */
+function resumable(body: Record<string, unknown>): boolean {
+  return (body.n === undefined || body.n === null || body.n === 1) && !body.tools && !body.response_format && !body.logprobs;
 }
 
 /** 404 for a model never served here, naming those that are. */

@@ -129,7 +129,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     channel.onMessage((text) => {
       // the hot path: one chunk frame per token, no JSON
       const chunk = decodeChunkFrame(text);
-      if (chunk) return node ? node.chunk(chunk.jobId, chunk.data) : refuse("the first frame must be hello");
+      if (chunk) return node ? node.chunk(chunk.jobId, chunk.data, chunk.tokens) : refuse("the first frame must be hello");
       const parsed = parseFrame(nodeFrameSchema, text);
       if (!parsed.ok) return refuse(parsed.reason);
       const frame = parsed.frame;
@@ -163,9 +163,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         case "leave":
           return void onLeave(node);
         case "job.end":
-          return node.end(frame.jobId, frame.usage);
-        case "job.result":
-          return node.result(frame.jobId, frame.body);
+          return node.end(frame.jobId, frame.usage, frame.resumed);
         case "job.error":
           return node.error(frame.jobId, frame);
         case "receipt": {

@@ -181,7 +181,7 @@ export class ControlClient {
         this.jobs.set(frame.jobId, ctl);
         const send = (f: NodeFrame) => {
           if (!channel.open) return;
-          channel.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data) : JSON.stringify(f));
+          channel.send(f.type === "job.chunk" ? encodeChunkFrame(f.jobId, f.data, f.tokens) : JSON.stringify(f));
         };
         this.o
           .runJob(frame, send, ctl.signal)

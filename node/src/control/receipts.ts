@@ -16,6 +16,8 @@ interface Served {
   modelSha256: string;
   promptTokens: number;
   completionTokens: number;
+  /** a job given up before its end and continued elsewhere: the node streamed at most `completionTokens` and saw no usage */
+  part?: true;
   at: number;
 }
 
@@ -32,17 +34,21 @@ export class ReceiptSigner {
   ) {}
 
   record(jobId: string, modelSha256: string, usage: { prompt_tokens?: number; completion_tokens?: number }): void {
+    this.keep(jobId, { modelSha256, promptTokens: usage.prompt_tokens ?? 0, completionTokens: usage.completion_tokens ?? 0 });
+  }
+
+  /** A job this node streamed `tokens` of before it was continued elsewhere (docs/continuation.md). */
+  recordPart(jobId: string, modelSha256: string, tokens: number): void {
+    this.keep(jobId, { modelSha256, promptTokens: 0, completionTokens: tokens, part: true });
+  }
+
+  private keep(jobId: string, served: Omit<Served, "at">): void {
     const now = Date.now();
     for (const [id, s] of this.served) {
       if (now - s.at < KEEP_MS) break; // insertion order: the rest are newer
       this.served.delete(id);
     }
-    this.served.set(jobId, {
-      modelSha256,
-      promptTokens: usage.prompt_tokens ?? 0,
-      completionTokens: usage.completion_tokens ?? 0,
-      at: now,
-    });
+    this.served.set(jobId, { ...served, at: now });
   }
 
   async sign(req: ReceiptRequest): Promise<ReceiptFrame> {
@@ -56,7 +62,11 @@ export class ReceiptSigner {
       return refuse(`this node has no record of serving job ${req.jobId}`);
     }
     if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
-    if (r.promptTokens !== mine.promptTokens || r.completionTokens !== mine.completionTokens) {
+    // of a part, the node knows only how many tokens it streamed: it signs for no more
+    if (mine.part && r.completionTokens > mine.completionTokens) {
+      return refuse(`${r.completionTokens} completion tokens are more than this node streamed (${mine.completionTokens})`);
+    }
+    if (!mine.part && (r.promptTokens !== mine.promptTokens || r.completionTokens !== mine.completionTokens)) {
       return refuse(
         `token counts ${r.promptTokens}+${r.completionTokens} differ from what this node served (${mine.promptTokens}+${mine.completionTokens})`,
       );

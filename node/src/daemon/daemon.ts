@@ -5,7 +5,7 @@
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
-import type { Availability, Capabilities, ControlChannel, ServedModel, Usage } from "@sharedllm/protocol";
+import type { Availability, Capabilities, ControlChannel, ServedModel } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
@@ -208,14 +208,25 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     runJob: async (job, rawSend, signal) => {
       const started = Date.now();
       const target = served.get(String(job.request.model));
+      /** tokens streamed, for a job given up before its end (continued elsewhere): that part is receipted */
+      let streamed = 0;
+      let ended = false;
       const send: typeof rawSend = (f) => {
-        const usage = f.type === "job.end" ? f.usage : f.type === "job.result" ? (f.body.usage as Usage | undefined) : undefined;
-        if (usage) {
-          throughput.record(usage.completion_tokens ?? 0, Date.now() - started);
-          if (target) receipts.record(job.jobId, target.entry.sha256, usage);
+        if (f.type === "job.chunk") streamed += typeof f.tokens === "number" ? f.tokens : f.tokens.length;
+        if (f.type === "job.end" || f.type === "job.error") ended = true;
+        if (f.type === "job.end") {
+          throughput.record(f.usage.completion_tokens ?? 0, Date.now() - started);
+          if (target) receipts.record(job.jobId, target.entry.sha256, f.usage);
         }
         rawSend(f);
       };
+      signal.addEventListener(
+        "abort",
+        () => {
+          if (!ended && streamed > 0 && target) receipts.recordPart(job.jobId, target.entry.sha256, streamed);
+        },
+        { once: true },
+      );
       if (!target) {
         send({ type: "job.error", jobId: job.jobId, message: `this node does not serve ${String(job.request.model)}`, retryable: true });
         return;

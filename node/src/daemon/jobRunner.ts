@@ -1,12 +1,19 @@
 /**
- * Runs one job against the local llama-server and reports it as control-channel
- * frames: each server-sent event's data is relayed verbatim (`job.chunk`), the
- * engine's own token counts close the stream (`job.end`). The engine is always
- * asked for usage; the usage-only chunk is passed on only to clients that asked.
+ * Runs one job against the local llama-server and reports it as control-channel frames: each
+ * server-sent event's data is relayed (`job.chunk`) with the ids of the tokens it streams, and
+ * the engine's own token counts close the job (`job.end`). Every job streams from the engine,
+ * whether or not its client asked for a stream (the coordinator assembles whole responses), so
+ * the coordinator always knows the output so far and can continue the job elsewhere if this
+ * node fails (docs/continuation.md). The engine is asked for each token's id (`n_probs: 1`,
+ * which also costs it a softmax per token) and for its running count (`timings_per_token`);
+ * both are stripped from what is relayed unless the client asked for log-probabilities.
  *
- * This is the per-token hot path on a machine whose cores llama-server wants,
- * so it uses node:http rather than fetch's web streams, on connections from
- * EngineConnections (one per job, opened ahead of time).
+ * A resumed job (`resume`: the output another node streamed before it failed) runs as a plain
+ * completion of the prompt (a chat's with its template applied) plus that output.
+ *
+ * This is the per-token hot path on a machine whose cores llama-server wants, so it uses
+ * node:http rather than fetch's web streams, on connections from EngineConnections (one per
+ * job, opened ahead of time).
  */
 import { type IncomingMessage, request } from "node:http";
 import { type JobStart, type NodeFrame, SseDecoder, type Usage } from "@sharedllm/protocol";
@@ -26,20 +33,30 @@ export class EngineUnreachable extends SharedLLMError {
 }
 
 export async function runJob(job: JobStart, engine: EngineConnections, send: Send, signal: AbortSignal): Promise<void> {
-  const body = JSON.stringify(
-    job.stream ? { ...job.request, stream: true, stream_options: { include_usage: true } } : { ...job.request, stream: false },
-  );
-  let res: IncomingMessage | undefined;
-  // a warm connection the engine closed a moment ago fails before any response: try once more on a new one
-  for (let attempt = 1; !res; attempt++) {
-    try {
-      res = await post(engine, PATHS[job.kind], body, signal);
-    } catch (err) {
-      if (signal.aborted) return;
-      if (attempt < 2 && ["ECONNRESET", "EPIPE"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
-      throw new EngineUnreachable(`the engine is not reachable: ${(err as Error).message}`, { cause: err });
-    }
+  const clientLogprobs = job.request.logprobs !== undefined && job.request.logprobs !== null && job.request.logprobs !== false;
+  const counted = {
+    n_probs: clientLogprobs ? undefined : 1,
+    timings_per_token: true,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+  let path: string = PATHS[job.kind];
+  let request: Record<string, unknown> = { ...job.request, ...counted };
+  let resumed = 0;
+  if (job.resume) {
+    const prompt = await resumedPrompt(job, engine, signal);
+    if (!prompt) return; // the job was cancelled
+    resumed = prompt.resumed;
+    path = PATHS.completion;
+    request = {
+      ...completionFields(job.request),
+      prompt: prompt.tokens,
+      ...counted,
+      ...(prompt.slot !== undefined && { id_slot: prompt.slot }),
+    };
   }
+  const res = await postWithRetry(engine, path, JSON.stringify(request), signal);
+  if (!res) return;
   res.setEncoding("utf8");
   const status = res.statusCode ?? 0;
   if (status !== 200) {
@@ -55,15 +72,108 @@ export async function runJob(job: JobStart, engine: EngineConnections, send: Sen
     send({ type: "job.error", jobId: job.jobId, message, retryable: !clientFault, ...(clientFault ? { status } : {}) });
     return;
   }
-  if (!job.stream) {
+  await relayStream(job, res, send, signal, { stripLogprobs: !clientLogprobs, resumed });
+}
+
+/** Posts to the engine; a warm connection it closed a moment ago fails before any response: once more on a new one. */
+async function postWithRetry(
+  engine: EngineConnections,
+  path: string,
+  body: string,
+  signal: AbortSignal,
+): Promise<IncomingMessage | undefined> {
+  for (let attempt = 1; ; attempt++) {
     try {
-      send({ type: "job.result", jobId: job.jobId, body: JSON.parse(await readAll(res)) as Record<string, unknown> });
+      return await post(engine, path, body, signal);
     } catch (err) {
-      if (!signal.aborted) fail(send, job, `the engine failed mid-response: ${(err as Error).message}`, false);
+      if (signal.aborted) return undefined;
+      if (attempt < 2 && ["ECONNRESET", "EPIPE"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
+      throw new EngineUnreachable(`the engine is not reachable: ${(err as Error).message}`, { cause: err });
     }
-    return;
   }
-  await relayStream(job, res, send, signal);
+}
+
+/**
+ * A greedy job continued within this many tokens replays them one at a time and so goes on
+ * exactly as it would have; past it (the replay takes about as long as generating them), they
+ * go in as one batch, and the rest may differ where the model's top choices are near-tied.
+ */
+const EXACT_REPLAY_TOKENS = 256;
+
+/** Sampling fields a resumed job keeps; the chat-only ones (messages, tools) have no place in a completion. */
+const COMPLETION_FIELDS = [
+  "model",
+  "max_tokens",
+  "n_predict",
+  "temperature",
+  "top_p",
+  "seed",
+  "stop",
+  "presence_penalty",
+  "frequency_penalty",
+  "logit_bias",
+  "top_k",
+  "min_p",
+  "typical_p",
+  "repeat_penalty",
+  "repeat_last_n",
+];
+
+function completionFields(request: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(COMPLETION_FIELDS.filter((f) => request[f] !== undefined).map((f) => [f, request[f]]));
+}
+
+/**
+ * The token ids a resumed job runs: the prompt as the engine tokenizes it for a fresh job (a
+ * chat's template applied, the model's start token added), then the output so far: its ids,
+ * then its text. Undefined when the engine refused (reported) or the job was cancelled.
+ */
+async function resumedPrompt(
+  job: JobStart,
+  engine: EngineConnections,
+  signal: AbortSignal,
+): Promise<{ tokens: number[]; resumed: number; slot?: number } | undefined> {
+  const resume = job.resume as NonNullable<JobStart["resume"]>;
+  /** the engine's answer; undefined when the job was cancelled */
+  const call = async (path: string, body: object): Promise<Record<string, unknown> | undefined> => {
+    const res = await postWithRetry(engine, path, JSON.stringify(body), signal);
+    if (!res) return undefined;
+    res.setEncoding("utf8");
+    const text = await readAll(res);
+    if (res.statusCode !== 200) {
+      throw new SharedLLMError(
+        "engine",
+        `the engine could not prepare the resumed prompt (${path}: HTTP ${res.statusCode}: ${text.slice(0, 300)})`,
+      );
+    }
+    return JSON.parse(text) as Record<string, unknown>;
+  };
+  const prompt = job.kind === "chat" ? (await call("/apply-template", job.request))?.prompt : job.request.prompt;
+  if (prompt === undefined) return undefined;
+  const head = (await call("/tokenize", { content: prompt, add_special: true, parse_special: true }))?.tokens as number[] | undefined;
+  const tail = resume.text
+    ? ((await call("/tokenize", { content: resume.text, add_special: false, parse_special: false }))?.tokens as number[] | undefined)
+    : [];
+  if (!head || !tail) return undefined;
+  const tokens = [...head, ...resume.tokens, ...tail];
+  const resumed = resume.tokens.length + tail.length;
+  if (job.request.temperature !== 0 || resumed > EXACT_REPLAY_TOKENS) return { tokens, resumed };
+  // greedy: the output so far goes in one token at a time, as it was generated, so that the rest
+  // is what the uninterrupted job would have produced (a batch computes the same tokens with
+  // other rounding, and near-tied choices then differ). One slot keeps the cache between steps.
+  let slot: number | undefined;
+  for (let n = head.length; n < tokens.length; n++) {
+    const step = await call("/completion", {
+      prompt: tokens.slice(0, n),
+      n_predict: 1,
+      temperature: 0,
+      cache_prompt: true,
+      id_slot: slot ?? -1,
+    });
+    if (!step) return undefined;
+    slot = typeof step.id_slot === "number" ? step.id_slot : undefined;
+  }
+  return { tokens, resumed, slot };
 }
 
 function post(engine: EngineConnections, path: string, body: string, signal: AbortSignal): Promise<IncomingMessage> {
@@ -97,10 +207,26 @@ function readAll(res: IncomingMessage): Promise<string> {
   });
 }
 
-function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: AbortSignal): Promise<void> {
+/** What the node reads in an engine event. */
+interface EngineEvent {
+  error?: { message?: string };
+  usage?: Usage | null;
+  choices?: { text?: string; logprobs?: { content?: { id?: unknown }[] } | null }[];
+  timings?: { predicted_n?: number };
+}
+
+function relayStream(
+  job: JobStart,
+  res: IncomingMessage,
+  send: Send,
+  signal: AbortSignal,
+  o: { stripLogprobs: boolean; resumed: number },
+): Promise<void> {
   return new Promise((resolve) => {
     let usage: Usage | undefined;
     let chunks = 0;
+    /** the engine's running count of generated tokens */
+    let decoded = 0;
     const sse = new SseDecoder();
     let finished = false;
     const finish = (after?: () => void) => {
@@ -113,18 +239,33 @@ function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: Ab
     /** "more" to read on, "done" at [DONE], "failed" after reporting an engine error */
     const onEvent = (data: string): "more" | "done" | "failed" => {
       if (data === "[DONE]") return "done";
-      if (data.startsWith('{"error"')) {
-        const msg = (JSON.parse(data) as { error?: { message?: string } }).error?.message ?? "engine error";
-        fail(send, job, msg, chunks === 0);
+      let event: EngineEvent;
+      try {
+        event = JSON.parse(data) as EngineEvent;
+      } catch {
+        fail(send, job, "the engine sent an event that is not JSON", chunks === 0);
         return "failed";
       }
-      if (data.includes('"usage"')) {
-        const parsed = JSON.parse(data) as { usage?: Usage | null; choices?: unknown[] };
-        if (parsed.usage) usage = parsed.usage;
-        if (parsed.choices?.length === 0 && !job.includeUsage) return "more";
+      if (event.error) {
+        fail(send, job, event.error.message ?? "engine error", chunks === 0);
+        return "failed";
       }
+      if (event.usage) usage = event.usage;
+      // the ids of the tokens this event streams; the engine's count tells whether they are all
+      // (it sends no event for a token that ends halfway through a character)
+      const choice = event.choices?.[0];
+      const ids = (choice?.logprobs?.content ?? []).map((p) => p.id).filter((id): id is number => Number.isInteger(id));
+      const predicted = event.timings?.predicted_n;
+      const count = typeof predicted === "number" ? predicted - decoded : ids.length;
+      if (typeof predicted === "number") decoded = predicted;
+      if (event.usage && event.choices?.length === 0 && !job.includeUsage) return "more";
+      if (choice && o.stripLogprobs) {
+        if ("text" in choice) choice.logprobs = null;
+        else delete choice.logprobs;
+      }
+      delete event.timings;
       chunks++;
-      send({ type: "job.chunk", jobId: job.jobId, data });
+      send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify(event), tokens: ids.length === count ? ids : Math.max(0, count) });
       return "more";
     };
     res.on("data", (text: string) => {
@@ -134,7 +275,7 @@ function relayStream(job: JobStart, res: IncomingMessage, send: Send, signal: Ab
         if (state === "failed") return finish();
         if (state === "done") {
           return finish(() => {
-            if (usage) send({ type: "job.end", jobId: job.jobId, usage });
+            if (usage) send({ type: "job.end", jobId: job.jobId, usage, ...(o.resumed ? { resumed: o.resumed } : {}) });
             else fail(send, job, "the engine ended the stream without usage", false);
           });
         }

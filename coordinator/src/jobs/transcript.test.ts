@@ -1,0 +1,97 @@
+import { describe, expect, it } from "vitest";
+import { Transcript } from "./transcript.js";
+
+const chat = (delta: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
+  JSON.stringify({
+    id: "chatcmpl-1",
+    created: 7,
+    model: "m",
+    object: "chat.completion.chunk",
+    choices: [{ index: 0, delta, finish_reason: null }],
+    ...extra,
+  });
+const cmpl = (text: string, finish: string | null = null) =>
+  JSON.stringify({
+    id: "cmpl-9",
+    created: 9,
+    model: "other",
+    object: "text_completion",
+    choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
+  });
+
+describe("Transcript", () => {
+  it("counts the UTF-8 bytes of streamed content, reasoning and tool calls, and nothing else", () => {
+    const t = new Transcript("chat", true);
+    t.add(chat({ role: "assistant", content: null }), [], false);
+    t.add(chat({ content: "héllo" }), [1], false); // é is two bytes
+    t.add(chat({ reasoning_content: "ab" }), [2], false);
+    t.add(JSON.stringify({ choices: [{ index: 0, text: "xyz" }] }), [3], false);
+    t.add(JSON.stringify({ choices: [], usage: { completion_tokens: 99 } }), [], false);
+    t.add("not json", 0, false);
+    t.add('{"choices": [1, null, "x"]}', 0, false);
+    expect(t.bytes).toBe(6 + 2 + 3);
+    t.add(chat({ tool_calls: [{ index: 0, id: "c1", function: { name: "f", arguments: '{"a":1}' } }] }), [4], false);
+    expect(t.bytes).toBe(11 + 1 + 7 + 16);
+    expect(t.tokens).toBe(4);
+  });
+
+  it("keeps the ids while every event tells them, then the text; a job with tool calls cannot continue", () => {
+    const t = new Transcript("chat", true);
+    t.add(chat({ content: "One" }), [10], false);
+    t.add(chat({ content: ", two" }), [11, 12], false);
+    expect(t.resume()).toEqual({ tokens: [10, 11, 12], text: "" });
+    // an event whose ids were not all told: its text, and all text after it, is carried as text
+    t.add(chat({ content: " é" }), 2, false);
+    t.add(chat({ content: "!" }), [13], false);
+    expect(t.resume()).toEqual({ tokens: [10, 11, 12], text: " é!" });
+    expect(t.tokens).toBe(6);
+    expect(new Transcript("chat", false).resume()).toBeUndefined();
+    const tools = new Transcript("chat", true);
+    tools.add(chat({ tool_calls: [{ index: 0, id: "c", function: { name: "f", arguments: "{}" } }] }), [1], false);
+    expect(tools.resume()).toBeUndefined();
+  });
+
+  it("reshapes a continuing unit's completion events into the job's stream, and holds back its usage", () => {
+    const t = new Transcript("chat", true);
+    expect(t.add(chat({ role: "assistant", content: null }), [], false)).toContain('"role"');
+    t.add(chat({ content: "Hi" }), [5], false);
+    const relayed = t.add(cmpl(" there"), [6], true);
+    expect(JSON.parse(relayed as string)).toEqual({
+      id: "chatcmpl-1",
+      created: 7,
+      model: "m",
+      object: "chat.completion.chunk",
+      choices: [{ index: 0, delta: { content: " there" }, finish_reason: null }],
+    });
+    expect(t.add(cmpl(""), [], true)).toBeUndefined();
+    expect(JSON.parse(t.add(cmpl("", "stop"), 1, true) as string).choices[0]).toEqual({ index: 0, delta: {}, finish_reason: "stop" });
+    expect(t.add(JSON.stringify({ choices: [], usage: { prompt_tokens: 9 } }), [], true)).toBeUndefined();
+    expect(t.heldUsage).toBe(true);
+    expect(t.body({ prompt_tokens: 1 })).toMatchObject({
+      id: "chatcmpl-1",
+      object: "chat.completion",
+      choices: [{ index: 0, message: { role: "assistant", content: "Hi there" }, finish_reason: "stop", logprobs: null }],
+    });
+  });
+
+  it("assembles a whole completion, and a whole chat with tool calls merged by index", () => {
+    const c = new Transcript("completion", true);
+    c.add(cmpl("a"), [1], false);
+    c.add(cmpl("b", "length"), [2], false);
+    expect(c.body({ prompt_tokens: 1 })).toMatchObject({
+      id: "cmpl-9",
+      object: "text_completion",
+      choices: [{ text: "ab", index: 0, finish_reason: "length" }],
+      usage: { prompt_tokens: 1 },
+    });
+    const t = new Transcript("chat", true);
+    t.add(chat({ tool_calls: [{ index: 0, id: "call_1", type: "function", function: { name: "get", arguments: '{"c' } }] }), [1], false);
+    t.add(chat({ tool_calls: [{ index: 0, function: { arguments: 'ity":1}' } }] }), [2], false);
+    t.add(chat({}, {}).replace('"finish_reason":null', '"finish_reason":"tool_calls"'), [], false);
+    expect((t.body({}).choices as { message: unknown }[])[0]?.message).toEqual({
+      role: "assistant",
+      content: null,
+      tool_calls: [{ id: "call_1", type: "function", function: { name: "get", arguments: '{"city":1}' } }],
+    });
+  });
+});

@@ -1,0 +1,162 @@
+/**
+ * What a job has produced so far, from the events its units streamed (docs/continuation.md):
+ *
+ * - the tokens, counted by the coordinator (not taken from a node's report), and their ids while
+ *   the units told every one; after the first event whose ids were not all told, the text;
+ * - the bytes of generated text, which bound what the job may be charged (ledger/usage.ts);
+ * - the response's identity (`id`, `created`, `model`) from the first event, which the events of
+ *   a continuing unit are rewritten to carry, so the client sees one stream;
+ * - the parts of a whole response, assembled for a client that did not ask for a stream.
+ *
+ * A continuing unit runs the prompt plus the output so far as a plain completion, so its events
+ * are completion events; `add` reshapes them into the job's kind.
+ */
+import type { JobKind, JobStart } from "@sharedllm/protocol";
+import { UNRELAYED_TOKENS } from "../ledger/usage.js";
+
+type Json = Record<string, unknown>;
+
+interface ToolCall {
+  id?: string;
+  type?: string;
+  function: { name: string; arguments: string };
+}
+
+export class Transcript {
+  /** generated tokens streamed, every unit's together */
+  tokens = 0;
+  /** bytes of generated text streamed: what bounds the charge */
+  bytes = 0;
+  /** ids of the tokens streamed, while every event told them */
+  private readonly ids: number[] = [];
+  /** the text streamed since the first event that did not tell all its ids */
+  private tail: string | undefined;
+  /** false once the output holds what a plain completion cannot carry on (tool calls) */
+  private resumable: boolean;
+  private identity: { id?: unknown; created?: unknown; model?: unknown; system_fingerprint?: unknown } | undefined;
+  private content = "";
+  private reasoning = "";
+  private readonly toolCalls: ToolCall[] = [];
+  private logprobs: unknown[] | undefined;
+  private finishReason: unknown = null;
+  /** a continuing unit's usage event, held until the job's usage is metered */
+  heldUsage = false;
+
+  constructor(
+    private readonly kind: JobKind,
+    /** whether the request may be continued at all (one choice, no tools or forced format) */
+    resumable: boolean,
+  ) {
+    this.resumable = resumable;
+  }
+
+  /**
+   * One event from a unit: counted, and what a streaming client is to get for it returned (the
+   * event unchanged from the job's first unit; reshaped, or nothing, from a continuing one).
+   */
+  add(data: string, tokens: readonly number[] | number, continued: boolean): string | undefined {
+    if (typeof tokens === "number") {
+      this.tokens += tokens;
+      if (tokens > 0) this.tail ??= "";
+    } else {
+      this.tokens += tokens.length;
+      if (this.tail === undefined) for (const id of tokens) this.ids.push(id);
+    }
+    let event: Json;
+    try {
+      event = data.charCodeAt(0) === 123 /* { */ ? (JSON.parse(data) as Json) : {};
+    } catch {
+      event = {}; // not JSON: no text the client could use
+    }
+    if (!this.identity && typeof event.id === "string") {
+      this.identity = { id: event.id, created: event.created, model: event.model, system_fingerprint: event.system_fingerprint };
+    }
+    const choice = Array.isArray(event.choices) ? (event.choices[0] as Json | undefined) : undefined;
+    let text = "";
+    if (choice && typeof choice === "object") {
+      const delta = (choice.delta ?? {}) as Json;
+      text = str(choice.text) + str(delta.content);
+      this.reasoning += str(delta.reasoning_content);
+      this.bytes += Buffer.byteLength(str(delta.reasoning_content));
+      if (Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls as Json[]);
+      const lp = (choice.logprobs as { content?: unknown } | null | undefined)?.content;
+      if (Array.isArray(lp)) {
+        this.logprobs ??= [];
+        this.logprobs.push(...lp);
+      }
+      if (choice.finish_reason !== null && choice.finish_reason !== undefined) this.finishReason = choice.finish_reason;
+    }
+    this.content += text;
+    this.bytes += Buffer.byteLength(text);
+    if (this.tail !== undefined) this.tail += text;
+    if (!continued) return data;
+    if (event.usage) {
+      this.heldUsage = true;
+      return undefined;
+    }
+    if (!text && !choice?.finish_reason) return undefined;
+    return JSON.stringify(this.event(text, choice?.finish_reason ?? null));
+  }
+
+  /** What a continuing unit is given: the output so far, as ids and then text; undefined when the job cannot continue. */
+  resume(): NonNullable<JobStart["resume"]> | undefined {
+    if (!this.resumable || this.toolCalls.length || this.reasoning) return undefined;
+    return { tokens: [...this.ids], text: this.tail ?? "" };
+  }
+
+  /** A streamed event carrying `text` (or the usage), in the job's kind and with its identity. */
+  event(text: string, finishReason: unknown, usage?: object): Json {
+    const choices =
+      usage !== undefined
+        ? []
+        : this.kind === "chat"
+          ? [{ index: 0, delta: text ? { content: text } : {}, finish_reason: finishReason }]
+          : [{ text, index: 0, logprobs: null, finish_reason: finishReason }];
+    return {
+      ...this.identity,
+      object: this.kind === "chat" ? "chat.completion.chunk" : "text_completion",
+      choices,
+      ...(usage && { usage }),
+    };
+  }
+
+  /** The whole response, for a client that did not ask for a stream. */
+  body(usage: object): Json {
+    const logprobs = this.logprobs ? { content: this.logprobs } : null;
+    const choice =
+      this.kind === "chat"
+        ? {
+            index: 0,
+            message: {
+              role: "assistant",
+              content: this.content || (this.toolCalls.length ? null : ""),
+              ...(this.reasoning && { reasoning_content: this.reasoning }),
+              ...(this.toolCalls.length && { tool_calls: this.toolCalls }),
+            },
+            logprobs,
+            finish_reason: this.finishReason,
+          }
+        : { text: this.content, index: 0, logprobs, finish_reason: this.finishReason };
+    return { ...this.identity, object: this.kind === "chat" ? "chat.completion" : "text_completion", choices: [choice], usage };
+  }
+
+  /** Streamed tool-call deltas, merged by index as OpenAI's clients do. */
+  private addToolCalls(deltas: Json[]): void {
+    for (const d of deltas) {
+      const index = typeof d.index === "number" && d.index >= 0 && d.index < 128 ? d.index : this.toolCalls.length;
+      const fn = (d.function ?? {}) as Json;
+      const call = this.toolCalls[index] ?? { function: { name: "", arguments: "" } };
+      this.toolCalls[index] = call;
+      if (typeof d.id === "string") call.id = d.id;
+      if (typeof d.type === "string") call.type = d.type;
+      call.function.name += str(fn.name);
+      call.function.arguments += str(fn.arguments);
+      const bytes = Buffer.byteLength(str(fn.name)) + Buffer.byteLength(str(fn.arguments));
+      this.bytes += bytes + (typeof d.id === "string" ? UNRELAYED_TOKENS : 0); // the call's own markup is generated too
+    }
+  }
+}
+
+function str(v: unknown): string {
+  return typeof v === "string" ? v : "";
+}
