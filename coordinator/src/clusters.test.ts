@@ -1,6 +1,10 @@
 /** The cluster rules: who may form a cluster, and which splits (and so payouts) a head may announce. */
+
+import { pino } from "pino";
 import { describe, expect, it } from "vitest";
-import { type ClusterNode, checkPlan, decideForm, type Formation, MAX_SESSION_MS } from "./clusters.js";
+import { type ClusterNode, Clusters, checkPlan, decideForm, type Formation, MAX_SESSION_MS } from "./clusters.js";
+import { Fleet } from "./fleet.js";
+import { ConnectedNode, type JobSink } from "./units.js";
 
 const NOW = 1_000_000;
 const node = (id: string, role: ClusterNode["role"], tunnel = role === "worker"): ClusterNode => ({
@@ -29,6 +33,52 @@ describe("decideForm", () => {
         { nodeId: "gone", reason: "not connected" },
       ],
     });
+  });
+});
+
+describe("decideForm and the owner's say", () => {
+  it("leaves out a worker that takes no work now (paused, outside its schedule, yielding), saying why", () => {
+    const paused = { ...node("w3", "worker"), available: false, unavailableReason: "paused" };
+    const lookupAll = (id: string) => (id === "w3" ? paused : lookup(id));
+    expect(decideForm(node("h", "head"), { members: ["w1", "w3"], expiresAt: NOW + 1 }, lookupAll, NOW)).toEqual({
+      ok: true,
+      expiresAt: NOW + 1,
+      invite: ["w1"],
+      missing: [{ nodeId: "w3", reason: "not taking work (paused)" }],
+    });
+  });
+});
+
+describe("Clusters.withdraw", () => {
+  it("takes the split from each head that runs on a worker that yielded, and hands the head's jobs off", () => {
+    const fleet = new Fleet();
+    const sent: unknown[] = [];
+    const unit = (id: string, role: ClusterNode["role"]) =>
+      new ConnectedNode({
+        id,
+        engine: "e",
+        models: new Map(),
+        slots: 1,
+        accepting: true,
+        role,
+        send: (f) => sent.push(f),
+        disconnect: () => {},
+      });
+    const head = unit("h", "head");
+    const other = unit("h2", "head");
+    for (const n of [head, other, unit("w1", "worker"), unit("w2", "worker")]) fleet.add(n);
+    head.cluster = [member("w1", 0, 30, 10_000)];
+    other.cluster = [member("w2", 0, 30, 10_000)];
+    const errors: unknown[] = [];
+    const sink: JobSink = { chunk: () => {}, end: () => {}, error: (e) => errors.push(e) };
+    head.dispatch({ type: "job.start", jobId: "j1", kind: "chat", stream: true, includeUsage: false, request: {} }, sink);
+    new Clusters(fleet).withdraw("w1", "owner_busy", pino({ level: "silent" }));
+    expect(head.cluster).toBeUndefined();
+    expect(head.accepting).toBe(false);
+    expect(other.cluster).toHaveLength(1);
+    expect(sent.at(-1)).toEqual({ type: "job.cancel", jobId: "j1" });
+    expect(errors).toEqual([{ message: "the node's owner needs the machine (owner_busy)", retryable: true, cause: "owner" }]);
+    expect(head.active).toBe(0);
   });
 });
 

@@ -6,7 +6,7 @@
  * Decisions are pure (`decideForm`, `checkPlan`); `Clusters` carries them out over the fleet (a
  * `tunnel.session` to each worker, a `cluster.members` to the head) and remembers the formations.
  */
-import { type ClusterMembers, type ClusterPlan, sharesByLayers } from "@sharedllm/protocol";
+import { type AvailabilityReason, type ClusterMembers, type ClusterPlan, sharesByLayers } from "@sharedllm/protocol";
 import type { FastifyBaseLogger } from "fastify";
 import type { Fleet } from "./fleet.js";
 import type { ConnectedNode } from "./units.js";
@@ -19,6 +19,10 @@ export interface ClusterNode {
   id: string;
   role: "solo" | "worker" | "head";
   tunnel?: unknown;
+  /** the owner's say: a worker that takes no work now is left out (default: it takes work) */
+  available?: boolean;
+  /** why not */
+  unavailableReason?: string | null;
 }
 
 /** A cluster the coordinator formed: its head, the workers that took the session, and its end. */
@@ -57,6 +61,7 @@ export function decideForm(
     if (id === head.id) missing.push({ nodeId: id, reason: "a head is not its own worker" });
     else if (!w) missing.push({ nodeId: id, reason: "not connected" });
     else if (w.role !== "worker" || !w.tunnel) missing.push({ nodeId: id, reason: "not a worker" });
+    else if (w.available === false) missing.push({ nodeId: id, reason: `not taking work (${w.unavailableReason ?? "its owner's say"})` });
     else invite.push(id);
   }
   return { ok: true, expiresAt: Math.min(request.expiresAt, now + MAX_SESSION_MS), invite, missing };
@@ -170,6 +175,20 @@ export class Clusters {
     if (refused) return refused;
     head.cluster = members.map((m) => ({ ...m, nodeId: m.nodeId.toLowerCase() }));
     return undefined;
+  }
+
+  /**
+   * A worker gave its work up (its owner needs the machine): every head whose split runs on it
+   * loses that split (no jobs until it announces a new one, formed without the worker) and hands
+   * its jobs in flight off, as they cannot go on.
+   */
+  withdraw(workerId: string, reason: AvailabilityReason, log: FastifyBaseLogger): void {
+    for (const head of this.fleet.list()) {
+      if (!head.cluster?.some((m) => m.nodeId === workerId)) continue;
+      log.info({ head: head.id, worker: workerId, reason }, "a cluster member yielded to its owner; the head re-forms without it");
+      head.cluster = undefined;
+      head.handOff(reason);
+    }
   }
 
   /** A head went away: its formation ends with it. */

@@ -143,6 +143,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       clusters: new Clusters(fleet),
       knownModels,
       heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS,
+      metrics,
       receipts: ledger?.receipts,
     });
     const keys = new ApiKeyVerifier(db);

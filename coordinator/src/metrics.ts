@@ -13,6 +13,7 @@ export class Metrics {
   private readonly scheduling: Summary;
   private readonly continuations: Counter<"cause">;
   private readonly continuationGap: Summary;
+  private readonly yields: Counter<"cause">;
 
   constructor(fleet: Fleet) {
     const registers = [this.registry];
@@ -42,6 +43,12 @@ export class Metrics {
     });
     this.jobs = new Counter({ name: "sharedllm_jobs_total", help: "jobs by final status", labelNames: ["status", "model"], registers });
     this.tokens = new Counter({ name: "sharedllm_tokens_total", help: "tokens served", labelNames: ["type", "model"], registers });
+    this.yields = new Counter({
+      name: "sharedllm_yields_total",
+      help: "nodes that gave their jobs in flight up for their owners, by cause (paused, owner_busy, on_battery; schedule for a worker)",
+      labelNames: ["cause"],
+      registers,
+    });
     this.scheduling = new Summary({
       name: "sharedllm_schedule_seconds",
       help: "time to choose a node for a job",
@@ -76,6 +83,11 @@ export class Metrics {
 
   scheduled(seconds: number): void {
     this.scheduling.observe(seconds);
+  }
+
+  /** A node yielded to its owner: its jobs in flight were handed off. */
+  yielded(cause: string): void {
+    this.yields.inc({ cause });
   }
 
   jobFinished(model: string, status: JobStatus, usage?: { prompt_tokens: number; completion_tokens: number }): void {

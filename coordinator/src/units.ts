@@ -7,6 +7,7 @@
  * node is one more implementation of `ServingUnit`.
  */
 import type {
+  AvailabilityReason,
   Capabilities,
   ClusterPlan,
   CoordinatorFrame,
@@ -59,6 +60,8 @@ export interface NodeInit {
   models: ReadonlyMap<string, ServedModel>;
   slots: number;
   accepting: boolean;
+  /** why it takes no jobs, when it says */
+  reason?: AvailabilityReason;
   capabilities?: Capabilities;
   role: "solo" | "worker" | "head";
   tunnel?: { host: string; port: number; tls: boolean; speed: number };
@@ -79,8 +82,10 @@ export class ConnectedNode implements NodeView, ServingUnit {
   /** jobs dispatched and not yet finished */
   active = 0;
   coolingUntil = 0;
-  /** the owner's say: false while paused, outside its schedule, or draining */
-  available: boolean;
+  /** the owner's say: false while paused, outside its schedule, draining, or yielding to its owner */
+  available = true;
+  /** why the owner's say is no (null while it is yes) */
+  unavailableReason: Exclude<AvailabilityReason, "resumed"> | null = null;
   notLoaded: ReadonlySet<string> | undefined = undefined;
   order = 0;
   tokensPerSecond: number;
@@ -105,7 +110,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
     this.id = n.id;
     this.models = n.models;
     this.slots = n.slots;
-    this.available = n.accepting;
+    this.setAvailability(n.accepting, n.reason ?? "resumed");
     this.tokensPerSecond = n.capabilities?.tokensPerSecond ?? 0;
     this.engine = n.engine;
     this.capabilities = n.capabilities;
@@ -164,6 +169,26 @@ export class ConnectedNode implements NodeView, ServingUnit {
     this.active = 0;
     for (const sink of sinks) {
       sink.error({ message: `the node serving this request went away (${reason})`, retryable: true, cause: "node_lost" });
+    }
+  }
+
+  /** The owner's say changed: whether the node takes jobs, and why not. */
+  setAvailability(accepting: boolean, reason: AvailabilityReason): void {
+    this.available = accepting;
+    this.unavailableReason = accepting || reason === "resumed" ? null : reason;
+  }
+
+  /**
+   * The node gave up its jobs in flight (its owner needs the machine): each is stopped there and
+   * failed as retryable, so that it can carry on on another unit.
+   */
+  handOff(reason: AvailabilityReason): void {
+    const jobs = [...this.jobs];
+    this.jobs.clear();
+    this.active = 0;
+    for (const [jobId, sink] of jobs) {
+      this.send({ type: "job.cancel", jobId });
+      sink.error({ message: `the node's owner needs the machine (${reason})`, retryable: true, cause: "owner" });
     }
   }
 

@@ -53,6 +53,14 @@ export const capabilitiesSchema = z.object({
 });
 export type Capabilities = z.infer<typeof capabilitiesSchema>;
 
+/**
+ * Why a node takes jobs or not: `resumed` (it does), paused by its owner, outside its contribution
+ * schedule, draining before it leaves, or yielding to its owner (owner-first: the owner's own
+ * programs need the CPU, or the machine runs on battery).
+ */
+export const availabilityReasonSchema = z.enum(["resumed", "paused", "schedule", "draining", "owner_busy", "on_battery"]);
+export type AvailabilityReason = z.infer<typeof availabilityReasonSchema>;
+
 /** node -> coordinator, first frame */
 export const helloSchema = z.looseObject({
   type: z.literal("hello"),
@@ -64,6 +72,8 @@ export const helloSchema = z.looseObject({
   slots: z.number().int().positive(),
   /** false when the node starts paused or outside its schedule; default true */
   accepting: z.boolean().optional(),
+  /** why it does not take jobs, when `accepting` is false */
+  reason: availabilityReasonSchema.optional(),
   capabilities: capabilitiesSchema.optional(),
   /** solo (default): serves its models; worker: lends its rpc-server to cluster heads; head: serves a split model */
   role: z.enum(["solo", "worker", "head"]).optional(),
@@ -278,14 +288,15 @@ export const jobErrorSchema = z.object({
 });
 
 /**
- * node -> coordinator: whether the node takes new jobs (paused by its owner,
- * outside its contribution schedule, or draining before it leaves). Jobs in
- * flight are not affected.
+ * node -> coordinator: whether the node takes new jobs. Jobs in flight finish, unless `handOff`:
+ * then the node has given them up (it yields to its owner) and the coordinator fails each of them
+ * as retryable, to be continued elsewhere.
  */
 export const availabilitySchema = z.object({
   type: z.literal("availability"),
   accepting: z.boolean(),
-  reason: z.enum(["resumed", "paused", "schedule", "draining"]),
+  reason: availabilityReasonSchema,
+  handOff: z.boolean().optional(),
 });
 export type Availability = z.infer<typeof availabilitySchema>;
 

@@ -4,14 +4,16 @@
  * earnings. Credits are bigints on the coordinator and decimal strings here (JSON has no bigint).
  */
 import type { Address, Hex } from "viem";
-import type { Capabilities, ClusterPlan } from "./control.js";
+import type { AvailabilityReason, Capabilities, ClusterPlan } from "./control.js";
 
 /** One node in `GET /v1/network`: online (with its last heartbeat) or offline (with when it was last seen). */
 export interface NetworkNode {
   id: string;
   status: "online" | "offline";
-  /** false while paused, outside its schedule or draining */
+  /** false while paused, outside its schedule, draining or yielding to its owner (and a head without a split) */
   accepting: boolean;
+  /** why its owner lets it take no jobs now; null when it takes them (or is offline) */
+  reason: Exclude<AvailabilityReason, "resumed"> | null;
   engine: string;
   models: string[];
   slots: number;

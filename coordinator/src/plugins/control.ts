@@ -29,6 +29,7 @@ import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type Fleet, silentNodes } from "../fleet.js";
 import type { Receipts } from "../ledger/receipts.js";
+import type { Metrics } from "../metrics.js";
 import { ConnectedNode } from "../units.js";
 import { sessionNode } from "./nodes.js";
 
@@ -38,6 +39,8 @@ export interface ControlPluginOptions {
   clusters: Clusters;
   knownModels: Map<string, KnownModel>;
   heartbeatIntervalMs: number;
+  /** counts the nodes' yields to their owners */
+  metrics?: Metrics;
   /** where signed work receipts go; absent when the coordinator runs without a ledger */
   receipts?: Receipts;
   /** receives the dial for a node in this process: its session token gives it an in-process channel */
@@ -147,11 +150,22 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           node.notLoaded = notLoaded(node, frame.loadedModels);
           if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
           return;
-        case "availability":
-          node.available = frame.accepting;
-          recordEvent(o.db, log, "node.availability", node.id, { accepting: frame.accepting, reason: frame.reason });
-          log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason }, "node availability changed");
+        case "availability": {
+          const handOff = frame.handOff === true && !frame.accepting;
+          node.setAvailability(frame.accepting, frame.reason);
+          recordEvent(o.db, log, "node.availability", node.id, {
+            accepting: frame.accepting,
+            reason: frame.reason,
+            ...(handOff && { handOff }),
+          });
+          log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason, handOff }, "node availability changed");
+          if (!handOff) return;
+          // it yields to its owner: its jobs in flight, and those of heads whose split runs on it, go elsewhere
+          o.metrics?.yielded(frame.reason);
+          node.handOff(frame.reason);
+          o.clusters.withdraw(node.id, frame.reason, log);
           return;
+        }
         case "models":
           if (frame.capabilities) {
             node.capabilities = frame.capabilities;
@@ -272,6 +286,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         models: new Map(models.map((m) => [m.id, m])),
         slots: h.slots,
         accepting: h.accepting ?? true,
+        reason: h.reason,
         capabilities: h.capabilities,
         role: h.role ?? "solo",
         tunnel: h.tunnel && { host: session.host, ...h.tunnel },

@@ -39,7 +39,7 @@ async function sim(opts: ConstructorParameters<typeof SimNode>[0] extends infer 
 }
 
 interface Network {
-  nodes: { id: string; status: string; tokensPerSecond: number | null; models: string[] }[];
+  nodes: { id: string; status: string; tokensPerSecond: number | null; models: string[]; accepting: boolean; reason: string | null }[];
   totals: { online: number; offline: number };
 }
 const network = async () => (await (await fetch(`${c.url}/v1/network`)).json()) as Network;
@@ -98,5 +98,42 @@ describe("heartbeats and the network view", () => {
     expect(text).toMatch(/^sharedllm_nodes_online 1$/m);
     expect(text).toMatch(/^sharedllm_jobs_total\{status="completed",model="sim-model"\} 1$/m);
     expect(text).toMatch(/^sharedllm_tokens_total\{type="completion",model="sim-model"\} 2$/m);
+  });
+
+  it("a node that yields to its owner hands its jobs off at once: cancelled there, carried on elsewhere; the network view says why", async () => {
+    const cancelled: string[] = [];
+    const busy = await sim({
+      onJob: () => {},
+      onFrame: (f) => {
+        if (f.type === "job.cancel") cancelled.push(f.jobId);
+      },
+    });
+    const res = fetch(`${c.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: "hi" }] }),
+    });
+    await waitFor("the job to reach the node", () => busy.jobsSeen === 1);
+    const other = await sim();
+    busy.send({ type: "availability", accepting: false, reason: "owner_busy", handOff: true });
+    const done = await res;
+    expect(done.status).toBe(200);
+    expect(done.headers.get("x-sharedllm-node")).toBe(other.id);
+    expect(cancelled).toHaveLength(1);
+    // a node may start without taking jobs, and say why
+    const onBattery = await sim({ hello: { accepting: false, reason: "on_battery" } });
+    const view = (await network()).nodes;
+    expect(view.find((n) => n.id === busy.id)).toMatchObject({ accepting: false, reason: "owner_busy" });
+    expect(view.find((n) => n.id === onBattery.id)).toMatchObject({ accepting: false, reason: "on_battery" });
+    expect(view.find((n) => n.id === other.id)).toMatchObject({ accepting: true, reason: null });
+    // a pause without a hand-off (an older node) is no yield; each hand-off is
+    busy.send({ type: "availability", accepting: true, reason: "resumed" });
+    busy.send({ type: "availability", accepting: false, reason: "paused" });
+    busy.send({ type: "availability", accepting: true, reason: "resumed" });
+    busy.send({ type: "availability", accepting: false, reason: "paused", handOff: true });
+    await waitFor("the pause seen", async () => (await network()).nodes.some((n) => n.id === busy.id && n.reason === "paused"));
+    const text = await (await fetch(`${c.url}/metrics`)).text();
+    expect(text).toMatch(/^sharedllm_yields_total\{cause="owner_busy"\} 1$/m);
+    expect(text).toMatch(/^sharedllm_yields_total\{cause="paused"\} 1$/m);
   });
 });
