@@ -35,6 +35,11 @@ export interface ClusterHeadOptions {
   sessionTtlMs?: number;
   /** a member whose link's round trip is over this is left out of the split; default 5 ms */
   maxRttMs?: number;
+  /**
+   * a member closed its tunnel while llama-server used it (it stopped, or its owner took the
+   * machine back): llama-server should restart, so that the cluster re-forms without it
+   */
+  onMemberLost?: (member: string) => void;
 }
 
 const FORM_TIMEOUT_MS = 15_000;
@@ -134,7 +139,10 @@ export class ClusterHead {
     const ports: number[] = [];
     for (const p of plan.members) {
       const m = infos.find((x) => x.id === p.id) as (typeof infos)[number];
-      const proxy = new TunnelProxy(m.dial, this.o.logger);
+      const proxy = new TunnelProxy(m.dial, this.o.logger, (err) => {
+        this.o.logger.warn({ member: m.id, err: err.message }, "lost a cluster member");
+        this.o.onMemberLost?.(m.id);
+      });
       ports.push(await proxy.listen());
       this.proxies.push(proxy);
     }

@@ -233,4 +233,33 @@ describe("the RPC tunnel", () => {
     expect(mibps).toBeGreaterThan(1);
     expect(upstreamConnections).toBe(before);
   });
+
+  it("a worker that stops taking work ends its sessions and connections; the head's endpoint reports the member lost", async () => {
+    const lost: string[] = [];
+    const proxy = new TunnelProxy(dial(), quietLogger(), (err) => lost.push(err.message));
+    await proxy.listen();
+    const relayed = async () => {
+      const local = net.connect(proxy.port, "127.0.0.1");
+      local.on("error", () => {});
+      let echoed = "";
+      local.on("data", (d) => {
+        echoed += d;
+      });
+      local.write("ping");
+      await waitFor("the bytes echoed through the tunnel", () => echoed === "ping");
+      return local;
+    };
+    const local = await relayed();
+    tunnel.endAll();
+    await waitFor("the head's endpoint to see the member gone", () => lost.length === 1);
+    expect(lost).toEqual(["the member closed the tunnel"]);
+    await waitFor("llama-server's connection closed", () => local.destroyed);
+    await expect(dialTunnel(dial())).rejects.toThrow();
+    // the head closing its own endpoint (re-forming) is no loss
+    expect(tunnel.addSession({ id: "s1", head: HEAD, expiresAt: Date.now() + 3_600_000 })).toBe(true);
+    await relayed();
+    await proxy.close();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(lost).toHaveLength(1);
+  });
 });

@@ -204,6 +204,12 @@ export class TunnelServer {
     this.sessions.delete(id);
   }
 
+  /** Ends every session and drops every connection: heads must form their clusters again, without this worker for now. */
+  endAll(): void {
+    this.sessions.clear();
+    for (const r of this.relays) r.close();
+  }
+
   /** Whether a head holds a live session here (receipts for its jobs may be signed). */
   servesHead(head: string): boolean {
     const now = Date.now();
@@ -401,9 +407,11 @@ export class TunnelProxy {
   constructor(
     private readonly dial: DialOptions,
     private readonly logger: Logger,
-    /** told when a connection to the member breaks or cannot be made */
+    /** told when a connection to the member cannot be made, or the member closes one */
     private readonly onBroken: (err: Error) => void = () => {},
   ) {}
+
+  private closing = false;
 
   async listen(): Promise<number> {
     this.server = net.createServer({ pauseOnConnect: true, noDelay: true }, (local) => void this.forward(local));
@@ -413,6 +421,7 @@ export class TunnelProxy {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     for (const r of this.relays) r.close();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
@@ -438,6 +447,14 @@ export class TunnelProxy {
       return;
     }
     remote.on("error", () => {});
+    // the member ended the connection (it stopped, or its owner took the machine back), not llama-server
+    let localClosed = false;
+    local.once("close", () => {
+      localClosed = true;
+    });
+    remote.once("close", () => {
+      if (!localClosed && !this.closing) this.onBroken(new Error("the member closed the tunnel"));
+    });
     const r = relay(local, remote);
     this.relays.add(r);
     await r.done;

@@ -3,6 +3,9 @@
  * ggml-rpc-server on 127.0.0.1 (tensor cache on) behind the authenticated tunnel, tells the
  * coordinator where the tunnel is, and takes the cluster sessions the coordinator forms for a head,
  * when its own policy serves that head: the head its site daemon picked, or those its owner named.
+ * Its owner has the same say as over a solo node (pause, schedule, owner-first): a worker that
+ * stops taking work ends its sessions and drops its tunnels, so its heads form their clusters
+ * again without it (the coordinator leaves it out while it is unavailable).
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
@@ -10,6 +13,8 @@ import type { Logger } from "pino";
 import { capabilities, detectHardware } from "../control/capabilities.js";
 import type { ControlClient } from "../control/client.js";
 import { openControlLink } from "../control/link.js";
+import { OwnerControls, type OwnerFirstOptions } from "../daemon/availability.js";
+import { parseSchedule } from "../daemon/schedule.js";
 import { ensureEngine } from "../engine/build.js";
 import { SharedLLMError } from "../errors.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
@@ -34,6 +39,14 @@ export interface WorkerDaemonOptions {
    * or those its owner named; undefined: any head the coordinator's formation names
    */
   heads?: string[];
+  /** when the owner lets this machine serve, e.g. "weekdays 17:00-08:00" (default: always) */
+  schedule?: string;
+  /** start without taking work until resume() */
+  paused?: boolean;
+  /** owner-first: give the work up while the owner needs the machine; absent: off */
+  ownerFirst?: OwnerFirstOptions;
+  /** the most memory lent to heads (bytes): the free memory it reports, which caps its layers, is never more */
+  maxMemoryBytes?: number;
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -44,6 +57,11 @@ export interface WorkerDaemon {
   rpc: RpcServer;
   tunnel: TunnelServer;
   control: ControlClient;
+  /** stop taking work: the sessions end, the heads re-form without this worker */
+  pause(): void;
+  resume(): void;
+  /** leave the site: give the work up, deregister, stop */
+  leave(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -79,6 +97,7 @@ function computeScore(threads: number): number {
 
 export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerDaemon> {
   const progress = o.progress ?? silentProgress;
+  if (o.schedule) parseSchedule(o.schedule);
   const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
   const nodeId = identity.nodeId;
   const log = o.logger.child({ nodeId, role: "worker" });
@@ -105,7 +124,8 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     );
   }
   const speed = computeScore(threads);
-  const caps = await capabilities({ home: o.paths.home, cache: o.paths.cache, engine, threads, hardware: await hardware });
+  const measured = await capabilities({ home: o.paths.home, cache: o.paths.cache, engine, threads, hardware: await hardware });
+  const caps = { ...measured, memoryBytes: Math.min(measured.memoryBytes, o.maxMemoryBytes ?? Number.POSITIVE_INFINITY) };
   const { client: control } = openControlLink({
     coordinatorUrl: o.coordinatorUrl,
     coordinatorCa: o.coordinatorCa,
@@ -116,12 +136,18 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     logger: log,
     hello: () => ({ models: [], slots: 1, capabilities: caps, tunnel: { port: tunnel.port, tls: true, speed } }),
     servesHead: (head) => tunnel.servesHead(head),
+    maxMemoryBytes: o.maxMemoryBytes,
     runJob: async (job, send) =>
       send({ type: "job.error", jobId: job.jobId, message: "this node is a cluster worker and runs no jobs itself", retryable: true }),
     loadModel: (frame, reply) =>
       reply({ type: "models", models: [], failed: { model: frame.model, message: "a cluster worker serves no models" } }),
     onClusterFrame: (f, send) => {
       if (f.type !== "tunnel.session") return;
+      // a formation that crossed this worker's unavailability on the wire
+      if (!owner.availability.accepting) {
+        log.info({ head: f.head, reason: owner.availability.reason }, "a cluster session while not taking work: ignored");
+        return;
+      }
       if (!tunnel.addSession({ id: f.sessionId, head: f.head, expiresAt: f.expiresAt })) {
         log.warn({ head: f.head }, "a cluster session for a head this worker does not serve: ignored");
         return;
@@ -130,7 +156,20 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
       send({ type: "tunnel.ready", sessionId: f.sessionId });
     },
   });
+  const owner = new OwnerControls({
+    apply: (accepting, reason, handOff) => {
+      control.setAvailability(accepting, reason, handOff);
+      if (handOff) tunnel.endAll();
+    },
+    schedule: o.schedule,
+    paused: o.paused,
+    ownerFirst: o.ownerFirst,
+    handOffAlways: true,
+    logger: log,
+  });
+  owner.start();
   const stop = async () => {
+    owner.stop();
     await control.close();
     await tunnel.close();
     await rpc.stop();
@@ -142,5 +181,18 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     throw err;
   }
   log.info({ tunnelPort: tunnel.port, rpc: rpc.address, speed }, "worker ready");
-  return { nodeId, rpc, tunnel, control, stop };
+  return {
+    nodeId,
+    rpc,
+    tunnel,
+    control,
+    pause: () => owner.pause(),
+    resume: () => owner.resume(),
+    async leave() {
+      owner.drain();
+      await control.leave();
+      await stop();
+    },
+    stop,
+  };
 }

@@ -58,4 +58,56 @@ describe("control client", () => {
     expect(refusals[5]).toBe("frames must be JSON");
     await client.close();
   });
+
+  it("hands its jobs in flight off: aborted with no frame for them, the coordinator told once; a later hello says why it takes none", async () => {
+    const [nodeEnd, coordinatorEnd] = channelPair();
+    const received: { type: string; accepting?: boolean; reason?: string; handOff?: boolean }[] = [];
+    coordinatorEnd.onMessage((text) => {
+      const frame = JSON.parse(text) as { type: string; nodeId: string };
+      received.push(frame);
+      if (frame.type !== "hello") return;
+      coordinatorEnd.send(
+        JSON.stringify({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId: frame.nodeId, heartbeatIntervalMs: 60_000 }),
+      );
+    });
+    const aborted: string[] = [];
+    let dials = 0;
+    const [nodeEnd2, coordinatorEnd2] = channelPair();
+    coordinatorEnd2.onMessage((text) => received.push(JSON.parse(text)));
+    const client = new ControlClient({
+      coordinatorUrl: "http://127.0.0.1:1",
+      credentials: { get: async () => "session", invalidate: () => {} },
+      hello: () => ({ nodeId: "0x0000000000000000000000000000000000000001", engine: { tag: "b0", variant: "cpu" }, models: [], slots: 1 }),
+      status: () => ({ load: 0, freeMemoryBytes: 0, loadedModels: [], tokensPerSecond: 0 }),
+      // a job that runs until it is aborted, and then sends nothing (as the job runner does)
+      runJob: (job, _send, signal) =>
+        new Promise<void>((resolve) =>
+          signal.addEventListener("abort", () => {
+            aborted.push(job.jobId);
+            resolve();
+          }),
+        ),
+      loadModel: () => {},
+      signReceipt: async (frame) => ({ type: "receipt", receipt: frame.receipt, signature: null, refused: "test" }),
+      logger: pino({ level: "silent" }),
+      dial: async () => (++dials === 1 ? nodeEnd : nodeEnd2),
+      backoffMs: 1,
+    });
+    await client.start();
+    for (const jobId of ["a", "b"])
+      coordinatorEnd.send(JSON.stringify({ type: "job.start", jobId, kind: "chat", stream: true, includeUsage: false, request: {} }));
+    await waitFor("both jobs running", () => client.activeJobs === 2);
+    client.setAvailability(false, "owner_busy", true);
+    expect(aborted.sort()).toEqual(["a", "b"]);
+    expect(client.activeJobs).toBe(0);
+    await waitFor("the frame", () => received.some((f) => f.type === "availability"));
+    expect(received.filter((f) => f.type !== "hello")).toEqual([
+      { type: "availability", accepting: false, reason: "owner_busy", handOff: true },
+    ]);
+    // reconnected: the hello says it takes no jobs, and why
+    coordinatorEnd.close(1001, "restart");
+    await waitFor("the hello on the new channel", () => received.filter((f) => f.type === "hello").length === 2);
+    expect(received.at(-1)).toMatchObject({ type: "hello", accepting: false, reason: "owner_busy" });
+    await client.close();
+  });
 });

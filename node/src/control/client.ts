@@ -89,10 +89,17 @@ export class ControlClient {
     return this.jobs.size;
   }
 
-  /** Tells the coordinator whether to send new jobs; remembered across reconnects. */
-  setAvailability(accepting: boolean, reason: Availability["reason"]): void {
+  /**
+   * Tells the coordinator whether to send new jobs; remembered across reconnects. `handOff`: the
+   * jobs in flight are given up now (aborted here, with no frame for them; the coordinator hands
+   * them on).
+   */
+  setAvailability(accepting: boolean, reason: Availability["reason"], handOff = false): void {
     this.availability = { accepting, reason };
-    this.sendFrame({ type: "availability", accepting, reason });
+    this.sendFrame({ type: "availability", accepting, reason, ...(handOff && { handOff }) });
+    if (!handOff) return;
+    for (const ctl of this.jobs.values()) ctl.abort();
+    this.jobs.clear();
   }
 
   get accepting(): boolean {
@@ -159,7 +166,8 @@ export class ControlClient {
       if (code === CLOSE_REFUSED) this.o.logger.error({ reason }, "coordinator refused this node");
       this.scheduleReconnect();
     });
-    const hello: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello(), accepting: this.availability.accepting };
+    const { accepting, reason } = this.availability;
+    const hello: Hello = { type: "hello", protocol: CONTROL_PROTOCOL_VERSION, ...this.o.hello(), accepting, ...(!accepting && { reason }) };
     channel.send(JSON.stringify(hello));
   }
 

@@ -25,6 +25,8 @@ export interface ControlLinkOptions
   status?: () => Pick<Heartbeat, "loadedModels" | "tokensPerSecond">;
   /** a worker signs receipts for the jobs of a cluster head it serves (it cannot see their tokens) */
   servesHead?: (head: string) => boolean;
+  /** the most memory the owner lends: the free memory reported is never more; default: no cap */
+  maxMemoryBytes?: number;
 }
 
 export interface ControlLink {
@@ -50,7 +52,7 @@ export function openControlLink(o: ControlLinkOptions): ControlLink {
     hello: () => ({ nodeId: o.identity.nodeId, engine: { tag: o.engine.tag, variant: o.engine.variant }, role: o.role, ...o.hello() }),
     status: () => ({
       load: (loadavg()[0] ?? 0) / Math.max(1, cpus().length),
-      freeMemoryBytes: freemem(),
+      freeMemoryBytes: Math.min(freemem(), o.maxMemoryBytes ?? Number.POSITIVE_INFINITY),
       ...(o.status?.() ?? { loadedModels: [], tokensPerSecond: 0 }),
     }),
     runJob: o.runJob,

@@ -5,7 +5,7 @@
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
-import type { Availability, Capabilities, ControlChannel, ServedModel } from "@sharedllm/protocol";
+import type { Capabilities, ControlChannel, ServedModel } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
@@ -22,9 +22,10 @@ import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
+import { OwnerControls, type OwnerFirstOptions } from "./availability.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
-import { inSchedule, parseSchedule } from "./schedule.js";
+import { parseSchedule } from "./schedule.js";
 import { Throughput } from "./throughput.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
@@ -53,6 +54,8 @@ export interface NodeDaemonOptions {
   schedule?: string;
   /** start without taking jobs until resume() */
   paused?: boolean;
+  /** owner-first: yield (hand jobs in flight off) while the owner needs the machine; absent: off */
+  ownerFirst?: OwnerFirstOptions;
   /** cap on the memory the node's engines may use, bytes (weights + KV cache); default: none */
   maxMemoryBytes?: number;
   /**
@@ -85,9 +88,11 @@ export interface NodeDaemon {
   /** the models served now (the start model and any loaded on request) */
   models(): string[];
   control: ControlClient;
-  /** stop taking new jobs (jobs in flight finish) */
+  /** stop taking jobs and hand the jobs in flight off (the owner wants the machine) */
   pause(): void;
   resume(): void;
+  /** stop taking new jobs for good; jobs in flight finish (see control.drained) */
+  drain(): void;
   /** drain (no new jobs, wait for jobs in flight up to timeoutMs), deregister, stop */
   leave(timeoutMs?: number): Promise<{ drained: boolean }>;
   /** stop at once: jobs in flight fail */
@@ -96,7 +101,7 @@ export interface NodeDaemon {
 
 export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
   const progress = o.progress ?? silentProgress;
-  const windows = o.schedule ? parseSchedule(o.schedule) : undefined;
+  if (o.schedule) parseSchedule(o.schedule);
   // GPU detection loads node-llama-cpp's native addon (seconds): overlap it with the rest
   const hardware = detectHardware(o.logger);
   const identity = (await loadNodeIdentity(o.paths.home)) as NodeIdentity;
@@ -119,6 +124,8 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       send: (f) => control.sendFrame(f),
       signer: identity.account,
       logger: o.logger.child({ nodeId, role: "head" }),
+      // re-formed over the members still there
+      onMemberLost: () => served.get(model.id)?.llama.supervisor.restart(),
     });
   /** every model this node serves, each on its own supervised llama-server */
   const served = new Map<string, Served>();
@@ -249,22 +256,14 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     },
   });
   // what the owner wants, combined into one availability the coordinator sees
-  const state = { paused: o.paused ?? false, draining: false };
-  const availability = (): { accepting: boolean; reason: Availability["reason"] } => {
-    if (state.draining) return { accepting: false, reason: "draining" };
-    if (state.paused) return { accepting: false, reason: "paused" };
-    if (windows && !inSchedule(windows, new Date())) return { accepting: false, reason: "schedule" };
-    return { accepting: true, reason: "resumed" };
-  };
-  const applyAvailability = () => {
-    const a = availability();
-    if (a.accepting !== control.accepting) {
-      log.info(a, a.accepting ? "taking jobs" : "not taking new jobs");
-      control.setAvailability(a.accepting, a.reason);
-    }
-  };
-  applyAvailability();
-  const scheduleTimer = windows ? setInterval(applyAvailability, 30_000) : undefined;
+  const owner = new OwnerControls({
+    apply: (accepting, reason, handOff) => control.setAvailability(accepting, reason, handOff),
+    schedule: o.schedule,
+    paused: o.paused,
+    ownerFirst: o.ownerFirst,
+    logger: log,
+  });
+  owner.start();
   // a head forms its cluster through the coordinator before its llama-server can start;
   // a solo node connects once it serves, so the coordinator sees its models from the first hello
   let primary: Served;
@@ -283,7 +282,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     if (head) control.sendFrame({ type: "models", models: servedModels(), capabilities: caps });
     else await control.start();
   } catch (err) {
-    clearInterval(scheduleTimer);
+    owner.stop();
     await control.close();
     await stopServing();
     await head?.close();
@@ -291,7 +290,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
   }
   const llama = primary.llama;
   const stop = async () => {
-    clearInterval(scheduleTimer);
+    owner.stop();
     await control.close();
     await loading;
     await stopServing();
@@ -305,17 +304,11 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     cluster: head,
     models: () => [...served.keys()],
     control,
-    pause() {
-      state.paused = true;
-      applyAvailability();
-    },
-    resume() {
-      state.paused = false;
-      applyAvailability();
-    },
+    pause: () => owner.pause(),
+    resume: () => owner.resume(),
+    drain: () => owner.drain(),
     async leave(timeoutMs = 120_000) {
-      state.draining = true;
-      applyAvailability();
+      owner.drain();
       const drained = await control.drained(timeoutMs);
       await control.leave();
       await stop();

@@ -83,7 +83,7 @@ describe("onBattery", () => {
   });
 
   it("is false on mains, with a battery charging or full, without a battery, or without any supply", async () => {
-    const cases = [
+    const cases: Record<string, Record<string, string>>[] = [
       { AC: { type: "Mains", online: "1" }, BAT0: { type: "Battery", status: "Discharging" } },
       { AC: { type: "Mains", online: "0" }, ucsi: { type: "USB", online: "1" }, BAT0: { type: "Battery", status: "Discharging" } },
       { AC: { type: "Mains", online: "0" }, BAT0: { type: "Battery", status: "Full" } },

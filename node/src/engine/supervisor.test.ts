@@ -107,3 +107,32 @@ describe("Supervisor.stop", () => {
     expect(() => process.kill(pid, 0)).toThrow();
   });
 });
+
+describe("Supervisor.restart", () => {
+  it("ends the process and starts it again with its arguments prepared anew", async () => {
+    const tmp = await tempPaths();
+    stops.push(tmp.cleanup);
+    let prepared = 0;
+    const sup = new Supervisor({
+      name: "sleeper",
+      command: "sh",
+      args: ["-c", "while :; do sleep 0.1; done"],
+      logFile: join(tmp.home, "sleeper.log"),
+      healthCheck: async () => true,
+      prepare: async () => {
+        prepared++;
+        return [];
+      },
+      backoffMs: 10,
+    });
+    stops.push(() => sup.stop());
+    await sup.start();
+    const pid = sup.pid as number;
+    sup.restart();
+    sup.restart();
+    expect(sup.ready).toBe(false);
+    await waitFor("the process started again", () => sup.ready && sup.restarts === 1);
+    expect(sup.pid).not.toBe(pid);
+    expect(prepared).toBe(2);
+  });
+});

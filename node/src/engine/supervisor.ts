@@ -91,6 +91,13 @@ export class Supervisor extends EventEmitter<{
     });
   }
 
+  /** Ends the running process so that it starts again (with `prepare` run anew), as after a crash. */
+  restart(): void {
+    if (!this._ready || !this.child) return;
+    this._ready = false;
+    this.child.kill("SIGTERM");
+  }
+
   /** The last lines the process printed, for error messages. */
   logTail(lines = 20): string {
     return this.tail.slice(-lines).join("\n");
