@@ -10,7 +10,6 @@ import { join } from "node:path";
 import {
   isAlive,
   loadNodeIdentity,
-  parseSchedule,
   registerNode,
   resolvePaths,
   SharedLLMError,
@@ -19,10 +18,19 @@ import {
   terminalProgress,
   writeFileAtomic,
 } from "@sharedllm/node";
-import type { NetworkResponse } from "@sharedllm/protocol";
-import { Command, InvalidArgumentError, Option } from "commander";
+import type { NetworkNode, NetworkResponse } from "@sharedllm/protocol";
+import { Command, Option } from "commander";
 import { type Logger, pino } from "pino";
 import { positiveInt, wholeNumber } from "./args.js";
+import {
+  addOwnerOptions,
+  commandFile,
+  type OwnerArgs,
+  type OwnerCommand,
+  type OwnerSettings,
+  ownerCommands,
+  ownerSettings,
+} from "./ownerOptions.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export interface NodeConfig {
@@ -56,12 +64,10 @@ export interface NodeRun {
   startedAt: string;
 }
 
-type NodeCommand = "pause" | "resume" | "leave";
-
 export const files = (home: string) => ({
   config: join(home, "node-config.json"),
   run: join(home, "node-run.json"),
-  command: join(home, "node-command"),
+  command: commandFile(home),
 });
 
 export async function readJson<T>(file: string): Promise<T | undefined> {
@@ -109,7 +115,7 @@ export async function runningNode(home: string): Promise<NodeRun | undefined> {
   return run && isAlive(run.pid) ? run : undefined;
 }
 
-async function tellDaemon(home: string, command: NodeCommand): Promise<NodeRun> {
+async function tellDaemon(home: string, command: OwnerCommand): Promise<NodeRun> {
   const run = await runningNode(home);
   if (!run) throw new SharedLLMError("not_running", `no node daemon is running for ${home}; start one with: sharedllm node start`);
   await writeFile(files(home).command, command);
@@ -140,24 +146,15 @@ export function nodeCommand(): Command {
       process.stdout.write(`node ${identity.nodeId} ${identity.created ? "created and " : ""}accepted by ${config.coordinatorUrl}\n`);
     });
 
-  cmd
+  const start = cmd
     .command("start")
     .description("run the node daemon in the foreground (Ctrl-C drains and stops it)")
     .option("--coordinator <url>", "the site's coordinator (default: from node init)")
     .option("--token <token>", "the site's join token (default: from node init)")
     .addOption(coordinatorCaOption())
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
-    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
-    .addOption(new Option("--threads <n>", "CPU threads for the engine (default: all cores)").argParser(positiveInt))
-    .addOption(
-      new Option("--max-memory <GiB>", "cap on the memory the engines may use (weights + KV cache)").argParser((v) => {
-        const n = Number(v);
-        if (!(n > 0)) throw new InvalidArgumentError("expected a positive number of GiB");
-        return n;
-      }),
-    )
-    .option("--schedule <windows>", 'when to serve, local time, e.g. "weekdays 17:00-08:00; weekends 00:00-24:00"')
-    .option("--paused", "start without taking jobs until sharedllm node resume")
+    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt));
+  addOwnerOptions(start)
     .option("--engine-args <args>", "extra llama-server arguments, space-separated")
     .addOption(
       new Option(
@@ -173,32 +170,30 @@ export function nodeCommand(): Command {
     .option("--heads <ids>", "worker: the only cluster heads it serves, comma-separated node ids (default: any head the coordinator names)")
     .option("--verbose", "log at info level")
     .action(
-      async (o: {
-        role: "solo" | "worker" | "head";
-        members?: string;
-        tunnelPort: number;
-        tunnelHost: string;
-        heads?: string;
-        coordinator?: string;
-        token?: string;
-        coordinatorCa?: string;
-        model: string;
-        slots: number;
-        threads?: number;
-        maxMemory?: number;
-        schedule?: string;
-        paused?: boolean;
-        engineArgs?: string;
-        verbose?: boolean;
-      }) => {
+      async (
+        o: {
+          role: "solo" | "worker" | "head";
+          members?: string;
+          tunnelPort: number;
+          tunnelHost: string;
+          heads?: string;
+          coordinator?: string;
+          token?: string;
+          coordinatorCa?: string;
+          model: string;
+          slots: number;
+          engineArgs?: string;
+          verbose?: boolean;
+        } & OwnerArgs,
+      ) => {
         const signal = shutdownSignal();
         const paths = resolvePaths();
         const config = await nodeConfig(paths.home, o);
-        if (o.schedule) parseSchedule(o.schedule);
+        const owner = ownerSettings(o);
         if (await runningNode(paths.home))
           throw new SharedLLMError("busy", `a node daemon already runs for ${paths.home}; see: sharedllm node status`);
         const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
-        if (o.role === "worker") return runWorker(paths, config, o, logger, signal);
+        if (o.role === "worker") return runWorker(paths, config, o, owner, logger, signal);
         const members =
           o.members
             ?.split(",")
@@ -212,12 +207,9 @@ export function nodeCommand(): Command {
           cluster: o.role === "head" ? { members } : undefined,
           paths,
           ...config,
+          ...owner,
           model: o.model,
           slots: o.slots,
-          threads: o.threads,
-          maxMemoryBytes: o.maxMemory === undefined ? undefined : o.maxMemory * 2 ** 30,
-          schedule: o.schedule,
-          paused: o.paused,
           engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
           logger,
           progress: terminalProgress(),
@@ -226,23 +218,13 @@ export function nodeCommand(): Command {
         const f = files(paths.home);
         await recordRun(paths.home, daemon.nodeId, config.coordinatorUrl);
         process.stdout.write(`node ${daemon.nodeId} serving ${daemon.modelId} for ${config.coordinatorUrl}\n`);
-        const done = new Promise<"stop" | "leave">((resolve) => {
-          signal.addEventListener("abort", () => resolve("stop"), { once: true });
-          process.on("SIGUSR1", async () => {
-            const command = (await readFile(f.command, "utf8").catch(() => "")).trim() as NodeCommand;
-            await rm(f.command, { force: true });
-            if (command === "pause") daemon.pause();
-            else if (command === "resume") daemon.resume();
-            else if (command === "leave") resolve("leave");
-          });
-        });
-        const how = await done;
+        const how = await ownerCommands(paths.home, signal, daemon);
         if (how === "leave") {
           process.stderr.write("leaving: finishing jobs in flight...\n");
           const { drained } = await daemon.leave();
           process.stderr.write(drained ? "left the site\n" : "left the site (some jobs did not finish in time)\n");
         } else {
-          daemon.pause();
+          daemon.drain();
           await daemon.control.drained(30_000);
           await daemon.stop();
           process.stderr.write("stopped\n");
@@ -285,6 +267,7 @@ export function nodeCommand(): Command {
           `node:        ${identity.nodeId}`,
           `coordinator: ${coordinatorUrl ?? "not configured"}`,
           `daemon:      ${run ? `running (pid ${run.pid}, since ${run.startedAt})` : "not running"}`,
+          ...(typeof seen === "object" ? [`taking jobs: ${takingJobs(seen as NetworkNode)}`] : []),
           `coordinator sees: ${typeof seen === "string" ? seen : JSON.stringify(seen)}`,
           "",
         ].join("\n"),
@@ -292,7 +275,7 @@ export function nodeCommand(): Command {
     });
 
   for (const [name, what] of [
-    ["pause", "stop taking new jobs; jobs in flight finish"],
+    ["pause", "stop taking jobs; jobs in flight are handed off to other nodes at once"],
     ["resume", "take jobs again"],
     ["leave", "drain (finish jobs in flight), deregister from the site and stop the daemon"],
   ] as const) {
@@ -312,10 +295,25 @@ export function nodeCommand(): Command {
   return cmd;
 }
 
+/** The coordinator's view of whether a node takes jobs, in words. */
+function takingJobs(n: NetworkNode): string {
+  if (n.accepting) return "yes";
+  const why: Record<NonNullable<NetworkNode["reason"]>, string> = {
+    paused: "paused by its owner (sharedllm node resume)",
+    schedule: "outside its --schedule",
+    draining: "draining before it leaves",
+    owner_busy: "its owner's programs need the CPUs (owner-first)",
+    on_battery: "the machine runs on battery (owner-first)",
+  };
+  if (n.reason) return `no: ${why[n.reason]}`;
+  return n.role === "head" ? "no: its cluster has no split yet" : "no";
+}
+
 async function runWorker(
   paths: ReturnType<typeof resolvePaths>,
   config: NodeConfig,
-  o: { threads?: number; tunnelPort: number; tunnelHost: string; heads?: string },
+  o: { tunnelPort: number; tunnelHost: string; heads?: string },
+  owner: OwnerSettings,
   logger: Logger,
   signal: AbortSignal,
 ) {
@@ -328,7 +326,7 @@ async function runWorker(
   const worker = await startWorkerDaemon({
     paths,
     ...config,
-    threads: o.threads,
+    ...owner,
     tunnelHost: o.tunnelHost,
     tunnelPort: o.tunnelPort,
     heads,
@@ -341,8 +339,12 @@ async function runWorker(
   process.stdout.write(
     `worker ${worker.nodeId} lends its rpc-server through tunnel port ${worker.tunnel.port} for ${config.coordinatorUrl}\n`,
   );
-  await new Promise<void>((r) => signal.addEventListener("abort", () => r(), { once: true }));
-  await worker.stop();
+  if ((await ownerCommands(paths.home, signal, worker)) === "leave") {
+    await worker.leave();
+    process.stderr.write("left the site\n");
+  } else {
+    await worker.stop();
+    process.stderr.write("stopped\n");
+  }
   await rm(f.run, { force: true });
-  process.stderr.write("stopped\n");
 }

@@ -27,7 +27,8 @@ import { pino } from "pino";
 import { addListenOptions, type ListenArgs, positiveInt, wholeNumber } from "./args.js";
 import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
-import { shutdownSignal, untilAborted } from "./shutdown.js";
+import { addOwnerOptions, type OwnerArgs, ownerCommands, ownerSettings } from "./ownerOptions.js";
+import { shutdownSignal } from "./shutdown.js";
 
 /** This machine's LAN address, for the join command others run. */
 function lanAddress(): string {
@@ -100,8 +101,8 @@ export function siteCommand(): Command {
     .option("--token <token>", "the site's join token (required the first time; then read from this machine's 0600 config)")
     .addOption(coordinatorCaOption())
     .option("--model <source>", "model to serve", "default")
-    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt))
-    .addOption(new Option("--threads <n>", "CPU threads (default: all cores)").argParser(positiveInt))
+    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt));
+  addOwnerOptions(join_)
     .option("--scan <cidr...>", "also probe these ranges for peers (networks that drop multicast)")
     .option("--no-multicast", "do not use multicast beacons")
     .option("--broadcast <address>", "broadcast address for beacons, e.g. 192.168.1.255")
@@ -125,7 +126,6 @@ export function siteCommand(): Command {
           coordinatorCa?: string;
           model: string;
           slots: number;
-          threads?: number;
           scan?: string[];
           multicast: boolean;
           broadcast?: string;
@@ -133,9 +133,10 @@ export function siteCommand(): Command {
           background?: boolean;
           service?: boolean;
           verbose?: boolean;
-        },
+        } & OwnerArgs,
       ) => {
         const paths = resolvePaths();
+        const owner = ownerSettings(o);
         const scanTargets = (o.scan ?? []).flatMap(expandCidr);
         const running = await runningNode(paths.home);
         if (running) {
@@ -184,9 +185,9 @@ export function siteCommand(): Command {
         const daemon = await startSiteDaemon({
           paths,
           ...config,
+          ...owner,
           model: o.model,
           slots: o.slots,
-          threads: o.threads,
           scanTargets,
           group: o.multicast ? undefined : null,
           broadcast: o.broadcast,
@@ -197,10 +198,14 @@ export function siteCommand(): Command {
         });
         await recordRun(paths.home, nodeId, config.coordinatorUrl);
         process.stdout.write(`node ${nodeId} joined ${config.coordinatorUrl} and looks for its LAN peers\n`);
-        await untilAborted(signal);
-        await daemon.stop();
+        if ((await ownerCommands(paths.home, signal, daemon)) === "leave") {
+          await daemon.leave();
+          process.stderr.write("left the site\n");
+        } else {
+          await daemon.stop();
+          process.stderr.write("stopped\n");
+        }
         await rm(files(paths.home).run, { force: true });
-        process.stderr.write("stopped\n");
       },
     );
 

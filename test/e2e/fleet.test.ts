@@ -30,7 +30,7 @@ const daemons: Daemon[] = [];
 function startDaemon(d: Daemon): Promise<string> {
   const proc = spawn(
     process.execPath,
-    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2", "--threads", "1"],
+    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2", "--threads", "1", "--no-owner-first"],
     { env: { ...process.env, SHAREDLLM_HOME: d.home }, stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
   d.proc = proc;

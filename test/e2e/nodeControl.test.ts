@@ -2,7 +2,8 @@
  * An owner's say over a running node, end to end: a coordinator and a real `sharedllm node
  * start` daemon (llama-server on the default model), steered with `sharedllm node pause`,
  * `resume` and `leave` from another process, as an owner would. The coordinator learns each
- * change from the node's availability frame.
+ * change from the node's availability frame. A pause yields (the job in flight is handed off at
+ * once); a leave drains (the job in flight finishes first).
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -33,7 +34,10 @@ async function owner(command: "pause" | "resume" | "leave"): Promise<string> {
   return stdout;
 }
 
-/** Starts a streamed chat; `firstChunk` resolves when output starts, `done` with whether it completed. */
+/** Whether a streamed response ran to its end with no error event. */
+const complete = (text: string) => text.endsWith("data: [DONE]\n\n") && !text.includes('"error"');
+
+/** Starts a streamed chat; `firstChunk` resolves when output starts, `done` with the whole stream. */
 function stream(maxTokens: number) {
   let first: () => void = () => {};
   const firstChunk = new Promise<void>((r) => {
@@ -47,7 +51,7 @@ function stream(maxTokens: number) {
       first();
       text += Buffer.from(chunk).toString();
     }
-    return text.endsWith("data: [DONE]\n\n") && !text.includes('"error"');
+    return text;
   })();
   return { firstChunk, done };
 }
@@ -89,11 +93,15 @@ beforeAll(async () => {
   coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger() });
   apiKey = (await createApiKey(coordinator.db, "owner")).secret;
   home = await tempPaths("node-control-");
-  daemon = spawn(process.execPath, [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2"], {
-    env: { ...process.env, SHAREDLLM_HOME: home.home },
-    stdio: ["ignore", "pipe", "pipe"],
-    detached: true,
-  });
+  daemon = spawn(
+    process.execPath,
+    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2", "--no-owner-first"],
+    {
+      env: { ...process.env, SHAREDLLM_HOME: home.home },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    },
+  );
   let stderr = "";
   daemon.stderr?.on("data", (b) => {
     stderr += b;
@@ -131,16 +139,47 @@ afterAll(async () => {
 });
 
 describe("node pause, resume and leave", () => {
-  it("a paused node gets no new jobs while its job in flight finishes; resumed, it takes jobs again", async () => {
+  it("a paused node hands its job in flight off at once and gets no new jobs; resumed, it takes jobs again", async () => {
     const running = stream(300);
+    let endedAt = 0;
+    const ended = running.done.then((text) => {
+      endedAt = Date.now();
+      return text;
+    });
     await running.firstChunk;
-    expect(await owner("pause")).toMatch(/^pause: sent to node daemon pid \d+/);
-    await waitFor("the coordinator to see the node paused", () => accepting() === false);
+    // the job stays in flight however long the owner's command takes to start: its llama-server
+    // is frozen until the stream has ended
+    const engine = await childPid(daemon.pid as number, "llama-server");
+    process.kill(engine, "SIGSTOP");
+    let seenAt: number;
+    let text: string;
+    try {
+      expect(await owner("pause")).toMatch(/^pause: sent to node daemon pid \d+/);
+      await waitFor("the coordinator to see the node paused", () => accepting() === false);
+      seenAt = Date.now();
+      expect(coordinator.fleet.get(nodeId)?.unavailableReason).toBe("paused");
+      // one unit only: the job has nowhere to continue, so its stream ends with an error event
+      text = await ended;
+    } finally {
+      process.kill(engine, "SIGCONT");
+    }
+    expect(complete(text)).toBe(false);
+    expect(text).toContain("the node's owner needs the machine (paused)");
+    expect(endedAt - seenAt).toBeLessThan(1_000);
+    const job = await waitFor("the job recorded as failed", () =>
+      coordinator.db
+        .selectFrom("jobs")
+        .select(["status", "completion_tokens"])
+        .where("node_id", "=", nodeId)
+        .where("status", "!=", "running")
+        .executeTakeFirst(),
+    );
+    // a failed job is charged nothing (its hold, with a ledger, is released)
+    expect(job).toEqual({ status: "failed", completion_tokens: null });
 
     const refused = await chat();
     expect(refused.status).toBe(503);
     expect(((await refused.json()) as { error: { code: string } }).error.code).toBe("no_capacity");
-    expect(await running.done).toBe(true);
 
     await owner("resume");
     await waitFor("the coordinator to see the node taking jobs", () => accepting() === true);
@@ -149,9 +188,10 @@ describe("node pause, resume and leave", () => {
     expect(served.headers.get("x-sharedllm-node")).toBe(nodeId);
     await waitFor("both changes recorded", async () => (await availabilityEvents()).length === 2);
     expect(await availabilityEvents()).toEqual([
-      { accepting: false, reason: "paused" },
+      { accepting: false, reason: "paused", handOff: true },
       { accepting: true, reason: "resumed" },
     ]);
+    expect(await (await fetch(`${coordinator.url}/metrics`)).text()).toMatch(/^sharedllm_yields_total\{cause="paused"\} 1$/m);
   }, 120_000);
 
   it("leave finishes the job in flight first, then the daemon exits and the coordinator forgets the node and its sessions", async () => {
@@ -170,7 +210,7 @@ describe("node pause, resume and leave", () => {
       process.kill(engine, "SIGCONT");
     }
 
-    expect(await running.done).toBe(true);
+    expect(complete(await running.done)).toBe(true);
     expect(await leaving).toMatch(/^leave: sent to node daemon pid \d+/);
     const exit = await exited;
     expect(exit.code).toBe(0);

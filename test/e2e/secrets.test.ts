@@ -43,10 +43,14 @@ const registrations = async (nodeId: string) =>
 
 describe("the join token", () => {
   it("is not on the background daemon's command line; the daemon reads it from the 0600 config", async () => {
-    const child = spawn(process.execPath, [BIN, "site", "join", coordinator.url, "--token", joinToken, "--background", "--no-multicast"], {
-      env: { ...process.env, SHAREDLLM_HOME: home.home },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = spawn(
+      process.execPath,
+      [BIN, "site", "join", coordinator.url, "--token", joinToken, "--background", "--no-multicast", "--no-owner-first"],
+      {
+        env: { ...process.env, SHAREDLLM_HOME: home.home },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     let out = "";
     child.stdout.on("data", (b) => {
       out += b;

@@ -47,16 +47,16 @@ function cli(...args: string[]): Promise<{ status: number | null; stderr: string
 
 describe("sharedllm site join", () => {
   it("says what is wrong and exits non-zero for a bad URL, an absent coordinator or a wrong token", async () => {
-    const bad = await cli("site", "join", "not a url", "--token", "x");
+    const bad = await cli("site", "join", "not a url", "--token", "x", "--no-owner-first");
     expect(bad.status).toBe(1);
     expect(bad.stderr).toContain("is not a coordinator URL");
-    const absent = await cli("site", "join", `http://127.0.0.1:${await freePort()}`, "--token", "x");
+    const absent = await cli("site", "join", `http://127.0.0.1:${await freePort()}`, "--token", "x", "--no-owner-first");
     expect(absent.status).toBe(1);
     expect(absent.stderr).toContain("cannot reach");
-    const wrong = await cli("site", "join", coordinator.url, "--token", "not-the-token");
+    const wrong = await cli("site", "join", coordinator.url, "--token", "not-the-token", "--no-owner-first");
     expect(wrong.status).toBe(1);
     expect(wrong.stderr).toMatch(/refused this machine.*check --token/);
-    const noToken = await cli("site", "join", coordinator.url);
+    const noToken = await cli("site", "join", coordinator.url, "--no-owner-first");
     expect(noToken.status).toBe(2);
     expect((await cli("site", "scan", "10.0.0.0/8", "--token", "x")).stderr).toContain("too large to scan");
   });

@@ -222,12 +222,15 @@ describe("sharedllm commands", () => {
   it("a node whose model would not fit its memory cap refuses to start and says what to change", async () => {
     const { home, cleanup } = await tempPaths("sharedllm-node-");
     try {
-      const r = sharedllm(["node", "start", "--coordinator", "http://127.0.0.1:9", "--token", "t", "--max-memory", "0.05"], {
-        SHAREDLLM_HOME: home,
-      });
+      const r = sharedllm(
+        ["node", "start", "--coordinator", "http://127.0.0.1:9", "--token", "t", "--max-memory", "0.05", "--no-owner-first"],
+        {
+          SHAREDLLM_HOME: home,
+        },
+      );
       expect(r.status).toBe(1);
       expect(r.stderr).toMatch(/smollm2-135m-instruct needs about [\d.]+ GiB .* over the 0\.05 GiB cap; raise --max-memory, lower --slots/);
-      const bad = sharedllm(["node", "start", "--coordinator", "not a url", "--token", "t"], { SHAREDLLM_HOME: home });
+      const bad = sharedllm(["node", "start", "--coordinator", "not a url", "--token", "t", "--no-owner-first"], { SHAREDLLM_HOME: home });
       expect(bad.status).toBe(1);
       expect(bad.stderr).toContain("is not a coordinator URL");
       expect(sharedllm(["node", "leave"], { SHAREDLLM_HOME: home }).stderr).toContain("no node daemon is running");

@@ -99,6 +99,7 @@ async function rejoin(host: Host, home: string, url: string, token: string, extr
       "1",
       "--cluster-rtt",
       String(CLUSTER_RTT_MS),
+      "--no-owner-first",
       "--verbose",
       ...extra,
     ],

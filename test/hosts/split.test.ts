@@ -54,6 +54,7 @@ async function startDaemon(host: Host, args: string[]): Promise<Daemon> {
       joinToken,
       "--threads",
       "1",
+      "--no-owner-first",
       ...args,
     ],
     {

@@ -11,6 +11,7 @@ import { siteBeaconKey } from "@sharedllm/protocol/node";
 import type { Logger } from "pino";
 import { DEFAULT_MAX_RTT_MS } from "../cluster/placement.js";
 import { startWorkerDaemon, type WorkerDaemon } from "../cluster/worker.js";
+import type { OwnerFirstOptions } from "../daemon/availability.js";
 import { type NodeDaemon, startNodeDaemon } from "../daemon/daemon.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import type { Paths } from "../paths.js";
@@ -27,6 +28,11 @@ export interface SiteDaemonOptions {
   model: string;
   slots?: number;
   threads?: number;
+  /** the owner's say, whatever role the machine takes (see NodeDaemonOptions) */
+  schedule?: string;
+  paused?: boolean;
+  ownerFirst?: OwnerFirstOptions;
+  maxMemoryBytes?: number;
   /** unicast discovery targets (expanded `--scan` ranges), for networks that drop multicast */
   scanTargets?: string[];
   discoveryPort?: number;
@@ -48,6 +54,11 @@ export interface SiteDaemon {
   discovery: Discovery;
   role(): Decision["role"];
   decision(): Decision | undefined;
+  /** stop taking work in whatever role (jobs in flight are handed off), and start each new role paused */
+  pause(): void;
+  resume(): void;
+  /** leave the site: the current role leaves (a solo node or head finishes its jobs first), then stop */
+  leave(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -57,6 +68,7 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
   const log = o.logger.child({ nodeId, part: "site" });
   let current: { decision: Decision; daemon: NodeDaemon | WorkerDaemon; since: number } | undefined;
   let switching: Promise<void> | undefined;
+  let paused = o.paused ?? false;
   const discovery = new Discovery({
     key: siteBeaconKey(o.joinToken),
     signer: identity.account,
@@ -76,18 +88,22 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
     coordinatorCa: o.coordinatorCa,
     joinToken: o.joinToken,
     threads: o.threads,
+    schedule: o.schedule,
+    ownerFirst: o.ownerFirst,
+    maxMemoryBytes: o.maxMemoryBytes,
     logger: o.logger,
     progress: o.progress,
     signal: o.signal,
   };
   const run = async (d: Decision): Promise<NodeDaemon | WorkerDaemon> => {
     // a worker lends itself only to the head its own clustering picked
-    if (d.role === "worker") return startWorkerDaemon({ ...common, heads: [d.head] });
+    if (d.role === "worker") return startWorkerDaemon({ ...common, paused, heads: [d.head] });
     // the split leaves out no member for a round trip the clustering keeps it for: a head measures
     // its links while workers load their engines, and one slow moment must not drop a member for good
     const maxRttMs = Math.max(DEFAULT_MAX_RTT_MS, (o.thresholdMs ?? DEFAULT_THRESHOLD_MS) * STAY_FACTOR);
     return startNodeDaemon({
       ...common,
+      paused,
       model: o.model,
       slots: o.slots,
       cluster: d.role === "head" ? { members: d.workers, maxRttMs } : undefined,
@@ -98,6 +114,8 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
     await current?.daemon.stop();
     current = undefined;
     current = { decision: d, daemon: await run(d), since: Date.now() };
+    // paused while the role was starting
+    if (paused) current.daemon.pause();
   };
   const debounceMs = o.debounceMs ?? 6_000;
   // a head forms its split once its workers say they are workers
@@ -156,6 +174,20 @@ export async function startSiteDaemon(o: SiteDaemonOptions): Promise<SiteDaemon>
     discovery,
     role: () => current?.decision.role ?? "solo",
     decision: () => current?.decision,
+    pause() {
+      paused = true;
+      current?.daemon.pause();
+    },
+    resume() {
+      paused = false;
+      current?.daemon.resume();
+    },
+    async leave() {
+      clearInterval(timer);
+      await switching;
+      discovery.stop();
+      await current?.daemon.leave();
+    },
     async stop() {
       clearInterval(timer);
       await switching;
