@@ -3,13 +3,16 @@
  * bridge, the coordinator in the root namespace. The default model is split over the workers
  * through authenticated RPC tunnels; at temperature 0 it answers exactly as a solo llama-server.
  * A worker killed mid-generation fails the stream cleanly, the head re-plans onto the other, and
- * the next request succeeds. Unauthenticated tunnel connections never reach rpc-server.
+ * the next request succeeds. A worker its owner pauses takes no work: the head re-plans without
+ * it. Unauthenticated tunnel connections never reach rpc-server.
  */
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import net from "node:net";
 import { totalmem } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { findEngine, type LlamaServer, ModelStore, startLlamaServer } from "@sharedllm/node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -109,11 +112,17 @@ async function network() {
       id: string;
       role: string;
       status: string;
+      accepting: boolean;
+      reason: string | null;
       cluster: { nodeId: string; layerCount: number }[] | null;
       capacity: { memoryBytes: number } | null;
     }[];
   };
 }
+
+/** `sharedllm node pause|resume` for a daemon, as its owner would type it. */
+const owner = (d: Daemon, command: "pause" | "resume") =>
+  promisify(execFile)(process.execPath, [BIN, "node", command], { env: { ...process.env, SHAREDLLM_HOME: d.home } });
 
 const rpcAccepts = async (d: Daemon) =>
   ((await readFile(join(d.home, "logs", "rpc-server.log"), "utf8").catch(() => "")).match(/Accepted client connection/g) ?? []).length;
@@ -193,6 +202,42 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
       });
     }
     expect(await rpcAccepts(w)).toBe(before);
+  });
+
+  it("a worker its owner pauses takes no work: the head re-plans without it and serves; resumed, it is available again", async () => {
+    const paused = workers[0] as Daemon;
+    const other = workers[1] as Daemon;
+    await owner(paused, "pause");
+    const seen = await waitFor("the coordinator to see the worker paused", async () =>
+      (await network()).nodes.find((n) => n.id === paused.id && !n.accepting),
+    );
+    expect(seen.reason).toBe("paused");
+    await waitFor(
+      "the head to re-plan without the paused worker",
+      async () => {
+        const n = (await network()).nodes.find((x) => x.id === head.id);
+        return n?.cluster?.length === 1 && n.cluster[0]?.nodeId === other.id;
+      },
+      90_000,
+      200,
+    );
+    const before = await rpcAccepts(paused);
+    const served = await waitFor(
+      "a request to succeed on the re-planned cluster",
+      async () => {
+        const r = await chat(PROMPTS[1] as string);
+        return r.status === 200 ? r : undefined;
+      },
+      60_000,
+      500,
+    );
+    expect(served.node).toBe(head.id);
+    expect(await rpcAccepts(paused)).toBe(before);
+    await owner(paused, "resume");
+    await waitFor(
+      "the coordinator to see the worker available",
+      async () => (await network()).nodes.find((n) => n.id === paused.id)?.accepting,
+    );
   });
 
   it("a worker killed mid-generation fails the stream cleanly; the head re-plans onto the other and serves again", async () => {
