@@ -18,7 +18,7 @@ import {
   terminalProgress,
   writeFileAtomic,
 } from "@sharedllm/node";
-import type { NetworkNode, NetworkResponse } from "@sharedllm/protocol";
+import { type NetworkNode, type NetworkResponse, UNAVAILABLE_REASONS } from "@sharedllm/protocol";
 import { Command, Option } from "commander";
 import { type Logger, pino } from "pino";
 import { positiveInt, wholeNumber } from "./args.js";
@@ -298,14 +298,7 @@ export function nodeCommand(): Command {
 /** The coordinator's view of whether a node takes jobs, in words. */
 function takingJobs(n: NetworkNode): string {
   if (n.accepting) return "yes";
-  const why: Record<NonNullable<NetworkNode["reason"]>, string> = {
-    paused: "paused by its owner (sharedllm node resume)",
-    schedule: "outside its --schedule",
-    draining: "draining before it leaves",
-    owner_busy: "its owner's programs need the CPUs (owner-first)",
-    on_battery: "the machine runs on battery (owner-first)",
-  };
-  if (n.reason) return `no: ${why[n.reason]}`;
+  if (n.reason) return `no: ${UNAVAILABLE_REASONS[n.reason]}${n.reason === "paused" ? " (sharedllm node resume)" : ""}`;
   return n.role === "head" ? "no: its cluster has no split yet" : "no";
 }
 

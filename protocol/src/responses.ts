@@ -31,6 +31,15 @@ export interface NetworkNode {
   lastSeenAt: string;
 }
 
+/** Why a node takes no jobs, in words (the CLI and the portal say it the same way). */
+export const UNAVAILABLE_REASONS: Record<NonNullable<NetworkNode["reason"]>, string> = {
+  paused: "paused by its owner",
+  schedule: "outside its contribution schedule",
+  draining: "leaving the site",
+  owner_busy: "its owner's programs need the machine (owner-first)",
+  on_battery: "its machine runs on battery (owner-first)",
+};
+
 /** `GET /v1/network` */
 export interface NetworkResponse {
   nodes: NetworkNode[];

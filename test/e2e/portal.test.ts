@@ -351,6 +351,12 @@ describe("the portal of a coordinator without credits", () => {
       )
       .toBeGreaterThan(5);
     await screenshot("no-credits-playground");
+    // the map says why a node takes no jobs
+    free.node.pause();
+    await go(page, "Network");
+    await page.locator(`[data-node="${free.node.nodeId}"]`).getByText("Not taking jobs: paused by its owner").waitFor({ timeout: 10_000 });
+    await screenshot("network-paused");
+    free.node.resume();
     expect(errors).toEqual([]);
   }, 120_000);
 });

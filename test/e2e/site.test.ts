@@ -110,7 +110,7 @@ describe("a machine that joined a site", () => {
       const { stdout } = await promisify(execFile)(process.execPath, [BIN, "node", "status"], {
         env: { ...process.env, SHAREDLLM_HOME: machine.home },
       });
-      expect(stdout).toContain("taking jobs: no: outside its --schedule");
+      expect(stdout).toContain("taking jobs: no: outside its contribution schedule");
     } finally {
       if (child.exitCode === null) process.kill(-(child.pid as number), "SIGKILL");
       await exited;

@@ -1,8 +1,9 @@
 /**
  * The network map: serving units live (polled every 2 s): solo nodes, and LAN clusters as one
- * virtual node with its members and their layer split; offline nodes below.
+ * virtual node with its members and their layer split, each saying why it takes no jobs when it
+ * does not (paused, schedule, owner-first); offline nodes below.
  */
-import type { NetworkNode, NetworkResponse } from "@sharedllm/protocol";
+import { type NetworkNode, type NetworkResponse, UNAVAILABLE_REASONS } from "@sharedllm/protocol";
 import { useQuery } from "@tanstack/react-query";
 import { api } from "../api.js";
 import { Alert, Figure } from "../ui.js";
@@ -63,6 +64,11 @@ function Unit({ node }: { node: NetworkNode }) {
         {node.models.join(", ") || "no model loaded"} · {node.activeJobs}/{node.slots} busy
         {node.tokensPerSecond != null && ` · ${node.tokensPerSecond.toFixed(1)} tokens/s`}
       </p>
+      {!node.accepting && (
+        <p className="why" data-reason={node.reason ?? "none"}>
+          Not taking jobs: {node.reason ? UNAVAILABLE_REASONS[node.reason] : node.role === "head" ? "no cluster split yet" : "unavailable"}
+        </p>
+      )}
       {node.capabilities?.cpuModel && (
         <p className="muted">
           {node.capabilities.cores} cores · {((node.capabilities.memoryBytes ?? 0) / 2 ** 30).toFixed(1)} GiB
