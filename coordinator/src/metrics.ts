@@ -45,7 +45,7 @@ export class Metrics {
     this.tokens = new Counter({ name: "sharedllm_tokens_total", help: "tokens served", labelNames: ["type", "model"], registers });
     this.yields = new Counter({
       name: "sharedllm_yields_total",
-      help: "nodes that gave their jobs in flight up for their owners, by cause (paused, owner_busy, on_battery; schedule for a worker)",
+      help: "times a node gave its jobs in flight up for its owner, by cause (paused, owner_busy, on_battery; a worker: whatever stopped it)",
       labelNames: ["cause"],
       registers,
     });
