@@ -1,5 +1,5 @@
 /** Shared test helpers: temporary homes, conditions with deadlines, quiet loggers. */
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { resolvePaths } from "@sharedllm/node";
@@ -30,6 +30,17 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** The pid of `parent`'s child process named `name` (Linux /proc). */
+export async function childPid(parent: number, name: string): Promise<number> {
+  for (const pid of await readdir("/proc")) {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+    // pid (comm) state ppid ...
+    const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
+    if (m && m[1] === name && Number(m[2]) === parent) return Number(pid);
+  }
+  throw new Error(`no ${name} child of ${parent}`);
 }
 
 export interface TestDatabase {

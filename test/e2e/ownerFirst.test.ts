@@ -3,8 +3,9 @@
  * model) with owner-first on a low threshold and a short quiet period. When programs that are not
  * the node's own (CPU hogs, one per CPU, started by this test beside the daemon, not under it)
  * keep the machine busy, the node yields within 2 s: the coordinator sees it not taking jobs
- * (owner_busy), its job in flight is handed off at once and new requests get 503; once the hogs
- * stop and the quiet period has passed, it takes jobs again.
+ * (owner_busy), its job in flight is handed off (to continue elsewhere; here there is no other
+ * node, so its stream ends with an error) and new requests get 503; once the hogs stop and the
+ * quiet period has passed, it takes jobs again.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -12,7 +13,7 @@ import { cpus } from "node:os";
 import { join } from "node:path";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { childPid, quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { MODEL } from "../system.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
@@ -103,7 +104,7 @@ afterAll(async () => {
 
 describe("owner-first", () => {
   it("yields within 2 s while others' programs keep the CPUs busy, hands its job off, and comes back after the quiet period", async () => {
-    const res = await chat({ max_tokens: 2000, ignore_eos: true, stream: true });
+    const res = await chat({ max_tokens: 300, temperature: 0, stream: true });
     expect(res.status).toBe(200);
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     let text = new TextDecoder().decode((await reader.read()).value);
@@ -115,20 +116,28 @@ describe("owner-first", () => {
       }
     })();
 
+    // the job stays in flight until it is handed off: its llama-server is frozen until then
+    const engine = await childPid(daemon.pid as number, "llama-server");
+    process.kill(engine, "SIGSTOP");
     try {
       for (let i = 0; i < cpus().length; i++)
         hogs.push(spawn(process.execPath, ["-e", "for (;;) {}"], { detached: true, stdio: "ignore" }));
       await waitFor("the coordinator to see the node yield", () => unit()?.unavailableReason === "owner_busy", 2_000, 20);
       const seenAt = Date.now();
       expect(unit()?.accepting).toBe(false);
-      // the job in flight is handed off: with no other unit, its stream ends with an error event
+      // handed off for its owner; with no other unit to continue it, its stream ends with an
+      // error event once the coordinator's wait for one (5 s) is over
       const endedAt = await rest;
-      expect(endedAt - seenAt).toBeLessThan(1_000);
-      expect(text).toContain("the node's owner needs the machine (owner_busy)");
+      expect(endedAt - seenAt).toBeLessThan(8_000);
+      expect(text).toMatch(/"error".*could continue it/);
+      const metrics = await (await fetch(`${coordinator.url}/metrics`)).text();
+      expect(metrics).toMatch(/^sharedllm_continuations_total\{cause="owner"\} 1$/m);
+      expect(metrics).toMatch(/^sharedllm_yields_total\{cause="owner_busy"\} 1$/m);
       const refused = await chat();
       expect(refused.status).toBe(503);
     } finally {
       killHogs();
+      process.kill(engine, "SIGCONT");
     }
     const quietFrom = Date.now();
     await waitFor("the node to take jobs again", () => unit()?.accepting === true, 30_000);
