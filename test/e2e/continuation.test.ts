@@ -35,11 +35,15 @@ const homes: { cleanup(): Promise<void> }[] = [];
 async function startDaemon(): Promise<void> {
   const home = await tempPaths("continuation-");
   homes.push(home);
-  const daemon = spawn(process.execPath, [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "1"], {
-    env: { ...process.env, SHAREDLLM_HOME: home.home },
-    stdio: ["ignore", "pipe", "pipe"],
-    detached: true,
-  });
+  const daemon = spawn(
+    process.execPath,
+    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "1", "--no-owner-first"],
+    {
+      env: { ...process.env, SHAREDLLM_HOME: home.home },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    },
+  );
   let out = "";
   daemon.stdout?.on("data", (b) => {
     out += b;
