@@ -1,10 +1,11 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|split|control-plane|settlement, --rounds=N (20),
+ * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation, --rounds=N (20),
  * --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --nodes=N (5000), --requests=N (2000), --json.
  */
 import { parseArgs } from "node:util";
+import { benchContinuation } from "./continuation.ts";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
 import { benchSettlement } from "./settlement.ts";
@@ -24,7 +25,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -68,6 +69,25 @@ if (!values.only || values.only === "split") {
         `  tunnelled vs raw split: ${f(r.tunnelVsRaw, 3)}x (target >= 0.95)`,
         `  split vs solo: ${f(r.splitVsSolo, 3)}x (raw split vs solo ${f(r.rawSplitVsSolo, 3)}x); same text on all arms: ${r.sameText}`,
         `  bytes sent to the workers when the cluster forms: cold caches ${(r.reform.coldBytes / 2 ** 20).toFixed(1)} MiB, re-formed warm ${(r.reform.warmBytes / 2 ** 20).toFixed(1)} MiB`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+
+if (!values.only || values.only === "continuation") {
+  const r = await benchContinuation({ trials: Number(values.rounds), cutAt: 40, maxTokens: 100 });
+  results.continuation = r;
+  if (!values.json) {
+    const { kill: k, yield: y, engine: e } = r;
+    process.stdout.write(
+      [
+        `continuation: a greedy ${r.maxTokens}-token stream cut after ${r.cutAt} tokens, continued on another node (${k.trials} trials each)`,
+        "                      gap p50 ms   gap p95 ms",
+        `  node killed        ${f(k.p50Ms, 0).padStart(10)}   ${f(k.p95Ms, 0).padStart(10)}   (goal: p50 < 1500)`,
+        `  owner yield        ${f(y.p50Ms, 0).padStart(10)}   ${f(y.p95Ms, 0).padStart(10)}`,
+        `  the engine taking the ${e.resentTokens} tokens again after its ${e.promptTokens}-token prompt: as one batch ${f(e.batchMs, 0)} ms, replayed token by token ${f(e.replayMs, 0)} ms`,
+        `  every continued stream's text equals the uninterrupted one: ${r.sameText}`,
         "",
       ].join("\n"),
     );

@@ -125,6 +125,11 @@ export class Fleet {
     return () => this.watchers.delete(listener);
   }
 
+  /** Tells the watchers that a node's say on taking jobs changed (its availability, a head's split). */
+  notify(): void {
+    this.changed();
+  }
+
   private changed(): void {
     for (const w of [...this.watchers]) w();
   }
@@ -183,8 +188,10 @@ export class Fleet {
     return this.servedBy.has(model);
   }
 
-  pick(model: string, exclude?: ReadonlySet<string>, allow?: (n: NodeView) => boolean): ConnectedNode | undefined {
+  pick(model: string, allow?: (n: ConnectedNode) => boolean): ConnectedNode | undefined {
     const candidates = this.servedBy.get(model);
-    return candidates && (pickNode(candidates, model, Date.now(), exclude, allow) as ConnectedNode | undefined);
+    return (
+      candidates && (pickNode(candidates, model, Date.now(), undefined, allow as (n: NodeView) => boolean) as ConnectedNode | undefined)
+    );
   }
 }

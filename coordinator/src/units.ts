@@ -48,6 +48,11 @@ export interface ServingUnit {
   cancel(jobId: string): void;
   /** who is paid for a job served here now */
   payees(): Payees;
+  /**
+   * Changes when the unit is no longer the one a job saw fail: a split re-formed. A job tries a
+   * unit again only in another incarnation.
+   */
+  readonly incarnation: number;
 }
 
 /** How long a node is passed over after an engine failure. */
@@ -100,8 +105,9 @@ export class ConnectedNode implements NodeView, ServingUnit {
   readonly role: "solo" | "worker" | "head";
   /** a worker's tunnel, at the address its control channel comes from */
   readonly tunnel: { host: string; port: number; tls: boolean; speed: number } | undefined;
-  /** a head's current layer split over its workers: set, the node is a LAN virtual node */
-  cluster: ClusterPlan["members"] | undefined = undefined;
+  /** bumped with each new split of a head */
+  incarnation = 0;
+  private split: ClusterPlan["members"] | undefined = undefined;
   readonly jobs = new Map<string, JobSink>();
   readonly send: (frame: CoordinatorFrame) => void;
   readonly disconnect: (reason: string) => void;
@@ -128,6 +134,16 @@ export class ConnectedNode implements NodeView, ServingUnit {
 
   cancel(jobId: string): void {
     if (this.take(jobId)) this.send({ type: "job.cancel", jobId });
+  }
+
+  /** a head's current layer split over its workers: set, the node is a LAN virtual node */
+  get cluster(): ClusterPlan["members"] | undefined {
+    return this.split;
+  }
+
+  set cluster(members: ClusterPlan["members"] | undefined) {
+    this.split = members;
+    this.incarnation++;
   }
 
   /**

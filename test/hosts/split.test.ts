@@ -2,8 +2,8 @@
  * One model over three machines: a head and two workers, each in its own network namespace on one
  * bridge, the coordinator in the root namespace. The default model is split over the workers
  * through authenticated RPC tunnels; at temperature 0 it answers exactly as a solo llama-server.
- * A worker killed mid-generation fails the stream cleanly, the head re-plans onto the other, and
- * the next request succeeds. A worker its owner pauses takes no work: the head re-plans without
+ * A worker killed mid-generation: the head re-plans onto the other, and the job continues on the
+ * re-formed cluster (the only unit here), so its client sees one unbroken stream. A worker its owner pauses takes no work: the head re-plans without
  * it. Unauthenticated tunnel connections never reach rpc-server.
  */
 import { execFile } from "node:child_process";
@@ -132,7 +132,8 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     lan = new Lan();
     const db = await testDatabase();
     cleanups.push(db.cleanup);
-    coordinator = await startCoordinator({ host: lan.gateway, port: 0, ...db, joinToken, logger: quietLogger() });
+    // a job whose worker dies waits for the cluster to re-form (it holds the only copy of the model here)
+    coordinator = await startCoordinator({ host: lan.gateway, port: 0, ...db, joinToken, logger: quietLogger(), continueWaitMs: 60_000 });
     apiKey = (await createApiKey(coordinator.db, "split")).secret;
     const [h, w1, w2] = [await lan.addHost("head"), await lan.addHost("w1"), await lan.addHost("w2")];
     workers.push(await startDaemon(w1, ["--role", "worker"]), await startDaemon(w2, ["--role", "worker"]));
@@ -240,7 +241,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     );
   });
 
-  it("a worker killed mid-generation fails the stream cleanly; the head re-plans onto the other and serves again", async () => {
+  it("a worker killed mid-generation: the head re-plans onto the other, and the job continues there, its stream unbroken", async () => {
     const victim = workers[1] as Daemon;
     const survivor = workers[0] as Daemon;
     const res = await fetch(`${coordinator.url}/v1/chat/completions`, {
@@ -249,8 +250,7 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
       body: JSON.stringify({
         model: MODEL,
         messages: [{ role: "user", content: "Write a long story." }],
-        max_tokens: 4000,
-        ignore_eos: true,
+        max_tokens: 200,
         stream: true,
       }),
     });
@@ -258,16 +258,22 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     let text = "";
     while (!text.includes('"content"')) text += new TextDecoder().decode((await reader.read()).value);
-    const killedAt = Date.now();
     process.kill(-victim.pid, "SIGKILL");
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
       text += new TextDecoder().decode(value);
     }
-    const failedAfterMs = Date.now() - killedAt;
-    expect(text).toContain('"error"');
-    expect(failedAfterMs).toBeLessThan(10_000);
+    expect(text).not.toContain('"error"');
+    expect(text).toContain("data: [DONE]");
+    const job = await coordinator.db
+      .selectFrom("jobs")
+      .select(["status", "node_id"])
+      .orderBy("created_at", "desc")
+      .executeTakeFirstOrThrow();
+    expect(job).toEqual({ status: "completed", node_id: head.id });
+    const metrics = await (await fetch(`${coordinator.url}/metrics`)).text();
+    expect(metrics).toMatch(/sharedllm_continuations_total\{cause="\w+"\} 1/);
     const replanned = await waitFor(
       "the head to re-plan onto the surviving worker",
       async () => {

@@ -14,6 +14,7 @@ class FakeUnit implements ServingUnit {
   cancelled: string[] = [];
   /** who this unit says is paid now (a head's split, which may change) */
   paying: string[] | undefined;
+  incarnation = 0;
   constructor(readonly id: string) {}
   dispatch(job: JobStart, sink: JobSink): void {
     this.started = job;
@@ -90,10 +91,10 @@ function setup(
       resumable: o.resumable ?? true,
     },
     {
-      pick: (_model, tried) => units.find((u) => !tried.has(u.id)),
+      pick: (_model, tried) => units.find((u) => tried.get(u.id) !== u.incarnation),
       // none to continue on when there is no spare unit (the wait ran out)
       continuer: async (_model, sha256, tried) =>
-        o.spare === false ? undefined : units.find((u) => !tried.has(u.id) && u.models.get("m")?.sha256 === sha256),
+        o.spare === false ? undefined : units.find((u) => tried.get(u.id) !== u.incarnation && u.models.get("m")?.sha256 === sha256),
       credits: o.paid === false ? undefined : credits,
       records: {
         started: async (j) => void rows.push(`running on ${j.unit?.id}`),
@@ -225,6 +226,20 @@ describe("Job", () => {
     expect(out.body?.choices).toEqual([
       { index: 0, message: { role: "assistant", content: "Hello world" }, logprobs: null, finish_reason: "length" },
     ]);
+  });
+
+  it("continues on the unit that failed once it is another incarnation (its split re-formed), never on the same one", async () => {
+    const head = new FakeUnit("head");
+    const { job, out } = setup({ units: [head] });
+    await job.run();
+    say(head, "Once");
+    head.incarnation++; // its worker died and it re-planned onto the others
+    head.sink?.error({ message: "the engine failed mid-stream", retryable: false });
+    await waitFor("the continuation", () => head.started?.resume);
+    expect(head.started?.resume?.tokens).toHaveLength(1);
+    head.sink?.error({ message: "failed again", retryable: false });
+    await waitFor("the failure", () => out.error !== undefined);
+    expect(states(job)).toEqual(["queued", "dispatched@head", "streaming", "continuing", "continuing@head", "continuing", "failed"]);
   });
 
   it("ends the stream with an error event, charging nothing, when no unit can continue it or the request cannot be", async () => {

@@ -88,11 +88,14 @@ export interface JobRecords {
   finished(job: Job, status: JobStatus, usage?: Usage, error?: string): Promise<void>;
 }
 
+/** The units a job ran on: id -> the unit's incarnation then (a re-formed split may be tried again). */
+export type Tried = ReadonlyMap<string, number>;
+
 export interface JobEffects {
-  /** a unit for the next attempt, none of `tried`; undefined when none can take the job */
-  pick(model: string, tried: ReadonlySet<string>): ServingUnit | undefined;
+  /** a unit for the next attempt, none of `tried` (unit id -> its incarnation then); undefined when none can take the job */
+  pick(model: string, tried: Tried): ServingUnit | undefined;
   /** a unit to continue the job on, none of `tried`, serving the model file `sha256`: waits a bounded time for one */
-  continuer(model: string, sha256: string, tried: ReadonlySet<string>, signal: AbortSignal): Promise<ServingUnit | undefined>;
+  continuer(model: string, sha256: string, tried: Tried, signal: AbortSignal): Promise<ServingUnit | undefined>;
   /** continuations by cause, and the gap each left (failure to the next token) */
   observe?: { continued(cause: FailureCause): void; resumed(gapSeconds: number): void };
   /** absent for a free key */
@@ -119,7 +122,7 @@ export class Job implements JobSink {
   readonly history: { state: JobState; at: number; unit?: string }[] = [{ state: "queued", at: Date.now() }];
   /** the units that ran the job, in order; the last is running it */
   private readonly parts: Part[] = [];
-  private readonly tried = new Set<string>();
+  private readonly tried = new Map<string, number>();
   /** everything the units streamed: tokens, text, what bounds the charge */
   private readonly transcript: Transcript;
   private readonly streamed: boolean;
@@ -188,7 +191,7 @@ export class Job implements JobSink {
   }
 
   private start(unit: ServingUnit, state: "dispatched" | "continuing", start: JobStart): void {
-    this.tried.add(unit.id);
+    this.tried.set(unit.id, unit.incarnation);
     // a split re-formed or a model swapped mid-job must not change who did this job's work
     const modelSha256 = unit.models.get(this.spec.model)?.sha256;
     if (state === "dispatched") this.modelSha256 = modelSha256;

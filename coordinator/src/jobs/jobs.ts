@@ -17,7 +17,7 @@ import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import type { ServingUnit } from "../units.js";
 import { CreditHold } from "./credits.js";
-import { Job, type JobOutput } from "./job.js";
+import { Job, type JobOutput, type Tried } from "./job.js";
 import { JobTable } from "./records.js";
 
 /**
@@ -92,7 +92,7 @@ export class Jobs {
       {
         pick(model, tried) {
           const t0 = performance.now();
-          const unit = fleet.pick(model, tried, policy && ((n) => policy({ model, apiKeyId: apiKey.id }, n)));
+          const unit = fleet.pick(model, (n) => untried(tried, n) && (!policy || policy({ model, apiKeyId: apiKey.id }, n)));
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
@@ -115,16 +115,13 @@ export class Jobs {
    * A unit to continue a job on: one serving the same model file, not tried for this job yet,
    * taking jobs now or within the wait (a node coming back, a split re-forming).
    */
-  private continuer(
-    model: string,
-    sha256: string,
-    tried: ReadonlySet<string>,
-    r: JobRequest,
-    signal: AbortSignal,
-  ): Promise<ServingUnit | undefined> {
+  private continuer(model: string, sha256: string, tried: Tried, r: JobRequest, signal: AbortSignal): Promise<ServingUnit | undefined> {
     const { fleet, policy } = this.o;
     const pick = () =>
-      fleet.pick(model, tried, (n) => n.models.get(model)?.sha256 === sha256 && (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)));
+      fleet.pick(
+        model,
+        (n) => untried(tried, n) && n.models.get(model)?.sha256 === sha256 && (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)),
+      );
     const now = pick();
     if (now || signal.aborted) return Promise.resolve(now);
     return new Promise((resolve) => {
@@ -184,6 +181,11 @@ export class Jobs {
       else signal.addEventListener("abort", gone, { once: true });
     });
   }
+}
+
+/** Whether a job has not tried `unit`, or tried it in another incarnation (a split since re-formed). */
+function untried(tried: Tried, unit: ServingUnit): boolean {
+  return tried.get(unit.id) !== unit.incarnation;
 }
 
 /**

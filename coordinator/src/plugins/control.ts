@@ -159,6 +159,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             ...(handOff && { handOff }),
           });
           log.info({ nodeId: node.id, accepting: frame.accepting, reason: frame.reason, handOff }, "node availability changed");
+          o.fleet.notify();
           if (!handOff) return;
           // it yields to its owner: its jobs in flight, and those of heads whose split runs on it, go elsewhere
           o.metrics?.yielded(frame.reason);
@@ -203,6 +204,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             return send({ type: "error", message: `cluster split refused: ${refused}` });
           }
           log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
+          o.fleet.notify();
           return;
         }
         case "hello":
