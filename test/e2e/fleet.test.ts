@@ -117,7 +117,7 @@ afterAll(async () => {
 });
 
 describe("a fleet of three real nodes", () => {
-  it("spreads 30 concurrent requests over all three; a killed node fails only its own jobs; it comes back and gets work", async () => {
+  it("spreads 30 concurrent requests over all three; a killed node's jobs continue on the others; it comes back and gets work", async () => {
     const victim = daemons[0] as Daemon;
     let started = 0;
     let killed: Promise<void> | undefined;
@@ -132,11 +132,10 @@ describe("a fleet of three real nodes", () => {
     await killed;
     const served = new Set(outcomes.map((o) => o.node));
     expect(served).toEqual(new Set(daemons.map((d) => d.nodeId)));
-    const failed = outcomes.filter((o) => !o.ok);
-    expect(failed.length).toBeGreaterThan(0);
-    // every failure was a job on the killed node; every other request completed
-    expect(failed.every((o) => o.node === victim.nodeId)).toBe(true);
-    expect(outcomes.filter((o) => o.node !== victim.nodeId).every((o) => o.ok)).toBe(true);
+    // the killed node's streams went on elsewhere (docs/continuation.md): every request completed
+    expect(outcomes.filter((o) => !o.ok)).toEqual([]);
+    const metrics = await (await fetch(`${coordinator.url}/metrics`)).text();
+    expect(Number(/^sharedllm_continuations_total\{cause="node_lost"\} (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
 
     await waitFor("the killed node to leave the fleet", () => coordinator.fleet.size === 2);
     const after = await Promise.all(Array.from({ length: 6 }, () => chat(8)));
@@ -149,8 +148,8 @@ describe("a fleet of three real nodes", () => {
     expect(again.every((o) => o.ok)).toBe(true);
     expect(again.some((o) => o.node === victim.nodeId)).toBe(true);
 
-    const jobs = await coordinator.db.selectFrom("jobs").select(["status", "node_id"]).execute();
-    expect(jobs.filter((j) => j.status === "failed").every((j) => j.node_id === victim.nodeId)).toBe(true);
+    const jobs = await coordinator.db.selectFrom("jobs").select("status").execute();
+    expect(jobs.filter((j) => j.status !== "completed")).toEqual([]);
   }, 240_000);
 
   it("a coordinator restart while nodes are idle: they reconnect within 10 s and the registry is intact", async () => {
