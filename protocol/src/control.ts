@@ -109,6 +109,10 @@ export const heartbeatSchema = z.object({
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
+/** The most output a resumed job carries on: token ids, and characters of text. */
+export const MAX_RESUME_TOKENS = 1 << 20;
+export const MAX_RESUME_TEXT = 1 << 22;
+
 /** coordinator -> node: run a job. `request` is what the engine runs: allow-listed fields of the OpenAI body, with the generation limit set (engineRequest). */
 export const jobStartSchema = z.object({
   type: z.literal("job.start"),
@@ -133,8 +137,8 @@ export const jobStartSchema = z.object({
             .nonnegative()
             .max(2 ** 31),
         )
-        .max(1 << 20),
-      text: z.string().max(1 << 22),
+        .max(MAX_RESUME_TOKENS),
+      text: z.string().max(MAX_RESUME_TEXT),
     })
     .optional(),
 });

@@ -61,7 +61,7 @@ export class CreditHold implements JobCredits {
               ...(await receipts.propose(tx, {
                 jobId: this.jobId,
                 modelSha256: part.modelSha256,
-                promptTokens: part.promptTokens,
+                promptTokens: part.receiptPromptTokens,
                 completionTokens: part.completionTokens,
                 credits: share,
                 members,

@@ -15,7 +15,7 @@
  */
 import { ApiError, type JobKind, type JobStart, type Usage } from "@sharedllm/protocol";
 import type { JobStatus } from "../db/schema.js";
-import { meteredUsage, type UsageBounds } from "../ledger/usage.js";
+import { meteredUsage, UNRELAYED_TOKENS, type UsageBounds } from "../ledger/usage.js";
 import type { FailureCause, JobSink, Payees, ServingUnit } from "../units.js";
 import { Transcript } from "./transcript.js";
 
@@ -67,9 +67,11 @@ export interface JobOutput {
 export interface PaidPart {
   payees: Payees;
   modelSha256: string | undefined;
-  /** the prompt it processed: a continuing unit's includes the output it was given again */
+  /** the prompt it processed, as counted here: a continuing unit's includes the output it was given again */
   promptTokens: number;
   completionTokens: number;
+  /** the prompt its receipt names: the unit's own figure (its engine tokenized the output again) */
+  receiptPromptTokens: number;
 }
 
 /** The credits of a paid job: held before it runs, then charged (with receipts) or released. */
@@ -107,13 +109,17 @@ export interface JobEffects {
 /** A unit's part of the job: where it ran and which of the job's tokens it streamed. */
 interface Part {
   unit: ServingUnit;
+  /** it carries on the output of earlier parts: its events are a plain completion's */
+  continued: boolean;
   /** who is paid for it, and the model file it ran: as they were when it was dispatched */
   payees: Payees;
   modelSha256: string | undefined;
   /** the job's tokens streamed before it began: its unit was given them again */
   from: number;
   /** the job's tokens streamed when it ended */
-  to: number | undefined;
+  to: number;
+  /** the prompt tokens its unit reported (a continuing unit's include the output it was given again) */
+  reportedPrompt?: number;
 }
 
 export class Job implements JobSink {
@@ -123,6 +129,9 @@ export class Job implements JobSink {
   /** the units that ran the job, in order; the last is running it */
   private readonly parts: Part[] = [];
   private readonly tried = new Map<string, number>();
+  /** dispatches from the start, and continuations: each bounded */
+  private attempts = 0;
+  private continuations = 0;
   /** everything the units streamed: tokens, text, what bounds the charge */
   private readonly transcript: Transcript;
   private readonly streamed: boolean;
@@ -140,7 +149,14 @@ export class Job implements JobSink {
     private readonly out: JobOutput,
   ) {
     this.streamed = spec.start.stream;
-    this.transcript = new Transcript(spec.start.kind, spec.resumable);
+    this.transcript = new Transcript({
+      kind: spec.start.kind,
+      resumable: spec.resumable,
+      includeUsage: spec.start.includeUsage,
+      maxTokens: spec.bounds.generationLimit + UNRELAYED_TOKENS,
+      id: spec.start.jobId,
+      model: spec.model,
+    });
   }
 
   get id(): string {
@@ -186,6 +202,7 @@ export class Job implements JobSink {
       return;
     }
     this.parts.pop(); // an attempt that produced nothing is no part of the job
+    this.attempts++;
     this.start(unit, "dispatched", this.spec.start);
     if (!this.streamed) this.recordStart();
   }
@@ -195,16 +212,29 @@ export class Job implements JobSink {
     // a split re-formed or a model swapped mid-job must not change who did this job's work
     const modelSha256 = unit.models.get(this.spec.model)?.sha256;
     if (state === "dispatched") this.modelSha256 = modelSha256;
-    this.parts.push({ unit, payees: unit.payees(), modelSha256, from: this.transcript.tokens, to: undefined });
+    const from = this.transcript.tokens;
+    this.parts.push({ unit, continued: state === "continuing", payees: unit.payees(), modelSha256, from, to: from });
     this.to(state, unit.id);
     unit.dispatch(start, this);
   }
 
   /** An event the unit streamed: the first moves the job to streaming; a streaming client gets each as it comes. */
   chunk(data: string, tokens: readonly number[] | number): void {
+    try {
+      this.onChunk(data, tokens);
+    } catch (err) {
+      // nothing a unit sends may take the coordinator down: it is that unit's failure
+      this.fx.log.error({ err, jobId: this.id, nodeId: this.unit?.id }, "a unit's event broke the job");
+      this.unit?.cancel(this.id);
+      this.error({ message: "the node sent an event the coordinator cannot read", retryable: false });
+    }
+  }
+
+  private onChunk(data: string, tokens: readonly number[] | number): void {
     if (this.state !== "dispatched" && this.state !== "streaming" && this.state !== "continuing") return;
-    const continued = this.parts.length > 1;
-    const relay = this.transcript.add(data, tokens, continued);
+    const part = this.parts.at(-1) as Part;
+    const relay = this.transcript.add(data, tokens, part.continued);
+    part.to = this.transcript.tokens;
     if (this.state === "streaming") {
       if (relay !== undefined && this.streamed) this.out.chunk(relay);
       return;
@@ -227,9 +257,9 @@ export class Job implements JobSink {
   end(reported: Usage, resumed = 0): void {
     if (this.done || this.state === "queued") return;
     const part = this.parts.at(-1) as Part;
-    part.to = this.transcript.tokens;
+    part.reportedPrompt = reported.prompt_tokens;
     // a continuing unit's prompt held the output so far: the client's prompt is the rest
-    const prompt = Math.max(0, reported.prompt_tokens - Math.min(resumed, reported.prompt_tokens));
+    const prompt = Math.max(0, reported.prompt_tokens - resumed);
     const usage = meteredUsage(
       {
         prompt_tokens: prompt,
@@ -256,14 +286,15 @@ export class Job implements JobSink {
    */
   error(e: { message: string; retryable: boolean; status?: number; cause?: FailureCause }): void {
     if (this.done || this.state === "queued") return;
-    const clientFault = e.status !== undefined && e.status < 500;
-    if (!clientFault && this.state === "dispatched" && e.retryable && this.tried.size < MAX_ATTEMPTS) {
+    // an engine that refuses a continuation refuses what the job's units made, not the client's request
+    const clientFault = e.status !== undefined && e.status < 500 && !this.parts.at(-1)?.continued;
+    if (!clientFault && this.state === "dispatched" && e.retryable && this.attempts < MAX_ATTEMPTS) {
       this.fx.log.warn({ jobId: this.id, nodeId: this.unit?.id, reason: e.message }, "job failed on a node before output; trying another");
       this.dispatch();
       return;
     }
     const resume = this.transcript.resume();
-    if (!clientFault && this.state !== "dispatched" && resume && this.parts.length <= MAX_CONTINUATIONS) {
+    if (!clientFault && this.state !== "dispatched" && resume && this.continuations < MAX_CONTINUATIONS) {
       this.fx.log.warn({ jobId: this.id, nodeId: this.unit?.id, reason: e.message }, "job failed mid-stream; continuing on another node");
       this.continueJob(resume, e.cause ?? "engine");
       return;
@@ -278,9 +309,9 @@ export class Job implements JobSink {
   /** -> continuing: the output so far goes to another unit with the same model file, which generates the rest. */
   private continueJob(resume: NonNullable<JobStart["resume"]>, cause: FailureCause): void {
     const failed = this.parts.at(-1) as Part;
-    failed.to = this.transcript.tokens;
     // a unit that streamed nothing did no part of the job
     if (failed.to === failed.from) this.parts.pop();
+    this.continuations++;
     this.to("continuing");
     this.fx.observe?.continued(cause);
     const wait = new AbortController();
@@ -357,16 +388,23 @@ export class Job implements JobSink {
     }
   }
 
-  /** Each unit's part as it is paid: the last one's completion is what the metered usage leaves for it. */
+  /**
+   * Each unit's part as it is paid: the prompt and the output it was given again (counted here),
+   * and its own tokens (the last one's: what the metered usage leaves for it). Its receipt names
+   * the prompt its unit reported, which holds the output as its engine tokenized it again.
+   */
   private paidParts(usage: Usage): PaidPart[] {
     return this.parts.map((p, i) => {
       const last = i === this.parts.length - 1;
-      const to = last ? Math.max(p.from, usage.completion_tokens) : Math.min(p.to ?? p.from, usage.completion_tokens);
+      const to = last ? Math.max(p.from, usage.completion_tokens) : Math.min(p.to, usage.completion_tokens);
+      const promptTokens = usage.prompt_tokens + p.from;
       return {
         payees: p.payees,
         modelSha256: p.modelSha256,
-        promptTokens: usage.prompt_tokens + p.from,
+        promptTokens,
         completionTokens: Math.max(0, to - p.from),
+        receiptPromptTokens:
+          last && p.reportedPrompt !== undefined ? Math.min(p.reportedPrompt, 2 * promptTokens + UNRELAYED_TOKENS) : promptTokens,
       };
     });
   }

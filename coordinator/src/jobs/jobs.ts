@@ -194,7 +194,8 @@ function untried(tried: Tried, unit: ServingUnit): boolean {
  * (tool calls, a forced format, log-probabilities the client reads).
  */
 function resumable(body: Record<string, unknown>): boolean {
-  return (body.n === undefined || body.n === null || body.n === 1) && !body.tools && !body.response_format && !body.logprobs;
+  const set = (v: unknown) => v !== undefined && v !== null && v !== false;
+  return (!set(body.n) || body.n === 1) && !set(body.tools) && !set(body.response_format) && !set(body.logprobs);
 }
 
 /** 404 for a model never served here, naming those that are. */

@@ -19,9 +19,13 @@ const cmpl = (text: string, finish: string | null = null) =>
     choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
   });
 
+function transcript(kind: "chat" | "completion", o: { resumable?: boolean; includeUsage?: boolean; maxTokens?: number } = {}) {
+  return new Transcript({ kind, resumable: true, includeUsage: true, maxTokens: 1000, id: "job_t", model: "m", ...o });
+}
+
 describe("Transcript", () => {
   it("counts the UTF-8 bytes of streamed content, reasoning and tool calls, and nothing else", () => {
-    const t = new Transcript("chat", true);
+    const t = transcript("chat");
     t.add(chat({ role: "assistant", content: null }), [], false);
     t.add(chat({ content: "héllo" }), [1], false); // é is two bytes
     t.add(chat({ reasoning_content: "ab" }), [2], false);
@@ -36,7 +40,7 @@ describe("Transcript", () => {
   });
 
   it("keeps the ids while every event tells them, then the text; a job with tool calls cannot continue", () => {
-    const t = new Transcript("chat", true);
+    const t = transcript("chat");
     t.add(chat({ content: "One" }), [10], false);
     t.add(chat({ content: ", two" }), [11, 12], false);
     expect(t.resume()).toEqual({ tokens: [10, 11, 12], text: "" });
@@ -45,14 +49,14 @@ describe("Transcript", () => {
     t.add(chat({ content: "!" }), [13], false);
     expect(t.resume()).toEqual({ tokens: [10, 11, 12], text: " é!" });
     expect(t.tokens).toBe(6);
-    expect(new Transcript("chat", false).resume()).toBeUndefined();
-    const tools = new Transcript("chat", true);
+    expect(transcript("chat", { resumable: false }).resume()).toBeUndefined();
+    const tools = transcript("chat");
     tools.add(chat({ tool_calls: [{ index: 0, id: "c", function: { name: "f", arguments: "{}" } }] }), [1], false);
     expect(tools.resume()).toBeUndefined();
   });
 
   it("reshapes a continuing unit's completion events into the job's stream, and holds back its usage", () => {
-    const t = new Transcript("chat", true);
+    const t = transcript("chat");
     expect(t.add(chat({ role: "assistant", content: null }), [], false)).toContain('"role"');
     t.add(chat({ content: "Hi" }), [5], false);
     const relayed = t.add(cmpl(" there"), [6], true);
@@ -64,8 +68,12 @@ describe("Transcript", () => {
       choices: [{ index: 0, delta: { content: " there" }, finish_reason: null }],
     });
     expect(t.add(cmpl(""), [], true)).toBeUndefined();
-    expect(JSON.parse(t.add(cmpl("", "stop"), 1, true) as string).choices[0]).toEqual({ index: 0, delta: {}, finish_reason: "stop" });
-    expect(t.add(JSON.stringify({ choices: [], usage: { prompt_tokens: 9 } }), [], true)).toBeUndefined();
+    // the engine's last event: the finish and its own usage (which counts its re-prefill) together
+    const last = JSON.parse(cmpl("", "stop"));
+    last.usage = { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 };
+    const relayedLast = JSON.parse(t.add(JSON.stringify(last), 1, true) as string);
+    expect(relayedLast.choices[0]).toEqual({ index: 0, delta: {}, finish_reason: "stop" });
+    expect(relayedLast.usage).toBeUndefined();
     expect(t.heldUsage).toBe(true);
     expect(t.body({ prompt_tokens: 1 })).toMatchObject({
       id: "chatcmpl-1",
@@ -75,7 +83,7 @@ describe("Transcript", () => {
   });
 
   it("assembles a whole completion, and a whole chat with tool calls merged by index", () => {
-    const c = new Transcript("completion", true);
+    const c = transcript("completion");
     c.add(cmpl("a"), [1], false);
     c.add(cmpl("b", "length"), [2], false);
     expect(c.body({ prompt_tokens: 1 })).toMatchObject({
@@ -84,7 +92,7 @@ describe("Transcript", () => {
       choices: [{ text: "ab", index: 0, finish_reason: "length" }],
       usage: { prompt_tokens: 1 },
     });
-    const t = new Transcript("chat", true);
+    const t = transcript("chat");
     t.add(chat({ tool_calls: [{ index: 0, id: "call_1", type: "function", function: { name: "get", arguments: '{"c' } }] }), [1], false);
     t.add(chat({ tool_calls: [{ index: 0, function: { arguments: 'ity":1}' } }] }), [2], false);
     t.add(chat({}, {}).replace('"finish_reason":null', '"finish_reason":"tool_calls"'), [], false);
@@ -93,5 +101,33 @@ describe("Transcript", () => {
       content: null,
       tool_calls: [{ id: "call_1", type: "function", function: { name: "get", arguments: '{"city":1}' } }],
     });
+  });
+
+  it("holds a continuing unit's usage back only for a client that asked for usage", () => {
+    const t = transcript("chat", { includeUsage: false });
+    t.add(chat({ content: "a" }), [1], false);
+    expect(t.add(JSON.stringify({ choices: [], usage: { prompt_tokens: 9 } }), [], true)).toBeUndefined();
+    expect(t.heldUsage).toBe(false);
+  });
+
+  it("reads hostile events without throwing, and names a response no unit named", () => {
+    const t = transcript("chat");
+    const hostile = [
+      JSON.stringify({ choices: [{ delta: { tool_calls: [null, 7, { index: 1e9, function: null }] } }] }),
+      JSON.stringify({ choices: [{ delta: null, logprobs: { content: Array.from({ length: 200_000 }, () => 0) } }] }),
+      JSON.stringify({ choices: [null] }),
+      JSON.stringify({ choices: "x", id: 5 }),
+      "[1,2]",
+    ];
+    for (const e of hostile) expect(() => t.add(e, 0, true)).not.toThrow();
+    expect(t.body({})).toMatchObject({ id: "job_t", model: "m", object: "chat.completion" });
+  });
+
+  it("will not carry on more tokens than the job may have", () => {
+    const t = transcript("completion", { maxTokens: 3 });
+    t.add(cmpl("abc"), [1, 2, 3], false);
+    expect(t.resume()).toEqual({ tokens: [1, 2, 3], text: "" });
+    t.add(cmpl("d"), [4], false);
+    expect(t.resume()).toBeUndefined();
   });
 });

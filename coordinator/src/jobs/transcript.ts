@@ -10,8 +10,10 @@
  *
  * A continuing unit runs the prompt plus the output so far as a plain completion, so its events
  * are completion events; `add` reshapes them into the job's kind.
+ *
+ * Every event is a stranger's: `add` reads it defensively and never throws.
  */
-import type { JobKind, JobStart } from "@sharedllm/protocol";
+import { type JobKind, type JobStart, MAX_RESUME_TEXT, MAX_RESUME_TOKENS } from "@sharedllm/protocol";
 import { UNRELAYED_TOKENS } from "../ledger/usage.js";
 
 type Json = Record<string, unknown>;
@@ -31,23 +33,38 @@ export class Transcript {
   private readonly ids: number[] = [];
   /** the text streamed since the first event that did not tell all its ids */
   private tail: string | undefined;
-  /** false once the output holds what a plain completion cannot carry on (tool calls) */
+  /** false once the output holds what a plain completion cannot carry on (tool calls), or more tokens than the job may have */
   private resumable: boolean;
-  private identity: { id?: unknown; created?: unknown; model?: unknown; system_fingerprint?: unknown } | undefined;
+  private identity: { id?: unknown; created?: unknown; model?: unknown; system_fingerprint?: unknown };
   private content = "";
   private reasoning = "";
   private readonly toolCalls: ToolCall[] = [];
+  /** whether a unit named the response (its first event's `id`) */
+  private named = false;
   private logprobs: unknown[] | undefined;
   private finishReason: unknown = null;
-  /** a continuing unit's usage event, held until the job's usage is metered */
+  /** a continuing unit's usage, held back: the client that asked for usage gets the job's once it is metered */
   heldUsage = false;
+  private readonly kind: JobKind;
+  private readonly includeUsage: boolean;
+  /** the most tokens a job may stream (its generation limit and the end token's margin) */
+  private readonly maxTokens: number;
 
-  constructor(
-    private readonly kind: JobKind,
+  constructor(o: {
+    kind: JobKind;
     /** whether the request may be continued at all (one choice, no tools or forced format) */
-    resumable: boolean,
-  ) {
-    this.resumable = resumable;
+    resumable: boolean;
+    includeUsage: boolean;
+    maxTokens: number;
+    /** the response's identity when no unit gave it one */
+    id: string;
+    model: string;
+  }) {
+    this.kind = o.kind;
+    this.resumable = o.resumable;
+    this.includeUsage = o.includeUsage;
+    this.maxTokens = o.maxTokens;
+    this.identity = { id: o.id, created: Math.floor(Date.now() / 1000), model: o.model };
   }
 
   /**
@@ -62,27 +79,31 @@ export class Transcript {
       this.tokens += tokens.length;
       if (this.tail === undefined) for (const id of tokens) this.ids.push(id);
     }
+    // more than the job may have: the node's word on its tokens is not to be carried on
+    if (this.tokens > this.maxTokens) this.resumable = false;
     let event: Json;
     try {
       event = data.charCodeAt(0) === 123 /* { */ ? (JSON.parse(data) as Json) : {};
     } catch {
       event = {}; // not JSON: no text the client could use
     }
-    if (!this.identity && typeof event.id === "string") {
+    if (!this.named && typeof event.id === "string") {
+      this.named = true;
       this.identity = { id: event.id, created: event.created, model: event.model, system_fingerprint: event.system_fingerprint };
     }
-    const choice = Array.isArray(event.choices) ? (event.choices[0] as Json | undefined) : undefined;
+    const first: unknown = Array.isArray(event.choices) ? event.choices[0] : undefined;
+    const choice = isObject(first) ? first : undefined;
     let text = "";
-    if (choice && typeof choice === "object") {
-      const delta = (choice.delta ?? {}) as Json;
+    if (choice) {
+      const delta = isObject(choice.delta) ? choice.delta : {};
       text = str(choice.text) + str(delta.content);
       this.reasoning += str(delta.reasoning_content);
       this.bytes += Buffer.byteLength(str(delta.reasoning_content));
-      if (Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls as Json[]);
-      const lp = (choice.logprobs as { content?: unknown } | null | undefined)?.content;
+      if (Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls);
+      const lp = isObject(choice.logprobs) ? choice.logprobs.content : undefined;
       if (Array.isArray(lp)) {
         this.logprobs ??= [];
-        this.logprobs.push(...lp);
+        for (const entry of lp) this.logprobs.push(entry);
       }
       if (choice.finish_reason !== null && choice.finish_reason !== undefined) this.finishReason = choice.finish_reason;
     }
@@ -90,17 +111,17 @@ export class Transcript {
     this.bytes += Buffer.byteLength(text);
     if (this.tail !== undefined) this.tail += text;
     if (!continued) return data;
-    if (event.usage) {
-      this.heldUsage = true;
-      return undefined;
-    }
-    if (!text && !choice?.finish_reason) return undefined;
-    return JSON.stringify(this.event(text, choice?.finish_reason ?? null));
+    // a continuing unit's usage counts its re-prefill: the client that asked gets the job's at the end
+    if (event.usage) this.heldUsage = this.includeUsage;
+    const finish = choice?.finish_reason ?? null;
+    if (!text && finish === null) return undefined;
+    return JSON.stringify(this.event(text, finish));
   }
 
   /** What a continuing unit is given: the output so far, as ids and then text; undefined when the job cannot continue. */
   resume(): NonNullable<JobStart["resume"]> | undefined {
     if (!this.resumable || this.toolCalls.length || this.reasoning) return undefined;
+    if (this.ids.length > MAX_RESUME_TOKENS || (this.tail?.length ?? 0) > MAX_RESUME_TEXT) return undefined;
     return { tokens: [...this.ids], text: this.tail ?? "" };
   }
 
@@ -141,10 +162,15 @@ export class Transcript {
   }
 
   /** Streamed tool-call deltas, merged by index as OpenAI's clients do. */
-  private addToolCalls(deltas: Json[]): void {
+  private addToolCalls(deltas: unknown[]): void {
     for (const d of deltas) {
-      const index = typeof d.index === "number" && d.index >= 0 && d.index < 128 ? d.index : this.toolCalls.length;
-      const fn = (d.function ?? {}) as Json;
+      if (!isObject(d)) continue;
+      // a new call comes at the next index; anything else adds to the call it names
+      const index =
+        typeof d.index === "number" && Number.isInteger(d.index) && d.index >= 0 && d.index <= this.toolCalls.length
+          ? d.index
+          : this.toolCalls.length;
+      const fn = isObject(d.function) ? d.function : {};
       const call = this.toolCalls[index] ?? { function: { name: "", arguments: "" } };
       this.toolCalls[index] = call;
       if (typeof d.id === "string") call.id = d.id;
@@ -155,6 +181,10 @@ export class Transcript {
       this.bytes += bytes + (typeof d.id === "string" ? UNRELAYED_TOKENS : 0); // the call's own markup is generated too
     }
   }
+}
+
+function isObject(v: unknown): v is Json {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 function str(v: unknown): string {

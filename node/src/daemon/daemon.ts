@@ -220,7 +220,10 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       let ended = false;
       const send: typeof rawSend = (f) => {
         if (f.type === "job.chunk") streamed += typeof f.tokens === "number" ? f.tokens : f.tokens.length;
-        if (f.type === "job.end" || f.type === "job.error") ended = true;
+        if (f.type === "job.end") ended = true;
+        // failed after streaming some: that part may continue elsewhere, and is receipted
+        if (f.type === "job.error" && streamed > 0 && target) receipts.recordPart(job.jobId, target.entry.sha256, streamed);
+        if (f.type === "job.error") ended = true;
         if (f.type === "job.end") {
           throughput.record(f.usage.completion_tokens ?? 0, Date.now() - started);
           if (target) receipts.record(job.jobId, target.entry.sha256, f.usage);

@@ -258,7 +258,11 @@ function relayStream(
       const predicted = event.timings?.predicted_n;
       const count = typeof predicted === "number" ? predicted - decoded : ids.length;
       if (typeof predicted === "number") decoded = predicted;
-      if (event.usage && event.choices?.length === 0 && !job.includeUsage) return "more";
+      if (event.usage && !job.includeUsage) {
+        // the engine's own count, for job.end; not for a client that did not ask for it
+        if (!event.choices?.length) return "more";
+        delete event.usage;
+      }
       if (choice && o.stripLogprobs) {
         if ("text" in choice) choice.logprobs = null;
         else delete choice.logprobs;
