@@ -3,7 +3,7 @@ import { ApiError, type JobStart, type Usage } from "@sharedllm/protocol";
 import { waitFor } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
 import type { JobSink, Payees, ServingUnit } from "../units.js";
-import { Job, type JobCredits, type JobOutput, MAX_ATTEMPTS, type PaidPart } from "./job.js";
+import { Job, type JobCredits, type JobOutput, MAX_ATTEMPTS, MAX_CONTINUATIONS, type PaidPart } from "./job.js";
 
 const SHA = "a".repeat(64);
 
@@ -246,6 +246,22 @@ describe("Job", () => {
     head.sink?.error({ message: "failed again", retryable: false });
     await waitFor("the failure", () => out.error !== undefined);
     expect(states(job)).toEqual(["queued", "dispatched@head", "streaming", "continuing", "continuing@head", "continuing", "failed"]);
+  });
+
+  it("continues at most MAX_CONTINUATIONS times, however often a unit comes back in a new incarnation", async () => {
+    const head = new FakeUnit("head");
+    const { job, out, credits } = setup({ units: [head] });
+    await job.run();
+    say(head, "Once");
+    for (let i = 0; i <= MAX_CONTINUATIONS; i++) {
+      head.incarnation++;
+      head.started = undefined;
+      head.sink?.error({ message: "failed again", retryable: false });
+      if (i < MAX_CONTINUATIONS) await waitFor("the continuation", () => head.started?.resume);
+    }
+    await waitFor("the failure", () => out.error !== undefined);
+    expect(out.error?.code).toBe("node_failed");
+    await waitFor("the release", () => credits.log.includes("release"));
   });
 
   it("ends the stream with an error event, charging nothing, when no unit can continue it or the request cannot be", async () => {
