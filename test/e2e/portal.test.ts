@@ -186,17 +186,23 @@ describe("the web portal in Chromium", () => {
     await signIn(page);
     await go(page, "Earnings");
     await page.getByText("online · solo").waitFor();
-    // the earnings of the first test settle within a second (batches by age, 300 ms)
+    // the earnings of the first test settle within a second (batches by age, 300 ms), once the
+    // node has signed every receipt proposed to it (each signed receipt is an earning)
+    await waitFor(
+      "every receipt proposed to the node signed",
+      async () =>
+        (await sys.coordinator.db.selectFrom("receipt_proposals").select("job_id").where("node_address", "=", node.toLowerCase()).execute())
+          .length === 0,
+      30_000,
+    );
+    const earned = await sys.journal(node, "earn");
+    expect(earned).toBeGreaterThan(0n);
     const claimable = await waitFor(
-      "settled earnings to be claimable",
-      async () => {
-        const v = await shown(page, "claimable");
-        return v > 0n ? v : undefined;
-      },
+      "all its earnings to be claimable",
+      async () => ((await shown(page, "claimable")) === earned ? earned : undefined),
       30_000,
       250,
     );
-    expect(claimable).toBe(await sys.journal(node, "earn"));
     // what it served: one receipt per paid job, with the job's tokens
     const receipts = await sys.coordinator.db
       .selectFrom("receipts")
