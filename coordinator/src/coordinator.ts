@@ -49,6 +49,8 @@ export interface CoordinatorOptions {
   policy?: SchedulingPolicy;
   /** how long a job whose unit failed mid-job waits for another to continue it; default 5 s */
   continueWaitMs?: number;
+  /** how long a unit may go without sending once output has begun before it counts as failed; default 20 s */
+  stallMs?: number;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
@@ -147,7 +149,16 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       receipts: ledger?.receipts,
     });
     const keys = new ApiKeyVerifier(db);
-    const jobs = new Jobs({ db, fleet, knownModels, metrics, policy: o.policy, ledger, continueWaitMs: o.continueWaitMs });
+    const jobs = new Jobs({
+      db,
+      fleet,
+      knownModels,
+      metrics,
+      policy: o.policy,
+      ledger,
+      continueWaitMs: o.continueWaitMs,
+      stallMs: o.stallMs,
+    });
     await app.register(openaiPlugin, { jobs, fleet, knownModels, keys });
     let origins: string[] = [];
     if (ledger) {

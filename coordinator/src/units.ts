@@ -19,8 +19,11 @@ import type {
 } from "@sharedllm/protocol";
 import type { NodeView } from "./fleet.js";
 
-/** Why a unit failed a job: its node went away, its engine failed, or its owner took the machine back. */
-export type FailureCause = "node_lost" | "engine" | "owner";
+/**
+ * Why a unit failed a job: its node went away, its engine failed, its owner took the machine
+ * back, or it stopped sending mid-stream.
+ */
+export type FailureCause = "node_lost" | "engine" | "owner" | "stalled";
 
 /** Receives what a unit reports for one job: its streamed events, then exactly one of end/error, once. */
 export interface JobSink {

@@ -4,8 +4,9 @@
  * the default model), each its own process group. The node serving a request is SIGKILLed
  * mid-generation; the job continues on another node, and the client sees what an uninterrupted
  * run gives it: the same text at temperature 0, one usage, one charge; each node that produced
- * part of it has a receipt proposal for its tokens. With no node left, the client gets the clean
- * error and is charged nothing.
+ * part of it has a receipt proposal for its tokens. A node whose engine freezes mid-stream (its
+ * connection open) is taken for failed after the stall bound, and the job continues too. With no
+ * node left, the client gets the clean error and is charged nothing.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -22,6 +23,7 @@ import { MODEL } from "../system.ts";
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 const CONTINUE_WAIT_MS = 3_000;
+const STALL_MS = 2_000;
 
 let chain: TestChain;
 let database: TestDatabase;
@@ -70,17 +72,19 @@ function kill(nodeId: string): void {
   daemons.delete(nodeId);
 }
 
-/** CPU time of `nodeId`'s llama-server, in clock ticks (Linux /proc). */
-async function engineTicks(nodeId: string): Promise<number> {
+/** `nodeId`'s llama-server: its pid and CPU time so far, in clock ticks (Linux /proc). */
+async function engine(nodeId: string): Promise<{ pid: number; ticks: number }> {
   const parent = daemons.get(nodeId)?.pid;
   for (const pid of await readdir("/proc")) {
     const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
     const m = /^\d+ \((.*)\) (.*)$/.exec(stat.trim());
     const f = m?.[2]?.split(" ");
-    if (m?.[1] === "llama-server" && f && Number(f[1]) === parent) return Number(f[11]) + Number(f[12]);
+    if (m?.[1] === "llama-server" && f && Number(f[1]) === parent) return { pid: Number(pid), ticks: Number(f[11]) + Number(f[12]) };
   }
   throw new Error(`no llama-server for ${nodeId}`);
 }
+const engineTicks = async (nodeId: string) => (await engine(nodeId)).ticks;
+const enginePid = async (nodeId: string) => (await engine(nodeId)).pid;
 
 const REQUEST = {
   model: MODEL,
@@ -162,13 +166,14 @@ beforeAll(async () => {
     logger: quietLogger(),
     ledger: chain.ledgerOptions(),
     continueWaitMs: CONTINUE_WAIT_MS,
+    stallMs: STALL_MS,
   });
   const wallet = devWallet(13);
   payer = wallet.address.toLowerCase();
   await chain.deposit(wallet, 10_000_000n);
   apiKey = await createKey(coordinator.url, await signIn(coordinator.url, wallet, chain.chainId));
-  await Promise.all([startDaemon(), startDaemon(), startDaemon()]);
-  await waitFor("three nodes online", () => coordinator.fleet.list().filter((n) => n.accepting).length === 3, 30_000);
+  await Promise.all([startDaemon(), startDaemon(), startDaemon(), startDaemon()]);
+  await waitFor("four nodes online", () => coordinator.fleet.list().filter((n) => n.accepting).length === 4, 30_000);
 }, 300_000);
 
 afterAll(async () => {
@@ -232,6 +237,27 @@ describe("a job whose node dies mid-generation", () => {
     expect(job.receipts.size).toBe(2);
     expect([...job.receipts.values()].reduce((a, b) => a + b, 0)).toBe(reference.usage.completion_tokens);
   }, 120_000);
+
+  it("a node whose engine freezes mid-stream is taken for failed after the stall bound: the stream goes on elsewhere", async () => {
+    const res = await chat({ stream: true });
+    const first = res.headers.get("x-sharedllm-node") as string;
+    const engine = await enginePid(first);
+    let frozenAt = 0;
+    const got = await streamed(res, (n) => {
+      if (n === 20) {
+        process.kill(engine, "SIGSTOP");
+        frozenAt = performance.now();
+      }
+    });
+    const tookMs = performance.now() - frozenAt;
+    kill(first);
+    expect(got.error).toBeUndefined();
+    expect(got.text).toBe(reference.text);
+    expect(tookMs).toBeGreaterThan(STALL_MS);
+    const metrics = await (await fetch(`${coordinator.url}/metrics`)).text();
+    expect(metrics).toMatch(/sharedllm_continuations_total\{cause="stalled"\} 1/);
+    expect((await nextJob()).status).toBe("completed");
+  }, 60_000);
 
   it("no node left to continue it: the stream ends with the clean error within the bound, and nothing is charged", async () => {
     expect(daemons.size).toBe(1);

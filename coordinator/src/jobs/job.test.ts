@@ -76,7 +76,15 @@ class FakeCredits implements JobCredits {
 }
 
 function setup(
-  o: { stream?: boolean; units?: FakeUnit[]; paid?: boolean; failFinish?: boolean; resumable?: boolean; spare?: boolean } = {},
+  o: {
+    stream?: boolean;
+    units?: FakeUnit[];
+    paid?: boolean;
+    failFinish?: boolean;
+    resumable?: boolean;
+    spare?: boolean;
+    stallMs?: number;
+  } = {},
 ) {
   const units = o.units ?? [new FakeUnit("n1"), new FakeUnit("n2"), new FakeUnit("n3"), new FakeUnit("n4")];
   const credits = new FakeCredits();
@@ -89,6 +97,7 @@ function setup(
       apiKeyId: "k",
       bounds: { promptTokens: 100, generationLimit: 50 },
       resumable: o.resumable ?? true,
+      stallMs: o.stallMs ?? 60_000,
     },
     {
       pick: (_model, tried) => units.find((u) => tried.get(u.id) !== u.incarnation),
@@ -246,6 +255,19 @@ describe("Job", () => {
     head.sink?.error({ message: "failed again", retryable: false });
     await waitFor("the failure", () => out.error !== undefined);
     expect(states(job)).toEqual(["queued", "dispatched@head", "streaming", "continuing", "continuing@head", "continuing", "failed"]);
+  });
+
+  it("takes a unit that goes silent mid-stream for failed: stopped there, the job continues elsewhere", async () => {
+    const { job, units, out } = setup({ stallMs: 100 });
+    await job.run();
+    say(units[0], "Hello");
+    // n1 sends nothing more
+    await waitFor("the continuation", () => units[1]?.started?.resume);
+    expect(units[0]?.cancelled).toEqual(["job_1"]);
+    units[1]?.sink?.chunk(cmpl(" there", "stop"), [9]);
+    units[1]?.sink?.end({ prompt_tokens: 11, completion_tokens: 1, total_tokens: 12 }, 1);
+    await waitFor("the end", () => out.seen.includes("end n2"));
+    expect(states(job)).toEqual(["queued", "dispatched@n1", "streaming", "continuing", "continuing@n2", "streaming", "completed"]);
   });
 
   it("continues at most MAX_CONTINUATIONS times, however often a unit comes back in a new incarnation", async () => {

@@ -47,6 +47,8 @@ export interface JobSpec {
   bounds: Omit<UsageBounds, "relayedBytes" | "streamedTokens">;
   /** whether the request can be continued on another unit (one choice, no tools or forced format) */
   resumable: boolean;
+  /** how long a unit may go without sending, once output has begun, before it counts as failed */
+  stallMs: number;
 }
 
 /** The response to the client, told what to write. */
@@ -140,6 +142,9 @@ export class Job implements JobSink {
   private opened = false;
   /** the model file the job runs: a continuing unit must hold the same */
   private modelSha256: string | undefined;
+  /** when the unit last sent an event, and the watch on it once output has begun */
+  private lastEventAt = 0;
+  private stallWatch: NodeJS.Timeout | undefined;
   /** while continuing: when the unit failed, and the wait for the next one */
   private gap: { since: number; wait: AbortController } | undefined;
 
@@ -235,12 +240,14 @@ export class Job implements JobSink {
     const part = this.parts.at(-1) as Part;
     const relay = this.transcript.add(data, tokens, part.continued);
     part.to = this.transcript.tokens;
+    this.lastEventAt = performance.now();
     if (this.state === "streaming") {
       if (relay !== undefined && this.streamed) this.out.chunk(relay);
       return;
     }
     const first = this.state === "dispatched";
     this.to("streaming");
+    this.watchStalls();
     if (this.gap) {
       this.fx.observe?.resumed((performance.now() - this.gap.since) / 1000);
       this.gap = undefined;
@@ -304,6 +311,22 @@ export class Job implements JobSink {
         ? new ApiError("invalid_request", e.message)
         : new ApiError("node_failed", `generation failed on the serving node: ${e.message}`),
     );
+  }
+
+  /**
+   * A unit that sends nothing for stallMs once output has begun (its engine hung, or its machine
+   * froze with its connection open) has failed the job: it is stopped there and continues elsewhere.
+   */
+  private watchStalls(): void {
+    this.stallWatch ??= setInterval(
+      () => {
+        if (this.state !== "streaming" || performance.now() - this.lastEventAt < this.spec.stallMs) return;
+        this.unit?.cancel(this.id);
+        this.error({ message: `the node sent nothing for ${this.spec.stallMs} ms mid-stream`, retryable: false, cause: "stalled" });
+      },
+      Math.max(10, this.spec.stallMs / 4),
+    );
+    this.stallWatch.unref();
   }
 
   /** -> continuing: the output so far goes to another unit with the same model file, which generates the rest. */
@@ -434,5 +457,6 @@ export class Job implements JobSink {
     if (!NEXT[this.state].includes(state)) throw new Error(`job ${this.id}: no transition from ${this.state} to ${state}`);
     this.state = state;
     this.history.push({ state, at: Date.now(), unit });
+    if (this.done) clearInterval(this.stallWatch);
   }
 }

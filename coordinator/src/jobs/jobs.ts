@@ -32,6 +32,12 @@ const LOAD_WAIT_MS = 180_000;
 /** How long a job whose unit failed mid-job waits for another to continue it. */
 const CONTINUE_WAIT_MS = 5_000;
 
+/**
+ * How long a unit may go without sending once output has begun: far longer than a token takes on
+ * any machine that serves at all, and than a continuing unit's replay between two events.
+ */
+const STALL_MS = 20_000;
+
 export interface JobsOptions {
   db: Db;
   fleet: Fleet;
@@ -44,6 +50,8 @@ export interface JobsOptions {
   ledger?: { metering: Metering; receipts: Receipts };
   /** how long a job whose unit failed mid-job waits for another to continue it; default 5 s */
   continueWaitMs?: number;
+  /** how long a unit may go without sending once output has begun before it counts as failed; default 20 s */
+  stallMs?: number;
 }
 
 /** A request the OpenAI plugin has validated. */
@@ -88,6 +96,7 @@ export class Jobs {
         apiKeyId: apiKey.id,
         bounds: { promptTokens, generationLimit, stop: (body as { stop?: string | string[] | null }).stop },
         resumable: resumable(body),
+        stallMs: this.o.stallMs ?? STALL_MS,
       },
       {
         pick(model, tried) {
