@@ -9,26 +9,19 @@
  * a llama-server of the same build: as one batch, and replayed token by token (what a greedy
  * job does, so its text stays the uninterrupted one).
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { DEFAULT_MODEL, ensureEngine, ModelStore, resolvePaths, startLlamaServer } from "@sharedllm/node";
 import { waitFor } from "@sharedllm/testkit";
+import { type NodeProcess, startNodeProcess } from "@sharedllm/testkit/nodeProcess";
 import pino from "pino";
 import { median } from "./coordinator.ts";
 
-const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
 const MESSAGES = [{ role: "user", content: "Write a short story about a lighthouse keeper and a storm." }];
-
-interface Daemon {
-  id: string;
-  proc: ChildProcess;
-  home: string;
-}
 
 function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -40,33 +33,19 @@ export async function benchContinuation(o: { trials: number; cutAt: number; maxT
   const dataDir = await mkdtemp(join(tmpdir(), "sharedllm-bench-cont-"));
   const coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, dataDir, joinToken, logger: pino({ level: "silent" }) });
   const apiKey = (await createApiKey(coordinator.db, "bench")).secret;
-  const daemons = new Map<string, Daemon>();
+  const daemons = new Map<string, NodeProcess>();
+  const gone: NodeProcess[] = [];
 
-  const start = async (): Promise<Daemon> => {
-    const home = await mkdtemp(join(tmpdir(), "sharedllm-bench-node-"));
-    const proc = spawn(
-      process.execPath,
-      [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "1", "--no-owner-first"],
-      { env: { ...process.env, SHAREDLLM_HOME: home }, stdio: ["ignore", "pipe", "ignore"], detached: true },
-    );
-    let out = "";
-    proc.stdout?.on("data", (b) => {
-      out += b;
-    });
-    const id = await waitFor("a node daemon", () => /^node (0x[0-9a-f]{40}) serving/m.exec(out)?.[1], 180_000);
-    const d = { id, proc, home };
-    daemons.set(id, d);
-    await waitFor("the node taking jobs", () => coordinator.fleet.get(id)?.accepting, 30_000);
+  const start = async (): Promise<NodeProcess> => {
+    const d = await startNodeProcess({ coordinatorUrl: coordinator.url, joinToken, args: ["--slots", "1", "--no-owner-first"] });
+    daemons.set(d.id, d);
+    await waitFor("the node taking jobs", () => coordinator.fleet.get(d.id)?.accepting, 30_000);
     return d;
   };
-  const kill = (d: Daemon) => {
-    if (d.proc.pid) process.kill(-d.proc.pid, "SIGKILL");
+  const kill = (d: NodeProcess) => {
+    void d.kill();
     daemons.delete(d.id);
-  };
-  /** `sharedllm node pause|resume`, as the CLI tells a running daemon */
-  const tell = async (d: Daemon, command: "pause" | "resume") => {
-    await writeFile(join(d.home, "node-command"), command);
-    process.kill(d.proc.pid as number, "SIGUSR1");
+    gone.push(d);
   };
 
   const gaps: Record<"kill" | "yield", number[]> = { kill: [], yield: [] };
@@ -78,26 +57,26 @@ export async function benchContinuation(o: { trials: number; cutAt: number; maxT
     for (let i = 0; i < o.trials * 2; i++) {
       const how = i % 2 ? "yield" : "kill";
       let cutAt = 0;
-      let victim: Daemon | undefined;
+      let victim: NodeProcess | undefined;
       const r = await streamCut(coordinator.url, apiKey, o, (node) => {
         victim = daemons.get(node);
         if (!victim) throw new Error(`no daemon for ${node}`);
         cutAt = performance.now();
         if (how === "kill") kill(victim);
-        else void tell(victim, "pause");
+        else void victim.tell("pause");
       });
       if (!r.resumedAt) throw new Error(`trial ${i}: the stream did not continue: ${JSON.stringify(r)}`);
       gaps[how].push(r.resumedAt - cutAt);
       sameText &&= r.text === reference;
       if (how === "kill") await start();
       else if (victim) {
-        await tell(victim, "resume");
+        await victim.tell("resume");
         const id = victim.id;
         await waitFor("the node taking jobs again", () => coordinator.fleet.get(id)?.accepting, 30_000);
       }
     }
   } finally {
-    for (const d of daemons.values()) if (d.proc.pid) process.kill(-d.proc.pid, "SIGKILL");
+    for (const d of [...daemons.values(), ...gone]) await d.cleanup();
     await coordinator.close();
     await rm(dataDir, { recursive: true, force: true });
   }

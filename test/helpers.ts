@@ -32,13 +32,14 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
   }
 }
 
-/** The pid of `parent`'s child process named `name` (Linux /proc). */
-export async function childPid(parent: number, name: string): Promise<number> {
+/** `parent`'s child process named `name` (Linux /proc): its pid, and its CPU time so far in clock ticks. */
+export async function childStat(parent: number, name: string): Promise<{ pid: number; ticks: number }> {
   for (const pid of await readdir("/proc")) {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
-    // pid (comm) state ppid ...
-    const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
-    if (m && m[1] === name && Number(m[2]) === parent) return Number(pid);
+    const stat = (await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "")).trim();
+    // pid (comm) state ppid ... utime stime (fields 14 and 15)
+    const m = /^\d+ \((.*)\) (.*)$/.exec(stat);
+    const f = m?.[2]?.split(" ");
+    if (m?.[1] === name && f && Number(f[1]) === parent) return { pid: Number(pid), ticks: Number(f[11]) + Number(f[12]) };
   }
   throw new Error(`no ${name} child of ${parent}`);
 }

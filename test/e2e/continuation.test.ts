@@ -8,19 +8,16 @@
  * connection open) is taken for failed after the stall bound, and the job continues too. With no
  * node left, the client gets the clean error and is charged nothing.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
 import type { Usage } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
-import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
+import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
 import { MODEL } from "../system.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 const CONTINUE_WAIT_MS = 3_000;
 const STALL_MS = 2_000;
@@ -31,60 +28,23 @@ let coordinator: Coordinator;
 let apiKey: string;
 let payer: string;
 /** the node daemons by node id */
-const daemons = new Map<string, ChildProcess>();
-const homes: { cleanup(): Promise<void> }[] = [];
+const daemons = new Map<string, NodeProcess>();
+/** those killed, their homes still to remove */
+const gone: NodeProcess[] = [];
 
 async function startDaemon(): Promise<void> {
-  const home = await tempPaths("continuation-");
-  homes.push(home);
-  const daemon = spawn(
-    process.execPath,
-    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "1", "--no-owner-first"],
-    {
-      env: { ...process.env, SHAREDLLM_HOME: home.home },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    },
-  );
-  let out = "";
-  daemon.stdout?.on("data", (b) => {
-    out += b;
-  });
-  daemon.stderr?.on("data", (b) => {
-    out += b;
-  });
-  const id = await waitFor(
-    "a node daemon to serve",
-    () => {
-      if (daemon.exitCode !== null) throw new Error(`the node daemon exited:\n${out}`);
-      return /^node (0x[0-9a-f]{40}) serving/m.exec(out)?.[1];
-    },
-    180_000,
-  );
-  daemons.set(id, daemon);
+  const d = await startNodeProcess({ coordinatorUrl: coordinator.url, joinToken, args: ["--slots", "1", "--no-owner-first"] });
+  daemons.set(d.id, d);
 }
 
 /** Kills a node as a power cut would: its process group, llama-server with it. */
 function kill(nodeId: string): void {
   const daemon = daemons.get(nodeId);
-  if (!daemon?.pid) throw new Error(`no daemon for ${nodeId}`);
-  process.kill(-daemon.pid, "SIGKILL");
+  if (!daemon) throw new Error(`no daemon for ${nodeId}`);
+  void daemon.kill();
   daemons.delete(nodeId);
+  gone.push(daemon);
 }
-
-/** `nodeId`'s llama-server: its pid and CPU time so far, in clock ticks (Linux /proc). */
-async function engine(nodeId: string): Promise<{ pid: number; ticks: number }> {
-  const parent = daemons.get(nodeId)?.pid;
-  for (const pid of await readdir("/proc")) {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
-    const m = /^\d+ \((.*)\) (.*)$/.exec(stat.trim());
-    const f = m?.[2]?.split(" ");
-    if (m?.[1] === "llama-server" && f && Number(f[1]) === parent) return { pid: Number(pid), ticks: Number(f[11]) + Number(f[12]) };
-  }
-  throw new Error(`no llama-server for ${nodeId}`);
-}
-const engineTicks = async (nodeId: string) => (await engine(nodeId)).ticks;
-const enginePid = async (nodeId: string) => (await engine(nodeId)).pid;
 
 const REQUEST = {
   model: MODEL,
@@ -177,11 +137,11 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  for (const d of daemons.values()) if (d.pid && d.exitCode === null) process.kill(-d.pid, "SIGKILL");
+  for (const d of gone) await d.cleanup();
+  for (const d of daemons.values()) await d.cleanup();
   await coordinator?.close();
   await database?.cleanup();
   await chain?.stop();
-  for (const h of homes) await h.cleanup();
 });
 
 describe("a job whose node dies mid-generation", () => {
@@ -224,8 +184,9 @@ describe("a job whose node dies mid-generation", () => {
     const pending = chat({ stream: false });
     const serving = await waitFor("the job dispatched", () => coordinator.fleet.list().find((n) => n.active > 0)?.id);
     // generation is under way once its engine has worked a while past the prompt
-    const t0 = await engineTicks(serving);
-    await waitFor("tokens generated", async () => (await engineTicks(serving)) - t0 > 60, 30_000, 20);
+    const engine = () => (daemons.get(serving) as NodeProcess).engine();
+    const t0 = (await engine()).ticks;
+    await waitFor("tokens generated", async () => (await engine()).ticks - t0 > 60, 30_000, 20);
     kill(serving);
     const res = await pending;
     expect(res.status).toBe(200);
@@ -241,7 +202,7 @@ describe("a job whose node dies mid-generation", () => {
   it("a node whose engine freezes mid-stream is taken for failed after the stall bound: the stream goes on elsewhere", async () => {
     const res = await chat({ stream: true });
     const first = res.headers.get("x-sharedllm-node") as string;
-    const engine = await enginePid(first);
+    const { pid: engine } = await (daemons.get(first) as NodeProcess).engine();
     let frozenAt = 0;
     const got = await streamed(res, (n) => {
       if (n === 20) {

@@ -4,20 +4,18 @@
  * One daemon is killed mid-run and comes back; the coordinator restarts while the
  * nodes are idle.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { type Coordinator, createApiKey, NODE_HEADER, startCoordinator } from "@sharedllm/coordinator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
 import { MODEL } from "../system.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 
 interface Daemon {
   home: string;
-  proc?: ChildProcess;
+  running?: NodeProcess;
   nodeId?: string;
 }
 
@@ -27,35 +25,19 @@ let apiKey: string;
 const homes: Awaited<ReturnType<typeof tempPaths>>[] = [];
 const daemons: Daemon[] = [];
 
-function startDaemon(d: Daemon): Promise<string> {
-  const proc = spawn(
-    process.execPath,
-    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2", "--threads", "1", "--no-owner-first"],
-    { env: { ...process.env, SHAREDLLM_HOME: d.home }, stdio: ["ignore", "pipe", "pipe"], detached: true },
-  );
-  d.proc = proc;
-  let err = "";
-  proc.stderr?.on("data", (b) => {
-    err += b;
+async function startDaemon(d: Daemon): Promise<string> {
+  d.running = await startNodeProcess({
+    coordinatorUrl: coordinator.url,
+    joinToken,
+    home: d.home,
+    args: ["--slots", "2", "--threads", "1", "--no-owner-first"],
   });
-  return new Promise((resolve, reject) => {
-    proc.stdout?.on("data", (b: Buffer) => {
-      const m = /^node (0x[0-9a-f]{40}) serving/m.exec(b.toString());
-      if (m?.[1]) {
-        d.nodeId = m[1];
-        resolve(m[1]);
-      }
-    });
-    proc.once("exit", (code) => reject(new Error(`node daemon exited (${code}):\n${err}`)));
-  });
+  d.nodeId = d.running.id;
+  return d.running.id;
 }
 
 function killDaemon(d: Daemon): Promise<void> {
-  const proc = d.proc;
-  if (!proc?.pid || proc.exitCode !== null) return Promise.resolve();
-  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
-  process.kill(-proc.pid, "SIGKILL");
-  return exited;
+  return d.running?.kill() ?? Promise.resolve();
 }
 
 interface Outcome {

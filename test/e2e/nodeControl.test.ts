@@ -5,13 +5,14 @@
  * change from the node's availability frame. A pause yields (the job in flight is handed off at
  * once); a leave drains (the job in flight finishes first).
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { childPid, quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
+import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
 import { MODEL } from "../system.ts";
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
@@ -19,16 +20,14 @@ const joinToken = randomBytes(32).toString("base64url");
 
 let coordinator: Coordinator;
 let database: TestDatabase;
-let home: Awaited<ReturnType<typeof tempPaths>>;
 let apiKey: string;
-let daemon: ChildProcess;
+let daemon: NodeProcess;
 let nodeId: string;
-let exited: Promise<{ code: number | null; stderr: string }>;
 
 /** `sharedllm node <command>` for the daemon's home, as its owner would type it. */
 async function owner(command: "pause" | "resume" | "leave"): Promise<string> {
   const { stdout } = await promisify(execFile)(process.execPath, [BIN, "node", command], {
-    env: { ...process.env, SHAREDLLM_HOME: home.home },
+    env: { ...process.env, SHAREDLLM_HOME: daemon.home },
   });
   return stdout;
 }
@@ -80,50 +79,15 @@ beforeAll(async () => {
   database = await testDatabase();
   coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger() });
   apiKey = (await createApiKey(coordinator.db, "owner")).secret;
-  home = await tempPaths("node-control-");
-  daemon = spawn(
-    process.execPath,
-    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "2", "--no-owner-first"],
-    {
-      env: { ...process.env, SHAREDLLM_HOME: home.home },
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    },
-  );
-  let stderr = "";
-  daemon.stderr?.on("data", (b) => {
-    stderr += b;
-  });
-  let gone = false;
-  exited = new Promise((r) =>
-    daemon.once("exit", (code) => {
-      gone = true;
-      r({ code, stderr });
-    }),
-  );
-  let stdout = "";
-  daemon.stdout?.on("data", (b) => {
-    stdout += b;
-  });
-  nodeId = await waitFor(
-    "the node daemon to serve",
-    () => {
-      if (gone) throw new Error(`the node daemon exited:\n${stderr}`);
-      return /^node (0x[0-9a-f]{40}) serving/m.exec(stdout)?.[1];
-    },
-    120_000,
-  );
+  daemon = await startNodeProcess({ coordinatorUrl: coordinator.url, joinToken, args: ["--slots", "2", "--no-owner-first"] });
+  nodeId = daemon.id;
   await waitFor("the node online and taking jobs", () => accepting() === true, 30_000);
 }, 180_000);
 
 afterAll(async () => {
-  if (daemon?.pid && daemon.exitCode === null) {
-    process.kill(-daemon.pid, "SIGKILL");
-    await exited;
-  }
+  await daemon?.cleanup();
   await coordinator?.close();
   await database?.cleanup();
-  await home?.cleanup();
 });
 
 describe("node pause, resume and leave", () => {
@@ -137,7 +101,7 @@ describe("node pause, resume and leave", () => {
     await running.firstChunk;
     // the job stays in flight however long the owner's command takes to start: its llama-server
     // is frozen until the stream has ended
-    const engine = await childPid(daemon.pid as number, "llama-server");
+    const { pid: engine } = await daemon.engine();
     process.kill(engine, "SIGSTOP");
     let seenAt: number;
     let text: string;
@@ -191,7 +155,7 @@ describe("node pause, resume and leave", () => {
     await running.firstChunk;
     // the job stays in flight however long the owner's command takes to start on a loaded
     // machine: its llama-server is frozen until the drain has been seen
-    const engine = await childPid(daemon.pid as number, "llama-server");
+    const { pid: engine } = await daemon.engine();
     process.kill(engine, "SIGSTOP");
     const leaving = owner("leave");
     try {
@@ -203,10 +167,10 @@ describe("node pause, resume and leave", () => {
 
     expect(complete(await running.done)).toBe(true);
     expect(await leaving).toMatch(/^leave: sent to node daemon pid \d+/);
-    const exit = await exited;
+    const exit = await daemon.exited;
     expect(exit.code).toBe(0);
-    expect(exit.stderr).toContain("left the site\n");
-    expect(exit.stderr).not.toContain("some jobs did not finish");
+    expect(exit.output).toContain("left the site\n");
+    expect(exit.output).not.toContain("some jobs did not finish");
 
     await waitFor("the coordinator to forget the node", () => coordinator.fleet.get(nodeId) === undefined);
     await waitFor(

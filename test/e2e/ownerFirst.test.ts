@@ -9,26 +9,23 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
-import { join } from "node:path";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { childPid, quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
+import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
 import { MODEL } from "../system.ts";
 
-const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const joinToken = randomBytes(32).toString("base64url");
 const QUIET_S = 2;
 
 let coordinator: Coordinator;
 let database: TestDatabase;
-let home: Awaited<ReturnType<typeof tempPaths>>;
 let apiKey: string;
-let daemon: ChildProcess;
+let daemon: NodeProcess;
 let nodeId: string;
 /** the other node, which takes the yielded job over; started paused so that the job starts on the first */
-let other: { daemon: ChildProcess; home: Awaited<ReturnType<typeof tempPaths>>; id: string };
+let other: NodeProcess;
 const hogs: ChildProcess[] = [];
 
 const killHogs = () => {
@@ -50,30 +47,12 @@ beforeAll(async () => {
   coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger() });
   apiKey = (await createApiKey(coordinator.db, "owner-first")).secret;
   // the other node first: its start keeps the CPUs busy, which the first would take for its owner's programs
-  const otherHome = await tempPaths("owner-first-other-");
-  const otherDaemon = spawn(
-    process.execPath,
-    [BIN, "node", "start", "--coordinator", coordinator.url, "--token", joinToken, "--slots", "1", "--no-owner-first", "--paused"],
-    { env: { ...process.env, SHAREDLLM_HOME: otherHome.home }, stdio: ["ignore", "pipe", "ignore"], detached: true },
-  );
-  let otherOut = "";
-  otherDaemon.stdout?.on("data", (b) => {
-    otherOut += b;
-  });
-  const otherId = await waitFor("the other node daemon to serve", () => /^node (0x[0-9a-f]{40}) serving/m.exec(otherOut)?.[1], 120_000);
-  other = { daemon: otherDaemon, home: otherHome, id: otherId };
-  await waitFor("the other node online", () => coordinator.fleet.get(otherId) !== undefined, 30_000);
-  home = await tempPaths("owner-first-");
-  daemon = spawn(
-    process.execPath,
-    [
-      BIN,
-      "node",
-      "start",
-      "--coordinator",
-      coordinator.url,
-      "--token",
-      joinToken,
+  other = await startNodeProcess({ coordinatorUrl: coordinator.url, joinToken, args: ["--slots", "1", "--no-owner-first", "--paused"] });
+  await waitFor("the other node online", () => coordinator.fleet.get(other.id) !== undefined, 30_000);
+  daemon = await startNodeProcess({
+    coordinatorUrl: coordinator.url,
+    joinToken,
+    args: [
       "--slots",
       "1",
       "--threads",
@@ -86,24 +65,8 @@ beforeAll(async () => {
       "--owner-quiet",
       String(QUIET_S),
     ],
-    { env: { ...process.env, SHAREDLLM_HOME: home.home }, stdio: ["ignore", "pipe", "pipe"], detached: true },
-  );
-  let out = "";
-  let err = "";
-  daemon.stdout?.on("data", (b) => {
-    out += b;
   });
-  daemon.stderr?.on("data", (b) => {
-    err += b;
-  });
-  nodeId = await waitFor(
-    "the node daemon to serve",
-    () => {
-      if (daemon.exitCode !== null) throw new Error(`the node daemon exited:\n${err}`);
-      return /^node (0x[0-9a-f]{40}) serving/m.exec(out)?.[1];
-    },
-    120_000,
-  );
+  nodeId = daemon.id;
   await waitFor("the node online and taking jobs", () => unit()?.accepting === true, 30_000);
 }, 240_000);
 
@@ -112,24 +75,17 @@ beforeAll(async () => {
  * command itself would be a program of the owner's, busy for a second while it starts).
  */
 async function tellOther(command: "pause" | "resume"): Promise<void> {
-  await writeFile(join(other.home.home, "node-command"), command);
-  process.kill(other.daemon.pid as number, "SIGUSR1");
+  await other.tell(command);
   const accepting = command === "resume";
   await waitFor(`the other node ${command}d`, () => coordinator.fleet.get(other.id)?.accepting === accepting, 20_000);
 }
 
 afterAll(async () => {
   killHogs();
-  if (other?.daemon.pid && other.daemon.exitCode === null) process.kill(-other.daemon.pid, "SIGKILL");
-  await other?.home.cleanup();
-  if (daemon?.pid && daemon.exitCode === null) {
-    const exited = new Promise((r) => daemon.once("exit", r));
-    process.kill(-daemon.pid, "SIGKILL");
-    await exited;
-  }
+  await other?.cleanup();
+  await daemon?.cleanup();
   await coordinator?.close();
   await database?.cleanup();
-  await home?.cleanup();
 });
 
 describe("owner-first", () => {
@@ -148,7 +104,7 @@ describe("owner-first", () => {
     })();
 
     // the job stays in flight until it is handed off: its llama-server is frozen until then
-    const engine = await childPid(daemon.pid as number, "llama-server");
+    const { pid: engine } = await daemon.engine();
     process.kill(engine, "SIGSTOP");
     try {
       await tellOther("resume");
