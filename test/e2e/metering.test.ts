@@ -127,9 +127,18 @@ describe("metering against hostile requests and nodes", () => {
       streamWords(job, send, ["two", " words"], { prompt_tokens: 900_000, completion_tokens: 900_000, total_tokens: 1_800_000 }),
     );
     const user = await payer(11, 1_000_000n);
-    const res = await user.chat({ model: "m-inflate", stream: true, max_tokens: 2000 });
+    const res = await user.chat({ model: "m-inflate", stream: true, max_tokens: 2000, stream_options: { include_usage: true } });
     expect(res.status).toBe(200);
-    expect(await res.text()).toContain("[DONE]");
+    const text = await res.text();
+    expect(text).toContain("[DONE]");
+    // the stream's usage is what the user is charged, not the node's word
+    const usage = text
+      .split("\n\n")
+      .map((e) => e.replace(/^data: /, ""))
+      .filter((e) => e.startsWith("{"))
+      .map((e) => JSON.parse(e) as { usage?: Usage })
+      .find((e) => e.usage)?.usage;
+    expect(usage?.completion_tokens).toBe(18);
     const charged = await user.journal("charge");
     // prompt: at most the request's bytes plus the template margin; completion: the tokens it
     // streamed (2) + 16 for an end token that comes in no event (fewer than the relayed bytes, 9, + 16)

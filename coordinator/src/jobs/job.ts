@@ -157,7 +157,6 @@ export class Job implements JobSink {
     this.transcript = new Transcript({
       kind: spec.start.kind,
       resumable: spec.resumable,
-      includeUsage: spec.start.includeUsage,
       maxTokens: spec.bounds.generationLimit + UNRELAYED_TOKENS,
       id: spec.start.jobId,
       model: spec.model,
@@ -279,8 +278,8 @@ export class Job implements JobSink {
     this.settle("completed", usage).then(
       () => {
         if (!this.streamed) return this.out.result(this.transcript.body(usage), this.unitId);
-        // a continued stream's usage is the job's, not its last unit's
-        if (this.transcript.heldUsage) this.out.chunk(JSON.stringify(this.transcript.event("", null, usage)));
+        // the usage is the job's, as metered, not a unit's word
+        if (this.spec.start.includeUsage) this.out.chunk(JSON.stringify(this.transcript.event("", null, usage)));
         this.out.end(this.unitId);
       },
       (err) => this.recordingFailed(err),

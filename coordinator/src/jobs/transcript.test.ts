@@ -19,8 +19,8 @@ const cmpl = (text: string, finish: string | null = null) =>
     choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
   });
 
-function transcript(kind: "chat" | "completion", o: { resumable?: boolean; includeUsage?: boolean; maxTokens?: number } = {}) {
-  return new Transcript({ kind, resumable: true, includeUsage: true, maxTokens: 1000, id: "job_t", model: "m", ...o });
+function transcript(kind: "chat" | "completion", o: { resumable?: boolean; maxTokens?: number } = {}) {
+  return new Transcript({ kind, resumable: true, maxTokens: 1000, id: "job_t", model: "m", ...o });
 }
 
 describe("Transcript", () => {
@@ -74,7 +74,6 @@ describe("Transcript", () => {
     const relayedLast = JSON.parse(t.add(JSON.stringify(last), 1, true) as string);
     expect(relayedLast.choices[0]).toEqual({ index: 0, delta: {}, finish_reason: "stop" });
     expect(relayedLast.usage).toBeUndefined();
-    expect(t.heldUsage).toBe(true);
     expect(t.body({ prompt_tokens: 1 })).toMatchObject({
       id: "chatcmpl-1",
       object: "chat.completion",
@@ -103,11 +102,14 @@ describe("Transcript", () => {
     });
   });
 
-  it("holds a continuing unit's usage back only for a client that asked for usage", () => {
-    const t = transcript("chat", { includeUsage: false });
-    t.add(chat({ content: "a" }), [1], false);
-    expect(t.add(JSON.stringify({ choices: [], usage: { prompt_tokens: 9 } }), [], true)).toBeUndefined();
-    expect(t.heldUsage).toBe(false);
+  it("holds back any unit's usage (the job's, metered, goes out at the end)", () => {
+    const t = transcript("completion");
+    const last = JSON.parse(cmpl("!", "stop"));
+    last.usage = { prompt_tokens: 1e6, completion_tokens: 1e6, total_tokens: 2e6 };
+    const relayed = JSON.parse(t.add(JSON.stringify(last), [3], false) as string);
+    expect(relayed.choices[0]).toMatchObject({ text: "!", finish_reason: "stop" });
+    expect(relayed.usage).toBeUndefined();
+    expect(t.add(JSON.stringify({ choices: [], usage: { prompt_tokens: 1e6 } }), [], false)).toBeUndefined();
   });
 
   it("reads hostile events without throwing, and names a response no unit named", () => {

@@ -43,10 +43,7 @@ export class Transcript {
   private named = false;
   private logprobs: unknown[] | undefined;
   private finishReason: unknown = null;
-  /** a continuing unit's usage, held back: the client that asked for usage gets the job's once it is metered */
-  heldUsage = false;
   private readonly kind: JobKind;
-  private readonly includeUsage: boolean;
   /** the most tokens a job may stream (its generation limit and the end token's margin) */
   private readonly maxTokens: number;
 
@@ -54,7 +51,6 @@ export class Transcript {
     kind: JobKind;
     /** whether the request may be continued at all (one choice, no tools or forced format) */
     resumable: boolean;
-    includeUsage: boolean;
     maxTokens: number;
     /** the response's identity when no unit gave it one */
     id: string;
@@ -62,7 +58,6 @@ export class Transcript {
   }) {
     this.kind = o.kind;
     this.resumable = o.resumable;
-    this.includeUsage = o.includeUsage;
     this.maxTokens = o.maxTokens;
     this.identity = { id: o.id, created: Math.floor(Date.now() / 1000), model: o.model };
   }
@@ -110,9 +105,14 @@ export class Transcript {
     this.content += text;
     this.bytes += Buffer.byteLength(text);
     if (this.tail !== undefined) this.tail += text;
-    if (!continued) return data;
-    // a continuing unit's usage counts its re-prefill: the client that asked gets the job's at the end
-    if (event.usage) this.heldUsage = this.includeUsage;
+    // a unit's usage is its word (a continuing unit's counts its re-prefill too): the client that
+    // asked for usage gets the job's, metered, at the end
+    if (!continued) {
+      if (!event.usage) return data;
+      if (!choice) return undefined;
+      delete event.usage;
+      return JSON.stringify(event);
+    }
     const finish = choice?.finish_reason ?? null;
     if (!text && finish === null) return undefined;
     return JSON.stringify(this.event(text, finish));
