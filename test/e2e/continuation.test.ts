@@ -10,7 +10,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
-import type { Usage } from "@sharedllm/protocol";
+import { receiptJobId, type Usage } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
@@ -99,18 +99,24 @@ async function charged(): Promise<bigint> {
 
 const seenJobs = new Set<string>();
 
-/** The job run since the last call (its row and status), and its receipt proposals: node -> completion tokens. */
+/** The job run since the last call (its row and status), and the receipts proposed for it: node -> completion tokens. */
 async function nextJob() {
   const job = await waitFor("the job's row", async () => {
     const rows = await coordinator.db.selectFrom("jobs").select(["id", "status"]).execute();
     return rows.find((r) => !seenJobs.has(r.id));
   });
   for (const r of await coordinator.db.selectFrom("jobs").select("id").execute()) seenJobs.add(r.id);
-  const rows = await coordinator.db
-    .selectFrom("receipt_proposals")
-    .select(["node_address", "receipt"])
-    .where("job_ref", "=", job.id)
-    .execute();
+  // proposed to each node: still waiting for its signature, or signed and accepted already
+  const jobKey = receiptJobId(job.id);
+  const rows = [
+    ...(await coordinator.db.selectFrom("receipt_proposals").select(["node_address", "receipt"]).where("job_id", "=", jobKey).execute()),
+    ...(await coordinator.db
+      .selectFrom("receipts")
+      .select(["node_address", "receipt"])
+      .where("job_id", "=", jobKey)
+      .where("status", "=", "accepted")
+      .execute()),
+  ];
   const receipts = new Map(rows.map((r) => [r.node_address, (JSON.parse(r.receipt) as { completionTokens: number }).completionTokens]));
   return { ...job, receipts };
 }

@@ -8,7 +8,7 @@
  * output; the charge is divided among the units in proportion to the list price of the work
  * each did, a continuing unit's re-prefill of the output so far included.
  */
-import type { ReceiptRequest, Usage } from "@sharedllm/protocol";
+import { type ReceiptRequest, splitCredits, type Usage } from "@sharedllm/protocol";
 import { jobCost, type Metering, type Price } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { JobCredits, PaidPart } from "./job.js";
@@ -44,28 +44,43 @@ export class CreditHold implements JobCredits {
         this.amount,
         jobCost(this.price, usage.prompt_tokens, usage.completion_tokens),
         async (tx, charged) => {
-          const proposed: ReceiptRequest[] = [];
-          const paid = new Set<string>();
           const credits = divide(
             charged,
             parts.map((p) => jobCost(this.price, p.promptTokens, p.completionTokens)),
           );
+          // a split model pays every member by the layers it served; a solo node gets it all. One
+          // receipt per job and node: a node in several parts (a worker of a split that re-formed
+          // mid-job) has its credits and tokens added up.
+          const owed = new Map<
+            string,
+            { node: `0x${string}`; shareBps: number; part: PaidPart; credits: bigint; completionTokens: number }
+          >();
           for (const [i, part] of parts.entries()) {
-            // a split model pays every member by the layers it served; a solo node gets it all. A
-            // node already paid for this job by an earlier part has its receipt (one per job and node).
-            const members = part.payees.members.filter((m) => !paid.has(m.node.toLowerCase()));
-            const share = credits[i] ?? 0n;
-            if (!part.modelSha256 || share <= 0n || !members.length) continue;
-            for (const m of members) paid.add(m.node.toLowerCase());
+            if (!part.modelSha256) continue;
+            const split = splitCredits(
+              credits[i] ?? 0n,
+              part.payees.members.map((m) => m.shareBps),
+            );
+            for (const [j, m] of part.payees.members.entries()) {
+              const o = owed.get(m.node.toLowerCase());
+              if (o) {
+                o.credits += split[j] ?? 0n;
+                o.completionTokens += part.completionTokens;
+              } else owed.set(m.node.toLowerCase(), { ...m, part, credits: split[j] ?? 0n, completionTokens: part.completionTokens });
+            }
+          }
+          const proposed: ReceiptRequest[] = [];
+          for (const o of owed.values()) {
+            if (o.credits <= 0n) continue;
             proposed.push(
               ...(await receipts.propose(tx, {
                 jobId: this.jobId,
-                modelSha256: part.modelSha256,
-                promptTokens: part.receiptPromptTokens,
-                completionTokens: part.completionTokens,
-                credits: share,
-                members,
-                ...(part.payees.via && { via: part.payees.via }),
+                modelSha256: o.part.modelSha256 as string,
+                promptTokens: o.part.receiptPromptTokens,
+                completionTokens: o.completionTokens,
+                credits: o.credits,
+                members: [{ node: o.node, shareBps: o.shareBps }],
+                ...(o.part.payees.via && { via: o.part.payees.via }),
               })),
             );
           }
