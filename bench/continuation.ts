@@ -42,6 +42,17 @@ export async function benchContinuation(o: { trials: number; cutAt: number; maxT
     await waitFor("the node taking jobs", () => coordinator.fleet.get(d.id)?.accepting, 30_000);
     return d;
   };
+  const setAccepting = async (d: NodeProcess, accepting: boolean) => {
+    await d.tell(accepting ? "resume" : "pause");
+    await waitFor("the node's availability", () => coordinator.fleet.get(d.id)?.accepting === accepting, 30_000);
+  };
+  /** A fresh node's first requests are slow (cold caches): it serves two while the others stand aside. */
+  const warm = async (fresh: NodeProcess) => {
+    const others = [...daemons.values()].filter((d) => d !== fresh);
+    for (const d of others) await setAccepting(d, false);
+    for (let i = 0; i < 2; i++) await streamCut(coordinator.url, apiKey, { cutAt: 0, maxTokens: 8 }, () => {});
+    for (const d of others) await setAccepting(d, true);
+  };
   const kill = (d: NodeProcess) => {
     void d.kill();
     daemons.delete(d.id);
@@ -52,7 +63,8 @@ export async function benchContinuation(o: { trials: number; cutAt: number; maxT
   let sameText = true;
   let reference: string | undefined;
   try {
-    await Promise.all([start(), start()]);
+    const first = await Promise.all([start(), start()]);
+    for (const d of first) await warm(d);
     reference = (await streamCut(coordinator.url, apiKey, o, () => {})).text;
     for (let i = 0; i < o.trials * 2; i++) {
       const how = i % 2 ? "yield" : "kill";
@@ -68,12 +80,8 @@ export async function benchContinuation(o: { trials: number; cutAt: number; maxT
       if (!r.resumedAt) throw new Error(`trial ${i}: the stream did not continue: ${JSON.stringify(r)}`);
       gaps[how].push(r.resumedAt - cutAt);
       sameText &&= r.text === reference;
-      if (how === "kill") await start();
-      else if (victim) {
-        await victim.tell("resume");
-        const id = victim.id;
-        await waitFor("the node taking jobs again", () => coordinator.fleet.get(id)?.accepting, 30_000);
-      }
+      if (how === "kill") await warm(await start());
+      else if (victim) await setAccepting(victim, true);
     }
   } finally {
     for (const d of [...daemons.values(), ...gone]) await d.cleanup();
