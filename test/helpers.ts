@@ -1,4 +1,5 @@
-/** Shared test helpers: temporary homes, conditions with deadlines, quiet loggers. */
+/** Shared test helpers: temporary homes, conditions with deadlines, quiet loggers, the CLI. */
+import { spawn } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +8,22 @@ import { pino } from "pino";
 
 /** A free TCP port on loopback (for a dev chain or a server a test starts). */
 export { freePort } from "@sharedllm/node";
+
+const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
+
+/** Runs `sharedllm <args>` as a user would, with `env` added to this process's; resolves with its exit code and output. */
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (b) => {
+    stdout += b;
+  });
+  child.stderr.on("data", (b) => {
+    stderr += b;
+  });
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+}
 
 /** A fresh SHAREDLLM_HOME sharing the machine's cache. */
 export async function tempPaths(prefix = "sharedllm-test-") {

@@ -1,6 +1,12 @@
-/** Argument parsers shared by the subcommands. */
+/** Argument parsers and options shared by the subcommands. */
 import { DEFAULT_RATE_LIMITS } from "@sharedllm/coordinator";
 import { type Command, InvalidArgumentError, Option } from "commander";
+import { type Logger, pino } from "pino";
+
+/** The log a command writes to stderr: warnings and errors, or with --verbose everything from info up. */
+export function commandLogger(verbose: boolean | undefined): Logger {
+  return pino({ level: verbose ? "info" : "warn" }, pino.destination(2));
+}
 
 /** A whole number from 1 to 65535 (counts: slots, threads, limits). */
 export function positiveInt(value: string): number {
@@ -22,6 +28,22 @@ export function address(value: string): `0x${string}` {
   return value as `0x${string}`;
 }
 
+/** Where a coordinator runs (`up`, `coordinator start`, `site init`): port, address, database, and --verbose. */
+export function addCoordinatorOptions(cmd: Command, o: { portHelp: string; host: string; hostHelp: string }): Command {
+  return cmd
+    .addOption(new Option("--port <port>", o.portHelp).default(8787).argParser(wholeNumber))
+    .option("--host <host>", o.hostHelp, o.host)
+    .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
+    .option("--verbose", "log at info level");
+}
+
+export interface CoordinatorArgs {
+  port: number;
+  host: string;
+  databaseUrl?: string;
+  verbose?: boolean;
+}
+
 /** Settlement options shared by `up` and `coordinator start`. */
 export function addSettlementOptions(cmd: Command): Command {
   return cmd
@@ -36,6 +58,11 @@ export function addSettlementOptions(cmd: Command): Command {
 export interface SettlementArgs {
   settleAfter: number;
   batchSize: number;
+}
+
+/** The coordinator's settlement options from the command's. */
+export function settlementOptions(o: SettlementArgs): { maxAgeMs: number; batchSize: number } {
+  return { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize };
 }
 
 /** How a coordinator listens: TLS, plain HTTP beyond loopback, its public URLs, rate limits (`up`, `coordinator start`, `site init`). */

@@ -3,45 +3,45 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { resolvePaths, SharedLLMError } from "@sharedllm/node";
 import { Command, Option } from "commander";
-import { pino } from "pino";
-import { addListenOptions, address, addSettlementOptions, type ListenArgs, type SettlementArgs, wholeNumber } from "./args.js";
+import {
+  addCoordinatorOptions,
+  addListenOptions,
+  address,
+  addSettlementOptions,
+  type CoordinatorArgs,
+  commandLogger,
+  type ListenArgs,
+  type SettlementArgs,
+  settlementOptions,
+} from "./args.js";
 import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export function coordinatorCommand(): Command {
   const cmd = new Command("coordinator").description("run a coordinator that nodes join");
-  const start = cmd
-    .command("start")
-    .description("start the coordinator in the foreground; prints the command that joins a node to it")
-    .addOption(new Option("--port <port>", "port (0 = any free port)").default(8787).argParser(wholeNumber))
-    .option("--host <host>", "address to listen on (0.0.0.0 for nodes on the LAN: give it --tls-cert/--tls-key)", "127.0.0.1")
-    .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
-    .option("--verbose", "log at info level")
+  const start = addCoordinatorOptions(
+    cmd.command("start").description("start the coordinator in the foreground; prints the command that joins a node to it"),
+    {
+      portHelp: "port (0 = any free port)",
+      host: "127.0.0.1",
+      hostHelp: "address to listen on (0.0.0.0 for nodes on the LAN: give it --tls-cert/--tls-key)",
+    },
+  )
     .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (enables credits)")
     .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
   addListenOptions(addSettlementOptions(start)).action(
-    async (
-      o: {
-        port: number;
-        host: string;
-        databaseUrl?: string;
-        verbose?: boolean;
-        chainRpcUrl?: string;
-        ledger?: `0x${string}`;
-      } & SettlementArgs &
-        ListenArgs,
-    ) => {
+    async (o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs & ListenArgs) => {
       if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger))
         throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
       const signal = shutdownSignal();
       const { home } = resolvePaths();
       await mkdir(home, { recursive: true });
-      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+      const logger = commandLogger(o.verbose);
       const ledger =
         o.chainRpcUrl && o.ledger
           ? {
               chain: { rpcUrl: o.chainRpcUrl, ledger: o.ledger, account: await coordinatorAccount(home) },
-              settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
+              settlement: settlementOptions(o),
             }
           : undefined;
       await hostCoordinator({

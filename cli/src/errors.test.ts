@@ -1,25 +1,10 @@
-import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SharedLLMError } from "@sharedllm/node";
+import { runCli } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
 import { renderError } from "./errors.js";
-
-const BIN = join(import.meta.dirname, "..", "bin", "sharedllm.js");
-
-function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (b) => {
-    stdout += b;
-  });
-  child.stderr.on("data", (b) => {
-    stderr += b;
-  });
-  return new Promise((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
-}
 
 describe("how the command reports an error", () => {
   it("prints a SharedLLMError as its message and hint, without a stack", () => {
@@ -45,12 +30,12 @@ describe("how the command reports an error", () => {
   it("exits 1 with the message and no stack when the user can act on it", async () => {
     const home = await mkdtemp(join(tmpdir(), "sharedllm-errors-"));
     try {
-      const r = await cli(["node", "start"], { SHAREDLLM_HOME: home });
+      const r = await runCli(["node", "start"], { SHAREDLLM_HOME: home });
       expect(r.code).toBe(1);
       expect(r.stderr).toBe(
         "sharedllm: no coordinator configured: pass --coordinator <url> --token <join token>, or run sharedllm node init first\n",
       );
-      const scan = await cli(["site", "scan", "10.0.0.0/8", "--token", "x"], { SHAREDLLM_HOME: home });
+      const scan = await runCli(["site", "scan", "10.0.0.0/8", "--token", "x"], { SHAREDLLM_HOME: home });
       expect(scan.code).toBe(1);
       expect(scan.stderr).toBe("sharedllm: 10.0.0.0/8 is too large to scan: use /16 or smaller\n");
     } finally {
@@ -59,7 +44,7 @@ describe("how the command reports an error", () => {
   });
 
   it("exits 2 on a usage error, as commander words it", async () => {
-    const r = await cli(["up", "--port", "x"], {});
+    const r = await runCli(["up", "--port", "x"], {});
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("expected a whole number");
   });

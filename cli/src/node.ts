@@ -20,8 +20,8 @@ import {
 } from "@sharedllm/node";
 import { type NetworkNode, type NetworkResponse, UNAVAILABLE_REASONS } from "@sharedllm/protocol";
 import { Command, Option } from "commander";
-import { type Logger, pino } from "pino";
-import { positiveInt, wholeNumber } from "./args.js";
+import type { Logger } from "pino";
+import { commandLogger, positiveInt, wholeNumber } from "./args.js";
 import {
   addOwnerOptions,
   commandFile,
@@ -192,7 +192,7 @@ export function nodeCommand(): Command {
         const owner = ownerSettings(o);
         if (await runningNode(paths.home))
           throw new SharedLLMError("busy", `a node daemon already runs for ${paths.home}; see: sharedllm node status`);
-        const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+        const logger = commandLogger(o.verbose);
         if (o.role === "worker") return runWorker(paths, config, o, owner, logger, signal);
         const members =
           o.members

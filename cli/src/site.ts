@@ -23,8 +23,7 @@ import {
 import type { NetworkResponse } from "@sharedllm/protocol";
 import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { pino } from "pino";
-import { addListenOptions, type ListenArgs, positiveInt, wholeNumber } from "./args.js";
+import { addCoordinatorOptions, addListenOptions, type CoordinatorArgs, commandLogger, type ListenArgs, positiveInt } from "./args.js";
 import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
 import { addOwnerOptions, type OwnerArgs, ownerCommands, ownerSettings } from "./ownerOptions.js";
@@ -54,19 +53,18 @@ async function enrol(home: string, url: string, token: string, ca?: string): Pro
 export function siteCommand(): Command {
   const cmd = new Command("site").description("set up an institution: one coordinator, every other machine joins and clusters by itself");
 
-  const init = cmd
-    .command("init")
-    .description("run this site's coordinator (creating the site on first run) and print the command that joins a machine")
-    .addOption(new Option("--port <port>", "coordinator port").default(8787).argParser(wholeNumber))
-    .option("--host <host>", "address to listen on (beyond loopback: give it --tls-cert/--tls-key)", "0.0.0.0")
-    .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
-    .option("--verbose", "log at info level");
-  addListenOptions(init).action(async (o: { port: number; host: string; databaseUrl?: string; verbose?: boolean } & ListenArgs) => {
+  const init = addCoordinatorOptions(
+    cmd
+      .command("init")
+      .description("run this site's coordinator (creating the site on first run) and print the command that joins a machine"),
+    { portHelp: "coordinator port", host: "0.0.0.0", hostHelp: "address to listen on (beyond loopback: give it --tls-cert/--tls-key)" },
+  );
+  addListenOptions(init).action(async (o: CoordinatorArgs & ListenArgs) => {
     const signal = shutdownSignal();
     const { home } = resolvePaths();
     await mkdir(home, { recursive: true });
     await coordinatorAccount(home);
-    const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+    const logger = commandLogger(o.verbose);
     await hostCoordinator({
       home,
       host: o.host,
@@ -181,7 +179,7 @@ export function siteCommand(): Command {
           return;
         }
         const signal = shutdownSignal();
-        const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+        const logger = commandLogger(o.verbose);
         const daemon = await startSiteDaemon({
           paths,
           ...config,

@@ -8,8 +8,18 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { freePort, loadNodeIdentity, type NodeIdentity, resolvePaths, startNodeDaemon, terminalProgress } from "@sharedllm/node";
 import { Command, Option } from "commander";
-import { pino } from "pino";
-import { addListenOptions, addSettlementOptions, type ListenArgs, positiveInt, type SettlementArgs, wholeNumber } from "./args.js";
+import {
+  addCoordinatorOptions,
+  addListenOptions,
+  addSettlementOptions,
+  type CoordinatorArgs,
+  commandLogger,
+  type ListenArgs,
+  positiveInt,
+  type SettlementArgs,
+  settlementOptions,
+  wholeNumber,
+} from "./args.js";
 import { deployDevContracts, startDevChain } from "./chain.js";
 import { coordinatorAccount, type HostOptions, hostCoordinator } from "./hostCoordinator.js";
 import { shutdownSignal } from "./shutdown.js";
@@ -29,30 +39,18 @@ export interface UpFile {
 }
 
 export function upCommand(): Command {
-  const cmd = new Command("up")
-    .description("run a coordinator and a local node with the default model on this machine")
-    .addOption(new Option("--port <port>", "coordinator port (0 = any free port)").default(8787).argParser(wholeNumber))
-    .option("--host <host>", "address to listen on", "127.0.0.1")
+  const cmd = addCoordinatorOptions(
+    new Command("up").description("run a coordinator and a local node with the default model on this machine"),
+    { portHelp: "coordinator port (0 = any free port)", host: "127.0.0.1", hostHelp: "address to listen on" },
+  )
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
     .addOption(new Option("--slots <n>", "parallel requests on the node").default(2).argParser(positiveInt))
-    .addOption(new Option("--database-url <url>", "PostgreSQL instead of embedded PGlite").env("DATABASE_URL"))
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
-    .option("--verbose", "log at info level")
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
     .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(wholeNumber));
   return addListenOptions(addSettlementOptions(cmd)).action(
     async (
-      o: {
-        port: number;
-        host: string;
-        model: string;
-        slots: number;
-        databaseUrl?: string;
-        engineArgs?: string;
-        verbose?: boolean;
-        chain: boolean;
-        chainPort: number;
-      } & SettlementArgs &
+      o: CoordinatorArgs & { model: string; slots: number; engineArgs?: string; chain: boolean; chainPort: number } & SettlementArgs &
         ListenArgs,
     ) => {
       const signal = shutdownSignal();
@@ -61,7 +59,7 @@ export function upCommand(): Command {
       const upFile = join(paths.home, "up.json");
       // a stale up.json (from a killed run) must not be read while the dev chain starts
       await rm(upFile, { force: true });
-      const logger = pino({ level: o.verbose ? "info" : "warn" }, pino.destination(2));
+      const logger = commandLogger(o.verbose);
       let chain: { rpcUrl: string; contracts: Record<string, string>; stop: () => Promise<void> } | undefined;
       let ledger: HostOptions["ledger"];
       if (o.chain) {
@@ -74,7 +72,7 @@ export function upCommand(): Command {
           chain = { rpcUrl: dev.rpcUrl, contracts: deployment.contracts, stop: () => dev.supervisor.stop() };
           ledger = {
             chain: { rpcUrl: dev.rpcUrl, ledger: deployment.contracts.CreditLedger, account: coordinatorKey },
-            settlement: { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize },
+            settlement: settlementOptions(o),
           };
         } catch (err) {
           await dev.supervisor.stop();

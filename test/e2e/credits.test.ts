@@ -4,36 +4,19 @@
  * Ethereum, gets an API key and chats; the node signs receipts; a batch settles on chain; the node
  * claims with `sharedllm credits claim`; chain and journal agree to the smallest unit.
  */
-import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import OpenAI from "openai";
 import { type Address, getAddress, toHex } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
-import { tempPaths, waitFor } from "../helpers.ts";
+import { runCli, tempPaths, waitFor } from "../helpers.ts";
 import { MODEL, type System, startSystem } from "../system.ts";
-
-const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 
 let chain: TestChain;
 let sys: System;
 
-function cli(args: string[], home: string, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [BIN, ...args], {
-    env: { ...process.env, SHAREDLLM_HOME: home, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (b) => {
-    stdout += b;
-  });
-  child.stderr.on("data", (b) => {
-    stderr += b;
-  });
-  return new Promise((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr })));
-}
+const cli = (args: string[], home: string, env: NodeJS.ProcessEnv = {}) => runCli(args, { SHAREDLLM_HOME: home, ...env });
 
 async function account(session: string) {
   const res = await fetch(`${sys.coordinator.url}/v1/account`, { headers: { authorization: `Bearer ${session}` } });
