@@ -119,3 +119,19 @@ describe("Fleet bookkeeping", () => {
     expect(seen).toEqual([false, true, false]);
   });
 });
+
+describe("Fleet.until", () => {
+  it("resolves with the first value a check gives after a change, or undefined on timeout or abort", async () => {
+    const fleet = new Fleet();
+    let ready: string | undefined;
+    const waiting = fleet.until(() => ready, 10_000, new AbortController().signal);
+    ready = "now";
+    fleet.notify();
+    expect(await waiting).toBe("now");
+    expect(await fleet.until(() => undefined, 10, new AbortController().signal)).toBeUndefined();
+    const gone = new AbortController();
+    const aborted = fleet.until(() => undefined, 10_000, gone.signal);
+    gone.abort();
+    expect(await aborted).toBeUndefined();
+  });
+});

@@ -125,6 +125,30 @@ export class Fleet {
     return () => this.watchers.delete(listener);
   }
 
+  /**
+   * Resolves with the first value `check` gives, checked now and after every change of the fleet;
+   * with undefined once `timeoutMs` has passed or `signal` aborts.
+   */
+  until<T>(check: () => T | undefined, timeoutMs: number, signal: AbortSignal): Promise<T | undefined> {
+    const now = check();
+    if (now !== undefined || signal.aborted) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const settle = (value: T | undefined) => {
+        clearTimeout(timer);
+        unwatch();
+        signal.removeEventListener("abort", gone);
+        resolve(value);
+      };
+      const gone = () => settle(undefined);
+      const timer = setTimeout(gone, timeoutMs);
+      const unwatch = this.watch(() => {
+        const value = check();
+        if (value !== undefined) settle(value);
+      });
+      signal.addEventListener("abort", gone, { once: true });
+    });
+  }
+
   /** Tells the watchers that a node's say on taking jobs changed (its availability, a head's split). */
   notify(): void {
     this.changed();

@@ -337,8 +337,8 @@ export class Job implements JobSink {
     this.to("continuing");
     this.fx.observe?.continued(cause);
     const wait = new AbortController();
-    this.gap ??= { since: performance.now(), wait };
-    this.gap.wait = wait;
+    // the gap runs from the first failure to the next token, however many units fail in between
+    this.gap = { since: this.gap?.since ?? performance.now(), wait };
     const sha256 = this.modelSha256;
     const next = sha256 ? this.fx.continuer(this.spec.model, sha256, this.tried, wait.signal) : Promise.resolve(undefined);
     next.then(

@@ -131,23 +131,7 @@ export class Jobs {
         model,
         (n) => untried(tried, n) && n.models.get(model)?.sha256 === sha256 && (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)),
       );
-    const now = pick();
-    if (now || signal.aborted) return Promise.resolve(now);
-    return new Promise((resolve) => {
-      const settle = (unit: ServingUnit | undefined) => {
-        clearTimeout(timer);
-        unwatch();
-        signal.removeEventListener("abort", gone);
-        resolve(unit);
-      };
-      const gone = () => settle(undefined);
-      const timer = setTimeout(gone, this.o.continueWaitMs ?? CONTINUE_WAIT_MS);
-      const unwatch = fleet.watch(() => {
-        const unit = pick();
-        if (unit) settle(unit);
-      });
-      signal.addEventListener("abort", gone, { once: true });
-    });
+    return fleet.until(pick, this.o.continueWaitMs ?? CONTINUE_WAIT_MS, signal);
   }
 
   /**
@@ -170,25 +154,17 @@ export class Jobs {
       throw new ApiError("no_capacity", `no node serves "${model}" now and none has room to load it; try again later`);
     }
     log.info({ model, nodeId: loader.id }, "model in demand: a node is loading it");
-    await new Promise<void>((resolve, reject) => {
-      const settle = (err?: ApiError) => {
-        clearTimeout(timer);
-        unwatch();
-        signal.removeEventListener("abort", gone);
-        if (err) reject(err);
-        else resolve();
-      };
-      const gone = () => settle(new ApiError("timeout", "the client went away while the model was loading"));
-      const timer = setTimeout(() => settle(new ApiError("timeout", `"${model}" is still loading; try again shortly`)), LOAD_WAIT_MS);
-      const unwatch = fleet.watch(() => {
-        if (fleet.servesModel(model)) settle();
-        else if (fleet.get(loader.id) !== loader || loader.loading !== model) {
-          settle(new ApiError("no_capacity", `loading "${model}" on a node failed; try again later`));
-        }
-      });
-      if (signal.aborted) gone();
-      else signal.addEventListener("abort", gone, { once: true });
-    });
+    const outcome = await fleet.until(
+      () => (fleet.servesModel(model) ? "served" : fleet.get(loader.id) !== loader || loader.loading !== model ? "failed" : undefined),
+      LOAD_WAIT_MS,
+      signal,
+    );
+    if (outcome === "served") return;
+    if (outcome === "failed") throw new ApiError("no_capacity", `loading "${model}" on a node failed; try again later`);
+    throw new ApiError(
+      "timeout",
+      signal.aborted ? "the client went away while the model was loading" : `"${model}" is still loading; try again shortly`,
+    );
   }
 }
 
