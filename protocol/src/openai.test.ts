@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ApiError, ERROR_CATALOG } from "./errors.js";
 import {
+  asksForLogprobs,
   type ChatCompletionRequest,
   chatCompletionRequestSchema,
   completionRequestSchema,
@@ -83,5 +84,12 @@ describe("engine request", () => {
       expect(r.success).toBe(false);
       if (!r.success) expect(describeZodError(r.error).param).toBe(param);
     }
+  });
+});
+
+describe("asksForLogprobs", () => {
+  it("is true for logprobs: true and for a completion's count, 0 included; false when absent, null or false", () => {
+    expect([true, 0, 5].map((logprobs) => asksForLogprobs({ logprobs }))).toEqual([true, true, true]);
+    expect([undefined, null, false].map((logprobs) => asksForLogprobs({ logprobs }))).toEqual([false, false, false]);
   });
 });

@@ -139,6 +139,11 @@ export const usageSchema = z.object({
 });
 export type Usage = z.infer<typeof usageSchema>;
 
+/** Whether a request asks for log-probabilities (`logprobs: true`, or a completion's count, 0 included). */
+export function asksForLogprobs(req: Record<string, unknown>): boolean {
+  return req.logprobs !== undefined && req.logprobs !== null && req.logprobs !== false;
+}
+
 /** The worst-case completion length of a request, for reservations and scheduling. */
 export function requestedMaxTokens(req: ChatCompletionRequest | CompletionRequest): number | undefined {
   const r = req as ChatCompletionRequest;

@@ -6,7 +6,7 @@
  * fleet to report it served.
  */
 import { randomUUID } from "node:crypto";
-import { ApiError, engineRequest, type JobKind, requestedMaxTokens } from "@sharedllm/protocol";
+import { ApiError, asksForLogprobs, engineRequest, type JobKind, requestedMaxTokens } from "@sharedllm/protocol";
 import type { FastifyBaseLogger } from "fastify";
 import type { ApiKeyInfo } from "../apiKeys.js";
 import type { KnownModel } from "../catalogue.js";
@@ -180,7 +180,7 @@ function untried(tried: Tried, unit: ServingUnit): boolean {
  */
 function resumable(body: Record<string, unknown>): boolean {
   const set = (v: unknown) => v !== undefined && v !== null && v !== false;
-  return (!set(body.n) || body.n === 1) && !set(body.tools) && !set(body.response_format) && !set(body.logprobs);
+  return (!set(body.n) || body.n === 1) && !set(body.tools) && !set(body.response_format) && !asksForLogprobs(body);
 }
 
 /** 404 for a model never served here, naming those that are. */

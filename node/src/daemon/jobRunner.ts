@@ -16,7 +16,7 @@
  * job, opened ahead of time).
  */
 import { type IncomingMessage, request } from "node:http";
-import { type JobStart, type NodeFrame, SseDecoder, type Usage } from "@sharedllm/protocol";
+import { asksForLogprobs, type JobStart, type NodeFrame, SseDecoder, type Usage } from "@sharedllm/protocol";
 import { SharedLLMError } from "../errors.js";
 import type { EngineConnections } from "./engineConnection.js";
 
@@ -33,7 +33,7 @@ export class EngineUnreachable extends SharedLLMError {
 }
 
 export async function runJob(job: JobStart, engine: EngineConnections, send: Send, signal: AbortSignal): Promise<void> {
-  const clientLogprobs = job.request.logprobs !== undefined && job.request.logprobs !== null && job.request.logprobs !== false;
+  const clientLogprobs = asksForLogprobs(job.request);
   const counted = {
     n_probs: clientLogprobs ? undefined : 1,
     timings_per_token: true,
