@@ -10,7 +10,7 @@ import { addressSchema, workReceiptWireSchema } from "./ledger.js";
 import { usageSchema } from "./openai.js";
 
 /** 2: chunks carry the token ids they stream, every job streams from the engine, jobs resume (docs/continuation.md) */
-export const CONTROL_PROTOCOL_VERSION = 2;
+export const CONTROL_PROTOCOL_VERSION = 3;
 /** Path of the control-channel WebSocket on the coordinator. */
 export const CONTROL_PATH = "/v1/control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
@@ -79,6 +79,8 @@ export const helloSchema = z.looseObject({
   role: z.enum(["solo", "worker", "head"]).optional(),
   /** a worker's tunnel: its port (on the address it dials from), TLS, and a relative compute score */
   tunnel: z.object({ port: z.number().int().min(1).max(65_535), tls: z.boolean(), speed: z.number().positive() }).optional(),
+  /** the node offers to audit other nodes' jobs (docs/verification.md); the coordinator uses it only if it trusts this node */
+  auditor: z.boolean().optional(),
 });
 export type Hello = z.infer<typeof helloSchema>;
 
@@ -109,6 +111,13 @@ export const heartbeatSchema = z.object({
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
+/** A token id of a model's vocabulary. */
+const tokenIdSchema = z
+  .number()
+  .int()
+  .nonnegative()
+  .max(2 ** 31);
+
 /** The most output a resumed job carries on: token ids, and characters of text. */
 export const MAX_RESUME_TOKENS = 1 << 20;
 export const MAX_RESUME_TEXT = 1 << 22;
@@ -129,20 +138,34 @@ export const jobStartSchema = z.object({
    */
   resume: z
     .object({
-      tokens: z
-        .array(
-          z
-            .number()
-            .int()
-            .nonnegative()
-            .max(2 ** 31),
-        )
-        .max(MAX_RESUME_TOKENS),
+      tokens: z.array(tokenIdSchema).max(MAX_RESUME_TOKENS),
       text: z.string().max(MAX_RESUME_TEXT),
     })
     .optional(),
 });
 export type JobStart = z.infer<typeof jobStartSchema>;
+
+/** The most positions one audit scores, and the widest ranking an auditor reports at each. */
+export const MAX_AUDIT_POSITIONS = 256;
+export const MAX_AUDIT_TOP_K = 100;
+
+/**
+ * coordinator -> auditor: score another node's claimed output of a job (docs/verification.md).
+ * The auditor runs `request` (the job's engine request, as the serving node got it) up to each of
+ * `positions` of the `claimed` token ids, and reports how its own model ranks the claimed token
+ * there. Only a node the coordinator trusts for auditing gets these.
+ */
+export const auditStartSchema = z.object({
+  type: z.literal("audit.start"),
+  auditId: z.string().min(1).max(128),
+  kind: z.enum(["chat", "completion"]),
+  request: z.record(z.string(), z.unknown()),
+  claimed: z.array(tokenIdSchema).max(MAX_RESUME_TOKENS),
+  /** indices into `claimed`, ascending, each below its length */
+  positions: z.array(z.number().int().nonnegative()).max(MAX_AUDIT_POSITIONS),
+  topK: z.number().int().min(1).max(MAX_AUDIT_TOP_K),
+});
+export type AuditStart = z.infer<typeof auditStartSchema>;
 
 /** coordinator -> node: the client went away or the job was abandoned */
 export const jobCancelSchema = z.object({ type: z.literal("job.cancel"), jobId: z.string() });
@@ -222,6 +245,7 @@ export const coordinatorFrameSchema = z.discriminatedUnion("type", [
   tunnelSessionSchema,
   clusterMembersSchema,
   controlErrorSchema,
+  auditStartSchema,
 ]);
 export type CoordinatorFrame = z.infer<typeof coordinatorFrameSchema>;
 
@@ -354,6 +378,34 @@ export const clusterPlanSchema = z.object({
 });
 export type ClusterPlan = z.infer<typeof clusterPlanSchema>;
 
+/** How the auditor's model scores one claimed token: log-probabilities of its raw distribution (temperature 1). */
+export const auditScoreSchema = z.object({
+  position: z.number().int().nonnegative(),
+  /** the claimed token's rank (1: the auditor's top choice); null when it is not among the top `topK` */
+  rank: z.number().int().min(1).nullable(),
+  /** the claimed token's log-probability, when ranked */
+  logprob: z.number().max(0).nullable(),
+  /** the auditor's top token there, and its log-probability */
+  top: tokenIdSchema,
+  topLogprob: z.number().max(0),
+  /** the log-probability of the `topK`-th token: an unranked claimed token's is at most this */
+  floorLogprob: z.number().max(0),
+});
+export type AuditScore = z.infer<typeof auditScoreSchema>;
+
+/** auditor -> coordinator: the scores of an `audit.start`, one per position, and the prompt's token count by the auditor's own count */
+export const auditResultSchema = z.object({
+  type: z.literal("audit.result"),
+  auditId: z.string(),
+  promptTokens: z.number().int().nonnegative().max(MAX_CONTEXT_SIZE),
+  scores: z.array(auditScoreSchema).max(MAX_AUDIT_POSITIONS),
+});
+export type AuditResult = z.infer<typeof auditResultSchema>;
+
+/** auditor -> coordinator: the audit could not run (the auditor's fault or the engine's, never the audited node's) */
+export const auditErrorSchema = z.object({ type: z.literal("audit.error"), auditId: z.string(), message: z.string() });
+export type AuditError = z.infer<typeof auditErrorSchema>;
+
 /** node -> coordinator: the node leaves the site for good; its sessions end */
 export const leaveSchema = z.object({ type: z.literal("leave") });
 
@@ -370,6 +422,8 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   clusterPlanSchema,
   jobEndSchema,
   jobErrorSchema,
+  auditResultSchema,
+  auditErrorSchema,
 ]);
 export type NodeFrame = z.infer<typeof nodeFrameSchema> | JobChunk;
 export type JobEnd = z.infer<typeof jobEndSchema>;
