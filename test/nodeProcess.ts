@@ -35,6 +35,8 @@ export async function startNodeProcess(o: {
   args?: string[];
   /** its SHAREDLLM_HOME (the same home is the same node again); default: a temp one, removed by cleanup */
   home?: string;
+  /** more environment (a test-only switch) */
+  env?: Record<string, string>;
   timeoutMs?: number;
 }): Promise<NodeProcess> {
   const paths = o.home ? { home: o.home, cleanup: async () => {} } : await tempPaths("sharedllm-node-");
@@ -42,7 +44,7 @@ export async function startNodeProcess(o: {
     process.execPath,
     [BIN, "node", "start", "--coordinator", o.coordinatorUrl, "--token", o.joinToken, ...(o.args ?? [])],
     {
-      env: { ...process.env, SHAREDLLM_HOME: paths.home },
+      env: { ...process.env, ...o.env, SHAREDLLM_HOME: paths.home },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     },

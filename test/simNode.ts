@@ -16,8 +16,7 @@ import {
   receiptFromWire,
   type ServedModel,
   type Usage,
-  WORK_RECEIPT_TYPES,
-  workReceiptDomain,
+  workReceiptTypedData,
 } from "@sharedllm/protocol";
 import { generatePrivateKey, type LocalAccount, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import WebSocket from "ws";
@@ -42,12 +41,7 @@ export const signsReceipts =
   (account: LocalAccount) =>
   (req: ReceiptRequest, send: (f: NodeFrame) => void): void =>
     void account
-      .signTypedData({
-        domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-        types: WORK_RECEIPT_TYPES,
-        primaryType: "WorkReceipt",
-        message: receiptFromWire(req.receipt),
-      })
+      .signTypedData(workReceiptTypedData(receiptFromWire(req.receipt), req.domain))
       .then((signature) => send({ type: "receipt", receipt: req.receipt, signature }));
 
 export class SimNode {

@@ -65,6 +65,45 @@ export function settlementOptions(o: SettlementArgs): { maxAgeMs: number; batchS
   return { maxAgeMs: o.settleAfter * 1000, batchSize: o.batchSize };
 }
 
+/** A share from 0 to 1. */
+export function share(value: string): number {
+  const n = Number(value);
+  if (!(n >= 0 && n <= 1)) throw new InvalidArgumentError("expected a number from 0 to 1");
+  return n;
+}
+
+/** Audit options shared by `up` and `coordinator start` (docs/verification.md). */
+export function addAuditOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option(
+        "--auditor <nodeId...>",
+        "node(s) trusted to audit other nodes' paid jobs (started with --auditor); enables audits",
+      ).argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), address(v)]),
+    )
+    .addOption(
+      new Option("--audit-rate <share>", "share of an established node's paid jobs audited (new and suspect nodes: all)")
+        .default(0.5)
+        .argParser(share),
+    )
+    .addOption(
+      new Option("--audit-window <seconds>", "how long a node's earnings wait for their audits before they settle")
+        .default(600)
+        .argParser(wholeNumber),
+    );
+}
+
+export interface AuditArgs {
+  auditor?: string[];
+  auditRate: number;
+  auditWindow: number;
+}
+
+/** The coordinator's audit options from the command's; `local` is a node this command runs itself (trusted). */
+export function auditOptions(o: AuditArgs, local: string[] = []): { auditors: string[]; rate: number; windowMs: number } {
+  return { auditors: [...local, ...(o.auditor ?? [])], rate: o.auditRate, windowMs: o.auditWindow * 1000 };
+}
+
 /** How a coordinator listens: TLS, plain HTTP beyond loopback, its public URLs, rate limits (`up`, `coordinator start`, `site init`). */
 export function addListenOptions(cmd: Command): Command {
   return cmd

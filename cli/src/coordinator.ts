@@ -4,10 +4,13 @@ import { join } from "node:path";
 import { resolvePaths, SharedLLMError } from "@sharedllm/node";
 import { Command, Option } from "commander";
 import {
+  type AuditArgs,
+  addAuditOptions,
   addCoordinatorOptions,
   addListenOptions,
   address,
   addSettlementOptions,
+  auditOptions,
   type CoordinatorArgs,
   commandLogger,
   type ListenArgs,
@@ -29,8 +32,8 @@ export function coordinatorCommand(): Command {
   )
     .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (enables credits)")
     .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
-  addListenOptions(addSettlementOptions(start)).action(
-    async (o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs & ListenArgs) => {
+  addListenOptions(addAuditOptions(addSettlementOptions(start))).action(
+    async (o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs & AuditArgs & ListenArgs) => {
       if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger))
         throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
       const signal = shutdownSignal();
@@ -42,6 +45,7 @@ export function coordinatorCommand(): Command {
           ? {
               chain: { rpcUrl: o.chainRpcUrl, ledger: o.ledger, account: await coordinatorAccount(home) },
               settlement: settlementOptions(o),
+              audits: auditOptions(o),
             }
           : undefined;
       await hostCoordinator({

@@ -9,9 +9,12 @@ import { join } from "node:path";
 import { freePort, loadNodeIdentity, type NodeIdentity, resolvePaths, startNodeDaemon, terminalProgress } from "@sharedllm/node";
 import { Command, Option } from "commander";
 import {
+  type AuditArgs,
+  addAuditOptions,
   addCoordinatorOptions,
   addListenOptions,
   addSettlementOptions,
+  auditOptions,
   type CoordinatorArgs,
   commandLogger,
   type ListenArgs,
@@ -48,9 +51,10 @@ export function upCommand(): Command {
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
     .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(wholeNumber));
-  return addListenOptions(addSettlementOptions(cmd)).action(
+  return addListenOptions(addAuditOptions(addSettlementOptions(cmd))).action(
     async (
       o: CoordinatorArgs & { model: string; slots: number; engineArgs?: string; chain: boolean; chainPort: number } & SettlementArgs &
+        AuditArgs &
         ListenArgs,
     ) => {
       const signal = shutdownSignal();
@@ -73,6 +77,8 @@ export function upCommand(): Command {
           ledger = {
             chain: { rpcUrl: dev.rpcUrl, ledger: deployment.contracts.CreditLedger, account: coordinatorKey },
             settlement: settlementOptions(o),
+            // the local node audits the jobs of nodes that join (it is this machine's own)
+            audits: auditOptions(o, [node.account.address]),
           };
         } catch (err) {
           await dev.supervisor.stop();

@@ -13,6 +13,8 @@ import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
+import { type AuditOptions, Audits, type Judge } from "./audits/audits.js";
+import { judge } from "./audits/verdict.js";
 import { catalogue, type PinnedModel } from "./catalogue.js";
 import { Clusters } from "./clusters.js";
 import { type Db, openDatabase } from "./db/database.js";
@@ -26,6 +28,7 @@ import { Receipts } from "./ledger/receipts.js";
 import { type SettlementOptions, Settler } from "./ledger/settlement.js";
 import { Metrics } from "./metrics.js";
 import { accountsPlugin } from "./plugins/accounts.js";
+import { auditsPlugin } from "./plugins/audits.js";
 import { controlPlugin, type LocalDial } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
 import { networkPlugin } from "./plugins/network.js";
@@ -54,7 +57,13 @@ export interface CoordinatorOptions {
   /** largest accepted request body, bytes */
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
-  ledger?: { chain: ChainOptions; pricing?: Pricing; settlement?: SettlementOptions };
+  ledger?: {
+    chain: ChainOptions;
+    pricing?: Pricing;
+    settlement?: Omit<SettlementOptions, "auditWindowMs">;
+    /** audits of paid jobs (docs/verification.md): on when some auditor is trusted; the judge defaults to the calibrated one */
+    audits?: Omit<AuditOptions, "judge"> & { judge?: Judge };
+  };
   /** the models nodes may be asked to load, with their sources and hashes (the operator's, never a node's) */
   models?: PinnedModel[];
   /** the web portal's build, served at `/`; default `web/dist` */
@@ -86,7 +95,7 @@ export interface Coordinator {
   db: Db;
   fleet: Fleet;
   /** present when the coordinator runs with a ledger */
-  ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler };
+  ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler; audits?: Audits };
   /** the control channel for a node in this process, opened with its session token (no loopback WebSocket) */
   dialLocal: LocalDial;
   close(): Promise<void>;
@@ -147,6 +156,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS,
       metrics,
       receipts: ledger?.receipts,
+      audits: ledger?.audits,
     });
     const keys = new ApiKeyVerifier(db);
     const jobs = new Jobs({
@@ -163,6 +173,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     let origins: string[] = [];
     if (ledger) {
       await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
+      if (ledger.audits) await app.register(auditsPlugin, { audits: ledger.audits, keys });
     }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
@@ -175,6 +186,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
     }, LEASE_RENEW_MS);
     ledger?.settler.start();
+    await ledger?.audits?.start();
     return {
       url,
       app,
@@ -187,6 +199,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
         await lease.end();
+        ledger?.audits?.stop();
         await ledger?.settler.stop();
         await db.destroy();
       },
@@ -263,10 +276,11 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     n.send(frame);
     return true;
   });
-  const settler = new Settler(db, chain, logger, o.settlement);
+  const audits = o.audits?.auditors.length ? new Audits(db, fleet, logger, { ...o.audits, judge: o.audits.judge ?? judge }) : undefined;
+  const settler = new Settler(db, chain, logger, { ...o.settlement, auditWindowMs: audits?.windowMs });
   await settler.checkWithdrawalNotice();
   logger.info({ chainId: chain.chainId, ledger: chain.ledger, coordinator: chain.coordinator }, "credit ledger connected");
-  return { chain, metering, receipts, settler };
+  return { chain, metering, receipts, settler, audits };
 }
 
 /**

@@ -23,6 +23,8 @@ export interface NodeView {
   order: number;
   /** recent or measured decode speed, tokens/s (0 when unknown) */
   tokensPerSecond: number;
+  /** failed audits not cleared (docs/verification.md): each weighs like a full load */
+  suspicion?: number;
 }
 
 /** Extra say over where a job may run (site-only keys, federation); default: anywhere. */
@@ -51,7 +53,7 @@ export function pickNode(
   for (const n of nodes) {
     if (exclude.has(n.id) || !n.accepting || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR || !allow(n)) continue;
     // a penalty of QUEUE_FACTOR puts a node after every fully usable one (load per slot stays below it)
-    let rank = n.active / n.slots;
+    let rank = n.active / n.slots + (n.suspicion ?? 0);
     if (n.coolingUntil > now) rank += QUEUE_FACTOR;
     if (n.notLoaded?.has(model)) rank += QUEUE_FACTOR;
     if (rank < bestRank || (rank === bestRank && best && better(n, best))) {

@@ -73,6 +73,8 @@ export interface NodeInit {
   capabilities?: Capabilities;
   role: "solo" | "worker" | "head";
   tunnel?: { host: string; port: number; tls: boolean; speed: number };
+  /** it offers to audit (used only if the coordinator trusts it) */
+  auditor?: boolean;
   send(frame: CoordinatorFrame): void;
   /** closes the node's control channel */
   disconnect(reason: string): void;
@@ -108,8 +110,12 @@ export class ConnectedNode implements NodeView, ServingUnit {
   readonly role: "solo" | "worker" | "head";
   /** a worker's tunnel, at the address its control channel comes from */
   readonly tunnel: { host: string; port: number; tls: boolean; speed: number } | undefined;
+  /** it offers to audit other nodes' jobs */
+  readonly auditor: boolean;
   /** bumped with each new split of a head */
   incarnation = 0;
+  /** failed audits not cleared: it gets work after nodes without */
+  suspicion = 0;
   private split: ClusterPlan["members"] | undefined = undefined;
   readonly jobs = new Map<string, JobSink>();
   readonly send: (frame: CoordinatorFrame) => void;
@@ -125,6 +131,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
     this.capabilities = n.capabilities;
     this.role = n.role;
     this.tunnel = n.tunnel;
+    this.auditor = n.auditor ?? false;
     this.send = n.send;
     this.disconnect = n.disconnect;
   }

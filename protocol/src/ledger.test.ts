@@ -1,17 +1,18 @@
 import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
-import { type Address, recoverTypedDataAddress } from "viem";
+import { type Address, type Hex, recoverTypedDataAddress } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { describe, expect, it } from "vitest";
 import {
   earningsTree,
+  outputHash,
+  promptHash,
   receiptFromWire,
   receiptJobId,
   receiptToWire,
   sharesByLayers,
   splitCredits,
-  WORK_RECEIPT_TYPES,
   type WorkReceipt,
-  workReceiptDomain,
+  workReceiptTypedData,
   workReceiptWireSchema,
 } from "./ledger.js";
 
@@ -83,15 +84,24 @@ describe("work receipts", () => {
     };
     const wire = workReceiptWireSchema.parse(JSON.parse(JSON.stringify(receiptToWire(receipt))));
     expect(receiptFromWire(wire)).toEqual(receipt);
-    const domain = workReceiptDomain(31337, addr(8));
-    const signature = await account.signTypedData({ domain, types: WORK_RECEIPT_TYPES, primaryType: "WorkReceipt", message: receipt });
-    expect(
-      await recoverTypedDataAddress({ domain, types: WORK_RECEIPT_TYPES, primaryType: "WorkReceipt", message: receipt, signature }),
-    ).toBe(account.address);
-    const altered = { ...receipt, completionTokens: 35 };
-    expect(
-      await recoverTypedDataAddress({ domain, types: WORK_RECEIPT_TYPES, primaryType: "WorkReceipt", message: altered, signature }),
-    ).not.toBe(account.address);
+    const domain = { chainId: 31337, verifyingContract: addr(8) };
+    const signer = (r: WorkReceipt, signature: Hex) => recoverTypedDataAddress({ ...workReceiptTypedData(r, domain), signature });
+    // version 1 (no commitments): still verifiable, so receipts proposed before version 2 settle
+    const v1 = await account.signTypedData(workReceiptTypedData(receipt, domain));
+    expect(await signer(receipt, v1)).toBe(account.address);
+    expect(await signer({ ...receipt, completionTokens: 35 }, v1)).not.toBe(account.address);
+    // version 2 commits to the prompt and the output: another output is another receipt
+    const committed = {
+      ...receipt,
+      promptHash: promptHash({ messages: [{ role: "user", content: "hi" }] }),
+      outputHash: outputHash([1, 2, 3]),
+    };
+    expect(receiptFromWire(workReceiptWireSchema.parse(JSON.parse(JSON.stringify(receiptToWire(committed)))))).toEqual(committed);
+    const v2 = await account.signTypedData(workReceiptTypedData(committed, domain));
+    expect(await signer(committed, v2)).toBe(account.address);
+    expect(await signer({ ...committed, outputHash: outputHash([1, 2, 4]) }, v2)).not.toBe(account.address);
+    expect(await signer(receipt, v2)).not.toBe(account.address);
+    expect(await signer(committed, v1)).not.toBe(account.address);
     expect(workReceiptWireSchema.safeParse({ ...wire, credits: "-1" }).success).toBe(false);
     expect(workReceiptWireSchema.safeParse({ ...wire, shareBps: 10_001 }).success).toBe(false);
   });

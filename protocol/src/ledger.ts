@@ -5,21 +5,31 @@
  * travel as decimal strings.
  */
 import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
-import { type Address, type Hex, keccak256, stringToBytes } from "viem";
+import { type Address, type Hex, keccak256, stringToBytes, type TypedDataDefinition } from "viem";
 import { z } from "zod";
 
+const RECEIPT_FIELDS_V1 = [
+  { name: "jobId", type: "bytes32" },
+  { name: "node", type: "address" },
+  { name: "coordinator", type: "address" },
+  { name: "model", type: "bytes32" },
+  { name: "promptTokens", type: "uint32" },
+  { name: "completionTokens", type: "uint32" },
+  { name: "shareBps", type: "uint16" },
+  { name: "credits", type: "uint256" },
+  { name: "issuedAt", type: "uint64" },
+] as const;
+
+/** The first WorkReceipt (domain version 1): still verified, so receipts proposed before version 2 settle. */
+export const WORK_RECEIPT_TYPES_V1 = { WorkReceipt: RECEIPT_FIELDS_V1 } as const;
+
+/**
+ * The WorkReceipt (domain version 2): it also commits to the prompt and to the output token ids
+ * the node streamed (`promptHash`, `outputHash`), so an audit holds a node to the output it signed
+ * for (docs/verification.md).
+ */
 export const WORK_RECEIPT_TYPES = {
-  WorkReceipt: [
-    { name: "jobId", type: "bytes32" },
-    { name: "node", type: "address" },
-    { name: "coordinator", type: "address" },
-    { name: "model", type: "bytes32" },
-    { name: "promptTokens", type: "uint32" },
-    { name: "completionTokens", type: "uint32" },
-    { name: "shareBps", type: "uint16" },
-    { name: "credits", type: "uint256" },
-    { name: "issuedAt", type: "uint64" },
-  ],
+  WorkReceipt: [...RECEIPT_FIELDS_V1, { name: "promptHash", type: "bytes32" }, { name: "outputHash", type: "bytes32" }],
 } as const;
 
 export interface WorkReceipt {
@@ -35,10 +45,51 @@ export interface WorkReceipt {
   credits: bigint;
   /** unix seconds */
   issuedAt: bigint;
+  /** version 2: `promptHash` of the job's request, `outputHash` of the token ids this node streamed */
+  promptHash?: Hex;
+  outputHash?: Hex;
 }
 
-export function workReceiptDomain(chainId: number, ledger: Address) {
-  return { name: "SharedLLM", version: "1", chainId, verifyingContract: ledger } as const;
+export function workReceiptDomain(chainId: number, ledger: Address, version: "1" | "2" = "2") {
+  return { name: "SharedLLM", version, chainId, verifyingContract: ledger } as const;
+}
+
+/** What a node signs for a receipt and the coordinator verifies: version 2 when it carries both hashes, else version 1. */
+export function workReceiptTypedData(r: WorkReceipt, domain: { chainId: number; verifyingContract: Address }): TypedDataDefinition {
+  const { promptHash, outputHash, ...v1 } = r;
+  if (promptHash !== undefined && outputHash !== undefined) {
+    return {
+      domain: workReceiptDomain(domain.chainId, domain.verifyingContract, "2"),
+      types: WORK_RECEIPT_TYPES,
+      primaryType: "WorkReceipt",
+      message: { ...v1, promptHash, outputHash },
+    };
+  }
+  return {
+    domain: workReceiptDomain(domain.chainId, domain.verifyingContract, "1"),
+    types: WORK_RECEIPT_TYPES_V1,
+    primaryType: "WorkReceipt",
+    message: v1,
+  };
+}
+
+/**
+ * The prompt a receipt commits to: keccak256 of the JSON of the request's `messages` (a chat) or
+ * `prompt` (a completion), as the job's request carries them to every node that serves a part.
+ */
+export function promptHash(request: Record<string, unknown>): Hex {
+  return keccak256(stringToBytes(JSON.stringify(request.messages ?? request.prompt ?? null)));
+}
+
+/** In `outputHash`, a token the node streamed without telling its id (docs/continuation.md). */
+export const UNTOLD_TOKEN = 0xffffffff;
+
+/** The output a receipt commits to: keccak256 of the token ids, each a big-endian uint32 (abi.encodePacked(uint32[])). */
+export function outputHash(ids: readonly number[]): Hex {
+  const bytes = new Uint8Array(ids.length * 4);
+  const view = new DataView(bytes.buffer);
+  for (const [i, id] of ids.entries()) view.setUint32(i * 4, id);
+  return keccak256(bytes);
 }
 
 /** The bytes32 of a coordinator job id in receipts. */
@@ -63,22 +114,32 @@ export const workReceiptWireSchema = z.object({
   shareBps: z.number().int().min(0).max(10_000),
   credits: uint,
   issuedAt: uint,
+  promptHash: hex(32).optional(),
+  outputHash: hex(32).optional(),
 });
 export type WorkReceiptWire = z.infer<typeof workReceiptWireSchema>;
 
 export function receiptToWire(r: WorkReceipt): WorkReceiptWire {
-  return { ...r, credits: r.credits.toString(), issuedAt: r.issuedAt.toString() };
+  const { promptHash, outputHash, ...rest } = r;
+  return {
+    ...rest,
+    credits: r.credits.toString(),
+    issuedAt: r.issuedAt.toString(),
+    ...(promptHash !== undefined && outputHash !== undefined && { promptHash, outputHash }),
+  };
 }
 
 export function receiptFromWire(w: WorkReceiptWire): WorkReceipt {
+  const { promptHash: _p, outputHash: _o, ...v1 } = w;
   return {
-    ...w,
+    ...v1,
     jobId: w.jobId as Hex,
     node: w.node as Address,
     coordinator: w.coordinator as Address,
     model: w.model as Hex,
     credits: BigInt(w.credits),
     issuedAt: BigInt(w.issuedAt),
+    ...(w.promptHash && w.outputHash && { promptHash: w.promptHash as Hex, outputHash: w.outputHash as Hex }),
   };
 }
 

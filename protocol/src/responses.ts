@@ -118,4 +118,50 @@ export interface EarningsResponse {
   claim: { batchId: number; cumulative: string; proof: Hex[]; root: Hex } | null;
   byDay: { day: string; credits: string }[];
   served: { jobs: number; promptTokens: number; completionTokens: number };
+  /** this node's audit record (docs/verification.md); forfeited earnings are in `setAside` */
+  audits: AuditStanding;
+}
+
+/** A node's audit record. */
+export interface AuditStanding {
+  passed: number;
+  failed: number;
+  /** failed audits not cleared by the operator: they raise its audit rate and lower its share of work */
+  suspicion: number;
+  /** set when it is excluded (no sessions, no registration) until the operator clears it */
+  excluded: { at: string; reason: string } | null;
+}
+
+/** One audit, as the operator sees it. */
+export interface AuditRecord {
+  id: string;
+  jobId: string;
+  node: string;
+  model: string;
+  status: "queued" | "running" | "passed" | "failed" | "void";
+  reason: string | null;
+  canary: boolean;
+  createdAt: string;
+  finishedAt: string | null;
+  /** the evidence of a finished audit: what the node's receipt committed to, the claimed tokens, the auditor's scores */
+  evidence?: {
+    promptHash: string;
+    outputHash: string;
+    promptTokens: number | null;
+    auditedPromptTokens: number | null;
+    positions: number[];
+    claimed: number[];
+    scores: unknown[];
+    auditor: string | null;
+  };
+}
+
+/** `GET /v1/audits` (operator key): the audit rate, each node's record, recent audits with the evidence of failures */
+export interface AuditsResponse {
+  rates: { established: number; newNodes: number; suspects: number };
+  windowMs: number;
+  auditors: { id: string; connected: boolean }[];
+  totals: { queued: number; running: number; passed: number; failed: number; void: number };
+  nodes: ({ node: string } & AuditStanding)[];
+  recent: AuditRecord[];
 }

@@ -25,8 +25,7 @@ import {
   earningsTree,
   type ReceiptRequest,
   receiptFromWire,
-  WORK_RECEIPT_TYPES,
-  workReceiptDomain,
+  workReceiptTypedData,
 } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
 import type { Abi, Address, LocalAccount } from "viem";
@@ -131,19 +130,12 @@ describe("work receipts", () => {
     const sign = (req: ReceiptRequest, by: LocalAccount, change: (r: ReturnType<typeof receiptFromWire>) => void = () => {}) => {
       const receipt = receiptFromWire(req.receipt);
       change(receipt);
-      return by
-        .signTypedData({
-          domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-          types: WORK_RECEIPT_TYPES,
-          primaryType: "WorkReceipt",
-          message: receipt,
-        })
-        .then((signature) => ({
-          ...req.receipt,
-          promptTokens: receipt.promptTokens,
-          completionTokens: receipt.completionTokens,
-          signature,
-        }));
+      return by.signTypedData(workReceiptTypedData(receipt, req.domain)).then((signature) => ({
+        ...req.receipt,
+        promptTokens: receipt.promptTokens,
+        completionTokens: receipt.completionTokens,
+        signature,
+      }));
     };
     const receipts = () =>
       coordinator.db

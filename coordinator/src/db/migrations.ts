@@ -212,6 +212,49 @@ const migrations: Record<string, Migration> = {
       await sql`create unique index ledger_entries_one_release on ledger_entries (job_id) where kind = 'release'`.execute(db);
     },
   },
+  "0008_audits": {
+    async up(db: Kysely<unknown>) {
+      // an audit of one node's part of a paid job (docs/verification.md), with its evidence
+      await db.schema
+        .createTable("audits")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("job_id", "text", (c) => c.notNull())
+        .addColumn("node_id", "text", (c) => c.notNull())
+        .addColumn("model", "text", (c) => c.notNull())
+        .addColumn("model_sha256", "text", (c) => c.notNull())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("request", "text", (c) => c.notNull())
+        .addColumn("output", "text", (c) => c.notNull())
+        .addColumn("positions", "text", (c) => c.notNull())
+        .addColumn("prompt_tokens", "integer")
+        .addColumn("prompt_hash", "text", (c) => c.notNull())
+        .addColumn("output_hash", "text", (c) => c.notNull())
+        .addColumn("canary", "boolean", (c) => c.notNull().defaultTo(false))
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("auditor_id", "text")
+        .addColumn("attempts", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("reason", "text")
+        .addColumn("scores", "text")
+        .addColumn("audited_prompt_tokens", "integer")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("started_at", "timestamptz")
+        .addColumn("finished_at", "timestamptz")
+        .execute();
+      await db.schema.createIndex("audits_open").on("audits").columns(["status", "created_at"]).execute();
+      await db.schema.createIndex("audits_node").on("audits").columns(["node_id", "status"]).execute();
+      // each node's audit record: what drives its audit rate, its scheduling weight and its exclusion
+      await db.schema
+        .createTable("node_standing")
+        .addColumn("node_id", "text", (c) => c.primaryKey())
+        .addColumn("passed", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("failed", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("suspicion", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("excluded_at", "timestamptz")
+        .addColumn("excluded_reason", "text")
+        .addColumn("updated_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -174,6 +174,58 @@ export interface CoordinatorInstancesTable {
   seen_at: Timestamp;
 }
 
+export type AuditStatus = "queued" | "running" | "passed" | "failed" | "void";
+
+/** An audit of one node's part of a paid job (docs/verification.md): what was claimed, and the auditor's scores. */
+export interface AuditsTable {
+  id: string;
+  /** the coordinator's job id */
+  job_id: string;
+  /** the audited node (lower-case address) */
+  node_id: string;
+  model: string;
+  model_sha256: string;
+  kind: string;
+  /** JSON: the engine request the node ran */
+  request: string;
+  /** JSON: the job's token ids up to the end of the node's part (the claimed output) */
+  output: string;
+  /** JSON: the positions of `output` the auditor scores (all in the node's part) */
+  positions: string;
+  /** the prompt tokens the node's receipt names (of a part that began the job; a continuing part's held the output so far) */
+  prompt_tokens: number | null;
+  prompt_hash: string;
+  output_hash: string;
+  /** a job the coordinator sent itself to check the node */
+  canary: Generated<boolean>;
+  status: AuditStatus;
+  auditor_id: string | null;
+  attempts: Generated<number>;
+  /** why it failed (or was void) */
+  reason: string | null;
+  /** JSON: the auditor's scores */
+  scores: string | null;
+  /** the prompt's tokens as the auditor counted them */
+  audited_prompt_tokens: number | null;
+  created_at: Generated<Date>;
+  /** when an auditor was last given it */
+  started_at: Timestamp | null;
+  finished_at: Timestamp | null;
+}
+
+/** A node's audit record. */
+export interface NodeStandingTable {
+  node_id: string;
+  passed: Generated<number>;
+  failed: Generated<number>;
+  /** failed audits not yet cleared by the operator */
+  suspicion: Generated<number>;
+  /** set when suspicion reached the limit: no sessions, no registration, until the operator clears it */
+  excluded_at: Timestamp | null;
+  excluded_reason: string | null;
+  updated_at: Generated<Date>;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -197,6 +249,8 @@ export interface Database {
   site_nonces: SiteNoncesTable;
   receipt_proposals: ReceiptProposalsTable;
   coordinator_instances: CoordinatorInstancesTable;
+  audits: AuditsTable;
+  node_standing: NodeStandingTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

@@ -8,7 +8,8 @@
  * output; the charge is divided among the units in proportion to the list price of the work
  * each did, a continuing unit's re-prefill of the output so far included.
  */
-import { type ReceiptRequest, splitCredits, type Usage } from "@sharedllm/protocol";
+import { type JobKind, outputHash, type ReceiptRequest, splitCredits, type Usage } from "@sharedllm/protocol";
+import type { Audits } from "../audits/audits.js";
 import { jobCost, type Metering, type Price } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { JobCredits, PaidPart } from "./job.js";
@@ -17,9 +18,10 @@ export class CreditHold implements JobCredits {
   private readonly amount: bigint;
 
   constructor(
-    private readonly ledger: { metering: Metering; receipts: Receipts },
+    private readonly ledger: { metering: Metering; receipts: Receipts; audits?: Audits },
     private readonly payer: `0x${string}`,
-    private readonly jobId: string,
+    /** the job: its receipts commit to its promptHash; its audits rerun its request */
+    private readonly job: { id: string; kind: JobKind; model: string; request: Record<string, unknown>; promptHash: `0x${string}` },
     private readonly price: Price,
     worst: { promptTokens: number; generationLimit: number },
   ) {
@@ -27,11 +29,11 @@ export class CreditHold implements JobCredits {
   }
 
   hold(): Promise<void> {
-    return this.ledger.metering.reserve(this.payer, this.jobId, this.amount);
+    return this.ledger.metering.reserve(this.payer, this.job.id, this.amount);
   }
 
   release(): Promise<void> {
-    return this.ledger.metering.release(this.payer, this.jobId, this.amount);
+    return this.ledger.metering.release(this.payer, this.job.id, this.amount);
   }
 
   async charge(usage: Usage, parts: readonly PaidPart[]): Promise<void> {
@@ -40,7 +42,7 @@ export class CreditHold implements JobCredits {
     try {
       ({ recorded: requests } = await metering.charge(
         this.payer,
-        this.jobId,
+        this.job.id,
         this.amount,
         jobCost(this.price, usage.prompt_tokens, usage.completion_tokens),
         async (tx, charged) => {
@@ -53,7 +55,7 @@ export class CreditHold implements JobCredits {
           // mid-job) has its credits and tokens added up.
           const owed = new Map<
             string,
-            { node: `0x${string}`; shareBps: number; part: PaidPart; credits: bigint; completionTokens: number }
+            { node: `0x${string}`; shareBps: number; part: PaidPart; credits: bigint; completionTokens: number; output: number[] }
           >();
           for (const [i, part] of parts.entries()) {
             if (!part.modelSha256) continue;
@@ -66,7 +68,12 @@ export class CreditHold implements JobCredits {
               if (o) {
                 o.credits += split[j] ?? 0n;
                 o.completionTokens += part.completionTokens;
-              } else owed.set(m.node.toLowerCase(), { ...m, part, credits: split[j] ?? 0n, completionTokens: part.completionTokens });
+                o.output.push(...part.output.slice(part.from));
+              } else {
+                const output = part.output.slice(part.from);
+                const first = { ...m, part, credits: split[j] ?? 0n, completionTokens: part.completionTokens, output };
+                owed.set(m.node.toLowerCase(), first);
+              }
             }
           }
           const proposed: ReceiptRequest[] = [];
@@ -74,15 +81,35 @@ export class CreditHold implements JobCredits {
             if (o.credits <= 0n) continue;
             proposed.push(
               ...(await receipts.propose(tx, {
-                jobId: this.jobId,
+                jobId: this.job.id,
                 modelSha256: o.part.modelSha256 as string,
                 promptTokens: o.part.receiptPromptTokens,
                 completionTokens: o.completionTokens,
                 credits: o.credits,
                 members: [{ node: o.node, shareBps: o.shareBps }],
                 ...(o.part.payees.via && { via: o.part.payees.via }),
+                commits: { promptHash: this.job.promptHash, outputHash: outputHash(o.output) },
               })),
             );
+          }
+          // a solo node's part may be audited; it is not told (docs/verification.md)
+          for (const part of parts) {
+            const [solo, ...others] = part.payees.members;
+            const audits = this.ledger.audits;
+            if (!audits || !solo || others.length || part.payees.via || !part.modelSha256 || !part.completionTokens) continue;
+            await audits.consider(tx, {
+              jobId: this.job.id,
+              node: solo.node,
+              model: this.job.model,
+              modelSha256: part.modelSha256,
+              kind: this.job.kind,
+              request: this.job.request,
+              output: part.output,
+              from: part.from,
+              promptTokens: part.continued ? undefined : part.receiptPromptTokens,
+              promptHash: this.job.promptHash,
+              outputHash: outputHash(part.output.slice(part.from)),
+            });
           }
           return proposed;
         },
@@ -92,6 +119,7 @@ export class CreditHold implements JobCredits {
       throw err;
     }
     receipts.send(requests);
+    this.ledger.audits?.pump();
   }
 }
 

@@ -72,6 +72,12 @@ export interface PaidPart {
   /** the prompt it processed, as counted here: a continuing unit's includes the output it was given again */
   promptTokens: number;
   completionTokens: number;
+  /** where its tokens begin among the job's */
+  from: number;
+  /** the job's tokens through the end of its part, as streamed (ids, or UNTOLD_TOKEN): its receipt commits to those from `from` */
+  output: readonly number[];
+  /** it carried on the output of earlier parts */
+  continued: boolean;
   /** the prompt its receipt names: the unit's own figure (its engine tokenized the output again) */
   receiptPromptTokens: number;
 }
@@ -266,14 +272,11 @@ export class Job implements JobSink {
     part.reportedPrompt = reported.prompt_tokens;
     // a continuing unit's prompt held the output so far: the client's prompt is the rest
     const prompt = Math.max(0, reported.prompt_tokens - resumed);
-    const usage = meteredUsage(
-      {
-        prompt_tokens: prompt,
-        completion_tokens: part.from + reported.completion_tokens,
-        total_tokens: prompt + part.from + reported.completion_tokens,
-      },
-      { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: this.transcript.tokens },
-    );
+    const usage = meteredUsage(prompt, {
+      ...this.spec.bounds,
+      relayedBytes: this.transcript.bytes,
+      streamedTokens: this.transcript.tokens,
+    });
     this.to("completed");
     this.settle("completed", usage).then(
       () => {
@@ -420,11 +423,15 @@ export class Job implements JobSink {
       const last = i === this.parts.length - 1;
       const to = last ? Math.max(p.from, usage.completion_tokens) : Math.min(p.to, usage.completion_tokens);
       const promptTokens = usage.prompt_tokens + p.from;
+      const completionTokens = Math.max(0, to - p.from);
       return {
         payees: p.payees,
         modelSha256: p.modelSha256,
         promptTokens,
-        completionTokens: Math.max(0, to - p.from),
+        completionTokens,
+        from: p.from,
+        output: this.transcript.told.slice(0, p.from + completionTokens),
+        continued: p.continued,
         receiptPromptTokens:
           last && p.reportedPrompt !== undefined ? Math.min(p.reportedPrompt, 2 * promptTokens + UNRELAYED_TOKENS) : promptTokens,
       };

@@ -6,9 +6,10 @@
  * fleet to report it served.
  */
 import { randomUUID } from "node:crypto";
-import { ApiError, asksForLogprobs, engineRequest, type JobKind, requestedMaxTokens } from "@sharedllm/protocol";
+import { ApiError, asksForLogprobs, engineRequest, type JobKind, promptHash, requestedMaxTokens } from "@sharedllm/protocol";
 import type { FastifyBaseLogger } from "fastify";
 import type { ApiKeyInfo } from "../apiKeys.js";
+import type { Audits } from "../audits/audits.js";
 import type { KnownModel } from "../catalogue.js";
 import type { Db } from "../db/database.js";
 import type { Fleet, SchedulingPolicy } from "../fleet.js";
@@ -47,7 +48,7 @@ export interface JobsOptions {
   /** models ever served here (404 vs 503), with where nodes can pull them from */
   knownModels: ReadonlyMap<string, KnownModel>;
   /** credits: wallet-bound keys pay for their jobs, serving nodes get receipts; absent = free */
-  ledger?: { metering: Metering; receipts: Receipts };
+  ledger?: { metering: Metering; receipts: Receipts; audits?: Audits };
   /** how long a job whose unit failed mid-job waits for another to continue it; default 5 s */
   continueWaitMs?: number;
   /** how long a unit may go without sending once output has begun before it counts as failed; default 20 s */
@@ -82,6 +83,7 @@ export class Jobs {
     const promptTokens = promptTokenBound(body);
     // a wallet-bound key pays: hold the worst case now (402 before anything runs), charge the actual usage at the end
     const payer = ledger && apiKey.owner ? (apiKey.owner as `0x${string}`) : undefined;
+    const request = engineRequest(body as never, generationLimit);
     const job = new Job(
       {
         start: {
@@ -90,7 +92,7 @@ export class Jobs {
           kind: r.kind,
           stream: body.stream === true,
           includeUsage: body.stream_options?.include_usage === true,
-          request: engineRequest(body as never, generationLimit),
+          request,
         },
         model: body.model,
         apiKeyId: apiKey.id,
@@ -108,7 +110,15 @@ export class Jobs {
         continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal),
         observe: metrics,
         credits:
-          payer && ledger && new CreditHold(ledger, payer, jobId, ledger.metering.price(body.model), { promptTokens, generationLimit }),
+          payer &&
+          ledger &&
+          new CreditHold(
+            ledger,
+            payer,
+            { id: jobId, kind: r.kind, model: body.model, request, promptHash: promptHash(request) },
+            ledger.metering.price(body.model),
+            { promptTokens, generationLimit },
+          ),
         records: this.records,
         log: r.log,
       },

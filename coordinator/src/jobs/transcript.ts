@@ -13,7 +13,7 @@
  *
  * Every event is a stranger's: `add` reads it defensively and never throws.
  */
-import { type JobKind, type JobStart, MAX_RESUME_TEXT, MAX_RESUME_TOKENS } from "@sharedllm/protocol";
+import { type JobKind, type JobStart, MAX_RESUME_TEXT, MAX_RESUME_TOKENS, UNTOLD_TOKEN } from "@sharedllm/protocol";
 import { UNRELAYED_TOKENS } from "../ledger/usage.js";
 
 type Json = Record<string, unknown>;
@@ -31,6 +31,8 @@ export class Transcript {
   bytes = 0;
   /** ids of the tokens streamed, while every event told them */
   private readonly ids: number[] = [];
+  /** every token streamed, in order (up to the job's limit): its id, or UNTOLD_TOKEN; receipts commit to these (outputHash) */
+  readonly told: number[] = [];
   /** the text streamed since the first event that did not tell all its ids */
   private tail: string | undefined;
   /** false once the output holds what a plain completion cannot carry on (tool calls), or more tokens than the job may have */
@@ -70,9 +72,11 @@ export class Transcript {
     if (typeof tokens === "number") {
       this.tokens += tokens;
       if (tokens > 0) this.tail ??= "";
+      for (let i = 0; i < tokens && this.told.length < this.maxTokens; i++) this.told.push(UNTOLD_TOKEN);
     } else {
       this.tokens += tokens.length;
       if (this.tail === undefined) for (const id of tokens) this.ids.push(id);
+      for (const id of tokens) if (this.told.length < this.maxTokens) this.told.push(id);
     }
     // more than the job may have: the node's word on its tokens is not to be carried on
     if (this.tokens > this.maxTokens) this.resumable = false;

@@ -12,10 +12,9 @@ import {
   receiptJobId,
   receiptToWire,
   splitCredits,
-  WORK_RECEIPT_TYPES,
   type WorkReceipt,
   type WorkReceiptWire,
-  workReceiptDomain,
+  workReceiptTypedData,
 } from "@sharedllm/protocol";
 import type { Kysely } from "kysely";
 import { type Address, type Hex, recoverTypedDataAddress } from "viem";
@@ -33,6 +32,8 @@ export interface PaidJob {
   members: { node: Address; shareBps: number }[];
   /** the cluster head that ran it, when the members served layers of a split model */
   via?: string;
+  /** what the receipt commits to: the job's prompt and the token ids the node streamed (promptHash, outputHash) */
+  commits?: { promptHash: Hex; outputHash: Hex };
 }
 
 export type ReceiptOutcome = { accepted: true } | { accepted: false; reason: string };
@@ -49,10 +50,6 @@ export class Receipts {
     /** sends a receipt request to a node's control channel; false when the node is not connected */
     private readonly sendToNode: (node: Address, frame: ReceiptRequest) => boolean,
   ) {}
-
-  get domain() {
-    return workReceiptDomain(this.chainId, this.ledger);
-  }
 
   /**
    * Records the receipts a paid job owes each member that served it, in `tx`: the transaction
@@ -76,6 +73,7 @@ export class Receipts {
         shareBps: m.shareBps,
         credits: shares[i] ?? 0n,
         issuedAt,
+        ...job.commits,
       };
       return this.request(job.jobId, receiptToWire(receipt), job.via ?? null);
     });
@@ -183,10 +181,7 @@ export class Receipts {
   private async check(from: Address, receipt: WorkReceipt, signature: Hex | null): Promise<ReceiptOutcome> {
     if (!signature) return { accepted: false, reason: "no signature" };
     const signer = await recoverTypedDataAddress({
-      domain: this.domain,
-      types: WORK_RECEIPT_TYPES,
-      primaryType: "WorkReceipt",
-      message: receipt,
+      ...workReceiptTypedData(receipt, { chainId: this.chainId, verifyingContract: this.ledger }),
       signature,
     }).catch(() => undefined);
     if (!signer || signer.toLowerCase() !== receipt.node.toLowerCase() || signer.toLowerCase() !== from.toLowerCase()) {

@@ -29,6 +29,11 @@ export interface SettlementOptions {
   stuckAfterMs?: number;
   /** most users whose spend one settlement posts (each costs a storage write); default 400 */
   maxUsersPerBatch?: number;
+  /**
+   * With audits (docs/verification.md): a node's earnings settle only once this window is over
+   * and none of its audits is still open; 0 or absent: earnings settle with the next batch.
+   */
+  auditWindowMs?: number;
 }
 
 interface Payload {
@@ -146,11 +151,30 @@ export class Settler {
     if (prepared) await this.post(prepared.batchId, prepared.payload);
   }
 
-  /** Charges and earnings no batch took and none set aside. */
+  /** Charges and earnings no batch took and none set aside; earnings only once their audit window is over (see auditWindowMs). */
   private untaken(db: Kysely<Database>) {
+    const windowMs = this.o.auditWindowMs ?? 0;
     return db
       .selectFrom("ledger_entries as e")
       .where("e.kind", "in", ["charge", "earn"])
+      .$if(windowMs > 0, (q) =>
+        q.where(({ or, and, eb, not, exists, selectFrom }) =>
+          or([
+            eb("e.kind", "=", "charge"),
+            and([
+              eb("e.created_at", "<=", new Date(Date.now() - windowMs)),
+              not(
+                exists(
+                  selectFrom("audits as a")
+                    .select("a.id")
+                    .whereRef("a.node_id", "=", "e.address")
+                    .where("a.status", "in", ["queued", "running"]),
+                ),
+              ),
+            ]),
+          ]),
+        ),
+      )
       .where(({ not, exists, selectFrom }) =>
         not(exists(selectFrom("batch_entries as b").select("b.entry_id").whereRef("b.entry_id", "=", "e.id"))),
       )

@@ -2,34 +2,22 @@ import { describe, expect, it } from "vitest";
 import { meteredUsage } from "./usage.js";
 
 describe("meteredUsage", () => {
-  const bounds = { promptTokens: 100, generationLimit: 50, relayedBytes: 10, streamedTokens: 1000 };
+  const bounds = { promptTokens: 100, generationLimit: 50, relayedBytes: 1000, streamedTokens: 8 };
 
-  it("keeps an honest node's figures", () => {
-    expect(meteredUsage({ prompt_tokens: 30, completion_tokens: 8, total_tokens: 38 }, bounds)).toEqual({
-      prompt_tokens: 30,
-      completion_tokens: 8,
-      total_tokens: 38,
-    });
+  it("charges the tokens the coordinator counted in the stream, and the node's prompt figure", () => {
+    expect(meteredUsage(30, bounds)).toEqual({ prompt_tokens: 30, completion_tokens: 8, total_tokens: 38 });
   });
 
-  it("cuts inflated figures to the prompt bound, the generation limit, the relayed text and the streamed tokens", () => {
-    expect(meteredUsage({ prompt_tokens: 1e6, completion_tokens: 1e6, total_tokens: 2e6 }, bounds)).toEqual({
-      prompt_tokens: 100,
-      completion_tokens: 26,
-      total_tokens: 126,
-    });
-    expect(
-      meteredUsage({ prompt_tokens: 1, completion_tokens: 1e6, total_tokens: 0 }, { ...bounds, relayedBytes: 1e6 }).completion_tokens,
-    ).toBe(50);
-    expect(
-      meteredUsage({ prompt_tokens: 1, completion_tokens: 40, total_tokens: 0 }, { ...bounds, relayedBytes: 1e6, streamedTokens: 12 })
-        .completion_tokens,
-    ).toBe(12 + 16);
+  it("cuts the prompt to its bound, and the count to the generation limit and the relayed text", () => {
+    expect(meteredUsage(1e6, bounds).prompt_tokens).toBe(100);
+    expect(meteredUsage(-5, bounds).prompt_tokens).toBe(0);
+    expect(meteredUsage(1, { ...bounds, streamedTokens: 1e6 }).completion_tokens).toBe(50);
+    expect(meteredUsage(1, { ...bounds, streamedTokens: 1e6, generationLimit: 1e6, relayedBytes: 10 }).completion_tokens).toBe(10 + 16);
   });
 
   it("allows the tokens of a matched stop string, which are generated but not relayed", () => {
-    const u = { prompt_tokens: 1, completion_tokens: 40, total_tokens: 41 };
-    expect(meteredUsage(u, { ...bounds, stop: ["END OF STORY"] }).completion_tokens).toBe(10 + 12 + 16);
-    expect(meteredUsage(u, { ...bounds, stop: "\n\n" }).completion_tokens).toBe(10 + 2 + 16);
+    const b = { ...bounds, streamedTokens: 40, relayedBytes: 10 };
+    expect(meteredUsage(1, { ...b, stop: ["END OF STORY"] }).completion_tokens).toBe(10 + 12 + 16);
+    expect(meteredUsage(1, { ...b, stop: "\n\n" }).completion_tokens).toBe(10 + 2 + 16);
   });
 });

@@ -1,11 +1,10 @@
 /**
- * What a job may be charged. A node reports its engine's token counts, but a node is a
- * stranger's machine: the coordinator charges at most what it can bound itself. The prompt is
- * bounded by the request's size (`promptTokenBound`), the completion by the generation limit
- * it reserved credits for, by the tokens it counted in the stream, and by the text it relayed to
- * the client: every generated token
- * decodes to at least one byte, except the few the engine swallows (the end-of-turn token, a
- * matched stop string, a character cut at the limit).
+ * What a job may be charged. A node is a stranger's machine: the coordinator charges what it can
+ * count or bound itself. The completion is the tokens it counted in the stream, bounded by the
+ * generation limit it reserved credits for and by the text it relayed to the client: every
+ * generated token decodes to at least one byte, except the few the engine swallows (the
+ * end-of-turn token, a matched stop string, a character cut at the limit). The prompt is the
+ * node's figure bounded by the request's size (`promptTokenBound`).
  */
 import type { Usage } from "@sharedllm/protocol";
 
@@ -25,16 +24,15 @@ export interface UsageBounds {
   stop?: string | string[] | null;
 }
 
-/** The usage the coordinator charges: the node's figures, each cut to what the coordinator can bound. */
-export function meteredUsage(reported: Usage, b: UsageBounds): Usage {
+/**
+ * The usage the coordinator charges: the completion is its own count of the tokens the job's units
+ * streamed (docs/verification.md), cut to the generation limit and to what the relayed text can
+ * hold; the prompt is the node's figure, cut to the request's bound (an audit recounts it).
+ */
+export function meteredUsage(reportedPromptTokens: number, b: UsageBounds): Usage {
   const stops = b.stop === undefined || b.stop === null ? [] : [b.stop].flat();
   const stopBytes = stops.reduce((n, s) => n + Buffer.byteLength(s), 0);
-  const prompt = Math.min(reported.prompt_tokens, b.promptTokens);
-  const completion = Math.min(
-    reported.completion_tokens,
-    b.generationLimit,
-    b.streamedTokens + UNRELAYED_TOKENS,
-    b.relayedBytes + stopBytes + UNRELAYED_TOKENS,
-  );
+  const prompt = Math.max(0, Math.min(reportedPromptTokens, b.promptTokens));
+  const completion = Math.min(b.streamedTokens, b.generationLimit, b.relayedBytes + stopBytes + UNRELAYED_TOKENS);
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }

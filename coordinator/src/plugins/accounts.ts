@@ -3,6 +3,7 @@
  * bound to its wallet (the secret is shown once, stored as sha256); the account and earnings
  * views say what a wallet can spend, what its nodes earned, and the proof a claim needs.
  */
+
 import { randomBytes, randomUUID } from "node:crypto";
 import {
   type AccountResponse,
@@ -19,6 +20,7 @@ import { type Address, getAddress, type Hex, isAddress } from "viem";
 import { generateSiweNonce, parseSiweMessage, verifySiweMessage } from "viem/siwe";
 import { z } from "zod";
 import type { ApiKeyVerifier } from "../apiKeys.js";
+import { auditStanding } from "../audits/audits.js";
 import { bearerToken, hashSecret } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { LedgerChain } from "../ledger/chain.js";
@@ -290,6 +292,7 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
         promptTokens: Number(served.prompt_tokens ?? 0),
         completionTokens: Number(served.completion_tokens ?? 0),
       },
+      audits: await auditStanding(o.db, address),
     };
   });
 }

@@ -22,6 +22,7 @@ import {
 } from "@sharedllm/protocol";
 import { webSocketChannel } from "@sharedllm/protocol/node";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
+import type { Audits } from "../audits/audits.js";
 import { admitModels, type KnownModel } from "../catalogue.js";
 import type { Clusters } from "../clusters.js";
 import { bearerToken } from "../credentials.js";
@@ -43,6 +44,8 @@ export interface ControlPluginOptions {
   metrics?: Metrics;
   /** where signed work receipts go; absent when the coordinator runs without a ledger */
   receipts?: Receipts;
+  /** audits of paid jobs: auditors' answers go there; absent without auditors */
+  audits?: Audits;
   /** receives the dial for a node in this process: its session token gives it an in-process channel */
   exposeLocalDial?: (dial: LocalDial) => void;
 }
@@ -207,6 +210,12 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           o.fleet.notify();
           return;
         }
+        case "audit.result":
+        case "audit.error": {
+          const from = node.id;
+          const done = frame.type === "audit.result" ? o.audits?.onResult(from, frame) : o.audits?.onError(from, frame);
+          return void done?.catch((err) => log.error({ err, nodeId: from }, "recording an audit failed"));
+        }
         case "hello":
           return refuse("hello was already received");
       }
@@ -214,6 +223,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     channel.onClose(() => {
       if (!node) return;
       const id = node.id;
+      o.audits?.auditorGone(id);
       if (o.fleet.get(id) === node) {
         o.fleet.remove(id, "control channel closed");
         o.clusters.forget(id);
@@ -292,9 +302,11 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         capabilities: h.capabilities,
         role: h.role ?? "solo",
         tunnel: h.tunnel && { host: session.host, ...h.tunnel },
+        auditor: h.auditor === true,
         send,
         disconnect: (reason) => channel.close(CLOSE_REFUSED, reason),
       });
+      n.suspicion = o.audits?.suspicionOf(nodeId) ?? 0;
       o.fleet.add(n);
       send({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId, heartbeatIntervalMs: o.heartbeatIntervalMs });
       // receipts it has not signed yet (proposed while it was away, or before a restart)

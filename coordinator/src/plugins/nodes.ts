@@ -57,6 +57,20 @@ export async function nodesPlugin(app: FastifyInstance, o: NodesPluginOptions): 
     const message = registrationMessage({ nodeId, timestamp: String(auth.timestamp), nonce: auth.nonce });
     const proven = await verifyMessage({ address: nodeId, message, signature: parsed.data.proof as `0x${string}` }).catch(() => false);
     if (!proven) throw refused("the proof is not signed by the node's key");
+    // a node excluded after failed audits comes back only when the operator clears it (docs/verification.md)
+    const standing = await o.db
+      .selectFrom("node_standing")
+      .select("excluded_reason")
+      .where("node_id", "=", nodeId)
+      .where("excluded_at", "is not", null)
+      .executeTakeFirst();
+    if (standing) {
+      req.log.warn({ nodeId, ip: req.ip }, "registration of an excluded node refused");
+      throw new ApiError(
+        "permission_denied",
+        `this node is excluded (${standing.excluded_reason}); the coordinator's operator must clear it`,
+      );
+    }
 
     const sessionToken = randomBytes(32).toString("base64url");
     const now = new Date();

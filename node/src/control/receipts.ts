@@ -3,22 +3,31 @@
  * signs a receipt the coordinator proposes only when it matches that record, once per job.
  */
 import {
+  outputHash,
   type ReceiptFrame,
   type ReceiptRequest,
   receiptFromWire,
   receiptJobId,
-  WORK_RECEIPT_TYPES,
-  workReceiptDomain,
+  workReceiptTypedData,
 } from "@sharedllm/protocol";
-import type { LocalAccount } from "viem";
+import type { Hex, LocalAccount } from "viem";
 
 interface Served {
   modelSha256: string;
+  /** the job's promptHash, and the tokens it streamed (ids, or UNTOLD_TOKEN): what a receipt commits to */
+  promptHash: Hex;
+  output: readonly number[];
   promptTokens: number;
-  completionTokens: number;
-  /** a job given up before its end and continued elsewhere: the node streamed at most `completionTokens` and saw no usage */
+  /** a job given up before its end and continued elsewhere: the node saw no usage, and is paid for a prefix of its output */
   part?: true;
   at: number;
+}
+
+/** What a node served of a job: its model file, the job's prompt commitment and the tokens it streamed. */
+export interface ServedJob {
+  modelSha256: string;
+  promptHash: Hex;
+  output: readonly number[];
 }
 
 /** How long a served job can still be receipted. */
@@ -33,13 +42,13 @@ export class ReceiptSigner {
     private readonly servesHead: (head: string) => boolean = () => false,
   ) {}
 
-  record(jobId: string, modelSha256: string, usage: { prompt_tokens?: number; completion_tokens?: number }): void {
-    this.keep(jobId, { modelSha256, promptTokens: usage.prompt_tokens ?? 0, completionTokens: usage.completion_tokens ?? 0 });
+  record(jobId: string, served: ServedJob, usage: { prompt_tokens?: number }): void {
+    this.keep(jobId, { ...served, promptTokens: usage.prompt_tokens ?? 0 });
   }
 
-  /** A job this node streamed `tokens` of before it was continued elsewhere (docs/continuation.md). */
-  recordPart(jobId: string, modelSha256: string, tokens: number): void {
-    this.keep(jobId, { modelSha256, promptTokens: 0, completionTokens: tokens, part: true });
+  /** A job this node streamed part of before it was continued elsewhere (docs/continuation.md). */
+  recordPart(jobId: string, served: ServedJob): void {
+    this.keep(jobId, { ...served, promptTokens: 0, part: true });
   }
 
   private keep(jobId: string, served: Omit<Served, "at">): void {
@@ -51,6 +60,11 @@ export class ReceiptSigner {
     this.served.set(jobId, { ...served, at: now });
   }
 
+  /**
+   * Signs a proposed receipt that matches what this node served: its model, the tokens it
+   * streamed (counted as the coordinator counts them: every one streamed, of a part a prefix) and,
+   * in a version 2 receipt, the prompt and those very tokens (promptHash, outputHash).
+   */
   async sign(req: ReceiptRequest): Promise<ReceiptFrame> {
     const refuse = (refused: string): ReceiptFrame => ({ type: "receipt", receipt: req.receipt, signature: null, refused });
     const r = receiptFromWire(req.receipt);
@@ -62,26 +76,23 @@ export class ReceiptSigner {
       return refuse(`this node has no record of serving job ${req.jobId}`);
     }
     if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
-    // of a part, the node knows only how many tokens it streamed: it signs for no more
-    if (mine.part && r.completionTokens > mine.completionTokens) {
-      return refuse(`${r.completionTokens} completion tokens are more than this node streamed (${mine.completionTokens})`);
+    const streamed = mine.output.length;
+    if (mine.part ? r.completionTokens > streamed : r.completionTokens !== streamed) {
+      return refuse(`${r.completionTokens} completion tokens, but this node streamed ${streamed}`);
     }
-    if (!mine.part && (r.promptTokens !== mine.promptTokens || r.completionTokens !== mine.completionTokens)) {
-      return refuse(
-        `token counts ${r.promptTokens}+${r.completionTokens} differ from what this node served (${mine.promptTokens}+${mine.completionTokens})`,
-      );
+    if (!mine.part && r.promptTokens !== mine.promptTokens) {
+      return refuse(`${r.promptTokens} prompt tokens differ from what this node served (${mine.promptTokens})`);
+    }
+    if (r.promptHash !== undefined && r.promptHash.toLowerCase() !== mine.promptHash) return refuse("the receipt names another prompt");
+    if (r.outputHash !== undefined && r.outputHash.toLowerCase() !== outputHash(mine.output.slice(0, r.completionTokens))) {
+      return refuse("the receipt names output this node did not stream");
     }
     this.served.delete(req.jobId);
     return this.signed(req);
   }
 
   private async signed(req: ReceiptRequest): Promise<ReceiptFrame> {
-    const signature = await this.account.signTypedData({
-      domain: workReceiptDomain(req.domain.chainId, req.domain.verifyingContract),
-      types: WORK_RECEIPT_TYPES,
-      primaryType: "WorkReceipt",
-      message: receiptFromWire(req.receipt),
-    });
+    const signature = await this.account.signTypedData(workReceiptTypedData(receiptFromWire(req.receipt), req.domain));
     return { type: "receipt", receipt: req.receipt, signature };
   }
 }

@@ -5,7 +5,7 @@
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
-import type { Capabilities, ControlChannel, ServedModel } from "@sharedllm/protocol";
+import { type Capabilities, type ControlChannel, promptHash, type ServedModel, UNTOLD_TOKEN } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
@@ -26,6 +26,7 @@ import { OwnerControls, type OwnerFirstOptions } from "./availability.js";
 import { EngineConnections } from "./engineConnection.js";
 import { EngineUnreachable, runJob } from "./jobRunner.js";
 import { parseSchedule } from "./schedule.js";
+import { cheatFrame, testCheat } from "./testCheats.js";
 import { Throughput } from "./throughput.js";
 
 /** How long a job waits for a restarting llama-server before it is handed back. */
@@ -129,6 +130,8 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     });
   /** every model this node serves, each on its own supervised llama-server */
   const served = new Map<string, Served>();
+  const cheat = testCheat();
+  if (cheat) log.warn({ cheat: cheat.kind }, "SHAREDLLM_TEST_CHEAT is set: this node cheats (for tests of audits only)");
   const startServing = async (entry: ModelEntry): Promise<Served> => {
     // the estimate reads GGUF metadata: only worth it when the owner set a cap
     const need = o.maxMemoryBytes === undefined ? 0 : await estimateServingMemory(store.blobPath(entry.sha256), slots * contextPerSlot);
@@ -144,7 +147,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     const llama = await startLlamaServer({
       engine,
       modelId: entry.id,
-      modelPath: store.blobPath(entry.sha256),
+      modelPath: cheat?.kind === "model" ? cheat.path : store.blobPath(entry.sha256),
       slots,
       contextPerSlot,
       threads,
@@ -215,25 +218,31 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     runJob: async (job, rawSend, signal) => {
       const started = Date.now();
       const target = served.get(String(job.request.model));
-      /** tokens streamed, for a job given up before its end (continued elsewhere): that part is receipted */
-      let streamed = 0;
+      /** the tokens streamed (ids, or UNTOLD_TOKEN): the receipt commits to them; a job given up before its end has that part receipted */
+      const streamed: number[] = [];
       let ended = false;
-      const send: typeof rawSend = (f) => {
-        if (f.type === "job.chunk") streamed += typeof f.tokens === "number" ? f.tokens : f.tokens.length;
+      const servedJob = () => ({ modelSha256: target?.entry.sha256 ?? "", promptHash: promptHash(job.request), output: streamed });
+      const send: typeof rawSend = (frame) => {
+        // a test-only switch may make this node cheat: it then signs for what it sent
+        const f = cheatFrame(cheat, frame);
+        if (f.type === "job.chunk") {
+          if (typeof f.tokens === "number") for (let i = 0; i < f.tokens; i++) streamed.push(UNTOLD_TOKEN);
+          else streamed.push(...f.tokens);
+        }
         if (f.type === "job.end") ended = true;
         // failed after streaming some: that part may continue elsewhere, and is receipted
-        if (f.type === "job.error" && streamed > 0 && target) receipts.recordPart(job.jobId, target.entry.sha256, streamed);
+        if (f.type === "job.error" && streamed.length > 0 && target) receipts.recordPart(job.jobId, servedJob());
         if (f.type === "job.error") ended = true;
         if (f.type === "job.end") {
           throughput.record(f.usage.completion_tokens ?? 0, Date.now() - started);
-          if (target) receipts.record(job.jobId, target.entry.sha256, f.usage);
+          if (target) receipts.record(job.jobId, servedJob(), f.usage);
         }
         rawSend(f);
       };
       signal.addEventListener(
         "abort",
         () => {
-          if (!ended && streamed > 0 && target) receipts.recordPart(job.jobId, target.entry.sha256, streamed);
+          if (!ended && streamed.length > 0 && target) receipts.recordPart(job.jobId, servedJob());
         },
         { once: true },
       );

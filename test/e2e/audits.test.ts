@@ -1,0 +1,186 @@
+/**
+ * Verified contribution on real parts (docs/verification.md): a coordinator with the real
+ * contracts on a dev chain, a trusted auditor and an honest node, and cheating nodes, each a real
+ * `sharedllm node start` daemon with one behaviour changed by its test-only switch
+ * (SHAREDLLM_TEST_CHEAT): one reports inflated token counts, one streams random tokens of
+ * plausible length instead of running its model. Every node here is new, so every one of its paid
+ * jobs is audited: a cheater is caught at its first job, and excluded at its second failed audit
+ * (excludeAfter 2). It earns nothing for the window in which it cheated; the honest node beside
+ * it is paid in full.
+ */
+import { randomBytes } from "node:crypto";
+import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
+import { loadNodeIdentity } from "@sharedllm/node";
+import type { AuditsResponse, EarningsResponse } from "@sharedllm/protocol";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
+import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
+import { MODEL } from "../system.ts";
+
+const joinToken = randomBytes(32).toString("base64url");
+/** earnings wait this long for their audits before they may settle */
+const WINDOW_MS = 4_000;
+const CHEATS = ["inflate", "random"] as const;
+
+let chain: TestChain;
+let database: TestDatabase;
+let coordinator: Coordinator;
+let apiKey: string;
+let operatorKey: string;
+let auditor: NodeProcess;
+let honest: NodeProcess;
+const cheaters = new Map<(typeof CHEATS)[number], NodeProcess>();
+let auditorHome: Awaited<ReturnType<typeof tempPaths>>;
+
+const node = (args: string[], env: Record<string, string> = {}, home?: string) =>
+  startNodeProcess({ coordinatorUrl: coordinator.url, joinToken, args: ["--slots", "1", "--no-owner-first", ...args], env, home });
+
+function chat(body: Record<string, unknown>): Promise<Response> {
+  return fetch(`${coordinator.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ model: MODEL, max_tokens: 24, ...body }),
+  });
+}
+
+async function audits(): Promise<AuditsResponse> {
+  const res = await fetch(`${coordinator.url}/v1/audits?limit=500`, { headers: { authorization: `Bearer ${operatorKey}` } });
+  expect(res.status).toBe(200);
+  return (await res.json()) as AuditsResponse;
+}
+
+async function earnings(id: string): Promise<EarningsResponse> {
+  return (await (await fetch(`${coordinator.url}/v1/earnings/${id}`)).json()) as EarningsResponse;
+}
+
+/** One round: as many concurrent jobs as there are one-slot nodes, so each node serves one. */
+async function round(body: Record<string, unknown>, n: number): Promise<void> {
+  const answers = await Promise.all(
+    Array.from({ length: n }, (_, i) => chat({ ...body, messages: [{ role: "user", content: `Name ${i + 2} fruits and their colours.` }] })),
+  );
+  for (const a of answers) expect(a.status).toBe(200);
+}
+
+beforeAll(async () => {
+  chain = await startTestChain();
+  database = await testDatabase();
+  // the auditor's identity first: the coordinator trusts it by its node id
+  auditorHome = await tempPaths("sharedllm-auditor-");
+  const auditorId = ((await loadNodeIdentity(auditorHome.home)) as { nodeId: string }).nodeId;
+  coordinator = await startCoordinator({
+    host: "127.0.0.1",
+    port: 0,
+    ...database,
+    joinToken,
+    logger: quietLogger(),
+    ledger: { ...chain.ledgerOptions(), audits: { auditors: [auditorId], windowMs: WINDOW_MS, excludeAfter: 2 } },
+  });
+  const wallet = devWallet(14);
+  await chain.deposit(wallet, 10_000_000n);
+  apiKey = await createKey(coordinator.url, await signIn(coordinator.url, wallet, chain.chainId));
+  const { createApiKey } = await import("@sharedllm/coordinator");
+  operatorKey = (await createApiKey(coordinator.db, "operator")).secret;
+  [auditor, honest] = await Promise.all([node(["--auditor"], {}, auditorHome.home), node([])]);
+  for (const cheat of CHEATS) cheaters.set(cheat, await node([], { SHAREDLLM_TEST_CHEAT: cheat }));
+  await waitFor("every node online", () => coordinator.fleet.list().filter((n) => n.accepting).length === 2 + CHEATS.length, 30_000);
+}, 400_000);
+
+afterAll(async () => {
+  for (const c of cheaters.values()) await c.cleanup();
+  await honest?.cleanup();
+  await auditor?.cleanup();
+  await auditorHome?.cleanup();
+  await coordinator?.close();
+  await database?.cleanup();
+  await chain?.stop();
+});
+
+describe("audits of paid jobs", () => {
+  it("catches each cheater at its first job, excludes it at its second, and pays the honest node in full", async () => {
+    const nodes = 2 + CHEATS.length;
+    await round({ temperature: 0 }, nodes);
+    await round({ temperature: 0.8, seed: 7 }, nodes);
+    const done = await waitFor(
+      "every audit finished",
+      async () => {
+        const a = await audits();
+        return a.totals.queued + a.totals.running === 0 && a.totals.passed + a.totals.failed > 0 ? a : undefined;
+      },
+      180_000,
+      500,
+    );
+    const record = (id: string) => done.nodes.find((n) => n.node === id);
+    // the auditor's own jobs are not audited; every other node's paid job is (new nodes: rate 1)
+    expect(record(auditor.id)).toBeUndefined();
+    expect(record(honest.id)).toMatchObject({ failed: 0, suspicion: 0, excluded: null });
+    expect(record(honest.id)?.passed).toBeGreaterThan(0);
+    for (const [cheat, c] of cheaters) {
+      const r = record(c.id);
+      expect(r, cheat).toBeDefined();
+      // every one of its audited jobs failed: caught at the first
+      expect(r?.passed, cheat).toBe(0);
+      expect(r?.failed, cheat).toBeGreaterThanOrEqual(1);
+      const failures = done.recent.filter((a) => a.node === c.id && a.status === "failed");
+      expect(failures.length, cheat).toBe(r?.failed);
+      // the evidence is kept: what the receipt committed to, the claimed tokens and the auditor's scores
+      for (const f of failures) {
+        expect(f.evidence?.outputHash).toMatch(/^0x[0-9a-f]{64}$/);
+        expect(f.evidence?.scores.length).toBeGreaterThan(0);
+        expect(f.reason).toBeTruthy();
+      }
+      if ((r?.failed ?? 0) >= 2) {
+        // excluded: disconnected, and its key may not register again
+        expect(r?.excluded?.reason).toMatch(/failed audits/);
+        await waitFor(`${cheat} cut off`, () => !coordinator.fleet.get(c.id));
+      }
+    }
+  }, 400_000);
+
+  it("a cheater earns nothing for its window; the honest node's earnings settle and can be claimed", async () => {
+    // past the window, with no audit open: the honest node's earnings go into a batch
+    const honestEarned = await waitFor(
+      "the honest node's earnings settled",
+      async () => {
+        const e = await earnings(honest.id);
+        return BigInt(e.settled) > 0n && BigInt(e.pending) === 0n ? e : undefined;
+      },
+      60_000,
+      500,
+    );
+    expect(BigInt(honestEarned.setAside)).toBe(0n);
+    expect(BigInt(honestEarned.claimable)).toBe(BigInt(honestEarned.earned));
+    expect(honestEarned.audits.failed).toBe(0);
+    for (const [cheat, c] of cheaters) {
+      const e = await earnings(c.id);
+      expect(BigInt(e.settled), cheat).toBe(0n);
+      expect(BigInt(e.claimable), cheat).toBe(0n);
+      expect(e.audits.failed, cheat).toBeGreaterThanOrEqual(1);
+      // forfeited earnings are set aside with their reason
+      const setAside = await coordinator.db
+        .selectFrom("set_aside_entries as a")
+        .innerJoin("ledger_entries as e", "e.id", "a.entry_id")
+        .select(["a.reason", "e.amount"])
+        .where("e.address", "=", c.id)
+        .execute();
+      for (const s of setAside) expect(s.reason, cheat).toMatch(/^forfeited: audit audit_/);
+    }
+  }, 120_000);
+
+  it("the operator sees the audits; a wallet's key may not; clearing a node lets it register again", async () => {
+    const anon = await fetch(`${coordinator.url}/v1/audits`);
+    expect(anon.status).toBe(401);
+    const wallet = await fetch(`${coordinator.url}/v1/audits`, { headers: { authorization: `Bearer ${apiKey}` } });
+    expect(wallet.status).toBe(403);
+    expect(((await wallet.json()) as { error: { code: string } }).error.code).toBe("permission_denied");
+    const excluded = (await audits()).nodes.find((n) => n.excluded);
+    if (!excluded) return;
+    const cleared = await fetch(`${coordinator.url}/v1/audits/nodes/${excluded.node}/clear`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${operatorKey}` },
+    });
+    expect(cleared.status).toBe(200);
+    const after = (await audits()).nodes.find((n) => n.node === excluded.node);
+    expect(after).toMatchObject({ suspicion: 0, excluded: null });
+  });
+});
