@@ -57,7 +57,9 @@ async function earnings(id: string): Promise<EarningsResponse> {
 /** One round: as many concurrent jobs as there are one-slot nodes, so each node serves one. */
 async function round(body: Record<string, unknown>, n: number): Promise<void> {
   const answers = await Promise.all(
-    Array.from({ length: n }, (_, i) => chat({ ...body, messages: [{ role: "user", content: `Name ${i + 2} fruits and their colours.` }] })),
+    Array.from({ length: n }, (_, i) =>
+      chat({ ...body, messages: [{ role: "user", content: `Name ${i + 2} fruits and their colours.` }] }),
+    ),
   );
   for (const a of answers) expect(a.status).toBe(200);
 }
