@@ -9,7 +9,7 @@
 import type {
   AvailabilityReason,
   Capabilities,
-  ClusterPlan,
+  ConfirmedMember,
   CoordinatorFrame,
   Heartbeat,
   JobErrorFrame,
@@ -110,7 +110,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
   readonly tunnel: { host: string; port: number; tls: boolean; speed: number } | undefined;
   /** bumped with each new split of a head */
   incarnation = 0;
-  private split: ClusterPlan["members"] | undefined = undefined;
+  private split: ConfirmedMember[] | undefined = undefined;
   readonly jobs = new Map<string, JobSink>();
   readonly send: (frame: CoordinatorFrame) => void;
   readonly disconnect: (reason: string) => void;
@@ -139,12 +139,12 @@ export class ConnectedNode implements NodeView, ServingUnit {
     if (this.take(jobId)) this.send({ type: "job.cancel", jobId });
   }
 
-  /** a head's current layer split over its workers: set, the node is a LAN virtual node */
-  get cluster(): ClusterPlan["members"] | undefined {
+  /** a head's current layer split over its workers, confirmed by their own reports: set, the node is a LAN virtual node */
+  get cluster(): ConfirmedMember[] | undefined {
     return this.split;
   }
 
-  set cluster(members: ClusterPlan["members"] | undefined) {
+  set cluster(members: ConfirmedMember[] | undefined) {
     this.split = members;
     this.incarnation++;
   }
