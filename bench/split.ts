@@ -26,8 +26,8 @@ import { pino } from "pino";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { median, type StreamTiming, timeStream } from "./coordinator.ts";
 
-/** As a head splits it: the repeating layers (30) over the two members, the output head kept local. */
-const SPLIT = ["--tensor-split", "15,15", "--n-gpu-layers", "30"];
+/** As a head splits it (splitArgs): the 30 layers over the two members, the output head kept local. */
+const SPLIT = ["--tensor-split", "15,16", "--n-gpu-layers", "31", "--override-tensor", "^(output|token_embd)=CPU"];
 const head = tunnelIdentity(privateKeyToAccount(generatePrivateKey()));
 const log = pino({ level: "silent" });
 

@@ -9,7 +9,7 @@
 import type {
   AvailabilityReason,
   Capabilities,
-  ClusterPlan,
+  ConfirmedMember,
   CoordinatorFrame,
   Heartbeat,
   JobErrorFrame,
@@ -116,7 +116,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
   incarnation = 0;
   /** failed audits not cleared: it gets work after nodes without */
   suspicion = 0;
-  private split: ClusterPlan["members"] | undefined = undefined;
+  private split: ConfirmedMember[] | undefined = undefined;
   readonly jobs = new Map<string, JobSink>();
   readonly send: (frame: CoordinatorFrame) => void;
   readonly disconnect: (reason: string) => void;
@@ -146,12 +146,12 @@ export class ConnectedNode implements NodeView, ServingUnit {
     if (this.take(jobId)) this.send({ type: "job.cancel", jobId });
   }
 
-  /** a head's current layer split over its workers: set, the node is a LAN virtual node */
-  get cluster(): ClusterPlan["members"] | undefined {
+  /** a head's current layer split over its workers, confirmed by their own reports: set, the node is a LAN virtual node */
+  get cluster(): ConfirmedMember[] | undefined {
     return this.split;
   }
 
-  set cluster(members: ClusterPlan["members"] | undefined) {
+  set cluster(members: ConfirmedMember[] | undefined) {
     this.split = members;
     this.incarnation++;
   }

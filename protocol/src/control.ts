@@ -349,10 +349,13 @@ export const receiptSchema = z.object({
 });
 export type ReceiptFrame = z.infer<typeof receiptSchema>;
 
+/** A cluster session's id, as its head names it: letters, digits, `-` and `_` (it appears in signed text). */
+const clusterSessionIdSchema = z.string().regex(/^[\w-]{8,64}$/, "must be 8 to 64 letters, digits, - or _");
+
 /** head -> coordinator: form a cluster session with these workers (the coordinator tells each which head may dial it) */
 export const clusterFormSchema = z.object({
   type: z.literal("cluster.form"),
-  sessionId: z.string().min(8).max(64),
+  sessionId: clusterSessionIdSchema,
   members: z.array(z.string()).min(1).max(64),
   expiresAt: z.number().int().positive(),
 });
@@ -377,6 +380,60 @@ export const clusterPlanSchema = z.object({
   ),
 });
 export type ClusterPlan = z.infer<typeof clusterPlanSchema>;
+
+/** A member of a split the coordinator confirmed: the head's plan for it, and the weight bytes its own report counted. */
+export type ConfirmedMember = ClusterPlan["members"][number] & { tensorBytes: number };
+
+/** The highest layer count a report may name (llama.cpp allows 512 layers). */
+const MAX_REPORTED_LAYERS = 1 << 20;
+
+/**
+ * worker -> coordinator: the layers the head of one of its sessions placed on it, as the worker's
+ * tunnel end saw them in the RPC stream: `layerCount` layers from `firstLayer` (`contiguous` false
+ * when some between them were not seen: no plan matches that), and the bytes of their weights.
+ * Signed by the worker's node key (EIP-191) over clusterLayersMessage, so the report is evidence
+ * that anyone can check. The coordinator believes a head's split only when every member's own
+ * report matches it (docs/security/cluster.md).
+ */
+export const clusterLayersSchema = z.object({
+  type: z.literal("cluster.layers"),
+  sessionId: clusterSessionIdSchema,
+  head: addressSchema,
+  firstLayer: z.number().int().nonnegative().max(MAX_REPORTED_LAYERS),
+  layerCount: z.number().int().positive().max(MAX_REPORTED_LAYERS),
+  contiguous: z.boolean(),
+  tensorBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  signature: z.string().regex(/^0x[0-9a-fA-F]{130}$/),
+});
+export type ClusterLayers = z.infer<typeof clusterLayersSchema>;
+
+/** The protocol tag that opens a layer report's signed text. */
+export const CLUSTER_LAYERS_TAG = "sharedllm-layers/1";
+
+/**
+ * The text a worker signs for a `cluster.layers` report: the tag, the session, its head and the
+ * worker (node ids, lowercase), the layers and their weight bytes.
+ *
+ * @example
+ * sharedllm-layers/1
+ * session 1f0e...-9c2d head 0xab...01 worker 0xcd...02
+ * layers 0+20 contiguous tensor-bytes 61341696
+ */
+export function clusterLayersMessage(r: {
+  sessionId: string;
+  head: string;
+  worker: string;
+  firstLayer: number;
+  layerCount: number;
+  contiguous: boolean;
+  tensorBytes: number;
+}): string {
+  return [
+    CLUSTER_LAYERS_TAG,
+    `session ${r.sessionId} head ${r.head.toLowerCase()} worker ${r.worker.toLowerCase()}`,
+    `layers ${r.firstLayer}+${r.layerCount} ${r.contiguous ? "contiguous" : "with-gaps"} tensor-bytes ${r.tensorBytes}`,
+  ].join("\n");
+}
 
 /** How the auditor's model scores one claimed token: log-probabilities of its raw distribution (temperature 1). */
 export const auditScoreSchema = z.object({
@@ -420,6 +477,7 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   clusterFormSchema,
   tunnelReadySchema,
   clusterPlanSchema,
+  clusterLayersSchema,
   jobEndSchema,
   jobErrorSchema,
   auditResultSchema,

@@ -4,7 +4,7 @@
  * earnings. Credits are bigints on the coordinator and decimal strings here (JSON has no bigint).
  */
 import type { Address, Hex } from "viem";
-import type { AvailabilityReason, Capabilities, ClusterPlan } from "./control.js";
+import type { AvailabilityReason, Capabilities, ConfirmedMember } from "./control.js";
 
 /** One node in `GET /v1/network`: online (with its last heartbeat) or offline (with when it was last seen). */
 export interface NetworkNode {
@@ -24,8 +24,8 @@ export interface NetworkNode {
   capabilities: Capabilities | null;
   /** solo, worker (lends its rpc-server) or head (serves a split model) */
   role: "solo" | "worker" | "head";
-  /** a head's layer split over its workers */
-  cluster: ClusterPlan["members"] | null;
+  /** a head's layer split over its workers, once each member's own report confirmed it (with the weight bytes it counted) */
+  cluster: ConfirmedMember[] | null;
   /** a virtual node's capacity: its members' memory summed (a solo node's own) */
   capacity: { memoryBytes: number; vramBytes: number } | null;
   lastSeenAt: string;

@@ -22,12 +22,14 @@ import { type Database, type Db, openDatabase, type SettlementOptions, startCoor
 import {
   type ClusterMembers,
   type CoordinatorFrame,
+  clusterLayersMessage,
   earningsTree,
   type ReceiptRequest,
   receiptFromWire,
   workReceiptTypedData,
 } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
+import { pino } from "pino";
 import type { Abi, Address, LocalAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -53,7 +55,10 @@ afterAll(async () => {
 });
 
 /** A coordinator with the ledger on the test chain (settling as a fresh coordinator account when asked). */
-async function ledgerCoordinator(settlement: SettlementOptions, opts: { ownAccount?: boolean; account?: LocalAccount } = {}) {
+async function ledgerCoordinator(
+  settlement: SettlementOptions,
+  opts: { ownAccount?: boolean; account?: LocalAccount; logger?: ReturnType<typeof quietLogger> } = {},
+) {
   const db = await testDatabase();
   cleanups.push(db.cleanup);
   const joinToken = randomBytes(32).toString("base64url");
@@ -64,7 +69,7 @@ async function ledgerCoordinator(settlement: SettlementOptions, opts: { ownAccou
     port: 0,
     ...db,
     joinToken,
-    logger: quietLogger(),
+    logger: opts.logger ?? quietLogger(),
     ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement },
   });
   cleanups.push(() => coordinator.close());
@@ -113,6 +118,13 @@ async function chat(url: string, key: string) {
     body: JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: "hi" }], max_tokens: 8 }),
   });
   expect(res.status).toBe(200);
+}
+
+/** A worker's report, signed by its own key, of the layers a head placed on it (as worker.ts sends it). */
+async function reportLayers(worker: SimNode, head: SimNode, sessionId: string, firstLayer: number, layerCount: number) {
+  const fields = { sessionId, head: head.id as Address, firstLayer, layerCount, contiguous: true, tensorBytes: layerCount * 2_216_448 };
+  const signature = await worker.account.signMessage({ message: clusterLayersMessage({ ...fields, worker: worker.id }) });
+  worker.send({ type: "cluster.layers", ...fields, signature });
 }
 
 describe("work receipts", () => {
@@ -261,6 +273,9 @@ describe("split clusters", () => {
         { nodeId: workers[1]?.id as string, firstLayer: 20, layerCount: 10, shareBps: 3333 },
       ],
     });
+    // the split counts once each member's own report says the same
+    await reportLayers(workers[0] as SimNode, head, "session-1", 0, 20);
+    await reportLayers(workers[1] as SimNode, head, "session-1", 20, 10);
     await waitFor("the split to show", () => coordinator.fleet.get(head.id)?.cluster?.length === 2);
     const key = await paidKey(coordinator.url, devWallet(16), chain.coordinator.address);
     for (let i = 0; i < 3; i++) await chat(coordinator.url, key);
@@ -326,6 +341,72 @@ describe("split clusters", () => {
     await waitFor("four receipts", async () => (await accepted()) === 4);
     expect(await earned(coordinator, head)).toBe(0n);
     expect(await earned(coordinator, attacker)).toBe(4n * JOB_COST);
+  });
+  it("refuses a split whose layers a member's own signed report contradicts, and pays nobody by it", async () => {
+    const warnings: Record<string, unknown>[] = [];
+    const logger = pino({ level: "warn" }, { write: (line: string) => warnings.push(JSON.parse(line)) });
+    const { coordinator, joinToken } = await ledgerCoordinator({ maxAgeMs: 1_200_000, checkEveryMs: 60_000 }, { logger });
+    const warned = (msg: string) => warnings.filter((w) => w.msg === msg);
+    // a solo node serves the model too: the jobs go to it while the head has no split
+    const solo = await signingNode(coordinator.url, joinToken, {});
+    // the attacker runs a head and a sock-puppet worker; the honest worker reports what it holds
+    const headFrames: CoordinatorFrame[] = [];
+    const head = await signingNode(coordinator.url, joinToken, { role: "head" }, headFrames);
+    const puppet = await signingNode(coordinator.url, joinToken, workerHello(0), [], []);
+    const honest = await signingNode(coordinator.url, joinToken, workerHello(1), [], []);
+    const form = async (sessionId: string) => {
+      head.send({ type: "cluster.form", sessionId, members: [puppet.id, honest.id], expiresAt: Date.now() + 60_000 });
+      await waitFor("the cluster to form", () => headFrames.some((f) => f.type === "cluster.members" && f.sessionId === sessionId));
+    };
+    const errors = () => headFrames.flatMap((f) => (f.type === "error" ? [f.message] : []));
+    /** the head gives the puppet 0-19 (two thirds of every job) and the honest worker 20-29 */
+    const inflated = [
+      { nodeId: puppet.id, firstLayer: 0, layerCount: 20, shareBps: 6667 },
+      { nodeId: honest.id, firstLayer: 20, layerCount: 10, shareBps: 3333 },
+    ];
+
+    // 1. it placed layers 15-29 on the honest worker; the puppet signs whatever the head claims
+    await form("session-a");
+    head.send({ type: "cluster.plan", members: inflated });
+    await reportLayers(puppet, head, "session-a", 0, 20);
+    await reportLayers(honest, head, "session-a", 15, 15);
+    await waitFor("the split refused", () => errors().length === 1);
+    expect(errors()[0]).toBe(`cluster split refused: ${honest.id} holds layers 15-29 by its own report, not 20-29`);
+    expect(warned("cluster split refused: a member's own report differs")).toEqual([
+      expect.objectContaining({ head: head.id, member: honest.id, claimed: "20-29", observed: "15-29" }),
+    ]);
+    expect(coordinator.fleet.get(head.id)?.cluster).toBeUndefined();
+
+    // 2. the head names only the puppet, for all 30 layers, while the honest worker holds 0-19
+    await form("session-b");
+    head.send({ type: "cluster.plan", members: [{ nodeId: puppet.id, firstLayer: 0, layerCount: 30, shareBps: 10_000 }] });
+    await reportLayers(puppet, head, "session-b", 0, 30);
+    await reportLayers(honest, head, "session-b", 0, 20);
+    await waitFor("the split refused", () => errors().length === 2);
+    expect(errors()[1]).toBe(`cluster split refused: ${honest.id} holds layers 0-19 by its own report, and the split does not name it`);
+
+    // 3. nobody reports for the honest worker: not the head from its own channel, not the puppet
+    //    with its own key, not the puppet replaying the honest worker's signed report
+    await form("session-c");
+    head.send({ type: "cluster.plan", members: inflated });
+    await reportLayers(puppet, head, "session-c", 0, 20);
+    const fields = { sessionId: "session-c", head: head.id as Address, firstLayer: 20, layerCount: 10, contiguous: true, tensorBytes: 1 };
+    const message = clusterLayersMessage({ ...fields, worker: honest.id });
+    head.send({ type: "cluster.layers", ...fields, signature: await head.account.signMessage({ message }) });
+    puppet.send({ type: "cluster.layers", ...fields, signature: await puppet.account.signMessage({ message }) });
+    puppet.send({ type: "cluster.layers", ...fields, signature: await honest.account.signMessage({ message }) });
+    await waitFor("three reports refused", () => warnings.filter((w) => String(w.msg).startsWith("layer report refused")).length === 3);
+    // the split stays unconfirmed: no split job goes to the head, none pays its members
+    const key = await paidKey(coordinator.url, devWallet(18), chain.coordinator.address);
+    for (let i = 0; i < 2; i++) await chat(coordinator.url, key);
+    const accepted = async () =>
+      (await coordinator.db.selectFrom("receipts").select("id").where("status", "=", "accepted").execute()).length;
+    await waitFor("two receipts", async () => (await accepted()) === 2);
+    expect(coordinator.fleet.get(head.id)?.cluster).toBeUndefined();
+    expect(coordinator.fleet.get(head.id)?.accepting).toBe(false);
+    expect(await earned(coordinator, solo)).toBe(2n * JOB_COST);
+    for (const n of [head, puppet, honest]) expect(await earned(coordinator, n)).toBe(0n);
+    expect(errors()).toHaveLength(2);
   });
 });
 

@@ -2,6 +2,8 @@
  * One model over three machines: a head and two workers, each in its own network namespace on one
  * bridge, the coordinator in the root namespace. The default model is split over the workers
  * through authenticated RPC tunnels; at temperature 0 it answers exactly as a solo llama-server.
+ * The coordinator takes the split only once each worker's signed report of the layers placed on it
+ * (read off the RPC stream by its tunnel end) agrees.
  * A worker killed mid-generation: the head re-plans onto the other, and the job continues on the
  * re-formed cluster (the only unit here), so its client sees one unbroken stream. A worker its owner pauses takes no work: the head re-plans without
  * it. Unauthenticated tunnel connections never reach rpc-server.
@@ -114,7 +116,7 @@ async function network() {
       status: string;
       accepting: boolean;
       reason: string | null;
-      cluster: { nodeId: string; layerCount: number }[] | null;
+      cluster: { nodeId: string; firstLayer: number; layerCount: number; tensorBytes: number }[] | null;
       capacity: { memoryBytes: number } | null;
     }[];
   };
@@ -164,11 +166,19 @@ describe.skipIf(!canUseNetns())("a model split over three hosts (network namespa
   }, 60_000);
 
   it("serves the split model as one virtual node, with temperature-0 text identical to a solo llama-server", async () => {
-    const net0 = await network();
-    const headNode = net0.nodes.find((n) => n.id === head.id);
+    // the split counts once the workers' reports are in (they are sent during the head's warm-up)
+    const headNode = await waitFor("the head's split to be confirmed", async () =>
+      (await network()).nodes.find((n) => n.id === head.id && n.cluster?.length === workers.length),
+    ).catch(async () => (await network()).nodes.find((n) => n.id === head.id));
     expect(headNode?.role).toBe("head");
     expect(headNode?.cluster?.map((m) => m.nodeId).sort(), `the head's log:\n${head.log()}`).toEqual(workers.map((w) => w.id).sort());
     expect(headNode?.cluster?.reduce((s, m) => s + m.layerCount, 0)).toBe(30);
+    // the coordinator took the split only once each worker's own signed report, read off the RPC
+    // stream at its tunnel end, named the same layers: the weights it counted are the same per
+    // layer on each (this model's layers are alike)
+    const perLayer = headNode?.cluster?.map((m) => m.tensorBytes / m.layerCount) ?? [];
+    expect(perLayer[0]).toBeGreaterThan(1_000_000);
+    expect(new Set(perLayer).size).toBe(1);
     // one virtual node whose capacity is its machines' together (here: three namespaces of one machine)
     expect(headNode?.capacity?.memoryBytes).toBe(3 * totalmem());
     for (const prompt of PROMPTS) {

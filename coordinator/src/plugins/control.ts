@@ -201,15 +201,15 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         case "tunnel.ready":
           return o.clusters.ready(frame.sessionId, node.id);
         case "cluster.plan": {
-          const refused = o.clusters.plan(node, frame.members);
+          const refused = o.clusters.plan(node, frame.members, log);
           if (refused) {
             log.warn({ nodeId: node.id, reason: refused }, "cluster split refused");
             return send({ type: "error", message: `cluster split refused: ${refused}` });
           }
-          log.info({ nodeId: node.id, split: frame.members.map((m) => `${m.nodeId}:${m.layerCount}`) }, "cluster split");
-          o.fleet.notify();
           return;
         }
+        case "cluster.layers":
+          return void o.clusters.report(node, frame, log);
         case "audit.result":
         case "audit.error": {
           const from = node.id;

@@ -11,7 +11,7 @@ import type { ClusterMembers, NodeFrame } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { SharedLLMError } from "../errors.js";
 import type { ModelLayout } from "../models/gguf.js";
-import { type MemberInfo, type Placement, planPlacement, tensorSplit } from "./placement.js";
+import { type MemberInfo, type Placement, planPlacement, splitArgs } from "./placement.js";
 import {
   type DialOptions,
   dialTunnel,
@@ -163,11 +163,9 @@ export class ClusterHead {
       }),
     });
     this.o.logger.info({ split: plan.members.map((m) => `${m.id}:${m.firstLayer}+${m.layerCount}`) }, "cluster formed");
-    // the repeating layers go to the members; the output head stays here (llama.cpp offloads it
-    // only past n_layer), so a token's trip back is its hidden state, not the logits over the
-    // whole vocabulary (2.3 KB instead of 196 KB for the default model)
-    const layers = String(this.o.layout.layerBytes.length);
-    return ["--rpc", ports.map((p) => `127.0.0.1:${p}`).join(","), "--tensor-split", tensorSplit(plan), "--n-gpu-layers", layers];
+    // every layer on the member the plan names (the members' own reports must match it), the
+    // output head here
+    return ["--rpc", ports.map((p) => `127.0.0.1:${p}`).join(","), ...splitArgs(plan)];
   }
 
   private async closeProxies() {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { ModelLayout } from "../models/gguf.js";
-import { type MemberInfo, PlacementError, planPlacement, tensorSplit } from "./placement.js";
+import { type MemberInfo, type Placement, PlacementError, planPlacement, splitArgs } from "./placement.js";
 
 const MiB = 2 ** 20;
 const model = (layers: number, layerMiB = 10, kvMiB = 1): ModelLayout => ({
@@ -32,7 +32,7 @@ describe("planPlacement", () => {
     ]);
     expect(p.members[1]?.bytes).toBe(15 * 11 * MiB);
     expect(p.members.reduce((s, m) => s + m.shareBps, 0)).toBe(10_000);
-    expect(tensorSplit(p)).toBe("15,15");
+    expect(splitArgs(p)).toEqual(["--tensor-split", "15,16", "--n-gpu-layers", "31", "--override-tensor", "^(output|token_embd)=CPU"]);
   });
 
   it("gives faster members proportionally more", () => {
@@ -118,5 +118,57 @@ describe("planPlacement", () => {
       }
     }
     expect(planned).toBeGreaterThan(100);
+  });
+});
+
+/**
+ * llama.cpp's layer assignment (llama-model.cpp, load_tensors), in float32 as there: the device of
+ * each layer and of the output (index n_layer), -1 for the CPU.
+ */
+function llamaDevices(nLayer: number, args: string[]): number[] {
+  const split = (args[args.indexOf("--tensor-split") + 1] as string).split(",").map(Number);
+  const ngl = Number(args[args.indexOf("--n-gpu-layers") + 1]);
+  const f = Math.fround;
+  let sum = f(0);
+  const splits = split.map((x) => (sum = f(sum + f(x))));
+  const points = splits.map((x) => f(x / sum));
+  const start = Math.max(nLayer + 1 - ngl, 0);
+  const offloaded = Math.min(ngl, nLayer + 1);
+  return Array.from({ length: nLayer + 1 }, (_, il) => {
+    if (il < start || il - start >= offloaded) return -1;
+    const x = f(f(il - start) / offloaded);
+    const i = points.findIndex((p) => p > x);
+    return i < 0 ? points.length : i;
+  });
+}
+
+describe("splitArgs", () => {
+  it("makes llama.cpp place exactly the planned layers on each member (the output's slot on the last, its weights overridden)", () => {
+    const placement = (counts: number[]): Placement => {
+      let first = 0;
+      const members = counts.map((layerCount, i) => {
+        const m = { id: `m${i}`, firstLayer: first, layerCount, bytes: 0, shareBps: 0 };
+        first += layerCount;
+        return m;
+      });
+      return { members, excluded: [], costMs: 0 };
+    };
+    const cases: number[][] = [[30], [20, 10], [15, 15], [1, 29], [29, 1], [10, 10, 10], [7, 13, 5, 5], [1, 1, 1], [40, 41, 47]];
+    for (let a = 1; a < 80; a += 3) for (let b = 1; b < 80; b += 7) cases.push([a, b], [b, a, 3]);
+    for (const counts of cases) {
+      const p = placement(counts);
+      const n = counts.reduce((s, c) => s + c, 0);
+      const devices = llamaDevices(n, splitArgs(p));
+      const expected = p.members.flatMap((m, i) => Array.from({ length: m.layerCount }, () => i));
+      expect(devices, counts.join(",")).toEqual([...expected, counts.length - 1]);
+    }
+  });
+
+  it("(with n_layer offloaded, as before, layer 0 stayed on the head and the members' ranges moved up)", () => {
+    expect(llamaDevices(30, ["--tensor-split", "20,10", "--n-gpu-layers", "30"]).slice(0, 22)).toEqual([
+      -1,
+      ...Array.from({ length: 20 }, () => 0),
+      1,
+    ]);
   });
 });

@@ -227,7 +227,24 @@ export function planPlacement(model: ModelLayout, members: MemberInfo[], opts: P
   return { members: placed, excluded, costMs: cost(set, counts) };
 }
 
-/** llama-server's `--tensor-split` for a placement: layer counts as proportions, in device order. */
-export function tensorSplit(p: Placement): string {
-  return p.members.map((m) => m.layerCount).join(",");
+/** The output's weights (and a tied output's copy of the token embeddings), kept on the head. */
+const OUTPUT_ON_HEAD = "^(output|token_embd)=CPU";
+
+/**
+ * llama-server's arguments that place a placement's layers exactly where it says, members in
+ * device order: each member's own report of what was placed on it must match to the layer.
+ * llama.cpp (llama-model.cpp, load_tensors) offloads layers from `n_layer + 1 - n_gpu_layers` on,
+ * the output counting as layer `n_layer`, and gives each layer `il` the device whose running share
+ * of `--tensor-split` first exceeds `float(il - first offloaded) / offloaded`. So:
+ * `--n-gpu-layers n_layer + 1` (with `n_layer`, layer 0 would stay on the head and every member's
+ * range would move up by one), and the layer counts as the split, the last member's plus one for
+ * the output's slot. The output's weights stay on the head all the same (`--override-tensor`):
+ * neither the plan nor the last member's memory counts them, and a token's trip back is then its
+ * hidden state, not the logits over the whole vocabulary (2.3 KB instead of 196 KB for the default
+ * model).
+ */
+export function splitArgs(p: Placement): string[] {
+  const layers = p.members.reduce((s, m) => s + m.layerCount, 0);
+  const weights = p.members.map((m, i) => m.layerCount + (i === p.members.length - 1 ? 1 : 0));
+  return ["--tensor-split", weights.join(","), "--n-gpu-layers", String(layers + 1), "--override-tensor", OUTPUT_ON_HEAD];
 }

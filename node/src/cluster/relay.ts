@@ -13,15 +13,24 @@ export interface Relayed {
   close(): void;
 }
 
-/** Relays `a` and `b`; both must be paused with nothing read and not yet forwarded. */
-export function relay(a: Socket, b: Socket): Relayed {
+/**
+ * Relays `a` and `b`; both must be paused with nothing read and not yet forwarded. `watch` sees
+ * each chunk from `a` before `b` does: when it answers false, the chunk is dropped and the relay
+ * ends.
+ */
+export function relay(a: Socket, b: Socket, watch?: (chunk: Buffer) => boolean): Relayed {
   a.setNoDelay(true);
   b.setNoDelay(true);
   let aToB = 0;
   let bToA = 0;
   // plain handlers rather than pipe(): one write per chunk, backpressure by pause/resume
-  const forward = (from: Socket, to: Socket, count: (n: number) => void) => {
+  const forward = (from: Socket, to: Socket, count: (n: number) => void, watch?: (chunk: Buffer) => boolean) => {
     from.on("data", (d: Buffer) => {
+      if (watch && !watch(d)) {
+        a.destroy();
+        b.destroy();
+        return;
+      }
       count(d.length);
       if (!to.write(d)) {
         from.pause();
@@ -32,9 +41,14 @@ export function relay(a: Socket, b: Socket): Relayed {
     from.once("error", () => to.destroy());
     from.once("close", () => to.destroy());
   };
-  forward(a, b, (n) => {
-    aToB += n;
-  });
+  forward(
+    a,
+    b,
+    (n) => {
+      aToB += n;
+    },
+    watch,
+  );
   forward(b, a, (n) => {
     bToA += n;
   });

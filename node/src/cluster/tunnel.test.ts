@@ -12,9 +12,11 @@ import tls from "node:tls";
 import { quietLogger, waitFor } from "@sharedllm/testkit";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { compute, hello, request, setTensor } from "./rpcRequests.fixture.js";
 import {
   bindingMessage,
   dialTunnel,
+  type LayersSeen,
   MAX_SESSION_MS,
   measureThroughput,
   TUNNEL_PROTOCOL,
@@ -261,5 +263,88 @@ describe("the RPC tunnel", () => {
     await proxy.close();
     await new Promise((r) => setTimeout(r, 100));
     expect(lost).toHaveLength(1);
+  });
+});
+
+describe("the worker's view of the head's RPC stream", () => {
+  it("tells the layers a head set over a session's live connections as a compute begins, once per change", async () => {
+    const seen: { layers: number[]; tensorBytes: number }[] = [];
+    const watched = new TunnelServer({
+      identity: workerIdentity,
+      host: "127.0.0.1",
+      port: 0,
+      upstream: { host: "127.0.0.1", port: (upstream.address() as net.AddressInfo).port },
+      onLayers: (s: LayersSeen) => {
+        expect(s).toMatchObject({ sessionId: "s1", head: HEAD });
+        seen.push({ layers: [...s.layers].sort((a, b) => a - b), tensorBytes: s.tensorBytes });
+      },
+      logger: quietLogger(),
+    });
+    await watched.listen();
+    watched.addSession({ id: "s1", head: HEAD, expiresAt: Date.now() + 60_000 });
+    /** a connection as llama-server's: each request goes through once the echo of the one before came back */
+    const connect = async () => {
+      const s = await dialTunnel({ ...dial(), port: watched.port });
+      s.on("error", () => {});
+      let echoed = 0;
+      s.on("data", (d: Buffer) => {
+        echoed += d.length;
+      });
+      s.resume();
+      let sent = 0;
+      return {
+        socket: s,
+        send: async (b: Buffer) => {
+          s.write(b);
+          sent += b.length;
+          await waitFor("the request to pass the worker's tunnel end", () => echoed === sent);
+        },
+      };
+    };
+    const a = await connect();
+    await a.send(Buffer.concat([hello(), setTensor("blk.0.attn_q.weight", 100), setTensor("blk.1.attn_q.weight", 50)]));
+    expect(seen).toEqual([]);
+    await a.send(compute());
+    expect(seen).toEqual([{ layers: [0, 1], tensorBytes: 150 }]);
+    // the next tokens' computes change nothing
+    await a.send(Buffer.concat([setTensor("inp_embd", 10), compute(), compute()]));
+    expect(seen).toHaveLength(1);
+    // a second connection of the session adds its layers
+    const b = await connect();
+    await b.send(Buffer.concat([hello(), setTensor("blk.2.ffn_up.weight", 7), compute()]));
+    expect(seen.at(-1)).toEqual({ layers: [0, 1, 2], tensorBytes: 157 });
+    // once it is gone, the next compute tells the layers of the connections left
+    b.socket.destroy();
+    await waitFor("the worker to see the second connection gone and tell the layers left", async () => {
+      await a.send(compute());
+      return seen.length === 3;
+    });
+    expect(seen.at(-1)).toEqual({ layers: [0, 1], tensorBytes: 150 });
+    await watched.close();
+  });
+
+  it("ends a connection whose RPC stream it cannot follow, before rpc-server sees those bytes", async () => {
+    const watched = new TunnelServer({
+      identity: workerIdentity,
+      host: "127.0.0.1",
+      port: 0,
+      upstream: { host: "127.0.0.1", port: (upstream.address() as net.AddressInfo).port },
+      onLayers: () => {},
+      logger: quietLogger(),
+    });
+    await watched.listen();
+    watched.addSession({ id: "s1", head: HEAD, expiresAt: Date.now() + 60_000 });
+    for (const garbage of [Buffer.from("not ggml-rpc at all"), Buffer.concat([hello(), request(200, Buffer.from("MARK"))])]) {
+      received = Buffer.alloc(0);
+      const closedBefore = upstreamClosed;
+      const s = await dialTunnel({ ...dial(), port: watched.port });
+      s.on("error", () => {});
+      s.resume();
+      s.write(garbage);
+      await waitFor("the worker to drop the connection", () => upstreamClosed === closedBefore + 1);
+      expect(received.length).toBe(0);
+      s.destroy();
+    }
+    await watched.close();
   });
 });

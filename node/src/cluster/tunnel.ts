@@ -18,7 +18,9 @@
  * nobody else (the coordinator included) ever holds one. Every byte after the handshake is
  * encrypted and authenticated by TLS, so bytes injected or altered on the path end the connection
  * before rpc-server sees them. A worker serves a head only while the coordinator's formation names
- * it (a session, capped at a day) and its own policy allows it (`allowHead`).
+ * it (a session, capped at a day) and its own policy allows it (`allowHead`). The worker's end
+ * reads the head's RPC stream as it passes (rpcWatch.ts) and tells which layers the head placed on
+ * this worker (`onLayers`), for the worker to report them to the coordinator.
  */
 import net, { type Socket } from "node:net";
 import tls, { type TLSSocket } from "node:tls";
@@ -28,6 +30,7 @@ import { SharedLLMError } from "../errors.js";
 import { fromOwnUser } from "./localPeer.js";
 import { type Relayed, relay } from "./relay.js";
 import type { RpcAddress } from "./rpcServer.js";
+import { RpcWatch } from "./rpcWatch.js";
 import { certFingerprint, ephemeralCert, type TunnelCert } from "./tunnelCert.js";
 
 export const TUNNEL_PROTOCOL = "sharedllm-tunnel/2";
@@ -159,7 +162,29 @@ export interface TunnelServerOptions {
   upstream: RpcAddress;
   /** this worker's own policy: whether it lends itself to this head at all (default: any head the coordinator names) */
   allowHead?: (head: string) => boolean;
+  /**
+   * told, as a compute begins on a session's connection, the layers the head has set on this
+   * worker over that session's live connections (read off the RPC stream, rpcWatch.ts), each
+   * time they changed since last told; absent: the stream is not watched
+   */
+  onLayers?: (seen: LayersSeen) => void;
   logger: Logger;
+}
+
+/** What a head set on this worker in one session, as its tunnel end saw it. */
+export interface LayersSeen {
+  sessionId: string;
+  head: string;
+  layers: ReadonlySet<number>;
+  /** bytes of those layers' weights (RpcWatch.tensorBytes) */
+  tensorBytes: number;
+}
+
+/** A session's watched connections, and whether what they saw changed since it was last told. */
+interface SessionWatch {
+  watches: Set<RpcWatch>;
+  changed: boolean;
+  told: string;
 }
 
 export interface TunnelStats {
@@ -174,6 +199,7 @@ export interface TunnelStats {
 export class TunnelServer {
   private readonly sessions = new Map<string, TunnelSession>();
   private readonly relays = new Set<Relayed>();
+  private readonly watched = new Map<string, SessionWatch>();
   private server: tls.Server | undefined;
   readonly nodeId: string;
   readonly stats: TunnelStats = { accepted: 0, refused: {}, bytesIn: 0, bytesOut: 0 };
@@ -297,12 +323,62 @@ export class TunnelServer {
     socket.write(`${JSON.stringify({ ok: true, sig: ours })}\n`);
     this.stats.accepted += 1;
     this.o.logger.info({ head, session: id }, "tunnel connection accepted");
-    const r = relay(socket, upstream);
+    const watch = this.o.onLayers && this.watch(session);
+    const r = relay(socket, upstream, watch?.push);
     this.relays.add(r);
     const moved = await r.done;
     this.relays.delete(r);
+    watch?.end();
     this.stats.bytesIn += moved.aToB;
     this.stats.bytesOut += moved.bToA;
+  }
+
+  /**
+   * Follows one connection's RPC stream from the head. A stream it cannot follow is one rpc-server
+   * refuses too: the connection ends there, before those bytes reach rpc-server.
+   */
+  private watch(session: TunnelSession): { push: (chunk: Buffer) => boolean; end: () => void } {
+    const entry = this.watched.get(session.id) ?? { watches: new Set<RpcWatch>(), changed: false, told: "" };
+    this.watched.set(session.id, entry);
+    const w = new RpcWatch({
+      weights: () => {
+        entry.changed = true;
+      },
+      compute: () => this.computing(session, entry),
+    });
+    entry.watches.add(w);
+    return {
+      push: (chunk) => {
+        w.push(chunk);
+        if (w.unreadable === undefined) return true;
+        this.o.logger.warn(
+          { head: session.head, session: session.id, reason: w.unreadable },
+          "an RPC stream this worker cannot follow: dropped",
+        );
+        return false;
+      },
+      end: () => {
+        entry.watches.delete(w);
+        entry.changed = true;
+        if (!entry.watches.size && this.watched.get(session.id) === entry) this.watched.delete(session.id);
+      },
+    };
+  }
+
+  /** A compute began: the session's layers over its live connections, when they changed since last told. */
+  private computing(session: TunnelSession, s: SessionWatch) {
+    if (!s.changed) return;
+    s.changed = false;
+    const layers = new Set<number>();
+    let tensorBytes = 0;
+    for (const w of s.watches) {
+      for (const l of w.layers) layers.add(l);
+      tensorBytes += w.tensorBytes;
+    }
+    const told = `${[...layers].sort((a, b) => a - b).join(",")} ${tensorBytes}`;
+    if (!layers.size || told === s.told) return;
+    s.told = told;
+    this.o.onLayers?.({ sessionId: session.id, head: session.head, layers, tensorBytes });
   }
 
   /** A link measurement: count what the head sends until it stops, then say how much arrived. */

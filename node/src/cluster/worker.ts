@@ -3,12 +3,15 @@
  * ggml-rpc-server on 127.0.0.1 (tensor cache on) behind the authenticated tunnel, tells the
  * coordinator where the tunnel is, and takes the cluster sessions the coordinator forms for a head,
  * when its own policy serves that head: the head its site daemon picked, or those its owner named.
+ * It reports to the coordinator, signed by its node key, the layers each head placed on it as its
+ * tunnel end saw them in the RPC stream: a head's split counts only when its members' reports agree.
  * Its owner has the same say as over a solo node (pause, schedule, owner-first): a worker that
  * stops taking work ends its sessions and drops its tunnels, so its heads form their clusters
  * again without it (the coordinator leaves it out while it is unavailable).
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
+import { clusterLayersMessage } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { capabilities, detectHardware } from "../control/capabilities.js";
 import type { ControlClient } from "../control/client.js";
@@ -21,7 +24,8 @@ import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 import { type RpcServer, startRpcServer } from "./rpcServer.js";
-import { TunnelServer, tunnelIdentity } from "./tunnel.js";
+import { layerRun } from "./rpcWatch.js";
+import { type LayersSeen, TunnelServer, tunnelIdentity } from "./tunnel.js";
 
 export interface WorkerDaemonOptions {
   paths: Paths;
@@ -112,8 +116,20 @@ export async function startWorkerDaemon(o: WorkerDaemonOptions): Promise<WorkerD
     port: o.tunnelPort ?? 0,
     upstream: rpc.address,
     allowHead: heads && ((head) => heads.has(head)),
+    onLayers: (seen) =>
+      void report(seen).catch((err: Error) => log.error({ err: err.message }, "could not report the layers a head placed here")),
     logger: log,
   });
+  /** Tells the coordinator, signed by this node's key, which layers a head placed here: its split is held against it. */
+  const report = async (seen: LayersSeen) => {
+    const run = layerRun(seen.layers);
+    if (!run) return;
+    const fields = { sessionId: seen.sessionId, head: seen.head as `0x${string}`, ...run, tensorBytes: seen.tensorBytes };
+    const signature = await identity.account.signMessage({ message: clusterLayersMessage({ ...fields, worker: nodeId }) });
+    control.sendFrame({ type: "cluster.layers", ...fields, signature });
+    const layers = `${run.firstLayer}+${run.layerCount}${run.contiguous ? "" : " with gaps"}`;
+    log.info({ head: seen.head, layers, tensorBytes: seen.tensorBytes }, "reported the layers the head placed here");
+  };
   try {
     await tunnel.listen();
   } catch (err) {
