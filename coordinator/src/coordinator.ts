@@ -176,6 +176,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       if (ledger.audits) await app.register(auditsPlugin, { audits: ledger.audits, keys });
     }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
+    // suspicion is known before the first node connects
+    await ledger?.audits?.start();
     const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
     origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url, o.host);
     // renewing the lease; a gone coordinator's holds are released by whichever one is still running
@@ -186,7 +188,6 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
     }, LEASE_RENEW_MS);
     ledger?.settler.start();
-    await ledger?.audits?.start();
     return {
       url,
       app,

@@ -61,6 +61,8 @@ export interface AuditOptions {
   positions?: number;
   /** how many of its top tokens the auditor ranks at each position; default 20 */
   topK?: number;
+  /** an audit no auditor ran within this is given up, not blamed on the node; default 24 h */
+  deadlineMs?: number;
   /** random in [0, 1): whether a job is audited (tests pin it); default crypto */
   random?: () => number;
 }
@@ -84,6 +86,19 @@ export interface AuditCandidate {
   outputHash: string;
 }
 
+/** Request fields that change the sampler beyond what an audit scores: such jobs are not audited. */
+const UNSCORED_FIELDS = ["logit_bias", "response_format", "tools", "tool_choice"] as const;
+
+function unscored(request: Record<string, unknown>): boolean {
+  if (UNSCORED_FIELDS.some((f) => request[f] !== undefined)) return true;
+  // penalties move the distribution away from the model's own
+  const neutral = (f: string, v: number) => request[f] === undefined || request[f] === v;
+  return !(neutral("presence_penalty", 0) && neutral("frequency_penalty", 0) && neutral("repeat_penalty", 1));
+}
+
+/** Prompt tokens a receipt may name above the auditor's count (a start token the engines add differently). */
+const PROMPT_MARGIN = 2;
+
 /** The most times an audit is handed to an auditor before it is given up (void: the node is not blamed). */
 const MAX_ATTEMPTS = 5;
 /** An audit an auditor holds longer than this goes back to the queue. */
@@ -91,11 +106,13 @@ const RUNNING_TIMEOUT_MS = 5 * 60_000;
 const PUMP_INTERVAL_MS = 5_000;
 
 export const DEFAULT_AUDIT_WINDOW_MS = 10 * 60_000;
+/** An audit no auditor ran within this is given up (void), so the node's earnings are not held for ever. */
+const DEFAULT_DEADLINE_MS = 24 * 3600_000;
 
 export class Audits {
   private readonly trusted: ReadonlySet<string>;
-  /** auditor id -> the audit it runs now */
-  private readonly busy = new Map<string, string>();
+  /** auditor id -> the audit it runs now, on which connection, since when */
+  private readonly busy = new Map<string, { auditId: string; node: ConnectedNode; since: number }>();
   /** failed audits not cleared, by node (those with none are absent) */
   private readonly suspects = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
@@ -141,15 +158,18 @@ export class Audits {
 
   /**
    * In the transaction that charges a job: whether this node's part is audited, and if so its
-   * audit, queued. A part whose ids were not all told, or an auditor's own, is not audited.
+   * audit, queued. Not audited: an auditor's own part; the told tokens of a part up to its first
+   * untold one, when there are none (the auditor needs every id before a position); a request
+   * whose fields change the sampler beyond what an auditor scores (UNSCORED_FIELDS).
    */
   async consider(tx: Kysely<Database>, c: AuditCandidate): Promise<boolean> {
-    if (this.trusted.has(c.node.toLowerCase())) return false;
-    const untold = c.output.indexOf(UNTOLD_TOKEN, c.from);
+    if (this.trusted.has(c.node.toLowerCase()) || unscored(c.request)) return false;
+    const untold = c.output.indexOf(UNTOLD_TOKEN);
     const end = untold < 0 ? c.output.length : untold;
     if (end <= c.from) return false;
     const standing = await tx.selectFrom("node_standing").selectAll().where("node_id", "=", c.node.toLowerCase()).executeTakeFirst();
-    if (!((this.o.random ?? Math.random)() < this.rateFor(standing))) return false;
+    const draw = this.o.random ? this.o.random() : randomInt(2 ** 32) / 2 ** 32;
+    if (!(draw < this.rateFor(standing))) return false;
     const positions = pickPositions(c.from, end, this.o.positions ?? 8);
     await tx
       .insertInto("audits")
@@ -197,19 +217,28 @@ export class Audits {
   }
 
   private async dispatch(): Promise<void> {
+    const now = Date.now();
+    // an auditor that holds an audit too long (hung) hands it back
+    for (const [id, b] of this.busy) {
+      if (now - b.since < RUNNING_TIMEOUT_MS) continue;
+      this.busy.delete(id);
+      await this.requeue(b.auditId, `the auditor ${id} did not answer in time`);
+    }
+    // audits nobody could run for a day are given up: the node's earnings are not held for ever
     await this.db
       .updateTable("audits")
-      .set({ status: "queued", auditor_id: null })
-      .where("status", "=", "running")
-      .where("started_at", "<", new Date(Date.now() - RUNNING_TIMEOUT_MS))
-      .where("id", "not in", [...this.busy.values(), ""])
+      .set({ status: "void", reason: "no auditor ran it in time", finished_at: new Date() })
+      .where("status", "=", "queued")
+      .where("created_at", "<", new Date(now - (this.o.deadlineMs ?? DEFAULT_DEADLINE_MS)))
       .execute();
     const free = this.fleet.list().filter((n) => this.isAuditor(n) && !this.busy.has(n.id) && n.available && n.active < n.slots);
     if (!free.length) return;
+    const files = [...new Set(free.flatMap((n) => [...n.models.values()].map((m) => m.sha256)))];
     const queued = await this.db
       .selectFrom("audits")
       .select(["id", "node_id", "model", "model_sha256", "kind", "request", "output", "positions"])
       .where("status", "=", "queued")
+      .where("model_sha256", "in", files)
       .orderBy("created_at")
       .limit(100)
       .execute();
@@ -218,12 +247,21 @@ export class Audits {
       if (i < 0) continue;
       const auditor = free.splice(i, 1)[0] as ConnectedNode;
       const model = [...auditor.models.values()].find((m) => m.sha256 === a.model_sha256)?.id ?? a.model;
-      await this.db
+      // claimed only while still queued: another pass (or process) may have taken it
+      const claimed = await this.db
         .updateTable("audits")
         .set({ status: "running", auditor_id: auditor.id, attempts: sql`attempts + 1`, started_at: new Date() })
         .where("id", "=", a.id)
-        .execute();
-      this.busy.set(auditor.id, a.id);
+        .where("status", "=", "queued")
+        .returning("id")
+        .executeTakeFirst();
+      if (!claimed) continue;
+      // the auditor may have gone while the row was written
+      if (this.fleet.get(auditor.id) !== auditor) {
+        await this.requeue(a.id, `the auditor ${auditor.id} went away`);
+        continue;
+      }
+      this.busy.set(auditor.id, { auditId: a.id, node: auditor, since: Date.now() });
       const frame: AuditStart = {
         type: "audit.start",
         auditId: a.id,
@@ -316,17 +354,17 @@ export class Audits {
     return !!cleared;
   }
 
-  /** An auditor went away: what it held goes back to the queue. */
-  auditorGone(auditorId: string): void {
-    const auditId = this.busy.get(auditorId);
-    if (!auditId) return;
-    this.busy.delete(auditorId);
-    this.requeue(auditId, `the auditor ${auditorId} went away`).catch((err) => this.log.error({ err }, "requeueing an audit failed"));
+  /** A node's connection closed: what it held as an auditor goes back to the queue. */
+  auditorGone(node: ConnectedNode): void {
+    const b = this.busy.get(node.id);
+    if (b?.node !== node) return;
+    this.busy.delete(node.id);
+    this.requeue(b.auditId, `the auditor ${node.id} went away`).catch((err) => this.log.error({ err }, "requeueing an audit failed"));
   }
 
   /** An auditor could not run an audit: it goes back to the queue (never the audited node's fault). */
   async onError(from: string, f: AuditError): Promise<void> {
-    if (this.busy.get(from) !== f.auditId) return;
+    if (this.busy.get(from)?.auditId !== f.auditId) return;
     this.busy.delete(from);
     await this.requeue(f.auditId, f.message);
     this.pump();
@@ -351,7 +389,7 @@ export class Audits {
 
   /** An auditor's scores: checked against what it was asked, judged, and the verdict's consequences applied. */
   async onResult(from: string, f: AuditResult): Promise<void> {
-    if (this.busy.get(from) !== f.auditId) return;
+    if (this.busy.get(from)?.auditId !== f.auditId) return;
     this.busy.delete(from);
     const a = await this.db.selectFrom("audits").selectAll().where("id", "=", f.auditId).executeTakeFirst();
     if (a?.status !== "running" || a.auditor_id !== from) return;
@@ -364,26 +402,32 @@ export class Audits {
     }
     const request = JSON.parse(a.request) as Record<string, unknown>;
     let verdict = this.o.judge({ kind: a.kind as JobKind, request, scores: f.scores });
-    if (verdict.pass && a.prompt_tokens !== null && a.prompt_tokens > f.promptTokens) {
+    if (verdict.pass && a.prompt_tokens !== null && a.prompt_tokens > f.promptTokens + PROMPT_MARGIN) {
       verdict = { pass: false, reason: `the receipt names ${a.prompt_tokens} prompt tokens; the prompt has ${f.promptTokens}` };
     }
     const reason = verdict.pass ? null : verdict.reason;
-    const excluded = await this.db.transaction().execute(async (tx) => {
+    // the user's prompt is not kept past the verdict (its hash is); the sampling fields are
+    const { messages: _m, prompt: _p, ...sampling } = request;
+    const standing = await this.db.transaction().execute(async (tx) => {
       await tx
         .updateTable("audits")
         .set({
           status: verdict.pass ? "passed" : "failed",
           reason,
+          request: JSON.stringify(sampling),
           scores: JSON.stringify(f.scores),
           audited_prompt_tokens: f.promptTokens,
           finished_at: new Date(),
         })
         .where("id", "=", a.id)
         .execute();
-      if (!verdict.pass) return this.penalise(tx, a.node_id, a.id, verdict.reason);
-      await this.record(tx, a.node_id, "passed");
-      return false;
+      if (!verdict.pass) return this.penalise(tx, a, verdict.reason);
+      return { ...(await this.record(tx, a.node_id, "passed")), excluded: false };
     });
+    if (standing.suspicion > 0) this.suspects.set(a.node_id, standing.suspicion);
+    const connected = this.fleet.get(a.node_id);
+    if (connected) connected.suspicion = standing.suspicion;
+    const excluded = standing.excluded;
     this.log[verdict.pass ? "info" : "warn"](
       { auditId: a.id, jobId: a.job_id, nodeId: a.node_id, reason, claimed: claimed.length },
       verdict.pass ? "audit passed" : "audit failed",
@@ -392,7 +436,11 @@ export class Audits {
     this.pump();
   }
 
-  private async record(tx: Kysely<Database>, node: string, outcome: "passed" | "failed"): Promise<{ suspicion: number; failed: number }> {
+  private async record(
+    tx: Kysely<Database>,
+    node: string,
+    outcome: "passed" | "failed",
+  ): Promise<{ suspicion: number; failed: number; excluded_at: Date | string | null }> {
     return tx
       .insertInto("node_standing")
       .values({
@@ -410,18 +458,24 @@ export class Audits {
               : { failed: sql`node_standing.failed + 1`, suspicion: sql`node_standing.suspicion + 1`, updated_at: new Date() },
           ),
       )
-      .returning(["suspicion", "failed"])
+      .returning(["suspicion", "failed", "excluded_at"])
       .executeTakeFirstOrThrow();
   }
 
   /**
-   * A failed audit: the node's earnings of the window that no batch took are set aside as
+   * A failed audit: the node's earnings from the audit's window on (from one window before the
+   * audited job: the entries the settlement gate held for it) that no batch took are set aside as
    * forfeited, the receipts it has not signed are withdrawn, its suspicion rises, and past the
-   * limit it is excluded (sessions revoked). True when it was excluded now.
+   * limit it is excluded (sessions revoked).
    */
-  private async penalise(tx: Kysely<Database>, node: string, auditId: string, reason: string): Promise<boolean> {
-    const forfeited = `forfeited: audit ${auditId} failed (${reason})`;
-    const since = new Date(Date.now() - this.windowMs);
+  private async penalise(
+    tx: Kysely<Database>,
+    a: { id: string; node_id: string; created_at: Date | string },
+    reason: string,
+  ): Promise<{ suspicion: number; excluded: boolean }> {
+    const node = a.node_id;
+    const forfeited = `forfeited: audit ${a.id} failed (${reason})`;
+    const since = new Date(new Date(a.created_at).getTime() - this.windowMs);
     await tx
       .insertInto("set_aside_entries")
       .columns(["entry_id", "job_key", "reason"])
@@ -440,18 +494,14 @@ export class Audits {
       .execute();
     await tx.deleteFrom("receipt_proposals").where("node_address", "=", node).execute();
     const standing = await this.record(tx, node, "failed");
-    this.suspects.set(node, standing.suspicion);
-    const connected = this.fleet.get(node);
-    if (connected) connected.suspicion = standing.suspicion;
-    if (standing.suspicion < (this.o.excludeAfter ?? 2)) return false;
+    if (standing.excluded_at || standing.suspicion < (this.o.excludeAfter ?? 2)) return { suspicion: standing.suspicion, excluded: false };
     await tx
       .updateTable("node_standing")
       .set({ excluded_at: new Date(), excluded_reason: `${standing.suspicion} failed audits, the last: ${reason}` })
       .where("node_id", "=", node)
-      .where("excluded_at", "is", null)
       .execute();
     await tx.deleteFrom("node_sessions").where("node_id", "=", node).execute();
-    return true;
+    return { suspicion: standing.suspicion, excluded: true };
   }
 }
 

@@ -106,7 +106,8 @@ export class CreditHold implements JobCredits {
               request: this.job.request,
               output: part.output,
               from: part.from,
-              promptTokens: part.continued ? undefined : part.receiptPromptTokens,
+              // the prompt count is the node's own only in a job it served alone from start to end
+              promptTokens: parts.length === 1 ? part.receiptPromptTokens : undefined,
               promptHash: this.job.promptHash,
               outputHash: outputHash(part.output.slice(part.from)),
             });

@@ -153,9 +153,12 @@ describe("Job", () => {
   it("streams to completion: charged for what was relayed, recorded, then the client hears the end", async () => {
     const { job, units, credits, rows, out } = setup();
     await job.run();
-    units[0]?.sink?.chunk(chunk("hello"), 4);
-    units[0]?.sink?.chunk(chunk(" you"), 30);
-    // the node claims more tokens than the 9 bytes relayed (+16) can have made
+    units[0]?.sink?.chunk(chunk("hello"), [1, 2, 3, 4]);
+    units[0]?.sink?.chunk(
+      chunk(" you"),
+      Array.from({ length: 30 }, (_, i) => 5 + i),
+    );
+    // the node streams more tokens than the 9 bytes relayed (+16) can have made
     units[0]?.sink?.end(usage(40));
     await waitFor("the end", () => out.seen.includes("end n1"));
     expect(states(job)).toEqual(["queued", "dispatched@n1", "streaming", "completed"]);

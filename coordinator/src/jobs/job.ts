@@ -164,6 +164,7 @@ export class Job implements JobSink {
       kind: spec.start.kind,
       resumable: spec.resumable,
       maxTokens: spec.bounds.generationLimit + UNRELAYED_TOKENS,
+      stopBytes: [spec.bounds.stop ?? []].flat().reduce((n, s) => n + Buffer.byteLength(s), 0),
       id: spec.start.jobId,
       model: spec.model,
     });

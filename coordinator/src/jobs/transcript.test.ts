@@ -1,3 +1,4 @@
+import { UNTOLD_TOKEN } from "@sharedllm/protocol";
 import { describe, expect, it } from "vitest";
 import { Transcript } from "./transcript.js";
 
@@ -19,7 +20,7 @@ const cmpl = (text: string, finish: string | null = null) =>
     choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
   });
 
-function transcript(kind: "chat" | "completion", o: { resumable?: boolean; maxTokens?: number } = {}) {
+function transcript(kind: "chat" | "completion", o: { resumable?: boolean; maxTokens?: number; stopBytes?: number } = {}) {
   return new Transcript({ kind, resumable: true, maxTokens: 1000, id: "job_t", model: "m", ...o });
 }
 
@@ -53,6 +54,17 @@ describe("Transcript", () => {
     const tools = transcript("chat");
     tools.add(chat({ tool_calls: [{ index: 0, id: "c", function: { name: "f", arguments: "{}" } }] }), [1], false);
     expect(tools.resume()).toBeUndefined();
+  });
+
+  it("counts untold tokens only as far as the text explains them: split characters, and the end with a stop string", () => {
+    const t = transcript("chat", { stopBytes: 4 });
+    t.add(chat({ content: "ab" }), 5, false); // plain ASCII tells every id: a count here is not believed
+    expect(t.tokens).toBe(0);
+    t.add(chat({ content: "日" }), 9, false); // three bytes: at most three tokens without ids
+    expect(t.tokens).toBe(3);
+    t.add(cmpl("", "stop"), 9, false); // the end token and a stop string's (four bytes)
+    expect(t.tokens).toBe(3 + 5);
+    expect(t.told).toEqual(new Array(8).fill(UNTOLD_TOKEN));
   });
 
   it("reshapes a continuing unit's completion events into the job's stream, and holds back its usage", () => {

@@ -48,12 +48,15 @@ export class Transcript {
   private readonly kind: JobKind;
   /** the most tokens a job may stream (its generation limit and the end token's margin) */
   private readonly maxTokens: number;
+  private readonly stopBytes: number;
 
   constructor(o: {
     kind: JobKind;
     /** whether the request may be continued at all (one choice, no tools or forced format) */
     resumable: boolean;
     maxTokens: number;
+    /** the bytes of the request's stop strings: their tokens end a stream without being relayed */
+    stopBytes?: number;
     /** the response's identity when no unit gave it one */
     id: string;
     model: string;
@@ -61,6 +64,7 @@ export class Transcript {
     this.kind = o.kind;
     this.resumable = o.resumable;
     this.maxTokens = o.maxTokens;
+    this.stopBytes = o.stopBytes ?? 0;
     this.identity = { id: o.id, created: Math.floor(Date.now() / 1000), model: o.model };
   }
 
@@ -69,17 +73,6 @@ export class Transcript {
    * event unchanged from the job's first unit; reshaped, or nothing, from a continuing one).
    */
   add(data: string, tokens: readonly number[] | number, continued: boolean): string | undefined {
-    if (typeof tokens === "number") {
-      this.tokens += tokens;
-      if (tokens > 0) this.tail ??= "";
-      for (let i = 0; i < tokens && this.told.length < this.maxTokens; i++) this.told.push(UNTOLD_TOKEN);
-    } else {
-      this.tokens += tokens.length;
-      if (this.tail === undefined) for (const id of tokens) this.ids.push(id);
-      for (const id of tokens) if (this.told.length < this.maxTokens) this.told.push(id);
-    }
-    // more than the job may have: the node's word on its tokens is not to be carried on
-    if (this.tokens > this.maxTokens) this.resumable = false;
     let event: Json;
     try {
       event = data.charCodeAt(0) === 123 /* { */ ? (JSON.parse(data) as Json) : {};
@@ -106,6 +99,8 @@ export class Transcript {
       }
       if (choice.finish_reason !== null && choice.finish_reason !== undefined) this.finishReason = choice.finish_reason;
     }
+    const ends = choice?.finish_reason !== null && choice?.finish_reason !== undefined;
+    this.count(tokens, `${text}${str(isObject(choice?.delta) ? choice.delta.reasoning_content : "")}`, ends);
     this.content += text;
     this.bytes += Buffer.byteLength(text);
     if (this.tail !== undefined) this.tail += text;
@@ -120,6 +115,29 @@ export class Transcript {
     const finish = choice?.finish_reason ?? null;
     if (!text && finish === null) return undefined;
     return JSON.stringify(this.event(text, finish));
+  }
+
+  /**
+   * Counts an event's tokens. Untold ones (a count without ids) are only what the event's text
+   * explains: an engine tells no id for a token that ends halfway through a character, so each
+   * untold token carries a byte of a character beyond ASCII; the last event may add the end token
+   * and a matched stop string's tokens, which are generated but not relayed. More is not counted
+   * (and so not charged, nor signed for).
+   */
+  private count(tokens: readonly number[] | number, text: string, ends: boolean): void {
+    if (typeof tokens === "number") {
+      const allowed = nonAsciiBytes(text) + (ends ? this.stopBytes + 1 : 0);
+      const n = Math.min(tokens, allowed);
+      this.tokens += n;
+      if (n > 0) this.tail ??= "";
+      for (let i = 0; i < n && this.told.length < this.maxTokens; i++) this.told.push(UNTOLD_TOKEN);
+    } else {
+      this.tokens += tokens.length;
+      if (this.tail === undefined) for (const id of tokens) this.ids.push(id);
+      for (const id of tokens) if (this.told.length < this.maxTokens) this.told.push(id);
+    }
+    // more than the job may have: the node's word on its tokens is not to be carried on
+    if (this.tokens > this.maxTokens) this.resumable = false;
   }
 
   /** What a continuing unit is given: the output so far, as ids and then text; undefined when the job cannot continue. */
@@ -193,4 +211,14 @@ function isObject(v: unknown): v is Json {
 
 function str(v: unknown): string {
   return typeof v === "string" ? v : "";
+}
+
+/** The UTF-8 bytes of the characters beyond ASCII in `s`. */
+function nonAsciiBytes(s: string): number {
+  let n = 0;
+  for (const ch of s) {
+    const c = ch.codePointAt(0) as number;
+    if (c > 0x7f) n += c > 0xffff ? 4 : c > 0x7ff ? 3 : 2;
+  }
+  return n;
 }

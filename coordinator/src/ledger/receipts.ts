@@ -150,7 +150,8 @@ export class Receipts {
           .insertInto("receipts")
           .values({ ...row, status: "accepted", reason: null })
           .execute();
-        await this.forget(tx, receipt);
+        // the proposal is taken in this transaction: one withdrawn meanwhile (a failed audit) pays nothing
+        if (!(await this.forget(tx, receipt))) throw new Withdrawn();
         if (receipt.credits > 0n) {
           await tx
             .insertInto("ledger_entries")
@@ -159,8 +160,11 @@ export class Receipts {
         }
       });
     } catch (err) {
-      // the unique index: another copy of this receipt won the race
-      const reason = `replayed: job ${receipt.jobId} was already paid to this node (${(err as Error).message})`;
+      // withdrawn, or the unique index: another copy of this receipt won the race
+      const reason =
+        err instanceof Withdrawn
+          ? `no receipt is requested from this node for job ${receipt.jobId} any more`
+          : `replayed: job ${receipt.jobId} was already paid to this node (${(err as Error).message})`;
       await this.db
         .insertInto("receipts")
         .values({ ...row, status: "rejected", reason })
@@ -170,12 +174,15 @@ export class Receipts {
     return outcome;
   }
 
-  private async forget(tx: Kysely<Database>, receipt: WorkReceipt): Promise<void> {
-    await tx
+  /** Drops the proposal; false when there was none. */
+  private async forget(tx: Kysely<Database>, receipt: WorkReceipt): Promise<boolean> {
+    const gone = await tx
       .deleteFrom("receipt_proposals")
       .where("job_id", "=", receipt.jobId)
       .where("node_address", "=", receipt.node.toLowerCase())
-      .execute();
+      .returning("job_id")
+      .executeTakeFirst();
+    return gone !== undefined;
   }
 
   private async check(from: Address, receipt: WorkReceipt, signature: Hex | null): Promise<ReceiptOutcome> {
@@ -217,3 +224,6 @@ export class Receipts {
     return { accepted: true };
   }
 }
+
+/** The proposal a receipt answers was withdrawn while it was checked. */
+class Withdrawn extends Error {}

@@ -151,7 +151,11 @@ export class Settler {
     if (prepared) await this.post(prepared.batchId, prepared.payload);
   }
 
-  /** Charges and earnings no batch took and none set aside; earnings only once their audit window is over (see auditWindowMs). */
+  /**
+   * Charges and earnings no batch took and none set aside. With audits, an earning only once its
+   * window is over and no audit of its node is open that could still forfeit it: a failed audit
+   * forfeits the node's earnings from one window before its job on (audits.ts, penalise).
+   */
   private untaken(db: Kysely<Database>) {
     const windowMs = this.o.auditWindowMs ?? 0;
     return db
@@ -168,7 +172,8 @@ export class Settler {
                   selectFrom("audits as a")
                     .select("a.id")
                     .whereRef("a.node_id", "=", "e.address")
-                    .where("a.status", "in", ["queued", "running"]),
+                    .where("a.status", "in", ["queued", "running"])
+                    .where(sql<boolean>`a.created_at <= e.created_at + ${windowMs / 1000} * interval '1 second'`),
                 ),
               ),
             ]),

@@ -223,7 +223,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     channel.onClose(() => {
       if (!node) return;
       const id = node.id;
-      o.audits?.auditorGone(id);
+      o.audits?.auditorGone(node);
       if (o.fleet.get(id) === node) {
         o.fleet.remove(id, "control channel closed");
         o.clusters.forget(id);
@@ -280,6 +280,17 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         refuse(
           `control protocol ${h.protocol} is not supported; this coordinator speaks ${CONTROL_PROTOCOL_VERSION}: upgrade the older side`,
         );
+        return undefined;
+      }
+      // a node excluded after failed audits while it was registering (docs/verification.md)
+      const excluded = await o.db
+        .selectFrom("node_standing")
+        .select("node_id")
+        .where("node_id", "=", nodeId)
+        .where("excluded_at", "is not", null)
+        .executeTakeFirst();
+      if (excluded) {
+        refuse("this node is excluded after failed audits; the coordinator's operator must clear it");
         return undefined;
       }
       const engine = `${h.engine.tag}-${h.engine.variant}`;

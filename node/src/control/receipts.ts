@@ -76,6 +76,8 @@ export class ReceiptSigner {
       return refuse(`this node has no record of serving job ${req.jobId}`);
     }
     if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
+    // what it served, it signs for only with the commitments (an audit holds it to its own output, no other)
+    if (r.promptHash === undefined || r.outputHash === undefined) return refuse("the receipt commits to no prompt and output");
     const streamed = mine.output.length;
     if (mine.part ? r.completionTokens > streamed : r.completionTokens !== streamed) {
       return refuse(`${r.completionTokens} completion tokens, but this node streamed ${streamed}`);
@@ -83,8 +85,8 @@ export class ReceiptSigner {
     if (!mine.part && r.promptTokens !== mine.promptTokens) {
       return refuse(`${r.promptTokens} prompt tokens differ from what this node served (${mine.promptTokens})`);
     }
-    if (r.promptHash !== undefined && r.promptHash.toLowerCase() !== mine.promptHash) return refuse("the receipt names another prompt");
-    if (r.outputHash !== undefined && r.outputHash.toLowerCase() !== outputHash(mine.output.slice(0, r.completionTokens))) {
+    if (r.promptHash.toLowerCase() !== mine.promptHash) return refuse("the receipt names another prompt");
+    if (r.outputHash.toLowerCase() !== outputHash(mine.output.slice(0, r.completionTokens))) {
       return refuse("the receipt names output this node did not stream");
     }
     this.served.delete(req.jobId);
