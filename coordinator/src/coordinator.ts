@@ -14,6 +14,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServ
 import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { type AuditOptions, Audits, type Judge } from "./audits/audits.js";
+import { Canaries } from "./audits/canaries.js";
 import { judge } from "./audits/verdict.js";
 import { catalogue, type PinnedModel } from "./catalogue.js";
 import { Clusters } from "./clusters.js";
@@ -170,6 +171,11 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       stallMs: o.stallMs,
     });
     await app.register(openaiPlugin, { jobs, fleet, knownModels, keys });
+    const audits = ledger?.audits;
+    const canaries = audits?.canaryEveryMs
+      ? new Canaries({ db, fleet, jobs, audits, log: app.log, everyMs: audits.canaryEveryMs })
+      : undefined;
+    await canaries?.start();
     let origins: string[] = [];
     if (ledger) {
       await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
@@ -201,6 +207,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         await app.close();
         await lease.end();
         ledger?.audits?.stop();
+        canaries?.stop();
         await ledger?.settler.stop();
         await db.destroy();
       },

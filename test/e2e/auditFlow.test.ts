@@ -125,6 +125,7 @@ beforeAll(async () => {
         newRate: 0.5,
         excludeAfter: 99,
         random: () => draws.shift() ?? 0,
+        canaryEveryMs: 0,
       },
     },
   });
@@ -257,5 +258,86 @@ describe("the audit flow", () => {
     expect(e.audits).toMatchObject({ passed: 0, failed: 1, suspicion: 1 });
     expect(BigInt(e.earned)).toBe(0n);
     expect(BigInt(e.setAside)).toBeGreaterThan(0n);
+  }, 60_000);
+
+  it("an idle new node gets canary jobs of the coordinator's own: ordinary frames, not charged, always audited", async () => {
+    // a coordinator of its own, sending canaries often
+    const account = privateKeyToAccount(generatePrivateKey());
+    await chain.addCoordinator(account.address);
+    const db = await testDatabase();
+    const own = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...db,
+      joinToken,
+      logger: quietLogger(),
+      ledger: {
+        chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account },
+        audits: { auditors: [auditorAccount.address], windowMs: WINDOW_MS, canaryEveryMs: 200 },
+      },
+    });
+    const started: { node: SimNode; seen: JobStart[] }[] = [];
+    try {
+      auditorAnswer = () => "pass";
+      const join = async (o: Partial<ConstructorParameters<typeof SimNode>[0]>, model: string) => {
+        const n = new SimNode({
+          coordinatorUrl: own.url,
+          joinToken,
+          served: [{ id: model, sha256: SHA, contextSize: 2048 }],
+          models: [model],
+          slots: 1,
+          ...o,
+        });
+        await n.start();
+        return n;
+      };
+      const seen: JobStart[] = [];
+      const node = await join(
+        {
+          onJob: (job, send) => {
+            seen.push(job);
+            streamWords(job, send, ["sun", " and", " rain"], { prompt_tokens: 3, completion_tokens: 3, total_tokens: 6 });
+          },
+        },
+        MODEL,
+      );
+      const auditorNode = await join(
+        {
+          account: auditorAccount,
+          hello: { auditor: true },
+          onFrame: (frame, send) => {
+            if (frame.type !== "audit.start") return;
+            send({
+              type: "audit.result",
+              auditId: frame.auditId,
+              promptTokens: 3,
+              scores: frame.positions.map((p) => score(p, frame.claimed[p] as number, true)),
+            });
+          },
+        },
+        AUDITOR_MODEL,
+      );
+      started.push({ node, seen }, { node: auditorNode, seen: [] });
+      const canary = await waitFor("a canary audited", async () =>
+        own.db
+          .selectFrom("audits")
+          .selectAll()
+          .where("node_id", "=", node.id)
+          .where("canary", "=", true)
+          .where("status", "=", "passed")
+          .executeTakeFirst(),
+      );
+      expect(canary.canary).toBe(true);
+      // an ordinary chat request: the fields a user's greedy chat has
+      expect(seen[0]?.request).toMatchObject({ model: MODEL, temperature: 0, messages: [{ role: "user" }] });
+      expect(Object.keys(seen[0] ?? {}).sort()).toEqual(["includeUsage", "jobId", "kind", "request", "stream", "type"]);
+      // not charged: no credit moved, no receipt asked for
+      expect(await own.db.selectFrom("ledger_entries").select("id").execute()).toEqual([]);
+      expect(await own.db.selectFrom("receipt_proposals").select("job_id").execute()).toEqual([]);
+    } finally {
+      for (const s of started) s.node.stop();
+      await own.close();
+      await db.cleanup();
+    }
   }, 60_000);
 });

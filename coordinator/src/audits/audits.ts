@@ -63,6 +63,8 @@ export interface AuditOptions {
   topK?: number;
   /** an audit no auditor ran within this is given up, not blamed on the node; default 24 h */
   deadlineMs?: number;
+  /** how often idle new and suspect nodes get a canary job (canaries.ts); 0: never; default 5 min */
+  canaryEveryMs?: number;
   /** random in [0, 1): whether a job is audited (tests pin it); default crypto */
   random?: () => number;
 }
@@ -84,6 +86,8 @@ export interface AuditCandidate {
   promptTokens: number | undefined;
   promptHash: string;
   outputHash: string;
+  /** a job the coordinator sent itself to check the node: always audited */
+  canary?: boolean;
 }
 
 /** Request fields that change the sampler beyond what an audit scores: such jobs are not audited. */
@@ -128,6 +132,10 @@ export class Audits {
     this.trusted = new Set(o.auditors.map((a) => a.toLowerCase()));
   }
 
+  get canaryEveryMs(): number {
+    return this.o.canaryEveryMs ?? 5 * 60_000;
+  }
+
   get windowMs(): number {
     return this.o.windowMs ?? DEFAULT_AUDIT_WINDOW_MS;
   }
@@ -169,7 +177,7 @@ export class Audits {
     if (end <= c.from) return false;
     const standing = await tx.selectFrom("node_standing").selectAll().where("node_id", "=", c.node.toLowerCase()).executeTakeFirst();
     const draw = this.o.random ? this.o.random() : randomInt(2 ** 32) / 2 ** 32;
-    if (!(draw < this.rateFor(standing))) return false;
+    if (!c.canary && !(draw < this.rateFor(standing))) return false;
     const positions = pickPositions(c.from, end, this.o.positions ?? 8);
     await tx
       .insertInto("audits")
@@ -186,10 +194,22 @@ export class Audits {
         prompt_tokens: c.promptTokens ?? null,
         prompt_hash: c.promptHash,
         output_hash: c.outputHash,
+        canary: c.canary ?? false,
         status: "queued",
       })
       .execute();
     return true;
+  }
+
+  /** Whether a node is new or suspect: it gets canaries too. */
+  async wantsCanaries(nodeId: string): Promise<boolean> {
+    const s = await this.db.selectFrom("node_standing").select(["passed", "suspicion"]).where("node_id", "=", nodeId).executeTakeFirst();
+    return !s || s.suspicion > 0 || s.passed < (this.o.newNodeAudits ?? 5);
+  }
+
+  /** Whether some connected, trusted auditor serves this model file. */
+  canAudit(sha256: string): boolean {
+    return this.fleet.list().some((n) => this.isAuditor(n) && [...n.models.values()].some((m) => m.sha256 === sha256));
   }
 
   /** The audit rate for a node with this record. */

@@ -18,7 +18,7 @@ import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import type { ServingUnit } from "../units.js";
 import { CreditHold } from "./credits.js";
-import { Job, type JobOutput, type Tried } from "./job.js";
+import { Job, type JobCredits, type JobOutput, type Tried } from "./job.js";
 import { JobTable } from "./records.js";
 
 /**
@@ -63,6 +63,10 @@ export interface JobRequest {
   /** aborts when the client goes away */
   signal: AbortSignal;
   log: FastifyBaseLogger;
+  /** only this unit may run it (the coordinator's own canary jobs; docs/verification.md) */
+  only?: string;
+  /** its credits instead of the key's (a canary's: not charged, audited) */
+  credits?: JobCredits;
 }
 
 export class Jobs {
@@ -97,28 +101,32 @@ export class Jobs {
         model: body.model,
         apiKeyId: apiKey.id,
         bounds: { promptTokens, generationLimit, stop: (body as { stop?: string | string[] | null }).stop },
-        resumable: resumable(body),
+        resumable: !r.only && resumable(body),
         stallMs: this.o.stallMs ?? STALL_MS,
       },
       {
         pick(model, tried) {
           const t0 = performance.now();
-          const unit = fleet.pick(model, (n) => untried(tried, n) && (!policy || policy({ model, apiKeyId: apiKey.id }, n)));
+          const unit = fleet.pick(
+            model,
+            (n) => untried(tried, n) && (!r.only || n.id === r.only) && (!policy || policy({ model, apiKeyId: apiKey.id }, n)),
+          );
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
         continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal),
         observe: metrics,
         credits:
-          payer &&
-          ledger &&
-          new CreditHold(
-            ledger,
-            payer,
-            { id: jobId, kind: r.kind, model: body.model, request, promptHash: promptHash(request) },
-            ledger.metering.price(body.model),
-            { promptTokens, generationLimit },
-          ),
+          r.credits ??
+          (payer &&
+            ledger &&
+            new CreditHold(
+              ledger,
+              payer,
+              { id: jobId, kind: r.kind, model: body.model, request, promptHash: promptHash(request) },
+              ledger.metering.price(body.model),
+              { promptTokens, generationLimit },
+            )),
         records: this.records,
         log: r.log,
       },
