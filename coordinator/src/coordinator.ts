@@ -61,7 +61,7 @@ export interface CoordinatorOptions {
   ledger?: {
     chain: ChainOptions;
     pricing?: Pricing;
-    settlement?: Omit<SettlementOptions, "auditWindowMs">;
+    settlement?: Omit<SettlementOptions, "audits">;
     /** audits of paid jobs (docs/verification.md): on when some auditor is trusted; the judge defaults to the calibrated one */
     audits?: Omit<AuditOptions, "judge"> & { judge?: Judge };
   };
@@ -285,7 +285,10 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     return true;
   });
   const audits = o.audits?.auditors.length ? new Audits(db, fleet, logger, { ...o.audits, judge: o.audits.judge ?? judge }) : undefined;
-  const settler = new Settler(db, chain, logger, { ...o.settlement, auditWindowMs: audits?.windowMs });
+  const settler = new Settler(db, chain, logger, {
+    ...o.settlement,
+    audits: audits && { windowMs: audits.windowMs, trusted: o.audits?.auditors ?? [] },
+  });
   await settler.checkWithdrawalNotice();
   logger.info({ chainId: chain.chainId, ledger: chain.ledger, coordinator: chain.coordinator }, "credit ledger connected");
   return { chain, metering, receipts, settler, audits };
