@@ -26,6 +26,9 @@ function auditsError(err: Error): string {
   return err.message;
 }
 
+/** A client error: asking again gets the same answer. */
+const final = (err: Error | null) => err instanceof ApiError && err.status < 500;
+
 const denied = (err: Error | null) => err instanceof ApiError && (err.status === 401 || err.status === 403);
 
 const percent = (r: number) => `${(r * 100).toLocaleString("en-US", { maximumFractionDigits: 1 })}%`;
@@ -44,9 +47,9 @@ export function AuditsPage() {
     queryKey: ["audits", key],
     queryFn: () => api<AuditsResponse>("/v1/audits?limit=50", { token: key }),
     enabled: !!key,
-    refetchInterval: (q) => (q.state.error ? false : 5_000),
     // a refused key or a missing route does not change by asking again
-    retry: (n, err) => !(err instanceof ApiError && err.status < 500) && n < 1,
+    refetchInterval: (q) => (final(q.state.error) ? false : 5_000),
+    retry: (n, err) => !final(err) && n < 1,
   });
   const refused = denied(audits.error);
   // the key is kept (in this tab only) once the coordinator accepts it
