@@ -7,6 +7,7 @@ import { useQuery } from "@tanstack/react-query";
 import { type MouseEvent, type ReactNode, useEffect, useState } from "react";
 import { useChainId, useConnect, useConnection, useConnectors, useDisconnect, useSwitchChain } from "wagmi";
 import { api, UNREACHABLE } from "./api.js";
+import { AuditsPage } from "./pages/Audits.js";
 import { CreditsPage } from "./pages/Credits.js";
 import { EarningsPage } from "./pages/Earnings.js";
 import { KeysPage } from "./pages/Keys.js";
@@ -19,16 +20,21 @@ import { shortAddress, walletError } from "./wallet.js";
 interface Page {
   path: string;
   title: string;
+  /** only on a coordinator with credits (a ledger) */
+  ledger: boolean;
+  /** asks for a signed-in wallet */
   wallet: boolean;
   render: (ledger: LedgerResponse | undefined) => ReactNode;
 }
 
 const PAGES: Page[] = [
-  { path: "/", title: "Credits", wallet: true, render: (l) => l && <CreditsPage ledger={l} /> },
-  { path: "/keys", title: "API keys", wallet: true, render: () => <KeysPage /> },
-  { path: "/earnings", title: "Earnings", wallet: true, render: (l) => l && <EarningsPage ledger={l} /> },
-  { path: "/network", title: "Network", wallet: false, render: () => <NetworkPage /> },
-  { path: "/playground", title: "Playground", wallet: false, render: (l) => <PlaygroundPage ledger={l} /> },
+  { path: "/", title: "Credits", ledger: true, wallet: true, render: (l) => l && <CreditsPage ledger={l} /> },
+  { path: "/keys", title: "API keys", ledger: true, wallet: true, render: () => <KeysPage /> },
+  { path: "/earnings", title: "Earnings", ledger: true, wallet: true, render: (l) => l && <EarningsPage ledger={l} /> },
+  { path: "/network", title: "Network", ledger: false, wallet: false, render: () => <NetworkPage /> },
+  { path: "/playground", title: "Playground", ledger: false, wallet: false, render: (l) => <PlaygroundPage ledger={l} /> },
+  // the operator's, with the operator key: audits exist only where jobs are paid
+  { path: "/audits", title: "Audits", ledger: true, wallet: false, render: () => <AuditsPage /> },
 ];
 
 function usePath(): [string, (to: string) => void] {
@@ -50,7 +56,7 @@ function usePath(): [string, (to: string) => void] {
 
 export function App({ ledger }: { ledger?: LedgerResponse }) {
   const [path, go] = usePath();
-  const pages = PAGES.filter((p) => ledger || !p.wallet);
+  const pages = PAGES.filter((p) => ledger || !p.ledger);
   const page = pages.find((p) => p.path === path) ?? (pages.find((p) => p.path === "/network") as Page);
   const health = useQuery({ queryKey: ["health"], queryFn: () => api("/healthz"), refetchInterval: 3_000, retry: false });
   useEffect(() => {

@@ -104,6 +104,9 @@ export function EarningsPage({ ledger }: { ledger: LedgerResponse }) {
             {credits(e?.claimable)}
           </Figure>
           <Figure label="Claimed">{credits(e?.claimed)}</Figure>
+          <Figure label="Set aside" testId="set-aside">
+            {credits(e?.setAside)}
+          </Figure>
           <Figure label="On-chain credits" testId="onchain">
             {credits(onChain.data)}
           </Figure>
@@ -114,7 +117,46 @@ export function EarningsPage({ ledger }: { ledger: LedgerResponse }) {
         <TxStatus state={tx.state} />
         {e && <DayChart days={e.byDay} />}
       </section>
+
+      {e && <AuditRecord audits={e.audits} />}
     </>
+  );
+}
+
+/** The node's audit record: a share of its paid jobs is re-scored by an auditor. */
+function AuditRecord({ audits: a }: { audits: EarningsResponse["audits"] }) {
+  return (
+    <section className="card" aria-labelledby="audits-h">
+      <h2 id="audits-h">Audits</h2>
+      <p className="muted">
+        A share of this node's paid jobs is audited: a trusted auditor re-scores the output it claimed. A failed audit forfeits its earnings
+        of the audit window; forfeited earnings are never paid and are counted in the “Set aside” figure above.
+      </p>
+      <dl className="figures">
+        <Figure label="Passed" testId="audits-passed">
+          {a.passed}
+        </Figure>
+        <Figure label="Failed" testId="audits-failed">
+          {a.failed}
+        </Figure>
+        <Figure label="Suspicion" testId="audits-suspicion">
+          {a.suspicion}
+        </Figure>
+      </dl>
+      {a.excluded ? (
+        <p className="error" data-testid="audits-excluded">
+          Excluded since {new Date(a.excluded.at).toLocaleString()}: {a.excluded.reason}. It gets no work and may not register again until
+          the coordinator's operator clears it.
+        </p>
+      ) : a.suspicion > 0 ? (
+        <p className="warn">
+          Suspect: {a.suspicion} failed {a.suspicion === 1 ? "audit" : "audits"} not cleared, so more of its jobs are audited and it gets
+          work after other nodes.
+        </p>
+      ) : (
+        <p>In good standing.</p>
+      )}
+    </section>
   );
 }
 
