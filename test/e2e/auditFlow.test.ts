@@ -42,9 +42,9 @@ function score(position: number, claimed: number, pass: boolean): AuditScore {
     : { position, rank: null, logprob: null, top: claimed + 1, topLogprob: -0.1, floorLogprob: -9 };
 }
 
-async function sim(o: Partial<ConstructorParameters<typeof SimNode>[0]>, model = MODEL): Promise<SimNode> {
+async function sim(o: Partial<ConstructorParameters<typeof SimNode>[0]>, model = MODEL, at = coordinator): Promise<SimNode> {
   const n = new SimNode({
-    coordinatorUrl: coordinator.url,
+    coordinatorUrl: at.url,
     joinToken,
     served: [{ id: model, sha256: SHA, contextSize: 2048 }],
     models: [model],
@@ -57,7 +57,7 @@ async function sim(o: Partial<ConstructorParameters<typeof SimNode>[0]>, model =
 }
 
 /** A node that says it audits: answers each audit.start as `auditorAnswer` says. */
-function auditor(account: typeof auditorAccount): Promise<SimNode> {
+function auditor(account: typeof auditorAccount, at = coordinator): Promise<SimNode> {
   const n: { node?: SimNode } = {};
   return sim(
     {
@@ -80,6 +80,7 @@ function auditor(account: typeof auditorAccount): Promise<SimNode> {
       },
     },
     AUDITOR_MODEL,
+    at,
   ).then((node) => {
     n.node = node;
     return node;
@@ -276,23 +277,10 @@ describe("the audit flow", () => {
         audits: { auditors: [auditorAccount.address], windowMs: WINDOW_MS, canaryEveryMs: 200 },
       },
     });
-    const started: { node: SimNode; seen: JobStart[] }[] = [];
     try {
       auditorAnswer = () => "pass";
-      const join = async (o: Partial<ConstructorParameters<typeof SimNode>[0]>, model: string) => {
-        const n = new SimNode({
-          coordinatorUrl: own.url,
-          joinToken,
-          served: [{ id: model, sha256: SHA, contextSize: 2048 }],
-          models: [model],
-          slots: 1,
-          ...o,
-        });
-        await n.start();
-        return n;
-      };
       const seen: JobStart[] = [];
-      const node = await join(
+      const node = await sim(
         {
           onJob: (job, send) => {
             seen.push(job);
@@ -300,24 +288,9 @@ describe("the audit flow", () => {
           },
         },
         MODEL,
+        own,
       );
-      const auditorNode = await join(
-        {
-          account: auditorAccount,
-          hello: { auditor: true },
-          onFrame: (frame, send) => {
-            if (frame.type !== "audit.start") return;
-            send({
-              type: "audit.result",
-              auditId: frame.auditId,
-              promptTokens: 3,
-              scores: frame.positions.map((p) => score(p, frame.claimed[p] as number, true)),
-            });
-          },
-        },
-        AUDITOR_MODEL,
-      );
-      started.push({ node, seen }, { node: auditorNode, seen: [] });
+      await auditor(auditorAccount, own);
       const canary = await waitFor("a canary audited", async () =>
         own.db
           .selectFrom("audits")
@@ -335,7 +308,6 @@ describe("the audit flow", () => {
       expect(await own.db.selectFrom("ledger_entries").select("id").execute()).toEqual([]);
       expect(await own.db.selectFrom("receipt_proposals").select("job_id").execute()).toEqual([]);
     } finally {
-      for (const s of started) s.node.stop();
       await own.close();
       await db.cleanup();
     }
