@@ -23,8 +23,9 @@ import { type ModelEntry, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
 import { OwnerControls, type OwnerFirstOptions } from "./availability.js";
+import { EngineUnreachable } from "./engineCalls.js";
 import { EngineConnections } from "./engineConnection.js";
-import { EngineUnreachable, runJob } from "./jobRunner.js";
+import { runJob } from "./jobRunner.js";
 import { parseSchedule } from "./schedule.js";
 import { Throughput } from "./throughput.js";
 
