@@ -1,11 +1,12 @@
 /**
  * The node daemon, solo role: makes sure the engine and the model are here,
  * runs a supervised llama-server for the model on 127.0.0.1, and serves jobs
- * that arrive over the control channel it dials to the coordinator.
+ * that arrive over the control channel it dials to the coordinator. An auditor
+ * also scores other nodes' output of jobs with its own copy of their model.
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
-import type { Capabilities, ControlChannel, ServedModel } from "@sharedllm/protocol";
+import type { AuditStart, Capabilities, ControlChannel, NodeFrame, ServedModel } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
@@ -22,6 +23,7 @@ import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
+import { runAudit } from "./auditRunner.js";
 import { OwnerControls, type OwnerFirstOptions } from "./availability.js";
 import { EngineUnreachable } from "./engineCalls.js";
 import { EngineConnections } from "./engineConnection.js";
@@ -64,6 +66,11 @@ export interface NodeDaemonOptions {
    * the round trip over which a member is left out of the split (default 5 ms)
    */
   cluster?: { members: string[]; maxRttMs?: number };
+  /**
+   * offer to audit other nodes' jobs (docs/verification.md): the coordinator sends audits to a
+   * node it trusts for it; without this, the node refuses them
+   */
+  auditor?: boolean;
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -178,6 +185,46 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       ...(parseSource(entry.source).kind === "local" ? {} : { source: entry.source }),
     }));
   let loading: Promise<void> | undefined;
+  /**
+   * Runs `task` on a model's engine; a task that arrives while llama-server restarts (or is
+   * dying and not yet noticed by its supervisor) waits for it instead of failing. False when the
+   * engine did not come back in time or `signal` gave up waiting.
+   */
+  const onEngine = async (target: Served, signal: AbortSignal, task: () => Promise<void>, what: object): Promise<boolean> => {
+    const sup = target.llama.supervisor;
+    for (let attempt = 1; ; attempt++) {
+      if (!sup.ready && !(await sup.whenReady(ENGINE_WAIT_MS, signal))) return false;
+      try {
+        await task();
+        return true;
+      } catch (err) {
+        if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
+        log.warn(what, "llama-server unreachable; waiting for its restart");
+        await sup.whenExited(2_000);
+      }
+    }
+  };
+  /**
+   * Audits run one after another, each on one slot of its model's llama-server (the slot keeps
+   * the audit's prefix cached from one position to the next). The thresholds they are judged by
+   * were measured that way (coordinator/audit-thresholds.json: a 1-slot auditor, one audit at a
+   * time); two audits at once would be computed in shared batches, with other rounding where
+   * top choices are near-tied (llama.cpp #7052), evict each other's cached prefix, and take
+   * more than one slot from the node's own jobs.
+   */
+  let audits: Promise<void> = Promise.resolve();
+  const audit = async (frame: AuditStart, send: (f: NodeFrame) => void, signal: AbortSignal) => {
+    if (signal.aborted) return;
+    const target = frame.sha256
+      ? [...served.values()].find((s) => s.entry.sha256 === frame.sha256)
+      : served.get(String(frame.request.model));
+    if (!target) {
+      const which = frame.sha256 ? `the model file ${frame.sha256}` : String(frame.request.model);
+      return send({ type: "audit.error", auditId: frame.auditId, message: `this node does not serve ${which}` });
+    }
+    if (await onEngine(target, signal, () => runAudit(frame, target.connections, send, signal), { auditId: frame.auditId })) return;
+    if (!signal.aborted) send({ type: "audit.error", auditId: frame.auditId, message: "the engine is restarting; try again shortly" });
+  };
   const { client: control, receipts } = openControlLink({
     coordinatorUrl: o.coordinatorUrl,
     coordinatorCa: o.coordinatorCa,
@@ -187,7 +234,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     engine,
     role: head ? "head" : "solo",
     logger: log,
-    hello: () => ({ models: servedModels(), slots, capabilities: caps }),
+    hello: () => ({ models: servedModels(), slots, capabilities: caps, ...(o.auditor && { auditor: true }) }),
     onClusterFrame: (f) => {
       if (f.type === "cluster.members") head?.onMembers(f);
     },
@@ -242,22 +289,17 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         send({ type: "job.error", jobId: job.jobId, message: `this node does not serve ${String(job.request.model)}`, retryable: true });
         return;
       }
-      const sup = target.llama.supervisor;
-      // a job that arrives while llama-server restarts (or is dying and not yet
-      // noticed by its supervisor) waits for it instead of failing
-      for (let attempt = 1; ; attempt++) {
-        if (!sup.ready && !(await sup.whenReady(ENGINE_WAIT_MS, signal))) break;
-        try {
-          return await runJob(job, target.connections, send, signal);
-        } catch (err) {
-          if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
-          log.warn({ jobId: job.jobId }, "llama-server unreachable; waiting for its restart");
-          await sup.whenExited(2_000);
-        }
-      }
+      if (await onEngine(target, signal, () => runJob(job, target.connections, send, signal), { jobId: job.jobId })) return;
       if (!signal.aborted)
         send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
     },
+    runAudit: o.auditor
+      ? (frame, send, signal) => {
+          const turn = audits.then(() => audit(frame, send, signal));
+          audits = turn.catch(() => {});
+          return turn;
+        }
+      : undefined,
   });
   // what the owner wants, combined into one availability the coordinator sees
   const owner = new OwnerControls({
