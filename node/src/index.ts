@@ -15,6 +15,7 @@ export { parseSchedule, ScheduleError } from "./daemon/schedule.js";
 export { bundledSource, detectVariant, type Engine, ensureEngine, findEngine } from "./engine/build.js";
 export { freePort } from "./engine/freePort.js";
 export { type LlamaServer, startLlamaServer } from "./engine/llamaServer.js";
+export { ensureQuantizer, requantizedModel } from "./engine/quantize.js";
 export { Supervisor } from "./engine/supervisor.js";
 export { type ErrorCode, SharedLLMError } from "./errors.js";
 export { loadKeyFile, loadNodeIdentity, type NodeIdentity } from "./identity.js";
