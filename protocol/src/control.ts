@@ -411,7 +411,11 @@ export const auditScoreSchema = z.object({
 });
 export type AuditScore = z.infer<typeof auditScoreSchema>;
 
-/** auditor -> coordinator: the scores of an `audit.start`, one per position, and the prompt's token count by the auditor's own count */
+/**
+ * auditor -> coordinator: the scores of an `audit.start`, one per position, and the prompt's token
+ * count by the auditor's own count. A claimed token outside the model's vocabulary scores as
+ * unranked and ends the scores: no later position can be scored.
+ */
 export const auditResultSchema = z.object({
   type: z.literal("audit.result"),
   auditId: z.string(),

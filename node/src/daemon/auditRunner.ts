@@ -9,12 +9,18 @@
  * The log-probabilities are of the model's raw distribution at temperature 1: llama-server's
  * `n_probs` with `post_sampling_probs: false` (its default) reports a softmax of the raw logits
  * (server-common.cpp `get_token_probabilities`), before any sampler, so the job's temperature,
- * top_k, top_p, min_p, penalties and logit_bias play no part; the step itself samples greedily
- * (the token it produces is not used). Whether a job's own sampling makes its claim plausible
- * is the coordinator's verdict (coordinator/src/audits/verdict.ts), not the auditor's.
+ * top_k, top_p, min_p, penalties and logit_bias play no part. The token a step produces is not
+ * used, but llama-server reports no probabilities for a token that ends mid-character (a byte of
+ * a multi-byte character) or the end of text, so each step's sampler is made to produce a plain
+ * letter (a logit bias, which the raw distribution reported does not see).
+ *
+ * A claimed token outside the model's vocabulary scores as unranked, and the audit ends there:
+ * the engine refuses a prompt holding it, so no later position can be scored. Whether a job's
+ * own sampling makes its claim plausible is the coordinator's verdict
+ * (coordinator/src/audits/verdict.ts), not the auditor's.
  */
 import type { AuditScore, AuditStart, NodeFrame } from "@sharedllm/protocol";
-import { completionStep, EngineRefused, promptTokens } from "./engineCalls.js";
+import { callEngine, completionStep, EngineRefused, promptTokens, tokenize } from "./engineCalls.js";
 import type { EngineConnections } from "./engineConnection.js";
 
 /** What the engine is asked to score, as an audit.start frame carries it. */
@@ -35,9 +41,10 @@ export function claimRefusal(claim: Claim): string | undefined {
 }
 
 /**
- * Scores `claim` on the engine: the prompt's token count and one score per position. Undefined
- * when `signal` cancelled it. Throws EngineRefused when the engine refuses a step (e.g. the
- * prompt and output do not fit its context), EngineUnreachable when it is down.
+ * Scores `claim` on the engine: the prompt's token count and one score per position (up to the
+ * first claimed token outside the vocabulary). Undefined when `signal` cancelled it. Throws
+ * EngineRefused when the engine refuses a step (e.g. the prompt and output do not fit its
+ * context), EngineUnreachable when it is down.
  */
 export async function scoreClaim(
   claim: Claim,
@@ -45,21 +52,26 @@ export async function scoreClaim(
   signal: AbortSignal,
 ): Promise<{ promptTokens: number; scores: ClaimScore[] } | undefined> {
   const head = await promptTokens(claim.kind, claim.request, engine, signal);
-  if (!head) return undefined;
+  const letters = await tokenize("a", { special: false }, engine, signal);
+  const models = await callEngine(engine, "/v1/models", undefined, signal);
+  if (!head || !letters || !models) return undefined;
+  const letter = letters[0];
+  const vocab = (models.data as { meta?: { n_vocab?: unknown } }[] | undefined)?.[0]?.meta?.n_vocab;
+  if (letter === undefined || typeof vocab !== "number") throw new EngineRefused(200, "the engine did not tell its vocabulary");
+  const outside = claim.claimed.findIndex((t) => t >= vocab);
+  const fields = { n_probs: claim.topK, post_sampling_probs: false, temperature: 0, logit_bias: [[letter, 100]] };
   const tokens = [...head, ...claim.claimed];
   const scores: ClaimScore[] = [];
   let slot: number | undefined;
   for (const position of claim.positions) {
-    const step = await completionStep(
-      engine,
-      tokens.slice(0, head.length + position),
-      { slot, fields: { n_probs: claim.topK, post_sampling_probs: false, temperature: 0 } },
-      signal,
-    );
+    if (outside >= 0 && position > outside) break;
+    const step = await completionStep(engine, tokens.slice(0, head.length + position), { slot, fields }, signal);
     if (!step) return undefined;
     slot = typeof step.id_slot === "number" ? step.id_slot : undefined;
     const top = topOf(step);
-    if (!top.length) throw new EngineRefused(200, "the engine answered a scoring step without probabilities");
+    if (!top.length) {
+      throw new EngineRefused(200, `the engine answered a scoring step without probabilities: ${JSON.stringify(step).slice(0, 300)}`);
+    }
     scores.push(score(position, claim.claimed[position] as number, top));
   }
   return { promptTokens: head.length, scores };

@@ -28,15 +28,25 @@ export class EngineRefused extends SharedLLMError {
 }
 
 /** Posts to the engine; a warm connection it closed a moment ago fails before any response: once more on a new one. */
-export async function postWithRetry(
+export function postWithRetry(
   engine: EngineConnections,
   path: string,
   body: string,
   signal: AbortSignal,
 ): Promise<IncomingMessage | undefined> {
+  return requestWithRetry(engine, path, body, signal);
+}
+
+/** A request to the engine (GET without a body), once more on a new connection as postWithRetry; undefined when aborted. */
+async function requestWithRetry(
+  engine: EngineConnections,
+  path: string,
+  body: string | undefined,
+  signal: AbortSignal,
+): Promise<IncomingMessage | undefined> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await post(engine, path, body, signal);
+      return await send(engine, path, body, signal);
     } catch (err) {
       if (signal.aborted) return undefined;
       if (attempt < 2 && ["ECONNRESET", "EPIPE"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
@@ -45,16 +55,15 @@ export async function postWithRetry(
   }
 }
 
-function post(engine: EngineConnections, path: string, body: string, signal: AbortSignal): Promise<IncomingMessage> {
+function send(engine: EngineConnections, path: string, body: string | undefined, signal: AbortSignal): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const req = request({
       path,
-      method: "POST",
+      method: body === undefined ? "GET" : "POST",
       createConnection: () => engine.take(),
       signal,
       headers: {
-        "content-type": "application/json",
-        "content-length": Buffer.byteLength(body),
+        ...(body !== undefined && { "content-type": "application/json", "content-length": Buffer.byteLength(body) }),
         ...(engine.authorization ? { authorization: engine.authorization } : {}),
       },
     });
@@ -88,16 +97,17 @@ export function engineMessage(text: string, status: number): string {
 }
 
 /**
- * The engine's JSON answer to one request; undefined when `signal` aborted it. Throws
- * EngineRefused when it answers with an error status, EngineUnreachable when it does not answer.
+ * The engine's JSON answer to one request (a POST of `body`, a GET without); undefined when
+ * `signal` aborted it. Throws EngineRefused when it answers with an error status,
+ * EngineUnreachable when it does not answer.
  */
 export async function callEngine(
   engine: EngineConnections,
   path: string,
-  body: object,
+  body: object | undefined,
   signal: AbortSignal,
 ): Promise<Record<string, unknown> | undefined> {
-  const res = await postWithRetry(engine, path, JSON.stringify(body), signal);
+  const res = await requestWithRetry(engine, path, body && JSON.stringify(body), signal);
   if (!res) return undefined;
   res.setEncoding("utf8");
   let text: string;
