@@ -2,9 +2,16 @@
  * The auditor's engine side of verified contribution: scores another node's claimed output of a
  * job with this node's own copy of the model (the same GGUF file). The prompt is tokenized as a
  * fresh job's would be (engineCalls.promptTokens), and at each audited position j the engine is
- * asked for its next-token distribution after prompt + claimed[0..j): a one-token completion of
- * those token ids with `n_probs`, on one slot with its cache kept, positions in ascending order,
- * so an audit costs about one prefill of prompt + output plus one decode per position.
+ * asked for its next-token distribution after prompt + claimed[0..j), with `n_probs`.
+ *
+ * The claimed output goes in one token at a time, as the serving node generated it: one-token
+ * completions over a growing prefix on one slot with its cache kept (each computes one new
+ * token), up to the last audited position. The distributions are then the serving node's own
+ * (bit for bit on the same build and CPU kind, whatever its slot count: a decode step batches
+ * one token per sequence). Tokens taken as a batch are computed with other rounding, which on the
+ * CPU build moves log-probabilities by up to 0.3 nats once the context passes 256 tokens
+ * (measured by bench/auditCalibrate.ts), far more than near-ties need to flip; replaying costs
+ * one decode per claimed token, about what generating the output cost.
  *
  * The log-probabilities are of the model's raw distribution at temperature 1: llama-server's
  * `n_probs` with `post_sampling_probs: false` (its default) reports a softmax of the raw logits
@@ -60,14 +67,18 @@ export async function scoreClaim(
   if (letter === undefined || typeof vocab !== "number") throw new EngineRefused(200, "the engine did not tell its vocabulary");
   const outside = claim.claimed.findIndex((t) => t >= vocab);
   const fields = { n_probs: claim.topK, post_sampling_probs: false, temperature: 0, logit_bias: [[letter, 100]] };
+  const { n_probs: _, ...replay } = fields;
   const tokens = [...head, ...claim.claimed];
+  const audited = new Set(claim.positions);
+  const last = Math.min(claim.positions.at(-1) ?? -1, outside >= 0 ? outside : Number.POSITIVE_INFINITY);
   const scores: ClaimScore[] = [];
   let slot: number | undefined;
-  for (const position of claim.positions) {
-    if (outside >= 0 && position > outside) break;
-    const step = await completionStep(engine, tokens.slice(0, head.length + position), { slot, fields }, signal);
+  for (let position = 0; position <= last; position++) {
+    const scored = audited.has(position);
+    const step = await completionStep(engine, tokens.slice(0, head.length + position), { slot, fields: scored ? fields : replay }, signal);
     if (!step) return undefined;
     slot = typeof step.id_slot === "number" ? step.id_slot : undefined;
+    if (!scored) continue;
     const top = topOf(step);
     if (!top.length) {
       throw new EngineRefused(200, `the engine answered a scoring step without probabilities: ${JSON.stringify(step).slice(0, 300)}`);

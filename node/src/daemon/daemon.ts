@@ -109,6 +109,9 @@ export interface NodeDaemon {
 
 export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
   const progress = o.progress ?? silentProgress;
+  if (o.auditor && o.cluster) {
+    throw new SharedLLMError("config", "a cluster head cannot audit: its model is split over other machines; drop --auditor");
+  }
   if (o.schedule) parseSchedule(o.schedule);
   // GPU detection loads node-llama-cpp's native addon (seconds): overlap it with the rest
   const hardware = detectHardware(o.logger);
@@ -167,8 +170,40 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     served.set(entry.id, s);
     return s;
   };
+  /**
+   * An auditor's engines for audits: one llama-server per model file, with one slot, started on
+   * the model's first audit. Audits get an engine of their own so that they never take a slot
+   * from the node's jobs, and no job evicts an audit's cached prefix between two of its steps
+   * (the rest of the output would then go in as a batch, with other rounding). The weights are
+   * mapped from the same file, so the second engine costs its context and compute buffers.
+   */
+  const auditEngines = new Map<string, Promise<Served>>();
+  const auditEngine = (entry: ModelEntry): Promise<Served> => {
+    let started = auditEngines.get(entry.sha256);
+    if (!started) {
+      started = startLlamaServer({
+        engine,
+        modelId: entry.id,
+        modelPath: store.blobPath(entry.sha256),
+        slots: 1,
+        contextPerSlot,
+        threads,
+        logDir: join(o.paths.home, "logs"),
+        logName: `llama-server-${entry.id}-audits.log`,
+        extraArgs: o.engineArgs,
+      }).then((llama) => {
+        llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "audit llama-server exited; restarting"));
+        return { entry, llama, connections: new EngineConnections(llama.port, `Bearer ${llama.apiKey}`), memoryBytes: 0 };
+      });
+      auditEngines.set(entry.sha256, started);
+      // a failed start is tried again on the next audit
+      started.catch(() => auditEngines.delete(entry.sha256));
+    }
+    return started;
+  };
   const stopServing = async () => {
-    for (const s of served.values()) {
+    const audit = await Promise.allSettled(auditEngines.values());
+    for (const s of [...served.values(), ...audit.flatMap((a) => (a.status === "fulfilled" ? [a.value] : []))]) {
       s.connections.close();
       await s.llama.supervisor.stop();
     }
@@ -205,12 +240,11 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     }
   };
   /**
-   * Audits run one after another, each on one slot of its model's llama-server (the slot keeps
-   * the audit's prefix cached from one position to the next). The thresholds they are judged by
-   * were measured that way (coordinator/audit-thresholds.json: a 1-slot auditor, one audit at a
-   * time); two audits at once would be computed in shared batches, with other rounding where
-   * top choices are near-tied (llama.cpp #7052), evict each other's cached prefix, and take
-   * more than one slot from the node's own jobs.
+   * Audits run one after another on their engine's one slot (the slot keeps the audit's prefix
+   * cached from one token to the next). The thresholds they are judged by were measured that way
+   * (coordinator/audit-thresholds.json: a 1-slot auditor, one audit at a time); two audits at
+   * once would evict each other's cached prefix, and their tokens would go in as batches, with
+   * other rounding where top choices are near-tied (llama.cpp #7052).
    */
   let audits: Promise<void> = Promise.resolve();
   const audit = async (frame: AuditStart, send: (f: NodeFrame) => void, signal: AbortSignal) => {
@@ -222,7 +256,18 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       const which = frame.sha256 ? `the model file ${frame.sha256}` : String(frame.request.model);
       return send({ type: "audit.error", auditId: frame.auditId, message: `this node does not serve ${which}` });
     }
-    if (await onEngine(target, signal, () => runAudit(frame, target.connections, send, signal), { auditId: frame.auditId })) return;
+    let scorer: Served;
+    try {
+      scorer = await auditEngine(target.entry);
+    } catch (err) {
+      log.error({ err: (err as Error).message, model: target.entry.id }, "the audit llama-server did not start");
+      return send({
+        type: "audit.error",
+        auditId: frame.auditId,
+        message: `the auditor's engine did not start: ${(err as Error).message}`,
+      });
+    }
+    if (await onEngine(scorer, signal, () => runAudit(frame, scorer.connections, send, signal), { auditId: frame.auditId })) return;
     if (!signal.aborted) send({ type: "audit.error", auditId: frame.auditId, message: "the engine is restarting; try again shortly" });
   };
   const { client: control, receipts } = openControlLink({
