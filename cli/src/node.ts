@@ -168,6 +168,10 @@ export function nodeCommand(): Command {
     .addOption(new Option("--tunnel-port <port>", "worker: port of the RPC tunnel (0 = any free port)").default(0).argParser(wholeNumber))
     .option("--tunnel-host <host>", "worker: address the tunnel listens on", "0.0.0.0")
     .option("--heads <ids>", "worker: the only cluster heads it serves, comma-separated node ids (default: any head the coordinator names)")
+    .option(
+      "--auditor",
+      "offer to audit other nodes' jobs with this node's copy of their model (the coordinator uses it only if it trusts this node)",
+    )
     .option("--verbose", "log at info level")
     .action(
       async (
@@ -183,6 +187,7 @@ export function nodeCommand(): Command {
           model: string;
           slots: number;
           engineArgs?: string;
+          auditor?: boolean;
           verbose?: boolean;
         } & OwnerArgs,
       ) => {
@@ -193,6 +198,11 @@ export function nodeCommand(): Command {
         if (await runningNode(paths.home))
           throw new SharedLLMError("busy", `a node daemon already runs for ${paths.home}; see: sharedllm node status`);
         const logger = commandLogger(o.verbose);
+        if (o.role === "worker" && o.auditor)
+          throw new SharedLLMError(
+            "config",
+            "a worker serves no model of its own, so it cannot audit: drop --auditor, or start it as --role solo",
+          );
         if (o.role === "worker") return runWorker(paths, config, o, owner, logger, signal);
         const members =
           o.members
@@ -205,6 +215,7 @@ export function nodeCommand(): Command {
           throw new SharedLLMError("config", "--members takes node ids (0x and 40 hex digits), comma-separated");
         const daemon = await startNodeDaemon({
           cluster: o.role === "head" ? { members } : undefined,
+          auditor: o.auditor,
           paths,
           ...config,
           ...owner,

@@ -1,7 +1,7 @@
 /**
  * `sharedllm up`: the whole system on one machine with embedded defaults:
  * a coordinator (PGlite under $SHAREDLLM_HOME/db) and one node serving the
- * default model. Prints the URL, a dev API key and a curl line once ready, and
+ * default model, which also audits other nodes' jobs. Prints the URL, a dev API key and a curl line once ready, and
  * writes the same to $SHAREDLLM_HOME/up.json. Ctrl-C stops everything.
  */
 import { mkdir, rm } from "node:fs/promises";
@@ -106,6 +106,8 @@ export function upCommand(): Command {
             model: o.model,
             slots: o.slots,
             engineArgs: o.engineArgs?.split(/\s+/).filter(Boolean),
+            // the operator's own node: the one the coordinator can trust to audit the others
+            auditor: true,
             logger,
             progress: terminalProgress(),
             signal,

@@ -15,7 +15,7 @@ import type { Logger } from "pino";
 import { ApiKeyVerifier } from "./apiKeys.js";
 import { type AuditOptions, Audits, type Judge } from "./audits/audits.js";
 import { Canaries } from "./audits/canaries.js";
-import { judge } from "./audits/verdict.js";
+import { calibratedJudge } from "./audits/thresholds.js";
 import { catalogue, type PinnedModel } from "./catalogue.js";
 import { Clusters } from "./clusters.js";
 import { type Db, openDatabase } from "./db/database.js";
@@ -284,7 +284,9 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     n.send(frame);
     return true;
   });
-  const audits = o.audits?.auditors.length ? new Audits(db, fleet, logger, { ...o.audits, judge: o.audits.judge ?? judge }) : undefined;
+  const audits = o.audits?.auditors.length
+    ? new Audits(db, fleet, logger, { ...o.audits, judge: o.audits.judge ?? calibratedJudge() })
+    : undefined;
   const settler = new Settler(db, chain, logger, {
     ...o.settlement,
     audits: audits && { windowMs: audits.windowMs, trusted: o.audits?.auditors ?? [] },

@@ -1,4 +1,14 @@
 export { type ApiKeyInfo, ApiKeyVerifier, createApiKey } from "./apiKeys.js";
+export { loadThresholds, THRESHOLDS_FILE, type ThresholdsFile, thresholdsFor, UNCALIBRATED } from "./audits/thresholds.js";
+export {
+  type Figures,
+  figuresOf,
+  judge,
+  type Sampling,
+  samplingOf,
+  type Thresholds,
+  type Verdict,
+} from "./audits/verdict.js";
 export type { KnownModel, PinnedModel } from "./catalogue.js";
 export { type Coordinator, type CoordinatorOptions, DEFAULT_RATE_LIMITS, type RateLimits, startCoordinator } from "./coordinator.js";
 export { hashSecret } from "./credentials.js";

@@ -164,8 +164,20 @@ export const auditStartSchema = z.object({
   /** indices into `claimed`, ascending, each below its length */
   positions: z.array(z.number().int().nonnegative()).max(MAX_AUDIT_POSITIONS),
   topK: z.number().int().min(1).max(MAX_AUDIT_TOP_K),
+  /**
+   * the GGUF file the audited node served (its sha256): an auditor scores only with the same file,
+   * whatever id it serves it under; absent: the one it serves as `request.model`
+   */
+  sha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
 });
 export type AuditStart = z.infer<typeof auditStartSchema>;
+
+/** coordinator -> auditor: the audit is no longer wanted (it is not answered) */
+export const auditCancelSchema = z.object({ type: z.literal("audit.cancel"), auditId: z.string() });
+export type AuditCancel = z.infer<typeof auditCancelSchema>;
 
 /** coordinator -> node: the client went away or the job was abandoned */
 export const jobCancelSchema = z.object({ type: z.literal("job.cancel"), jobId: z.string() });
@@ -246,6 +258,7 @@ export const coordinatorFrameSchema = z.discriminatedUnion("type", [
   clusterMembersSchema,
   controlErrorSchema,
   auditStartSchema,
+  auditCancelSchema,
 ]);
 export type CoordinatorFrame = z.infer<typeof coordinatorFrameSchema>;
 
@@ -447,10 +460,19 @@ export const auditScoreSchema = z.object({
   topLogprob: z.number().max(0),
   /** the log-probability of the `topK`-th token: an unranked claimed token's is at most this */
   floorLogprob: z.number().max(0),
+  /**
+   * the top `topK` log-probabilities, best first (rounded to 1e-4): the distribution a sampled
+   * job's claimed tokens are weighed against (how likely its own sampling makes them)
+   */
+  topLogprobs: z.array(z.number().max(0)).max(MAX_AUDIT_TOP_K).optional(),
 });
 export type AuditScore = z.infer<typeof auditScoreSchema>;
 
-/** auditor -> coordinator: the scores of an `audit.start`, one per position, and the prompt's token count by the auditor's own count */
+/**
+ * auditor -> coordinator: the scores of an `audit.start`, one per position, and the prompt's token
+ * count by the auditor's own count. A claimed token outside the model's vocabulary scores as
+ * unranked and ends the scores: no later position can be scored.
+ */
 export const auditResultSchema = z.object({
   type: z.literal("audit.result"),
   auditId: z.string(),

@@ -24,6 +24,7 @@ import {
   type AuditsResponse,
   type JobKind,
   MAX_AUDIT_POSITIONS,
+  MAX_AUDIT_TOP_K,
   UNTOLD_TOKEN,
 } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
@@ -38,6 +39,9 @@ export type Judge = (a: {
   kind: JobKind;
   request: Record<string, unknown>;
   scores: readonly AuditScore[];
+  /** the model file, and the auditor's backend (`cpu`, `cuda`...): the thresholds are calibrated per pair */
+  modelSha256: string;
+  backend: string;
 }) => { pass: true } | { pass: false; reason: string };
 
 export interface AuditOptions {
@@ -59,7 +63,7 @@ export interface AuditOptions {
   windowMs?: number;
   /** positions of the output scored per audit; default 8 */
   positions?: number;
-  /** how many of its top tokens the auditor ranks at each position; default 20 */
+  /** how many of its top tokens the auditor ranks at each position (above any job's top_k); default 100 */
   topK?: number;
   /** an audit no auditor ran within this is given up, not blamed on the node; default 24 h */
   deadlineMs?: number;
@@ -90,14 +94,14 @@ export interface AuditCandidate {
   canary?: boolean;
 }
 
-/** Request fields that change the sampler beyond what an audit scores: such jobs are not audited. */
+/**
+ * Request fields that change the sampler beyond what an audit scores: such jobs are not audited
+ * (a penalty still leaves the verdict's gross checks, verdict.ts).
+ */
 const UNSCORED_FIELDS = ["logit_bias", "response_format", "tools", "tool_choice"] as const;
 
 function unscored(request: Record<string, unknown>): boolean {
-  if (UNSCORED_FIELDS.some((f) => request[f] !== undefined)) return true;
-  // penalties move the distribution away from the model's own
-  const neutral = (f: string, v: number) => request[f] === undefined || request[f] === v;
-  return !(neutral("presence_penalty", 0) && neutral("frequency_penalty", 0) && neutral("repeat_penalty", 1));
+  return UNSCORED_FIELDS.some((f) => request[f] !== undefined);
 }
 
 /** Prompt tokens a receipt may name above the auditor's count (a start token the engines add differently). */
@@ -242,6 +246,7 @@ export class Audits {
     for (const [id, b] of this.busy) {
       if (now - b.since < RUNNING_TIMEOUT_MS) continue;
       this.busy.delete(id);
+      b.node.send({ type: "audit.cancel", auditId: b.auditId });
       await this.requeue(b.auditId, `the auditor ${id} did not answer in time`);
     }
     // audits nobody could run for a day are given up: the node's earnings are not held for ever
@@ -289,7 +294,8 @@ export class Audits {
         request: { ...(JSON.parse(a.request) as Record<string, unknown>), model },
         claimed: JSON.parse(a.output) as number[],
         positions: JSON.parse(a.positions) as number[],
-        topK: this.o.topK ?? 20,
+        topK: this.o.topK ?? MAX_AUDIT_TOP_K,
+        sha256: a.model_sha256,
       };
       auditor.send(frame);
       if (!free.length) return;
@@ -421,7 +427,8 @@ export class Audits {
       return this.pump();
     }
     const request = JSON.parse(a.request) as Record<string, unknown>;
-    let verdict = this.o.judge({ kind: a.kind as JobKind, request, scores: f.scores });
+    const backend = (this.fleet.get(from)?.engine ?? "").split("-").at(-1) ?? "";
+    let verdict = this.o.judge({ kind: a.kind as JobKind, request, scores: f.scores, modelSha256: a.model_sha256, backend });
     if (verdict.pass && a.prompt_tokens !== null && a.prompt_tokens > f.promptTokens + PROMPT_MARGIN) {
       verdict = { pass: false, reason: `the receipt names ${a.prompt_tokens} prompt tokens; the prompt has ${f.promptTokens}` };
     }

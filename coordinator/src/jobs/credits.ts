@@ -92,8 +92,9 @@ export class CreditHold implements JobCredits {
               })),
             );
           }
-          // a solo node's part may be audited; it is not told (docs/verification.md)
-          for (const part of parts) {
+          // a solo node's part may be audited; it is not told (docs/verification.md). Not a continued
+          // job's: its later parts ran on output batched in again, with other rounding
+          for (const part of parts.length === 1 ? parts : []) {
             const [solo, ...others] = part.payees.members;
             const audits = this.ledger.audits;
             if (!audits || !solo || others.length || part.payees.via || !part.modelSha256 || !part.completionTokens) continue;
@@ -106,8 +107,7 @@ export class CreditHold implements JobCredits {
               request: this.job.request,
               output: part.output,
               from: part.from,
-              // the prompt count is the node's own only in a job it served alone from start to end
-              promptTokens: parts.length === 1 ? part.receiptPromptTokens : undefined,
+              promptTokens: part.receiptPromptTokens,
               promptHash: this.job.promptHash,
               outputHash: outputHash(part.output.slice(part.from)),
             });

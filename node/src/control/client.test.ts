@@ -110,4 +110,76 @@ describe("control client", () => {
     expect(received.at(-1)).toMatchObject({ type: "hello", accepting: false, reason: "owner_busy" });
     await client.close();
   });
+
+  it("a node that is not an auditor refuses audits; an auditor's audit is cancelled by audit.cancel and when the channel closes", async () => {
+    const audit = (auditId: string) =>
+      JSON.stringify({ type: "audit.start", auditId, kind: "chat", request: {}, claimed: [1, 2], positions: [0, 1], topK: 5 });
+    const connect = async (runAudit?: ConstructorParameters<typeof ControlClient>[0]["runAudit"]) => {
+      const [nodeEnd, coordinatorEnd] = channelPair();
+      const received: { type: string; auditId?: string; message?: string; auditor?: boolean }[] = [];
+      coordinatorEnd.onMessage((text) => {
+        const frame = JSON.parse(text) as { type: string; nodeId: string };
+        received.push(frame);
+        if (frame.type !== "hello") return;
+        coordinatorEnd.send(
+          JSON.stringify({ type: "welcome", protocol: CONTROL_PROTOCOL_VERSION, nodeId: frame.nodeId, heartbeatIntervalMs: 60_000 }),
+        );
+      });
+      const client = new ControlClient({
+        coordinatorUrl: "http://127.0.0.1:1",
+        credentials: { get: async () => "session", invalidate: () => {} },
+        hello: () => ({
+          nodeId: "0x0000000000000000000000000000000000000001",
+          engine: { tag: "b0", variant: "cpu" },
+          models: [],
+          slots: 1,
+          ...(runAudit && { auditor: true }),
+        }),
+        status: () => ({ load: 0, freeMemoryBytes: 0, loadedModels: [], tokensPerSecond: 0 }),
+        runJob: async () => {},
+        runAudit,
+        loadModel: () => {},
+        signReceipt: async (frame) => ({ type: "receipt", receipt: frame.receipt, signature: null, refused: "test" }),
+        logger: pino({ level: "silent" }),
+        dial: async () => nodeEnd,
+        backoffMs: 60_000,
+      });
+      await client.start();
+      return { client, coordinatorEnd, received };
+    };
+
+    const plain = await connect();
+    expect(plain.received[0]).not.toHaveProperty("auditor");
+    plain.coordinatorEnd.send(audit("a-1"));
+    await waitFor("the refusal", () => plain.received.find((f) => f.type === "audit.error"));
+    expect(plain.received.at(-1)).toEqual({
+      type: "audit.error",
+      auditId: "a-1",
+      message: "this node does not audit (it was not started with --auditor)",
+    });
+    await plain.client.close();
+
+    // an audit that runs until it is aborted, and then sends nothing (as the audit runner does)
+    const aborted: string[] = [];
+    const auditor = await connect(
+      (frame, _send, signal) =>
+        new Promise<void>((resolve) =>
+          signal.addEventListener("abort", () => {
+            aborted.push(frame.auditId);
+            resolve();
+          }),
+        ),
+    );
+    expect(auditor.received[0]).toMatchObject({ type: "hello", auditor: true });
+    auditor.coordinatorEnd.send(audit("a-2"));
+    auditor.coordinatorEnd.send(audit("a-3"));
+    auditor.coordinatorEnd.send(JSON.stringify({ type: "audit.cancel", auditId: "a-2" }));
+    await waitFor("the cancelled audit to stop", () => aborted.length === 1);
+    expect(aborted).toEqual(["a-2"]);
+    auditor.coordinatorEnd.close(1001, "restart");
+    await waitFor("the audit in flight to stop with the channel", () => aborted.length === 2);
+    expect(aborted).toEqual(["a-2", "a-3"]);
+    expect(auditor.received.filter((f) => f.type !== "hello")).toEqual([]);
+    await auditor.client.close();
+  });
 });

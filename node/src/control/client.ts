@@ -2,11 +2,12 @@
  * The node's end of the control channel: dials the coordinator's WebSocket,
  * says hello, runs the jobs it is sent, and reconnects with exponential back-off
  * and jitter whenever the connection drops. Jobs in flight when the channel drops
- * are aborted: the coordinator has already failed them to their clients. Frames
+ * are aborted: the coordinator has already failed them to their clients (audits too). Frames
  * from the coordinator are checked against their schemas first: one that does not
  * parse is logged and not acted on.
  */
 import {
+  type AuditStart,
   type Availability,
   ChannelRefused,
   CLOSE_REFUSED,
@@ -43,10 +44,12 @@ export interface ControlClientOptions {
   /** PEM certificate(s) to trust for a wss coordinator (its own self-signed one); default: the system's CAs */
   coordinatorCa?: string;
   credentials: SessionCredentials;
-  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "capabilities" | "role" | "tunnel">;
+  hello: () => Pick<Hello, "nodeId" | "engine" | "models" | "slots" | "capabilities" | "role" | "tunnel" | "auditor">;
   /** the node's state for each heartbeat */
   status: () => Omit<Heartbeat, "type" | "activeJobs">;
   runJob: (job: JobStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
+  /** an auditor scores another node's output (answered through `send`); absent: the node refuses audits */
+  runAudit?: (audit: AuditStart, send: (f: NodeFrame) => void, signal: AbortSignal) => Promise<void>;
   /** the coordinator asks this node to pull and serve a model; reply with the new model list */
   loadModel: (frame: ModelLoad, reply: (f: NodeFrame) => void) => void;
   /** the coordinator proposes a work receipt for a finished paid job: sign it or say why not */
@@ -64,6 +67,7 @@ export interface ControlClientOptions {
 export class ControlClient {
   private channel: ControlChannel | undefined;
   private readonly jobs = new Map<string, AbortController>();
+  private readonly audits = new Map<string, AbortController>();
   private closed = false;
   private attempt = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -161,8 +165,9 @@ export class ControlClient {
       if (this.connected && !this.closed) this.o.logger.warn({ code, reason }, "control channel closed");
       this.connected = false;
       clearInterval(this.heartbeat);
-      for (const ctl of this.jobs.values()) ctl.abort();
+      for (const ctl of [...this.jobs.values(), ...this.audits.values()]) ctl.abort();
       this.jobs.clear();
+      this.audits.clear();
       if (code === CLOSE_REFUSED) this.o.logger.error({ reason }, "coordinator refused this node");
       this.scheduleReconnect();
     });
@@ -200,6 +205,13 @@ export class ControlClient {
           .finally(() => this.jobs.delete(frame.jobId));
         return;
       }
+      case "audit.start":
+        this.onAudit(channel, frame);
+        return;
+      case "audit.cancel":
+        this.audits.get(frame.auditId)?.abort();
+        this.audits.delete(frame.auditId);
+        return;
       case "model.load":
         this.o.loadModel(frame, (f) => this.sendFrame(f));
         return;
@@ -223,6 +235,28 @@ export class ControlClient {
     }
   }
 
+  private onAudit(channel: ControlChannel, frame: AuditStart): void {
+    const send = (f: NodeFrame) => {
+      if (channel.open) channel.send(JSON.stringify(f));
+    };
+    if (!this.o.runAudit) {
+      send({ type: "audit.error", auditId: frame.auditId, message: "this node does not audit (it was not started with --auditor)" });
+      return;
+    }
+    this.audits.get(frame.auditId)?.abort();
+    const ctl = new AbortController();
+    this.audits.set(frame.auditId, ctl);
+    this.o
+      .runAudit(frame, send, ctl.signal)
+      .catch((err: Error) => {
+        this.o.logger.error({ err, auditId: frame.auditId }, "audit crashed");
+        if (!ctl.signal.aborted) send({ type: "audit.error", auditId: frame.auditId, message: "internal node error" });
+      })
+      .finally(() => {
+        if (this.audits.get(frame.auditId) === ctl) this.audits.delete(frame.auditId);
+      });
+  }
+
   private scheduleReconnect(): void {
     if (this.closed) return;
     // capped so that a node finds a restarted coordinator within seconds
@@ -236,7 +270,7 @@ export class ControlClient {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     clearInterval(this.heartbeat);
-    for (const ctl of this.jobs.values()) ctl.abort();
+    for (const ctl of [...this.jobs.values(), ...this.audits.values()]) ctl.abort();
     const channel = this.channel;
     if (channel?.open) {
       await new Promise<void>((r) => {

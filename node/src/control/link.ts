@@ -13,14 +13,17 @@ import { ReceiptSigner } from "./receipts.js";
 import { sessionCredentials } from "./registration.js";
 
 export interface ControlLinkOptions
-  extends Pick<ControlClientOptions, "coordinatorUrl" | "coordinatorCa" | "dial" | "runJob" | "loadModel" | "onClusterFrame" | "logger"> {
+  extends Pick<
+    ControlClientOptions,
+    "coordinatorUrl" | "coordinatorCa" | "dial" | "runJob" | "runAudit" | "loadModel" | "onClusterFrame" | "logger"
+  > {
   /** the site's join token (signs the registration) */
   joinToken: string;
   identity: NodeIdentity;
   engine: Engine;
   role: NonNullable<Hello["role"]>;
   /** what the node serves, for each hello */
-  hello: () => Pick<Hello, "models" | "slots" | "capabilities" | "tunnel">;
+  hello: () => Pick<Hello, "models" | "slots" | "capabilities" | "tunnel" | "auditor">;
   /** the models ready now and the recent decode speed, for each heartbeat; default: none */
   status?: () => Pick<Heartbeat, "loadedModels" | "tokensPerSecond">;
   /** a worker signs receipts for the jobs of a cluster head it serves (it cannot see their tokens) */
@@ -56,6 +59,7 @@ export function openControlLink(o: ControlLinkOptions): ControlLink {
       ...(o.status?.() ?? { loadedModels: [], tokensPerSecond: 0 }),
     }),
     runJob: o.runJob,
+    runAudit: o.runAudit,
     loadModel: o.loadModel,
     onClusterFrame: o.onClusterFrame,
     signReceipt: (frame) => receipts.sign(frame),

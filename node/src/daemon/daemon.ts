@@ -1,11 +1,20 @@
 /**
  * The node daemon, solo role: makes sure the engine and the model are here,
  * runs a supervised llama-server for the model on 127.0.0.1, and serves jobs
- * that arrive over the control channel it dials to the coordinator.
+ * that arrive over the control channel it dials to the coordinator. An auditor
+ * also scores other nodes' output of jobs with its own copy of their model.
  */
 import { cpus } from "node:os";
 import { join } from "node:path";
-import { type Capabilities, type ControlChannel, promptHash, type ServedModel, UNTOLD_TOKEN } from "@sharedllm/protocol";
+import {
+  type AuditStart,
+  type Capabilities,
+  type ControlChannel,
+  type NodeFrame,
+  promptHash,
+  type ServedModel,
+  UNTOLD_TOKEN,
+} from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { ClusterHead } from "../cluster/head.js";
 import { capabilities, detectHardware, measureSpeed } from "../control/capabilities.js";
@@ -22,9 +31,11 @@ import { parseSource } from "../models/sources.js";
 import { type ModelEntry, ModelStore } from "../models/store.js";
 import type { Paths } from "../paths.js";
 import { type ProgressFactory, silentProgress } from "../progress.js";
+import { runAudit } from "./auditRunner.js";
 import { OwnerControls, type OwnerFirstOptions } from "./availability.js";
+import { EngineUnreachable } from "./engineCalls.js";
 import { EngineConnections } from "./engineConnection.js";
-import { EngineUnreachable, runJob } from "./jobRunner.js";
+import { runJob } from "./jobRunner.js";
 import { parseSchedule } from "./schedule.js";
 import { cheatFrame, testCheat } from "./testCheats.js";
 import { Throughput } from "./throughput.js";
@@ -64,6 +75,11 @@ export interface NodeDaemonOptions {
    * the round trip over which a member is left out of the split (default 5 ms)
    */
   cluster?: { members: string[]; maxRttMs?: number };
+  /**
+   * offer to audit other nodes' jobs (docs/verification.md): the coordinator sends audits to a
+   * node it trusts for it; without this, the node refuses them
+   */
+  auditor?: boolean;
   logger: Logger;
   progress?: ProgressFactory;
   signal?: AbortSignal;
@@ -102,6 +118,9 @@ export interface NodeDaemon {
 
 export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon> {
   const progress = o.progress ?? silentProgress;
+  if (o.auditor && o.cluster) {
+    throw new SharedLLMError("config", "a cluster head cannot audit: its model is split over other machines; drop --auditor");
+  }
   if (o.schedule) parseSchedule(o.schedule);
   // GPU detection loads node-llama-cpp's native addon (seconds): overlap it with the rest
   const hardware = detectHardware(o.logger);
@@ -162,8 +181,40 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     served.set(entry.id, s);
     return s;
   };
+  /**
+   * An auditor's engines for audits: one llama-server per model file, with one slot, started on
+   * the model's first audit. Audits get an engine of their own so that they never take a slot
+   * from the node's jobs, and no job evicts an audit's cached prefix between two of its steps
+   * (the rest of the output would then go in as a batch, with other rounding). The weights are
+   * mapped from the same file, so the second engine costs its context and compute buffers.
+   */
+  const auditEngines = new Map<string, Promise<Served>>();
+  const auditEngine = (entry: ModelEntry): Promise<Served> => {
+    let started = auditEngines.get(entry.sha256);
+    if (!started) {
+      started = startLlamaServer({
+        engine,
+        modelId: entry.id,
+        modelPath: store.blobPath(entry.sha256),
+        slots: 1,
+        contextPerSlot,
+        threads,
+        logDir: join(o.paths.home, "logs"),
+        logName: `llama-server-${entry.id}-audits.log`,
+        extraArgs: o.engineArgs,
+      }).then((llama) => {
+        llama.supervisor.on("exit", (code, signal) => log.warn({ model: entry.id, code, signal }, "audit llama-server exited; restarting"));
+        return { entry, llama, connections: new EngineConnections(llama.port, `Bearer ${llama.apiKey}`), memoryBytes: 0 };
+      });
+      auditEngines.set(entry.sha256, started);
+      // a failed start is tried again on the next audit
+      started.catch(() => auditEngines.delete(entry.sha256));
+    }
+    return started;
+  };
   const stopServing = async () => {
-    for (const s of served.values()) {
+    const audit = await Promise.allSettled(auditEngines.values());
+    for (const s of [...served.values(), ...audit.flatMap((a) => (a.status === "fulfilled" ? [a.value] : []))]) {
       s.connections.close();
       await s.llama.supervisor.stop();
     }
@@ -180,6 +231,56 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       ...(parseSource(entry.source).kind === "local" ? {} : { source: entry.source }),
     }));
   let loading: Promise<void> | undefined;
+  /**
+   * Runs `task` on a model's engine; a task that arrives while llama-server restarts (or is
+   * dying and not yet noticed by its supervisor) waits for it instead of failing. False when the
+   * engine did not come back in time or `signal` gave up waiting.
+   */
+  const onEngine = async (target: Served, signal: AbortSignal, task: () => Promise<void>, what: object): Promise<boolean> => {
+    const sup = target.llama.supervisor;
+    for (let attempt = 1; ; attempt++) {
+      if (!sup.ready && !(await sup.whenReady(ENGINE_WAIT_MS, signal))) return false;
+      try {
+        await task();
+        return true;
+      } catch (err) {
+        if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
+        log.warn(what, "llama-server unreachable; waiting for its restart");
+        await sup.whenExited(2_000);
+      }
+    }
+  };
+  /**
+   * Audits run one after another on their engine's one slot (the slot keeps the audit's prefix
+   * cached from one token to the next). The thresholds they are judged by were measured that way
+   * (coordinator/audit-thresholds.json: a 1-slot auditor, one audit at a time); two audits at
+   * once would evict each other's cached prefix, and their tokens would go in as batches, with
+   * other rounding where top choices are near-tied (llama.cpp #7052).
+   */
+  let audits: Promise<void> = Promise.resolve();
+  const audit = async (frame: AuditStart, send: (f: NodeFrame) => void, signal: AbortSignal) => {
+    if (signal.aborted) return;
+    const target = frame.sha256
+      ? [...served.values()].find((s) => s.entry.sha256 === frame.sha256)
+      : served.get(String(frame.request.model));
+    if (!target) {
+      const which = frame.sha256 ? `the model file ${frame.sha256}` : String(frame.request.model);
+      return send({ type: "audit.error", auditId: frame.auditId, message: `this node does not serve ${which}` });
+    }
+    let scorer: Served;
+    try {
+      scorer = await auditEngine(target.entry);
+    } catch (err) {
+      log.error({ err: (err as Error).message, model: target.entry.id }, "the audit llama-server did not start");
+      return send({
+        type: "audit.error",
+        auditId: frame.auditId,
+        message: `the auditor's engine did not start: ${(err as Error).message}`,
+      });
+    }
+    if (await onEngine(scorer, signal, () => runAudit(frame, scorer.connections, send, signal), { auditId: frame.auditId })) return;
+    if (!signal.aborted) send({ type: "audit.error", auditId: frame.auditId, message: "the engine is restarting; try again shortly" });
+  };
   const { client: control, receipts } = openControlLink({
     coordinatorUrl: o.coordinatorUrl,
     coordinatorCa: o.coordinatorCa,
@@ -189,7 +290,7 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     engine,
     role: head ? "head" : "solo",
     logger: log,
-    hello: () => ({ models: servedModels(), slots, capabilities: caps }),
+    hello: () => ({ models: servedModels(), slots, capabilities: caps, ...(o.auditor && { auditor: true }) }),
     onClusterFrame: (f) => {
       if (f.type === "cluster.members") head?.onMembers(f);
     },
@@ -250,22 +351,17 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         send({ type: "job.error", jobId: job.jobId, message: `this node does not serve ${String(job.request.model)}`, retryable: true });
         return;
       }
-      const sup = target.llama.supervisor;
-      // a job that arrives while llama-server restarts (or is dying and not yet
-      // noticed by its supervisor) waits for it instead of failing
-      for (let attempt = 1; ; attempt++) {
-        if (!sup.ready && !(await sup.whenReady(ENGINE_WAIT_MS, signal))) break;
-        try {
-          return await runJob(job, target.connections, send, signal);
-        } catch (err) {
-          if (!(err instanceof EngineUnreachable) || attempt >= 3) throw err;
-          log.warn({ jobId: job.jobId }, "llama-server unreachable; waiting for its restart");
-          await sup.whenExited(2_000);
-        }
-      }
+      if (await onEngine(target, signal, () => runJob(job, target.connections, send, signal), { jobId: job.jobId })) return;
       if (!signal.aborted)
         send({ type: "job.error", jobId: job.jobId, message: "the engine is restarting; try again shortly", retryable: true });
     },
+    runAudit: o.auditor
+      ? (frame, send, signal) => {
+          const turn = audits.then(() => audit(frame, send, signal));
+          audits = turn.catch(() => {});
+          return turn;
+        }
+      : undefined,
   });
   // what the owner wants, combined into one availability the coordinator sees
   const owner = new OwnerControls({

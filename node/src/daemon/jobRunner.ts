@@ -15,22 +15,14 @@
  * node:http rather than fetch's web streams, on connections from EngineConnections (one per
  * job, opened ahead of time).
  */
-import { type IncomingMessage, request } from "node:http";
+import type { IncomingMessage } from "node:http";
 import { asksForLogprobs, type JobStart, type NodeFrame, SseDecoder, type Usage } from "@sharedllm/protocol";
-import { SharedLLMError } from "../errors.js";
+import { completionStep, engineMessage, postWithRetry, promptTokens, readAll, tokenize } from "./engineCalls.js";
 import type { EngineConnections } from "./engineConnection.js";
 
 const PATHS = { chat: "/v1/chat/completions", completion: "/v1/completions" } as const;
 
 type Send = (f: NodeFrame) => void;
-
-/** llama-server did not take the request at all (it is down or restarting); nothing was sent for the job. */
-export class EngineUnreachable extends SharedLLMError {
-  override name = "EngineUnreachable";
-  constructor(message: string, options: { cause?: unknown } = {}) {
-    super("engine", message, options);
-  }
-}
 
 export async function runJob(job: JobStart, engine: EngineConnections, send: Send, signal: AbortSignal): Promise<void> {
   const clientLogprobs = asksForLogprobs(job.request);
@@ -60,37 +52,13 @@ export async function runJob(job: JobStart, engine: EngineConnections, send: Sen
   res.setEncoding("utf8");
   const status = res.statusCode ?? 0;
   if (status !== 200) {
-    const text = await readAll(res).catch(() => "");
-    let message = text.slice(0, 500) || `HTTP ${status}`;
-    try {
-      message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? message;
-    } catch {
-      // not JSON: keep the text
-    }
+    const message = engineMessage(await readAll(res).catch(() => ""), status);
     // 4xx is the request's fault (e.g. prompt longer than the context); 5xx the engine's
     const clientFault = status >= 400 && status < 500;
     send({ type: "job.error", jobId: job.jobId, message, retryable: !clientFault, ...(clientFault ? { status } : {}) });
     return;
   }
   await relayStream(job, res, send, signal, { stripLogprobs: !clientLogprobs, resumed });
-}
-
-/** Posts to the engine; a warm connection it closed a moment ago fails before any response: once more on a new one. */
-async function postWithRetry(
-  engine: EngineConnections,
-  path: string,
-  body: string,
-  signal: AbortSignal,
-): Promise<IncomingMessage | undefined> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await post(engine, path, body, signal);
-    } catch (err) {
-      if (signal.aborted) return undefined;
-      if (attempt < 2 && ["ECONNRESET", "EPIPE"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
-      throw new EngineUnreachable(`the engine is not reachable: ${(err as Error).message}`, { cause: err });
-    }
-  }
 }
 
 /**
@@ -134,26 +102,8 @@ async function resumedPrompt(
   signal: AbortSignal,
 ): Promise<{ tokens: number[]; resumed: number; slot?: number } | undefined> {
   const resume = job.resume as NonNullable<JobStart["resume"]>;
-  /** the engine's answer; undefined when the job was cancelled */
-  const call = async (path: string, body: object): Promise<Record<string, unknown> | undefined> => {
-    const res = await postWithRetry(engine, path, JSON.stringify(body), signal);
-    if (!res) return undefined;
-    res.setEncoding("utf8");
-    const text = await readAll(res);
-    if (res.statusCode !== 200) {
-      throw new SharedLLMError(
-        "engine",
-        `the engine could not prepare the resumed prompt (${path}: HTTP ${res.statusCode}: ${text.slice(0, 300)})`,
-      );
-    }
-    return JSON.parse(text) as Record<string, unknown>;
-  };
-  const prompt = job.kind === "chat" ? (await call("/apply-template", job.request))?.prompt : job.request.prompt;
-  if (prompt === undefined) return undefined;
-  const head = (await call("/tokenize", { content: prompt, add_special: true, parse_special: true }))?.tokens as number[] | undefined;
-  const tail = resume.text
-    ? ((await call("/tokenize", { content: resume.text, add_special: false, parse_special: false }))?.tokens as number[] | undefined)
-    : [];
+  const head = await promptTokens(job.kind, job.request, engine, signal);
+  const tail = resume.text ? await tokenize(resume.text, { special: false }, engine, signal) : [];
   if (!head || !tail) return undefined;
   const tokens = [...head, ...resume.tokens, ...tail];
   const resumed = resume.tokens.length + tail.length;
@@ -163,48 +113,11 @@ async function resumedPrompt(
   // other rounding, and near-tied choices then differ). One slot keeps the cache between steps.
   let slot: number | undefined;
   for (let n = head.length; n < tokens.length; n++) {
-    const step = await call("/completion", {
-      prompt: tokens.slice(0, n),
-      n_predict: 1,
-      temperature: 0,
-      cache_prompt: true,
-      id_slot: slot ?? -1,
-    });
+    const step = await completionStep(engine, tokens.slice(0, n), { slot, fields: { temperature: 0 } }, signal);
     if (!step) return undefined;
     slot = typeof step.id_slot === "number" ? step.id_slot : undefined;
   }
   return { tokens, resumed, slot };
-}
-
-function post(engine: EngineConnections, path: string, body: string, signal: AbortSignal): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const req = request({
-      path,
-      method: "POST",
-      createConnection: () => engine.take(),
-      signal,
-      headers: {
-        "content-type": "application/json",
-        "content-length": Buffer.byteLength(body),
-        ...(engine.authorization ? { authorization: engine.authorization } : {}),
-      },
-    });
-    req.once("response", resolve);
-    req.once("error", reject);
-    req.end(body);
-  });
-}
-
-function readAll(res: IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = "";
-    res.on("data", (s: string) => {
-      text += s;
-    });
-    res.once("end", () => resolve(text));
-    res.once("error", reject);
-    res.once("aborted", () => reject(new Error("connection closed")));
-  });
 }
 
 /** What the node reads in an engine event. */

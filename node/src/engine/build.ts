@@ -135,8 +135,7 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
     const src = join(work, "src");
     const out = join(work, "build");
     progress.update(0, "unpacking llama.cpp source");
-    await run("git", ["clone", "--quiet", o.bundle, src], { signal: o.signal });
-    for (const patch of await patchFiles()) await run("git", ["-C", src, "apply", patch], { signal: o.signal });
+    await checkoutSource(o.bundle, src, o.signal);
     const flags = [
       "-DCMAKE_BUILD_TYPE=Release",
       "-DGGML_RPC=ON",
@@ -153,9 +152,9 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
       ...(o.variant === "vulkan" ? ["-DGGML_VULKAN=ON"] : []),
     ];
     progress.update(0, "configuring");
-    await run("cmake", ["-S", src, "-B", out, ...flags], { signal: o.signal, log: join(work, "configure.log") });
+    await buildStep("cmake", ["-S", src, "-B", out, ...flags], { signal: o.signal, log: join(work, "configure.log") });
     const jobs = String(o.jobs ?? Math.max(1, cpus().length));
-    await run("cmake", ["--build", out, "--config", "Release", "-j", jobs, "--target", ...TARGETS], {
+    await buildStep("cmake", ["--build", out, "--config", "Release", "-j", jobs, "--target", ...TARGETS], {
       signal: o.signal,
       log: join(work, "build.log"),
       onLine(line) {
@@ -193,17 +192,24 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
   }
 }
 
+/** The bundled llama.cpp source with our patches applied, into `dir` (which must not exist). */
+export async function checkoutSource(bundle: string, dir: string, signal?: AbortSignal): Promise<void> {
+  await buildStep("git", ["clone", "--quiet", bundle, dir], { signal });
+  for (const patch of await patchFiles()) await buildStep("git", ["-C", dir, "apply", patch], { signal });
+}
+
 interface RunOptions {
   signal?: AbortSignal;
+  env?: NodeJS.ProcessEnv;
   log?: string;
   onLine?: (line: string) => void;
 }
 
 /** Runs a build step in its own process group, so an abort stops the whole compiler tree. */
-function run(cmd: string, args: string[], o: RunOptions): Promise<void> {
+export function buildStep(cmd: string, args: string[], o: RunOptions): Promise<void> {
   return new Promise((resolvePromise, reject) => {
     if (o.signal?.aborted) return reject(o.signal.reason);
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], detached: true, env: o.env });
     const lines: string[] = [];
     let partial = "";
     const onData = (buf: Buffer) => {

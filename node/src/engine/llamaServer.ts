@@ -23,6 +23,8 @@ export interface LlamaServerOptions {
   threads?: number;
   port?: number;
   logDir: string;
+  /** its log's file name in logDir; default `llama-server-<modelId>.log` */
+  logName?: string;
   /** extra llama-server arguments */
   extraArgs?: string[];
   /** arguments decided before every (re)start: a cluster head's `--rpc` and `--tensor-split` */
@@ -67,7 +69,7 @@ export async function startLlamaServer(o: LlamaServerOptions): Promise<LlamaServ
       LD_LIBRARY_PATH: [o.engine.binDir, process.env.LD_LIBRARY_PATH].filter(Boolean).join(":"),
       LLAMA_API_KEY: apiKey,
     },
-    logFile: join(o.logDir, `llama-server-${o.modelId}.log`),
+    logFile: join(o.logDir, o.logName ?? `llama-server-${o.modelId}.log`),
     prepare: o.prepareArgs,
     healthCheck: async () => (await fetch(`${url}/health`, { signal: AbortSignal.timeout(2_000) })).ok,
   });

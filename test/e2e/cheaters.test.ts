@@ -3,10 +3,14 @@
  * contracts on a dev chain, a trusted auditor and an honest node, and cheating nodes, each a real
  * `sharedllm node start` daemon with one behaviour changed by its test-only switch
  * (SHAREDLLM_TEST_CHEAT): one reports inflated token counts, one streams random tokens of
- * plausible length instead of running its model. Every node here is new, so every one of its paid
- * jobs is audited: a cheater is caught at its first job, and excluded at its second failed audit
- * (excludeAfter 2). It earns nothing for the window in which it cheated; the honest node beside
- * it is paid in full.
+ * plausible length instead of running its model, one serves the default model requantised to 2
+ * bits while claiming the default (its name and sha256). Every node here is new, so every one of
+ * its paid jobs is audited. The bound: a cheater is caught at its first greedy job (the first
+ * round is greedy), since one audit scores 8 positions and each cheat fails a position with high
+ * probability (random tokens: all but never the auditor's choice; inflated counts: the prompt
+ * recount, whatever the output; the 2-bit model: it leaves the greedy path within its first
+ * tokens); at its second failed audit it is excluded (excludeAfter 2). It earns nothing for the
+ * window in which it cheated; the honest node beside it is paid in full.
  */
 import { randomBytes } from "node:crypto";
 import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
@@ -16,12 +20,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
+import { requantizedDefault } from "../requantized.ts";
 import { MODEL } from "../system.ts";
 
 const joinToken = randomBytes(32).toString("base64url");
 /** earnings wait this long for their audits before they may settle */
 const WINDOW_MS = 4_000;
-const CHEATS = ["inflate", "random"] as const;
+const CHEATS = ["inflate", "random", "requantised"] as const;
 
 let chain: TestChain;
 let database: TestDatabase;
@@ -84,7 +89,9 @@ beforeAll(async () => {
   const { createApiKey } = await import("@sharedllm/coordinator");
   operatorKey = (await createApiKey(coordinator.db, "operator")).secret;
   [auditor, honest] = await Promise.all([node(["--auditor"], {}, auditorHome.home), node([])]);
-  for (const cheat of CHEATS) cheaters.set(cheat, await node([], { SHAREDLLM_TEST_CHEAT: cheat }));
+  const cheap = await requantizedDefault("Q2_K");
+  const switches = { inflate: "inflate", random: "random", requantised: `model=${cheap.path}` } as const;
+  for (const cheat of CHEATS) cheaters.set(cheat, await node([], { SHAREDLLM_TEST_CHEAT: switches[cheat] }));
   await waitFor("every node online", () => coordinator.fleet.list().filter((n) => n.accepting).length === 2 + CHEATS.length, 30_000);
 }, 400_000);
 
@@ -99,10 +106,12 @@ afterAll(async () => {
 });
 
 describe("audits of paid jobs", () => {
-  it("catches each cheater at its first job, excludes it at its second, and pays the honest node in full", async () => {
+  it("catches each cheater at its first job, excludes it at its second failed audit, and penalises no honest node", async () => {
     const nodes = 2 + CHEATS.length;
     await round({ temperature: 0 }, nodes);
-    await round({ temperature: 0.8, seed: 7 }, nodes);
+    // more jobs than slots: suspects (which wait behind nodes without failed audits) get some too
+    await round({ temperature: 0.8, seed: 7 }, 2 * nodes);
+    await round({ temperature: 0 }, 2 * nodes);
     const done = await waitFor(
       "every audit finished",
       async () => {
@@ -120,10 +129,11 @@ describe("audits of paid jobs", () => {
     for (const [cheat, c] of cheaters) {
       const r = record(c.id);
       expect(r, cheat).toBeDefined();
-      // every one of its audited jobs failed: caught at the first
-      expect(r?.passed, cheat).toBe(0);
+      // caught at its first job (a greedy one)
+      const mine = done.recent.filter((a) => a.node === c.id).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+      expect(mine[0]?.status, cheat).toBe("failed");
       expect(r?.failed, cheat).toBeGreaterThanOrEqual(1);
-      const failures = done.recent.filter((a) => a.node === c.id && a.status === "failed");
+      const failures = mine.filter((a) => a.status === "failed");
       expect(failures.length, cheat).toBe(r?.failed);
       // the evidence is kept: what the receipt committed to, the claimed tokens and the auditor's scores
       for (const f of failures) {
