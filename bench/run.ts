@@ -1,10 +1,11 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation, --rounds=N (20),
+ * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit, --rounds=N (20),
  * --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --nodes=N (5000), --requests=N (2000), --json.
  */
 import { parseArgs } from "node:util";
+import { benchAudit } from "./audit.ts";
 import { benchContinuation } from "./continuation.ts";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
@@ -25,7 +26,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -122,6 +123,23 @@ if (!values.only || values.only === "settlement") {
           (x) =>
             `  ${x.shape.padEnd(20)} ${String(x.receipts).padStart(8)} ${String(x.users).padStart(7)} ${String(x.transactions).padStart(14)} ${String(x.gas).padStart(10)} ${f(x.perReceipt, 0).padStart(17)}`,
         ),
+        "",
+      ].join("\n"),
+    );
+  }
+}
+if (!values.only || values.only === "audit") {
+  const r = await benchAudit({ rounds: Math.min(Number(values.rounds), 12), maxTokens: Number(values["max-tokens"]), positions: 8 });
+  results.audit = r;
+  if (!values.json) {
+    const pct = (x: number) => `${f(100 * x, 1)}%`;
+    process.stdout.write(
+      [
+        `audits: a greedy job of ${r.completionTokens} tokens served on a 1-slot llama-server, then scored at ${r.positions} random positions on an auditor's own (${r.rounds} rounds, medians)`,
+        `  serving ${f(r.serveMs, 0)} ms; audit (token-by-token replay, what the auditor does) ${f(r.auditMs, 0)} ms = ${f(r.auditVsServe, 3)}x serving; batched scoring (not used: other rounding) ${f(r.batchedMs, 0)} ms = ${f(r.batchedVsServe, 3)}x`,
+        `  compute spent on audits: ${pct(r.shareAt["0.5"] ?? 0)} at the established rate 0.5, ${pct(r.shareAt["1"] ?? 0)} for new and suspect nodes (rate 1)`,
+        `  goal: a node cheating on 10% of its jobs caught within 100 jobs with 99%: rate >= (1 - 0.01^(1/100)) / 0.1 = ${f(r.goal.rate, 3)} (each audited cheat caught);`,
+        `    at that rate audits take ${pct(r.goal.shareReplay)} of compute with replay, ${pct(r.goal.shareBatched)} with batched scoring (target < 5%)`,
         "",
       ].join("\n"),
     );
