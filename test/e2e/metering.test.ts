@@ -138,20 +138,20 @@ describe("metering against hostile requests and nodes", () => {
       .filter((e) => e.startsWith("{"))
       .map((e) => JSON.parse(e) as { usage?: Usage })
       .find((e) => e.usage)?.usage;
-    expect(usage?.completion_tokens).toBe(2);
+    expect(usage?.completion_tokens).toBe(3);
     const charged = await user.journal("charge");
     // prompt: at most the request's bytes plus the template margin; completion: the tokens the
-    // coordinator counted in the stream (2), whatever the node reports
+    // coordinator counted in the stream (2) and one end token, whatever the node reports
     const body = JSON.stringify([{ role: "user", content: "Say hi." }]);
     const promptBound = BigInt(Buffer.byteLength(body) + 16 + 64);
-    expect(charged).toBe(promptBound + 2n * 2n);
+    expect(charged).toBe(promptBound + 2n * 3n);
     expect(await user.account()).toMatchObject({ held: "0", charged: charged.toString() });
     const job = await coordinator.db
       .selectFrom("jobs")
       .select(["completion_tokens"])
       .where("model", "=", "m-inflate")
       .executeTakeFirstOrThrow();
-    expect(job.completion_tokens).toBe(2);
+    expect(job.completion_tokens).toBe(3);
   });
 
   it("malformed usage in a response is the node's failure: the job goes to another node, the hold is released", async () => {

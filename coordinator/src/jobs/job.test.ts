@@ -134,10 +134,10 @@ describe("Job", () => {
     await job.run();
     say(units[0], "hello");
     (units[0] as FakeUnit).paying = ["someone-else"];
-    // the node reports 2 tokens; the coordinator counted 1 in the stream, and charges that
-    units[0]?.sink?.end(usage(2));
+    // the node reports 5 tokens; the coordinator counted 1 in the stream, and believes one end token more
+    units[0]?.sink?.end(usage(5));
     await waitFor("the end", () => out.seen.includes("end n1"));
-    expect(credits.log).toEqual(["hold", "charge 1 to n1 for a"]);
+    expect(credits.log).toEqual(["hold", "charge 2 to n1 for a"]);
   });
 
   it("releases the hold of a whole response whose final row cannot be recorded: the client never gets the body", async () => {

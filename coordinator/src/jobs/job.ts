@@ -273,10 +273,12 @@ export class Job implements JobSink {
     part.reportedPrompt = reported.prompt_tokens;
     // a continuing unit's prompt held the output so far: the client's prompt is the rest
     const prompt = Math.max(0, reported.prompt_tokens - resumed);
+    // the engine counts an end token it streamed in no event: one more than the unit streamed is believed
+    const endToken = reported.completion_tokens > this.transcript.tokens - part.from ? 1 : 0;
     const usage = meteredUsage(prompt, {
       ...this.spec.bounds,
       relayedBytes: this.transcript.bytes,
-      streamedTokens: this.transcript.tokens,
+      streamedTokens: this.transcript.tokens + endToken,
     });
     this.to("completed");
     this.settle("completed", usage).then(

@@ -58,13 +58,13 @@ describe("Transcript", () => {
 
   it("counts untold tokens only as far as the text explains them: split characters, and the end with a stop string", () => {
     const t = transcript("chat", { stopBytes: 4 });
-    t.add(chat({ content: "ab" }), 5, false); // plain ASCII tells every id: a count here is not believed
-    expect(t.tokens).toBe(0);
-    t.add(chat({ content: "日" }), 9, false); // three bytes: at most three tokens without ids
-    expect(t.tokens).toBe(3);
-    t.add(cmpl("", "stop"), 9, false); // the end token and a stop string's (four bytes)
-    expect(t.tokens).toBe(3 + 5);
-    expect(t.told).toEqual(new Array(8).fill(UNTOLD_TOKEN));
+    t.add(chat({ content: "ab" }), 5, false); // plain text: at most one token without its id, as many as a told one
+    expect(t.tokens).toBe(1);
+    t.add(chat({ content: "日" }), 9, false); // three bytes: at most three tokens, and one
+    expect(t.tokens).toBe(1 + 4);
+    t.add(cmpl("", "stop"), 9, false); // the end, and a stop string's tokens (four bytes)
+    expect(t.tokens).toBe(1 + 4 + 5);
+    expect(t.told).toEqual(new Array(10).fill(UNTOLD_TOKEN));
   });
 
   it("reshapes a continuing unit's completion events into the job's stream, and holds back its usage", () => {

@@ -120,13 +120,14 @@ export class Transcript {
   /**
    * Counts an event's tokens. Untold ones (a count without ids) are only what the event's text
    * explains: an engine tells no id for a token that ends halfway through a character, so each
-   * untold token carries a byte of a character beyond ASCII; the last event may add the end token
-   * and a matched stop string's tokens, which are generated but not relayed. More is not counted
-   * (and so not charged, nor signed for).
+   * untold token but one carries a byte of a character beyond ASCII; the last event may add a
+   * matched stop string's tokens, which are generated but not relayed. More is not counted (and
+   * so not charged, nor signed for): an event of plain text counts at most one untold token, as
+   * many as a told one.
    */
   private count(tokens: readonly number[] | number, text: string, ends: boolean): void {
     if (typeof tokens === "number") {
-      const allowed = nonAsciiBytes(text) + (ends ? this.stopBytes + 1 : 0);
+      const allowed = nonAsciiBytes(text) + 1 + (ends ? this.stopBytes : 0);
       const n = Math.min(tokens, allowed);
       this.tokens += n;
       if (n > 0) this.tail ??= "";

@@ -57,6 +57,13 @@ describe("ReceiptSigner", () => {
     expect((await signer.sign(proposal("job_b", { commits: false }))).refused).toMatch(/commits to no prompt/);
   });
 
+  it("signs for one end token more than it streamed when its engine counted one", async () => {
+    const signer = new ReceiptSigner(account);
+    signer.record("job_d", served, { prompt_tokens: 4, completion_tokens: 9 });
+    expect((await signer.sign(proposal("job_d", { completionTokens: 5 }))).refused).toMatch(/streamed 4/);
+    expect((await signer.sign(proposal("job_d", { completionTokens: 4 }))).refused).toBeUndefined();
+  });
+
   it("signs for a prefix of a part it streamed before the job went on elsewhere, never more", async () => {
     const signer = new ReceiptSigner(account);
     signer.recordPart("job_c", served);

@@ -18,6 +18,8 @@ interface Served {
   promptHash: Hex;
   output: readonly number[];
   promptTokens: number;
+  /** the completion it signs for: the tokens it streamed, and an end token its engine counted in no event */
+  completionTokens: number;
   /** a job given up before its end and continued elsewhere: the node saw no usage, and is paid for a prefix of its output */
   part?: true;
   at: number;
@@ -42,13 +44,15 @@ export class ReceiptSigner {
     private readonly servesHead: (head: string) => boolean = () => false,
   ) {}
 
-  record(jobId: string, served: ServedJob, usage: { prompt_tokens?: number }): void {
-    this.keep(jobId, { ...served, promptTokens: usage.prompt_tokens ?? 0 });
+  record(jobId: string, served: ServedJob, usage: { prompt_tokens?: number; completion_tokens?: number }): void {
+    const streamed = served.output.length;
+    const completionTokens = streamed + ((usage.completion_tokens ?? 0) > streamed ? 1 : 0);
+    this.keep(jobId, { ...served, promptTokens: usage.prompt_tokens ?? 0, completionTokens });
   }
 
   /** A job this node streamed part of before it was continued elsewhere (docs/continuation.md). */
   recordPart(jobId: string, served: ServedJob): void {
-    this.keep(jobId, { ...served, promptTokens: 0, part: true });
+    this.keep(jobId, { ...served, promptTokens: 0, completionTokens: served.output.length, part: true });
   }
 
   private keep(jobId: string, served: Omit<Served, "at">): void {
@@ -78,9 +82,8 @@ export class ReceiptSigner {
     if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
     // what it served, it signs for only with the commitments (an audit holds it to its own output, no other)
     if (r.promptHash === undefined || r.outputHash === undefined) return refuse("the receipt commits to no prompt and output");
-    const streamed = mine.output.length;
-    if (mine.part ? r.completionTokens > streamed : r.completionTokens !== streamed) {
-      return refuse(`${r.completionTokens} completion tokens, but this node streamed ${streamed}`);
+    if (mine.part ? r.completionTokens > mine.completionTokens : r.completionTokens !== mine.completionTokens) {
+      return refuse(`${r.completionTokens} completion tokens, but this node streamed ${mine.completionTokens}`);
     }
     if (!mine.part && r.promptTokens !== mine.promptTokens) {
       return refuse(`${r.promptTokens} prompt tokens differ from what this node served (${mine.promptTokens})`);
