@@ -5,7 +5,7 @@
  */
 import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
 import { earningsTree } from "@sharedllm/protocol";
-import { type Address, decodeErrorResult, type Hex, type PublicClient, type TestClient, type WalletClient } from "viem";
+import { type Address, decodeErrorResult, type Hex, parseEventLogs, type PublicClient, type TestClient, type WalletClient } from "viem";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadHardhat } from "../src/hardhat.js";
 import {
@@ -398,11 +398,16 @@ describe("FederationRegistry", () => {
   it("registers coordinators with their own key, admits, endorses and revokes", async () => {
     const keyA = await publicKeyOf(coordinator);
     const keyB = await publicKeyOf(stranger);
-    // a key that is not the sender's is refused
-    expect(await revertName(R(coordinator, "register", [keyB, "https://b.example", "{}"]))).toBe("KeyNotSender");
-    await R(coordinator, "register", [keyA, "https://a.example", '{"site":"a"}']);
-    await R(stranger, "register", [keyB, "https://b.example", "{}"]);
-    expect(await revertName(R(coordinator, "register", [keyA, "https://a.example", "{}"]))).toBe("AlreadyRegistered");
+    const now = BigInt((await pub.getBlock()).timestamp);
+    const until = now + 86_400n;
+    // a key that is not the sender's is refused, and so is one already expired
+    expect(await revertName(R(coordinator, "register", [keyB, 1, until, "https://b.example", "{}"]))).toBe("KeyNotSender");
+    expect(await revertName(R(coordinator, "register", [keyA, 1, now, "https://a.example", "{}"]))).toBe("KeyExpired");
+    const registered = await R(coordinator, "register", [keyA, 1, until, "https://a.example", '{"site":"a"}']);
+    const [event] = parseEventLogs({ abi: FederationRegistry.abi, logs: registered.logs, eventName: "Registered" });
+    expect(event?.args).toMatchObject({ publicKey: keyA.toLowerCase(), keyId: 1, validUntil: until, url: "https://a.example" });
+    await R(stranger, "register", [keyB, 7, until, "https://b.example", "{}"]);
+    expect(await revertName(R(coordinator, "register", [keyA, 1, until, "https://a.example", "{}"]))).toBe("AlreadyRegistered");
     const trusted = (site: WalletClient, peer: WalletClient) =>
       pub.readContract({ address: registry, abi: FederationRegistry.abi, functionName: "isTrusted", args: [addr(site), addr(peer)] });
     expect(await trusted(coordinator, stranger)).toBe(false);
@@ -414,6 +419,21 @@ describe("FederationRegistry", () => {
     await R(coordinator, "endorse", [addr(stranger), true]);
     expect(await trusted(coordinator, stranger)).toBe(true);
     expect(await trusted(user, stranger)).toBe(false);
+    // a renewal needs a greater key id and a future valid-until; only the key's owner renews
+    expect(await revertName(R(stranger, "renewKey", [7, until + 10n]))).toBe("KeyIdNotIncreasing");
+    expect(await revertName(R(user, "renewKey", [1, until]))).toBe("NotRegistered");
+    const renewed = await R(stranger, "renewKey", [8, until + 100n]);
+    expect(parseEventLogs({ abi: FederationRegistry.abi, logs: renewed.logs, eventName: "KeyRenewed" })[0]?.args).toMatchObject({
+      keyId: 8,
+      validUntil: until + 100n,
+    });
+    // an expired key is not trusted, admitted or endorsed; renewing it restores the trust
+    await test.increaseTime({ seconds: 86_400 });
+    await test.mine({ blocks: 1 });
+    expect(await trusted(stranger, coordinator)).toBe(false);
+    expect(await trusted(coordinator, stranger)).toBe(true);
+    await R(coordinator, "renewKey", [2, until + 86_400n]);
+    expect(await trusted(stranger, coordinator)).toBe(true);
     // revocation overrides an endorsement
     await R(admin, "revoke", [addr(stranger)]);
     expect(await trusted(coordinator, stranger)).toBe(false);
@@ -422,8 +442,8 @@ describe("FederationRegistry", () => {
       abi: FederationRegistry.abi,
       functionName: "getCoordinator",
       args: [addr(coordinator)],
-    })) as { url: string; status: number; publicKey: Hex };
-    expect(info).toMatchObject({ url: "https://a.example", status: 2, publicKey: keyA.toLowerCase() });
+    })) as { url: string; status: number; publicKey: Hex; keyId: number; validUntil: bigint };
+    expect(info).toMatchObject({ url: "https://a.example", status: 2, publicKey: keyA.toLowerCase(), keyId: 2, validUntil: until + 86_400n });
     expect(await pub.readContract({ address: registry, abi: FederationRegistry.abi, functionName: "coordinators", args: [] })).toHaveLength(
       2,
     );
