@@ -20,6 +20,8 @@ import { catalogue, type PinnedModel } from "./catalogue.js";
 import { Clusters } from "./clusters.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
+import { Federation, type FederationOptions } from "./federation/federation.js";
+import { federationPlugin } from "./federation/plugin.js";
 import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
 import { Jobs } from "./jobs/jobs.js";
@@ -78,6 +80,8 @@ export interface CoordinatorOptions {
   publicOrigins?: string[];
   /** per client address, per minute; default DEFAULT_RATE_LIMITS */
   rateLimits?: Partial<RateLimits>;
+  /** federation with other sites (docs/federation.md): trust from FederationRegistry, signed calls */
+  federation?: FederationOptions;
 }
 
 /** How many requests one client address may make per minute to the endpoints that write for anyone who asks. */
@@ -97,6 +101,8 @@ export interface Coordinator {
   fleet: Fleet;
   /** present when the coordinator runs with a ledger */
   ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler; audits?: Audits };
+  /** present when federation is on */
+  federation?: Federation;
   /** the control channel for a node in this process, opened with its session token (no loopback WebSocket) */
   dialLocal: LocalDial;
   close(): Promise<void>;
@@ -108,6 +114,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     databaseUrl: o.databaseUrl,
     onConnectionError: (err) => o.logger.warn({ err: err.message }, "a PostgreSQL connection was dropped; it will be replaced"),
   });
+  let federation: Federation | undefined;
   try {
     const lease = await InstanceLease.take(db, !o.databaseUrl);
     const fleet = new Fleet();
@@ -181,6 +188,10 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
       if (ledger.audits) await app.register(auditsPlugin, { audits: ledger.audits, keys });
     }
+    if (o.federation) {
+      federation = await Federation.start(db, o.federation, o.logger);
+      await app.register(federationPlugin, { federation });
+    }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     // suspicion is known before the first node connects
     await ledger?.audits?.start();
@@ -200,9 +211,11 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       db,
       fleet,
       ledger,
+      federation,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async close() {
         clearInterval(leaseTimer);
+        federation?.stop();
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
         await lease.end();
@@ -213,6 +226,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       },
     };
   } catch (err) {
+    federation?.stop();
     await db.destroy();
     throw err;
   }

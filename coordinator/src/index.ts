@@ -14,6 +14,18 @@ export { type Coordinator, type CoordinatorOptions, DEFAULT_RATE_LIMITS, type Ra
 export { hashSecret } from "./credentials.js";
 export { type Db, openDatabase } from "./db/database.js";
 export type { Database } from "./db/schema.js";
+export {
+  DEFAULT_FEDERATION_REFRESH_MS,
+  Federation,
+  type FederationOptions,
+  type Inbound,
+  type PeerCutOff,
+  type VerifiedPeer,
+} from "./federation/federation.js";
+export { pairKey } from "./federation/pairKey.js";
+export { type FederationPluginOptions, federationPlugin, REFUSAL_CODES } from "./federation/plugin.js";
+export { FEDERATION_HEADERS, type Refusal, signRequest } from "./federation/signature.js";
+export { FederationNonces, FederationTransactions } from "./federation/store.js";
 export { type NodeView, pickNode, type SchedulingPolicy } from "./fleet.js";
 export { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 export { DEFAULT_PRICING, type Price, type Pricing } from "./ledger/metering.js";

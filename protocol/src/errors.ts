@@ -9,6 +9,19 @@ export const ERROR_CATALOG = {
   invalid_api_key: { status: 401, type: "authentication_error" },
   insufficient_credits: { status: 402, type: "insufficient_quota" },
   permission_denied: { status: 403, type: "permission_error" },
+  // coordinator-to-coordinator calls (docs/federation.md): 401 = the request does not
+  // authenticate (missing, forged, altered, stale, replayed); 403 = it is authentic enough to
+  // name its sender, and that sender may not call this site (or addressed another site)
+  federation_signature_missing: { status: 401, type: "authentication_error" },
+  federation_signature_invalid: { status: 401, type: "authentication_error" },
+  federation_digest_mismatch: { status: 401, type: "authentication_error" },
+  federation_stale_request: { status: 401, type: "authentication_error" },
+  federation_replayed: { status: 401, type: "authentication_error" },
+  federation_key_unknown: { status: 401, type: "authentication_error" },
+  federation_unknown_peer: { status: 403, type: "permission_error" },
+  federation_untrusted_peer: { status: 403, type: "permission_error" },
+  federation_key_expired: { status: 403, type: "permission_error" },
+  federation_wrong_destination: { status: 403, type: "permission_error" },
   model_not_found: { status: 404, type: "invalid_request_error" },
   not_found: { status: 404, type: "invalid_request_error" },
   method_not_allowed: { status: 405, type: "invalid_request_error" },

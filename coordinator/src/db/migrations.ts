@@ -255,6 +255,30 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0009_federation": {
+    async up(db: Kysely<unknown>) {
+      // nonces of signed calls from peer coordinators, kept until their signature expires (and a
+      // little): a restart does not reopen a replay (docs/federation.md)
+      await db.schema
+        .createTable("federation_nonces")
+        .addColumn("peer", "text", (c) => c.notNull())
+        .addColumn("nonce", "text", (c) => c.notNull())
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .addPrimaryKeyConstraint("federation_nonces_pk", ["peer", "nonce"])
+        .execute();
+      await db.schema.createIndex("federation_nonces_expiry").on("federation_nonces").column("expires_at").execute();
+      // a peer's transaction ids: a repeated one gets the first result instead of running twice
+      await db.schema
+        .createTable("federation_transactions")
+        .addColumn("peer", "text", (c) => c.notNull())
+        .addColumn("txid", "text", (c) => c.notNull())
+        .addColumn("result", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("finished_at", "timestamptz")
+        .addPrimaryKeyConstraint("federation_transactions_pk", ["peer", "txid"])
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -226,6 +226,22 @@ export interface NodeStandingTable {
   updated_at: Generated<Date>;
 }
 
+/** A nonce of a peer coordinator's signed call, kept while its signature could still be fresh. */
+export interface FederationNoncesTable {
+  peer: string;
+  nonce: string;
+  expires_at: Timestamp;
+}
+
+/** A peer's transaction id and the first result given for it (null while the first call runs). */
+export interface FederationTransactionsTable {
+  peer: string;
+  txid: string;
+  result: string | null;
+  created_at: Generated<Date>;
+  finished_at: Timestamp | null;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -251,6 +267,8 @@ export interface Database {
   coordinator_instances: CoordinatorInstancesTable;
   audits: AuditsTable;
   node_standing: NodeStandingTable;
+  federation_nonces: FederationNoncesTable;
+  federation_transactions: FederationTransactionsTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

@@ -1,0 +1,256 @@
+/**
+ * This coordinator in the federation: its identity (the secp256k1 key registered in
+ * FederationRegistry), the trust it reads from the registry every `refreshMs`, the pair keys it
+ * derives, and signed calls both ways: `signedFetch` to a peer, `verify` of a peer's request.
+ * A peer that stops being trusted (revoked, unendorsed, expired) is cut off at the next refresh:
+ * its requests are refused from then on and `peer.untrusted` is emitted, for whatever runs on
+ * its behalf (forwarded jobs) to stop.
+ */
+import { EventEmitter } from "node:events";
+import type { DistrustReason, FederationResponse, TrustPath } from "@sharedllm/protocol";
+import type { Logger } from "pino";
+import { type Address, createPublicClient, defineChain, type Hex, http, type PublicClient } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import type { Db } from "../db/database.js";
+import { pairKey } from "./pairKey.js";
+import { RegistryReader } from "./registry.js";
+import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
+import { FederationNonces } from "./store.js";
+import { DISTRUST_WORDS, type RegistryEntry, trustOf } from "./trust.js";
+
+export interface FederationOptions {
+  /** JSON-RPC URL of the chain with the registry */
+  rpcUrl: string;
+  /** FederationRegistry address */
+  registry: Address;
+  /** this coordinator's secp256k1 key (coordinator-key.json); never logged */
+  privateKey: Hex;
+  /** how often the registry is read; a revoked peer is cut off within it. Default 15 s */
+  refreshMs?: number;
+  /** how long a signature this coordinator makes is valid, s (at most 60). Default 60 */
+  validityS?: number;
+}
+
+export const DEFAULT_FEDERATION_REFRESH_MS = 15_000;
+
+/** A peer that was trusted and no longer is. */
+export interface PeerCutOff {
+  peer: Address;
+  reason: DistrustReason;
+}
+
+/** The peer a verified request came from. */
+export interface VerifiedPeer {
+  address: Address;
+  url: string;
+  trustPath: TrustPath;
+}
+
+export type Inbound = { ok: true; peer: VerifiedPeer } | Refused;
+
+export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }> {
+  readonly address: Address;
+  readonly refreshMs: number;
+  private entries = new Map<string, RegistryEntry>();
+  private trusted = new Set<string>();
+  private readonly keys = new Map<string, Buffer>();
+  private refreshedAt: Date | null = null;
+  private timer?: NodeJS.Timeout;
+  private refreshing?: Promise<void>;
+  private readonly nonces: FederationNonces;
+
+  private constructor(
+    private readonly o: FederationOptions,
+    private readonly reader: RegistryReader,
+    readonly chainId: number,
+    db: Db,
+    private readonly logger: Logger,
+  ) {
+    super();
+    this.address = privateKeyToAccount(o.privateKey).address.toLowerCase() as Address;
+    this.refreshMs = o.refreshMs ?? DEFAULT_FEDERATION_REFRESH_MS;
+    this.nonces = new FederationNonces(db);
+  }
+
+  /** Connects to the registry, reads it once, and keeps reading it every refreshMs. */
+  static async start(db: Db, o: FederationOptions, logger: Logger): Promise<Federation> {
+    const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 10_000 }) });
+    const chainId = await probe.getChainId().catch((err: Error) => {
+      throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+    });
+    const code = await probe.getCode({ address: o.registry });
+    if (!code || code === "0x") throw new Error(`no FederationRegistry contract at ${o.registry} on chain ${chainId} (${o.rpcUrl})`);
+    const chain = defineChain({
+      id: chainId,
+      name: `chain ${chainId}`,
+      nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+      rpcUrls: { default: { http: [o.rpcUrl] } },
+    });
+    const client = createPublicClient({ chain, transport: http(o.rpcUrl, { retryCount: 2, timeout: 15_000 }) }) as PublicClient;
+    const address = privateKeyToAccount(o.privateKey).address;
+    const f = new Federation(o, new RegistryReader(client, o.registry, address), chainId, db, logger);
+    await f.refresh();
+    f.timer = setInterval(() => {
+      f.refresh().catch((err: Error) =>
+        logger.warn({ err: err.message }, "reading the federation registry failed; trust stays as last read"),
+      );
+    }, f.refreshMs);
+    logger.info({ address: f.address, registry: o.registry, refreshMs: f.refreshMs }, "federation on");
+    return f;
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** Reads the registry now, re-decides trust, and cuts off peers no longer trusted. */
+  refresh(): Promise<void> {
+    this.refreshing ??= this.doRefresh().finally(() => {
+      this.refreshing = undefined;
+    });
+    return this.refreshing;
+  }
+
+  private async doRefresh(): Promise<void> {
+    this.entries = new Map(await this.reader.read());
+    this.refreshedAt = new Date();
+    const nowS = Date.now() / 1000;
+    const trusted = new Set<string>();
+    for (const e of this.entries.values()) if (e.address !== this.address && trustOf(e, nowS).trusted) trusted.add(e.address);
+    for (const peer of this.trusted) {
+      if (trusted.has(peer)) continue;
+      const e = this.entries.get(peer);
+      const t = e ? trustOf(e, nowS) : undefined;
+      const reason: DistrustReason = t && !t.trusted ? t.reason : "revoked";
+      this.logger.warn({ peer, reason }, "federation peer no longer trusted: cut off");
+      this.emit("peer.untrusted", { peer: peer as Address, reason });
+    }
+    this.trusted = trusted;
+    await this.nonces.purge();
+  }
+
+  /** This coordinator's own registry entry, if it is registered. */
+  self(): RegistryEntry | undefined {
+    return this.entries.get(this.address);
+  }
+
+  /** A registered peer, if known. */
+  peer(address: Address): RegistryEntry | undefined {
+    return this.entries.get(address.toLowerCase());
+  }
+
+  /** Whether a peer is trusted now (as of the last refresh for revocations; by the clock for expiry). */
+  isTrusted(address: Address): boolean {
+    const e = this.peer(address);
+    return Boolean(e && this.trusted.has(e.address) && trustOf(e, Date.now() / 1000).trusted);
+  }
+
+  /** The pair key with a peer (cached per pair of key ids) and this coordinator's key id (0 while unregistered). */
+  private pairKeyWith(peer: RegistryEntry): { key: Buffer; ownKeyId: number } {
+    const ownKeyId = this.self()?.keyId ?? 0;
+    const cacheKey = `${peer.address}:${peer.keyId}:${ownKeyId}`;
+    let key = this.keys.get(cacheKey);
+    if (!key) {
+      key = pairKey(this.o.privateKey, { address: this.address, keyId: ownKeyId }, peer.publicKey, peer);
+      this.keys.set(cacheKey, key);
+    }
+    return { key, ownKeyId };
+  }
+
+  /** The headers that sign a request to `peer` (its URL must be the one registered). */
+  sign(peer: Address, method: string, url: string, body: string | Uint8Array = ""): Record<string, string> {
+    const e = this.peer(peer);
+    if (!e) throw new Error(`${peer} is not registered in the federation registry`);
+    const { key, ownKeyId } = this.pairKeyWith(e);
+    const u = new URL(url);
+    return signRequest(
+      key,
+      { method, authority: u.host, target: u.pathname + u.search, body, origin: this.address, destination: e.address },
+      // the key ids of the origin, then of the destination
+      { keyid: `${ownKeyId}:${e.keyId}`, validityS: this.o.validityS },
+    );
+  }
+
+  /**
+   * Sends a signed request to a trusted peer at its registered URL; `path` is under it (e.g.
+   * `/federation/v1/ping`). A JSON body is sent as application/json.
+   */
+  async signedFetch(peer: Address, method: string, path: string, body?: unknown, init: { signal?: AbortSignal } = {}): Promise<Response> {
+    const e = this.peer(peer);
+    if (!e) throw new Error(`${peer} is not registered in the federation registry`);
+    if (!this.isTrusted(peer)) {
+      const t = trustOf(e, Date.now() / 1000);
+      throw new Error(`${peer} is not trusted by this site: ${DISTRUST_WORDS[t.trusted ? "revoked" : t.reason]}`);
+    }
+    const url = new URL(path, e.url.endsWith("/") ? e.url : `${e.url}/`).toString();
+    const raw = body === undefined ? "" : JSON.stringify(body);
+    const headers = this.sign(peer, method, url, raw);
+    return fetch(url, {
+      method,
+      headers: { ...headers, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      body: body === undefined ? undefined : raw,
+      signal: init.signal,
+    });
+  }
+
+  /** What verify knows of a claimed origin. */
+  private lookup(origin: Address): PeerLookup {
+    const e = this.peer(origin);
+    if (!e || e.address === this.address) return { kind: "unknown" };
+    const t = trustOf(e, Date.now() / 1000);
+    if (!t.trusted && t.reason === "expired") return { kind: "expired", validUntil: e.validUntil };
+    if (!t.trusted || !this.trusted.has(e.address)) return { kind: "untrusted", why: DISTRUST_WORDS[t.trusted ? "revoked" : t.reason] };
+    const { key, ownKeyId } = this.pairKeyWith(e);
+    return { kind: "ok", keyid: `${e.keyId}:${ownKeyId}`, key };
+  }
+
+  /** Verifies a peer's signed request and uses its nonce up. */
+  async verify(r: InboundRequest, now = Date.now()): Promise<Inbound> {
+    const v = verifyRequest(r, this.address, (origin) => this.lookup(origin), now);
+    if (!v.ok) return v;
+    const fresh = await this.nonces.remember(v.origin, v.nonce, new Date((v.expires + CLOCK_SKEW_S) * 1000));
+    if (!fresh) return { ok: false, reason: "replayed", detail: "this request was already received: a replay" };
+    const e = this.peer(v.origin) as RegistryEntry;
+    const t = trustOf(e, now / 1000);
+    return { ok: true, peer: { address: e.address, url: e.url, trustPath: t.trusted ? t.path : "admitted" } };
+  }
+
+  /** `GET /v1/federation`: public facts only. */
+  view(): FederationResponse {
+    const nowS = Date.now() / 1000;
+    const self = this.self();
+    const iso = (s: number) => new Date(s * 1000).toISOString();
+    return {
+      self: {
+        address: this.address,
+        status: self?.status ?? "unregistered",
+        url: self?.url ?? null,
+        keyId: self?.keyId ?? null,
+        validUntil: self ? iso(self.validUntil) : null,
+        metadata: self?.metadata ?? null,
+      },
+      registry: this.o.registry,
+      chainId: this.chainId,
+      refreshMs: this.refreshMs,
+      refreshedAt: this.refreshedAt?.toISOString() ?? null,
+      peers: [...this.entries.values()]
+        .filter((e) => e.address !== this.address)
+        .map((e) => {
+          const t = trustOf(e, nowS);
+          const trusted = t.trusted && this.trusted.has(e.address);
+          return {
+            address: e.address,
+            url: e.url,
+            status: e.status,
+            trusted,
+            trustPath: trusted && t.trusted ? t.path : null,
+            distrust: t.trusted ? null : t.reason,
+            keyId: e.keyId,
+            validUntil: iso(e.validUntil),
+            metadata: e.metadata,
+            publicKey: e.publicKey,
+          };
+        }),
+    };
+  }
+}
