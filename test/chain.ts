@@ -31,6 +31,8 @@ export async function startTestChain() {
     ledger,
     /** the governance timelock */
     governance: deployment.contracts.Governance,
+    /** FederationRegistry (governed by the dev deployer, DEV_DEPLOYER_KEY) */
+    registry: deployment.contracts.FederationRegistry,
     coordinator,
     publicClient,
     /** the coordinator's ledger options for this chain */

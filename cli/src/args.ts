@@ -104,6 +104,29 @@ export function auditOptions(o: AuditArgs, local: string[] = []): { auditors: st
   return { auditors: [...local, ...(o.auditor ?? [])], rate: o.auditRate, windowMs: o.auditWindow * 1000 };
 }
 
+/** Federation with other sites (`up`, `coordinator start`; docs/federation.md). */
+export function addFederationOptions(cmd: Command): Command {
+  return cmd
+    .option("--federation", "federate with other sites: trust from FederationRegistry, signed coordinator-to-coordinator calls")
+    .addOption(
+      new Option(
+        "--federation-registry <address>",
+        "FederationRegistry address (default: the dev chain's, or the chain's deployment record)",
+      ).argParser(address),
+    )
+    .addOption(
+      new Option("--federation-refresh <seconds>", "how often the registry is read: a revoked peer is cut off within it")
+        .default(15)
+        .argParser(positiveInt),
+    );
+}
+
+export interface FederationArgs {
+  federation?: boolean;
+  federationRegistry?: `0x${string}`;
+  federationRefresh: number;
+}
+
 /** How a coordinator listens: TLS, plain HTTP beyond loopback, its public URLs, rate limits (`up`, `coordinator start`, `site init`). */
 export function addListenOptions(cmd: Command): Command {
   return cmd

@@ -7,17 +7,20 @@ import {
   type AuditArgs,
   addAuditOptions,
   addCoordinatorOptions,
+  addFederationOptions,
   addListenOptions,
   address,
   addSettlementOptions,
   auditOptions,
   type CoordinatorArgs,
   commandLogger,
+  type FederationArgs,
   type ListenArgs,
   type SettlementArgs,
   settlementOptions,
 } from "./args.js";
-import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
+import { registryOf } from "./federation.js";
+import { coordinatorAccount, coordinatorPrivateKey, hostCoordinator } from "./hostCoordinator.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export function coordinatorCommand(): Command {
@@ -30,12 +33,17 @@ export function coordinatorCommand(): Command {
       hostHelp: "address to listen on (0.0.0.0 for nodes on the LAN: give it --tls-cert/--tls-key)",
     },
   )
-    .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (enables credits)")
+    .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (with --ledger) and FederationRegistry")
     .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
-  addListenOptions(addAuditOptions(addSettlementOptions(start))).action(
-    async (o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs & AuditArgs & ListenArgs) => {
-      if (Boolean(o.chainRpcUrl) !== Boolean(o.ledger))
-        throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
+  addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(start)))).action(
+    async (
+      o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs & AuditArgs & ListenArgs & FederationArgs,
+    ) => {
+      if (o.ledger && !o.chainRpcUrl) throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
+      if (o.chainRpcUrl && !o.ledger && !o.federation)
+        throw new SharedLLMError("config", "--chain-rpc-url is for credits (with --ledger) or federation (with --federation)");
+      if (o.federation && !o.chainRpcUrl)
+        throw new SharedLLMError("config", "federation needs --chain-rpc-url (the chain of FederationRegistry)");
       const signal = shutdownSignal();
       const { home } = resolvePaths();
       await mkdir(home, { recursive: true });
@@ -48,6 +56,15 @@ export function coordinatorCommand(): Command {
               audits: auditOptions(o),
             }
           : undefined;
+      const federation =
+        o.federation && o.chainRpcUrl
+          ? {
+              rpcUrl: o.chainRpcUrl,
+              registry: (await registryOf(home, { chainRpcUrl: o.chainRpcUrl, registry: o.federationRegistry })).registry,
+              privateKey: await coordinatorPrivateKey(home),
+              refreshMs: o.federationRefresh * 1000,
+            }
+          : undefined;
       await hostCoordinator({
         home,
         host: o.host,
@@ -55,6 +72,7 @@ export function coordinatorCommand(): Command {
         databaseUrl: o.databaseUrl,
         logger,
         ledger,
+        federation,
         listen: o,
         signal,
         runFile: join(home, "coordinator.json"),

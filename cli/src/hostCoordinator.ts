@@ -64,6 +64,7 @@ export interface HostOptions {
   databaseUrl?: string;
   logger: Logger;
   ledger?: CoordinatorOptions["ledger"];
+  federation?: CoordinatorOptions["federation"];
   listen: ListenArgs;
   /** the process's shutdown signal: the coordinator runs until it fires */
   signal: AbortSignal;
@@ -152,6 +153,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     joinToken: secrets.joinToken,
     logger: o.logger,
     ledger: o.ledger,
+    federation: o.federation,
     models: await loadPins(o.home),
     tls,
     publicOrigins: l.publicUrl,
@@ -184,4 +186,10 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
 /** The coordinator's own key (settlements, federation), in `$SHAREDLLM_HOME/coordinator-key.json`. */
 export async function coordinatorAccount(home: string) {
   return (await loadKeyFile(join(home, "coordinator-key.json")))?.account as PrivateKeyAccount;
+}
+
+/** The coordinator key's secret itself: federation derives its pair keys from it (ECDH). Never log it. */
+export async function coordinatorPrivateKey(home: string): Promise<`0x${string}`> {
+  await coordinatorAccount(home);
+  return (JSON.parse(await readFile(join(home, "coordinator-key.json"), "utf8")) as { privateKey: `0x${string}` }).privateKey;
 }

@@ -8,6 +8,7 @@ import { coordinatorCommand } from "./coordinator.js";
 import { creditsCommand } from "./credits.js";
 import { engineCommand } from "./engine.js";
 import { renderError } from "./errors.js";
+import { federationCommand } from "./federation.js";
 import { modelsCommand } from "./models.js";
 import { nodeCommand } from "./node.js";
 import { siteCommand } from "./site.js";
@@ -25,6 +26,7 @@ program.addCommand(coordinatorCommand());
 program.addCommand(creditsCommand());
 program.addCommand(contractsCommand());
 program.addCommand(siteCommand());
+program.addCommand(federationCommand());
 
 // settings of the root are not inherited by commands added with addCommand()
 const configure = (cmd: Command) => {

@@ -6,17 +6,27 @@
  */
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { freePort, loadNodeIdentity, type NodeIdentity, resolvePaths, startNodeDaemon, terminalProgress } from "@sharedllm/node";
+import {
+  freePort,
+  loadNodeIdentity,
+  type NodeIdentity,
+  resolvePaths,
+  SharedLLMError,
+  startNodeDaemon,
+  terminalProgress,
+} from "@sharedllm/node";
 import { Command, Option } from "commander";
 import {
   type AuditArgs,
   addAuditOptions,
   addCoordinatorOptions,
+  addFederationOptions,
   addListenOptions,
   addSettlementOptions,
   auditOptions,
   type CoordinatorArgs,
   commandLogger,
+  type FederationArgs,
   type ListenArgs,
   positiveInt,
   type SettlementArgs,
@@ -24,7 +34,7 @@ import {
   wholeNumber,
 } from "./args.js";
 import { deployDevContracts, startDevChain } from "./chain.js";
-import { coordinatorAccount, type HostOptions, hostCoordinator } from "./hostCoordinator.js";
+import { coordinatorAccount, coordinatorPrivateKey, type HostOptions, hostCoordinator } from "./hostCoordinator.js";
 import { shutdownSignal } from "./shutdown.js";
 
 export interface UpFile {
@@ -51,11 +61,12 @@ export function upCommand(): Command {
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
     .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(wholeNumber));
-  return addListenOptions(addAuditOptions(addSettlementOptions(cmd))).action(
+  return addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(cmd)))).action(
     async (
       o: CoordinatorArgs & { model: string; slots: number; engineArgs?: string; chain: boolean; chainPort: number } & SettlementArgs &
         AuditArgs &
-        ListenArgs,
+        ListenArgs &
+        FederationArgs,
     ) => {
       const signal = shutdownSignal();
       const paths = resolvePaths();
@@ -66,6 +77,8 @@ export function upCommand(): Command {
       const logger = commandLogger(o.verbose);
       let chain: { rpcUrl: string; contracts: Record<string, string>; stop: () => Promise<void> } | undefined;
       let ledger: HostOptions["ledger"];
+      let federation: HostOptions["federation"];
+      if (o.federation && !o.chain) throw new SharedLLMError("config", "--federation needs the chain: leave out --no-chain");
       if (o.chain) {
         process.stderr.write("starting the local dev chain and deploying the contracts...\n");
         const dev = await startDevChain({ home: paths.home, host: "127.0.0.1", port: o.chainPort || (await freePort()) });
@@ -80,6 +93,14 @@ export function upCommand(): Command {
             // the local node audits the jobs of nodes that join (it is this machine's own)
             audits: auditOptions(o, [node.account.address]),
           };
+          if (o.federation) {
+            federation = {
+              rpcUrl: dev.rpcUrl,
+              registry: o.federationRegistry ?? deployment.contracts.FederationRegistry,
+              privateKey: await coordinatorPrivateKey(paths.home),
+              refreshMs: o.federationRefresh * 1000,
+            };
+          }
         } catch (err) {
           await dev.supervisor.stop();
           throw err;
@@ -92,6 +113,7 @@ export function upCommand(): Command {
         databaseUrl: o.databaseUrl,
         logger,
         ledger,
+        federation,
         listen: o,
         signal,
         runFile: upFile,

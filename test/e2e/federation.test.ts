@@ -1,0 +1,202 @@
+/**
+ * Federation foundations with real parts: the dev chain with FederationRegistry, two real
+ * coordinators (and a third, unregistered), registered, admitted, endorsed and revoked through
+ * the `sharedllm federation` command, signed pings between them over HTTP. PGlite by default,
+ * PostgreSQL when DATABASE_URL is set.
+ */
+import { randomBytes } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { type Coordinator, type PeerCutOff, startCoordinator } from "@sharedllm/coordinator";
+import type { FederationResponse, OpenAIErrorBody } from "@sharedllm/protocol";
+import type { Address, Hex } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestChain, type TestChain } from "../chain.ts";
+import { quietLogger, runCli, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+
+const REFRESH_MS = 1_000;
+
+interface Site {
+  name: string;
+  home: string;
+  key: Hex;
+  address: Address;
+  database: TestDatabase;
+  coordinator: Coordinator;
+  port: number;
+}
+
+let chain: TestChain;
+const sites: Site[] = [];
+const cleanups: Array<() => Promise<unknown>> = [];
+
+async function start(s: Omit<Site, "coordinator" | "port">, port = 0): Promise<Coordinator> {
+  return startCoordinator({
+    host: "127.0.0.1",
+    port,
+    ...s.database,
+    joinToken: randomBytes(32).toString("base64url"),
+    logger: quietLogger(),
+    federation: { rpcUrl: chain.rpcUrl, registry: chain.registry, privateKey: s.key, refreshMs: REFRESH_MS },
+  });
+}
+
+async function site(name: string): Promise<Site> {
+  const paths = await tempPaths(`sharedllm-fed-${name}-`);
+  cleanups.push(paths.cleanup);
+  const key = generatePrivateKey();
+  const address = privateKeyToAccount(key).address.toLowerCase() as Address;
+  // the coordinator's key where `sharedllm federation` finds it
+  await writeFile(join(paths.home, "coordinator-key.json"), JSON.stringify({ address, privateKey: key }), { mode: 0o600 });
+  await chain.fund(address);
+  const database = await testDatabase();
+  cleanups.push(database.cleanup);
+  const partial = { name, home: paths.home, key, address, database };
+  const coordinator = await start(partial);
+  const s: Site = { ...partial, coordinator, port: Number(new URL(coordinator.url).port) };
+  sites.push(s);
+  return s;
+}
+
+/** `sharedllm federation <args>` in a site's home; fails the test on a non-zero exit. */
+async function fed(s: Site, ...args: string[]): Promise<string> {
+  const r = await runCli(["federation", ...args, "--chain-rpc-url", chain.rpcUrl, "--registry", chain.registry], {
+    SHAREDLLM_HOME: s.home,
+  });
+  if (r.code !== 0) throw new Error(`sharedllm federation ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}
+
+const fedOf = (s: Site) => {
+  const f = s.coordinator.federation;
+  if (!f) throw new Error(`${s.name} runs without federation`);
+  return f;
+};
+
+async function ping(from: Site, to: Site, body: unknown = { hello: to.name }) {
+  const res = await fedOf(from).signedFetch(to.address, "POST", "/federation/v1/ping", body);
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> & Partial<OpenAIErrorBody> };
+}
+
+let a: Site;
+let b: Site;
+let c: Site;
+
+beforeAll(async () => {
+  chain = await startTestChain();
+  cleanups.push(() => chain.stop());
+  [a, b, c] = await Promise.all([site("a"), site("b"), site("c")]);
+}, 180_000);
+
+afterAll(async () => {
+  for (const s of sites) await s.coordinator.close().catch(() => undefined);
+  for (const clean of cleanups.reverse()) await clean().catch(() => undefined);
+});
+
+describe("federation between two sites", () => {
+  it("registers both, governance admits A, A endorses B: signed pings pass both ways and GET /v1/federation shows the trust paths", async () => {
+    expect(await fed(a, "register", "--url", a.coordinator.url, "--name", "site A", "--contact", "ops@a.example")).toMatch(/registered/);
+    await fed(b, "register", "--url", b.coordinator.url, "--name", "site B");
+    // B is pending: nobody trusts it yet, and a pending coordinator cannot endorse
+    expect(await fed(b, "peers")).toMatch(/not trusted \(pending\)/);
+    const refused = await runCli(["federation", "endorse", a.address, "--chain-rpc-url", chain.rpcUrl, "--registry", chain.registry], {
+      SHAREDLLM_HOME: b.home,
+    });
+    expect({ code: refused.code, stderr: refused.stderr }).toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/only a coordinator that governance admitted/),
+    });
+    await fed(a, "admit", a.address);
+    await fed(a, "endorse", b.address);
+    expect(await fed(a, "peers")).toMatch(/trusted \(endorsed by this site\)/);
+    expect(await fed(a, "status")).toMatch(/admitted/);
+
+    await waitFor("A and B to trust each other", () => fedOf(a).isTrusted(b.address) && fedOf(b).isTrusted(a.address), 10_000);
+    const ab = await ping(a, b);
+    expect(ab).toEqual({ status: 200, body: { pong: true, from: a.address, to: b.address, body: { hello: "b" } } });
+    expect((await ping(b, a)).status).toBe(200);
+
+    const viewA = (await (await fetch(`${a.coordinator.url}/v1/federation`)).json()) as FederationResponse;
+    expect(viewA.self).toMatchObject({ address: a.address, status: "admitted", url: a.coordinator.url, keyId: 1 });
+    expect(viewA.refreshMs).toBe(REFRESH_MS);
+    expect(viewA.peers.find((p) => p.address === b.address)).toMatchObject({
+      status: "pending",
+      trusted: true,
+      trustPath: "endorsed",
+      url: b.coordinator.url,
+    });
+    const viewB = (await (await fetch(`${b.coordinator.url}/v1/federation`)).json()) as FederationResponse;
+    expect(viewB.peers.find((p) => p.address === a.address)).toMatchObject({ trusted: true, trustPath: "admitted" });
+    expect(JSON.stringify(viewA)).not.toContain(a.key.slice(2));
+  });
+
+  it("refuses an unregistered coordinator, an unsigned call and a body changed on the way, with their codes", async () => {
+    await waitFor("C to read B's registration", () => fedOf(c).peer(b.address));
+    const url = `${b.coordinator.url}/federation/v1/ping`;
+    const body = JSON.stringify({ from: "c" });
+    const asC = await fetch(url, {
+      method: "POST",
+      headers: { ...fedOf(c).sign(b.address, "POST", url, body), "content-type": "application/json" },
+      body,
+    });
+    expect(asC.status).toBe(403);
+    expect(((await asC.json()) as OpenAIErrorBody).error).toMatchObject({ code: "federation_unknown_peer", type: "permission_error" });
+
+    const unsigned = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body });
+    expect(unsigned.status).toBe(401);
+    expect(((await unsigned.json()) as OpenAIErrorBody).error.code).toBe("federation_signature_missing");
+
+    const headers = fedOf(a).sign(b.address, "POST", url, body);
+    const altered = await fetch(url, {
+      method: "POST",
+      headers: { ...headers, "content-type": "application/json" },
+      body: JSON.stringify({ from: "x" }),
+    });
+    expect(altered.status).toBe(401);
+    expect(((await altered.json()) as OpenAIErrorBody).error.code).toBe("federation_digest_mismatch");
+  });
+
+  it("refuses a replayed request, also after the receiving coordinator restarts", async () => {
+    const url = `${b.coordinator.url}/federation/v1/ping`;
+    const body = JSON.stringify({ once: true });
+    const headers = { ...fedOf(a).sign(b.address, "POST", url, body), "content-type": "application/json" };
+    const send = () => fetch(url, { method: "POST", headers, body });
+    expect((await send()).status).toBe(200);
+    const again = await send();
+    expect(again.status).toBe(401);
+    expect(((await again.json()) as OpenAIErrorBody).error.code).toBe("federation_replayed");
+
+    await b.coordinator.close();
+    b.coordinator = await start(b, b.port);
+    await waitFor("the restarted B to trust A", () => fedOf(b).isTrusted(a.address), 10_000);
+    const afterRestart = await send();
+    expect(afterRestart.status).toBe(401);
+    expect(((await afterRestart.json()) as OpenAIErrorBody).error.code).toBe("federation_replayed");
+    // a fresh signature still passes
+    expect((await ping(a, b)).status).toBe(200);
+  });
+
+  it("cuts off a peer revoked while trusted within one refresh interval, and says so", async () => {
+    const cutOffs: PeerCutOff[] = [];
+    fedOf(b).on("peer.untrusted", (e) => cutOffs.push(e));
+    expect((await ping(a, b)).status).toBe(200);
+    await fed(a, "revoke", a.address);
+    const revokedAt = Date.now();
+    const refusal = await waitFor(
+      "B to refuse the revoked A",
+      async () => {
+        const r = await ping(a, b);
+        return r.status === 200 ? undefined : r;
+      },
+      REFRESH_MS * 5,
+    );
+    const took = Date.now() - revokedAt;
+    expect(refusal.status).toBe(403);
+    expect(refusal.body.error).toMatchObject({ code: "federation_untrusted_peer" });
+    // one refresh interval, plus the time one read of the registry takes
+    expect(took).toBeLessThan(REFRESH_MS + 1_000);
+    expect(cutOffs).toEqual([{ peer: a.address, reason: "revoked" }]);
+    expect(await fed(b, "peers")).toMatch(/not trusted \(revoked\)/);
+  });
+});
