@@ -5,7 +5,7 @@
  */
 import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
 import { earningsTree } from "@sharedllm/protocol";
-import { type Address, decodeErrorResult, type Hex, parseEventLogs, type PublicClient, type TestClient, type WalletClient } from "viem";
+import { type Address, decodeErrorResult, type Hex, type PublicClient, parseEventLogs, type TestClient, type WalletClient } from "viem";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { loadHardhat } from "../src/hardhat.js";
 import {
@@ -443,7 +443,13 @@ describe("FederationRegistry", () => {
       functionName: "getCoordinator",
       args: [addr(coordinator)],
     })) as { url: string; status: number; publicKey: Hex; keyId: number; validUntil: bigint };
-    expect(info).toMatchObject({ url: "https://a.example", status: 2, publicKey: keyA.toLowerCase(), keyId: 2, validUntil: until + 86_400n });
+    expect(info).toMatchObject({
+      url: "https://a.example",
+      status: 2,
+      publicKey: keyA.toLowerCase(),
+      keyId: 2,
+      validUntil: until + 86_400n,
+    });
     expect(await pub.readContract({ address: registry, abi: FederationRegistry.abi, functionName: "coordinators", args: [] })).toHaveLength(
       2,
     );
