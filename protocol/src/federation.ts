@@ -13,8 +13,8 @@ export type RegistryStatus = "unregistered" | "pending" | "admitted" | "revoked"
 /** How a site came to trust a peer: governance admitted it, or this site endorsed it. */
 export type TrustPath = "admitted" | "endorsed";
 
-/** Why a registered peer is not trusted. */
-export type DistrustReason = "revoked" | "expired" | "not_admitted";
+/** Why a registered peer is not trusted; `registry_unreadable`: this site could not read the registry for too long. */
+export type DistrustReason = "revoked" | "expired" | "not_admitted" | "registry_unreadable";
 
 export interface FederationSelf {
   address: Address;

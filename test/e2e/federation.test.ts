@@ -16,6 +16,7 @@ import { startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, runCli, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 
 const REFRESH_MS = 1_000;
+const STALE_AFTER_MS = 3_000;
 
 interface Site {
   name: string;
@@ -38,7 +39,7 @@ async function start(s: Omit<Site, "coordinator" | "port">, port = 0): Promise<C
     ...s.database,
     joinToken: randomBytes(32).toString("base64url"),
     logger: quietLogger(),
-    federation: { rpcUrl: chain.rpcUrl, registry: chain.registry, privateKey: s.key, refreshMs: REFRESH_MS },
+    federation: { rpcUrl: chain.rpcUrl, registry: chain.registry, privateKey: s.key, refreshMs: REFRESH_MS, staleAfterMs: STALE_AFTER_MS },
   });
 }
 
@@ -198,5 +199,17 @@ describe("federation between two sites", () => {
     expect(took).toBeLessThan(REFRESH_MS + 1_000);
     expect(cutOffs).toEqual([{ peer: a.address, reason: "revoked" }]);
     expect(await fed(b, "peers")).toMatch(/not trusted \(revoked\)/);
+  });
+
+  it("cuts off every peer when the registry cannot be read for too long (fail closed)", async () => {
+    expect(fedOf(a).isTrusted(b.address)).toBe(true);
+    const cutOffs: PeerCutOff[] = [];
+    fedOf(a).on("peer.untrusted", (e) => cutOffs.push(e));
+    await chain.stop();
+    await waitFor("A to cut B off", () => cutOffs.length > 0, STALE_AFTER_MS + REFRESH_MS * 5);
+    expect(cutOffs).toEqual([{ peer: b.address, reason: "registry_unreadable" }]);
+    await expect(ping(a, b)).rejects.toThrow(/not trusted by this site: this site has not been able to read/);
+    const view = (await (await fetch(`${a.coordinator.url}/v1/federation`)).json()) as FederationResponse;
+    expect(view.peers.find((p) => p.address === b.address)).toMatchObject({ trusted: false, distrust: "registry_unreadable" });
   });
 });

@@ -4,7 +4,8 @@
  * derives, and signed calls both ways: `signedFetch` to a peer, `verify` of a peer's request.
  * A peer that stops being trusted (revoked, unendorsed, expired) is cut off at the next refresh:
  * its requests are refused from then on and `peer.untrusted` is emitted, for whatever runs on
- * its behalf (forwarded jobs) to stop.
+ * its behalf (forwarded jobs) to stop. When the registry cannot be read for staleAfterMs, every
+ * peer is cut off (fail closed) until a read succeeds again.
  */
 import { EventEmitter } from "node:events";
 import type { DistrustReason, FederationResponse, TrustPath } from "@sharedllm/protocol";
@@ -16,7 +17,7 @@ import { pairKey } from "./pairKey.js";
 import { RegistryReader } from "./registry.js";
 import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
 import { FederationNonces } from "./store.js";
-import { DISTRUST_WORDS, type RegistryEntry, trustOf } from "./trust.js";
+import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
 
 export interface FederationOptions {
   /** JSON-RPC URL of the chain with the registry */
@@ -29,6 +30,8 @@ export interface FederationOptions {
   refreshMs?: number;
   /** how long a signature this coordinator makes is valid, s (at most 60). Default 60 */
   validityS?: number;
+  /** how long trust read earlier is believed while reads fail; then every peer is cut off. Default max(4 refreshes, 60 s) */
+  staleAfterMs?: number;
 }
 
 export const DEFAULT_FEDERATION_REFRESH_MS = 15_000;
@@ -55,6 +58,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   private trusted = new Set<string>();
   private readonly keys = new Map<string, Buffer>();
   private refreshedAt: Date | null = null;
+  /** set when reads failed for too long: trust read earlier is no longer believed */
+  private unreadable = false;
   private timer?: NodeJS.Timeout;
   private refreshing?: Promise<void>;
   private readonly nonces: FederationNonces;
@@ -91,9 +96,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     const f = new Federation(o, new RegistryReader(client, o.registry, address), chainId, db, logger);
     await f.refresh();
     f.timer = setInterval(() => {
-      f.refresh().catch((err: Error) =>
-        logger.warn({ err: err.message }, "reading the federation registry failed; trust stays as last read"),
-      );
+      f.refresh().catch((err: Error) => f.readFailed(err));
     }, f.refreshMs);
     logger.info({ address: f.address, registry: o.registry, refreshMs: f.refreshMs }, "federation on");
     return f;
@@ -111,9 +114,26 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     return this.refreshing;
   }
 
+  /** A failed read: trust stays as last read for a while, then every peer is cut off. */
+  private readFailed(err: Error): void {
+    const since = Date.now() - (this.refreshedAt?.getTime() ?? 0);
+    if (since <= (this.o.staleAfterMs ?? staleAfterMs(this.refreshMs))) {
+      this.logger.warn({ err: err.message }, "reading the federation registry failed; trust stays as last read for now");
+      return;
+    }
+    this.logger.error(
+      { err: err.message, sinceMs: since },
+      "the federation registry has not been readable for too long: every peer is cut off",
+    );
+    this.unreadable = true;
+    for (const peer of this.trusted) this.emit("peer.untrusted", { peer: peer as Address, reason: "registry_unreadable" });
+    this.trusted = new Set();
+  }
+
   private async doRefresh(): Promise<void> {
     this.entries = new Map(await this.reader.read());
     this.refreshedAt = new Date();
+    this.unreadable = false;
     const nowS = Date.now() / 1000;
     const trusted = new Set<string>();
     for (const e of this.entries.values()) if (e.address !== this.address && trustOf(e, nowS).trusted) trusted.add(e.address);
@@ -139,10 +159,17 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     return this.entries.get(address.toLowerCase());
   }
 
-  /** Whether a peer is trusted now (as of the last refresh for revocations; by the clock for expiry). */
+  /** A registered peer's trust now: as of the last read for revocations, by the clock for expiry. */
+  private trustNow(e: RegistryEntry, nowS = Date.now() / 1000): Trust {
+    const t = trustOf(e, nowS);
+    if (!t.trusted || this.trusted.has(e.address)) return t;
+    return { trusted: false, reason: this.unreadable ? "registry_unreadable" : "revoked" };
+  }
+
+  /** Whether a peer is trusted now. */
   isTrusted(address: Address): boolean {
     const e = this.peer(address);
-    return Boolean(e && this.trusted.has(e.address) && trustOf(e, Date.now() / 1000).trusted);
+    return Boolean(e && e.address !== this.address && this.trustNow(e).trusted);
   }
 
   /** The pair key with a peer (cached per pair of key ids) and this coordinator's key id (0 while unregistered). */
@@ -178,10 +205,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   async signedFetch(peer: Address, method: string, path: string, body?: unknown, init: { signal?: AbortSignal } = {}): Promise<Response> {
     const e = this.peer(peer);
     if (!e) throw new Error(`${peer} is not registered in the federation registry`);
-    if (!this.isTrusted(peer)) {
-      const t = trustOf(e, Date.now() / 1000);
-      throw new Error(`${peer} is not trusted by this site: ${DISTRUST_WORDS[t.trusted ? "revoked" : t.reason]}`);
-    }
+    const t = this.trustNow(e);
+    if (!t.trusted) throw new Error(`${peer} is not trusted by this site: ${DISTRUST_WORDS[t.reason]}`);
     const url = new URL(path, e.url.endsWith("/") ? e.url : `${e.url}/`).toString();
     const raw = body === undefined ? "" : JSON.stringify(body);
     const headers = this.sign(peer, method, url, raw);
@@ -197,9 +222,9 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   private lookup(origin: Address): PeerLookup {
     const e = this.peer(origin);
     if (!e || e.address === this.address) return { kind: "unknown" };
-    const t = trustOf(e, Date.now() / 1000);
+    const t = this.trustNow(e);
     if (!t.trusted && t.reason === "expired") return { kind: "expired", validUntil: e.validUntil };
-    if (!t.trusted || !this.trusted.has(e.address)) return { kind: "untrusted", why: DISTRUST_WORDS[t.trusted ? "revoked" : t.reason] };
+    if (!t.trusted) return { kind: "untrusted", why: DISTRUST_WORDS[t.reason] };
     const { key, ownKeyId } = this.pairKeyWith(e);
     return { kind: "ok", keyid: `${e.keyId}:${ownKeyId}`, key };
   }
@@ -211,7 +236,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     const fresh = await this.nonces.remember(v.origin, v.nonce, new Date((v.expires + CLOCK_SKEW_S) * 1000));
     if (!fresh) return { ok: false, reason: "replayed", detail: "this request was already received: a replay" };
     const e = this.peer(v.origin) as RegistryEntry;
-    const t = trustOf(e, now / 1000);
+    const t = this.trustNow(e, now / 1000);
     return { ok: true, peer: { address: e.address, url: e.url, trustPath: t.trusted ? t.path : "admitted" } };
   }
 
@@ -236,14 +261,13 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       peers: [...this.entries.values()]
         .filter((e) => e.address !== this.address)
         .map((e) => {
-          const t = trustOf(e, nowS);
-          const trusted = t.trusted && this.trusted.has(e.address);
+          const t = this.trustNow(e, nowS);
           return {
             address: e.address,
             url: e.url,
             status: e.status,
-            trusted,
-            trustPath: trusted && t.trusted ? t.path : null,
+            trusted: t.trusted,
+            trustPath: t.trusted ? t.path : null,
             distrust: t.trusted ? null : t.reason,
             keyId: e.keyId,
             validUntil: iso(e.validUntil),

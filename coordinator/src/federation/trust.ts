@@ -24,6 +24,11 @@ export interface RegistryEntry {
 
 export type Trust = { trusted: true; path: TrustPath } | { trusted: false; reason: DistrustReason };
 
+/** How long trust read from the registry is believed when new reads fail: then every peer is cut off. */
+export function staleAfterMs(refreshMs: number): number {
+  return Math.max(4 * refreshMs, 60_000);
+}
+
 export function trustOf(e: RegistryEntry, nowS: number): Trust {
   if (e.status === "revoked") return { trusted: false, reason: "revoked" };
   if (e.validUntil <= nowS) return { trusted: false, reason: "expired" };
@@ -35,4 +40,5 @@ export const DISTRUST_WORDS: Record<DistrustReason, string> = {
   revoked: "governance revoked it",
   expired: "its key expired",
   not_admitted: "governance has not admitted it and this site has not endorsed it",
+  registry_unreadable: "this site has not been able to read the federation registry lately",
 };
