@@ -75,11 +75,16 @@ function refusal(err: unknown, what: string): SharedLLMError {
     KeyIdNotIncreasing: "a renewal needs a greater key id than the current one",
     AccessControlUnauthorizedAccount: "this key does not hold the registry's governor role (set SHAREDLLM_GOVERNOR_KEY)",
   };
-  if (name) return new SharedLLMError("refused", `${what} refused by the registry: ${words[name] ?? name}`, { cause: err });
-  const message = err instanceof BaseError ? err.shortMessage : String(err);
-  if (/insufficient funds/i.test(message))
-    return new SharedLLMError("refused", `${what} failed: the sending account has no coins for gas`, { cause: err });
-  return new SharedLLMError("refused", `${what} failed: ${message}`, { cause: err });
+  if (name) return new SharedLLMError("refused", `${what} was refused by the registry: ${words[name] ?? name}`, { cause: err });
+  const message = err instanceof BaseError ? `${err.shortMessage} ${err.details ?? ""}` : String(err);
+  if (/insufficient funds|enough funds/i.test(message)) {
+    return new SharedLLMError("refused", `${what} failed: the sending account has no coins for gas`, {
+      cause: err,
+      hint: "send some of the chain's native coin to the address that signs (sharedllm federation status shows this coordinator's)",
+    });
+  }
+  const details = err instanceof BaseError ? (err.details ?? err.shortMessage) : String(err);
+  return new SharedLLMError("refused", `${what} failed: ${details}`, { cause: err });
 }
 
 async function send(

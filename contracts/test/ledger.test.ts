@@ -419,6 +419,9 @@ describe("FederationRegistry", () => {
     await R(coordinator, "endorse", [addr(stranger), true]);
     expect(await trusted(coordinator, stranger)).toBe(true);
     expect(await trusted(user, stranger)).toBe(false);
+    await R(coordinator, "endorse", [addr(stranger), false]);
+    expect(await trusted(coordinator, stranger)).toBe(false);
+    await R(coordinator, "endorse", [addr(stranger), true]);
     // a renewal needs a greater key id and a future valid-until; only the key's owner renews
     expect(await revertName(R(stranger, "renewKey", [7, until + 10n]))).toBe("KeyIdNotIncreasing");
     expect(await revertName(R(user, "renewKey", [1, until]))).toBe("NotRegistered");
