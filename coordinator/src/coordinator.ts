@@ -215,7 +215,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async close() {
         clearInterval(leaseTimer);
-        federation?.stop();
+        await federation?.stop();
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
         await lease.end();
@@ -226,7 +226,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       },
     };
   } catch (err) {
-    federation?.stop();
+    await federation?.stop();
     await db.destroy();
     throw err;
   }

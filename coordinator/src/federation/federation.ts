@@ -102,8 +102,10 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     return f;
   }
 
-  stop(): void {
+  /** Stops reading the registry (and waits for a read under way). */
+  async stop(): Promise<void> {
     clearInterval(this.timer);
+    await this.refreshing?.catch(() => undefined);
   }
 
   /** Reads the registry now, re-decides trust, and cuts off peers no longer trusted. */
@@ -146,7 +148,11 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       this.emit("peer.untrusted", { peer: peer as Address, reason });
     }
     this.trusted = trusted;
-    await this.nonces.purge();
+    await this.nonces
+      .purge()
+      .catch((err: Error) =>
+        this.logger.warn({ err: err.message }, "forgetting expired federation nonces failed; next refresh tries again"),
+      );
   }
 
   /** This coordinator's own registry entry, if it is registered. */
