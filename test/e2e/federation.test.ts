@@ -7,9 +7,11 @@
 import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { chainClients } from "@sharedllm/cli";
+import { DEV_DEPLOYER_KEY, FederationRegistry } from "@sharedllm/contracts";
 import { type Coordinator, type PeerCutOff, startCoordinator } from "@sharedllm/coordinator";
 import type { FederationResponse, OpenAIErrorBody } from "@sharedllm/protocol";
-import type { Address, Hex } from "viem";
+import type { Account, Address, Hex } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestChain, type TestChain } from "../chain.ts";
@@ -74,6 +76,18 @@ const fedOf = (s: Site) => {
   if (!f) throw new Error(`${s.name} runs without federation`);
   return f;
 };
+
+/** Sends a registry transaction straight through viem (quicker than the command when timing matters). */
+async function registryTx(account: Account, functionName: string, args: readonly unknown[]) {
+  const { publicClient, wallet } = chainClients(chain.rpcUrl, chain.chainId, account);
+  const hash = await (wallet as NonNullable<typeof wallet>).writeContract({
+    address: chain.registry,
+    abi: FederationRegistry.abi,
+    functionName,
+    args,
+  } as never);
+  expect((await publicClient.waitForTransactionReceipt({ hash })).status).toBe("success");
+}
 
 async function ping(from: Site, to: Site, body: unknown = { hello: to.name }) {
   const res = await fedOf(from).signedFetch(to.address, "POST", "/federation/v1/ping", body);
@@ -199,6 +213,43 @@ describe("federation between two sites", () => {
     expect(took).toBeLessThan(REFRESH_MS + 1_000);
     expect(cutOffs).toEqual([{ peer: a.address, reason: "revoked" }]);
     expect(await fed(b, "peers")).toMatch(/not trusted \(revoked\)/);
+  });
+
+  it("refuses a peer whose key expired, at once, and cuts it off at the next refresh", async () => {
+    const cutOffs: PeerCutOff[] = [];
+    fedOf(b).on("peer.untrusted", (e) => cutOffs.push(e));
+    const cutOffsAtA: PeerCutOff[] = [];
+    fedOf(a).on("peer.untrusted", (e) => cutOffsAtA.push(e));
+    const account = privateKeyToAccount(c.key);
+    const validUntil = Math.floor(Date.now() / 1000) + 10;
+    await registryTx(account, "register", [`0x${account.publicKey.slice(4)}`, 3, BigInt(validUntil), c.coordinator.url, "{}"]);
+    await registryTx(privateKeyToAccount(DEV_DEPLOYER_KEY), "admit", [c.address]);
+    await waitFor("B to trust C", () => fedOf(b).isTrusted(c.address), 8_000);
+    await waitFor("C to read its registration", () => fedOf(c).self()?.keyId === 3, 5_000);
+    const url = `${b.coordinator.url}/federation/v1/ping`;
+    const send = () => {
+      const body = JSON.stringify({ from: "c" });
+      return fetch(url, {
+        method: "POST",
+        headers: { ...fedOf(c).sign(b.address, "POST", url, body), "content-type": "application/json" },
+        body,
+      });
+    };
+    expect((await send()).status).toBe(200);
+    const refused = await waitFor(
+      "B to refuse C's expired key",
+      async () => {
+        const res = await send();
+        return res.status === 200 ? undefined : res;
+      },
+      15_000,
+    );
+    expect(Date.now() / 1000).toBeGreaterThanOrEqual(validUntil);
+    expect(refused.status).toBe(403);
+    expect(((await refused.json()) as OpenAIErrorBody).error.code).toBe("federation_key_expired");
+    await waitFor("B's and A's cut-offs of C", () => cutOffs.length > 0 && cutOffsAtA.length > 0, REFRESH_MS * 3);
+    expect(cutOffs).toEqual([{ peer: c.address, reason: "expired" }]);
+    expect(cutOffsAtA).toEqual([{ peer: c.address, reason: "expired" }]);
   });
 
   it("cuts off every peer when the registry cannot be read for too long (fail closed)", async () => {
