@@ -9,7 +9,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
-import { ModelStore, type NodeDaemon, startNodeDaemon } from "@sharedllm/node";
+import { DEFAULT_MODEL, loadNodeIdentity, ModelStore, type NodeDaemon, startNodeDaemon } from "@sharedllm/node";
 import { FEDERATION_PREFIX, type FederationResponse, type OpenAIErrorBody } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Address, Hex } from "viem";
@@ -28,6 +28,7 @@ interface Site {
   address: Address;
   coordinator: Coordinator;
   node: NodeDaemon;
+  nodeHome: string;
 }
 
 let chain: TestChain;
@@ -73,7 +74,7 @@ async function site(name: string, model: string, key: Hex): Promise<Site> {
     logger: quietLogger(),
   });
   cleanups.push(() => node.stop());
-  return { name, home: paths.home, key, address, coordinator, node };
+  return { name, home: paths.home, key, address, coordinator, node, nodeHome: nodePaths.home };
 }
 
 async function fed(s: Site, ...args: string[]): Promise<void> {
@@ -214,6 +215,23 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(await (await fetch(`${a.coordinator.url}/metrics`)).text()).toMatch(
       /sharedllm_federation_refusals_total\{reason="site_only"\} 1/,
     );
+  });
+
+  it("an own_nodes key runs only on its owner's nodes, and never on a peer site", async () => {
+    const own = (await createApiKey(a.coordinator.db, "own", soleUser.address, "own_nodes")).secret;
+    const elsewhere = await chat(a, own, { model: DEFAULT_MODEL.id, max_tokens: 4 });
+    expect(elsewhere.status).toBe(503);
+    expect((await chat(a, own, { model: PEER_MODEL, max_tokens: 4 })).status).toBe(503);
+    expect(await journal(a, soleUser.address, "charge")).toBe(0n);
+    // the node's owner: its own wallet pays for jobs on its own node
+    const identity = await loadNodeIdentity(a.nodeHome, { create: false });
+    if (!identity) throw new Error("A's node has no identity");
+    await chain.fund(identity.account.address);
+    await chain.deposit(identity.account, 100_000n, a.address);
+    const mine = (await createApiKey(a.coordinator.db, "mine", identity.account.address, "own_nodes")).secret;
+    const res = await chat(a, mine, { model: DEFAULT_MODEL.id, max_tokens: 4 });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-sharedllm-node")).toBe(a.node.nodeId);
   });
 
   it("with inbound off at B, A answers 503 and charges nothing; B refuses a signed job outright", async () => {
