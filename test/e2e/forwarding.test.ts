@@ -8,6 +8,8 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { chainClients } from "@sharedllm/cli";
+import { FederationRegistry } from "@sharedllm/contracts";
 import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { DEFAULT_MODEL, loadNodeIdentity, ModelStore, type NodeDaemon, startNodeDaemon } from "@sharedllm/node";
 import { FEDERATION_PREFIX, type FederationResponse, type OpenAIErrorBody } from "@sharedllm/protocol";
@@ -51,6 +53,8 @@ async function site(name: string, model: string, key: Hex): Promise<Site> {
     ...database,
     joinToken,
     logger: quietLogger(),
+    // a job whose unit failed mid-stream waits this long for another to continue it
+    continueWaitMs: 1_000,
     ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement: { maxAgeMs: 60_000, checkEveryMs: 60_000 } },
     federation: {
       rpcUrl: chain.rpcUrl,
@@ -338,5 +342,43 @@ describe("forwarding jobs to a trusted peer site", () => {
         (await b.coordinator.db.selectFrom("jobs").select(["status"]).where("id", "=", inB.job_id).executeTakeFirst())?.status ===
         "cancelled",
     );
+  });
+
+  it("a peer cut off mid-stream fails its jobs there: no unit here can continue, the client's stream ends with an error, B's job is cancelled", async () => {
+    const res = await chat(a, userKey, {
+      model: PEER_MODEL,
+      max_tokens: 800,
+      stream: true,
+      messages: [{ role: "user", content: "Write a very long story about the sea." }],
+    });
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    // A stops endorsing B: A no longer trusts B at its next registry read (1 s here)
+    const { publicClient, wallet } = chainClients(chain.rpcUrl, chain.chainId, privateKeyToAccount(a.key));
+    const hash = await (wallet as NonNullable<typeof wallet>).writeContract({
+      address: chain.registry,
+      abi: FederationRegistry.abi,
+      functionName: "endorse",
+      args: [b.address, false],
+    } as never);
+    await publicClient.waitForTransactionReceipt({ hash });
+    let rest = "";
+    const dec = new TextDecoder();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      rest += dec.decode(value);
+    }
+    expect(rest).toMatch(/"code":"node_failed"/);
+    expect(rest).not.toMatch(/\[DONE\]/);
+    const out = await waitFor("A's row of the failed job", async () =>
+      (await forwardedRows(a)).find((r) => r.direction === "out" && r.status === "failed"),
+    );
+    expect(out.error).toMatch(/cut off/);
+    const inB = await waitFor("B's end of it", async () =>
+      (await forwardedRows(b)).find((r) => r.txid === out.txid && r.status !== "running"),
+    );
+    expect(inB.status).toBe("cancelled");
   });
 });
