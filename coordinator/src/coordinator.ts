@@ -210,7 +210,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       peers,
       forwarding,
     });
-    await app.register(openaiPlugin, { jobs, fleet, knownModels, keys });
+    await app.register(openaiPlugin, { jobs, fleet, knownModels, keys, peers });
     const audits = ledger?.audits;
     const canaries = audits?.canaryEveryMs
       ? new Canaries({ db, fleet, jobs, audits, log: app.log, everyMs: audits.canaryEveryMs })

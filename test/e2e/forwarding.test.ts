@@ -203,6 +203,14 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(peerB?.forwarded.out).toBeGreaterThanOrEqual(1);
     const viewB = (await (await fetch(`${b.coordinator.url}/v1/federation`)).json()) as FederationResponse;
     expect(viewB.peers.find((p) => p.address === a.address)?.forwarded.in).toBeGreaterThanOrEqual(1);
+    const listed = async (key: string) =>
+      (
+        (await (await fetch(`${a.coordinator.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()) as {
+          data: { id: string }[];
+        }
+      ).data.map((m) => m.id);
+    expect(await listed(userKey)).toEqual(expect.arrayContaining([DEFAULT_MODEL.id, PEER_MODEL]));
+    expect(await listed(siteOnlyKey)).not.toContain(PEER_MODEL);
     const metrics = await (await fetch(`${a.coordinator.url}/metrics`)).text();
     expect(metrics).toMatch(new RegExp(`sharedllm_federated_jobs_total\\{peer="${b.address}",direction="out",status="completed"\\} [1-9]`));
   });

@@ -270,6 +270,13 @@ export class Peers {
     return false;
   }
 
+  /** The models trusted peers that take jobs now advertise. */
+  models(): Set<string> {
+    const out = new Set<string>();
+    for (const u of this.units.values()) if (this.usable(u)) for (const id of u.models.keys()) out.add(id);
+    return out;
+  }
+
   /** Whether some trusted peer advertises `model`, whether or not it takes jobs now (503, not 404, when none does). */
   knows(model: string): boolean {
     for (const u of this.units.values()) if (u.capacity && u.models.has(model) && this.o.federation.isTrusted(u.address)) return true;
