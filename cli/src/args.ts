@@ -118,6 +118,13 @@ export function addFederationOptions(cmd: Command): Command {
       new Option("--federation-refresh <seconds>", "how often the registry is read: a revoked peer is cut off within it")
         .default(15)
         .argParser(positiveInt),
+    )
+    .option("--no-federation-outbound", "forward no jobs to peer sites (by default a job no node here can take may go to a trusted peer)")
+    .option("--no-federation-inbound", "run no jobs forwarded by peer sites")
+    .addOption(
+      new Option("--federation-inbound-cap <jobs>", "the most jobs one peer site may have running here at once (429 beyond)").argParser(
+        positiveInt,
+      ),
     );
 }
 
@@ -125,6 +132,14 @@ export interface FederationArgs {
   federation?: boolean;
   federationRegistry?: `0x${string}`;
   federationRefresh: number;
+  federationOutbound: boolean;
+  federationInbound: boolean;
+  federationInboundCap?: number;
+}
+
+/** Forwarded jobs' options from the command's. */
+export function forwardingOptions(o: FederationArgs): { outbound: boolean; inbound: boolean; inboundCapPerPeer?: number } {
+  return { outbound: o.federationOutbound, inbound: o.federationInbound, inboundCapPerPeer: o.federationInboundCap };
 }
 
 /** How a coordinator listens: TLS, plain HTTP beyond loopback, its public URLs, rate limits (`up`, `coordinator start`, `site init`). */

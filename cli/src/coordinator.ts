@@ -15,6 +15,7 @@ import {
   type CoordinatorArgs,
   commandLogger,
   type FederationArgs,
+  forwardingOptions,
   type ListenArgs,
   type SettlementArgs,
   settlementOptions,
@@ -63,6 +64,7 @@ export function coordinatorCommand(): Command {
               registry: (await registryOf(home, { chainRpcUrl: o.chainRpcUrl, registry: o.federationRegistry })).registry,
               privateKey: await coordinatorPrivateKey(home),
               refreshMs: o.federationRefresh * 1000,
+              forwarding: forwardingOptions(o),
             }
           : undefined;
       await hostCoordinator({

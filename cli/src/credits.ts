@@ -6,8 +6,8 @@
 import { join } from "node:path";
 import { CreditLedger } from "@sharedllm/contracts";
 import { loadNodeIdentity, type NodeIdentity, resolvePaths, SharedLLMError } from "@sharedllm/node";
-import type { EarningsResponse, LedgerResponse, NewApiKeyResponse } from "@sharedllm/protocol";
-import { Command } from "commander";
+import { type EarningsResponse, KEY_POLICIES, type KeyPolicy, type LedgerResponse, type NewApiKeyResponse } from "@sharedllm/protocol";
+import { Command, Option } from "commander";
 import { chainClients, signInWithEthereum } from "./chain.js";
 import { checkUrl, files, readJson } from "./node.js";
 
@@ -122,8 +122,16 @@ export function creditsCommand(): Command {
     });
   options(cmd.command("api-key").description("sign in with this node's key and create an API key that spends its credits"))
     .option("--name <name>", "a label for the key", "node")
+    .addOption(
+      new Option(
+        "--policy <policy>",
+        "where its jobs may run: any, site_only (never on a peer site), own_nodes (only on this wallet's nodes)",
+      )
+        .choices(KEY_POLICIES)
+        .default("any"),
+    )
     .action(async (_o: unknown, command: Command) => {
-      const flags = command.optsWithGlobals<{ coordinator?: string; name: string }>();
+      const flags = command.optsWithGlobals<{ coordinator?: string; name: string; policy: KeyPolicy }>();
       const { home } = resolvePaths();
       const identity = await loadNodeIdentity(home, { create: false });
       if (!identity) throw new SharedLLMError("config", `this machine has no node key in ${home}; run sharedllm node init first`);
@@ -133,7 +141,7 @@ export function creditsCommand(): Command {
       const res = await fetch(`${url}/v1/keys`, {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${session}` },
-        body: JSON.stringify({ name: flags.name }),
+        body: JSON.stringify({ name: flags.name, policy: flags.policy }),
       });
       const body = (await res.json()) as Partial<NewApiKeyResponse> & { error?: { message: string } };
       if (!body.key) throw new SharedLLMError("refused", body.error?.message ?? `creating the key failed (${res.status})`);

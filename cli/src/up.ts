@@ -27,6 +27,7 @@ import {
   type CoordinatorArgs,
   commandLogger,
   type FederationArgs,
+  forwardingOptions,
   type ListenArgs,
   positiveInt,
   type SettlementArgs,
@@ -99,6 +100,7 @@ export function upCommand(): Command {
               registry: o.federationRegistry ?? deployment.contracts.FederationRegistry,
               privateKey: await coordinatorPrivateKey(paths.home),
               refreshMs: o.federationRefresh * 1000,
+              forwarding: forwardingOptions(o),
             };
           }
         } catch (err) {

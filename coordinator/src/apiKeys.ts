@@ -3,6 +3,7 @@
  * Lookups are cached briefly in memory to keep the database off the request path.
  */
 import { randomBytes, randomUUID } from "node:crypto";
+import { KEY_POLICIES, type KeyPolicy } from "@sharedllm/protocol";
 import { hashSecret } from "./credentials.js";
 import type { Db } from "./db/database.js";
 
@@ -11,17 +12,29 @@ export interface ApiKeyInfo {
   name: string;
   /** the wallet whose credits the key spends; undefined for the operator's unmetered keys */
   owner?: string;
+  /** where its jobs may run */
+  policy: KeyPolicy;
 }
 
 /** A new key; with an owner it spends that wallet's credits, without one it is the operator's (free). */
-export async function createApiKey(db: Db, name: string, owner?: string): Promise<ApiKeyInfo & { secret: string }> {
+export async function createApiKey(
+  db: Db,
+  name: string,
+  owner?: string,
+  policy: KeyPolicy = "any",
+): Promise<ApiKeyInfo & { secret: string }> {
   const secret = `sk-${randomBytes(32).toString("base64url")}`;
   const id = `key_${randomUUID()}`;
   await db
     .insertInto("api_keys")
-    .values({ id, name, key_hash: hashSecret(secret), owner_address: owner?.toLowerCase() ?? null })
+    .values({ id, name, key_hash: hashSecret(secret), owner_address: owner?.toLowerCase() ?? null, policy })
     .execute();
-  return { id, name, owner: owner?.toLowerCase(), secret };
+  return { id, name, owner: owner?.toLowerCase(), policy, secret };
+}
+
+/** A stored policy word as a KeyPolicy (an unknown one is read as the strictest). */
+function policyOf(word: string): KeyPolicy {
+  return (KEY_POLICIES as readonly string[]).includes(word) ? (word as KeyPolicy) : "own_nodes";
 }
 
 const CACHE_MS = 5_000;
@@ -39,11 +52,11 @@ export class ApiKeyVerifier {
     if (hit && hit.until > now) return hit.info;
     const row = await this.db
       .selectFrom("api_keys")
-      .select(["id", "name", "owner_address"])
+      .select(["id", "name", "owner_address", "policy"])
       .where("key_hash", "=", hash)
       .where("revoked_at", "is", null)
       .executeTakeFirst();
-    const info = row && { id: row.id, name: row.name, owner: row.owner_address ?? undefined };
+    const info = row && { id: row.id, name: row.name, owner: row.owner_address ?? undefined, policy: policyOf(row.policy) };
     if (this.cache.size > 10_000) this.cache.clear();
     this.cache.set(hash, { info, until: now + CACHE_MS });
     return info;

@@ -21,7 +21,10 @@ import { Clusters } from "./clusters.js";
 import { type Db, openDatabase } from "./db/database.js";
 import { errorsPlugin } from "./errors.js";
 import { Federation, type FederationOptions } from "./federation/federation.js";
+import { type ForwardingSettings, inboundRoutes } from "./federation/forwarding.js";
+import { Peers } from "./federation/peers.js";
 import { federationPlugin } from "./federation/plugin.js";
+import { FederatedJobs } from "./federation/store.js";
 import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
 import { Jobs } from "./jobs/jobs.js";
@@ -103,6 +106,10 @@ export interface Coordinator {
   ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler; audits?: Audits };
   /** present when federation is on */
   federation?: Federation;
+  /** the trusted peers jobs may be forwarded to, when federation is on */
+  peers?: Peers;
+  /** this site's say on forwarded jobs; an operator (or a test) may change it while it runs */
+  forwarding: ForwardingSettings;
   /** the control channel for a node in this process, opened with its session token (no loopback WebSocket) */
   dialLocal: LocalDial;
   close(): Promise<void>;
@@ -115,6 +122,13 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     onConnectionError: (err) => o.logger.warn({ err: err.message }, "a PostgreSQL connection was dropped; it will be replaced"),
   });
   let federation: Federation | undefined;
+  let peers: Peers | undefined;
+  const fwd = o.federation?.forwarding;
+  const forwarding: ForwardingSettings = {
+    outbound: Boolean(o.federation) && fwd?.outbound !== false,
+    inbound: Boolean(o.federation) && fwd?.inbound !== false,
+    inboundCapPerPeer: fwd?.inboundCapPerPeer,
+  };
   try {
     const lease = await InstanceLease.take(db, !o.databaseUrl);
     const fleet = new Fleet();
@@ -167,6 +181,23 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       audits: ledger?.audits,
     });
     const keys = new ApiKeyVerifier(db);
+    if (o.federation) {
+      federation = await Federation.start(db, o.federation, o.logger);
+      peers = new Peers({
+        federation,
+        log: o.logger,
+        metrics,
+        jobs: new FederatedJobs(db),
+        pollMs: fwd?.capacityPollMs,
+        // a peer may cost no more than this site charges for the model: the user's price is the limit
+        priceLimit: ledger
+          ? (model) => {
+              const p = ledger.metering.price(model);
+              return { prompt: p.prompt * 1000n, completion: p.completion * 1000n };
+            }
+          : undefined,
+      });
+    }
     const jobs = new Jobs({
       db,
       fleet,
@@ -176,8 +207,10 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ledger,
       continueWaitMs: o.continueWaitMs,
       stallMs: o.stallMs,
+      peers,
+      forwarding,
     });
-    await app.register(openaiPlugin, { jobs, fleet, knownModels, keys });
+    await app.register(openaiPlugin, { jobs, fleet, knownModels, keys, peers });
     const audits = ledger?.audits;
     const canaries = audits?.canaryEveryMs
       ? new Canaries({ db, fleet, jobs, audits, log: app.log, everyMs: audits.canaryEveryMs })
@@ -188,9 +221,22 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
       if (ledger.audits) await app.register(auditsPlugin, { audits: ledger.audits, keys });
     }
-    if (o.federation) {
-      federation = await Federation.start(db, o.federation, o.logger);
-      await app.register(federationPlugin, { federation });
+    if (federation) {
+      const inCounts = new Map<string, number>();
+      const price = ledger && ((model: string) => ledger.metering.price(model));
+      await app.register(federationPlugin, {
+        federation,
+        routes: [inboundRoutes({ db, fleet, jobs, metrics, settings: forwarding, price, counts: inCounts })],
+        forwarding: {
+          get settings() {
+            return { outbound: forwarding.outbound, inbound: forwarding.inbound, inboundCapPerPeer: forwarding.inboundCapPerPeer ?? null };
+          },
+          peer: (address) => {
+            const unit = peers?.get(address);
+            return { capacity: unit?.capacity ?? null, forwarded: { out: unit?.forwardedCount ?? 0, in: inCounts.get(address) ?? 0 } };
+          },
+        },
+      });
     }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     // suspicion is known before the first node connects
@@ -205,6 +251,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
     }, LEASE_RENEW_MS);
     ledger?.settler.start();
+    await peers?.start();
     return {
       url,
       app,
@@ -212,9 +259,12 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       fleet,
       ledger,
       federation,
+      peers,
+      forwarding,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async close() {
         clearInterval(leaseTimer);
+        await peers?.stop();
         await federation?.stop();
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();

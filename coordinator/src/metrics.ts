@@ -14,6 +14,8 @@ export class Metrics {
   private readonly continuations: Counter<"cause">;
   private readonly continuationGap: Summary;
   private readonly yields: Counter<"cause">;
+  private readonly forwarded: Counter<"peer" | "direction" | "status">;
+  private readonly refusals: Counter<"reason">;
 
   constructor(fleet: Fleet) {
     const registers = [this.registry];
@@ -47,6 +49,18 @@ export class Metrics {
       name: "sharedllm_yields_total",
       help: "times a node gave its jobs in flight up for its owner, by cause (paused, owner_busy, on_battery; a worker: whatever stopped it)",
       labelNames: ["cause"],
+      registers,
+    });
+    this.forwarded = new Counter({
+      name: "sharedllm_federated_jobs_total",
+      help: "jobs forwarded to a peer site (out) or run here for one (in), by peer and final status",
+      labelNames: ["peer", "direction", "status"],
+      registers,
+    });
+    this.refusals = new Counter({
+      name: "sharedllm_federation_refusals_total",
+      help: "jobs not forwarded, or forwarded jobs refused, by reason (site_only, own_nodes, outbound_off, inbound_off, over_cap, no_peer)",
+      labelNames: ["reason"],
       registers,
     });
     this.scheduling = new Summary({
@@ -83,6 +97,16 @@ export class Metrics {
 
   scheduled(seconds: number): void {
     this.scheduling.observe(seconds);
+  }
+
+  /** A forwarded job ended, on the origin (out) or the serving site (in). */
+  federatedJob(peer: string, direction: "in" | "out", status: string): void {
+    this.forwarded.inc({ peer, direction, status });
+  }
+
+  /** A job was not forwarded (or a forwarded one refused) for `reason`. */
+  federationRefused(reason: string): void {
+    this.refusals.inc({ reason });
   }
 
   /** A node yielded to its owner: its jobs in flight were handed off. */

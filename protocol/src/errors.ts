@@ -22,6 +22,10 @@ export const ERROR_CATALOG = {
   federation_untrusted_peer: { status: 403, type: "permission_error" },
   federation_key_expired: { status: 403, type: "permission_error" },
   federation_wrong_destination: { status: 403, type: "permission_error" },
+  // forwarded jobs (docs/federation.md): this site takes none from peers now, or none more from this one
+  federation_inbound_off: { status: 503, type: "service_unavailable" },
+  federation_peer_over_cap: { status: 429, type: "requests" },
+  federation_transaction_running: { status: 409, type: "invalid_request_error" },
   model_not_found: { status: 404, type: "invalid_request_error" },
   not_found: { status: 404, type: "invalid_request_error" },
   method_not_allowed: { status: 405, type: "invalid_request_error" },

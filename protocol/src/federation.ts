@@ -3,6 +3,7 @@
  * live, and `GET /v1/federation`, the public view of this site's identity and its peers.
  */
 import type { Address, Hex } from "viem";
+import { z } from "zod";
 
 /** Every coordinator-to-coordinator route lives under this prefix and is signed. */
 export const FEDERATION_PREFIX = "/federation/v1";
@@ -40,7 +41,68 @@ export interface FederationPeer {
   metadata: string;
   /** the uncompressed secp256k1 public key without its 0x04 prefix (public, from the chain) */
   publicKey: Hex;
+  /** what it advertised last (its capacity call), null before the first answer or with outbound off */
+  capacity: PeerCapacity | null;
+  /** jobs forwarded to it (out) and run here for it (in), since this coordinator started */
+  forwarded: { out: number; in: number };
 }
+
+/** One model a site advertises to its peers. */
+export interface AdvertisedModel {
+  /** the name a request asks for */
+  id: string;
+  /** its GGUF file */
+  sha256: string;
+  /** free job slots over the units serving it now */
+  freeSlots: number;
+  /** credits per 1000 tokens (smallest unit, decimal strings) */
+  pricePer1k: { prompt: string; completion: string };
+}
+
+/** `GET /federation/v1/capacity`: what a site serves peers now. */
+export interface CapacityResponse {
+  /** false while the site takes no forwarded jobs */
+  inbound: boolean;
+  models: AdvertisedModel[];
+}
+
+/** A peer's capacity as this site last read it, with the round trip it took. */
+export interface PeerCapacity extends CapacityResponse {
+  latencyMs: number;
+  /** ISO time of the read */
+  at: string;
+}
+
+/**
+ * `POST /federation/v1/jobs`: a job forwarded by a peer, run once per transaction id: `txid`
+ * (a repeat gets the first result), `kind`, `body` (the OpenAI request as the origin validated
+ * it; the serving site validates it again) and `generationLimit` (the most tokens it may
+ * generate: the origin holds credits for that many).
+ */
+export const forwardedJobRequestSchema = z.looseObject({
+  txid: z.string().min(8).max(100),
+  kind: z.enum(["chat", "completion"]),
+  body: z.looseObject({ model: z.string().min(1) }),
+  generationLimit: z
+    .number()
+    .int()
+    .positive()
+    .max(1 << 20),
+});
+export type ForwardedJobRequest = z.infer<typeof forwardedJobRequestSchema>;
+
+/**
+ * The answer to a forwarded job: NDJSON, one line each. `c`: an event the serving unit streamed
+ * (`d`, the OpenAI chunk as JSON text) with its tokens (`t`: ids, or their count); then exactly one
+ * of `end` (the usage the serving site metered) or `error`.
+ */
+export type ForwardedLine =
+  | { c: 1; d: string; t: number[] | number }
+  | { end: { prompt_tokens: number; completion_tokens: number; total_tokens: number } }
+  | { error: { message: string; status?: number; retryable: boolean } };
+
+/** The NDJSON media type of a forwarded job's answer. */
+export const FORWARDED_STREAM_TYPE = "application/x-ndjson";
 
 /** `GET /v1/federation` */
 export interface FederationResponse {
@@ -52,4 +114,6 @@ export interface FederationResponse {
   /** when the registry was last read successfully (ISO), null before the first read */
   refreshedAt: string | null;
   peers: FederationPeer[];
+  /** whether this site forwards jobs to peers, and takes jobs from them */
+  forwarding: { outbound: boolean; inbound: boolean; inboundCapPerPeer: number | null };
 }

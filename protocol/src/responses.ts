@@ -94,11 +94,21 @@ export interface ApiKeysResponse {
 }
 
 /** `POST /v1/keys`: the secret is shown this once */
+/**
+ * Where a key's jobs may run: `any` (this site's nodes, or a trusted peer site when none here can
+ * take it), `site_only` (never forwarded to a peer site), `own_nodes` (only on nodes whose payout
+ * address is the key owner's wallet; never forwarded).
+ */
+export type KeyPolicy = "any" | "site_only" | "own_nodes";
+
+export const KEY_POLICIES: readonly KeyPolicy[] = ["any", "site_only", "own_nodes"];
+
 export interface NewApiKeyResponse {
   id: string;
   name: string;
   key: string;
   owner: Address;
+  policy: KeyPolicy;
 }
 
 /** `GET /v1/earnings/:address`: what a node earned here, what is settled, and the proof to claim it */

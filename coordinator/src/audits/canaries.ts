@@ -26,7 +26,7 @@ const TASKS = [
 ];
 
 /** The coordinator's own API key for canaries: it owns no wallet, and no secret ever leaves this process. */
-const CANARY_KEY: ApiKeyInfo = { id: "key_audit_canaries", name: "audit canaries" };
+const CANARY_KEY: ApiKeyInfo = { id: "key_audit_canaries", name: "audit canaries", policy: "site_only" };
 
 export class Canaries {
   private timer: NodeJS.Timeout | undefined;

@@ -279,6 +279,31 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0010_federated_jobs": {
+    async up(db: Kysely<unknown>) {
+      // every job forwarded to a peer (out) or run here for one (in), with the peer and the txid
+      await db.schema
+        .createTable("federated_jobs")
+        .addColumn("direction", "text", (c) => c.notNull())
+        .addColumn("peer", "text", (c) => c.notNull())
+        .addColumn("txid", "text", (c) => c.notNull())
+        .addColumn("job_id", "text", (c) => c.notNull())
+        .addColumn("model", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("prompt_tokens", "integer")
+        .addColumn("completion_tokens", "integer")
+        .addColumn("error", "text")
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .addColumn("finished_at", "timestamptz")
+        .addPrimaryKeyConstraint("federated_jobs_pk", ["direction", "peer", "txid"])
+        .execute();
+      // where a key's jobs may run: anywhere (any), never on a peer site (site_only), only on the owner's nodes (own_nodes)
+      await db.schema
+        .alterTable("api_keys")
+        .addColumn("policy", "text", (c) => c.notNull().defaultTo("any"))
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

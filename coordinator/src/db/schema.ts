@@ -10,6 +10,8 @@ export interface ApiKeysTable {
   name: string;
   /** the wallet whose credits the key spends; null for the operator's unmetered keys */
   owner_address: string | null;
+  /** where its jobs may run (apiKeys.ts KeyPolicy) */
+  policy: Generated<string>;
   created_at: Timestamp;
   revoked_at: Timestamp | null;
 }
@@ -242,6 +244,22 @@ export interface FederationTransactionsTable {
   finished_at: Timestamp | null;
 }
 
+/** A job forwarded to a peer (`out`) or run here for one (`in`), keyed by the origin's transaction id. */
+export interface FederatedJobsTable {
+  direction: "in" | "out";
+  peer: string;
+  txid: string;
+  /** the job here: the client's on the origin, the peer's on the serving site */
+  job_id: string;
+  model: string;
+  status: "running" | "completed" | "failed" | "cancelled";
+  prompt_tokens: number | null;
+  completion_tokens: number | null;
+  error: string | null;
+  created_at: Generated<Date>;
+  finished_at: Timestamp | null;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -269,6 +287,7 @@ export interface Database {
   node_standing: NodeStandingTable;
   federation_nonces: FederationNoncesTable;
   federation_transactions: FederationTransactionsTable;
+  federated_jobs: FederatedJobsTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

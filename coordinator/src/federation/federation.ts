@@ -8,7 +8,7 @@
  * peer is cut off (fail closed) until a read succeeds again.
  */
 import { EventEmitter } from "node:events";
-import type { DistrustReason, FederationResponse, TrustPath } from "@sharedllm/protocol";
+import type { DistrustReason, FederationResponse, PeerCapacity, TrustPath } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Address, createPublicClient, defineChain, type Hex, http, type PublicClient } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
@@ -32,6 +32,8 @@ export interface FederationOptions {
   validityS?: number;
   /** how long trust read earlier is believed while reads fail; then every peer is cut off. Default max(4 refreshes, 60 s) */
   staleAfterMs?: number;
+  /** forwarded jobs (docs/federation.md): both ways on, no inbound cap, capacity read every 5 s, by default */
+  forwarding?: { outbound?: boolean; inbound?: boolean; inboundCapPerPeer?: number; capacityPollMs?: number };
 }
 
 export const DEFAULT_FEDERATION_REFRESH_MS = 15_000;
@@ -50,6 +52,13 @@ export interface VerifiedPeer {
 }
 
 export type Inbound = { ok: true; peer: VerifiedPeer } | Refused;
+
+/** What forwarding adds to `GET /v1/federation`. */
+export interface ForwardingView {
+  settings: FederationResponse["forwarding"];
+  /** a peer's last advertised capacity and its forwarded jobs both ways */
+  peer(address: Address): { capacity: PeerCapacity | null; forwarded: { out: number; in: number } };
+}
 
 export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }> {
   readonly address: Address;
@@ -247,7 +256,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   }
 
   /** `GET /v1/federation`: public facts only. */
-  view(): FederationResponse {
+  view(forwarding?: ForwardingView): FederationResponse {
     const nowS = Date.now() / 1000;
     const self = this.self();
     const iso = (s: number) => new Date(s * 1000).toISOString();
@@ -279,8 +288,10 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
             validUntil: iso(e.validUntil),
             metadata: e.metadata,
             publicKey: e.publicKey,
+            ...(forwarding?.peer(e.address) ?? { capacity: null, forwarded: { out: 0, in: 0 } }),
           };
         }),
+      forwarding: forwarding?.settings ?? { outbound: false, inbound: false, inboundCapPerPeer: null },
     };
   }
 }

@@ -7,7 +7,7 @@
  */
 import { ApiError, type ErrorCode, FEDERATION_PREFIX } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
-import type { Federation, VerifiedPeer } from "./federation.js";
+import type { Federation, ForwardingView, VerifiedPeer } from "./federation.js";
 import type { Refusal } from "./signature.js";
 
 declare module "fastify" {
@@ -35,11 +35,13 @@ export interface FederationPluginOptions {
   federation: Federation;
   /** more signed routes, registered under FEDERATION_PREFIX behind the verification */
   routes?: Array<(scope: FastifyInstance) => void | Promise<void>>;
+  /** forwarded jobs' part of `GET /v1/federation` */
+  forwarding?: ForwardingView;
 }
 
 export async function federationPlugin(app: FastifyInstance, o: FederationPluginOptions): Promise<void> {
   const f = o.federation;
-  app.get("/v1/federation", async () => f.view());
+  app.get("/v1/federation", async () => f.view(o.forwarding));
 
   await app.register(
     async (scope) => {

@@ -1,9 +1,11 @@
 /**
  * What federation keeps in the database: the nonces of peers' signed calls (each accepted once
  * while its signature could be fresh, across restarts and replicas), and peers' transaction ids
- * with the first result given for each, so a repeated one does not run twice.
+ * with the first result given for each, so a repeated one does not run twice; and every job
+ * forwarded to a peer or run here for one, with the peer and the transaction id.
  */
 import type { Db } from "../db/database.js";
+import type { FederatedJobsTable } from "../db/schema.js";
 
 export class FederationNonces {
   constructor(private readonly db: Db) {}
@@ -56,6 +58,43 @@ export class FederationTransactions {
       .where("peer", "=", peer.toLowerCase())
       .where("txid", "=", txid)
       .where("result", "is", null)
+      .execute();
+  }
+}
+
+export type FederatedJobStatus = FederatedJobsTable["status"];
+
+/** The log of forwarded jobs, both ways (`federated_jobs`). */
+export class FederatedJobs {
+  constructor(private readonly db: Db) {}
+
+  async started(r: { direction: "in" | "out"; peer: string; txid: string; jobId: string; model: string }): Promise<void> {
+    await this.db
+      .insertInto("federated_jobs")
+      .values({ direction: r.direction, peer: r.peer.toLowerCase(), txid: r.txid, job_id: r.jobId, model: r.model, status: "running" })
+      .onConflict((c) => c.columns(["direction", "peer", "txid"]).doNothing())
+      .execute();
+  }
+
+  async finished(
+    r: { direction: "in" | "out"; peer: string; txid: string },
+    status: Exclude<FederatedJobStatus, "running">,
+    usage?: { prompt_tokens: number; completion_tokens: number },
+    error?: string,
+  ): Promise<void> {
+    await this.db
+      .updateTable("federated_jobs")
+      .set({
+        status,
+        prompt_tokens: usage?.prompt_tokens ?? null,
+        completion_tokens: usage?.completion_tokens ?? null,
+        error: error ?? null,
+        finished_at: new Date(),
+      })
+      .where("direction", "=", r.direction)
+      .where("peer", "=", r.peer.toLowerCase())
+      .where("txid", "=", r.txid)
+      .where("status", "=", "running")
       .execute();
   }
 }

@@ -53,12 +53,15 @@ export interface JobSpec {
 
 /** The response to the client, told what to write. */
 export interface JobOutput {
-  /** the first streamed chunk: the response starts here */
-  open(unit: string, data: string): void;
+  /**
+   * the first streamed chunk: the response starts here. `tokens`: what the unit said it streams
+   * (a serving site relays them to the origin of a forwarded job)
+   */
+  open(unit: string, data: string, tokens?: readonly number[] | number): void;
   /** every later streamed chunk (the hot path) */
-  chunk(data: string): void;
-  /** the stream is over, and recorded */
-  end(unit: string): void;
+  chunk(data: string, tokens?: readonly number[] | number): void;
+  /** the stream is over, and recorded; `usage`: the job's, as metered */
+  end(unit: string, usage: Usage): void;
   /** a whole (non-streaming) response, assembled, its usage metered, recorded */
   result(body: Record<string, unknown>, unit: string): void;
   /** the job failed: before `open`, the client gets this as the HTTP error; after, as the stream's last event */
@@ -248,7 +251,7 @@ export class Job implements JobSink {
     part.to = this.transcript.tokens;
     this.lastEventAt = performance.now();
     if (this.state === "streaming") {
-      if (relay !== undefined && this.streamed) this.out.chunk(relay);
+      if (relay !== undefined && this.streamed) this.out.chunk(relay, tokens);
       return;
     }
     const first = this.state === "dispatched";
@@ -261,9 +264,9 @@ export class Job implements JobSink {
     if (!this.streamed) return;
     if (first) {
       this.opened = true;
-      this.out.open(this.unitId, data);
+      this.out.open(this.unitId, data, tokens);
       this.recordStart();
-    } else if (relay !== undefined) this.out.chunk(relay);
+    } else if (relay !== undefined) this.out.chunk(relay, tokens);
   }
 
   /** The unit's stream ended: -> completed, charged and recorded before the client hears it. */
@@ -285,8 +288,8 @@ export class Job implements JobSink {
       () => {
         if (!this.streamed) return this.out.result(this.transcript.body(usage), this.unitId);
         // the usage is the job's, as metered, not a unit's word
-        if (this.spec.start.includeUsage) this.out.chunk(JSON.stringify(this.transcript.event("", null, usage)));
-        this.out.end(this.unitId);
+        if (this.spec.start.includeUsage) this.out.chunk(JSON.stringify(this.transcript.event("", null, usage)), 0);
+        this.out.end(this.unitId, usage);
       },
       (err) => this.recordingFailed(err),
     );

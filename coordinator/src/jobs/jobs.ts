@@ -12,6 +12,8 @@ import type { ApiKeyInfo } from "../apiKeys.js";
 import type { Audits } from "../audits/audits.js";
 import type { KnownModel } from "../catalogue.js";
 import type { Db } from "../db/database.js";
+import type { ForwardingSettings } from "../federation/forwarding.js";
+import type { Peers } from "../federation/peers.js";
 import type { Fleet, SchedulingPolicy } from "../fleet.js";
 import { type Metering, promptTokenBound } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
@@ -53,6 +55,9 @@ export interface JobsOptions {
   continueWaitMs?: number;
   /** how long a unit may go without sending once output has begun before it counts as failed; default 20 s */
   stallMs?: number;
+  /** trusted peer sites a job no unit here can take may be forwarded to, when outbound is on */
+  peers?: Peers;
+  forwarding?: ForwardingSettings;
 }
 
 /** A request the OpenAI plugin has validated. */
@@ -78,9 +83,34 @@ export class Jobs {
 
   /** Starts a job for `r`, its output going to `out`; throws (an ApiError) when it cannot start. */
   async submit(r: JobRequest, out: JobOutput): Promise<Job> {
-    const { fleet, policy, metrics, ledger } = this.o;
+    const { fleet, policy, metrics, ledger, knownModels } = this.o;
     const { body, apiKey, signal } = r;
-    if (!fleet.servesModel(body.model)) await this.loadOnDemand(body.model, signal, r.log);
+    const peers = this.forwardable(r) ? this.o.peers : undefined;
+    if (!fleet.servesModel(body.model) && !peers?.serves(body.model)) {
+      const remote = this.o.peers?.knows(body.model);
+      const refusal = remote && this.refusal(r);
+      if (refusal) {
+        metrics.federationRefused(refusal);
+        throw new ApiError(
+          "no_capacity",
+          refusal === "outbound_off"
+            ? `only peer sites serve "${body.model}", and this site forwards no jobs to them now; try again later`
+            : `only peer sites serve "${body.model}", and this key's jobs stay on this site (${apiKey.policy}); use another key or model`,
+        );
+      }
+      if (remote && !knownModels.has(body.model)) {
+        metrics.federationRefused("no_peer");
+        throw new ApiError("no_capacity", `only peer sites serve "${body.model}", and none takes jobs now; try again later`);
+      }
+      await this.loadOnDemand(body.model, signal, r.log);
+    }
+    const owner = apiKey.owner?.toLowerCase();
+    // own_nodes: only a node whose every payee is the key's owner (a private pool)
+    const ownNode = (n: ServingUnit) => {
+      const members = n.payees().members;
+      return members.length > 0 && members.every((m) => m.node.toLowerCase() === owner);
+    };
+    const allowed = (n: ServingUnit) => apiKey.policy !== "own_nodes" || ownNode(n);
     const jobId = `job_${randomUUID()}`;
     // the engine generates at most what the credits were reserved for
     const generationLimit = requestedMaxTokens(body as never) ?? DEFAULT_MAX_TOKENS;
@@ -107,14 +137,16 @@ export class Jobs {
       {
         pick(model, tried) {
           const t0 = performance.now();
-          const unit = fleet.pick(
-            model,
-            (n) => untried(tried, n) && (!r.only || n.id === r.only) && (!policy || policy({ model, apiKeyId: apiKey.id }, n)),
-          );
+          const unit =
+            fleet.pick(
+              model,
+              (n) =>
+                untried(tried, n) && allowed(n) && (!r.only || n.id === r.only) && (!policy || policy({ model, apiKeyId: apiKey.id }, n)),
+            ) ?? peers?.pick(model, (u) => untried(tried, u));
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
-        continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal),
+        continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal, allowed),
         observe: metrics,
         credits:
           r.credits ??
@@ -142,14 +174,37 @@ export class Jobs {
    * A unit to continue a job on: one serving the same model file, not tried for this job yet,
    * taking jobs now or within the wait (a node coming back, a split re-forming).
    */
-  private continuer(model: string, sha256: string, tried: Tried, r: JobRequest, signal: AbortSignal): Promise<ServingUnit | undefined> {
+  private continuer(
+    model: string,
+    sha256: string,
+    tried: Tried,
+    r: JobRequest,
+    signal: AbortSignal,
+    allowed: (n: ServingUnit) => boolean,
+  ): Promise<ServingUnit | undefined> {
     const { fleet, policy } = this.o;
     const pick = () =>
       fleet.pick(
         model,
-        (n) => untried(tried, n) && n.models.get(model)?.sha256 === sha256 && (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)),
+        (n) =>
+          untried(tried, n) &&
+          allowed(n) &&
+          n.models.get(model)?.sha256 === sha256 &&
+          (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)),
       );
     return fleet.until(pick, this.o.continueWaitMs ?? CONTINUE_WAIT_MS, signal);
+  }
+
+  /** Why a request may not be forwarded to a peer site, if it may not. */
+  private refusal(r: JobRequest): "outbound_off" | "site_only" | "own_nodes" | undefined {
+    if (r.apiKey.policy !== "any") return r.apiKey.policy;
+    if (!this.o.forwarding?.outbound || r.only || r.credits) return "outbound_off";
+    return undefined;
+  }
+
+  /** Whether a request may be forwarded to a peer site: outbound on, and a key that may leave the site. */
+  private forwardable(r: JobRequest): boolean {
+    return Boolean(this.o.peers) && this.refusal(r) === undefined;
   }
 
   /**

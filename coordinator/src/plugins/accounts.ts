@@ -10,6 +10,7 @@ import {
   ApiError,
   type ApiKeysResponse,
   type EarningsResponse,
+  KEY_POLICIES,
   type LedgerResponse,
   type NewApiKeyResponse,
   type TokenPrice,
@@ -46,7 +47,7 @@ const SESSION_TTL_MS = 7 * 24 * 3600_000;
 const SESSION_PREFIX = "sess_";
 
 const loginSchema = z.object({ message: z.string().min(1).max(4096), signature: z.string().regex(/^0x[0-9a-fA-F]+$/) });
-const newKeySchema = z.object({ name: z.string().trim().min(1).max(100) }).strict();
+const newKeySchema = z.object({ name: z.string().trim().min(1).max(100), policy: z.enum(KEY_POLICIES).optional() }).strict();
 
 export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOptions): Promise<void> {
   /** The wallet behind a session token (or, with `allowApiKey`, an API key's owner). */
@@ -158,15 +159,21 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
   app.post("/v1/keys", async (req, reply): Promise<NewApiKeyResponse> => {
     const address = await wallet(req);
     const body = newKeySchema.safeParse(req.body ?? {});
-    if (!body.success) throw new ApiError("invalid_request", "send { name }: a label for the key, 1-100 characters");
+    if (!body.success) {
+      throw new ApiError(
+        "invalid_request",
+        `send { name, policy? }: a label for the key, 1-100 characters; policy one of ${KEY_POLICIES.join(", ")}`,
+      );
+    }
     const secret = `sk-${randomBytes(32).toString("base64url")}`;
     const id = `key_${randomUUID()}`;
+    const policy = body.data.policy ?? "any";
     await o.db
       .insertInto("api_keys")
-      .values({ id, name: body.data.name, key_hash: hashSecret(secret), owner_address: address.toLowerCase() })
+      .values({ id, name: body.data.name, key_hash: hashSecret(secret), owner_address: address.toLowerCase(), policy })
       .execute();
     reply.code(201);
-    return { id, name: body.data.name, key: secret, owner: address };
+    return { id, name: body.data.name, key: secret, owner: address, policy };
   });
 
   app.get("/v1/keys", async (req): Promise<ApiKeysResponse> => {

@@ -10,6 +10,7 @@ import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
 import type { KnownModel } from "../catalogue.js";
 import { bearerToken } from "../credentials.js";
+import type { Peers } from "../federation/peers.js";
 import type { Fleet } from "../fleet.js";
 import { type JobRequest, type Jobs, unknownModel } from "../jobs/jobs.js";
 import { jobResponse } from "./sse.js";
@@ -20,6 +21,8 @@ export interface OpenAIPluginOptions {
   fleet: Fleet;
   /** models ever served here (404 vs 503) */
   knownModels: ReadonlyMap<string, KnownModel>;
+  /** trusted peer sites: the models they serve are listed for keys whose jobs may go there */
+  peers?: Peers;
 }
 
 declare module "fastify" {
@@ -40,9 +43,11 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     req.apiKey = key;
   });
 
-  app.get("/v1/models", async () => {
+  app.get("/v1/models", async (req) => {
     const served = new Map<string, number>();
     for (const n of o.fleet.list()) for (const id of n.models.keys()) served.set(id, (served.get(id) ?? 0) + 1);
+    // a model only peer sites serve: no node here (0), listed for keys whose jobs may leave the site
+    if (req.apiKey?.policy === "any") for (const id of o.peers?.models() ?? []) if (!served.has(id)) served.set(id, 0);
     return {
       object: "list",
       data: [...served].sort(([a], [b]) => a.localeCompare(b)).map(([id, nodes]) => modelObject(id, nodes)),
@@ -51,7 +56,8 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
 
   app.get<{ Params: { model: string } }>("/v1/models/:model", async (req) => {
     const nodes = o.fleet.list().filter((n) => n.models.has(req.params.model)).length;
-    if (!nodes && !o.knownModels.has(req.params.model)) throw unknownModel(o.fleet, req.params.model);
+    const remote = req.apiKey?.policy === "any" && o.peers?.models().has(req.params.model);
+    if (!nodes && !remote && !o.knownModels.has(req.params.model)) throw unknownModel(o.fleet, req.params.model);
     return modelObject(req.params.model, nodes);
   });
 

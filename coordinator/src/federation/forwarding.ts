@@ -1,0 +1,246 @@
+/**
+ * The serving side of forwarded jobs (docs/federation.md), signed routes under
+ * FEDERATION_PREFIX: `GET /capacity` (what this site serves peers: models by file and name,
+ * free slots, price per 1000 tokens) and `POST /jobs` (a peer's job, run once per transaction
+ * id as one of this site's own jobs on its own units, never forwarded on: its key is
+ * `site_only`). The answer streams as NDJSON lines carrying each event with its tokens, so the
+ * origin counts them like any unit's. The peer is this site's customer: its coordinator's
+ * address is the payer, at this site's price, and the nodes earn their receipts as for any job.
+ */
+import { randomBytes } from "node:crypto";
+import {
+  type AdvertisedModel,
+  ApiError,
+  type CapacityResponse,
+  chatCompletionRequestSchema,
+  completionRequestSchema,
+  describeZodError,
+  FORWARDED_STREAM_TYPE,
+  type ForwardedLine,
+  forwardedJobRequestSchema,
+} from "@sharedllm/protocol";
+import type { FastifyInstance } from "fastify";
+import type { ApiKeyInfo } from "../apiKeys.js";
+import { hashSecret } from "../credentials.js";
+import type { Db } from "../db/database.js";
+import type { Fleet } from "../fleet.js";
+import type { JobOutput } from "../jobs/job.js";
+import type { Jobs } from "../jobs/jobs.js";
+import type { Price } from "../ledger/metering.js";
+import type { Metrics } from "../metrics.js";
+import type { VerifiedPeer } from "./federation.js";
+import { forwardedLine } from "./routing.js";
+import { FederatedJobs, FederationTransactions } from "./store.js";
+
+/** A site's say on forwarding, which its operator may change while it runs. */
+export interface ForwardingSettings {
+  /** forward jobs no unit here can take to trusted peers */
+  outbound: boolean;
+  /** run jobs trusted peers forward here */
+  inbound: boolean;
+  /** the most jobs one peer may have running here at once; undefined: no cap */
+  inboundCapPerPeer?: number;
+}
+
+export interface InboundOptions {
+  db: Db;
+  fleet: Fleet;
+  jobs: Jobs;
+  metrics: Metrics;
+  settings: ForwardingSettings;
+  /** credits per token of a model here; absent: free */
+  price?: (model: string) => Price;
+  /** counted as they end, for `GET /v1/federation` */
+  counts: Map<string, number>;
+}
+
+/** What this site advertises to peers now: its models with their files, free slots and prices. */
+export function advertise(fleet: Fleet, price?: (model: string) => Price): AdvertisedModel[] {
+  const byModel = new Map<string, AdvertisedModel>();
+  for (const n of fleet.list()) {
+    if (!n.accepting) continue;
+    for (const [id, m] of n.models) {
+      const free = Math.max(0, n.slots - n.active);
+      const known = byModel.get(id);
+      if (known) {
+        known.freeSlots += free;
+        continue;
+      }
+      const p = price?.(id) ?? { prompt: 0n, completion: 0n };
+      byModel.set(id, {
+        id,
+        sha256: m.sha256,
+        freeSlots: free,
+        pricePer1k: { prompt: (p.prompt * 1000n).toString(), completion: (p.completion * 1000n).toString() },
+      });
+    }
+  }
+  return [...byModel.values()].sort((a, b) => a.id.localeCompare(b.id));
+}
+
+/** The signed routes a peer calls to have this site serve its users. */
+export function inboundRoutes(o: InboundOptions) {
+  const transactions = new FederationTransactions(o.db);
+  const log = new FederatedJobs(o.db);
+  const running = new Map<string, number>();
+  const keys = new Map<string, ApiKeyInfo>();
+
+  /** The peer's key here: its coordinator pays for its jobs, which never leave this site. */
+  async function keyOf(peer: VerifiedPeer): Promise<ApiKeyInfo> {
+    let key = keys.get(peer.address);
+    if (key) return key;
+    key = { id: `key_peer_${peer.address}`, name: `federation peer ${peer.address}`, owner: peer.address, policy: "site_only" };
+    await o.db
+      .insertInto("api_keys")
+      // a key nobody can present: its secret is thrown away
+      .values({
+        id: key.id,
+        name: key.name,
+        key_hash: hashSecret(randomBytes(32).toString("hex")),
+        owner_address: peer.address,
+        policy: "site_only",
+      })
+      .onConflict((c) => c.column("id").doNothing())
+      .execute();
+    keys.set(peer.address, key);
+    return key;
+  }
+
+  return async (scope: FastifyInstance) => {
+    scope.get("/capacity", async (): Promise<CapacityResponse> => {
+      // its models even while it takes no jobs: the origin then answers 503 (not here now), not 404
+      return { inbound: o.settings.inbound, models: advertise(o.fleet, o.price) };
+    });
+
+    scope.post("/jobs", async (req, reply) => {
+      const peer = req.federationPeer as VerifiedPeer;
+      if (!o.settings.inbound) {
+        o.metrics.federationRefused("inbound_off");
+        throw new ApiError("federation_inbound_off", "this site takes no jobs from peer sites now; try another site or later");
+      }
+      const parsed = forwardedJobRequestSchema.safeParse(req.body);
+      if (!parsed.success) throw new ApiError("invalid_request", describeZodError(parsed.error).message);
+      const { txid, kind, generationLimit } = parsed.data;
+      const body = (kind === "chat" ? chatCompletionRequestSchema : completionRequestSchema).safeParse(parsed.data.body);
+      if (!body.success) {
+        const { message, param } = describeZodError(body.error);
+        throw new ApiError("invalid_request", message, { param: param ?? undefined });
+      }
+      const cap = o.settings.inboundCapPerPeer;
+      const now = running.get(peer.address) ?? 0;
+      if (cap !== undefined && now >= cap) {
+        o.metrics.federationRefused("over_cap");
+        throw new ApiError(
+          "federation_peer_over_cap",
+          `your site has ${now} jobs running here, the most this site takes from one peer; try again when one ends`,
+        );
+      }
+      const start = await transactions.begin(peer.address, txid);
+      if (!start.first) {
+        if (start.result === null) {
+          throw new ApiError("federation_transaction_running", `transaction ${txid} is running here already; it is not run twice`);
+        }
+        reply.header("content-type", FORWARDED_STREAM_TYPE);
+        return start.result;
+      }
+      running.set(peer.address, now + 1);
+      const apiKey = await keyOf(peer);
+      const gone = new AbortController();
+      const lines: string[] = [];
+      let open = false;
+      let over = false;
+      const model = String(body.data.model);
+      const done = (
+        status: "completed" | "failed" | "cancelled",
+        last: ForwardedLine,
+        usage?: { prompt_tokens: number; completion_tokens: number },
+      ) => {
+        if (over) return;
+        over = true;
+        running.set(peer.address, (running.get(peer.address) ?? 1) - 1);
+        o.counts.set(peer.address, (o.counts.get(peer.address) ?? 0) + 1);
+        o.metrics.federatedJob(peer.address, "in", status);
+        const text = forwardedLine(last);
+        lines.push(text);
+        const ref = { direction: "in" as const, peer: peer.address, txid };
+        void Promise.all([
+          transactions.finish(peer.address, txid, lines.join("")),
+          log.finished(ref, status, usage, "error" in last ? last.error.message : undefined),
+        ]).catch((err: Error) => req.log.error({ err: err.message, txid }, "recording a forwarded job's end failed"));
+        return text;
+      };
+      return new Promise<unknown>((resolve, reject) => {
+        const write = (line: ForwardedLine) => {
+          const text = forwardedLine(line);
+          lines.push(text);
+          reply.raw.write(text);
+        };
+        const out: JobOutput = {
+          open(_unit, data, tokens) {
+            open = true;
+            reply.hijack();
+            reply.raw.socket?.setNoDelay(true);
+            reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE, "cache-control": "no-cache" });
+            write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });
+          },
+          chunk(data, tokens) {
+            write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });
+          },
+          end(_unit, usage) {
+            const text = done("completed", { end: usage }, usage);
+            if (!open) {
+              reply.hijack();
+              reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE });
+            }
+            reply.raw.end(text);
+            resolve(undefined);
+          },
+          result() {
+            // a forwarded job always streams
+            reject(new ApiError("internal_error", "a forwarded job answered as a whole"));
+          },
+          fail(err) {
+            const text = done("failed", { error: { message: err.message, retryable: err.status >= 500, status: err.status } });
+            if (!open) return reject(err);
+            reply.raw.end(text);
+            resolve(undefined);
+          },
+        };
+        reply.raw.on("close", () => {
+          if (reply.raw.writableFinished) return;
+          gone.abort();
+          done("cancelled", { error: { message: "the origin site went away", retryable: false } });
+          resolve(undefined);
+        });
+        log
+          .started({ direction: "in", peer: peer.address, txid, jobId: "", model })
+          .then(() =>
+            o.jobs.submit(
+              {
+                kind,
+                body: { ...body.data, model, stream: true, stream_options: null, max_tokens: generationLimit },
+                apiKey,
+                signal: gone.signal,
+                log: req.log,
+              },
+              out,
+            ),
+          )
+          .then((job) =>
+            o.db
+              .updateTable("federated_jobs")
+              .set({ job_id: job.id })
+              .where("direction", "=", "in")
+              .where("peer", "=", peer.address)
+              .where("txid", "=", txid)
+              .execute(),
+          )
+          .catch((err: unknown) => {
+            const e = err instanceof ApiError ? err : new ApiError("internal_error", "the job could not start here", { cause: err });
+            done("failed", { error: { message: e.message, retryable: e.status >= 500, status: e.status } });
+            reject(e);
+          });
+      });
+    });
+  };
+}

@@ -1,0 +1,309 @@
+/**
+ * Trusted peer sites as serving units (docs/federation.md). Every `pollMs` this site asks each
+ * trusted peer what it serves (`GET /federation/v1/capacity`, signed), timing the round trip;
+ * each peer that advertises models is a `PeerUnit`, which a job no unit here can take may be
+ * forwarded to (`POST /federation/v1/jobs`, signed, with a transaction id). The peer streams
+ * back its events with their tokens (routing.ts), which the job counts like any unit's chunks.
+ * A client that goes away aborts the call (the peer cancels its job); a peer that fails
+ * mid-stream is a failed unit; a peer cut off (`peer.untrusted`) fails its jobs at once.
+ */
+import { randomUUID } from "node:crypto";
+import {
+  type CapacityResponse,
+  FEDERATION_PREFIX,
+  type ForwardedJobRequest,
+  type JobStart,
+  type OpenAIErrorBody,
+  type PeerCapacity,
+  type ServedModel,
+  type Usage,
+} from "@sharedllm/protocol";
+import type { Logger } from "pino";
+import type { Address } from "viem";
+import type { Metrics } from "../metrics.js";
+import type { JobSink, Payees, ServingUnit } from "../units.js";
+import type { Federation, PeerCutOff } from "./federation.js";
+import { choosePeer, LineReader, type PriceLimit } from "./routing.js";
+import type { FederatedJobs } from "./store.js";
+
+/** How often peers are asked what they serve, by default. */
+export const DEFAULT_CAPACITY_POLL_MS = 5_000;
+
+/** How long a capacity call may take before the peer counts as silent. */
+const CAPACITY_TIMEOUT_MS = 5_000;
+
+/** What forwarding needs of this site. */
+interface PeerContext {
+  federation: Federation;
+  log: Logger;
+  metrics: Metrics;
+  jobs: FederatedJobs;
+}
+
+interface Forwarded {
+  sink: JobSink;
+  txid: string;
+  model: string;
+  abort: AbortController;
+}
+
+/** A trusted peer site, as one more serving unit. */
+export class PeerUnit implements ServingUnit {
+  readonly id: string;
+  readonly incarnation = 0;
+  models: ReadonlyMap<string, ServedModel> = new Map();
+  capacity: PeerCapacity | null = null;
+  /** jobs forwarded in total, by this coordinator since it started */
+  forwardedCount = 0;
+  private readonly jobs = new Map<string, Forwarded>();
+
+  constructor(
+    readonly address: Address,
+    private readonly cx: PeerContext,
+  ) {
+    this.id = `peer:${address}`;
+  }
+
+  /** jobs forwarded to it and not finished */
+  get active(): number {
+    return this.jobs.size;
+  }
+
+  /** What it advertised, read just now. */
+  advertised(capacity: PeerCapacity): void {
+    this.capacity = capacity;
+    // the Job reads a unit's model file from here (a continuation must run the same file)
+    this.models = new Map(capacity.models.map((m) => [m.id, { id: m.id, sha256: m.sha256 } as ServedModel]));
+  }
+
+  /**
+   * The origin keeps what its user pays: no node here did the work, and no receipt is proposed.
+   * The charge funds what this site owes the peer (its own account there, charged by the peer).
+   */
+  payees(): Payees {
+    return { members: [], via: this.id };
+  }
+
+  dispatch(job: JobStart, sink: JobSink): void {
+    const txid = randomUUID();
+    const model = String(job.request.model);
+    const abort = new AbortController();
+    this.jobs.set(job.jobId, { sink, txid, model, abort });
+    this.forwardedCount++;
+    const key = { direction: "out" as const, peer: this.address, txid };
+    this.cx.jobs
+      .started({ ...key, jobId: job.jobId, model })
+      .catch((err: Error) => this.cx.log.error({ err: err.message, txid }, "recording a forwarded job failed"));
+    const { n_predict: _, ...body } = job.request;
+    const request: ForwardedJobRequest = {
+      txid,
+      kind: job.kind,
+      body: body as ForwardedJobRequest["body"],
+      generationLimit: Number(job.request.max_tokens),
+    };
+    this.forward(job.jobId, request, abort.signal).catch((err: Error) => {
+      if (abort.signal.aborted) return;
+      this.failed(job.jobId, { message: `the peer site ${this.address} failed: ${err.message}`, retryable: true });
+    });
+  }
+
+  private async forward(jobId: string, request: ForwardedJobRequest, signal: AbortSignal): Promise<void> {
+    const res = await this.cx.federation.signedFetch(this.address, "POST", `${FEDERATION_PREFIX}/jobs`, request, { signal });
+    if (!res.ok || !res.body) {
+      const body = (await res.json().catch(() => undefined)) as Partial<OpenAIErrorBody> | undefined;
+      const message = body?.error?.message ?? `HTTP ${res.status}`;
+      // a request the peer finds bad is the client's; anything else another unit may do
+      const clientFault = res.status === 400 || res.status === 413;
+      this.failed(jobId, {
+        message: `the peer site refused the job: ${message}`,
+        retryable: !clientFault,
+        ...(clientFault && { status: res.status }),
+      });
+      return;
+    }
+    const reader = new LineReader();
+    const decoder = new TextDecoder();
+    const stream = res.body.getReader();
+    for (;;) {
+      const { done, value } = await stream.read();
+      if (done) break;
+      for (const line of reader.push(decoder.decode(value, { stream: true }))) {
+        const f = this.jobs.get(jobId);
+        if (!f) return; // cancelled, or cut off
+        if ("c" in line) f.sink.chunk(line.d, line.t);
+        else if ("end" in line) return this.ended(jobId, line.end);
+        else return this.failed(jobId, { ...line.error, message: `on the peer site: ${line.error.message}` });
+      }
+    }
+    this.failed(jobId, { message: `the peer site ${this.address} ended its stream before the job's end`, retryable: true });
+  }
+
+  private ended(jobId: string, usage: Usage): void {
+    const f = this.take(jobId);
+    if (!f) return;
+    f.abort.abort();
+    this.finish(f, "completed", usage);
+    f.sink.end(usage);
+  }
+
+  private failed(jobId: string, e: { message: string; retryable: boolean; status?: number }): void {
+    const f = this.take(jobId);
+    if (!f) return;
+    f.abort.abort();
+    this.finish(f, "failed", undefined, e.message);
+    f.sink.error({ ...e, cause: "node_lost" });
+  }
+
+  cancel(jobId: string): void {
+    const f = this.take(jobId);
+    if (!f) return;
+    // the peer sees its request go away and cancels its job
+    f.abort.abort();
+    this.finish(f, "cancelled", undefined, "client disconnected");
+  }
+
+  /** The peer was cut off: every job in flight there fails now (each may carry on elsewhere). */
+  failJobs(reason: string): void {
+    for (const jobId of [...this.jobs.keys()]) {
+      this.failed(jobId, { message: `the peer site serving this request was cut off (${reason})`, retryable: true });
+    }
+  }
+
+  private finish(f: Forwarded, status: "completed" | "failed" | "cancelled", usage?: Usage, error?: string): void {
+    this.cx.metrics.federatedJob(this.address, "out", status);
+    this.cx.jobs
+      .finished({ direction: "out", peer: this.address, txid: f.txid }, status, usage, error)
+      .catch((err: Error) => this.cx.log.error({ err: err.message, txid: f.txid }, "recording a forwarded job failed"));
+  }
+
+  private take(jobId: string): Forwarded | undefined {
+    const f = this.jobs.get(jobId);
+    this.jobs.delete(jobId);
+    return f;
+  }
+}
+
+export interface PeersOptions extends PeerContext {
+  /** how often peers are asked what they serve; default 5 s */
+  pollMs?: number;
+  /** the most a job for `model` may cost per 1000 tokens at a peer: what this site charges for it */
+  priceLimit?: (model: string) => PriceLimit | undefined;
+}
+
+/** The trusted peers this site may forward jobs to, with what each advertised last. */
+export class Peers {
+  private readonly units = new Map<string, PeerUnit>();
+  private timer?: NodeJS.Timeout;
+  private polling?: Promise<void>;
+  private readonly onCutOff = (c: PeerCutOff) => this.cutOff(c);
+
+  constructor(private readonly o: PeersOptions) {}
+
+  /** Asks every trusted peer now, then every pollMs; cuts a peer's jobs when it stops being trusted. */
+  async start(): Promise<void> {
+    this.o.federation.on("peer.untrusted", this.onCutOff);
+    await this.poll();
+    this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? DEFAULT_CAPACITY_POLL_MS);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.o.federation.off("peer.untrusted", this.onCutOff);
+    await this.polling;
+    for (const u of this.units.values()) u.failJobs("this coordinator is stopping");
+  }
+
+  /** Reads every trusted peer's capacity once (a peer that does not answer advertises nothing). */
+  poll(): Promise<void> {
+    this.polling ??= this.doPoll().finally(() => {
+      this.polling = undefined;
+    });
+    return this.polling;
+  }
+
+  private async doPoll(): Promise<void> {
+    const f = this.o.federation;
+    const trusted = f
+      .view()
+      .peers.filter((p) => p.trusted)
+      .map((p) => p.address.toLowerCase() as Address);
+    await Promise.all(
+      trusted.map(async (address) => {
+        const unit = this.units.get(address) ?? new PeerUnit(address, this.o);
+        this.units.set(address, unit);
+        const t0 = performance.now();
+        try {
+          const res = await f.signedFetch(address, "GET", `${FEDERATION_PREFIX}/capacity`, undefined, {
+            signal: AbortSignal.timeout(CAPACITY_TIMEOUT_MS),
+          });
+          if (!res.ok) throw new Error(`HTTP ${res.status}`);
+          const body = (await res.json()) as CapacityResponse;
+          unit.advertised({
+            inbound: body.inbound === true,
+            models: Array.isArray(body.models) ? body.models : [],
+            latencyMs: Math.round((performance.now() - t0) * 10) / 10,
+            at: new Date().toISOString(),
+          });
+        } catch (err) {
+          this.o.log.warn(
+            { peer: address, err: (err as Error).message },
+            "a peer's capacity could not be read; it gets no jobs until it can",
+          );
+          unit.advertised({ inbound: false, models: [], latencyMs: 0, at: new Date().toISOString() });
+        }
+      }),
+    );
+  }
+
+  private cutOff(c: PeerCutOff): void {
+    const unit = this.units.get(c.peer.toLowerCase());
+    if (!unit) return;
+    unit.capacity = null;
+    unit.models = new Map();
+    unit.failJobs(c.reason);
+  }
+
+  /** Whether some trusted peer advertises `model` (whether or not it has room now). */
+  serves(model: string): boolean {
+    for (const u of this.units.values()) if (this.usable(u) && u.models.has(model)) return true;
+    return false;
+  }
+
+  /** The models trusted peers that take jobs now advertise. */
+  models(): Set<string> {
+    const out = new Set<string>();
+    for (const u of this.units.values()) if (this.usable(u)) for (const id of u.models.keys()) out.add(id);
+    return out;
+  }
+
+  /** Whether some trusted peer advertises `model`, whether or not it takes jobs now (503, not 404, when none does). */
+  knows(model: string): boolean {
+    for (const u of this.units.values()) if (u.capacity && u.models.has(model) && this.o.federation.isTrusted(u.address)) return true;
+    return false;
+  }
+
+  /** The peer to forward a job for `model` to: the best trusted one with room within the price limit. */
+  pick(model: string, allow: (u: PeerUnit) => boolean = () => true): PeerUnit | undefined {
+    const offers = [...this.units.values()]
+      .filter((u) => this.usable(u) && allow(u))
+      .map((u) => ({
+        address: u.address as string,
+        inbound: (u.capacity as PeerCapacity).inbound,
+        models: (u.capacity as PeerCapacity).models,
+        latencyMs: (u.capacity as PeerCapacity).latencyMs,
+        active: u.active,
+      }));
+    const best = choosePeer(offers, model, this.o.priceLimit?.(model));
+    return best && this.units.get(best.address);
+  }
+
+  /** A peer as this site sees it now, for `GET /v1/federation`. */
+  get(address: string): PeerUnit | undefined {
+    return this.units.get(address.toLowerCase());
+  }
+
+  private usable(u: PeerUnit): boolean {
+    return Boolean(u.capacity?.inbound) && this.o.federation.isTrusted(u.address);
+  }
+}

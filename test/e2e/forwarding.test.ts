@@ -1,0 +1,392 @@
+/**
+ * Forwarded jobs with real parts: one dev chain (CreditLedger and FederationRegistry), two
+ * coordinators A and B with credits and federation, each with a real node. A's node serves the
+ * default model; B's node serves the same file under a second name only B has, so A's users can
+ * have it only through B. A's coordinator has credits in escrow at B: it is B's customer.
+ * PGlite by default, PostgreSQL when DATABASE_URL is set.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { symlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { chainClients } from "@sharedllm/cli";
+import { FederationRegistry } from "@sharedllm/contracts";
+import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
+import { DEFAULT_MODEL, loadNodeIdentity, ModelStore, type NodeDaemon, startNodeDaemon } from "@sharedllm/node";
+import { FEDERATION_PREFIX, type FederationResponse, type OpenAIErrorBody } from "@sharedllm/protocol";
+import { sql } from "kysely";
+import type { Address, Hex } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { devWallet, startTestChain, type TestChain } from "../chain.ts";
+import { quietLogger, runCli, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+
+/** the name only B's node serves (the default model's file) */
+const PEER_MODEL = "peer-smollm";
+
+interface Site {
+  name: string;
+  home: string;
+  key: Hex;
+  address: Address;
+  coordinator: Coordinator;
+  node: NodeDaemon;
+  nodeHome: string;
+}
+
+let chain: TestChain;
+let a: Site;
+let b: Site;
+const cleanups: Array<() => Promise<unknown>> = [];
+
+async function site(name: string, model: string, key: Hex): Promise<Site> {
+  const paths = await tempPaths(`sharedllm-fwd-${name}-`);
+  cleanups.push(paths.cleanup);
+  const account = privateKeyToAccount(key);
+  const address = account.address.toLowerCase() as Address;
+  await writeFile(join(paths.home, "coordinator-key.json"), JSON.stringify({ address, privateKey: key }), { mode: 0o600 });
+  const database = await testDatabase();
+  cleanups.push(database.cleanup);
+  const joinToken = randomBytes(32).toString("base64url");
+  const coordinator = await startCoordinator({
+    host: "127.0.0.1",
+    port: 0,
+    ...database,
+    joinToken,
+    logger: quietLogger(),
+    // a job whose unit failed mid-stream waits this long for another to continue it
+    continueWaitMs: 1_000,
+    ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement: { maxAgeMs: 60_000, checkEveryMs: 60_000 } },
+    federation: {
+      rpcUrl: chain.rpcUrl,
+      registry: chain.registry,
+      privateKey: key,
+      refreshMs: 1_000,
+      forwarding: { capacityPollMs: 300 },
+    },
+  });
+  cleanups.push(() => coordinator.close());
+  const nodePaths = await tempPaths(`sharedllm-fwd-${name}-node-`);
+  cleanups.push(nodePaths.cleanup);
+  const node = await startNodeDaemon({
+    paths: nodePaths,
+    coordinatorUrl: coordinator.url,
+    joinToken,
+    model,
+    slots: 2,
+    contextPerSlot: 1024,
+    threads: 1,
+    logger: quietLogger(),
+  });
+  cleanups.push(() => node.stop());
+  return { name, home: paths.home, key, address, coordinator, node, nodeHome: nodePaths.home };
+}
+
+async function fed(s: Site, ...args: string[]): Promise<void> {
+  const r = await runCli(["federation", ...args, "--chain-rpc-url", chain.rpcUrl, "--registry", chain.registry], {
+    SHAREDLLM_HOME: s.home,
+  });
+  if (r.code !== 0) throw new Error(`sharedllm federation ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+}
+
+/** The sum of one kind of journal entry for an address at a site. */
+async function journal(s: Site, address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
+  const row = await s.coordinator.db
+    .selectFrom("ledger_entries")
+    .select(sql<string | null>`sum(amount)`.as("total"))
+    .where("address", "=", address.toLowerCase())
+    .where("kind", "=", kind)
+    .executeTakeFirstOrThrow();
+  return BigInt(row.total ?? 0);
+}
+
+function chat(s: Site, key: string, body: Record<string, unknown>, signal?: AbortSignal) {
+  return fetch(`${s.coordinator.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+    body: JSON.stringify({ messages: [{ role: "user", content: "Name three colours." }], temperature: 0, ...body }),
+    signal,
+  });
+}
+
+/** The text of an SSE chat stream. */
+async function streamedText(res: Response): Promise<string> {
+  const raw = await res.text();
+  let text = "";
+  for (const line of raw.split("\n")) {
+    if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+    const e = JSON.parse(line.slice(6)) as { choices?: { delta?: { content?: string } }[]; error?: unknown };
+    if (e.error) throw new Error(`the stream failed: ${JSON.stringify(e.error)}`);
+    text += e.choices?.[0]?.delta?.content ?? "";
+  }
+  return text;
+}
+
+const forwardedRows = (s: Site) => s.coordinator.db.selectFrom("federated_jobs").selectAll().execute();
+
+const user = devWallet(7);
+const soleUser = devWallet(8);
+let userKey: string;
+let siteOnlyKey: string;
+let directKeyB: string;
+
+beforeAll(async () => {
+  chain = await startTestChain();
+  cleanups.push(() => chain.stop());
+  // B's node: the default model's file under a name only B serves
+  const shared = await tempPaths("sharedllm-fwd-model-");
+  cleanups.push(shared.cleanup);
+  const store = new ModelStore(shared.cache);
+  const entry = (await store.get("default")) ?? (await store.pull("default"));
+  const file = join(shared.home, `${PEER_MODEL}.gguf`);
+  await symlink(store.blobPath(entry.sha256), file);
+  const keys = [generatePrivateKey(), generatePrivateKey()] as const;
+  // one transaction at a time from the deployer
+  for (const k of keys) await chain.addCoordinator(privateKeyToAccount(k).address);
+  [a, b] = await Promise.all([site("a", "default", keys[0]), site("b", file, keys[1])]);
+  await fed(a, "register", "--url", a.coordinator.url, "--name", "site A");
+  await fed(b, "register", "--url", b.coordinator.url, "--name", "site B");
+  await fed(a, "admit", a.address);
+  await fed(a, "endorse", b.address);
+  // A's coordinator buys credits in escrow at B: it pays B for its users' forwarded jobs
+  await chain.fund(a.address);
+  await chain.deposit(privateKeyToAccount(a.key), 1_000_000n, b.address);
+  await chain.deposit(user, 1_000_000n, a.address);
+  await chain.deposit(soleUser, 1_000_000n, a.address);
+  userKey = (await createApiKey(a.coordinator.db, "user", user.address)).secret;
+  siteOnlyKey = (await createApiKey(a.coordinator.db, "site only", soleUser.address, "site_only")).secret;
+  directKeyB = (await createApiKey(b.coordinator.db, "direct")).secret;
+  await waitFor("A to see B's model", () => a.coordinator.peers?.get(b.address)?.models.has(PEER_MODEL), 20_000);
+}, 240_000);
+
+afterAll(async () => {
+  for (const clean of cleanups.reverse()) await clean().catch(() => undefined);
+});
+
+describe("forwarding jobs to a trusted peer site", () => {
+  it("A's user gets B's model through A: B's answer, charged at A, B charges A and pays its node, both log one txid", async () => {
+    const body = { model: PEER_MODEL, max_tokens: 24, stream: true };
+    const direct = await chat(b, directKeyB, body);
+    expect(direct.status).toBe(200);
+    const expected = await streamedText(direct);
+    expect(expected.length).toBeGreaterThan(0);
+
+    const res = await chat(a, userKey, body);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-sharedllm-node")).toBe(`peer:${b.address}`);
+    expect(await streamedText(res)).toBe(expected);
+
+    const out = await waitFor("A's row of the forwarded job", async () =>
+      (await forwardedRows(a)).find((r) => r.direction === "out" && r.status === "completed"),
+    );
+    const inB = await waitFor("B's row of it", async () =>
+      (await forwardedRows(b)).find((r) => r.txid === out.txid && r.status === "completed"),
+    );
+    expect({ out: [out.peer, out.model], in: [inB.direction, inB.peer, inB.model] }).toEqual({
+      out: [b.address, PEER_MODEL],
+      in: ["in", a.address, PEER_MODEL],
+    });
+    expect(inB.completion_tokens).toBe(out.completion_tokens);
+    // the user pays A at A's price; A pays B at B's (the same default pricing here): to the unit
+    const paidAtA = await journal(a, user.address, "charge");
+    expect(paidAtA).toBeGreaterThan(0n);
+    expect(await journal(b, a.address, "charge")).toBe(paidAtA);
+    // B's node earns as for any job here; no node at A was paid for it
+    const nodeB = b.node.nodeId;
+    await waitFor("B's node's receipt", async () => (await journal(b, nodeB, "earn")) > 0n, 20_000);
+    expect(await journal(b, nodeB, "earn")).toBeLessThanOrEqual(paidAtA);
+    expect(await journal(a, a.node.nodeId, "earn")).toBe(0n);
+
+    const view = (await (await fetch(`${a.coordinator.url}/v1/federation`)).json()) as FederationResponse;
+    const peerB = view.peers.find((p) => p.address === b.address);
+    expect(peerB?.capacity?.models.map((m) => m.id)).toContain(PEER_MODEL);
+    expect(peerB?.capacity?.models.find((m) => m.id === PEER_MODEL)?.pricePer1k).toEqual({ prompt: "1000", completion: "2000" });
+    expect(peerB?.forwarded.out).toBeGreaterThanOrEqual(1);
+    const viewB = (await (await fetch(`${b.coordinator.url}/v1/federation`)).json()) as FederationResponse;
+    expect(viewB.peers.find((p) => p.address === a.address)?.forwarded.in).toBeGreaterThanOrEqual(1);
+    const listed = async (key: string) =>
+      (
+        (await (await fetch(`${a.coordinator.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()) as {
+          data: { id: string }[];
+        }
+      ).data.map((m) => m.id);
+    expect(await listed(userKey)).toEqual(expect.arrayContaining([DEFAULT_MODEL.id, PEER_MODEL]));
+    expect(await listed(siteOnlyKey)).not.toContain(PEER_MODEL);
+    const metrics = await (await fetch(`${a.coordinator.url}/metrics`)).text();
+    expect(metrics).toMatch(new RegExp(`sharedllm_federated_jobs_total\\{peer="${b.address}",direction="out",status="completed"\\} [1-9]`));
+  });
+
+  it("a site_only key is never forwarded: 503, nothing charged", async () => {
+    const res = await chat(a, siteOnlyKey, { model: PEER_MODEL, max_tokens: 8 });
+    expect(res.status).toBe(503);
+    expect(((await res.json()) as OpenAIErrorBody).error).toMatchObject({
+      code: "no_capacity",
+      message: expect.stringMatching(/site_only/),
+    });
+    expect(await journal(a, soleUser.address, "hold")).toBe(0n);
+    expect(await journal(a, soleUser.address, "charge")).toBe(0n);
+    expect(await (await fetch(`${a.coordinator.url}/metrics`)).text()).toMatch(
+      /sharedllm_federation_refusals_total\{reason="site_only"\} 1/,
+    );
+  });
+
+  it("an own_nodes key runs only on its owner's nodes, and never on a peer site", async () => {
+    const own = (await createApiKey(a.coordinator.db, "own", soleUser.address, "own_nodes")).secret;
+    const elsewhere = await chat(a, own, { model: DEFAULT_MODEL.id, max_tokens: 4 });
+    expect(elsewhere.status).toBe(503);
+    expect((await chat(a, own, { model: PEER_MODEL, max_tokens: 4 })).status).toBe(503);
+    expect(await journal(a, soleUser.address, "charge")).toBe(0n);
+    // the node's owner: its own wallet pays for jobs on its own node
+    const identity = await loadNodeIdentity(a.nodeHome, { create: false });
+    if (!identity) throw new Error("A's node has no identity");
+    await chain.fund(identity.account.address);
+    await chain.deposit(identity.account, 100_000n, a.address);
+    const mine = (await createApiKey(a.coordinator.db, "mine", identity.account.address, "own_nodes")).secret;
+    const res = await chat(a, mine, { model: DEFAULT_MODEL.id, max_tokens: 4 });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-sharedllm-node")).toBe(a.node.nodeId);
+  });
+
+  it("with inbound off at B, A answers 503 and charges nothing; B refuses a signed job outright", async () => {
+    b.coordinator.forwarding.inbound = false;
+    try {
+      await waitFor("A to read that B takes no jobs", () => a.coordinator.peers?.get(b.address)?.capacity?.inbound === false, 5_000);
+      const before = await journal(a, user.address, "charge");
+      const res = await chat(a, userKey, { model: PEER_MODEL, max_tokens: 8 });
+      expect(res.status).toBe(503);
+      expect(await journal(a, user.address, "charge")).toBe(before);
+      const direct = await (a.coordinator.federation as NonNullable<Coordinator["federation"]>).signedFetch(
+        b.address,
+        "POST",
+        `${FEDERATION_PREFIX}/jobs`,
+        {
+          txid: randomUUID(),
+          kind: "chat",
+          body: { model: PEER_MODEL, messages: [{ role: "user", content: "hi" }] },
+          generationLimit: 4,
+        },
+      );
+      expect(direct.status).toBe(503);
+      expect(((await direct.json()) as OpenAIErrorBody).error.code).toBe("federation_inbound_off");
+    } finally {
+      b.coordinator.forwarding.inbound = true;
+    }
+    await waitFor("A to read that B takes jobs again", () => a.coordinator.peers?.get(b.address)?.capacity?.inbound === true, 5_000);
+  });
+
+  it("B caps A's jobs running there (429), and a repeated txid returns the first result without running again", async () => {
+    const f = a.coordinator.federation;
+    if (!f) throw new Error("A runs without federation");
+    const job = (txid: string, generationLimit = 8, signal?: AbortSignal) =>
+      f.signedFetch(
+        b.address,
+        "POST",
+        `${FEDERATION_PREFIX}/jobs`,
+        {
+          txid,
+          kind: "chat",
+          body: { model: PEER_MODEL, messages: [{ role: "user", content: "Count to fifty." }], temperature: 0 },
+          generationLimit,
+        },
+        { signal },
+      );
+    b.coordinator.forwarding.inboundCapPerPeer = 1;
+    const long = new AbortController();
+    try {
+      const first = await job(randomUUID(), 400, long.signal);
+      expect(first.status).toBe(200);
+      const second = await job(randomUUID());
+      expect(second.status).toBe(429);
+      expect(((await second.json()) as OpenAIErrorBody).error.code).toBe("federation_peer_over_cap");
+    } finally {
+      long.abort();
+      b.coordinator.forwarding.inboundCapPerPeer = undefined;
+    }
+
+    const jobsOfA = async () =>
+      Number(
+        (
+          await b.coordinator.db
+            .selectFrom("jobs")
+            .select(sql<string>`count(*)`.as("n"))
+            .where("api_key_id", "=", `key_peer_${a.address}`)
+            .executeTakeFirstOrThrow()
+        ).n,
+      );
+    await waitFor("the capped job's end at B", async () => !(await forwardedRows(b)).some((r) => r.status === "running"));
+    const txid = randomUUID();
+    const once = await job(txid);
+    expect(once.status).toBe(200);
+    const text = await once.text();
+    expect(text).toMatch(/"end":/);
+    const ran = await jobsOfA();
+    const again = await job(txid);
+    expect(again.status).toBe(200);
+    expect(await again.text()).toBe(text);
+    expect(await jobsOfA()).toBe(ran);
+  });
+
+  it("a client that goes away at A cancels the job at B", async () => {
+    const gone = new AbortController();
+    const res = await chat(
+      a,
+      userKey,
+      { model: PEER_MODEL, max_tokens: 600, stream: true, messages: [{ role: "user", content: "Write a long story." }] },
+      gone.signal,
+    );
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    gone.abort();
+    const out = await waitFor("A's row of the cancelled job", async () =>
+      (await forwardedRows(a)).find((r) => r.direction === "out" && r.status === "cancelled"),
+    );
+    const inB = await waitFor("B to cancel it", async () =>
+      (await forwardedRows(b)).find((r) => r.txid === out.txid && r.status !== "running"),
+    );
+    expect(inB.status).toBe("cancelled");
+    await waitFor(
+      "B's job row to say cancelled",
+      async () =>
+        (await b.coordinator.db.selectFrom("jobs").select(["status"]).where("id", "=", inB.job_id).executeTakeFirst())?.status ===
+        "cancelled",
+    );
+  });
+
+  it("a peer cut off mid-stream fails its jobs there: no unit here can continue, the client's stream ends with an error, B's job is cancelled", async () => {
+    const res = await chat(a, userKey, {
+      model: PEER_MODEL,
+      max_tokens: 800,
+      stream: true,
+      messages: [{ role: "user", content: "Write a very long story about the sea." }],
+    });
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    // A stops endorsing B: A no longer trusts B at its next registry read (1 s here)
+    const { publicClient, wallet } = chainClients(chain.rpcUrl, chain.chainId, privateKeyToAccount(a.key));
+    const hash = await (wallet as NonNullable<typeof wallet>).writeContract({
+      address: chain.registry,
+      abi: FederationRegistry.abi,
+      functionName: "endorse",
+      args: [b.address, false],
+    } as never);
+    await publicClient.waitForTransactionReceipt({ hash });
+    let rest = "";
+    const dec = new TextDecoder();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      rest += dec.decode(value);
+    }
+    expect(rest).toMatch(/"code":"node_failed"/);
+    expect(rest).not.toMatch(/\[DONE\]/);
+    const out = await waitFor("A's row of the failed job", async () =>
+      (await forwardedRows(a)).find((r) => r.direction === "out" && r.status === "failed"),
+    );
+    expect(out.error).toMatch(/cut off/);
+    const inB = await waitFor("B's end of it", async () =>
+      (await forwardedRows(b)).find((r) => r.txid === out.txid && r.status !== "running"),
+    );
+    expect(inB.status).toBe("cancelled");
+  });
+});
