@@ -135,15 +135,20 @@ export function inboundRoutes(o: InboundOptions) {
           `your site has ${now} jobs running here, the most this site takes from one peer; try again when one ends`,
         );
       }
-      const start = await transactions.begin(peer.address, txid);
+      // counted before the first await, so that requests arriving together cannot all pass the cap
+      running.set(peer.address, now + 1);
+      const start = await transactions.begin(peer.address, txid).catch((err: unknown) => {
+        running.set(peer.address, (running.get(peer.address) ?? 1) - 1);
+        throw err;
+      });
       if (!start.first) {
+        running.set(peer.address, (running.get(peer.address) ?? 1) - 1);
         if (start.result === null) {
           throw new ApiError("federation_transaction_running", `transaction ${txid} is running here already; it is not run twice`);
         }
         reply.header("content-type", FORWARDED_STREAM_TYPE);
         return start.result;
       }
-      running.set(peer.address, now + 1);
       const apiKey = await keyOf(peer);
       const gone = new AbortController();
       const lines: string[] = [];
