@@ -39,6 +39,11 @@ export interface Payees {
   members: { node: `0x${string}`; shareBps: number }[];
   /** the head that ran the job, when the members served layers of a split model */
   via?: string;
+  /**
+   * The coordinator itself earns the part: it forwarded the job to a peer site, which charges
+   * this coordinator for it (docs/federation.md), so the user's payment is what refills that.
+   */
+  coordinator?: true;
 }
 
 export interface ServingUnit {

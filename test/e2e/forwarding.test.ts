@@ -195,6 +195,8 @@ describe("forwarding jobs to a trusted peer site", () => {
     await waitFor("B's node's receipt", async () => (await journal(b, nodeB, "earn")) > 0n, 20_000);
     expect(await journal(b, nodeB, "earn")).toBeLessThanOrEqual(paidAtA);
     expect(await journal(a, a.node.nodeId, "earn")).toBe(0n);
+    // A earns what its user paid for the forwarded job: what refills its escrow at B
+    expect(await journal(a, a.address, "earn")).toBe(paidAtA);
 
     const view = (await (await fetch(`${a.coordinator.url}/v1/federation`)).json()) as FederationResponse;
     const peerB = view.peers.find((p) => p.address === b.address);

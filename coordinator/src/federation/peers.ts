@@ -77,11 +77,11 @@ export class PeerUnit implements ServingUnit {
   }
 
   /**
-   * The origin keeps what its user pays: no node here did the work, and no receipt is proposed.
-   * The charge funds what this site owes the peer (its own account there, charged by the peer).
+   * No node here did the work, so no receipt is proposed: this coordinator earns what its user
+   * pays for the part, which refills its own escrow at the peer, where the peer charges it.
    */
   payees(): Payees {
-    return { members: [], via: this.id };
+    return { members: [], via: this.id, coordinator: true };
   }
 
   dispatch(job: JobStart, sink: JobSink): void {

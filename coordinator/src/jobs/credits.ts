@@ -8,7 +8,7 @@
  * output; the charge is divided among the units in proportion to the list price of the work
  * each did, a continuing unit's re-prefill of the output so far included.
  */
-import { type JobKind, outputHash, type ReceiptRequest, splitCredits, type Usage } from "@sharedllm/protocol";
+import { type JobKind, outputHash, type ReceiptRequest, receiptJobId, splitCredits, type Usage } from "@sharedllm/protocol";
 import type { Audits } from "../audits/audits.js";
 import { jobCost, type Metering, type Price } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
@@ -75,6 +75,15 @@ export class CreditHold implements JobCredits {
                 owed.set(m.node.toLowerCase(), first);
               }
             }
+          }
+          // parts forwarded to a peer site: the coordinator earns them (it pays the peer); no receipt,
+          // since no node of this site served them
+          const forwarded = parts.reduce((sum, p, i) => (p.payees.coordinator ? sum + (credits[i] ?? 0n) : sum), 0n);
+          if (forwarded > 0n) {
+            await tx
+              .insertInto("ledger_entries")
+              .values({ address: receipts.coordinator.toLowerCase(), kind: "earn", amount: forwarded, job_id: receiptJobId(this.job.id) })
+              .execute();
           }
           const proposed: ReceiptRequest[] = [];
           for (const o of owed.values()) {

@@ -46,7 +46,8 @@ export class Receipts {
     private readonly db: Kysely<Database>,
     private readonly chainId: number,
     private readonly ledger: Address,
-    private readonly coordinator: Address,
+    /** this coordinator's address: receipts name it */
+    readonly coordinator: Address,
     /** sends a receipt request to a node's control channel; false when the node is not connected */
     private readonly sendToNode: (node: Address, frame: ReceiptRequest) => boolean,
   ) {}
