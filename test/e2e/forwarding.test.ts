@@ -163,7 +163,7 @@ afterAll(async () => {
 });
 
 describe("forwarding jobs to a trusted peer site", () => {
-  it("A's user gets B's model through A: B's answer, charged at A, B charges A and pays its node, both log one txid", async () => {
+  it("A's user gets B's model through A: B's answer, charged at A, B charges A and pays its node, both log one txid, both settle on chain to the unit", async () => {
     const body = { model: PEER_MODEL, max_tokens: 24, stream: true };
     const direct = await chat(b, directKeyB, body);
     expect(direct.status).toBe(200);
@@ -197,6 +197,17 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(await journal(a, a.node.nodeId, "earn")).toBe(0n);
     // A earns what its user paid for the forwarded job: what refills its escrow at B
     expect(await journal(a, a.address, "earn")).toBe(paidAtA);
+
+    // settled on chain, both sites: the user's spend at A, A's spend at B, and what each may claim
+    const earnedByNodeB = await journal(b, nodeB, "earn");
+    await a.coordinator.ledger?.settler.tick(true);
+    await b.coordinator.ledger?.settler.tick(true);
+    expect((await chain.escrow(user.address, a.address)).spent).toBe(paidAtA);
+    expect((await chain.escrow(a.address, b.address)).spent).toBe(paidAtA);
+    expect((await chain.settlement(a.address)).totalEarnings).toBe(paidAtA);
+    expect((await chain.settlement(b.address)).totalEarnings).toBe(earnedByNodeB);
+    expect((await a.coordinator.ledger?.settler.settledEarnings(a.address))?.cumulative).toBe(paidAtA);
+    expect((await b.coordinator.ledger?.settler.settledEarnings(nodeB as Address))?.cumulative).toBe(earnedByNodeB);
 
     const view = (await (await fetch(`${a.coordinator.url}/v1/federation`)).json()) as FederationResponse;
     const peerB = view.peers.find((p) => p.address === b.address);
