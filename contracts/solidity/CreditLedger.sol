@@ -64,6 +64,10 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     mapping(address user => mapping(address coordinator => Escrow)) public escrows;
     mapping(address coordinator => Settlement) public settlements;
     mapping(address coordinator => mapping(address node => uint256)) public claimed;
+    /// What a coordinator accepted it owes a peer coordinator, cumulatively, from the peer's signed
+    /// receipts for jobs it forwarded there (docs/federation.md, Clearing). A peer settles a
+    /// coordinator's escrow with it only up to this: neither site takes more than the other signed.
+    mapping(address origin => mapping(address server => uint256)) public accepted;
 
     event PriceSet(uint256 weiPerCredit);
     event StablecoinSet(address token, uint256 unitsPerCredit);
@@ -83,6 +87,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         uint256 users
     );
     event Claimed(address indexed coordinator, address indexed node, uint256 amount, uint256 cumulative);
+    event Accepted(address indexed origin, address indexed server, uint256 cumulative);
     event Swept(address indexed to, address token, uint256 amount);
 
     error ZeroAmount();
@@ -99,6 +104,7 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
     error EarningsDecreased(uint256 settled, uint256 posted);
     error EarningsAboveSpend(uint256 spent, uint256 earnings);
     error InvalidProof();
+    error AcceptedDecreased(address server, uint256 accepted, uint256 posted);
     error NothingToClaim();
     error NativeTransferFailed();
 
@@ -248,6 +254,11 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
             uint256 posted = cumulativeSpent[i];
             if (posted < e.spent) revert SpendDecreased(users[i], e.spent, posted);
             uint256 covered = _coverable(e);
+            // a peer coordinator's escrow: only what it accepted owing this one, from receipts this one signed
+            if (hasRole(COORDINATOR_ROLE, users[i])) {
+                uint256 ok = accepted[users[i]][msg.sender];
+                if (ok < covered) covered = ok;
+            }
             uint256 short = posted > covered ? posted - covered : 0;
             if (short != e.shortfall) e.shortfall = SafeCast.toUint96(short);
             if (short != 0) {
@@ -265,6 +276,19 @@ contract CreditLedger is AccessControl, Pausable, ReentrancyGuard {
         s.earningsRoot = earningsRoot;
         s.lastBatch = batchId;
         emit BatchSettled(msg.sender, batchId, earningsRoot, batchSpent, totalEarnings, users.length);
+    }
+
+    /// Posts what this coordinator accepted, cumulatively, that it owes each peer coordinator for
+    /// jobs it forwarded there: the sum of the peer's signed receipts it checked against what it
+    /// relayed. Never decreasing. A peer's settle() takes no more of this coordinator's escrow.
+    function accept(address[] calldata servers, uint256[] calldata cumulative) external onlyRole(COORDINATOR_ROLE) whenNotPaused {
+        if (servers.length != cumulative.length) revert LengthMismatch();
+        for (uint256 i = 0; i < servers.length; ++i) {
+            uint256 before = accepted[msg.sender][servers[i]];
+            if (cumulative[i] < before) revert AcceptedDecreased(servers[i], before, cumulative[i]);
+            accepted[msg.sender][servers[i]] = cumulative[i];
+            emit Accepted(msg.sender, servers[i], cumulative[i]);
+        }
     }
 
     /// Pays `node` the difference between its cumulative earnings at `coordinator` (proved against

@@ -231,6 +231,33 @@ describe("settlement and claims", () => {
     expect(await read("available", [addr(nodeA), addr(coordinator)])).toBe(400n);
   });
 
+  it("settles a peer coordinator's escrow only up to what that coordinator accepted owing (federation clearing)", async () => {
+    // `stranger` is another site's coordinator: it buys credits in escrow here to pay for the jobs
+    // it forwards to this site (`coordinator`), and accepts what it owes from this site's receipts
+    await L(admin, "grantRole", [ROLES.coordinator, addr(stranger)]);
+    await fund(stranger, 1_000n);
+    const zero = `0x${"0".repeat(64)}`;
+    const spentByPeer = async () => (await read<EscrowTuple>("escrows", [addr(stranger), addr(coordinator)]))[1];
+    // nothing accepted yet: this site's claim of 300 is clamped to 0 and recorded as shortfall
+    await L(coordinator, "settle", [1n, [addr(stranger)], [300n], zero, 0n]);
+    expect(await spentByPeer()).toBe(0n);
+    expect(await read("shortfall", [addr(stranger), addr(coordinator)])).toBe(300n);
+    // the peer accepts 250 (the receipts it checked); this site's 300 settles as 250
+    await L(stranger, "accept", [[addr(coordinator)], [250n]]);
+    expect(await read("accepted", [addr(stranger), addr(coordinator)])).toBe(250n);
+    await L(coordinator, "settle", [2n, [addr(stranger)], [300n], zero, 0n]);
+    expect(await spentByPeer()).toBe(250n);
+    expect(await read("shortfall", [addr(stranger), addr(coordinator)])).toBe(50n);
+    // what was accepted never decreases, and only coordinators accept
+    expect(await revertName(L(stranger, "accept", [[addr(coordinator)], [100n]]))).toBe("AcceptedDecreased");
+    expect(await revertName(L(user, "accept", [[addr(coordinator)], [1_000n]]))).toBe("AccessControlUnauthorizedAccount");
+    expect(await revertName(L(stranger, "accept", [[addr(coordinator)], [1n, 2n]]))).toBe("LengthMismatch");
+    // an ordinary user's escrow is not bounded by acceptances
+    await fund(user, 100n);
+    await L(coordinator, "settle", [3n, [addr(user)], [60n], zero, 0n]);
+    expect((await escrow(user)).spent).toBe(60n);
+  });
+
   it("refuses decreasing spend, earnings above spend and batches out of order", async () => {
     await fund(user, 100n);
     const zero = `0x${"0".repeat(64)}`;
