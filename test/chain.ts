@@ -68,6 +68,8 @@ export async function startTestChain() {
       return { deposited, spent, pendingWithdrawal };
     },
     credits: (account: Address) => read<bigint>("credits", [account]),
+    /** what `origin` accepted owing the peer coordinator `server` (federation clearing) */
+    accepted: (origin: Address, server: Address) => read<bigint>("accepted", [origin, server]),
     settlement: async (of: Address = coordinator.address) => {
       const [lastBatch, earningsRoot, totalSpent, totalEarnings, totalClaimed] = await read<readonly [bigint, Hex, bigint, bigint, bigint]>(
         "settlements",

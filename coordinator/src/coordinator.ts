@@ -183,11 +183,14 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     const keys = new ApiKeyVerifier(db);
     if (o.federation) {
       federation = await Federation.start(db, o.federation, o.logger);
+      const forwarded = new FederatedJobs(db);
+      if (ledger) ledger.settler.acceptances = () => forwarded.accepted();
       peers = new Peers({
         federation,
         log: o.logger,
         metrics,
-        jobs: new FederatedJobs(db),
+        jobs: forwarded,
+        ledger: ledger && { chainId: ledger.chain.chainId, verifyingContract: ledger.chain.ledger },
         pollMs: fwd?.capacityPollMs,
         // a peer may cost no more than this site charges for the model: the user's price is the limit
         priceLimit: ledger
@@ -226,7 +229,22 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       const price = ledger && ((model: string) => ledger.metering.price(model));
       await app.register(federationPlugin, {
         federation,
-        routes: [inboundRoutes({ db, fleet, jobs, metrics, settings: forwarding, price, counts: inCounts })],
+        routes: [
+          inboundRoutes({
+            db,
+            fleet,
+            jobs,
+            metrics,
+            settings: forwarding,
+            price,
+            counts: inCounts,
+            clearing: ledger && {
+              self: federation.address,
+              sign: (r) =>
+                (federation as Federation).signReceipt(r, { chainId: ledger.chain.chainId, verifyingContract: ledger.chain.ledger }),
+            },
+          }),
+        ],
         forwarding: {
           get settings() {
             return { outbound: forwarding.outbound, inbound: forwarding.inbound, inboundCapPerPeer: forwarding.inboundCapPerPeer ?? null };

@@ -98,8 +98,87 @@ export type ForwardedJobRequest = z.infer<typeof forwardedJobRequestSchema>;
  */
 export type ForwardedLine =
   | { c: 1; d: string; t: number[] | number }
-  | { end: { prompt_tokens: number; completion_tokens: number; total_tokens: number } }
+  | {
+      end: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+      /** the serving site's federation receipt for the job, when it charges for it, and its signature */
+      receipt?: FederationReceiptWire;
+      signature?: Hex;
+    }
   | { error: { message: string; status?: number; retryable: boolean } };
+
+/**
+ * What a serving site signs (EIP-712, its coordinator key) to the origin at the end of a forwarded
+ * job: the tokens it served and the credits it charged the origin for them, at its advertised
+ * price. The origin checks it against what it relayed and, when it holds, adds its credits to what
+ * it accepts owing the serving site on the ledger (CreditLedger.accept): the serving site settles
+ * the origin's escrow only up to that (docs/federation.md, Clearing).
+ */
+export interface FederationReceipt {
+  origin: Address;
+  server: Address;
+  /** keccak256 of the transaction id's UTF-8 */
+  txid: Hex;
+  /** sha256 of the GGUF file that served it */
+  model: Hex;
+  promptTokens: number;
+  completionTokens: number;
+  credits: bigint;
+  /** unix seconds */
+  issuedAt: bigint;
+}
+
+export const FEDERATION_RECEIPT_TYPES = {
+  FederationReceipt: [
+    { name: "origin", type: "address" },
+    { name: "server", type: "address" },
+    { name: "txid", type: "bytes32" },
+    { name: "model", type: "bytes32" },
+    { name: "promptTokens", type: "uint32" },
+    { name: "completionTokens", type: "uint32" },
+    { name: "credits", type: "uint256" },
+    { name: "issuedAt", type: "uint64" },
+  ],
+} as const;
+
+/** The typed data of a federation receipt, in the ledger's domain (another name than work receipts'). */
+export function federationReceiptTypedData(r: FederationReceipt, domain: { chainId: number; verifyingContract: Address }) {
+  return {
+    domain: { name: "SharedLLM Federation", version: "1", ...domain },
+    types: FEDERATION_RECEIPT_TYPES,
+    primaryType: "FederationReceipt",
+    message: r,
+  } as const;
+}
+
+const hexBytes = (n: number) => z.string().regex(new RegExp(`^0x[0-9a-fA-F]{${n * 2}}$`));
+
+export const federationReceiptWireSchema = z.object({
+  origin: hexBytes(20),
+  server: hexBytes(20),
+  txid: hexBytes(32),
+  model: hexBytes(32),
+  promptTokens: z.number().int().min(0).max(0xffffffff),
+  completionTokens: z.number().int().min(0).max(0xffffffff),
+  credits: z.string().regex(/^\d{1,78}$/),
+  issuedAt: z.string().regex(/^\d{1,20}$/),
+});
+export type FederationReceiptWire = z.infer<typeof federationReceiptWireSchema>;
+
+export function federationReceiptToWire(r: FederationReceipt): FederationReceiptWire {
+  return { ...r, credits: r.credits.toString(), issuedAt: r.issuedAt.toString() };
+}
+
+export function federationReceiptFromWire(w: FederationReceiptWire): FederationReceipt {
+  return {
+    ...w,
+    origin: w.origin as Address,
+    server: w.server as Address,
+    txid: w.txid as Hex,
+    model: w.model as Hex,
+    credits: BigInt(w.credits),
+    issuedAt: BigInt(w.issuedAt),
+  };
+}
 
 /** The NDJSON media type of a forwarded job's answer. */
 export const FORWARDED_STREAM_TYPE = "application/x-ndjson";

@@ -198,9 +198,17 @@ describe("forwarding jobs to a trusted peer site", () => {
     // A earns what its user paid for the forwarded job: what refills its escrow at B
     expect(await journal(a, a.address, "earn")).toBe(paidAtA);
 
-    // settled on chain, both sites: the user's spend at A, A's spend at B, and what each may claim
+    // B signed a receipt for what it charged A; A checked it against what it relayed and kept it
+    const receiptAtA = async () =>
+      (await forwardedRows(a)).find((r) => r.direction === "out" && r.txid === out.txid && r.receipt_status !== null);
+    await waitFor("A to keep B's receipt", receiptAtA, 10_000);
+    expect(await receiptAtA()).toMatchObject({ receipt_status: "accepted", receipt_credits: paidAtA.toString() });
+
+    // settled on chain, both sites: A first posts what it accepts owing B, then B settles A's
+    // escrow up to it; the user's spend at A, A's spend at B, and what each may claim
     const earnedByNodeB = await journal(b, nodeB, "earn");
     await a.coordinator.ledger?.settler.tick(true);
+    expect(await chain.accepted(a.address, b.address)).toBe(paidAtA);
     await b.coordinator.ledger?.settler.tick(true);
     expect((await chain.escrow(user.address, a.address)).spent).toBe(paidAtA);
     expect((await chain.escrow(a.address, b.address)).spent).toBe(paidAtA);

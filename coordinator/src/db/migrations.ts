@@ -304,6 +304,19 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0011_federation_receipts": {
+    async up(db: Kysely<unknown>) {
+      // on the origin: the serving site's signed receipt for a forwarded job, and whether it held
+      await db.schema
+        .alterTable("federated_jobs")
+        .addColumn("receipt", "text")
+        .addColumn("receipt_signature", "text")
+        .addColumn("receipt_credits", sql`numeric(78, 0)`)
+        .addColumn("receipt_status", "text")
+        .addColumn("receipt_reason", "text")
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -258,6 +258,13 @@ export interface FederatedJobsTable {
   error: string | null;
   created_at: Generated<Date>;
   finished_at: Timestamp | null;
+  /** out: the serving site's federation receipt (wire JSON) and signature, and whether it held */
+  receipt: string | null;
+  receipt_signature: string | null;
+  /** the receipt's credits when it held: what this site accepts owing the peer */
+  receipt_credits: ColumnType<string | null, bigint | string | null, bigint | string | null>;
+  receipt_status: "accepted" | "rejected" | null;
+  receipt_reason: string | null;
 }
 
 export interface MetaTable {

@@ -8,11 +8,19 @@
  * peer is cut off (fail closed) until a read succeeds again.
  */
 import { EventEmitter } from "node:events";
-import type { DistrustReason, FederationResponse, PeerCapacity, TrustPath } from "@sharedllm/protocol";
+import {
+  type DistrustReason,
+  type FederationReceipt,
+  type FederationResponse,
+  federationReceiptTypedData,
+  type PeerCapacity,
+  type TrustPath,
+} from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Address, createPublicClient, defineChain, type Hex, http, type PublicClient } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import type { Db } from "../db/database.js";
+import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
 import { RegistryReader } from "./registry.js";
 import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
@@ -162,6 +170,11 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       .catch((err: Error) =>
         this.logger.warn({ err: err.message }, "forgetting expired federation nonces failed; next refresh tries again"),
       );
+  }
+
+  /** Signs a federation receipt with this coordinator's key (EIP-712, in the ledger's domain; clearing.ts). */
+  signReceipt(r: FederationReceipt, domain: LedgerDomain): Promise<Hex> {
+    return privateKeyToAccount(this.o.privateKey).signTypedData(federationReceiptTypedData(r, domain));
   }
 
   /** This coordinator's own registry entry, if it is registered. */

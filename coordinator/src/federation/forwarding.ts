@@ -15,19 +15,24 @@ import {
   chatCompletionRequestSchema,
   completionRequestSchema,
   describeZodError,
+  type FederationReceipt,
+  type FederationReceiptWire,
   FORWARDED_STREAM_TYPE,
   type ForwardedLine,
+  federationReceiptToWire,
   forwardedJobRequestSchema,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
+import type { Address, Hex } from "viem";
 import type { ApiKeyInfo } from "../apiKeys.js";
 import { hashSecret } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { Fleet } from "../fleet.js";
 import type { JobOutput } from "../jobs/job.js";
 import type { Jobs } from "../jobs/jobs.js";
-import type { Price } from "../ledger/metering.js";
+import { jobCost, type Price } from "../ledger/metering.js";
 import type { Metrics } from "../metrics.js";
+import { receiptTxid } from "./clearing.js";
 import type { VerifiedPeer } from "./federation.js";
 import { forwardedLine } from "./routing.js";
 import { FederatedJobs, FederationTransactions } from "./store.js";
@@ -52,6 +57,8 @@ export interface InboundOptions {
   price?: (model: string) => Price;
   /** counted as they end, for `GET /v1/federation` */
   counts: Map<string, number>;
+  /** when this site charges: its address, and how it signs a federation receipt (its coordinator key) */
+  clearing?: { self: Address; sign(r: FederationReceipt): Promise<Hex> };
 }
 
 /** What this site advertises to peers now: its models with their files, free slots and prices. */
@@ -104,6 +111,39 @@ export function inboundRoutes(o: InboundOptions) {
       .execute();
     keys.set(peer.address, key);
     return key;
+  }
+
+  /**
+   * The federation receipt for a job run here for a peer (docs/federation.md, Clearing): what this
+   * site charged the peer for it, signed; none when the job was free or signing failed (then the
+   * peer accepts nothing for it, and this site settles nothing of it).
+   */
+  async function signedReceipt(
+    origin: Address,
+    txid: string,
+    model: string,
+    usage: { prompt_tokens: number; completion_tokens: number },
+  ): Promise<{ receipt?: FederationReceiptWire; signature?: Hex }> {
+    const clearing = o.clearing;
+    if (!clearing || !o.price) return {};
+    const credits = jobCost(o.price(model), usage.prompt_tokens, usage.completion_tokens);
+    const sha256 = advertise(o.fleet, o.price).find((m) => m.id === model)?.sha256;
+    if (credits === 0n || !sha256) return {};
+    const receipt: FederationReceipt = {
+      origin,
+      server: clearing.self,
+      txid: receiptTxid(txid),
+      model: `0x${sha256}`,
+      promptTokens: usage.prompt_tokens,
+      completionTokens: usage.completion_tokens,
+      credits,
+      issuedAt: BigInt(Math.floor(Date.now() / 1000)),
+    };
+    try {
+      return { receipt: federationReceiptToWire(receipt), signature: await clearing.sign(receipt) };
+    } catch {
+      return {};
+    }
   }
 
   return async (scope: FastifyInstance) => {
@@ -192,13 +232,17 @@ export function inboundRoutes(o: InboundOptions) {
             write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });
           },
           end(_unit, usage) {
-            const text = done("completed", { end: usage }, usage);
-            if (!open) {
-              reply.hijack();
-              reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE });
-            }
-            reply.raw.end(text);
-            resolve(undefined);
+            void signedReceipt(peer.address, txid, model, usage).then((signed) => {
+              const text = done("completed", { end: usage, ...signed }, usage);
+              // the origin went away while the receipt was signed
+              if (text === undefined) return resolve(undefined);
+              if (!open) {
+                reply.hijack();
+                reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE });
+              }
+              reply.raw.end(text);
+              resolve(undefined);
+            });
           },
           result() {
             // a forwarded job always streams

@@ -12,6 +12,7 @@ import {
   type CapacityResponse,
   FEDERATION_PREFIX,
   type ForwardedJobRequest,
+  type ForwardedLine,
   type JobStart,
   type OpenAIErrorBody,
   type PeerCapacity,
@@ -22,6 +23,7 @@ import type { Logger } from "pino";
 import type { Address } from "viem";
 import type { Metrics } from "../metrics.js";
 import type { JobSink, Payees, ServingUnit } from "../units.js";
+import { checkReceipt, type LedgerDomain } from "./clearing.js";
 import type { Federation, PeerCutOff } from "./federation.js";
 import { choosePeer, LineReader, type PriceLimit } from "./routing.js";
 import type { FederatedJobs } from "./store.js";
@@ -38,6 +40,8 @@ interface PeerContext {
   log: Logger;
   metrics: Metrics;
   jobs: FederatedJobs;
+  /** the ledger's EIP-712 domain, when this site charges: peers' receipts are checked in it */
+  ledger?: LedgerDomain;
 }
 
 interface Forwarded {
@@ -45,6 +49,10 @@ interface Forwarded {
   txid: string;
   model: string;
   abort: AbortController;
+  /** the peer's price per 1000 tokens for the model when the job was sent: its receipt may charge no more */
+  pricePer1k: { prompt: bigint; completion: bigint };
+  /** tokens the peer streamed so far, as counted here */
+  relayed: number;
 }
 
 /** A trusted peer site, as one more serving unit. */
@@ -88,7 +96,9 @@ export class PeerUnit implements ServingUnit {
     const txid = randomUUID();
     const model = String(job.request.model);
     const abort = new AbortController();
-    this.jobs.set(job.jobId, { sink, txid, model, abort });
+    const offer = this.capacity?.models.find((m) => m.id === model)?.pricePer1k;
+    const pricePer1k = { prompt: BigInt(offer?.prompt ?? 0), completion: BigInt(offer?.completion ?? 0) };
+    this.jobs.set(job.jobId, { sink, txid, model, abort, pricePer1k, relayed: 0 });
     this.forwardedCount++;
     const key = { direction: "out" as const, peer: this.address, txid };
     this.cx.jobs
@@ -130,20 +140,44 @@ export class PeerUnit implements ServingUnit {
       for (const line of reader.push(decoder.decode(value, { stream: true }))) {
         const f = this.jobs.get(jobId);
         if (!f) return; // cancelled, or cut off
-        if ("c" in line) f.sink.chunk(line.d, line.t);
-        else if ("end" in line) return this.ended(jobId, line.end);
+        if ("c" in line) {
+          f.relayed += typeof line.t === "number" ? line.t : line.t.length;
+          f.sink.chunk(line.d, line.t);
+        } else if ("end" in line) return this.ended(jobId, line);
         else return this.failed(jobId, { ...line.error, message: `on the peer site: ${line.error.message}` });
       }
     }
     this.failed(jobId, { message: `the peer site ${this.address} ended its stream before the job's end`, retryable: true });
   }
 
-  private ended(jobId: string, usage: Usage): void {
+  private ended(jobId: string, line: Extract<ForwardedLine, { end: unknown }>): void {
     const f = this.take(jobId);
     if (!f) return;
     f.abort.abort();
+    const usage = line.end;
     this.finish(f, "completed", usage);
+    if (this.cx.ledger) void this.keepReceipt(f, line, this.cx.ledger);
     f.sink.end(usage);
+  }
+
+  /** Checks the peer's receipt for a job it served and keeps it: its credits count only when it holds. */
+  private async keepReceipt(f: Forwarded, line: Extract<ForwardedLine, { end: unknown }>, ledger: LedgerDomain): Promise<void> {
+    const job = {
+      origin: this.cx.federation.address,
+      server: this.address,
+      txid: f.txid,
+      completionTokens: f.relayed,
+      promptTokens: line.end.prompt_tokens,
+      pricePer1k: f.pricePer1k,
+    };
+    try {
+      const verdict = await checkReceipt(line, job, ledger);
+      if (!verdict.accepted)
+        this.cx.log.warn({ peer: this.address, txid: f.txid, reason: verdict.reason }, "a peer's receipt does not hold");
+      await this.cx.jobs.receipt({ peer: this.address, txid: f.txid }, line, verdict);
+    } catch (err) {
+      this.cx.log.error({ err: (err as Error).message, txid: f.txid }, "keeping a peer's receipt failed");
+    }
   }
 
   private failed(jobId: string, e: { message: string; retryable: boolean; status?: number }): void {

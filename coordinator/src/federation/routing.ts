@@ -3,7 +3,8 @@
  * gets a job no unit here can take (`choosePeer`), and the private NDJSON stream a serving site
  * answers a forwarded job with (`forwardedLine`, `LineReader`).
  */
-import type { AdvertisedModel, ForwardedLine } from "@sharedllm/protocol";
+import { type AdvertisedModel, type ForwardedLine, federationReceiptWireSchema } from "@sharedllm/protocol";
+import type { Hex } from "viem";
 
 /** A trusted peer as the scheduler sees it: what it last advertised, and what this site sent it since. */
 export interface PeerOffer {
@@ -117,7 +118,13 @@ export function parseLine(raw: string): ForwardedLine {
       throw new Error("the peer sent an end without its usage");
     }
     const usage = { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens };
-    return { end: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens } };
+    // a receipt that does not parse is as good as none: the origin accepts nothing for the job
+    const receipt = o.receipt === undefined ? undefined : federationReceiptWireSchema.safeParse(o.receipt).data;
+    const signature = typeof o.signature === "string" && /^0x[0-9a-fA-F]{130}$/.test(o.signature) ? (o.signature as Hex) : undefined;
+    return {
+      end: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens },
+      ...(receipt && signature && { receipt, signature }),
+    };
   }
   if (o.error !== undefined) {
     const e = o.error as Record<string, unknown>;

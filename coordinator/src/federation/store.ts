@@ -2,8 +2,12 @@
  * What federation keeps in the database: the nonces of peers' signed calls (each accepted once
  * while its signature could be fresh, across restarts and replicas), and peers' transaction ids
  * with the first result given for each, so a repeated one does not run twice; and every job
- * forwarded to a peer or run here for one, with the peer and the transaction id.
+ * forwarded to a peer or run here for one, with the peer and the transaction id (and on the
+ * origin, the serving site's receipt for it).
  */
+import type { FederationReceiptWire } from "@sharedllm/protocol";
+import { sql } from "kysely";
+import type { Address } from "viem";
 import type { Db } from "../db/database.js";
 import type { FederatedJobsTable } from "../db/schema.js";
 
@@ -96,5 +100,38 @@ export class FederatedJobs {
       .where("txid", "=", r.txid)
       .where("status", "=", "running")
       .execute();
+  }
+
+  /** Keeps the serving site's receipt for a job forwarded there, and whether it held (then its credits count). */
+  async receipt(
+    r: { peer: string; txid: string },
+    got: { receipt?: FederationReceiptWire; signature?: string },
+    verdict: { accepted: true; credits: bigint } | { accepted: false; reason: string },
+  ): Promise<void> {
+    await this.db
+      .updateTable("federated_jobs")
+      .set({
+        receipt: got.receipt ? JSON.stringify(got.receipt) : null,
+        receipt_signature: got.signature ?? null,
+        receipt_credits: verdict.accepted ? verdict.credits : null,
+        receipt_status: verdict.accepted ? "accepted" : "rejected",
+        receipt_reason: verdict.accepted ? null : verdict.reason,
+      })
+      .where("direction", "=", "out")
+      .where("peer", "=", r.peer.toLowerCase())
+      .where("txid", "=", r.txid)
+      .execute();
+  }
+
+  /** What this site accepts owing each peer: the credits of every receipt that held, per peer. */
+  async accepted(): Promise<Map<Address, bigint>> {
+    const rows = await this.db
+      .selectFrom("federated_jobs")
+      .select(["peer", sql<string>`sum(receipt_credits)`.as("total")])
+      .where("direction", "=", "out")
+      .where("receipt_status", "=", "accepted")
+      .groupBy("peer")
+      .execute();
+    return new Map(rows.map((r) => [r.peer as Address, BigInt(r.total)]));
   }
 }

@@ -123,6 +123,29 @@ export class LedgerChain {
     return (await this.public.getBlock({ blockTag: "latest" })).timestamp;
   }
 
+  /** What this coordinator accepted owing a peer coordinator (federation clearing), as the chain has it. */
+  async accepted(server: Address): Promise<bigint> {
+    return this.public.readContract({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "accepted",
+      args: [this.coordinator, server],
+    });
+  }
+
+  /** Posts what this coordinator accepts owing peer coordinators (cumulative) and waits until it is mined. */
+  async accept(servers: Address[], cumulative: bigint[]): Promise<Hex> {
+    const hash = await this.wallet.writeContract({
+      address: this.ledger,
+      abi: CreditLedger.abi,
+      functionName: "accept",
+      args: [servers, cumulative],
+    });
+    const receipt = await this.public.waitForTransactionReceipt({ hash, timeout: 60_000 });
+    if (receipt.status !== "success") throw new Error(`accepting what this site owes peer sites reverted (${hash})`);
+    return hash;
+  }
+
   async claimed(node: Address): Promise<bigint> {
     return this.public.readContract({
       address: this.ledger,

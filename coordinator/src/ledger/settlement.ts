@@ -144,7 +144,34 @@ export class Settler {
     return this.running;
   }
 
+  /**
+   * What this coordinator accepts owing each peer site, from the peers' receipts that held
+   * (docs/federation.md, Clearing); set when federation is on. Posted on chain when it grows,
+   * before each pass: a peer settles this coordinator's escrow only up to it.
+   */
+  acceptances?: () => Promise<Map<Address, bigint>>;
+  private readonly acceptedOnChain = new Map<string, bigint>();
+
+  private async postAcceptances(): Promise<void> {
+    if (!this.acceptances) return;
+    const grown: [Address, bigint][] = [];
+    for (const [server, total] of await this.acceptances()) {
+      if (total <= (this.acceptedOnChain.get(server) ?? -1n)) continue;
+      const onChain = await this.chain.accepted(server);
+      this.acceptedOnChain.set(server, onChain);
+      if (total > onChain) grown.push([server, total]);
+    }
+    if (!grown.length) return;
+    const hash = await this.chain.accept(
+      grown.map(([server]) => server),
+      grown.map(([, total]) => total),
+    );
+    for (const [server, total] of grown) this.acceptedOnChain.set(server, total);
+    this.log.info({ peers: grown.length, txHash: hash }, "posted what this site accepts owing peer sites");
+  }
+
   private async pass(force: boolean) {
+    await this.postAcceptances();
     const open = await this.db.selectFrom("settlements").selectAll().where("status", "!=", "confirmed").orderBy("batch_id").execute();
     for (const batch of open) await this.post(batch.batch_id, JSON.parse(batch.payload) as Payload);
     if (!(force || (await this.due()))) return;
