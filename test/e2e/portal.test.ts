@@ -338,7 +338,11 @@ describe("the portal of a coordinator without credits", () => {
     const { page, errors, screenshot } = portal;
     await page.getByRole("heading", { level: 1, name: "Network" }).waitFor();
     await page.locator(`[data-node="${free.node.nodeId}"]`).getByText(MODEL).waitFor();
-    expect(await page.getByRole("navigation", { name: "Pages" }).getByRole("link").allTextContents()).toEqual(["Network", "Playground"]);
+    expect(await page.getByRole("navigation", { name: "Pages" }).getByRole("link").allTextContents()).toEqual([
+      "Network",
+      "Playground",
+      "Federation",
+    ]);
     expect(await page.getByRole("button", { name: "Connect wallet" }).count()).toBe(0);
     await go(page, "Playground");
     await page.getByLabel("API key").fill(free.apiKey);

@@ -10,6 +10,7 @@ import { api, UNREACHABLE } from "./api.js";
 import { AuditsPage } from "./pages/Audits.js";
 import { CreditsPage } from "./pages/Credits.js";
 import { EarningsPage } from "./pages/Earnings.js";
+import { FederationPage } from "./pages/Federation.js";
 import { KeysPage } from "./pages/Keys.js";
 import { NetworkPage } from "./pages/Network.js";
 import { PlaygroundPage } from "./pages/Playground.js";
@@ -35,6 +36,8 @@ const PAGES: Page[] = [
   { path: "/playground", title: "Playground", ledger: false, wallet: false, render: (l) => <PlaygroundPage ledger={l} /> },
   // the operator's, with the operator key: audits exist only where jobs are paid
   { path: "/audits", title: "Audits", ledger: true, wallet: false, render: () => <AuditsPage /> },
+  // public: a coordinator without federation says so there
+  { path: "/federation", title: "Federation", ledger: false, wallet: false, render: () => <FederationPage /> },
 ];
 
 function usePath(): [string, (to: string) => void] {
