@@ -65,6 +65,8 @@ export async function benchFederation(opts: { rounds: number; maxTokens: number;
     const stat = (xs: StreamTiming[]) => ({
       decodeTps: median(xs.map((x) => x.decodeTps)),
       ttftMs: median(xs.map((x) => x.ttftMs)),
+      /** the fastest first token: what the path costs when nothing else on the machine gets in the way */
+      ttftMinMs: Math.min(...xs.map((x) => x.ttftMs)),
       medianGapMs: median(xs.map((x) => x.medianGapMs)),
       tokens: median(xs.map((x) => x.tokens)),
     });

@@ -167,6 +167,7 @@ if (!values.only || values.only === "federation") {
         "                      local   federated   federated vs local",
         `decode tokens/s    ${f(l.decodeTps, 1).padStart(8)} ${f(d.decodeTps, 1).padStart(11)}   ${f(r.decodeRatio, 3)}x   (goal >= 0.97 with cores to spare)`,
         `first token ms     ${f(l.ttftMs).padStart(8)} ${f(d.ttftMs).padStart(11)}   +${f(r.addedTtftMs)} ms (goal < 5 on loopback)`,
+        `  fastest          ${f(l.ttftMinMs).padStart(8)} ${f(d.ttftMinMs).padStart(11)}`,
         `inter-token gap ms ${f(l.medianGapMs).padStart(8)} ${f(d.medianGapMs).padStart(11)}   ${f(r.gapRatio, 3)}x`,
         `sites' process CPU per token: local ${f(r.sitesCpuPerTokenUs.local, 0)} us, federated ${f(r.sitesCpuPerTokenUs.federated, 0)} us (the hop adds ${f(r.sitesCpuPerTokenUs.added, 0)} us)`,
         `same text on both paths: ${r.sameText}`,
