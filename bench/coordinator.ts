@@ -92,7 +92,7 @@ export function timeStream(url: string, apiKey: string, body: Record<string, unk
 }
 
 /** User + system CPU of a process so far, ms, from /proc (Linux; 10 ms ticks). */
-function processCpuMs(pid: number | undefined): number {
+export function processCpuMs(pid: number | undefined): number {
   if (pid === undefined) return 0;
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
   return (Number(fields[11]) + Number(fields[12])) * (1000 / CLOCK_TICKS_PER_SECOND);

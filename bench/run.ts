@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit, --rounds=N (20),
- * --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
+ * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation,
+ * --rounds=N (20), --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
+ * --engine-threads=N (federation: the engines' threads; default all cores),
  * --nodes=N (5000), --requests=N (2000), --json.
  */
 import { parseArgs } from "node:util";
@@ -9,6 +10,7 @@ import { benchAudit } from "./audit.ts";
 import { benchContinuation } from "./continuation.ts";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
+import { benchFederation } from "./federation.ts";
 import { benchSettlement } from "./settlement.ts";
 import { benchSplit } from "./split.ts";
 
@@ -18,6 +20,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "20" },
     "max-tokens": { type: "string", default: "128" },
     "engine-args": { type: "string" },
+    "engine-threads": { type: "string" },
     nodes: { type: "string", default: "5000" },
     requests: { type: "string", default: "2000" },
     json: { type: "boolean", default: false },
@@ -26,7 +29,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -140,6 +143,34 @@ if (!values.only || values.only === "audit") {
         `  compute spent on audits: ${pct(r.shareAt["0.5"] ?? 0)} at the established rate 0.5, ${pct(r.shareAt["1"] ?? 0)} for new and suspect nodes (rate 1)`,
         `  goal: a node cheating on 10% of its jobs caught within 100 jobs with 99%: rate >= (1 - 0.01^(1/100)) / 0.1 = ${f(r.goal.rate, 3)} (each audited cheat caught);`,
         `    at that rate audits take ${pct(r.goal.shareReplay)} of compute with replay, ${pct(r.goal.shareBatched)} with batched scoring (target < 5%)`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+if (!values.only || values.only === "federation") {
+  const r = await benchFederation({
+    rounds: Number(values.rounds),
+    maxTokens: Number(values["max-tokens"]),
+    ...(values["engine-threads"] ? { threads: Number(values["engine-threads"]) } : {}),
+  });
+  results.federation = r;
+  if (!values.json) {
+    const { local: l, federated: d } = r;
+    const compete =
+      r.engineThreads >= r.cores
+        ? `the engine's ${r.engineThreads} threads take all ${r.cores} cores: coordinators, client and engine compete`
+        : `${r.cores} cores, the engine on ${r.engineThreads}: the rest (coordinators, client, chain) share ${r.cores - r.engineThreads}`;
+    process.stdout.write(
+      [
+        `federated hop (A -> B) vs the same request at B (${r.rounds} interleaved rounds, ${r.maxTokens} tokens, medians; ${compete})`,
+        "                      local   federated   federated vs local",
+        `decode tokens/s    ${f(l.decodeTps, 1).padStart(8)} ${f(d.decodeTps, 1).padStart(11)}   ${f(r.decodeRatio, 3)}x   (goal >= 0.97 with cores to spare)`,
+        `first token ms     ${f(l.ttftMs).padStart(8)} ${f(d.ttftMs).padStart(11)}   +${f(r.addedTtftMs)} ms (goal < 5 on loopback)`,
+        `  fastest          ${f(l.ttftMinMs).padStart(8)} ${f(d.ttftMinMs).padStart(11)}`,
+        `inter-token gap ms ${f(l.medianGapMs).padStart(8)} ${f(d.medianGapMs).padStart(11)}   ${f(r.gapRatio, 3)}x`,
+        `sites' process CPU per token: local ${f(r.sitesCpuPerTokenUs.local, 0)} us, federated ${f(r.sitesCpuPerTokenUs.federated, 0)} us (the hop adds ${f(r.sitesCpuPerTokenUs.added, 0)} us)`,
+        `same text on both paths: ${r.sameText}`,
         "",
       ].join("\n"),
     );

@@ -1,92 +1,27 @@
 /**
  * Forwarded jobs with real parts: one dev chain (CreditLedger and FederationRegistry), two
- * coordinators A and B with credits and federation, each with a real node. A's node serves the
- * default model; B's node serves the same file under a second name only B has, so A's users can
- * have it only through B. A's coordinator has credits in escrow at B: it is B's customer.
- * PGlite by default, PostgreSQL when DATABASE_URL is set.
+ * coordinators A and B with credits and federation, each with a real node (the testkit's
+ * `startFederatedSites`). A's node serves the default model; B's node serves the same file under a
+ * second name only B has, so A's users can have it only through B. A's coordinator has credits in
+ * escrow at B: it is B's customer. PGlite by default, PostgreSQL when DATABASE_URL is set.
  */
-import { randomBytes, randomUUID } from "node:crypto";
-import { symlink, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { randomUUID } from "node:crypto";
 import { chainClients } from "@sharedllm/cli";
 import { FederationRegistry } from "@sharedllm/contracts";
-import { type Coordinator, createApiKey, startCoordinator } from "@sharedllm/coordinator";
-import { DEFAULT_MODEL, loadNodeIdentity, ModelStore, type NodeDaemon, startNodeDaemon } from "@sharedllm/node";
+import { type Coordinator, createApiKey } from "@sharedllm/coordinator";
+import { DEFAULT_MODEL, loadNodeIdentity } from "@sharedllm/node";
 import { FEDERATION_PREFIX, type FederationResponse, type OpenAIErrorBody } from "@sharedllm/protocol";
 import { sql } from "kysely";
-import type { Address, Hex } from "viem";
-import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { devWallet, startTestChain, type TestChain } from "../chain.ts";
-import { quietLogger, runCli, tempPaths, testDatabase, waitFor } from "../helpers.ts";
+import { devWallet, type TestChain } from "../chain.ts";
+import { type FederatedSites, PEER_MODEL, type Site, startFederatedSites } from "../federation.ts";
+import { waitFor } from "../helpers.ts";
 
-/** the name only B's node serves (the default model's file) */
-const PEER_MODEL = "peer-smollm";
-
-interface Site {
-  name: string;
-  home: string;
-  key: Hex;
-  address: Address;
-  coordinator: Coordinator;
-  node: NodeDaemon;
-  nodeHome: string;
-}
-
+let sites: FederatedSites;
 let chain: TestChain;
 let a: Site;
 let b: Site;
-const cleanups: Array<() => Promise<unknown>> = [];
-
-async function site(name: string, model: string, key: Hex): Promise<Site> {
-  const paths = await tempPaths(`sharedllm-fwd-${name}-`);
-  cleanups.push(paths.cleanup);
-  const account = privateKeyToAccount(key);
-  const address = account.address.toLowerCase() as Address;
-  await writeFile(join(paths.home, "coordinator-key.json"), JSON.stringify({ address, privateKey: key }), { mode: 0o600 });
-  const database = await testDatabase();
-  cleanups.push(database.cleanup);
-  const joinToken = randomBytes(32).toString("base64url");
-  const coordinator = await startCoordinator({
-    host: "127.0.0.1",
-    port: 0,
-    ...database,
-    joinToken,
-    logger: quietLogger(),
-    // a job whose unit failed mid-stream waits this long for another to continue it
-    continueWaitMs: 1_000,
-    ledger: { chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account }, settlement: { maxAgeMs: 60_000, checkEveryMs: 60_000 } },
-    federation: {
-      rpcUrl: chain.rpcUrl,
-      registry: chain.registry,
-      privateKey: key,
-      refreshMs: 1_000,
-      forwarding: { capacityPollMs: 300 },
-    },
-  });
-  cleanups.push(() => coordinator.close());
-  const nodePaths = await tempPaths(`sharedllm-fwd-${name}-node-`);
-  cleanups.push(nodePaths.cleanup);
-  const node = await startNodeDaemon({
-    paths: nodePaths,
-    coordinatorUrl: coordinator.url,
-    joinToken,
-    model,
-    slots: 2,
-    contextPerSlot: 1024,
-    threads: 1,
-    logger: quietLogger(),
-  });
-  cleanups.push(() => node.stop());
-  return { name, home: paths.home, key, address, coordinator, node, nodeHome: nodePaths.home };
-}
-
-async function fed(s: Site, ...args: string[]): Promise<void> {
-  const r = await runCli(["federation", ...args, "--chain-rpc-url", chain.rpcUrl, "--registry", chain.registry], {
-    SHAREDLLM_HOME: s.home,
-  });
-  if (r.code !== 0) throw new Error(`sharedllm federation ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
-}
 
 /** The sum of one kind of journal entry for an address at a site. */
 async function journal(s: Site, address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
@@ -130,37 +65,17 @@ let siteOnlyKey: string;
 let directKeyB: string;
 
 beforeAll(async () => {
-  chain = await startTestChain();
-  cleanups.push(() => chain.stop());
-  // B's node: the default model's file under a name only B serves
-  const shared = await tempPaths("sharedllm-fwd-model-");
-  cleanups.push(shared.cleanup);
-  const store = new ModelStore(shared.cache);
-  const entry = (await store.get("default")) ?? (await store.pull("default"));
-  const file = join(shared.home, `${PEER_MODEL}.gguf`);
-  await symlink(store.blobPath(entry.sha256), file);
-  const keys = [generatePrivateKey(), generatePrivateKey()] as const;
-  // one transaction at a time from the deployer
-  for (const k of keys) await chain.addCoordinator(privateKeyToAccount(k).address);
-  [a, b] = await Promise.all([site("a", "default", keys[0]), site("b", file, keys[1])]);
-  await fed(a, "register", "--url", a.coordinator.url, "--name", "site A");
-  await fed(b, "register", "--url", b.coordinator.url, "--name", "site B");
-  await fed(a, "admit", a.address);
-  await fed(a, "endorse", b.address);
-  // A's coordinator buys credits in escrow at B: it pays B for its users' forwarded jobs
-  await chain.fund(a.address);
-  await chain.deposit(privateKeyToAccount(a.key), 1_000_000n, b.address);
+  // a job whose unit failed mid-stream waits 1 s for another to continue it
+  sites = await startFederatedSites({ capacityPollMs: 300, continueWaitMs: 1_000 });
+  ({ chain, a, b } = sites);
   await chain.deposit(user, 1_000_000n, a.address);
   await chain.deposit(soleUser, 1_000_000n, a.address);
   userKey = (await createApiKey(a.coordinator.db, "user", user.address)).secret;
   siteOnlyKey = (await createApiKey(a.coordinator.db, "site only", soleUser.address, "site_only")).secret;
   directKeyB = (await createApiKey(b.coordinator.db, "direct")).secret;
-  await waitFor("A to see B's model", () => a.coordinator.peers?.get(b.address)?.models.has(PEER_MODEL), 20_000);
 }, 240_000);
 
-afterAll(async () => {
-  for (const clean of cleanups.reverse()) await clean().catch(() => undefined);
-});
+afterAll(() => sites?.stop());
 
 describe("forwarding jobs to a trusted peer site", () => {
   it("A's user gets B's model through A: B's answer, charged at A, B charges A and pays its node, both log one txid, both settle on chain to the unit", async () => {
