@@ -12,6 +12,7 @@ import { type Coordinator, createApiKey } from "@sharedllm/coordinator";
 import { DEFAULT_MODEL, loadNodeIdentity } from "@sharedllm/node";
 import { FEDERATION_PREFIX, type FederationResponse, type OpenAIErrorBody } from "@sharedllm/protocol";
 import { sql } from "kysely";
+import type { Address } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { devWallet, type TestChain } from "../chain.ts";
