@@ -205,7 +205,8 @@ function score(position: number, claimed: number, top: { id: number; logprob: nu
 
 /**
  * Runs an audit.start on the engine and answers it: audit.result, or audit.error when the frame
- * is malformed or the engine could not score it. A cancelled audit is not answered.
+ * is malformed or the engine could not score it. A cancelled audit is not answered. Returns how
+ * the answered result was scored (for the log).
  */
 export async function runAudit(
   frame: AuditStart,
@@ -213,22 +214,27 @@ export async function runAudit(
   send: (f: NodeFrame) => void,
   signal: AbortSignal,
   scorer?: Scorer,
-) {
+): Promise<ScoredClaim["method"] | undefined> {
   const refused = claimRefusal(frame);
-  if (refused) return send({ type: "audit.error", auditId: frame.auditId, message: refused });
+  if (refused) {
+    send({ type: "audit.error", auditId: frame.auditId, message: refused });
+    return undefined;
+  }
   let result: Awaited<ReturnType<typeof scoreClaim>>;
   try {
     result = await scoreClaim(frame, engine, signal, scorer);
   } catch (err) {
-    if (signal.aborted) return;
+    if (signal.aborted) return undefined;
     if (!(err instanceof EngineRefused)) throw err;
-    return send({ type: "audit.error", auditId: frame.auditId, message: err.message });
+    send({ type: "audit.error", auditId: frame.auditId, message: err.message });
+    return undefined;
   }
-  if (!result || signal.aborted) return;
+  if (!result || signal.aborted) return undefined;
   send({
     type: "audit.result",
     auditId: frame.auditId,
     promptTokens: result.promptTokens,
     scores: result.scores.map((s) => ({ ...s, topLogprobs: s.topLogprobs.map((l) => Math.round(l * 1e4) / 1e4) })),
   });
+  return result.method;
 }

@@ -301,9 +301,11 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
       });
     }
     const onePass = await auditScorer(target.entry);
-    if (await onEngine(scorer, signal, () => runAudit(frame, scorer.connections, send, signal, onePass), { auditId: frame.auditId })) {
-      return;
-    }
+    const run = async () => {
+      const method = await runAudit(frame, scorer.connections, send, signal, onePass);
+      if (method) log.info({ auditId: frame.auditId, model: target.entry.id, method }, "audit scored");
+    };
+    if (await onEngine(scorer, signal, run, { auditId: frame.auditId })) return;
     if (!signal.aborted) send({ type: "audit.error", auditId: frame.auditId, message: "the engine is restarting; try again shortly" });
   };
   const { client: control, receipts } = openControlLink({
