@@ -18,7 +18,9 @@
  * default.
  *
  * Options: --prompts=N (8), --cheat-prompts=N (the prompts the cheats run; default all),
- * --max-tokens=N (64), --threads=N (2), --replay-share=X (1), --data=FILE (keep the runs there; with --reuse, analyse the runs in FILE again without running
+ * --max-tokens=N (64), --threads=N (2), --replay-share=X (1), --minutes=N (start no prompt after
+ * N minutes: a run cut to the time there is; prompts run in turn, each through every source),
+ * --data=FILE (keep the runs there; with --reuse, analyse the runs in FILE again without running
  * anything), --out=FILE.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -47,6 +49,7 @@ const { values } = parseArgs({
     prompts: { type: "string", default: "8" },
     "cheat-prompts": { type: "string" },
     "replay-share": { type: "string", default: "1" },
+    minutes: { type: "string", default: "1e9" },
     "max-tokens": { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
     data: { type: "string", default: join(tmpdir(), "sharedllm-audit-calibration.json") },
@@ -149,7 +152,14 @@ function rng(seed: number) {
   };
 }
 
-async function collect(promptCount: number, cheatPrompts: number, maxTokens: number, threads: number, replayShare: number): Promise<Data> {
+async function collect(
+  minutes: number,
+  promptCount: number,
+  cheatPrompts: number,
+  maxTokens: number,
+  threads: number,
+  replayShare: number,
+): Promise<Data> {
   const { cache } = resolvePaths();
   const engine = await ensureEngine({ cache });
   const store = new ModelStore(cache);
@@ -172,6 +182,8 @@ async function collect(promptCount: number, cheatPrompts: number, maxTokens: num
   ];
   const runs: Run[] = [];
   let skipped = 0;
+  // the cheats run the first --cheat-prompts prompts, completions first
+  const cheatsRun = (i: number) => (prompts[i]?.kind === "completion" ? i - (prompts.length - 2) : i + 2) < cheatPrompts;
   let scorer: Scorer | undefined;
   try {
     const auditor = await serve(store.blobPath(model.sha256), 1);
@@ -217,59 +229,68 @@ async function collect(promptCount: number, cheatPrompts: number, maxTokens: num
       ["q2_k", q2k.path, 1, CHEAT_SETTINGS],
       ["q2_0", q20.path, 1, ["greedy", "t0.8"]],
     ];
-    // the cheats run the first chats and the completions
-    const cheatsRun = (i: number) => prompts[i]?.kind === "completion" || i < cheatPrompts - 2;
+    const nodes = new Map<Source, Awaited<ReturnType<typeof serve>>>();
+    for (const [source, path, slots] of sources) nodes.set(source, await serve(path, slots));
+    // the cheats run the completions and the first chats, which go first: a run cut short by
+    // --minutes has the cheats, and every honest setting on each prompt it reached
+    const order = [...prompts.keys()].sort((a, b) => Number(!cheatsRun(a)) - Number(!cheatsRun(b)) || a - b);
     const greedyOutputs = new Map<number, number[]>();
-    for (const [source, path, slots, settings] of sources) {
-      const node = await serve(path, slots);
-      const honest = source.startsWith("honest");
-      const jobs = prompts.flatMap((p, i) =>
-        honest || cheatsRun(i) ? settingsFor(p, settings).map((setting) => ({ p, i, setting })) : [],
-      );
-      log(`${source}: ${jobs.length} jobs`);
-      for (let j = 0; j < jobs.length; j += slots) {
-        // a 2-slot node runs two jobs at once: their tokens share the engine's batches
-        const batch = jobs.slice(j, j + slots);
-        const done = await Promise.all(
-          batch.map(({ p, setting }) =>
-            // a job whose stream gave some tokens without their ids (a character split over tokens the
-            // engine held back) could not be audited by a coordinator either: left out, and counted
-            runClaim(node.connections, p.kind, request(p, setting, 1000 + j), { logprobs: honest }).catch((err: Error) => {
-              log(`${source} ${setting} prompt ${p.kind}: left out: ${err.message}`);
-              skipped++;
-              return undefined;
-            }),
-          ),
-        );
-        for (const [n, { p, i, setting }] of batch.entries()) {
-          const out = done[n];
-          if (!out) continue;
-          if (source === "honest-1slot" && setting === "greedy") greedyOutputs.set(i, out.claimed);
-          await audit({
-            source,
-            setting,
-            prompt: i,
-            kind: p.kind,
-            request: request(p, setting, 1000 + j),
-            claimed: out.claimed,
-            ...(honest && { own: out.own }),
-          });
+    const started = performance.now();
+    for (const i of order) {
+      if (performance.now() - started > minutes * 60_000) {
+        log(`--minutes=${minutes} is up: ${runs.length} audits`);
+        break;
+      }
+      const p = prompts[i] as Prompt;
+      for (const [source, , slots, settings] of sources) {
+        const honest = source.startsWith("honest");
+        if (!honest && !cheatsRun(i)) continue;
+        const node = nodes.get(source) as Awaited<ReturnType<typeof serve>>;
+        const jobs = settingsFor(p, settings);
+        for (let j = 0; j < jobs.length; j += slots) {
+          // a 2-slot node runs two jobs at once: their tokens share the engine's batches
+          const batch = jobs.slice(j, j + slots);
+          const seed = 1000 + 100 * i + j;
+          const done = await Promise.all(
+            batch.map((setting) =>
+              // a job whose stream gave some tokens without their ids (a character split over tokens the
+              // engine held back) could not be audited by a coordinator either: left out, and counted
+              runClaim(node.connections, p.kind, request(p, setting, seed), { logprobs: honest }).catch((err: Error) => {
+                log(`${source} ${setting} prompt ${p.kind}: left out: ${err.message}`);
+                skipped++;
+                return undefined;
+              }),
+            ),
+          );
+          for (const [n, setting] of batch.entries()) {
+            const out = done[n];
+            if (!out) continue;
+            if (source === "honest-1slot" && setting === "greedy") greedyOutputs.set(i, out.claimed);
+            await audit({
+              source,
+              setting,
+              prompt: i,
+              kind: p.kind,
+              request: request(p, setting, seed),
+              claimed: out.claimed,
+              ...(honest && { own: out.own }),
+            });
+          }
         }
       }
-      node.connections.close();
-      await node.server.supervisor.stop();
-    }
-    log("random and replayed claims");
-    for (const [i, p] of prompts.entries()) {
-      if (!cheatsRun(i)) continue;
-      const length = greedyOutputs.get(i)?.length ?? maxTokens;
-      const claimed = Array.from({ length }, () => Math.floor(random() * vocab));
-      await audit({ source: "random", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed });
-      const long = Array.from({ length: LONG * maxTokens }, () => Math.floor(random() * vocab));
-      const openLong = request(p, "t1.0-open-long", 1);
-      await audit({ source: "random", setting: "t1.0-open-long", prompt: i, kind: p.kind, request: openLong, claimed: long });
-      const other = greedyOutputs.get((i + 1) % prompts.length) ?? [];
-      await audit({ source: "replay", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed: other });
+      if (cheatsRun(i)) {
+        const length = greedyOutputs.get(i)?.length ?? maxTokens;
+        const claimed = Array.from({ length }, () => Math.floor(random() * vocab));
+        await audit({ source: "random", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed });
+        const long = Array.from({ length: LONG * maxTokens }, () => Math.floor(random() * vocab));
+        const openLong = request(p, "t1.0-open-long", 1);
+        await audit({ source: "random", setting: "t1.0-open-long", prompt: i, kind: p.kind, request: openLong, claimed: long });
+        // another prompt's honest output (the one before it in the order)
+        const other = [...greedyOutputs.entries()].filter(([k]) => k !== i).at(-1)?.[1];
+        if (other)
+          await audit({ source: "replay", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed: other });
+      }
+      log(`prompt ${i} done: ${runs.length} audits, ${Math.round((performance.now() - started) / 1000)} s`);
     }
     return {
       date: new Date().toISOString(),
@@ -481,6 +502,7 @@ function modeOfRun(run: Run): string {
 const data: Data = values.reuse
   ? (JSON.parse(await readFile(values.data as string, "utf8")) as Data)
   : await collect(
+      Number(values.minutes),
       Number(values.prompts),
       Number(values["cheat-prompts"] ?? values.prompts),
       Number(values["max-tokens"]),
