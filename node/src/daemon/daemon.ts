@@ -217,10 +217,13 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
    * An auditor's one-pass scorers (engine/scorer.ts): one process per model file, started (and
    * compiled, the first time on this machine) on the model's first audit, with the audit engine's
    * context and threads. One that cannot start is logged and not tried again: audits are then
-   * replayed token by token on the audit llama-server; one that died is started anew.
+   * replayed token by token on the audit llama-server; one that died is started anew. With extra
+   * engine arguments (--engine-args) there is none: the scorer takes llama-server's defaults, and
+   * what those arguments change (the KV cache's type, flash attention, ...) it would not match.
    */
   const auditScorers = new Map<string, Promise<Scorer | undefined>>();
   const auditScorer = async (entry: ModelEntry): Promise<Scorer | undefined> => {
+    if (o.engineArgs?.length) return undefined;
     const held = auditScorers.get(entry.sha256);
     const scorer = held && (await held);
     if (scorer?.alive || (held && !scorer)) return scorer;
