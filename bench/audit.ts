@@ -1,13 +1,12 @@
 /**
  * What audits cost (docs/verification.md), measured side by side in one run: a serving node (a
- * 1-slot llama-server) generates a job; an auditor (a 1-slot llama-server of its own) scores it
- * at `positions` random positions through the auditor's runner, which replays the claimed output
- * one token at a time up to the last position. For comparison, the same positions scored the
- * cheaper way the runner does not use (one batched prefill of the tokens up to each position:
- * other rounding, up to 0.33 nats off past 256 tokens). From the ratio of auditor work to serving
- * work per audited job follow the share of the network's compute audits take at a rate, and the
- * rate a goal needs: catch a node that cheats on 10% of its jobs within 100 of its jobs with 99%
- * probability.
+ * 1-slot llama-server) generates a job; an auditor scores it at `positions` random positions both
+ * ways its runner has: in one pass on its one-pass scorer (what it does: the prompt and the
+ * claimed output as batches cut at the audited positions, the same distributions as a replay),
+ * and replayed one token at a time on a 1-slot llama-server of its own (what it does without a
+ * scorer), in alternating order. From the ratio of auditor work to serving work per audited job
+ * follow the share of the network's compute audits take at a rate, and the rate a goal needs:
+ * catch a node that cheats on 10% of its jobs within 100 of its jobs with 99% probability.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -18,8 +17,10 @@ import {
   ensureEngine,
   type LlamaServer,
   ModelStore,
+  onePassClaim,
+  replayClaim,
   resolvePaths,
-  scoreClaim,
+  Scorer,
   startLlamaServer,
 } from "@sharedllm/node";
 import { runClaim } from "@sharedllm/testkit/claims";
@@ -40,15 +41,16 @@ export interface AuditBench {
   /** medians over rounds */
   serveMs: number;
   completionTokens: number;
-  auditMs: number;
-  batchedMs: number;
-  /** auditor work per audited job relative to serving it (replay), and what batched scoring would cost */
-  auditVsServe: number;
-  batchedVsServe: number;
-  /** the share of all compute audits take, at the rates the coordinator uses (established 0.5, new and suspect 1) */
+  /** the auditor's time: one pass (what it does), replay (without a scorer) */
+  onePassMs: number;
+  replayMs: number;
+  /** auditor work per audited job relative to serving it: one pass, replay */
+  onePassVsServe: number;
+  replayVsServe: number;
+  /** the share of all compute audits take with the one pass, at the rates the coordinator uses (established 0.5, new and suspect 1) */
   shareAt: Record<string, number>;
-  /** the rate the goal needs (every audited cheat caught), and the compute share it costs with replay and batched */
-  goal: { rate: number; shareReplay: number; shareBatched: number };
+  /** the rate the goal needs (every audited cheat caught), and the compute share it costs with the one pass and with replay */
+  goal: { rate: number; shareOnePass: number; shareReplay: number };
 }
 
 const median = (xs: number[]) => {
@@ -57,7 +59,7 @@ const median = (xs: number[]) => {
 };
 
 /** The share of compute audits take at audit rate `r` when an audit costs `c` times serving the job. */
-const shareOf = (r: number, c: number) => (r * c) / (1 + r * c);
+export const shareOf = (r: number, c: number) => (r * c) / (1 + r * c);
 
 /** The least audit rate that catches, with probability `p`, a node cheating on share `q` of its jobs within `n` jobs (each audited cheat caught). */
 export function rateFor(q: number, n: number, p: number): number {
@@ -71,6 +73,7 @@ export async function benchAudit(o: { rounds: number; maxTokens: number; positio
   const model = (await store.get(DEFAULT_MODEL.id)) ?? (await store.pull("default"));
   const logDir = await mkdtemp(join(tmpdir(), "sharedllm-bench-audit-"));
   const servers: LlamaServer[] = [];
+  let scorer: Scorer | undefined;
   const serve = async () => {
     const s = await startLlamaServer({
       engine,
@@ -84,10 +87,12 @@ export async function benchAudit(o: { rounds: number; maxTokens: number; positio
     servers.push(s);
     return { server: s, connections: new EngineConnections(s.port, `Bearer ${s.apiKey}`) };
   };
-  const rows: { serveMs: number; tokens: number; auditMs: number; batchedMs: number }[] = [];
+  const rows: { serveMs: number; tokens: number; onePassMs: number; replayMs: number }[] = [];
   try {
     const node = await serve();
     const auditor = await serve();
+    scorer = await Scorer.start({ engine, modelPath: store.blobPath(model.sha256), contextSize: 2048, threads: 2 });
+    const onePass = scorer;
     const signal = new AbortController().signal;
     for (let round = -1; round < o.rounds; round++) {
       const request = {
@@ -103,19 +108,31 @@ export async function benchAudit(o: { rounds: number; maxTokens: number; positio
       const positions = [...new Set(Array.from({ length: o.positions }, () => Math.floor(Math.random() * claimed.length)))].sort(
         (a, b) => a - b,
       );
-      const t1 = performance.now();
-      await scoreClaim({ kind: "chat", request, claimed, positions, topK: 100 }, auditor.connections, signal);
-      const auditMs = performance.now() - t1;
-      const batchedMs = await batchedScoring(auditor.server, request, claimed, positions);
-      // the first round warms both engines up
-      if (round >= 0) rows.push({ serveMs, tokens: claimed.length, auditMs, batchedMs });
+      const claim = { kind: "chat" as const, request, claimed, positions, topK: 100 };
+      const timed = async (f: () => Promise<unknown>) => {
+        const t = performance.now();
+        await f();
+        return performance.now() - t;
+      };
+      const arms = [
+        () => timed(() => onePassClaim(claim, auditor.connections, onePass, signal)),
+        () => timed(() => replayClaim(claim, auditor.connections, signal)),
+      ];
+      // alternating order, so that drift hits both alike
+      const [first, second] = round % 2 ? [arms[1], arms[0]] : [arms[0], arms[1]];
+      const a = await (first as () => Promise<number>)();
+      const b = await (second as () => Promise<number>)();
+      const [onePassMs, replayMs] = round % 2 ? [b, a] : [a, b];
+      // the first round warms the engines up
+      if (round >= 0) rows.push({ serveMs, tokens: claimed.length, onePassMs, replayMs });
     }
   } finally {
+    await scorer?.stop();
     for (const s of servers) await s.supervisor.stop();
     await rm(logDir, { recursive: true, force: true });
   }
-  const auditVsServe = median(rows.map((r) => r.auditMs / r.serveMs));
-  const batchedVsServe = median(rows.map((r) => r.batchedMs / r.serveMs));
+  const onePassVsServe = median(rows.map((r) => r.onePassMs / r.serveMs));
+  const replayVsServe = median(rows.map((r) => r.replayMs / r.serveMs));
   const rate = rateFor(0.1, 100, 0.99);
   return {
     rounds: o.rounds,
@@ -123,48 +140,11 @@ export async function benchAudit(o: { rounds: number; maxTokens: number; positio
     positions: o.positions,
     serveMs: median(rows.map((r) => r.serveMs)),
     completionTokens: median(rows.map((r) => r.tokens)),
-    auditMs: median(rows.map((r) => r.auditMs)),
-    batchedMs: median(rows.map((r) => r.batchedMs)),
-    auditVsServe,
-    batchedVsServe,
-    shareAt: { "0.5": shareOf(0.5, auditVsServe), "1": shareOf(1, auditVsServe) },
-    goal: { rate, shareReplay: shareOf(rate, auditVsServe), shareBatched: shareOf(rate, batchedVsServe) },
+    onePassMs: median(rows.map((r) => r.onePassMs)),
+    replayMs: median(rows.map((r) => r.replayMs)),
+    onePassVsServe,
+    replayVsServe,
+    shareAt: { "0.5": shareOf(0.5, onePassVsServe), "1": shareOf(1, onePassVsServe) },
+    goal: { rate, shareOnePass: shareOf(rate, onePassVsServe), shareReplay: shareOf(rate, replayVsServe) },
   };
-}
-
-/**
- * The positions scored the batched way: the chat's prompt tokens plus the claimed tokens up to
- * each position, one /completion of one token each (the engine's cache keeps the prefix, so only
- * the tokens since the last position are prefilled, in one batch).
- */
-async function batchedScoring(
-  server: LlamaServer,
-  request: Record<string, unknown>,
-  claimed: number[],
-  positions: number[],
-): Promise<number> {
-  const call = async (path: string, body: object) => {
-    const res = await fetch(`${server.url}${path}`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${server.apiKey}`, "content-type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
-    return (await res.json()) as Record<string, unknown>;
-  };
-  // the slot's cache holds this output from the replay: another prompt takes its place first
-  await call("/completion", { prompt: "An unrelated line.", n_predict: 1, cache_prompt: true });
-  const t0 = performance.now();
-  const { prompt } = await call("/apply-template", request);
-  const { tokens } = (await call("/tokenize", { content: prompt, add_special: true, parse_special: true })) as { tokens: number[] };
-  for (const p of positions) {
-    await call("/completion", {
-      prompt: [...tokens, ...claimed.slice(0, p)],
-      n_predict: 1,
-      n_probs: 100,
-      temperature: 0,
-      cache_prompt: true,
-    });
-  }
-  return performance.now() - t0;
 }

@@ -9,13 +9,19 @@
  * time (concurrent load: their tokens share batches); greedy, sampled at a few temperatures with
  * llama-server's default truncation, sampled untruncated, and with a repeat penalty or a JSON
  * response format. Each job's output is scored at a random half of its positions on a 1-slot
- * auditor through the auditor's runner (which replays the output one token at a time). Cheats:
+ * auditor through the auditor's runner, in one pass on its one-pass scorer (onePassClaim), and a
+ * share of them (--replay-share) replayed one token at a time as well (replayClaim, the runner's
+ * way without a scorer): the one pass must give the replay's distributions, and both the serving
+ * engine's own (each honest job asks for its tokens' log-probabilities). Cheats:
  * random token ids of an honest job's length, another prompt's honest output, and the outputs of
  * the default model requantised to Q2_K (fluent) and Q2_0 (gibberish), each claiming to be the
  * default.
  *
- * Options: --prompts=N (8), --max-tokens=N (64), --threads=N (2), --data=FILE (keep the runs
- * there; with --reuse, analyse the runs in FILE again without running anything), --out=FILE.
+ * Options: --prompts=N (8), --cheat-prompts=N (the prompts the cheats run; default all),
+ * --max-tokens=N (64), --threads=N (2), --replay-share=X (1), --minutes=N (start no prompt after
+ * N minutes: a run cut to the time there is; prompts run in turn, each through every source),
+ * --data=FILE (keep the runs there; with --reuse, analyse the runs in FILE again without running
+ * anything), --out=FILE.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -29,8 +35,10 @@ import {
   ensureEngine,
   type LlamaServer,
   ModelStore,
+  onePassClaim,
+  replayClaim,
   resolvePaths,
-  scoreClaim,
+  Scorer,
   startLlamaServer,
 } from "@sharedllm/node";
 import { runClaim } from "@sharedllm/testkit/claims";
@@ -39,6 +47,9 @@ import { requantizedDefault } from "@sharedllm/testkit/requantized";
 const { values } = parseArgs({
   options: {
     prompts: { type: "string", default: "8" },
+    "cheat-prompts": { type: "string" },
+    "replay-share": { type: "string", default: "1" },
+    minutes: { type: "string", default: "1e9" },
     "max-tokens": { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
     data: { type: "string", default: join(tmpdir(), "sharedllm-audit-calibration.json") },
@@ -58,6 +69,14 @@ const CHATS = [
   "Summarise the plot of Romeo and Juliet.",
   "How do vaccines train the immune system?",
   "Write a haiku about autumn leaves.",
+  "Explain how a bicycle stays upright.",
+  "What should I pack for a week of hiking?",
+  "Write a limerick about a cat who loves cheese.",
+  "Compare trains and planes for a 500 km trip.",
+  "How does a refrigerator keep food cold?",
+  "Give me a recipe for a simple tomato soup.",
+  "Why do leaves change colour in autumn?",
+  "Write a short dialogue between a robot and a child.",
 ];
 const COMPLETIONS = ["The history of the printing press begins", "Once upon a time, in a small village by the sea,"];
 
@@ -96,8 +115,12 @@ interface Run {
   /** the serving engine's own log-probability of each claimed token (honest runs) */
   own?: number[];
   promptTokens: number;
+  /** the runner's scores (one pass), and its time */
   scores: ClaimScore[];
   auditMs: number;
+  /** a token-by-token replay's scores at the same positions, and its time (a share of the runs) */
+  replay?: ClaimScore[];
+  replayMs?: number;
 }
 
 interface Data {
@@ -108,6 +131,8 @@ interface Data {
   maxTokens: number;
   threads: number;
   vocab: number;
+  /** the one-pass scorer's context */
+  scorerContext: number;
   /** jobs left out: their streams gave tokens without their ids */
   skipped: number;
   runs: Run[];
@@ -127,7 +152,14 @@ function rng(seed: number) {
   };
 }
 
-async function collect(promptCount: number, maxTokens: number, threads: number): Promise<Data> {
+async function collect(
+  minutes: number,
+  promptCount: number,
+  cheatPrompts: number,
+  maxTokens: number,
+  threads: number,
+  replayShare: number,
+): Promise<Data> {
   const { cache } = resolvePaths();
   const engine = await ensureEngine({ cache });
   const store = new ModelStore(cache);
@@ -150,22 +182,34 @@ async function collect(promptCount: number, maxTokens: number, threads: number):
   ];
   const runs: Run[] = [];
   let skipped = 0;
+  // the cheats run the first --cheat-prompts prompts, completions first
+  const cheatsRun = (i: number) => (prompts[i]?.kind === "completion" ? i - (prompts.length - 2) : i + 2) < cheatPrompts;
+  let scorer: Scorer | undefined;
   try {
     const auditor = await serve(store.blobPath(model.sha256), 1);
+    scorer = await Scorer.start({ engine, modelPath: store.blobPath(model.sha256), contextSize: 2048, threads });
+    const onePass = scorer;
     const vocab = await vocabSize(auditor.server);
     const random = rng(7);
-    const audit = async (run: Omit<Run, "promptTokens" | "scores" | "auditMs">) => {
+    const replays = rng(11);
+    const audit = async (run: Omit<Run, "promptTokens" | "scores" | "auditMs" | "replay" | "replayMs">) => {
       if (!run.claimed.length) return;
       let positions = run.claimed.map((_, i) => i).filter(() => random() < 0.5);
       if (!positions.length) positions = [0];
+      const claim = { kind: run.kind, request: run.request, claimed: run.claimed, positions, topK: 100 };
+      const signal = new AbortController().signal;
       const t0 = performance.now();
-      const r = await scoreClaim(
-        { kind: run.kind, request: run.request, claimed: run.claimed, positions, topK: 100 },
-        auditor.connections,
-        new AbortController().signal,
-      );
-      if (!r) throw new Error("audit cancelled");
-      runs.push({ ...run, promptTokens: r.promptTokens, scores: r.scores, auditMs: performance.now() - t0 });
+      const one = await onePassClaim(claim, auditor.connections, onePass, signal);
+      const auditMs = performance.now() - t0;
+      if (!one) throw new Error("audit cancelled");
+      let replayed: { replay: ClaimScore[]; replayMs: number } | undefined;
+      if (replays() < replayShare) {
+        const t1 = performance.now();
+        const r = await replayClaim(claim, auditor.connections, signal);
+        if (!r) throw new Error("audit cancelled");
+        replayed = { replay: r.scores, replayMs: performance.now() - t1 };
+      }
+      runs.push({ ...run, promptTokens: one.promptTokens, scores: one.scores, auditMs, ...replayed });
     };
     const request = (p: Prompt, setting: string, seed: number) => ({
       model: DEFAULT_MODEL.id,
@@ -185,54 +229,68 @@ async function collect(promptCount: number, maxTokens: number, threads: number):
       ["q2_k", q2k.path, 1, CHEAT_SETTINGS],
       ["q2_0", q20.path, 1, ["greedy", "t0.8"]],
     ];
+    const nodes = new Map<Source, Awaited<ReturnType<typeof serve>>>();
+    for (const [source, path, slots] of sources) nodes.set(source, await serve(path, slots));
+    // the cheats run the completions and the first chats, which go first: a run cut short by
+    // --minutes has the cheats, and every honest setting on each prompt it reached
+    const order = [...prompts.keys()].sort((a, b) => Number(!cheatsRun(a)) - Number(!cheatsRun(b)) || a - b);
     const greedyOutputs = new Map<number, number[]>();
-    for (const [source, path, slots, settings] of sources) {
-      const node = await serve(path, slots);
-      const jobs = prompts.flatMap((p, i) => settingsFor(p, settings).map((setting) => ({ p, i, setting })));
-      log(`${source}: ${jobs.length} jobs`);
-      const honest = source.startsWith("honest");
-      for (let j = 0; j < jobs.length; j += slots) {
-        // a 2-slot node runs two jobs at once: their tokens share the engine's batches
-        const batch = jobs.slice(j, j + slots);
-        const done = await Promise.all(
-          batch.map(({ p, setting }) =>
-            // a job whose stream gave some tokens without their ids (a character split over tokens the
-            // engine held back) could not be audited by a coordinator either: left out, and counted
-            runClaim(node.connections, p.kind, request(p, setting, 1000 + j), { logprobs: honest }).catch((err: Error) => {
-              log(`${source} ${setting} prompt ${p.kind}: left out: ${err.message}`);
-              skipped++;
-              return undefined;
-            }),
-          ),
-        );
-        for (const [n, { p, i, setting }] of batch.entries()) {
-          const out = done[n];
-          if (!out) continue;
-          if (source === "honest-1slot" && setting === "greedy") greedyOutputs.set(i, out.claimed);
-          await audit({
-            source,
-            setting,
-            prompt: i,
-            kind: p.kind,
-            request: request(p, setting, 1000 + j),
-            claimed: out.claimed,
-            ...(honest && { own: out.own }),
-          });
+    const started = performance.now();
+    for (const i of order) {
+      if (performance.now() - started > minutes * 60_000) {
+        log(`--minutes=${minutes} is up: ${runs.length} audits`);
+        break;
+      }
+      const p = prompts[i] as Prompt;
+      for (const [source, , slots, settings] of sources) {
+        const honest = source.startsWith("honest");
+        if (!honest && !cheatsRun(i)) continue;
+        const node = nodes.get(source) as Awaited<ReturnType<typeof serve>>;
+        const jobs = settingsFor(p, settings);
+        for (let j = 0; j < jobs.length; j += slots) {
+          // a 2-slot node runs two jobs at once: their tokens share the engine's batches
+          const batch = jobs.slice(j, j + slots);
+          const seed = 1000 + 100 * i + j;
+          const done = await Promise.all(
+            batch.map((setting) =>
+              // a job whose stream gave some tokens without their ids (a character split over tokens the
+              // engine held back) could not be audited by a coordinator either: left out, and counted
+              runClaim(node.connections, p.kind, request(p, setting, seed), { logprobs: honest }).catch((err: Error) => {
+                log(`${source} ${setting} prompt ${p.kind}: left out: ${err.message}`);
+                skipped++;
+                return undefined;
+              }),
+            ),
+          );
+          for (const [n, setting] of batch.entries()) {
+            const out = done[n];
+            if (!out) continue;
+            if (source === "honest-1slot" && setting === "greedy") greedyOutputs.set(i, out.claimed);
+            await audit({
+              source,
+              setting,
+              prompt: i,
+              kind: p.kind,
+              request: request(p, setting, seed),
+              claimed: out.claimed,
+              ...(honest && { own: out.own }),
+            });
+          }
         }
       }
-      node.connections.close();
-      await node.server.supervisor.stop();
-    }
-    log("random and replayed claims");
-    for (const [i, p] of prompts.entries()) {
-      const length = greedyOutputs.get(i)?.length ?? maxTokens;
-      const claimed = Array.from({ length }, () => Math.floor(random() * vocab));
-      await audit({ source: "random", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed });
-      const long = Array.from({ length: LONG * maxTokens }, () => Math.floor(random() * vocab));
-      const openLong = request(p, "t1.0-open-long", 1);
-      await audit({ source: "random", setting: "t1.0-open-long", prompt: i, kind: p.kind, request: openLong, claimed: long });
-      const other = greedyOutputs.get((i + 1) % prompts.length) ?? [];
-      await audit({ source: "replay", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed: other });
+      if (cheatsRun(i)) {
+        const length = greedyOutputs.get(i)?.length ?? maxTokens;
+        const claimed = Array.from({ length }, () => Math.floor(random() * vocab));
+        await audit({ source: "random", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed });
+        const long = Array.from({ length: LONG * maxTokens }, () => Math.floor(random() * vocab));
+        const openLong = request(p, "t1.0-open-long", 1);
+        await audit({ source: "random", setting: "t1.0-open-long", prompt: i, kind: p.kind, request: openLong, claimed: long });
+        // another prompt's honest output (the one before it in the order)
+        const other = [...greedyOutputs.entries()].filter(([k]) => k !== i).at(-1)?.[1];
+        if (other)
+          await audit({ source: "replay", setting: "t0.8", prompt: i, kind: p.kind, request: request(p, "t0.8", 1), claimed: other });
+      }
+      log(`prompt ${i} done: ${runs.length} audits, ${Math.round((performance.now() - started) / 1000)} s`);
     }
     return {
       date: new Date().toISOString(),
@@ -242,10 +300,12 @@ async function collect(promptCount: number, maxTokens: number, threads: number):
       maxTokens,
       threads,
       vocab,
+      scorerContext: onePass.contextSize,
       skipped,
       runs,
     };
   } finally {
+    await scorer?.stop();
     for (const s of servers) await s.supervisor.stop();
     await rm(logDir, { recursive: true, force: true });
   }
@@ -268,9 +328,33 @@ const round = (x: number, d = 4) => (Number.isFinite(x) ? Math.round(x * 10 ** d
 
 interface Judged {
   run: Run;
+  /** the figures of the runner's scores (one pass) */
   figures: Figures;
   /** for honest runs: the widest difference between the serving engine's and the auditor's log-probability of a claimed token */
   delta?: number;
+  /** the replay's figures, where it was replayed */
+  replayFigures?: Figures;
+  /** for honest runs replayed: the same widest difference, the replay's against the serving engine's */
+  deltaReplay?: number;
+}
+
+/** The widest differences between the one pass's log-probabilities (claimed and top K) and the replay's, below and past 256 tokens of context. */
+function onePassDifference(run: Run): { below256: number; past256: number } {
+  const d = { below256: 0, past256: 0 };
+  for (const [i, one] of run.scores.entries()) {
+    const r = run.replay?.[i];
+    if (!r || r.position !== one.position) continue;
+    const pairs: [number | null, number | null][] = [
+      [one.logprob, r.logprob],
+      ...(one.topLogprobs ?? []).map((l, k): [number, number | null] => [l, r.topLogprobs?.[k] ?? null]),
+    ];
+    for (const [a, b] of pairs) {
+      if (a === null || b === null) continue;
+      const key = run.promptTokens + one.position >= 256 ? "past256" : "below256";
+      d[key] = Math.max(d[key], Math.abs(a - b));
+    }
+  }
+  return d;
 }
 
 /** Random and replayed claims are judged as jobs of several settings (their scores do not depend on it). */
@@ -284,18 +368,23 @@ function analyse(data: Data) {
   );
   const judged: Judged[] = runs.map((run) => {
     const figures = figuresOf(run.scores, samplingOf(run.request));
-    let delta: number | undefined;
-    if (run.own?.length === run.claimed.length) {
-      delta = max(
-        run.scores.filter((s) => s.logprob !== null).map((s) => Math.abs((s.logprob as number) - (run.own?.[s.position] as number))),
-      );
-    }
-    return { run, figures, delta };
+    const sampling = samplingOf(run.request);
+    const fromServing = (scores: ClaimScore[]) =>
+      run.own?.length === run.claimed.length
+        ? max(scores.filter((s) => s.logprob !== null).map((s) => Math.abs((s.logprob as number) - (run.own?.[s.position] as number))))
+        : undefined;
+    return {
+      run,
+      figures,
+      delta: fromServing(run.scores),
+      ...(run.replay && { replayFigures: figuresOf(run.replay, sampling), deltaReplay: fromServing(run.replay) }),
+    };
   });
   const honest = judged.filter((j) => j.run.source.startsWith("honest"));
   const of = (js: Judged[], mode: string) => js.filter((j) => modeOfRun(j.run) === mode);
+  // what the runner reports (one pass) and, where replayed, the replay's: the thresholds hold for both
   const values = (js: Judged[], key: keyof Figures) =>
-    js.map((j) => j.figures[key]).filter((x): x is number => typeof x === "number" && Number.isFinite(x));
+    js.flatMap((j) => [j.figures[key], j.replayFigures?.[key]]).filter((x): x is number => typeof x === "number" && Number.isFinite(x));
   const hGreedy = of(honest, "greedy");
   const hSampled = of(honest, "sampled");
   const hConstrained = of(honest, "constrained");
@@ -341,14 +430,20 @@ function analyse(data: Data) {
   const table = [...groups.entries()].map(([key, js]) => {
     const verdicts = js.map((j) => judge(j.run.scores, samplingOf(j.run.request), thresholds));
     const failed = verdicts.filter((v) => !v.pass);
+    const replayed = js.filter((j) => j.run.replay);
+    const failedReplay = replayed.filter((j) => !judge(j.run.replay ?? [], samplingOf(j.run.request), thresholds).pass).length;
     const why = new Map<string, number>();
     for (const v of failed) if (!v.pass) why.set(v.failed, (why.get(v.failed) ?? 0) + 1);
     return {
       group: key,
       jobs: js.length,
       positions: js.reduce((a, j) => a + j.figures.positions, 0),
+      /** the verdicts on the runner's scores (one pass) */
       failed: failed.length,
       why: Object.fromEntries(why),
+      /** the jobs replayed as well, and the verdicts on the replays' scores */
+      replayed: replayed.length,
+      failedReplay,
       worstGap: [round(min(values(js, "worstGap"))), round(max(values(js, "worstGap")))],
       z: [round(min(values(js, "z")), 2), round(max(values(js, "z")), 2)],
       zTop: [round(min(values(js, "zTop")), 2), round(max(values(js, "zTop")), 2)],
@@ -374,7 +469,27 @@ function analyse(data: Data) {
     };
   });
   const greedyFlips = hGreedy.reduce((a, j) => a + j.run.scores.filter((s) => s.rank !== 1).length, 0);
-  return { thresholds, closest, maxDelta, table, greedyFlips, honest };
+  const differences = judged.filter((j) => j.run.replay).map((j) => onePassDifference(j.run));
+  const sum = (js: Judged[], f: (j: Judged) => number) => js.reduce((a, j) => a + f(j), 0);
+  const replayedHonest = honest.filter((j) => j.run.replay);
+  const onePass = {
+    /** jobs also replayed token by token (honest and cheats) */
+    replayedJobs: differences.length,
+    /** the widest difference of a log-probability (claimed and top K) between the one pass and the replay */
+    widestDifferenceFromReplay: {
+      below256: round(max(differences.map((d) => d.below256)), 6),
+      past256: round(max(differences.map((d) => d.past256)), 6),
+    },
+    /** the widest difference of a claimed token's log-probability from the honest serving engine's own: one pass (all honest jobs), replay (those replayed) */
+    widestDifferenceFromServing: round(maxDelta, 6),
+    widestDifferenceFromServingReplay: round(max(replayedHonest.map((j) => j.deltaReplay ?? 0)), 6),
+    /** the auditor's time over the honest jobs replayed as well: one pass, replay */
+    replayedHonestMs: {
+      onePass: Math.round(sum(replayedHonest, (j) => j.run.auditMs)),
+      replay: Math.round(sum(replayedHonest, (j) => j.run.replayMs ?? 0)),
+    },
+  };
+  return { thresholds, closest, maxDelta, table, greedyFlips, honest, onePass };
 }
 
 function modeOfRun(run: Run): string {
@@ -386,11 +501,19 @@ function modeOfRun(run: Run): string {
 
 const data: Data = values.reuse
   ? (JSON.parse(await readFile(values.data as string, "utf8")) as Data)
-  : await collect(Number(values.prompts), Number(values["max-tokens"]), Number(values.threads));
+  : await collect(
+      Number(values.minutes),
+      Number(values.prompts),
+      Number(values["cheat-prompts"] ?? values.prompts),
+      Number(values["max-tokens"]),
+      Number(values.threads),
+      Number(values["replay-share"]),
+    );
 if (!values.reuse) await writeFile(values.data as string, JSON.stringify(data));
 const a = analyse(data);
 for (const row of a.table) log(JSON.stringify(row));
 log(`closest honest figures: ${JSON.stringify(a.closest)}; widest engine-to-auditor log-probability difference ${a.maxDelta}`);
+log(`one pass: ${JSON.stringify(a.onePass)}`);
 log(`thresholds: ${JSON.stringify(a.thresholds)}`);
 
 const honestRuns = a.honest.map((j) => j.run);
@@ -403,7 +526,9 @@ const entry = {
     honest: {
       jobs: honestRuns.length,
       positions: honestRuns.reduce((n, r) => n + r.scores.length, 0),
-      nodes: "llama-server with 1 slot (jobs one at a time) and with 2 slots (two at a time); auditor 1 slot, half the positions scored",
+      nodes:
+        "llama-server with 1 slot (jobs one at a time) and with 2 slots (two at a time); auditor: half the positions scored in one pass " +
+        `(the runner's way), ${Math.round(Number(values["replay-share"]) * 100)}% of the jobs replayed token by token as well`,
       settings: SETTINGS,
       maxTokens: data.maxTokens,
       greedyOffTop: a.greedyFlips,
@@ -411,6 +536,7 @@ const entry = {
       widestLogprobDifference: round(a.maxDelta, 6),
     },
     closest: Object.fromEntries(Object.entries(a.closest).map(([k, v]) => [k, round(v)])),
+    onePass: a.onePass,
     margins: {
       tieMargin: "max(2 x widest honest greedy gap, 4 x widest engine-to-auditor log-probability difference, 0.1)",
       minPSlack: "max(2 x furthest honest excess (if any) + 2 x widest log-probability difference, 0.05)",

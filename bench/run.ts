@@ -139,10 +139,10 @@ if (!values.only || values.only === "audit") {
     process.stdout.write(
       [
         `audits: a greedy job of ${r.completionTokens} tokens served on a 1-slot llama-server, then scored at ${r.positions} random positions on an auditor's own (${r.rounds} rounds, medians)`,
-        `  serving ${f(r.serveMs, 0)} ms; audit (token-by-token replay, what the auditor does) ${f(r.auditMs, 0)} ms = ${f(r.auditVsServe, 3)}x serving; batched scoring (not used: other rounding) ${f(r.batchedMs, 0)} ms = ${f(r.batchedVsServe, 3)}x`,
-        `  compute spent on audits: ${pct(r.shareAt["0.5"] ?? 0)} at the established rate 0.5, ${pct(r.shareAt["1"] ?? 0)} for new and suspect nodes (rate 1)`,
+        `  serving ${f(r.serveMs, 0)} ms; audit in one pass (what the auditor does) ${f(r.onePassMs, 0)} ms = ${f(r.onePassVsServe, 3)}x serving; token-by-token replay (without a scorer) ${f(r.replayMs, 0)} ms = ${f(r.replayVsServe, 3)}x`,
+        `  compute spent on audits: ${pct(r.shareAt["0.5"] ?? 0)} at the established rate 0.5, ${pct(r.shareAt["1"] ?? 0)} for new and suspect nodes (rate 1); share = r x c / (1 + r x c), c = audit / serving`,
         `  goal: a node cheating on 10% of its jobs caught within 100 jobs with 99%: rate >= (1 - 0.01^(1/100)) / 0.1 = ${f(r.goal.rate, 3)} (each audited cheat caught);`,
-        `    at that rate audits take ${pct(r.goal.shareReplay)} of compute with replay, ${pct(r.goal.shareBatched)} with batched scoring (target < 5%)`,
+        `    at that rate audits take ${pct(r.goal.shareOnePass)} of compute in one pass, ${pct(r.goal.shareReplay)} with replay (target < 5%)`,
         "",
       ].join("\n"),
     );

@@ -7,7 +7,7 @@ export { TunnelProxy, TunnelServer, tunnelIdentity } from "./cluster/tunnel.js";
 export { startWorkerDaemon, type WorkerDaemon, type WorkerDaemonOptions } from "./cluster/worker.js";
 export { ControlClient } from "./control/client.js";
 export { RegistrationRefused, registerNode, sessionCredentials } from "./control/registration.js";
-export { type Claim, type ClaimScore, scoreClaim } from "./daemon/auditRunner.js";
+export { type Claim, type ClaimScore, onePassClaim, replayClaim, type ScoredClaim, scoreClaim } from "./daemon/auditRunner.js";
 export { type NodeDaemon, type NodeDaemonOptions, startNodeDaemon } from "./daemon/daemon.js";
 export { EngineConnections } from "./daemon/engineConnection.js";
 export { runJob } from "./daemon/jobRunner.js";
@@ -16,6 +16,7 @@ export { bundledSource, detectVariant, type Engine, ensureEngine, findEngine } f
 export { freePort } from "./engine/freePort.js";
 export { type LlamaServer, startLlamaServer } from "./engine/llamaServer.js";
 export { ensureQuantizer, requantizedModel } from "./engine/quantize.js";
+export { ensureScorer, type RowScore, Scorer, ScorerFailed } from "./engine/scorer.js";
 export { Supervisor } from "./engine/supervisor.js";
 export { type ErrorCode, SharedLLMError } from "./errors.js";
 export { loadKeyFile, loadNodeIdentity, type NodeIdentity } from "./identity.js";

@@ -4,7 +4,8 @@
  * frames through the coordinator, and its audit.result frames are judged with the calibrated
  * thresholds, as the coordinator will: an honest node's output passes (greedy and sampled, from
  * a 2-slot llama-server running two jobs at once), random tokens fail, and the greedy output of
- * the default model requantised to Q2_K, claimed as the default's, fails.
+ * the default model requantised to Q2_K, claimed as the default's, fails. The auditor scores in
+ * one pass, and a one pass gives exactly a token-by-token replay's scores.
  */
 import { randomBytes } from "node:crypto";
 import { type Coordinator, createApiKey, judge, loadThresholds, samplingOf, startCoordinator, thresholdsFor } from "@sharedllm/coordinator";
@@ -14,6 +15,9 @@ import {
   type LlamaServer,
   ModelStore,
   type NodeDaemon,
+  onePassClaim,
+  replayClaim,
+  Scorer,
   startLlamaServer,
   startNodeDaemon,
 } from "@sharedllm/node";
@@ -155,6 +159,38 @@ describe("an auditor", () => {
     // greedy: the auditor's top token at every position, but for near-ties
     const offTop = (scored[0] as AuditResult).scores.filter((s) => s.rank !== 1);
     expect(offTop.every((s) => s.topLogprob - (s.logprob as number) < thresholds().tieMargin)).toBe(true);
+  }, 120_000);
+
+  it("scores in one pass exactly as a token-by-token replay does", async () => {
+    const store = new ModelStore(paths.cache);
+    const path = store.blobPath(DEFAULT_MODEL.sha256);
+    const honest = await serve(path, 1);
+    const request = {
+      model: DEFAULT_MODEL.id,
+      messages: MESSAGES,
+      max_tokens: MAX_TOKENS,
+      n_predict: MAX_TOKENS,
+      temperature: 0.8,
+      seed: 9,
+    };
+    const job = await runClaim(honest.connections, "chat", request);
+    const claim = {
+      kind: "chat" as const,
+      request,
+      claimed: job.claimed,
+      positions: [...new Set([0, 1, 5, 6, 7, 20, job.claimed.length - 1])].filter((p) => p < job.claimed.length).sort((a, b) => a - b),
+      topK: 100,
+    };
+    const scorer = await Scorer.start({ engine: auditor.engine, modelPath: path, contextSize: 2048, threads: 2 });
+    try {
+      const signal = new AbortController().signal;
+      const one = await onePassClaim(claim, honest.connections, scorer, signal);
+      const replayed = await replayClaim(claim, honest.connections, signal);
+      expect(one?.scores).toHaveLength(claim.positions.length);
+      expect(one).toEqual(replayed);
+    } finally {
+      await scorer.stop();
+    }
   }, 120_000);
 
   it("fails random tokens of a plausible length", async () => {

@@ -22,6 +22,7 @@ import type { ControlClient } from "../control/client.js";
 import { openControlLink } from "../control/link.js";
 import { type Engine, ensureEngine } from "../engine/build.js";
 import { type LlamaServer, startLlamaServer } from "../engine/llamaServer.js";
+import { Scorer } from "../engine/scorer.js";
 import { SharedLLMError } from "../errors.js";
 import { loadNodeIdentity, type NodeIdentity } from "../identity.js";
 import { estimateServingMemory, readModelLayout } from "../models/gguf.js";
@@ -212,7 +213,31 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
     }
     return started;
   };
+  /**
+   * An auditor's one-pass scorers (engine/scorer.ts): one process per model file, started (and
+   * compiled, the first time on this machine) on the model's first audit, with the audit engine's
+   * context and threads. One that cannot start is logged and not tried again: audits are then
+   * replayed token by token on the audit llama-server; one that died is started anew. With extra
+   * engine arguments (--engine-args) there is none: the scorer takes llama-server's defaults, and
+   * what those arguments change (the KV cache's type, flash attention, ...) it would not match.
+   */
+  const auditScorers = new Map<string, Promise<Scorer | undefined>>();
+  const auditScorer = async (entry: ModelEntry): Promise<Scorer | undefined> => {
+    if (o.engineArgs?.length) return undefined;
+    const held = auditScorers.get(entry.sha256);
+    const scorer = held && (await held);
+    if (scorer?.alive || (held && !scorer)) return scorer;
+    const started = Scorer.start({ engine, modelPath: store.blobPath(entry.sha256), contextSize: contextPerSlot, threads }).catch(
+      (err: Error) => {
+        log.warn({ err: err.message, model: entry.id }, "the one-pass scorer did not start; audits are replayed token by token");
+        return undefined;
+      },
+    );
+    auditScorers.set(entry.sha256, started);
+    return started;
+  };
   const stopServing = async () => {
+    for (const s of await Promise.all(auditScorers.values())) await s?.stop();
     const audit = await Promise.allSettled(auditEngines.values());
     for (const s of [...served.values(), ...audit.flatMap((a) => (a.status === "fulfilled" ? [a.value] : []))]) {
       s.connections.close();
@@ -278,7 +303,12 @@ export async function startNodeDaemon(o: NodeDaemonOptions): Promise<NodeDaemon>
         message: `the auditor's engine did not start: ${(err as Error).message}`,
       });
     }
-    if (await onEngine(scorer, signal, () => runAudit(frame, scorer.connections, send, signal), { auditId: frame.auditId })) return;
+    const onePass = await auditScorer(target.entry);
+    const run = async () => {
+      const method = await runAudit(frame, scorer.connections, send, signal, onePass);
+      if (method) log.info({ auditId: frame.auditId, model: target.entry.id, method }, "audit scored");
+    };
+    if (await onEngine(scorer, signal, run, { auditId: frame.auditId })) return;
     if (!signal.aborted) send({ type: "audit.error", auditId: frame.auditId, message: "the engine is restarting; try again shortly" });
   };
   const { client: control, receipts } = openControlLink({
