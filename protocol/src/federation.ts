@@ -66,6 +66,30 @@ export interface CapacityResponse {
   models: AdvertisedModel[];
 }
 
+/** The largest capacity answer a site reads from a peer, bytes. */
+export const MAX_CAPACITY_BYTES = 256 * 1024;
+
+const pricePer1k = z.string().regex(/^\d{1,30}$/, "a price is a decimal string of at most 30 digits");
+
+/**
+ * A peer's capacity answer as the origin checks it: a stranger's bytes until proven otherwise.
+ * One entry that does not parse throws the whole answer out (the peer gets no jobs until it
+ * answers well). Unknown extra fields are tolerated.
+ */
+export const capacityResponseSchema = z.looseObject({
+  inbound: z.boolean(),
+  models: z
+    .array(
+      z.looseObject({
+        id: z.string().min(1).max(200),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/),
+        freeSlots: z.number().int().min(0).max(10_000),
+        pricePer1k: z.looseObject({ prompt: pricePer1k, completion: pricePer1k }),
+      }),
+    )
+    .max(256),
+});
+
 /** A peer's capacity as this site last read it, with the round trip it took. */
 export interface PeerCapacity extends CapacityResponse {
   latencyMs: number;
