@@ -189,6 +189,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         metrics,
         jobs: new FederatedJobs(db),
         pollMs: fwd?.capacityPollMs,
+        outbound: () => forwarding.outbound,
         // a peer may cost no more than this site charges for the model: the user's price is the limit
         priceLimit: ledger
           ? (model) => {

@@ -225,7 +225,7 @@ describe("Peers", () => {
   const B = "0x00000000000000000000000000000000000000b1";
   const good = { id: "m", sha256: "ab".repeat(32), freeSlots: 2, pricePer1k: { prompt: "1", completion: "2" } };
 
-  function peers(capacity: Record<string, () => Response>) {
+  function peers(capacity: Record<string, () => Response>, outbound = () => true) {
     const federation = {
       view: () => ({ peers: Object.keys(capacity).map((address) => ({ address, trusted: true })) }),
       isTrusted: () => true,
@@ -235,7 +235,7 @@ describe("Peers", () => {
     } as unknown as Federation;
     const jobs = { started: async () => undefined, finished: async () => undefined } as unknown as FederatedJobs;
     const metrics = { federatedJob: () => undefined } as unknown as Metrics;
-    return new Peers({ federation, jobs, metrics, log: pino({ level: "silent" }) });
+    return new Peers({ federation, jobs, metrics, log: pino({ level: "silent" }), outbound });
   }
 
   it("throws out a capacity with one bad entry whole, and pick goes on working for the others", async () => {
@@ -276,6 +276,15 @@ describe("Peers", () => {
     const p = peers({ [A]: () => new Response(stream) });
     await p.poll();
     expect(p.get(A)?.capacity?.models).toEqual([]);
+    expect(p.pick("m")).toBeUndefined();
+  });
+
+  it("picks no peer once outbound is turned off, so retries of a job already submitted stay here", async () => {
+    let on = true;
+    const p = peers({ [A]: () => Response.json({ inbound: true, models: [good] }) }, () => on);
+    await p.poll();
+    expect(p.pick("m")?.address).toBe(A);
+    on = false;
     expect(p.pick("m")).toBeUndefined();
   });
 });

@@ -271,6 +271,8 @@ export class PeerUnit implements ServingUnit {
 export interface PeersOptions extends PeerContext {
   /** how often peers are asked what they serve; default 5 s */
   pollMs?: number;
+  /** whether this site forwards jobs now (the operator may turn it off while it runs); default on */
+  outbound?: () => boolean;
   /** the most a job for `model` may cost per 1000 tokens at a peer: what this site charges for it */
   priceLimit?: (model: string) => PriceLimit | undefined;
 }
@@ -380,6 +382,8 @@ export class Peers {
 
   /** The peer to forward a job for `model` to: the best trusted one with room within the price limit. */
   pick(model: string, allow: (u: PeerUnit) => boolean = () => true): PeerUnit | undefined {
+    // asked again on every retry: a job submitted while outbound was on does not go out once it is off
+    if (this.o.outbound && !this.o.outbound()) return undefined;
     const offers = [...this.units.values()]
       .filter((u) => this.usable(u) && allow(u))
       .map((u) => ({
