@@ -90,6 +90,29 @@ export const capacityResponseSchema = z.looseObject({
     .max(256),
 });
 
+/** Whether a host name is this machine's loopback (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * Why a peer coordinator's URL may not be used, or undefined when it may: between sites only
+ * https, plain http only to a loopback host (one machine: tests and development).
+ */
+export function peerUrlProblem(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return "it is not a URL";
+  }
+  if (u.protocol === "https:") return undefined;
+  if (u.protocol === "http:" && isLoopbackHost(u.hostname)) return undefined;
+  if (u.protocol === "http:") return "plain http is allowed only to a loopback host; use https between sites";
+  return "it is not an http(s) URL";
+}
+
 /** A peer's capacity as this site last read it, with the round trip it took. */
 export interface PeerCapacity extends CapacityResponse {
   latencyMs: number;

@@ -8,7 +8,7 @@
  * peer is cut off (fail closed) until a read succeeds again.
  */
 import { EventEmitter } from "node:events";
-import type { DistrustReason, FederationResponse, PeerCapacity, TrustPath } from "@sharedllm/protocol";
+import { type DistrustReason, type FederationResponse, type PeerCapacity, peerUrlProblem, type TrustPath } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Address, createPublicClient, defineChain, type Hex, http, type PublicClient } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
@@ -215,7 +215,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
 
   /**
    * Sends a signed request to a trusted peer at its registered URL; `path` is under it (e.g.
-   * `/federation/v1/ping`). A JSON body is sent as application/json.
+   * `/federation/v1/ping`). A JSON body is sent as application/json. Only over https, unless
+   * the peer is on loopback; redirects are not followed.
    */
   async signedFetch(peer: Address, method: string, path: string, body?: unknown, init: { signal?: AbortSignal } = {}): Promise<Response> {
     const e = this.peer(peer);
@@ -223,6 +224,9 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     const t = this.trustNow(e);
     if (!t.trusted) throw new Error(`${peer} is not trusted by this site: ${DISTRUST_WORDS[t.reason]}`);
     const url = new URL(path, e.url.endsWith("/") ? e.url : `${e.url}/`).toString();
+    // between sites only https: plain http would show the job and its answer to the path
+    const problem = peerUrlProblem(url);
+    if (problem) throw new Error(`${peer}'s registered URL cannot be used: ${problem}`);
     const raw = body === undefined ? "" : JSON.stringify(body);
     const headers = this.sign(peer, method, url, raw);
     return fetch(url, {
@@ -230,6 +234,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       headers: { ...headers, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       body: body === undefined ? undefined : raw,
       signal: init.signal,
+      // a redirect would take the signed request somewhere its signature was not made for
+      redirect: "error",
     });
   }
 
