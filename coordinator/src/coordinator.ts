@@ -227,7 +227,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       const price = ledger && ((model: string) => ledger.metering.price(model));
       await app.register(federationPlugin, {
         federation,
-        routes: [inboundRoutes({ db, fleet, jobs, metrics, settings: forwarding, price, counts: inCounts })],
+        routes: [inboundRoutes({ db, federation, fleet, jobs, metrics, settings: forwarding, price, counts: inCounts })],
         forwarding: {
           get settings() {
             return { outbound: forwarding.outbound, inbound: forwarding.inbound, inboundCapPerPeer: forwarding.inboundCapPerPeer ?? null };
