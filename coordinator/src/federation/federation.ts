@@ -38,6 +38,25 @@ export interface FederationOptions {
 
 export const DEFAULT_FEDERATION_REFRESH_MS = 15_000;
 
+/**
+ * An RPC URL as it may appear in a message: its scheme and host only (its path, query or user
+ * part may hold an API key).
+ */
+export function redactRpcUrl(rpcUrl: string): string {
+  try {
+    const u = new URL(rpcUrl);
+    return `${u.protocol}//${u.host}`;
+  } catch {
+    return "the configured RPC URL";
+  }
+}
+
+/** A chain error's text without the RPC URL in it (viem's messages repeat the URL they called). */
+export function chainErrorText(err: Error, rpcUrl: string): string {
+  const text = (err as Error & { shortMessage?: string }).shortMessage ?? err.message;
+  return text.split(rpcUrl).join(redactRpcUrl(rpcUrl));
+}
+
 /** A peer that was trusted and no longer is. */
 export interface PeerCutOff {
   peer: Address;
@@ -89,11 +108,14 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   /** Connects to the registry, reads it once, and keeps reading it every refreshMs. */
   static async start(db: Db, o: FederationOptions, logger: Logger): Promise<Federation> {
     const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 10_000 }) });
+    const rpc = redactRpcUrl(o.rpcUrl);
     const chainId = await probe.getChainId().catch((err: Error) => {
-      throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+      throw new Error(`the chain at ${rpc} does not answer: ${chainErrorText(err, o.rpcUrl)}`);
     });
-    const code = await probe.getCode({ address: o.registry });
-    if (!code || code === "0x") throw new Error(`no FederationRegistry contract at ${o.registry} on chain ${chainId} (${o.rpcUrl})`);
+    const code = await probe.getCode({ address: o.registry }).catch((err: Error) => {
+      throw new Error(`the chain at ${rpc} did not give the registry's code: ${chainErrorText(err, o.rpcUrl)}`);
+    });
+    if (!code || code === "0x") throw new Error(`no FederationRegistry contract at ${o.registry} on chain ${chainId} (${rpc})`);
     const chain = defineChain({
       id: chainId,
       name: `chain ${chainId}`,
@@ -129,11 +151,14 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   private readFailed(err: Error): void {
     const since = Date.now() - (this.refreshedAt?.getTime() ?? 0);
     if (since <= (this.o.staleAfterMs ?? staleAfterMs(this.refreshMs))) {
-      this.logger.warn({ err: err.message }, "reading the federation registry failed; trust stays as last read for now");
+      this.logger.warn(
+        { err: chainErrorText(err, this.o.rpcUrl) },
+        "reading the federation registry failed; trust stays as last read for now",
+      );
       return;
     }
     this.logger.error(
-      { err: err.message, sinceMs: since },
+      { err: chainErrorText(err, this.o.rpcUrl), sinceMs: since },
       "the federation registry has not been readable for too long: every peer is cut off",
     );
     this.unreadable = true;
