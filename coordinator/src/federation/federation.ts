@@ -16,7 +16,7 @@ import type { Db } from "../db/database.js";
 import { pairKey } from "./pairKey.js";
 import { RegistryReader } from "./registry.js";
 import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
-import { FederationNonces } from "./store.js";
+import { FederationNonces, FederationTransactions } from "./store.js";
 import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
 
 export interface FederationOptions {
@@ -91,6 +91,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   private timer?: NodeJS.Timeout;
   private refreshing?: Promise<void>;
   private readonly nonces: FederationNonces;
+  private readonly transactions: FederationTransactions;
 
   private constructor(
     private readonly o: FederationOptions,
@@ -103,6 +104,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     this.address = privateKeyToAccount(o.privateKey).address.toLowerCase() as Address;
     this.refreshMs = o.refreshMs ?? DEFAULT_FEDERATION_REFRESH_MS;
     this.nonces = new FederationNonces(db);
+    this.transactions = new FederationTransactions(db);
   }
 
   /** Connects to the registry, reads it once, and keeps reading it every refreshMs. */
@@ -182,11 +184,9 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       this.emit("peer.untrusted", { peer: peer as Address, reason });
     }
     this.trusted = trusted;
-    await this.nonces
-      .purge()
-      .catch((err: Error) =>
-        this.logger.warn({ err: err.message }, "forgetting expired federation nonces failed; next refresh tries again"),
-      );
+    await Promise.all([this.nonces.purge(), this.transactions.purge()]).catch((err: Error) =>
+      this.logger.warn({ err: err.message }, "forgetting expired federation nonces or transactions failed; next refresh tries again"),
+    );
   }
 
   /** This coordinator's own registry entry, if it is registered. */
