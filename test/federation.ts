@@ -32,6 +32,8 @@ export interface FederatedSites {
   chain: TestChain;
   a: Site;
   b: Site;
+  /** `sharedllm federation <args>` as a site's operator (or, for admit and revoke, governance) */
+  fed(s: Site, ...args: string[]): Promise<void>;
   /** stops both sites and the chain, and removes their homes */
   stop(): Promise<void>;
 }
@@ -123,7 +125,7 @@ export async function startFederatedSites(o: FederatedSitesOptions = {}): Promis
     await chain.fund(a.address);
     await chain.deposit(privateKeyToAccount(a.key), 1_000_000n, b.address);
     await waitFor("A to see B's model", () => a.coordinator.peers?.get(b.address)?.models.has(PEER_MODEL), 20_000);
-    return { chain, a, b, stop };
+    return { chain, a, b, fed, stop };
   } catch (err) {
     await stop();
     throw err;

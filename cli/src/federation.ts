@@ -10,6 +10,7 @@
 import { join } from "node:path";
 import { DEPLOYMENTS_DIR, DEV_CHAIN_ID, DEV_DEPLOYER_KEY, type Deployment, FederationRegistry } from "@sharedllm/contracts";
 import { resolvePaths, SharedLLMError } from "@sharedllm/node";
+import { peerUrlProblem } from "@sharedllm/protocol";
 import { Command, InvalidArgumentError, Option } from "commander";
 import {
   type Account,
@@ -166,13 +167,10 @@ export function federationCommand(): Command {
       const { home } = resolvePaths();
       const c = await registryOf(home, o);
       const account = await coordinatorAccount(home);
-      let url: URL;
-      try {
-        url = new URL(o.url);
-        if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error();
-      } catch {
-        throw new SharedLLMError("config", `--url ${o.url} is not an http(s) URL`);
-      }
+      // peers refuse to call a site over plain http beyond loopback: say so before it is on chain
+      const problem = peerUrlProblem(o.url);
+      if (problem) throw new SharedLLMError("config", `--url ${o.url} cannot be used: ${problem}`);
+      const url = new URL(o.url);
       const validUntil = BigInt(Math.floor(Date.now() / 1000 + o.validDays * 86_400));
       const metadata = JSON.stringify({ name: o.name, contact: o.contact });
       const publicKey = `0x${account.publicKey.slice(4)}` as Hex;

@@ -108,9 +108,10 @@ contract FederationRegistry is AccessControl {
         emit Revoked(coordinator);
     }
 
-    /// An admitted coordinator vouches for (or stops vouching for) a registered peer.
+    /// An admitted coordinator vouches for a registered peer; any coordinator (one revoked
+    /// since, too) may stop vouching for one.
     function endorse(address peer, bool value) external {
-        if (_coordinators[msg.sender].status != Status.Admitted) revert NotAdmitted(msg.sender);
+        if (value && _coordinators[msg.sender].status != Status.Admitted) revert NotAdmitted(msg.sender);
         if (_coordinators[peer].status == Status.None) revert NotRegistered(peer);
         endorsed[msg.sender][peer] = value;
         emit Endorsed(msg.sender, peer, value);

@@ -483,6 +483,19 @@ describe("FederationRegistry", () => {
     expect(await pub.readContract({ address: registry, abi: FederationRegistry.abi, functionName: "coordinators", args: [] })).toHaveLength(
       2,
     );
+    // a coordinator revoked since may no longer endorse, but may still withdraw an endorsement
+    const endorsed = () =>
+      pub.readContract({
+        address: registry,
+        abi: FederationRegistry.abi,
+        functionName: "endorsed",
+        args: [addr(coordinator), addr(stranger)],
+      });
+    expect(await endorsed()).toBe(true);
+    await R(admin, "revoke", [addr(coordinator)]);
+    expect(await revertName(R(coordinator, "endorse", [addr(stranger), true]))).toBe("NotAdmitted");
+    await R(coordinator, "endorse", [addr(stranger), false]);
+    expect(await endorsed()).toBe(false);
   });
 });
 

@@ -192,6 +192,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         jobs: forwarded,
         ledger: ledger && { chainId: ledger.chain.chainId, verifyingContract: ledger.chain.ledger },
         pollMs: fwd?.capacityPollMs,
+        outbound: () => forwarding.outbound,
         // a peer may cost no more than this site charges for the model: the user's price is the limit
         priceLimit: ledger
           ? (model) => {
@@ -232,6 +233,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         routes: [
           inboundRoutes({
             db,
+            federation,
             fleet,
             jobs,
             metrics,

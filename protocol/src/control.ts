@@ -278,13 +278,14 @@ export interface JobChunk {
 }
 
 const CHUNK_MARK = "\u0001";
-const MAX_TOKENS_PER_CHUNK = 4096;
+/** The most tokens one event may stream. */
+export const MAX_TOKENS_PER_CHUNK = 4096;
 
 export function encodeChunkFrame(jobId: string, data: string, tokens: readonly number[] | number): string {
   return `${CHUNK_MARK}${jobId}\t${typeof tokens === "number" ? `~${tokens}` : tokens.join(",")}\n${data}`;
 }
 
-/** The chunk in a frame; undefined when the frame is not a chunk frame or its token field is malformed. */
+/** The chunk in a frame; undefined when the frame is not a chunk frame, its token field is malformed or its data spans lines. */
 export function decodeChunkFrame(frame: string): Omit<JobChunk, "type"> | undefined {
   if (frame[0] !== CHUNK_MARK) return undefined;
   const nl = frame.indexOf("\n");
@@ -299,7 +300,10 @@ export function decodeChunkFrame(frame: string): Omit<JobChunk, "type"> | undefi
     tokens = field === "" ? [] : field.split(",").map(Number);
     if (tokens.length > MAX_TOKENS_PER_CHUNK || tokens.some((t) => !Number.isInteger(t) || t < 0 || t >= 2 ** 31)) return undefined;
   }
-  return { jobId: frame.slice(1, tab), data: frame.slice(nl + 1), tokens };
+  const data = frame.slice(nl + 1);
+  // an event's data is one line (JSON has none in it): a line break would inject events into the client's stream
+  if (/[\r\n]/.test(data)) return undefined;
+  return { jobId: frame.slice(1, tab), data, tokens };
 }
 
 /**

@@ -66,6 +66,53 @@ export interface CapacityResponse {
   models: AdvertisedModel[];
 }
 
+/** The largest capacity answer a site reads from a peer, bytes. */
+export const MAX_CAPACITY_BYTES = 256 * 1024;
+
+const pricePer1k = z.string().regex(/^\d{1,30}$/, "a price is a decimal string of at most 30 digits");
+
+/**
+ * A peer's capacity answer as the origin checks it: a stranger's bytes until proven otherwise.
+ * One entry that does not parse throws the whole answer out (the peer gets no jobs until it
+ * answers well). Unknown extra fields are tolerated.
+ */
+export const capacityResponseSchema = z.looseObject({
+  inbound: z.boolean(),
+  models: z
+    .array(
+      z.looseObject({
+        id: z.string().min(1).max(200),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/),
+        freeSlots: z.number().int().min(0).max(10_000),
+        pricePer1k: z.looseObject({ prompt: pricePer1k, completion: pricePer1k }),
+      }),
+    )
+    .max(256),
+});
+
+/** Whether a host name is this machine's loopback (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * Why a peer coordinator's URL may not be used, or undefined when it may: between sites only
+ * https, plain http only to a loopback host (one machine: tests and development).
+ */
+export function peerUrlProblem(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return "it is not a URL";
+  }
+  if (u.protocol === "https:") return undefined;
+  if (u.protocol === "http:" && isLoopbackHost(u.hostname)) return undefined;
+  if (u.protocol === "http:") return "plain http is allowed only to a loopback host; use https between sites";
+  return "it is not an http(s) URL";
+}
+
 /** A peer's capacity as this site last read it, with the round trip it took. */
 export interface PeerCapacity extends CapacityResponse {
   latencyMs: number;

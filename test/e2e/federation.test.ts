@@ -147,12 +147,15 @@ describe("federation between two sites", () => {
   });
 
   it("refuses an unregistered coordinator, an unsigned call and a body changed on the way, with their codes", async () => {
-    await waitFor("C to read B's registration", () => fedOf(c).peer(b.address));
+    // C tracks only coordinators it may trust: A, whom governance admitted (B is pending, endorsed by A alone)
+    await waitFor("C to read A's admission", () => fedOf(c).peer(a.address));
+    expect(fedOf(c).peer(b.address)).toBeUndefined();
     const url = `${b.coordinator.url}/federation/v1/ping`;
     const body = JSON.stringify({ from: "c" });
-    const asC = await fetch(url, {
+    const urlA = `${a.coordinator.url}/federation/v1/ping`;
+    const asC = await fetch(urlA, {
       method: "POST",
-      headers: { ...fedOf(c).sign(b.address, "POST", url, body), "content-type": "application/json" },
+      headers: { ...fedOf(c).sign(a.address, "POST", urlA, body), "content-type": "application/json" },
       body,
     });
     expect(asC.status).toBe(403);
@@ -224,7 +227,10 @@ describe("federation between two sites", () => {
     const validUntil = Math.floor(Date.now() / 1000) + 10;
     await registryTx(account, "register", [`0x${account.publicKey.slice(4)}`, 3, BigInt(validUntil), c.coordinator.url, "{}"]);
     await registryTx(privateKeyToAccount(DEV_DEPLOYER_KEY), "admit", [c.address]);
+    // C calls B, so C endorses it: a site tracks a pending peer only once it endorsed it
+    await registryTx(account, "endorse", [b.address, true]);
     await waitFor("B to trust C", () => fedOf(b).isTrusted(c.address), 8_000);
+    await waitFor("C to read B", () => fedOf(c).peer(b.address), 5_000);
     await waitFor("C to read its registration", () => fedOf(c).self()?.keyId === 3, 5_000);
     const url = `${b.coordinator.url}/federation/v1/ping`;
     const send = () => {

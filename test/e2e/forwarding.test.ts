@@ -326,4 +326,39 @@ describe("forwarding jobs to a trusted peer site", () => {
     );
     expect(inB.status).toBe("cancelled");
   });
+
+  it("a site cut off by the peer serving its job has that job cancelled there at once, not run to its end", async () => {
+    // A trusts B again (the test before unendorsed it)
+    await sites.fed(a, "endorse", b.address);
+    await waitFor("A to forward to B again", () => a.coordinator.peers?.serves(PEER_MODEL), 20_000);
+    const res = await chat(a, userKey, {
+      model: PEER_MODEL,
+      max_tokens: 800,
+      stream: true,
+      messages: [{ role: "user", content: "Write a very long story about the mountains." }],
+    });
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    // governance revokes A: B cuts A off at its next registry read (1 s here), and stops A's job there
+    await sites.fed(a, "revoke", a.address);
+    let rest = "";
+    const dec = new TextDecoder();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      rest += dec.decode(value);
+    }
+    expect(rest).not.toMatch(/\[DONE\]/);
+    const inB = await waitFor("B's end of A's job", async () =>
+      (await forwardedRows(b)).find((r) => r.direction === "in" && r.status !== "running" && r.error?.includes("cut off")),
+    );
+    expect(inB.status).toBe("cancelled");
+    await waitFor(
+      "B's job row to say cancelled",
+      async () =>
+        (await b.coordinator.db.selectFrom("jobs").select(["status"]).where("id", "=", inB.job_id).executeTakeFirst())?.status ===
+        "cancelled",
+    );
+  });
 });

@@ -14,6 +14,7 @@ import {
   type FederationResponse,
   federationReceiptTypedData,
   type PeerCapacity,
+  peerUrlProblem,
   type TrustPath,
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
@@ -24,7 +25,7 @@ import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
 import { RegistryReader } from "./registry.js";
 import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
-import { FederationNonces } from "./store.js";
+import { FederationNonces, FederationTransactions } from "./store.js";
 import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
 
 export interface FederationOptions {
@@ -45,6 +46,25 @@ export interface FederationOptions {
 }
 
 export const DEFAULT_FEDERATION_REFRESH_MS = 15_000;
+
+/**
+ * An RPC URL as it may appear in a message: its scheme and host only (its path, query or user
+ * part may hold an API key).
+ */
+export function redactRpcUrl(rpcUrl: string): string {
+  try {
+    const u = new URL(rpcUrl);
+    return `${u.protocol}//${u.host}`;
+  } catch {
+    return "the configured RPC URL";
+  }
+}
+
+/** A chain error's text without the RPC URL in it (viem's messages repeat the URL they called). */
+export function chainErrorText(err: Error, rpcUrl: string): string {
+  const text = (err as Error & { shortMessage?: string }).shortMessage ?? err.message;
+  return text.split(rpcUrl).join(redactRpcUrl(rpcUrl));
+}
 
 /** A peer that was trusted and no longer is. */
 export interface PeerCutOff {
@@ -80,6 +100,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   private timer?: NodeJS.Timeout;
   private refreshing?: Promise<void>;
   private readonly nonces: FederationNonces;
+  private readonly transactions: FederationTransactions;
 
   private constructor(
     private readonly o: FederationOptions,
@@ -92,16 +113,20 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     this.address = privateKeyToAccount(o.privateKey).address.toLowerCase() as Address;
     this.refreshMs = o.refreshMs ?? DEFAULT_FEDERATION_REFRESH_MS;
     this.nonces = new FederationNonces(db);
+    this.transactions = new FederationTransactions(db);
   }
 
   /** Connects to the registry, reads it once, and keeps reading it every refreshMs. */
   static async start(db: Db, o: FederationOptions, logger: Logger): Promise<Federation> {
     const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 10_000 }) });
+    const rpc = redactRpcUrl(o.rpcUrl);
     const chainId = await probe.getChainId().catch((err: Error) => {
-      throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
+      throw new Error(`the chain at ${rpc} does not answer: ${chainErrorText(err, o.rpcUrl)}`);
     });
-    const code = await probe.getCode({ address: o.registry });
-    if (!code || code === "0x") throw new Error(`no FederationRegistry contract at ${o.registry} on chain ${chainId} (${o.rpcUrl})`);
+    const code = await probe.getCode({ address: o.registry }).catch((err: Error) => {
+      throw new Error(`the chain at ${rpc} did not give the registry's code: ${chainErrorText(err, o.rpcUrl)}`);
+    });
+    if (!code || code === "0x") throw new Error(`no FederationRegistry contract at ${o.registry} on chain ${chainId} (${rpc})`);
     const chain = defineChain({
       id: chainId,
       name: `chain ${chainId}`,
@@ -137,11 +162,14 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   private readFailed(err: Error): void {
     const since = Date.now() - (this.refreshedAt?.getTime() ?? 0);
     if (since <= (this.o.staleAfterMs ?? staleAfterMs(this.refreshMs))) {
-      this.logger.warn({ err: err.message }, "reading the federation registry failed; trust stays as last read for now");
+      this.logger.warn(
+        { err: chainErrorText(err, this.o.rpcUrl) },
+        "reading the federation registry failed; trust stays as last read for now",
+      );
       return;
     }
     this.logger.error(
-      { err: err.message, sinceMs: since },
+      { err: chainErrorText(err, this.o.rpcUrl), sinceMs: since },
       "the federation registry has not been readable for too long: every peer is cut off",
     );
     this.unreadable = true;
@@ -165,11 +193,9 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       this.emit("peer.untrusted", { peer: peer as Address, reason });
     }
     this.trusted = trusted;
-    await this.nonces
-      .purge()
-      .catch((err: Error) =>
-        this.logger.warn({ err: err.message }, "forgetting expired federation nonces failed; next refresh tries again"),
-      );
+    await Promise.all([this.nonces.purge(), this.transactions.purge()]).catch((err: Error) =>
+      this.logger.warn({ err: err.message }, "forgetting expired federation nonces or transactions failed; next refresh tries again"),
+    );
   }
 
   /** Signs a federation receipt with this coordinator's key (EIP-712, in the ledger's domain; clearing.ts). */
@@ -228,7 +254,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
 
   /**
    * Sends a signed request to a trusted peer at its registered URL; `path` is under it (e.g.
-   * `/federation/v1/ping`). A JSON body is sent as application/json.
+   * `/federation/v1/ping`). A JSON body is sent as application/json. Only over https, unless
+   * the peer is on loopback; redirects are not followed.
    */
   async signedFetch(peer: Address, method: string, path: string, body?: unknown, init: { signal?: AbortSignal } = {}): Promise<Response> {
     const e = this.peer(peer);
@@ -236,6 +263,9 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     const t = this.trustNow(e);
     if (!t.trusted) throw new Error(`${peer} is not trusted by this site: ${DISTRUST_WORDS[t.reason]}`);
     const url = new URL(path, e.url.endsWith("/") ? e.url : `${e.url}/`).toString();
+    // between sites only https: plain http would show the job and its answer to the path
+    const problem = peerUrlProblem(url);
+    if (problem) throw new Error(`${peer}'s registered URL cannot be used: ${problem}`);
     const raw = body === undefined ? "" : JSON.stringify(body);
     const headers = this.sign(peer, method, url, raw);
     return fetch(url, {
@@ -243,6 +273,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
       headers: { ...headers, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       body: body === undefined ? undefined : raw,
       signal: init.signal,
+      // a redirect would take the signed request somewhere its signature was not made for
+      redirect: "error",
     });
   }
 

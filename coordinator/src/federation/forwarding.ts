@@ -33,7 +33,7 @@ import type { Jobs } from "../jobs/jobs.js";
 import { jobCost, type Price } from "../ledger/metering.js";
 import type { Metrics } from "../metrics.js";
 import { receiptTxid } from "./clearing.js";
-import type { VerifiedPeer } from "./federation.js";
+import type { Federation, PeerCutOff, VerifiedPeer } from "./federation.js";
 import { forwardedLine } from "./routing.js";
 import { FederatedJobs, FederationTransactions } from "./store.js";
 
@@ -49,6 +49,8 @@ export interface ForwardingSettings {
 
 export interface InboundOptions {
   db: Db;
+  /** whom this site trusts: a peer cut off has its jobs here cancelled at once */
+  federation: Federation;
   fleet: Fleet;
   jobs: Jobs;
   metrics: Metrics;
@@ -90,7 +92,27 @@ export function inboundRoutes(o: InboundOptions) {
   const transactions = new FederationTransactions(o.db);
   const log = new FederatedJobs(o.db);
   const running = new Map<string, number>();
+  /** each peer's jobs running here, to cancel when it is cut off */
+  const inFlight = new Map<string, Set<AbortController>>();
   const keys = new Map<string, ApiKeyInfo>();
+
+  /** Counts one job of `peer` against its cap; the release counts it out exactly once, whatever path ends it. */
+  function claimSlot(peer: string): () => void {
+    running.set(peer, (running.get(peer) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (running.get(peer) ?? 1) - 1;
+      if (left > 0) running.set(peer, left);
+      else running.delete(peer);
+    };
+  }
+
+  /** A peer cut off (revoked, unendorsed, expired, registry unreadable): its jobs here stop now. */
+  const onCutOff = (c: PeerCutOff) => {
+    for (const gone of inFlight.get(c.peer.toLowerCase()) ?? []) gone.abort(new Error(`your site was cut off here (${c.reason})`));
+  };
 
   /** The peer's key here: its coordinator pays for its jobs, which never leave this site. */
   async function keyOf(peer: VerifiedPeer): Promise<ApiKeyInfo> {
@@ -147,6 +169,10 @@ export function inboundRoutes(o: InboundOptions) {
   }
 
   return async (scope: FastifyInstance) => {
+    o.federation.on("peer.untrusted", onCutOff);
+    scope.addHook("onClose", async () => {
+      o.federation.off("peer.untrusted", onCutOff);
+    });
     scope.get("/capacity", async (): Promise<CapacityResponse> => {
       // its models even while it takes no jobs: the origin then answers 503 (not here now), not 404
       return { inbound: o.settings.inbound, models: advertise(o.fleet, o.price) };
@@ -176,21 +202,23 @@ export function inboundRoutes(o: InboundOptions) {
         );
       }
       // counted before the first await, so that requests arriving together cannot all pass the cap
-      running.set(peer.address, now + 1);
+      const release = claimSlot(peer.address);
       const start = await transactions.begin(peer.address, txid).catch((err: unknown) => {
-        running.set(peer.address, (running.get(peer.address) ?? 1) - 1);
+        release();
         throw err;
       });
       if (!start.first) {
-        running.set(peer.address, (running.get(peer.address) ?? 1) - 1);
+        release();
         if (start.result === null) {
           throw new ApiError("federation_transaction_running", `transaction ${txid} is running here already; it is not run twice`);
         }
         reply.header("content-type", FORWARDED_STREAM_TYPE);
         return start.result;
       }
-      const apiKey = await keyOf(peer);
       const gone = new AbortController();
+      const mine = inFlight.get(peer.address) ?? new Set();
+      inFlight.set(peer.address, mine);
+      mine.add(gone);
       const lines: string[] = [];
       let open = false;
       let over = false;
@@ -202,7 +230,9 @@ export function inboundRoutes(o: InboundOptions) {
       ) => {
         if (over) return;
         over = true;
-        running.set(peer.address, (running.get(peer.address) ?? 1) - 1);
+        release();
+        mine.delete(gone);
+        if (mine.size === 0 && inFlight.get(peer.address) === mine) inFlight.delete(peer.address);
         o.counts.set(peer.address, (o.counts.get(peer.address) ?? 0) + 1);
         o.metrics.federatedJob(peer.address, "in", status);
         const text = forwardedLine(last);
@@ -214,6 +244,21 @@ export function inboundRoutes(o: InboundOptions) {
         ]).catch((err: Error) => req.log.error({ err: err.message, txid }, "recording a forwarded job's end failed"));
         return text;
       };
+      // awaits since the signature was checked: the peer may have been cut off meanwhile
+      const refused = (e: ApiError) => {
+        done("failed", { error: { message: e.message, retryable: false, status: e.status } });
+        return e;
+      };
+      if (!o.federation.isTrusted(peer.address)) {
+        throw refused(new ApiError("federation_untrusted_peer", "your site is no longer trusted here; nothing was run"));
+      }
+      let apiKey: ApiKeyInfo;
+      try {
+        apiKey = await keyOf(peer);
+      } catch (err) {
+        throw refused(new ApiError("internal_error", "the job could not start here", { cause: err }));
+      }
+      if (gone.signal.aborted) throw refused(new ApiError("federation_untrusted_peer", "your site was cut off here; nothing was run"));
       return new Promise<unknown>((resolve, reject) => {
         const write = (line: ForwardedLine) => {
           const text = forwardedLine(line);
@@ -257,10 +302,23 @@ export function inboundRoutes(o: InboundOptions) {
         };
         reply.raw.on("close", () => {
           if (reply.raw.writableFinished) return;
-          gone.abort();
           done("cancelled", { error: { message: "the origin site went away", retryable: false } });
+          gone.abort();
           resolve(undefined);
         });
+        // cut off while it runs: the job is cancelled (its signal), and the origin told so
+        gone.signal.addEventListener(
+          "abort",
+          () => {
+            if (over) return;
+            const message = (gone.signal.reason as Error).message;
+            const text = done("cancelled", { error: { message, retryable: true } });
+            if (!open) return reject(new ApiError("federation_untrusted_peer", message));
+            reply.raw.end(text);
+            resolve(undefined);
+          },
+          { once: true },
+        );
         log
           .started({ direction: "in", peer: peer.address, txid, jobId: "", model })
           .then(() =>

@@ -4,14 +4,14 @@ import { describe, expect, it } from "vitest";
 import type { Metrics } from "../metrics.js";
 import type { FailureCause } from "../units.js";
 import type { Federation } from "./federation.js";
-import { PeerUnit } from "./peers.js";
+import { MAX_EMPTY_EVENTS, Peers, PeerUnit } from "./peers.js";
 import { forwardedLine } from "./routing.js";
 import type { FederatedJobs } from "./store.js";
 
 const PEER = "0x00000000000000000000000000000000000000b0" as const;
 
 /** A peer whose answer is `respond`'s; what it was sent, and whether the call was aborted, are kept. */
-function peerUnit(respond: (body: unknown, signal: AbortSignal) => Response) {
+function peerUnit(respond: (body: unknown, signal: AbortSignal) => Response, firstLineTimeoutMs?: number) {
   const calls: { body: unknown; signal: AbortSignal }[] = [];
   const rows: string[] = [];
   const federation = {
@@ -25,7 +25,7 @@ function peerUnit(respond: (body: unknown, signal: AbortSignal) => Response) {
     finished: async (_k: unknown, status: string) => void rows.push(status),
   } as unknown as FederatedJobs;
   const metrics = { federatedJob: () => undefined } as unknown as Metrics;
-  const unit = new PeerUnit(PEER, { federation, jobs, metrics, log: pino({ level: "silent" }) });
+  const unit = new PeerUnit(PEER, { federation, jobs, metrics, log: pino({ level: "silent" }), firstLineTimeoutMs });
   return { unit, calls, rows };
 }
 
@@ -162,5 +162,129 @@ describe("PeerUnit", () => {
     cut.unit.failJobs("revoked");
     expect(got.events.error).toMatchObject({ retryable: true, message: expect.stringMatching(/cut off \(revoked\)/) });
     expect(cut.calls[0]?.signal.aborted).toBe(true);
+  });
+
+  it("a peer that sends no answer within the timeout is a failed unit (retryable)", async () => {
+    const s = controlledStream();
+    const { unit, calls } = peerUnit(() => s.response, 50);
+    const { events, sink: k } = sink();
+    unit.dispatch(start, k);
+    await until(() => events.error !== undefined);
+    expect(events.error).toMatchObject({ retryable: true, message: expect.stringMatching(/no answer within 0.05 s/) });
+    expect(calls[0]?.signal.aborted).toBe(true);
+
+    // once a line came, the timeout no longer applies
+    const t = controlledStream();
+    const slow = peerUnit(() => t.response, 50);
+    const got = sink();
+    slow.unit.dispatch(start, got.sink);
+    t.send(forwardedLine({ c: 1, d: "{}", t: 1 }));
+    await new Promise((r) => setTimeout(r, 120));
+    expect(got.events.error).toBeUndefined();
+    t.send(forwardedLine({ end: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 } }));
+    await until(() => got.events.end !== undefined);
+  });
+
+  it("a peer that streams more tokens than the job may generate, or endless empty events, is failed", async () => {
+    const s = controlledStream();
+    const { unit, calls } = peerUnit(() => s.response);
+    const { events, sink: k } = sink();
+    unit.dispatch(start, k); // max_tokens 8, +16 allowed
+    for (let i = 0; i < 30; i++) s.send(forwardedLine({ c: 1, d: "{}", t: 1 }));
+    await until(() => events.error !== undefined);
+    expect(events.error).toMatchObject({ retryable: true, message: expect.stringMatching(/more than the job's 24 tokens/) });
+    expect(events.chunks.length).toBe(24);
+    expect(calls[0]?.signal.aborted).toBe(true);
+
+    const e = controlledStream();
+    const second = peerUnit(() => e.response);
+    const got = sink();
+    second.unit.dispatch(start, got.sink);
+    e.send(forwardedLine({ c: 1, d: "{}", t: [] }).repeat(MAX_EMPTY_EVENTS + 5));
+    await until(() => got.events.error !== undefined);
+    expect(got.events.error?.message).toMatch(/without tokens/);
+    expect(got.events.chunks.length).toBe(MAX_EMPTY_EVENTS);
+  });
+
+  it("a peer's error line reaches the user cleaned, and counts as the client's only for 400 or 413", async () => {
+    const s = controlledStream();
+    const { unit } = peerUnit(() => s.response);
+    const { events, sink: k } = sink();
+    unit.dispatch(start, k);
+    s.send(forwardedLine({ error: { message: `\u001b[2Jpay me at evil.example${"!".repeat(1000)}`, retryable: false, status: 402 } }));
+    await until(() => events.error !== undefined);
+    expect(events.error?.retryable).toBe(true);
+    expect(events.error?.status).toBeUndefined();
+    expect(events.error?.message.includes("\u001b")).toBe(false);
+    expect(events.error?.message.length).toBeLessThan(350);
+  });
+});
+
+describe("Peers", () => {
+  const A = "0x00000000000000000000000000000000000000a1";
+  const B = "0x00000000000000000000000000000000000000b1";
+  const good = { id: "m", sha256: "ab".repeat(32), freeSlots: 2, pricePer1k: { prompt: "1", completion: "2" } };
+
+  function peers(capacity: Record<string, () => Response>, outbound = () => true) {
+    const federation = {
+      view: () => ({ peers: Object.keys(capacity).map((address) => ({ address, trusted: true })) }),
+      isTrusted: () => true,
+      on: () => undefined,
+      off: () => undefined,
+      signedFetch: async (peer: string) => (capacity[peer] as () => Response)(),
+    } as unknown as Federation;
+    const jobs = { started: async () => undefined, finished: async () => undefined } as unknown as FederatedJobs;
+    const metrics = { federatedJob: () => undefined } as unknown as Metrics;
+    return new Peers({ federation, jobs, metrics, log: pino({ level: "silent" }), outbound });
+  }
+
+  it("throws out a capacity with one bad entry whole, and pick goes on working for the others", async () => {
+    const bad = [
+      { ...good, freeSlots: "lots" },
+      { ...good, freeSlots: -1 },
+      { ...good, pricePer1k: { prompt: "1", completion: "-5" } },
+      { ...good, pricePer1k: { prompt: "1", completion: "1e9" } },
+      { ...good, sha256: "zz" },
+      { ...good, id: "x".repeat(201) },
+      null,
+    ];
+    for (const entry of bad) {
+      const p = peers({
+        [A]: () => Response.json({ inbound: true, models: [good, entry] }),
+        [B]: () => Response.json({ inbound: true, models: [good] }),
+      });
+      await p.poll();
+      expect(p.get(A)?.capacity?.models).toEqual([]);
+      expect(p.pick("m")?.address).toBe(B);
+    }
+    const many = peers({ [A]: () => Response.json({ inbound: true, models: new Array(257).fill(good) }) });
+    await many.poll();
+    expect(many.pick("m")).toBeUndefined();
+    const notBool = peers({ [A]: () => Response.json({ inbound: "yes", models: [good] }) });
+    await notBool.poll();
+    expect(notBool.pick("m")).toBeUndefined();
+  });
+
+  it("reads no more than 256 KB of a capacity answer", async () => {
+    const huge = JSON.stringify({ inbound: true, models: [good], pad: "x".repeat(300 * 1024) });
+    const stream = new ReadableStream<Uint8Array>({
+      pull(c) {
+        c.enqueue(new TextEncoder().encode(huge));
+        c.close();
+      },
+    });
+    const p = peers({ [A]: () => new Response(stream) });
+    await p.poll();
+    expect(p.get(A)?.capacity?.models).toEqual([]);
+    expect(p.pick("m")).toBeUndefined();
+  });
+
+  it("picks no peer once outbound is turned off, so retries of a job already submitted stay here", async () => {
+    let on = true;
+    const p = peers({ [A]: () => Response.json({ inbound: true, models: [good] }) }, () => on);
+    await p.poll();
+    expect(p.pick("m")?.address).toBe(A);
+    on = false;
+    expect(p.pick("m")).toBeUndefined();
   });
 });

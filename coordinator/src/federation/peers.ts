@@ -9,11 +9,13 @@
  */
 import { randomUUID } from "node:crypto";
 import {
-  type CapacityResponse,
+  capacityResponseSchema,
+  describeZodError,
   FEDERATION_PREFIX,
   type ForwardedJobRequest,
   type ForwardedLine,
   type JobStart,
+  MAX_CAPACITY_BYTES,
   type OpenAIErrorBody,
   type PeerCapacity,
   type ServedModel,
@@ -21,11 +23,12 @@ import {
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import type { Address } from "viem";
+import { UNRELAYED_TOKENS } from "../ledger/usage.js";
 import type { Metrics } from "../metrics.js";
 import type { JobSink, Payees, ServingUnit } from "../units.js";
 import { checkReceipt, type LedgerDomain } from "./clearing.js";
 import type { Federation, PeerCutOff } from "./federation.js";
-import { choosePeer, LineReader, type PriceLimit } from "./routing.js";
+import { choosePeer, LineReader, type PriceLimit, peerFailure } from "./routing.js";
 import type { FederatedJobs } from "./store.js";
 
 /** How often peers are asked what they serve, by default. */
@@ -33,6 +36,15 @@ export const DEFAULT_CAPACITY_POLL_MS = 5_000;
 
 /** How long a capacity call may take before the peer counts as silent. */
 const CAPACITY_TIMEOUT_MS = 5_000;
+
+/** How long a peer may take to answer a forwarded job with its headers and first line, by default. */
+export const FIRST_LINE_TIMEOUT_MS = 60_000;
+
+/** The most events without tokens a peer may stream for one job (a role or a finish event has none). */
+export const MAX_EMPTY_EVENTS = 256;
+
+/** The most of a peer's refusal body that is read. */
+const MAX_ERROR_BODY_BYTES = 16 * 1024;
 
 /** What forwarding needs of this site. */
 interface PeerContext {
@@ -42,6 +54,31 @@ interface PeerContext {
   jobs: FederatedJobs;
   /** the ledger's EIP-712 domain, when this site charges: peers' receipts are checked in it */
   ledger?: LedgerDomain;
+  /** how long a peer may take to send its headers and first line; default FIRST_LINE_TIMEOUT_MS */
+  firstLineTimeoutMs?: number;
+}
+
+/** A response body as text, refused (and cancelled) once it exceeds `max` bytes. */
+export async function readCapped(res: Response, max: number): Promise<string> {
+  if (Number(res.headers.get("content-length")) > max) {
+    await res.body?.cancel();
+    throw new Error(`the peer's answer is longer than ${max} bytes`);
+  }
+  if (!res.body) return "";
+  const reader = res.body.getReader();
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel();
+      throw new Error(`the peer's answer is longer than ${max} bytes`);
+    }
+    parts.push(value);
+  }
+  return Buffer.concat(parts).toString("utf8");
 }
 
 interface Forwarded {
@@ -118,36 +155,84 @@ export class PeerUnit implements ServingUnit {
   }
 
   private async forward(jobId: string, request: ForwardedJobRequest, signal: AbortSignal): Promise<void> {
+    // headers and the first line within the timeout, or the peer counts as failed
+    const firstLine = new AbortController();
+    const timeoutMs = this.cx.firstLineTimeoutMs ?? FIRST_LINE_TIMEOUT_MS;
+    const timer = setTimeout(() => firstLine.abort(), timeoutMs);
+    try {
+      await this.stream(jobId, request, AbortSignal.any([signal, firstLine.signal]), () => clearTimeout(timer));
+    } catch (err) {
+      if (firstLine.signal.aborted && !signal.aborted) throw new Error(`it sent no answer within ${timeoutMs / 1000} s`);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async stream(jobId: string, request: ForwardedJobRequest, signal: AbortSignal, answered: () => void): Promise<void> {
     const res = await this.cx.federation.signedFetch(this.address, "POST", `${FEDERATION_PREFIX}/jobs`, request, { signal });
     if (!res.ok || !res.body) {
-      const body = (await res.json().catch(() => undefined)) as Partial<OpenAIErrorBody> | undefined;
-      const message = body?.error?.message ?? `HTTP ${res.status}`;
+      const text = await readCapped(res, MAX_ERROR_BODY_BYTES).catch(() => "");
+      let body: Partial<OpenAIErrorBody> | undefined;
+      try {
+        body = JSON.parse(text) as Partial<OpenAIErrorBody>;
+      } catch {
+        body = undefined;
+      }
+      const message = typeof body?.error?.message === "string" ? body.error.message : `HTTP ${res.status}`;
       // a request the peer finds bad is the client's; anything else another unit may do
-      const clientFault = res.status === 400 || res.status === 413;
-      this.failed(jobId, {
-        message: `the peer site refused the job: ${message}`,
-        retryable: !clientFault,
-        ...(clientFault && { status: res.status }),
-      });
+      const f = peerFailure(res.status, message);
+      this.failed(jobId, { ...f, message: `the peer site refused the job: ${f.message}` });
       return;
     }
+    // what the peer may stream: the job's generation limit, with the allowance a node gets
+    const bounds = { maxTokens: request.generationLimit + UNRELAYED_TOKENS, tokens: 0, empty: 0 };
     const reader = new LineReader();
     const decoder = new TextDecoder();
     const stream = res.body.getReader();
+    // a body not tied to the signal still stops being read when it aborts
+    const stop = () => void stream.cancel().catch(() => undefined);
+    // (the signal is this call's own: its listener goes with it)
+    signal.addEventListener("abort", stop, { once: true });
     for (;;) {
       const { done, value } = await stream.read();
+      if (signal.aborted) throw new Error("the call was aborted");
       if (done) break;
       for (const line of reader.push(decoder.decode(value, { stream: true }))) {
+        answered();
         const f = this.jobs.get(jobId);
         if (!f) return; // cancelled, or cut off
+        if ("c" in line && this.overBounds(jobId, line.t, bounds)) return;
         if ("c" in line) {
           f.relayed += typeof line.t === "number" ? line.t : line.t.length;
           f.sink.chunk(line.d, line.t);
         } else if ("end" in line) return this.ended(jobId, line);
-        else return this.failed(jobId, { ...line.error, message: `on the peer site: ${line.error.message}` });
+        else return this.failedOnPeer(jobId, line.error);
       }
     }
     this.failed(jobId, { message: `the peer site ${this.address} ended its stream before the job's end`, retryable: true });
+  }
+
+  /** Counts an event's tokens; fails the job (and says so) once the peer streams past its bounds. */
+  private overBounds(jobId: string, t: readonly number[] | number, b: { maxTokens: number; tokens: number; empty: number }): boolean {
+    const n = typeof t === "number" ? t : t.length;
+    b.tokens += n;
+    if (n === 0) b.empty++;
+    if (b.tokens > b.maxTokens) {
+      this.failed(jobId, { message: `the peer site streamed more than the job's ${b.maxTokens} tokens`, retryable: true });
+      return true;
+    }
+    if (b.empty > MAX_EMPTY_EVENTS) {
+      this.failed(jobId, { message: `the peer site streamed more than ${MAX_EMPTY_EVENTS} events without tokens`, retryable: true });
+      return true;
+    }
+    return false;
+  }
+
+  /** The peer's own failure of the job, as this site counts it (peerFailure). */
+  private failedOnPeer(jobId: string, error: { message: string; status?: number }): void {
+    const e = peerFailure(error.status, error.message);
+    this.failed(jobId, { ...e, message: `on the peer site: ${e.message}` });
   }
 
   private ended(jobId: string, line: Extract<ForwardedLine, { end: unknown }>): void {
@@ -220,6 +305,8 @@ export class PeerUnit implements ServingUnit {
 export interface PeersOptions extends PeerContext {
   /** how often peers are asked what they serve; default 5 s */
   pollMs?: number;
+  /** whether this site forwards jobs now (the operator may turn it off while it runs); default on */
+  outbound?: () => boolean;
   /** the most a job for `model` may cost per 1000 tokens at a peer: what this site charges for it */
   priceLimit?: (model: string) => PriceLimit | undefined;
 }
@@ -271,11 +358,21 @@ export class Peers {
           const res = await f.signedFetch(address, "GET", `${FEDERATION_PREFIX}/capacity`, undefined, {
             signal: AbortSignal.timeout(CAPACITY_TIMEOUT_MS),
           });
-          if (!res.ok) throw new Error(`HTTP ${res.status}`);
-          const body = (await res.json()) as CapacityResponse;
+          if (!res.ok) {
+            await res.body?.cancel();
+            throw new Error(`HTTP ${res.status}`);
+          }
+          // a stranger's bytes: bounded, then checked whole; one bad entry throws the answer out
+          const parsed = capacityResponseSchema.safeParse(JSON.parse(await readCapped(res, MAX_CAPACITY_BYTES)));
+          if (!parsed.success) throw new Error(`its capacity does not parse: ${describeZodError(parsed.error).message}`);
           unit.advertised({
-            inbound: body.inbound === true,
-            models: Array.isArray(body.models) ? body.models : [],
+            inbound: parsed.data.inbound,
+            models: parsed.data.models.map((m) => ({
+              id: m.id,
+              sha256: m.sha256,
+              freeSlots: m.freeSlots,
+              pricePer1k: { prompt: m.pricePer1k.prompt, completion: m.pricePer1k.completion },
+            })),
             latencyMs: Math.round((performance.now() - t0) * 10) / 10,
             at: new Date().toISOString(),
           });
@@ -319,6 +416,8 @@ export class Peers {
 
   /** The peer to forward a job for `model` to: the best trusted one with room within the price limit. */
   pick(model: string, allow: (u: PeerUnit) => boolean = () => true): PeerUnit | undefined {
+    // asked again on every retry: a job submitted while outbound was on does not go out once it is off
+    if (this.o.outbound && !this.o.outbound()) return undefined;
     const offers = [...this.units.values()]
       .filter((u) => this.usable(u) && allow(u))
       .map((u) => ({

@@ -58,7 +58,9 @@ export async function federationPlugin(app: FastifyInstance, o: FederationPlugin
           body: raw,
         });
         if (!v.ok) {
-          req.log.warn({ reason: v.reason, origin: req.headers["sharedllm-origin"], ip: req.ip }, "federation request refused");
+          // the claimed origin is a stranger's header: logged as a string of at most an address's length
+          const origin = String(req.headers["sharedllm-origin"] ?? "").slice(0, 42);
+          req.log.warn({ reason: v.reason, origin, ip: req.ip }, "federation request refused");
           throw new ApiError(REFUSAL_CODES[v.reason], `federation request refused: ${v.detail}`);
         }
         req.federationPeer = v.peer;

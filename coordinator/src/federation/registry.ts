@@ -1,14 +1,55 @@
 /**
  * FederationRegistry through viem: the registry's events since the last read say which
- * coordinators changed (registered, updated, renewed, admitted, revoked, endorsed by this site),
- * and their current state is read with getCoordinator and endorsed. A chain whose head went
- * backwards (a restarted dev chain) is read again from the start.
+ * coordinators changed, and their current state is read with getCoordinator and endorsed. Only
+ * coordinators this site may come to trust are tracked: itself, those governance admitted or
+ * revoked, and those this site endorsed; registering is permissionless, so a stranger's
+ * registrations and updates are not even read until one of those happens. Reads go at most
+ * READ_CONCURRENCY at a time. A chain whose head went backwards (a restarted dev chain) is read
+ * again from the start.
  */
 import { FederationRegistry } from "@sharedllm/contracts";
 import type { Address, PublicClient } from "viem";
 import type { RegistryEntry } from "./trust.js";
 
 const STATUS = ["none", "pending", "admitted", "revoked"] as const;
+
+/** How many coordinators are read from the chain at once. */
+export const READ_CONCURRENCY = 8;
+
+/** A registry event's name and arguments, as far as tracking goes. */
+export interface RegistryEvent {
+  eventName: string;
+  args: { coordinator?: Address; site?: Address; peer?: Address };
+}
+
+/**
+ * The coordinators whose state these events may have changed and that this site tracks (pure):
+ * any admitted, revoked or endorsed by this site; a registration, update or renewal only of
+ * one already tracked (`known`) or of this site itself.
+ */
+export function touchedBy(events: readonly RegistryEvent[], self: Address, known: (a: string) => boolean): Set<Address> {
+  const me = self.toLowerCase();
+  const touched = new Map<string, Address>();
+  for (const { eventName, args } of events) {
+    let a: Address | undefined;
+    if (eventName === "Admitted" || eventName === "Revoked") a = args.coordinator;
+    else if (eventName === "Endorsed") a = args.site?.toLowerCase() === me ? args.peer : undefined;
+    else if (args.coordinator && (known(args.coordinator.toLowerCase()) || args.coordinator.toLowerCase() === me)) a = args.coordinator;
+    if (a) touched.set(a.toLowerCase(), a);
+  }
+  return new Set(touched.values());
+}
+
+/** `fn` over `items`, at most `limit` at a time. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < items.length; i = next++) out[i] = await fn(items[i] as T);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
 
 export class RegistryReader {
   private readonly entries = new Map<string, RegistryEntry>();
@@ -20,7 +61,7 @@ export class RegistryReader {
     private readonly self: Address,
   ) {}
 
-  /** Reads what changed since the last call; returns every registered coordinator. */
+  /** Reads what changed since the last call; returns every tracked coordinator. */
   async read(): Promise<Map<string, RegistryEntry>> {
     const latest = await this.client.getBlockNumber();
     if (latest < this.cursor) {
@@ -34,14 +75,8 @@ export class RegistryReader {
       fromBlock: this.cursor + 1n,
       toBlock: latest,
     });
-    const touched = new Set<Address>();
-    const self = this.self.toLowerCase();
-    for (const log of logs) {
-      const args = log.args as { coordinator?: Address; site?: Address; peer?: Address };
-      if (args.coordinator) touched.add(args.coordinator);
-      else if (args.peer && args.site?.toLowerCase() === self) touched.add(args.peer);
-    }
-    const read = await Promise.all([...touched].map((a) => this.readOne(a, latest)));
+    const touched = touchedBy(logs as unknown as RegistryEvent[], this.self, (a) => this.entries.has(a));
+    const read = await mapLimit([...touched], READ_CONCURRENCY, (a) => this.readOne(a, latest));
     for (const e of read) if (e) this.entries.set(e.address, e);
     this.cursor = latest;
     return this.entries;

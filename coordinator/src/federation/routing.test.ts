@@ -1,6 +1,6 @@
-import type { AdvertisedModel } from "@sharedllm/protocol";
+import { type AdvertisedModel, MAX_TOKENS_PER_CHUNK } from "@sharedllm/protocol";
 import { describe, expect, it } from "vitest";
-import { choosePeer, forwardedLine, LineReader, type PeerOffer, parseLine } from "./routing.js";
+import { choosePeer, forwardedLine, LineReader, MAX_LINE_BYTES, type PeerOffer, parseLine, peerFailure, peerMessage } from "./routing.js";
 
 const model = (id: string, freeSlots: number, completion = "2000", prompt = "1000"): AdvertisedModel => ({
   id,
@@ -75,5 +75,53 @@ describe("LineReader", () => {
     expect(() => parseLine('{"c":1,"t":1}')).toThrow(/text/);
     expect(() => parseLine('{"end":{"prompt_tokens":1}}')).toThrow(/usage/);
     expect(() => parseLine('{"what":1}')).toThrow(/no known kind/);
+  });
+
+  it("refuses an event whose text spans lines: it would inject events into the client's stream", () => {
+    expect(() => parseLine(JSON.stringify({ c: 1, d: '{"a":1}\n\ndata: {"injected":1}', t: 1 }))).toThrow(/spans lines/);
+    expect(() => parseLine(JSON.stringify({ c: 1, d: '{"a":1}\r', t: 1 }))).toThrow(/spans lines/);
+  });
+
+  it("bounds token ids and counts as a node's chunk frames are bounded", () => {
+    expect(() => parseLine(JSON.stringify({ c: 1, d: "{}", t: [2 ** 31] }))).toThrow(/tokens/);
+    expect(() => parseLine(JSON.stringify({ c: 1, d: "{}", t: [1.5] }))).toThrow(/tokens/);
+    expect(() => parseLine(JSON.stringify({ c: 1, d: "{}", t: 1e300 }))).toThrow(/tokens/);
+    expect(() => parseLine(JSON.stringify({ c: 1, d: "{}", t: MAX_TOKENS_PER_CHUNK + 1 }))).toThrow(/tokens/);
+    expect(() => parseLine(JSON.stringify({ c: 1, d: "{}", t: new Array(MAX_TOKENS_PER_CHUNK + 1).fill(0) }))).toThrow(/tokens/);
+    expect(parseLine(JSON.stringify({ c: 1, d: "{}", t: [2 ** 31 - 1] }))).toEqual({ c: 1, d: "{}", t: [2 ** 31 - 1] });
+  });
+
+  it("reads a long line sent in small pieces in linear time, and still refuses one over the bound", () => {
+    const r = new LineReader();
+    const piece = "x".repeat(64);
+    const t0 = performance.now();
+    // ~1 MiB in 64-byte pieces: a rescan of the buffer on each would take ~8e9 steps
+    for (let i = 0; i < (MAX_LINE_BYTES - 1024) / piece.length; i++) r.push(piece);
+    expect(performance.now() - t0).toBeLessThan(2_000);
+    expect(() => r.push("x".repeat(2048))).toThrow(/longer than/);
+    const ok = new LineReader();
+    expect(ok.push('{"c":1,"d":"{}",')).toEqual([]);
+    expect(ok.push('"t":1}\n{"c":1,"d":"[]","t":[2]}\n{"end"')).toEqual([
+      { c: 1, d: "{}", t: 1 },
+      { c: 1, d: "[]", t: [2] },
+    ]);
+    expect(ok.partial).toBe(true);
+  });
+});
+
+describe("a peer's failure", () => {
+  it("reaches the user cleaned and short; only 400 and 413 are the client's", () => {
+    expect(peerMessage(`evil\u001b[31m\r\nline${"y".repeat(1000)}`)).toMatch(/^evil \[31m liney+…$/);
+    expect(peerMessage("x".repeat(1000)).length).toBeLessThanOrEqual(301);
+    expect(peerFailure(400, "bad")).toEqual({ message: "bad", retryable: false, status: 400 });
+    expect(peerFailure(413, "big")).toEqual({ message: "big", retryable: false, status: 413 });
+    for (const status of [401, 402, 404, 418, 500, 302, undefined])
+      expect(peerFailure(status, "no")).toEqual({ message: "no", retryable: true });
+  });
+});
+
+describe("choosePeer, on what a peer may send", () => {
+  it("skips a model whose free slots are not a number", () => {
+    expect(choosePeer([offer("0xa", [{ ...model("m", 1), freeSlots: Number.NaN }])], "m")).toBeUndefined();
   });
 });

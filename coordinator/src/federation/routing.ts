@@ -3,7 +3,7 @@
  * gets a job no unit here can take (`choosePeer`), and the private NDJSON stream a serving site
  * answers a forwarded job with (`forwardedLine`, `LineReader`).
  */
-import { type AdvertisedModel, type ForwardedLine, federationReceiptWireSchema } from "@sharedllm/protocol";
+import { type AdvertisedModel, type ForwardedLine, federationReceiptWireSchema, MAX_TOKENS_PER_CHUNK } from "@sharedllm/protocol";
 import type { Hex } from "viem";
 
 /** A trusted peer as the scheduler sees it: what it last advertised, and what this site sent it since. */
@@ -39,7 +39,7 @@ export function choosePeer(
   for (const offer of offers) {
     if (!offer.inbound || !allow(offer.address)) continue;
     const m = offer.models.find((x) => x.id === model);
-    if (!m || m.freeSlots - offer.active <= 0) continue;
+    if (!m || !(m.freeSlots - offer.active > 0)) continue;
     const completion = BigInt(m.pricePer1k.completion);
     const prompt = BigInt(m.pricePer1k.prompt);
     if (limit && (completion > limit.completion || prompt > limit.prompt)) continue;
@@ -58,6 +58,25 @@ function cheaper(
   return a.offer.address < b.offer.address;
 }
 
+/** The longest text of a peer's that reaches a user (its error messages). */
+export const MAX_PEER_MESSAGE = 300;
+
+/** A peer's text made fit for a user: control characters out, at most MAX_PEER_MESSAGE characters. */
+export function peerMessage(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it removes
+  const clean = text.replace(/[\u0000-\u001f\u007f-\u009f]+/g, " ").trim();
+  return clean.length > MAX_PEER_MESSAGE ? `${clean.slice(0, MAX_PEER_MESSAGE)}…` : clean;
+}
+
+/**
+ * How a peer's failure counts here: only a request the peer found bad (400) or too large (413)
+ * is the client's, with that status; anything else another unit may do (retryable, no status).
+ */
+export function peerFailure(status: number | undefined, message: string): { message: string; retryable: boolean; status?: number } {
+  const clientFault = status === 400 || status === 413;
+  return clientFault ? { message: peerMessage(message), retryable: false, status } : { message: peerMessage(message), retryable: true };
+}
+
 /** One line of a forwarded job's answer. */
 export function forwardedLine(line: ForwardedLine): string {
   return `${JSON.stringify(line)}\n`;
@@ -68,32 +87,47 @@ export const MAX_LINE_BYTES = 1 << 20;
 
 /**
  * Reads a forwarded job's NDJSON answer as it arrives in pieces: `push` returns the whole lines
- * received so far, checked; a line that is not one throws (the peer failed the job).
+ * received so far, checked; a line that is not one throws (the peer failed the job). Only new
+ * text is searched for line ends, so a long line arriving in small pieces costs linear time.
  */
 export class LineReader {
-  private buffered = "";
+  /** the pieces of the line not yet ended */
+  private pieces: string[] = [];
+  private pending = 0;
 
   push(text: string): ForwardedLine[] {
-    this.buffered += text;
     const out: ForwardedLine[] = [];
-    let nl = this.buffered.indexOf("\n");
+    let from = 0;
+    let nl = text.indexOf("\n");
     while (nl >= 0) {
-      const raw = this.buffered.slice(0, nl);
-      this.buffered = this.buffered.slice(nl + 1);
+      this.pieces.push(text.slice(from, nl));
+      const raw = this.pieces.join("");
+      this.pieces = [];
+      this.pending = 0;
+      if (raw.length > MAX_LINE_BYTES) throw new Error(`the peer sent a line longer than ${MAX_LINE_BYTES} bytes`);
       if (raw.trim()) out.push(parseLine(raw));
-      nl = this.buffered.indexOf("\n");
+      from = nl + 1;
+      nl = text.indexOf("\n", from);
     }
-    if (this.buffered.length > MAX_LINE_BYTES) throw new Error(`the peer sent a line longer than ${MAX_LINE_BYTES} bytes`);
+    if (from < text.length) {
+      this.pieces.push(text.slice(from));
+      this.pending += text.length - from;
+    }
+    if (this.pending > MAX_LINE_BYTES) throw new Error(`the peer sent a line longer than ${MAX_LINE_BYTES} bytes`);
     return out;
   }
 
   /** whether part of a line is still waiting for its end */
   get partial(): boolean {
-    return this.buffered.trim().length > 0;
+    return this.pieces.join("").trim().length > 0;
   }
 }
 
-const isCount = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 0;
+/** a count or a token id: an integer 0 <= n < 2^31 */
+const isCount = (n: unknown): n is number => typeof n === "number" && Number.isInteger(n) && n >= 0 && n < 2 ** 31;
+/** what one event may stream, as for a node's chunk frames (decodeChunkFrame) */
+const isTokens = (t: unknown): t is number[] | number =>
+  isCount(t) ? t <= MAX_TOKENS_PER_CHUNK : Array.isArray(t) && t.length <= MAX_TOKENS_PER_CHUNK && t.every(isCount);
 
 /** One line, checked: a stranger's bytes until proven otherwise. */
 export function parseLine(raw: string): ForwardedLine {
@@ -107,9 +141,11 @@ export function parseLine(raw: string): ForwardedLine {
   const o = v as Record<string, unknown>;
   if (o.c === 1) {
     const t = o.t;
-    if (typeof o.d !== "string" || !(isCount(t) || (Array.isArray(t) && t.every(isCount)))) {
+    if (typeof o.d !== "string" || !isTokens(t)) {
       throw new Error("the peer sent an event without its text or tokens");
     }
+    // an event's data is one line (JSON has none in it): a line break would inject events into the client's stream
+    if (/[\r\n]/.test(o.d)) throw new Error("the peer sent an event whose text spans lines");
     return { c: 1, d: o.d, t: t as number[] | number };
   }
   if (o.end !== undefined) {

@@ -1,9 +1,10 @@
 /**
  * What federation keeps in the database: the nonces of peers' signed calls (each accepted once
  * while its signature could be fresh, across restarts and replicas), and peers' transaction ids
- * with the first result given for each, so a repeated one does not run twice; and every job
- * forwarded to a peer or run here for one, with the peer and the transaction id (and on the
- * origin, the serving site's receipt for it).
+ * with the first result given for each, so a repeated one does not run twice (for an hour); and
+ * every job forwarded to a peer or run here for one, with the peer and the transaction id (and on
+ * the origin, the serving site's receipt for it). Purges go by the database's clock, which every
+ * replica shares, not by a replica's own.
  */
 import type { FederationReceiptWire } from "@sharedllm/protocol";
 import { sql } from "kysely";
@@ -25,9 +26,9 @@ export class FederationNonces {
     return Boolean(fresh);
   }
 
-  /** Forgets nonces whose signatures can no longer be fresh. */
-  async purge(now = new Date()): Promise<void> {
-    await this.db.deleteFrom("federation_nonces").where("expires_at", "<", now).execute();
+  /** Forgets nonces whose signatures can no longer be fresh: expired a minute ago by the database's clock. */
+  async purge(): Promise<void> {
+    await this.db.deleteFrom("federation_nonces").where("expires_at", "<", sql<Date>`now() - interval '60 seconds'`).execute();
   }
 }
 
@@ -52,6 +53,14 @@ export class FederationTransactions {
       .where("txid", "=", txid)
       .executeTakeFirstOrThrow();
     return { first: false, result: row.result };
+  }
+
+  /**
+   * Forgets transactions begun over an hour ago (by the database's clock), with the output they
+   * kept for a repeat: an origin repeats a transaction id within seconds, not hours.
+   */
+  async purge(): Promise<void> {
+    await this.db.deleteFrom("federation_transactions").where("created_at", "<", sql<Date>`now() - interval '1 hour'`).execute();
   }
 
   /** Records the first result of (peer, txid); it is what a repeat gets. */
