@@ -13,7 +13,7 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       const db = await openDatabase(db0);
       const key = await createApiKey(db, "k");
       const verifier = new ApiKeyVerifier(db);
-      expect(await verifier.verify(key.secret)).toEqual({ id: key.id, name: "k" });
+      expect(await verifier.verify(key.secret)).toEqual({ id: key.id, name: "k", policy: "any" });
       expect(await verifier.verify(`${key.secret}x`)).toBeUndefined();
       const rows = await db.selectFrom("api_keys").selectAll().execute();
       expect(rows).toHaveLength(1);
@@ -22,7 +22,7 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       await db.destroy();
       // a second open runs no migration twice and sees the same data
       const again = await openDatabase(db0);
-      expect(await new ApiKeyVerifier(again).verify(key.secret)).toEqual({ id: key.id, name: "k" });
+      expect(await new ApiKeyVerifier(again).verify(key.secret)).toEqual({ id: key.id, name: "k", policy: "any" });
       await again.destroy();
     } finally {
       await db0.cleanup();
