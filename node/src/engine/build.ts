@@ -10,9 +10,9 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { arch, cpus } from "node:os";
+import { arch, cpus, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { SharedLLMError } from "../errors.js";
 import { acquireLock, isAlive } from "../lock.js";
@@ -189,6 +189,57 @@ async function build(o: BuildOptions & { variant: EngineVariant; bundle: string;
     // keep the logs of a failed build for the user, but never in the final place
     if (o.signal?.aborted) await rm(work, { recursive: true, force: true });
     throw err;
+  }
+}
+
+/** A small program over the libraries the engine ships (libllama, ggml): see ensureEngineTool. */
+export interface EngineTool {
+  /** its file name in the engine's bin folder */
+  name: string;
+  /** include folders, relative to the llama.cpp source */
+  includes: string[];
+  /** its source files, given the llama.cpp source folder */
+  sources(src: string): string[];
+  /** the engine's libraries it links, without `lib` (`llama`, `ggml`, ...) */
+  libs: string[];
+}
+
+/**
+ * A tool over the engine's own libraries, compiled first when it is not there yet; returns its
+ * path. The engine build keeps no build tree, and building it again with one more target would
+ * take minutes, so the tool is compiled on its own from the same bundled source against the
+ * libraries the engine ships, in seconds, and put beside llama-server by an atomic rename of a
+ * finished binary: the engine folder holds a working tool or none, and `engine.json` is untouched.
+ */
+export async function ensureEngineTool(engine: Engine, tool: EngineTool, signal?: AbortSignal): Promise<string> {
+  const target = join(engine.binDir, tool.name);
+  if (existsSync(target)) return target;
+  const work = await mkdtemp(join(tmpdir(), `sharedllm-${tool.name}-`));
+  try {
+    const src = join(work, "src");
+    await checkoutSource((await bundledSource()).bundle, src, signal);
+    const out = join(engine.binDir, `.${tool.name}-${process.pid}`);
+    await buildStep(
+      process.env.CXX ?? "c++",
+      [
+        "-std=c++17",
+        "-O2",
+        ...tool.includes.flatMap((d) => ["-I", join(src, d)]),
+        ...tool.sources(src),
+        `-L${engine.binDir}`,
+        // where the GNU linker finds what those libraries need in turn
+        ...(process.platform === "linux" ? [`-Wl,-rpath-link,${engine.binDir}`] : []),
+        ...tool.libs.map((l) => `-l${l}`),
+        "-pthread",
+        "-o",
+        out,
+      ],
+      { signal, log: join(work, "build.log") },
+    );
+    await rename(out, target);
+    return target;
+  } finally {
+    await rm(work, { recursive: true, force: true });
   }
 }
 

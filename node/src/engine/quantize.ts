@@ -2,57 +2,29 @@
  * `llama-quantize` of the engine's own build, and models requantised with it: what a test needs
  * for a node that serves a cheaper quantisation than it claims (verified contribution).
  *
- * The engine build (build.ts) keeps no build tree, and building it again with one more target
- * would cost the whole engine's build time (minutes) and change nothing the engine serves with.
- * The quantizer is two source files over libraries the engine already ships (libllama,
- * libllama-common, ggml), so it is compiled on its own from the same bundled source, against
- * those libraries, in seconds, and put beside llama-server in the engine's bin folder: by an
- * atomic rename of a finished binary, so the engine folder holds a working quantizer or none, and
- * `engine.json` and findEngine are untouched. The quantising itself is the engine's code
+ * The quantizer is two source files over libraries the engine already ships, compiled beside
+ * llama-server in seconds (ensureEngineTool, build.ts). The quantising itself is the engine's code
  * (`llama_model_quantize` in libllama), so the numbers are the engine's.
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, rename, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ModelEntry, ModelStore } from "../models/store.js";
-import { buildStep, bundledSource, checkoutSource, type Engine } from "./build.js";
+import { buildStep, type Engine, ensureEngineTool } from "./build.js";
 
 /** The engine's llama-quantize, compiled first when it is not there yet; returns its path. */
-export async function ensureQuantizer(engine: Engine, signal?: AbortSignal): Promise<string> {
-  const target = join(engine.binDir, "llama-quantize");
-  if (existsSync(target)) return target;
-  const work = await mkdtemp(join(tmpdir(), "sharedllm-quantize-"));
-  try {
-    const src = join(work, "src");
-    await checkoutSource((await bundledSource()).bundle, src, signal);
-    const out = join(engine.binDir, `.llama-quantize-${process.pid}`);
-    await buildStep(
-      process.env.CXX ?? "c++",
-      [
-        "-std=c++17",
-        "-O2",
-        ...["include", "ggml/include", "common", "tools/quantize"].flatMap((d) => ["-I", join(src, d)]),
-        join(src, "tools/quantize/quantize.cpp"),
-        join(src, "tools/quantize/main.cpp"),
-        `-L${engine.binDir}`,
-        // where the GNU linker finds what those libraries need in turn
-        ...(process.platform === "linux" ? [`-Wl,-rpath-link,${engine.binDir}`] : []),
-        "-lllama-common",
-        "-lllama",
-        "-lggml",
-        "-lggml-base",
-        "-pthread",
-        "-o",
-        out,
-      ],
-      { signal, log: join(work, "build.log") },
-    );
-    await rename(out, target);
-    return target;
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
+export function ensureQuantizer(engine: Engine, signal?: AbortSignal): Promise<string> {
+  return ensureEngineTool(
+    engine,
+    {
+      name: "llama-quantize",
+      includes: ["include", "ggml/include", "common", "tools/quantize"],
+      sources: (src) => [join(src, "tools/quantize/quantize.cpp"), join(src, "tools/quantize/main.cpp")],
+      libs: ["llama-common", "llama", "ggml", "ggml-base"],
+    },
+    signal,
+  );
 }
 
 /**

@@ -11,49 +11,26 @@
  * ends with its stdin (and by a parent-death signal), so it never outlives the node.
  */
 import { type ChildProcessWithoutNullStreams, spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdtemp, rename, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { SharedLLMError } from "../errors.js";
-import { buildStep, bundledSource, checkoutSource, type Engine } from "./build.js";
+import { type Engine, ensureEngineTool } from "./build.js";
 
 const SOURCE = join(import.meta.dirname, "score.cpp");
 const hasSetpriv = spawnSync("setpriv", ["--help"], { stdio: "ignore" }).status === 0;
 
 /** The engine's one-pass scorer, compiled first when it is not there yet; returns its path. */
-export async function ensureScorer(engine: Engine, signal?: AbortSignal): Promise<string> {
-  const target = join(engine.binDir, "sharedllm-score");
-  if (existsSync(target)) return target;
-  const work = await mkdtemp(join(tmpdir(), "sharedllm-score-"));
-  try {
-    const src = join(work, "src");
-    await checkoutSource((await bundledSource()).bundle, src, signal);
-    const out = join(engine.binDir, `.sharedllm-score-${process.pid}`);
-    await buildStep(
-      process.env.CXX ?? "c++",
-      [
-        "-std=c++17",
-        "-O2",
-        ...["include", "ggml/include", "vendor"].flatMap((d) => ["-I", join(src, d)]),
-        SOURCE,
-        `-L${engine.binDir}`,
-        ...(process.platform === "linux" ? [`-Wl,-rpath-link,${engine.binDir}`] : []),
-        "-lllama",
-        "-lggml",
-        "-lggml-base",
-        "-pthread",
-        "-o",
-        out,
-      ],
-      { signal, log: join(work, "build.log") },
-    );
-    await rename(out, target);
-    return target;
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
+export function ensureScorer(engine: Engine, signal?: AbortSignal): Promise<string> {
+  return ensureEngineTool(
+    engine,
+    {
+      name: "sharedllm-score",
+      includes: ["include", "ggml/include", "vendor"],
+      sources: () => [SOURCE],
+      libs: ["llama", "ggml", "ggml-base"],
+    },
+    signal,
+  );
 }
 
 /** One row's distribution: the target's rank among the top K (null outside) and log-probability, and the top K. */
