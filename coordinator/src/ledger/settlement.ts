@@ -171,7 +171,10 @@ export class Settler {
   }
 
   private async pass(force: boolean) {
-    await this.postAcceptances();
+    // what this site owes peers waits for the next pass if it cannot be posted; its own batches do not
+    await this.postAcceptances().catch((err: Error) =>
+      this.log.error({ err: err.message }, "posting what this site accepts owing peer sites failed; next pass tries again"),
+    );
     const open = await this.db.selectFrom("settlements").selectAll().where("status", "!=", "confirmed").orderBy("batch_id").execute();
     for (const batch of open) await this.post(batch.batch_id, JSON.parse(batch.payload) as Payload);
     if (!(force || (await this.due()))) return;
