@@ -4,6 +4,7 @@
  */
 import type { Address, Hex } from "viem";
 import { z } from "zod";
+import { hexBytesSchema, uintStringSchema } from "./ledger.js";
 
 /** Every coordinator-to-coordinator route lives under this prefix and is signed. */
 export const FEDERATION_PREFIX = "/federation/v1";
@@ -197,16 +198,14 @@ export function federationReceiptTypedData(r: FederationReceipt, domain: { chain
   } as const;
 }
 
-const hexBytes = (n: number) => z.string().regex(new RegExp(`^0x[0-9a-fA-F]{${n * 2}}$`));
-
 export const federationReceiptWireSchema = z.object({
-  origin: hexBytes(20),
-  server: hexBytes(20),
-  txid: hexBytes(32),
-  model: hexBytes(32),
+  origin: hexBytesSchema(20),
+  server: hexBytesSchema(20),
+  txid: hexBytesSchema(32),
+  model: hexBytesSchema(32),
   promptTokens: z.number().int().min(0).max(0xffffffff),
   completionTokens: z.number().int().min(0).max(0xffffffff),
-  credits: z.string().regex(/^\d{1,78}$/),
+  credits: uintStringSchema,
   issuedAt: z.string().regex(/^\d{1,20}$/),
 });
 export type FederationReceiptWire = z.infer<typeof federationReceiptWireSchema>;

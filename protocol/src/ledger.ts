@@ -100,22 +100,24 @@ export function receiptJobId(jobId: string): Hex {
 /** An EVM address (checksummed or not), typed as viem's Address. */
 export const addressSchema = z.custom<Address>((v) => typeof v === "string" && /^0x[0-9a-fA-F]{40}$/.test(v), "must be an address");
 
-const hex = (bytes: number) => z.string().regex(new RegExp(`^0x[0-9a-fA-F]{${bytes * 2}}$`));
-const uint = z.string().regex(/^\d{1,78}$/);
+/** `bytes` bytes as 0x-prefixed hex (receipts on the wire). */
+export const hexBytesSchema = (bytes: number) => z.string().regex(new RegExp(`^0x[0-9a-fA-F]{${bytes * 2}}$`));
+/** A uint256 as a decimal string (bigints on JSON wires). */
+export const uintStringSchema = z.string().regex(/^\d{1,78}$/);
 
 /** A receipt on the control channel (bigints as decimal strings). */
 export const workReceiptWireSchema = z.object({
-  jobId: hex(32),
-  node: hex(20),
-  coordinator: hex(20),
-  model: hex(32),
+  jobId: hexBytesSchema(32),
+  node: hexBytesSchema(20),
+  coordinator: hexBytesSchema(20),
+  model: hexBytesSchema(32),
   promptTokens: z.number().int().min(0).max(0xffffffff),
   completionTokens: z.number().int().min(0).max(0xffffffff),
   shareBps: z.number().int().min(0).max(10_000),
-  credits: uint,
-  issuedAt: uint,
-  promptHash: hex(32).optional(),
-  outputHash: hex(32).optional(),
+  credits: uintStringSchema,
+  issuedAt: uintStringSchema,
+  promptHash: hexBytesSchema(32).optional(),
+  outputHash: hexBytesSchema(32).optional(),
 });
 export type WorkReceiptWire = z.infer<typeof workReceiptWireSchema>;
 
