@@ -6,14 +6,11 @@
  * escrow at B: it is B's customer. PGlite by default, PostgreSQL when DATABASE_URL is set.
  */
 import { randomUUID } from "node:crypto";
-import { chainClients } from "@sharedllm/cli";
-import { FederationRegistry } from "@sharedllm/contracts";
 import { type Coordinator, createApiKey } from "@sharedllm/coordinator";
 import { DEFAULT_MODEL, loadNodeIdentity } from "@sharedllm/node";
 import { FEDERATION_PREFIX, type FederationResponse, type OpenAIErrorBody } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import type { Address } from "viem";
-import { privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { devWallet, type TestChain } from "../chain.ts";
 import { type FederatedSites, PEER_MODEL, type Site, startFederatedSites } from "../federation.ts";
@@ -58,6 +55,31 @@ async function streamedText(res: Response): Promise<string> {
 }
 
 const forwardedRows = (s: Site) => s.coordinator.db.selectFrom("federated_jobs").selectAll().execute();
+
+/** A long story streamed through A from B, once its first chunk has arrived, and a reader of the rest. */
+async function longStreamThroughA(topic: string) {
+  const res = await chat(a, userKey, {
+    model: PEER_MODEL,
+    max_tokens: 800,
+    stream: true,
+    messages: [{ role: "user", content: `Write a very long story about ${topic}.` }],
+  });
+  expect(res.status).toBe(200);
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  await reader.read();
+  return {
+    /** the rest of the stream, as text, once it ends */
+    async rest(): Promise<string> {
+      let text = "";
+      const dec = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return text;
+        text += dec.decode(value);
+      }
+    },
+  };
+}
 
 const user = devWallet(7);
 const soleUser = devWallet(8);
@@ -290,31 +312,10 @@ describe("forwarding jobs to a trusted peer site", () => {
   });
 
   it("a peer cut off mid-stream fails its jobs there: no unit here can continue, the client's stream ends with an error, B's job is cancelled", async () => {
-    const res = await chat(a, userKey, {
-      model: PEER_MODEL,
-      max_tokens: 800,
-      stream: true,
-      messages: [{ role: "user", content: "Write a very long story about the sea." }],
-    });
-    expect(res.status).toBe(200);
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    await reader.read();
+    const stream = await longStreamThroughA("the sea");
     // A stops endorsing B: A no longer trusts B at its next registry read (1 s here)
-    const { publicClient, wallet } = chainClients(chain.rpcUrl, chain.chainId, privateKeyToAccount(a.key));
-    const hash = await (wallet as NonNullable<typeof wallet>).writeContract({
-      address: chain.registry,
-      abi: FederationRegistry.abi,
-      functionName: "endorse",
-      args: [b.address, false],
-    } as never);
-    await publicClient.waitForTransactionReceipt({ hash });
-    let rest = "";
-    const dec = new TextDecoder();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      rest += dec.decode(value);
-    }
+    await sites.fed(a, "unendorse", b.address);
+    const rest = await stream.rest();
     expect(rest).toMatch(/"code":"node_failed"/);
     expect(rest).not.toMatch(/\[DONE\]/);
     const out = await waitFor("A's row of the failed job", async () =>
@@ -331,24 +332,10 @@ describe("forwarding jobs to a trusted peer site", () => {
     // A trusts B again (the test before unendorsed it)
     await sites.fed(a, "endorse", b.address);
     await waitFor("A to forward to B again", () => a.coordinator.peers?.serves(PEER_MODEL), 20_000);
-    const res = await chat(a, userKey, {
-      model: PEER_MODEL,
-      max_tokens: 800,
-      stream: true,
-      messages: [{ role: "user", content: "Write a very long story about the mountains." }],
-    });
-    expect(res.status).toBe(200);
-    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    await reader.read();
+    const stream = await longStreamThroughA("the mountains");
     // governance revokes A: B cuts A off at its next registry read (1 s here), and stops A's job there
     await sites.fed(a, "revoke", a.address);
-    let rest = "";
-    const dec = new TextDecoder();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      rest += dec.decode(value);
-    }
+    const rest = await stream.rest();
     expect(rest).not.toMatch(/\[DONE\]/);
     const inB = await waitFor("B's end of A's job", async () =>
       (await forwardedRows(b)).find((r) => r.direction === "in" && r.status !== "running" && r.error?.includes("cut off")),
