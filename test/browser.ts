@@ -176,3 +176,17 @@ export async function openPortal(browser: Browser, url: string, wallet: TestWall
     },
   };
 }
+
+/**
+ * After a test: when it failed, what the user last saw (`last`, the newest portal it opened) is
+ * kept: a screenshot, and the page's text as its accessibility tree, with the page's errors.
+ */
+export async function reportPortalFailure(ctx: { task: { name: string; result?: { state?: string } } }, last: Portal | undefined) {
+  if (ctx.task.result?.state !== "fail" || !last) return;
+  await last.screenshot(`failed-${ctx.task.name.slice(0, 40).replaceAll(/\W+/g, "-")}`).catch(() => {});
+  const text = await last.page
+    .locator("body")
+    .ariaSnapshot()
+    .catch(() => "");
+  process.stderr.write(`page at failure: ${last.page.url()}\n${text}\nerrors: ${last.errors.join("\n")}\n`);
+}

@@ -11,7 +11,7 @@ import type { Browser, Page } from "playwright-core";
 import { type Account, type Address, getAddress } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { launchBrowser, openPortal, type Portal, TestWallet } from "../browser.ts";
+import { launchBrowser, openPortal, type Portal, reportPortalFailure, TestWallet } from "../browser.ts";
 import { devWallet, startTestChain, type TestChain } from "../chain.ts";
 import { waitFor } from "../helpers.ts";
 import { MODEL, type System, startSystem } from "../system.ts";
@@ -36,17 +36,7 @@ afterAll(async () => {
 });
 
 // a failed test leaves the last page's screenshot and text behind
-afterEach(async (ctx) => {
-  const last = portals.at(-1);
-  if (ctx.task.result?.state !== "fail" || !last) return;
-  await last.screenshot(`failed-${ctx.task.name.slice(0, 40).replaceAll(/\W+/g, "-")}`).catch(() => {});
-  // what the user saw, as the accessibility tree
-  const text = await last.page
-    .locator("body")
-    .ariaSnapshot()
-    .catch(() => "");
-  process.stderr.write(`page at failure: ${last.page.url()}\n${text}\nerrors: ${last.errors.join("\n")}\n`);
-});
+afterEach((ctx) => reportPortalFailure(ctx, portals.at(-1)));
 
 async function open(wallet: TestWallet | undefined, width = 1280): Promise<Portal> {
   const p = await openPortal(browser, sys.coordinator.url, wallet, width);

@@ -13,7 +13,7 @@ import type { AuditStart, CoordinatorFrame, EarningsResponse, NodeFrame } from "
 import type { Browser, Page } from "playwright-core";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { launchBrowser, openPortal, type Portal, TestWallet } from "../browser.ts";
+import { launchBrowser, openPortal, type Portal, reportPortalFailure, TestWallet } from "../browser.ts";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
 import { SimNode, signsReceipts, streamWords } from "../simNode.ts";
@@ -114,16 +114,7 @@ afterAll(async () => {
   await chain?.stop();
 });
 
-afterEach(async (ctx) => {
-  const last = portals.at(-1);
-  if (ctx.task.result?.state !== "fail" || !last) return;
-  await last.screenshot(`failed-${ctx.task.name.slice(0, 40).replaceAll(/\W+/g, "-")}`).catch(() => {});
-  const text = await last.page
-    .locator("body")
-    .ariaSnapshot()
-    .catch(() => "");
-  process.stderr.write(`page at failure: ${last.page.url()}\n${text}\nerrors: ${last.errors.join("\n")}\n`);
-});
+afterEach((ctx) => reportPortalFailure(ctx, portals.at(-1)));
 
 async function earnings(id: string): Promise<EarningsResponse> {
   return (await (await fetch(`${coordinator.url}/v1/earnings/${id}`)).json()) as EarningsResponse;

@@ -16,7 +16,7 @@ import type { Browser, Page } from "playwright-core";
 import type { Address, Hex, PrivateKeyAccount } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { launchBrowser, openPortal, type Portal } from "../browser.ts";
+import { launchBrowser, openPortal, type Portal, reportPortalFailure } from "../browser.ts";
 import { startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, testDatabase, waitFor } from "../helpers.ts";
 import { SimNode } from "../simNode.ts";
@@ -120,16 +120,7 @@ afterAll(async () => {
   for (const clean of cleanups.reverse()) await clean().catch(() => undefined);
 });
 
-afterEach(async (ctx) => {
-  const last = portals.at(-1);
-  if (ctx.task.result?.state !== "fail" || !last) return;
-  await last.screenshot(`failed-${ctx.task.name.slice(0, 40).replaceAll(/\W+/g, "-")}`).catch(() => {});
-  const text = await last.page
-    .locator("body")
-    .ariaSnapshot()
-    .catch(() => "");
-  process.stderr.write(`page at failure: ${last.page.url()}\n${text}\nerrors: ${last.errors.join("\n")}\n`);
-});
+afterEach((ctx) => reportPortalFailure(ctx, portals.at(-1)));
 
 /** The portal of a coordinator, on its Federation page (reached through the navigation). */
 async function federationPage(c: Coordinator): Promise<Portal> {
