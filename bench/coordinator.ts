@@ -23,6 +23,21 @@ export interface StreamTiming {
   text: string;
 }
 
+/**
+ * The request every decode bench times: a long greedy story, fixed seed, `maxTokens` tokens
+ * whatever the model would say (ignore_eos), so every path and round generates the same work.
+ */
+export function timedRequest(model: string | undefined, maxTokens: number) {
+  return {
+    model,
+    messages: [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }],
+    max_tokens: maxTokens,
+    temperature: 0,
+    seed: 7,
+    ignore_eos: true,
+  };
+}
+
 /** full-length requests per path before measuring */
 const WARM_UP_REQUESTS = 3;
 const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
@@ -128,14 +143,7 @@ export async function benchCoordinator(opts: { rounds: number; maxTokens: number
       600_000,
       250,
     );
-    const body = {
-      model: info.models[0],
-      messages: [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }],
-      max_tokens: opts.maxTokens,
-      temperature: 0,
-      seed: 7,
-      ignore_eos: true,
-    };
+    const body = timedRequest(info.models[0], opts.maxTokens);
     // a bare TCP relay process in front of llama-server: the floor cost of any extra hop
     const pipe = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "pipe.ts"), new URL(info.engineUrl).port], {
       stdio: ["ignore", "pipe", "inherit"],

@@ -10,7 +10,7 @@
 import { spawn } from "node:child_process";
 import { cpus } from "node:os";
 import { join } from "node:path";
-import { median, processCpuMs, type StreamTiming, timeStream } from "./coordinator.ts";
+import { median, processCpuMs, type StreamTiming, timedRequest, timeStream } from "./coordinator.ts";
 
 /** full-length requests per path before measuring */
 const WARM_UP_REQUESTS = 3;
@@ -39,14 +39,7 @@ export async function benchFederation(opts: { rounds: number; maxTokens: number;
       });
       child.once("exit", (code) => reject(new Error(`the federated sites exited (${code}) before they were ready`)));
     });
-    const body = {
-      model: sites.model,
-      messages: [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }],
-      max_tokens: opts.maxTokens,
-      temperature: 0,
-      seed: 7,
-      ignore_eos: true,
-    };
+    const body = timedRequest(sites.model, opts.maxTokens);
     const paths = { local: sites.b, federated: sites.a };
     type Arm = keyof typeof paths;
     const arms = Object.keys(paths) as Arm[];

@@ -24,7 +24,7 @@ import {
 } from "@sharedllm/node";
 import { pino } from "pino";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
-import { median, type StreamTiming, timeStream } from "./coordinator.ts";
+import { median, type StreamTiming, timedRequest, timeStream } from "./coordinator.ts";
 
 /** As a head splits it (splitArgs): the 30 layers over the two members, the output head kept local. */
 const SPLIT = ["--tensor-split", "15,16", "--n-gpu-layers", "31", "--override-tensor", "^(output|token_embd)=CPU"];
@@ -106,14 +106,7 @@ export async function benchSplit(opts: { rounds: number; maxTokens: number }) {
       tunnel: await llama("tunnel", [...tunnelled.rpc, ...SPLIT]),
       solo: await llama("solo", []),
     };
-    const body = {
-      model: DEFAULT_MODEL.id,
-      messages: [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }],
-      max_tokens: opts.maxTokens,
-      temperature: 0,
-      seed: 7,
-      ignore_eos: true,
-    };
+    const body = timedRequest(DEFAULT_MODEL.id, opts.maxTokens);
     for (const l of Object.values(arms)) await timeStream(l.url, l.apiKey, { ...body, max_tokens: 16 });
     const names = Object.keys(arms);
     const runs: Record<string, StreamTiming[]> = Object.fromEntries(names.map((n) => [n, []]));
