@@ -3,7 +3,9 @@ import { spawn } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Coordinator } from "@sharedllm/coordinator";
 import { resolvePaths } from "@sharedllm/node";
+import { sql } from "kysely";
 import { pino } from "pino";
 
 /** A free TCP port on loopback (for a dev chain or a server a test starts). */
@@ -101,4 +103,15 @@ export function testDatabase(): Promise<TestDatabase> {
 export function storageBackends(): { name: string; open: () => Promise<TestDatabase> }[] {
   const adminUrl = process.env.DATABASE_URL;
   return [{ name: "PGlite", open: pgliteDatabase }, ...(adminUrl ? [{ name: "PostgreSQL", open: () => postgresDatabase(adminUrl) }] : [])];
+}
+
+/** A coordinator's credit journal: the sum of one kind of entry for an address (smallest unit). */
+export async function journalSum(db: Coordinator["db"], address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
+  const row = await db
+    .selectFrom("ledger_entries")
+    .select(sql<string | null>`sum(amount)`.as("total"))
+    .where("address", "=", address.toLowerCase())
+    .where("kind", "=", kind)
+    .executeTakeFirstOrThrow();
+  return BigInt(row.total ?? 0);
 }

@@ -6,9 +6,8 @@
 import { randomBytes } from "node:crypto";
 import { type CoordinatorOptions, createApiKey, startCoordinator } from "@sharedllm/coordinator";
 import { DEFAULT_MODEL, startNodeDaemon } from "@sharedllm/node";
-import { sql } from "kysely";
 import OpenAI from "openai";
-import { quietLogger, tempPaths, testDatabase } from "./helpers.ts";
+import { journalSum, quietLogger, tempPaths, testDatabase } from "./helpers.ts";
 
 export const MODEL = DEFAULT_MODEL.id;
 
@@ -56,14 +55,8 @@ export async function startSystem(
       });
     },
     /** the coordinator's credit journal: the sum of one kind of entry for an address (smallest unit) */
-    async journal(address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
-      const row = await coordinator.db
-        .selectFrom("ledger_entries")
-        .select(sql<string | null>`sum(amount)`.as("total"))
-        .where("address", "=", address.toLowerCase())
-        .where("kind", "=", kind)
-        .executeTakeFirstOrThrow();
-      return BigInt(row.total ?? 0);
+    journal(address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
+      return journalSum(coordinator.db, address, kind);
     },
     async close() {
       await node.stop();

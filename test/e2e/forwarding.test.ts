@@ -14,7 +14,7 @@ import type { Address } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { devWallet, type TestChain } from "../chain.ts";
 import { type FederatedSites, PEER_MODEL, type Site, startFederatedSites } from "../federation.ts";
-import { waitFor } from "../helpers.ts";
+import { journalSum, waitFor } from "../helpers.ts";
 
 let sites: FederatedSites;
 let chain: TestChain;
@@ -22,15 +22,11 @@ let a: Site;
 let b: Site;
 
 /** The sum of one kind of journal entry for an address at a site. */
-async function journal(s: Site, address: string, kind: "charge" | "earn" | "hold" | "release"): Promise<bigint> {
-  const row = await s.coordinator.db
-    .selectFrom("ledger_entries")
-    .select(sql<string | null>`sum(amount)`.as("total"))
-    .where("address", "=", address.toLowerCase())
-    .where("kind", "=", kind)
-    .executeTakeFirstOrThrow();
-  return BigInt(row.total ?? 0);
-}
+const journal = (s: Site, address: string, kind: "charge" | "earn" | "hold" | "release") => journalSum(s.coordinator.db, address, kind);
+
+/** A job's status in a site's jobs table. */
+const jobStatus = async (s: Site, id: string) =>
+  (await s.coordinator.db.selectFrom("jobs").select(["status"]).where("id", "=", id).executeTakeFirst())?.status;
 
 function chat(s: Site, key: string, body: Record<string, unknown>, signal?: AbortSignal) {
   return fetch(`${s.coordinator.url}/v1/chat/completions`, {
@@ -303,12 +299,7 @@ describe("forwarding jobs to a trusted peer site", () => {
       (await forwardedRows(b)).find((r) => r.txid === out.txid && r.status !== "running"),
     );
     expect(inB.status).toBe("cancelled");
-    await waitFor(
-      "B's job row to say cancelled",
-      async () =>
-        (await b.coordinator.db.selectFrom("jobs").select(["status"]).where("id", "=", inB.job_id).executeTakeFirst())?.status ===
-        "cancelled",
-    );
+    await waitFor("B's job row to say cancelled", async () => (await jobStatus(b, inB.job_id)) === "cancelled");
   });
 
   it("a peer cut off mid-stream fails its jobs there: no unit here can continue, the client's stream ends with an error, B's job is cancelled", async () => {
@@ -341,11 +332,6 @@ describe("forwarding jobs to a trusted peer site", () => {
       (await forwardedRows(b)).find((r) => r.direction === "in" && r.status !== "running" && r.error?.includes("cut off")),
     );
     expect(inB.status).toBe("cancelled");
-    await waitFor(
-      "B's job row to say cancelled",
-      async () =>
-        (await b.coordinator.db.selectFrom("jobs").select(["status"]).where("id", "=", inB.job_id).executeTakeFirst())?.status ===
-        "cancelled",
-    );
+    await waitFor("B's job row to say cancelled", async () => (await jobStatus(b, inB.job_id)) === "cancelled");
   });
 });
