@@ -144,12 +144,14 @@ export function inboundRoutes(o: InboundOptions) {
     origin: Address,
     txid: string,
     model: string,
+    /** the unit that ran it: the receipt names the model file it served */
+    unit: string,
     usage: { prompt_tokens: number; completion_tokens: number },
   ): Promise<{ receipt?: FederationReceiptWire; signature?: Hex }> {
     const clearing = o.clearing;
     if (!clearing || !o.price) return {};
     const credits = jobCost(o.price(model), usage.prompt_tokens, usage.completion_tokens);
-    const sha256 = advertise(o.fleet, o.price).find((m) => m.id === model)?.sha256;
+    const sha256 = o.fleet.get(unit)?.models.get(model)?.sha256;
     if (credits === 0n || !sha256) return {};
     const receipt: FederationReceipt = {
       origin,
@@ -276,8 +278,8 @@ export function inboundRoutes(o: InboundOptions) {
           chunk(data, tokens) {
             write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });
           },
-          end(_unit, usage) {
-            void signedReceipt(peer.address, txid, model, usage).then((signed) => {
+          end(unit, usage) {
+            void signedReceipt(peer.address, txid, model, unit, usage).then((signed) => {
               const text = done("completed", { end: usage, ...signed }, usage);
               // the origin went away while the receipt was signed
               if (text === undefined) return resolve(undefined);
