@@ -19,7 +19,7 @@ import {
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import { type Address, createPublicClient, defineChain, type Hex, http, type PublicClient } from "viem";
-import { privateKeyToAccount } from "viem/accounts";
+import { type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import type { Db } from "../db/database.js";
 import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
@@ -90,6 +90,8 @@ export interface ForwardingView {
 
 export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }> {
   readonly address: Address;
+  /** this coordinator's key as a signer (receipts); its secret is never logged */
+  private readonly account: PrivateKeyAccount;
   readonly refreshMs: number;
   private entries = new Map<string, RegistryEntry>();
   private trusted = new Set<string>();
@@ -110,7 +112,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     private readonly logger: Logger,
   ) {
     super();
-    this.address = privateKeyToAccount(o.privateKey).address.toLowerCase() as Address;
+    this.account = privateKeyToAccount(o.privateKey);
+    this.address = this.account.address.toLowerCase() as Address;
     this.refreshMs = o.refreshMs ?? DEFAULT_FEDERATION_REFRESH_MS;
     this.nonces = new FederationNonces(db);
     this.transactions = new FederationTransactions(db);
@@ -200,7 +203,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
 
   /** Signs a federation receipt with this coordinator's key (EIP-712, in the ledger's domain; clearing.ts). */
   signReceipt(r: FederationReceipt, domain: LedgerDomain): Promise<Hex> {
-    return privateKeyToAccount(this.o.privateKey).signTypedData(federationReceiptTypedData(r, domain));
+    return this.account.signTypedData(federationReceiptTypedData(r, domain));
   }
 
   /** This coordinator's own registry entry, if it is registered. */
