@@ -123,6 +123,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
   });
   let federation: Federation | undefined;
   let peers: Peers | undefined;
+  /** every job forwarded to a peer or run here for one */
+  const forwarded = new FederatedJobs(db);
   const fwd = o.federation?.forwarding;
   const forwarding: ForwardingSettings = {
     outbound: Boolean(o.federation) && fwd?.outbound !== false,
@@ -183,8 +185,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     const keys = new ApiKeyVerifier(db);
     if (o.federation) {
       federation = await Federation.start(db, o.federation, o.logger);
-      const forwarded = new FederatedJobs(db);
       if (ledger) ledger.settler.acceptances = () => forwarded.accepted();
+      metrics.federationCredits(() => forwarded.traffic());
       peers = new Peers({
         federation,
         log: o.logger,
@@ -226,7 +228,6 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       if (ledger.audits) await app.register(auditsPlugin, { audits: ledger.audits, keys });
     }
     if (federation) {
-      const inCounts = new Map<string, number>();
       const price = ledger && ((model: string) => ledger.metering.price(model));
       await app.register(federationPlugin, {
         federation,
@@ -239,7 +240,6 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
             metrics,
             settings: forwarding,
             price,
-            counts: inCounts,
             clearing: ledger && {
               self: federation.address,
               sign: (r) =>
@@ -251,10 +251,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
           get settings() {
             return { outbound: forwarding.outbound, inbound: forwarding.inbound, inboundCapPerPeer: forwarding.inboundCapPerPeer ?? null };
           },
-          peer: (address) => {
-            const unit = peers?.get(address);
-            return { capacity: unit?.capacity ?? null, forwarded: { out: unit?.forwardedCount ?? 0, in: inCounts.get(address) ?? 0 } };
-          },
+          capacity: (address) => peers?.get(address)?.capacity ?? null,
+          traffic: () => forwarded.traffic(),
         },
       });
     }

@@ -104,6 +104,27 @@ export class Metrics {
     this.forwarded.inc({ peer, direction, status });
   }
 
+  /**
+   * What the sites owe each other, read from the log of forwarded jobs at scrape time: credits by
+   * the federation receipts, out (owed to the peer) and in (owed by it).
+   */
+  federationCredits(read: () => Promise<Map<string, { credits: { out: bigint; in: bigint } }>>): void {
+    new Gauge({
+      name: "sharedllm_federation_credits",
+      help: "credits owed between this site and a peer by the federation receipts: out, to the peer; in, by the peer",
+      labelNames: ["peer", "direction"],
+      registers: [this.registry],
+      async collect() {
+        this.reset();
+        for (const [peer, t] of await read()) {
+          // a gauge is a float: exact up to 2^53 smallest units, which a Prometheus figure does not need past
+          this.set({ peer, direction: "out" }, Number(t.credits.out));
+          this.set({ peer, direction: "in" }, Number(t.credits.in));
+        }
+      },
+    });
+  }
+
   /** A job was not forwarded (or a forwarded one refused) for `reason`. */
   federationRefused(reason: string): void {
     this.refusals.inc({ reason });

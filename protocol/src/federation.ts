@@ -44,8 +44,14 @@ export interface FederationPeer {
   publicKey: Hex;
   /** what it advertised last (its capacity call), null before the first answer or with outbound off */
   capacity: PeerCapacity | null;
-  /** jobs forwarded to it (out) and run here for it (in), since this coordinator started */
+  /** jobs forwarded to it (out) and run here for it (in), as this site's log has them */
   forwarded: { out: number; in: number };
+  /**
+   * what the sites owe each other by the federation receipts (credits, smallest unit, decimal
+   * strings): out, what this site accepted owing the peer for jobs it served; in, what this site
+   * signed to the peer for jobs run here
+   */
+  credits: { out: string; in: string };
 }
 
 /** One model a site advertises to its peers. */

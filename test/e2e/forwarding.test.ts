@@ -155,9 +155,13 @@ describe("forwarding jobs to a trusted peer site", () => {
     const peerB = view.peers.find((p) => p.address === b.address);
     expect(peerB?.capacity?.models.map((m) => m.id)).toContain(PEER_MODEL);
     expect(peerB?.capacity?.models.find((m) => m.id === PEER_MODEL)?.pricePer1k).toEqual({ prompt: "1000", completion: "2000" });
-    expect(peerB?.forwarded.out).toBeGreaterThanOrEqual(1);
+    // the first job between them: one each way in the logs, and what each owes the other by the receipts
+    expect(peerB).toMatchObject({ forwarded: { out: 1, in: 0 }, credits: { out: paidAtA.toString(), in: "0" } });
     const viewB = (await (await fetch(`${b.coordinator.url}/v1/federation`)).json()) as FederationResponse;
-    expect(viewB.peers.find((p) => p.address === a.address)?.forwarded.in).toBeGreaterThanOrEqual(1);
+    expect(viewB.peers.find((p) => p.address === a.address)).toMatchObject({
+      forwarded: { out: 0, in: 1 },
+      credits: { out: "0", in: paidAtA.toString() },
+    });
     const listed = async (key: string) =>
       (
         (await (await fetch(`${a.coordinator.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()) as {
@@ -168,6 +172,7 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(await listed(siteOnlyKey)).not.toContain(PEER_MODEL);
     const metrics = await (await fetch(`${a.coordinator.url}/metrics`)).text();
     expect(metrics).toMatch(new RegExp(`sharedllm_federated_jobs_total\\{peer="${b.address}",direction="out",status="completed"\\} [1-9]`));
+    expect(metrics).toContain(`sharedllm_federation_credits{peer="${b.address}",direction="out"} ${paidAtA}`);
   });
 
   it("a site_only key is never forwarded: 503, nothing charged", async () => {

@@ -10,6 +10,7 @@
 import { EventEmitter } from "node:events";
 import {
   type DistrustReason,
+  type FederationPeer,
   type FederationReceipt,
   type FederationResponse,
   federationReceiptTypedData,
@@ -25,7 +26,7 @@ import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
 import { RegistryReader } from "./registry.js";
 import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
-import { FederationNonces, FederationTransactions } from "./store.js";
+import { FederationNonces, FederationTransactions, type PeerTraffic } from "./store.js";
 import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
 
 export interface FederationOptions {
@@ -84,8 +85,10 @@ export type Inbound = { ok: true; peer: VerifiedPeer } | Refused;
 /** What forwarding adds to `GET /v1/federation`. */
 export interface ForwardingView {
   settings: FederationResponse["forwarding"];
-  /** a peer's last advertised capacity and its forwarded jobs both ways */
-  peer(address: Address): { capacity: PeerCapacity | null; forwarded: { out: number; in: number } };
+  /** a peer's last advertised capacity */
+  capacity(address: Address): PeerCapacity | null;
+  /** each peer's forwarded jobs and credits both ways */
+  traffic(): Promise<Map<Address, PeerTraffic>>;
 }
 
 export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }> {
@@ -229,6 +232,11 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     return Boolean(e && e.address !== this.address && this.trustNow(e).trusted);
   }
 
+  /** The peers trusted now. */
+  trustedPeers(): Address[] {
+    return [...this.entries.values()].map((e) => e.address).filter((a) => this.isTrusted(a));
+  }
+
   /** The pair key with a peer (cached per pair of key ids) and this coordinator's key id (0 while unregistered). */
   private pairKeyWith(peer: RegistryEntry): { key: Buffer; ownKeyId: number } {
     const ownKeyId = this.self()?.keyId ?? 0;
@@ -304,7 +312,8 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
   }
 
   /** `GET /v1/federation`: public facts only. */
-  view(forwarding?: ForwardingView): FederationResponse {
+  async view(forwarding?: ForwardingView): Promise<FederationResponse> {
+    const traffic = (await forwarding?.traffic()) ?? new Map<Address, PeerTraffic>();
     const nowS = Date.now() / 1000;
     const self = this.self();
     const iso = (s: number) => new Date(s * 1000).toISOString();
@@ -336,10 +345,18 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
             validUntil: iso(e.validUntil),
             metadata: e.metadata,
             publicKey: e.publicKey,
-            ...(forwarding?.peer(e.address) ?? { capacity: null, forwarded: { out: 0, in: 0 } }),
+            capacity: forwarding?.capacity(e.address) ?? null,
+            ...viewTraffic(traffic.get(e.address)),
           };
         }),
       forwarding: forwarding?.settings ?? { outbound: false, inbound: false, inboundCapPerPeer: null },
     };
   }
+}
+
+function viewTraffic(t: PeerTraffic | undefined): Pick<FederationPeer, "forwarded" | "credits"> {
+  return {
+    forwarded: t?.jobs ?? { out: 0, in: 0 },
+    credits: { out: String(t?.credits.out ?? 0n), in: String(t?.credits.in ?? 0n) },
+  };
 }

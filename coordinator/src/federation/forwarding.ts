@@ -57,8 +57,6 @@ export interface InboundOptions {
   settings: ForwardingSettings;
   /** credits per token of a model here; absent: free */
   price?: (model: string) => Price;
-  /** counted as they end, for `GET /v1/federation` */
-  counts: Map<string, number>;
   /** when this site charges: its address, and how it signs a federation receipt (its coordinator key) */
   clearing?: { self: Address; sign(r: FederationReceipt): Promise<Hex> };
 }
@@ -86,6 +84,9 @@ export function advertise(fleet: Fleet, price?: (model: string) => Price): Adver
   }
   return [...byModel.values()].sort((a, b) => a.id.localeCompare(b.id));
 }
+
+/** A federation receipt as it goes to the origin, with this site's signature. */
+type SignedReceipt = { receipt: FederationReceiptWire; signature: Hex };
 
 /** The signed routes a peer calls to have this site serve its users. */
 export function inboundRoutes(o: InboundOptions) {
@@ -147,12 +148,12 @@ export function inboundRoutes(o: InboundOptions) {
     /** the unit that ran it: the receipt names the model file it served */
     unit: string,
     usage: { prompt_tokens: number; completion_tokens: number },
-  ): Promise<{ receipt?: FederationReceiptWire; signature?: Hex }> {
+  ): Promise<SignedReceipt | undefined> {
     const clearing = o.clearing;
-    if (!clearing || !o.price) return {};
+    if (!clearing || !o.price) return undefined;
     const credits = jobCost(o.price(model), usage.prompt_tokens, usage.completion_tokens);
     const sha256 = o.fleet.get(unit)?.models.get(model)?.sha256;
-    if (credits === 0n || !sha256) return {};
+    if (credits === 0n || !sha256) return undefined;
     const receipt: FederationReceipt = {
       origin,
       server: clearing.self,
@@ -166,7 +167,7 @@ export function inboundRoutes(o: InboundOptions) {
     try {
       return { receipt: federationReceiptToWire(receipt), signature: await clearing.sign(receipt) };
     } catch {
-      return {};
+      return undefined;
     }
   }
 
@@ -229,20 +230,20 @@ export function inboundRoutes(o: InboundOptions) {
         status: "completed" | "failed" | "cancelled",
         last: ForwardedLine,
         usage?: { prompt_tokens: number; completion_tokens: number },
+        signed?: SignedReceipt,
       ) => {
         if (over) return;
         over = true;
         release();
         mine.delete(gone);
         if (mine.size === 0 && inFlight.get(peer.address) === mine) inFlight.delete(peer.address);
-        o.counts.set(peer.address, (o.counts.get(peer.address) ?? 0) + 1);
         o.metrics.federatedJob(peer.address, "in", status);
         const text = forwardedLine(last);
         lines.push(text);
         const ref = { direction: "in" as const, peer: peer.address, txid };
         void Promise.all([
           transactions.finish(peer.address, txid, lines.join("")),
-          log.finished(ref, status, usage, "error" in last ? last.error.message : undefined),
+          log.finished(ref, status, usage, "error" in last ? last.error.message : undefined, signed),
         ]).catch((err: Error) => req.log.error({ err: err.message, txid }, "recording a forwarded job's end failed"));
         return text;
       };
@@ -280,7 +281,7 @@ export function inboundRoutes(o: InboundOptions) {
           },
           end(unit, usage) {
             void signedReceipt(peer.address, txid, model, unit, usage).then((signed) => {
-              const text = done("completed", { end: usage, ...signed }, usage);
+              const text = done("completed", { end: usage, ...signed }, usage, signed);
               // the origin went away while the receipt was signed
               if (text === undefined) return resolve(undefined);
               if (!open) {

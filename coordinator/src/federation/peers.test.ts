@@ -227,7 +227,7 @@ describe("Peers", () => {
 
   function peers(capacity: Record<string, () => Response>, outbound = () => true) {
     const federation = {
-      view: () => ({ peers: Object.keys(capacity).map((address) => ({ address, trusted: true })) }),
+      trustedPeers: () => Object.keys(capacity),
       isTrusted: () => true,
       on: () => undefined,
       off: () => undefined,

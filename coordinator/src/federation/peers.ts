@@ -90,6 +90,8 @@ interface Forwarded {
   pricePer1k: { prompt: bigint; completion: bigint };
   /** tokens the peer streamed so far, as counted here */
   relayed: number;
+  /** its log writes, in order: its end is recorded only after its start (each logs its own failure) */
+  logged: Promise<void>;
 }
 
 /** A trusted peer site, as one more serving unit. */
@@ -98,8 +100,6 @@ export class PeerUnit implements ServingUnit {
   readonly incarnation = 0;
   models: ReadonlyMap<string, ServedModel> = new Map();
   capacity: PeerCapacity | null = null;
-  /** jobs forwarded in total, by this coordinator since it started */
-  forwardedCount = 0;
   private readonly jobs = new Map<string, Forwarded>();
 
   constructor(
@@ -135,12 +135,9 @@ export class PeerUnit implements ServingUnit {
     const abort = new AbortController();
     const offer = this.capacity?.models.find((m) => m.id === model)?.pricePer1k;
     const pricePer1k = { prompt: BigInt(offer?.prompt ?? 0), completion: BigInt(offer?.completion ?? 0) };
-    this.jobs.set(job.jobId, { sink, txid, model, abort, pricePer1k, relayed: 0 });
-    this.forwardedCount++;
     const key = { direction: "out" as const, peer: this.address, txid };
-    this.cx.jobs
-      .started({ ...key, jobId: job.jobId, model })
-      .catch((err: Error) => this.cx.log.error({ err: err.message, txid }, "recording a forwarded job failed"));
+    const logged = this.logged(txid, this.cx.jobs.started({ ...key, jobId: job.jobId, model }));
+    this.jobs.set(job.jobId, { sink, txid, model, abort, pricePer1k, relayed: 0, logged });
     const { n_predict: _, ...body } = job.request;
     const request: ForwardedJobRequest = {
       txid,
@@ -259,6 +256,7 @@ export class PeerUnit implements ServingUnit {
       const verdict = await checkReceipt(line, job, ledger);
       if (!verdict.accepted)
         this.cx.log.warn({ peer: this.address, txid: f.txid, reason: verdict.reason }, "a peer's receipt does not hold");
+      await f.logged;
       await this.cx.jobs.receipt({ peer: this.address, txid: f.txid }, line, verdict);
     } catch (err) {
       this.cx.log.error({ err: (err as Error).message, txid: f.txid }, "keeping a peer's receipt failed");
@@ -290,9 +288,16 @@ export class PeerUnit implements ServingUnit {
 
   private finish(f: Forwarded, status: "completed" | "failed" | "cancelled", usage?: Usage, error?: string): void {
     this.cx.metrics.federatedJob(this.address, "out", status);
-    this.cx.jobs
-      .finished({ direction: "out", peer: this.address, txid: f.txid }, status, usage, error)
-      .catch((err: Error) => this.cx.log.error({ err: err.message, txid: f.txid }, "recording a forwarded job failed"));
+    const key = { direction: "out" as const, peer: this.address, txid: f.txid };
+    f.logged = this.logged(
+      f.txid,
+      f.logged.then(() => this.cx.jobs.finished(key, status, usage, error)),
+    );
+  }
+
+  /** A write to the log of forwarded jobs, whose failure is logged here and ends nothing. */
+  private logged(txid: string, write: Promise<void>): Promise<void> {
+    return write.catch((err: Error) => this.cx.log.error({ err: err.message, txid }, "recording a forwarded job failed"));
   }
 
   private take(jobId: string): Forwarded | undefined {
@@ -345,10 +350,7 @@ export class Peers {
 
   private async doPoll(): Promise<void> {
     const f = this.o.federation;
-    const trusted = f
-      .view()
-      .peers.filter((p) => p.trusted)
-      .map((p) => p.address.toLowerCase() as Address);
+    const trusted = f.trustedPeers();
     await Promise.all(
       trusted.map(async (address) => {
         const unit = this.units.get(address) ?? new PeerUnit(address, this.o);

@@ -2,8 +2,8 @@
  * What federation keeps in the database: the nonces of peers' signed calls (each accepted once
  * while its signature could be fresh, across restarts and replicas), and peers' transaction ids
  * with the first result given for each, so a repeated one does not run twice (for an hour); and
- * every job forwarded to a peer or run here for one, with the peer and the transaction id (and on
- * the origin, the serving site's receipt for it). Purges go by the database's clock, which every
+ * every job forwarded to a peer or run here for one, with the peer, the transaction id and the
+ * serving site's receipt for it (on the origin, with its verdict on it). Purges go by the database's clock, which every
  * replica shares, not by a replica's own.
  */
 import type { FederationReceiptWire } from "@sharedllm/protocol";
@@ -89,11 +89,13 @@ export class FederatedJobs {
       .execute();
   }
 
+  /** The job's end; on the serving side (in), with the receipt this site signed to the origin for it. */
   async finished(
     r: { direction: "in" | "out"; peer: string; txid: string },
     status: Exclude<FederatedJobStatus, "running">,
     usage?: { prompt_tokens: number; completion_tokens: number },
     error?: string,
+    signed?: { receipt: FederationReceiptWire; signature: string },
   ): Promise<void> {
     await this.db
       .updateTable("federated_jobs")
@@ -103,6 +105,11 @@ export class FederatedJobs {
         completion_tokens: usage?.completion_tokens ?? null,
         error: error ?? null,
         finished_at: new Date(),
+        ...(signed && {
+          receipt: JSON.stringify(signed.receipt),
+          receipt_signature: signed.signature,
+          receipt_credits: BigInt(signed.receipt.credits),
+        }),
       })
       .where("direction", "=", r.direction)
       .where("peer", "=", r.peer.toLowerCase())
@@ -143,4 +150,35 @@ export class FederatedJobs {
       .execute();
     return new Map(rows.map((r) => [r.peer as Address, BigInt(r.total)]));
   }
+
+  /**
+   * Each peer's traffic both ways, as logged: jobs, and credits by the receipts (out: those this
+   * site accepted from the peer; in: those it signed to the peer).
+   */
+  async traffic(): Promise<Map<Address, PeerTraffic>> {
+    const rows = await this.db
+      .selectFrom("federated_jobs")
+      .select([
+        "peer",
+        "direction",
+        sql<string>`count(*)`.as("jobs"),
+        sql<string | null>`sum(case when direction = 'in' or receipt_status = 'accepted' then receipt_credits end)`.as("credits"),
+      ])
+      .groupBy(["peer", "direction"])
+      .execute();
+    const out = new Map<Address, PeerTraffic>();
+    for (const r of rows) {
+      const t = out.get(r.peer as Address) ?? { jobs: { out: 0, in: 0 }, credits: { out: 0n, in: 0n } };
+      t.jobs[r.direction] = Number(r.jobs);
+      t.credits[r.direction] = BigInt(r.credits ?? 0);
+      out.set(r.peer as Address, t);
+    }
+    return out;
+  }
+}
+
+/** One peer's forwarded jobs and what the sites owe each other for them. */
+export interface PeerTraffic {
+  jobs: { out: number; in: number };
+  credits: { out: bigint; in: bigint };
 }

@@ -147,8 +147,6 @@ export class Job implements JobSink {
   private readonly transcript: Transcript;
   private readonly streamed: boolean;
   private started: Promise<void> | undefined;
-  /** whether a streamed response has begun (after that, a failure is the stream's last event) */
-  private opened = false;
   /** the model file the job runs: a continuing unit must hold the same */
   private modelSha256: string | undefined;
   /** when the unit last sent an event, and the watch on it once output has begun */
@@ -263,7 +261,6 @@ export class Job implements JobSink {
     }
     if (!this.streamed) return;
     if (first) {
-      this.opened = true;
       this.out.open(this.unitId, data, tokens);
       this.recordStart();
     } else if (relay !== undefined) this.out.chunk(relay, tokens);
@@ -384,19 +381,19 @@ export class Job implements JobSink {
     this.settle("cancelled", undefined, reason).catch((err) => this.fx.log.error({ err, jobId: this.id }, "recording job failed"));
   }
 
-  /** -> failed: the hold is released; the client hears `err` once that is recorded (or at once, mid-stream). */
+  /**
+   * -> failed: the hold is released; the client hears `err` once that is recorded, mid-stream too,
+   * so a client that saw the error finds the job failed.
+   */
   private fail(err: ApiError): void {
     this.to("failed");
     this.gap?.wait.abort();
-    const settled = this.settle("failed", undefined, err.message);
-    if (this.opened) {
-      settled.catch((dbErr) => this.fx.log.error({ err: dbErr, jobId: this.id }, "recording job failed"));
-      this.out.fail(err);
-      return;
-    }
-    settled.then(
+    this.settle("failed", undefined, err.message).then(
       () => this.out.fail(err),
-      () => this.out.fail(err),
+      (dbErr) => {
+        this.fx.log.error({ err: dbErr, jobId: this.id }, "recording job failed");
+        this.out.fail(err);
+      },
     );
   }
 

@@ -143,6 +143,7 @@ function Peers({ peers, outbound }: { peers: FederationPeer[]; outbound: boolean
                 <th scope="col">Models</th>
                 <th scope="col">Latency</th>
                 <th scope="col">Jobs forwarded</th>
+                <th scope="col">Credits owed</th>
               </tr>
             </thead>
             <tbody>
@@ -153,7 +154,10 @@ function Peers({ peers, outbound }: { peers: FederationPeer[]; outbound: boolean
           </table>
         </div>
       )}
-      <p className="muted">Jobs are counted since this coordinator started.</p>
+      <p className="muted">
+        Credits owed are by the federation receipts: what this site accepted owing a peer for the jobs it served, and what this site signed
+        to a peer for the jobs it ran. They settle on chain with each site's batches.
+      </p>
     </section>
   );
 }
@@ -190,6 +194,11 @@ function PeerRow({ peer: p, outbound }: { peer: FederationPeer; outbound: boolea
         <span data-testid="forwarded-out">{p.forwarded.out} to it</span>
         <br />
         <span data-testid="forwarded-in">{p.forwarded.in} from it</span>
+      </td>
+      <td>
+        <span data-testid="credits-out">{credits(p.credits.out)} to it</span>
+        <br />
+        <span data-testid="credits-in">{credits(p.credits.in)} from it</span>
       </td>
     </tr>
   );
