@@ -97,3 +97,13 @@ export async function startNodeProcess(o: {
     throw err;
   }
 }
+
+/** After a failed test: the last lines each node daemon printed (its warnings and errors), on stderr. */
+export function reportNodeFailure(ctx: { task: { result?: { state?: string } } }, nodes: Iterable<NodeProcess | undefined>): void {
+  if (ctx.task.result?.state !== "fail") return;
+  for (const n of nodes) {
+    if (!n) continue;
+    const tail = n.output().split("\n").slice(-40).join("\n");
+    process.stderr.write(`--- node ${n.id} (exit ${n.process.exitCode ?? n.process.signalCode ?? "running"}):\n${tail}\n`);
+  }
+}

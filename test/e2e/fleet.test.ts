@@ -6,9 +6,9 @@
  */
 import { randomBytes } from "node:crypto";
 import { type Coordinator, createApiKey, NODE_HEADER, startCoordinator } from "@sharedllm/coordinator";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
-import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
+import { type NodeProcess, reportNodeFailure, startNodeProcess } from "../nodeProcess.ts";
 import { MODEL } from "../system.ts";
 
 const joinToken = randomBytes(32).toString("base64url");
@@ -96,6 +96,26 @@ afterAll(async () => {
   await coordinator?.close();
   await database?.cleanup();
   for (const h of homes) await h.cleanup();
+});
+
+afterEach((ctx) => {
+  reportNodeFailure(
+    ctx,
+    daemons.map((d) => d.running),
+  );
+  if (ctx.task.result?.state === "fail") {
+    const view = coordinator.fleet
+      .list()
+      .map((n) => ({
+        id: n.id,
+        active: n.active,
+        accepting: n.accepting,
+        notLoaded: n.notLoaded && [...n.notLoaded],
+        coolingUntil: n.coolingUntil,
+        tps: n.tokensPerSecond,
+      }));
+    process.stderr.write(`fleet at failure: ${JSON.stringify(view)}\n`);
+  }
 });
 
 describe("a fleet of three real nodes", () => {

@@ -1,3 +1,5 @@
+import { once } from "node:events";
+import { createServer, type Socket } from "node:net";
 import { CONTROL_PROTOCOL_VERSION, channelPair, type JobStart } from "@sharedllm/protocol";
 import { waitFor } from "@sharedllm/testkit";
 import { pino } from "pino";
@@ -181,5 +183,31 @@ describe("control client", () => {
     expect(aborted).toEqual(["a-2", "a-3"]);
     expect(auditor.received.filter((f) => f.type !== "hello")).toEqual([]);
     await auditor.client.close();
+  });
+
+  it("dials again when a coordinator takes the connection and never answers the handshake", async () => {
+    // a coordinator going down may accept a connection it then never answers
+    const held: Socket[] = [];
+    const silent = createServer((socket) => held.push(socket)).listen(0, "127.0.0.1");
+    await once(silent, "listening");
+    const { port } = silent.address() as { port: number };
+    const client = new ControlClient({
+      coordinatorUrl: `http://127.0.0.1:${port}`,
+      credentials: { get: async () => "session", invalidate: () => {} },
+      hello: () => ({ nodeId: "0x0000000000000000000000000000000000000001", engine: { tag: "b0", variant: "cpu" }, models: [], slots: 1 }),
+      status: () => ({ load: 0, freeMemoryBytes: 0, loadedModels: [], tokensPerSecond: 0 }),
+      runJob: async () => {},
+      loadModel: () => {},
+      signReceipt: async (frame) => ({ type: "receipt", receipt: frame.receipt, signature: null, refused: "test" }),
+      logger: pino({ level: "silent" }),
+      dialTimeoutMs: 200,
+      backoffMs: 10,
+      maxBackoffMs: 10,
+    });
+    void client.start().catch(() => {});
+    await waitFor("a second dial after the first hung", () => held.length >= 2, 5_000);
+    await client.close();
+    for (const s of held) s.destroy();
+    silent.close();
   });
 });

@@ -62,6 +62,8 @@ export interface ControlClientOptions {
   /** first reconnect delay; doubles up to maxBackoffMs (default 4 s), with +-50% jitter */
   backoffMs?: number;
   maxBackoffMs?: number;
+  /** how long the default dial's opening handshake may take; default DIAL_TIMEOUT_MS */
+  dialTimeoutMs?: number;
 }
 
 export class ControlClient {
@@ -140,7 +142,7 @@ export class ControlClient {
     if (this.closed) return;
     let channel: ControlChannel;
     try {
-      channel = await (this.o.dial ?? ((t: string) => dialWebSocket(this.o.coordinatorUrl, t, this.o.coordinatorCa)))(token);
+      channel = await (this.o.dial ?? ((t: string) => dialWebSocket(this.o.coordinatorUrl, t, this.o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, this.o.coordinatorCa)))(token);
     } catch (err) {
       if (err instanceof ChannelRefused) {
         const expired = err.status === 401;
@@ -282,12 +284,23 @@ export class ControlClient {
 }
 
 /**
- * Dials the coordinator's control WebSocket (wss for an https coordinator, its certificate verified
- * against the system's CAs or `ca`); resolves once it is open.
+ * How long the opening handshake may take: a coordinator that accepted the connection while it
+ * was going down may never answer, and the node must then dial again, not wait for ever.
  */
-function dialWebSocket(coordinatorUrl: string, sessionToken: string, ca?: string): Promise<ControlChannel> {
+export const DIAL_TIMEOUT_MS = 5_000;
+
+/**
+ * Dials the coordinator's control WebSocket (wss for an https coordinator, its certificate verified
+ * against the system's CAs or `ca`); resolves once it is open, or fails after `timeoutMs`.
+ */
+function dialWebSocket(coordinatorUrl: string, sessionToken: string, timeoutMs: number, ca?: string): Promise<ControlChannel> {
   const url = new URL(CONTROL_PATH, coordinatorUrl.replace(/^http/, "ws"));
-  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${sessionToken}` }, perMessageDeflate: false, ...(ca && { ca }) });
+  const ws = new WebSocket(url, {
+    headers: { authorization: `Bearer ${sessionToken}` },
+    perMessageDeflate: false,
+    handshakeTimeout: timeoutMs,
+    ...(ca && { ca }),
+  });
   return new Promise((resolve, reject) => {
     ws.once("unexpected-response", (_req, res) => {
       reject(new ChannelRefused(res.statusCode ?? 0, `the coordinator answered HTTP ${res.statusCode}`));

@@ -77,6 +77,9 @@ export function sessionCredentials(o: RegistrationOptions): SessionCredentials {
   };
 }
 
+/** How long a registration may take before it fails (and the node tries again). */
+const REGISTER_TIMEOUT_MS = 10_000;
+
 /** POSTs with node's own client, which takes the trusted CA for this one request (fetch cannot). */
 function post(
   url: URL,
@@ -88,7 +91,13 @@ function post(
   return new Promise((resolve, reject) => {
     const req = client.request(
       url,
-      { method: "POST", headers, signal: o.signal, ...(o.coordinatorCa && { ca: o.coordinatorCa }) },
+      {
+        method: "POST",
+        headers,
+        signal: o.signal,
+        timeout: REGISTER_TIMEOUT_MS,
+        ...(o.coordinatorCa && { ca: o.coordinatorCa }),
+      },
       (res) => {
         let text = "";
         res.setEncoding("utf8");
@@ -100,6 +109,8 @@ function post(
       },
     );
     req.on("error", reject);
+    // the timeout only tells: the request is ended here, which fails it
+    req.on("timeout", () => req.destroy(new Error(`the coordinator did not answer the registration within ${REGISTER_TIMEOUT_MS / 1000} s`)));
     req.end(body);
   });
 }
