@@ -1,7 +1,7 @@
 /**
  * The two federated sites of the federation bench, in their own process (so that the bench
  * client's CPU is not theirs and theirs can be read from /proc): the testkit's
- * `startFederatedSites`, a funded user's API key at A and an operator key at B. Prints one JSON
+ * `startFederatedSites`, and API keys of one user funded at both sites. Prints one JSON
  * line with the URLs and keys when ready; stops everything when its stdin closes (the bench
  * ended or died) or on SIGTERM/SIGINT.
  * Usage: tsx bench/federationSites.ts <engine threads>
@@ -23,12 +23,14 @@ const stop = () => {
 process.stdin.on("end", stop).on("close", stop).resume();
 process.once("SIGTERM", stop).once("SIGINT", stop);
 
+// a funded user at each site: both arms hold and charge credits, as a paying user's request does
 const user = devWallet(7);
 await sites.chain.deposit(user, 1_000_000n, sites.a.address);
+await sites.chain.deposit(user, 1_000_000n, sites.b.address);
 process.stdout.write(
   `${JSON.stringify({
     model: PEER_MODEL,
     a: { url: sites.a.coordinator.url, apiKey: (await createApiKey(sites.a.coordinator.db, "bench", user.address)).secret },
-    b: { url: sites.b.coordinator.url, apiKey: (await createApiKey(sites.b.coordinator.db, "bench")).secret },
+    b: { url: sites.b.coordinator.url, apiKey: (await createApiKey(sites.b.coordinator.db, "bench", user.address)).secret },
   })}\n`,
 );

@@ -226,6 +226,10 @@ export function inboundRoutes(o: InboundOptions) {
       let open = false;
       let over = false;
       const model = String(body.data.model);
+      const ref = { direction: "in" as const, peer: peer.address, txid };
+      const logFailed = (err: Error) => req.log.error({ err: err.message, txid }, "recording a forwarded job failed");
+      /** the job's row: written beside the job's start, not before it; its updates wait for it */
+      let logged: Promise<void> = Promise.resolve();
       const done = (
         status: "completed" | "failed" | "cancelled",
         last: ForwardedLine,
@@ -240,11 +244,8 @@ export function inboundRoutes(o: InboundOptions) {
         o.metrics.federatedJob(peer.address, "in", status);
         const text = forwardedLine(last);
         lines.push(text);
-        const ref = { direction: "in" as const, peer: peer.address, txid };
-        void Promise.all([
-          transactions.finish(peer.address, txid, lines.join("")),
-          log.finished(ref, status, usage, "error" in last ? last.error.message : undefined, signed),
-        ]).catch((err: Error) => req.log.error({ err: err.message, txid }, "recording a forwarded job's end failed"));
+        transactions.finish(peer.address, txid, lines.join("")).catch(logFailed);
+        void logged.then(() => log.finished(ref, status, usage, "error" in last ? last.error.message : undefined, signed).catch(logFailed));
         return text;
       };
       // awaits since the signature was checked: the peer may have been cut off meanwhile
@@ -322,29 +323,21 @@ export function inboundRoutes(o: InboundOptions) {
           },
           { once: true },
         );
-        log
-          .started({ direction: "in", peer: peer.address, txid, jobId: "", model })
-          .then(() =>
-            o.jobs.submit(
-              {
-                kind,
-                body: { ...body.data, model, stream: true, stream_options: null, max_tokens: generationLimit },
-                apiKey,
-                signal: gone.signal,
-                log: req.log,
-              },
-              out,
-            ),
+        logged = log.started({ ...ref, jobId: "", model }).catch(logFailed);
+        o.jobs
+          .submit(
+            {
+              kind,
+              body: { ...body.data, model, stream: true, stream_options: null, max_tokens: generationLimit },
+              apiKey,
+              signal: gone.signal,
+              log: req.log,
+            },
+            out,
           )
-          .then((job) =>
-            o.db
-              .updateTable("federated_jobs")
-              .set({ job_id: job.id })
-              .where("direction", "=", "in")
-              .where("peer", "=", peer.address)
-              .where("txid", "=", txid)
-              .execute(),
-          )
+          .then((job) => {
+            void logged.then(() => log.jobId(ref, job.id).catch(logFailed));
+          })
           .catch((err: unknown) => {
             const e = err instanceof ApiError ? err : new ApiError("internal_error", "the job could not start here", { cause: err });
             done("failed", { error: { message: e.message, retryable: e.status >= 500, status: e.status } });

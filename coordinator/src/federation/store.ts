@@ -89,6 +89,17 @@ export class FederatedJobs {
       .execute();
   }
 
+  /** The id of the job run here for a peer's (known once it started). */
+  async jobId(r: { direction: "in" | "out"; peer: string; txid: string }, jobId: string): Promise<void> {
+    await this.db
+      .updateTable("federated_jobs")
+      .set({ job_id: jobId })
+      .where("direction", "=", r.direction)
+      .where("peer", "=", r.peer.toLowerCase())
+      .where("txid", "=", r.txid)
+      .execute();
+  }
+
   /** The job's end; on the serving side (in), with the receipt this site signed to the origin for it. */
   async finished(
     r: { direction: "in" | "out"; peer: string; txid: string },
