@@ -6,6 +6,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { receiptJobId } from "@sharedllm/protocol";
 import OpenAI from "openai";
 import { type Address, getAddress, toHex } from "viem";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -156,6 +157,63 @@ describe("credits on a real chain", () => {
     const { usage } = (await res.json()) as { usage: { prompt_tokens: number; completion_tokens: number } };
     expect(usage.completion_tokens).toBe(3);
     expect(await account(session)).toMatchObject({ held: "0", charged: String(usage.prompt_tokens + 2 * 3) });
+  });
+
+  it("a client that reads a stream and goes away before its end pays for the output it was sent, not its prompt; the node is paid for it", async () => {
+    const user = devWallet(4);
+    await chain.deposit(user, 100_000n);
+    const session = await signIn(sys.coordinator.url, user, chain.chainId);
+    const key = await createKey(sys.coordinator.url, session);
+    const ctl = new AbortController();
+    const res = await fetch(`${sys.coordinator.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        model: MODEL,
+        messages: [{ role: "user", content: "Write a long story." }],
+        max_tokens: 400,
+        ignore_eos: true,
+        stream: true,
+      }),
+      signal: ctl.signal,
+    });
+    expect(res.status).toBe(200);
+    // the attack: take the output, and leave before the end (and its usage) arrives
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let text = "";
+    let received = 0;
+    while (received < 10) {
+      const { value } = await reader.read();
+      text += Buffer.from(value as Uint8Array).toString();
+      received = (text.match(/"content":"/g) ?? []).length;
+    }
+    ctl.abort();
+    const job = await waitFor("the job to be recorded as cancelled", () =>
+      sys.coordinator.db
+        .selectFrom("jobs")
+        .innerJoin("api_keys", "api_keys.id", "jobs.api_key_id")
+        .select(["jobs.id", "jobs.status", "jobs.prompt_tokens", "jobs.completion_tokens"])
+        .where("api_keys.owner_address", "=", user.address.toLowerCase())
+        .where("jobs.status", "=", "cancelled")
+        .executeTakeFirst(),
+    );
+    // every token counted here as sent, at 2 credits each; none of the 400 it did not get, nor the prompt
+    const sent = job.completion_tokens ?? 0;
+    expect(sent).toBeGreaterThanOrEqual(received);
+    expect(sent).toBeLessThan(400);
+    expect(job.prompt_tokens).toBe(0);
+    expect(await sys.journal(user.address, "charge")).toBe(2n * BigInt(sent));
+    expect(await account(session)).toMatchObject({ held: "0", charged: String(2 * sent) });
+    // the node signs its receipt for the part it streamed, and earns the charge
+    const receipt = await waitFor("the node's receipt for the part", () =>
+      sys.coordinator.db
+        .selectFrom("receipts")
+        .select("receipt")
+        .where("job_id", "=", receiptJobId(job.id))
+        .where("status", "=", "accepted")
+        .executeTakeFirst(),
+    );
+    expect(JSON.parse(receipt.receipt)).toMatchObject({ completionTokens: sent, promptTokens: 0, credits: String(2 * sent) });
   });
 
   it("a request the balance cannot cover gets 402 in OpenAI shape and costs nothing", async () => {

@@ -104,16 +104,14 @@ afterEach((ctx) => {
     daemons.map((d) => d.running),
   );
   if (ctx.task.result?.state === "fail") {
-    const view = coordinator.fleet
-      .list()
-      .map((n) => ({
-        id: n.id,
-        active: n.active,
-        accepting: n.accepting,
-        notLoaded: n.notLoaded && [...n.notLoaded],
-        coolingUntil: n.coolingUntil,
-        tps: n.tokensPerSecond,
-      }));
+    const view = coordinator.fleet.list().map((n) => ({
+      id: n.id,
+      active: n.active,
+      accepting: n.accepting,
+      notLoaded: n.notLoaded && [...n.notLoaded],
+      coolingUntil: n.coolingUntil,
+      tps: n.tokensPerSecond,
+    }));
     process.stderr.write(`fleet at failure: ${JSON.stringify(view)}\n`);
   }
 });

@@ -89,9 +89,11 @@ beforeAll(async () => {
   ({ chain, a, b } = sites);
   await chain.deposit(user, 1_000_000n, a.address);
   await chain.deposit(soleUser, 1_000_000n, a.address);
+  // the user pays B too, when they ask B directly
+  await chain.deposit(user, 1_000_000n, b.address);
   userKey = (await createApiKey(a.coordinator.db, "user", user.address)).secret;
   siteOnlyKey = (await createApiKey(a.coordinator.db, "site only", soleUser.address, "site_only")).secret;
-  directKeyB = (await createApiKey(b.coordinator.db, "direct")).secret;
+  directKeyB = (await createApiKey(b.coordinator.db, "direct", user.address)).secret;
 }, 240_000);
 
 afterAll(() => sites?.stop());
@@ -103,6 +105,11 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(direct.status).toBe(200);
     const expected = await streamedText(direct);
     expect(expected.length).toBeGreaterThan(0);
+    const nodeB = b.node.nodeId;
+    const earnedDirect = await waitFor("B's node's receipt for the direct job", async () => {
+      const earned = await journal(b, nodeB, "earn");
+      return earned > 0n ? earned : undefined;
+    });
 
     const res = await chat(a, userKey, body);
     expect(res.status).toBe(200);
@@ -125,9 +132,8 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(paidAtA).toBeGreaterThan(0n);
     expect(await journal(b, a.address, "charge")).toBe(paidAtA);
     // B's node earns as for any job here; no node at A was paid for it
-    const nodeB = b.node.nodeId;
-    await waitFor("B's node's receipt", async () => (await journal(b, nodeB, "earn")) > 0n, 20_000);
-    expect(await journal(b, nodeB, "earn")).toBeLessThanOrEqual(paidAtA);
+    await waitFor("B's node's receipt", async () => (await journal(b, nodeB, "earn")) > earnedDirect, 20_000);
+    expect((await journal(b, nodeB, "earn")) - earnedDirect).toBeLessThanOrEqual(paidAtA);
     expect(await journal(a, a.node.nodeId, "earn")).toBe(0n);
     // A earns what its user paid for the forwarded job: what refills its escrow at B
     expect(await journal(a, a.address, "earn")).toBe(paidAtA);
@@ -138,9 +144,15 @@ describe("forwarding jobs to a trusted peer site", () => {
     await waitFor("A to keep B's receipt", receiptAtA, 10_000);
     expect(await receiptAtA()).toMatchObject({ receipt_status: "accepted", receipt_credits: paidAtA.toString() });
 
-    // settled on chain, both sites: A first posts what it accepts owing B, then B settles A's
-    // escrow up to it; the user's spend at A, A's spend at B, and what each may claim
+    // settled on chain, both sites. B settles first: its own user's spend settles, while A's spend
+    // at B waits for A to accept owing it (a batch taking it now would be refused by the ledger)
     const earnedByNodeB = await journal(b, nodeB, "earn");
+    const paidAtB = await journal(b, user.address, "charge");
+    expect(paidAtB).toBeGreaterThan(0n);
+    await b.coordinator.ledger?.settler.tick(true);
+    expect((await chain.escrow(user.address, b.address)).spent).toBe(paidAtB);
+    expect((await chain.escrow(a.address, b.address)).spent).toBe(0n);
+    // A posts what it accepts owing B, then B settles A's escrow up to it
     await a.coordinator.ledger?.settler.tick(true);
     expect(await chain.accepted(a.address, b.address)).toBe(paidAtA);
     await b.coordinator.ledger?.settler.tick(true);

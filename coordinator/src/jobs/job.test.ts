@@ -324,18 +324,31 @@ describe("Job", () => {
     expect(rows).toEqual(["failed on -"]);
   });
 
-  it("cancels on the unit when the client goes away, releasing the hold; later frames change nothing", async () => {
+  it("cancels on the unit when the client goes away mid-stream: the output sent is charged, its prompt is not; later frames change nothing", async () => {
     const { job, units, credits, out, rows } = setup();
     await job.run();
     say(units[0], "some");
+    say(units[0], " more");
     job.cancel("client disconnected");
     units[0]?.sink?.end(usage(3));
-    await waitFor("the release", () => credits.log.includes("release"));
+    await waitFor("the charge", () => credits.log.length > 1);
     expect(units[0]?.cancelled).toEqual(["job_1"]);
     expect(states(job)).toEqual(["queued", "dispatched@n1", "streaming", "cancelled"]);
-    expect(credits.log).toEqual(["hold", "release"]);
-    expect(out.seen).toEqual([`open n1 ${chunk("some")}`]);
-    await waitFor("the final row", () => rows.includes("cancelled on n1"));
+    expect(credits.log).toEqual(["hold", "charge 2 to n1 for a"]);
+    expect(credits.parts.map((p) => [p.promptTokens, p.completionTokens, p.receiptPromptTokens])).toEqual([[0, 2, 0]]);
+    expect(out.seen).toEqual([`open n1 ${chunk("some")}`, `chunk ${chunk(" more")}`]);
+    await waitFor("the final row", () => rows.includes("cancelled on n1 2"));
+  });
+
+  it("releases the hold of a job cancelled before any output, and of a whole response cancelled mid-way", async () => {
+    for (const stream of [true, false]) {
+      const { job, units, credits } = setup({ stream });
+      await job.run();
+      if (!stream) say(units[0], "unseen");
+      job.cancel("client disconnected");
+      await waitFor("the release", () => credits.log.includes("release"));
+      expect(credits.log).toEqual(["hold", "release"]);
+    }
   });
 
   it("releases a hold that was being made when the client went away, and dispatches nothing", async () => {

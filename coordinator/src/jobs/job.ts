@@ -370,7 +370,12 @@ export class Job implements JobSink {
     );
   }
 
-  /** The client went away: -> cancelled; the unit stops generating and the hold is released. */
+  /**
+   * The client went away: -> cancelled; the unit stops generating. A stream that had begun is
+   * charged for the output sent, as counted here, and its units are receipted for their parts;
+   * its prompt is not (a unit tells its prompt count only at the job's end). Else the hold is
+   * released.
+   */
   cancel(reason: string): void {
     if (this.done) return;
     const queued = this.state === "queued";
@@ -378,7 +383,11 @@ export class Job implements JobSink {
     this.gap?.wait.abort();
     if (queued) return; // run() releases the hold once it is made
     this.unit?.cancel(this.id);
-    this.settle("cancelled", undefined, reason).catch((err) => this.fx.log.error({ err, jobId: this.id }, "recording job failed"));
+    const sent =
+      this.streamed && this.transcript.tokens > 0
+        ? meteredUsage(0, { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: this.transcript.tokens })
+        : undefined;
+    this.settle("cancelled", sent, reason).catch((err) => this.fx.log.error({ err, jobId: this.id }, "recording job failed"));
   }
 
   /**
@@ -398,8 +407,8 @@ export class Job implements JobSink {
   }
 
   /**
-   * The final row, then the credits: charged for a completed job whose output reached the client,
-   * else (and if charging fails) released. A stream's tokens have reached the client as they came;
+   * The final row, then the credits: `usage` charged when the output reached the client (a
+   * completed job, or a stream the client gave up), else (and if charging fails) released. A stream's tokens have reached the client as they came;
    * a whole response reaches it only once its row is recorded.
    */
   private async settle(status: JobStatus, usage?: Usage, error?: string): Promise<void> {
@@ -411,7 +420,7 @@ export class Job implements JobSink {
     } finally {
       const credits = this.fx.credits;
       const delivered = this.streamed || recorded;
-      if (credits && status === "completed" && usage && delivered) await credits.charge(usage, this.paidParts(usage));
+      if (credits && usage && delivered) await credits.charge(usage, this.paidParts(usage));
       else await credits?.release();
     }
   }

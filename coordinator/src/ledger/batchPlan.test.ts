@@ -119,6 +119,41 @@ describe("planBatch", () => {
     expect(plan.setAside[0]?.reason).toContain("covers 40 credits");
   });
 
+  it("settles a peer coordinator's escrow only up to what it accepted: beyond it, recent charges wait and older ones are its shortfall", () => {
+    // U1 is a peer site that accepted owing 30 of its 100 in escrow: the ledger settles no more
+    const users = new Map([[U1, { posted: 0n, escrow: { ...escrow(100n), peerAccepted: 30n } }]]);
+    const accepted = charge(U1, 30n, "j1");
+    const young = { ...charge(U1, 20n, "j2"), recent: true };
+    const entries = [accepted, earn(N1, 30n, "j1"), young, earn(N1, 20n, "j2")];
+    const waiting = planBatch(input(entries, { users }));
+    // the accepted job settles; the recent one waits for the peer's acceptance, earnings and all
+    expect(waiting.take).toEqual([accepted.id, entries[1]?.id]);
+    expect(waiting.setAside).toEqual([]);
+    expect(waiting.spends).toEqual([30n]);
+    expect(waiting.earnings).toEqual(new Map([[N1, 30n]]));
+    // once accepted, it settles
+    const caughtUp = planBatch(
+      input([young, entries[3] as JournalEntry], {
+        users: new Map([[U1, { posted: 30n, escrow: { ...escrow(100n, 30n), peerAccepted: 50n } }]]),
+      }),
+    );
+    expect(caughtUp.spends).toEqual([50n]);
+    expect(caughtUp.earnings).toEqual(new Map([[N1, 20n]]));
+    // never accepted, and no longer recent: posted as the peer's shortfall, and its node earns nothing (the batch cannot revert)
+    const old = planBatch(
+      input([{ ...young, recent: false }, entries[3] as JournalEntry], {
+        users: new Map([[U1, { posted: 30n, escrow: { ...escrow(100n, 30n), peerAccepted: 30n } }]]),
+      }),
+    );
+    expect(old.setAside.map((a) => [a.id, a.taken ?? false])).toEqual([
+      [young.id, true],
+      [entries[3]?.id, false],
+    ]);
+    expect(old.setAside[0]?.reason).toContain("peer site");
+    expect(old.batchSpent).toBe(0n);
+    expect(old.totalEarnings).toBe(0n);
+  });
+
   it("keeps a batch within the per-batch cap and the user limit; the rest waits", () => {
     const entries = [charge(U1, 60n, "j1"), earn(N1, 60n, "j1"), charge(U2, 50n, "j2"), earn(N1, 50n, "j2")];
     const capped = planBatch(input(entries, { chain: { totalSpent: 0n, maxBatchSpend: 100n, settleBy: 0n } }));

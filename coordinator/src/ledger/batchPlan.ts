@@ -7,6 +7,9 @@
  * - a charge the user's escrow no longer covers (they withdrew first) is still posted, so the ledger
  *   records the user's shortfall (and the journal keeps it as their debt), but it is also set aside
  *   (taken and set aside, with the reason) so that nothing is earned on that job;
+ * - a peer coordinator's escrow covers only what it accepted owing this one (docs/federation.md,
+ *   Clearing): its charges beyond that wait while they are recent (the peer posts its acceptances
+ *   on its own schedule), and are then posted as its shortfall like a user's, nothing earned;
  * - what nodes earned on a job beyond its charge, or on a job with no charge, is set aside;
  * - the batch moves at most the contract's per-batch cap of spend (the rest waits for the next
  *   batch), and at most `maxUsers` users (a storage write each).
@@ -21,6 +24,8 @@ export interface JournalEntry {
   kind: "charge" | "earn";
   amount: bigint;
   jobId: string | null;
+  /** made within the peer grace (SettlementOptions.peerGraceMs): a peer coordinator may not have accepted it yet */
+  recent?: boolean;
 }
 
 /** What earlier batches (and set-aside entries) say about a job that new earnings name. */
@@ -76,9 +81,15 @@ export interface BatchPlan {
 
 /** What settle() can still charge a user at `at`: all of their escrow, less a withdrawal whose notice is over by then. */
 export function coverable(e: Escrow, at: bigint): bigint {
-  if (e.pendingWithdrawal === 0n || at < e.unlockAt) return e.deposited;
   // the withdrawal takes what it announced, at most what is unspent
-  return e.pendingWithdrawal < e.deposited - e.spent ? e.deposited - e.pendingWithdrawal : e.spent;
+  const left =
+    e.pendingWithdrawal === 0n || at < e.unlockAt
+      ? e.deposited
+      : e.pendingWithdrawal < e.deposited - e.spent
+        ? e.deposited - e.pendingWithdrawal
+        : e.spent;
+  // a peer coordinator's escrow: no more than it accepted owing this one
+  return e.peerAccepted !== undefined && e.peerAccepted < left ? e.peerAccepted : left;
 }
 
 export function planBatch(input: PlanInput): BatchPlan {
@@ -98,6 +109,7 @@ export function planBatch(input: PlanInput): BatchPlan {
     if (!user) throw new Error(`no escrow was read for ${c.address}`);
     const before = posted.get(c.address) ?? user.posted;
     const after = before + c.amount;
+    const peer = user.escrow.peerAccepted !== undefined;
     const cover = coverable(user.escrow, input.chain.settleBy);
     // spend a cumulative posting adds on chain: clamped to what the escrow covers, never below what is settled
     const onChain = user.escrow.spent;
@@ -107,6 +119,11 @@ export function planBatch(input: PlanInput): BatchPlan {
     };
     const delta = adds(after) - adds(before);
     const job = c.jobId ?? "";
+    if (peer && after > cover && c.recent) {
+      // a peer site posts what it accepts owing on its own schedule: its newest charges wait for that
+      chargeDeferred.add(job);
+      continue;
+    }
     if (delta > input.chain.maxBatchSpend) {
       setAside.push({
         id: c.id,
@@ -129,7 +146,9 @@ export function planBatch(input: PlanInput): BatchPlan {
       setAside.push({
         id: c.id,
         taken: true,
-        reason: `escrow of ${c.address} covers ${cover} credits, and with this charge ${after} were spent (the user withdrew before it was settled): posted as their shortfall, nothing is earned on this job`,
+        reason: peer
+          ? `peer site ${c.address} accepted owing ${cover} credits, and with this charge ${after} were spent: posted as its shortfall, nothing is earned on this job`
+          : `escrow of ${c.address} covers ${cover} credits, and with this charge ${after} were spent (the user withdrew before it was settled): posted as their shortfall, nothing is earned on this job`,
       });
       chargeAside.add(job);
       continue;

@@ -36,6 +36,11 @@ export interface Escrow {
   spent: bigint;
   pendingWithdrawal: bigint;
   unlockAt: bigint;
+  /**
+   * When the user is a peer coordinator (federation clearing): what it accepted owing this one,
+   * cumulatively; the ledger settles no more of its escrow than that
+   */
+  peerAccepted?: bigint;
 }
 
 export interface BatchCall {
@@ -83,13 +88,27 @@ export class LedgerChain {
   }
 
   async escrow(user: Address): Promise<Escrow> {
-    const [deposited, spent, pendingWithdrawal, unlockAt] = await this.public.readContract({
-      address: this.ledger,
-      abi: CreditLedger.abi,
-      functionName: "escrows",
-      args: [user, this.coordinator],
-    });
-    return { deposited, spent, pendingWithdrawal, unlockAt };
+    const read = { address: this.ledger, abi: CreditLedger.abi } as const;
+    const [[deposited, spent, pendingWithdrawal, unlockAt], role] = await Promise.all([
+      this.public.readContract({ ...read, functionName: "escrows", args: [user, this.coordinator] }),
+      this.coordinatorRole(),
+    ]);
+    const escrow = { deposited, spent, pendingWithdrawal, unlockAt };
+    if (!(await this.public.readContract({ ...read, functionName: "hasRole", args: [role, user] }))) return escrow;
+    const peerAccepted = await this.public.readContract({ ...read, functionName: "accepted", args: [user, this.coordinator] });
+    return { ...escrow, peerAccepted };
+  }
+
+  private role: Promise<Hex> | undefined;
+  /** The ledger's COORDINATOR_ROLE id (a constant: read once). */
+  private coordinatorRole(): Promise<Hex> {
+    this.role ??= this.public
+      .readContract({ address: this.ledger, abi: CreditLedger.abi, functionName: "COORDINATOR_ROLE" })
+      .catch((err) => {
+        this.role = undefined;
+        throw err;
+      });
+    return this.role;
   }
 
   /** The last batch the chain has from this coordinator (0 before the first). */

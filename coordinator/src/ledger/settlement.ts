@@ -35,6 +35,11 @@ export interface SettlementOptions {
    * next batch. The trusted auditors' own (never audited) do not wait.
    */
   audits?: { windowMs: number; trusted: readonly string[] };
+  /**
+   * How long a peer coordinator's charges beyond what it accepted owing this one wait for its
+   * acceptance before they are posted as its shortfall (nothing earned on them); default 10 min
+   */
+  peerGraceMs?: number;
 }
 
 interface Payload {
@@ -242,8 +247,9 @@ export class Settler {
     const settleBy = now + BigInt(Math.ceil((MAX_SENDS * (this.o.stuckAfterMs ?? 60_000)) / 1000));
     return this.db.transaction().execute(async (tx) => {
       await sql`select pg_advisory_xact_lock(hashtext('sharedllm.settlement'))`.execute(tx);
+      const recentSince = new Date(Date.now() - (this.o.peerGraceMs ?? 10 * 60_000));
       const rows = await this.untaken(tx)
-        .select(["e.id", "e.address", "e.kind", "e.amount", "e.job_id"])
+        .select(["e.id", "e.address", "e.kind", "e.amount", "e.job_id", sql<boolean>`e.created_at > ${recentSince}`.as("recent")])
         .orderBy("e.id")
         .limit(MAX_ENTRIES)
         .execute();
@@ -255,6 +261,7 @@ export class Settler {
         amount: BigInt(r.amount),
         // receipts name a job by its hash: charges are keyed the same way, so a job's earnings meet its charge
         jobId: r.job_id === null ? null : r.kind === "charge" ? receiptJobId(r.job_id) : r.job_id.toLowerCase(),
+        recent: r.recent,
       }));
       const jobKey = new Map(entries.map((e) => [e.id, e.jobId]));
       const payers = [...new Set(entries.filter((e) => e.kind === "charge").map((e) => e.address))];

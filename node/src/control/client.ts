@@ -142,7 +142,10 @@ export class ControlClient {
     if (this.closed) return;
     let channel: ControlChannel;
     try {
-      channel = await (this.o.dial ?? ((t: string) => dialWebSocket(this.o.coordinatorUrl, t, this.o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, this.o.coordinatorCa)))(token);
+      channel = await (
+        this.o.dial ??
+        ((t: string) => dialWebSocket(this.o.coordinatorUrl, t, this.o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, this.o.coordinatorCa))
+      )(token);
     } catch (err) {
       if (err instanceof ChannelRefused) {
         const expired = err.status === 401;

@@ -110,7 +110,9 @@ function post(
     );
     req.on("error", reject);
     // the timeout only tells: the request is ended here, which fails it
-    req.on("timeout", () => req.destroy(new Error(`the coordinator did not answer the registration within ${REGISTER_TIMEOUT_MS / 1000} s`)));
+    req.on("timeout", () =>
+      req.destroy(new Error(`the coordinator did not answer the registration within ${REGISTER_TIMEOUT_MS / 1000} s`)),
+    );
     req.end(body);
   });
 }
