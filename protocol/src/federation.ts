@@ -133,8 +133,10 @@ export interface PeerCapacity extends CapacityResponse {
  * it; the serving site validates it again) and `generationLimit` (the most tokens it may
  * generate: the origin holds credits for that many).
  */
+const txidSchema = z.string().min(8).max(100);
+
 export const forwardedJobRequestSchema = z.looseObject({
-  txid: z.string().min(8).max(100),
+  txid: txidSchema,
   kind: z.enum(["chat", "completion"]),
   body: z.looseObject({ model: z.string().min(1) }),
   generationLimit: z
@@ -146,9 +148,18 @@ export const forwardedJobRequestSchema = z.looseObject({
 export type ForwardedJobRequest = z.infer<typeof forwardedJobRequestSchema>;
 
 /**
+ * `POST /federation/v1/jobs/cancel`: the origin's client went away. The serving site cancels the
+ * job and ends its answer (still being read) with the `end` line of what it charged for the
+ * output streamed, and its receipt for that; 404 when no such job of the peer runs there.
+ */
+export const forwardedJobCancelSchema = z.object({ txid: txidSchema });
+export type ForwardedJobCancel = z.infer<typeof forwardedJobCancelSchema>;
+
+/**
  * The answer to a forwarded job: NDJSON, one line each. `c`: an event the serving unit streamed
  * (`d`, the OpenAI chunk as JSON text) with its tokens (`t`: ids, or their count); then exactly one
- * of `end` (the usage the serving site metered) or `error`.
+ * of `end` (the usage the serving site metered: of a job the origin cancelled, what it charged for
+ * the output streamed) or `error`.
  */
 export type ForwardedLine =
   | { c: 1; d: string; t: number[] | number }

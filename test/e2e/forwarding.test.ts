@@ -297,7 +297,8 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(await jobsOfA()).toBe(ran);
   });
 
-  it("a client that goes away at A cancels the job at B", async () => {
+  it("a client that goes away at A cancels the job at B; both charge for the output streamed, and B's receipt for it reaches A", async () => {
+    const [paidAtA, chargedAtB] = await Promise.all([journal(a, user.address, "charge"), journal(b, a.address, "charge")]);
     const gone = new AbortController();
     const res = await chat(
       a,
@@ -307,16 +308,32 @@ describe("forwarding jobs to a trusted peer site", () => {
     );
     expect(res.status).toBe(200);
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-    await reader.read();
+    let text = "";
+    while ((text.match(/"content":"/g) ?? []).length < 5) text += Buffer.from((await reader.read()).value as Uint8Array).toString();
     gone.abort();
-    const out = await waitFor("A's row of the cancelled job", async () =>
-      (await forwardedRows(a)).find((r) => r.direction === "out" && r.status === "cancelled"),
+    // A tells B, reads B's answer on to its end line, and keeps B's receipt for what B streamed
+    const out = await waitFor("A's row of the cancelled job, with B's receipt", async () =>
+      (await forwardedRows(a)).find((r) => r.direction === "out" && r.status === "cancelled" && r.receipt_status !== null),
     );
     const inB = await waitFor("B to cancel it", async () =>
       (await forwardedRows(b)).find((r) => r.txid === out.txid && r.status !== "running"),
     );
     expect(inB.status).toBe("cancelled");
     await waitFor("B's job row to say cancelled", async () => (await jobStatus(b, inB.job_id)) === "cancelled");
+    expect(inB.completion_tokens).toBeGreaterThanOrEqual(5);
+    expect(inB.completion_tokens).toBeLessThan(600);
+    expect(out).toMatchObject({
+      receipt_status: "accepted",
+      receipt_credits: inB.receipt_credits,
+      completion_tokens: inB.completion_tokens,
+    });
+    // B charged A what its receipt says; A charged its user for what A sent, which A counts too
+    const owed = BigInt(inB.receipt_credits ?? 0);
+    expect(owed).toBeGreaterThan(0n);
+    expect((await journal(b, a.address, "charge")) - chargedAtB).toBe(owed);
+    const userPaid = (await journal(a, user.address, "charge")) - paidAtA;
+    expect(userPaid).toBeGreaterThan(0n);
+    expect(userPaid).toBeLessThanOrEqual(owed);
   });
 
   it("a peer cut off mid-stream fails its jobs there: no unit here can continue, the client's stream ends with an error, B's job is cancelled", async () => {

@@ -20,7 +20,9 @@ import {
   FORWARDED_STREAM_TYPE,
   type ForwardedLine,
   federationReceiptToWire,
+  forwardedJobCancelSchema,
   forwardedJobRequestSchema,
+  type Usage,
 } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import type { Address, Hex } from "viem";
@@ -93,8 +95,11 @@ export function inboundRoutes(o: InboundOptions) {
   const transactions = new FederationTransactions(o.db);
   const log = new FederatedJobs(o.db);
   const running = new Map<string, number>();
-  /** each peer's jobs running here, to cancel when it is cut off */
-  const inFlight = new Map<string, Set<AbortController>>();
+  /**
+   * each peer's jobs running here by txid: `gone` ends one at once (the peer was cut off), `cancel`
+   * cancels it at the peer's word, its answer ending with what was charged
+   */
+  const inFlight = new Map<string, Map<string, { gone: AbortController; cancel: AbortController }>>();
   const keys = new Map<string, ApiKeyInfo>();
 
   /** Counts one job of `peer` against its cap; the release counts it out exactly once, whatever path ends it. */
@@ -112,7 +117,8 @@ export function inboundRoutes(o: InboundOptions) {
 
   /** A peer cut off (revoked, unendorsed, expired, registry unreadable): its jobs here stop now. */
   const onCutOff = (c: PeerCutOff) => {
-    for (const gone of inFlight.get(c.peer.toLowerCase()) ?? []) gone.abort(new Error(`your site was cut off here (${c.reason})`));
+    for (const { gone } of inFlight.get(c.peer.toLowerCase())?.values() ?? [])
+      gone.abort(new Error(`your site was cut off here (${c.reason})`));
   };
 
   /** The peer's key here: its coordinator pays for its jobs, which never leave this site. */
@@ -181,6 +187,17 @@ export function inboundRoutes(o: InboundOptions) {
       return { inbound: o.settings.inbound, models: advertise(o.fleet, o.price) };
     });
 
+    scope.post("/jobs/cancel", async (req) => {
+      const peer = req.federationPeer as VerifiedPeer;
+      const parsed = forwardedJobCancelSchema.safeParse(req.body);
+      if (!parsed.success) throw new ApiError("invalid_request", describeZodError(parsed.error).message);
+      // only the peer's own jobs: a txid is looked up under the verified sender
+      const job = inFlight.get(peer.address)?.get(parsed.data.txid);
+      if (!job) throw new ApiError("not_found", `no job of your site with transaction ${parsed.data.txid} runs here`);
+      job.cancel.abort();
+      return { cancelled: true };
+    });
+
     scope.post("/jobs", async (req, reply) => {
       const peer = req.federationPeer as VerifiedPeer;
       if (!o.settings.inbound) {
@@ -219,9 +236,10 @@ export function inboundRoutes(o: InboundOptions) {
         return start.result;
       }
       const gone = new AbortController();
-      const mine = inFlight.get(peer.address) ?? new Set();
+      const cancel = new AbortController();
+      const mine = inFlight.get(peer.address) ?? new Map();
       inFlight.set(peer.address, mine);
-      mine.add(gone);
+      mine.set(txid, { gone, cancel });
       const lines: string[] = [];
       let open = false;
       let over = false;
@@ -239,7 +257,7 @@ export function inboundRoutes(o: InboundOptions) {
         if (over) return;
         over = true;
         release();
-        mine.delete(gone);
+        mine.delete(txid);
         if (mine.size === 0 && inFlight.get(peer.address) === mine) inFlight.delete(peer.address);
         o.metrics.federatedJob(peer.address, "in", status);
         const text = forwardedLine(last);
@@ -269,6 +287,20 @@ export function inboundRoutes(o: InboundOptions) {
           lines.push(text);
           reply.raw.write(text);
         };
+        /** The answer's end line: what was charged for the job (completed, or cancelled by the origin), with the receipt for it. */
+        const endWith = (status: "completed" | "cancelled", unit: string, usage: Usage) => {
+          void signedReceipt(peer.address, txid, model, unit, usage).then((signed) => {
+            const text = done(status, { end: usage, ...signed }, usage, signed);
+            // the origin went away while the receipt was signed
+            if (text === undefined) return resolve(undefined);
+            if (!open) {
+              reply.hijack();
+              reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE });
+            }
+            reply.raw.end(text);
+            resolve(undefined);
+          });
+        };
         const out: JobOutput = {
           open(_unit, data, tokens) {
             open = true;
@@ -281,17 +313,16 @@ export function inboundRoutes(o: InboundOptions) {
             write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });
           },
           end(unit, usage) {
-            void signedReceipt(peer.address, txid, model, unit, usage).then((signed) => {
-              const text = done("completed", { end: usage, ...signed }, usage, signed);
-              // the origin went away while the receipt was signed
-              if (text === undefined) return resolve(undefined);
-              if (!open) {
-                reply.hijack();
-                reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE });
-              }
-              reply.raw.end(text);
-              resolve(undefined);
-            });
+            endWith("completed", unit, usage);
+          },
+          cancelled(unit, usage) {
+            // cut off, or the origin gone: it ended already
+            if (over) return;
+            if (usage) return endWith("cancelled", unit, usage);
+            const text = done("cancelled", { error: { message: "the origin site cancelled the job", retryable: false } });
+            if (!open) return reject(new ApiError("invalid_request", "the origin site cancelled the job before it began"));
+            reply.raw.end(text);
+            resolve(undefined);
           },
           result() {
             // a forwarded job always streams
@@ -330,7 +361,7 @@ export function inboundRoutes(o: InboundOptions) {
               kind,
               body: { ...body.data, model, stream: true, stream_options: null, max_tokens: generationLimit },
               apiKey,
-              signal: gone.signal,
+              signal: AbortSignal.any([gone.signal, cancel.signal]),
               log: req.log,
             },
             out,

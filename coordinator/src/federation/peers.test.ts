@@ -142,17 +142,26 @@ describe("PeerUnit", () => {
     }
   });
 
-  it("a cancel aborts the call and the sink hears nothing more; a cut-off fails jobs in flight at once", async () => {
+  it("a cancel tells the peer by a signed call and reads its answer on to the end line, relaying nothing more; a cut-off fails jobs in flight at once", async () => {
     const s = controlledStream();
-    const { unit, calls, rows } = peerUnit(() => s.response);
+    const { unit, calls, rows } = peerUnit((body) => ("kind" in (body as object) ? s.response : Response.json({ cancelled: true })));
     const { events, sink: k } = sink();
     unit.dispatch(start, k);
     await until(() => calls.length === 1);
+    s.send(forwardedLine({ c: 1, d: "{}", t: [1] }));
+    await until(() => events.chunks.length === 1);
     unit.cancel(start.jobId);
-    expect(calls[0]?.signal.aborted).toBe(true);
-    expect(events.error).toBeUndefined();
+    await until(() => calls.length === 2);
+    expect(calls[1]?.body).toEqual({ txid: (calls[0]?.body as { txid?: string } | undefined)?.txid });
+    // what the peer streamed before it heard, then its end: what it charged for the output streamed
+    s.send(forwardedLine({ c: 1, d: "{}", t: [2] }));
+    s.send(forwardedLine({ end: { prompt_tokens: 0, completion_tokens: 2, total_tokens: 2 } }));
     await until(() => rows.length === 1);
     expect(rows).toEqual(["cancelled"]);
+    expect(events.chunks).toHaveLength(1);
+    expect(events.end).toBeUndefined();
+    expect(events.error).toBeUndefined();
+    expect(unit.active).toBe(0);
 
     const t = controlledStream();
     const cut = peerUnit(() => t.response);

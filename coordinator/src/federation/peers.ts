@@ -34,6 +34,8 @@ import type { FederatedJobs } from "./store.js";
 /** How often peers are asked what they serve, by default. */
 export const DEFAULT_CAPACITY_POLL_MS = 5_000;
 
+/** How long a peer may take to end its answer after this site cancelled the job there. */
+const CANCEL_END_TIMEOUT_MS = 5_000;
 /** How long a capacity call may take before the peer counts as silent. */
 const CAPACITY_TIMEOUT_MS = 5_000;
 
@@ -92,6 +94,8 @@ interface Forwarded {
   relayed: number;
   /** its log writes, in order: its end is recorded only after its start (each logs its own failure) */
   logged: Promise<void>;
+  /** the client went away: the peer's answer is read on to its end line, within CANCEL_END_TIMEOUT_MS */
+  cancelled?: NodeJS.Timeout;
 }
 
 /** A trusted peer site, as one more serving unit. */
@@ -202,7 +206,7 @@ export class PeerUnit implements ServingUnit {
         if ("c" in line && this.overBounds(jobId, line.t, bounds)) return;
         if ("c" in line) {
           f.relayed += typeof line.t === "number" ? line.t : line.t.length;
-          f.sink.chunk(line.d, line.t);
+          if (!f.cancelled) f.sink.chunk(line.d, line.t);
         } else if ("end" in line) return this.ended(jobId, line);
         else return this.failedOnPeer(jobId, line.error);
       }
@@ -237,9 +241,9 @@ export class PeerUnit implements ServingUnit {
     if (!f) return;
     f.abort.abort();
     const usage = line.end;
-    this.finish(f, "completed", usage);
+    this.finish(f, f.cancelled ? "cancelled" : "completed", usage);
     if (this.cx.ledger) void this.keepReceipt(f, line, this.cx.ledger);
-    f.sink.end(usage);
+    if (!f.cancelled) f.sink.end(usage);
   }
 
   /** Checks the peer's receipt for a job it served and keeps it: its credits count only when it holds. */
@@ -267,16 +271,38 @@ export class PeerUnit implements ServingUnit {
     const f = this.take(jobId);
     if (!f) return;
     f.abort.abort();
+    if (f.cancelled) {
+      this.finish(f, "cancelled", undefined, `client disconnected; then ${e.message}`);
+      return;
+    }
     this.finish(f, "failed", undefined, e.message);
     f.sink.error({ ...e, cause: "node_lost" });
   }
 
+  /**
+   * The client went away. The peer is told by a signed call and ends its answer with what it
+   * charged for the output it streamed, and its receipt for that, which this site checks and keeps
+   * as for a finished job; its answer is read on to that end line (no longer relayed), or given up
+   * after CANCEL_END_TIMEOUT_MS (the peer then sees the request go away, and cancels all the same).
+   */
   cancel(jobId: string): void {
-    const f = this.take(jobId);
-    if (!f) return;
-    // the peer sees its request go away and cancels its job
-    f.abort.abort();
-    this.finish(f, "cancelled", undefined, "client disconnected");
+    const f = this.jobs.get(jobId);
+    if (!f || f.cancelled) return;
+    f.cancelled = setTimeout(
+      () => this.failed(jobId, { message: "the peer sent no end after the cancel", retryable: false }),
+      CANCEL_END_TIMEOUT_MS,
+    );
+    this.cx.federation
+      .signedFetch(
+        this.address,
+        "POST",
+        `${FEDERATION_PREFIX}/jobs/cancel`,
+        { txid: f.txid },
+        { signal: AbortSignal.timeout(CANCEL_END_TIMEOUT_MS) },
+      )
+      // a 404: the job ended there already, and its end line is on its way
+      .then((res) => res.body?.cancel())
+      .catch((err: Error) => this.cx.log.warn({ err: err.message, txid: f.txid }, "telling a peer site of a cancelled job failed"));
   }
 
   /** The peer was cut off: every job in flight there fails now (each may carry on elsewhere). */
@@ -303,6 +329,7 @@ export class PeerUnit implements ServingUnit {
   private take(jobId: string): Forwarded | undefined {
     const f = this.jobs.get(jobId);
     this.jobs.delete(jobId);
+    clearTimeout(f?.cancelled);
     return f;
   }
 }

@@ -66,6 +66,12 @@ export interface JobOutput {
   result(body: Record<string, unknown>, unit: string): void;
   /** the job failed: before `open`, the client gets this as the HTTP error; after, as the stream's last event */
   fail(err: ApiError): void;
+  /**
+   * the job was cancelled (its signal), and recorded; `usage`: what was charged for the output
+   * streamed before, if any. Only a serving site answering a peer listens: it still has someone to
+   * tell (the client's connection is gone otherwise)
+   */
+  cancelled?(unit: string, usage: Usage | undefined): void;
 }
 
 /** One unit's part of a job, as it is paid: who, for which model file, for what work. */
@@ -387,7 +393,13 @@ export class Job implements JobSink {
       this.streamed && this.transcript.tokens > 0
         ? meteredUsage(0, { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: this.transcript.tokens })
         : undefined;
-    this.settle("cancelled", sent, reason).catch((err) => this.fx.log.error({ err, jobId: this.id }, "recording job failed"));
+    this.settle("cancelled", sent, reason).then(
+      () => this.out.cancelled?.(this.unitId, sent),
+      (err) => {
+        this.fx.log.error({ err, jobId: this.id }, "recording job failed");
+        this.out.cancelled?.(this.unitId, undefined);
+      },
+    );
   }
 
   /**
