@@ -22,6 +22,13 @@ export function wholeNumber(value: string): number {
   return n;
 }
 
+/** A block number of a chain. */
+export function blockNumber(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError("expected a block number (a whole number)");
+  return n;
+}
+
 /** An EVM address. */
 export function address(value: string): `0x${string}` {
   if (!/^0x[0-9a-fA-F]{40}$/.test(value)) throw new InvalidArgumentError("expected an address (0x and 40 hex digits)");
@@ -119,6 +126,16 @@ export function addFederationOptions(cmd: Command): Command {
         .default(15)
         .argParser(positiveInt),
     )
+    .addOption(
+      new Option("--federation-registry-from-block <block>", "the registry's deployment block: its events are read from there").argParser(
+        blockNumber,
+      ),
+    )
+    .addOption(
+      new Option("--federation-confirmations <blocks>", "read the registry this many blocks below the chain's head (reorganisations)")
+        .default(0)
+        .argParser(wholeNumber),
+    )
     .option("--no-federation-outbound", "forward no jobs to peer sites (by default a job no node here can take may go to a trusted peer)")
     .option("--no-federation-inbound", "run no jobs forwarded by peer sites")
     .addOption(
@@ -132,9 +149,19 @@ export interface FederationArgs {
   federation?: boolean;
   federationRegistry?: `0x${string}`;
   federationRefresh: number;
+  federationRegistryFromBlock?: number;
+  federationConfirmations: number;
   federationOutbound: boolean;
   federationInbound: boolean;
   federationInboundCap?: number;
+}
+
+/** How the registry is read, from the command's options. */
+export function registryReadOptions(o: FederationArgs): { fromBlock?: bigint; confirmations: number } {
+  return {
+    fromBlock: o.federationRegistryFromBlock === undefined ? undefined : BigInt(o.federationRegistryFromBlock),
+    confirmations: o.federationConfirmations,
+  };
 }
 
 /** Forwarded jobs' options from the command's. */

@@ -17,6 +17,7 @@ import {
   type FederationArgs,
   forwardingOptions,
   type ListenArgs,
+  registryReadOptions,
   type SettlementArgs,
   settlementOptions,
 } from "./args.js";
@@ -64,6 +65,7 @@ export function coordinatorCommand(): Command {
               registry: (await registryOf(home, { chainRpcUrl: o.chainRpcUrl, registry: o.federationRegistry })).registry,
               privateKey: await coordinatorPrivateKey(home),
               refreshMs: o.federationRefresh * 1000,
+              read: registryReadOptions(o),
               forwarding: forwardingOptions(o),
             }
           : undefined;

@@ -30,6 +30,7 @@ import {
   forwardingOptions,
   type ListenArgs,
   positiveInt,
+  registryReadOptions,
   type SettlementArgs,
   settlementOptions,
   wholeNumber,
@@ -100,6 +101,7 @@ export function upCommand(): Command {
               registry: o.federationRegistry ?? deployment.contracts.FederationRegistry,
               privateKey: await coordinatorPrivateKey(paths.home),
               refreshMs: o.federationRefresh * 1000,
+              read: registryReadOptions(o),
               forwarding: forwardingOptions(o),
             };
           }

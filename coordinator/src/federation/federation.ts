@@ -24,7 +24,7 @@ import { type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import type { Db } from "../db/database.js";
 import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
-import { RegistryReader } from "./registry.js";
+import { RegistryReader, type RegistryReadOptions } from "./registry.js";
 import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
 import { FederationNonces, FederationTransactions, type PeerTraffic } from "./store.js";
 import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
@@ -38,6 +38,8 @@ export interface FederationOptions {
   privateKey: Hex;
   /** how often the registry is read; a revoked peer is cut off within it. Default 15 s */
   refreshMs?: number;
+  /** where the registry's events are read from, and how far below the head (registry.ts) */
+  read?: RegistryReadOptions;
   /** how long a signature this coordinator makes is valid, s (at most 60). Default 60 */
   validityS?: number;
   /** how long trust read earlier is believed while reads fail; then every peer is cut off. Default max(4 refreshes, 60 s) */
@@ -141,7 +143,7 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     });
     const client = createPublicClient({ chain, transport: http(o.rpcUrl, { retryCount: 2, timeout: 15_000 }) }) as PublicClient;
     const address = privateKeyToAccount(o.privateKey).address;
-    const f = new Federation(o, new RegistryReader(client, o.registry, address), chainId, db, logger);
+    const f = new Federation(o, new RegistryReader(client, o.registry, address, o.read), chainId, db, logger);
     await f.refresh();
     f.timer = setInterval(() => {
       f.refresh().catch((err: Error) => f.readFailed(err));

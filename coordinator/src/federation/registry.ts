@@ -4,8 +4,11 @@
  * coordinators this site may come to trust are tracked: itself, those governance admitted or
  * revoked, and those this site endorsed; registering is permissionless, so a stranger's
  * registrations and updates are not even read until one of those happens. Reads go at most
- * READ_CONCURRENCY at a time. A chain whose head went backwards (a restarted dev chain) is read
- * again from the start.
+ * READ_CONCURRENCY at a time. Events are read from the registry's first block (`fromBlock`) in
+ * ranges of at most `maxRange` blocks, halved whenever the node refuses a range (public RPCs cap
+ * it), and only up to `confirmations` blocks below the head, state read at that same block, so a
+ * shallower reorganisation never reaches trust. A chain whose head went backwards past what was
+ * read (a restarted dev chain) is read again from the start.
  */
 import { FederationRegistry } from "@sharedllm/contracts";
 import type { Address, PublicClient } from "viem";
@@ -51,34 +54,66 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) 
   return out;
 }
 
+/** Where and how the registry's events are read. */
+export interface RegistryReadOptions {
+  /** the registry's first block (its deployment): nothing before it is read. Default 0 */
+  fromBlock?: bigint;
+  /** how many blocks below the head the reader stays. Default 0 */
+  confirmations?: number;
+  /** the most blocks one log query spans (halved while the node refuses). Default 10,000 */
+  maxRange?: bigint;
+}
+
+/** The smallest log range the reader halves down to before it gives up on a read. */
+const MIN_RANGE = 16n;
+
 export class RegistryReader {
   private readonly entries = new Map<string, RegistryEntry>();
-  private cursor = -1n;
+  /** the last block read; below fromBlock before the first read */
+  private cursor: bigint;
+  private readonly fromBlock: bigint;
+  private range: bigint;
 
   constructor(
     private readonly client: PublicClient,
     readonly registry: Address,
     private readonly self: Address,
-  ) {}
+    private readonly o: RegistryReadOptions = {},
+  ) {
+    this.fromBlock = o.fromBlock ?? 0n;
+    this.cursor = this.fromBlock - 1n;
+    this.range = o.maxRange ?? 10_000n;
+  }
 
   /** Reads what changed since the last call; returns every tracked coordinator. */
   async read(): Promise<Map<string, RegistryEntry>> {
-    const latest = await this.client.getBlockNumber();
-    if (latest < this.cursor) {
+    const head = (await this.client.getBlockNumber({ cacheTime: 0 })) - BigInt(this.o.confirmations ?? 0);
+    if (head < this.cursor) {
       this.entries.clear();
-      this.cursor = -1n;
+      this.cursor = this.fromBlock - 1n;
     }
-    if (latest === this.cursor) return this.entries;
-    const logs = await this.client.getContractEvents({
-      address: this.registry,
-      abi: FederationRegistry.abi,
-      fromBlock: this.cursor + 1n,
-      toBlock: latest,
-    });
-    const touched = touchedBy(logs as unknown as RegistryEvent[], this.self, (a) => this.entries.has(a));
-    const read = await mapLimit([...touched], READ_CONCURRENCY, (a) => this.readOne(a, latest));
+    if (head <= this.cursor) return this.entries;
+    const logs: RegistryEvent[] = [];
+    for (let from = this.cursor + 1n; from <= head; ) {
+      const to = from + this.range - 1n < head ? from + this.range - 1n : head;
+      const got = await this.client
+        .getContractEvents({ address: this.registry, abi: FederationRegistry.abi, fromBlock: from, toBlock: to })
+        .catch((err: Error) => {
+          if (this.range <= MIN_RANGE) throw err;
+          return undefined;
+        });
+      if (!got) {
+        // the node refuses the range (or failed): a smaller one, kept for the next reads
+        this.range /= 2n;
+        continue;
+      }
+      logs.push(...(got as unknown as RegistryEvent[]));
+      from = to + 1n;
+    }
+    const touched = touchedBy(logs, this.self, (a) => this.entries.has(a));
+    const read = await mapLimit([...touched], READ_CONCURRENCY, (a) => this.readOne(a, head));
     for (const e of read) if (e) this.entries.set(e.address, e);
-    this.cursor = latest;
+    this.cursor = head;
     return this.entries;
   }
 
