@@ -115,8 +115,11 @@ export class Metrics {
       labelNames: ["peer", "direction"],
       registers: [this.registry],
       async collect() {
+        // a failed read keeps the last figures rather than failing the whole scrape
+        const traffic = await read().catch(() => undefined);
+        if (!traffic) return;
         this.reset();
-        for (const [peer, t] of await read()) {
+        for (const [peer, t] of traffic) {
           // a gauge is a float: exact up to 2^53 smallest units, which a Prometheus figure does not need past
           this.set({ peer, direction: "out" }, Number(t.credits.out));
           this.set({ peer, direction: "in" }, Number(t.credits.in));

@@ -52,8 +52,11 @@ export interface ServingUnit {
   readonly models: ReadonlyMap<string, ServedModel>;
   /** Starts a job; `sink` hears its output, then exactly one of end/error. */
   dispatch(job: JobStart, sink: JobSink): void;
-  /** Stops a job whose client went away; its sink hears nothing more. */
-  cancel(jobId: string): void;
+  /**
+   * Stops a job whose client went away; its sink hears nothing more. `sent`: the output tokens the
+   * client was sent and is charged for (a stream it gave up), 0 when it is charged nothing
+   */
+  cancel(jobId: string, sent?: number): void;
   /** who is paid for a job served here now */
   payees(): Payees;
   /**

@@ -148,11 +148,19 @@ export const forwardedJobRequestSchema = z.looseObject({
 export type ForwardedJobRequest = z.infer<typeof forwardedJobRequestSchema>;
 
 /**
- * `POST /federation/v1/jobs/cancel`: the origin's client went away. The serving site cancels the
- * job and ends its answer (still being read) with the `end` line of what it charged for the
- * output streamed, and its receipt for that; 404 when no such job of the peer runs there.
+ * `POST /federation/v1/jobs/cancel`: the origin's client went away, charged for `tokens` of the
+ * output (what the origin relayed to it). The serving site cancels the job and ends its answer
+ * (still being read) with the `end` line of what it charged for the output streamed, at most
+ * `tokens` and no prompt, and its receipt for that; 404 when no such job of the peer runs there.
  */
-export const forwardedJobCancelSchema = z.object({ txid: txidSchema });
+export const forwardedJobCancelSchema = z.object({
+  txid: txidSchema,
+  tokens: z
+    .number()
+    .int()
+    .min(0)
+    .max(1 << 20),
+});
 export type ForwardedJobCancel = z.infer<typeof forwardedJobCancelSchema>;
 
 /**

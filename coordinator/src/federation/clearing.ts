@@ -27,10 +27,12 @@ export interface Relayed {
   txid: string;
   /** tokens the peer streamed, as counted here */
   completionTokens: number;
-  /** the prompt tokens the peer's end line reported (what the origin's job took as the prompt) */
+  /** the prompt tokens the origin's job took as the prompt: the peer's report, within the origin's bound */
   promptTokens: number;
   /** the peer's advertised price per 1000 tokens when the job was sent */
   pricePer1k: { prompt: bigint; completion: bigint };
+  /** the origin cancelled it: the tokens are what it charged its client for, with no end token beyond */
+  cancelled?: boolean;
 }
 
 export type ReceiptVerdict = { accepted: true; credits: bigint } | { accepted: false; reason: string };
@@ -60,7 +62,7 @@ export async function checkReceipt(
   if (r.origin.toLowerCase() !== job.origin.toLowerCase()) return refuse("the receipt names another origin");
   if (r.txid.toLowerCase() !== receiptTxid(job.txid)) return refuse("the receipt names another transaction");
   // one end token the engine counted in no event is believed, as for a node (docs/verification.md)
-  if (r.completionTokens > job.completionTokens + 1) {
+  if (r.completionTokens > job.completionTokens + (job.cancelled ? 0 : 1)) {
     return refuse(`the receipt claims ${r.completionTokens} completion tokens; ${job.completionTokens} were relayed`);
   }
   if (r.promptTokens > job.promptTokens)

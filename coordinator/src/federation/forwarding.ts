@@ -30,7 +30,7 @@ import type { ApiKeyInfo } from "../apiKeys.js";
 import { hashSecret } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import type { Fleet } from "../fleet.js";
-import type { JobOutput } from "../jobs/job.js";
+import type { Job, JobOutput } from "../jobs/job.js";
 import type { Jobs } from "../jobs/jobs.js";
 import { jobCost, type Price } from "../ledger/metering.js";
 import type { Metrics } from "../metrics.js";
@@ -99,7 +99,7 @@ export function inboundRoutes(o: InboundOptions) {
    * each peer's jobs running here by txid: `gone` ends one at once (the peer was cut off), `cancel`
    * cancels it at the peer's word, its answer ending with what was charged
    */
-  const inFlight = new Map<string, Map<string, { gone: AbortController; cancel: AbortController }>>();
+  const inFlight = new Map<string, Map<string, { gone: AbortController; cancel: AbortController; job?: Job }>>();
   const keys = new Map<string, ApiKeyInfo>();
 
   /** Counts one job of `peer` against its cap; the release counts it out exactly once, whatever path ends it. */
@@ -194,7 +194,9 @@ export function inboundRoutes(o: InboundOptions) {
       // only the peer's own jobs: a txid is looked up under the verified sender
       const job = inFlight.get(peer.address)?.get(parsed.data.txid);
       if (!job) throw new ApiError("not_found", `no job of your site with transaction ${parsed.data.txid} runs here`);
-      job.cancel.abort();
+      // charged no more than the origin charged its client; a job not started yet streamed nothing
+      if (job.job) job.job.cancel("the origin site's client went away", parsed.data.tokens);
+      else job.cancel.abort();
       return { cancelled: true };
     });
 
@@ -239,7 +241,8 @@ export function inboundRoutes(o: InboundOptions) {
       const cancel = new AbortController();
       const mine = inFlight.get(peer.address) ?? new Map();
       inFlight.set(peer.address, mine);
-      mine.set(txid, { gone, cancel });
+      const entry: { gone: AbortController; cancel: AbortController; job?: Job } = { gone, cancel };
+      mine.set(txid, entry);
       const lines: string[] = [];
       let open = false;
       let over = false;
@@ -367,6 +370,7 @@ export function inboundRoutes(o: InboundOptions) {
             out,
           )
           .then((job) => {
+            entry.job = job;
             void logged.then(() => log.jobId(ref, job.id).catch(logFailed));
           })
           .catch((err: unknown) => {

@@ -150,9 +150,9 @@ describe("PeerUnit", () => {
     await until(() => calls.length === 1);
     s.send(forwardedLine({ c: 1, d: "{}", t: [1] }));
     await until(() => events.chunks.length === 1);
-    unit.cancel(start.jobId);
+    unit.cancel(start.jobId, 1);
     await until(() => calls.length === 2);
-    expect(calls[1]?.body).toEqual({ txid: (calls[0]?.body as { txid?: string } | undefined)?.txid });
+    expect(calls[1]?.body).toEqual({ txid: (calls[0]?.body as { txid?: string } | undefined)?.txid, tokens: 1 });
     // what the peer streamed before it heard, then its end: what it charged for the output streamed
     s.send(forwardedLine({ c: 1, d: "{}", t: [2] }));
     s.send(forwardedLine({ end: { prompt_tokens: 0, completion_tokens: 2, total_tokens: 2 } }));
@@ -162,6 +162,16 @@ describe("PeerUnit", () => {
     expect(events.end).toBeUndefined();
     expect(events.error).toBeUndefined();
     expect(unit.active).toBe(0);
+
+    // a client charged nothing (a whole response it left): the call is dropped, nothing is asked
+    const u = controlledStream();
+    const dropped = peerUnit(() => u.response);
+    dropped.unit.dispatch(start, sink().sink);
+    await until(() => dropped.calls.length === 1);
+    dropped.unit.cancel(start.jobId, 0);
+    expect(dropped.calls[0]?.signal.aborted).toBe(true);
+    await until(() => dropped.rows.length === 1);
+    expect(dropped.calls).toHaveLength(1);
 
     const t = controlledStream();
     const cut = peerUnit(() => t.response);

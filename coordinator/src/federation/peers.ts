@@ -23,6 +23,7 @@ import {
 } from "@sharedllm/protocol";
 import type { Logger } from "pino";
 import type { Address } from "viem";
+import { promptTokenBound } from "../ledger/metering.js";
 import { UNRELAYED_TOKENS } from "../ledger/usage.js";
 import type { Metrics } from "../metrics.js";
 import type { JobSink, Payees, ServingUnit } from "../units.js";
@@ -96,6 +97,10 @@ interface Forwarded {
   logged: Promise<void>;
   /** the client went away: the peer's answer is read on to its end line, within CANCEL_END_TIMEOUT_MS */
   cancelled?: NodeJS.Timeout;
+  /** the output tokens the client was charged for when it went away: the peer's receipt may claim no more */
+  sent?: number;
+  /** the most prompt tokens the origin charges its client for (promptTokenBound): the peer's receipt may claim no more */
+  promptBound: number;
 }
 
 /** A trusted peer site, as one more serving unit. */
@@ -141,7 +146,7 @@ export class PeerUnit implements ServingUnit {
     const pricePer1k = { prompt: BigInt(offer?.prompt ?? 0), completion: BigInt(offer?.completion ?? 0) };
     const key = { direction: "out" as const, peer: this.address, txid };
     const logged = this.logged(txid, this.cx.jobs.started({ ...key, jobId: job.jobId, model }));
-    this.jobs.set(job.jobId, { sink, txid, model, abort, pricePer1k, relayed: 0, logged });
+    this.jobs.set(job.jobId, { sink, txid, model, abort, pricePer1k, relayed: 0, logged, promptBound: promptTokenBound(job.request) });
     const { n_predict: _, ...body } = job.request;
     const request: ForwardedJobRequest = {
       txid,
@@ -252,9 +257,10 @@ export class PeerUnit implements ServingUnit {
       origin: this.cx.federation.address,
       server: this.address,
       txid: f.txid,
-      completionTokens: f.relayed,
-      promptTokens: line.end.prompt_tokens,
+      completionTokens: f.sent ?? f.relayed,
+      promptTokens: f.sent === undefined ? Math.min(line.end.prompt_tokens, f.promptBound) : 0,
       pricePer1k: f.pricePer1k,
+      cancelled: f.sent !== undefined,
     };
     try {
       const verdict = await checkReceipt(line, job, ledger);
@@ -280,14 +286,24 @@ export class PeerUnit implements ServingUnit {
   }
 
   /**
-   * The client went away. The peer is told by a signed call and ends its answer with what it
-   * charged for the output it streamed, and its receipt for that, which this site checks and keeps
-   * as for a finished job; its answer is read on to that end line (no longer relayed), or given up
-   * after CANCEL_END_TIMEOUT_MS (the peer then sees the request go away, and cancels all the same).
+   * The client went away, charged for `sent` output tokens. The peer is told by a signed call to
+   * charge no more than that, and ends its answer with what it charged, and its receipt for that,
+   * which this site checks (no more than `sent`, no prompt) and keeps as for a finished job; its
+   * answer is read on to that end line (no longer relayed), or given up after
+   * CANCEL_END_TIMEOUT_MS (the peer then sees the request go away, and cancels all the same). A
+   * client charged nothing owes the peer nothing: the call is just dropped.
    */
-  cancel(jobId: string): void {
+  cancel(jobId: string, sent = 0): void {
     const f = this.jobs.get(jobId);
     if (!f || f.cancelled) return;
+    if (sent === 0) {
+      // the client is charged nothing: nothing of it is owed; the peer sees the call go away and cancels
+      this.take(jobId);
+      f.abort.abort();
+      this.finish(f, "cancelled", undefined, "client disconnected");
+      return;
+    }
+    f.sent = sent;
     f.cancelled = setTimeout(
       () => this.failed(jobId, { message: "the peer sent no end after the cancel", retryable: false }),
       CANCEL_END_TIMEOUT_MS,
@@ -297,7 +313,7 @@ export class PeerUnit implements ServingUnit {
         this.address,
         "POST",
         `${FEDERATION_PREFIX}/jobs/cancel`,
-        { txid: f.txid },
+        { txid: f.txid, tokens: sent },
         { signal: AbortSignal.timeout(CANCEL_END_TIMEOUT_MS) },
       )
       // a 404: the job ended there already, and its end line is on its way

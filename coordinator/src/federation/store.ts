@@ -78,6 +78,9 @@ export class FederationTransactions {
 export type FederatedJobStatus = FederatedJobsTable["status"];
 
 /** The log of forwarded jobs, both ways (`federated_jobs`). */
+/** How long one sum of the forwarded jobs' traffic is reused. */
+const TRAFFIC_CACHE_MS = 1_000;
+
 export class FederatedJobs {
   constructor(private readonly db: Db) {}
 
@@ -162,11 +165,25 @@ export class FederatedJobs {
     return new Map(rows.map((r) => [r.peer as Address, BigInt(r.total)]));
   }
 
+  private lastTraffic?: { at: number; value: Promise<Map<Address, PeerTraffic>> };
+
   /**
    * Each peer's traffic both ways, as logged: jobs, and credits by the receipts (out: those this
-   * site accepted from the peer; in: those it signed to the peer).
+   * site accepted from the peer; in: those it signed to the peer). A public view and every scrape
+   * ask for it: the sums are made at most once per TRAFFIC_CACHE_MS.
    */
-  async traffic(): Promise<Map<Address, PeerTraffic>> {
+  traffic(): Promise<Map<Address, PeerTraffic>> {
+    const now = Date.now();
+    if (this.lastTraffic && now - this.lastTraffic.at < TRAFFIC_CACHE_MS) return this.lastTraffic.value;
+    const value = this.sumTraffic();
+    this.lastTraffic = { at: now, value };
+    value.catch(() => {
+      if (this.lastTraffic?.value === value) this.lastTraffic = undefined;
+    });
+    return value;
+  }
+
+  private async sumTraffic(): Promise<Map<Address, PeerTraffic>> {
     const rows = await this.db
       .selectFrom("federated_jobs")
       .select([

@@ -378,21 +378,29 @@ export class Job implements JobSink {
 
   /**
    * The client went away: -> cancelled; the unit stops generating. A stream that had begun is
-   * charged for the output sent, as counted here, and its units are receipted for their parts;
-   * its prompt is not (a unit tells its prompt count only at the job's end). Else the hold is
-   * released.
+   * charged for the output sent, as counted here (`atMost`: no more than the peer site whose
+   * client it was says it charged for), and its units are receipted for their parts; its prompt is
+   * not (a unit tells its prompt count only at the job's end). Else the hold is released.
    */
-  cancel(reason: string): void {
+  cancel(reason: string, atMost?: number): void {
     if (this.done) return;
     const queued = this.state === "queued";
     this.to("cancelled");
     this.gap?.wait.abort();
-    if (queued) return; // run() releases the hold once it is made
-    this.unit?.cancel(this.id);
+    if (queued) {
+      // run() releases the hold once it is made
+      this.out.cancelled?.(this.unitId, undefined);
+      return;
+    }
+    const streamed = Math.min(this.transcript.tokens, atMost ?? Number.POSITIVE_INFINITY);
     const sent =
-      this.streamed && this.transcript.tokens > 0
-        ? meteredUsage(0, { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: this.transcript.tokens })
+      this.streamed && streamed > 0
+        ? meteredUsage(0, { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: streamed })
         : undefined;
+    this.unit?.cancel(this.id, sent?.completion_tokens ?? 0);
+    // a unit picked to continue the job that streamed nothing did no part of it
+    const last = this.parts.at(-1);
+    if (last && last.to === last.from && this.parts.length > 1) this.parts.pop();
     this.settle("cancelled", sent, reason).then(
       () => this.out.cancelled?.(this.unitId, sent),
       (err) => {

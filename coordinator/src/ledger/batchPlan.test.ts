@@ -119,7 +119,7 @@ describe("planBatch", () => {
     expect(plan.setAside[0]?.reason).toContain("covers 40 credits");
   });
 
-  it("settles a peer coordinator's escrow only up to what it accepted: beyond it, recent charges wait and older ones are its shortfall", () => {
+  it("settles a peer coordinator's escrow only up to what it accepted: beyond it, recent charges wait and older ones are never posted", () => {
     // U1 is a peer site that accepted owing 30 of its 100 in escrow: the ledger settles no more
     const users = new Map([[U1, { posted: 0n, escrow: { ...escrow(100n), peerAccepted: 30n } }]]);
     const accepted = charge(U1, 30n, "j1");
@@ -139,19 +139,34 @@ describe("planBatch", () => {
     );
     expect(caughtUp.spends).toEqual([50n]);
     expect(caughtUp.earnings).toEqual(new Map([[N1, 20n]]));
-    // never accepted, and no longer recent: posted as the peer's shortfall, and its node earns nothing (the batch cannot revert)
-    const old = planBatch(
-      input([{ ...young, recent: false }, entries[3] as JournalEntry], {
-        users: new Map([[U1, { posted: 30n, escrow: { ...escrow(100n, 30n), peerAccepted: 30n } }]]),
-      }),
-    );
+    // never accepted, and no longer recent: not posted (the peer's posted spend stays within what it
+    // accepted), and its node earns nothing; a later job the peer accepts then posts in full
+    const users30 = new Map([[U1, { posted: 30n, escrow: { ...escrow(100n, 30n), peerAccepted: 30n } }]]);
+    const old = planBatch(input([{ ...young, recent: false }, entries[3] as JournalEntry], { users: users30 }));
     expect(old.setAside.map((a) => [a.id, a.taken ?? false])).toEqual([
-      [young.id, true],
+      [young.id, false],
       [entries[3]?.id, false],
     ]);
     expect(old.setAside[0]?.reason).toContain("peer site");
-    expect(old.batchSpent).toBe(0n);
+    expect(old.take).toEqual([]);
     expect(old.totalEarnings).toBe(0n);
+    const later = charge(U1, 20n, "j3");
+    const accepted50 = new Map([[U1, { posted: 30n, escrow: { ...escrow(100n, 30n), peerAccepted: 50n } }]]);
+    const next = planBatch(input([later, earn(N1, 20n, "j3")], { users: accepted50 }));
+    expect(next.spends).toEqual([50n]);
+    expect(next.batchSpent).toBe(20n);
+    expect(next.totalEarnings).toBe(20n);
+  });
+
+  it("sets aside a peer's charge it signed no receipt for, once it is no longer recent; waits while it is", () => {
+    const users = new Map([[U1, { posted: 0n, escrow: { ...escrow(100n), peerAccepted: 100n } }]]);
+    const unreceipted = { ...charge(U1, 20n, "j1"), receipted: false };
+    const waiting = planBatch(input([{ ...unreceipted, recent: true }, earn(N1, 20n, "j1")], { users }));
+    expect(waiting.take).toEqual([]);
+    expect(waiting.setAside).toEqual([]);
+    const old = planBatch(input([unreceipted, earn(N1, 20n, "j1")], { users }));
+    expect(old.take).toEqual([]);
+    expect(old.setAside.map((a) => a.reason)).toEqual([expect.stringContaining("no federation receipt"), expect.any(String)]);
   });
 
   it("keeps a batch within the per-batch cap and the user limit; the rest waits", () => {

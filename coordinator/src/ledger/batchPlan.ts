@@ -8,8 +8,9 @@
  *   records the user's shortfall (and the journal keeps it as their debt), but it is also set aside
  *   (taken and set aside, with the reason) so that nothing is earned on that job;
  * - a peer coordinator's escrow covers only what it accepted owing this one (docs/federation.md,
- *   Clearing): its charges beyond that wait while they are recent (the peer posts its acceptances
- *   on its own schedule), and are then posted as its shortfall like a user's, nothing earned;
+ *   Clearing): a charge it got no receipt for is set aside; its charges beyond what it accepted
+ *   wait while they are recent (the peer posts its acceptances on its own schedule) and are then
+ *   set aside, never posted, so that its posted spend stays within what it accepted;
  * - what nodes earned on a job beyond its charge, or on a job with no charge, is set aside;
  * - the batch moves at most the contract's per-batch cap of spend (the rest waits for the next
  *   batch), and at most `maxUsers` users (a storage write each).
@@ -26,6 +27,8 @@ export interface JournalEntry {
   jobId: string | null;
   /** made within the peer grace (SettlementOptions.peerGraceMs): a peer coordinator may not have accepted it yet */
   recent?: boolean;
+  /** a charge to a peer coordinator: whether this site signed it a federation receipt for the job */
+  receipted?: boolean;
 }
 
 /** What earlier batches (and set-aside entries) say about a job that new earnings name. */
@@ -119,9 +122,23 @@ export function planBatch(input: PlanInput): BatchPlan {
     };
     const delta = adds(after) - adds(before);
     const job = c.jobId ?? "";
-    if (peer && after > cover && c.recent) {
-      // a peer site posts what it accepts owing on its own schedule: its newest charges wait for that
-      chargeDeferred.add(job);
+    if (peer && (c.receipted === false || after > cover)) {
+      if (c.recent) {
+        // its receipt is signed just after the charge, and the peer posts what it accepts owing on
+        // its own schedule: a recent charge waits for both
+        chargeDeferred.add(job);
+        continue;
+      }
+      // never posted beyond what the peer accepted, nor without a receipt it could accept: its
+      // posted spend stays within what it accepted, so the charges it accepts later post in full
+      setAside.push({
+        id: c.id,
+        reason:
+          c.receipted === false
+            ? `no federation receipt was signed to peer site ${c.address} for this job (it went away first): it is not posted, nothing is earned on it`
+            : `peer site ${c.address} accepted owing ${cover} credits, and with this charge ${after} would be spent: it is not posted, nothing is earned on this job`,
+      });
+      chargeAside.add(job);
       continue;
     }
     if (delta > input.chain.maxBatchSpend) {
@@ -146,9 +163,7 @@ export function planBatch(input: PlanInput): BatchPlan {
       setAside.push({
         id: c.id,
         taken: true,
-        reason: peer
-          ? `peer site ${c.address} accepted owing ${cover} credits, and with this charge ${after} were spent: posted as its shortfall, nothing is earned on this job`
-          : `escrow of ${c.address} covers ${cover} credits, and with this charge ${after} were spent (the user withdrew before it was settled): posted as their shortfall, nothing is earned on this job`,
+        reason: `escrow of ${c.address} covers ${cover} credits, and with this charge ${after} were spent (the user withdrew before it was settled): posted as their shortfall, nothing is earned on this job`,
       });
       chargeAside.add(job);
       continue;

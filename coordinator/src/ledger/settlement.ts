@@ -250,6 +250,16 @@ export class Settler {
       const recentSince = new Date(Date.now() - (this.o.peerGraceMs ?? 10 * 60_000));
       const rows = await this.untaken(tx)
         .select(["e.id", "e.address", "e.kind", "e.amount", "e.job_id", sql<boolean>`e.created_at > ${recentSince}`.as("recent")])
+        // a charge for a job run for a peer site: whether its federation receipt was signed
+        .select(({ exists, selectFrom }) =>
+          exists(
+            selectFrom("federated_jobs as f")
+              .select("f.txid")
+              .where("f.direction", "=", "in")
+              .whereRef("f.job_id", "=", "e.job_id")
+              .where("f.receipt", "is not", null),
+          ).as("receipted"),
+        )
         .orderBy("e.id")
         .limit(MAX_ENTRIES)
         .execute();
@@ -261,7 +271,8 @@ export class Settler {
         amount: BigInt(r.amount),
         // receipts name a job by its hash: charges are keyed the same way, so a job's earnings meet its charge
         jobId: r.job_id === null ? null : r.kind === "charge" ? receiptJobId(r.job_id) : r.job_id.toLowerCase(),
-        recent: r.recent,
+        recent: Boolean(r.recent),
+        receipted: Boolean(r.receipted),
       }));
       const jobKey = new Map(entries.map((e) => [e.id, e.jobId]));
       const payers = [...new Set(entries.filter((e) => e.kind === "charge").map((e) => e.address))];

@@ -17,7 +17,10 @@ const domain = { chainId: 31337, verifyingContract: `0x${"11".repeat(20)}` as co
 const request = { messages: [{ role: "user", content: "hi" }], temperature: 0 };
 const served = { modelSha256: "ab".repeat(32), promptHash: promptHash(request), output: [5, 6, 7] };
 
-function proposal(jobId: string, o: { completionTokens?: number; output?: number[]; commits?: boolean } = {}): ReceiptRequest {
+function proposal(
+  jobId: string,
+  o: { completionTokens?: number; promptTokens?: number; output?: number[]; commits?: boolean } = {},
+): ReceiptRequest {
   return {
     type: "receipt.request",
     jobId,
@@ -27,7 +30,7 @@ function proposal(jobId: string, o: { completionTokens?: number; output?: number
       node: account.address,
       coordinator: `0x${"22".repeat(20)}`,
       model: `0x${served.modelSha256}`,
-      promptTokens: 4,
+      promptTokens: o.promptTokens ?? 4,
       completionTokens: o.completionTokens ?? 3,
       shareBps: 10_000,
       credits: 9n,
@@ -69,5 +72,15 @@ describe("ReceiptSigner", () => {
     signer.recordPart("job_c", served);
     expect((await signer.sign(proposal("job_c", { completionTokens: 4, output: [5, 6, 7, 8] }))).refused).toMatch(/streamed 3/);
     expect((await signer.sign(proposal("job_c", { completionTokens: 2, output: [5, 6] }))).refused).toBeUndefined();
+  });
+
+  it("signs for less than it served (a client that left as the job ended is charged what it was sent), never for more prompt", async () => {
+    const signer = new ReceiptSigner(account);
+    signer.record("job_e", served, { prompt_tokens: 4, completion_tokens: 3 });
+    expect((await signer.sign(proposal("job_e", { promptTokens: 5, completionTokens: 2, output: [5, 6] }))).refused).toMatch(/more than/);
+    expect((await signer.sign(proposal("job_e", { promptTokens: 0, completionTokens: 2, output: [5, 7] }))).refused).toMatch(
+      /did not stream/,
+    );
+    expect((await signer.sign(proposal("job_e", { promptTokens: 0, completionTokens: 2, output: [5, 6] }))).refused).toBeUndefined();
   });
 });

@@ -82,11 +82,12 @@ export class ReceiptSigner {
     if (r.model.toLowerCase() !== `0x${mine.modelSha256}`) return refuse("the receipt names another model");
     // what it served, it signs for only with the commitments (an audit holds it to its own output, no other)
     if (r.promptHash === undefined || r.outputHash === undefined) return refuse("the receipt commits to no prompt and output");
-    if (mine.part ? r.completionTokens > mine.completionTokens : r.completionTokens !== mine.completionTokens) {
+    // less than it served it signs (a client that left as the job ended is charged what it was sent), never more
+    if (r.completionTokens > mine.completionTokens) {
       return refuse(`${r.completionTokens} completion tokens, but this node streamed ${mine.completionTokens}`);
     }
-    if (!mine.part && r.promptTokens !== mine.promptTokens) {
-      return refuse(`${r.promptTokens} prompt tokens differ from what this node served (${mine.promptTokens})`);
+    if (!mine.part && r.promptTokens > mine.promptTokens) {
+      return refuse(`${r.promptTokens} prompt tokens, more than this node served (${mine.promptTokens})`);
     }
     if (r.promptHash.toLowerCase() !== mine.promptHash) return refuse("the receipt names another prompt");
     if (r.outputHash.toLowerCase() !== outputHash(mine.output.slice(0, r.completionTokens))) {
