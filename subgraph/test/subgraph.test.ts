@@ -50,6 +50,17 @@ function eventSignature(e: AbiEntry): string {
   return `${e.name}(${(e.inputs ?? []).map(paramType).join(",")})`;
 }
 
+/** Runs graph-cli in the copy; on failure the error carries its output, which says what broke. */
+async function graph(...args: string[]): Promise<void> {
+  try {
+    await run(process.execPath, [GRAPH, ...args], { cwd: dir, env, maxBuffer: 16 * 1024 * 1024 });
+  } catch (e) {
+    const { stdout = "", stderr = "" } = e as { stdout?: string; stderr?: string };
+    // stdout has the compiler's errors, stderr the progress and stack traces
+    throw new Error(`graph ${args.join(" ")} failed:\n${`${stderr}\n${stdout}`.slice(-4000)}`);
+  }
+}
+
 let dir: string;
 let manifest: { dataSources: DataSource[] };
 const env = { ...process.env, GRAPH_SKIP_NEW_VERSION_CHECK: "true" };
@@ -114,8 +125,8 @@ describe("subgraph manifest", () => {
 
 describe("graph-cli", () => {
   it("generates the types and compiles the mappings offline (graph codegen && graph build)", { timeout: 120_000 }, async () => {
-    await run(process.execPath, [GRAPH, "codegen"], { cwd: dir, env });
-    await run(process.execPath, [GRAPH, "build", "--output-dir", join(dir, "build")], { cwd: dir, env });
+    await graph("codegen");
+    await graph("build", "--output-dir", join(dir, "build"));
     const built = parse(readFileSync(join(dir, "build", "subgraph.yaml"), "utf8")) as { dataSources: DataSource[] };
     expect(built.dataSources.map((d) => d.mapping.file).sort()).toEqual([
       "CreditLedger/CreditLedger.wasm",
