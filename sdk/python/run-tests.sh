@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs the Python SDK's tests: a virtualenv in sdk/python/.venv (or $SHAREDLLM_PY_VENV), the
-# package installed editable with its test extras, then pytest. The tests start the whole system
+# Runs the Python SDK's tests: a virtualenv (one per checkout, under ${TMPDIR:-/tmp}, or
+# $SHAREDLLM_PY_VENV; outside the tree, where `npm run lint` would scan it), the package installed
+# editable with its test extras, then pytest. The tests start the whole system
 # with `node cli/bin/sharedllm.js up`, so run `npm install` at the repository root first.
 # Extra arguments go to pytest (e.g. -k views).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-venv="${SHAREDLLM_PY_VENV:-$here/.venv}"
+venv="${SHAREDLLM_PY_VENV:-${TMPDIR:-/tmp}/sharedllm-pysdk-venv-$(printf %s "$here" | sha256sum | cut -c1-12)}"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null || python=python3
 
@@ -31,6 +32,6 @@ status=0
 "$venv/bin/python" -m pytest "$@" || status=$?
 took=$(($(date +%s) - start))
 if [ "$status" -ne 0 ]; then
-  fail "pytest exited $status after ${took}s (the log of sharedllm up is in the failure output)"
+  fail "pytest exited $status after ${took}s (a start-up failure shows the tail of sharedllm up's log; SHAREDLLM_KEEP_HOME=1 keeps its home and up.log)"
 fi
 echo "== Python SDK tests passed in ${took}s"
