@@ -9,6 +9,7 @@ export default defineConfig({
       "cli/src/**/*.test.ts",
       "test/**/*.test.ts",
       "contracts/test/**/*.test.ts",
+      "sdk/*.test.ts",
       "subgraph/test/**/*.test.ts",
     ],
     // builds the engine and fetches the default model once, before any test runs
