@@ -1,0 +1,156 @@
+import { randomBytes } from "node:crypto";
+import { validate } from "@readme/openapi-parser";
+import { type TestDatabase, testDatabase } from "@sharedllm/testkit";
+import { Ajv2020 } from "ajv/dist/2020.js";
+import Fastify, { type FastifyInstance } from "fastify";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createApiKey } from "../apiKeys.js";
+import { type Coordinator, startCoordinator } from "../coordinator.js";
+import { errorsPlugin } from "../errors.js";
+import { federationPlugin } from "../federation/plugin.js";
+import { ROUTE_DOCS, undocumentedReason } from "../routeDocs.js";
+import { accountsPlugin } from "./accounts.js";
+import { auditsPlugin } from "./audits.js";
+import { OPENAPI_PATH, openapiPlugin } from "./openapi.js";
+
+interface Spec {
+  openapi: string;
+  paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: object }> }> }>>;
+}
+
+let c: Coordinator;
+let database: TestDatabase;
+let apiKey: string;
+let spec: Spec;
+
+beforeAll(async () => {
+  database = await testDatabase();
+  c = await startCoordinator({
+    host: "127.0.0.1",
+    port: 0,
+    ...database,
+    joinToken: randomBytes(32).toString("base64url"),
+    logger: pino({ level: "silent" }),
+  });
+  apiKey = (await createApiKey(c.db, "t")).secret;
+  spec = (await (await fetch(`${c.url}${OPENAPI_PATH}`)).json()) as Spec;
+});
+afterAll(async () => {
+  await c?.close();
+  await database?.cleanup();
+});
+
+/** `GET /v1/models/:model` -> the spec's `/v1/models/{model}` operation, if it has one */
+function operation(s: Spec, route: string) {
+  const [method, url] = route.split(" ") as [string, string];
+  return s.paths[url.replace(/:(\w+)/g, "{$1}")]?.[method.toLowerCase()];
+}
+
+/** The routes of an app that should be in its spec and are not. */
+function missing(app: FastifyInstance, s: Spec): string[] {
+  return app.apiRoutes.filter((r) => !undocumentedReason(...(r.split(" ") as [string, string])) && !operation(s, r));
+}
+
+/** Checks a real response against the schema the spec declares for it (status, content type). */
+function conforms(route: string, status: number, body: unknown, contentType = "application/json") {
+  const schema = operation(spec, route)?.responses[String(status)]?.content?.[contentType]?.schema;
+  expect(schema, `${route} declares no ${status} ${contentType} response`).toBeDefined();
+  const check = new Ajv2020({ strict: false }).compile(schema as object);
+  expect(check(body), JSON.stringify(check.errors)).toBe(true);
+}
+
+describe("the OpenAPI spec", () => {
+  it("is valid OpenAPI 3.1", async () => {
+    expect(spec.openapi).toBe("3.1.0");
+    const result = await validate(structuredClone(spec) as never);
+    expect(result.valid ? [] : result.errors).toEqual([]);
+  });
+
+  it("documents every route the coordinator registered, save those left out with a reason", () => {
+    expect(c.app.apiRoutes).toContain("POST /v1/chat/completions");
+    expect(missing(c.app, spec)).toEqual([]);
+    for (const r of c.app.apiRoutes.filter((r) => undocumentedReason(...(r.split(" ") as [string, string])))) {
+      expect(operation(spec, r), `${r} is left out on purpose`).toBeUndefined();
+    }
+  });
+
+  it("documents the routes of the ledger, audits and federation plugins too", async () => {
+    const app = Fastify();
+    await app.register(errorsPlugin);
+    await app.register(openapiPlugin, { version: "test" });
+    // the routes are what is enumerated here: the plugins' dependencies are never called
+    await app.register(accountsPlugin, { signInsPerMinute: 1 } as never);
+    await app.register(auditsPlugin, {} as never);
+    await app.register(federationPlugin, {} as never);
+    const s = (await app.inject(OPENAPI_PATH).then((r) => r.json())) as Spec;
+    expect(app.apiRoutes).toEqual(expect.arrayContaining(["GET /v1/ledger", "POST /v1/keys", "GET /v1/audits", "GET /v1/federation"]));
+    expect(missing(app, s)).toEqual([]);
+    expect(operation(s, "POST /federation/v1/ping")).toBeUndefined();
+    // nothing documented that no plugin registers (a renamed route would leave a stale entry)
+    expect(Object.keys(ROUTE_DOCS).filter((r) => !c.app.apiRoutes.includes(r) && !app.apiRoutes.includes(r))).toEqual([]);
+    await app.close();
+  });
+
+  it("declares the bearer scheme and the streaming response", () => {
+    const chat = operation(spec, "POST /v1/chat/completions") as unknown as {
+      security: unknown;
+      requestBody: { content: Record<string, unknown> };
+      responses: Record<string, { content: Record<string, unknown> }>;
+    };
+    expect(chat.security).toEqual([{ bearer: [] }]);
+    expect(chat.requestBody.content["application/json"]).toBeDefined();
+    expect(Object.keys(chat.responses["200"]?.content ?? {})).toEqual(["application/json", "text/event-stream"]);
+    expect(Object.keys(chat.responses)).toEqual(expect.arrayContaining(["400", "401", "402", "404", "503"]));
+  });
+});
+
+describe("real responses match the spec", () => {
+  const get = (path: string, key?: string) => fetch(`${c.url}${path}`, { headers: key ? { authorization: `Bearer ${key}` } : {} });
+
+  it("GET /healthz", async () => {
+    const res = await get("/healthz");
+    conforms("GET /healthz", res.status, await res.json());
+  });
+
+  it("GET /v1/models and its errors", async () => {
+    const list = await get("/v1/models", apiKey);
+    expect(list.status).toBe(200);
+    conforms("GET /v1/models", 200, await list.json());
+    const anonymous = await get("/v1/models");
+    expect(anonymous.status).toBe(401);
+    conforms("GET /v1/models", 401, await anonymous.json());
+    const unknown = await get("/v1/models/no-such-model", apiKey);
+    expect(unknown.status).toBe(404);
+    conforms("GET /v1/models/:model", 404, await unknown.json());
+  });
+
+  it("a request the handler refuses keeps its OpenAI-shaped error, as declared", async () => {
+    const res = await fetch(`${c.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", messages: [] }),
+    });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { error: { code: string; param: string } };
+    expect(body.error).toMatchObject({ code: "invalid_request", type: "invalid_request_error", param: "messages" });
+    conforms("POST /v1/chat/completions", 400, body);
+  });
+});
+
+describe("the interactive docs", () => {
+  it("serve Swagger UI with its assets from the coordinator", async () => {
+    const page = await fetch(`${c.url}/docs`);
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).toContain("Swagger UI");
+    const assets = [...html.matchAll(/(?:href|src)="([^"]+\.(?:css|js))"/g)].map((m) => new URL(m[1] as string, page.url).href);
+    expect(assets.length).toBeGreaterThan(0);
+    for (const a of assets) {
+      expect(a.startsWith(c.url), `${a} is served by the coordinator`).toBe(true);
+      const res = await fetch(a);
+      expect(res.status, a).toBe(200);
+      expect((await res.arrayBuffer()).byteLength, a).toBeGreaterThan(0);
+    }
+  });
+});
