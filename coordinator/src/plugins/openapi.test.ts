@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { validate } from "@readme/openapi-parser";
-import { type TestDatabase, testDatabase } from "@sharedllm/testkit";
+import { type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
+import { SimNode } from "@sharedllm/testkit/simNode";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import Fastify, { type FastifyInstance } from "fastify";
 import { pino } from "pino";
@@ -19,10 +20,12 @@ interface Spec {
   paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: object }> }> }>>;
 }
 
+const joinToken = randomBytes(32).toString("base64url");
 let c: Coordinator;
 let database: TestDatabase;
 let apiKey: string;
 let spec: Spec;
+let sim: SimNode | undefined;
 
 beforeAll(async () => {
   database = await testDatabase();
@@ -30,13 +33,14 @@ beforeAll(async () => {
     host: "127.0.0.1",
     port: 0,
     ...database,
-    joinToken: randomBytes(32).toString("base64url"),
+    joinToken,
     logger: pino({ level: "silent" }),
   });
   apiKey = (await createApiKey(c.db, "t")).secret;
   spec = (await (await fetch(`${c.url}${OPENAPI_PATH}`)).json()) as Spec;
 });
 afterAll(async () => {
+  sim?.stop();
   await c?.close();
   await database?.cleanup();
 });
@@ -135,6 +139,30 @@ describe("real responses match the spec", () => {
     const body = (await res.json()) as { error: { code: string; param: string } };
     expect(body.error).toMatchObject({ code: "invalid_request", type: "invalid_request_error", param: "messages" });
     conforms("POST /v1/chat/completions", 400, body);
+  });
+});
+
+describe("a real completion matches the spec", () => {
+  const chat = (stream: boolean) =>
+    fetch(`${c.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: "hi" }], max_tokens: 4, stream }),
+    });
+
+  it("as JSON, and streamed as text/event-stream", async () => {
+    sim = new SimNode({ coordinatorUrl: c.url, joinToken });
+    await sim.start();
+    await waitFor("the node's model", async () => (await (await fetch(`${c.url}/healthz`)).json()).models.includes("sim-model"));
+    const whole = await chat(false);
+    expect(whole.status).toBe(200);
+    conforms("POST /v1/chat/completions", 200, await whole.json());
+    const streamed = await chat(true);
+    expect(streamed.status).toBe(200);
+    expect(streamed.headers.get("content-type")).toContain("text/event-stream");
+    const declared = operation(spec, "POST /v1/chat/completions")?.responses["200"]?.content ?? {};
+    expect(Object.keys(declared)).toContain("text/event-stream");
+    expect(await streamed.text()).toContain("data: [DONE]");
   });
 });
 
