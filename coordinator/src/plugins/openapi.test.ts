@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { validate } from "@readme/openapi-parser";
 import { type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
+import { launchBrowser } from "@sharedllm/testkit/browser";
 import { SimNode } from "@sharedllm/testkit/simNode";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import Fastify, { type FastifyInstance } from "fastify";
@@ -179,6 +180,24 @@ describe("the interactive docs", () => {
       const res = await fetch(a);
       expect(res.status, a).toBe(200);
       expect((await res.arrayBuffer()).byteLength, a).toBeGreaterThan(0);
+    }
+  });
+
+  it("render every operation in Chromium, asking nothing of any other origin", async () => {
+    const browser = await launchBrowser();
+    try {
+      const page = await browser.newPage();
+      const elsewhere: string[] = [];
+      page.on("request", (r) => {
+        if (!r.url().startsWith(c.url)) elsewhere.push(r.url());
+      });
+      await page.goto(`${c.url}/docs`);
+      const operations = Object.values(spec.paths).flatMap((p) => Object.keys(p)).length;
+      await page.waitForFunction((n) => document.querySelectorAll(".opblock").length === n, operations, { timeout: 20_000 });
+      expect(await page.locator(".opblock-summary-path", { hasText: "/v1/chat/completions" }).count()).toBe(1);
+      expect(elsewhere).toEqual([]);
+    } finally {
+      await browser.close();
     }
   });
 });
