@@ -16,6 +16,7 @@ import {
   registerRequestSchema,
   usageSchema,
 } from "@sharedllm/protocol";
+import { SITE_AUTH_HEADERS } from "@sharedllm/protocol/node";
 import { z } from "zod";
 import { loginSchema, newKeySchema } from "./plugins/accounts.js";
 
@@ -66,6 +67,8 @@ const view = (name: string) => z.looseObject({}).describe(`see ${name} in protoc
 
 const bearer = [{ bearer: [] }];
 const auth: ErrorCode[] = ["missing_api_key", "invalid_api_key"];
+/** what any route taking a JSON body may answer for the body itself */
+const bodyErrors: ErrorCode[] = ["invalid_json", "payload_too_large", "unsupported_media_type"];
 const address = z.string().regex(/^0x[0-9a-fA-F]{40}$/);
 
 export const healthSchema = z.object({
@@ -109,13 +112,11 @@ const generation = (body: z.ZodType, summary: string): RouteDoc => ({
       content: { "application/json": { schema: completionResponse }, "text/event-stream": sse },
     },
     ...errorResponses([
-      "invalid_json",
+      ...bodyErrors,
       "invalid_request",
       ...auth,
       "insufficient_credits",
       "model_not_found",
-      "payload_too_large",
-      "unsupported_media_type",
       "node_failed",
       "no_capacity",
       "timeout",
@@ -160,10 +161,15 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     description:
       "The request is signed with the site's join token (HMAC over the exact body; headers in SITE_AUTH_HEADERS, protocol/src/siteAuth.ts) and proves the node's key by an EIP-191 signature of registrationMessage. Answers a session token for the control channel (GET /v1/control, a WebSocket).",
     tags: ["Nodes"],
+    headers: z.object({
+      [SITE_AUTH_HEADERS.timestamp]: z.string().describe("milliseconds since the epoch; within 60 s of the coordinator's clock"),
+      [SITE_AUTH_HEADERS.nonce]: z.string().describe("used once"),
+      [SITE_AUTH_HEADERS.signature]: z.string().describe("HMAC-SHA256 under the join token (protocol/src/siteAuth.ts)"),
+    }),
     body: registerRequestSchema,
     response: {
       201: json("registered", z.object({ nodeId: address, sessionToken: z.string(), expiresAt: z.iso.datetime() })),
-      ...errorResponses(["invalid_json", "invalid_request", "invalid_api_key", "permission_denied", "rate_limit_exceeded"]),
+      ...errorResponses([...bodyErrors, "invalid_request", "invalid_api_key", "permission_denied", "rate_limit_exceeded"]),
     },
   },
   "GET /v1/ledger": {
@@ -185,7 +191,7 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     body: loginSchema,
     response: {
       200: json("a session token (Bearer sess_...)", z.object({ token: z.string(), address, expiresAt: z.iso.datetime() })),
-      ...errorResponses(["invalid_json", "invalid_request", "invalid_api_key", "rate_limit_exceeded"]),
+      ...errorResponses([...bodyErrors, "invalid_request", "invalid_api_key", "rate_limit_exceeded"]),
     },
   },
   "GET /v1/auth/session": {
@@ -207,7 +213,7 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     body: newKeySchema,
     response: {
       201: json("the new key; its secret is shown once", view("NewApiKeyResponse")),
-      ...errorResponses(["invalid_json", "invalid_request", ...auth]),
+      ...errorResponses([...bodyErrors, "invalid_request", ...auth]),
     },
   },
   "GET /v1/keys": {

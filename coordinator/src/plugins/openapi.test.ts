@@ -141,6 +141,16 @@ describe("real responses match the spec", () => {
     expect(body.error).toMatchObject({ code: "invalid_request", type: "invalid_request_error", param: "messages" });
     conforms("POST /v1/chat/completions", 400, body);
   });
+
+  it("an unsigned node registration is refused as declared", async () => {
+    const res = await fetch(`${c.url}/v1/nodes/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ nodeId: `0x${"1".repeat(40)}`, proof: "0x00" }),
+    });
+    expect(res.status).toBe(401);
+    conforms("POST /v1/nodes/register", 401, await res.json());
+  });
 });
 
 describe("a real completion matches the spec", () => {
