@@ -5,17 +5,10 @@
  * to the routes as they are registered; a route that is neither here nor in UNDOCUMENTED is left
  * out of the spec, and the openapi test fails for it.
  *
- * These schemas document; they do not validate: the handlers keep validating with zod and
- * answering the catalog's OpenAI-shaped errors (see plugins/openapi.ts).
+ * The request schemas here document only: those routes' handlers validate as they always did.
+ * A route that validates through its schema declares it itself (requestValidation.ts).
  */
-import {
-  chatCompletionRequestSchema,
-  completionRequestSchema,
-  ERROR_CATALOG,
-  type ErrorCode,
-  registerRequestSchema,
-  usageSchema,
-} from "@sharedllm/protocol";
+import { ERROR_CATALOG, type ErrorCode, registerRequestSchema, usageSchema } from "@sharedllm/protocol";
 import { SITE_AUTH_HEADERS } from "@sharedllm/protocol/node";
 import { z } from "zod";
 import { loginSchema, newKeySchema } from "./plugins/accounts.js";
@@ -101,11 +94,11 @@ const sse = {
   schema: z.string().describe("server-sent events: `data: {chunk}` lines, then `data: [DONE]` (when the request sets stream: true)"),
 };
 
-const generation = (body: z.ZodType, summary: string): RouteDoc => ({
+/** The generation routes declare their bodies themselves (plugins/openai.ts), validated by them. */
+const generation = (summary: string): RouteDoc => ({
   summary,
   tags: ["OpenAI"],
   security: bearer,
-  body,
   response: {
     200: {
       description: "the completion; with stream: true, a text/event-stream of chunks",
@@ -154,8 +147,8 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     params: z.object({ model: z.string() }),
     response: { 200: json("the model", modelSchema), ...errorResponses([...auth, "model_not_found"]) },
   },
-  "POST /v1/chat/completions": generation(chatCompletionRequestSchema, "Chat completion (OpenAI-compatible)"),
-  "POST /v1/completions": generation(completionRequestSchema, "Text completion (OpenAI-compatible)"),
+  "POST /v1/chat/completions": generation("Chat completion (OpenAI-compatible)"),
+  "POST /v1/completions": generation("Text completion (OpenAI-compatible)"),
   "POST /v1/nodes/register": {
     summary: "Register a node with the site's join token",
     description:

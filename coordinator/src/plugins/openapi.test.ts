@@ -142,6 +142,22 @@ describe("real responses match the spec", () => {
     conforms("POST /v1/chat/completions", 400, body);
   });
 
+  it("a body that is not a JSON object is refused before the handler, as before", async () => {
+    for (const body of ["[1]", "null", "3"]) {
+      const res = await fetch(`${c.url}/v1/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
+        body,
+      });
+      expect(res.status, body).toBe(400);
+      const json = await res.json();
+      expect(json, body).toEqual({
+        error: { message: "the request body must be a JSON object", type: "invalid_request_error", code: "invalid_request", param: null },
+      });
+      conforms("POST /v1/completions", 400, json);
+    }
+  });
+
   it("an unsigned node registration is refused as declared", async () => {
     const res = await fetch(`${c.url}/v1/nodes/register`, {
       method: "POST",

@@ -3,16 +3,17 @@
  * routes' schemas) and `GET /docs` (Swagger UI, its assets served from the package, no CDN).
  *
  * Registered before the other plugins: its onRoute hook gives each route its documentation from
- * routeDocs.ts and hides the routes UNDOCUMENTED names. The schemas document only: the
- * validator and serializer compilers here pass requests and responses through untouched, so the
- * handlers keep validating with protocol's zod schemas and answering the catalog's errors
- * exactly as before, and responses are serialized as before (JSON.stringify).
+ * routeDocs.ts (a route's own schema wins) and hides the routes with no entry. Request schemas a
+ * route declares itself are validated (requestValidation.ts: zod, the catalog's errors); those
+ * from routeDocs.ts only document, their handlers validating as before. Responses are serialized
+ * as before (JSON.stringify), never filtered by their declared schema.
  */
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import type { FastifyInstance, FastifySchema } from "fastify";
 import fp from "fastify-plugin";
 import { jsonSchemaTransform } from "fastify-type-provider-zod";
+import { validatorCompiler } from "../requestValidation.js";
 import { ROUTE_DOCS } from "../routeDocs.js";
 
 export const OPENAPI_PATH = "/openapi.json";
@@ -29,7 +30,7 @@ export const openapiPlugin = fp(
   async (app: FastifyInstance, o: { version: string }) => {
     const routes: string[] = [];
     app.decorate("apiRoutes", routes);
-    app.setValidatorCompiler(() => (value) => ({ value }));
+    app.setValidatorCompiler(validatorCompiler);
     app.setSerializerCompiler(() => (data) => JSON.stringify(data));
     app.addHook("onRoute", (route) => {
       const methods = Array.isArray(route.method) ? route.method : [route.method];
