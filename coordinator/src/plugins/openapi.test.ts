@@ -68,6 +68,7 @@ function conforms(route: string, status: number, body: unknown, contentType = "a
 describe("the OpenAPI spec", () => {
   it("is valid OpenAPI 3.1", async () => {
     expect(spec.openapi).toBe("3.1.0");
+    expect((spec as unknown as { info: { description: string } }).info.description).toContain("`GET /v1/control`: the nodes' WebSocket");
     const result = await validate(structuredClone(spec) as never);
     expect(result.valid ? [] : result.errors).toEqual([]);
   });

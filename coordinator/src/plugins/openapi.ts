@@ -14,7 +14,7 @@ import type { FastifyInstance, FastifySchema } from "fastify";
 import fp from "fastify-plugin";
 import { jsonSchemaTransform } from "fastify-type-provider-zod";
 import { validatorCompiler } from "../requestValidation.js";
-import { ROUTE_DOCS } from "../routeDocs.js";
+import { ROUTE_DOCS, UNDOCUMENTED } from "../routeDocs.js";
 
 export const OPENAPI_PATH = "/openapi.json";
 export const DOCS_PATH = "/docs";
@@ -47,8 +47,12 @@ export const openapiPlugin = fp(
         info: {
           title: "SharedLLM coordinator",
           version: o.version,
-          description:
+          description: [
             "OpenAI-compatible inference on a community's machines, plus the site's nodes, accounts and federation. Errors are always `{ error: { message, type, code, param } }`; each route lists the codes it can answer.",
+            "",
+            "Not described here:",
+            ...Object.entries(UNDOCUMENTED).map(([route, why]) => `- \`${route}\`: ${why}`),
+          ].join("\n"),
         },
         components: {
           securitySchemes: {
