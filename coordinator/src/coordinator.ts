@@ -40,6 +40,7 @@ import { healthPlugin } from "./plugins/health.js";
 import { networkPlugin } from "./plugins/network.js";
 import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
+import { openapiPlugin } from "./plugins/openapi.js";
 import { webPlugin } from "./plugins/web.js";
 
 export interface CoordinatorOptions {
@@ -157,6 +158,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
     } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
+    await app.register(openapiPlugin, { version: "0.1.0" });
     const limits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
     await app.register(rateLimit, {
       global: false,

@@ -46,8 +46,8 @@ const MAX_OUTSTANDING_NONCES = 10_000;
 const SESSION_TTL_MS = 7 * 24 * 3600_000;
 const SESSION_PREFIX = "sess_";
 
-const loginSchema = z.object({ message: z.string().min(1).max(4096), signature: z.string().regex(/^0x[0-9a-fA-F]+$/) });
-const newKeySchema = z.object({ name: z.string().trim().min(1).max(100), policy: z.enum(KEY_POLICIES).optional() }).strict();
+export const loginSchema = z.object({ message: z.string().min(1).max(4096), signature: z.string().regex(/^0x[0-9a-fA-F]+$/) });
+export const newKeySchema = z.object({ name: z.string().trim().min(1).max(100), policy: z.enum(KEY_POLICIES).optional() }).strict();
 
 export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOptions): Promise<void> {
   /** The wallet behind a session token (or, with `allowApiKey`, an API key's owner). */

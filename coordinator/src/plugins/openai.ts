@@ -1,12 +1,12 @@
 /**
  * The OpenAI-compatible API: `/v1/models`, `/v1/chat/completions`, `/v1/completions`, streaming
- * and not. The handlers validate a request and hand it to a job (jobs/job.ts: scheduling,
- * retries, credits, rows, receipts); the job's output becomes the response (sse.ts). A client
- * that goes away cancels its job.
+ * and not. Requests are validated by their route schemas (requestValidation.ts); the handlers
+ * hand them to a job (jobs/job.ts: scheduling, retries, credits, rows, receipts); the job's
+ * output becomes the response (sse.ts). A client that goes away cancels its job. The plugin
+ * needs the openapi plugin's validator compiler (zod schemas) registered before it.
  */
-import { ApiError, chatCompletionRequestSchema, completionRequestSchema, describeZodError, type JobKind } from "@sharedllm/protocol";
+import { ApiError, chatCompletionRequestSchema, completionRequestSchema, type JobKind } from "@sharedllm/protocol";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type { z } from "zod";
 import type { ApiKeyInfo, ApiKeyVerifier } from "../apiKeys.js";
 import type { KnownModel } from "../catalogue.js";
 import { bearerToken } from "../credentials.js";
@@ -61,18 +61,11 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
     return modelObject(req.params.model, nodes);
   });
 
-  app.post("/v1/chat/completions", (req, reply) => generate("chat", chatCompletionRequestSchema, req, reply));
-  app.post("/v1/completions", (req, reply) => generate("completion", completionRequestSchema, req, reply));
+  // the bodies are validated before the handler runs (requestValidation.ts): req.body is the parsed request
+  app.post("/v1/chat/completions", { schema: { body: chatCompletionRequestSchema } }, (req, reply) => generate("chat", req, reply));
+  app.post("/v1/completions", { schema: { body: completionRequestSchema } }, (req, reply) => generate("completion", req, reply));
 
-  async function generate(kind: JobKind, schema: z.ZodType<Record<string, unknown>>, req: FastifyRequest, reply: FastifyReply) {
-    if (typeof req.body !== "object" || req.body === null || Array.isArray(req.body)) {
-      throw new ApiError("invalid_request", "the request body must be a JSON object");
-    }
-    const parsed = schema.safeParse(req.body);
-    if (!parsed.success) {
-      const { message, param } = describeZodError(parsed.error);
-      throw new ApiError("invalid_request", message, { param: param ?? undefined });
-    }
+  async function generate(kind: JobKind, req: FastifyRequest, reply: FastifyReply) {
     const gone = new AbortController();
     return new Promise<unknown>((resolve, reject) => {
       reply.raw.on("close", () => {
@@ -82,7 +75,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
       });
       const request: JobRequest = {
         kind,
-        body: parsed.data as JobRequest["body"],
+        body: req.body as JobRequest["body"],
         apiKey: req.apiKey as ApiKeyInfo,
         signal: gone.signal,
         log: req.log,
