@@ -4,6 +4,7 @@
  * One explicit context, no globals: what it needs comes in through CoordinatorOptions,
  * and close() releases all of it.
  */
+import { createRequire } from "node:module";
 import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
@@ -42,6 +43,9 @@ import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
 import { openapiPlugin } from "./plugins/openapi.js";
 import { webPlugin } from "./plugins/web.js";
+
+/** This coordinator's version, as its package says (the API spec names it). */
+const COORDINATOR_VERSION = (createRequire(import.meta.url)("../package.json") as { version: string }).version;
 
 export interface CoordinatorOptions {
   host: string;
@@ -158,7 +162,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
     } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
-    await app.register(openapiPlugin, { version: "0.1.0" });
+    await app.register(openapiPlugin, { version: COORDINATOR_VERSION });
     const limits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
     await app.register(rateLimit, {
       global: false,

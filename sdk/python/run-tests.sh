@@ -20,9 +20,15 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv" || fail "could not create a virtualenv with $python (needs Python 3.11+)"
 fi
 pip_log="$venv/pip-install.log"
-if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e "$here[test]" >"$pip_log" 2>&1; then
-  tail -n 30 "$pip_log" >&2
-  fail "pip could not install sdk/python[test] (log: $pip_log)"
+# pinned (constraints.txt); installed again only when the package's requirements change
+stamp="$venv/installed.sha256"
+want="$(cat "$here/pyproject.toml" "$here/constraints.txt" | sha256sum | cut -c1-64)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -c "$here/constraints.txt" -e "$here[test]" >"$pip_log" 2>&1; then
+    tail -n 30 "$pip_log" >&2
+    fail "pip could not install sdk/python[test] (log: $pip_log)"
+  fi
+  echo "$want" >"$stamp"
 fi
 [ -d "$repo/node_modules" ] || fail "no node_modules at $repo: run npm install first"
 

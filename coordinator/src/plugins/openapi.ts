@@ -67,7 +67,7 @@ export const openapiPlugin = fp(
       },
       transform: jsonSchemaTransform,
     });
-    await app.register(swaggerUi, { routePrefix: DOCS_PATH, staticCSP: false });
+    await app.register(swaggerUi, { routePrefix: DOCS_PATH, staticCSP: true });
     app.get(OPENAPI_PATH, { schema: { hide: true } }, async () => app.swagger());
   },
   { name: "openapi", dependencies: ["errors"] },
