@@ -29,6 +29,8 @@ export type FailureCause = "node_lost" | "engine" | "owner" | "stalled";
 export interface JobSink {
   /** one event, with the ids of the tokens it streams (or their count when not all are known) */
   chunk(data: string, tokens: readonly number[] | number): void;
+  /** the prompt tokens the unit's engine took, told as its output begins (optional: not every unit tells) */
+  prompted?(promptTokens: number): void;
   /** `resumed`: the tokens of earlier output the unit was given again as part of its prompt */
   end(usage: Usage, resumed?: number): void;
   error(e: Pick<JobErrorFrame, "message" | "retryable" | "status"> & { cause?: FailureCause }): void;
@@ -183,6 +185,10 @@ export class ConnectedNode implements NodeView, ServingUnit {
   /** the hot path: one call per streamed token */
   chunk(jobId: string, data: string, tokens: readonly number[] | number): void {
     this.jobs.get(jobId)?.chunk(data, tokens);
+  }
+
+  prompted(jobId: string, promptTokens: number): void {
+    this.jobs.get(jobId)?.prompted?.(promptTokens);
   }
 
   end(jobId: string, usage: Usage, resumed?: number): void {

@@ -321,6 +321,20 @@ export const jobEndSchema = z.object({
     .max(1 << 30)
     .optional(),
 });
+/**
+ * node -> coordinator: the prompt tokens the engine took for the job (cached ones included; a
+ * resumed job's, the output it was given again too), once, as its output begins: a client that
+ * leaves mid-stream is charged for its prompt by this count, within the coordinator's bound.
+ */
+export const jobPromptSchema = z.object({
+  type: z.literal("job.prompt"),
+  jobId: z.string(),
+  promptTokens: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(2 ** 31 - 1),
+});
 /** node -> coordinator: the job failed on the node */
 export const jobErrorSchema = z.object({
   type: z.literal("job.error"),
@@ -505,6 +519,7 @@ export const nodeFrameSchema = z.discriminatedUnion("type", [
   clusterPlanSchema,
   clusterLayersSchema,
   jobEndSchema,
+  jobPromptSchema,
   jobErrorSchema,
   auditResultSchema,
   auditErrorSchema,

@@ -159,7 +159,7 @@ describe("credits on a real chain", () => {
     expect(await account(session)).toMatchObject({ held: "0", charged: String(usage.prompt_tokens + 2 * 3) });
   });
 
-  it("a client that reads a stream and goes away before its end pays for the output it was sent, not its prompt; the node is paid for it", async () => {
+  it("a client that reads a stream and goes away before its end pays for the output it was sent and its prompt; the node is paid for it", async () => {
     const user = devWallet(4);
     await chain.deposit(user, 100_000n);
     const session = await signIn(sys.coordinator.url, user, chain.chainId);
@@ -197,13 +197,22 @@ describe("credits on a real chain", () => {
         .where("jobs.status", "=", "cancelled")
         .executeTakeFirst(),
     );
-    // every token counted here as sent, at 2 credits each; none of the 400 it did not get, nor the prompt
+    // every token counted here as sent, at 2 credits each, none of the 400 it did not get; and the
+    // prompt, as the node's engine told it when output began: what a whole run of it counts
     const sent = job.completion_tokens ?? 0;
     expect(sent).toBeGreaterThanOrEqual(received);
     expect(sent).toBeLessThan(400);
-    expect(job.prompt_tokens).toBe(0);
-    expect(await sys.journal(user.address, "charge")).toBe(2n * BigInt(sent));
-    expect(await account(session)).toMatchObject({ held: "0", charged: String(2 * sent) });
+    const whole = await fetch(`${sys.coordinator.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Write a long story." }], max_tokens: 1 }),
+    });
+    const prompt = ((await whole.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens;
+    expect(prompt).toBeGreaterThan(0);
+    expect(job.prompt_tokens).toBe(prompt);
+    const cost = prompt + 2 * sent;
+    expect(await sys.journal(user.address, "charge")).toBe(BigInt(cost + prompt + 2));
+    expect(await account(session)).toMatchObject({ held: "0", charged: String(cost + prompt + 2) });
     // the node signs its receipt for the part it streamed, and earns the charge
     const receipt = await waitFor("the node's receipt for the part", () =>
       sys.coordinator.db
@@ -213,7 +222,7 @@ describe("credits on a real chain", () => {
         .where("status", "=", "accepted")
         .executeTakeFirst(),
     );
-    expect(JSON.parse(receipt.receipt)).toMatchObject({ completionTokens: sent, promptTokens: 0, credits: String(2 * sent) });
+    expect(JSON.parse(receipt.receipt)).toMatchObject({ completionTokens: sent, promptTokens: prompt, credits: String(cost) });
   });
 
   it("a request the balance cannot cover gets 402 in OpenAI shape and costs nothing", async () => {

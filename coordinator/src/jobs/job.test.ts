@@ -324,9 +324,10 @@ describe("Job", () => {
     expect(rows).toEqual(["failed on -"]);
   });
 
-  it("cancels on the unit when the client goes away mid-stream: the output sent is charged, its prompt is not; later frames change nothing", async () => {
+  it("cancels on the unit when the client goes away mid-stream: the output sent and the prompt the unit told are charged; later frames change nothing", async () => {
     const { job, units, credits, out, rows } = setup();
     await job.run();
+    units[0]?.sink?.prompted?.(7);
     say(units[0], "some");
     say(units[0], " more");
     job.cancel("client disconnected");
@@ -335,9 +336,20 @@ describe("Job", () => {
     expect(units[0]?.cancelled).toEqual(["job_1"]);
     expect(states(job)).toEqual(["queued", "dispatched@n1", "streaming", "cancelled"]);
     expect(credits.log).toEqual(["hold", "charge 2 to n1 for a"]);
-    expect(credits.parts.map((p) => [p.promptTokens, p.completionTokens, p.receiptPromptTokens])).toEqual([[0, 2, 0]]);
+    expect(credits.parts.map((p) => [p.promptTokens, p.completionTokens, p.receiptPromptTokens])).toEqual([[7, 2, 7]]);
     expect(out.seen).toEqual([`open n1 ${chunk("some")}`, `chunk ${chunk(" more")}`]);
     await waitFor("the final row", () => rows.includes("cancelled on n1 2"));
+
+    // a peer site's job: no more output than the peer charged its client, and no prompt
+    const peer = setup();
+    await peer.job.run();
+    peer.units[0]?.sink?.prompted?.(7);
+    say(peer.units[0], "a");
+    say(peer.units[0], "b");
+    say(peer.units[0], "c");
+    peer.job.cancel("the origin site's client went away", 1);
+    await waitFor("the charge", () => peer.credits.log.length > 1);
+    expect(peer.credits.parts.map((p) => [p.promptTokens, p.completionTokens])).toEqual([[0, 1]]);
   });
 
   it("releases the hold of a job cancelled before any output, and of a whole response cancelled mid-way", async () => {

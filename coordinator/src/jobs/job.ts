@@ -153,6 +153,8 @@ export class Job implements JobSink {
   private readonly transcript: Transcript;
   private readonly streamed: boolean;
   private started: Promise<void> | undefined;
+  /** the prompt tokens the first unit told as its output began */
+  private promptTold: number | undefined;
   /** the model file the job runs: a continuing unit must hold the same */
   private modelSha256: string | undefined;
   /** when the unit last sent an event, and the watch on it once output has begun */
@@ -234,6 +236,13 @@ export class Job implements JobSink {
     this.parts.push({ unit, continued: state === "continuing", payees: unit.payees(), modelSha256, from, to: from });
     this.to(state, unit.id);
     unit.dispatch(start, this);
+  }
+
+  /** The prompt the first unit's engine took, as it tells it: what a client leaving mid-stream pays for its prompt (within the bound). */
+  prompted(promptTokens: number): void {
+    const first = this.parts[0];
+    if (this.parts.length !== 1 || first?.continued || (this.state !== "dispatched" && this.state !== "streaming")) return;
+    this.promptTold ??= promptTokens;
   }
 
   /** An event the unit streamed: the first moves the job to streaming; a streaming client gets each as it comes. */
@@ -378,9 +387,10 @@ export class Job implements JobSink {
 
   /**
    * The client went away: -> cancelled; the unit stops generating. A stream that had begun is
-   * charged for the output sent, as counted here (`atMost`: no more than the peer site whose
-   * client it was says it charged for), and its units are receipted for their parts; its prompt is
-   * not (a unit tells its prompt count only at the job's end). Else the hold is released.
+   * charged for the output sent, as counted here, and for its prompt as the first unit told it
+   * (within the bound), and its units are receipted for their parts. A peer site's job (`atMost`)
+   * is charged no more output than the peer says it charged its client, and no prompt, which the
+   * peer did not charge. Else the hold is released.
    */
   cancel(reason: string, atMost?: number): void {
     if (this.done) return;
@@ -395,7 +405,11 @@ export class Job implements JobSink {
     const streamed = Math.min(this.transcript.tokens, atMost ?? Number.POSITIVE_INFINITY);
     const sent =
       this.streamed && streamed > 0
-        ? meteredUsage(0, { ...this.spec.bounds, relayedBytes: this.transcript.bytes, streamedTokens: streamed })
+        ? meteredUsage(atMost === undefined ? (this.promptTold ?? 0) : 0, {
+            ...this.spec.bounds,
+            relayedBytes: this.transcript.bytes,
+            streamedTokens: streamed,
+          })
         : undefined;
     this.unit?.cancel(this.id, sent?.completion_tokens ?? 0);
     // a unit picked to continue the job that streamed nothing did no part of it

@@ -182,6 +182,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           return void onLeave(node);
         case "job.end":
           return node.end(frame.jobId, frame.usage, frame.resumed);
+        case "job.prompt":
+          return node.prompted(frame.jobId, frame.promptTokens);
         case "job.error":
           return node.error(frame.jobId, frame);
         case "receipt": {

@@ -125,7 +125,7 @@ interface EngineEvent {
   error?: { message?: string };
   usage?: Usage | null;
   choices?: { text?: string; logprobs?: { content?: { id?: unknown }[] } | null }[];
-  timings?: { predicted_n?: number };
+  timings?: { predicted_n?: number; prompt_n?: number; cache_n?: number };
 }
 
 function relayStream(
@@ -140,6 +140,7 @@ function relayStream(
     let chunks = 0;
     /** the engine's running count of generated tokens */
     let decoded = 0;
+    let promptTold = false;
     const sse = new SseDecoder();
     let finished = false;
     const finish = (after?: () => void) => {
@@ -168,7 +169,13 @@ function relayStream(
       // (it sends no event for a token that ends halfway through a character)
       const choice = event.choices?.[0];
       const ids = (choice?.logprobs?.content ?? []).map((p) => p.id).filter((id): id is number => Number.isInteger(id));
-      const predicted = event.timings?.predicted_n;
+      const t = event.timings;
+      if (!promptTold && typeof t?.prompt_n === "number") {
+        // the prompt the engine took (llama-server counts its cached part apart), told once
+        promptTold = true;
+        send({ type: "job.prompt", jobId: job.jobId, promptTokens: t.prompt_n + (typeof t.cache_n === "number" ? t.cache_n : 0) });
+      }
+      const predicted = t?.predicted_n;
       const count = typeof predicted === "number" ? predicted - decoded : ids.length;
       if (typeof predicted === "number") decoded = predicted;
       if (event.usage && !job.includeUsage) {
