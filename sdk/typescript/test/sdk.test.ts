@@ -28,7 +28,7 @@ async function run(source: string, env: Record<string, string>): Promise<unknown
   // beside this file, so that @sharedllm/sdk resolves as it does for a user
   const file = fileURLToPath(new URL(`./.example-${Date.now()}.ts`, import.meta.url));
   await writeFile(file, source);
-  const saved = { ...process.env };
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
   Object.assign(process.env, env);
   const log = vi.spyOn(console, "log").mockImplementation(() => {});
   try {
@@ -36,7 +36,10 @@ async function run(source: string, env: Record<string, string>): Promise<unknown
     return log.mock.calls;
   } finally {
     log.mockRestore();
-    process.env = saved;
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
     await rm(file, { force: true });
   }
 }
@@ -82,7 +85,8 @@ describe("the TypeScript SDK", () => {
     expect(key).toMatchObject({ name: "quickstart", usage: { requests: 1, credits: cost } });
     expect(key?.revokedAt).not.toBeNull();
     expect(await sys.journal(user.address, "charge")).toBe(cost);
-    (await sdk.ledger()).pricing.default satisfies { prompt: bigint; completion: bigint };
+    // the README's cost is the default price: 1 credit per prompt token, 2 per completion token
+    expect((await sdk.ledger()).pricing.default).toEqual({ prompt: 1n, completion: 2n });
   });
 
   it("runs the node operators' example: the node claims its settled earnings and deposits them", async () => {
@@ -110,5 +114,13 @@ describe("the TypeScript SDK", () => {
     expect(err).toMatchObject({ status: 401, code: "missing_api_key", type: "authentication_error" });
     const bad = await sdk.earnings("0xnot" as Address).catch((e: unknown) => e);
     expect(bad).toMatchObject({ status: 400, code: "invalid_request", param: "address" });
+    // federation is off on this coordinator: its view is not there
+    expect(await sdk.federation().catch((e: unknown) => e)).toMatchObject({ status: 404 });
+    const network = await sdk.network();
+    expect(network.nodes.map((n) => n.id)).toContain(sys.node.nodeId);
+    expect(network.models).toContainEqual({ id: MODEL, nodes: 1 });
+    // the typed paths, as they are (with the system's API key)
+    const { data } = await new SharedLLM({ url: sys.coordinator.url, token: sys.apiKey }).api.GET("/v1/models");
+    expect(data?.data.map((m) => m.id)).toContain(MODEL);
   });
 });
