@@ -10,6 +10,7 @@ export default defineConfig({
       "test/**/*.test.ts",
       "contracts/test/**/*.test.ts",
       "sdk/*.test.ts",
+      "sdk/typescript/test/**/*.test.ts",
       "subgraph/test/**/*.test.ts",
     ],
     // builds the engine and fetches the default model once, before any test runs

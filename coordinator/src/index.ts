@@ -30,4 +30,5 @@ export { type NodeView, pickNode, type SchedulingPolicy } from "./fleet.js";
 export { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 export { DEFAULT_PRICING, type Price, type Pricing } from "./ledger/metering.js";
 export { type SettlementOptions, Settler } from "./ledger/settlement.js";
+export { optionalRoutesSpec } from "./optionalRoutesSpec.js";
 export { NODE_HEADER } from "./plugins/sse.js";
