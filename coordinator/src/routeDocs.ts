@@ -238,7 +238,15 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     summary: "Audit records (operator keys only)",
     tags: ["Audits"],
     security: bearer,
-    querystring: z.object({ node: address.optional(), limit: z.string().regex(/^\d+$/).optional().describe("1 to 500") }),
+    querystring: z.object({
+      node: address.optional(),
+      // what the handler takes: the digits of a number from 1 to 500
+      limit: z
+        .string()
+        .regex(/^0*([1-9]\d?|[1-4]\d\d|500)$/)
+        .optional()
+        .describe("1 to 500 (default 50)"),
+    }),
     response: { 200: json("the audits", view("AuditsResponse")), ...errorResponses(["invalid_request", ...auth, "permission_denied"]) },
   },
   "POST /v1/audits/nodes/:node/clear": {
