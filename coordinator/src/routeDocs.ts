@@ -90,8 +90,14 @@ const completionResponse = z.looseObject({
   usage: usageSchema.optional(),
 });
 
+/**
+ * A text/event-stream response's schema describes each event, not the stream: OpenAPI 3.1 says
+ * nothing of streams, and tools (schemathesis) read it as 3.2's `itemSchema`, an event's fields.
+ */
 const sse = {
-  schema: z.string().describe("server-sent events: `data: {chunk}` lines, then `data: [DONE]` (when the request sets stream: true)"),
+  schema: z
+    .looseObject({ data: z.string().describe("a chunk (JSON), or [DONE] after the last") })
+    .describe("each server-sent event (when the request sets stream: true): `data: {chunk}`, then `data: [DONE]`"),
 };
 
 /** The generation routes declare their bodies themselves (plugins/openai.ts), validated by them. */
