@@ -119,6 +119,8 @@ args=(
 [ -n "${FUZZ_SEED:-}" ] && args+=(--seed "$FUZZ_SEED")
 echo "== schemathesis ${args[*]/$key/<dev key>} (hard limit ${hard_limit}s)"
 rc=0
+# from the temporary home: schemathesis keeps a .schemathesis/ cache in its working directory
+cd "$home"
 SCHEMATHESIS_HOOKS="$here/hooks.py" timeout --kill-after=10 "$hard_limit" "$venv/bin/schemathesis" "${args[@]}" || rc=$?
 status=$rc
 case "$status" in
