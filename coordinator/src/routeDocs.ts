@@ -62,7 +62,11 @@ const bearer = [{ bearer: [] }];
 const auth: ErrorCode[] = ["missing_api_key", "invalid_api_key"];
 /** what any route taking a JSON body may answer for the body itself */
 const bodyErrors: ErrorCode[] = ["invalid_json", "payload_too_large", "unsupported_media_type"];
-const address = z.string().regex(/^0x[0-9a-fA-F]{40}$/);
+/** as the handlers take it (viem isAddress): a pattern cannot say that mixed case must be a valid EIP-55 checksum */
+const address = z
+  .string()
+  .regex(/^0x[0-9a-fA-F]{40}$/)
+  .describe("an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum");
 
 export const healthSchema = z.object({
   status: z.literal("ok"),
