@@ -20,7 +20,7 @@ import { calibratedJudge } from "./audits/thresholds.js";
 import { catalogue, type PinnedModel } from "./catalogue.js";
 import { Clusters } from "./clusters.js";
 import { type Db, openDatabase } from "./db/database.js";
-import { errorsPlugin } from "./errors.js";
+import { errorsPlugin, routerErrorOptions } from "./errors.js";
 import { Federation, type FederationOptions } from "./federation/federation.js";
 import { type ForwardingSettings, inboundRoutes } from "./federation/forwarding.js";
 import { Peers } from "./federation/peers.js";
@@ -159,6 +159,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
+      ...routerErrorOptions,
       ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
     } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);

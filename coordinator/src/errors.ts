@@ -5,8 +5,30 @@
  * error whose cause goes to the log, never to the client.
  */
 import { ApiError, errorBody } from "@sharedllm/protocol";
-import type { FastifyError, FastifyInstance } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
+
+/** Longer than any id, address or model name a path holds; fastify's default, 100, answered 414 before the handler. */
+const MAX_PARAM_LENGTH = 2048;
+
+/**
+ * Server options for what fastify's router refuses before any handler or error handler runs (a
+ * malformed percent-encoding, a path parameter over MAX_PARAM_LENGTH): answered in the catalog's
+ * shape, not fastify's own `{ error, code, message, statusCode }`. A shorter parameter reaches its
+ * handler, which answers its documented error.
+ */
+export const routerErrorOptions = {
+  routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+  frameworkErrors(err: FastifyError, req: FastifyRequest, reply: FastifyReply) {
+    if (err.code === "FST_ERR_BAD_URL")
+      return reply.code(400).send(errorBody("invalid_request", "the URL is malformed: check its percent-encoding"));
+    if (err.code === "FST_ERR_MAX_PARAM_LENGTH") {
+      return reply.code(400).send(errorBody("invalid_request", `a path parameter is over ${MAX_PARAM_LENGTH} characters`));
+    }
+    req.log.error({ err }, "unhandled router error");
+    return reply.code(500).send(errorBody("internal_error", "internal error; the coordinator log has the details"));
+  },
+};
 
 export const errorsPlugin = fp(
   async (app: FastifyInstance) => {

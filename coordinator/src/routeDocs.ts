@@ -62,7 +62,11 @@ const bearer = [{ bearer: [] }];
 const auth: ErrorCode[] = ["missing_api_key", "invalid_api_key"];
 /** what any route taking a JSON body may answer for the body itself */
 const bodyErrors: ErrorCode[] = ["invalid_json", "payload_too_large", "unsupported_media_type"];
-const address = z.string().regex(/^0x[0-9a-fA-F]{40}$/);
+/** as the handlers take it (viem isAddress): a pattern cannot say that mixed case must be a valid EIP-55 checksum */
+const address = z
+  .string()
+  .regex(/^0x[0-9a-fA-F]{40}$/)
+  .describe("an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum");
 
 export const healthSchema = z.object({
   status: z.literal("ok"),
@@ -90,8 +94,14 @@ const completionResponse = z.looseObject({
   usage: usageSchema.optional(),
 });
 
+/**
+ * A text/event-stream response's schema describes each event, not the stream: OpenAPI 3.1 says
+ * nothing of streams, and tools (schemathesis) read it as 3.2's `itemSchema`, an event's fields.
+ */
 const sse = {
-  schema: z.string().describe("server-sent events: `data: {chunk}` lines, then `data: [DONE]` (when the request sets stream: true)"),
+  schema: z
+    .looseObject({ data: z.string().describe("a chunk (JSON), or [DONE] after the last") })
+    .describe("each server-sent event (when the request sets stream: true): `data: {chunk}`, then `data: [DONE]`"),
 };
 
 /** The generation routes declare their bodies themselves (plugins/openai.ts), validated by them. */
@@ -238,7 +248,15 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     summary: "Audit records (operator keys only)",
     tags: ["Audits"],
     security: bearer,
-    querystring: z.object({ node: address.optional(), limit: z.string().regex(/^\d+$/).optional().describe("1 to 500") }),
+    querystring: z.object({
+      node: address.optional(),
+      // what the handler takes: the digits of a number from 1 to 500
+      limit: z
+        .string()
+        .regex(/^0*([1-9]\d?|[1-4]\d\d|500)$/)
+        .optional()
+        .describe("1 to 500 (default 50)"),
+    }),
     response: { 200: json("the audits", view("AuditsResponse")), ...errorResponses(["invalid_request", ...auth, "permission_denied"]) },
   },
   "POST /v1/audits/nodes/:node/clear": {

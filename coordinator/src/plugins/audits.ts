@@ -28,7 +28,8 @@ export async function auditsPlugin(app: FastifyInstance, o: AuditsPluginOptions)
   app.get<{ Querystring: { node?: string; limit?: string } }>("/v1/audits", async (req): Promise<AuditsResponse> => {
     const { node, limit } = req.query;
     if (node !== undefined && !isAddress(node)) throw new ApiError("invalid_request", "node must be an address", { param: "node" });
-    const n = limit === undefined ? 50 : Number(limit);
+    // digits only, as documented: Number() would also take "1e2", "0x10" and " 5"
+    const n = limit === undefined ? 50 : /^\d+$/.test(limit) ? Number(limit) : Number.NaN;
     if (!Number.isInteger(n) || n < 1 || n > 500) throw new ApiError("invalid_request", "limit must be 1 to 500", { param: "limit" });
     return o.audits.overview({ node, limit: n });
   });
