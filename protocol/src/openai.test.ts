@@ -31,6 +31,9 @@ describe("chat request schema", () => {
     [{ temperature: "hot" }, "temperature"],
     [{ n: 2 }, "n"],
     [{ messages: [{ role: "wizard", content: "x" }] }, "messages[0].role"],
+    // the engine fails on any tool but a function: the client's fault, not the node's
+    [{ tools: [{ type: "x" }] }, "tools[0].type"],
+    [{ tool_choice: { type: "x" } }, "tool_choice"],
   ])("rejects %j naming param %s", (extra, param) => {
     const r = chat(extra);
     expect(r.success).toBe(false);

@@ -56,11 +56,14 @@ export const chatCompletionRequestSchema = z.looseObject({
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   response_format: z.looseObject({ type: z.enum(["text", "json_object", "json_schema"]) }).nullish(),
+  // only function tools: llama-server fails (500) on any other type, which must not count against the node
   tools: z
-    .array(z.looseObject({ type: z.string() }))
+    .array(z.looseObject({ type: z.literal("function", { error: "only function tools are supported" }) }))
     .max(128)
     .nullish(),
-  tool_choice: z.union([z.string(), z.looseObject({ type: z.string() })]).nullish(),
+  tool_choice: z
+    .union([z.string(), z.looseObject({ type: z.literal("function", { error: "only a function tool can be chosen" }) })])
+    .nullish(),
   parallel_tool_calls: z.boolean().nullish(),
 });
 

@@ -192,8 +192,9 @@ export interface paths {
         get: {
             parameters: {
                 query?: {
-                    /** @description 1 to 500 */
+                    /** @description 1 to 500 (default 50) */
                     limit?: string;
+                    /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                     node?: string;
                 };
                 header?: never;
@@ -318,6 +319,7 @@ export interface paths {
                 query?: never;
                 header?: never;
                 path: {
+                    /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                     node: string;
                 };
                 cookie?: never;
@@ -477,6 +479,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
+                            /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                             address: string;
                             /** Format: date-time */
                             expiresAt: string;
@@ -794,6 +797,7 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
+                            /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                             address: string;
                         };
                     };
@@ -910,12 +914,14 @@ export interface paths {
                         }) | null;
                         temperature?: number | null;
                         tool_choice?: (string | ({
-                            type: string;
+                            /** @enum {string} */
+                            type: "function";
                         } & {
                             [key: string]: unknown;
                         })) | null;
                         tools?: ({
-                            type: string;
+                            /** @enum {string} */
+                            type: "function";
                         } & {
                             [key: string]: unknown;
                         })[] | null;
@@ -955,7 +961,12 @@ export interface paths {
                         } & {
                             [key: string]: unknown;
                         };
-                        "text/event-stream": string;
+                        "text/event-stream": {
+                            /** @description a chunk (JSON), or [DONE] after the last */
+                            data: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
                     };
                 };
                 /** @description error: invalid_json, invalid_request */
@@ -1242,7 +1253,12 @@ export interface paths {
                         } & {
                             [key: string]: unknown;
                         };
-                        "text/event-stream": string;
+                        "text/event-stream": {
+                            /** @description a chunk (JSON), or [DONE] after the last */
+                            data: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
                     };
                 };
                 /** @description error: invalid_json, invalid_request */
@@ -1466,6 +1482,7 @@ export interface paths {
                 query?: never;
                 header?: never;
                 path: {
+                    /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                     address: string;
                 };
                 cookie?: never;
@@ -2256,6 +2273,7 @@ export interface paths {
                         "application/json": {
                             /** Format: date-time */
                             expiresAt: string;
+                            /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                             nodeId: string;
                             sessionToken: string;
                         };
