@@ -246,6 +246,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
             jobs,
             metrics,
             settings: forwarding,
+            log: forwarded,
             price,
             clearing: ledger && {
               self: federation.address,

@@ -37,7 +37,7 @@ import type { Metrics } from "../metrics.js";
 import { receiptTxid } from "./clearing.js";
 import type { Federation, PeerCutOff, VerifiedPeer } from "./federation.js";
 import { forwardedLine } from "./routing.js";
-import { FederatedJobs, FederationTransactions } from "./store.js";
+import { type FederatedJobs, FederationTransactions } from "./store.js";
 
 /** A site's say on forwarding, which its operator may change while it runs. */
 export interface ForwardingSettings {
@@ -59,6 +59,8 @@ export interface InboundOptions {
   settings: ForwardingSettings;
   /** credits per token of a model here; absent: free */
   price?: (model: string) => Price;
+  /** the log of forwarded jobs (the coordinator's one, whose traffic GET /v1/federation shows) */
+  log: FederatedJobs;
   /** when this site charges: its address, and how it signs a federation receipt (its coordinator key) */
   clearing?: { self: Address; sign(r: FederationReceipt): Promise<Hex> };
 }
@@ -93,7 +95,7 @@ type SignedReceipt = { receipt: FederationReceiptWire; signature: Hex };
 /** The signed routes a peer calls to have this site serve its users. */
 export function inboundRoutes(o: InboundOptions) {
   const transactions = new FederationTransactions(o.db);
-  const log = new FederatedJobs(o.db);
+  const log = o.log;
   const running = new Map<string, number>();
   /**
    * each peer's jobs running here by txid: `gone` ends one at once (the peer was cut off), `cancel`

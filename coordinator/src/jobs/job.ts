@@ -442,8 +442,9 @@ export class Job implements JobSink {
 
   /**
    * The final row, then the credits: `usage` charged when the output reached the client (a
-   * completed job, or a stream the client gave up), else (and if charging fails) released. A stream's tokens have reached the client as they came;
-   * a whole response reaches it only once its row is recorded.
+   * completed job, or a stream the client gave up), else (and if charging fails) released. A
+   * stream's tokens have reached the client as they came; a whole response reaches it only once
+   * its row is recorded.
    */
   private async settle(status: JobStatus, usage?: Usage, error?: string): Promise<void> {
     let recorded = false;
