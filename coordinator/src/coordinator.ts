@@ -354,6 +354,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     logger.warn("the dev chain was restarted and keeps no state: the credit journal starts over");
     await db.transaction().execute(async (tx) => {
       await tx.deleteFrom("ledger_entries").execute();
+      await tx.deleteFrom("credit_accounts").execute();
       await tx.deleteFrom("receipts").execute();
       await tx.deleteFrom("settlements").execute();
       await tx.deleteFrom("batch_entries").execute();

@@ -41,3 +41,36 @@ describe("migration 0006_settlement_entries", () => {
     }
   });
 });
+
+describe("migration 0012_credit_accounts", () => {
+  it("starts each payer's running totals from the journal: its charges, and its holds not released", async () => {
+    const { dialect } = await KyselyPGlite.create("memory://");
+    const db = new Kysely<Database>({ dialect });
+    try {
+      await migrate(db as Kysely<unknown>, "0011_federation_receipts");
+      const a = "0x00000000000000000000000000000000000000a1";
+      const b = "0x00000000000000000000000000000000000000b2";
+      const entry = (address: string, kind: "charge" | "hold" | "release" | "earn", amount: bigint, job: string) => ({
+        address,
+        kind,
+        amount,
+        job_id: job,
+      });
+      await db
+        .insertInto("ledger_entries")
+        .values([
+          entry(a, "hold", 100n, "j1"),
+          entry(a, "release", 100n, "j1"),
+          entry(a, "charge", 40n, "j1"),
+          entry(a, "hold", 50n, "j2"),
+          entry(b, "earn", 9n, "j1"),
+        ])
+        .execute();
+      await migrate(db as Kysely<unknown>);
+      const rows = await db.selectFrom("credit_accounts").selectAll().orderBy("address").execute();
+      expect(rows.map((r) => [r.address, String(r.charged), String(r.held)])).toEqual([[a, "40", "50"]]);
+    } finally {
+      await db.destroy();
+    }
+  });
+});

@@ -317,6 +317,26 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0012_credit_accounts": {
+    async up(db: Kysely<unknown>) {
+      // each payer's running totals of the journal's charges and open holds, changed in the same
+      // statement as the journal: a hold is one conditional update, whatever the payer's history
+      await db.schema
+        .createTable("credit_accounts")
+        .addColumn("address", "text", (c) => c.primaryKey())
+        .addColumn("charged", sql`numeric(78, 0)`, (c) => c.notNull().defaultTo(0))
+        .addColumn("held", sql`numeric(78, 0)`, (c) => c.notNull().defaultTo(0))
+        .execute();
+      await sql`
+        insert into credit_accounts (address, charged, held)
+        select address,
+               coalesce(sum(amount) filter (where kind = 'charge'), 0),
+               coalesce(sum(amount) filter (where kind = 'hold'), 0) - coalesce(sum(amount) filter (where kind = 'release'), 0)
+        from ledger_entries
+        where kind in ('charge', 'hold', 'release')
+        group by address`.execute(db);
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

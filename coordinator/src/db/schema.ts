@@ -104,6 +104,13 @@ export interface LedgerEntriesTable {
   created_at: Generated<Date>;
 }
 
+/** A payer's running totals of the journal (ledger_entries): its charges, and its holds not released. */
+export interface CreditAccountsTable {
+  address: string;
+  charged: Amount;
+  held: Amount;
+}
+
 export type ReceiptStatus = "accepted" | "rejected";
 
 export interface ReceiptsTable {
@@ -282,6 +289,7 @@ export interface Database {
   siwe_nonces: SiweNoncesTable;
   web_sessions: WebSessionsTable;
   ledger_entries: LedgerEntriesTable;
+  credit_accounts: CreditAccountsTable;
   receipts: ReceiptsTable;
   settlements: SettlementsTable;
   batch_entries: BatchEntriesTable;

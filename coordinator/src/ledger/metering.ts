@@ -3,9 +3,14 @@
  * (deposited, less an announced withdrawal) minus what the journal says they spent or hold now.
  * Each job reserves its worst case before it runs (HTTP 402 when that does not fit), then is
  * charged its actual usage (never above the hold) and the hold is released, in one transaction.
+ *
+ * The journal (ledger_entries) is the record; `credit_accounts` keeps each payer's running totals
+ * of its charges and open holds, changed in the same statement or transaction as the journal
+ * rows, so that a hold is one conditional update (correct under concurrent requests, on one
+ * coordinator or several on one PostgreSQL) and costs the same whatever the payer's history.
  */
 import { ApiError } from "@sharedllm/protocol";
-import { type Kysely, type OnConflictBuilder, sql } from "kysely";
+import { type Kysely, sql } from "kysely";
 import type { Address } from "viem";
 import type { Database } from "../db/schema.js";
 import type { Escrow, LedgerChain } from "./chain.js";
@@ -77,21 +82,18 @@ export class Metering {
     return escrow;
   }
 
-  private async used(db: Kysely<Database>, address: string): Promise<{ charged: bigint; held: bigint }> {
-    const rows = await db
-      .selectFrom("ledger_entries")
-      .select(["kind", sql<string>`sum(amount)`.as("total")])
+  private async used(address: string): Promise<{ charged: bigint; held: bigint }> {
+    const row = await this.db
+      .selectFrom("credit_accounts")
+      .select(["charged", "held"])
       .where("address", "=", address.toLowerCase())
-      .where("kind", "in", ["charge", "hold", "release"])
-      .groupBy("kind")
-      .execute();
-    const sum = (k: string) => BigInt(rows.find((r) => r.kind === k)?.total ?? 0);
-    return { charged: sum("charge"), held: sum("hold") - sum("release") };
+      .executeTakeFirst();
+    return { charged: BigInt(row?.charged ?? 0), held: BigInt(row?.held ?? 0) };
   }
 
   async balance(address: Address, fresh = true): Promise<Balance> {
     const escrow = await this.escrow(address, fresh);
-    const { charged, held } = await this.used(this.db, address);
+    const { charged, held } = await this.used(address);
     return {
       deposited: escrow.deposited,
       pendingWithdrawal: escrow.pendingWithdrawal,
@@ -103,24 +105,28 @@ export class Metering {
   }
 
   /**
-   * Holds `amount` for a job, or throws 402 when the balance is short. Per-address advisory lock:
-   * concurrent requests of one wallet (also through several coordinator replicas) cannot overspend.
+   * Holds `amount` for a job, or throws 402 when the balance is short: one statement, which adds
+   * to the payer's held total only where what is left covers it (the row is locked meanwhile, and
+   * the condition read on its latest version), and journals the hold beside it. Concurrent
+   * requests of one wallet, also through several coordinator replicas, cannot overspend.
    */
   async reserve(address: Address, jobId: string, amount: bigint): Promise<void> {
     const who = address.toLowerCase();
     for (const fresh of [false, true]) {
       const escrow = await this.escrow(address, fresh);
-      const ok = await this.db.transaction().execute(async (tx) => {
-        await sql`select pg_advisory_xact_lock(hashtext(${who}))`.execute(tx);
-        const { charged, held } = await this.used(tx, who);
-        if (spendable(escrow, charged, held) < amount) return false;
-        await tx
-          .insertInto("ledger_entries")
-          .values({ address: who, kind: "hold", amount, job_id: jobId, instance_id: this.instance })
-          .execute();
-        return true;
-      });
-      if (ok) return;
+      const limit = escrow.deposited - escrow.pendingWithdrawal;
+      const { rows } = await sql<{ id: string }>`
+        with account as (
+          insert into credit_accounts (address, charged, held)
+          select ${who}, 0, ${amount}::numeric where ${limit}::numeric >= ${amount}::numeric
+          on conflict (address) do update set held = credit_accounts.held + excluded.held
+          where ${limit}::numeric - credit_accounts.charged - credit_accounts.held >= excluded.held
+          returning address
+        )
+        insert into ledger_entries (address, kind, amount, job_id, instance_id)
+        select address, 'hold', ${amount}::numeric, ${jobId}, ${this.instance} from account
+        returning id`.execute(this.db);
+      if (rows.length) return;
     }
     const b = await this.balance(address);
     throw new ApiError(
@@ -144,23 +150,20 @@ export class Metering {
     const who = address.toLowerCase();
     const amount = cost < held ? cost : held;
     const recorded = await this.db.transaction().execute(async (tx) => {
-      await tx
-        .insertInto("ledger_entries")
-        .values({ address: who, kind: "release", amount: held, job_id: jobId })
-        .onConflict(oneRelease)
-        .execute();
-      if (amount > 0n) await tx.insertInto("ledger_entries").values({ address: who, kind: "charge", amount, job_id: jobId }).execute();
+      await releaseHold(tx, who, jobId, held);
+      if (amount > 0n) {
+        await tx.insertInto("ledger_entries").values({ address: who, kind: "charge", amount, job_id: jobId }).execute();
+        await sql`
+          insert into credit_accounts (address, charged, held) values (${who}, ${amount}::numeric, 0)
+          on conflict (address) do update set charged = credit_accounts.charged + excluded.charged`.execute(tx);
+      }
       return within(tx, amount);
     });
     return { charged: amount, recorded };
   }
 
   async release(address: Address, jobId: string, held: bigint): Promise<void> {
-    await this.db
-      .insertInto("ledger_entries")
-      .values({ address: address.toLowerCase(), kind: "release", amount: held, job_id: jobId })
-      .onConflict(oneRelease)
-      .execute();
+    await releaseHold(this.db, address.toLowerCase(), jobId, held);
   }
 
   /**
@@ -188,19 +191,25 @@ export class Metering {
         not(exists(selectFrom("ledger_entries as r").select("r.id").whereRef("r.job_id", "=", "h.job_id").where("r.kind", "=", "release"))),
       )
       .execute();
-    if (orphans.length) {
-      await db
-        .insertInto("ledger_entries")
-        .values(orphans.map((o) => ({ address: o.address, kind: "release" as const, amount: o.amount, job_id: o.job_id })))
-        .onConflict(oneRelease)
-        .execute();
-    }
+    for (const o of orphans) await releaseHold(db, o.address, o.job_id as string, BigInt(o.amount));
     return orphans.length;
   }
 }
 
-/** A job's hold is released once: a second release (a job that ends after a sweep released it) is no entry. */
-const oneRelease = (oc: OnConflictBuilder<Database, "ledger_entries">) => oc.column("job_id").where("kind", "=", "release").doNothing();
+/**
+ * Journals a job's release and takes it off the payer's held total, in one statement. A hold is
+ * released once: a second release (a job that ends after a sweep released it) changes nothing.
+ */
+async function releaseHold(db: Kysely<Database>, address: string, jobId: string, amount: bigint): Promise<void> {
+  await sql`
+    with released as (
+      insert into ledger_entries (address, kind, amount, job_id) values (${address}, 'release', ${amount}::numeric, ${jobId})
+      on conflict (job_id) where kind = 'release' do nothing
+      returning address, amount
+    )
+    update credit_accounts set held = credit_accounts.held - released.amount
+    from released where credit_accounts.address = released.address`.execute(db);
+}
 
 function spendable(escrow: Escrow, charged: bigint, held: bigint): bigint {
   const left = escrow.deposited - escrow.pendingWithdrawal - charged - held;
