@@ -55,10 +55,11 @@ export interface ServingUnit {
   /** Starts a job; `sink` hears its output, then exactly one of end/error. */
   dispatch(job: JobStart, sink: JobSink): void;
   /**
-   * Stops a job whose client went away; its sink hears nothing more. `sent`: the output tokens the
-   * client was sent and is charged for (a stream it gave up), 0 when it is charged nothing
+   * Stops a job whose client went away; its sink hears nothing more. `sent`: what the client is
+   * charged for (a stream it gave up: the output tokens it was sent, and its prompt); none when it
+   * is charged nothing
    */
-  cancel(jobId: string, sent?: number): void;
+  cancel(jobId: string, sent?: { tokens: number; promptTokens: number }): void;
   /** who is paid for a job served here now */
   payees(): Payees;
   /**

@@ -155,22 +155,33 @@ export type ForwardedJobRequest = z.infer<typeof forwardedJobRequestSchema>;
  */
 export const forwardedJobCancelSchema = z.object({
   txid: txidSchema,
+  /** the output tokens the origin charged its client for */
   tokens: z
     .number()
     .int()
     .min(0)
     .max(1 << 20),
+  /** the prompt tokens it charged its client for (what the serving site told in its `p` line) */
+  promptTokens: z
+    .number()
+    .int()
+    .min(0)
+    .max(1 << 20)
+    .default(0),
 });
 export type ForwardedJobCancel = z.infer<typeof forwardedJobCancelSchema>;
 
 /**
  * The answer to a forwarded job: NDJSON, one line each. `c`: an event the serving unit streamed
- * (`d`, the OpenAI chunk as JSON text) with its tokens (`t`: ids, or their count); then exactly one
- * of `end` (the usage the serving site metered: of a job the origin cancelled, what it charged for
- * the output streamed) or `error`.
+ * (`d`, the OpenAI chunk as JSON text) with its tokens (`t`: ids, or their count); at most one `p`
+ * (the prompt tokens the serving unit's engine took, told as its output begins: what a client that
+ * leaves mid-stream pays for its prompt); then exactly one of `end` (the usage the serving site
+ * metered: of a job the origin cancelled, what it charged for the output streamed and the prompt)
+ * or `error`.
  */
 export type ForwardedLine =
   | { c: 1; d: string; t: number[] | number }
+  | { p: number }
   | {
       end: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
       /** the serving site's federation receipt for the job, when it charges for it, and its signature */

@@ -297,7 +297,7 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(await jobsOfA()).toBe(ran);
   });
 
-  it("a client that goes away at A cancels the job at B; both charge for the output streamed, and B's receipt for it reaches A", async () => {
+  it("a client that goes away at A cancels the job at B; both charge for the output streamed and the prompt, and B's receipt for it reaches A", async () => {
     const [paidAtA, chargedAtB] = await Promise.all([journal(a, user.address, "charge"), journal(b, a.address, "charge")]);
     const gone = new AbortController();
     const res = await chat(
@@ -322,11 +322,16 @@ describe("forwarding jobs to a trusted peer site", () => {
     await waitFor("B's job row to say cancelled", async () => (await jobStatus(b, inB.job_id)) === "cancelled");
     expect(inB.completion_tokens).toBeGreaterThanOrEqual(5);
     expect(inB.completion_tokens).toBeLessThan(600);
+    // the prompt B's node took, which B told A as output began: both charge it
+    expect(inB.prompt_tokens).toBeGreaterThan(10);
     expect(out).toMatchObject({
       receipt_status: "accepted",
       receipt_credits: inB.receipt_credits,
       completion_tokens: inB.completion_tokens,
+      prompt_tokens: inB.prompt_tokens,
     });
+    const atA = await a.coordinator.db.selectFrom("jobs").selectAll().where("id", "=", out.job_id).executeTakeFirstOrThrow();
+    expect(atA).toMatchObject({ status: "cancelled", prompt_tokens: inB.prompt_tokens });
     // B charged A what its receipt says; A charged its user for what A sent, which A counts too
     const owed = BigInt(inB.receipt_credits ?? 0);
     expect(owed).toBeGreaterThan(0n);

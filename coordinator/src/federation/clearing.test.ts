@@ -53,7 +53,7 @@ describe("a peer's federation receipt", () => {
     expect(await checkReceipt({}, job, domain)).toMatchObject({ accepted: false, reason: expect.stringMatching(/no receipt/) });
   });
 
-  it("of a job the origin cancelled holds for the tokens the origin charged for, not one more, and no prompt", async () => {
+  it("of a job the origin cancelled holds for the tokens the origin charged for, not one more, and no more prompt", async () => {
     const cancelled: Relayed = { ...job, completionTokens: 10, promptTokens: 0, cancelled: true };
     const part = { ...honest, promptTokens: 0, completionTokens: 10, credits: priceOf(job.pricePer1k, 0, 10) };
     expect(await checkReceipt(await signed(part), cancelled, domain)).toEqual({ accepted: true, credits: 20n });

@@ -197,7 +197,7 @@ export function inboundRoutes(o: InboundOptions) {
       const job = inFlight.get(peer.address)?.get(parsed.data.txid);
       if (!job) throw new ApiError("not_found", `no job of your site with transaction ${parsed.data.txid} runs here`);
       // charged no more than the origin charged its client; a job not started yet streamed nothing
-      if (job.job) job.job.cancel("the origin site's client went away", parsed.data.tokens);
+      if (job.job) job.job.cancel("the origin site's client went away", parsed.data);
       else job.cancel.abort();
       return { cancelled: true };
     });
@@ -306,6 +306,8 @@ export function inboundRoutes(o: InboundOptions) {
             resolve(undefined);
           });
         };
+        /** the prompt tokens the node told before output began: told the origin after the first event */
+        let prompted: number | undefined;
         const out: JobOutput = {
           open(_unit, data, tokens) {
             open = true;
@@ -313,6 +315,12 @@ export function inboundRoutes(o: InboundOptions) {
             reply.raw.socket?.setNoDelay(true);
             reply.raw.writeHead(200, { "content-type": FORWARDED_STREAM_TYPE, "cache-control": "no-cache" });
             write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });
+            if (prompted !== undefined) write({ p: prompted });
+          },
+          prompted(promptTokens) {
+            if (over) return;
+            if (open) write({ p: promptTokens });
+            else prompted = promptTokens;
           },
           chunk(data, tokens) {
             write({ c: 1, d: data, t: typeof tokens === "number" ? tokens : [...(tokens ?? [])] });

@@ -49,6 +49,7 @@ function sink() {
   const events: {
     chunks: [string, unknown][];
     end?: Usage;
+    prompted?: number;
     error?: { message: string; retryable: boolean; status?: number; cause?: FailureCause };
   } = {
     chunks: [],
@@ -57,6 +58,9 @@ function sink() {
     events,
     sink: {
       chunk: (d: string, t: readonly number[] | number) => void events.chunks.push([d, t]),
+      prompted: (n: number) => {
+        events.prompted = n;
+      },
       end: (u: Usage) => {
         events.end = u;
       },
@@ -149,10 +153,13 @@ describe("PeerUnit", () => {
     unit.dispatch(start, k);
     await until(() => calls.length === 1);
     s.send(forwardedLine({ c: 1, d: "{}", t: [1] }));
-    await until(() => events.chunks.length === 1);
-    unit.cancel(start.jobId, 1);
+    s.send(forwardedLine({ p: 6 }));
+    await until(() => events.chunks.length === 1 && events.prompted !== undefined);
+    // the prompt the peer told reaches the job, which charges its client for it if it leaves
+    expect(events.prompted).toBe(6);
+    unit.cancel(start.jobId, { tokens: 1, promptTokens: 6 });
     await until(() => calls.length === 2);
-    expect(calls[1]?.body).toEqual({ txid: (calls[0]?.body as { txid?: string } | undefined)?.txid, tokens: 1 });
+    expect(calls[1]?.body).toEqual({ txid: (calls[0]?.body as { txid?: string } | undefined)?.txid, tokens: 1, promptTokens: 6 });
     // what the peer streamed before it heard, then its end: what it charged for the output streamed
     s.send(forwardedLine({ c: 1, d: "{}", t: [2] }));
     s.send(forwardedLine({ end: { prompt_tokens: 0, completion_tokens: 2, total_tokens: 2 } }));
@@ -168,7 +175,7 @@ describe("PeerUnit", () => {
     const dropped = peerUnit(() => u.response);
     dropped.unit.dispatch(start, sink().sink);
     await until(() => dropped.calls.length === 1);
-    dropped.unit.cancel(start.jobId, 0);
+    dropped.unit.cancel(start.jobId);
     expect(dropped.calls[0]?.signal.aborted).toBe(true);
     await until(() => dropped.rows.length === 1);
     expect(dropped.calls).toHaveLength(1);

@@ -97,8 +97,8 @@ interface Forwarded {
   logged: Promise<void>;
   /** the client went away: the peer's answer is read on to its end line, within CANCEL_END_TIMEOUT_MS */
   cancelled?: NodeJS.Timeout;
-  /** the output tokens the client was charged for when it went away: the peer's receipt may claim no more */
-  sent?: number;
+  /** what the client was charged for when it went away: the peer's receipt may claim no more */
+  sent?: { tokens: number; promptTokens: number };
   /** the most prompt tokens the origin charges its client for (promptTokenBound): the peer's receipt may claim no more */
   promptBound: number;
 }
@@ -212,6 +212,9 @@ export class PeerUnit implements ServingUnit {
         if ("c" in line) {
           f.relayed += typeof line.t === "number" ? line.t : line.t.length;
           if (!f.cancelled) f.sink.chunk(line.d, line.t);
+        } else if ("p" in line) {
+          // the job takes the first it is told, within its prompt bound when it charges
+          if (!f.cancelled) f.sink.prompted?.(line.p);
         } else if ("end" in line) return this.ended(jobId, line);
         else return this.failedOnPeer(jobId, line.error);
       }
@@ -257,8 +260,8 @@ export class PeerUnit implements ServingUnit {
       origin: this.cx.federation.address,
       server: this.address,
       txid: f.txid,
-      completionTokens: f.sent ?? f.relayed,
-      promptTokens: f.sent === undefined ? Math.min(line.end.prompt_tokens, f.promptBound) : 0,
+      completionTokens: f.sent?.tokens ?? f.relayed,
+      promptTokens: f.sent?.promptTokens ?? Math.min(line.end.prompt_tokens, f.promptBound),
       pricePer1k: f.pricePer1k,
       cancelled: f.sent !== undefined,
     };
@@ -286,17 +289,18 @@ export class PeerUnit implements ServingUnit {
   }
 
   /**
-   * The client went away, charged for `sent` output tokens. The peer is told by a signed call to
-   * charge no more than that, and ends its answer with what it charged, and its receipt for that,
-   * which this site checks (no more than `sent`, no prompt) and keeps as for a finished job; its
+   * The client went away, charged for `sent` (output tokens, and the prompt the peer told). The
+   * peer is told by a signed call to charge no more than that, and ends its answer with what it
+   * charged, and its receipt for that, which this site checks (no more than `sent`) and keeps as
+   * for a finished job; its
    * answer is read on to that end line (no longer relayed), or given up after
    * CANCEL_END_TIMEOUT_MS (the peer then sees the request go away, and cancels all the same). A
    * client charged nothing owes the peer nothing: the call is just dropped.
    */
-  cancel(jobId: string, sent = 0): void {
+  cancel(jobId: string, sent?: { tokens: number; promptTokens: number }): void {
     const f = this.jobs.get(jobId);
     if (!f || f.cancelled) return;
-    if (sent === 0) {
+    if (!sent?.tokens) {
       // the client is charged nothing: nothing of it is owed; the peer sees the call go away and cancels
       this.take(jobId);
       f.abort.abort();
@@ -313,7 +317,7 @@ export class PeerUnit implements ServingUnit {
         this.address,
         "POST",
         `${FEDERATION_PREFIX}/jobs/cancel`,
-        { txid: f.txid, tokens: sent },
+        { txid: f.txid, tokens: sent.tokens, promptTokens: sent.promptTokens },
         { signal: AbortSignal.timeout(CANCEL_END_TIMEOUT_MS) },
       )
       // a 404: the job ended there already, and its end line is on its way

@@ -75,6 +75,8 @@ describe("LineReader", () => {
     expect(() => parseLine('{"c":1,"t":1}')).toThrow(/text/);
     expect(() => parseLine('{"end":{"prompt_tokens":1}}')).toThrow(/usage/);
     expect(() => parseLine('{"what":1}')).toThrow(/no known kind/);
+    expect(parseLine('{"p":12}')).toEqual({ p: 12 });
+    for (const p of ["-1", "1.5", '"3"', String(2 ** 31)]) expect(() => parseLine(`{"p":${p}}`)).toThrow(/prompt count/);
   });
 
   it("refuses an event whose text spans lines: it would inject events into the client's stream", () => {

@@ -148,6 +148,10 @@ export function parseLine(raw: string): ForwardedLine {
     if (/[\r\n]/.test(o.d)) throw new Error("the peer sent an event whose text spans lines");
     return { c: 1, d: o.d, t: t as number[] | number };
   }
+  if (o.p !== undefined) {
+    if (!isCount(o.p)) throw new Error("the peer sent a prompt count that is not a count");
+    return { p: o.p };
+  }
   if (o.end !== undefined) {
     const u = o.end as Record<string, unknown>;
     if (typeof u !== "object" || u === null || !isCount(u.prompt_tokens) || !isCount(u.completion_tokens)) {

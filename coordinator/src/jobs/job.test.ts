@@ -340,16 +340,22 @@ describe("Job", () => {
     expect(out.seen).toEqual([`open n1 ${chunk("some")}`, `chunk ${chunk(" more")}`]);
     await waitFor("the final row", () => rows.includes("cancelled on n1 2"));
 
-    // a peer site's job: no more output than the peer charged its client, and no prompt
-    const peer = setup();
-    await peer.job.run();
-    peer.units[0]?.sink?.prompted?.(7);
-    say(peer.units[0], "a");
-    say(peer.units[0], "b");
-    say(peer.units[0], "c");
-    peer.job.cancel("the origin site's client went away", 1);
-    await waitFor("the charge", () => peer.credits.log.length > 1);
-    expect(peer.credits.parts.map((p) => [p.promptTokens, p.completionTokens])).toEqual([[0, 1]]);
+    // a peer site's job: no more output and prompt than the peer charged its client
+    for (const [told, charged] of [
+      [{ tokens: 1, promptTokens: 0 }, [0, 1]],
+      [{ tokens: 2, promptTokens: 5 }, [5, 2]],
+      [{ tokens: 9, promptTokens: 99 }, [7, 3]],
+    ] as const) {
+      const peer = setup();
+      await peer.job.run();
+      peer.units[0]?.sink?.prompted?.(7);
+      say(peer.units[0], "a");
+      say(peer.units[0], "b");
+      say(peer.units[0], "c");
+      peer.job.cancel("the origin site's client went away", told);
+      await waitFor("the charge", () => peer.credits.log.length > 1);
+      expect(peer.credits.parts.map((p) => [p.promptTokens, p.completionTokens])).toEqual([charged]);
+    }
   });
 
   it("releases the hold of a job cancelled before any output, and of a whole response cancelled mid-way", async () => {

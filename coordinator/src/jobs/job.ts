@@ -58,6 +58,8 @@ export interface JobOutput {
    * (a serving site relays them to the origin of a forwarded job)
    */
   open(unit: string, data: string, tokens?: readonly number[] | number): void;
+  /** the prompt tokens the first unit told as its output began (a serving site tells the origin) */
+  prompted?(promptTokens: number): void;
   /** every later streamed chunk (the hot path) */
   chunk(data: string, tokens?: readonly number[] | number): void;
   /** the stream is over, and recorded; `usage`: the job's, as metered */
@@ -242,7 +244,9 @@ export class Job implements JobSink {
   prompted(promptTokens: number): void {
     const first = this.parts[0];
     if (this.parts.length !== 1 || first?.continued || (this.state !== "dispatched" && this.state !== "streaming")) return;
-    this.promptTold ??= promptTokens;
+    if (this.promptTold !== undefined) return;
+    this.promptTold = promptTokens;
+    this.out.prompted?.(promptTokens);
   }
 
   /** An event the unit streamed: the first moves the job to streaming; a streaming client gets each as it comes. */
@@ -389,10 +393,10 @@ export class Job implements JobSink {
    * The client went away: -> cancelled; the unit stops generating. A stream that had begun is
    * charged for the output sent, as counted here, and for its prompt as the first unit told it
    * (within the bound), and its units are receipted for their parts. A peer site's job (`atMost`)
-   * is charged no more output than the peer says it charged its client, and no prompt, which the
-   * peer did not charge. Else the hold is released.
+   * is charged no more output and prompt than the peer says it charged its client. Else the hold
+   * is released.
    */
-  cancel(reason: string, atMost?: number): void {
+  cancel(reason: string, atMost?: { tokens: number; promptTokens: number }): void {
     if (this.done) return;
     const queued = this.state === "queued";
     this.to("cancelled");
@@ -402,16 +406,17 @@ export class Job implements JobSink {
       this.out.cancelled?.(this.unitId, undefined);
       return;
     }
-    const streamed = Math.min(this.transcript.tokens, atMost ?? Number.POSITIVE_INFINITY);
+    const streamed = Math.min(this.transcript.tokens, atMost?.tokens ?? Number.POSITIVE_INFINITY);
+    const prompt = Math.min(this.promptTold ?? 0, atMost?.promptTokens ?? Number.POSITIVE_INFINITY);
     const sent =
       this.streamed && streamed > 0
-        ? meteredUsage(atMost === undefined ? (this.promptTold ?? 0) : 0, {
+        ? meteredUsage(prompt, {
             ...this.spec.bounds,
             relayedBytes: this.transcript.bytes,
             streamedTokens: streamed,
           })
         : undefined;
-    this.unit?.cancel(this.id, sent?.completion_tokens ?? 0);
+    this.unit?.cancel(this.id, sent && { tokens: sent.completion_tokens, promptTokens: sent.prompt_tokens });
     // a unit picked to continue the job that streamed nothing did no part of it
     const last = this.parts.at(-1);
     if (last && last.to === last.from && this.parts.length > 1) this.parts.pop();
