@@ -29,6 +29,7 @@ import { FederatedJobs } from "./federation/store.js";
 import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
 import { Jobs } from "./jobs/jobs.js";
+import { JobTable } from "./jobs/records.js";
 import { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 import { DEFAULT_PRICING, Metering, type Pricing } from "./ledger/metering.js";
 import { Receipts } from "./ledger/receipts.js";
@@ -147,12 +148,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         sizeBytes: r.size_bytes === null ? undefined : Number(r.size_bytes),
       })),
     );
-    // jobs that were running when the coordinator last stopped cannot finish any more
-    await db
-      .updateTable("jobs")
-      .set({ status: "failed", error: "coordinator restarted", finished_at: new Date() })
-      .where("status", "=", "running")
-      .execute();
+    // jobs that coordinators which have gone left running cannot finish any more; a live replica's can
+    await JobTable.failOrphaned(db, { live: await lease.live() });
     const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease));
     // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
@@ -213,6 +210,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     }
     const jobs = new Jobs({
       db,
+      instance: lease.id,
       fleet,
       knownModels,
       metrics,
@@ -269,11 +267,11 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await ledger?.audits?.start();
     const url = (await app.listen({ host: o.host, port: o.port })).replace("[::1]", "127.0.0.1");
     origins = o.publicOrigins?.length ? o.publicOrigins.map(originOf) : listenOrigins(url, o.host);
-    // renewing the lease; a gone coordinator's holds are released by whichever one is still running
+    // renewing the lease; a gone coordinator's jobs and holds are ended by whichever one is still running
     const leaseTimer = setInterval(() => {
       lease
         .renew()
-        .then(() => ledger && releaseGoneHolds(db, lease, o.logger))
+        .then(() => endGone(db, lease, o.logger, Boolean(ledger)))
         .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
     }, LEASE_RENEW_MS);
     ledger?.settler.start();
@@ -367,7 +365,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     .values({ key: "ledger", value: identity })
     .onConflict((c) => c.column("key").doUpdateSet({ value: identity }))
     .execute();
-  await releaseGoneHolds(db, lease, logger, true);
+  await endGone(db, lease, logger, true, true);
   const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING, lease.id);
   const receipts = new Receipts(db, chain.chainId, chain.ledger, chain.coordinator, (node, frame) => {
     const n = fleet.get(node.toLowerCase());
@@ -388,13 +386,17 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
 }
 
 /**
- * Releases the holds of coordinators that stopped or died while their jobs ran (see instance.ts):
- * at start every hold no live coordinator made, then (each renewal) those of leases found lapsed,
- * which costs nothing while no coordinator has gone.
+ * Ends what coordinators that stopped or died left behind (see instance.ts): their running jobs
+ * are failed and (`holds`) their credit holds released. At start, whatever no live coordinator
+ * made; then (each renewal) what the leases found lapsed made, which costs nothing while no
+ * coordinator has gone.
  */
-async function releaseGoneHolds(db: Db, lease: InstanceLease, logger: Logger, atStart = false): Promise<void> {
+async function endGone(db: Db, lease: InstanceLease, logger: Logger, holds: boolean, atStart = false): Promise<void> {
   const gone = await lease.lapsed();
-  const released = await Metering.releaseOrphanedHolds(db, atStart ? { live: await lease.live() } : { gone });
+  const holders = atStart ? { live: await lease.live() } : { gone };
+  const failed = await JobTable.failOrphaned(db, holders);
+  const released = holds ? await Metering.releaseOrphanedHolds(db, holders) : 0;
   await lease.forget(gone);
+  if (failed) logger.warn({ failed }, "failed the jobs a coordinator that has gone left running");
   if (released) logger.warn({ released }, "released credit holds of jobs whose coordinator has gone");
 }

@@ -1,7 +1,9 @@
 import { storageBackends } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
 import { openDatabase } from "./db/database.js";
+import { createApiKey } from "./apiKeys.js";
 import { InstanceLease } from "./instance.js";
+import { JobTable } from "./jobs/records.js";
 import { Metering } from "./ledger/metering.js";
 
 describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
@@ -61,6 +63,51 @@ describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
       // and a process that stalled past its lease takes it again when it renews
       await running.renew();
       expect(await starting.live()).toContain(running.id);
+    } finally {
+      await db.destroy();
+      await db0.cleanup();
+    }
+  });
+
+  it("a starting coordinator fails the jobs gone coordinators left running, never those a live one runs", async () => {
+    const db0 = await open();
+    const db = await openDatabase(db0);
+    try {
+      const running = await InstanceLease.take(db, false);
+      const gone = await InstanceLease.take(db, false);
+      await db
+        .updateTable("coordinator_instances")
+        .set({ seen_at: new Date(Date.now() - 60_000) })
+        .where("id", "=", gone.id)
+        .execute();
+      const key = await createApiKey(db, "k");
+      const job = (id: string, instance: string | null, status: "running" | "completed" = "running") => ({
+        id,
+        kind: "chat",
+        model: "m",
+        api_key_id: key.id,
+        stream: true,
+        status,
+        instance_id: instance,
+      });
+      await db
+        .insertInto("jobs")
+        .values([job("j-running", running.id), job("j-gone", gone.id), job("j-old", null), job("j-done", gone.id, "completed")])
+        .execute();
+      const statuses = async () =>
+        Object.fromEntries((await db.selectFrom("jobs").select(["id", "status"]).execute()).map((r) => [r.id, r.status]));
+
+      const starting = await InstanceLease.take(db, false);
+      expect(await JobTable.failOrphaned(db, { live: await starting.live() })).toBe(2);
+      expect(await statuses()).toEqual({ "j-running": "running", "j-gone": "failed", "j-old": "failed", "j-done": "completed" });
+      // once the running one's lease lapses, a sweep fails its job
+      await db
+        .updateTable("coordinator_instances")
+        .set({ seen_at: new Date(Date.now() - 60_000) })
+        .where("id", "=", running.id)
+        .execute();
+      expect(await JobTable.failOrphaned(db, { gone: await starting.lapsed() })).toBe(1);
+      expect((await statuses())["j-running"]).toBe("failed");
     } finally {
       await db.destroy();
       await db0.cleanup();

@@ -1,8 +1,8 @@
 /**
  * This coordinator process's lease in its database. Several coordinators may share one
  * PostgreSQL database (and one process may follow another on the same one), so what a process
- * leaves behind when it dies (credit holds of jobs it was running) is released only once its
- * lease has lapsed: never the holds of a coordinator that is still running its jobs.
+ * leaves behind when it dies (the jobs it was running, and their credit holds) is ended only once
+ * its lease has lapsed: never the jobs or holds of a coordinator that is still running them.
  */
 import { randomUUID } from "node:crypto";
 import type { Db } from "./db/database.js";

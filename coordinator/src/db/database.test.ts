@@ -67,7 +67,7 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       await c.close();
       expect(jobs).toEqual([
         { id: "job_done", status: "completed", error: null, completion_tokens: 4 },
-        { id: "job_open", status: "failed", error: "coordinator restarted", completion_tokens: null },
+        { id: "job_open", status: "failed", error: "its coordinator stopped", completion_tokens: null },
       ]);
     } finally {
       await db0.cleanup();

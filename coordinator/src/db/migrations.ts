@@ -337,6 +337,13 @@ const migrations: Record<string, Migration> = {
         group by address`.execute(db);
     },
   },
+  "0013_job_instances": {
+    async up(db: Kysely<unknown>) {
+      // which coordinator process runs a job: only a gone one's running jobs are failed
+      await db.schema.alterTable("jobs").addColumn("instance_id", "text").execute();
+      await sql`create index jobs_running on jobs (instance_id) where status = 'running'`.execute(db);
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -65,6 +65,8 @@ export interface JobsTable {
   prompt_tokens: number | null;
   completion_tokens: number | null;
   error: string | null;
+  /** the coordinator process running it (InstanceLease) */
+  instance_id: string | null;
   created_at: Timestamp;
   finished_at: Timestamp | null;
 }

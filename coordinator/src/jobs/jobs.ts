@@ -43,6 +43,8 @@ const STALL_MS = 20_000;
 
 export interface JobsOptions {
   db: Db;
+  /** this coordinator process's lease id: its jobs' rows name it */
+  instance: string;
   fleet: Fleet;
   metrics: Metrics;
   /** extra say over where each job may run */
@@ -78,7 +80,7 @@ export class Jobs {
   private readonly records: JobTable;
 
   constructor(private readonly o: JobsOptions) {
-    this.records = new JobTable(o.db, o.metrics);
+    this.records = new JobTable(o.db, o.metrics, o.instance);
   }
 
   /** Starts a job for `r`, its output going to `out`; throws (an ApiError) when it cannot start. */
