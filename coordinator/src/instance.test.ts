@@ -1,7 +1,7 @@
 import { storageBackends } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
-import { openDatabase } from "./db/database.js";
 import { createApiKey } from "./apiKeys.js";
+import { openDatabase } from "./db/database.js";
 import { InstanceLease } from "./instance.js";
 import { JobTable } from "./jobs/records.js";
 import { Metering } from "./ledger/metering.js";
