@@ -378,6 +378,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
     : undefined;
   const settler = new Settler(db, chain, logger, {
     ...o.settlement,
+    shared: !lease.exclusive,
     audits: audits && { windowMs: audits.windowMs, trusted: o.audits?.auditors ?? [] },
   });
   await settler.checkWithdrawalNotice();

@@ -19,7 +19,8 @@ export class InstanceLease {
 
   private constructor(
     private readonly db: Db,
-    private readonly exclusive: boolean,
+    /** the database is this process's alone */
+    readonly exclusive: boolean,
   ) {}
 
   /**

@@ -497,6 +497,111 @@ describe("settlement", () => {
     }
   });
 
+  it.skipIf(!process.env.DATABASE_URL)(
+    "a replica settles only while no other holds the settler lock, and takes over once its holder is gone",
+    async () => {
+      const { default: pg } = await import("pg");
+      const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 0 }, { ownAccount: true });
+      await honestNode(coordinator.url, joinToken);
+      // another replica, mid-pass: a session of its own holds the lock
+      const url = new URL(process.env.DATABASE_URL as string);
+      url.pathname = `/${(await coordinator.db.selectNoFrom(sql<string>`current_database()`.as("name")).executeTakeFirstOrThrow()).name}`;
+      const holder = new pg.Client({ connectionString: url.toString() });
+      holder.on("error", () => undefined);
+      await holder.connect();
+      cleanups.push(() => holder.end().catch(() => undefined));
+      await holder.query("select pg_advisory_lock(hashtext('sharedllm.settler'))");
+      const user = devWallet(18);
+      await chat(coordinator.url, await paidKey(coordinator.url, user, account.address));
+      const settler = coordinator.ledger?.settler;
+      // its passes find the lock taken and leave the work to the holder
+      for (let i = 0; i < 3; i++) await settler?.tick();
+      expect((await chain.settlement(account.address)).lastBatch).toBe(0n);
+      // the holder dies (its connection with it): the next pass settles
+      await holder.end();
+      await waitFor("the batch on chain", async () => (await chain.settlement(account.address)).lastBatch === 1n, 30_000);
+      expect((await chain.escrow(user.address, account.address)).spent).toBe(JOB_COST);
+    },
+  );
+
+  it.skipIf(!process.env.DATABASE_URL)(
+    "replicas on one PostgreSQL settle one at a time: each charge in one batch, once, and a replica carries on when another is killed",
+    async () => {
+      const home = await tempPaths("sharedllm-replicas-");
+      const db = await testDatabase();
+      cleanups.push(db.cleanup, home.cleanup);
+      const key = generatePrivateKey();
+      const account = privateKeyToAccount(key);
+      const joinToken = randomBytes(32).toString("base64url");
+      await writeFile(join(home.home, "coordinator-key.json"), JSON.stringify({ address: account.address, privateKey: key }), {
+        mode: 0o600,
+      });
+      await writeFile(join(home.home, "secrets.json"), JSON.stringify({ joinToken }), { mode: 0o600 });
+      await chain.addCoordinator(account.address);
+      const args = [
+        "coordinator",
+        "start",
+        "--port",
+        "0",
+        "--chain-rpc-url",
+        chain.rpcUrl,
+        "--ledger",
+        chain.ledger,
+        "--settle-after",
+        "0",
+      ];
+      const env = { SHAREDLLM_HOME: home.home, DATABASE_URL: db.databaseUrl };
+      // two replicas of one coordinator (its key, its database), each with a node of its own
+      const replicas = [startCli(args, env), startCli(args, env)];
+      const urls: string[] = [];
+      for (const r of replicas) {
+        urls.push(await waitFor("a replica's URL", () => /coordinator: (http:\/\/\S+)\/v1/.exec(r.out().stdout)?.[1], 60_000));
+      }
+      for (const url of urls) {
+        const sim = new SimNode({ coordinatorUrl: url, joinToken, models: ["sim-model"] });
+        await sim.start();
+        cleanups.push(() => sim.stop());
+      }
+      const users = [devWallet(16), devWallet(17)];
+      const keys = [await paidKey(urls[0] as string, users[0] as LocalAccount, account.address), ""];
+      keys[1] = await paidKey(urls[1] as string, users[1] as LocalAccount, account.address);
+      const store = await openDatabase({ databaseUrl: db.databaseUrl, dataDir: "unused" });
+      cleanups.push(() => store.destroy());
+      const unsettled = async () => {
+        const { rows } = await sql<{ n: string }>`
+          select count(*) as n from ledger_entries e
+          where e.kind = 'charge' and not exists (select 1 from batch_entries b where b.entry_id = e.id)`.execute(store);
+        const open = await store.selectFrom("settlements").select("batch_id").where("status", "!=", "confirmed").execute();
+        return Number(rows[0]?.n) + open.length;
+      };
+      // both replicas' settlers look every second while both users chat through both
+      for (let round = 0; round < 3; round++) {
+        for (const [i, url] of urls.entries()) await chat(url, keys[i] as string);
+        for (const [i, url] of urls.entries()) await chat(url, keys[1 - i] as string);
+      }
+      await waitFor("every charge settled", async () => (await unsettled()) === 0, 60_000);
+      // one replica is killed; the other settles what comes next
+      const [gone, left] = replicas as [(typeof replicas)[0], (typeof replicas)[0]];
+      process.kill(-(gone.child.pid as number), "SIGKILL");
+      await gone.exited;
+      for (const k of keys) await chat(urls[1] as string, k);
+      await waitFor("the charges after the kill settled", async () => (await unsettled()) === 0, 60_000);
+
+      const batches = await store.selectFrom("settlements").select(["batch_id", "status", "tx_hash"]).orderBy("batch_id").execute();
+      const events = await chain.batchEvents(account.address);
+      // one transaction per batch, each batch on chain once, none sent twice or skipped
+      expect(events.map((e) => e.transactionHash)).toEqual(batches.map((b) => b.tx_hash));
+      expect(batches.every((b) => b.status === "confirmed")).toBe(true);
+      expect((await chain.settlement(account.address)).lastBatch).toBe(BigInt(batches.length));
+      // 7 jobs per user, each charged once and posted once
+      for (const user of users) expect((await chain.escrow(user.address, account.address)).spent).toBe(7n * JOB_COST);
+      expect((await chain.settlement(account.address)).totalSpent).toBe(14n * JOB_COST);
+      expect(left.out().stderr).not.toMatch(/settlement failed/);
+      left.child.kill("SIGINT");
+      expect(await left.exited).toBe(0);
+    },
+  );
+
   it("splits a batch whose users would not fit one transaction, and every user's spend lands on chain", async () => {
     const { coordinator, joinToken, account } = await ledgerCoordinator({ maxAgeMs: 1_200_000, maxUsersPerBatch: 2 }, { ownAccount: true });
     const sim = new SimNode({ coordinatorUrl: coordinator.url, joinToken, models: ["sim-model"] });

@@ -9,6 +9,10 @@
  * of this coordinator, and what its BatchSettled transaction posted) decides whether a stored batch
  * still has to be sent, so a crash between sending and recording neither loses nor doubles a
  * batch, and a database that is not this coordinator's history is refused.
+ *
+ * Coordinator replicas on one PostgreSQL settle one at a time: a pass runs only while its replica
+ * holds a PostgreSQL advisory lock, on a connection of its own, which the server lets go of when
+ * that replica dies; the next pass of any replica then carries on from the stored batches.
  */
 import { type EarningsTree, earningsTree, receiptJobId } from "@sharedllm/protocol";
 import { type Kysely, sql } from "kysely";
@@ -40,7 +44,12 @@ export interface SettlementOptions {
    * acceptance before they are posted as its shortfall (nothing earned on them); default 10 min
    */
   peerGraceMs?: number;
+  /** other coordinator processes may settle from the same database (PostgreSQL): passes take its lock */
+  shared?: boolean;
 }
+
+/** The advisory lock a settlement pass holds while coordinators share a database. */
+const SETTLER_LOCK = sql`hashtext('sharedllm.settler')`;
 
 interface Payload {
   users: Address[];
@@ -175,7 +184,27 @@ export class Settler {
     this.log.info({ peers: grown.length, txHash: hash }, "posted what this site accepts owing peer sites");
   }
 
+  /**
+   * A pass, under the settler lock when the database is shared: a forced pass waits for it, a
+   * timed one leaves the work to the replica that holds it.
+   */
   private async pass(force: boolean) {
+    if (!this.o.shared) return this.settle(force);
+    await this.db.connection().execute(async (conn) => {
+      if (force) await sql`select pg_advisory_lock(${SETTLER_LOCK})`.execute(conn);
+      else {
+        const { rows } = await sql<{ got: boolean }>`select pg_try_advisory_lock(${SETTLER_LOCK}) as got`.execute(conn);
+        if (!rows[0]?.got) return;
+      }
+      try {
+        await this.settle(force);
+      } finally {
+        await sql`select pg_advisory_unlock(${SETTLER_LOCK})`.execute(conn);
+      }
+    });
+  }
+
+  private async settle(force: boolean) {
     // what this site owes peers waits for the next pass if it cannot be posted; its own batches do not
     await this.postAcceptances().catch((err: Error) =>
       this.log.error({ err: err.message }, "posting what this site accepts owing peer sites failed; next pass tries again"),
