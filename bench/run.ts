@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation,
+ * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay,
  * --rounds=N (20), --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --engine-threads=N (federation: the engines' threads; default all cores),
  * --nodes=N (5000), --requests=N (2000), --json.
@@ -11,6 +11,7 @@ import { benchContinuation } from "./continuation.ts";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
 import { benchFederation } from "./federation.ts";
+import { benchRelay } from "./relay.ts";
 import { benchSettlement } from "./settlement.ts";
 import { benchSplit } from "./split.ts";
 
@@ -29,7 +30,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -171,6 +172,28 @@ if (!values.only || values.only === "federation") {
         `inter-token gap ms ${f(l.medianGapMs).padStart(8)} ${f(d.medianGapMs).padStart(11)}   ${f(r.gapRatio, 3)}x`,
         `sites' process CPU per token: local ${f(r.sitesCpuPerTokenUs.local, 0)} us, federated ${f(r.sitesCpuPerTokenUs.federated, 0)} us (the hop adds ${f(r.sitesCpuPerTokenUs.added, 0)} us)`,
         `same text on both paths: ${r.sameText}`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+if (!values.only || values.only === "relay") {
+  // the embedded database, and PostgreSQL (a hosted site's) when DATABASE_URL names a server
+  const arms = process.env.DATABASE_URL ? [false, true] : [false];
+  const runs = [];
+  for (const postgres of arms) runs.push(await benchRelay({ nodes: 4, clients: 8, requests: 64, tokens: 512, postgres }));
+  results.relay = runs;
+  if (!values.json) {
+    const r0 = runs[0] as (typeof runs)[0];
+    process.stdout.write(
+      [
+        `relay: ${r0.nodes} simulated remote nodes streaming one token per event at full speed to ${r0.clients} streaming clients (${r0.requests} requests x ${r0.tokensPerRequest} tokens)`,
+        "  database     coordinator CPU per token   tokens/s   coordinator CPU   RSS",
+        ...runs.map(
+          (r) =>
+            `  ${r.database.padEnd(12)} ${`${f(r.coordinatorCpuPerTokenUs, 1)} us`.padStart(25)} ${f(r.tokensPerSecond, 0).padStart(10)} ${`${f(r.coordinatorCpuPercent, 0)}%`.padStart(17)} ${`${f(r.coordinatorRssMiB, 0)} MiB`.padStart(9)}`,
+        ),
+        "  goal: <= 50 us per relayed token",
         "",
       ].join("\n"),
     );

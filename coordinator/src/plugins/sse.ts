@@ -26,6 +26,7 @@ const SSE_HEADERS = {
  */
 export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => void, reject: (err: ApiError) => void): JobOutput {
   const raw = reply.raw;
+  const events = new EventWriter(raw);
   let open = false;
   const start = (unit: string) => {
     open = true;
@@ -39,10 +40,11 @@ export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => vo
       raw.write(`data: ${data}\n\n`);
     },
     chunk(data) {
-      writeEvent(raw, `data: ${data}\n\n`);
+      events.write(`data: ${data}\n\n`);
     },
     end(unit) {
       if (!open) start(unit);
+      events.flush();
       raw.end("data: [DONE]\n\n");
       resolve();
     },
@@ -52,6 +54,7 @@ export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => vo
     },
     fail(err) {
       if (!open) return reject(err);
+      events.flush();
       raw.end(`data: ${JSON.stringify(err.toBody())}\n\n`);
       resolve();
     },
@@ -59,18 +62,33 @@ export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => vo
 }
 
 /**
- * A streamed event after the first, written straight to the socket as one HTTP/1.1
- * chunk. The response's own write() corks the socket and sends four buffers on the
- * next tick, which costs more CPU per token than the token's bytes; on a machine
- * whose cores llama-server is using, that CPU is taken from decoding. The response
- * itself still sends the headers, the first event and the last chunk, in order on
- * the same socket.
+ * Streamed events after the first, written straight to the socket as HTTP/1.1 chunks: those
+ * that arrive within one turn of the event loop (a node's frames read from one TCP segment,
+ * tokens coming faster than they are written) as one chunk in one write, at the end of that turn,
+ * so the system calls are per batch, not per token. The response's own write() corks the socket
+ * and sends four buffers on the next tick, which costs more CPU per token than the token's bytes;
+ * on a machine whose cores llama-server is using, that CPU is taken from decoding. The response
+ * itself still sends the headers, the first event and the last chunk, in order on the same
+ * socket: `flush` before it writes again.
  */
-function writeEvent(raw: ServerResponse, event: string): void {
-  const socket = raw.socket;
-  if (!socket || !raw.chunkedEncoding) {
-    raw.write(event);
-    return;
+export class EventWriter {
+  private pending: string[] = [];
+
+  constructor(private readonly raw: ServerResponse) {}
+
+  write(event: string): void {
+    if (this.pending.push(event) === 1) process.nextTick(() => this.flush());
   }
-  socket.write(`${Buffer.byteLength(event).toString(16)}\r\n${event}\r\n`);
+
+  flush(): void {
+    if (!this.pending.length) return;
+    const events = this.pending.length === 1 ? (this.pending[0] as string) : this.pending.join("");
+    this.pending = [];
+    const socket = this.raw.socket;
+    if (!socket || !this.raw.chunkedEncoding) {
+      if (!this.raw.writableEnded) this.raw.write(events);
+      return;
+    }
+    socket.write(`${Buffer.byteLength(events).toString(16)}\r\n${events}\r\n`);
+  }
 }

@@ -1,0 +1,123 @@
+/**
+ * The coordinator's cost of relaying a token: one coordinator process (`sharedllm coordinator
+ * start`, no ledger; its embedded database, or a fresh PostgreSQL database) and simulated remote nodes (the real control protocol, no
+ * engine) that stream each job's tokens as fast as their WebSocket takes them, one token per
+ * event, to streaming clients reading as fast as they can. Reports the coordinator process's CPU
+ * per relayed token (user + system, from /proc), the tokens relayed per second, and its memory.
+ * The nodes and clients run in this process, so their CPU is not counted.
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { JobStart, NodeFrame } from "@sharedllm/protocol";
+import { type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
+import { SimNode } from "@sharedllm/testkit/simNode";
+import { processCpuMs } from "./coordinator.ts";
+
+const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
+
+/** Streams `job`'s max_tokens events of one token each, yielding to I/O every few events, then ends it. */
+function fullSpeed(job: JobStart, send: (f: NodeFrame) => void): void {
+  const total = Number(job.request.max_tokens);
+  let sent = 0;
+  const burst = () => {
+    for (let i = 0; i < 16 && sent < total; i++, sent++) {
+      const data = JSON.stringify({ choices: [{ index: 0, delta: { content: " word" } }] });
+      send({ type: "job.chunk", jobId: job.jobId, data, tokens: [sent + 1] });
+    }
+    if (sent < total) setImmediate(burst);
+    else send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: total, total_tokens: total + 3 } });
+  };
+  burst();
+}
+
+/** One streamed request; resolves with the SSE events (tokens) it read. */
+function stream(url: string, apiKey: string, maxTokens: number): Promise<number> {
+  const payload = JSON.stringify({ model: "sim-model", stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: "go" }] });
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}`, "content-length": Buffer.byteLength(payload) },
+    });
+    req.on("response", (res) => {
+      if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`));
+      let events = 0;
+      let tail = "";
+      res.setEncoding("utf8");
+      res.on("data", (s: string) => {
+        const text = tail + s;
+        let at = text.indexOf('"content"');
+        while (at >= 0) {
+          events++;
+          at = text.indexOf('"content"', at + 1);
+        }
+        tail = text.slice(-8);
+      });
+      res.on("end", () => resolve(events));
+    });
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+export async function benchRelay(opts: { nodes: number; clients: number; requests: number; tokens: number; postgres: boolean }) {
+  const home = await mkdtemp(join(tmpdir(), "sharedllm-relay-"));
+  const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
+  // a fresh database on the server of DATABASE_URL, or the embedded one
+  let db: TestDatabase | undefined;
+  if (opts.postgres) {
+    db = await testDatabase();
+    env.DATABASE_URL = db.databaseUrl;
+  } else delete env.DATABASE_URL;
+  const coord = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0"], { env, stdio: ["ignore", "ignore", "inherit"] });
+  const sims: SimNode[] = [];
+  try {
+    const info = await waitFor(
+      "coordinator",
+      async () => JSON.parse(await readFile(join(home, "coordinator.json"), "utf8")) as { url: string; apiKey: string },
+      60_000,
+      200,
+    );
+    const { joinToken } = JSON.parse(await readFile(join(home, "secrets.json"), "utf8")) as { joinToken: string };
+    for (let i = 0; i < opts.nodes; i++) {
+      const sim = new SimNode({ coordinatorUrl: info.url, joinToken, models: ["sim-model"], slots: opts.clients, onJob: fullSpeed });
+      await sim.start();
+      sims.push(sim);
+    }
+    // warm the coordinator's code paths up before measuring
+    await Promise.all(Array.from({ length: opts.clients }, () => stream(info.url, info.apiKey, opts.tokens)));
+    const pid = coord.pid as number;
+    const cpu0 = processCpuMs(pid);
+    const t0 = performance.now();
+    let next = 0;
+    let relayed = 0;
+    await Promise.all(
+      Array.from({ length: opts.clients }, async () => {
+        while (next++ < opts.requests) relayed += await stream(info.url, info.apiKey, opts.tokens);
+      }),
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const cpuMs = processCpuMs(pid) - cpu0;
+    const status = await readFile(`/proc/${pid}/status`, "utf8");
+    return {
+      database: opts.postgres ? "PostgreSQL" : "PGlite",
+      nodes: opts.nodes,
+      clients: opts.clients,
+      requests: opts.requests,
+      tokensPerRequest: opts.tokens,
+      relayedTokens: relayed,
+      tokensPerSecond: relayed / seconds,
+      coordinatorCpuPerTokenUs: (cpuMs * 1000) / relayed,
+      coordinatorCpuPercent: (cpuMs / (seconds * 1000)) * 100,
+      coordinatorRssMiB: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024,
+    };
+  } finally {
+    for (const s of sims) s.stop();
+    coord.kill("SIGINT");
+    await new Promise((r) => coord.once("exit", r));
+    await rm(home, { recursive: true, force: true });
+    await db?.cleanup();
+  }
+}
