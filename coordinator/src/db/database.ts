@@ -29,8 +29,10 @@ export async function openDatabase(o: DatabaseOptions): Promise<Db> {
     pool.on("error", (err) => o.onConnectionError?.(err));
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
-    if (!o.dataDir.startsWith("memory://")) await mkdir(o.dataDir, { recursive: true });
-    const { dialect } = await KyselyPGlite.create(o.dataDir);
+    const memory = o.dataDir.startsWith("memory://");
+    if (!memory) await mkdir(o.dataDir, { recursive: true });
+    // in memory: no folder (given "memory://", kysely-pglite would make a folder of that name)
+    const { dialect } = await KyselyPGlite.create(memory ? undefined : o.dataDir);
     db = new Kysely<Database>({ dialect });
   }
   await migrate(db as Kysely<unknown>);

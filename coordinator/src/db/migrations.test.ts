@@ -7,7 +7,7 @@ import type { Database } from "./schema.js";
 
 describe("migration 0006_settlement_entries", () => {
   it("records which batch took each entry of batches made under the id watermark, with the job key receipts use", async () => {
-    const { dialect } = await KyselyPGlite.create("memory://");
+    const { dialect } = await KyselyPGlite.create();
     const db = new Kysely<Database>({ dialect });
     try {
       await migrate(db as Kysely<unknown>, "0005_ledger");
@@ -44,7 +44,7 @@ describe("migration 0006_settlement_entries", () => {
 
 describe("migration 0012_credit_accounts", () => {
   it("starts each payer's running totals from the journal: its charges, and its holds not released", async () => {
-    const { dialect } = await KyselyPGlite.create("memory://");
+    const { dialect } = await KyselyPGlite.create();
     const db = new Kysely<Database>({ dialect });
     try {
       await migrate(db as Kysely<unknown>, "0011_federation_receipts");
