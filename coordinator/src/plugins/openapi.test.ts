@@ -93,7 +93,13 @@ describe("the OpenAPI spec", () => {
     await app.register(historyPlugin, {} as never);
     const s = (await app.inject(OPENAPI_PATH).then((r) => r.json())) as Spec;
     expect(app.apiRoutes).toEqual(
-      expect.arrayContaining(["GET /v1/ledger", "POST /v1/keys", "GET /v1/audits", "GET /v1/federation", "GET /v1/history/:address/escrow"]),
+      expect.arrayContaining([
+        "GET /v1/ledger",
+        "POST /v1/keys",
+        "GET /v1/audits",
+        "GET /v1/federation",
+        "GET /v1/history/:address/escrow",
+      ]),
     );
     expect(missing(app, s)).toEqual([]);
     expect(operation(s, "POST /federation/v1/ping")).toBeUndefined();
