@@ -19,6 +19,7 @@ import {
   purchaseItemSchema,
   registerRequestSchema,
   settlementItemSchema,
+  transactionHistorySchema,
   usageSchema,
 } from "@sharedllm/protocol";
 import { SITE_AUTH_HEADERS } from "@sharedllm/protocol/node";
@@ -307,6 +308,14 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     settlementItemSchema,
   ),
   "GET /v1/history/:address/claims": history("A node's claims of its earnings", claimItemSchema),
+  "GET /v1/history/transactions/:hash": {
+    summary: "Everything indexed of one transaction (the portal links here where the chain has no block explorer)",
+    tags: ["History"],
+    response: {
+      200: json("the transaction's events, in log order", transactionHistorySchema),
+      ...errorResponses(["invalid_request", "not_found"]),
+    },
+  },
   "GET /v1/history/federation": history(
     "The federation's events: registrations, updates, key renewals, admissions, revocations, endorsements, acceptances",
     federationItemSchema,

@@ -98,6 +98,22 @@ export const historyStatusSchema = z.object({
   explorerUrl: z.string().nullable(),
 });
 
+/** Everything indexed of one transaction: each event's entity (the indexer's table) and its fields. */
+export const transactionHistorySchema = z.object({
+  transactionHash: hexString,
+  blockNumber: decimal,
+  timestamp: z.number().int(),
+  events: z.array(
+    historyItemBaseSchema.extend({
+      entity: z.string().describe("the indexer's table, e.g. deposits, claims, site_registrations"),
+      fields: z
+        .record(z.string(), z.union([z.string(), z.boolean()]))
+        .describe("the event's arguments as columns (numbers as decimal strings)"),
+    }),
+  ),
+});
+
+export type TransactionHistory = z.infer<typeof transactionHistorySchema>;
 export type HistoryItemBase = z.infer<typeof historyItemBaseSchema>;
 export type PurchaseItem = z.infer<typeof purchaseItemSchema>;
 export type EscrowItem = z.infer<typeof escrowItemSchema>;

@@ -12,11 +12,12 @@ import type {
   HistoryPage,
   PurchaseItem,
   SettlementItem,
+  TransactionHistory,
 } from "@sharedllm/protocol";
 import { type Expression, type SqlBool, sql } from "kysely";
 import type { Db } from "../db/database.js";
 import type { ChainEventColumns } from "../db/schema.js";
-import type { HistoryTable } from "./entities.js";
+import { HISTORY_TABLES, type HistoryTable } from "./entities.js";
 
 /** A page's place: before this (block, log index); absent for the newest. */
 export interface Position {
@@ -213,5 +214,30 @@ export class History {
       at,
       limit,
     );
+  }
+
+  /** Everything indexed of one transaction, in log order (where the portal links a transaction on a chain with no explorer). */
+  async transaction(hash: string): Promise<TransactionHistory | undefined> {
+    const found = await Promise.all(
+      HISTORY_TABLES.map(async (table) => {
+        const rows = (await this.db
+          .selectFrom(table as "deposits")
+          .selectAll()
+          .where("tx_hash", "=", hash)
+          .execute()) as unknown as Row[];
+        return rows.map((r) => {
+          const { tx_hash, log_index, block_number, timestamp, ...fields } = r;
+          return {
+            entity: table,
+            ...base(r),
+            fields: Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, typeof v === "boolean" ? v : String(v)])),
+          };
+        });
+      }),
+    );
+    const events = found.flat().sort((a, b) => a.logIndex - b.logIndex);
+    const first = events[0];
+    if (!first) return undefined;
+    return { transactionHash: hash, blockNumber: first.blockNumber, timestamp: first.timestamp, events };
   }
 }

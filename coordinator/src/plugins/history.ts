@@ -1,10 +1,11 @@
 /**
  * The chain's history as the embedded indexer read it (docs/indexing.md): `GET /v1/history/...`
  * for an address's purchases, escrow movements, settlements and claims, the federation's events,
- * and where the indexer stands. Public, as the chain itself is; validated by the routes' own zod
+ * one transaction's events (what the portal links to where the chain has no explorer), and where
+ * the indexer stands. Public, as the chain itself is; validated by the routes' own zod
  * schemas (400 invalid_request naming the parameter).
  */
-import type { historyStatusSchema } from "@sharedllm/protocol";
+import { ApiError, type historyStatusSchema } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
 import { CURSOR_PATTERN, type History, parseCursor } from "../indexer/history.js";
@@ -36,6 +37,13 @@ export const historyPageQuery = z.object({
 
 export const federationHistoryQuery = historyPageQuery.extend({
   address: historyAddressParams.shape.address.optional().describe("only the events that concern this address"),
+});
+
+export const transactionParams = z.object({
+  hash: z
+    .string()
+    .regex(/^0x[0-9a-fA-F]{64}$/)
+    .describe("a transaction hash"),
 });
 
 const page = (q: z.infer<typeof historyPageQuery>) => ({ at: parseCursor(q.cursor), limit: q.limit === undefined ? 50 : Number(q.limit) });
@@ -81,6 +89,17 @@ export async function historyPlugin(app: FastifyInstance, o: HistoryPluginOption
     async (req) => {
       const { at, limit } = page(req.query);
       return o.history.federation(req.query.address?.toLowerCase(), at, limit);
+    },
+  );
+
+  app.get<{ Params: z.infer<typeof transactionParams> }>(
+    "/v1/history/transactions/:hash",
+    { schema: { params: transactionParams } },
+    async (req) => {
+      const tx = await o.history.transaction(req.params.hash.toLowerCase());
+      if (!tx)
+        throw new ApiError("not_found", "nothing indexed comes from this transaction (yet): it may not touch the ledger or the registry");
+      return tx;
     },
   );
 }

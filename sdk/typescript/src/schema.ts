@@ -2162,6 +2162,121 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/history/transactions/{hash}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Everything indexed of one transaction (the portal links here where the chain has no block explorer) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description a transaction hash */
+                    hash: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the transaction's events, in log order */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            blockNumber: string;
+                            events: {
+                                blockNumber: string;
+                                /** @description the indexer's table, e.g. deposits, claims, site_registrations */
+                                entity: string;
+                                /** @description the event's arguments as columns (numbers as decimal strings) */
+                                fields: {
+                                    [key: string]: string | boolean;
+                                };
+                                logIndex: number;
+                                timestamp: number;
+                                transactionHash: string;
+                            }[];
+                            timestamp: number;
+                            transactionHash: string;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: not_found */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "not_found";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/keys": {
         parameters: {
             query?: never;
