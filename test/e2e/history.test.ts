@@ -48,24 +48,6 @@ afterAll(async () => {
 
 afterEach((ctx) => reportPortalFailure(ctx, portal));
 
-async function send(account: LocalAccount, contract: "ledger" | "registry", functionName: string, args: readonly unknown[]) {
-  const wallet = createWalletClient({
-    account,
-    chain: defineChain({
-      id: chain.chainId,
-      name: "dev",
-      nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-      rpcUrls: { default: { http: [chain.rpcUrl] } },
-    }),
-    transport: http(chain.rpcUrl),
-  });
-  const [address, abi] = contract === "ledger" ? [chain.ledger, CreditLedger.abi] : [chain.registry, FederationRegistry.abi];
-  const hash = await wallet.writeContract({ address, abi, functionName, args } as never);
-  const receipt = await chain.publicClient.waitForTransactionReceipt({ hash });
-  expect(receipt.status, functionName).toBe("success");
-  return receipt;
-}
-
 /** Which table each event lands in and the arguments it keeps (this test's own reading of docs/indexing.md). */
 const KEPT: Record<string, { table: string; args: string[] }> = {
   CreditsBought: { table: "credit_purchases", args: ["buyer", "credits", "paid", "token"] },
@@ -164,11 +146,11 @@ describe("the chain's history", () => {
     // the node's earnings claimed (anyone may send a claim), part of the escrow withdrawn
     const e = (await (await fetch(`${c.url}/v1/earnings/${node}`)).json()) as EarningsResponse;
     expect(e.claim).not.toBeNull();
-    await send(user, "ledger", "claim", [coordinator, node, BigInt(e.claim?.cumulative ?? 0), e.claim?.proof ?? []]);
-    await send(user, "ledger", "requestWithdrawal", [coordinator, 1_000n]);
+    await chain.send(user, "ledger", "claim", [coordinator, node, BigInt(e.claim?.cumulative ?? 0), e.claim?.proof ?? []]);
+    await chain.send(user, "ledger", "requestWithdrawal", [coordinator, 1_000n]);
     await chain.test.increaseTime({ seconds: 3_601 });
     await chain.test.mine({ blocks: 1 });
-    const withdrawn = await send(user, "ledger", "withdraw", [coordinator]);
+    const withdrawn = await chain.send(user, "ledger", "withdraw", [coordinator]);
 
     // two sites register; governance admits one, which endorses the other
     const [a, b] = [privateKeyToAccount(generatePrivateKey()), privateKeyToAccount(generatePrivateKey())];
@@ -178,10 +160,10 @@ describe("the chain's history", () => {
       [b, "https://b.example"],
     ] as const) {
       await chain.fund(site.address);
-      await send(site, "registry", "register", [`0x${site.publicKey.slice(4)}` as Hex, 1, validUntil, url, "{}"]);
+      await chain.send(site, "registry", "register", [`0x${site.publicKey.slice(4)}` as Hex, 1, validUntil, url, "{}"]);
     }
-    await send(privateKeyToAccount(DEV_DEPLOYER_KEY), "registry", "admit", [a.address]);
-    await send(a, "registry", "endorse", [b.address, true]);
+    await chain.send(privateKeyToAccount(DEV_DEPLOYER_KEY), "registry", "admit", [a.address]);
+    await chain.send(a, "registry", "endorse", [b.address, true]);
     await matchesChain(c);
 
     // what the routes say adds up to the contracts' own state

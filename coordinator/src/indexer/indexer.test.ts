@@ -37,30 +37,6 @@ const start = () => {
   return indexer;
 };
 
-async function send(
-  account: LocalAccount,
-  contract: "ledger" | "registry",
-  functionName: string,
-  args: readonly unknown[],
-  value?: bigint,
-) {
-  const wallet = createWalletClient({
-    account,
-    chain: defineChain({
-      id: chain.chainId,
-      name: "dev",
-      nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-      rpcUrls: { default: { http: [chain.rpcUrl] } },
-    }),
-    transport: http(chain.rpcUrl),
-  });
-  const [address, abi] = contract === "ledger" ? [chain.ledger, CreditLedger.abi] : [chain.registry, FederationRegistry.abi];
-  const hash = await wallet.writeContract({ address, abi, functionName, args, value } as never);
-  const receipt = await chain.publicClient.waitForTransactionReceipt({ hash });
-  expect(receipt.status).toBe("success");
-  return receipt;
-}
-
 /** Every event of both contracts as the chain gives it: `table tx:logIndex`, with the indexer's table names. */
 async function onChain(): Promise<string[]> {
   const table: Record<string, string> = {
@@ -100,7 +76,7 @@ describe("the history indexer on the dev chain", () => {
     const site = privateKeyToAccount(generatePrivateKey());
     await chain.fund(site.address);
     const history = new History(db);
-    const buy = await send(user, "ledger", "buy", [chain.coordinator.address], 5_000n * 1_000_000_000n);
+    const buy = await chain.send(user, "ledger", "buy", [chain.coordinator.address], 5_000n * 1_000_000_000n);
     start();
     await caughtUp("the first deposit indexed");
     const deposits = await history.escrow(user.address.toLowerCase(), undefined, 10);
@@ -120,8 +96,8 @@ describe("the history indexer on the dev chain", () => {
     const cursor = await db.selectFrom("indexer_cursor").selectAll().executeTakeFirstOrThrow();
     const pubKey = `0x${site.publicKey.slice(4)}` as Hex;
     const validUntil = BigInt(Math.floor(Date.now() / 1000) + 86_400);
-    await send(site, "registry", "register", [pubKey, 1, validUntil, "https://site.example", "{}"]);
-    await send(privateKeyToAccount(DEV_DEPLOYER_KEY), "registry", "admit", [site.address]);
+    await chain.send(site, "registry", "register", [pubKey, 1, validUntil, "https://site.example", "{}"]);
+    await chain.send(privateKeyToAccount(DEV_DEPLOYER_KEY), "registry", "admit", [site.address]);
     start();
     await caughtUp("the registration after the restart");
     const fed = await history.federation(site.address.toLowerCase(), undefined, 10);
@@ -133,11 +109,11 @@ describe("the history indexer on the dev chain", () => {
 
     // a reorganisation: a deposit is indexed, the chain goes back and mines other transactions
     const snapshot = (await chain.test.request({ method: "evm_snapshot" } as never)) as Hex;
-    const lost = await send(user, "ledger", "buy", [chain.coordinator.address], 7n * 1_000_000_000n);
+    const lost = await chain.send(user, "ledger", "buy", [chain.coordinator.address], 7n * 1_000_000_000n);
     await caughtUp("the deposit that the reorganisation will remove");
     expect((await history.escrow(user.address.toLowerCase(), undefined, 10)).data.map((i) => i.amount)).toEqual(["7", "5000"]);
     await chain.test.request({ method: "evm_revert", params: [snapshot] } as never);
-    const kept = await send(user, "ledger", "buy", [chain.coordinator.address], 11n * 1_000_000_000n);
+    const kept = await chain.send(user, "ledger", "buy", [chain.coordinator.address], 11n * 1_000_000_000n);
     await chain.test.request({ method: "evm_mine" } as never);
     expect(kept.blockNumber).toBe(lost.blockNumber);
     await caughtUp("the chain after the reorganisation");

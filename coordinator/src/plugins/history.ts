@@ -8,7 +8,7 @@
 import { ApiError, type historyStatusSchema } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
 import { z } from "zod";
-import { CURSOR_PATTERN, type History, parseCursor } from "../indexer/history.js";
+import { CURSOR_PATTERN, type History, type Position, parseCursor } from "../indexer/history.js";
 import type { Indexer } from "../indexer/indexer.js";
 
 export interface HistoryPluginOptions {
@@ -63,25 +63,19 @@ export async function historyPlugin(app: FastifyInstance, o: HistoryPluginOption
     };
   });
 
-  app.get<ByAddress>("/v1/history/:address/purchases", byAddress, async (req) => {
-    const { at, limit } = page(req.query);
-    return o.history.purchases(req.params.address.toLowerCase(), at, limit);
-  });
-
-  app.get<ByAddress>("/v1/history/:address/escrow", byAddress, async (req) => {
-    const { at, limit } = page(req.query);
-    return o.history.escrow(req.params.address.toLowerCase(), at, limit);
-  });
-
-  app.get<ByAddress>("/v1/history/:address/settlements", byAddress, async (req) => {
-    const { at, limit } = page(req.query);
-    return o.history.settlements(req.params.address.toLowerCase(), at, limit);
-  });
-
-  app.get<ByAddress>("/v1/history/:address/claims", byAddress, async (req) => {
-    const { at, limit } = page(req.query);
-    return o.history.claims(req.params.address.toLowerCase(), at, limit);
-  });
+  // an address's lists, each a page of one kind
+  const lists = {
+    purchases: (a: string, at: Position | undefined, n: number) => o.history.purchases(a, at, n),
+    escrow: (a: string, at: Position | undefined, n: number) => o.history.escrow(a, at, n),
+    settlements: (a: string, at: Position | undefined, n: number) => o.history.settlements(a, at, n),
+    claims: (a: string, at: Position | undefined, n: number) => o.history.claims(a, at, n),
+  };
+  for (const [name, list] of Object.entries(lists)) {
+    app.get<ByAddress>(`/v1/history/:address/${name}`, byAddress, async (req) => {
+      const { at, limit } = page(req.query);
+      return list(req.params.address.toLowerCase(), at, limit);
+    });
+  }
 
   app.get<{ Querystring: z.infer<typeof federationHistoryQuery> }>(
     "/v1/history/federation",
