@@ -12,7 +12,7 @@ import { type Coordinator, startCoordinator } from "@sharedllm/coordinator";
 import type { EarningsResponse } from "@sharedllm/protocol";
 import OpenAI from "openai";
 import type { Browser } from "playwright-core";
-import { type Address, createWalletClient, decodeFunctionData, defineChain, type Hex, http, type LocalAccount } from "viem";
+import { type Address, decodeFunctionData, type Hex } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { launchBrowser, openPortal, type Portal, reportPortalFailure, TestWallet } from "../browser.ts";

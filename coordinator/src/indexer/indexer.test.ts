@@ -5,7 +5,7 @@
 import { CreditLedger, DEV_DEPLOYER_KEY, FederationRegistry } from "@sharedllm/contracts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
 import { devWallet, startTestChain, type TestChain } from "@sharedllm/testkit/chain";
-import { createWalletClient, defineChain, type Hex, http, type LocalAccount } from "viem";
+import type { Hex } from "viem";
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Db, openDatabase } from "../db/database.js";

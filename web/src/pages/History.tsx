@@ -10,8 +10,8 @@ import type {
   EscrowItem,
   FederationItem,
   HistoryItemBase,
-  HistoryPage,
   HistoryStatus,
+  HistoryPage as Page,
   PurchaseItem,
   SettlementItem,
 } from "@sharedllm/protocol";
@@ -153,7 +153,7 @@ function Section<T extends HistoryItemBase>(p: {
 }) {
   const q = useInfiniteQuery({
     queryKey: ["history", p.path],
-    queryFn: ({ pageParam }) => api<HistoryPage<T>>(`${p.path}?limit=${PAGE}${pageParam ? `&cursor=${pageParam}` : ""}`),
+    queryFn: ({ pageParam }) => api<Page<T>>(`${p.path}?limit=${PAGE}${pageParam ? `&cursor=${pageParam}` : ""}`),
     initialPageParam: "",
     getNextPageParam: (last) => last.nextCursor ?? undefined,
     refetchInterval: 5_000,
