@@ -190,6 +190,9 @@ describe("the chain's history", () => {
     const bad = await fetch(`${c.url}/v1/history/${user.address}/escrow?limit=1e2`);
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { param: string } }).error.param).toBe("limit");
+    // a cursor too large for the columns is refused, the largest taken is answered
+    expect((await fetch(`${c.url}/v1/history/${user.address}/escrow?cursor=99999999999999999999.1`)).status).toBe(400);
+    expect((await history(c, `${user.address}/escrow?cursor=999999999999999999.999999999`)).length).toBe(3);
 
     // the portal: the wallet's History page, each row linking the coordinator's record of its transaction
     browser = await launchBrowser();

@@ -25,7 +25,8 @@ export interface Position {
   logIndex: number;
 }
 
-export const CURSOR_PATTERN = /^(\d{1,20})\.(\d{1,9})$/;
+/** `<block>.<logIndex>`: digits that fit bigint and integer columns */
+export const CURSOR_PATTERN = /^(\d{1,18})\.(\d{1,9})$/;
 
 export function parseCursor(cursor: string | undefined): Position | undefined {
   const m = cursor === undefined ? null : CURSOR_PATTERN.exec(cursor);
