@@ -1,6 +1,7 @@
 /**
  * Assembles and starts a coordinator: database, fleet, jobs, ledger, and the fastify plugins
- * (errors, health, network, nodes, control, openai, accounts when it has a ledger, web).
+ * (errors, health, network, nodes, control, openai, accounts when it has a ledger, history and its
+ * indexer when it has a chain, web).
  * One explicit context, no globals: what it needs comes in through CoordinatorOptions,
  * and close() releases all of it.
  */

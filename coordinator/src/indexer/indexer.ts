@@ -76,7 +76,6 @@ export class Indexer {
   private confirmations: number | undefined;
   private lastError: string | undefined;
   private reorgs = 0;
-  private readonly waiters = new Set<() => void>();
 
   constructor(
     private readonly db: Db,
@@ -111,11 +110,6 @@ export class Indexer {
     return { state: this.state, block: c && { number: c.number, hash: c.hash }, lastError: this.lastError, reorgs: this.reorgs };
   }
 
-  /** Resolves after the next round that ends (tests and tools: "indexed up to now"). */
-  nextRound(): Promise<void> {
-    return new Promise((resolve) => this.waiters.add(resolve));
-  }
-
   private schedule(ms: number): void {
     if (this.state !== "running") return;
     this.timer = setTimeout(() => {
@@ -135,13 +129,11 @@ export class Indexer {
       if (message !== this.lastError) this.log.warn({ err: message }, "indexing the chain's history failed; it is tried again");
       this.lastError = message;
     }
-    for (const w of this.waiters) w();
-    this.waiters.clear();
     this.schedule(caughtUp ? (this.o.pollMs ?? 2_000) : 0);
   }
 
   /** One round; true when it caught up with the head (or could not go on), false when more blocks wait. */
-  async step(): Promise<boolean> {
+  private async step(): Promise<boolean> {
     const identity = await this.chainIdentity();
     let cursor = await this.cursor();
     if (cursor && cursor.chain !== identity) {
