@@ -163,7 +163,11 @@ export class Indexer {
       blocks.set(n, { hash: b.hash, timestamp: b.timestamp });
     }
     const rows = new Map<HistoryTable, Record<string, unknown>[]>();
-    const add = (table: HistoryTable, row: Record<string, unknown>) => rows.set(table, [...(rows.get(table) ?? []), row]);
+    const add = (table: HistoryTable, row: Record<string, unknown>) => {
+      const list = rows.get(table);
+      if (list) list.push(row);
+      else rows.set(table, [row]);
+    };
     for (const l of logs) {
       const time = blocks.get(l.blockNumber)?.timestamp ?? 0n;
       const r = rowOf(l, time);
@@ -174,7 +178,8 @@ export class Indexer {
     }
     const after = await this.hashAt(to);
     const hashes = new Map([...blocks].map(([n, b]) => [n, b.hash]));
-    if (!before || !after || !readIsConsistent(logs, hashes, { before, after })) return false; // the chain moved under the read: again
+    // the chain moved under the read: read again at the next round
+    if (!before || !after || !readIsConsistent(logs, hashes, { before, after })) return true;
     hashes.set(to, after);
     const keep = BigInt(this.o.keepBlocks ?? 1_024);
     await this.write(cursor, async (tx) => {
