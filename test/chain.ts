@@ -4,7 +4,7 @@
  */
 
 import { chainClients, DEV_WEI_PER_CREDIT, deployDevContracts, signInWithEthereum, startDevChain } from "@sharedllm/cli";
-import { CreditLedger, DEV_DEPLOYER_KEY, ROLES } from "@sharedllm/contracts";
+import { CreditLedger, DEV_DEPLOYER_KEY, FederationRegistry, ROLES } from "@sharedllm/contracts";
 import { freePort } from "@sharedllm/node";
 import { type Address, createTestClient, type Hex, http, type LocalAccount, parseEther } from "viem";
 import { generatePrivateKey, mnemonicToAccount, privateKeyToAccount } from "viem/accounts";
@@ -51,6 +51,16 @@ export async function startTestChain() {
       await test.setBalance({ address, value: parseEther("100") });
     },
     test,
+    /** sends a transaction to the ledger or the registry from `account`; throws unless it is mined and succeeds */
+    async send(account: LocalAccount, contract: "ledger" | "registry", functionName: string, args: readonly unknown[], value?: bigint) {
+      const { wallet } = chainClients(rpcUrl, deployment.chainId, account);
+      const [address, abi] =
+        contract === "ledger" ? [ledger, CreditLedger.abi] : [deployment.contracts.FederationRegistry, FederationRegistry.abi];
+      const hash = await (wallet as NonNullable<typeof wallet>).writeContract({ address, abi, functionName, args, value } as never);
+      const receipt = await publicClient.waitForTransactionReceipt({ hash });
+      if (receipt.status !== "success") throw new Error(`${functionName} reverted (${hash})`);
+      return receipt;
+    },
     /** buys `credits` with the native coin straight into escrow for `forCoordinator` */
     async deposit(account: LocalAccount, credits: bigint, forCoordinator: Address = coordinator.address) {
       const { wallet } = chainClients(rpcUrl, deployment.chainId, account);

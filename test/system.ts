@@ -12,7 +12,12 @@ import { journalSum, quietLogger, tempPaths, testDatabase } from "./helpers.ts";
 export const MODEL = DEFAULT_MODEL.id;
 
 export async function startSystem(
-  opts: { slots?: number; ledger?: CoordinatorOptions["ledger"]; models?: CoordinatorOptions["models"] } = {},
+  opts: {
+    slots?: number;
+    ledger?: CoordinatorOptions["ledger"];
+    models?: CoordinatorOptions["models"];
+    indexer?: CoordinatorOptions["indexer"];
+  } = {},
 ) {
   const paths = await tempPaths();
   const logger = quietLogger();
@@ -26,6 +31,7 @@ export async function startSystem(
     logger,
     ledger: opts.ledger,
     models: opts.models,
+    indexer: opts.indexer,
   });
   const { secret: apiKey } = await createApiKey(coordinator.db, "test");
   const node = await startNodeDaemon({

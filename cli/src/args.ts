@@ -1,5 +1,6 @@
 /** Argument parsers and options shared by the subcommands. */
-import { DEFAULT_RATE_LIMITS } from "@sharedllm/coordinator";
+import { DEFAULT_RATE_LIMITS, type IndexerSettings } from "@sharedllm/coordinator";
+import { SharedLLMError } from "@sharedllm/node";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { type Logger, pino } from "pino";
 
@@ -161,6 +162,47 @@ export function registryReadOptions(o: FederationArgs): { fromBlock?: bigint; co
   return {
     fromBlock: o.federationRegistryFromBlock === undefined ? undefined : BigInt(o.federationRegistryFromBlock),
     confirmations: o.federationConfirmations,
+  };
+}
+
+/** The chain's history for the portal (`up`, `coordinator start`; docs/indexing.md). */
+export function addIndexerOptions(cmd: Command): Command {
+  return cmd
+    .option("--no-index", "keep no history of the chain's events (the portal's History page then has nothing to show)")
+    .addOption(
+      new Option(
+        "--index-from-block <block>",
+        "the contracts' deployment block: history is read from there (default: the deployment record's)",
+      ).argParser(blockNumber),
+    )
+    .addOption(
+      new Option(
+        "--index-confirmations <blocks>",
+        "index this many blocks below the chain's head (default: 0 on the dev chain, else 3)",
+      ).argParser(wholeNumber),
+    )
+    .option("--explorer-url <url>", "a block explorer's base URL: the portal links each transaction to <url>/tx/<hash>");
+}
+
+export interface IndexerArgs {
+  index: boolean;
+  indexFromBlock?: number;
+  indexConfirmations?: number;
+  explorerUrl?: string;
+}
+
+/** The indexer's settings from the command's; `known` is what the deployment says (registry, first block). */
+export function indexerSettings(o: IndexerArgs, known: { registry?: `0x${string}`; startBlock?: number }): IndexerSettings | false {
+  if (!o.index) return false;
+  if (o.explorerUrl !== undefined && !/^https?:\/\/[^/]/.test(o.explorerUrl)) {
+    throw new SharedLLMError("config", `--explorer-url must be an http(s) URL, not ${o.explorerUrl}`);
+  }
+  const from = o.indexFromBlock ?? known.startBlock;
+  return {
+    registry: known.registry,
+    fromBlock: from === undefined ? undefined : BigInt(from),
+    confirmations: o.indexConfirmations,
+    explorerUrl: o.explorerUrl?.replace(/\/+$/, ""),
   };
 }
 

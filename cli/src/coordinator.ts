@@ -8,6 +8,7 @@ import {
   addAuditOptions,
   addCoordinatorOptions,
   addFederationOptions,
+  addIndexerOptions,
   addListenOptions,
   address,
   addSettlementOptions,
@@ -16,6 +17,8 @@ import {
   commandLogger,
   type FederationArgs,
   forwardingOptions,
+  type IndexerArgs,
+  indexerSettings,
   type ListenArgs,
   registryReadOptions,
   type SettlementArgs,
@@ -37,9 +40,13 @@ export function coordinatorCommand(): Command {
   )
     .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (with --ledger) and FederationRegistry")
     .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
-  addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(start)))).action(
+  addIndexerOptions(addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(start))))).action(
     async (
-      o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs & AuditArgs & ListenArgs & FederationArgs,
+      o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs &
+        AuditArgs &
+        ListenArgs &
+        FederationArgs &
+        IndexerArgs,
     ) => {
       if (o.ledger && !o.chainRpcUrl) throw new SharedLLMError("config", "credits need both --chain-rpc-url and --ledger");
       if (o.chainRpcUrl && !o.ledger && !o.federation)
@@ -58,11 +65,19 @@ export function coordinatorCommand(): Command {
               audits: auditOptions(o),
             }
           : undefined;
+      // the registry (and the contracts' first block) as the flags, sharedllm up or the deployment record say
+      const known =
+        o.chainRpcUrl && (o.federation || o.index)
+          ? await registryOf(home, { chainRpcUrl: o.chainRpcUrl, registry: o.federationRegistry }).catch((err: unknown) => {
+              if (o.federation) throw err;
+              return undefined; // history of the ledger alone
+            })
+          : undefined;
       const federation =
-        o.federation && o.chainRpcUrl
+        o.federation && o.chainRpcUrl && known
           ? {
               rpcUrl: o.chainRpcUrl,
-              registry: (await registryOf(home, { chainRpcUrl: o.chainRpcUrl, registry: o.federationRegistry })).registry,
+              registry: known.registry,
               privateKey: await coordinatorPrivateKey(home),
               refreshMs: o.federationRefresh * 1000,
               read: registryReadOptions(o),
@@ -77,6 +92,7 @@ export function coordinatorCommand(): Command {
         logger,
         ledger,
         federation,
+        indexer: indexerSettings(o, { registry: known?.registry, startBlock: known?.startBlock }),
         listen: o,
         signal,
         runFile: join(home, "coordinator.json"),

@@ -42,7 +42,10 @@ const chainOptions = (c: Command) =>
     .addOption(new Option("--registry <address>", "FederationRegistry address (default: the deployment's)").argParser(address));
 
 /** The chain, its id and the registry: flags first, then up.json, then contracts/deployments/<chainId>.json. */
-export async function registryOf(home: string, o: ChainArgs): Promise<{ rpcUrl: string; chainId: number; registry: Address }> {
+export async function registryOf(
+  home: string,
+  o: ChainArgs,
+): Promise<{ rpcUrl: string; chainId: number; registry: Address; startBlock?: number }> {
   const up = await readJson<UpFile>(join(home, "up.json"));
   const rpcUrl = o.chainRpcUrl ?? up?.chainRpcUrl;
   if (!rpcUrl) throw new SharedLLMError("config", "no chain known here: pass --chain-rpc-url <url> (or run sharedllm up in this home)");
@@ -60,7 +63,9 @@ export async function registryOf(home: string, o: ChainArgs): Promise<{ rpcUrl: 
     throw new SharedLLMError("config", `no FederationRegistry known for chain ${chainId}: pass --registry <address>`, {
       hint: `deployments are recorded in ${DEPLOYMENTS_DIR}/<chainId>.json by sharedllm contracts deploy`,
     });
-  return { rpcUrl, chainId, registry };
+  // the first block is known when the registry is the recorded deployment's
+  const startBlock = registry.toLowerCase() === recorded?.contracts.FederationRegistry.toLowerCase() ? recorded?.startBlock : undefined;
+  return { rpcUrl, chainId, registry, startBlock };
 }
 
 /** Why the registry refused a transaction, in words. */

@@ -65,6 +65,8 @@ export interface HostOptions {
   logger: Logger;
   ledger?: CoordinatorOptions["ledger"];
   federation?: CoordinatorOptions["federation"];
+  /** the chain's history (docs/indexing.md): on with a chain unless false */
+  indexer?: CoordinatorOptions["indexer"];
   listen: ListenArgs;
   /** the process's shutdown signal: the coordinator runs until it fires */
   signal: AbortSignal;
@@ -154,6 +156,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     logger: o.logger,
     ledger: o.ledger,
     federation: o.federation,
+    indexer: o.indexer,
     models: await loadPins(o.home),
     tls,
     publicOrigins: l.publicUrl,

@@ -21,6 +21,7 @@ import {
   addAuditOptions,
   addCoordinatorOptions,
   addFederationOptions,
+  addIndexerOptions,
   addListenOptions,
   addSettlementOptions,
   auditOptions,
@@ -28,6 +29,8 @@ import {
   commandLogger,
   type FederationArgs,
   forwardingOptions,
+  type IndexerArgs,
+  indexerSettings,
   type ListenArgs,
   positiveInt,
   registryReadOptions,
@@ -63,12 +66,13 @@ export function upCommand(): Command {
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
     .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(wholeNumber));
-  return addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(cmd)))).action(
+  return addIndexerOptions(addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(cmd))))).action(
     async (
       o: CoordinatorArgs & { model: string; slots: number; engineArgs?: string; chain: boolean; chainPort: number } & SettlementArgs &
         AuditArgs &
         ListenArgs &
-        FederationArgs,
+        FederationArgs &
+        IndexerArgs,
     ) => {
       const signal = shutdownSignal();
       const paths = resolvePaths();
@@ -80,6 +84,7 @@ export function upCommand(): Command {
       let chain: { rpcUrl: string; contracts: Record<string, string>; stop: () => Promise<void> } | undefined;
       let ledger: HostOptions["ledger"];
       let federation: HostOptions["federation"];
+      let indexer: HostOptions["indexer"];
       if (o.federation && !o.chain) throw new SharedLLMError("config", "--federation needs the chain: leave out --no-chain");
       if (o.chain) {
         process.stderr.write("starting the local dev chain and deploying the contracts...\n");
@@ -89,6 +94,10 @@ export function upCommand(): Command {
           const node = (await loadNodeIdentity(paths.home)) as NodeIdentity;
           const deployment = await deployDevContracts(dev.rpcUrl, coordinatorKey.address, [node.account.address]);
           chain = { rpcUrl: dev.rpcUrl, contracts: deployment.contracts, stop: () => dev.supervisor.stop() };
+          indexer = indexerSettings(o, {
+            registry: o.federationRegistry ?? deployment.contracts.FederationRegistry,
+            startBlock: deployment.startBlock,
+          });
           ledger = {
             chain: { rpcUrl: dev.rpcUrl, ledger: deployment.contracts.CreditLedger, account: coordinatorKey },
             settlement: settlementOptions(o),
@@ -118,6 +127,7 @@ export function upCommand(): Command {
         logger,
         ledger,
         federation,
+        indexer,
         listen: o,
         signal,
         runFile: upFile,

@@ -23,6 +23,8 @@ export interface Deployment {
   /** the operator: pauses, grants and revokes coordinators, proposes governance changes */
   deployer: Address;
   deployedAt: string;
+  /** the block of the first contract's deployment: indexers read events from there */
+  startBlock?: number;
 }
 
 export interface DeployOptions {
@@ -61,6 +63,7 @@ async function send(o: DeployOptions, address: Address, abi: readonly unknown[],
  */
 export async function deployContracts(o: DeployOptions): Promise<Deployment> {
   const operator = o.wallet.account.address;
+  const startBlock = Number(await o.publicClient.getBlockNumber({ cacheTime: 0 })) + 1;
   const zero = "0x0000000000000000000000000000000000000000";
   const governance = await deploy(o, TimelockController.abi, TimelockController.bytecode, [
     o.timelockDelaySeconds,
@@ -84,5 +87,5 @@ export async function deployContracts(o: DeployOptions): Promise<Deployment> {
   const contracts: Deployment["contracts"] = { CreditLedger: ledger, FederationRegistry: registry, Governance: governance };
   if (stablecoin) contracts.MockStablecoin = stablecoin;
   for (const c of o.coordinators ?? []) await send(o, ledger, CreditLedger.abi, "grantRole", [ROLES.coordinator, c]);
-  return { chainId: await o.publicClient.getChainId(), contracts, deployer: operator, deployedAt: new Date().toISOString() };
+  return { chainId: await o.publicClient.getChainId(), contracts, deployer: operator, deployedAt: new Date().toISOString(), startBlock };
 }

@@ -1,6 +1,7 @@
 /**
  * Assembles and starts a coordinator: database, fleet, jobs, ledger, and the fastify plugins
- * (errors, health, network, nodes, control, openai, accounts when it has a ledger, web).
+ * (errors, health, network, nodes, control, openai, accounts when it has a ledger, history and its
+ * indexer when it has a chain, web).
  * One explicit context, no globals: what it needs comes in through CoordinatorOptions,
  * and close() releases all of it.
  */
@@ -27,6 +28,8 @@ import { Peers } from "./federation/peers.js";
 import { federationPlugin } from "./federation/plugin.js";
 import { FederatedJobs } from "./federation/store.js";
 import { Fleet, type SchedulingPolicy } from "./fleet.js";
+import { History } from "./indexer/history.js";
+import { Indexer, type IndexerOptions } from "./indexer/indexer.js";
 import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
 import { Jobs } from "./jobs/jobs.js";
 import { JobTable } from "./jobs/records.js";
@@ -39,6 +42,7 @@ import { accountsPlugin } from "./plugins/accounts.js";
 import { auditsPlugin } from "./plugins/audits.js";
 import { controlPlugin, type LocalDial } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
+import { historyPlugin } from "./plugins/history.js";
 import { networkPlugin } from "./plugins/network.js";
 import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
@@ -91,7 +95,18 @@ export interface CoordinatorOptions {
   rateLimits?: Partial<RateLimits>;
   /** federation with other sites (docs/federation.md): trust from FederationRegistry, signed calls */
   federation?: FederationOptions;
+  /**
+   * The chain's history indexed into the database for the portal (docs/indexing.md): on whenever a
+   * chain is configured (credits or federation), reading the ledger and the registry; false turns it off
+   */
+  indexer?: IndexerSettings | false;
 }
+
+/** The indexer's settings beyond the chain and contracts it takes from the ledger and federation options. */
+export type IndexerSettings = Partial<Omit<IndexerOptions, "rpcUrl" | "ledger">> & {
+  /** a block explorer's base URL: the portal links each transaction to `{explorerUrl}/tx/{hash}` */
+  explorerUrl?: string;
+};
 
 /** How many requests one client address may make per minute to the endpoints that write for anyone who asks. */
 export interface RateLimits {
@@ -112,6 +127,8 @@ export interface Coordinator {
   ledger?: { chain: LedgerChain; metering: Metering; receipts: Receipts; settler: Settler; audits?: Audits };
   /** present when federation is on */
   federation?: Federation;
+  /** present when the chain's history is indexed */
+  indexer?: Indexer;
   /** the trusted peers jobs may be forwarded to, when federation is on */
   peers?: Peers;
   /** this site's say on forwarded jobs; an operator (or a test) may change it while it runs */
@@ -129,6 +146,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
   });
   let federation: Federation | undefined;
   let peers: Peers | undefined;
+  let indexer: Indexer | undefined;
   /** every job forwarded to a peer or run here for one */
   const forwarded = new FederatedJobs(db);
   const fwd = o.federation?.forwarding;
@@ -262,6 +280,17 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         },
       });
     }
+    const rpcUrl = o.ledger?.chain.rpcUrl ?? o.federation?.rpcUrl;
+    if (rpcUrl && o.indexer !== false) {
+      const { explorerUrl, ...settings } = o.indexer ?? {};
+      indexer = new Indexer(db, o.logger, {
+        ...settings,
+        rpcUrl,
+        ledger: o.ledger?.chain.ledger,
+        registry: settings.registry ?? o.federation?.registry,
+      });
+      await app.register(historyPlugin, { history: new History(db), indexer, explorerUrl });
+    }
     await app.register(webPlugin, { root: o.webRoot ?? webRoot });
     // suspicion is known before the first node connects
     await ledger?.audits?.start();
@@ -275,6 +304,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         .catch((err: Error) => o.logger.warn({ err: err.message }, "renewing this coordinator's lease failed"));
     }, LEASE_RENEW_MS);
     ledger?.settler.start();
+    indexer?.start();
     await peers?.start();
     return {
       url,
@@ -283,6 +313,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       fleet,
       ledger,
       federation,
+      indexer,
       peers,
       forwarding,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
@@ -292,6 +323,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         await federation?.stop();
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
         await app.close();
+        await indexer?.stop();
         await lease.end();
         ledger?.audits?.stop();
         canaries?.stop();
@@ -300,6 +332,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       },
     };
   } catch (err) {
+    await indexer?.stop();
     await federation?.stop();
     await db.destroy();
     throw err;

@@ -10,7 +10,14 @@ export {
   type Verdict,
 } from "./audits/verdict.js";
 export type { KnownModel, PinnedModel } from "./catalogue.js";
-export { type Coordinator, type CoordinatorOptions, DEFAULT_RATE_LIMITS, type RateLimits, startCoordinator } from "./coordinator.js";
+export {
+  type Coordinator,
+  type CoordinatorOptions,
+  DEFAULT_RATE_LIMITS,
+  type IndexerSettings,
+  type RateLimits,
+  startCoordinator,
+} from "./coordinator.js";
 export { hashSecret } from "./credentials.js";
 export { type Db, openDatabase } from "./db/database.js";
 export type { Database } from "./db/schema.js";
@@ -27,6 +34,7 @@ export { type FederationPluginOptions, federationPlugin, REFUSAL_CODES } from ".
 export { FEDERATION_HEADERS, type Refusal, signRequest } from "./federation/signature.js";
 export { FederationNonces, FederationTransactions } from "./federation/store.js";
 export { type NodeView, pickNode, type SchedulingPolicy } from "./fleet.js";
+export type { IndexerStatus } from "./indexer/indexer.js";
 export { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 export { DEFAULT_PRICING, type Price, type Pricing } from "./ledger/metering.js";
 export { type SettlementOptions, Settler } from "./ledger/settlement.js";

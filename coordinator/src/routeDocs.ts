@@ -8,7 +8,20 @@
  * The request schemas here document only: those routes' handlers validate as they always did.
  * A route that validates through its schema declares it itself (requestValidation.ts).
  */
-import { ERROR_CATALOG, type ErrorCode, registerRequestSchema, usageSchema } from "@sharedllm/protocol";
+import {
+  claimItemSchema,
+  ERROR_CATALOG,
+  type ErrorCode,
+  escrowItemSchema,
+  federationItemSchema,
+  historyPageSchema,
+  historyStatusSchema,
+  purchaseItemSchema,
+  registerRequestSchema,
+  settlementItemSchema,
+  transactionHistorySchema,
+  usageSchema,
+} from "@sharedllm/protocol";
 import { SITE_AUTH_HEADERS } from "@sharedllm/protocol/node";
 import { z } from "zod";
 import { loginSchema, newKeySchema } from "./plugins/accounts.js";
@@ -125,6 +138,13 @@ const generation = (summary: string): RouteDoc => ({
       "timeout",
     ]),
   },
+});
+
+/** A history route (plugins/history.ts declares and validates its parameters): a page of items, newest first. */
+const history = (summary: string, item: z.ZodType): RouteDoc => ({
+  summary,
+  tags: ["History"],
+  response: { 200: json("a page, newest first", historyPageSchema(item)), ...errorResponses(["invalid_request"]) },
 });
 
 /** Documentation of each public route, keyed by `METHOD url`. */
@@ -274,6 +294,32 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
     tags: ["Federation"],
     response: { 200: json("the federation view", view("FederationResponse")), ...errorResponses([]) },
   },
+  "GET /v1/history/status": {
+    summary: "Where the embedded indexer of the chain's history stands",
+    description:
+      "The history routes answer from what the coordinator indexed of CreditLedger and FederationRegistry events (docs/indexing.md).",
+    tags: ["History"],
+    response: { 200: json("the indexer's place", historyStatusSchema), ...errorResponses([]) },
+  },
+  "GET /v1/history/:address/purchases": history("Credits an address bought", purchaseItemSchema),
+  "GET /v1/history/:address/escrow": history("An address's deposits into escrow, withdrawal requests and withdrawals", escrowItemSchema),
+  "GET /v1/history/:address/settlements": history(
+    "Settlement batches that charged an address, with its cumulative spend as each posted it",
+    settlementItemSchema,
+  ),
+  "GET /v1/history/:address/claims": history("A node's claims of its earnings", claimItemSchema),
+  "GET /v1/history/transactions/:hash": {
+    summary: "Everything indexed of one transaction (the portal links here where the chain has no block explorer)",
+    tags: ["History"],
+    response: {
+      200: json("the transaction's events, in log order", transactionHistorySchema),
+      ...errorResponses(["invalid_request", "not_found"]),
+    },
+  },
+  "GET /v1/history/federation": history(
+    "The federation's events: registrations, updates, key renewals, admissions, revocations, endorsements, acceptances",
+    federationItemSchema,
+  ),
 };
 
 /** Routes left out of the spec on purpose, each with the reason (a prefix ending in `*` covers its subtree). */
@@ -290,6 +336,7 @@ export const UNDOCUMENTED: Record<string, string> = {
   "GET /playground": "the web portal's page",
   "GET /audits": "the web portal's page",
   "GET /federation": "the web portal's page",
+  "GET /history": "the web portal's page",
   "GET /openapi.json": "the spec itself",
   "GET /docs*": "the interactive docs (Swagger UI) and their assets",
 };

@@ -7,6 +7,7 @@ export * from "./channel.js";
 export * from "./control.js";
 export * from "./errors.js";
 export * from "./federation.js";
+export * from "./history.js";
 export * from "./ledger.js";
 export * from "./openai.js";
 export * from "./registration.js";

@@ -122,6 +122,15 @@ describe.skipIf(!!process.env.DATABASE_URL)("sharedllm up", () => {
       const ledger = (await fetch(`${up.coordinatorUrl}/v1/ledger`).then((r) => r.json())) as { ledger: string; rpcUrl: string };
       expect(ledger.ledger).toBe(up.contracts?.CreditLedger);
       expect(ledger.rpcUrl).toBe(up.chainRpcUrl);
+      // the chain's history is indexed (docs/indexing.md): it reaches the contracts' deployment
+      const indexed = await waitFor("the history indexer to read the dev chain", async () => {
+        const s = (await fetch(`${up.coordinatorUrl}/v1/history/status`).then((r) => r.json())) as {
+          indexing: boolean;
+          block: string | null;
+        };
+        return s.indexing && s.block !== null && Number(s.block) > 0 ? s : undefined;
+      });
+      expect(indexed.block).not.toBeNull();
 
       const res = await fetch(`${up.coordinatorUrl}/v1/chat/completions`, {
         method: "POST",

@@ -11,6 +11,7 @@ import { AuditsPage } from "./pages/Audits.js";
 import { CreditsPage } from "./pages/Credits.js";
 import { EarningsPage } from "./pages/Earnings.js";
 import { FederationPage } from "./pages/Federation.js";
+import { HistoryPage } from "./pages/History.js";
 import { KeysPage } from "./pages/Keys.js";
 import { NetworkPage } from "./pages/Network.js";
 import { PlaygroundPage } from "./pages/Playground.js";
@@ -32,6 +33,7 @@ const PAGES: Page[] = [
   { path: "/", title: "Credits", ledger: true, wallet: true, render: (l) => l && <CreditsPage ledger={l} /> },
   { path: "/keys", title: "API keys", ledger: true, wallet: true, render: () => <KeysPage /> },
   { path: "/earnings", title: "Earnings", ledger: true, wallet: true, render: (l) => l && <EarningsPage ledger={l} /> },
+  { path: "/history", title: "History", ledger: true, wallet: true, render: () => <HistoryPage /> },
   { path: "/network", title: "Network", ledger: false, wallet: false, render: () => <NetworkPage /> },
   { path: "/playground", title: "Playground", ledger: false, wallet: false, render: (l) => <PlaygroundPage ledger={l} /> },
   // the operator's, with the operator key: audits exist only where jobs are paid

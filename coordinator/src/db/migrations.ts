@@ -344,6 +344,144 @@ const migrations: Record<string, Migration> = {
       await sql`create index jobs_running on jobs (instance_id) where status = 'running'`.execute(db);
     },
   },
+  "0014_chain_history": {
+    async up(db: Kysely<unknown>) {
+      // the contracts' events as the history indexer reads them (docs/indexing.md): one row per log,
+      // keyed by (tx_hash, log_index), with its block, so a chain reorganisation is undone by
+      // deleting the rows above the fork; the subgraph's immutable entities, under the events' names
+      const amount = sql`numeric(78, 0)`;
+      const events: Record<string, Array<[string, "text" | "amount" | "boolean" | "integer"]>> = {
+        credit_purchases: [
+          ["buyer", "text"],
+          ["credits", "amount"],
+          ["paid", "amount"],
+          ["token", "text"],
+        ],
+        deposits: [
+          ["user", "text"],
+          ["coordinator", "text"],
+          ["amount", "amount"],
+        ],
+        withdrawal_requests: [
+          ["user", "text"],
+          ["coordinator", "text"],
+          ["amount", "amount"],
+          ["unlock_at", "amount"],
+        ],
+        withdrawals: [
+          ["user", "text"],
+          ["coordinator", "text"],
+          ["amount", "amount"],
+        ],
+        settlement_batches: [
+          ["coordinator", "text"],
+          ["batch_id", "amount"],
+          ["earnings_root", "text"],
+          ["batch_spent", "amount"],
+          ["total_earnings", "amount"],
+          ["users", "amount"],
+        ],
+        spend_shortfalls: [
+          ["user", "text"],
+          ["coordinator", "text"],
+          ["posted", "amount"],
+          ["covered", "amount"],
+        ],
+        claims: [
+          ["coordinator", "text"],
+          ["node", "text"],
+          ["amount", "amount"],
+          ["cumulative", "amount"],
+        ],
+        acceptances: [
+          ["origin", "text"],
+          ["server", "text"],
+          ["cumulative", "amount"],
+        ],
+        site_registrations: [
+          ["coordinator", "text"],
+          ["public_key", "text"],
+          ["key_id", "amount"],
+          ["valid_until", "amount"],
+          ["url", "text"],
+          ["metadata", "text"],
+        ],
+        site_updates: [
+          ["coordinator", "text"],
+          ["url", "text"],
+          ["metadata", "text"],
+        ],
+        key_renewals: [
+          ["coordinator", "text"],
+          ["key_id", "amount"],
+          ["valid_until", "amount"],
+        ],
+        admissions: [["coordinator", "text"]],
+        revocations: [["coordinator", "text"]],
+        endorsement_changes: [
+          ["site", "text"],
+          ["peer", "text"],
+          ["endorsed", "boolean"],
+        ],
+        role_changes: [
+          ["role", "text"],
+          ["account", "text"],
+          ["sender", "text"],
+          ["granted", "boolean"],
+        ],
+        governance_events: [
+          ["name", "text"],
+          ["args", "text"],
+        ],
+        // who a settlement batch charged, decoded from the settle call (the event names only how many)
+        settlement_batch_users: [
+          ["position", "integer"],
+          ["user", "text"],
+          ["coordinator", "text"],
+          ["cumulative_spent", "amount"],
+        ],
+      };
+      for (const [table, columns] of Object.entries(events)) {
+        let t = db.schema
+          .createTable(table)
+          .addColumn("tx_hash", "text", (c) => c.notNull())
+          .addColumn("log_index", "integer", (c) => c.notNull())
+          .addColumn("block_number", "bigint", (c) => c.notNull())
+          .addColumn("timestamp", "bigint", (c) => c.notNull())
+          .addColumn("contract", "text", (c) => c.notNull());
+        for (const [name, type] of columns) t = t.addColumn(name, type === "amount" ? amount : type, (c) => c.notNull());
+        const key = table === "settlement_batch_users" ? ["tx_hash", "log_index", "position"] : ["tx_hash", "log_index"];
+        await t.addPrimaryKeyConstraint(`${table}_pk`, key as never).execute();
+        await db.schema.createIndex(`${table}_block`).on(table).column("block_number").execute();
+      }
+      for (const [table, column] of [
+        ["credit_purchases", "buyer"],
+        ["deposits", "user"],
+        ["withdrawal_requests", "user"],
+        ["withdrawals", "user"],
+        ["claims", "node"],
+        ["settlement_batch_users", "user"],
+        ["spend_shortfalls", "user"],
+      ] as const) {
+        await db.schema.createIndex(`${table}_${column}`).on(table).columns([column, "block_number"]).execute();
+      }
+      // the indexer's place: the last block read and its hash, for the chain it reads
+      await db.schema
+        .createTable("indexer_cursor")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("chain", "text", (c) => c.notNull())
+        .addColumn("block_number", "bigint", (c) => c.notNull())
+        .addColumn("block_hash", "text", (c) => c.notNull())
+        .addColumn("updated_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+      // hashes of recently indexed blocks: where a reorganisation forked is the newest that still matches
+      await db.schema
+        .createTable("indexed_blocks")
+        .addColumn("block_number", "bigint", (c) => c.primaryKey())
+        .addColumn("block_hash", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -281,7 +281,158 @@ export interface MetaTable {
   value: string;
 }
 
-export interface Database {
+/** bigint: read as a string (pg) or a number (PGlite); written as bigint */
+type BlockNumber = ColumnType<string | number | bigint, bigint | string, bigint | string>;
+
+/** What every indexed event row has (docs/indexing.md): its log, block and contract. */
+export interface ChainEventColumns {
+  tx_hash: string;
+  log_index: number;
+  block_number: BlockNumber;
+  /** the block's time, unix seconds */
+  timestamp: BlockNumber;
+  /** the contract that emitted it, lower case */
+  contract: string;
+}
+
+export interface CreditPurchasesTable extends ChainEventColumns {
+  buyer: string;
+  credits: Amount;
+  paid: Amount;
+  /** the stablecoin, or the zero address for the native coin */
+  token: string;
+}
+
+export interface EscrowEventsTable extends ChainEventColumns {
+  user: string;
+  coordinator: string;
+  amount: Amount;
+}
+
+export interface WithdrawalRequestsTable extends EscrowEventsTable {
+  unlock_at: Amount;
+}
+
+export interface SettlementBatchesTable extends ChainEventColumns {
+  coordinator: string;
+  batch_id: Amount;
+  earnings_root: string;
+  batch_spent: Amount;
+  total_earnings: Amount;
+  /** how many users it charged */
+  users: Amount;
+}
+
+export interface SettlementBatchUsersTable extends ChainEventColumns {
+  /** the user's place in the settle call */
+  position: number;
+  user: string;
+  coordinator: string;
+  cumulative_spent: Amount;
+}
+
+export interface SpendShortfallsTable extends ChainEventColumns {
+  user: string;
+  coordinator: string;
+  posted: Amount;
+  covered: Amount;
+}
+
+export interface ClaimsTable extends ChainEventColumns {
+  coordinator: string;
+  node: string;
+  amount: Amount;
+  cumulative: Amount;
+}
+
+export interface AcceptancesTable extends ChainEventColumns {
+  origin: string;
+  server: string;
+  cumulative: Amount;
+}
+
+export interface SiteRegistrationsTable extends ChainEventColumns {
+  coordinator: string;
+  public_key: string;
+  key_id: Amount;
+  valid_until: Amount;
+  url: string;
+  metadata: string;
+}
+
+export interface SiteUpdatesTable extends ChainEventColumns {
+  coordinator: string;
+  url: string;
+  metadata: string;
+}
+
+export interface KeyRenewalsTable extends ChainEventColumns {
+  coordinator: string;
+  key_id: Amount;
+  valid_until: Amount;
+}
+
+export interface SiteEventsTable extends ChainEventColumns {
+  coordinator: string;
+}
+
+export interface EndorsementChangesTable extends ChainEventColumns {
+  site: string;
+  peer: string;
+  endorsed: boolean;
+}
+
+export interface RoleChangesTable extends ChainEventColumns {
+  role: string;
+  account: string;
+  sender: string;
+  granted: boolean;
+}
+
+export interface GovernanceEventsTable extends ChainEventColumns {
+  name: string;
+  /** name=value pairs, comma-separated (as the subgraph's GovernanceEvent) */
+  args: string;
+}
+
+export interface IndexerCursorTable {
+  id: string;
+  /** chain id, contracts and genesis hash: a different chain starts the history over */
+  chain: string;
+  block_number: BlockNumber;
+  block_hash: string;
+  updated_at: Timestamp;
+}
+
+export interface IndexedBlocksTable {
+  block_number: BlockNumber;
+  block_hash: string;
+}
+
+/** The tables of indexed events, by name. */
+export interface ChainHistoryTables {
+  credit_purchases: CreditPurchasesTable;
+  deposits: EscrowEventsTable;
+  withdrawal_requests: WithdrawalRequestsTable;
+  withdrawals: EscrowEventsTable;
+  settlement_batches: SettlementBatchesTable;
+  settlement_batch_users: SettlementBatchUsersTable;
+  spend_shortfalls: SpendShortfallsTable;
+  claims: ClaimsTable;
+  acceptances: AcceptancesTable;
+  site_registrations: SiteRegistrationsTable;
+  site_updates: SiteUpdatesTable;
+  key_renewals: KeyRenewalsTable;
+  admissions: SiteEventsTable;
+  revocations: SiteEventsTable;
+  endorsement_changes: EndorsementChangesTable;
+  role_changes: RoleChangesTable;
+  governance_events: GovernanceEventsTable;
+}
+
+export interface Database extends ChainHistoryTables {
+  indexer_cursor: IndexerCursorTable;
+  indexed_blocks: IndexedBlocksTable;
   api_keys: ApiKeysTable;
   models: ModelsTable;
   nodes: NodesTable;

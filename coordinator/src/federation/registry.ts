@@ -5,13 +5,14 @@
  * revoked, and those this site endorsed; registering is permissionless, so a stranger's
  * registrations and updates are not even read until one of those happens. Reads go at most
  * READ_CONCURRENCY at a time. Events are read from the registry's first block (`fromBlock`) in
- * ranges of at most `maxRange` blocks, halved whenever the node refuses a range (public RPCs cap
- * it), and only up to `confirmations` blocks below the head, state read at that same block, so a
+ * ranges of at most `maxRange` blocks, halved whenever the node refuses a range (chainLogs.ts),
+ * and only up to `confirmations` blocks below the head, state read at that same block, so a
  * shallower reorganisation never reaches trust. A chain whose head went backwards past what was
  * read (a restarted dev chain) is read again from the start.
  */
 import { FederationRegistry } from "@sharedllm/contracts";
 import type { Address, PublicClient } from "viem";
+import { confirmedHead, LogRanges } from "../chainLogs.js";
 import type { RegistryEntry } from "./trust.js";
 
 const STATUS = ["none", "pending", "admitted", "revoked"] as const;
@@ -64,15 +65,12 @@ export interface RegistryReadOptions {
   maxRange?: bigint;
 }
 
-/** The smallest log range the reader halves down to before it gives up on a read. */
-const MIN_RANGE = 16n;
-
 export class RegistryReader {
   private readonly entries = new Map<string, RegistryEntry>();
   /** the last block read; below fromBlock before the first read */
   private cursor: bigint;
   private readonly fromBlock: bigint;
-  private range: bigint;
+  private readonly ranges: LogRanges;
 
   constructor(
     private readonly client: PublicClient,
@@ -82,34 +80,28 @@ export class RegistryReader {
   ) {
     this.fromBlock = o.fromBlock ?? 0n;
     this.cursor = this.fromBlock - 1n;
-    this.range = o.maxRange ?? 10_000n;
+    this.ranges = new LogRanges(o.maxRange);
   }
 
   /** Reads what changed since the last call; returns every tracked coordinator. */
   async read(): Promise<Map<string, RegistryEntry>> {
-    const head = (await this.client.getBlockNumber({ cacheTime: 0 })) - BigInt(this.o.confirmations ?? 0);
+    const head = await confirmedHead(this.client, this.o.confirmations);
     if (head < this.cursor) {
       this.entries.clear();
       this.cursor = this.fromBlock - 1n;
     }
     if (head <= this.cursor) return this.entries;
-    const logs: RegistryEvent[] = [];
-    for (let from = this.cursor + 1n; from <= head; ) {
-      const to = from + this.range - 1n < head ? from + this.range - 1n : head;
-      const got = await this.client
-        .getContractEvents({ address: this.registry, abi: FederationRegistry.abi, fromBlock: from, toBlock: to })
-        .catch((err: Error) => {
-          if (this.range <= MIN_RANGE) throw err;
-          return undefined;
-        });
-      if (!got) {
-        // the node refuses the range (or failed): a smaller one, kept for the next reads
-        this.range /= 2n;
-        continue;
-      }
-      logs.push(...(got as unknown as RegistryEvent[]));
-      from = to + 1n;
-    }
+    const logs = await this.ranges.read(
+      this.cursor + 1n,
+      head,
+      async (fromBlock, toBlock) =>
+        (await this.client.getContractEvents({
+          address: this.registry,
+          abi: FederationRegistry.abi,
+          fromBlock,
+          toBlock,
+        })) as unknown as RegistryEvent[],
+    );
     const touched = touchedBy(logs, this.self, (a) => this.entries.has(a));
     const read = await mapLimit([...touched], READ_CONCURRENCY, (a) => this.readOne(a, head));
     for (const e of read) if (e) this.entries.set(e.address, e);

@@ -14,6 +14,7 @@ import { federationPlugin } from "../federation/plugin.js";
 import { ROUTE_DOCS, undocumentedReason } from "../routeDocs.js";
 import { accountsPlugin } from "./accounts.js";
 import { auditsPlugin } from "./audits.js";
+import { historyPlugin } from "./history.js";
 import { OPENAPI_PATH, openapiPlugin } from "./openapi.js";
 
 interface Spec {
@@ -81,7 +82,7 @@ describe("the OpenAPI spec", () => {
     }
   });
 
-  it("documents the routes of the ledger, audits and federation plugins too", async () => {
+  it("documents the routes of the ledger, audits, federation and history plugins too", async () => {
     const app = Fastify();
     await app.register(errorsPlugin);
     await app.register(openapiPlugin, { version: "test" });
@@ -89,8 +90,17 @@ describe("the OpenAPI spec", () => {
     await app.register(accountsPlugin, { signInsPerMinute: 1 } as never);
     await app.register(auditsPlugin, {} as never);
     await app.register(federationPlugin, {} as never);
+    await app.register(historyPlugin, {} as never);
     const s = (await app.inject(OPENAPI_PATH).then((r) => r.json())) as Spec;
-    expect(app.apiRoutes).toEqual(expect.arrayContaining(["GET /v1/ledger", "POST /v1/keys", "GET /v1/audits", "GET /v1/federation"]));
+    expect(app.apiRoutes).toEqual(
+      expect.arrayContaining([
+        "GET /v1/ledger",
+        "POST /v1/keys",
+        "GET /v1/audits",
+        "GET /v1/federation",
+        "GET /v1/history/:address/escrow",
+      ]),
+    );
     expect(missing(app, s)).toEqual([]);
     expect(operation(s, "POST /federation/v1/ping")).toBeUndefined();
     // nothing documented that no plugin registers (a renamed route would leave a stale entry)

@@ -63,7 +63,7 @@ export const openapiPlugin = fp(
             },
           },
         },
-        tags: ["OpenAI", "Site", "Nodes", "Accounts", "Audits", "Federation"].map((name) => ({ name })),
+        tags: ["OpenAI", "Site", "Nodes", "Accounts", "Audits", "Federation", "History"].map((name) => ({ name })),
       },
       transform: jsonSchemaTransform,
     });

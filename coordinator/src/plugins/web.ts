@@ -11,7 +11,7 @@ import { ApiError } from "@sharedllm/protocol";
 import type { FastifyInstance, FastifyReply } from "fastify";
 
 /** Paths the portal routes in the browser. */
-export const PORTAL_PATHS = ["/keys", "/earnings", "/network", "/playground", "/audits", "/federation"];
+export const PORTAL_PATHS = ["/keys", "/earnings", "/network", "/playground", "/audits", "/federation", "/history"];
 
 export async function webPlugin(app: FastifyInstance, o: { root: string }): Promise<void> {
   await app.register(fastifyStatic, {

@@ -1608,6 +1608,675 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/history/{address}/claims": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A node's claims of its earnings */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description the nextCursor of the page before (block.logIndex) */
+                    cursor?: string;
+                    /** @description 1 to 500 (default 50) */
+                    limit?: string;
+                };
+                header?: never;
+                path: {
+                    /** @description an address, in any case */
+                    address: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page, newest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: {
+                                amount: string;
+                                blockNumber: string;
+                                coordinator: string;
+                                cumulative: string;
+                                logIndex: number;
+                                node: string;
+                                timestamp: number;
+                                transactionHash: string;
+                            }[];
+                            nextCursor: string | null;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/history/{address}/escrow": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An address's deposits into escrow, withdrawal requests and withdrawals */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description the nextCursor of the page before (block.logIndex) */
+                    cursor?: string;
+                    /** @description 1 to 500 (default 50) */
+                    limit?: string;
+                };
+                header?: never;
+                path: {
+                    /** @description an address, in any case */
+                    address: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page, newest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: {
+                                amount: string;
+                                blockNumber: string;
+                                coordinator: string;
+                                /** @enum {string} */
+                                kind: "deposit" | "withdrawal_request" | "withdrawal";
+                                logIndex: number;
+                                timestamp: number;
+                                transactionHash: string;
+                                unlockAt?: string;
+                                user: string;
+                            }[];
+                            nextCursor: string | null;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/history/{address}/purchases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Credits an address bought */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description the nextCursor of the page before (block.logIndex) */
+                    cursor?: string;
+                    /** @description 1 to 500 (default 50) */
+                    limit?: string;
+                };
+                header?: never;
+                path: {
+                    /** @description an address, in any case */
+                    address: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page, newest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: {
+                                blockNumber: string;
+                                buyer: string;
+                                credits: string;
+                                logIndex: number;
+                                paid: string;
+                                timestamp: number;
+                                token: string;
+                                transactionHash: string;
+                            }[];
+                            nextCursor: string | null;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/history/{address}/settlements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Settlement batches that charged an address, with its cumulative spend as each posted it */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description the nextCursor of the page before (block.logIndex) */
+                    cursor?: string;
+                    /** @description 1 to 500 (default 50) */
+                    limit?: string;
+                };
+                header?: never;
+                path: {
+                    /** @description an address, in any case */
+                    address: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page, newest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: {
+                                batchId: string;
+                                batchSpent: string;
+                                blockNumber: string;
+                                coordinator: string;
+                                cumulativeSpent: string;
+                                earningsRoot: string;
+                                logIndex: number;
+                                timestamp: number;
+                                totalEarnings: string;
+                                transactionHash: string;
+                                users: string;
+                            }[];
+                            nextCursor: string | null;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/history/federation": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The federation's events: registrations, updates, key renewals, admissions, revocations, endorsements, acceptances */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description only the events that concern this address */
+                    address?: string;
+                    /** @description the nextCursor of the page before (block.logIndex) */
+                    cursor?: string;
+                    /** @description 1 to 500 (default 50) */
+                    limit?: string;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description a page, newest first */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            data: {
+                                blockNumber: string;
+                                by?: string;
+                                coordinator: string;
+                                cumulative?: string;
+                                keyId?: string;
+                                /** @enum {string} */
+                                kind: "registered" | "updated" | "key_renewed" | "admitted" | "revoked" | "endorsed" | "unendorsed" | "accepted";
+                                logIndex: number;
+                                metadata?: string;
+                                timestamp: number;
+                                transactionHash: string;
+                                url?: string;
+                                validUntil?: string;
+                            }[];
+                            nextCursor: string | null;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/history/status": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Where the embedded indexer of the chain's history stands
+         * @description The history routes answer from what the coordinator indexed of CreditLedger and FederationRegistry events (docs/indexing.md).
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the indexer's place */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            block: string | null;
+                            blockHash: string | null;
+                            explorerUrl: string | null;
+                            indexing: boolean;
+                            lastError: string | null;
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/history/transactions/{hash}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Everything indexed of one transaction (the portal links here where the chain has no block explorer) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description a transaction hash */
+                    hash: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the transaction's events, in log order */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            blockNumber: string;
+                            events: {
+                                blockNumber: string;
+                                /** @description the indexer's table, e.g. deposits, claims, site_registrations */
+                                entity: string;
+                                /** @description the event's arguments as columns (numbers as decimal strings) */
+                                fields: {
+                                    [key: string]: string | boolean;
+                                };
+                                logIndex: number;
+                                timestamp: number;
+                                transactionHash: string;
+                            }[];
+                            timestamp: number;
+                            transactionHash: string;
+                        };
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: not_found */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "not_found";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/keys": {
         parameters: {
             query?: never;
