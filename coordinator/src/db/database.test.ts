@@ -29,6 +29,39 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
     }
   });
 
+  it("a transaction is alone: a query made while it is open is not in it, and survives its rollback", async () => {
+    const db0 = await open();
+    const db = await openDatabase(db0);
+    try {
+      let opened = () => {};
+      const isOpen = new Promise<void>((r) => {
+        opened = r;
+      });
+      let finish = () => {};
+      const finished = new Promise<void>((r) => {
+        finish = r;
+      });
+      const tx = db.transaction().execute(async (t) => {
+        await t.insertInto("meta").values({ key: "inside", value: "1" }).execute();
+        opened();
+        await finished;
+        throw new Error("rolled back");
+      });
+      await isOpen;
+      // another request's write, while the transaction is open
+      const outside = db.insertInto("meta").values({ key: "outside", value: "1" }).execute();
+      finish();
+      await expect(tx).rejects.toThrow("rolled back");
+      await outside;
+      const keys = (await db.selectFrom("meta").select("key").execute()).map((r) => r.key);
+      expect(keys).toContain("outside");
+      expect(keys).not.toContain("inside");
+    } finally {
+      await db.destroy();
+      await db0.cleanup();
+    }
+  });
+
   it("a revoked key stops working", async () => {
     const db0 = await open();
     try {
