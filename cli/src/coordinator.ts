@@ -69,8 +69,10 @@ export function coordinatorCommand(): Command {
       const known =
         o.chainRpcUrl && (o.federation || o.index)
           ? await registryOf(home, { chainRpcUrl: o.chainRpcUrl, registry: o.federationRegistry }).catch((err: unknown) => {
-              if (o.federation) throw err;
-              return undefined; // history of the ledger alone
+              // no registry known here: the history of the ledger alone. A chain that does not answer
+              // is no reason to index less (the history would start over once it does)
+              if (o.federation || !(err instanceof SharedLLMError && err.code === "config")) throw err;
+              return undefined;
             })
           : undefined;
       const federation =

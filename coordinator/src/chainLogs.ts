@@ -17,6 +17,22 @@ export async function confirmedHead(client: PublicClient, confirmations = 0): Pr
   return (await client.getBlockNumber({ cacheTime: 0 })) - BigInt(confirmations);
 }
 
+/**
+ * Whether a failed log query is the node refusing its span or result count (an error answer, or
+ * an HTTP 4xx but 429), not the node being unreachable, slow or rate-limiting: only a refusal
+ * makes the range smaller for good.
+ */
+function refusesRange(err: unknown): boolean {
+  const transient = (e: unknown): boolean => {
+    const x = e as { name?: string; status?: number } | undefined;
+    if (x?.name === "TimeoutError") return true;
+    if (x?.name !== "HttpRequestError") return false;
+    return x.status === undefined || x.status === 429 || x.status >= 500;
+  };
+  const walk = (err as { walk?: (fn: (e: unknown) => boolean) => unknown } | undefined)?.walk;
+  return !(transient(err) || (typeof walk === "function" && Boolean(walk.call(err, transient))));
+}
+
 export class LogRanges {
   private range: bigint;
 
@@ -33,11 +49,11 @@ export class LogRanges {
     for (let start = from; start <= to; ) {
       const end = start + this.range - 1n < to ? start + this.range - 1n : to;
       const got = await query(start, end).catch((err: unknown) => {
-        if (this.range <= MIN_LOG_RANGE) throw err;
+        if (this.range <= MIN_LOG_RANGE || !refusesRange(err)) throw err;
         return undefined;
       });
       if (!got) {
-        // the node refuses the range (or failed): a smaller one, kept for the next reads
+        // the node refuses the range: a smaller one, kept for the next reads
         this.range /= 2n;
         continue;
       }

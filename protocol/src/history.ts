@@ -47,7 +47,7 @@ export const settlementItemSchema = historyItemBaseSchema.extend({
   totalEarnings: decimal,
   /** how many users the batch charged */
   users: decimal,
-  /** the address's cumulative spend as this batch posted it */
+  /** the address's cumulative spend as this batch posted it (after a shortfall the ledger kept less: its SpendShortfall event) */
   cumulativeSpent: decimal,
 });
 

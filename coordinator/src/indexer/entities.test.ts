@@ -31,6 +31,11 @@ describe("rowOf", () => {
     });
   });
 
+  it("stores a string anyone put on chain even with a NUL in it, which PostgreSQL refuses in text", () => {
+    const r = rowOf(log("Updated", { coordinator: COORD, url: "https://x\u0000.example", metadata: "\u0000{}" }), 1n);
+    expect(r?.row).toMatchObject({ url: "https://x\uFFFD.example", metadata: "\uFFFD{}" });
+  });
+
   it("keeps small integers as bigint and says whether a role was granted or revoked", () => {
     expect(rowOf(log("KeyRenewed", { coordinator: COORD, keyId: 2, validUntil: 9n }), 0n)?.row).toMatchObject({
       key_id: 2n,

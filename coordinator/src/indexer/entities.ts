@@ -60,12 +60,21 @@ const snake = (name: string) => name.replace(/_+$/, "").replace(/[A-Z]/g, (c) =>
 function column(type: string, value: unknown): unknown {
   if (type === "address" || type.startsWith("bytes")) return String(value).toLowerCase();
   if (type.startsWith("uint") || type.startsWith("int")) return BigInt(value as bigint | number);
+  if (type === "string") return storable(String(value));
   return value;
 }
 
 /** An argument as the subgraph's GovernanceEvent writes it: hex or decimal text. */
 function text(type: string, value: unknown): string {
-  return type === "address" || type.startsWith("bytes") ? String(value).toLowerCase() : String(value);
+  return type === "address" || type.startsWith("bytes") ? String(value).toLowerCase() : storable(String(value));
+}
+
+/**
+ * A string anyone could put on chain, as a text column takes it: PostgreSQL refuses a NUL in text,
+ * and one such string (a registration's URL, say) would stop every later round at its block.
+ */
+export function storable(s: string): string {
+  return s.includes("\u0000") ? s.replaceAll("\u0000", "\uFFFD") : s;
 }
 
 /**

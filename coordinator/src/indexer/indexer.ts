@@ -18,7 +18,7 @@ import { CreditLedger, DEV_CHAIN_ID } from "@sharedllm/contracts";
 import { sql } from "kysely";
 import type { Logger } from "pino";
 import { type Address, createPublicClient, decodeFunctionData, type Hex, http, type PublicClient } from "viem";
-import { confirmedHead, LogRanges } from "../chainLogs.js";
+import { confirmedHead, DEFAULT_LOG_RANGE, LogRanges } from "../chainLogs.js";
 import type { Db } from "../db/database.js";
 import { batchUserRows, CONTRACT_EVENTS, type DecodedLog, HISTORY_TABLES, type HistoryTable, rowOf } from "./entities.js";
 import { forkPoint, readIsConsistent } from "./reorg.js";
@@ -67,7 +67,9 @@ interface Cursor {
 }
 
 export class Indexer {
-  private readonly client: PublicClient;
+  private client: PublicClient;
+  /** aborts the chain requests in flight when the indexer stops */
+  private abort = new AbortController();
   private readonly ranges: LogRanges;
   private state: IndexerStatus["state"] = "stopped";
   private timer: NodeJS.Timeout | undefined;
@@ -82,8 +84,13 @@ export class Indexer {
     private readonly log: Logger,
     private readonly o: IndexerOptions,
   ) {
-    this.client = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 2, timeout: 15_000 }) }) as PublicClient;
+    this.client = this.connect();
     this.ranges = new LogRanges(o.maxRange);
+  }
+
+  private connect(): PublicClient {
+    const transport = http(this.o.rpcUrl, { retryCount: 2, timeout: 15_000, fetchOptions: { signal: this.abort.signal } });
+    return createPublicClient({ transport }) as PublicClient;
   }
 
   private get contracts(): Address[] {
@@ -93,14 +100,19 @@ export class Indexer {
   /** Starts polling: a round now, then one every pollMs after each ends. */
   start(): void {
     if (this.state === "running" || this.contracts.length === 0) return;
+    if (this.abort.signal.aborted) {
+      this.abort = new AbortController();
+      this.client = this.connect();
+    }
     this.state = "running";
     this.schedule(0);
   }
 
-  /** Stops polling and waits for the round in flight. */
+  /** Stops polling, and the round in flight: its chain requests are aborted (it writes nothing). */
   async stop(): Promise<void> {
     this.state = "stopped";
     clearTimeout(this.timer);
+    this.abort.abort();
     await this.round;
   }
 
@@ -125,7 +137,8 @@ export class Indexer {
       caughtUp = await this.step();
       this.lastError = undefined;
     } catch (err) {
-      const message = (err as Error).message.split("\n")[0] ?? String(err);
+      if (this.state === "stopped") return;
+      const message = (err instanceof Error ? err.message : String(err)).split("\n")[0] ?? "";
       if (message !== this.lastError) this.log.warn({ err: message }, "indexing the chain's history failed; it is tried again");
       this.lastError = message;
     }
@@ -145,13 +158,19 @@ export class Indexer {
       cursor = undefined;
     }
     const head = await confirmedHead(this.client, this.confirmations);
-    if (cursor && (await this.hashAt(cursor.number)) !== cursor.hash) {
-      await this.rollBack(cursor);
-      return false;
+    if (cursor) {
+      // a node behind the block last read (one of a load-balanced set) has not reorganised: wait for it
+      if (cursor.number > head) return true;
+      const hash = await this.hashAt(cursor.number);
+      if (hash === undefined) return true;
+      if (hash !== cursor.hash) {
+        await this.rollBack(cursor);
+        return false;
+      }
     }
     const from = cursor ? cursor.number + 1n : (this.o.fromBlock ?? 0n);
     if (from > head) return true;
-    const span = this.o.maxRange ?? 10_000n;
+    const span = this.o.maxRange ?? DEFAULT_LOG_RANGE;
     const to = from + span - 1n < head ? from + span - 1n : head;
     const before = await this.hashAt(to);
     const logs = (await this.ranges.read(from, to, (fromBlock, toBlock) =>
@@ -174,12 +193,15 @@ export class Indexer {
       if (!r) continue;
       add(r.table, r.row);
       if (l.eventName === "BatchSettled")
-        for (const u of batchUserRows(l, time, await this.settleCall(l.transactionHash))) add("settlement_batch_users", u);
+        for (const u of batchUserRows(l, time, await this.settleCall(l))) add("settlement_batch_users", u);
     }
     const after = await this.hashAt(to);
     const hashes = new Map([...blocks].map(([n, b]) => [n, b.hash]));
     // the chain moved under the read: read again at the next round
     if (!before || !after || !readIsConsistent(logs, hashes, { before, after })) return true;
+    // it reorganised below the cursor meanwhile: this read is of the new chain, on top of rows of
+    // the old one; the next round undoes those first
+    if (cursor && (await this.hashAt(cursor.number)) !== cursor.hash) return false;
     hashes.set(to, after);
     const keep = BigInt(this.o.keepBlocks ?? 1_024);
     await this.write(cursor, async (tx) => {
@@ -208,11 +230,17 @@ export class Indexer {
 
   /** Undoes what was read from blocks the chain no longer has. */
   private async rollBack(cursor: Cursor): Promise<void> {
-    const kept = await this.db.selectFrom("indexed_blocks").select(["block_number", "block_hash"]).execute();
-    const fork = await forkPoint(
-      kept.map((b) => ({ number: BigInt(b.block_number), hash: b.block_hash as Hex })),
-      (n) => this.hashAt(n),
-    );
+    const kept = (await this.db.selectFrom("indexed_blocks").select(["block_number", "block_hash"]).execute()).map((b) => ({
+      number: BigInt(b.block_number),
+      hash: b.block_hash as Hex,
+    }));
+    let fork = await forkPoint(kept, (n) => this.hashAt(n));
+    // deeper than every kept hash: read again from below the oldest kept block, not from the start
+    const oldest = kept.reduce<bigint | undefined>((m, b) => (m === undefined || b.number < m ? b.number : m), undefined);
+    if (!fork && oldest !== undefined && oldest - 1n >= (this.o.fromBlock ?? 0n)) {
+      const hash = await this.hashAt(oldest - 1n);
+      if (hash) fork = { number: oldest - 1n, hash };
+    }
     this.reorgs++;
     this.log.warn(
       { from: cursor.number.toString(), to: fork?.number.toString() ?? "the start" },
@@ -273,15 +301,22 @@ export class Indexer {
     return this.identity;
   }
 
-  /** The users and cumulative spend of a settle call; none when it was sent through another contract. */
-  private async settleCall(hash: Hex): Promise<{ users: readonly Address[]; cumulativeSpent: readonly bigint[] }> {
-    const tx = await this.client.getTransaction({ hash });
+  /**
+   * The users and cumulative spend (as posted) of the settle call that emitted `log`; none when it
+   * was not a direct call of the ledger's settle for that batch with that many users (a multisig,
+   * another contract, several batches in one transaction), or the node cannot find the transaction.
+   */
+  private async settleCall(log: DecodedLog): Promise<{ users: readonly Address[]; cumulativeSpent: readonly bigint[] }> {
+    const none = { users: [], cumulativeSpent: [] };
+    const tx = await this.client.getTransaction({ hash: log.transactionHash }).catch(() => undefined);
+    if (!tx || tx.to?.toLowerCase() !== this.o.ledger?.toLowerCase()) return none;
     try {
       const call = decodeFunctionData({ abi: CreditLedger.abi, data: tx.input });
-      if (call.functionName === "settle") return { users: call.args[1], cumulativeSpent: call.args[2] };
+      const args = log.args as { batchId?: bigint; users?: bigint };
+      if (call.functionName !== "settle" || call.args[0] !== args.batchId || BigInt(call.args[1].length) !== args.users) return none;
+      return { users: call.args[1], cumulativeSpent: call.args[2] };
     } catch {
-      // a multisig or another contract called settle: only the event speaks for the batch
+      return none;
     }
-    return { users: [], cumulativeSpent: [] };
   }
 }
