@@ -49,9 +49,11 @@ export function HistoryPage() {
         <p className="muted" data-testid="indexed-block">
           {status.data?.block
             ? `Read from the chain up to block ${status.data.block}.`
-            : status.isError || status.data?.indexing === false
+            : status.data?.indexing === false
               ? "This coordinator does not index the chain (it was started with --no-index)."
-              : "The chain is being read…"}
+              : status.isError
+                ? "This coordinator's history cannot be read now."
+                : "The chain is being read…"}
           {status.data?.lastError && ` The last read failed: ${status.data.lastError}`}
         </p>
         <form className="row" onSubmit={look}>
