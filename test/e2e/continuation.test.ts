@@ -20,7 +20,11 @@ import { MODEL } from "../system.ts";
 
 const joinToken = randomBytes(32).toString("base64url");
 const CONTINUE_WAIT_MS = 3_000;
-const STALL_MS = 2_000;
+/**
+ * The stall bound: well above a continuing node's pause to re-read the output so far on a busy
+ * 2-core machine (at 2 s, a continuing node starved of CPU was itself taken for stalled)
+ */
+const STALL_MS = 4_000;
 
 let chain: TestChain;
 let database: TestDatabase;
