@@ -78,6 +78,9 @@ export interface HostOptions {
   stopBefore?: () => Promise<void>;
 }
 
+/** How long a stopping coordinator waits for its jobs in flight (a second signal stops at once). */
+const DRAIN_MS = 30_000;
+
 /** Runs a coordinator in the foreground until the shutdown signal, then stops it and what runs beside it. */
 export async function hostCoordinator(o: HostOptions): Promise<void> {
   await rm(o.runFile, { force: true });
@@ -86,9 +89,11 @@ export async function hostCoordinator(o: HostOptions): Promise<void> {
     for (const stop of stops.reverse()) await stop().catch((err) => o.logger.error({ err }, "stop failed"));
     await rm(o.runFile, { force: true });
   };
+  let running: Awaited<ReturnType<typeof startListening>>;
   try {
-    const running = await startListening(o);
-    stops.push(() => running.coordinator.close());
+    running = await startListening(o);
+    const { coordinator } = running;
+    stops.push(() => coordinator.close());
     const hosted = await o.ready(running);
     if (hosted.stop) stops.push(hosted.stop);
     await writeFileAtomic(o.runFile, `${JSON.stringify(hosted.record, null, 2)}\n`, 0o600);
@@ -99,6 +104,8 @@ export async function hostCoordinator(o: HostOptions): Promise<void> {
   }
   await untilAborted(o.signal);
   process.stderr.write("stopping...\n");
+  // the jobs in flight end first (new ones are refused), while their nodes still run
+  await running.coordinator.drain(DRAIN_MS);
   await stopAll();
   process.stderr.write("stopped\n");
 }

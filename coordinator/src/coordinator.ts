@@ -135,6 +135,11 @@ export interface Coordinator {
   forwarding: ForwardingSettings;
   /** the control channel for a node in this process, opened with its session token (no loopback WebSocket) */
   dialLocal: LocalDial;
+  /**
+   * Stops taking jobs (a request gets 503: another replica, or this one restarted, takes it) and
+   * waits, at most `withinMs`, for the jobs in flight to end: a stop that loses no stream.
+   */
+  drain(withinMs: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -317,6 +322,13 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       peers,
       forwarding,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
+      async drain(withinMs) {
+        jobs.stopTaking();
+        const deadline = Date.now() + withinMs;
+        while (jobs.inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        const left = jobs.inFlight();
+        if (left) o.logger.warn({ jobs: left }, "stopping with jobs still in flight");
+      },
       async close() {
         clearInterval(leaseTimer);
         await peers?.stop();

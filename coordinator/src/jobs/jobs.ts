@@ -78,14 +78,29 @@ export interface JobRequest {
 
 export class Jobs {
   private readonly records: JobTable;
+  /** jobs started and not yet seen to end */
+  private readonly live = new Set<Job>();
+  private taking = true;
 
   constructor(private readonly o: JobsOptions) {
     this.records = new JobTable(o.db, o.metrics, o.instance);
   }
 
+  /** From now on every request is refused (503): this coordinator is stopping. */
+  stopTaking(): void {
+    this.taking = false;
+  }
+
+  /** How many jobs have not ended yet. */
+  inFlight(): number {
+    for (const job of this.live) if (job.done) this.live.delete(job);
+    return this.live.size;
+  }
+
   /** Starts a job for `r`, its output going to `out`; throws (an ApiError) when it cannot start. */
   async submit(r: JobRequest, out: JobOutput): Promise<Job> {
     const { fleet, policy, metrics, ledger, knownModels } = this.o;
+    if (!this.taking) throw new ApiError("no_capacity", "this coordinator is stopping; send the request again");
     const { body, apiKey, signal } = r;
     const peers = this.forwardable(r) ? this.o.peers : undefined;
     if (!fleet.servesModel(body.model) && !peers?.serves(body.model)) {
@@ -168,6 +183,7 @@ export class Jobs {
     );
     if (signal.aborted) job.cancel("client disconnected");
     else signal.addEventListener("abort", () => job.cancel("client disconnected"), { once: true });
+    this.live.add(job);
     await job.run();
     return job;
   }
