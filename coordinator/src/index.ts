@@ -10,7 +10,14 @@ export {
   type Verdict,
 } from "./audits/verdict.js";
 export type { KnownModel, PinnedModel } from "./catalogue.js";
-export { type Coordinator, type CoordinatorOptions, DEFAULT_RATE_LIMITS, type RateLimits, startCoordinator } from "./coordinator.js";
+export {
+  BROWSER_MODEL_CAP_BYTES,
+  type Coordinator,
+  type CoordinatorOptions,
+  DEFAULT_RATE_LIMITS,
+  type RateLimits,
+  startCoordinator,
+} from "./coordinator.js";
 export { hashSecret } from "./credentials.js";
 export { type Db, openDatabase } from "./db/database.js";
 export type { Database } from "./db/schema.js";
@@ -31,4 +38,5 @@ export { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 export { DEFAULT_PRICING, type Price, type Pricing } from "./ledger/metering.js";
 export { type SettlementOptions, Settler } from "./ledger/settlement.js";
 export { optionalRoutesSpec } from "./optionalRoutesSpec.js";
+export type { BrowserBlob } from "./plugins/browserNodes.js";
 export { NODE_HEADER } from "./plugins/sse.js";

@@ -3,6 +3,7 @@
  * the error catalog, the coordinator's response shapes. Parts that need node: modules are in
  * the `/node` entry (node.ts).
  */
+export * from "./browserNode.js";
 export * from "./channel.js";
 export * from "./control.js";
 export * from "./errors.js";
