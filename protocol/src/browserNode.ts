@@ -92,23 +92,26 @@ export interface BrowserModel {
 /**
  * Site-request headers (siteAuth.ts in the `/node` entry) made with WebCrypto, for a tab holding
  * the site's join link: the same HMAC-SHA256 over method, path, timestamp, nonce and body hash.
+ * Without a join token, only the timestamp and nonce (what `--browser-nodes open` asks for).
  */
 export async function signSiteRequestWeb(
-  joinToken: string,
+  joinToken: string | undefined,
   method: string,
   path: string,
   body: string,
   now = Date.now(),
   nonce = toHex(globalThis.crypto.getRandomValues(new Uint8Array(16))).slice(2),
 ): Promise<Record<string, string>> {
+  const timestamp = String(now);
+  const fresh = { "x-sharedllm-timestamp": timestamp, "x-sharedllm-nonce": nonce };
+  if (!joinToken) return fresh;
   const subtle = globalThis.crypto.subtle;
   const enc = new TextEncoder();
-  const timestamp = String(now);
   const bodyHash = hex(await subtle.digest("SHA-256", enc.encode(body)));
   const key = await subtle.importKey("raw", enc.encode(joinToken), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
   const canonical = `${method.toUpperCase()}\n${path}\n${timestamp}\n${nonce}\n${bodyHash}`;
   const signature = hex(await subtle.sign("HMAC", key, enc.encode(canonical)));
-  return { "x-sharedllm-timestamp": timestamp, "x-sharedllm-nonce": nonce, "x-sharedllm-signature": signature };
+  return { ...fresh, "x-sharedllm-signature": signature };
 }
 
 function hex(buf: ArrayBuffer): string {

@@ -13,6 +13,11 @@ import { usageSchema } from "./openai.js";
 export const CONTROL_PROTOCOL_VERSION = 3;
 /** Path of the control-channel WebSocket on the coordinator. */
 export const CONTROL_PATH = "/v1/control";
+/**
+ * The WebSocket subprotocol a browser node asks for (the server answers it), alongside
+ * `bearer.<session token>`: a page cannot set an Authorization header on a WebSocket.
+ */
+export const CONTROL_SUBPROTOCOL = "sharedllm-control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
 export const CLOSE_REFUSED = 4001;
 

@@ -10,6 +10,7 @@ export * from "./errors.js";
 export * from "./federation.js";
 export * from "./ledger.js";
 export * from "./openai.js";
+export * from "./receiptSigner.js";
 export * from "./registration.js";
 export * from "./responses.js";
 export * from "./sse.js";

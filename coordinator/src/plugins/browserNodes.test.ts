@@ -128,15 +128,21 @@ async function registration(k: Knobs = {}) {
   };
   const walletSignature = await (k.signer ?? wallet).signTypedData(delegationTypedData(d));
   // the headers first: the proof covers their timestamp and nonce
-  const placeholder = await signSiteRequestWeb(k.token ?? joinToken, "POST", BROWSER_REGISTER_PATH, "");
+  const placeholder = await signSiteRequestWeb(k.token === null ? undefined : (k.token ?? joinToken), "POST", BROWSER_REGISTER_PATH, "");
   const timestamp = placeholder["x-sharedllm-timestamp"] as string;
   const nonce = placeholder["x-sharedllm-nonce"] as string;
   const proof = await (k.prover ?? session).signMessage({
     message: registrationMessage({ nodeId: session.address.toLowerCase(), timestamp, nonce }),
   });
   const body = JSON.stringify({ delegation: d, walletSignature, proof });
-  const headers = await signSiteRequestWeb(k.token ?? joinToken, "POST", BROWSER_REGISTER_PATH, body, Number(timestamp), nonce);
-  if (k.token === null) delete headers["x-sharedllm-signature"];
+  const headers = await signSiteRequestWeb(
+    k.token === null ? undefined : (k.token ?? joinToken),
+    "POST",
+    BROWSER_REGISTER_PATH,
+    body,
+    Number(timestamp),
+    nonce,
+  );
   return { wallet, session, body, headers };
 }
 

@@ -25,7 +25,7 @@ import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { Audits } from "../audits/audits.js";
 import { admitModels, type KnownModel } from "../catalogue.js";
 import type { Clusters } from "../clusters.js";
-import { bearerToken } from "../credentials.js";
+import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type Fleet, silentNodes } from "../fleet.js";
@@ -93,7 +93,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     {
       websocket: true,
       preValidation: async (req, reply) => {
-        const token = bearerToken(req.headers.authorization);
+        // a browser cannot set headers on a WebSocket: its token comes as a subprotocol (CONTROL_BEARER_PROTOCOL)
+        const token = bearerToken(req.headers.authorization) ?? protocolBearer(req.headers["sec-websocket-protocol"]);
         const nodeId = token ? await sessionNode(o.db, token) : undefined;
         if (!nodeId) {
           return reply.code(401).send(errorBody("invalid_api_key", "no valid node session: register with the site's join token first"));
