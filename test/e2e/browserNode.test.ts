@@ -206,6 +206,47 @@ describe("a browser tab as a node", () => {
     expect(coordinator.fleet.get(nodeId)).toBeUndefined();
   }, 300_000);
 
+  it("with WebGPU on (SwiftShader here): the page reports the adapter and why llama.cpp cannot use it, and serves on WebAssembly", async () => {
+    const gpuBrowser = await launchBrowser({ webgpu: true });
+    try {
+      const w = wallet(devWallet(11));
+      const p = await openPortal(gpuBrowser, `${coordinator.url}/contribute#token=${joinToken}`, w);
+      portals.push(p);
+      // what llama.cpp's WebGPU backend asks of the adapter, straight from the browser
+      const f16 = await p.page.evaluate(async () => {
+        const gpu = (
+          navigator as Navigator & { gpu?: { requestAdapter(): Promise<{ requestDevice(d: unknown): Promise<unknown> } | null> } }
+        ).gpu;
+        const adapter = await gpu?.requestAdapter();
+        return adapter
+          ? adapter.requestDevice({ requiredFeatures: ["shader-f16"] }).then(
+              () => "ok",
+              (e: Error) => e.message,
+            )
+          : "no adapter";
+      });
+      process.stderr.write(`WebGPU shader-f16 device: ${f16}\n`);
+      await p.page.getByRole("button", { name: "Connect wallet" }).click();
+      await p.page.getByRole("button", { name: "Start" }).click();
+      await waitFor("the tab to serve", async () => ((await state(p)) === "serving" ? true : undefined), 180_000, 250);
+      const report = (await p.page.getByTestId("node-browser").textContent()) ?? "";
+      process.stderr.write(`page reports: ${report}\n`);
+      expect(report).toMatch(/WebGPU adapter: google swiftshader \(software fallback\)/);
+      expect(report).toContain("lacks shader-f16");
+      expect(await p.page.getByTestId("node-engine").textContent()).toMatch(/^WebAssembly/);
+      const node = await waitFor("the tab in the fleet", () =>
+        coordinator.fleet.list().find((n) => n.capabilities?.gpu?.includes("swiftshader")),
+      );
+      expect(node.capabilities?.engineVariant).toBe("wllama-wasm");
+      const chat = await client.chat.completions.create(REQUEST).withResponse();
+      expect(chat.response.headers.get("x-sharedllm-node")).toBe(node.id);
+      expect(chat.data.choices[0]?.message.content).toBe((await nativeAnswer()).text);
+      await p.context.close();
+    } finally {
+      await gpuBrowser.close();
+    }
+  }, 300_000);
+
   it("refuses a corrupted model file with a clear message and loads nothing", async () => {
     const p = await contribute(wallet(devWallet(8)), {
       before: async (portal) => {
