@@ -265,6 +265,33 @@ describe("a browser tab as a node", () => {
     await p.screenshot("contribute-corrupt");
   }, 180_000);
 
+  it("a coordinator with --browser-nodes off refuses a tab, join link or not, and serves no model file", async () => {
+    const offDb = await testDatabase();
+    const off = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...offDb,
+      joinToken,
+      logger: quietLogger(),
+      ledger: chain.ledgerOptions(),
+    });
+    try {
+      const p = await openPortal(browser, `${off.url}/contribute#token=${joinToken}`, wallet(devWallet(12)));
+      portals.push(p);
+      await p.page.getByRole("button", { name: "Connect wallet" }).click();
+      await p.page.getByRole("button", { name: "Start" }).click();
+      await waitFor("the refusal", async () => ((await state(p)) === "failed" ? true : undefined), 30_000, 100);
+      expect(await p.page.getByRole("alert").textContent()).toContain(
+        "takes no browser nodes (its operator runs it with --browser-nodes off)",
+      );
+      expect((await fetch(`${off.url}/v1/blobs/${DEFAULT_MODEL.sha256}`)).status).toBe(404);
+      await p.context.close();
+    } finally {
+      await off.close();
+      await offDb.cleanup();
+    }
+  }, 60_000);
+
   it("without the site's join link a tab is refused, with what to do", async () => {
     const p = await contribute(wallet(devWallet(9)), { link: false });
     await waitFor("the refusal", async () => ((await state(p)) === "failed" ? true : undefined), 30_000, 100);
