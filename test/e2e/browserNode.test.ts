@@ -10,7 +10,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { startCoordinator } from "@sharedllm/coordinator";
-import { DEFAULT_MODEL, findEngine, type LlamaServer, ModelStore, resolvePaths, startLlamaServer } from "@sharedllm/node";
+import { DEFAULT_MODEL, findEngine, type LlamaServer, ModelStore, resolvePaths, startLlamaServer, startNodeDaemon } from "@sharedllm/node";
 import OpenAI from "openai";
 import type { Browser } from "playwright-core";
 import type { Account } from "viem";
@@ -204,6 +204,63 @@ describe("a browser tab as a node", () => {
     process.stderr.write(`client saw: ${failure?.message}\n`);
     expect(failure?.message ?? "").toMatch(/no node|continue|failed|capacity/i);
     expect(coordinator.fleet.get(nodeId)).toBeUndefined();
+  }, 300_000);
+
+  it("a tab closed mid-job while a native node holds the model: the job continues there, one unbroken stream", async () => {
+    const nativePaths = await tempPaths();
+    const daemon = await startNodeDaemon({
+      paths: nativePaths,
+      coordinatorUrl: coordinator.url,
+      joinToken,
+      model: "default",
+      slots: 1,
+      contextPerSlot: 2048,
+      logger: quietLogger(),
+    });
+    try {
+      await waitFor("the native node", () => coordinator.fleet.get(daemon.nodeId)?.accepting, 60_000);
+      // the native node stands aside until the tab has the job
+      daemon.pause();
+      await waitFor("the native node paused", () => coordinator.fleet.get(daemon.nodeId)?.accepting === false);
+      const p = await contribute(wallet(devWallet(13)));
+      await waitFor("the tab to serve", async () => ((await state(p)) === "serving" ? true : undefined), 180_000, 250);
+      const tab = (await waitFor("the tab in the fleet", () => coordinator.fleet.list().find((n) => n.engine === "wllama-wasm")))
+        ?.id as string;
+      const request = {
+        ...REQUEST,
+        messages: [{ role: "user" as const, content: "Count from 1 to 30, separated by commas." }],
+        max_tokens: 60,
+      };
+      const { data: stream, response } = await client.chat.completions.create({ ...request, stream: true }).withResponse();
+      expect(response.headers.get("x-sharedllm-node")).toBe(tab);
+      let text = "";
+      let before = "";
+      let pieces = 0;
+      for await (const chunk of stream) {
+        const piece = chunk.choices[0]?.delta?.content ?? "";
+        text += piece;
+        if (piece) pieces++;
+        // the tab goes away after a few tokens of its own
+        if (pieces >= 6 && !p.page.isClosed()) {
+          before = text;
+          daemon.resume();
+          await waitFor("the native node back", () => coordinator.fleet.get(daemon.nodeId)?.accepting);
+          await p.context.close();
+        }
+      }
+      expect(coordinator.fleet.get(tab)).toBeUndefined();
+      const uninterrupted = await fetch(`${native.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${native.apiKey}` },
+        body: JSON.stringify(request),
+      }).then((r) => r.json() as Promise<{ choices: { message: { content: string } }[] }>);
+      process.stderr.write(`continued: ${JSON.stringify(before)} | ${JSON.stringify(text.slice(before.length))}\n`);
+      expect(text.startsWith(before)).toBe(true);
+      expect(text).toBe(uninterrupted.choices[0]?.message.content);
+    } finally {
+      await daemon.stop();
+      await nativePaths.cleanup();
+    }
   }, 300_000);
 
   it("with WebGPU on (SwiftShader here): the page reports the adapter and why llama.cpp cannot use it, and serves on WebAssembly", async () => {
