@@ -55,6 +55,26 @@ export const capabilitiesSchema = z.object({
   /** measured decode speed on the served model */
   tokensPerSecond: z.number().nonnegative(),
   measuredAt: z.string(),
+  /** a browser node's (docs/browser-node.md): what ran the engine, and the WebGPU adapter the browser offered */
+  browser: z
+    .object({
+      backend: z.enum(["webgpu", "wasm"]),
+      crossOriginIsolated: z.boolean(),
+      adapter: z
+        .object({
+          vendor: z.string().max(200),
+          architecture: z.string().max(200),
+          description: z.string().max(500),
+          isFallbackAdapter: z.boolean(),
+          shaderF16: z.boolean(),
+          maxBufferSize: z.number().nonnegative(),
+          maxStorageBufferBindingSize: z.number().nonnegative(),
+        })
+        .nullable(),
+      /** why llama.cpp's WebGPU backend did not run, when it did not */
+      webgpuUnusable: z.string().max(500).optional(),
+    })
+    .optional(),
 });
 export type Capabilities = z.infer<typeof capabilitiesSchema>;
 

@@ -295,6 +295,14 @@ describe("a browser tab as a node", () => {
         coordinator.fleet.list().find((n) => n.capabilities?.gpu?.includes("swiftshader")),
       );
       expect(node.capabilities?.engineVariant).toBe("wllama-wasm");
+      // the capability report the coordinator keeps: the adapter, its limits, and why WebGPU did not run
+      expect(node.capabilities?.browser).toMatchObject({
+        backend: "wasm",
+        crossOriginIsolated: true,
+        adapter: { vendor: "google", architecture: "swiftshader", isFallbackAdapter: true, shaderF16: false },
+        webgpuUnusable: expect.stringContaining("shader-f16"),
+      });
+      expect(node.capabilities?.browser?.adapter?.maxBufferSize).toBeGreaterThan(0);
       const chat = await client.chat.completions.create(REQUEST).withResponse();
       expect(chat.response.headers.get("x-sharedllm-node")).toBe(node.id);
       expect(chat.data.choices[0]?.message.content).toBe((await nativeAnswer()).text);

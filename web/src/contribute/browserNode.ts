@@ -162,6 +162,20 @@ export class BrowserNode {
           engineVariant: `wllama-${engine.backend}`,
           tokensPerSecond: this.status.tokensPerSecond,
           measuredAt: new Date().toISOString(),
+          browser: {
+            backend: engine.backend,
+            crossOriginIsolated: browser.crossOriginIsolated,
+            adapter: browser.adapter && {
+              vendor: browser.adapter.vendor,
+              architecture: browser.adapter.architecture,
+              description: browser.adapter.description,
+              isFallbackAdapter: browser.adapter.isFallbackAdapter,
+              shaderF16: browser.adapter.features.includes("shader-f16"),
+              maxBufferSize: browser.adapter.maxBufferSize,
+              maxStorageBufferBindingSize: browser.adapter.maxStorageBufferBindingSize,
+            },
+            ...(browser.webgpuUnusable && { webgpuUnusable: browser.webgpuUnusable }),
+          },
         };
         this.send({
           type: "hello",

@@ -15,7 +15,15 @@ export type Backend = "webgpu" | "wasm";
 /** What the tab's browser offers the engine, for the capability report and the page. */
 export interface BrowserCapabilities {
   /** the WebGPU adapter's info, when the browser has one */
-  adapter: { vendor: string; architecture: string; description: string; isFallbackAdapter: boolean; features: string[] } | null;
+  adapter: {
+    vendor: string;
+    architecture: string;
+    description: string;
+    isFallbackAdapter: boolean;
+    features: string[];
+    maxBufferSize: number;
+    maxStorageBufferBindingSize: number;
+  } | null;
   /** why llama.cpp's WebGPU backend cannot run on it, when it cannot */
   webgpuUnusable?: string;
   crossOriginIsolated: boolean;
@@ -38,6 +46,8 @@ export async function browserCapabilities(): Promise<BrowserCapabilities> {
         description: a.info?.description ?? "",
         isFallbackAdapter: a.info?.isFallbackAdapter ?? false,
         features,
+        maxBufferSize: a.limits?.maxBufferSize ?? 0,
+        maxStorageBufferBindingSize: a.limits?.maxStorageBufferBindingSize ?? 0,
       };
       // llama.cpp's WebGPU backend registers no device without 16-bit floats in shaders
       webgpuUnusable = features.includes("shader-f16")
@@ -59,6 +69,7 @@ export async function browserCapabilities(): Promise<BrowserCapabilities> {
 interface GpuLike {
   requestAdapter(): Promise<{
     features: Set<string>;
+    limits?: { maxBufferSize: number; maxStorageBufferBindingSize: number };
     info?: { vendor: string; architecture: string; description: string; isFallbackAdapter?: boolean };
   } | null>;
 }
