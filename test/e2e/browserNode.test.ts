@@ -151,9 +151,7 @@ describe("a browser tab as a node", () => {
     }
     expect(events).toBeGreaterThan(3);
     const reference = await nativeAnswer();
-    process.stderr.write(
-      `browser (wasm): ${JSON.stringify(text)}\nnative:         ${JSON.stringify(reference.text)}\n`,
-    );
+    process.stderr.write(`browser (wasm): ${JSON.stringify(text)}\nnative:         ${JSON.stringify(reference.text)}\n`);
     expect(text).toBe(reference.text);
 
     // the tab signed its receipt with the session key; the wallet was credited
