@@ -1,7 +1,8 @@
 /**
  * `npm run bench -- --only=browser`: decode speed of the browser node's engine (wllama in Debian's
  * Chromium, as the Contribute page runs it) against a native llama-server on the same machine and
- * model, side by side in one run. Arms: native llama-server; the browser on WebAssembly (no GPU);
+ * model, side by side in one run. Arms: native llama-server; the browser on WebAssembly (no GPU),
+ * with as many threads as native and with one (what a page without cross-origin isolation gets);
  * the browser with WebGPU on (`--enable-unsafe-webgpu`, SwiftShader on machines without a GPU,
  * all layers asked for the GPU). The page is served cross-origin isolated (COOP/COEP) so wllama
  * runs threads; each arm gets the same thread count. Rounds are interleaved, after one warm-up
@@ -76,12 +77,14 @@ export async function benchBrowser(o: { rounds: number; maxTokens: number; threa
   const origin = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   const browsers = { wasm: await launchBrowser(), webgpu: await launchBrowser({ webgpu: true }) };
   try {
-    const pages: Record<"wasm" | "webgpu", { page: Page; info: unknown }> = {} as never;
-    for (const arm of ["wasm", "webgpu"] as const) {
-      const page = await browsers[arm].newPage();
+    type Arm = "wasm" | "wasm1" | "webgpu";
+    const pages: Record<Arm, { page: Page; info: unknown }> = {} as never;
+    for (const arm of ["wasm", "wasm1", "webgpu"] as const) {
+      const page = await browsers[arm === "webgpu" ? "webgpu" : "wasm"].newPage();
       await page.goto(origin);
+      // wasm1: one thread, what a page gets without cross-origin isolation (and wllama's default on 2 cores)
       const info = await page.evaluate((a) => (window as unknown as { load(a: unknown): Promise<unknown> }).load(a), {
-        threads,
+        threads: arm === "wasm1" ? 1 : threads,
         gpu: arm === "webgpu",
       });
       pages[arm] = { page, info };
@@ -95,14 +98,19 @@ export async function benchBrowser(o: { rounds: number; maxTokens: number; threa
       const b = (await res.json()) as { choices: { message: { content: string } }[]; timings: { predicted_per_second: number } };
       return { text: b.choices[0]?.message.content ?? "", tps: b.timings.predicted_per_second };
     };
-    const browserGen = (arm: "wasm" | "webgpu") =>
+    const browserGen = (arm: Arm) =>
       pages[arm].page.evaluate((a) => (window as unknown as { gen(a: unknown): Promise<{ text: string; tps: number }> }).gen(a), {
         messages: MESSAGES,
         maxTokens: o.maxTokens,
       });
-    const arms = { native: nativeGen, wasm: () => browserGen("wasm"), webgpu: () => browserGen("webgpu") };
-    const tps: Record<keyof typeof arms, number[]> = { native: [], wasm: [], webgpu: [] };
-    const texts: Record<keyof typeof arms, string> = { native: "", wasm: "", webgpu: "" };
+    const arms = {
+      native: nativeGen,
+      wasm: () => browserGen("wasm"),
+      wasm1: () => browserGen("wasm1"),
+      webgpu: () => browserGen("webgpu"),
+    };
+    const tps: Record<keyof typeof arms, number[]> = { native: [], wasm: [], wasm1: [], webgpu: [] };
+    const texts: Record<keyof typeof arms, string> = { native: "", wasm: "", wasm1: "", webgpu: "" };
     for (const run of Object.values(arms)) await run(); // warm-up
     for (let i = 0; i < o.rounds; i++) {
       for (const [name, run] of Object.entries(arms) as [keyof typeof arms, () => Promise<{ text: string; tps: number }>][]) {
@@ -111,19 +119,24 @@ export async function benchBrowser(o: { rounds: number; maxTokens: number; threa
         texts[name] = r.text;
       }
     }
-    const m = { native: median(tps.native), wasm: median(tps.wasm), webgpu: median(tps.webgpu) };
+    const m = { native: median(tps.native), wasm: median(tps.wasm), wasm1: median(tps.wasm1), webgpu: median(tps.webgpu) };
     return {
       rounds: o.rounds,
       maxTokens: o.maxTokens,
       threads,
       decodeTps: m,
       wasmVsNative: m.wasm / m.native,
+      oneThreadVsNative: m.wasm1 / m.native,
       webgpuVsNative: m.webgpu / m.native,
-      sameText: texts.wasm === texts.native && texts.webgpu === texts.native,
+      sameText: texts.wasm === texts.native && texts.wasm1 === texts.native && texts.webgpu === texts.native,
       /** how much of the native text each browser arm reproduced before it first differed (1: all of it) */
-      agreement: { wasm: agreement(texts.native, texts.wasm), webgpu: agreement(texts.native, texts.webgpu) },
+      agreement: {
+        wasm: agreement(texts.native, texts.wasm),
+        wasm1: agreement(texts.native, texts.wasm1),
+        webgpu: agreement(texts.native, texts.webgpu),
+      },
       texts,
-      browser: { wasm: pages.wasm.info, webgpu: pages.webgpu.info },
+      browser: { wasm: pages.wasm.info, wasm1: pages.wasm1.info, webgpu: pages.webgpu.info },
     };
   } finally {
     await browsers.wasm.close();

@@ -71,8 +71,8 @@ if (!values.only || values.only === "browser") {
     process.stdout.write(
       [
         `browser node's engine (wllama in Chromium) vs native llama-server (${r.rounds} interleaved rounds, ${r.maxTokens} tokens, ${r.threads} threads each, median decode tokens/s)`,
-        `  native ${f(t.native, 1)}   browser WebAssembly ${f(t.wasm, 1)} (${f(r.wasmVsNative, 3)}x)   browser with WebGPU on ${f(t.webgpu, 1)} (${f(r.webgpuVsNative, 3)}x)`,
-        `  same text on all arms: ${r.sameText} (share of the native text reproduced before the first difference: WebAssembly ${f(r.agreement.wasm, 3)}, WebGPU on ${f(r.agreement.webgpu, 3)})`,
+        `  native ${f(t.native, 1)}   browser WebAssembly ${f(t.wasm, 1)} (${f(r.wasmVsNative, 3)}x), one thread ${f(t.wasm1, 1)} (${f(r.oneThreadVsNative, 3)}x)   browser with WebGPU on ${f(t.webgpu, 1)} (${f(r.webgpuVsNative, 3)}x)`,
+        `  same text on all arms: ${r.sameText} (share of the native text reproduced before the first difference: WebAssembly ${f(r.agreement.wasm, 3)}, one thread ${f(r.agreement.wasm1, 3)}, WebGPU on ${f(r.agreement.webgpu, 3)})`,
         `  what the browser had: ${JSON.stringify(r.browser)}`,
         "",
       ].join("\n"),

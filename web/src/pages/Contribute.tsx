@@ -44,7 +44,8 @@ export function ContributePage({ ledger }: { ledger: LedgerResponse }) {
   const { signTypedDataAsync } = useSignTypedData();
   const status = useNodeStatus();
   const cores = navigator.hardwareConcurrency || 1;
-  const [threads, setThreads] = useState(Math.max(1, cores));
+  // owner-first: a core is left to the owner unless they give it (on a busy machine, more threads than free cores spin and slow down)
+  const [threads, setThreads] = useState(Math.max(1, cores - 1));
   const [webgpu, setWebgpu] = useState(true);
   const [pauseWhileVisible, setPauseWhileVisible] = useState(false);
   const [visible, setVisible] = useState(document.visibilityState === "visible");
