@@ -137,7 +137,7 @@ describe("a browser tab as a node", () => {
     const pause = p.page.getByLabel("Pause while this page is in view");
     await pause.check();
     await waitFor("the tab paused", () => coordinator.fleet.get(nodeId as string)?.accepting === false);
-    expect(await state(p)).toBe("paused");
+    await waitFor("the page to say so", async () => ((await state(p)) === "paused" ? true : undefined));
     await pause.uncheck();
     await waitFor("the tab back", () => coordinator.fleet.get(nodeId as string)?.accepting);
 
