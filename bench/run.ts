@@ -1,12 +1,13 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay,
+ * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|browser,
  * --rounds=N (20), --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --engine-threads=N (federation: the engines' threads; default all cores),
  * --nodes=N (5000), --requests=N (2000), --json.
  */
 import { parseArgs } from "node:util";
 import { benchAudit } from "./audit.ts";
+import { benchBrowser } from "./browser.ts";
 import { benchContinuation } from "./continuation.ts";
 import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
@@ -30,7 +31,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|browser] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -56,6 +57,24 @@ if (!values.only || values.only === "coordinator") {
         `bare pipe vs direct decode: ${f(r.pipeDecodeRatio, 3)}x; coordinator vs bare pipe: ${f(r.coordinatorVsPipeDecode, 3)}x`,
         `relay process CPU per token: bare pipe ${f(r.relayCpuPerTokenUs.pipe, 0)} us, coordinator (with its in-process node) ${f(r.relayCpuPerTokenUs.coordinator, 0)} us`,
         `same text on both paths: ${r.sameText}`,
+        "",
+      ].join("\n"),
+    );
+  }
+}
+
+if (!values.only || values.only === "browser") {
+  // a browser decodes a few tokens a second: fewer rounds and tokens than the native benches
+  const r = await benchBrowser({ rounds: Math.min(Number(values.rounds), 5), maxTokens: Math.min(Number(values["max-tokens"]), 64) });
+  results.browser = r;
+  if (!values.json) {
+    const t = r.decodeTps;
+    process.stdout.write(
+      [
+        `browser node's engine (wllama in Chromium) vs native llama-server (${r.rounds} interleaved rounds, ${r.maxTokens} tokens, ${r.threads} threads each, median decode tokens/s)`,
+        `  native ${f(t.native, 1)}   browser WebAssembly ${f(t.wasm, 1)} (${f(r.wasmVsNative, 3)}x), one thread ${f(t.wasm1, 1)} (${f(r.oneThreadVsNative, 3)}x)   browser with WebGPU on ${f(t.webgpu, 1)} (${f(r.webgpuVsNative, 3)}x)`,
+        `  same text on all arms: ${r.sameText} (share of the native text reproduced before the first difference: WebAssembly ${f(r.agreement.wasm, 3)}, one thread ${f(r.agreement.wasm1, 3)}, WebGPU on ${f(r.agreement.webgpu, 3)})`,
+        `  what the browser had: ${JSON.stringify(r.browser)}`,
         "",
       ].join("\n"),
     );

@@ -14,14 +14,18 @@ import { type Account, createWalletClient, defineChain, type Hex, http, toHex } 
 export const CHROMIUM = "/usr/bin/chromium";
 export const SCREENSHOTS = join(import.meta.dirname, "..", "test-artifacts", "screenshots");
 
-export function launchBrowser(): Promise<Browser> {
+/**
+ * Debian's Chromium, headless. `webgpu`: with WebGPU (on these machines, the SwiftShader software
+ * adapter) instead of no GPU at all.
+ */
+export function launchBrowser(o: { webgpu?: boolean } = {}): Promise<Browser> {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)`);
   return chromium.launch({
     executablePath: CHROMIUM,
     args: [
       "--headless",
       "--no-sandbox",
-      "--disable-gpu",
+      o.webgpu ? "--enable-unsafe-webgpu" : "--disable-gpu",
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
@@ -81,6 +85,12 @@ export class TestWallet {
           if (id !== this.ledgerChainId) return { error: { code: 4902, message: `unknown chain ${id}` } };
           this.chainId = id;
           return { result: null };
+        }
+        case "eth_signTypedData_v4": {
+          const [, json] = params as [Hex, string];
+          const typed = JSON.parse(json) as Parameters<NonNullable<Account["signTypedData"]>>[0] & { types: Record<string, unknown> };
+          const { EIP712Domain: _, ...types } = typed.types;
+          return { result: await this.account.signTypedData?.({ ...typed, types } as typeof typed) };
         }
         case "personal_sign": {
           const [message] = params as [Hex, string];

@@ -230,6 +230,14 @@ export function addListenOptions(cmd: Command): Command {
       new Option("--max-sign-ins-per-minute <n>", "wallet sign-ins one address may attempt per minute")
         .default(DEFAULT_RATE_LIMITS.signIns)
         .argParser(positiveInt),
+    )
+    .addOption(
+      new Option(
+        "--browser-nodes <who>",
+        "who may contribute from a browser tab (Contribute page): off, token (those given the site's join link, as for nodes), open (any wallet)",
+      )
+        .choices(["off", "token", "open"])
+        .default("token"),
     );
 }
 
@@ -240,4 +248,5 @@ export interface ListenArgs {
   publicUrl?: string[];
   maxRegistrationsPerMinute: number;
   maxSignInsPerMinute: number;
+  browserNodes: "off" | "token" | "open";
 }

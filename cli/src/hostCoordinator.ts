@@ -8,8 +8,15 @@
 import { randomBytes, X509Certificate } from "node:crypto";
 import { readFile, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { ApiKeyVerifier, type Coordinator, type CoordinatorOptions, createApiKey, startCoordinator } from "@sharedllm/coordinator";
-import { loadKeyFile, loadPins, SharedLLMError, writeFileAtomic } from "@sharedllm/node";
+import {
+  ApiKeyVerifier,
+  type BrowserBlob,
+  type Coordinator,
+  type CoordinatorOptions,
+  createApiKey,
+  startCoordinator,
+} from "@sharedllm/coordinator";
+import { loadKeyFile, loadPins, ModelStore, resolvePaths, SharedLLMError, writeFileAtomic } from "@sharedllm/node";
 import type { Logger } from "pino";
 import type { PrivateKeyAccount } from "viem/accounts";
 import type { ListenArgs } from "./args.js";
@@ -154,6 +161,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     l.tlsCert && l.tlsKey ? { cert: await readPem(l.tlsCert, "--tls-cert"), key: await readPem(l.tlsKey, "--tls-key") } : undefined;
   const cert = tls && certificate(tls.cert, l.tlsCert as string);
   const secrets = await loadSecrets(o.home);
+  const pins = await loadPins(o.home);
   const coordinator = await startCoordinator({
     host: o.host,
     port: o.port,
@@ -164,7 +172,8 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     ledger: o.ledger,
     federation: o.federation,
     indexer: o.indexer,
-    models: await loadPins(o.home),
+    models: pins,
+    browserNodes: { mode: l.browserNodes ?? "token", blobs: await browserBlobs(pins) },
     tls,
     publicOrigins: l.publicUrl,
     rateLimits: { registrations: l.maxRegistrationsPerMinute, signIns: l.maxSignInsPerMinute },
@@ -191,6 +200,19 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
   }
   const selfSigned = cert && l.tlsCert && cert.checkIssued(cert) ? resolve(l.tlsCert) : undefined;
   return { coordinator, joinToken: secrets.joinToken, apiKey, selfSignedCert: selfSigned, cert: tls?.cert };
+}
+
+/**
+ * The model files browser nodes may fetch from this machine: the pinned models that are in its
+ * model store (the coordinator keeps to those within its size cap).
+ */
+async function browserBlobs(pins: { id: string; sha256: string }[]): Promise<BrowserBlob[]> {
+  const store = new ModelStore(resolvePaths().cache);
+  const stored = await store.list();
+  return pins.flatMap((p) => {
+    const e = stored.find((m) => m.sha256 === p.sha256);
+    return e ? [{ id: p.id, sha256: e.sha256, path: store.blobPath(e.sha256), sizeBytes: e.size }] : [];
+  });
 }
 
 /** The coordinator's own key (settlements, federation), in `$SHAREDLLM_HOME/coordinator-key.json`. */

@@ -10,7 +10,7 @@ import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { ApiError, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, type BrowserNodesMode, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
@@ -40,6 +40,7 @@ import { type SettlementOptions, Settler } from "./ledger/settlement.js";
 import { Metrics } from "./metrics.js";
 import { accountsPlugin } from "./plugins/accounts.js";
 import { auditsPlugin } from "./plugins/audits.js";
+import { type BrowserBlob, browserNodesPlugin } from "./plugins/browserNodes.js";
 import { controlPlugin, type LocalDial } from "./plugins/control.js";
 import { healthPlugin } from "./plugins/health.js";
 import { historyPlugin } from "./plugins/history.js";
@@ -100,6 +101,11 @@ export interface CoordinatorOptions {
    * chain is configured (credits or federation), reading the ledger and the registry; false turns it off
    */
   indexer?: IndexerSettings | false;
+  /**
+   * Browser nodes (docs/browser-node.md): who may join (default off), and the model files of this
+   * machine they may fetch by sha256; files over `maxModelBytes` (default BROWSER_MODEL_CAP_BYTES) are not offered.
+   */
+  browserNodes?: { mode: BrowserNodesMode; blobs: readonly BrowserBlob[]; maxModelBytes?: number };
 }
 
 /** The indexer's settings beyond the chain and contracts it takes from the ledger and federation options. */
@@ -107,6 +113,12 @@ export type IndexerSettings = Partial<Omit<IndexerOptions, "rpcUrl" | "ledger">>
   /** a block explorer's base URL: the portal links each transaction to `{explorerUrl}/tx/{hash}` */
   explorerUrl?: string;
 };
+
+/**
+ * The largest model file offered to browser nodes: a tab's WebAssembly memory is 4 GiB at most,
+ * wllama refuses files over 2 GB, and a visitor should not wait long for the download.
+ */
+export const BROWSER_MODEL_CAP_BYTES = 1024 * 1024 * 1024;
 
 /** How many requests one client address may make per minute to the endpoints that write for anyone who asks. */
 export interface RateLimits {
@@ -195,8 +207,21 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });
     await app.register(nodesPlugin, { db, joinToken: o.joinToken, registrationsPerMinute: limits.registrations });
+    const browserCap = o.browserNodes?.maxModelBytes ?? BROWSER_MODEL_CAP_BYTES;
+    const browserBlobs = (o.browserNodes?.blobs ?? []).filter((b) => b.sizeBytes <= browserCap);
+    let origins: string[] = [];
+    await app.register(browserNodesPlugin, {
+      db,
+      mode: o.browserNodes?.mode ?? "off",
+      joinToken: o.joinToken,
+      blobs: browserBlobs,
+      chainId: ledger?.chain.chainId,
+      publicOrigins: () => origins,
+      registrationsPerMinute: limits.registrations,
+    });
     let dialLocal: LocalDial | undefined;
     await app.register(controlPlugin, {
+      browserModels: new Set(browserBlobs.map((b) => b.sha256)),
       exposeLocalDial: (dial) => {
         dialLocal = dial;
       },
@@ -250,7 +275,6 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ? new Canaries({ db, fleet, jobs, audits, log: app.log, everyMs: audits.canaryEveryMs })
       : undefined;
     await canaries?.start();
-    let origins: string[] = [];
     if (ledger) {
       await app.register(accountsPlugin, { db, keys, ...ledger, publicOrigins: () => origins, signInsPerMinute: limits.signIns });
       if (ledger.audits) await app.register(auditsPlugin, { audits: ledger.audits, keys });

@@ -10,3 +10,15 @@ export function hashSecret(secret: string): string {
 export function bearerToken(header: string | undefined): string | undefined {
   return /^Bearer\s+(\S+)$/i.exec(header ?? "")?.[1];
 }
+
+/**
+ * The token a browser offers as a WebSocket subprotocol (`bearer.<token>`, after
+ * CONTROL_SUBPROTOCOL): a page's WebSocket cannot send an Authorization header.
+ */
+export function protocolBearer(header: string | undefined): string | undefined {
+  for (const p of (header ?? "").split(",")) {
+    const m = /^bearer\.([\w-]+)$/.exec(p.trim());
+    if (m) return m[1];
+  }
+  return undefined;
+}

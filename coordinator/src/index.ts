@@ -11,6 +11,7 @@ export {
 } from "./audits/verdict.js";
 export type { KnownModel, PinnedModel } from "./catalogue.js";
 export {
+  BROWSER_MODEL_CAP_BYTES,
   type Coordinator,
   type CoordinatorOptions,
   DEFAULT_RATE_LIMITS,
@@ -39,4 +40,5 @@ export { type ChainOptions, LedgerChain } from "./ledger/chain.js";
 export { DEFAULT_PRICING, type Price, type Pricing } from "./ledger/metering.js";
 export { type SettlementOptions, Settler } from "./ledger/settlement.js";
 export { optionalRoutesSpec } from "./optionalRoutesSpec.js";
+export type { BrowserBlob } from "./plugins/browserNodes.js";
 export { NODE_HEADER } from "./plugins/sse.js";

@@ -9,6 +9,7 @@
  * A route that validates through its schema declares it itself (requestValidation.ts).
  */
 import {
+  browserRegisterRequestSchema,
   claimItemSchema,
   ERROR_CATALOG,
   type ErrorCode,
@@ -195,6 +196,43 @@ export const ROUTE_DOCS: Record<string, RouteDoc> = {
       ...errorResponses([...bodyErrors, "invalid_request", "invalid_api_key", "permission_denied", "rate_limit_exceeded"]),
     },
   },
+  "POST /v1/nodes/register-browser": {
+    summary: "Register a browser tab as a node, with a wallet's delegation to its session key",
+    description:
+      "The wallet signs once an EIP-712 BrowserNodeDelegation (protocol/src/browserNode.ts) to the tab's session key, for this site's origin and chain, until an expiry (at most 7 days ahead); the session key proves itself by an EIP-191 signature of registrationMessage over the request's timestamp and nonce. With `--browser-nodes token` the request is also signed with the site's join token (as POST /v1/nodes/register is); `open` takes any wallet; `off` refuses every tab (403). Answers a session token for the control channel, ending no later than the delegation, and the models browser nodes may serve here. Receipts the session key signs are credited to the wallet.",
+    tags: ["Nodes"],
+    headers: z.object({
+      [SITE_AUTH_HEADERS.timestamp]: z.string().describe("milliseconds since the epoch; within 60 s of the coordinator's clock"),
+      [SITE_AUTH_HEADERS.nonce]: z.string().describe("used once"),
+      [SITE_AUTH_HEADERS.signature]: z.string().optional().describe("with --browser-nodes token: HMAC-SHA256 under the join token"),
+    }),
+    body: browserRegisterRequestSchema,
+    response: {
+      201: json(
+        "registered",
+        z.object({
+          nodeId: address,
+          wallet: address,
+          sessionToken: z.string(),
+          expiresAt: z.iso.datetime(),
+          models: z.array(z.object({ id: z.string(), sha256: z.string(), sizeBytes: z.number().int(), url: z.string() })),
+        }),
+      ),
+      ...errorResponses([...bodyErrors, "invalid_request", "invalid_api_key", "permission_denied", "rate_limit_exceeded"]),
+    },
+  },
+  "GET /v1/blobs/:sha256": {
+    summary: "A model file by its sha256, for browser nodes",
+    description:
+      "Only the files of models this site lets browser nodes serve (none with --browser-nodes off). Range requests (206, If-Range), ETag = the quoted sha256 (If-None-Match answers 304 with no body), immutable caching; the tab checks the sha256 before it loads the file.",
+    tags: ["Nodes"],
+    params: z.object({ sha256: z.string().describe("64 lower-case hex digits") }),
+    response: {
+      200: { description: "the GGUF file", content: { "application/octet-stream": { schema: z.string() } } },
+      206: { description: "the requested range of it", content: { "application/octet-stream": { schema: z.string() } } },
+      ...errorResponses(["invalid_request", "not_found"]),
+    },
+  },
   "GET /v1/ledger": {
     summary: "The credit ledger this site uses (chain, contract, prices)",
     tags: ["Accounts"],
@@ -337,6 +375,7 @@ export const UNDOCUMENTED: Record<string, string> = {
   "GET /audits": "the web portal's page",
   "GET /federation": "the web portal's page",
   "GET /history": "the web portal's page",
+  "GET /contribute": "the web portal's page",
   "GET /openapi.json": "the spec itself",
   "GET /docs*": "the interactive docs (Swagger UI) and their assets",
 };

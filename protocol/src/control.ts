@@ -13,6 +13,11 @@ import { usageSchema } from "./openai.js";
 export const CONTROL_PROTOCOL_VERSION = 3;
 /** Path of the control-channel WebSocket on the coordinator. */
 export const CONTROL_PATH = "/v1/control";
+/**
+ * The WebSocket subprotocol a browser node asks for (the server answers it), alongside
+ * `bearer.<session token>`: a page cannot set an Authorization header on a WebSocket.
+ */
+export const CONTROL_SUBPROTOCOL = "sharedllm-control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
 export const CLOSE_REFUSED = 4001;
 
@@ -50,6 +55,26 @@ export const capabilitiesSchema = z.object({
   /** measured decode speed on the served model */
   tokensPerSecond: z.number().nonnegative(),
   measuredAt: z.string(),
+  /** a browser node's (docs/browser-node.md): what ran the engine, and the WebGPU adapter the browser offered */
+  browser: z
+    .object({
+      backend: z.enum(["webgpu", "wasm"]),
+      crossOriginIsolated: z.boolean(),
+      adapter: z
+        .object({
+          vendor: z.string().max(200),
+          architecture: z.string().max(200),
+          description: z.string().max(500),
+          isFallbackAdapter: z.boolean(),
+          shaderF16: z.boolean(),
+          maxBufferSize: z.number().nonnegative(),
+          maxStorageBufferBindingSize: z.number().nonnegative(),
+        })
+        .nullable(),
+      /** why llama.cpp's WebGPU backend did not run, when it did not */
+      webgpuUnusable: z.string().max(500).optional(),
+    })
+    .optional(),
 });
 export type Capabilities = z.infer<typeof capabilitiesSchema>;
 

@@ -8,6 +8,7 @@ import { type MouseEvent, type ReactNode, useEffect, useState } from "react";
 import { useChainId, useConnect, useConnection, useConnectors, useDisconnect, useSwitchChain } from "wagmi";
 import { api, UNREACHABLE } from "./api.js";
 import { AuditsPage } from "./pages/Audits.js";
+import { ContributePage } from "./pages/Contribute.js";
 import { CreditsPage } from "./pages/Credits.js";
 import { EarningsPage } from "./pages/Earnings.js";
 import { FederationPage } from "./pages/Federation.js";
@@ -34,6 +35,7 @@ const PAGES: Page[] = [
   { path: "/keys", title: "API keys", ledger: true, wallet: true, render: () => <KeysPage /> },
   { path: "/earnings", title: "Earnings", ledger: true, wallet: true, render: (l) => l && <EarningsPage ledger={l} /> },
   { path: "/history", title: "History", ledger: true, wallet: true, render: () => <HistoryPage /> },
+  { path: "/contribute", title: "Contribute", ledger: true, wallet: false, render: (l) => l && <ContributePage ledger={l} /> },
   { path: "/network", title: "Network", ledger: false, wallet: false, render: () => <NetworkPage /> },
   { path: "/playground", title: "Playground", ledger: false, wallet: false, render: (l) => <PlaygroundPage ledger={l} /> },
   // the operator's, with the operator key: audits exist only where jobs are paid

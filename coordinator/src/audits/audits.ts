@@ -503,6 +503,8 @@ export class Audits {
     const node = a.node_id;
     const forfeited = `forfeited: audit ${a.id} failed (${reason})`;
     const since = new Date(new Date(a.created_at).getTime() - this.windowMs);
+    // a browser node's earnings are its wallet's entries (docs/browser-node.md): those of the jobs this node served
+    const wallet = (await tx.selectFrom("browser_delegations").select("wallet").where("session_key", "=", node).executeTakeFirst())?.wallet;
     await tx
       .insertInto("set_aside_entries")
       .columns(["entry_id", "job_key", "reason"])
@@ -511,7 +513,16 @@ export class Audits {
           .selectFrom("ledger_entries as e")
           .select(["e.id", "e.job_id", sql.lit(forfeited).as("reason")])
           .where("e.kind", "=", "earn")
-          .where("e.address", "=", node)
+          .where("e.address", "=", wallet ?? node)
+          .$if(wallet !== undefined, (q) =>
+            q.where("e.job_id", "in", (eb) =>
+              eb
+                .selectFrom("receipts")
+                .select("receipts.job_id")
+                .where("receipts.node_address", "=", node)
+                .where("receipts.status", "=", "accepted"),
+            ),
+          )
           .where("e.created_at", ">=", since)
           .where(({ not, exists, selectFrom }) =>
             not(exists(selectFrom("batch_entries as b").select("b.entry_id").whereRef("b.entry_id", "=", "e.id"))),

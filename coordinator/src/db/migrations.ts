@@ -482,6 +482,21 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  "0015_browser_delegations": {
+    async up(db: Kysely<unknown>) {
+      // a browser node's session key, the wallet that delegated to it (and is paid), and the delegation (docs/browser-node.md)
+      await db.schema
+        .createTable("browser_delegations")
+        .addColumn("session_key", "text", (c) => c.primaryKey())
+        .addColumn("wallet", "text", (c) => c.notNull())
+        .addColumn("coordinator", "text", (c) => c.notNull())
+        .addColumn("chain_id", "integer", (c) => c.notNull())
+        .addColumn("expires_at", "timestamptz", (c) => c.notNull())
+        .addColumn("signature", "text", (c) => c.notNull())
+        .addColumn("created_at", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -32,6 +32,17 @@ export interface NodesTable {
   last_seen_at: Timestamp;
 }
 
+/** A browser node's session key and the wallet whose EIP-712 delegation it registered with (it earns for the wallet). */
+export interface BrowserDelegationsTable {
+  session_key: string;
+  wallet: string;
+  coordinator: string;
+  chain_id: number;
+  expires_at: Timestamp;
+  signature: string;
+  created_at: Generated<Date>;
+}
+
 export interface NodeSessionsTable {
   /** sha256 (hex) of the control-channel session token */
   token_hash: string;
@@ -456,6 +467,7 @@ export interface Database extends ChainHistoryTables {
   federation_nonces: FederationNoncesTable;
   federation_transactions: FederationTransactionsTable;
   federated_jobs: FederatedJobsTable;
+  browser_delegations: BrowserDelegationsTable;
 }
 
 export type ApiKeyRow = Selectable<ApiKeysTable>;

@@ -4,7 +4,7 @@
  * its proposals again when it reconnects); the node checks it against what it served and signs
  * it (EIP-712). A returned receipt is accepted only when the signature is the node's and
  * every field equals the proposal; then the node's share is credited in the journal, in the same
- * transaction. Anything else is kept as rejected, with the reason.
+ * transaction (a browser node's, to the wallet that delegated to its session key). Anything else is kept as rejected, with the reason.
  */
 import {
   type ReceiptRequest,
@@ -154,9 +154,20 @@ export class Receipts {
         // the proposal is taken in this transaction: one withdrawn meanwhile (a failed audit) pays nothing
         if (!(await this.forget(tx, receipt))) throw new Withdrawn();
         if (receipt.credits > 0n) {
+          // a browser node's session key earns for the wallet that delegated to it (docs/browser-node.md)
+          const delegation = await tx
+            .selectFrom("browser_delegations")
+            .select("wallet")
+            .where("session_key", "=", receipt.node.toLowerCase())
+            .executeTakeFirst();
           await tx
             .insertInto("ledger_entries")
-            .values({ address: receipt.node.toLowerCase(), kind: "earn", amount: receipt.credits, job_id: receipt.jobId })
+            .values({
+              address: delegation?.wallet ?? receipt.node.toLowerCase(),
+              kind: "earn",
+              amount: receipt.credits,
+              job_id: receipt.jobId,
+            })
             .execute();
         }
       });

@@ -238,7 +238,10 @@ export class Settler {
                 exists(
                   selectFrom("audits as a")
                     .select("a.id")
-                    .whereRef("a.node_id", "=", "e.address")
+                    // a browser node's earnings are its wallet's (docs/browser-node.md)
+                    .where(
+                      sql<boolean>`(a.node_id = e.address or a.node_id in (select d.session_key from browser_delegations d where d.wallet = e.address))`,
+                    )
                     .where("a.status", "in", ["queued", "running"])
                     .where(sql<boolean>`a.created_at <= e.created_at + ${windowMs / 1000} * interval '1 second'`),
                 ),

@@ -25,13 +25,14 @@ import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { Audits } from "../audits/audits.js";
 import { admitModels, type KnownModel } from "../catalogue.js";
 import type { Clusters } from "../clusters.js";
-import { bearerToken } from "../credentials.js";
+import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type Fleet, silentNodes } from "../fleet.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import { ConnectedNode } from "../units.js";
+import { delegatingWallet } from "./browserNodes.js";
 import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
@@ -46,6 +47,8 @@ export interface ControlPluginOptions {
   receipts?: Receipts;
   /** audits of paid jobs: auditors' answers go there; absent without auditors */
   audits?: Audits;
+  /** the GGUF files (sha256) browser nodes may serve; a browser node offering others serves none of them */
+  browserModels?: ReadonlySet<string>;
   /** receives the dial for a node in this process: its session token gives it an in-process channel */
   exposeLocalDial?: (dial: LocalDial) => void;
 }
@@ -90,7 +93,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     {
       websocket: true,
       preValidation: async (req, reply) => {
-        const token = bearerToken(req.headers.authorization);
+        // a browser cannot set headers on a WebSocket: its token comes as a subprotocol (CONTROL_BEARER_PROTOCOL)
+        const token = bearerToken(req.headers.authorization) ?? protocolBearer(req.headers["sec-websocket-protocol"]);
         const nodeId = token ? await sessionNode(o.db, token) : undefined;
         if (!nodeId) {
           return reply.code(401).send(errorBody("invalid_api_key", "no valid node session: register with the site's join token first"));
@@ -128,6 +132,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     const { log } = session;
     const send = (f: CoordinatorFrame) => channel.send(JSON.stringify(f));
     let node: ConnectedNode | undefined;
+    /** a browser node (a wallet's delegated session key): it serves only the models allowed for browser nodes, alone */
+    let browser = false;
     const refuse = (message: string) => {
       send({ type: "error", message });
       channel.close(CLOSE_REFUSED, message.slice(0, 120));
@@ -175,7 +181,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
             node.capabilities = frame.capabilities;
             node.tokensPerSecond = frame.capabilities.tokensPerSecond;
           }
-          o.fleet.setModels(node, new Map(admitted(frame.models).map((m) => [m.id, m])));
+          o.fleet.setModels(node, new Map(admitted(frame.models, browser).map((m) => [m.id, m])));
           if (frame.failed) log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
           return void rememberModels([...node.models.values()]).catch((err) => log.error({ err }, "recording models failed"));
         case "leave":
@@ -242,10 +248,15 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     });
 
     /** The node's models it may serve here: a pinned model only with the pinned file. */
-    function admitted(models: ServedModel[]): ServedModel[] {
+    function admitted(models: ServedModel[], browser: boolean): ServedModel[] {
       const { admitted, refused } = admitModels(models, o.knownModels);
       for (const r of refused) log.warn({ nodeId: session.nodeId, model: r.id, reason: r.reason }, "node may not serve this model here");
-      return admitted;
+      if (!browser) return admitted;
+      const allowed = admitted.filter((m) => o.browserModels?.has(m.sha256));
+      for (const m of admitted) {
+        if (!allowed.includes(m)) log.warn({ nodeId: session.nodeId, model: m.id }, "a browser node may not serve this model here");
+      }
+      return allowed;
     }
 
     /**
@@ -295,6 +306,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         refuse("this node is excluded after failed audits; the coordinator's operator must clear it");
         return undefined;
       }
+      browser = (await delegatingWallet(o.db, nodeId)) !== undefined;
       const engine = `${h.engine.tag}-${h.engine.variant}`;
       const now = new Date();
       await o.db
@@ -302,7 +314,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         .values({ id: nodeId, engine, first_seen_at: now, last_seen_at: now })
         .onConflict((c) => c.column("id").doUpdateSet({ engine, last_seen_at: now }))
         .execute();
-      const models = admitted(h.models);
+      const models = admitted(h.models, browser);
       await rememberModels(models);
       if (!channel.open) return undefined;
       const n = new ConnectedNode({
@@ -313,9 +325,10 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         accepting: h.accepting ?? true,
         reason: h.reason,
         capabilities: h.capabilities,
-        role: h.role ?? "solo",
-        tunnel: h.tunnel && { host: session.host, ...h.tunnel },
-        auditor: h.auditor === true,
+        // a browser node is at the lowest trust: never a cluster member, never an auditor
+        role: browser ? "solo" : (h.role ?? "solo"),
+        tunnel: browser ? undefined : h.tunnel && { host: session.host, ...h.tunnel },
+        auditor: !browser && h.auditor === true,
         send,
         disconnect: (reason) => channel.close(CLOSE_REFUSED, reason),
       });

@@ -33,6 +33,9 @@ describe("the portal's files", () => {
       expect(res.statusCode).toBe(200);
       expect(res.body).toContain("<title>portal</title>");
       expect(res.headers["cache-control"]).toBe("no-cache");
+      // cross-origin isolated: the Contribute page's engine needs SharedArrayBuffer
+      expect(res.headers["cross-origin-opener-policy"]).toBe("same-origin");
+      expect(res.headers["cross-origin-embedder-policy"]).toBe("require-corp");
     }
     const asset = await a.inject("/assets/index-abc.js");
     expect(asset.statusCode).toBe(200);

@@ -852,6 +852,117 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/blobs/{sha256}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A model file by its sha256, for browser nodes
+         * @description Only the files of models this site lets browser nodes serve (none with --browser-nodes off). Range requests (206, If-Range), ETag = the quoted sha256 (If-None-Match answers 304 with no body), immutable caching; the tab checks the sha256 before it loads the file.
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description 64 lower-case hex digits */
+                    sha256: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description the GGUF file */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/octet-stream": string;
+                    };
+                };
+                /** @description the requested range of it */
+                206: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/octet-stream": string;
+                    };
+                };
+                /** @description error: invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: not_found */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "not_found";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/chat/completions": {
         parameters: {
             query?: never;
@@ -2945,6 +3056,220 @@ export interface paths {
                             /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
                             nodeId: string;
                             sessionToken: string;
+                        };
+                    };
+                };
+                /** @description error: invalid_json, invalid_request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_json" | "invalid_request";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: invalid_api_key */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "invalid_api_key";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "authentication_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: permission_denied */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "permission_denied";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "permission_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: payload_too_large */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "payload_too_large";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: unsupported_media_type */
+                415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "unsupported_media_type";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "invalid_request_error";
+                            };
+                        };
+                    };
+                };
+                /** @description error: rate_limit_exceeded */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "rate_limit_exceeded";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "requests";
+                            };
+                        };
+                    };
+                };
+                /** @description error: internal_error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            error: {
+                                /** @enum {string} */
+                                code: "internal_error";
+                                /** @description what went wrong and what to do about it */
+                                message: string;
+                                /** @description the request field at fault, when there is one */
+                                param: string | null;
+                                /** @enum {string} */
+                                type: "server_error";
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nodes/register-browser": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Register a browser tab as a node, with a wallet's delegation to its session key
+         * @description The wallet signs once an EIP-712 BrowserNodeDelegation (protocol/src/browserNode.ts) to the tab's session key, for this site's origin and chain, until an expiry (at most 7 days ahead); the session key proves itself by an EIP-191 signature of registrationMessage over the request's timestamp and nonce. With `--browser-nodes token` the request is also signed with the site's join token (as POST /v1/nodes/register is); `open` takes any wallet; `off` refuses every tab (403). Answers a session token for the control channel, ending no later than the delegation, and the models browser nodes may serve here. Receipts the session key signs are credited to the wallet.
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header: {
+                    /** @description used once */
+                    "x-sharedllm-nonce": string;
+                    /** @description with --browser-nodes token: HMAC-SHA256 under the join token */
+                    "x-sharedllm-signature"?: string;
+                    /** @description milliseconds since the epoch; within 60 s of the coordinator's clock */
+                    "x-sharedllm-timestamp": string;
+                };
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        delegation: {
+                            chainId: number;
+                            coordinator: string;
+                            expiresAt: number;
+                            sessionKey: string;
+                            wallet: string;
+                        };
+                        proof: string;
+                        walletSignature: string;
+                    };
+                };
+            };
+            responses: {
+                /** @description registered */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: date-time */
+                            expiresAt: string;
+                            models: {
+                                id: string;
+                                sha256: string;
+                                sizeBytes: number;
+                                url: string;
+                            }[];
+                            /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
+                            nodeId: string;
+                            sessionToken: string;
+                            /** @description an address: all lower case, all upper case, or mixed case with a valid EIP-55 checksum */
+                            wallet: string;
                         };
                     };
                 };
