@@ -295,6 +295,26 @@ describe("forwarding jobs to a trusted peer site", () => {
     expect(again.status).toBe(200);
     expect(await again.text()).toBe(text);
     expect(await jobsOfA()).toBe(ran);
+
+    // the very same signed request again (its nonce used): refused as a replay, nothing run; a fresh
+    // signature of a new transaction still runs
+    const url = `${b.coordinator.url}${FEDERATION_PREFIX}/jobs`;
+    const body = JSON.stringify({
+      txid: randomUUID(),
+      kind: "chat",
+      body: { model: PEER_MODEL, messages: [{ role: "user", content: "Say hi." }], temperature: 0 },
+      generationLimit: 4,
+    });
+    const headers = { ...f.sign(b.address, "POST", url, body), "content-type": "application/json" };
+    const original = await fetch(url, { method: "POST", headers, body });
+    expect(original.status).toBe(200);
+    await original.text();
+    const before = await jobsOfA();
+    const replayed = await fetch(url, { method: "POST", headers, body });
+    expect(replayed.status).toBe(401);
+    expect(((await replayed.json()) as OpenAIErrorBody).error.code).toBe("federation_replayed");
+    expect(await jobsOfA()).toBe(before);
+    expect((await job(randomUUID())).status).toBe(200);
   });
 
   it("a client that goes away at A cancels the job at B; both charge for the output streamed and the prompt, and B's receipt for it reaches A", async () => {

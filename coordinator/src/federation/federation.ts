@@ -29,6 +29,9 @@ import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signR
 import { FederationNonces, FederationTransactions, type PeerTraffic } from "./store.js";
 import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
 
+/** Why a replayed request is refused. */
+export const REPLAYED = "this request was already received: a replay";
+
 export interface FederationOptions {
   /** JSON-RPC URL of the chain with the registry */
   rpcUrl: string;
@@ -82,7 +85,11 @@ export interface VerifiedPeer {
   trustPath: TrustPath;
 }
 
-export type Inbound = { ok: true; peer: VerifiedPeer } | Refused;
+/**
+ * A verified request: its sender, and whether its nonce was unused (`fresh`: awaited already
+ * unless the caller asked for it later, to overlap the nonce's write with its own first one).
+ */
+export type Inbound = { ok: true; peer: VerifiedPeer; fresh: Promise<boolean> } | Refused;
 
 /** What forwarding adds to `GET /v1/federation`. */
 export interface ForwardingView {
@@ -302,15 +309,19 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     return { kind: "ok", keyid: `${e.keyId}:${ownKeyId}`, key };
   }
 
-  /** Verifies a peer's signed request and uses its nonce up. */
-  async verify(r: InboundRequest, now = Date.now()): Promise<Inbound> {
+  /**
+   * Verifies a peer's signed request and uses its nonce up. `nonceLater`: the nonce's write is
+   * left running (`fresh`), for a caller that overlaps it with its own first write and acts on
+   * nothing before it knows the request is no replay; else a replay is refused here.
+   */
+  async verify(r: InboundRequest, now = Date.now(), nonceLater = false): Promise<Inbound> {
     const v = verifyRequest(r, this.address, (origin) => this.lookup(origin), now);
     if (!v.ok) return v;
-    const fresh = await this.nonces.remember(v.origin, v.nonce, new Date((v.expires + CLOCK_SKEW_S) * 1000));
-    if (!fresh) return { ok: false, reason: "replayed", detail: "this request was already received: a replay" };
+    const fresh = this.nonces.remember(v.origin, v.nonce, new Date((v.expires + CLOCK_SKEW_S) * 1000));
+    if (!nonceLater && !(await fresh)) return { ok: false, reason: "replayed", detail: REPLAYED };
     const e = this.peer(v.origin) as RegistryEntry;
     const t = this.trustNow(e, now / 1000);
-    return { ok: true, peer: { address: e.address, url: e.url, trustPath: t.trusted ? t.path : "admitted" } };
+    return { ok: true, peer: { address: e.address, url: e.url, trustPath: t.trusted ? t.path : "admitted" }, fresh };
   }
 
   /** `GET /v1/federation`: public facts only. */

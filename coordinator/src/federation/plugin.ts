@@ -7,13 +7,22 @@
  */
 import { ApiError, type ErrorCode, FEDERATION_PREFIX } from "@sharedllm/protocol";
 import type { FastifyInstance } from "fastify";
-import type { Federation, ForwardingView, VerifiedPeer } from "./federation.js";
+import { type Federation, type ForwardingView, REPLAYED, type VerifiedPeer } from "./federation.js";
 import type { Refusal } from "./signature.js";
 
 declare module "fastify" {
   interface FastifyRequest {
     /** on signed federation routes: the peer coordinator the request came from */
     federationPeer?: VerifiedPeer;
+    /**
+     * on a signed route with `config: { nonceLater: true }`: settles once the request's nonce is
+     * known unused, and rejects (a replay) otherwise; the handler acts on nothing before it
+     */
+    federationFresh?: Promise<void>;
+  }
+  interface FastifyContextConfig {
+    /** the route overlaps the nonce's write with its own first one (see federationFresh) */
+    nonceLater?: boolean;
   }
 }
 
@@ -48,22 +57,30 @@ export async function federationPlugin(app: FastifyInstance, o: FederationPlugin
       // the signature covers the body's exact bytes: keep them, parse once verified
       scope.addContentTypeParser("application/json", { parseAs: "buffer" }, (_req, body, done) => done(null, body));
       scope.decorateRequest("federationPeer", undefined);
+      scope.decorateRequest("federationFresh", undefined);
       scope.addHook("preHandler", async (req) => {
         const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-        const v = await f.verify({
-          method: req.method,
-          authority: req.headers.host ?? "",
-          target: req.url,
-          headers: req.headers,
-          body: raw,
-        });
-        if (!v.ok) {
+        const nonceLater = req.routeOptions.config.nonceLater === true;
+        const refuse = (reason: Refusal, detail: string) => {
           // the claimed origin is a stranger's header: logged as a string of at most an address's length
           const origin = String(req.headers["sharedllm-origin"] ?? "").slice(0, 42);
-          req.log.warn({ reason: v.reason, origin, ip: req.ip }, "federation request refused");
-          throw new ApiError(REFUSAL_CODES[v.reason], `federation request refused: ${v.detail}`);
-        }
+          req.log.warn({ reason, origin, ip: req.ip }, "federation request refused");
+          return new ApiError(REFUSAL_CODES[reason], `federation request refused: ${detail}`);
+        };
+        const v = await f.verify(
+          { method: req.method, authority: req.headers.host ?? "", target: req.url, headers: req.headers, body: raw },
+          Date.now(),
+          nonceLater,
+        );
+        if (!v.ok) throw refuse(v.reason, v.detail);
         req.federationPeer = v.peer;
+        if (nonceLater) {
+          req.federationFresh = v.fresh.then((fresh) => {
+            if (!fresh) throw refuse("replayed", REPLAYED);
+          });
+          // awaited by the handler; a handler that refused the request first leaves it unawaited
+          req.federationFresh.catch(() => undefined);
+        }
         try {
           req.body = raw.length ? JSON.parse(raw.toString("utf8")) : undefined;
         } catch {

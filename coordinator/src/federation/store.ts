@@ -63,6 +63,16 @@ export class FederationTransactions {
     await this.db.deleteFrom("federation_transactions").where("created_at", "<", sql<Date>`now() - interval '1 hour'`).execute();
   }
 
+  /** Forgets a claim of (peer, txid) that did not run (its request was refused). */
+  async forget(peer: string, txid: string): Promise<void> {
+    await this.db
+      .deleteFrom("federation_transactions")
+      .where("peer", "=", peer.toLowerCase())
+      .where("txid", "=", txid)
+      .where("result", "is", null)
+      .execute();
+  }
+
   /** Records the first result of (peer, txid); it is what a repeat gets. */
   async finish(peer: string, txid: string, result: string): Promise<void> {
     await this.db
