@@ -221,7 +221,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     });
     let dialLocal: LocalDial | undefined;
     await app.register(controlPlugin, {
-      browserModels: new Set(browserBlobs.map((b) => b.sha256)),
+      // none while browser nodes are off: a tab registered before is served nothing
+      browserModels: new Map((o.browserNodes?.mode ?? "off") === "off" ? [] : browserBlobs.map((b) => [b.sha256, b.id])),
       exposeLocalDial: (dial) => {
         dialLocal = dial;
       },

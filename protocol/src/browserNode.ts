@@ -11,6 +11,30 @@ import { z } from "zod";
 
 /** Registration of a browser node (a delegation instead of a node key's own address). */
 export const BROWSER_REGISTER_PATH = "/v1/nodes/register-browser";
+
+/**
+ * What a browser node's session key proves at registration (EIP-191 personal message): unlike a
+ * native node's registrationMessage it names the wallet, the site and the chain, so a proof seen
+ * at one site (or a native node's) cannot be replayed at another to pay its work to a stranger.
+ */
+export function browserRegistrationMessage(p: {
+  sessionKey: string;
+  wallet: string;
+  coordinator: string;
+  chainId: number;
+  timestamp: string;
+  nonce: string;
+}): string {
+  return [
+    "SharedLLM browser node registration",
+    `session key: ${p.sessionKey.toLowerCase()}`,
+    `wallet: ${p.wallet.toLowerCase()}`,
+    `site: ${p.coordinator}`,
+    `chain: ${p.chainId}`,
+    `timestamp: ${p.timestamp}`,
+    `nonce: ${p.nonce}`,
+  ].join("\n");
+}
 /** Model blobs by sha256, for browser nodes: `${BLOBS_PATH}/<sha256>`. */
 export const BLOBS_PATH = "/v1/blobs";
 
@@ -65,7 +89,7 @@ export const browserRegisterRequestSchema = z.object({
   }),
   /** the wallet's EIP-712 signature of delegationTypedData */
   walletSignature: signatureSchema,
-  /** the session key's EIP-191 signature of registrationMessage (registration.ts) over this request's timestamp and nonce */
+  /** the session key's EIP-191 signature of browserRegistrationMessage over this request's wallet, site, chain, timestamp and nonce */
   proof: signatureSchema,
 });
 export type BrowserRegisterRequest = z.infer<typeof browserRegisterRequestSchema>;

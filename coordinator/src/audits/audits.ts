@@ -179,7 +179,17 @@ export class Audits {
     const untold = c.output.indexOf(UNTOLD_TOKEN);
     const end = untold < 0 ? c.output.length : untold;
     if (end <= c.from) return false;
-    const standing = await tx.selectFrom("node_standing").selectAll().where("node_id", "=", c.node.toLowerCase()).executeTakeFirst();
+    // a browser node's record is its wallet's too, whichever of its session keys served
+    const ids = tx.selectFrom("browser_delegations").select("wallet").where("session_key", "=", c.node.toLowerCase());
+    const records = await tx
+      .selectFrom("node_standing")
+      .selectAll()
+      .where((eb) => eb.or([eb("node_id", "=", c.node.toLowerCase()), eb("node_id", "in", ids)]))
+      .execute();
+    const standing = records.reduce<(typeof records)[number] | undefined>(
+      (worst, r) => (!worst || r.suspicion > worst.suspicion ? r : worst),
+      undefined,
+    );
     const draw = this.o.random ? this.o.random() : randomInt(2 ** 32) / 2 ** 32;
     if (!c.canary && !(draw < this.rateFor(standing))) return false;
     const positions = pickPositions(c.from, end, this.o.positions ?? 8);
@@ -532,14 +542,32 @@ export class Audits {
       .execute();
     await tx.deleteFrom("receipt_proposals").where("node_address", "=", node).execute();
     const standing = await this.record(tx, node, "failed");
-    if (standing.excluded_at || standing.suspicion < (this.o.excludeAfter ?? 2)) return { suspicion: standing.suspicion, excluded: false };
+    // a browser node's wallet keeps the record too: a new session key does not start it clean
+    const walletStanding = wallet ? await this.record(tx, wallet, "failed") : undefined;
+    const suspicion = Math.max(standing.suspicion, walletStanding?.suspicion ?? 0);
+    if (standing.excluded_at || suspicion < (this.o.excludeAfter ?? 2)) return { suspicion, excluded: false };
     await tx
       .updateTable("node_standing")
-      .set({ excluded_at: new Date(), excluded_reason: `${standing.suspicion} failed audits, the last: ${reason}` })
-      .where("node_id", "=", node)
+      .set({ excluded_at: new Date(), excluded_reason: `${suspicion} failed audits, the last: ${reason}` })
+      .where("node_id", "in", wallet ? [node, wallet] : [node])
       .execute();
-    await tx.deleteFrom("node_sessions").where("node_id", "=", node).execute();
-    return { suspicion: standing.suspicion, excluded: true };
+    await tx
+      .deleteFrom("node_sessions")
+      .where((eb) =>
+        eb.or([
+          eb("node_id", "=", node),
+          eb(
+            "node_id",
+            "in",
+            eb
+              .selectFrom("browser_delegations")
+              .select("session_key")
+              .where("wallet", "=", wallet ?? ""),
+          ),
+        ]),
+      )
+      .execute();
+    return { suspicion, excluded: true };
   }
 }
 

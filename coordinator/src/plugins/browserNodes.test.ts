@@ -6,6 +6,7 @@ import {
   BLOBS_PATH,
   BROWSER_REGISTER_PATH,
   type BrowserNodesMode,
+  browserRegistrationMessage,
   type Delegation,
   delegationTypedData,
   registrationMessage,
@@ -110,6 +111,8 @@ interface Knobs {
   session?: PrivateKeyAccount;
   /** who signs the registration proof (default: the session key) */
   prover?: PrivateKeyAccount;
+  /** the proof's message (default: the browser registration's, for this request) */
+  proofMessage?: (p: { session: PrivateKeyAccount; timestamp: string; nonce: string }) => string;
   delegation?: Partial<Delegation>;
   token?: string | null;
 }
@@ -132,7 +135,16 @@ async function registration(k: Knobs = {}) {
   const timestamp = placeholder["x-sharedllm-timestamp"] as string;
   const nonce = placeholder["x-sharedllm-nonce"] as string;
   const proof = await (k.prover ?? session).signMessage({
-    message: registrationMessage({ nodeId: session.address.toLowerCase(), timestamp, nonce }),
+    message:
+      k.proofMessage?.({ session, timestamp, nonce }) ??
+      browserRegistrationMessage({
+        sessionKey: session.address,
+        wallet: wallet.address,
+        coordinator: d.coordinator,
+        chainId: d.chainId,
+        timestamp,
+        nonce,
+      }),
   });
   const body = JSON.stringify({ delegation: d, walletSignature, proof });
   const headers = await signSiteRequestWeb(
@@ -212,6 +224,34 @@ describe("browser node registration", () => {
     const hijack = await register(a, { session: first.session });
     expect(hijack.status).toBe(401);
     expect(hijack.message).toContain("another wallet");
+  });
+
+  it("a native node's registration proof, seen at another site, cannot make it a browser node paying a stranger's wallet", async () => {
+    const a = await app("open");
+    // the proof a native node signs to register (its key, this request's timestamp and nonce)
+    const stolen = await register(a, {
+      token: null,
+      proofMessage: ({ session, timestamp, nonce }) => registrationMessage({ nodeId: session.address.toLowerCase(), timestamp, nonce }),
+    });
+    expect(stolen.status).toBe(401);
+    expect(stolen.message).toContain("not signed by the delegated session key");
+    // and a key that is a native node's here is never a browser node's
+    const node = privateKeyToAccount(generatePrivateKey());
+    const at = new Date();
+    await db
+      .insertInto("nodes")
+      .values({ id: node.address.toLowerCase(), engine: "b1234-cpu", first_seen_at: at, last_seen_at: at })
+      .execute();
+    const taken = await register(a, { token: null, session: node });
+    expect(taken.status).toBe(401);
+    expect(taken.message).toContain("native node");
+    expect(
+      await db
+        .selectFrom("browser_delegations")
+        .select("session_key")
+        .where("session_key", "=", node.address.toLowerCase())
+        .executeTakeFirst(),
+    ).toBeUndefined();
   });
 
   it("off refuses every tab; open needs no join link; no ledger means nothing to earn", async () => {

@@ -20,9 +20,9 @@ import {
   type BrowserNodesMode,
   type BrowserRegisterResponse,
   browserRegisterRequestSchema,
+  browserRegistrationMessage,
   delegationTypedData,
   MAX_DELEGATION_SECONDS,
-  registrationMessage,
 } from "@sharedllm/protocol";
 import { NonceCache, SITE_AUTH_HEADERS, SITE_AUTH_WINDOW_MS, verifySiteRequest } from "@sharedllm/protocol/node";
 import type { FastifyInstance, FastifyRequest } from "fastify";
@@ -63,14 +63,14 @@ export function browserModels(blobs: readonly BrowserBlob[]): BrowserModel[] {
     .map((b) => ({ id: b.id, sha256: b.sha256, sizeBytes: b.sizeBytes, url: `${BLOBS_PATH}/${b.sha256}` }));
 }
 
-/** The wallet a browser node's session key earns for, while its delegation was recorded; undefined for any other node. */
-export async function delegatingWallet(db: Db, nodeId: string): Promise<Address | undefined> {
+/** A browser node's delegation: the wallet paid for its work, and when the delegation ends. */
+export async function delegationOf(db: Db, nodeId: string): Promise<{ wallet: Address; expiresAt: Date } | undefined> {
   const row = await db
     .selectFrom("browser_delegations")
-    .select("wallet")
+    .select(["wallet", "expires_at"])
     .where("session_key", "=", nodeId.toLowerCase())
     .executeTakeFirst();
-  return row?.wallet as Address | undefined;
+  return row && { wallet: row.wallet as Address, expiresAt: new Date(row.expires_at) };
 }
 
 export async function browserNodesPlugin(app: FastifyInstance, o: BrowserNodesOptions): Promise<void> {
@@ -149,9 +149,28 @@ export async function browserNodesPlugin(app: FastifyInstance, o: BrowserNodesOp
       signature: walletSignature as Hex,
     }).catch(() => false);
     if (!signed) throw refused("the delegation is not signed by the wallet it names");
-    const message = registrationMessage({ nodeId: sessionKey, timestamp: String(fresh.timestamp), nonce: fresh.nonce });
+    // the session key proves itself for this wallet, site and chain: a native node's proof, seen
+    // elsewhere, cannot be replayed here to have its work paid to another wallet
+    const message = browserRegistrationMessage({
+      sessionKey,
+      wallet,
+      coordinator: d.coordinator,
+      chainId: d.chainId,
+      timestamp: String(fresh.timestamp),
+      nonce: fresh.nonce,
+    });
     const proven = await verifyMessage({ address: sessionKey, message, signature: proof as Hex }).catch(() => false);
     if (!proven) throw refused("the proof is not signed by the delegated session key");
+    // a native node's key is never a browser node's
+    const native = await o.db
+      .selectFrom("nodes")
+      .select("id")
+      .where("id", "=", sessionKey)
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom("browser_delegations").select("session_key").where("session_key", "=", sessionKey))),
+      )
+      .executeTakeFirst();
+    if (native) throw refused("this key is a native node's here; a browser node needs a session key of its own");
     const excluded = await o.db
       .selectFrom("node_standing")
       .select(["node_id", "excluded_reason"])

@@ -32,7 +32,7 @@ import { type Fleet, silentNodes } from "../fleet.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import { ConnectedNode } from "../units.js";
-import { delegatingWallet } from "./browserNodes.js";
+import { delegationOf } from "./browserNodes.js";
 import { sessionNode } from "./nodes.js";
 
 export interface ControlPluginOptions {
@@ -47,8 +47,8 @@ export interface ControlPluginOptions {
   receipts?: Receipts;
   /** audits of paid jobs: auditors' answers go there; absent without auditors */
   audits?: Audits;
-  /** the GGUF files (sha256) browser nodes may serve; a browser node offering others serves none of them */
-  browserModels?: ReadonlySet<string>;
+  /** the GGUF files (sha256) browser nodes may serve, each under its model id; a browser node offering others serves none of them */
+  browserModels?: ReadonlyMap<string, string>;
   /** receives the dial for a node in this process: its session token gives it an in-process channel */
   exposeLocalDial?: (dial: LocalDial) => void;
 }
@@ -252,7 +252,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       const { admitted, refused } = admitModels(models, o.knownModels);
       for (const r of refused) log.warn({ nodeId: session.nodeId, model: r.id, reason: r.reason }, "node may not serve this model here");
       if (!browser) return admitted;
-      const allowed = admitted.filter((m) => o.browserModels?.has(m.sha256));
+      // the allowed file under its own name only: a small file offered as another model would take that model's jobs
+      const allowed = admitted.filter((m) => o.browserModels?.get(m.sha256) === m.id);
       for (const m of admitted) {
         if (!allowed.includes(m)) log.warn({ nodeId: session.nodeId, model: m.id }, "a browser node may not serve this model here");
       }
@@ -295,18 +296,28 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
         );
         return undefined;
       }
-      // a node excluded after failed audits while it was registering (docs/verification.md)
+      // a browser node acts for the wallet that delegated to it, and no longer than the delegation
+      const delegation = await delegationOf(o.db, nodeId);
+      // a node excluded after failed audits while it was registering (docs/verification.md), or its wallet
       const excluded = await o.db
         .selectFrom("node_standing")
         .select("node_id")
-        .where("node_id", "=", nodeId)
+        .where("node_id", "in", delegation ? [nodeId, delegation.wallet.toLowerCase()] : [nodeId])
         .where("excluded_at", "is not", null)
         .executeTakeFirst();
       if (excluded) {
         refuse("this node is excluded after failed audits; the coordinator's operator must clear it");
         return undefined;
       }
-      browser = (await delegatingWallet(o.db, nodeId)) !== undefined;
+      browser = delegation !== undefined;
+      if (delegation) {
+        const ends = setTimeout(
+          () => refuse("the wallet's delegation to this tab has expired; start again"),
+          delegation.expiresAt.getTime() - Date.now(),
+        );
+        ends.unref();
+        channel.onClose(() => clearTimeout(ends));
+      }
       const engine = `${h.engine.tag}-${h.engine.variant}`;
       const now = new Date();
       await o.db

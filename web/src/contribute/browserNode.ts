@@ -11,6 +11,7 @@ import {
   BROWSER_REGISTER_PATH,
   type BrowserModel,
   type BrowserRegisterResponse,
+  browserRegistrationMessage,
   type Capabilities,
   CONTROL_PATH,
   CONTROL_PROTOCOL_VERSION,
@@ -24,7 +25,6 @@ import {
   parseFrame,
   promptHash,
   ReceiptSigner,
-  registrationMessage,
   signSiteRequestWeb,
   UNTOLD_TOKEN,
 } from "@sharedllm/protocol";
@@ -130,7 +130,15 @@ export class BrowserNode {
     const fresh = await signSiteRequestWeb(o.joinToken, "POST", BROWSER_REGISTER_PATH, "");
     const timestamp = fresh["x-sharedllm-timestamp"] as string;
     const nonce = fresh["x-sharedllm-nonce"] as string;
-    const proof = await key.signMessage({ message: registrationMessage({ nodeId: key.address.toLowerCase(), timestamp, nonce }) });
+    const message = browserRegistrationMessage({
+      sessionKey: key.address,
+      wallet: o.wallet,
+      coordinator: location.origin,
+      chainId: o.chainId,
+      timestamp,
+      nonce,
+    });
+    const proof = await key.signMessage({ message });
     const body = JSON.stringify({ delegation, walletSignature, proof });
     const headers = await signSiteRequestWeb(o.joinToken, "POST", BROWSER_REGISTER_PATH, body, Number(timestamp), nonce);
     const res = await fetch(BROWSER_REGISTER_PATH, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
