@@ -10,7 +10,7 @@ import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { ApiError, type BrowserNodesMode, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, type BrowserNodesMode, CONTROL_SUBPROTOCOL, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
@@ -202,7 +202,15 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       errorResponseBuilder: (_req, ctx) =>
         new ApiError("rate_limit_exceeded", `too many requests from this address; try again in ${Math.ceil(ctx.ttl / 1000)} s`),
     });
-    await app.register(websocket, { options: { perMessageDeflate: false, skipUTF8Validation: true, maxPayload: 16 * 1024 * 1024 } });
+    await app.register(websocket, {
+      options: {
+        perMessageDeflate: false,
+        skipUTF8Validation: true,
+        maxPayload: 16 * 1024 * 1024,
+        // the handshake names only the control protocol: a tab's `bearer.<token>` is never echoed back (proxies log that header)
+        handleProtocols: (protocols) => (protocols.has(CONTROL_SUBPROTOCOL) ? CONTROL_SUBPROTOCOL : false),
+      },
+    });
     const metrics = new Metrics(fleet);
     await app.register(healthPlugin, { fleet, credits: Boolean(ledger) });
     await app.register(networkPlugin, { db, fleet, metrics });

@@ -1,5 +1,9 @@
+import { storageBackends } from "@sharedllm/testkit";
+import { pino } from "pino";
 import { describe, expect, it } from "vitest";
-import { pickPositions } from "./audits.js";
+import { openDatabase } from "../db/database.js";
+import { Fleet } from "../fleet.js";
+import { Audits, pickPositions } from "./audits.js";
 
 describe("pickPositions", () => {
   it("draws distinct positions of the part, ascending, at most the count asked and the part's length", () => {
@@ -19,5 +23,60 @@ describe("pickPositions", () => {
     for (let i = 0; i < 500; i++) late += pickPositions(0, 100, 1).filter((x) => x >= 50).length;
     expect(late).toBeGreaterThan(200);
     expect(late).toBeLessThan(300);
+  });
+});
+
+describe.each(storageBackends())("a browser node's audit record on $name", ({ open }) => {
+  it("is its wallet's too: a new session key of a wallet with failed audits is audited as a suspect", async () => {
+    const db0 = await open();
+    const db = await openDatabase(db0);
+    try {
+      const wallet = "0x00000000000000000000000000000000000000aa";
+      const freshKey = "0x00000000000000000000000000000000000000bb";
+      const clean = "0x00000000000000000000000000000000000000cc";
+      await db
+        .insertInto("node_standing")
+        .values([
+          { node_id: wallet, passed: 0, failed: 1, suspicion: 1 },
+          { node_id: freshKey, passed: 10, failed: 0, suspicion: 0 },
+          { node_id: clean, passed: 10, failed: 0, suspicion: 0 },
+        ])
+        .execute();
+      await db
+        .insertInto("browser_delegations")
+        .values({
+          session_key: freshKey,
+          wallet,
+          coordinator: "http://site",
+          chain_id: 31337,
+          expires_at: new Date(Date.now() + 60_000),
+          signature: "0x",
+        })
+        .execute();
+      // a draw above the established rate (0.5), below a suspect's (1)
+      const audits = new Audits(db, new Fleet(), pino({ level: "silent" }), {
+        auditors: [],
+        judge: () => ({ pass: true }),
+        random: () => 0.9,
+      });
+      const candidate = (node: string) => ({
+        jobId: `job_${node}`,
+        node,
+        model: "m",
+        modelSha256: "ab".repeat(32),
+        kind: "chat" as const,
+        request: { messages: [{ role: "user", content: "hi" }] },
+        output: [1, 2, 3, 4],
+        from: 0,
+        promptTokens: 3,
+        promptHash: "0x00",
+        outputHash: "0x00",
+      });
+      expect(await db.transaction().execute((tx) => audits.consider(tx, candidate(freshKey)))).toBe(true);
+      expect(await db.transaction().execute((tx) => audits.consider(tx, candidate(clean)))).toBe(false);
+    } finally {
+      await db.destroy();
+      await db0.cleanup();
+    }
   });
 });

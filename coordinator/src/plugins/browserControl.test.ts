@@ -43,7 +43,7 @@ afterAll(async () => {
 });
 
 /** A browser node's session, as registration leaves it (a delegation and a session token). */
-async function browserSession(): Promise<{ nodeId: string; token: string }> {
+async function browserSession(delegationMs = 3600_000): Promise<{ nodeId: string; token: string }> {
   const nodeId = privateKeyToAccount(generatePrivateKey()).address.toLowerCase();
   const token = randomBytes(32).toString("base64url");
   await c.db
@@ -53,7 +53,7 @@ async function browserSession(): Promise<{ nodeId: string; token: string }> {
       wallet: privateKeyToAccount(generatePrivateKey()).address.toLowerCase(),
       coordinator: c.url,
       chain_id: 31337,
-      expires_at: new Date(Date.now() + 3600_000),
+      expires_at: new Date(Date.now() + delegationMs),
       signature: "0x",
     })
     .execute();
@@ -81,6 +81,8 @@ describe("a browser node's control channel", () => {
         models: [
           { id: "tiny", sha256: allowed, contextSize: 2048 },
           { id: "big", sha256: "ab".repeat(32), contextSize: 2048 },
+          // the allowed small file under another model's name would take that model's jobs
+          { id: "llama-70b", sha256: allowed, contextSize: 2048 },
         ],
         slots: 1,
         auditor: true,
@@ -98,6 +100,26 @@ describe("a browser node's control channel", () => {
     ws.send(JSON.stringify({ type: "models", models: [{ id: "big", sha256: "ab".repeat(32), contextSize: 2048 }] }));
     await waitFor("the models frame applied", () => (c.fleet.get(nodeId)?.models.size === 0 ? true : undefined));
     ws.close();
+    await waitFor("the node gone", () => (c.fleet.get(nodeId) ? undefined : true));
+  });
+
+  it("ends a tab's channel when its wallet's delegation expires", async () => {
+    const { nodeId, token } = await browserSession(1_500);
+    const ws = new WebSocket(c.url.replace("http", "ws") + CONTROL_PATH, [CONTROL_SUBPROTOCOL, `bearer.${token}`]);
+    await new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject));
+    const closed = new Promise<number>((r) => ws.once("close", (code) => r(code)));
+    ws.send(
+      JSON.stringify({
+        type: "hello",
+        protocol: CONTROL_PROTOCOL_VERSION,
+        nodeId,
+        engine: { tag: "wllama", variant: "wasm" },
+        models: [{ id: "tiny", sha256: allowed, contextSize: 2048 }],
+        slots: 1,
+      }),
+    );
+    await waitFor("the node", () => c.fleet.get(nodeId));
+    expect(await closed).toBeGreaterThanOrEqual(4000);
     await waitFor("the node gone", () => (c.fleet.get(nodeId) ? undefined : true));
   });
 
