@@ -5,17 +5,12 @@
  * with no llama-server anywhere. Reports the coordinator's CPU and memory while
  * the fleet heartbeats, and scheduling latency under a stream of requests.
  */
-import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
 import { waitFor } from "@sharedllm/testkit";
 import { SimNode } from "@sharedllm/testkit/simNode";
 import { median } from "./coordinator.ts";
-
-const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
+import { startCoordinatorProcess } from "./coordinatorProcess.ts";
 
 function procStats(pid: number): { cpuMs: number; rssBytes: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -40,23 +35,10 @@ async function pool<T>(items: T[], concurrency: number, fn: (item: T) => Promise
 }
 
 export async function benchControlPlane(opts: { nodes: number; requests: number; steadySeconds: number }) {
-  const home = await mkdtemp(join(tmpdir(), "sharedllm-cp-"));
-  const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
-  delete env.DATABASE_URL;
-  const coord = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0", "--max-registrations-per-minute", "65535"], {
-    env,
-    stdio: ["ignore", "ignore", "inherit"],
-  });
+  const info = await startCoordinatorProcess({ prefix: "sharedllm-cp-", args: ["--max-registrations-per-minute", "65535"] });
+  const { joinToken, pid } = info;
   const sims: SimNode[] = [];
   try {
-    const info = await waitFor(
-      "coordinator",
-      async () => JSON.parse(await readFile(join(home, "coordinator.json"), "utf8")) as { url: string; apiKey: string },
-      60_000,
-      200,
-    );
-    const { joinToken } = JSON.parse(await readFile(join(home, "secrets.json"), "utf8")) as { joinToken: string };
-    const pid = coord.pid as number;
     const idle = procStats(pid);
 
     const t0 = performance.now();
@@ -113,8 +95,6 @@ export async function benchControlPlane(opts: { nodes: number; requests: number;
     };
   } finally {
     for (const s of sims) s.stop();
-    coord.kill("SIGINT");
-    await new Promise((r) => coord.once("exit", r));
-    await rm(home, { recursive: true, force: true });
+    await info.stop();
   }
 }

@@ -1,22 +1,18 @@
 /**
  * The coordinator's cost of relaying a token: one coordinator process (`sharedllm coordinator
- * start`, no ledger; its embedded database, or a fresh PostgreSQL database) and simulated remote nodes (the real control protocol, no
- * engine) that stream each job's tokens as fast as their WebSocket takes them, one token per
- * event, to streaming clients reading as fast as they can. Reports the coordinator process's CPU
+ * start`, no ledger; its embedded database, or a fresh PostgreSQL database) and simulated remote
+ * nodes (the real control protocol, no engine) that stream each job's tokens as fast as their
+ * WebSocket takes them, one token per event, to streaming clients reading as fast as they can. Reports the coordinator process's CPU
  * per relayed token (user + system, from /proc), the tokens relayed per second, and its memory.
  * The nodes and clients run in this process, so their CPU is not counted.
  */
-import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { request } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { JobStart, NodeFrame } from "@sharedllm/protocol";
-import { type TestDatabase, testDatabase, waitFor } from "@sharedllm/testkit";
+import { testDatabase } from "@sharedllm/testkit";
 import { SimNode } from "@sharedllm/testkit/simNode";
 import { processCpuMs } from "./coordinator.ts";
-
-const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
+import { startCoordinatorProcess } from "./coordinatorProcess.ts";
 
 /** Streams `job`'s max_tokens events of one token each, yielding to I/O every few events, then ends it. */
 function fullSpeed(job: JobStart, send: (f: NodeFrame) => void): void {
@@ -63,24 +59,12 @@ function stream(url: string, apiKey: string, maxTokens: number): Promise<number>
 }
 
 export async function benchRelay(opts: { nodes: number; clients: number; requests: number; tokens: number; postgres: boolean }) {
-  const home = await mkdtemp(join(tmpdir(), "sharedllm-relay-"));
-  const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
   // a fresh database on the server of DATABASE_URL, or the embedded one
-  let db: TestDatabase | undefined;
-  if (opts.postgres) {
-    db = await testDatabase();
-    env.DATABASE_URL = db.databaseUrl;
-  } else delete env.DATABASE_URL;
-  const coord = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0"], { env, stdio: ["ignore", "ignore", "inherit"] });
+  const db = opts.postgres ? await testDatabase() : undefined;
+  const info = await startCoordinatorProcess({ prefix: "sharedllm-relay-", databaseUrl: db?.databaseUrl });
+  const { joinToken } = info;
   const sims: SimNode[] = [];
   try {
-    const info = await waitFor(
-      "coordinator",
-      async () => JSON.parse(await readFile(join(home, "coordinator.json"), "utf8")) as { url: string; apiKey: string },
-      60_000,
-      200,
-    );
-    const { joinToken } = JSON.parse(await readFile(join(home, "secrets.json"), "utf8")) as { joinToken: string };
     for (let i = 0; i < opts.nodes; i++) {
       const sim = new SimNode({ coordinatorUrl: info.url, joinToken, models: ["sim-model"], slots: opts.clients, onJob: fullSpeed });
       await sim.start();
@@ -88,7 +72,7 @@ export async function benchRelay(opts: { nodes: number; clients: number; request
     }
     // warm the coordinator's code paths up before measuring
     await Promise.all(Array.from({ length: opts.clients }, () => stream(info.url, info.apiKey, opts.tokens)));
-    const pid = coord.pid as number;
+    const pid = info.pid;
     const cpu0 = processCpuMs(pid);
     const t0 = performance.now();
     let next = 0;
@@ -115,9 +99,7 @@ export async function benchRelay(opts: { nodes: number; clients: number; request
     };
   } finally {
     for (const s of sims) s.stop();
-    coord.kill("SIGINT");
-    await new Promise((r) => coord.once("exit", r));
-    await rm(home, { recursive: true, force: true });
+    await info.stop();
     await db?.cleanup();
   }
 }

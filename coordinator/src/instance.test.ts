@@ -1,10 +1,18 @@
 import { storageBackends } from "@sharedllm/testkit";
 import { describe, expect, it } from "vitest";
 import { createApiKey } from "./apiKeys.js";
-import { openDatabase } from "./db/database.js";
+import { type Db, openDatabase } from "./db/database.js";
 import { InstanceLease } from "./instance.js";
 import { JobTable } from "./jobs/records.js";
 import { Metering } from "./ledger/metering.js";
+
+/** A coordinator's lease, last renewed a minute ago: lapsed. */
+const lapse = (db: Db, id: string) =>
+  db
+    .updateTable("coordinator_instances")
+    .set({ seen_at: new Date(Date.now() - 60_000) })
+    .where("id", "=", id)
+    .execute();
 
 describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
   it("a starting coordinator releases the holds of gone coordinators only, never those of one still running", async () => {
@@ -13,11 +21,7 @@ describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
     try {
       const running = await InstanceLease.take(db, false);
       const gone = await InstanceLease.take(db, false);
-      await db
-        .updateTable("coordinator_instances")
-        .set({ seen_at: new Date(Date.now() - 60_000) })
-        .where("id", "=", gone.id)
-        .execute();
+      await lapse(db, gone.id);
       const hold = (job: string, instance: string | null) => ({
         address: "0xa",
         kind: "hold" as const,
@@ -43,11 +47,7 @@ describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
       expect(await starting.lapsed()).toEqual([]);
       expect(await Metering.releaseOrphanedHolds(db, { gone: await starting.lapsed() })).toBe(0);
       // once its lease lapses, its holds are released once
-      await db
-        .updateTable("coordinator_instances")
-        .set({ seen_at: new Date(Date.now() - 60_000) })
-        .where("id", "=", running.id)
-        .execute();
+      await lapse(db, running.id);
       const lapsed = await starting.lapsed();
       expect(lapsed).toEqual([running.id]);
       expect(await Metering.releaseOrphanedHolds(db, { gone: lapsed })).toBe(1);
@@ -75,11 +75,7 @@ describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
     try {
       const running = await InstanceLease.take(db, false);
       const gone = await InstanceLease.take(db, false);
-      await db
-        .updateTable("coordinator_instances")
-        .set({ seen_at: new Date(Date.now() - 60_000) })
-        .where("id", "=", gone.id)
-        .execute();
+      await lapse(db, gone.id);
       const key = await createApiKey(db, "k");
       const job = (id: string, instance: string | null, status: "running" | "completed" = "running") => ({
         id,
@@ -101,11 +97,7 @@ describe.each(storageBackends())("coordinator leases on $name", ({ open }) => {
       expect(await JobTable.failOrphaned(db, { live: await starting.live() })).toBe(2);
       expect(await statuses()).toEqual({ "j-running": "running", "j-gone": "failed", "j-old": "failed", "j-done": "completed" });
       // once the running one's lease lapses, a sweep fails its job
-      await db
-        .updateTable("coordinator_instances")
-        .set({ seen_at: new Date(Date.now() - 60_000) })
-        .where("id", "=", running.id)
-        .execute();
+      await lapse(db, running.id);
       expect(await JobTable.failOrphaned(db, { gone: await starting.lapsed() })).toBe(1);
       expect((await statuses())["j-running"]).toBe("failed");
     } finally {

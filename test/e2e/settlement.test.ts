@@ -432,8 +432,13 @@ describe("settlement", () => {
     return { child: child as ChildProcess, exited, out: () => ({ stdout, stderr }) };
   }
 
-  it("a coordinator killed between sending a settlement and recording it settles exactly once after a restart", async () => {
-    const home = await tempPaths("sharedllm-settle-");
+  /**
+   * A home for `sharedllm coordinator start` processes of one coordinator: its key (a fresh
+   * coordinator account on the chain), its join token and its database; the command's arguments
+   * (settling at once) and environment.
+   */
+  async function coordinatorHome(prefix: string) {
+    const home = await tempPaths(prefix);
     const db = await testDatabase();
     cleanups.push(db.cleanup, home.cleanup);
     const key = generatePrivateKey();
@@ -444,20 +449,14 @@ describe("settlement", () => {
     });
     await writeFile(join(home.home, "secrets.json"), JSON.stringify({ joinToken }), { mode: 0o600 });
     await chain.addCoordinator(account.address);
-    const args = [
-      "coordinator",
-      "start",
-      "--port",
-      "0",
-      "--chain-rpc-url",
-      chain.rpcUrl,
-      "--ledger",
-      chain.ledger,
-      "--settle-after",
-      "0",
-      "--verbose",
-    ];
+    const args = ["coordinator", "start", "--port", "0", "--chain-rpc-url", chain.rpcUrl, "--ledger", chain.ledger, "--settle-after", "0"];
     const env = { SHAREDLLM_HOME: home.home, ...(db.databaseUrl ? { DATABASE_URL: db.databaseUrl } : {}) };
+    return { home, db, account, joinToken, args, env };
+  }
+
+  it("a coordinator killed between sending a settlement and recording it settles exactly once after a restart", async () => {
+    const { home, db, account, joinToken, args: plain, env } = await coordinatorHome("sharedllm-settle-");
+    const args = [...plain, "--verbose"];
 
     const first = startCli(args, { ...env, SHAREDLLM_FAILPOINT: "settlement.sent" });
     const url = await waitFor("the coordinator URL", () => /coordinator: (http:\/\/\S+)\/v1/.exec(first.out().stdout)?.[1], 60_000);
@@ -527,30 +526,7 @@ describe("settlement", () => {
   it.skipIf(!process.env.DATABASE_URL)(
     "replicas on one PostgreSQL settle one at a time: each charge in one batch, once, and a replica carries on when another is killed",
     async () => {
-      const home = await tempPaths("sharedllm-replicas-");
-      const db = await testDatabase();
-      cleanups.push(db.cleanup, home.cleanup);
-      const key = generatePrivateKey();
-      const account = privateKeyToAccount(key);
-      const joinToken = randomBytes(32).toString("base64url");
-      await writeFile(join(home.home, "coordinator-key.json"), JSON.stringify({ address: account.address, privateKey: key }), {
-        mode: 0o600,
-      });
-      await writeFile(join(home.home, "secrets.json"), JSON.stringify({ joinToken }), { mode: 0o600 });
-      await chain.addCoordinator(account.address);
-      const args = [
-        "coordinator",
-        "start",
-        "--port",
-        "0",
-        "--chain-rpc-url",
-        chain.rpcUrl,
-        "--ledger",
-        chain.ledger,
-        "--settle-after",
-        "0",
-      ];
-      const env = { SHAREDLLM_HOME: home.home, DATABASE_URL: db.databaseUrl };
+      const { db, account, joinToken, args, env } = await coordinatorHome("sharedllm-replicas-");
       // two replicas of one coordinator (its key, its database), each with a node of its own
       const replicas = [startCli(args, env), startCli(args, env)];
       const urls: string[] = [];

@@ -1,0 +1,51 @@
+/**
+ * `sharedllm coordinator start` in a child process of its own, on a fresh home (its CPU and memory
+ * are read from /proc apart from the bench's): its URL, API key and join token once it runs.
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { waitFor } from "@sharedllm/testkit";
+
+const BIN = join(import.meta.dirname, "..", "cli", "bin", "sharedllm.js");
+
+export interface CoordinatorProcess {
+  pid: number;
+  url: string;
+  apiKey: string;
+  joinToken: string;
+  /** stops it (SIGINT) and removes its home */
+  stop(): Promise<void>;
+}
+
+/** Starts one; `databaseUrl`: PostgreSQL, else its embedded database. */
+export async function startCoordinatorProcess(o: { prefix: string; args?: string[]; databaseUrl?: string }): Promise<CoordinatorProcess> {
+  const home = await mkdtemp(join(tmpdir(), o.prefix));
+  const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
+  if (o.databaseUrl) env.DATABASE_URL = o.databaseUrl;
+  else delete env.DATABASE_URL;
+  const child = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0", ...(o.args ?? [])], {
+    env,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  const stop = async () => {
+    child.kill("SIGINT");
+    await exited;
+    await rm(home, { recursive: true, force: true });
+  };
+  try {
+    const info = await waitFor(
+      "coordinator",
+      async () => JSON.parse(await readFile(join(home, "coordinator.json"), "utf8")) as { url: string; apiKey: string },
+      60_000,
+      200,
+    );
+    const { joinToken } = JSON.parse(await readFile(join(home, "secrets.json"), "utf8")) as { joinToken: string };
+    return { pid: child.pid as number, url: info.url, apiKey: info.apiKey, joinToken, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
