@@ -177,6 +177,9 @@ describe("a browser tab as a node", () => {
     await p.page.getByRole("button", { name: "Sign in with Ethereum" }).click();
     const figure = p.page.locator("dt", { hasText: /^Earned$/ }).locator("xpath=following-sibling::dd");
     await waitFor("Earned on the page", async () => ((await figure.textContent()) === earned.toLocaleString("en-US") ? true : undefined));
+    // and the job its tab served, counted for the wallet
+    const view = (await (await fetch(`${coordinator.url}/v1/earnings/${contributor.address}`)).json()) as { served: { jobs: number } };
+    expect(view.served.jobs).toBe(1);
 
     // closing the tab takes the node out at once
     await p.context.close();

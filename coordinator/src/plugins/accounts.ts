@@ -267,7 +267,8 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
       .groupBy(sql`date_trunc('day', created_at)`)
       .orderBy(sql`date_trunc('day', created_at)`)
       .execute();
-    // the jobs this node was paid for (the head of a split and each member sign a receipt for the same job)
+    // the jobs this node was paid for (the head of a split and each member sign a receipt for the same
+    // job), and those of the browser nodes it delegated to as a wallet (their receipts pay it)
     const served = await o.db
       .selectFrom("receipts")
       .select([
@@ -275,7 +276,12 @@ export async function accountsPlugin(app: FastifyInstance, o: AccountsPluginOpti
         sql<string | null>`sum((receipt::json->>'promptTokens')::numeric)`.as("prompt_tokens"),
         sql<string | null>`sum((receipt::json->>'completionTokens')::numeric)`.as("completion_tokens"),
       ])
-      .where("node_address", "=", address.toLowerCase())
+      .where((eb) =>
+        eb.or([
+          eb("node_address", "=", address.toLowerCase()),
+          eb("node_address", "in", eb.selectFrom("browser_delegations").select("session_key").where("wallet", "=", address.toLowerCase())),
+        ]),
+      )
       .where("status", "=", "accepted")
       .executeTakeFirstOrThrow();
     const settledAmount = settled?.cumulative ?? 0n;
