@@ -98,11 +98,12 @@ export function coordinatorCommand(): Command {
         listen: o,
         signal,
         runFile: join(home, "coordinator.json"),
-        ready: ({ coordinator, joinToken, apiKey, selfSignedCert }) => ({
+        ready: ({ coordinator, joinToken, apiKey, selfSignedCert, contribute }) => ({
           record: { url: coordinator.url, apiKey, pid: process.pid },
           banner: [
             `coordinator: ${coordinator.url}/v1 (OpenAI-compatible)`,
             `API key:     ${apiKey}`,
+            ...contribute,
             "join a node (on the node's machine):",
             `  sharedllm node start --coordinator ${coordinator.url} --token ${joinToken}${selfSignedCert ? ` --coordinator-ca ${selfSignedCert}` : ""}`,
             ...(selfSignedCert ? [`  (the certificate is self-signed: copy ${selfSignedCert} to the node)`] : []),

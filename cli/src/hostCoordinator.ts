@@ -11,6 +11,7 @@ import { join, resolve } from "node:path";
 import {
   ApiKeyVerifier,
   type BrowserBlob,
+  browserLinkToken,
   type Coordinator,
   type CoordinatorOptions,
   createApiKey,
@@ -52,6 +53,8 @@ export interface RunningCoordinator {
   selfSignedCert?: string;
   /** the PEM certificate it serves, when it serves HTTPS */
   cert?: string;
+  /** what a banner says of the Contribute page: the link visitors' tabs join by (none while browser nodes are off) */
+  contribute: string[];
 }
 
 /** What a hosted coordinator's caller reports once everything is up. */
@@ -199,7 +202,13 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     );
   }
   const selfSigned = cert && l.tlsCert && cert.checkIssued(cert) ? resolve(l.tlsCert) : undefined;
-  return { coordinator, joinToken: secrets.joinToken, apiKey, selfSignedCert: selfSigned, cert: tls?.cert };
+  const mode = l.browserNodes ?? "token";
+  const page = `${coordinator.url}/contribute`;
+  const contribute =
+    mode === "off"
+      ? []
+      : [`  contribute: ${mode === "token" ? `${page}#token=${browserLinkToken(secrets.joinToken)}` : page} (a browser tab serves jobs)`];
+  return { coordinator, joinToken: secrets.joinToken, apiKey, selfSignedCert: selfSigned, cert: tls?.cert, contribute };
 }
 
 /**

@@ -132,7 +132,7 @@ export function upCommand(): Command {
         signal,
         runFile: upFile,
         stopBefore: chain?.stop,
-        ready: async ({ coordinator, joinToken, apiKey, cert }) => {
+        ready: async ({ coordinator, joinToken, apiKey, cert, contribute }) => {
           const node = await startNodeDaemon({
             paths,
             coordinatorUrl: coordinator.url,
@@ -166,6 +166,7 @@ export function upCommand(): Command {
               "",
               `SharedLLM is up: ${coordinator.url}/v1 (OpenAI-compatible)`,
               `  portal:  ${coordinator.url}/ (wallet, credits, keys, earnings, network map, playground)`,
+              ...contribute,
               `  models:  ${models.join(", ")}`,
               `  API key: ${apiKey}`,
               ...(chain ? [`  chain:   ${chain.rpcUrl} (local dev chain), CreditLedger ${chain.contracts.CreditLedger}`] : []),

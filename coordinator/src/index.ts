@@ -19,7 +19,7 @@ export {
   type RateLimits,
   startCoordinator,
 } from "./coordinator.js";
-export { hashSecret } from "./credentials.js";
+export { browserLinkToken, hashSecret } from "./credentials.js";
 export { type Db, openDatabase } from "./db/database.js";
 export type { Database } from "./db/schema.js";
 export {

@@ -9,7 +9,7 @@
  * signs with its session key is accepted and credited to the wallet, which sees it on Earnings.
  */
 import { randomBytes } from "node:crypto";
-import { startCoordinator } from "@sharedllm/coordinator";
+import { browserLinkToken, startCoordinator } from "@sharedllm/coordinator";
 import { DEFAULT_MODEL, findEngine, type LlamaServer, ModelStore, resolvePaths, startLlamaServer, startNodeDaemon } from "@sharedllm/node";
 import OpenAI from "openai";
 import type { Browser } from "playwright-core";
@@ -94,7 +94,7 @@ const wallet = (account: Account) => new TestWallet(account, chain.rpcUrl, chain
 
 /** Opens the Contribute page (from the join link unless `link` is false), connects the wallet and presses Start. */
 async function contribute(w: TestWallet, o: { link?: boolean; before?: (p: Portal) => Promise<void> } = {}): Promise<Portal> {
-  const p = await openPortal(browser, `${coordinator.url}/contribute${o.link === false ? "" : `#token=${joinToken}`}`, w);
+  const p = await openPortal(browser, `${coordinator.url}/contribute${o.link === false ? "" : `#token=${browserLinkToken(joinToken)}`}`, w);
   portals.push(p);
   await o.before?.(p);
   await p.page.getByRole("button", { name: "Connect wallet" }).click();
@@ -276,7 +276,7 @@ describe("a browser tab as a node", () => {
     const gpuBrowser = await launchBrowser({ webgpu: true });
     try {
       const w = wallet(devWallet(11));
-      const p = await openPortal(gpuBrowser, `${coordinator.url}/contribute#token=${joinToken}`, w);
+      const p = await openPortal(gpuBrowser, `${coordinator.url}/contribute#token=${browserLinkToken(joinToken)}`, w);
       portals.push(p);
       // what llama.cpp's WebGPU backend asks of the adapter, straight from the browser
       const f16 = await p.page.evaluate(async () => {
@@ -350,7 +350,7 @@ describe("a browser tab as a node", () => {
       ledger: chain.ledgerOptions(),
     });
     try {
-      const p = await openPortal(browser, `${off.url}/contribute#token=${joinToken}`, wallet(devWallet(12)));
+      const p = await openPortal(browser, `${off.url}/contribute#token=${browserLinkToken(joinToken)}`, wallet(devWallet(12)));
       portals.push(p);
       await p.page.getByRole("button", { name: "Connect wallet" }).click();
       await p.page.getByRole("button", { name: "Start" }).click();

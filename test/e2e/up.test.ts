@@ -7,7 +7,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { hashSecret, openDatabase } from "@sharedllm/coordinator";
+import { browserLinkToken, hashSecret, openDatabase } from "@sharedllm/coordinator";
 import { afterEach, describe, expect, it } from "vitest";
 import { tempPaths, waitFor } from "../helpers.ts";
 
@@ -116,6 +116,10 @@ describe.skipIf(!!process.env.DATABASE_URL)("sharedllm up", () => {
       expect(stdout).toContain(`curl ${up.coordinatorUrl}/v1/chat/completions`);
       // the portal is served at the printed address, with the ledger it needs
       expect(stdout).toContain(`portal:  ${up.coordinatorUrl}/`);
+      // the Contribute link carries a token derived from the join token, never the join token
+      const { joinToken } = JSON.parse(readFileSync(join(home, "secrets.json"), "utf8")) as { joinToken: string };
+      expect(stdout).toContain(`contribute: ${up.coordinatorUrl}/contribute#token=${browserLinkToken(joinToken)}`);
+      expect(stdout).not.toContain(joinToken);
       const portal = await fetch(`${up.coordinatorUrl}/`);
       expect(portal.status).toBe(200);
       expect(await portal.text()).toContain('<div id="root">');

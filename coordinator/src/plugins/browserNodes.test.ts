@@ -16,6 +16,7 @@ import { type TestDatabase, testDatabase } from "@sharedllm/testkit";
 import Fastify, { type FastifyInstance } from "fastify";
 import { generatePrivateKey, type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { browserLinkToken } from "../credentials.js";
 import { type Db, openDatabase } from "../db/database.js";
 import { errorsPlugin } from "../errors.js";
 import { type BrowserBlob, browserNodesPlugin } from "./browserNodes.js";
@@ -23,6 +24,8 @@ import { type BrowserBlob, browserNodesPlugin } from "./browserNodes.js";
 const CHAIN = 31337;
 const SITE = "http://127.0.0.1:8080";
 const joinToken = randomBytes(32).toString("base64url");
+/** the Contribute link's token: derived from the join token, which the link never carries */
+const linkToken = browserLinkToken(joinToken);
 let dir: string;
 let blob: BrowserBlob;
 let content: Buffer;
@@ -131,7 +134,7 @@ async function registration(k: Knobs = {}) {
   };
   const walletSignature = await (k.signer ?? wallet).signTypedData(delegationTypedData(d));
   // the headers first: the proof covers their timestamp and nonce
-  const placeholder = await signSiteRequestWeb(k.token === null ? undefined : (k.token ?? joinToken), "POST", BROWSER_REGISTER_PATH, "");
+  const placeholder = await signSiteRequestWeb(k.token === null ? undefined : (k.token ?? linkToken), "POST", BROWSER_REGISTER_PATH, "");
   const timestamp = placeholder["x-sharedllm-timestamp"] as string;
   const nonce = placeholder["x-sharedllm-nonce"] as string;
   const proof = await (k.prover ?? session).signMessage({
@@ -148,7 +151,7 @@ async function registration(k: Knobs = {}) {
   });
   const body = JSON.stringify({ delegation: d, walletSignature, proof });
   const headers = await signSiteRequestWeb(
-    k.token === null ? undefined : (k.token ?? joinToken),
+    k.token === null ? undefined : (k.token ?? linkToken),
     "POST",
     BROWSER_REGISTER_PATH,
     body,
@@ -208,6 +211,14 @@ describe("browser node registration", () => {
         .executeTakeFirst();
       expect(row, what).toBeUndefined();
     }
+  });
+
+  it("in token mode takes the Contribute link's token, not the join token itself", async () => {
+    const a = await app("token");
+    const withJoinToken = await register(a, { token: joinToken });
+    expect(withJoinToken.status).toBe(401);
+    expect(withJoinToken.message).toContain("join link is wrong");
+    expect((await register(a)).status).toBe(201);
   });
 
   it("refuses a replayed request, and a session key another wallet already delegated", async () => {

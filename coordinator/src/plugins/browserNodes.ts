@@ -27,7 +27,7 @@ import {
 import { NonceCache, SITE_AUTH_HEADERS, SITE_AUTH_WINDOW_MS, verifySiteRequest } from "@sharedllm/protocol/node";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import { type Address, type Hex, verifyMessage, verifyTypedData } from "viem";
-import { hashSecret } from "../credentials.js";
+import { browserLinkToken, hashSecret } from "../credentials.js";
 import type { Db } from "../db/database.js";
 
 /** A model file browser nodes may fetch: a model of this machine's cache, allowed for browser nodes. */
@@ -75,6 +75,8 @@ export async function delegationOf(db: Db, nodeId: string): Promise<{ wallet: Ad
 
 export async function browserNodesPlugin(app: FastifyInstance, o: BrowserNodesOptions): Promise<void> {
   const bySha = new Map(o.blobs.map((b) => [b.sha256, b]));
+  // token mode signs with the Contribute link's token, never the join token itself
+  const linkToken = browserLinkToken(o.joinToken);
   const dirs = [...new Set(o.blobs.map((b) => dirname(b.path)))];
   await app.register(fastifyStatic, { root: dirs.length ? dirs : [tmpdir()], serve: false });
 
@@ -237,11 +239,11 @@ export async function browserNodesPlugin(app: FastifyInstance, o: BrowserNodesOp
     return reply.code(201).send(res);
   });
 
-  /** The request's timestamp and nonce, fresh and (in token mode) signed with the join token. */
+  /** The request's timestamp and nonce, fresh and (in token mode) signed with the Contribute link's token. */
   function checkFresh(req: FastifyRequest, raw: string): { ok: true; timestamp: number; nonce: string } | { ok: false; why: string } {
     if (o.mode === "token") {
       const auth = verifySiteRequest(
-        o.joinToken,
+        linkToken,
         { method: req.method, path: BROWSER_REGISTER_PATH, headers: req.headers, body: raw },
         nonces,
       );
