@@ -39,8 +39,10 @@ export function ephemeralCert(days = 2): TunnelCert {
       new AttributeTypeAndValue({ type: COMMON_NAME, value: new AttributeValue({ utf8String: "sharedllm-tunnel" }) }),
     ]),
   ]);
+  // a positive serial in minimal DER: a first byte of 1..127 (a leading 0x00 before a byte under
+  // 0x80 is padding OpenSSL refuses: about one certificate in 256 failed to load)
   const serial = randomBytes(16);
-  serial[0] = (serial[0] as number) & 0x7f;
+  serial[0] = 1 + ((serial[0] as number) % 127);
   const now = Date.now();
   const tbs = new TBSCertificate({
     version: Version.v3,
