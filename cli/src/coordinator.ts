@@ -39,10 +39,16 @@ export function coordinatorCommand(): Command {
     },
   )
     .option("--chain-rpc-url <url>", "JSON-RPC URL of the chain with the CreditLedger (with --ledger) and FederationRegistry")
-    .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address));
+    .addOption(new Option("--ledger <address>", "CreditLedger address on that chain").argParser(address))
+    .addOption(
+      new Option(
+        "--nats-url <url>",
+        "run as one of several replicas of this coordinator (same home secrets, same --database-url): they reach each other's nodes over this NATS server (docs/replicas.md)",
+      ).env("NATS_URL"),
+    );
   addIndexerOptions(addFederationOptions(addListenOptions(addAuditOptions(addSettlementOptions(start))))).action(
     async (
-      o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}` } & SettlementArgs &
+      o: CoordinatorArgs & { chainRpcUrl?: string; ledger?: `0x${string}`; natsUrl?: string } & SettlementArgs &
         AuditArgs &
         ListenArgs &
         FederationArgs &
@@ -53,6 +59,11 @@ export function coordinatorCommand(): Command {
         throw new SharedLLMError("config", "--chain-rpc-url is for credits (with --ledger) or federation (with --federation)");
       if (o.federation && !o.chainRpcUrl)
         throw new SharedLLMError("config", "federation needs --chain-rpc-url (the chain of FederationRegistry)");
+      if (o.natsUrl && !o.databaseUrl)
+        throw new SharedLLMError(
+          "config",
+          "replicas (--nats-url) share one PostgreSQL database: give --database-url (or DATABASE_URL) too",
+        );
       const signal = shutdownSignal();
       const { home } = resolvePaths();
       await mkdir(home, { recursive: true });
@@ -91,6 +102,7 @@ export function coordinatorCommand(): Command {
         host: o.host,
         port: o.port,
         databaseUrl: o.databaseUrl,
+        replicas: o.natsUrl ? { natsUrl: o.natsUrl } : undefined,
         logger,
         ledger,
         federation,

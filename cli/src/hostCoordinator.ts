@@ -72,6 +72,8 @@ export interface HostOptions {
   host: string;
   port: number;
   databaseUrl?: string;
+  /** one of several replicas (docs/replicas.md) */
+  replicas?: CoordinatorOptions["replicas"];
   logger: Logger;
   ledger?: CoordinatorOptions["ledger"];
   federation?: CoordinatorOptions["federation"];
@@ -170,6 +172,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     port: o.port,
     dataDir: join(o.home, "db"),
     databaseUrl: o.databaseUrl,
+    replicas: o.replicas,
     joinToken: secrets.joinToken,
     logger: o.logger,
     ledger: o.ledger,

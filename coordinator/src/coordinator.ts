@@ -10,7 +10,7 @@ import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { ApiError, type BrowserNodesMode, CONTROL_SUBPROTOCOL, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, type BrowserNodesMode, CONTROL_SUBPROTOCOL, HEARTBEAT_INTERVAL_MS, type ReceiptRequest } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
@@ -49,6 +49,7 @@ import { nodesPlugin } from "./plugins/nodes.js";
 import { openaiPlugin } from "./plugins/openai.js";
 import { openapiPlugin } from "./plugins/openapi.js";
 import { webPlugin } from "./plugins/web.js";
+import { Replicas } from "./replicas/replicas.js";
 
 /** This coordinator's version, as its package says (the API spec names it). */
 const COORDINATOR_VERSION = (createRequire(import.meta.url)("../package.json") as { version: string }).version;
@@ -106,6 +107,11 @@ export interface CoordinatorOptions {
    * machine they may fetch by sha256; files over `maxModelBytes` (default BROWSER_MODEL_CAP_BYTES) are not offered.
    */
   browserNodes?: { mode: BrowserNodesMode; blobs: readonly BrowserBlob[]; maxModelBytes?: number };
+  /**
+   * One of several replicas of this coordinator (docs/replicas.md): they share the PostgreSQL
+   * database (`databaseUrl`, required) and reach each other's nodes over this NATS server.
+   */
+  replicas?: { natsUrl: string };
 }
 
 /** The indexer's settings beyond the chain and contracts it takes from the ledger and federation options. */
@@ -156,6 +162,9 @@ export interface Coordinator {
 }
 
 export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinator> {
+  if (o.replicas && !o.databaseUrl) {
+    throw new Error("replicas share one PostgreSQL database: give a database URL as well as the NATS URL");
+  }
   const db = await openDatabase({
     dataDir: o.dataDir,
     databaseUrl: o.databaseUrl,
@@ -164,6 +173,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
   let federation: Federation | undefined;
   let peers: Peers | undefined;
   let indexer: Indexer | undefined;
+  let replicas: Replicas | undefined;
   /** every job forwarded to a peer or run here for one */
   const forwarded = new FederatedJobs(db);
   const fwd = o.federation?.forwarding;
@@ -185,7 +195,9 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     );
     // jobs that coordinators which have gone left running cannot finish any more; a live replica's can
     await JobTable.failOrphaned(db, { live: await lease.live() });
-    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease));
+    // a receipt for a node another replica holds goes there
+    const sendElsewhere = (node: string, frame: ReceiptRequest) => replicas?.sendTo(node, frame) ?? false;
+    const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease, sendElsewhere));
     // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
@@ -278,6 +290,18 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       peers,
       forwarding,
     });
+    const heartbeatIntervalMs = o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
+    if (o.replicas) {
+      replicas = await Replicas.join({
+        ...o.replicas,
+        id: lease.id,
+        joinToken: o.joinToken,
+        fleet,
+        knownModels,
+        heartbeatIntervalMs,
+        log: o.logger,
+      });
+    }
     await app.register(openaiPlugin, { jobs, fleet, knownModels, keys, peers });
     const audits = ledger?.audits;
     const canaries = audits?.canaryEveryMs
@@ -357,6 +381,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async drain(withinMs) {
         jobs.stopTaking();
+        replicas?.drain();
         const deadline = Date.now() + withinMs;
         while (jobs.inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
         const left = jobs.inFlight();
@@ -367,6 +392,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         await peers?.stop();
         await federation?.stop();
         for (const n of fleet.list()) fleet.remove(n.id, "coordinator stopping");
+        // the other replicas hear how their jobs on this one's nodes ended, and that it has gone
+        await replicas?.close();
         await app.close();
         await indexer?.stop();
         await lease.end();
@@ -377,6 +404,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       },
     };
   } catch (err) {
+    await replicas?.close();
     await indexer?.stop();
     await federation?.stop();
     await db.destroy();
@@ -416,7 +444,14 @@ function listenOrigins(url: string, host: string): string[] {
  * Connects the ledger. The journal belongs to one ledger contract on one chain: a dev chain that
  * was restarted (it keeps no state) starts the journal over; any other change is refused.
  */
-async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, fleet: Fleet, logger: Logger, lease: InstanceLease) {
+async function openLedger(
+  db: Db,
+  o: NonNullable<CoordinatorOptions["ledger"]>,
+  fleet: Fleet,
+  logger: Logger,
+  lease: InstanceLease,
+  sendElsewhere: (node: string, frame: ReceiptRequest) => boolean,
+) {
   const chain = await LedgerChain.connect(o.chain);
   const genesis = await chain.public.getBlock({ blockNumber: 0n });
   const identity = `${chain.chainId}:${chain.ledger.toLowerCase()}:${chain.coordinator.toLowerCase()}:${genesis.hash}`;
@@ -447,7 +482,7 @@ async function openLedger(db: Db, o: NonNullable<CoordinatorOptions["ledger"]>, 
   const metering = new Metering(db, chain, o.pricing ?? DEFAULT_PRICING, lease.id);
   const receipts = new Receipts(db, chain.chainId, chain.ledger, chain.coordinator, (node, frame) => {
     const n = fleet.get(node.toLowerCase());
-    if (!n) return false;
+    if (!n) return sendElsewhere(node.toLowerCase(), frame);
     n.send(frame);
     return true;
   });

@@ -2,10 +2,13 @@
  * The live fleet: the serving units connected now (nodes on their control channels, see
  * units.ts), which models each serves, and a change event for whoever waits for one (a request
  * waiting for a model to load). Choosing a unit is a pure function over a snapshot (`pickNode`).
+ * With replicas (docs/replicas.md) it also holds the nodes other replicas hold (`RemoteUnit`):
+ * jobs are scheduled over both, while what needs a node's own channel (loading a model, audits,
+ * clusters) uses this replica's nodes only (`list`, `get`).
  */
 import type { Heartbeat, ServedModel } from "@sharedllm/protocol";
 import type { KnownModel } from "./catalogue.js";
-import type { ConnectedNode } from "./units.js";
+import type { ConnectedNode, RemoteUnit } from "./units.js";
 
 export interface NodeView {
   id: string;
@@ -108,17 +111,68 @@ export class Fleet {
   private readonly servedBy = new Map<string, Set<ConnectedNode>>();
   private readonly watchers = new Set<() => void>();
   private connections = 0;
+  /** the nodes other replicas hold, by id, and by model */
+  private readonly remote = new Map<string, RemoteUnit>();
+  private readonly remoteServedBy = new Map<string, Set<RemoteUnit>>();
 
+  /** the nodes this replica holds */
   get size(): number {
     return this.nodes.size;
   }
 
+  /** the nodes this replica holds (their control channels end here) */
   list(): ConnectedNode[] {
     return [...this.nodes.values()];
   }
 
   get(id: string): ConnectedNode | undefined {
     return this.nodes.get(id);
+  }
+
+  /** every node any replica holds: what the site's views show */
+  all(): (ConnectedNode | RemoteUnit)[] {
+    return [...this.nodes.values(), ...this.remote.values()];
+  }
+
+  /** a node another replica holds */
+  remoteNode(id: string): RemoteUnit | undefined {
+    return this.remote.get(id);
+  }
+
+  remotes(): RemoteUnit[] {
+    return [...this.remote.values()];
+  }
+
+  /**
+   * A node another replica holds, new or with its models changed: (re)indexed by model. Ignored
+   * while this replica holds it itself. The caller calls notify() once it has applied an update.
+   */
+  putRemote(node: RemoteUnit): void {
+    if (this.nodes.has(node.id)) return;
+    const old = this.remote.get(node.id);
+    if (old) this.indexRemote(old, false);
+    if (old !== node) node.order = old?.order ?? ++this.connections;
+    this.remote.set(node.id, node);
+    this.indexRemote(node, true);
+  }
+
+  /** Drops a node another replica held; returns it (its jobs from here are the caller's to fail). */
+  dropRemote(id: string): RemoteUnit | undefined {
+    const node = this.remote.get(id);
+    if (!node) return undefined;
+    this.remote.delete(id);
+    this.indexRemote(node, false);
+    return node;
+  }
+
+  private indexRemote(node: RemoteUnit, add: boolean): void {
+    for (const m of node.models.keys()) {
+      const set = this.remoteServedBy.get(m) ?? new Set();
+      if (add) set.add(node);
+      else set.delete(node);
+      if (set.size) this.remoteServedBy.set(m, set);
+      else this.remoteServedBy.delete(m);
+    }
   }
 
   /** Calls `listener` after every change of who is connected or what they serve; returns the unsubscribe. */
@@ -170,9 +224,10 @@ export class Fleet {
     }
   }
 
-  /** Adds a node; a node that reconnects under the same id replaces its old session. */
+  /** Adds a node; a node that reconnects under the same id replaces its old session (here, or at another replica). */
   add(node: ConnectedNode): void {
     if (this.nodes.has(node.id)) this.remove(node.id, "node reconnected");
+    this.dropRemote(node.id);
     node.order = ++this.connections;
     this.nodes.set(node.id, node);
     this.index(node, true);
@@ -211,13 +266,18 @@ export class Fleet {
   }
 
   servesModel(model: string): boolean {
-    return this.servedBy.has(model);
+    return this.servedBy.has(model) || this.remoteServedBy.has(model);
   }
 
-  pick(model: string, allow?: (n: ConnectedNode) => boolean): ConnectedNode | undefined {
-    const candidates = this.servedBy.get(model);
-    return (
-      candidates && (pickNode(candidates, model, Date.now(), undefined, allow as (n: NodeView) => boolean) as ConnectedNode | undefined)
-    );
+  /** The unit for a job, among the nodes of every replica (pickNode's order: the best of each side, then the better of the two). */
+  pick(model: string, allow?: (n: ConnectedNode | RemoteUnit) => boolean): ConnectedNode | RemoteUnit | undefined {
+    const now = Date.now();
+    const filter = allow as ((n: NodeView) => boolean) | undefined;
+    const local = this.servedBy.get(model);
+    const here = local && (pickNode(local, model, now, undefined, filter) as ConnectedNode | undefined);
+    const remote = this.remoteServedBy.get(model);
+    const there = remote && (pickNode(remote, model, now, undefined, filter) as RemoteUnit | undefined);
+    if (!here || !there) return here ?? there;
+    return pickNode([here, there], model, now) as ConnectedNode | RemoteUnit;
   }
 }

@@ -14,6 +14,7 @@ import type {
   Heartbeat,
   JobErrorFrame,
   JobStart,
+  NetworkNode,
   ServedModel,
   Usage,
 } from "@sharedllm/protocol";
@@ -67,6 +68,21 @@ export interface ServingUnit {
    * unit again only in another incarnation.
    */
   readonly incarnation: number;
+}
+
+/**
+ * A node another replica of this coordinator holds (docs/replicas.md): scheduled here from that
+ * replica's fleet view, its jobs carried there and their streams back over NATS.
+ */
+export interface RemoteUnit extends NodeView, ServingUnit {
+  readonly id: string;
+  readonly models: ReadonlyMap<string, ServedModel>;
+  /** the replica holding its control channel */
+  readonly replica: string;
+  /** its /v1/network entry, as that replica shows it */
+  readonly network: NetworkNode;
+  /** fails its jobs in flight from this replica (its replica went away) */
+  failJobs(reason: string): void;
 }
 
 /** How long a node is passed over after an engine failure. */

@@ -276,7 +276,7 @@ function resumable(body: Record<string, unknown>): boolean {
 
 /** 404 for a model never served here, naming those that are. */
 export function unknownModel(fleet: Fleet, model: string): ApiError {
-  const served = [...new Set(fleet.list().flatMap((n) => [...n.models.keys()]))];
+  const served = [...new Set(fleet.all().flatMap((n) => [...n.models.keys()]))];
   return new ApiError(
     "model_not_found",
     `model "${model}" does not exist here; available: ${served.join(", ") || "none (no node is connected)"}`,

@@ -7,7 +7,8 @@ export async function healthPlugin(app: FastifyInstance, o: { fleet: Fleet; cred
     status: "ok",
     /** whether requests are paid in credits on a chain (then `/v1/ledger` says which) */
     credits: o.credits,
-    nodes: o.fleet.size,
-    models: [...new Set(o.fleet.list().flatMap((n) => [...n.models.keys()]))].sort(),
+    // every replica's nodes (docs/replicas.md)
+    nodes: o.fleet.all().length,
+    models: [...new Set(o.fleet.all().flatMap((n) => [...n.models.keys()]))].sort(),
   }));
 }

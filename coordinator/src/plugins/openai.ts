@@ -45,7 +45,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
 
   app.get("/v1/models", async (req) => {
     const served = new Map<string, number>();
-    for (const n of o.fleet.list()) for (const id of n.models.keys()) served.set(id, (served.get(id) ?? 0) + 1);
+    for (const n of o.fleet.all()) for (const id of n.models.keys()) served.set(id, (served.get(id) ?? 0) + 1);
     // a model only peer sites serve: no node here (0), listed for keys whose jobs may leave the site
     if (req.apiKey?.policy === "any") for (const id of o.peers?.models() ?? []) if (!served.has(id)) served.set(id, 0);
     return {
@@ -55,7 +55,7 @@ export async function openaiPlugin(app: FastifyInstance, o: OpenAIPluginOptions)
   });
 
   app.get<{ Params: { model: string } }>("/v1/models/:model", async (req) => {
-    const nodes = o.fleet.list().filter((n) => n.models.has(req.params.model)).length;
+    const nodes = o.fleet.all().filter((n) => n.models.has(req.params.model)).length;
     const remote = req.apiKey?.policy === "any" && o.peers?.models().has(req.params.model);
     if (!nodes && !remote && !o.knownModels.has(req.params.model)) throw unknownModel(o.fleet, req.params.model);
     return modelObject(req.params.model, nodes);
