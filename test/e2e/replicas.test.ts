@@ -7,10 +7,12 @@
 import { randomBytes } from "node:crypto";
 import { type Coordinator, createApiKey, NODE_HEADER, startCoordinator } from "@sharedllm/coordinator";
 import type { JobStart, NetworkResponse, NodeFrame } from "@sharedllm/protocol";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
+import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
+import { journalSum, quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
 import { startNats, type TestNats } from "../nats.ts";
-import { SimNode } from "../simNode.ts";
+import { SimNode, signsReceipts } from "../simNode.ts";
 
 const joinToken = randomBytes(32).toString("base64url");
 let nats: TestNats;
@@ -113,5 +115,103 @@ describe.skipIf(!process.env.DATABASE_URL)("replicas on one PostgreSQL and one N
     const res = await chat(a.url, false);
     expect(res.status).toBe(503);
     expect(b.fleet.size).toBe(0);
+  });
+});
+
+describe.skipIf(!process.env.DATABASE_URL)("paid jobs across replicas", () => {
+  let chain: TestChain;
+  let paidDb: TestDatabase;
+  let paidNats: TestNats;
+  const paid: Coordinator[] = [];
+  let node: SimNode;
+
+  beforeAll(async () => {
+    chain = await startTestChain();
+    paidNats = await startNats();
+    paidDb = await testDatabase();
+    const token = randomBytes(32).toString("base64url");
+    // two replicas of one coordinator: its key, its database; settlement only when the test says
+    for (let i = 0; i < 2; i++) {
+      paid.push(
+        await startCoordinator({
+          host: "127.0.0.1",
+          port: 0,
+          dataDir: paidDb.dataDir,
+          databaseUrl: paidDb.databaseUrl,
+          joinToken: token,
+          logger: quietLogger(),
+          replicas: { natsUrl: paidNats.url },
+          ledger: {
+            chain: { rpcUrl: chain.rpcUrl, ledger: chain.ledger, account: chain.coordinator },
+            settlement: { maxAgeMs: 600_000, checkEveryMs: 600_000 },
+          },
+        }),
+      );
+    }
+    // the node is held by the second replica and signs every receipt it is asked for
+    const holder = paid[1] as Coordinator;
+    node = new SimNode({
+      coordinatorUrl: holder.url,
+      joinToken: token,
+      models: ["sim-model"],
+      onJob: tenTokens,
+      onReceiptRequest: (req, send) => signsReceipts(node.account)(req, send),
+    });
+    await node.start();
+    await waitFor("both replicas to see the node", () => paid.every((r) => r.fleet.servesModel("sim-model")), 10_000);
+  }, 120_000);
+
+  afterAll(async () => {
+    node?.stop();
+    for (const r of paid) await r.close();
+    await paidDb?.cleanup();
+    await paidNats?.stop();
+    await chain?.stop();
+  });
+
+  it("concurrent spending through both replicas cannot overspend; the node's receipts come back through its replica; the chain agrees", async () => {
+    const [a, b] = paid as [Coordinator, Coordinator];
+    const user = devWallet(21);
+    // a request holds its worst case, 111 prompt + 2 * 10 completion credits: the deposit covers 5 at once
+    const deposit = 700n;
+    await chain.fund(user.address);
+    await chain.deposit(user, deposit, chain.coordinator.address);
+    const key = await createKey(a.url, await signIn(a.url, user, chain.chainId));
+    // 24 requests at once, half through each replica, while the first are still running (200 ms each)
+    const statuses = await Promise.all(
+      Array.from({ length: 24 }, async (_, i) => {
+        const res = await fetch(`${(i % 2 ? b : a).url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+          body: JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: "hi" }], max_tokens: 10 }),
+        });
+        await res.arrayBuffer();
+        return res.status;
+      }),
+    );
+    const served = statuses.filter((s) => s === 200).length;
+    expect(statuses.every((s) => s === 200 || s === 402)).toBe(true);
+    expect(statuses).toContain(402);
+    expect(served).toBeGreaterThan(0);
+    const user_ = user.address.toLowerCase();
+    // 3 prompt + 10 completion tokens = 23 credits a job, charged once each
+    const charged = await journalSum(a.db, user_, "charge");
+    expect(charged).toBe(23n * BigInt(served));
+    expect(charged).toBeLessThanOrEqual(deposit);
+    // no hold is left behind
+    expect(await journalSum(a.db, user_, "hold")).toBe(await journalSum(a.db, user_, "release"));
+    // every served job's receipt was proposed by the replica that ran it and signed by the node on the other one
+    await waitFor(
+      "the node's receipts",
+      async () => {
+        const { rows } = await sql<{ n: string }>`select count(*) as n from receipts where status = 'accepted'`.execute(a.db);
+        return Number(rows[0]?.n) === served;
+      },
+      15_000,
+    );
+    expect(await journalSum(a.db, node.id, "earn")).toBeGreaterThan(0n);
+    // settled by one replica: the chain holds what the journal holds
+    await a.ledger?.settler.tick(true);
+    expect((await chain.escrow(user.address, chain.coordinator.address)).spent).toBe(charged);
   });
 });

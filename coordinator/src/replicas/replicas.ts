@@ -4,8 +4,8 @@
  * over the whole site's fleet:
  * - each replica publishes the nodes it holds on the fleet subject: all of them each heartbeat
  *   period, and every 200 ms those whose state changed, or that left;
- * - the others keep them as RemoteNodes; a replica not heard from for three periods is gone, and
- *   so are its nodes;
+ * - the others keep them as RemoteNodes; a replica says it is alive every second, and one not
+ *   heard from for five is gone, and so are its nodes (their jobs from here continue elsewhere);
  * - a job for a node another replica holds is a NATS request on that node's subject; the holder
  *   dispatches it to the node and streams its events back on the asking replica's stream subject,
  *   batched per turn of the event loop; a cancel (the client left) goes the same way;
@@ -38,8 +38,10 @@ import {
 
 /** How often changes of this replica's nodes are told. */
 const CHANGES_EVERY_MS = 200;
-/** A replica silent this many heartbeat periods is gone. */
-const MISSED_PERIODS = 3;
+/** A replica says it is alive at least this often (an empty update when nothing changed)... */
+const ALIVE_EVERY_MS = 1_000;
+/** ...and one silent this long is gone: its nodes are dropped, the jobs on them continue elsewhere. */
+const SILENT_MS = 5_000;
 /** How long a replica has to take a job for one of its nodes. */
 const HANDOVER_TIMEOUT_MS = 5_000;
 /** Nodes per fleet message (a message stays well under NATS's 1 MiB default payload limit). */
@@ -73,6 +75,8 @@ export class Replicas implements ReplicaLink, StreamTarget {
   private readonly outbox = new Map<string, string[]>();
   private flushing = false;
   private draining = false;
+  /** when this replica last published on the fleet subject */
+  private lastTold = 0;
   private readonly timers: NodeJS.Timeout[] = [];
 
   private constructor(
@@ -109,9 +113,10 @@ export class Replicas implements ReplicaLink, StreamTarget {
     this.timers.push(
       setInterval(() => this.tellChanges(), CHANGES_EVERY_MS),
       setInterval(() => {
-        this.tellAll();
+        if (Date.now() - this.lastTold >= ALIVE_EVERY_MS) this.publishFleet([], []);
         this.sweep();
-      }, o.heartbeatIntervalMs),
+      }, ALIVE_EVERY_MS),
+      setInterval(() => this.tellAll(), o.heartbeatIntervalMs),
     );
     for (const t of this.timers) t.unref();
     void this.watchConnection();
@@ -201,12 +206,12 @@ export class Replicas implements ReplicaLink, StreamTarget {
     this.tellChanges();
     const all: RemoteState[] = [];
     for (const n of this.o.fleet.list()) all.push(this.state(n));
-    // an empty update still says this replica is alive
     this.publishFleet(all, []);
   }
 
   private publishFleet(nodes: RemoteState[], gone: string[]): void {
     if (this.nc.isClosed()) return;
+    this.lastTold = Date.now();
     for (let i = 0; i === 0 || i < nodes.length; i += NODES_PER_MESSAGE) {
       const update: FleetUpdate = {
         v: REPLICA_WIRE_VERSION,
@@ -264,7 +269,7 @@ export class Replicas implements ReplicaLink, StreamTarget {
   }
 
   private sweep(): void {
-    const before = Date.now() - this.o.heartbeatIntervalMs * MISSED_PERIODS;
+    const before = Date.now() - SILENT_MS;
     let changed = false;
     for (const [replica, at] of this.heard) {
       if (at >= before) continue;
