@@ -4,13 +4,16 @@
  * replica is served by it, streamed or not, and the site's views show it from every replica.
  * PostgreSQL only: replicas share a database, which embedded PGlite cannot be.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { type Coordinator, createApiKey, NODE_HEADER, startCoordinator } from "@sharedllm/coordinator";
 import type { JobStart, NetworkResponse, NodeFrame } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
-import { journalSum, quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
+import { journalSum, quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { startNats, type TestNats } from "../nats.ts";
 import { SimNode, signsReceipts } from "../simNode.ts";
 
@@ -21,20 +24,38 @@ const replicas: Coordinator[] = [];
 const sims: SimNode[] = [];
 let apiKey: string;
 
-/** 10 tokens, one every 20 ms */
-function tenTokens(job: JobStart, send: (f: NodeFrame) => void): void {
-  let i = 0;
-  const timer = setInterval(() => {
-    if (i === 10) {
-      clearInterval(timer);
-      send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: 10, total_tokens: 13 } });
-      return;
-    }
-    i++;
-    const data = JSON.stringify({ choices: [{ index: 0, delta: { content: ` t${i}` } }] });
-    send({ type: "job.chunk", jobId: job.jobId, data, tokens: [i] });
-  }, 20);
-}
+const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
+
+/**
+ * 10 tokens (` t1` ... ` t10`, ids 1..10), one every `everyMs`. A job continued from another node
+ * (docs/continuation.md) gets the rest, as a plain completion's events.
+ */
+const tokens =
+  (everyMs: number) =>
+  (job: JobStart, send: (f: NodeFrame) => void): void => {
+    const resumed = job.resume?.tokens.length ?? 0;
+    let i = resumed;
+    const timer = setInterval(() => {
+      if (i === 10) {
+        clearInterval(timer);
+        const usage = { prompt_tokens: 3 + resumed, completion_tokens: 10 - resumed, total_tokens: 13 };
+        send({ type: "job.end", jobId: job.jobId, usage, ...(resumed && { resumed }) });
+        return;
+      }
+      i++;
+      const choice = job.resume ? { index: 0, text: ` t${i}` } : { index: 0, delta: { content: ` t${i}` } };
+      send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [choice] }), tokens: [i] });
+    }, everyMs);
+  };
+const tenTokens = tokens(20);
+
+/** The text of a streamed chat's events. */
+const streamedText = (body: string) =>
+  body
+    .split("\n")
+    .filter((l) => l.startsWith("data: {"))
+    .map((l) => JSON.parse(l.slice(6)).choices[0]?.delta?.content ?? "")
+    .join("");
 
 async function chat(url: string, stream: boolean): Promise<{ status: number; node: string | null; text: string }> {
   const res = await fetch(`${url}/v1/chat/completions`, {
@@ -86,12 +107,7 @@ describe.skipIf(!process.env.DATABASE_URL)("replicas on one PostgreSQL and one N
       const streamed = await chat(r.url, true);
       expect(streamed.status).toBe(200);
       expect(streamed.node).toBe(sim.id);
-      const content = streamed.text
-        .split("\n")
-        .filter((l) => l.startsWith("data: {"))
-        .map((l) => JSON.parse(l.slice(6)).choices[0]?.delta?.content ?? "")
-        .join("");
-      expect(content).toBe(" t1 t2 t3 t4 t5 t6 t7 t8 t9 t10");
+      expect(streamedText(streamed.text)).toBe(" t1 t2 t3 t4 t5 t6 t7 t8 t9 t10");
       expect(streamed.text.trimEnd().endsWith("data: [DONE]")).toBe(true);
     }
     // the site's views are the same through every replica
@@ -213,5 +229,77 @@ describe.skipIf(!process.env.DATABASE_URL)("paid jobs across replicas", () => {
     // settled by one replica: the chain holds what the journal holds
     await a.ledger?.settler.tick(true);
     expect((await chain.escrow(user.address, chain.coordinator.address)).spent).toBe(charged);
+  });
+});
+
+describe.skipIf(!process.env.DATABASE_URL)("a replica killed mid-stream", () => {
+  it("a stream from another replica on a node it held carries on on another node", async () => {
+    const killNats = await startNats();
+    const db = await testDatabase();
+    const home = await tempPaths("sharedllm-replica-");
+    const token = randomBytes(32).toString("base64url");
+    await writeFile(join(home.home, "secrets.json"), JSON.stringify({ joinToken: token }), { mode: 0o600 });
+    const a = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      dataDir: db.dataDir,
+      databaseUrl: db.databaseUrl,
+      joinToken: token,
+      logger: quietLogger(),
+      replicas: { natsUrl: killNats.url },
+    });
+    // replica B, a process of its own, that will be killed as a power cut would
+    const b = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0", "--nats-url", killNats.url], {
+      env: { ...process.env, SHAREDLLM_HOME: home.home, DATABASE_URL: db.databaseUrl },
+      stdio: "ignore",
+      detached: true,
+    });
+    const bExited = new Promise((r) => b.once("exit", r));
+    const sims: SimNode[] = [];
+    try {
+      const bUrl = await waitFor(
+        "replica B",
+        async () => (JSON.parse(await readFile(join(home.home, "coordinator.json"), "utf8")) as { url: string }).url,
+        60_000,
+        100,
+      );
+      const onB = new SimNode({ coordinatorUrl: bUrl, joinToken: token, models: ["sim-model"], onJob: tokens(150) });
+      sims.push(onB);
+      await onB.start();
+      await waitFor("A to see B's node", () => a.fleet.servesModel("sim-model"), 10_000);
+      const key = (await createApiKey(a.db, "kill")).secret;
+      const res = await fetch(`${a.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "sim-model", stream: true, max_tokens: 10, messages: [{ role: "user", content: "go" }] }),
+      });
+      expect(res.headers.get(NODE_HEADER)).toBe(onB.id);
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      let body = new TextDecoder().decode((await reader.read()).value);
+      // a node of A's own joins, and B dies mid-stream
+      const onA = new SimNode({ coordinatorUrl: a.url, joinToken: token, models: ["sim-model"], onJob: tokens(5) });
+      sims.push(onA);
+      await onA.start();
+      process.kill(-(b.pid as number), "SIGKILL");
+      await bExited;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        body += new TextDecoder().decode(value);
+      }
+      // the client sees one whole answer: B's node's first tokens, then A's node's rest
+      expect(streamedText(body)).toBe(" t1 t2 t3 t4 t5 t6 t7 t8 t9 t10");
+      expect(body.trimEnd().endsWith("data: [DONE]")).toBe(true);
+      expect(onA.jobsSeen).toBe(1);
+      const job = await a.db.selectFrom("jobs").select(["status"]).executeTakeFirstOrThrow();
+      expect(job.status).toBe("completed");
+    } finally {
+      for (const s of sims) s.stop();
+      if (b.exitCode === null && b.signalCode === null) process.kill(-(b.pid as number), "SIGKILL");
+      await a.close();
+      await db.cleanup();
+      await home.cleanup();
+      await killNats.stop();
+    }
   });
 });
