@@ -3,7 +3,7 @@
  * are read from /proc apart from the bench's): its URL, API key and join token once it runs.
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { waitFor } from "@sharedllm/testkit";
@@ -15,13 +15,24 @@ export interface CoordinatorProcess {
   url: string;
   apiKey: string;
   joinToken: string;
+  /** its home's secrets (another replica of it starts with them) */
+  secrets: string;
   /** stops it (SIGINT) and removes its home */
   stop(): Promise<void>;
 }
 
-/** Starts one; `databaseUrl`: PostgreSQL, else its embedded database. */
-export async function startCoordinatorProcess(o: { prefix: string; args?: string[]; databaseUrl?: string }): Promise<CoordinatorProcess> {
+/**
+ * Starts one; `databaseUrl`: PostgreSQL, else its embedded database; `secrets`: another
+ * coordinator's (its replica: docs/replicas.md).
+ */
+export async function startCoordinatorProcess(o: {
+  prefix: string;
+  args?: string[];
+  databaseUrl?: string;
+  secrets?: string;
+}): Promise<CoordinatorProcess> {
   const home = await mkdtemp(join(tmpdir(), o.prefix));
+  if (o.secrets) await writeFile(join(home, "secrets.json"), o.secrets, { mode: 0o600 });
   const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
   if (o.databaseUrl) env.DATABASE_URL = o.databaseUrl;
   else delete env.DATABASE_URL;
@@ -42,8 +53,9 @@ export async function startCoordinatorProcess(o: { prefix: string; args?: string
       60_000,
       200,
     );
-    const { joinToken } = JSON.parse(await readFile(join(home, "secrets.json"), "utf8")) as { joinToken: string };
-    return { pid: child.pid as number, url: info.url, apiKey: info.apiKey, joinToken, stop };
+    const secrets = await readFile(join(home, "secrets.json"), "utf8");
+    const { joinToken } = JSON.parse(secrets) as { joinToken: string };
+    return { pid: child.pid as number, url: info.url, apiKey: info.apiKey, joinToken, secrets, stop };
   } catch (err) {
     await stop();
     throw err;

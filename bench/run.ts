@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: benchmarks that print ratios and figures measured side by side
- * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|browser,
+ * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|scale|browser,
  * --rounds=N (20), --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --engine-threads=N (federation: the engines' threads; default all cores),
  * --nodes=N (5000), --requests=N (2000), --json.
@@ -13,6 +13,7 @@ import { benchControlPlane } from "./controlPlane.ts";
 import { benchCoordinator } from "./coordinator.ts";
 import { benchFederation } from "./federation.ts";
 import { benchRelay } from "./relay.ts";
+import { benchScale } from "./scale.ts";
 import { benchSettlement } from "./settlement.ts";
 import { benchSplit } from "./split.ts";
 
@@ -31,7 +32,7 @@ const { values } = parseArgs({
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|browser] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|scale|browser] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -213,6 +214,28 @@ if (!values.only || values.only === "relay") {
             `  ${r.database.padEnd(12)} ${`${f(r.coordinatorCpuPerTokenUs, 1)} us`.padStart(25)} ${f(r.tokensPerSecond, 0).padStart(10)} ${`${f(r.coordinatorCpuPercent, 0)}%`.padStart(17)} ${`${f(r.coordinatorRssMiB, 0)} MiB`.padStart(9)}`,
         ),
         "  goal: <= 50 us per relayed token",
+        "",
+      ].join("\n"),
+    );
+  }
+}
+if ((!values.only && process.env.DATABASE_URL) || values.only === "scale") {
+  // replicas share a PostgreSQL database: without DATABASE_URL the whole run skips this one
+  const r = await benchScale({ nodes: 12, clients: 16, requests: Math.min(Number(values.requests), 800), tokens: 256 });
+  results.scale = r;
+  if (!values.json) {
+    const row = (label: string, cell: (a: (typeof r.arms)[0]) => string) =>
+      `  ${label.padEnd(34)}${r.arms.map((a) => cell(a).padStart(22)).join("")}`;
+    process.stdout.write(
+      [
+        `scale: ${r.nodes} simulated nodes spread over the replicas, ${r.requests} plain requests (8 tokens), streams of ${r.tokens} tokens; PostgreSQL and NATS on this machine`,
+        row("", (a) => `${a.replicas} replica${a.replicas > 1 ? "s" : ""}`),
+        row("added latency p50 / p99 (1 client)", (a) => `${f(a.addedLatencyMs.p50)} / ${f(a.addedLatencyMs.p99)} ms`),
+        row(`requests/s (${r.clients} clients)`, (a) => f(a.loaded.requestsPerSecond, 0)),
+        row("  their latency p50 / p99", (a) => `${f(a.loaded.p50)} / ${f(a.loaded.p99)} ms`),
+        row("relayed tokens/s", (a) => f(a.relay.tokensPerSecond, 0)),
+        row("coordinator CPU per relayed token", (a) => `${f(a.relay.cpuPerTokenUs, 1)} us`),
+        row("memory per replica", (a) => a.rssMiB.map((m) => `${f(m, 0)}`).join(" / ") + " MiB"),
         "",
       ].join("\n"),
     );

@@ -1,0 +1,180 @@
+/**
+ * Hosted scale (docs/replicas.md): one coordinator process against three replicas on one
+ * PostgreSQL database and one NATS server (a bench's own), in one run. Simulated nodes (the real
+ * control protocol, no engine) are spread over the replicas, so most jobs cross from the replica
+ * a client reached to the one holding the node. Per arm:
+ * - added latency: one client's plain requests one after another (a node answers at once, so the
+ *   whole time is the coordinators'), p50 and p99;
+ * - throughput: `clients` clients at once, requests per second, and their latency p50/p99;
+ * - relay: streamed requests at full speed, the coordinators' CPU (user + system, from /proc,
+ *   summed over the replicas) per relayed token;
+ * - each replica's resident memory after the run.
+ * The nodes and clients run in this process; on a 2-core machine they share the cores with the
+ * replicas, PostgreSQL and NATS.
+ */
+import { readFile } from "node:fs/promises";
+import { request } from "node:http";
+import type { JobStart, NodeFrame } from "@sharedllm/protocol";
+import { testDatabase } from "@sharedllm/testkit";
+import { startNats, type TestNats } from "@sharedllm/testkit/nats";
+import { SimNode } from "@sharedllm/testkit/simNode";
+import { processCpuMs } from "./coordinator.ts";
+import { type CoordinatorProcess, startCoordinatorProcess } from "./coordinatorProcess.ts";
+
+/** The value at share `q` of the sorted samples (nearest rank). */
+function percentile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? Number.NaN;
+}
+
+/** Streams `job`'s max_tokens events of one token each, yielding to I/O every few events, then ends it. */
+function answer(job: JobStart, send: (f: NodeFrame) => void): void {
+  const total = Number(job.request.max_tokens);
+  let sent = 0;
+  const burst = () => {
+    for (let i = 0; i < 16 && sent < total; i++, sent++) {
+      const data = JSON.stringify({ choices: [{ index: 0, delta: { content: " word" } }] });
+      send({ type: "job.chunk", jobId: job.jobId, data, tokens: [sent + 1] });
+    }
+    if (sent < total) setImmediate(burst);
+    else send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: total, total_tokens: total + 3 } });
+  };
+  burst();
+}
+
+/** One request; resolves with its milliseconds and, streamed, the token events it read. */
+function call(url: string, apiKey: string, maxTokens: number, stream: boolean): Promise<{ ms: number; events: number }> {
+  const payload = JSON.stringify({ model: "sim-model", stream, max_tokens: maxTokens, messages: [{ role: "user", content: "go" }] });
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}`, "content-length": Buffer.byteLength(payload) },
+    });
+    req.on("response", (res) => {
+      if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`));
+      let events = 0;
+      let tail = "";
+      res.setEncoding("utf8");
+      res.on("data", (s: string) => {
+        if (!stream) return;
+        const text = tail + s;
+        for (let at = text.indexOf('"content"'); at >= 0; at = text.indexOf('"content"', at + 1)) events++;
+        tail = text.slice(-8);
+      });
+      res.on("end", () => resolve({ ms: performance.now() - t0, events }));
+    });
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+export interface ScaleArm {
+  replicas: number;
+  addedLatencyMs: { p50: number; p99: number };
+  loaded: { clients: number; requestsPerSecond: number; p50: number; p99: number };
+  relay: { tokensPerSecond: number; cpuPerTokenUs: number };
+  rssMiB: number[];
+}
+
+async function arm(replicaCount: number, o: ScaleOptions, nats: TestNats): Promise<ScaleArm> {
+  const db = await testDatabase();
+  const replicas: CoordinatorProcess[] = [];
+  const sims: SimNode[] = [];
+  try {
+    const args = replicaCount > 1 ? ["--nats-url", nats.url] : [];
+    for (let i = 0; i < replicaCount; i++) {
+      replicas.push(
+        await startCoordinatorProcess({ prefix: "sharedllm-scale-", args, databaseUrl: db.databaseUrl, secrets: replicas[0]?.secrets }),
+      );
+    }
+    const { joinToken, apiKey } = replicas[0] as CoordinatorProcess;
+    const urls = replicas.map((r) => r.url);
+    for (let i = 0; i < o.nodes; i++) {
+      const sim = new SimNode({
+        coordinatorUrl: urls[i % urls.length] as string,
+        joinToken,
+        models: ["sim-model"],
+        slots: 64,
+        onJob: answer,
+      });
+      await sim.start();
+      sims.push(sim);
+    }
+    // every replica schedules over every node before the clients start
+    for (const url of urls) {
+      for (const deadline = Date.now() + 15_000; ; ) {
+        const health = (await (await fetch(`${url}/healthz`)).json()) as { nodes: number };
+        if (health.nodes === o.nodes) break;
+        if (Date.now() > deadline) throw new Error(`${url} sees ${health.nodes} of ${o.nodes} nodes`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    let turn = 0;
+    const next = () => urls[turn++ % urls.length] as string;
+    // warm up every replica's code paths
+    await Promise.all(Array.from({ length: o.clients }, () => call(next(), apiKey, 8, true)));
+
+    const alone: number[] = [];
+    for (let i = 0; i < o.requests / 4; i++) alone.push((await call(next(), apiKey, 8, false)).ms);
+
+    const loaded: number[] = [];
+    let left = o.requests;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: o.clients }, async () => {
+        while (left-- > 0) loaded.push((await call(next(), apiKey, 8, false)).ms);
+      }),
+    );
+    const loadedSeconds = (performance.now() - t0) / 1000;
+
+    const cpu0 = replicas.reduce((s, r) => s + processCpuMs(r.pid), 0);
+    const r0 = performance.now();
+    let relayed = 0;
+    let streams = o.requests / 8;
+    await Promise.all(
+      Array.from({ length: o.clients }, async () => {
+        while (streams-- > 0) relayed += (await call(next(), apiKey, o.tokens, true)).events;
+      }),
+    );
+    const relaySeconds = (performance.now() - r0) / 1000;
+    const cpuMs = replicas.reduce((s, r) => s + processCpuMs(r.pid), 0) - cpu0;
+    const rssMiB = await Promise.all(
+      replicas.map(async (r) => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${r.pid}/status`, "utf8"))?.[1] ?? 0) / 1024),
+    );
+    return {
+      replicas: replicaCount,
+      addedLatencyMs: { p50: percentile(alone, 0.5), p99: percentile(alone, 0.99) },
+      loaded: {
+        clients: o.clients,
+        requestsPerSecond: loaded.length / loadedSeconds,
+        p50: percentile(loaded, 0.5),
+        p99: percentile(loaded, 0.99),
+      },
+      relay: { tokensPerSecond: relayed / relaySeconds, cpuPerTokenUs: (cpuMs * 1000) / relayed },
+      rssMiB,
+    };
+  } finally {
+    for (const s of sims) s.stop();
+    for (const r of replicas) await r.stop();
+    await db.cleanup();
+  }
+}
+
+export interface ScaleOptions {
+  nodes: number;
+  clients: number;
+  requests: number;
+  tokens: number;
+}
+
+export async function benchScale(o: ScaleOptions): Promise<{ arms: ScaleArm[] } & ScaleOptions> {
+  if (!process.env.DATABASE_URL) throw new Error("the scale bench needs PostgreSQL: set DATABASE_URL (replicas share one database)");
+  const nats = await startNats();
+  try {
+    // one process first, then three replicas: the same nodes, clients and requests
+    return { ...o, arms: [await arm(1, o, nats), await arm(3, o, nats)] };
+  } finally {
+    await nats.stop();
+  }
+}
