@@ -36,6 +36,28 @@ export function streamWords(job: JobStart, send: (f: NodeFrame) => void, words: 
   send({ type: "job.end", jobId: job.jobId, usage });
 }
 
+/**
+ * Streams ` t1` ... ` t<count>` (token ids 1..count), one every `everyMs`, then ends the job. A job
+ * continued from another node (docs/continuation.md) gets the rest, as a plain completion's events.
+ */
+export const countTo =
+  (count: number, everyMs: number): SimJobHandler =>
+  (job, send) => {
+    const resumed = job.resume?.tokens.length ?? 0;
+    let i = resumed;
+    const timer = setInterval(() => {
+      if (i >= count) {
+        clearInterval(timer);
+        const usage = { prompt_tokens: 3 + resumed, completion_tokens: count - resumed, total_tokens: 3 + count };
+        send({ type: "job.end", jobId: job.jobId, usage, ...(resumed && { resumed }) });
+        return;
+      }
+      i++;
+      const choice = job.resume ? { index: 0, text: ` t${i}` } : { index: 0, delta: { content: ` t${i}` } };
+      send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [choice] }), tokens: [i] });
+    }, everyMs);
+  };
+
 /** Answers every receipt request by signing the receipt as proposed, with `account` (an honest node). */
 export const signsReceipts =
   (account: LocalAccount) =>

@@ -9,13 +9,13 @@ import { randomBytes } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Coordinator, createApiKey, NODE_HEADER, startCoordinator } from "@sharedllm/coordinator";
-import type { JobStart, NetworkResponse, NodeFrame } from "@sharedllm/protocol";
+import type { NetworkResponse } from "@sharedllm/protocol";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { journalSum, quietLogger, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { startNats, type TestNats } from "../nats.ts";
-import { SimNode, signsReceipts } from "../simNode.ts";
+import { countTo, SimNode, signsReceipts } from "../simNode.ts";
 
 const joinToken = randomBytes(32).toString("base64url");
 let nats: TestNats;
@@ -26,28 +26,7 @@ let apiKey: string;
 
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 
-/**
- * 10 tokens (` t1` ... ` t10`, ids 1..10), one every `everyMs`. A job continued from another node
- * (docs/continuation.md) gets the rest, as a plain completion's events.
- */
-const tokens =
-  (everyMs: number) =>
-  (job: JobStart, send: (f: NodeFrame) => void): void => {
-    const resumed = job.resume?.tokens.length ?? 0;
-    let i = resumed;
-    const timer = setInterval(() => {
-      if (i === 10) {
-        clearInterval(timer);
-        const usage = { prompt_tokens: 3 + resumed, completion_tokens: 10 - resumed, total_tokens: 13 };
-        send({ type: "job.end", jobId: job.jobId, usage, ...(resumed && { resumed }) });
-        return;
-      }
-      i++;
-      const choice = job.resume ? { index: 0, text: ` t${i}` } : { index: 0, delta: { content: ` t${i}` } };
-      send({ type: "job.chunk", jobId: job.jobId, data: JSON.stringify({ choices: [choice] }), tokens: [i] });
-    }, everyMs);
-  };
-const tenTokens = tokens(20);
+const tenTokens = countTo(10, 20);
 
 /** The text of a streamed chat's events. */
 const streamedText = (body: string) =>
@@ -263,7 +242,7 @@ describe.skipIf(!process.env.DATABASE_URL)("a replica killed mid-stream", () => 
         60_000,
         100,
       );
-      const onB = new SimNode({ coordinatorUrl: bUrl, joinToken: token, models: ["sim-model"], onJob: tokens(150) });
+      const onB = new SimNode({ coordinatorUrl: bUrl, joinToken: token, models: ["sim-model"], onJob: countTo(10, 150) });
       sims.push(onB);
       await onB.start();
       await waitFor("A to see B's node", () => a.fleet.servesModel("sim-model"), 10_000);
@@ -277,7 +256,7 @@ describe.skipIf(!process.env.DATABASE_URL)("a replica killed mid-stream", () => 
       const reader = (res.body as ReadableStream<Uint8Array>).getReader();
       let body = new TextDecoder().decode((await reader.read()).value);
       // a node of A's own joins, and B dies mid-stream
-      const onA = new SimNode({ coordinatorUrl: a.url, joinToken: token, models: ["sim-model"], onJob: tokens(5) });
+      const onA = new SimNode({ coordinatorUrl: a.url, joinToken: token, models: ["sim-model"], onJob: countTo(10, 5) });
       sims.push(onA);
       await onA.start();
       process.kill(-(b.pid as number), "SIGKILL");
