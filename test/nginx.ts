@@ -5,7 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
@@ -70,6 +70,8 @@ export function renderNginxConf(conf: string, o: RenderOptions): string {
 export async function startNginx(o: { replicas: string[]; cert: string; key: string }): Promise<Front> {
   if (nginxMissing) throw new Error(nginxMissing);
   const dir = await mkdtemp(join(tmpdir(), "sharedllm-nginx-"));
+  // run as root, nginx's workers are nobody: they write request bodies under the temp paths here
+  await chmod(dir, 0o755);
   const port = await freePort();
   const accessLog = join(dir, "access.log");
   const site = join(dir, "sharedllm.conf");
