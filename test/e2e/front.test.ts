@@ -140,8 +140,13 @@ describe.skipIf(Boolean(nginxMissing) || !process.env.DATABASE_URL)(
         stderr += b;
       });
       const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
-      cleanups.push(() => {
-        if (child.exitCode === null && child.signalCode === null) process.kill(-(child.pid as number), "SIGKILL");
+      // asked to stop (SIGTERM: no jobs are left to drain), killed if it has not within 10 s
+      cleanups.push(async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        child.kill("SIGTERM");
+        const killed = setTimeout(() => process.kill(-(child.pid as number), "SIGKILL"), 10_000);
+        await exited;
+        clearTimeout(killed);
       });
       const url = await waitFor(
         "a replica's URL",
@@ -165,7 +170,16 @@ describe.skipIf(Boolean(nginxMissing) || !process.env.DATABASE_URL)(
       cert = { cert: join(dir.home, "front.crt"), key: join(dir.home, "front.key") };
       execFileSync(
         "openssl",
-        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"].concat([
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "ec",
+          "-pkeyopt",
+          "ec_paramgen_curve:prime256v1",
+          "-nodes",
+          "-days",
+          "1",
           "-keyout",
           cert.key,
           "-out",
@@ -174,7 +188,7 @@ describe.skipIf(Boolean(nginxMissing) || !process.env.DATABASE_URL)(
           "/CN=sharedllm-front",
           "-addext",
           "subjectAltName=IP:127.0.0.1",
-        ]),
+        ],
         { stdio: "ignore" },
       );
       ca = await readFile(cert.cert, "utf8");
