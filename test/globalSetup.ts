@@ -2,14 +2,16 @@
  * Makes the shared cache ready before the suite: the engine is built (about 6
  * minutes on 2 cores the first time, then reused) and the default model pulled;
  * the web portal's production build is made from its sources, and Debian's
- * Chromium is installed for the browser tests where it is missing (as root, with
- * apt-get).
+ * Chromium (the browser tests) and nginx (the front test) are installed where
+ * they are missing (as root, with apt-get); the nginx service the package may
+ * start is stopped.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ensureEngine, ModelStore, resolvePaths, terminalProgress } from "@sharedllm/node";
 import { CHROMIUM } from "./browser.ts";
+import { NGINX, nginxMissing } from "./nginx.ts";
 
 export default async function setup() {
   const { cache } = resolvePaths();
@@ -22,10 +24,13 @@ export default async function setup() {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, NODE_ENV: "production" },
   });
-  if (!existsSync(CHROMIUM) && process.getuid?.() === 0) {
-    process.stderr.write("installing Debian's chromium for the browser tests (apt-get, a few minutes)\n");
+  const missing = [...(existsSync(CHROMIUM) ? [] : ["chromium"]), ...(nginxMissing ? ["nginx"] : [])];
+  if (missing.length > 0 && process.getuid?.() === 0) {
+    process.stderr.write(`installing Debian's ${missing.join(" and ")} for the browser and front tests (apt-get, a few minutes)\n`);
     const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
     execFileSync("apt-get", ["update", "-q"], { stdio: ["ignore", "ignore", "inherit"], env });
-    execFileSync("apt-get", ["install", "-y", "-q", "chromium"], { stdio: ["ignore", "ignore", "inherit"], env });
+    execFileSync("apt-get", ["install", "-y", "-q", ...missing], { stdio: ["ignore", "ignore", "inherit"], env });
+    // the package's own service, where its install started it: tests run their own nginx, and port 80 stays free
+    if (missing.includes("nginx")) spawnSync(NGINX, ["-s", "stop"], { stdio: "ignore" });
   }
 }

@@ -91,6 +91,10 @@ export class SimNode {
       onFrame?: (frame: CoordinatorFrame, send: (f: NodeFrame) => void) => void;
       /** the node's key; default: a new one (the same key again is the same node coming back) */
       account?: PrivateKeyAccount;
+      /** PEM certificate(s) to trust for an https coordinator */
+      coordinatorCa?: string;
+      /** the address its control channel connects from (127.0.0.2: another machine, as a proxy sees it) */
+      localAddress?: string;
     },
   ) {
     this.account = o.account ?? privateKeyToAccount(generatePrivateKey());
@@ -103,10 +107,13 @@ export class SimNode {
       coordinatorUrl: this.o.coordinatorUrl,
       joinToken: this.o.joinToken,
       account: this.account,
+      coordinatorCa: this.o.coordinatorCa,
     });
     const ws = new WebSocket(this.o.coordinatorUrl.replace(/^http/, "ws") + CONTROL_PATH, {
       headers: { authorization: `Bearer ${sessionToken}` },
       perMessageDeflate: false,
+      ca: this.o.coordinatorCa,
+      localAddress: this.o.localAddress,
     });
     this.ws = ws;
     const send = (f: NodeFrame) => {

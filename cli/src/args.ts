@@ -1,4 +1,5 @@
 /** Argument parsers and options shared by the subcommands. */
+import { isIP } from "node:net";
 import { DEFAULT_RATE_LIMITS, type IndexerSettings } from "@sharedllm/coordinator";
 import { SharedLLMError } from "@sharedllm/node";
 import { type Command, InvalidArgumentError, Option } from "commander";
@@ -34,6 +35,20 @@ export function blockNumber(value: string): number {
 export function address(value: string): `0x${string}` {
   if (!/^0x[0-9a-fA-F]{40}$/.test(value)) throw new InvalidArgumentError("expected an address (0x and 40 hex digits)");
   return value as `0x${string}`;
+}
+
+/**
+ * One more trusted proxy (repeatable): an IP address, a CIDR range, or one of the names
+ * loopback, linklocal, uniquelocal.
+ */
+export function proxyAddress(value: string, previous: string[] = []): string[] {
+  const [ip = "", prefix, ...rest] = value.split("/");
+  const family = isIP(ip);
+  const bits = Number(prefix);
+  const range = prefix === undefined || (/^\d+$/.test(prefix) && bits <= (family === 6 ? 128 : 32));
+  if (!["loopback", "linklocal", "uniquelocal"].includes(value) && (family === 0 || !range || rest.length > 0))
+    throw new InvalidArgumentError("expected an IP address, a CIDR range (10.0.0.0/8) or loopback, linklocal, uniquelocal");
+  return [...previous, value];
 }
 
 /** Where a coordinator runs (`up`, `coordinator start`, `site init`): port, address, database, and --verbose. */
@@ -222,6 +237,12 @@ export function addListenOptions(cmd: Command): Command {
       "URL(s) users reach this coordinator at; sign-in messages must name one (default: the addresses it listens on)",
     )
     .addOption(
+      new Option(
+        "--trust-proxy <address...>",
+        "the reverse proxies in front (nginx: docs/hosting.md): a request from one counts as from the client its X-Forwarded-For names (rate limits)",
+      ).argParser(proxyAddress),
+    )
+    .addOption(
       new Option("--max-registrations-per-minute <n>", "node registrations one address may attempt per minute")
         .default(DEFAULT_RATE_LIMITS.registrations)
         .argParser(positiveInt),
@@ -246,6 +267,7 @@ export interface ListenArgs {
   tlsKey?: string;
   insecureHttp?: boolean;
   publicUrl?: string[];
+  trustProxy?: string[];
   maxRegistrationsPerMinute: number;
   maxSignInsPerMinute: number;
   browserNodes: "off" | "token" | "open";

@@ -183,6 +183,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     tls,
     publicOrigins: l.publicUrl,
     rateLimits: { registrations: l.maxRegistrationsPerMinute, signIns: l.maxSignInsPerMinute },
+    trustProxy: l.trustProxy,
   }).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "EADDRINUSE") throw new SharedLLMError("busy", `port ${o.port} is in use; pick another with --port`);
     const cause = err.cause as NodeJS.ErrnoException | undefined;

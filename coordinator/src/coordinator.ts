@@ -95,6 +95,13 @@ export interface CoordinatorOptions {
   publicOrigins?: string[];
   /** per client address, per minute; default DEFAULT_RATE_LIMITS */
   rateLimits?: Partial<RateLimits>;
+  /**
+   * The addresses (or CIDR ranges) of the reverse proxies in front of this coordinator (nginx,
+   * docs/hosting.md): a request from one of them counts as coming from the address its
+   * X-Forwarded-For names (rate limits, logs), its scheme from X-Forwarded-Proto. Default none: the
+   * connection's own address, which behind a proxy is the proxy's for every client.
+   */
+  trustProxy?: string[];
   /** federation with other sites (docs/federation.md): trust from FederationRegistry, signed calls */
   federation?: FederationOptions;
   /**
@@ -203,6 +210,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
+      trustProxy: o.trustProxy?.length ? o.trustProxy : false,
       ...routerErrorOptions,
       ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
     } as FastifyServerOptions) as FastifyInstance;
