@@ -3,7 +3,7 @@
  * (docs/nginx/sharedllm.conf) rendered with the test's replicas, port, certificate and paths, run
  * in the foreground by Debian's nginx; and HTTPS requests to it that trust the test's certificate.
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import type { IncomingMessage } from "node:http";
@@ -21,6 +21,30 @@ export const NGINX_CONF = join(import.meta.dirname, "..", "docs", "nginx", "shar
 
 /** Why tests that need nginx are skipped; undefined where it is installed. */
 export const nginxMissing = existsSync(NGINX) ? undefined : `${NGINX} not found: install Debian's nginx (apt-get install nginx)`;
+
+/**
+ * The certificate nginx serves in a test, in `dir`: self-signed for 127.0.0.1, as an operator's
+ * own CA would sign one; `ca` is what clients trust.
+ */
+export async function frontCertificate(dir: string): Promise<{ cert: string; key: string; ca: string }> {
+  const cert = join(dir, "front.crt");
+  const key = join(dir, "front.key");
+  execFileSync(
+    "openssl",
+    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"].concat([
+      "-keyout",
+      key,
+      "-out",
+      cert,
+      "-subj",
+      "/CN=sharedllm-front",
+      "-addext",
+      "subjectAltName=IP:127.0.0.1",
+    ]),
+    { stdio: "ignore" },
+  );
+  return { cert, key, ca: await readFile(cert, "utf8") };
+}
 
 export interface Front {
   /** https://127.0.0.1:<port> */
@@ -45,9 +69,13 @@ interface RenderOptions {
  * address, TLS files and access log; throws when the file no longer has what is replaced.
  */
 export function renderNginxConf(conf: string, o: RenderOptions): string {
-  const servers = o.replicas.map((r) => `    server ${r};\n`).join("");
-  const edits: [RegExp, string, number][] = [
-    [/(?:^ {4}server \S+;\n)+/gm, servers, 2],
+  // each upstream's server list, with the parameters its documented servers have
+  const servers = (list: string) => {
+    const params = /^ {4}server \S+(.*);$/m.exec(list)?.[1] ?? "";
+    return o.replicas.map((r) => `    server ${r}${params};\n`).join("");
+  };
+  const edits: [RegExp, string | ((match: string) => string), number][] = [
+    [/(?:^ {4}server \S+[^;\n]*;\n)+/gm, servers, 2],
     [/^ {4}listen 443 ssl;$/gm, `    listen 127.0.0.1:${o.port} ssl;`, 1],
     [/^ {4}ssl_certificate +\S+;$/gm, `    ssl_certificate ${o.cert};`, 1],
     [/^ {4}ssl_certificate_key +\S+;$/gm, `    ssl_certificate_key ${o.key};`, 1],
@@ -57,7 +85,7 @@ export function renderNginxConf(conf: string, o: RenderOptions): string {
   for (const [pattern, by, count] of edits) {
     const found = out.match(pattern)?.length ?? 0;
     if (found !== count) throw new Error(`${NGINX_CONF}: ${pattern} matches ${found} times, not ${count}; update renderNginxConf`);
-    out = out.replace(pattern, by);
+    out = out.replace(pattern, (match) => (typeof by === "string" ? by : by(match)));
   }
   return out;
 }
@@ -133,6 +161,8 @@ export interface HttpsInit {
   body?: string;
   /** the address to connect from (127.0.0.2: another client on this machine) */
   localAddress?: string;
+  /** aborts the request (and the reading of its body) */
+  signal?: AbortSignal;
 }
 
 export interface HttpsResponse {
@@ -152,6 +182,7 @@ export function httpsFetch(url: string, init: HttpsInit): Promise<HttpsResponse>
       ca: init.ca,
       localAddress: init.localAddress,
       agent: false,
+      signal: init.signal,
     });
     req.once("error", reject);
     req.once("response", (res) => {

@@ -391,8 +391,10 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         jobs.stopTaking();
         replicas?.drain();
         const deadline = Date.now() + withinMs;
-        while (jobs.inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-        const left = jobs.inFlight();
+        // its own clients' jobs, and other replicas' jobs on its nodes
+        const inFlight = () => jobs.inFlight() + (replicas?.serving ?? 0);
+        while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        const left = inFlight();
         if (left) o.logger.warn({ jobs: left }, "stopping with jobs still in flight");
       },
       async close() {

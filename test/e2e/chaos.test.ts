@@ -17,9 +17,9 @@
  *
  * PostgreSQL only (replicas share a database); skipped where nginx is missing.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { type Db, openDatabase } from "@sharedllm/coordinator";
@@ -30,7 +30,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createKey, devWallet, signIn, startTestChain, type TestChain } from "../chain.ts";
 import { freePort, journalSum, type TestDatabase, tempPaths, testDatabase, waitFor } from "../helpers.ts";
 import { startNats, type TestNats } from "../nats.ts";
-import { type Front, httpsFetch, nginxMissing, startNginx } from "../nginx.ts";
+import { type Front, frontCertificate, httpsFetch, nginxMissing, startNginx } from "../nginx.ts";
 import { type NodeProcess, startNodeProcess } from "../nodeProcess.ts";
 import { countTo, SimNode, signsReceipts } from "../simNode.ts";
 import { MODEL } from "../system.ts";
@@ -38,6 +38,8 @@ import { MODEL } from "../system.ts";
 const BIN = join(import.meta.dirname, "..", "..", "cli", "bin", "sharedllm.js");
 const SEED = Number(process.env.CHAOS_SEED ?? 7);
 const SECONDS = Number(process.env.CHAOS_SECONDS ?? 40);
+/** a client that waits longer than this for its whole answer was left hanging */
+const ANSWER_WITHIN_MS = 60_000;
 
 /** mulberry32: the same seed, the same faults at the same points */
 function random(seed: number): () => number {
@@ -70,8 +72,9 @@ async function tcpProxy(target: URL) {
       server.listen(port, "127.0.0.1", resolve);
     });
   const down = async () => {
-    await new Promise((r) => server?.close(r));
+    const closed = new Promise((r) => server?.close(r));
     for (const s of open) s.destroy();
+    await closed;
   };
   await up();
   return { url: `http://127.0.0.1:${port}`, up, down };
@@ -82,6 +85,8 @@ interface Replica {
   home: string;
   child?: ChildProcess;
   exited?: Promise<unknown>;
+  /** its latest start, until it answers */
+  starting?: Promise<void>;
   stderr: string;
 }
 
@@ -171,18 +176,29 @@ type Outcome = "completed" | "clean_error" | "bad";
 async function request(key: string, model: string, stream: boolean): Promise<{ outcome: Outcome; detail: string }> {
   let status = 0;
   let body = "";
+  let node = "";
+  // an answer that never comes is no clean error: the client is left waiting
+  const timeout = AbortSignal.timeout(ANSWER_WITHIN_MS);
   try {
     const res = await httpsFetch(`${front.url}/v1/chat/completions`, {
       ca,
       method: "POST",
       headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
       body: JSON.stringify({ model, stream, max_tokens: 12, messages: [{ role: "user", content: "Count to twelve." }] }),
+      signal: timeout,
     });
     status = res.status;
+    node = String(res.headers["x-sharedllm-node"] ?? "");
     body = await res.text();
   } catch (err) {
+    if (timeout.aborted) {
+      return {
+        outcome: "bad",
+        detail: `no answer within ${ANSWER_WITHIN_MS} ms (${model}, ${stream ? "streamed" : "plain"}, HTTP ${status}, node ${node}): ${body.slice(-200)}`,
+      };
+    }
     // the connection failed or was cut mid-answer: the client knows it has no whole answer
-    return { outcome: "clean_error", detail: `connection: ${(err as Error).message}` };
+    return { outcome: "clean_error", detail: `connection (${stream ? "streamed" : "plain"}, HTTP ${status}): ${(err as Error).message}` };
   }
   if (status !== 200) {
     const shaped = (() => {
@@ -214,6 +230,7 @@ async function request(key: string, model: string, stream: boolean): Promise<{ o
 async function load(clients: number, until: () => boolean, pick: (n: number) => { model: string; stream: boolean }) {
   const counts = { requests: 0, completed: 0, clean_error: 0, bad: 0 };
   const bad: string[] = [];
+  const errors: string[] = [];
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
       for (let n = 0; !until(); n++) {
@@ -223,10 +240,11 @@ async function load(clients: number, until: () => boolean, pick: (n: number) => 
         counts.requests++;
         counts[outcome]++;
         if (outcome === "bad") bad.push(detail);
+        if (outcome === "clean_error" && errors.length < 5) errors.push(detail);
       }
     }),
   );
-  return { counts, bad };
+  return { counts, bad, errors };
 }
 
 /** Charges not yet in a confirmed batch, and batches not confirmed. */
@@ -252,15 +270,9 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
     joinToken = randomBytes(32).toString("base64url");
     const dir = await tempPaths("sharedllm-chaos-");
     homes.push(dir);
-    certFile = join(dir.home, "front.crt");
-    const keyFile = join(dir.home, "front.key");
-    execFileSync(
-      "openssl",
-      ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-keyout", keyFile]
-        .concat(["-out", certFile, "-subj", "/CN=sharedllm-front", "-addext", "subjectAltName=IP:127.0.0.1"]),
-      { stdio: "ignore" },
-    );
-    ca = await readFile(certFile, "utf8");
+    const made = await frontCertificate(dir.home);
+    certFile = made.cert;
+    ca = made.ca;
     for (let i = 0; i < 3; i++) {
       const home = await tempPaths("sharedllm-chaos-replica-");
       homes.push(home);
@@ -270,7 +282,7 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
       replicas.push(r);
       await startReplica(r);
     }
-    front = await startNginx({ replicas: replicas.map((r) => `127.0.0.1:${r.port}`), cert: certFile, key: keyFile });
+    front = await startNginx({ replicas: replicas.map((r) => `127.0.0.1:${r.port}`), cert: certFile, key: made.key });
     // a real node joins through nginx, as an owner's machine would
     realNode = await startNodeProcess({
       coordinatorUrl: front.url,
@@ -320,16 +332,36 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
 
   it("a rolling restart of every replica under streaming load loses no request", async () => {
     let done = false;
-    const running = load(4, () => done, (n) => ({ model: "sim-model", stream: n % 4 !== 3 }));
+    const running = load(
+      4,
+      () => done,
+      (n) => ({ model: "sim-model", stream: n % 4 !== 3 }),
+    );
+    /** the requests nginx had a replica answer with 200 */
+    const answered = async (r: Replica) =>
+      (await front.accessLog())
+        .split("\n")
+        .filter((l) => new RegExp(`upstream=(?:\\S+, )*127\\.0\\.0\\.1:${r.port} upstream_status=(?:\\S+, )*200 `).test(l)).length;
     for (const r of replicas) {
       // told to stop, as a rolling restart does: it drains, then exits; then it comes back
       await killReplica(r, "SIGTERM");
       expect(r.child?.exitCode).toBe(0);
+      const before = await answered(r);
       await startReplica(r);
+      // the operator moves on once nginx sends the restarted replica requests again
+      await waitFor("nginx to use the restarted replica", async () => (await answered(r)) > before, 30_000, 200);
     }
     done = true;
-    const { counts, bad } = await running;
-    process.stdout.write(`rolling restart: ${JSON.stringify(counts)}\n`);
+    const { counts, bad, errors } = await running;
+    process.stdout.write(`rolling restart: ${JSON.stringify(counts)} ${errors.join(" | ")}\n`);
+    if (process.env.CHAOS_DEBUG)
+      process.stdout.write(
+        (await front.accessLog())
+          .split("\n")
+          .filter((l) => /upstream_status=50[23]/.test(l) && !/upstream=sharedllm_api /.test(l))
+          .slice(0, 40)
+          .join("\n"),
+      );
     expect(bad).toEqual([]);
     expect(counts.clean_error).toBe(0);
     expect(counts.completed).toBe(counts.requests);
@@ -345,7 +377,11 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
       .sort((a, b) => a.at - b.at);
     const t0 = Date.now();
     const end = t0 + SECONDS * 1000;
-    const running = load(6, () => Date.now() > end, (n) => ({ model: n % 5 === 4 ? MODEL : "sim-model", stream: n % 2 === 0 }));
+    const running = load(
+      6,
+      () => Date.now() > end,
+      (n) => ({ model: n % 5 === 4 ? MODEL : "sim-model", stream: n % 2 === 0 }),
+    );
     const happened: string[] = [];
     const engines: number[] = [];
     for (const f of plan) {
@@ -354,7 +390,7 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
       if (f.kind === "replica") {
         const r = replicas[Math.floor(rand() * replicas.length)] as Replica;
         await killReplica(r, "SIGKILL");
-        void startReplica(r);
+        r.starting = startReplica(r);
       } else if (f.kind === "node") {
         if (rand() < 0.5 && realNode) {
           // the real node, as a power cut would: its llama-server with it
@@ -384,8 +420,14 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
     }
     const { counts, bad } = await running;
     // every replica runs again; a killed one's jobs and holds are ended by a live one once its lease lapses
-    for (const r of replicas) if (!liveReplicas().includes(r)) await startReplica(r);
-    await waitFor("no hold left", async () => (await sql<{ held: string }>`select coalesce(sum(held), 0) as held from credit_accounts`.execute(store)).rows[0]?.held === "0", 60_000, 500);
+    for (const r of replicas) await r.starting;
+    await waitFor(
+      "no hold left",
+      async () =>
+        (await sql<{ held: string }>`select coalesce(sum(held), 0) as held from credit_accounts`.execute(store)).rows[0]?.held === "0",
+      60_000,
+      500,
+    );
     await waitFor("every charge and earning settled", async () => (await unsettled()) === 0, 90_000, 500);
 
     const charges = await sql<{ n: string }>`select count(*) as n from ledger_entries where kind = 'charge'`.execute(store);
@@ -405,11 +447,12 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
     expect(bad).toEqual([]);
     expect(counts.completed).toBeGreaterThan(counts.requests / 2);
     // no job charged twice, no receipt paid twice
-    const twiceCharged = await sql`select job_id from ledger_entries where kind = 'charge' group by job_id having count(*) > 1`.execute(store);
-    expect(twiceCharged.rows).toEqual([]);
-    const twicePaid = await sql`select job_id, address from ledger_entries where kind = 'earn' group by job_id, address having count(*) > 1`.execute(
+    const twiceCharged = await sql`select job_id from ledger_entries where kind = 'charge' group by job_id having count(*) > 1`.execute(
       store,
     );
+    expect(twiceCharged.rows).toEqual([]);
+    const twicePaid =
+      await sql`select job_id, address from ledger_entries where kind = 'earn' group by job_id, address having count(*) > 1`.execute(store);
     expect(twicePaid.rows).toEqual([]);
     // no hold left: each released or turned into its charge
     for (const { user } of keys) {
@@ -420,14 +463,18 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
     }
     // no killed node left its engine running
     for (const pid of engines) {
-      await waitFor(`the killed node's llama-server ${pid} to be gone`, () => {
-        try {
-          process.kill(pid, 0);
-          return false;
-        } catch {
-          return true;
-        }
-      }, 10_000);
+      await waitFor(
+        `the killed node's llama-server ${pid} to be gone`,
+        () => {
+          try {
+            process.kill(pid, 0);
+            return false;
+          } catch {
+            return true;
+          }
+        },
+        10_000,
+      );
     }
   }, 600_000);
 });

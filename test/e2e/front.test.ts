@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import type { JobStart, NetworkResponse, NodeFrame } from "@sharedllm/protocol";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tempPaths, testDatabase, waitFor } from "../helpers.ts";
-import { type Front, httpsFetch, nginxMissing, startNginx } from "../nginx.ts";
+import { type Front, frontCertificate, httpsFetch, nginxMissing, startNginx } from "../nginx.ts";
 import { SimNode, streamWords } from "../simNode.ts";
 
 const run = promisify(execFile);
@@ -166,32 +166,9 @@ describe.skipIf(Boolean(nginxMissing) || !process.env.DATABASE_URL)(
       cleanups.push(db.cleanup);
       const dir = await tempPaths("sharedllm-front-tls-");
       cleanups.push(dir.cleanup);
-      // the certificate nginx serves: self-signed for 127.0.0.1, as an operator's own CA would sign one
-      cert = { cert: join(dir.home, "front.crt"), key: join(dir.home, "front.key") };
-      execFileSync(
-        "openssl",
-        [
-          "req",
-          "-x509",
-          "-newkey",
-          "ec",
-          "-pkeyopt",
-          "ec_paramgen_curve:prime256v1",
-          "-nodes",
-          "-days",
-          "1",
-          "-keyout",
-          cert.key,
-          "-out",
-          cert.cert,
-          "-subj",
-          "/CN=sharedllm-front",
-          "-addext",
-          "subjectAltName=IP:127.0.0.1",
-        ],
-        { stdio: "ignore" },
-      );
-      ca = await readFile(cert.cert, "utf8");
+      const made = await frontCertificate(dir.home);
+      cert = { cert: made.cert, key: made.key };
+      ca = made.ca;
       joinToken = randomBytes(32).toString("base64url");
       for (let i = 0; i < 2; i++) {
         const r = await startReplica(db.databaseUrl as string);

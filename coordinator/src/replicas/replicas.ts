@@ -135,6 +135,11 @@ export class Replicas implements ReplicaLink, StreamTarget {
     }
   }
 
+  /** Other replicas' jobs running on this replica's nodes now. */
+  get serving(): number {
+    return this.served.size;
+  }
+
   /** Stops offering this replica's nodes to the others (it is draining); jobs in flight carry on. */
   drain(): void {
     this.draining = true;

@@ -42,9 +42,13 @@ describe("replica wire", () => {
   });
 
   it("skips and counts lines it cannot read, and reads on", () => {
-    const text = ["not json", '{"e":"end","j":"job_1"}', "\u0001job_1\tx,y", "{}", encodeStreamEvent({ e: "prompt", j: "job_3", n: 1 })].join(
-      "\n",
-    );
+    const text = [
+      "not json",
+      '{"e":"end","j":"job_1"}',
+      "\u0001job_1\tx,y",
+      "{}",
+      encodeStreamEvent({ e: "prompt", j: "job_3", n: 1 }),
+    ].join("\n");
     const { calls, target } = recorder();
     // the bad chunk header takes the next line as its data: both go
     expect(decodeStream(text, target)).toBe(3);
