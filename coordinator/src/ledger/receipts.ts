@@ -125,6 +125,10 @@ export class Receipts {
   /** A receipt a node sent back (or a refusal): verified, then recorded as accepted or rejected. */
   async submit(from: Address, wire: WorkReceiptWire, signature: Hex | null, refusal?: string): Promise<ReceiptOutcome> {
     const receipt = receiptFromWire(wire);
+    // a node refuses only its own receipts: another's refusal would withdraw that node's proposal, and its pay
+    if (refusal && receipt.node.toLowerCase() !== from.toLowerCase()) {
+      return { accepted: false, reason: `a refusal from ${from.toLowerCase()} for ${receipt.node.toLowerCase()}'s receipt is ignored` };
+    }
     const outcome = refusal
       ? { accepted: false as const, reason: `the node refused to sign: ${refusal}` }
       : await this.check(from, receipt, signature);
