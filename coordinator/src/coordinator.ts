@@ -10,7 +10,7 @@ import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { ApiError, type BrowserNodesMode, CONTROL_SUBPROTOCOL, HEARTBEAT_INTERVAL_MS } from "@sharedllm/protocol";
+import { ApiError, type BrowserNodesMode, CONTROL_SUBPROTOCOL, HEARTBEAT_INTERVAL_MS, MAX_NODE_FRAME_BYTES } from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
@@ -206,7 +206,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       options: {
         perMessageDeflate: false,
         skipUTF8Validation: true,
-        maxPayload: 16 * 1024 * 1024,
+        // the only WebSocket is the control channel: a node's frames are small, and each is held whole before it is read
+        maxPayload: MAX_NODE_FRAME_BYTES,
         // the handshake names only the control protocol: a tab's `bearer.<token>` is never echoed back (proxies log that header)
         handleProtocols: (protocols) => (protocols.has(CONTROL_SUBPROTOCOL) ? CONTROL_SUBPROTOCOL : false),
       },

@@ -20,6 +20,12 @@ export const CONTROL_PATH = "/v1/control";
 export const CONTROL_SUBPROTOCOL = "sharedllm-control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
 export const CLOSE_REFUSED = 4001;
+/**
+ * The largest frame a node may send (bytes): the largest real ones, an audit's scores (256
+ * positions of 100 rounded log-probabilities) and a token's event with its logprobs, are a
+ * fraction of it. A larger one closes the channel (WebSocket 1009, "Max payload size exceeded").
+ */
+export const MAX_NODE_FRAME_BYTES = 1024 * 1024;
 
 /** The largest context a node may report: larger figures are lies or mistakes. */
 export const MAX_CONTEXT_SIZE = 1 << 20;
