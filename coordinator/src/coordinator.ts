@@ -94,6 +94,8 @@ export interface CoordinatorOptions {
   publicOrigins?: string[];
   /** per client address, per minute; default DEFAULT_RATE_LIMITS */
   rateLimits?: Partial<RateLimits>;
+  /** how long a client may take to send a request; default DEFAULT_HTTP_TIMEOUTS */
+  httpTimeouts?: Partial<HttpTimeouts>;
   /** federation with other sites (docs/federation.md): trust from FederationRegistry, signed calls */
   federation?: FederationOptions;
   /**
@@ -129,6 +131,20 @@ export interface RateLimits {
 }
 
 export const DEFAULT_RATE_LIMITS: RateLimits = { signIns: 30, registrations: 120 };
+
+/**
+ * How long a client may take to send a request, from its connection (docs/security.md, "Hostile
+ * input"): a client that trickles its headers or body (slowloris) is cut off there, not held for
+ * ever. The response is not timed: a stream lasts as long as its job.
+ */
+export interface HttpTimeouts {
+  /** the request line and headers */
+  headersMs: number;
+  /** the whole request, body included */
+  requestMs: number;
+}
+
+export const DEFAULT_HTTP_TIMEOUTS: HttpTimeouts = { headersMs: 10_000, requestMs: 60_000 };
 
 export interface Coordinator {
   url: string;
@@ -186,13 +202,21 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     // jobs that coordinators which have gone left running cannot finish any more; a live replica's can
     await JobTable.failOrphaned(db, { live: await lease.live() });
     const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease));
+    const timeouts = { ...DEFAULT_HTTP_TIMEOUTS, ...o.httpTimeouts };
+    const slowClients = {
+      headersTimeout: Math.min(timeouts.headersMs, timeouts.requestMs),
+      // how often node:http looks for requests past their time: a few times within the shorter one
+      connectionsCheckingInterval: Math.max(250, Math.min(5_000, Math.floor(timeouts.headersMs / 4))),
+    };
     // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
+      requestTimeout: timeouts.requestMs,
+      http: slowClients,
       ...routerErrorOptions,
-      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
+      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2", ...slowClients } }),
     } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
     await app.register(openapiPlugin, { version: COORDINATOR_VERSION });
