@@ -14,6 +14,7 @@ import { CLOSE_REFUSED, CONTROL_PATH, CONTROL_PROTOCOL_VERSION, encodeChunkFrame
 import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
+import { startTestChain, type TestChain } from "../chain.ts";
 import { quietLogger, type TestDatabase, testDatabase, waitFor } from "../helpers.ts";
 import { SimNode } from "../simNode.ts";
 
@@ -391,5 +392,74 @@ describe("a client that stops reading its stream", () => {
       clearInterval(sample);
       flood.stop();
     }
+  });
+});
+
+describe("federation routes, from a stranger", () => {
+  let chain: TestChain;
+  let site: Coordinator;
+  let siteDb: TestDatabase;
+
+  beforeAll(async () => {
+    chain = await startTestChain();
+    siteDb = await testDatabase();
+    site = await startCoordinator({
+      host: "127.0.0.1",
+      port: 0,
+      ...siteDb,
+      joinToken,
+      logger: quietLogger(),
+      httpTimeouts: TIMEOUTS,
+      federation: { rpcUrl: chain.rpcUrl, registry: chain.registry, privateKey: generatePrivateKey(), refreshMs: 1_000 },
+    });
+  });
+
+  afterAll(async () => {
+    await site?.close();
+    await siteDb?.cleanup();
+    await chain?.stop();
+  });
+
+  /** Headers announcing an 8 MiB body, and none of it: what comes back, and how soon. */
+  function announce(headers: string): Promise<{ status: string; ms: number }> {
+    const { port } = new URL(site.url);
+    const s = net.connect(Number(port), "127.0.0.1");
+    sockets.push(s);
+    s.on("error", () => {});
+    const started = performance.now();
+    s.write(
+      `POST /federation/v1/ping HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${8 * 1024 * 1024}\r\n${headers}\r\n`,
+    );
+    return new Promise((resolve) =>
+      s.once("data", (d) => {
+        resolve({ status: d.toString().split("\r\n")[0] ?? "", ms: performance.now() - started });
+        s.destroy();
+      }),
+    );
+  }
+
+  it("refuses unsigned and strangers' requests from their headers, before reading their bodies", async () => {
+    const stranger = privateKeyToAccount(generatePrivateKey()).address.toLowerCase();
+    const replies = await Promise.all([
+      ...Array.from({ length: 20 }, () => announce("")),
+      ...Array.from({ length: 20 }, () =>
+        announce(
+          [
+            `content-digest: sha-256=:${"A".repeat(43)}=:`,
+            `sharedllm-origin: ${stranger}`,
+            `sharedllm-destination: ${site.federation?.address}`,
+            `signature-input: sllm=("@method" "@authority" "@path" "@query" "content-digest" "sharedllm-origin" "sharedllm-destination");created=${Math.floor(Date.now() / 1000)};expires=${Math.floor(Date.now() / 1000) + 30};nonce="${"n".repeat(24)}";keyid="1:1";alg="hmac-sha256";tag="sharedllm-federation"`,
+            `signature: sllm=:${"A".repeat(43)}=:`,
+            "",
+          ].join("\r\n"),
+        ),
+      ),
+    ]);
+    // answered at once, not after the request timeout the unread bodies would have run into
+    expect(new Set(replies.slice(0, 20).map((r) => r.status))).toEqual(new Set(["HTTP/1.1 401 Unauthorized"]));
+    expect(new Set(replies.slice(20).map((r) => r.status))).toEqual(new Set(["HTTP/1.1 403 Forbidden"]));
+    const slowest = Math.max(...replies.map((r) => r.ms));
+    expect(slowest).toBeLessThan(TIMEOUTS.requestMs / 2);
+    console.log(`federation: 40 unsigned or strangers' 8 MiB requests refused from their headers within ${slowest.toFixed(0)} ms`);
   });
 });
