@@ -177,6 +177,34 @@ describe("the control channel, from a hostile node", () => {
     expect(coordinator.fleet.get(honest.id)).toBeDefined();
   });
 
+  it("keeps one channel per node: each hello on a new connection closes the one before", async () => {
+    const account = privateKeyToAccount(generatePrivateKey());
+    const nodeId = account.address.toLowerCase();
+    const { sessionToken } = await registerNode({ coordinatorUrl: coordinator.url, joinToken, account });
+    const channels: { ws: WebSocket; closed: Promise<{ code: number; reason: string }> }[] = [];
+    for (let i = 0; i < 20; i++) {
+      const ws = new WebSocket(coordinator.url.replace(/^http/, "ws") + CONTROL_PATH, {
+        headers: { authorization: `Bearer ${sessionToken}` },
+        perMessageDeflate: false,
+      });
+      sockets.push({ destroy: () => ws.terminate() });
+      ws.on("error", () => {});
+      const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+        ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })),
+      );
+      await new Promise((resolve) => ws.once("open", resolve));
+      ws.send(hello(nodeId));
+      await new Promise((resolve) => ws.once("message", resolve));
+      channels.push({ ws, closed });
+    }
+    const replaced = await within(Promise.all(channels.slice(0, -1).map((c) => c.closed)), 3_000, "a replaced channel");
+    expect(new Set(replaced.map((r) => `${r.code} ${r.reason}`))).toEqual(
+      new Set([`${CLOSE_REFUSED} replaced by a newer connection of this node`]),
+    );
+    expect(channels.at(-1)?.ws.readyState).toBe(WebSocket.OPEN);
+    expect(coordinator.fleet.list().filter((n) => n.id === nodeId)).toHaveLength(1);
+  });
+
   it("lets no node touch another node's job: chunks, ends and errors for it are ignored", async () => {
     let job: JobStart | undefined;
     let finish: () => void = () => {};
