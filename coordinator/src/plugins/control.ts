@@ -29,6 +29,7 @@ import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type Fleet, silentNodes } from "../fleet.js";
+import { FrameBudget, WRITTEN_FRAMES_PER_MINUTE } from "../frameBudget.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import { ConnectedNode } from "../units.js";
@@ -136,6 +137,8 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     let greeting: "awaited" | "checking" | "done" = "awaited";
     /** a browser node (a wallet's delegated session key): it serves only the models allowed for browser nodes, alone */
     let browser = false;
+    /** the frames the coordinator writes to its database */
+    const written = new FrameBudget();
     const refuse = (message: string) => {
       send({ type: "error", message });
       channel.close(CLOSE_REFUSED, message.slice(0, 120));
@@ -180,6 +183,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
           return;
         case "availability": {
+          if (!written.take(Date.now())) return refuse(`more than ${WRITTEN_FRAMES_PER_MINUTE} availability and models frames in a minute`);
           const handOff = frame.handOff === true && !frame.accepting;
           node.setAvailability(frame.accepting, frame.reason);
           recordEvent(o.db, log, "node.availability", node.id, {
@@ -197,6 +201,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           return;
         }
         case "models":
+          if (!written.take(Date.now())) return refuse(`more than ${WRITTEN_FRAMES_PER_MINUTE} availability and models frames in a minute`);
           if (frame.capabilities) {
             node.capabilities = frame.capabilities;
             node.tokensPerSecond = frame.capabilities.tokensPerSecond;
