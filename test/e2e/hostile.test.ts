@@ -177,6 +177,24 @@ describe("the control channel, from a hostile node", () => {
     expect(coordinator.fleet.get(honest.id)).toBeDefined();
   });
 
+  it("closes a node that sends the frames it writes to the database in a loop; the tables stay small", async () => {
+    const looping = await rawChannel();
+    looping.ws.send(hello(looping.nodeId));
+    await waitFor("the looping node in the fleet", () => coordinator.fleet.get(looping.nodeId), 3_000);
+    for (let i = 0; i < 2_000; i++) {
+      looping.ws.send(JSON.stringify({ type: "availability", accepting: i % 2 === 1, reason: i % 2 ? "resumed" : "paused" }));
+    }
+    expect(await within(looping.closed, 3_000, "a looping channel")).toEqual({
+      code: CLOSE_REFUSED,
+      reason: "more than 60 availability and models frames in a minute",
+    });
+    const events = await waitFor("the events to be written", async () => {
+      const rows = await coordinator.db.selectFrom("events").select("kind").where("node_id", "=", looping.nodeId).execute();
+      return rows.some((r) => r.kind === "node.disconnected") ? rows : undefined;
+    });
+    expect(events.filter((r) => r.kind === "node.availability")).toHaveLength(60);
+  });
+
   it("keeps one channel per node: each hello on a new connection closes the one before", async () => {
     const account = privateKeyToAccount(generatePrivateKey());
     const nodeId = account.address.toLowerCase();
