@@ -10,7 +10,14 @@ import { networkInterfaces } from "node:os";
 import rateLimit from "@fastify/rate-limit";
 import websocket from "@fastify/websocket";
 import { DEV_CHAIN_ID } from "@sharedllm/contracts";
-import { ApiError, type BrowserNodesMode, CONTROL_SUBPROTOCOL, HEARTBEAT_INTERVAL_MS, type ReceiptRequest } from "@sharedllm/protocol";
+import {
+  ApiError,
+  type BrowserNodesMode,
+  CONTROL_SUBPROTOCOL,
+  HEARTBEAT_INTERVAL_MS,
+  MAX_NODE_FRAME_BYTES,
+  type ReceiptRequest,
+} from "@sharedllm/protocol";
 import { webRoot } from "@sharedllm/web";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Logger } from "pino";
@@ -102,6 +109,8 @@ export interface CoordinatorOptions {
    * connection's own address, which behind a proxy is the proxy's for every client.
    */
   trustProxy?: string[];
+  /** how long a client may take to send a request; default DEFAULT_HTTP_TIMEOUTS */
+  httpTimeouts?: Partial<HttpTimeouts>;
   /** federation with other sites (docs/federation.md): trust from FederationRegistry, signed calls */
   federation?: FederationOptions;
   /**
@@ -142,6 +151,20 @@ export interface RateLimits {
 }
 
 export const DEFAULT_RATE_LIMITS: RateLimits = { signIns: 30, registrations: 120 };
+
+/**
+ * How long a client may take to send a request, from its connection (docs/security.md, "Hostile
+ * input"): a client that trickles its headers or body (slowloris) is cut off there, not held for
+ * ever. The response is not timed: a stream lasts as long as its job.
+ */
+export interface HttpTimeouts {
+  /** the request line and headers */
+  headersMs: number;
+  /** the whole request, body included */
+  requestMs: number;
+}
+
+export const DEFAULT_HTTP_TIMEOUTS: HttpTimeouts = { headersMs: 10_000, requestMs: 60_000 };
 
 export interface Coordinator {
   url: string;
@@ -205,14 +228,22 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
     // a receipt for a node another replica holds goes there
     const sendElsewhere = (node: string, frame: ReceiptRequest) => replicas?.sendTo(node, frame) ?? false;
     const ledger = o.ledger && (await openLedger(db, o.ledger, fleet, o.logger, lease, sendElsewhere));
+    const timeouts = { ...DEFAULT_HTTP_TIMEOUTS, ...o.httpTimeouts };
+    const slowClients = {
+      headersTimeout: Math.min(timeouts.headersMs, timeouts.requestMs),
+      // how often node:http looks for requests past their time: a few times within the shorter one
+      connectionsCheckingInterval: Math.max(250, Math.min(5_000, Math.floor(timeouts.headersMs / 4))),
+    };
     // one instance type for both: fastify types an HTTPS server apart, but the plugins do not care
     const app = Fastify({
       loggerInstance: o.logger as FastifyBaseLogger,
       bodyLimit: o.bodyLimit ?? 8 * 1024 * 1024,
       forceCloseConnections: true,
       trustProxy: o.trustProxy?.length ? o.trustProxy : false,
+      requestTimeout: timeouts.requestMs,
+      http: slowClients,
       ...routerErrorOptions,
-      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" } }),
+      ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2", ...slowClients } }),
     } as FastifyServerOptions) as FastifyInstance;
     await app.register(errorsPlugin);
     await app.register(openapiPlugin, { version: COORDINATOR_VERSION });
@@ -226,7 +257,8 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       options: {
         perMessageDeflate: false,
         skipUTF8Validation: true,
-        maxPayload: 16 * 1024 * 1024,
+        // the only WebSocket is the control channel: a node's frames are small, and each is held whole before it is read
+        maxPayload: MAX_NODE_FRAME_BYTES,
         // the handshake names only the control protocol: a tab's `bearer.<token>` is never echoed back (proxies log that header)
         handleProtocols: (protocols) => (protocols.has(CONTROL_SUBPROTOCOL) ? CONTROL_SUBPROTOCOL : false),
       },

@@ -226,7 +226,12 @@ export class Fleet {
 
   /** Adds a node; a node that reconnects under the same id replaces its old session (here, or at another replica). */
   add(node: ConnectedNode): void {
-    if (this.nodes.has(node.id)) this.remove(node.id, "node reconnected");
+    const earlier = this.nodes.get(node.id);
+    if (earlier) {
+      this.remove(node.id, "node reconnected");
+      // one channel per node: the earlier one is a dead link the node gave up on, or a second connection
+      earlier.disconnect("replaced by a newer connection of this node");
+    }
     this.dropRemote(node.id);
     node.order = ++this.connections;
     this.nodes.set(node.id, node);

@@ -1,5 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { decodeChunkFrame, encodeChunkFrame, MAX_TOKENS_PER_CHUNK } from "./control.js";
+import {
+  CONTROL_PROTOCOL_VERSION,
+  decodeChunkFrame,
+  encodeChunkFrame,
+  MAX_MODEL_ID,
+  MAX_SERVED_MODELS,
+  MAX_TOKENS_PER_CHUNK,
+  nodeFrameSchema,
+  parseFrame,
+} from "./control.js";
 
 describe("chunk frames", () => {
   it("round-trip an event with its token ids or count", () => {
@@ -17,5 +26,30 @@ describe("chunk frames", () => {
     expect(decodeChunkFrame(encodeChunkFrame("j", "{}", [2 ** 31]))).toBeUndefined();
     expect(decodeChunkFrame(encodeChunkFrame("j", "{}", new Array(MAX_TOKENS_PER_CHUNK + 1).fill(1)))).toBeUndefined();
     expect(decodeChunkFrame(encodeChunkFrame("j", "{}", MAX_TOKENS_PER_CHUNK + 1))).toBeUndefined();
+  });
+});
+
+describe("what a node announces", () => {
+  const model = (id: string) => ({ id, sha256: "0".repeat(64), contextSize: 2048 });
+  const hello = (models: unknown[]) =>
+    JSON.stringify({
+      type: "hello",
+      protocol: CONTROL_PROTOCOL_VERSION,
+      nodeId: "0xn",
+      engine: { tag: "t", variant: "v" },
+      models,
+      slots: 2,
+    });
+
+  it("is bounded: at most MAX_SERVED_MODELS models, ids of at most MAX_MODEL_ID characters", () => {
+    const many = Array.from({ length: MAX_SERVED_MODELS }, (_, i) => model(`m${i}`));
+    expect(parseFrame(nodeFrameSchema, hello(many)).ok).toBe(true);
+    expect(parseFrame(nodeFrameSchema, hello([...many, model("one-more")]))).toMatchObject({
+      ok: false,
+      reason: expect.stringContaining("models"),
+    });
+    expect(parseFrame(nodeFrameSchema, hello([model("x".repeat(MAX_MODEL_ID + 1))])).ok).toBe(false);
+    const models = JSON.stringify({ type: "models", models: [...many, model("one-more")] });
+    expect(parseFrame(nodeFrameSchema, models).ok).toBe(false);
   });
 });

@@ -20,12 +20,22 @@ export const CONTROL_PATH = "/v1/control";
 export const CONTROL_SUBPROTOCOL = "sharedllm-control";
 /** WebSocket close code the coordinator uses when it refuses a node. */
 export const CLOSE_REFUSED = 4001;
+/**
+ * The largest frame a node may send (bytes): the largest real ones, an audit's scores (256
+ * positions of 100 rounded log-probabilities) and a token's event with its logprobs, are a
+ * fraction of it. A larger one closes the channel (WebSocket 1009, "Max payload size exceeded").
+ */
+export const MAX_NODE_FRAME_BYTES = 1024 * 1024;
 
 /** The largest context a node may report: larger figures are lies or mistakes. */
 export const MAX_CONTEXT_SIZE = 1 << 20;
 
+/** The most models one node may announce (each a llama-server of its own), and the longest model id. */
+export const MAX_SERVED_MODELS = 64;
+export const MAX_MODEL_ID = 256;
+
 export const servedModelSchema = z.looseObject({
-  id: z.string().min(1),
+  id: z.string().min(1).max(MAX_MODEL_ID),
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   /** context window per slot, tokens */
   contextSize: z.number().int().positive().max(MAX_CONTEXT_SIZE),
@@ -91,8 +101,8 @@ export const helloSchema = z.looseObject({
   type: z.literal("hello"),
   protocol: z.number().int(),
   nodeId: z.string().min(1).max(128),
-  engine: z.looseObject({ tag: z.string(), variant: z.string() }),
-  models: z.array(servedModelSchema),
+  engine: z.looseObject({ tag: z.string().max(100), variant: z.string().max(100) }),
+  models: z.array(servedModelSchema).max(MAX_SERVED_MODELS),
   /** how many jobs the node runs at once */
   slots: z.number().int().positive(),
   /** false when the node starts paused or outside its schedule; default true */
@@ -130,7 +140,7 @@ export const heartbeatSchema = z.object({
   load: z.number().nonnegative(),
   freeMemoryBytes: z.number().int().nonnegative(),
   activeJobs: z.number().int().nonnegative(),
-  loadedModels: z.array(z.string()),
+  loadedModels: z.array(z.string().max(MAX_MODEL_ID)).max(MAX_SERVED_MODELS),
   /** decode speed over the recent jobs, tokens per second (0 when idle) */
   tokensPerSecond: z.number().nonnegative(),
 });
@@ -387,7 +397,7 @@ export type Availability = z.infer<typeof availabilitySchema>;
 /** node -> coordinator: the models the node serves now (after a model.load), and a failed load if any */
 export const modelsSchema = z.object({
   type: z.literal("models"),
-  models: z.array(servedModelSchema),
+  models: z.array(servedModelSchema).max(MAX_SERVED_MODELS),
   failed: z.object({ model: z.string(), message: z.string() }).optional(),
   /** capabilities measured after the hello (a head measures once its cluster serves) */
   capabilities: capabilitiesSchema.optional(),

@@ -25,7 +25,15 @@ import type { Db } from "../db/database.js";
 import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
 import { RegistryReader, type RegistryReadOptions } from "./registry.js";
-import { CLOCK_SKEW_S, type InboundRequest, type PeerLookup, type Refused, signRequest, verifyRequest } from "./signature.js";
+import {
+  CLOCK_SKEW_S,
+  type InboundRequest,
+  type PeerLookup,
+  type Refused,
+  signRequest,
+  verifyHeaders,
+  verifyRequest,
+} from "./signature.js";
 import { FederationNonces, FederationTransactions, type PeerTraffic } from "./store.js";
 import { DISTRUST_WORDS, type RegistryEntry, staleAfterMs, type Trust, trustOf } from "./trust.js";
 
@@ -307,6 +315,12 @@ export class Federation extends EventEmitter<{ "peer.untrusted": [PeerCutOff] }>
     if (!t.trusted) return { kind: "untrusted", why: DISTRUST_WORDS[t.reason] };
     const { key, ownKeyId } = this.pairKeyWith(e);
     return { kind: "ok", keyid: `${e.keyId}:${ownKeyId}`, key };
+  }
+
+  /** The checks of a peer's request that need no body (verifyHeaders): why it is refused, or undefined to read its body. */
+  precheck(r: Omit<InboundRequest, "body">, now = Date.now()): Refused | undefined {
+    const h = verifyHeaders(r, this.address, (origin) => this.lookup(origin), now);
+    return h.ok ? undefined : h;
   }
 
   /**

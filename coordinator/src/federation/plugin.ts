@@ -6,7 +6,7 @@
  * /federation/v1/ping` echoes; later features add their signed routes through `routes`.
  */
 import { ApiError, type ErrorCode, FEDERATION_PREFIX } from "@sharedllm/protocol";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
 import { type Federation, type ForwardingView, REPLAYED, type VerifiedPeer } from "./federation.js";
 import type { Refusal } from "./signature.js";
 
@@ -58,15 +58,21 @@ export async function federationPlugin(app: FastifyInstance, o: FederationPlugin
       scope.addContentTypeParser("application/json", { parseAs: "buffer" }, (_req, body, done) => done(null, body));
       scope.decorateRequest("federationPeer", undefined);
       scope.decorateRequest("federationFresh", undefined);
+      const refusal = (req: FastifyRequest, reason: Refusal, detail: string) => {
+        // the claimed origin is a stranger's header: logged as a string of at most an address's length
+        const origin = String(req.headers["sharedllm-origin"] ?? "").slice(0, 42);
+        req.log.warn({ reason, origin, ip: req.ip }, "federation request refused");
+        return new ApiError(REFUSAL_CODES[reason], `federation request refused: ${detail}`);
+      };
+      // what the headers alone refuse (unsigned, a stranger, stale) is refused before the body is read
+      scope.addHook("onRequest", async (req) => {
+        const early = f.precheck({ method: req.method, authority: req.headers.host ?? "", target: req.url, headers: req.headers });
+        if (early) throw refusal(req, early.reason, early.detail);
+      });
       scope.addHook("preHandler", async (req) => {
         const raw = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
         const nonceLater = req.routeOptions.config.nonceLater === true;
-        const refuse = (reason: Refusal, detail: string) => {
-          // the claimed origin is a stranger's header: logged as a string of at most an address's length
-          const origin = String(req.headers["sharedllm-origin"] ?? "").slice(0, 42);
-          req.log.warn({ reason, origin, ip: req.ip }, "federation request refused");
-          return new ApiError(REFUSAL_CODES[reason], `federation request refused: ${detail}`);
-        };
+        const refuse = (reason: Refusal, detail: string) => refusal(req, reason, detail);
         const v = await f.verify(
           { method: req.method, authority: req.headers.host ?? "", target: req.url, headers: req.headers, body: raw },
           Date.now(),

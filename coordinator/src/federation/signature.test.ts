@@ -9,6 +9,7 @@ import {
   type PeerLookup,
   type RequestParts,
   signRequest,
+  verifyHeaders,
   verifyRequest,
 } from "./signature.js";
 import { type RegistryEntry, trustOf } from "./trust.js";
@@ -201,6 +202,41 @@ describe("signed federation requests", () => {
     }
     expect(reason(verifyAtB({ ...r, headers: { ...r.headers, [FEDERATION_HEADERS.signature]: "sllm=nope" } }))).toBe("missing");
     expect(reason(verifyAtB({ ...r, headers: { ...r.headers, [FEDERATION_HEADERS.origin]: "a.example" } }))).toBe("missing");
+  });
+});
+
+describe("hostile federation requests", () => {
+  it("are refused from their headers alone, before any body is read", () => {
+    const r = signed();
+    const { body: _, ...headersOnly } = r;
+    const at = (x: Omit<InboundRequest, "body">, entries = [entry(a)]) => verifyHeaders(x, b.address, lookupAt(b, entries), NOW);
+    expect(at(headersOnly).ok).toBe(true);
+    expect(at({ ...headersOnly, headers: {} })).toMatchObject({ ok: false, reason: "missing" });
+    expect(at(headersOnly, [])).toMatchObject({ ok: false, reason: "unknown_peer" });
+    expect(at(headersOnly, [entry(a, { status: "revoked" })])).toMatchObject({ ok: false, reason: "untrusted_peer" });
+    expect(verifyHeaders(headersOnly, b.address, lookupAt(b, [entry(a)]), NOW + 120_000)).toMatchObject({ ok: false, reason: "stale" });
+  });
+
+  it("cost little to refuse however their headers are made (no backtracking blow-up on 16 KiB values)", () => {
+    const r = signed();
+    const input = r.headers[FEDERATION_HEADERS.signatureInput] as string;
+    const nasty = [
+      `sllm=(${'"a" '.repeat(4_000)}`,
+      `sllm=()${";a=1".repeat(4_000)};`,
+      `sllm=()${';a="'.repeat(4_000)}`,
+      `sllm=(${")".repeat(16_000)}`,
+      `${input}${";created=1".repeat(1_500)}`,
+      `sllm=("@method")${';x="\\'.repeat(3_000)}"`,
+    ];
+    const started = performance.now();
+    for (const value of nasty) {
+      expect(reason(verifyAtB({ ...r, headers: { ...r.headers, [FEDERATION_HEADERS.signatureInput]: value } }))).toBe("missing");
+    }
+    const signature = `sllm=:${"A".repeat(16_000)}`;
+    expect(reason(verifyAtB({ ...r, headers: { ...r.headers, [FEDERATION_HEADERS.signature]: signature } }))).toBe("missing");
+    // a header sent twice arrives as an array: refused, not joined
+    expect(reason(verifyAtB({ ...r, headers: { ...r.headers, [FEDERATION_HEADERS.origin]: [a.address, a.address] } }))).toBe("missing");
+    expect(performance.now() - started).toBeLessThan(200);
   });
 });
 

@@ -164,17 +164,27 @@ function parseInput(value: string): { params: SignatureParams; raw: string } | s
   return { params: { created, expires, nonce, keyid: p.get("keyid") ?? "" }, raw: value.slice(SIGNATURE_LABEL.length + 1) };
 }
 
+/** What the headers of a request whose body is still to be checked say, once they hold. */
+interface SignedHeaders {
+  ok: true;
+  origin: Address;
+  digest: string;
+  params: SignatureParams;
+  raw: string;
+  signature: string;
+  key: Uint8Array;
+}
+
 /**
- * Checks a signed request, cheapest and least revealing checks first; the nonce is not checked
- * here (the caller remembers it once everything else holds, so forged requests fill no table).
- * `now` is ms.
+ * The checks that need no body: a request they refuse is refused before its body is read
+ * (docs/security.md, "Hostile input"), so a stranger's unsigned body costs no memory.
  */
-export function verifyRequest(
-  r: InboundRequest,
+export function verifyHeaders(
+  r: Omit<InboundRequest, "body">,
   self: Address,
   lookup: (origin: Address) => PeerLookup,
   now = Date.now(),
-): Verified | Refused {
+): SignedHeaders | Refused {
   const refuse = (reason: Refusal, detail: string): Refused => ({ ok: false, reason, detail });
   const input = header(r.headers, FEDERATION_HEADERS.signatureInput);
   const signature = header(r.headers, FEDERATION_HEADERS.signature);
@@ -209,19 +219,36 @@ export function verifyRequest(
   if (params.created > nowS + CLOCK_SKEW_S || params.expires < nowS - CLOCK_SKEW_S) {
     return refuse("stale", "the signature was created in the future or has expired; check the clocks of both coordinators");
   }
-  if (digest !== contentDigest(r.body))
-    return refuse("digest_mismatch", "Content-Digest does not match the body: it changed after signing");
-  const expected = mac(
-    peer.key,
-    signatureBase(
-      { method: r.method, authority: r.authority, target: r.target, origin: origin as Address, destination: self },
-      digest,
-      parsed.raw,
-    ),
-  );
-  const got = Buffer.from(sig[1] ?? "", "base64");
-  if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
-    return refuse("bad_signature", "the signature does not match: forged, altered in transit, or signed with another key");
+  return { ok: true, origin: origin as Address, digest, params, raw: parsed.raw, signature: sig[1] ?? "", key: peer.key };
+}
+
+/**
+ * Checks a signed request, cheapest and least revealing checks first; the nonce is not checked
+ * here (the caller remembers it once everything else holds, so forged requests fill no table).
+ * `now` is ms.
+ */
+export function verifyRequest(
+  r: InboundRequest,
+  self: Address,
+  lookup: (origin: Address) => PeerLookup,
+  now = Date.now(),
+): Verified | Refused {
+  const h = verifyHeaders(r, self, lookup, now);
+  if (!h.ok) return h;
+  if (h.digest !== contentDigest(r.body)) {
+    return { ok: false, reason: "digest_mismatch", detail: "Content-Digest does not match the body: it changed after signing" };
   }
-  return { ok: true, origin: origin as Address, nonce: params.nonce, expires: params.expires };
+  const expected = mac(
+    h.key,
+    signatureBase({ method: r.method, authority: r.authority, target: r.target, origin: h.origin, destination: self }, h.digest, h.raw),
+  );
+  const got = Buffer.from(h.signature, "base64");
+  if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
+    return {
+      ok: false,
+      reason: "bad_signature",
+      detail: "the signature does not match: forged, altered in transit, or signed with another key",
+    };
+  }
+  return { ok: true, origin: h.origin, nonce: h.params.nonce, expires: h.params.expires };
 }

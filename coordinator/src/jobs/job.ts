@@ -266,6 +266,14 @@ export class Job implements JobSink {
     const part = this.parts.at(-1) as Part;
     const relay = this.transcript.add(data, tokens, part.continued);
     part.to = this.transcript.tokens;
+    const overrun = this.transcript.overrun;
+    if (overrun) {
+      // a unit streaming past the job's limit is stopped, and the job ends: nothing of it is relayed or kept
+      this.fx.log.warn({ jobId: this.id, nodeId: this.unit?.id, reason: overrun }, "a unit streamed more than its job allows");
+      this.unit?.cancel(this.id);
+      this.error({ message: `the node streamed more than the job allows (${overrun})`, retryable: false });
+      return;
+    }
     this.lastEventAt = performance.now();
     if (this.state === "streaming") {
       if (relay !== undefined && this.streamed) this.out.chunk(relay, tokens);

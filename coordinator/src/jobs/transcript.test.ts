@@ -144,4 +144,26 @@ describe("Transcript", () => {
     t.add(cmpl("d"), [4], false);
     expect(t.resume()).toBeUndefined();
   });
+
+  it("says when units stream more than the job may have, by tokens, events or text, and keeps logprobs bounded", () => {
+    const byTokens = transcript("completion", { maxTokens: 10 });
+    for (let i = 0; i < 74; i++) byTokens.add(cmpl("a"), [i], false);
+    expect(byTokens.overrun).toBeUndefined();
+    byTokens.add(cmpl("a"), [74], false);
+    expect(byTokens.overrun).toMatch(/75 tokens; the job allows 10/);
+    expect(byTokens.resume()).toBeUndefined();
+    // events that tell no tokens (empty deltas) are counted as events
+    const byEvents = transcript("chat", { maxTokens: 10 });
+    for (let i = 0; i <= 2 * 74; i++) byEvents.add(chat({ content: "" }), [], false);
+    expect(byEvents.overrun).toMatch(/149 events/);
+    // text that no token count explains
+    const byText = transcript("chat", { maxTokens: 10 });
+    byText.add(chat({ content: "x".repeat(74 * 1024 + 1) }), [1], false);
+    expect(byText.overrun).toMatch(/bytes of text/);
+    const logprobs = transcript("chat", { maxTokens: 10 });
+    const entries = Array.from({ length: 500 }, () => ({ token: "a", logprob: -1 }));
+    logprobs.add(JSON.stringify({ choices: [{ index: 0, delta: { content: "a" }, logprobs: { content: entries } }] }), [1], false);
+    const whole = logprobs.body({}) as { choices: { logprobs: { content: unknown[] } }[] };
+    expect(whole.choices[0]?.logprobs.content.length).toBe(74);
+  });
 });

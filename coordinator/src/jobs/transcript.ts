@@ -18,6 +18,11 @@ import { UNRELAYED_TOKENS } from "../ledger/usage.js";
 
 type Json = Record<string, unknown>;
 
+/** Tokens and events a job's units may stream beyond its limit before the job counts as overrun. */
+const OVERRUN_SLACK = 64;
+/** The most text one token can stand for (a vocabulary's longest pieces are a few dozen bytes). */
+const MAX_TOKEN_BYTES = 1024;
+
 interface ToolCall {
   id?: string;
   type?: string;
@@ -29,6 +34,8 @@ export class Transcript {
   tokens = 0;
   /** bytes of generated text streamed: what bounds the charge */
   bytes = 0;
+  /** events streamed, every unit's together */
+  private events = 0;
   /** ids of the tokens streamed, while every event told them */
   private readonly ids: number[] = [];
   /** every token streamed, in order (up to the job's limit): its id, or UNTOLD_TOKEN; receipts commit to these (outputHash) */
@@ -73,6 +80,7 @@ export class Transcript {
    * event unchanged from the job's first unit; reshaped, or nothing, from a continuing one).
    */
   add(data: string, tokens: readonly number[] | number, continued: boolean): string | undefined {
+    this.events += 1;
     let event: Json;
     try {
       event = data.charCodeAt(0) === 123 /* { */ ? (JSON.parse(data) as Json) : {};
@@ -95,7 +103,7 @@ export class Transcript {
       const lp = isObject(choice.logprobs) ? choice.logprobs.content : undefined;
       if (Array.isArray(lp)) {
         this.logprobs ??= [];
-        for (const entry of lp) this.logprobs.push(entry);
+        for (const entry of lp) if (this.logprobs.length < this.maxTokens + OVERRUN_SLACK) this.logprobs.push(entry);
       }
       if (choice.finish_reason !== null && choice.finish_reason !== undefined) this.finishReason = choice.finish_reason;
     }
@@ -141,9 +149,22 @@ export class Transcript {
     if (this.tokens > this.maxTokens) this.resumable = false;
   }
 
+  /**
+   * Why the units have streamed more than the job may have (more tokens, events or text than its
+   * generation limit explains), or undefined: what is kept and relayed of a job stays bounded
+   * whatever a unit sends.
+   */
+  get overrun(): string | undefined {
+    const most = this.maxTokens + OVERRUN_SLACK;
+    if (this.tokens > most) return `it streamed ${this.tokens} tokens; the job allows ${this.maxTokens}`;
+    if (this.events > 2 * most) return `it streamed ${this.events} events for at most ${this.maxTokens} tokens`;
+    if (this.bytes > most * MAX_TOKEN_BYTES) return `it streamed ${this.bytes} bytes of text for at most ${this.maxTokens} tokens`;
+    return undefined;
+  }
+
   /** What a continuing unit is given: the output so far, as ids and then text; undefined when the job cannot continue. */
   resume(): NonNullable<JobStart["resume"]> | undefined {
-    if (!this.resumable || this.toolCalls.length || this.reasoning) return undefined;
+    if (!this.resumable || this.overrun || this.toolCalls.length || this.reasoning) return undefined;
     if (this.ids.length > MAX_RESUME_TOKENS || (this.tail?.length ?? 0) > MAX_RESUME_TEXT) return undefined;
     return { tokens: [...this.ids], text: this.tail ?? "" };
   }

@@ -40,8 +40,13 @@ export type ReceiptOutcome = { accepted: true } | { accepted: false; reason: str
 
 /** How long a proposal waits for the node's signature (it is sent again each time the node connects). */
 const PROPOSAL_TTL_MS = 24 * 3600_000;
+/** Rejected receipts kept per sending node and hour: a node sending junk receipts fills no table. */
+export const MAX_REJECTIONS_KEPT_PER_HOUR = 100;
 
 export class Receipts {
+  /** per sending node: when its hour of recorded rejections began, and how many */
+  private readonly rejections = new Map<string, { since: number; count: number }>();
+
   constructor(
     private readonly db: Kysely<Database>,
     private readonly chainId: number,
@@ -125,6 +130,10 @@ export class Receipts {
   /** A receipt a node sent back (or a refusal): verified, then recorded as accepted or rejected. */
   async submit(from: Address, wire: WorkReceiptWire, signature: Hex | null, refusal?: string): Promise<ReceiptOutcome> {
     const receipt = receiptFromWire(wire);
+    // a node refuses only its own receipts: another's refusal would withdraw that node's proposal, and its pay
+    if (refusal && receipt.node.toLowerCase() !== from.toLowerCase()) {
+      return { accepted: false, reason: `a refusal from ${from.toLowerCase()} for ${receipt.node.toLowerCase()}'s receipt is ignored` };
+    }
     const outcome = refusal
       ? { accepted: false as const, reason: `the node refused to sign: ${refusal}` }
       : await this.check(from, receipt, signature);
@@ -135,11 +144,14 @@ export class Receipts {
       signature,
     };
     if (!outcome.accepted) {
+      const kept = this.keepRejection(from);
       await this.db.transaction().execute(async (tx) => {
-        await tx
-          .insertInto("receipts")
-          .values({ ...row, status: "rejected", reason: outcome.reason })
-          .execute();
+        if (kept) {
+          await tx
+            .insertInto("receipts")
+            .values({ ...row, status: "rejected", reason: outcome.reason })
+            .execute();
+        }
         // a node that refuses to sign is not asked again
         if (refusal) await this.forget(tx, receipt);
       });
@@ -195,6 +207,19 @@ export class Receipts {
       .returning("job_id")
       .executeTakeFirst();
     return gone !== undefined;
+  }
+
+  /** Whether another rejected receipt from this node is recorded, within MAX_REJECTIONS_KEPT_PER_HOUR. */
+  private keepRejection(from: Address, now = Date.now()): boolean {
+    if (this.rejections.size > 10_000) for (const [n, w] of this.rejections) if (now - w.since >= 3600_000) this.rejections.delete(n);
+    const node = from.toLowerCase();
+    const w = this.rejections.get(node);
+    if (!w || now - w.since >= 3600_000) {
+      this.rejections.set(node, { since: now, count: 1 });
+      return true;
+    }
+    w.count += 1;
+    return w.count <= MAX_REJECTIONS_KEPT_PER_HOUR;
   }
 
   private async check(from: Address, receipt: WorkReceipt, signature: Hex | null): Promise<ReceiptOutcome> {

@@ -29,6 +29,7 @@ import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
 import { type Fleet, silentNodes } from "../fleet.js";
+import { FrameBudget, WRITTEN_FRAMES_PER_MINUTE } from "../frameBudget.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import { ConnectedNode } from "../units.js";
@@ -132,13 +133,24 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     const { log } = session;
     const send = (f: CoordinatorFrame) => channel.send(JSON.stringify(f));
     let node: ConnectedNode | undefined;
+    /** the handshake: no hello yet, its checks under way (nothing else may come until welcome), or done */
+    let greeting: "awaited" | "checking" | "done" = "awaited";
     /** a browser node (a wallet's delegated session key): it serves only the models allowed for browser nodes, alone */
     let browser = false;
+    /** the frames the coordinator writes to its database */
+    const written = new FrameBudget();
     const refuse = (message: string) => {
       send({ type: "error", message });
       channel.close(CLOSE_REFUSED, message.slice(0, 120));
     };
+    // a session that says nothing holds a socket: it must say hello as soon as a node would miss its heartbeats
+    const helloWithinMs = o.heartbeatIntervalMs * MISSED_HEARTBEATS_OFFLINE;
+    const helloDeadline = setTimeout(() => refuse(`no hello within ${helloWithinMs / 1000} s`), helloWithinMs);
+    helloDeadline.unref();
+    channel.onClose(() => clearTimeout(helloDeadline));
     channel.onMessage((text) => {
+      // a refused channel reads nothing more while its close completes
+      if (!channel.open) return;
       // the hot path: one chunk frame per token, no JSON
       const chunk = decodeChunkFrame(text);
       if (chunk) return node ? node.chunk(chunk.jobId, chunk.data, chunk.tokens) : refuse("the first frame must be hello");
@@ -146,10 +158,21 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
       if (!parsed.ok) return refuse(parsed.reason);
       const frame = parsed.frame;
       if (!node) {
+        if (greeting === "checking") return refuse("wait for welcome before sending more frames");
         if (frame.type !== "hello") return refuse("the first frame must be hello");
-        void onHello(frame).then((n) => {
-          node = n;
-        });
+        greeting = "checking";
+        void onHello(frame).then(
+          (n) => {
+            greeting = "done";
+            clearTimeout(helloDeadline);
+            node = n;
+          },
+          (err: Error) => {
+            // what a node says is stored (its engine, its models): whatever the database refuses ends this channel, not the coordinator
+            log.error({ err, nodeId: session.nodeId }, "taking a node's hello failed");
+            refuse("the coordinator could not take this hello; check the node's engine and model names");
+          },
+        );
         return;
       }
       switch (frame.type) {
@@ -160,6 +183,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
           return;
         case "availability": {
+          if (!written.take(Date.now())) return refuse(`more than ${WRITTEN_FRAMES_PER_MINUTE} availability and models frames in a minute`);
           const handOff = frame.handOff === true && !frame.accepting;
           node.setAvailability(frame.accepting, frame.reason);
           recordEvent(o.db, log, "node.availability", node.id, {
@@ -177,6 +201,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           return;
         }
         case "models":
+          if (!written.take(Date.now())) return refuse(`more than ${WRITTEN_FRAMES_PER_MINUTE} availability and models frames in a minute`);
           if (frame.capabilities) {
             node.capabilities = frame.capabilities;
             node.tokensPerSecond = frame.capabilities.tokensPerSecond;

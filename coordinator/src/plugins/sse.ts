@@ -21,12 +21,26 @@ const SSE_HEADERS = {
 };
 
 /**
+ * The most bytes of a stream written and not yet taken by its client (over what the kernel's
+ * socket buffer holds): a client that stops reading is dropped there, as one that left, and its
+ * job is cancelled, so neither this process nor the node keeps producing for it. A client that
+ * reads at all is far below it: a token's event is a few hundred bytes.
+ */
+export const MAX_UNSENT_STREAM_BYTES = 1024 * 1024;
+
+/**
  * The output of a job answering `reply`: `resolve` hears when the response is over (with the body
  * fastify is to send, or nothing when the stream was written here), `reject` when it is an HTTP error.
  */
 export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => void, reject: (err: ApiError) => void): JobOutput {
   const raw = reply.raw;
-  const events = new EventWriter(raw);
+  const events = new EventWriter(raw, () => {
+    reply.log.warn(
+      { unsentBytes: raw.socket?.writableLength },
+      "the client stopped reading its stream; dropping it and cancelling its job",
+    );
+    raw.socket?.destroy();
+  });
   let open = false;
   const start = (unit: string) => {
     open = true;
@@ -69,12 +83,20 @@ export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => vo
  * and sends four buffers on the next tick, which costs more CPU per token than the token's bytes;
  * on a machine whose cores llama-server is using, that CPU is taken from decoding. The response
  * itself still sends the headers, the first event and the last chunk, in order on the same
- * socket: `flush` before it writes again.
+ * socket: `flush` before it writes again. A client whose unsent bytes pass `limit` is handed
+ * to `stalled`, once.
  */
 export class EventWriter {
   private pending: string[] = [];
+  private stalled: (() => void) | undefined;
 
-  constructor(private readonly raw: ServerResponse) {}
+  constructor(
+    private readonly raw: ServerResponse,
+    stalled: () => void,
+    private readonly limit = MAX_UNSENT_STREAM_BYTES,
+  ) {
+    this.stalled = stalled;
+  }
 
   write(event: string): void {
     if (this.pending.push(event) === 1) process.nextTick(() => this.flush());
@@ -85,10 +107,17 @@ export class EventWriter {
     const events = this.pending.length === 1 ? (this.pending[0] as string) : this.pending.join("");
     this.pending = [];
     const socket = this.raw.socket;
+    // a client dropped for not reading: its job is being cancelled, what it still sends goes nowhere
+    if (socket?.destroyed) return;
     if (!socket || !this.raw.chunkedEncoding) {
       if (!this.raw.writableEnded) this.raw.write(events);
       return;
     }
     socket.write(`${Buffer.byteLength(events).toString(16)}\r\n${events}\r\n`);
+    if (socket.writableLength > this.limit && this.stalled) {
+      const stalled = this.stalled;
+      this.stalled = undefined;
+      stalled();
+    }
   }
 }

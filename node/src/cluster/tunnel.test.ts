@@ -176,6 +176,53 @@ describe("the RPC tunnel", () => {
     expect(received.length).toBe(0);
   });
 
+  it("drops a flood of oversized, garbage and silent handshakes, and serves the named head meanwhile", async () => {
+    received = Buffer.alloc(0);
+    const before = upstreamConnections;
+    const heap = process.memoryUsage().heapUsed;
+    const closed: Promise<number>[] = [];
+    const attack = (s: Socket, bytes?: Buffer | string) => {
+      const opened = performance.now();
+      s.on("error", () => {});
+      closed.push(new Promise((r) => s.on("close", () => r(performance.now() - opened))));
+      if (bytes !== undefined) s.write(bytes);
+    };
+    for (let i = 0; i < 10; i++) {
+      // a handshake line of 1 MiB with no end
+      attack(await attackerTls(), Buffer.alloc(1024 * 1024, 0x61));
+      // a line that is not a JSON object
+      attack(await attackerTls(), `${"[".repeat(1_000)}\n`);
+      // not TLS at all: 1 MiB of bytes
+      attack(net.connect(tunnel.port, "127.0.0.1"), Buffer.alloc(1024 * 1024, 0x16));
+    }
+    // connections that complete TLS and say nothing
+    for (let i = 0; i < 5; i++) attack(await attackerTls());
+    // the named head, during the flood
+    const started = performance.now();
+    const proxy = new TunnelProxy(dial(), quietLogger());
+    await proxy.listen();
+    const local = net.connect(proxy.port, "127.0.0.1");
+    let echoed = "";
+    local.on("data", (d) => {
+      echoed += d;
+    });
+    local.write("GGML-RPC-DURING-FLOOD");
+    await waitFor("the head's bytes to reach rpc-server and come back", () => echoed === "GGML-RPC-DURING-FLOOD", 2_000, 5);
+    const headMs = performance.now() - started;
+    const held = await Promise.all(closed);
+    // the silent ones wait out the handshake timeout (5 s); the rest are refused at once
+    expect(Math.max(...held)).toBeLessThan(7_000);
+    expect(held.filter((ms) => ms < 2_000).length).toBeGreaterThanOrEqual(30);
+    expect(received.toString()).toBe("GGML-RPC-DURING-FLOOD");
+    expect(upstreamConnections - before).toBe(1);
+    expect((process.memoryUsage().heapUsed - heap) / 2 ** 20).toBeLessThan(64);
+    console.log(
+      `tunnel flood: 35 hostile connections dropped (at most ${Math.max(...held).toFixed(0)} ms); the head served in ${headMs.toFixed(0)} ms`,
+    );
+    local.destroy();
+    await proxy.close();
+  });
+
   it("ends a connection whose bytes are injected or altered mid-stream before they reach rpc-server", async () => {
     for (const attack of ["inject", "alter"] as const) {
       received = Buffer.alloc(0);

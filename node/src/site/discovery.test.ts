@@ -3,7 +3,7 @@
  * of one site find each other and measure round trips; a daemon of another site, forged,
  * spoofed (another node's id) and replayed datagrams are ignored.
  */
-import { createHmac } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import dgram from "node:dgram";
 import { sealBeacon, signBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { quietLogger, waitFor } from "@sharedllm/testkit";
@@ -74,6 +74,48 @@ describe("LAN discovery", () => {
     sock.close();
     for (const n of [8, 7, 3]) expect(a.view().some((p) => p.nodeId === id(n))).toBe(false);
     expect(a.view().find((p) => p.nodeId === id(2))?.memoryBytes).toBe(memoryOfB);
+  });
+
+  it("keeps finding its peers through a flood of garbage, oversized, other sites' and forged datagrams", async () => {
+    const [pa, pb] = [await freePort(), await freePort()];
+    const all = [pa, pb].map((p) => `127.0.0.1:${p}`);
+    const a = await daemon(siteA, 1, pa, all);
+    await daemon(siteA, 2, pb, all);
+    await waitFor("a to find b", () => a.view().some((p) => p.nodeId === id(2)));
+    const sock = dgram.createSocket("udp4");
+    const genuine = (await signBeacon(siteA, keys[9] as PrivateKeyAccount, { memoryBytes: 1 })).toString();
+    const otherSite = await signBeacon(siteB, keys[8] as PrivateKeyAccount, { memoryBytes: 1 });
+    const kinds = [
+      () => randomBytes(1 + Math.floor(Math.random() * 1_500)),
+      // larger than any beacon, up to what a UDP datagram carries
+      () => Buffer.alloc(60_000, 0x7b),
+      () => Buffer.from(`${"[".repeat(1_000)}${"]".repeat(1_000)}\nx\ny`),
+      () => otherSite,
+      // site A's id with a MAC made without its key
+      () => Buffer.from(`${genuine.slice(0, genuine.lastIndexOf("\n"))}\n${randomBytes(32).toString("hex")}`),
+    ];
+    const heap = process.memoryUsage().heapUsed;
+    const ignored = () => Object.values(a.ignored).reduce((n, c) => n + c, 0);
+    const started = performance.now();
+    // in bursts the socket's receive buffer holds (datagrams beyond it are dropped by the kernel, unread)
+    const COUNT = 2_000;
+    for (let sent = 0; sent < COUNT; ) {
+      for (let k = 0; k < 10; k++, sent++) sock.send((kinds[sent % kinds.length] as () => Buffer)(), pa, "127.0.0.1");
+      const expected = sent;
+      await waitFor("the burst to be read and ignored", () => ignored() >= expected, 2_000, 1);
+    }
+    const perDatagramMs = (performance.now() - started) / COUNT;
+    console.log(`beacon flood: ${COUNT} hostile datagrams read and ignored at ${(perDatagramMs * 1000).toFixed(0)} µs each`);
+    sock.close();
+    const seen = a.view().find((p) => p.nodeId === id(2))?.lastSeen ?? 0;
+    await waitFor("b to be heard again after the flood", () => (a.view().find((p) => p.nodeId === id(2))?.lastSeen ?? 0) > seen, 5_000);
+    expect(a.view().map((p) => p.nodeId)).toEqual([id(2)]);
+    expect(a.ignored.malformed).toBeGreaterThan(0);
+    expect(a.ignored.other_site).toBeGreaterThan(0);
+    expect(a.ignored.bad_signature).toBeGreaterThan(0);
+    expect((process.memoryUsage().heapUsed - heap) / 2 ** 20).toBeLessThan(32);
+    // sent, read, checked and ignored, with the test's own waits: far below a millisecond each
+    expect(perDatagramMs).toBeLessThan(2);
   });
 
   it("expands scan ranges", () => {
