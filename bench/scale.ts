@@ -134,7 +134,11 @@ async function arm(replicaCount: number, o: ScaleOptions, nats: TestNats): Promi
     let streams = o.requests / 8;
     await Promise.all(
       Array.from({ length: o.clients }, async () => {
-        while (streams-- > 0) relayed += (await call(next(), apiKey, o.tokens, true)).events;
+        while (streams-- > 0) {
+          // read after the await: `relayed += await …` would add to the value read before it
+          const { events } = await call(next(), apiKey, o.tokens, true);
+          relayed += events;
+        }
       }),
     );
     const relaySeconds = (performance.now() - r0) / 1000;

@@ -230,7 +230,7 @@ async function request(key: string, model: string, stream: boolean): Promise<{ o
 async function load(clients: number, until: () => boolean, pick: (n: number) => { model: string; stream: boolean }) {
   const counts = { requests: 0, completed: 0, clean_error: 0, bad: 0 };
   const bad: string[] = [];
-  const errors: string[] = [];
+  const errors = new Map<string, number>();
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
       for (let n = 0; !until(); n++) {
@@ -240,7 +240,10 @@ async function load(clients: number, until: () => boolean, pick: (n: number) => 
         counts.requests++;
         counts[outcome]++;
         if (outcome === "bad") bad.push(detail);
-        if (outcome === "clean_error" && errors.length < 5) errors.push(detail);
+        if (outcome === "clean_error") {
+          const kind = detail.replace(/\d+/g, "#").slice(0, 120);
+          errors.set(kind, (errors.get(kind) ?? 0) + 1);
+        }
       }
     }),
   );
@@ -353,7 +356,7 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
     }
     done = true;
     const { counts, bad, errors } = await running;
-    process.stdout.write(`rolling restart: ${JSON.stringify(counts)} ${errors.join(" | ")}\n`);
+    process.stdout.write(`rolling restart: ${JSON.stringify(counts)} ${JSON.stringify([...errors])}\n`);
     if (process.env.CHAOS_DEBUG)
       process.stdout.write(
         (await front.accessLog())
@@ -418,9 +421,11 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
         await rpc.up();
       }
     }
-    const { counts, bad } = await running;
-    // every replica runs again; a killed one's jobs and holds are ended by a live one once its lease lapses
+    const { counts, bad, errors } = await running;
+    // every replica runs again (none stopped but those killed); a killed one's jobs and holds are ended by a live one once its lease lapses
     for (const r of replicas) await r.starting;
+    const crashed = replicas.filter((r) => !liveReplicas().includes(r)).map((r) => `replica on ${r.port}: ${r.stderr}`);
+    expect(crashed).toEqual([]);
     await waitFor(
       "no hold left",
       async () =>
@@ -440,7 +445,8 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
     process.stdout.write(
       `chaos (seed ${SEED}, ${SECONDS} s): faults ${happened.join(", ")}\n` +
         `  requests ${counts.requests}, completed ${counts.completed}, clean errors ${counts.clean_error}, bad ${counts.bad}, ` +
-        `continuations ${continuations} (replicas alive at the end), charges ${charges.rows[0]?.n}, receipts ${receipts.rows[0]?.n}\n`,
+        `continuations ${continuations} (replicas alive at the end), charges ${charges.rows[0]?.n}, receipts ${receipts.rows[0]?.n}\n` +
+        `  clean errors by kind: ${JSON.stringify([...errors])}\n`,
     );
 
     // every client either completed or got a clean error

@@ -44,6 +44,14 @@ const ALIVE_EVERY_MS = 1_000;
 const SILENT_MS = 5_000;
 /** How long a replica has to take a job for one of its nodes. */
 const HANDOVER_TIMEOUT_MS = 5_000;
+/**
+ * A replica running other replicas' jobs on its nodes lists them to each every 2 s; a job its
+ * holder has not listed for 6 s is lost (its start, events or end went missing, as across a NATS
+ * restart, or its holder restarted) and fails here like a lost node's: it is tried again or
+ * continued elsewhere.
+ */
+const LIST_EVERY_MS = 2_000;
+const UNLISTED_MS = 6_000;
 /** Nodes per fleet message (a message stays well under NATS's 1 MiB default payload limit). */
 const NODES_PER_MESSAGE = 200;
 
@@ -64,6 +72,8 @@ export class Replicas implements ReplicaLink, StreamTarget {
   private readonly subjects: ReplicaSubjects;
   /** jobs of this replica running on other replicas' nodes */
   private readonly routes = new Map<string, RemoteNode>();
+  /** when each of those was last known to run there (dispatched, or listed by its holder) */
+  private readonly listed = new Map<string, number>();
   /** jobs other replicas run on this replica's nodes: to cancel, and to stop when their replica goes */
   private readonly served = new Map<string, { node: ConnectedNode; replica: string }>();
   /** this replica's nodes as last told: id -> what decides whether to tell again */
@@ -117,6 +127,10 @@ export class Replicas implements ReplicaLink, StreamTarget {
         this.sweep();
       }, ALIVE_EVERY_MS),
       setInterval(() => this.tellAll(), o.heartbeatIntervalMs),
+      setInterval(() => {
+        this.listServed();
+        this.failUnlisted();
+      }, LIST_EVERY_MS),
     );
     for (const t of this.timers) t.unref();
     void this.watchConnection();
@@ -297,6 +311,7 @@ export class Replicas implements ReplicaLink, StreamTarget {
       return;
     }
     this.routes.set(start.jobId, node);
+    this.listed.set(start.jobId, Date.now());
     this.nc.request(this.subjects.node(node.id, "job"), body, { timeout: HANDOVER_TIMEOUT_MS }).then(
       (msg) => {
         const reply = msg.json<JobReply>();
@@ -321,6 +336,26 @@ export class Replicas implements ReplicaLink, StreamTarget {
 
   forget(jobId: string): void {
     this.routes.delete(jobId);
+    this.listed.delete(jobId);
+  }
+
+  /** Tells each replica which of its jobs this one's nodes run now. */
+  private listServed(): void {
+    const by = new Map<string, string[]>();
+    for (const [jobId, s] of this.served) {
+      const jobs = by.get(s.replica);
+      if (jobs) jobs.push(jobId);
+      else by.set(s.replica, [jobId]);
+    }
+    for (const [replica, jobs] of by) this.queue(replica, encodeStreamEvent({ e: "running", jobs }));
+  }
+
+  private failUnlisted(): void {
+    const before = Date.now() - UNLISTED_MS;
+    for (const [jobId, at] of this.listed) {
+      if (at >= before) continue;
+      this.routes.get(jobId)?.error(jobId, { message: "the node's replica lost track of this job", retryable: true, cause: "node_lost" });
+    }
   }
 
   /** Sends a receipt to sign to a node another replica holds; false when no replica is known to hold it. */
@@ -331,6 +366,11 @@ export class Replicas implements ReplicaLink, StreamTarget {
   }
 
   // ---- StreamTarget: events of this replica's jobs, back from the nodes' replicas ----
+
+  running(jobs: readonly string[]): void {
+    const now = Date.now();
+    for (const jobId of jobs) if (this.listed.has(jobId)) this.listed.set(jobId, now);
+  }
 
   chunk(jobId: string, data: string, tokens: readonly number[] | number): void {
     this.routes.get(jobId)?.chunk(jobId, data, tokens);

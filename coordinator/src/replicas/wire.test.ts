@@ -4,6 +4,7 @@ import { decodeStream, encodeStreamChunk, encodeStreamEvent, replicaSubjects, ty
 function recorder() {
   const calls: unknown[][] = [];
   const target: StreamTarget = {
+    running: (...a) => void calls.push(["running", ...a]),
     chunk: (...a) => void calls.push(["chunk", ...a]),
     prompted: (...a) => void calls.push(["prompted", ...a]),
     end: (...a) => void calls.push(["end", ...a]),
@@ -29,6 +30,7 @@ describe("replica wire", () => {
       encodeStreamChunk("job_2", "{}", 4),
       encodeStreamEvent({ e: "end", j: "job_1", usage, resumed: 2 }),
       encodeStreamEvent({ e: "error", j: "job_2", message: "gone", retryable: true, cause: "node_lost" }),
+      encodeStreamEvent({ e: "running", jobs: ["job_3"] }),
     ].join("\n");
     const { calls, target } = recorder();
     expect(decodeStream(text, target)).toBe(0);
@@ -38,6 +40,7 @@ describe("replica wire", () => {
       ["chunk", "job_2", "{}", 4],
       ["end", "job_1", usage, 2],
       ["error", "job_2", { message: "gone", retryable: true, status: undefined, cause: "node_lost" }],
+      ["running", ["job_3"]],
     ]);
   });
 

@@ -96,6 +96,8 @@ const FAILURE_CAUSES = ["node_lost", "engine", "owner", "stalled"] as const sati
 const streamEventSchema = z.discriminatedUnion("e", [
   z.object({ e: z.literal("prompt"), j: z.string(), n: z.number().int().nonnegative() }),
   z.object({ e: z.literal("end"), j: z.string(), usage: usageSchema, resumed: z.number().int().nonnegative().optional() }),
+  /** the jobs for the receiving replica that the sender's nodes run now (every few seconds while there are any) */
+  z.object({ e: z.literal("running"), jobs: z.array(z.string()).max(100_000) }),
   z.object({
     e: z.literal("error"),
     j: z.string(),
@@ -122,6 +124,8 @@ export function encodeStreamEvent(event: StreamEvent): string {
 
 /** Where the events of a stream message go, by job id (as a node's frames go to its ConnectedNode). */
 export interface StreamTarget {
+  /** the jobs for this replica the sender runs now */
+  running(jobs: readonly string[]): void;
   chunk(jobId: string, data: string, tokens: readonly number[] | number): void;
   prompted(jobId: string, promptTokens: number): void;
   end(jobId: string, usage: Usage, resumed?: number): void;
@@ -148,6 +152,7 @@ export function decodeStream(text: string, target: StreamTarget): number {
     const event = parseEvent(text.slice(at, end));
     at = end + 1;
     if (!event) bad++;
+    else if (event.e === "running") target.running(event.jobs);
     else if (event.e === "prompt") target.prompted(event.j, event.n);
     else if (event.e === "end") target.end(event.j, event.usage, event.resumed);
     else target.error(event.j, { message: event.message, retryable: event.retryable, status: event.status, cause: event.cause });
