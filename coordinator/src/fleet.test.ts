@@ -1,6 +1,6 @@
 import type { ServedModel } from "@sharedllm/protocol";
 import { describe, expect, it } from "vitest";
-import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
+import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR, silentNodes, sweepSchedule } from "./fleet.js";
 import { ConnectedNode } from "./units.js";
 
 const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
@@ -49,6 +49,23 @@ describe("pickNode", () => {
     expect(pickNode([cooling, node("busy", 2 * QUEUE_FACTOR - 1)], "m", 500)?.id).toBe("busy");
     expect(pickNode([cooling], "m", 500)?.id).toBe("c");
     expect(pickNode([cooling, node("b", 3)], "m", 1_001)?.id).toBe("c");
+  });
+});
+
+describe("silent nodes", () => {
+  it("are taken off within the missed heartbeat periods of their last heartbeat, whatever the sweep's phase", () => {
+    const intervalMs = 5_000;
+    const { everyMs, silentMs } = sweepSchedule(intervalMs, 3);
+    for (let phase = 0; phase < everyMs; phase += 37) {
+      for (let lastSeenAt = 0; lastSeenAt < 2 * intervalMs; lastSeenAt += 53) {
+        // the sweeps at phase, phase + everyMs, ...: the first that finds the node silent takes it off
+        let at = phase;
+        while (silentNodes([{ id: "n", lastSeenAt }], at, silentMs).length === 0) at += everyMs;
+        expect(at - lastSeenAt).toBeLessThanOrEqual(3 * intervalMs);
+        // and a node two heartbeats late is still on
+        expect(at - lastSeenAt).toBeGreaterThan(2 * intervalMs);
+      }
+    }
   });
 });
 

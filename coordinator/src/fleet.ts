@@ -70,15 +70,25 @@ function better(a: NodeView, b: NodeView): boolean {
   return a.order < b.order;
 }
 
-/** Nodes that have been silent for `missed` heartbeat periods: a pure decision over a snapshot. */
-export function silentNodes<T extends { id: string; lastSeenAt: number }>(
-  nodes: Iterable<T>,
-  now: number,
-  intervalMs: number,
-  missed: number,
-): T[] {
+/** How often, per heartbeat period, the coordinator looks for silent nodes. */
+export const SWEEPS_PER_HEARTBEAT = 5;
+
+/**
+ * When silent nodes are looked for, and how long a silence counts as offline: `missed` heartbeat
+ * periods less one sweep. A node is taken off at the first sweep after that, so no later than
+ * `missed` periods after its last heartbeat (15 s at 5 s heartbeats, whatever the sweep's phase)
+ * and no sooner than `missed` periods less one sweep. Sweeping only once a period would let a
+ * node stay up to one more period.
+ */
+export function sweepSchedule(intervalMs: number, missed: number): { everyMs: number; silentMs: number } {
+  const everyMs = intervalMs / SWEEPS_PER_HEARTBEAT;
+  return { everyMs, silentMs: intervalMs * missed - everyMs };
+}
+
+/** Nodes that have been silent for longer than `silentMs`: a pure decision over a snapshot. */
+export function silentNodes<T extends { id: string; lastSeenAt: number }>(nodes: Iterable<T>, now: number, silentMs: number): T[] {
   const out: T[] = [];
-  for (const n of nodes) if (now - n.lastSeenAt > intervalMs * missed) out.push(n);
+  for (const n of nodes) if (now - n.lastSeenAt > silentMs) out.push(n);
   return out;
 }
 

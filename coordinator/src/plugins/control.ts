@@ -28,7 +28,7 @@ import type { Clusters } from "../clusters.js";
 import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
-import { type Fleet, silentNodes } from "../fleet.js";
+import { type Fleet, silentNodes, sweepSchedule } from "../fleet.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
 import { ConnectedNode } from "../units.js";
@@ -70,15 +70,16 @@ function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefin
 }
 
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
-  // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
+  // a node silent for three heartbeat periods is offline (taken off within them): its jobs fail, its socket closes
+  const sweep = sweepSchedule(o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE);
   const sweeper = setInterval(() => {
-    for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
+    for (const n of silentNodes(o.fleet.list(), Date.now(), sweep.silentMs)) {
       app.log.warn({ nodeId: n.id }, "node missed its heartbeats; marking it offline");
       recordEvent(o.db, app.log, "node.offline", n.id, { reason: "missed heartbeats" });
       o.fleet.remove(n.id, `missed ${MISSED_HEARTBEATS_OFFLINE} heartbeats`);
       n.disconnect("missed heartbeats");
     }
-  }, o.heartbeatIntervalMs);
+  }, sweep.everyMs);
   app.addHook("onClose", async () => clearInterval(sweeper));
   // at shutdown the whole fleet is recorded as seen now, in one statement, not once per closing socket
   let closing = false;
