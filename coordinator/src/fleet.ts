@@ -1,10 +1,12 @@
 /**
  * The live fleet: the serving units connected now (nodes on their control channels, see
  * units.ts), which models each serves, and a change event for whoever waits for one (a request
- * waiting for a model to load). Choosing a unit is a pure function over a snapshot (`pickNode`).
+ * waiting for a model to load). Choosing a unit is a pure function over a snapshot (`pickNode`);
+ * the fleet keeps each model's nodes in pickNode's order (loadOrder.ts) so that it need not scan.
  */
 import type { Heartbeat, ServedModel } from "@sharedllm/protocol";
 import type { KnownModel } from "./catalogue.js";
+import { LoadOrder } from "./loadOrder.js";
 import type { ConnectedNode } from "./units.js";
 
 export interface NodeView {
@@ -51,17 +53,31 @@ export function pickNode(
   let best: NodeView | undefined;
   let bestRank = Number.POSITIVE_INFINITY;
   for (const n of nodes) {
-    if (exclude.has(n.id) || !n.accepting || !n.models.has(model) || n.active >= n.slots * QUEUE_FACTOR || !allow(n)) continue;
-    // a penalty of QUEUE_FACTOR puts a node after every fully usable one (load per slot stays below it)
-    let rank = n.active / n.slots + (n.suspicion ?? 0);
-    if (n.coolingUntil > now) rank += QUEUE_FACTOR;
-    if (n.notLoaded?.has(model)) rank += QUEUE_FACTOR;
+    if (!eligible(n, model, exclude) || !allow(n)) continue;
+    const rank = rankOf(n, model, now);
     if (rank < bestRank || (rank === bestRank && best && better(n, best))) {
       best = n;
       bestRank = rank;
     }
   }
   return best;
+}
+
+/** Whether a node may take a job of `model` at all: it accepts jobs, serves the model, has queue room and is not excluded. */
+export function eligible(n: NodeView, model: string, exclude: ReadonlySet<string> | undefined): boolean {
+  return !exclude?.has(n.id) && n.accepting && n.models.has(model) && n.active < n.slots * QUEUE_FACTOR;
+}
+
+/**
+ * A node's rank for a job of `model`, lower first: its outstanding work per slot, its suspicion,
+ * and a penalty of QUEUE_FACTOR (which puts it after every fully usable node: load per slot stays
+ * below it) while it cools off after a failure and while its engine does not have the model loaded.
+ */
+export function rankOf(n: NodeView, model: string, now: number): number {
+  let rank = n.active / n.slots + (n.suspicion ?? 0);
+  if (n.coolingUntil > now) rank += QUEUE_FACTOR;
+  if (n.notLoaded?.has(model)) rank += QUEUE_FACTOR;
+  return rank;
 }
 
 function better(a: NodeView, b: NodeView): boolean {
@@ -114,8 +130,12 @@ export function pickLoader<T extends NodeView & { role?: string; loading?: strin
 
 export class Fleet {
   private readonly nodes = new Map<string, ConnectedNode>();
-  /** model id -> the nodes serving it: scheduling scans only those, and "is it served?" costs no scan */
-  private readonly servedBy = new Map<string, Set<ConnectedNode>>();
+  /**
+   * model id -> the nodes serving it, in the order they are picked: scheduling walks from the
+   * front (a scan of the whole fleet cost about 0.15 ms at 10,000 nodes), and "is it served?"
+   * costs no scan
+   */
+  private readonly servedBy = new Map<string, LoadOrder<ConnectedNode>>();
   private readonly watchers = new Set<() => void>();
   private connections = 0;
 
@@ -171,13 +191,25 @@ export class Fleet {
   }
 
   private index(node: ConnectedNode, add: boolean): void {
+    const now = Date.now();
     for (const m of node.models.keys()) {
-      const set = this.servedBy.get(m) ?? new Set();
-      if (add) set.add(node);
-      else set.delete(node);
-      if (set.size) this.servedBy.set(m, set);
+      const order = this.servedBy.get(m) ?? new LoadOrder(m);
+      if (add) order.set(node, now);
+      else order.delete(node);
+      if (order.size) this.servedBy.set(m, order);
       else this.servedBy.delete(m);
     }
+  }
+
+  /**
+   * A node's rank changed (its jobs in flight, its speed, its loaded models, its suspicion, a
+   * failure's cool-off): it moves to its place among each model's nodes. Every change of those
+   * must be told here, by whatever kind of unit it is, or the node is picked by its old rank.
+   */
+  rerank(node: ConnectedNode): void {
+    if (this.nodes.get(node.id) !== node) return;
+    const now = Date.now();
+    for (const m of node.models.keys()) this.servedBy.get(m)?.set(node, now);
   }
 
   /** Adds a node; a node that reconnects under the same id replaces its old session. */
@@ -185,6 +217,7 @@ export class Fleet {
     if (this.nodes.has(node.id)) this.remove(node.id, "node reconnected");
     node.order = ++this.connections;
     this.nodes.set(node.id, node);
+    node.rankChanged = () => this.rerank(node);
     this.index(node, true);
     this.changed();
   }
@@ -205,6 +238,7 @@ export class Fleet {
     if (!node) return;
     this.nodes.delete(id);
     this.index(node, false);
+    node.rankChanged = () => {};
     node.failJobs(reason);
     this.changed();
   }
@@ -224,10 +258,8 @@ export class Fleet {
     return this.servedBy.has(model);
   }
 
+  /** The node pickNode would pick among those serving `model`, found from the front of their order. */
   pick(model: string, allow?: (n: ConnectedNode) => boolean): ConnectedNode | undefined {
-    const candidates = this.servedBy.get(model);
-    return (
-      candidates && (pickNode(candidates, model, Date.now(), undefined, allow as (n: NodeView) => boolean) as ConnectedNode | undefined)
-    );
+    return this.servedBy.get(model)?.first(Date.now(), undefined, allow);
   }
 }

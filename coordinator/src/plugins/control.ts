@@ -159,7 +159,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           node.heartbeat = frame;
           node.notLoaded = notLoaded(node, frame.loadedModels);
           if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
-          return;
+          return node.rankChanged();
         case "availability": {
           const handOff = frame.handOff === true && !frame.accepting;
           node.setAvailability(frame.accepting, frame.reason);
@@ -181,6 +181,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           if (frame.capabilities) {
             node.capabilities = frame.capabilities;
             node.tokensPerSecond = frame.capabilities.tokensPerSecond;
+            node.rankChanged();
           }
           o.fleet.setModels(node, new Map(admitted(frame.models, browser).map((m) => [m.id, m])));
           if (frame.failed) log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");
