@@ -86,12 +86,16 @@ export class Transcript {
     const first: unknown = Array.isArray(event.choices) ? event.choices[0] : undefined;
     const choice = isObject(first) ? first : undefined;
     let text = "";
+    let reasoning = "";
     if (choice) {
-      const delta = isObject(choice.delta) ? choice.delta : {};
-      text = str(choice.text) + str(delta.content);
-      this.reasoning += str(delta.reasoning_content);
-      this.bytes += Buffer.byteLength(str(delta.reasoning_content));
-      if (Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls);
+      const delta = isObject(choice.delta) ? choice.delta : undefined;
+      text = str(choice.text) + str(delta?.content);
+      reasoning = str(delta?.reasoning_content);
+      if (reasoning) {
+        this.reasoning += reasoning;
+        this.bytes += Buffer.byteLength(reasoning);
+      }
+      if (delta && Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls);
       const lp = isObject(choice.logprobs) ? choice.logprobs.content : undefined;
       if (Array.isArray(lp)) {
         this.logprobs ??= [];
@@ -100,7 +104,8 @@ export class Transcript {
       if (choice.finish_reason !== null && choice.finish_reason !== undefined) this.finishReason = choice.finish_reason;
     }
     const ends = choice?.finish_reason !== null && choice?.finish_reason !== undefined;
-    this.count(tokens, `${text}${str(isObject(choice?.delta) ? choice.delta.reasoning_content : "")}`, ends);
+    // only a count without ids reads the text
+    this.count(tokens, typeof tokens === "number" ? text + reasoning : "", ends);
     this.content += text;
     this.bytes += Buffer.byteLength(text);
     if (this.tail !== undefined) this.tail += text;
