@@ -132,8 +132,8 @@ export class Fleet {
   private readonly nodes = new Map<string, ConnectedNode>();
   /**
    * model id -> the nodes serving it, in the order they are picked: scheduling walks from the
-   * front (a scan of the whole fleet cost about 0.15 ms at 10,000 nodes), and "is it served?"
-   * costs no scan
+   * front (a scan of 10,000 nodes took p50 1.4 ms, p99 17 ms in the control-plane bench), and
+   * "is it served?" costs no scan
    */
   private readonly servedBy = new Map<string, LoadOrder<ConnectedNode>>();
   private readonly watchers = new Set<() => void>();
