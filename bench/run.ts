@@ -201,7 +201,7 @@ if (!values.only || values.only === "relay") {
   // the embedded database, and PostgreSQL (a hosted site's) when DATABASE_URL names a server
   const arms = process.env.DATABASE_URL ? [false, true] : [false];
   const runs = [];
-  for (const postgres of arms) runs.push(await benchRelay({ nodes: 4, clients: 8, requests: 64, tokens: 512, postgres }));
+  for (const postgres of arms) runs.push(await benchRelay({ nodes: 4, clients: 8, requests: 512, tokens: 512, postgres }));
   results.relay = runs;
   if (!values.json) {
     const r0 = runs[0] as (typeof runs)[0];
