@@ -76,6 +76,19 @@ export async function benchControlPlane(opts: { nodes: number; requests: number;
     );
     const requestsPerSecond = opts.requests / ((performance.now() - r0) / 1000);
     const metrics = await (await fetch(`${info.url}/metrics`)).text();
+
+    // a dead node: one whose connection closes (its process killed) is noticed at once; one that
+    // falls silent with its connection open (its machine frozen, a network cut) by the sweep
+    const killed = sims.pop() as SimNode;
+    const k0 = performance.now();
+    killed.stop();
+    await waitFor("the killed node to leave the fleet", async () => (await online()) === opts.nodes - 1, 60_000, 20);
+    const killedNoticedMs = performance.now() - k0;
+    const silent = sims.at(-1) as SimNode;
+    silent.heartbeats = false;
+    const silentSince = Date.now();
+    await waitFor("the silent node to leave the fleet", async () => (await online()) === opts.nodes - 2, 60_000, 100);
+    const silentNoticed = Date.now();
     const sched = (q: string) =>
       Number(new RegExp(`^sharedllm_schedule_seconds\\{quantile="${q}"\\} ([0-9.e-]+)`, "m").exec(metrics)?.[1]) * 1000;
     const after = procStats(pid);
@@ -92,6 +105,12 @@ export async function benchControlPlane(opts: { nodes: number; requests: number;
       },
       scheduling: { p50Ms: sched("0.5"), p99Ms: sched("0.99") },
       requests: { count: opts.requests, perSecond: requestsPerSecond, p50Ms: median(latencies), p99Ms: quantile(latencies, 0.99) },
+      deadNode: {
+        killedNoticedMs,
+        /** from its last heartbeat (the bound: 3 periods), and from when it fell silent */
+        silentNoticedAfterLastHeartbeatMs: silentNoticed - silent.lastHeartbeatAt,
+        silentNoticedMs: silentNoticed - silentSince,
+      },
     };
   } finally {
     for (const s of sims) s.stop();

@@ -23,7 +23,8 @@ export interface CoordinatorProcess {
 
 /**
  * Starts one; `databaseUrl`: PostgreSQL, else its embedded database; `secrets`: another
- * coordinator's (its replica: docs/replicas.md).
+ * coordinator's (its replica: docs/replicas.md). With SHAREDLLM_BENCH_CPU_PROF set to a folder,
+ * it runs under `node --cpu-prof` and writes its profile there as it stops.
  */
 export async function startCoordinatorProcess(o: {
   prefix: string;
@@ -36,7 +37,9 @@ export async function startCoordinatorProcess(o: {
   const env: NodeJS.ProcessEnv = { ...process.env, SHAREDLLM_HOME: home };
   if (o.databaseUrl) env.DATABASE_URL = o.databaseUrl;
   else delete env.DATABASE_URL;
-  const child = spawn(process.execPath, [BIN, "coordinator", "start", "--port", "0", ...(o.args ?? [])], {
+  const profile = process.env.SHAREDLLM_BENCH_CPU_PROF;
+  const nodeArgs = profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : [];
+  const child = spawn(process.execPath, [...nodeArgs, BIN, "coordinator", "start", "--port", "0", ...(o.args ?? [])], {
     env,
     stdio: ["ignore", "ignore", "inherit"],
   });

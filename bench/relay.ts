@@ -79,7 +79,11 @@ export async function benchRelay(opts: { nodes: number; clients: number; request
     let relayed = 0;
     await Promise.all(
       Array.from({ length: opts.clients }, async () => {
-        while (next++ < opts.requests) relayed += await stream(info.url, info.apiKey, opts.tokens);
+        while (next++ < opts.requests) {
+          // not `relayed += await ...`: that reads `relayed` before the await, and the clients' counts overwrite each other
+          const events = await stream(info.url, info.apiKey, opts.tokens);
+          relayed += events;
+        }
       }),
     );
     const seconds = (performance.now() - t0) / 1000;

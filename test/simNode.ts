@@ -71,6 +71,8 @@ export class SimNode {
   readonly id: string;
   ws: WebSocket | undefined;
   heartbeats = true;
+  /** when it last sent a heartbeat (ms epoch; 0 before the first) */
+  lastHeartbeatAt = 0;
   jobsSeen = 0;
   private timer: NodeJS.Timeout | undefined;
 
@@ -140,6 +142,7 @@ export class SimNode {
         if (frame.type === "welcome") {
           this.timer = setInterval(() => {
             if (this.heartbeats) {
+              this.lastHeartbeatAt = Date.now();
               send({
                 type: "heartbeat",
                 load: 0.1,

@@ -1,6 +1,6 @@
 import type { ServedModel } from "@sharedllm/protocol";
-import { describe, expect, it } from "vitest";
-import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR } from "./fleet.js";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR, silentNodes, sweepSchedule } from "./fleet.js";
 import { ConnectedNode } from "./units.js";
 
 const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
@@ -49,6 +49,23 @@ describe("pickNode", () => {
     expect(pickNode([cooling, node("busy", 2 * QUEUE_FACTOR - 1)], "m", 500)?.id).toBe("busy");
     expect(pickNode([cooling], "m", 500)?.id).toBe("c");
     expect(pickNode([cooling, node("b", 3)], "m", 1_001)?.id).toBe("c");
+  });
+});
+
+describe("silent nodes", () => {
+  it("are taken off within the missed heartbeat periods of their last heartbeat, whatever the sweep's phase", () => {
+    const intervalMs = 5_000;
+    const { everyMs, silentMs } = sweepSchedule(intervalMs, 3);
+    for (let phase = 0; phase < everyMs; phase += 37) {
+      for (let lastSeenAt = 0; lastSeenAt < 2 * intervalMs; lastSeenAt += 53) {
+        // the sweeps at phase, phase + everyMs, ...: the first that finds the node silent takes it off
+        let at = phase;
+        while (silentNodes([{ id: "n", lastSeenAt }], at, silentMs).length === 0) at += everyMs;
+        expect(at - lastSeenAt).toBeLessThanOrEqual(3 * intervalMs);
+        // and a node two heartbeats late is still on
+        expect(at - lastSeenAt).toBeGreaterThan(2 * intervalMs);
+      }
+    }
   });
 });
 
@@ -117,6 +134,81 @@ describe("Fleet bookkeeping", () => {
     stop();
     fleet.add(connected("b", ["m"]));
     expect(seen).toEqual([false, true, false]);
+  });
+});
+
+describe("Fleet.pick", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** a seeded generator (mulberry32): the same fleets on every run */
+  function random(seed: number): () => number {
+    let a = seed;
+    return () => {
+      a = (a + 0x6d2b79f5) | 0;
+      let t = Math.imul(a ^ (a >>> 15), 1 | a);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  it("picks what pickNode picks over random fleets, as their nodes' loads, speeds and standing change", () => {
+    vi.useFakeTimers({ now: 1_000_000 });
+    const sink = { chunk() {}, end() {}, error() {} };
+    const usage = { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 };
+    for (let seed = 1; seed <= 20; seed++) {
+      const rnd = random(seed);
+      const int = (n: number) => Math.floor(rnd() * n);
+      const fleet = new Fleet();
+      const models = ["m", "x"];
+      let nodes = 0;
+      let jobs = 0;
+      const join = () => {
+        const served = models.filter(() => rnd() < 0.7);
+        const n = new ConnectedNode({
+          id: `n${nodes++}`,
+          models: new Map(served.map((m) => [m, { ...model, id: m }])),
+          slots: 1 + int(4),
+          accepting: rnd() < 0.9,
+          engine: "e",
+          role: "solo",
+          capabilities: { tokensPerSecond: [0, 10, 42][int(3)] as number } as never,
+          send: () => {},
+          disconnect: () => {},
+        });
+        n.suspicion = rnd() < 0.1 ? 1 : 0;
+        fleet.add(n);
+      };
+      for (let i = 0; i < 30; i++) join();
+      for (let step = 0; step < 400; step++) {
+        const all = fleet.list();
+        const n = all[int(all.length)] as ConnectedNode;
+        const op = int(10);
+        if (op < 3) n.dispatch({ jobId: `j${jobs++}` } as never, sink);
+        else if (op === 3 && n.jobs.size) n.end([...n.jobs.keys()][0] as string, usage);
+        else if (op === 4 && n.jobs.size) n.error([...n.jobs.keys()][0] as string, { message: "engine", retryable: true });
+        else if (op === 5) {
+          // a heartbeat: speed and loaded models
+          n.tokensPerSecond = [10, 42, 42, 50][int(4)] as number;
+          n.notLoaded = rnd() < 0.2 ? new Set(["m"]) : undefined;
+          n.rankChanged();
+        } else if (op === 6) {
+          n.suspicion = int(2);
+          n.rankChanged();
+        } else if (op === 7) n.setAvailability(rnd() < 0.8, "resumed");
+        else if (op === 8) vi.advanceTimersByTime(int(1_500));
+        else if (rnd() < 0.5) fleet.remove(n.id, "test");
+        else join();
+        const now = Date.now();
+        const skip = `n${int(nodes)}`;
+        for (const m of models) {
+          expect(fleet.pick(m)?.id).toBe(pickNode(fleet.list(), m, now)?.id);
+          const allow = (u: NodeView) => u.id !== skip;
+          expect(fleet.pick(m, allow)?.id).toBe(pickNode(fleet.list(), m, now, undefined, allow)?.id);
+        }
+      }
+    }
   });
 });
 

@@ -83,6 +83,8 @@ export interface RemoteUnit extends NodeView, ServingUnit {
   readonly network: NetworkNode;
   /** fails its jobs in flight from this replica (its replica went away) */
   failJobs(reason: string): void;
+  /** told whenever what ranks it changes (the fleet sets it: loadOrder.ts) */
+  rankChanged: () => void;
 }
 
 /** How long a node is passed over after an engine failure. */
@@ -143,6 +145,11 @@ export class ConnectedNode implements NodeView, ServingUnit {
   incarnation = 0;
   /** failed audits not cleared: it gets work after nodes without */
   suspicion = 0;
+  /**
+   * to call after any change of what ranks it for scheduling (fleet.ts `rankOf`): the fleet sets
+   * it while the node is in it (`Fleet.rerank`)
+   */
+  rankChanged: () => void = () => {};
   private split: ConfirmedMember[] | undefined = undefined;
   readonly jobs = new Map<string, JobSink>();
   readonly send: (frame: CoordinatorFrame) => void;
@@ -166,6 +173,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
   dispatch(job: JobStart, sink: JobSink): void {
     this.jobs.set(job.jobId, sink);
     this.active = this.jobs.size;
+    this.rankChanged();
     this.send(job);
   }
 
@@ -215,7 +223,10 @@ export class ConnectedNode implements NodeView, ServingUnit {
   error(jobId: string, e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void {
     const sink = this.take(jobId);
     // an engine failure (not a bad request) sends the next jobs elsewhere for a while
-    if (sink && e.status === undefined) this.coolingUntil = Date.now() + COOL_OFF_MS;
+    if (sink && e.status === undefined) {
+      this.coolingUntil = Date.now() + COOL_OFF_MS;
+      this.rankChanged();
+    }
     sink?.error({ ...e, cause: "engine" });
   }
 
@@ -224,6 +235,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
     const sinks = [...this.jobs.values()];
     this.jobs.clear();
     this.active = 0;
+    this.rankChanged();
     for (const sink of sinks) {
       sink.error({ message: `the node serving this request went away (${reason})`, retryable: true, cause: "node_lost" });
     }
@@ -243,6 +255,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
     const jobs = [...this.jobs];
     this.jobs.clear();
     this.active = 0;
+    this.rankChanged();
     for (const [jobId, sink] of jobs) {
       this.send({ type: "job.cancel", jobId });
       sink.error({ message: `the node's owner needs the machine (${reason})`, retryable: true, cause: "owner" });
@@ -255,6 +268,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
     if (!sink) return undefined;
     this.jobs.delete(jobId);
     this.active = this.jobs.size;
+    this.rankChanged();
     return sink;
   }
 }

@@ -21,6 +21,19 @@ describe("chunk frames", () => {
     expect(decodeChunkFrame(encodeChunkFrame("job_1", '{"a":1}\r', [1]))).toBeUndefined();
   });
 
+  it("read token ids as Number reads them, plain digits or not", () => {
+    const ids = (field: string) => decodeChunkFrame(`\u0001j\t${field}\n{}`)?.tokens;
+    expect(ids("0,7,2147483647")).toEqual([0, 7, 2147483647]);
+    expect(ids("007")).toEqual([7]);
+    for (const field of ["1,,2", "1,", ",1", " 1", "+5", "1.0", "0x10", "1e3", "", "~3"]) {
+      const general = field === "" ? [] : field[0] === "~" ? Number(field.slice(1)) : field.split(",").map(Number);
+      expect(ids(field)).toEqual(general);
+    }
+    expect(ids("1,2147483648")).toBeUndefined();
+    expect(ids("99999999999999999999999")).toBeUndefined();
+    expect(ids("1,a")).toBeUndefined();
+  });
+
   it("refuse malformed or unbounded token fields", () => {
     expect(decodeChunkFrame(encodeChunkFrame("j", "{}", [-1]))).toBeUndefined();
     expect(decodeChunkFrame(encodeChunkFrame("j", "{}", [2 ** 31]))).toBeUndefined();

@@ -385,7 +385,10 @@ export class Audits {
       .executeTakeFirst();
     this.suspects.delete(id);
     const connected = this.fleet.get(id);
-    if (connected) connected.suspicion = 0;
+    if (connected) {
+      connected.suspicion = 0;
+      connected.rankChanged();
+    }
     if (cleared) this.log.info({ nodeId: id }, "the operator cleared a node's audit suspicion");
     return !!cleared;
   }
@@ -463,7 +466,10 @@ export class Audits {
     });
     if (standing.suspicion > 0) this.suspects.set(a.node_id, standing.suspicion);
     const connected = this.fleet.get(a.node_id);
-    if (connected) connected.suspicion = standing.suspicion;
+    if (connected) {
+      connected.suspicion = standing.suspicion;
+      connected.rankChanged();
+    }
     const excluded = standing.excluded;
     this.log[verdict.pass ? "info" : "warn"](
       { auditId: a.id, jobId: a.job_id, nodeId: a.node_id, reason, claimed: claimed.length },

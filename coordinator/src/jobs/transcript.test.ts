@@ -1,5 +1,5 @@
 import { UNTOLD_TOKEN } from "@sharedllm/protocol";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { Transcript } from "./transcript.js";
 
 const chat = (delta: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
@@ -165,5 +165,56 @@ describe("Transcript", () => {
     logprobs.add(JSON.stringify({ choices: [{ index: 0, delta: { content: "a" }, logprobs: { content: entries } }] }), [1], false);
     const whole = logprobs.body({}) as { choices: { logprobs: { content: unknown[] } }[] };
     expect(whole.choices[0]?.logprobs.content.length).toBe(74);
+  });
+
+  it("reads events shaped as the last one without parsing them, to the same effect as parsing them", () => {
+    const decoy = (delta: string, z: string) =>
+      `{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content" : "${delta}"},"finish_reason":null}],"z":{"content":"${z}"}}`;
+    const events: [string, readonly number[] | number, boolean][] = [
+      [chat({ role: "assistant", content: null }), [], false],
+      [chat({ content: "Hel" }), [1], false],
+      [chat({ content: "lo" }), [2], false],
+      [chat({ content: " wörld" }), 2, false],
+      [chat({ content: 'say "hi"' }), [3], false],
+      [chat({ content: "x" }), [4], false],
+      [chat({ content: "y" }), [5], false],
+      [chat({ content: "a\nb" }), [6], false],
+      [chat({ content: "c" }), [7], false],
+      // the shape of the last, not JSON (a raw control character): no text
+      [chat({ content: "c" }).replace('"c"', '"\u0001"'), [8], false],
+      // another key named content, and the content spaced: its place is not learned
+      [decoy("a", "a"), [9], false],
+      [decoy("a", "EVIL"), [10], false],
+      [chat({ content: "u" }, { usage: { completion_tokens: 3 } }), [11], false],
+      [chat({ content: "v" }), [12], false],
+      [chat({ content: "w" }), [13], false],
+      [chat({ content: "v" }, { x: 1 }), [14], false],
+      [chat({ content: "p" }), [15], true],
+      [chat({ content: "q" }), [16], true],
+      [chat({ content: "" }), [17], true],
+      [chat({}, { choices: [{ index: 0, delta: {}, finish_reason: "stop" }] }), [18], true],
+    ];
+    // the same events, each with other trailing spaces than the last: never of the last one's shape, always parsed
+    const fast = transcript("chat");
+    const parsed = transcript("chat");
+    const parse = vi.spyOn(JSON, "parse");
+    let parsedFast = 0;
+    for (const [i, [data, tokens, continued]] of events.entries()) {
+      parse.mockClear();
+      const relayed = fast.add(data, tokens, continued);
+      if (parse.mock.calls.length === 0) parsedFast++;
+      const reference = parsed.add(data + " ".repeat(1 + (i % 2)), tokens, continued);
+      expect(relayed, `event ${i}`).toEqual(continued ? reference : reference?.trimEnd());
+    }
+    parse.mockRestore();
+    // lo, wörld, y, w, q and the empty content: each after an event of its shape with plain content
+    expect(parsedFast).toBe(6);
+    expect(fast.tokens).toBe(parsed.tokens);
+    expect(fast.bytes).toBe(parsed.bytes);
+    expect(fast.told).toEqual(parsed.told);
+    expect(fast.resume()).toEqual(parsed.resume());
+    const usage = { prompt_tokens: 1, completion_tokens: 18, total_tokens: 19 };
+    expect(fast.body(usage)).toEqual(parsed.body(usage));
+    expect((fast.body(usage).choices as { message: { content: string } }[])[0]?.message.content).toBe('Hello wörldsay "hi"xya\nbcaauvwvpq');
   });
 });

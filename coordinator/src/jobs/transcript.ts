@@ -56,6 +56,8 @@ export class Transcript {
   /** the most tokens a job may stream (its generation limit and the end token's margin) */
   private readonly maxTokens: number;
   private readonly stopBytes: number;
+  /** the last event's shape, when it carried only content: the text around its content's string */
+  private template: { prefix: string; suffix: string } | undefined;
 
   constructor(o: {
     kind: JobKind;
@@ -81,6 +83,11 @@ export class Transcript {
    */
   add(data: string, tokens: readonly number[] | number, continued: boolean): string | undefined {
     this.events += 1;
+    const t = this.template;
+    if (t && data.length >= t.prefix.length + t.suffix.length && data.startsWith(t.prefix) && data.endsWith(t.suffix)) {
+      const content = data.slice(t.prefix.length, data.length - t.suffix.length);
+      if (plainString(content)) return this.addContent(content, tokens, continued, data);
+    }
     let event: Json;
     try {
       event = data.charCodeAt(0) === 123 /* { */ ? (JSON.parse(data) as Json) : {};
@@ -94,12 +101,16 @@ export class Transcript {
     const first: unknown = Array.isArray(event.choices) ? event.choices[0] : undefined;
     const choice = isObject(first) ? first : undefined;
     let text = "";
+    let reasoning = "";
     if (choice) {
-      const delta = isObject(choice.delta) ? choice.delta : {};
-      text = str(choice.text) + str(delta.content);
-      this.reasoning += str(delta.reasoning_content);
-      this.bytes += Buffer.byteLength(str(delta.reasoning_content));
-      if (Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls);
+      const delta = isObject(choice.delta) ? choice.delta : undefined;
+      text = str(choice.text) + str(delta?.content);
+      reasoning = str(delta?.reasoning_content);
+      if (reasoning) {
+        this.reasoning += reasoning;
+        this.bytes += Buffer.byteLength(reasoning);
+      }
+      if (delta && Array.isArray(delta.tool_calls)) this.addToolCalls(delta.tool_calls);
       const lp = isObject(choice.logprobs) ? choice.logprobs.content : undefined;
       if (Array.isArray(lp)) {
         this.logprobs ??= [];
@@ -108,7 +119,9 @@ export class Transcript {
       if (choice.finish_reason !== null && choice.finish_reason !== undefined) this.finishReason = choice.finish_reason;
     }
     const ends = choice?.finish_reason !== null && choice?.finish_reason !== undefined;
-    this.count(tokens, `${text}${str(isObject(choice?.delta) ? choice.delta.reasoning_content : "")}`, ends);
+    this.learn(data, event, choice, reasoning);
+    // only a count without ids reads the text
+    this.count(tokens, typeof tokens === "number" ? text + reasoning : "", ends);
     this.content += text;
     this.bytes += Buffer.byteLength(text);
     if (this.tail !== undefined) this.tail += text;
@@ -123,6 +136,53 @@ export class Transcript {
     const finish = choice?.finish_reason ?? null;
     if (!text && finish === null) return undefined;
     return JSON.stringify(this.event(text, finish));
+  }
+
+  /**
+   * An event of the template's shape (`add`): its content, as the whole event's JSON would have
+   * given it, counted and relayed as `add` does for such an event (no finish, usage, reasoning,
+   * tool calls or log-probabilities).
+   */
+  private addContent(text: string, tokens: readonly number[] | number, continued: boolean, data: string): string | undefined {
+    this.count(tokens, typeof tokens === "number" ? text : "", false);
+    this.content += text;
+    this.bytes += Buffer.byteLength(text);
+    if (this.tail !== undefined) this.tail += text;
+    if (!continued) return data;
+    if (!text) return undefined;
+    return JSON.stringify(this.event(text, null));
+  }
+
+  /**
+   * Learns the shape of an event that carries only content (an engine's events differ only in
+   * it): the text before and after its content's string, so that the next events of that shape
+   * are read without parsing (the hot path: one event per token). The content's place is
+   * checked by parsing the event once more with another content there: it must change the
+   * event's content and nothing else can change with it, as a string stands for one value.
+   */
+  private learn(data: string, event: Json, choice: Json | undefined, reasoning: string): void {
+    this.template = undefined;
+    // what `add` reads from an event beside its content: none of it may be there
+    const delta = isObject(choice?.delta) ? choice.delta : undefined;
+    if (!choice || !delta || typeof delta.content !== "string" || typeof choice.text === "string" || reasoning || event.usage) return;
+    if (Array.isArray(delta.tool_calls) || (isObject(choice.logprobs) && Array.isArray(choice.logprobs.content))) return;
+    if ((choice.finish_reason !== null && choice.finish_reason !== undefined) || (!this.named && event.id !== undefined)) return;
+    const key = '"content":"';
+    const at = data.indexOf(key);
+    if (at < 0 || data.indexOf(key, at + 1) >= 0) return;
+    const start = at + key.length;
+    const end = data.indexOf('"', start);
+    if (end < 0 || data.slice(start, end) !== delta.content || !plainString(delta.content)) return;
+    const prefix = data.slice(0, start);
+    const suffix = data.slice(end);
+    try {
+      const probe = JSON.parse(`${prefix}#${suffix}`) as Json;
+      const c = Array.isArray(probe.choices) ? probe.choices[0] : undefined;
+      if (!isObject(c) || !isObject(c.delta) || c.delta.content !== "#") return;
+    } catch {
+      return;
+    }
+    this.template = { prefix, suffix };
   }
 
   /**
@@ -233,6 +293,15 @@ function isObject(v: unknown): v is Json {
 
 function str(v: unknown): string {
   return typeof v === "string" ? v : "";
+}
+
+/** Whether `s` is a JSON string's text as it stands: no quote, backslash or control character. */
+function plainString(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
 }
 
 /** The UTF-8 bytes of the characters beyond ASCII in `s`. */

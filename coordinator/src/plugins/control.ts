@@ -28,7 +28,7 @@ import type { Clusters } from "../clusters.js";
 import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
-import { type Fleet, silentNodes } from "../fleet.js";
+import { type Fleet, silentNodes, sweepSchedule } from "../fleet.js";
 import { FrameBudget, WRITTEN_FRAMES_PER_MINUTE } from "../frameBudget.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
@@ -71,15 +71,16 @@ function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefin
 }
 
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
-  // a node silent for three heartbeat periods is offline: its jobs fail, its socket closes
+  // a node silent for three heartbeat periods is offline (taken off within them): its jobs fail, its socket closes
+  const sweep = sweepSchedule(o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE);
   const sweeper = setInterval(() => {
-    for (const n of silentNodes(o.fleet.list(), Date.now(), o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE)) {
+    for (const n of silentNodes(o.fleet.list(), Date.now(), sweep.silentMs)) {
       app.log.warn({ nodeId: n.id }, "node missed its heartbeats; marking it offline");
       recordEvent(o.db, app.log, "node.offline", n.id, { reason: "missed heartbeats" });
       o.fleet.remove(n.id, `missed ${MISSED_HEARTBEATS_OFFLINE} heartbeats`);
       n.disconnect("missed heartbeats");
     }
-  }, o.heartbeatIntervalMs);
+  }, sweep.everyMs);
   app.addHook("onClose", async () => clearInterval(sweeper));
   // at shutdown the whole fleet is recorded as seen now, in one statement, not once per closing socket
   let closing = false;
@@ -181,7 +182,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           node.heartbeat = frame;
           node.notLoaded = notLoaded(node, frame.loadedModels);
           if (frame.tokensPerSecond > 0) node.tokensPerSecond = frame.tokensPerSecond;
-          return;
+          return node.rankChanged();
         case "availability": {
           if (!written.take(Date.now())) return refuse(`more than ${WRITTEN_FRAMES_PER_MINUTE} availability and models frames in a minute`);
           const handOff = frame.handOff === true && !frame.accepting;
@@ -205,6 +206,7 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
           if (frame.capabilities) {
             node.capabilities = frame.capabilities;
             node.tokensPerSecond = frame.capabilities.tokensPerSecond;
+            node.rankChanged();
           }
           o.fleet.setModels(node, new Map(admitted(frame.models, browser).map((m) => [m.id, m])));
           if (frame.failed) log.warn({ nodeId: node.id, ...frame.failed }, "node could not load a model");

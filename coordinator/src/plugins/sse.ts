@@ -77,17 +77,22 @@ export function jobResponse(reply: FastifyReply, resolve: (body?: unknown) => vo
 
 /**
  * Streamed events after the first, written straight to the socket as HTTP/1.1 chunks: those
- * that arrive within one turn of the event loop (a node's frames read from one TCP segment,
- * tokens coming faster than they are written) as one chunk in one write, at the end of that turn,
- * so the system calls are per batch, not per token. The response's own write() corks the socket
- * and sends four buffers on the next tick, which costs more CPU per token than the token's bytes;
- * on a machine whose cores llama-server is using, that CPU is taken from decoding. The response
- * itself still sends the headers, the first event and the last chunk, in order on the same
- * socket: `flush` before it writes again. A client whose unsent bytes pass `limit` is handed
- * to `stalled`, once.
+ * that arrive within one turn of the event loop (a node's frames read from its TCP segments in
+ * one poll) as one chunk in one write, at the end of that turn, so the system calls are per
+ * batch, not per token; and while the client is behind (its socket holds more unsent bytes than
+ * its high-water mark: tokens come faster than it reads), the events wait and go as one chunk
+ * once the socket has drained. The response's own write() corks the socket and sends four buffers
+ * on the next tick, which costs more CPU per token than the token's bytes; on a machine whose
+ * cores llama-server is using, that CPU is taken from decoding. The response itself still sends
+ * the headers, the first event and the last chunk, in order on the same socket: `flush` before it
+ * writes again. A client whose unsent bytes (waiting here or in its socket) pass `limit` is
+ * handed to `stalled`, once.
  */
 export class EventWriter {
-  private pending: string[] = [];
+  /** the events not written yet, one string (no array, no join per batch) */
+  private pending = "";
+  /** a write is due at the end of this turn, or once the socket has drained */
+  private due = false;
   private stalled: (() => void) | undefined;
 
   constructor(
@@ -99,13 +104,39 @@ export class EventWriter {
   }
 
   write(event: string): void {
-    if (this.pending.push(event) === 1) process.nextTick(() => this.flush());
+    this.pending += event;
+    if (this.stalled && this.pending.length + (this.raw.socket?.writableLength ?? 0) > this.limit) {
+      const stalled = this.stalled;
+      this.stalled = undefined;
+      this.pending = "";
+      stalled();
+      return;
+    }
+    if (this.due) return;
+    this.due = true;
+    setImmediate(this.turnEnded);
   }
 
+  private readonly turnEnded = (): void => {
+    const socket = this.raw.socket;
+    // the client is behind (its socket holds more than its high-water mark unsent): this batch
+    // grows until the socket has drained
+    if (socket?.writableNeedDrain && this.pending && !this.raw.writableEnded) {
+      socket.once("drain", this.drained);
+      return;
+    }
+    this.drained();
+  };
+
+  private readonly drained = (): void => {
+    this.due = false;
+    this.flush();
+  };
+
   flush(): void {
-    if (!this.pending.length) return;
-    const events = this.pending.length === 1 ? (this.pending[0] as string) : this.pending.join("");
-    this.pending = [];
+    if (!this.pending) return;
+    const events = this.pending;
+    this.pending = "";
     const socket = this.raw.socket;
     // a client dropped for not reading: its job is being cancelled, what it still sends goes nowhere
     if (socket?.destroyed) return;

@@ -32,6 +32,7 @@ export class RemoteNode implements RemoteUnit {
   private sentSince = 0;
   private paid: Payees = { members: [] };
   private readonly jobs = new Map<string, JobSink>();
+  rankChanged: () => void = () => {};
 
   constructor(
     state: RemoteState,
@@ -61,12 +62,14 @@ export class RemoteNode implements RemoteUnit {
     this.incarnation = s.incarnation;
     this.paid = s.payees as Payees;
     this.network = s.network;
+    this.rankChanged();
     return modelsChanged;
   }
 
   dispatch(job: JobStart, sink: JobSink): void {
     this.jobs.set(job.jobId, sink);
     this.sentSince++;
+    this.rankChanged();
     this.link.dispatch(this, job);
   }
 

@@ -464,7 +464,10 @@ export class Replicas implements ReplicaLink, StreamTarget {
 
   private flush(): void {
     this.flushing = false;
-    if (this.nc.isClosed()) return this.outbox.clear();
+    if (this.nc.isClosed()) {
+      this.outbox.clear();
+      return;
+    }
     // a message stays under half the payload limit: a burst goes in several
     const max = (this.nc.info?.max_payload ?? 1024 * 1024) / 2;
     for (const [replica, lines] of this.outbox) {
