@@ -280,7 +280,10 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       registrationsPerMinute: limits.registrations,
     });
     let dialLocal: LocalDial | undefined;
+    let stopping = false;
     await app.register(controlPlugin, {
+      // a replica that stops hands its nodes over: they connect again through the balancer, to another
+      stopping: () => stopping && Boolean(o.replicas),
       // none while browser nodes are off: a tab registered before is served nothing
       browserModels: new Map((o.browserNodes?.mode ?? "off") === "off" ? [] : browserBlobs.map((b) => [b.sha256, b.id])),
       exposeLocalDial: (dial) => {
@@ -420,12 +423,18 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       forwarding,
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async drain(withinMs) {
+        stopping = true;
         jobs.stopTaking();
         replicas?.drain();
         const deadline = Date.now() + withinMs;
         // its own clients' jobs, and other replicas' jobs on its nodes
         const inFlight = () => jobs.inFlight() + (replicas?.serving ?? 0);
-        while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        for (;;) {
+          // with replicas, each node goes to another as soon as it has nothing running here
+          if (replicas) for (const n of fleet.list()) if (n.active === 0) n.disconnect("this replica is stopping: connect again", 1001);
+          if (inFlight() === 0 || Date.now() >= deadline) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
         const left = inFlight();
         if (left) o.logger.warn({ jobs: left }, "stopping with jobs still in flight");
       },

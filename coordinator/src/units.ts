@@ -106,7 +106,8 @@ export interface NodeInit {
   auditor?: boolean;
   send(frame: CoordinatorFrame): void;
   /** closes the node's control channel */
-  disconnect(reason: string): void;
+  /** `code`: the WebSocket close code (default: refused; 1001: going away, connect again elsewhere) */
+  disconnect(reason: string, code?: number): void;
 }
 
 /**
@@ -153,7 +154,7 @@ export class ConnectedNode implements NodeView, ServingUnit {
   private split: ConfirmedMember[] | undefined = undefined;
   readonly jobs = new Map<string, JobSink>();
   readonly send: (frame: CoordinatorFrame) => void;
-  readonly disconnect: (reason: string) => void;
+  readonly disconnect: (reason: string, code?: number) => void;
 
   constructor(n: NodeInit) {
     this.id = n.id;
