@@ -245,6 +245,17 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ...routerErrorOptions,
       ...(o.tls && { https: { cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2", ...slowClients } }),
     } as FastifyServerOptions) as FastifyInstance;
+    let stopping = false;
+    if (o.replicas) {
+      // A replica that stops takes no new request, not even to refuse it: it closes the
+      // connection unanswered, which the balancer takes for a replica gone and sends the request
+      // to another (docs/hosting.md). A 503 would be a site's word (no capacity), not a replica's.
+      app.addHook("onRequest", async (req, reply) => {
+        if (!stopping) return;
+        reply.hijack();
+        req.raw.socket.destroy();
+      });
+    }
     await app.register(errorsPlugin);
     await app.register(openapiPlugin, { version: COORDINATOR_VERSION });
     const limits = { ...DEFAULT_RATE_LIMITS, ...o.rateLimits };
@@ -280,10 +291,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       registrationsPerMinute: limits.registrations,
     });
     let dialLocal: LocalDial | undefined;
-    let stopping = false;
     await app.register(controlPlugin, {
-      // a replica that stops hands its nodes over: they connect again through the balancer, to another
-      stopping: () => stopping && Boolean(o.replicas),
       // none while browser nodes are off: a tab registered before is served nothing
       browserModels: new Map((o.browserNodes?.mode ?? "off") === "off" ? [] : browserBlobs.map((b) => [b.sha256, b.id])),
       exposeLocalDial: (dial) => {

@@ -110,13 +110,14 @@ function startReplica(r: Replica): Promise<void> {
   r.stderr = "";
   const args = ["coordinator", "start", "--host", "127.0.0.1", "--port", String(r.port), "--nats-url", nats.url];
   args.push("--chain-rpc-url", rpc.url, "--ledger", chain.ledger, "--settle-after", "2", "--no-index");
+  if (process.env.CHAOS_DEBUG) args.push("--verbose");
   const child = spawn(process.execPath, [BIN, ...args], {
     env: { ...process.env, SHAREDLLM_HOME: r.home, DATABASE_URL: database.databaseUrl },
     stdio: ["ignore", "ignore", "pipe"],
     detached: true,
   });
   child.stderr?.on("data", (b) => {
-    r.stderr = (r.stderr + b).slice(-4000);
+    r.stderr = (r.stderr + b).slice(process.env.CHAOS_DEBUG ? -2_000_000 : -4000);
   });
   r.child = child;
   r.exited = new Promise((res) => child.once("exit", res));
@@ -449,6 +450,12 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
         `  clean errors by kind: ${JSON.stringify([...errors])}\n`,
     );
 
+    if (process.env.CHAOS_DEBUG && bad.length) {
+      for (const r of replicas) {
+        const lines = r.stderr.split("\n").filter((l) => /"level":(40|50)/.test(l));
+        process.stdout.write(`--- replica ${r.port}: ${lines.length} warnings and errors\n${lines.slice(-60).join("\n")}\n`);
+      }
+    }
     // every client either completed or got a clean error
     expect(bad).toEqual([]);
     expect(counts.completed).toBeGreaterThan(counts.requests / 2);

@@ -50,8 +50,6 @@ export interface ControlPluginOptions {
   audits?: Audits;
   /** the GGUF files (sha256) browser nodes may serve, each under its model id; a browser node offering others serves none of them */
   browserModels?: ReadonlyMap<string, string>;
-  /** true while the coordinator stops: a node that connects is told to connect again (to another replica, through the balancer) */
-  stopping?: () => boolean;
   /** receives the dial for a node in this process: its session token gives it an in-process channel */
   exposeLocalDial?: (dial: LocalDial) => void;
 }
@@ -97,9 +95,6 @@ export async function controlPlugin(app: FastifyInstance, o: ControlPluginOption
     {
       websocket: true,
       preValidation: async (req, reply) => {
-        if (o.stopping?.()) {
-          return reply.code(503).send(errorBody("no_capacity", "this coordinator is stopping; connect again (another replica takes the node)"));
-        }
         // a browser cannot set headers on a WebSocket: its token comes as a subprotocol (CONTROL_BEARER_PROTOCOL)
         const token = bearerToken(req.headers.authorization) ?? protocolBearer(req.headers["sec-websocket-protocol"]);
         const nodeId = token ? await sessionNode(o.db, token) : undefined;
