@@ -241,6 +241,12 @@ async function load(clients: number, until: () => boolean, pick: (n: number) => 
         counts.requests++;
         counts[outcome]++;
         if (outcome === "bad") bad.push(detail);
+        if (outcome === "bad" && process.env.CHAOS_DEBUG) {
+          const { rows } = await sql`select pid, state, wait_event_type, wait_event, now() - query_start as age, left(query, 300) as query
+            from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()`.execute(store);
+          const jobs = await sql`select id, status, node_id, instance_id, created_at from jobs where status not in ('completed', 'failed', 'cancelled')`.execute(store);
+          process.stdout.write(`PG at a hang: ${rows.filter((r) => (r as { state: string }).state !== "idle").length} busy; unfinished jobs ${JSON.stringify(jobs.rows)}\n`);
+        }
         if (outcome === "clean_error") {
           const kind = detail.replace(/\d+/g, "#").slice(0, 120);
           errors.set(kind, (errors.get(kind) ?? 0) + 1);
@@ -450,11 +456,9 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
         `  clean errors by kind: ${JSON.stringify([...errors])}\n`,
     );
 
-    if (process.env.CHAOS_DEBUG && bad.length) {
-      for (const r of replicas) {
-        const lines = r.stderr.split("\n").filter((l) => /"level":(40|50)/.test(l));
-        process.stdout.write(`--- replica ${r.port}: ${lines.length} warnings and errors\n${lines.slice(-60).join("\n")}\n`);
-      }
+    if (process.env.CHAOS_DEBUG) {
+      for (const r of replicas) await writeFile(`/tmp/chaos-replica-${r.port}.log`, r.stderr);
+      await writeFile("/tmp/chaos-node.log", realNode?.output() ?? "");
     }
     // every client either completed or got a clean error
     expect(bad).toEqual([]);

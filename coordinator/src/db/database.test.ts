@@ -1,4 +1,5 @@
-import { storageBackends } from "@sharedllm/testkit";
+import { storageBackends, waitFor } from "@sharedllm/testkit";
+import { sql } from "kysely";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { ApiKeyVerifier, createApiKey } from "../apiKeys.js";
@@ -104,6 +105,29 @@ describe.each(storageBackends())("storage on $name", ({ open }) => {
       ]);
     } finally {
       await db0.cleanup();
+    }
+  });
+});
+
+describe.skipIf(!process.env.DATABASE_URL)("PostgreSQL connections", () => {
+  it("a connection the server drops while it is checked out between queries fails its next query, and the process lives on", async () => {
+    const backend = storageBackends().find((b) => b.name === "PostgreSQL");
+    const database = await (backend as NonNullable<typeof backend>).open();
+    const errors: string[] = [];
+    const db = await openDatabase({ ...database, onConnectionError: (err) => errors.push(err.message) });
+    try {
+      await db.connection().execute(async (conn) => {
+        const { rows } = await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(conn);
+        // another session ends this one while it sits between queries (as the settler's does across chain calls)
+        await sql`select pg_terminate_backend(${rows[0]?.pid})`.execute(db);
+        await waitFor("the connection's error", () => errors.length > 0, 10_000);
+        await expect(sql`select 1`.execute(conn)).rejects.toThrow();
+      });
+      // the pool serves the next query on a new connection
+      expect((await sql<{ one: number }>`select 1 as one`.execute(db)).rows[0]?.one).toBe(1);
+    } finally {
+      await db.destroy();
+      await database.cleanup();
     }
   });
 });

@@ -23,7 +23,7 @@ export interface DatabaseOptions {
   databaseUrl?: string;
   /** PGlite data folder, or `memory://` */
   dataDir: string;
-  /** told about errors of idle PostgreSQL connections (server restart, terminated backend) */
+  /** told about errors of PostgreSQL connections between queries (server restart, terminated backend) */
   onConnectionError?: (err: Error) => void;
 }
 
@@ -31,9 +31,12 @@ export async function openDatabase(o: DatabaseOptions): Promise<Db> {
   let db: Db;
   if (o.databaseUrl) {
     const pool = new pg.Pool({ connectionString: o.databaseUrl, max: 10 });
-    // without a listener, an idle connection the server drops would crash the process;
-    // the pool replaces it on the next query
+    // without a listener, a connection the server drops would crash the process: an idle one's
+    // error goes to the pool, which replaces it on the next query; one checked out between
+    // queries (the settler holds one across chain calls) has its error on the connection itself,
+    // and its next query fails
     pool.on("error", (err) => o.onConnectionError?.(err));
+    pool.on("connect", (client) => client.on("error", (err) => o.onConnectionError?.(err)));
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
     const memory = o.dataDir.startsWith("memory://");

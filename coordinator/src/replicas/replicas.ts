@@ -312,12 +312,15 @@ export class Replicas implements ReplicaLink, StreamTarget {
     }
     this.routes.set(start.jobId, node);
     this.listed.set(start.jobId, Date.now());
+    this.o.log.info({ jobId: start.jobId, nodeId: node.id, replica: node.replica }, "job sent to the replica holding its node");
     this.nc.request(this.subjects.node(node.id, "job"), body, { timeout: HANDOVER_TIMEOUT_MS }).then(
       (msg) => {
         const reply = msg.json<JobReply>();
+        this.o.log.info({ jobId: start.jobId, reply }, "the node's replica answered");
         if (!reply.ok) node.error(start.jobId, { message: reply.message, retryable: true, cause: "node_lost" });
       },
       (err: Error) => {
+        this.o.log.info({ jobId: start.jobId, err: err.message }, "the node's replica did not take the job");
         const gone = err instanceof RequestError && err.isNoResponders();
         // an answer that did not come in time: the job may run there all the same
         if (!gone) node.cancel(start.jobId);
@@ -414,6 +417,7 @@ export class Replicas implements ReplicaLink, StreamTarget {
       if (!node) return void refuse("the node left this replica");
       if (!node.accepting || this.draining) return void refuse("the node takes no jobs now");
       const { replica, start } = parsed.data;
+      this.o.log.info({ jobId: start.jobId, nodeId, replica }, "job from another replica");
       this.served.set(start.jobId, { node, replica });
       node.dispatch(start, this.sinkFor(replica, start.jobId));
       msg.respond(JSON.stringify({ ok: true } satisfies JobReply));
