@@ -93,6 +93,8 @@ export class SimNode {
       onFrame?: (frame: CoordinatorFrame, send: (f: NodeFrame) => void) => void;
       /** the node's key; default: a new one (the same key again is the same node coming back) */
       account?: PrivateKeyAccount;
+      /** the free memory its heartbeats report (default 1 GB); a node with room may be asked to load a model, which a sim node never does */
+      freeMemoryBytes?: number;
       /** PEM certificate(s) to trust for an https coordinator */
       coordinatorCa?: string;
       /** the address its control channel connects from (127.0.0.2: another machine, as a proxy sees it) */
@@ -146,7 +148,7 @@ export class SimNode {
               send({
                 type: "heartbeat",
                 load: 0.1,
-                freeMemoryBytes: 1e9,
+                freeMemoryBytes: this.o.freeMemoryBytes ?? 1e9,
                 activeJobs: 0,
                 loadedModels: this.o.models ?? ["sim-model"],
                 tokensPerSecond: 42,
