@@ -322,13 +322,14 @@ export class Replicas implements ReplicaLink, StreamTarget {
       (err: Error) => {
         this.o.log.info({ jobId: start.jobId, err: err.message }, "the node's replica did not take the job");
         const gone = err instanceof RequestError && err.isNoResponders();
-        // an answer that did not come in time: the job may run there all the same
-        if (!gone) node.cancel(start.jobId);
         node.error(start.jobId, {
           message: gone ? "the node left its replica" : "the replica holding the node did not answer",
           retryable: true,
           cause: "node_lost",
         });
+        // an answer that did not come in time: the job may run there all the same (node.cancel
+        // would have taken the job from the node before it heard the error: it waited forever)
+        if (!gone) this.cancel(node, start.jobId);
       },
     );
   }
