@@ -3,7 +3,7 @@
  * in one run. Options: --only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|scale|browser,
  * --rounds=N (20), --max-tokens=N (128), --engine-args="..." (extra llama-server arguments),
  * --engine-threads=N (federation: the engines' threads; default all cores),
- * --nodes=N (5000), --requests=N (2000), --json.
+ * --nodes=N (5000), --requests=N (2000), --replicas=N (control-plane: 1; more need DATABASE_URL), --json.
  */
 import { parseArgs } from "node:util";
 import { benchAudit } from "./audit.ts";
@@ -26,13 +26,14 @@ const { values } = parseArgs({
     "engine-threads": { type: "string" },
     nodes: { type: "string", default: "5000" },
     requests: { type: "string", default: "2000" },
+    replicas: { type: "string", default: "1" },
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 if (values.help) {
   process.stdout.write(
-    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|scale|browser] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--json]\n',
+    'usage: npm run bench -- [--only=coordinator|split|control-plane|settlement|continuation|audit|federation|relay|scale|browser] [--rounds=N] [--max-tokens=N] [--engine-args="--poll 0"] [--engine-threads=N] [--nodes=N] [--requests=N] [--replicas=N] [--json]\n',
   );
   process.exit(0);
 }
@@ -120,15 +121,21 @@ if (!values.only || values.only === "continuation") {
 }
 
 if (!values.only || values.only === "control-plane") {
-  const r = await benchControlPlane({ nodes: Number(values.nodes), requests: Number(values.requests), steadySeconds: 20 });
+  const r = await benchControlPlane({
+    nodes: Number(values.nodes),
+    requests: Number(values.requests),
+    steadySeconds: 20,
+    replicas: Number(values.replicas),
+  });
   results.controlPlane = r;
   if (!values.json) {
+    const mib = (xs: number[]) => `${xs.map((x) => f(x, 0)).join(" / ")} MiB`;
     process.stdout.write(
       [
-        `control plane: ${r.nodes} simulated nodes on the real protocol, one coordinator process`,
+        `control plane: ${r.nodes} simulated nodes on the real protocol, ${r.replicas > 1 ? `spread over ${r.replicas} replicas (PostgreSQL, NATS)` : "one coordinator process"}`,
         `  connected in ${f(r.connectSeconds, 1)} s; ${r.heartbeatsPerSecond} heartbeats/s; online after 20 s steady state: ${r.stillOnlineAfterSteadyState}`,
-        `  coordinator CPU while heartbeating: ${f(r.coordinator.steadyCpuPercent, 1)}% of one core; RSS ${f(r.coordinator.idleRssMiB, 0)} MiB idle -> ${f(r.coordinator.steadyRssMiB, 0)} MiB with the fleet -> ${f(r.coordinator.afterRequestsRssMiB, 0)} MiB after requests`,
-        `  scheduling decision: p50 ${f(r.scheduling.p50Ms, 3)} ms, p99 ${f(r.scheduling.p99Ms, 3)} ms (goal: p99 <= 1 ms)`,
+        `  coordinator CPU while heartbeating: ${f(r.coordinator.steadyCpuPercent, 1)}% of one core (all replicas); RSS per replica ${mib(r.coordinator.idleRssMiB)} idle -> ${mib(r.coordinator.steadyRssMiB)} with the fleet -> ${mib(r.coordinator.afterRequestsRssMiB)} after requests`,
+        `  scheduling decision (the worst replica's): p50 ${f(r.scheduling.p50Ms, 3)} ms, p99 ${f(r.scheduling.p99Ms, 3)} ms (goal: p99 <= 1 ms)`,
         `  ${r.requests.count} requests at concurrency 32: ${f(r.requests.perSecond, 0)}/s, latency p50 ${f(r.requests.p50Ms)} ms, p99 ${f(r.requests.p99Ms)} ms`,
         `  dead node: killed (connection closed) gone in ${f(r.deadNode.killedNoticedMs, 0)} ms; silent (connection open) gone ${f(r.deadNode.silentNoticedAfterLastHeartbeatMs / 1000, 1)} s after its last heartbeat (${f(r.deadNode.silentNoticedMs / 1000, 1)} s after it fell silent; goal <= 15 s)`,
         "",
