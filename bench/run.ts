@@ -230,7 +230,9 @@ if (!values.only || values.only === "relay") {
 if ((!values.only && process.env.DATABASE_URL) || values.only === "scale") {
   // replicas share a PostgreSQL database: without DATABASE_URL the whole run skips this one
   const r = await benchScale({ nodes: 12, clients: 16, requests: Math.min(Number(values.requests), 800), tokens: 256 });
-  results.scale = r;
+  // the control plane of a big fleet over three replicas (--nodes, 10000 for the issue's figure)
+  const plane = await benchControlPlane({ nodes: Number(values.nodes), requests: 2000, steadySeconds: 20, replicas: 3 });
+  results.scale = { ...r, controlPlane: plane };
   if (!values.json) {
     const row = (label: string, cell: (a: (typeof r.arms)[0]) => string) =>
       `  ${label.padEnd(34)}${r.arms.map((a) => cell(a).padStart(22)).join("")}`;
@@ -244,6 +246,9 @@ if ((!values.only && process.env.DATABASE_URL) || values.only === "scale") {
         row("relayed tokens/s", (a) => f(a.relay.tokensPerSecond, 0)),
         row("coordinator CPU per relayed token", (a) => `${f(a.relay.cpuPerTokenUs, 1)} us`),
         row("memory per replica", (a) => a.rssMiB.map((m) => `${f(m, 0)}`).join(" / ") + " MiB"),
+        `  control plane, ${plane.nodes} simulated nodes over 3 replicas: scheduling p50 ${f(plane.scheduling.p50Ms, 3)} ms, p99 ${f(plane.scheduling.p99Ms, 3)} ms (goal <= 1 ms);` +
+          ` heartbeats ${f(plane.coordinator.steadyCpuPercent, 1)}% of a core (all replicas); RSS ${plane.coordinator.steadyRssMiB.map((m) => f(m, 0)).join(" / ")} MiB;` +
+          ` a silent node gone ${f(plane.deadNode.silentNoticedAfterLastHeartbeatMs / 1000, 1)} s after its last heartbeat (goal <= 15 s), a killed one in ${f(plane.deadNode.killedNoticedMs, 0)} ms`,
         "",
       ].join("\n"),
     );
