@@ -15,7 +15,7 @@ import { processCpuMs } from "./coordinator.ts";
 import { startCoordinatorProcess } from "./coordinatorProcess.ts";
 
 /** Streams `job`'s max_tokens events of one token each, yielding to I/O every few events, then ends it. */
-function fullSpeed(job: JobStart, send: (f: NodeFrame) => void): void {
+export function fullSpeed(job: JobStart, send: (f: NodeFrame) => void): void {
   const total = Number(job.request.max_tokens);
   let sent = 0;
   const burst = () => {

@@ -14,32 +14,17 @@
  */
 import { readFile } from "node:fs/promises";
 import { request } from "node:http";
-import type { JobStart, NodeFrame } from "@sharedllm/protocol";
 import { testDatabase } from "@sharedllm/testkit";
 import { startNats, type TestNats } from "@sharedllm/testkit/nats";
 import { SimNode } from "@sharedllm/testkit/simNode";
 import { processCpuMs } from "./coordinator.ts";
 import { type CoordinatorProcess, startCoordinatorProcess } from "./coordinatorProcess.ts";
+import { fullSpeed } from "./relay.ts";
 
 /** The value at share `q` of the sorted samples (nearest rank). */
 function percentile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? Number.NaN;
-}
-
-/** Streams `job`'s max_tokens events of one token each, yielding to I/O every few events, then ends it. */
-function answer(job: JobStart, send: (f: NodeFrame) => void): void {
-  const total = Number(job.request.max_tokens);
-  let sent = 0;
-  const burst = () => {
-    for (let i = 0; i < 16 && sent < total; i++, sent++) {
-      const data = JSON.stringify({ choices: [{ index: 0, delta: { content: " word" } }] });
-      send({ type: "job.chunk", jobId: job.jobId, data, tokens: [sent + 1] });
-    }
-    if (sent < total) setImmediate(burst);
-    else send({ type: "job.end", jobId: job.jobId, usage: { prompt_tokens: 3, completion_tokens: total, total_tokens: total + 3 } });
-  };
-  burst();
 }
 
 /** One request; resolves with its milliseconds and, streamed, the token events it read. */
@@ -96,7 +81,7 @@ async function arm(replicaCount: number, o: ScaleOptions, nats: TestNats): Promi
         joinToken,
         models: ["sim-model"],
         slots: 64,
-        onJob: answer,
+        onJob: fullSpeed,
       });
       await sim.start();
       sims.push(sim);
