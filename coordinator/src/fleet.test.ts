@@ -1,6 +1,8 @@
 import type { ServedModel } from "@sharedllm/protocol";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR, silentNodes, sweepSchedule } from "./fleet.js";
+import { RemoteNode } from "./replicas/remoteNode.js";
+import type { RemoteState } from "./replicas/wire.js";
 import { ConnectedNode } from "./units.js";
 
 const model: ServedModel = { id: "m", sha256: "0".repeat(64), contextSize: 4096 };
@@ -121,6 +123,51 @@ describe("Fleet bookkeeping", () => {
     fleet.add(connected("a", ["y"]));
     fleet.remove("a", "test");
     expect(fleet.servesModel("y")).toBe(false);
+  });
+
+  it("schedules over another replica's nodes as their models change, and drops them; this replica's own node wins its id", () => {
+    const fleet = new Fleet();
+    const link = { dispatch: () => {}, cancel: () => {}, forget: () => {} };
+    const state = (id: string, models: string[]): RemoteState => ({
+      id,
+      models: models.map((m) => ({ ...model, id: m })),
+      slots: 2,
+      active: 0,
+      accepting: true,
+      coolingUntil: 0,
+      tokensPerSecond: 0,
+      suspicion: 0,
+      incarnation: 0,
+      payees: { members: [] },
+      network: {} as RemoteState["network"],
+    });
+    const id = `0x${"1".repeat(40)}`;
+    const remote = new RemoteNode(state(id, ["m"]), "replica-b", link);
+    fleet.putRemote(remote);
+    expect(fleet.pick("m")).toBe(remote);
+    fleet.setRemoteModels(remote, new Map([["x", { ...model, id: "x" }]]));
+    expect([fleet.pick("m"), fleet.pick("x")]).toEqual([undefined, remote]);
+    // its load, as its replica tells it, ranks it against this replica's node
+    const local = connected(`0x${"2".repeat(40)}`, ["x"]);
+    fleet.add(local);
+    remote.update({ ...state(id, ["x"]), active: 1 });
+    expect(fleet.pick("x")).toBe(local);
+    remote.update(state(id, ["x"]));
+    local.dispatch(
+      { type: "job.start", jobId: "j", kind: "chat", stream: false, includeUsage: false, request: {} },
+      {
+        chunk: () => {},
+        end: () => {},
+        error: () => {},
+      },
+    );
+    expect(fleet.pick("x")).toBe(remote);
+    expect(fleet.dropRemote(id)).toBe(remote);
+    expect(fleet.pick("x")).toBe(local);
+    expect(fleet.servesModel("m")).toBe(false);
+    // a node that connects here is this replica's, whatever another replica said of it
+    fleet.putRemote(new RemoteNode(state(local.id, ["x"]), "replica-b", link));
+    expect(fleet.remoteNode(local.id)).toBeUndefined();
   });
 
   it("tells its watchers of every change in who serves what, until they stop watching", () => {

@@ -131,6 +131,18 @@ export function pickLoader<T extends NodeView & { role?: string; loading?: strin
   return best;
 }
 
+/** Adds a node to (or takes it from) the order of each model it serves. */
+function indexIn<T extends NodeView>(orders: Map<string, LoadOrder<T>>, node: T, add: boolean): void {
+  const now = Date.now();
+  for (const m of node.models.keys()) {
+    const order = orders.get(m) ?? new LoadOrder<T>(m);
+    if (add) order.set(node, now);
+    else order.delete(node);
+    if (order.size) orders.set(m, order);
+    else orders.delete(m);
+  }
+}
+
 export class Fleet {
   private readonly nodes = new Map<string, ConnectedNode>();
   /**
@@ -144,8 +156,6 @@ export class Fleet {
   /** the nodes other replicas hold, by id, and by model */
   private readonly remote = new Map<string, RemoteUnit>();
   private readonly remoteServedBy = new Map<string, LoadOrder<RemoteUnit>>();
-  /** the models each remote node is indexed under (its replica may change them in place) */
-  private readonly remoteIndexed = new Map<RemoteUnit, string[]>();
 
   /** the nodes this replica holds */
   get size(): number {
@@ -176,18 +186,26 @@ export class Fleet {
   }
 
   /**
-   * A node another replica holds, new or with its models changed: (re)indexed by model. Ignored
+   * A node another replica holds, newly told (it replaces what was known of that id). Ignored
    * while this replica holds it itself. The caller calls notify() once it has applied an update.
    */
   putRemote(node: RemoteUnit): void {
     if (this.nodes.has(node.id)) return;
     const old = this.remote.get(node.id);
-    if (old) this.indexRemote(old, false);
-    if (old !== node) node.order = old?.order ?? ++this.connections;
+    if (old) indexIn(this.remoteServedBy, old, false);
+    node.order = old?.order ?? ++this.connections;
     this.remote.set(node.id, node);
     // its rank changes as its replica tells its state, and as jobs are sent to it from here
-    node.rankChanged = () => this.rerankRemote(node);
-    this.indexRemote(node, true);
+    node.rankChanged = () => this.rerankIn(this.remoteServedBy, node, this.remote.get(node.id) === node);
+    indexIn(this.remoteServedBy, node, true);
+  }
+
+  /** A node another replica holds serves other models now (as setModels for this replica's own). */
+  setRemoteModels(node: RemoteUnit, models: ReadonlyMap<string, ServedModel>): void {
+    const live = this.remote.get(node.id) === node;
+    if (live) indexIn(this.remoteServedBy, node, false);
+    node.models = models;
+    if (live) indexIn(this.remoteServedBy, node, true);
   }
 
   /** Drops a node another replica held; returns it (its jobs from here are the caller's to fail). */
@@ -195,29 +213,9 @@ export class Fleet {
     const node = this.remote.get(id);
     if (!node) return undefined;
     this.remote.delete(id);
-    this.indexRemote(node, false);
+    indexIn(this.remoteServedBy, node, false);
     node.rankChanged = () => {};
     return node;
-  }
-
-  private rerankRemote(node: RemoteUnit): void {
-    if (this.remote.get(node.id) !== node) return;
-    const now = Date.now();
-    for (const m of this.remoteIndexed.get(node) ?? []) this.remoteServedBy.get(m)?.set(node, now);
-  }
-
-  private indexRemote(node: RemoteUnit, add: boolean): void {
-    const now = Date.now();
-    const models = add ? [...node.models.keys()] : (this.remoteIndexed.get(node) ?? []);
-    if (add) this.remoteIndexed.set(node, models);
-    else this.remoteIndexed.delete(node);
-    for (const m of models) {
-      const order = this.remoteServedBy.get(m) ?? new LoadOrder<RemoteUnit>(m);
-      if (add) order.set(node, now);
-      else order.delete(node);
-      if (order.size) this.remoteServedBy.set(m, order);
-      else this.remoteServedBy.delete(m);
-    }
   }
 
   /** Calls `listener` after every change of who is connected or what they serve; returns the unsubscribe. */
@@ -260,14 +258,7 @@ export class Fleet {
   }
 
   private index(node: ConnectedNode, add: boolean): void {
-    const now = Date.now();
-    for (const m of node.models.keys()) {
-      const order = this.servedBy.get(m) ?? new LoadOrder(m);
-      if (add) order.set(node, now);
-      else order.delete(node);
-      if (order.size) this.servedBy.set(m, order);
-      else this.servedBy.delete(m);
-    }
+    indexIn(this.servedBy, node, add);
   }
 
   /**
@@ -276,9 +267,13 @@ export class Fleet {
    * must be told here, by whatever kind of unit it is, or the node is picked by its old rank.
    */
   rerank(node: ConnectedNode): void {
-    if (this.nodes.get(node.id) !== node) return;
+    this.rerankIn(this.servedBy, node, this.nodes.get(node.id) === node);
+  }
+
+  private rerankIn<T extends NodeView>(orders: Map<string, LoadOrder<T>>, node: T, live: boolean): void {
+    if (!live) return;
     const now = Date.now();
-    for (const m of node.models.keys()) this.servedBy.get(m)?.set(node, now);
+    for (const m of node.models.keys()) orders.get(m)?.set(node, now);
   }
 
   /** Adds a node; a node that reconnects under the same id replaces its old session (here, or at another replica). */

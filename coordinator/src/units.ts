@@ -76,7 +76,8 @@ export interface ServingUnit {
  */
 export interface RemoteUnit extends NodeView, ServingUnit {
   readonly id: string;
-  readonly models: ReadonlyMap<string, ServedModel>;
+  /** set by the fleet (setRemoteModels), which indexes the unit by them */
+  models: ReadonlyMap<string, ServedModel>;
   /** the replica holding its control channel */
   readonly replica: string;
   /** its /v1/network entry, as that replica shows it */

@@ -40,6 +40,7 @@ export class RemoteNode implements RemoteUnit {
     private readonly link: ReplicaLink,
   ) {
     this.id = state.id;
+    this.models = new Map(state.models.map((m) => [m.id, m]));
     this.update(state);
   }
 
@@ -47,10 +48,13 @@ export class RemoteNode implements RemoteUnit {
     return this.reported + this.sentSince;
   }
 
-  /** Its replica told its state again; returns whether its models changed (the fleet re-indexes it). */
-  update(s: RemoteState): boolean {
-    const modelsChanged = s.models.length !== this.models.size || s.models.some((m) => this.models.get(m.id)?.sha256 !== m.sha256);
-    if (modelsChanged) this.models = new Map(s.models.map((m) => [m.id, m]));
+  /** Whether it serves just these models (else the fleet is told: Fleet.setRemoteModels). */
+  serves(models: RemoteState["models"]): boolean {
+    return models.length === this.models.size && models.every((m) => this.models.get(m.id)?.sha256 === m.sha256);
+  }
+
+  /** Its replica told its state again (its models apart). */
+  update(s: RemoteState): void {
     this.slots = s.slots;
     this.reported = s.active;
     this.sentSince = 0;
@@ -63,7 +67,6 @@ export class RemoteNode implements RemoteUnit {
     this.paid = s.payees as Payees;
     this.network = s.network;
     this.rankChanged();
-    return modelsChanged;
   }
 
   dispatch(job: JobStart, sink: JobSink): void {

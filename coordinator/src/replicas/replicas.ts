@@ -263,7 +263,8 @@ export class Replicas implements ReplicaLink, StreamTarget {
       if (fleet.get(s.id)) continue;
       const known = fleet.remoteNode(s.id) as RemoteNode | undefined;
       if (known?.replica === from) {
-        if (known.update(s)) fleet.putRemote(known);
+        if (!known.serves(s.models)) fleet.setRemoteModels(known, new Map(s.models.map((m) => [m.id, m])));
+        known.update(s);
       } else fleet.putRemote(new RemoteNode(s, from, this));
     }
     for (const id of update.gone) this.dropNode(id, from, "it left its replica");
