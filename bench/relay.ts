@@ -29,9 +29,10 @@ export function fullSpeed(job: JobStart, send: (f: NodeFrame) => void): void {
   burst();
 }
 
-/** One streamed request; resolves with the SSE events (tokens) it read. */
-function stream(url: string, apiKey: string, maxTokens: number): Promise<number> {
-  const payload = JSON.stringify({ model: "sim-model", stream: true, max_tokens: maxTokens, messages: [{ role: "user", content: "go" }] });
+/** One request; resolves with its milliseconds and, streamed, the token events it read. */
+export function call(url: string, apiKey: string, maxTokens: number, stream: boolean): Promise<{ ms: number; events: number }> {
+  const payload = JSON.stringify({ model: "sim-model", stream, max_tokens: maxTokens, messages: [{ role: "user", content: "go" }] });
+  const t0 = performance.now();
   return new Promise((resolve, reject) => {
     const req = request(`${url}/v1/chat/completions`, {
       method: "POST",
@@ -43,15 +44,12 @@ function stream(url: string, apiKey: string, maxTokens: number): Promise<number>
       let tail = "";
       res.setEncoding("utf8");
       res.on("data", (s: string) => {
+        if (!stream) return;
         const text = tail + s;
-        let at = text.indexOf('"content"');
-        while (at >= 0) {
-          events++;
-          at = text.indexOf('"content"', at + 1);
-        }
+        for (let at = text.indexOf('"content"'); at >= 0; at = text.indexOf('"content"', at + 1)) events++;
         tail = text.slice(-8);
       });
-      res.on("end", () => resolve(events));
+      res.on("end", () => resolve({ ms: performance.now() - t0, events }));
     });
     req.on("error", reject);
     req.end(payload);
@@ -71,7 +69,7 @@ export async function benchRelay(opts: { nodes: number; clients: number; request
       sims.push(sim);
     }
     // warm the coordinator's code paths up before measuring
-    await Promise.all(Array.from({ length: opts.clients }, () => stream(info.url, info.apiKey, opts.tokens)));
+    await Promise.all(Array.from({ length: opts.clients }, () => call(info.url, info.apiKey, opts.tokens, true)));
     const pid = info.pid;
     const cpu0 = processCpuMs(pid);
     const t0 = performance.now();
@@ -81,7 +79,7 @@ export async function benchRelay(opts: { nodes: number; clients: number; request
       Array.from({ length: opts.clients }, async () => {
         while (next++ < opts.requests) {
           // not `relayed += await ...`: that reads `relayed` before the await, and the clients' counts overwrite each other
-          const events = await stream(info.url, info.apiKey, opts.tokens);
+          const { events } = await call(info.url, info.apiKey, opts.tokens, true);
           relayed += events;
         }
       }),

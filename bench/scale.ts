@@ -13,45 +13,17 @@
  * replicas, PostgreSQL and NATS.
  */
 import { readFile } from "node:fs/promises";
-import { request } from "node:http";
 import { testDatabase } from "@sharedllm/testkit";
 import { startNats, type TestNats } from "@sharedllm/testkit/nats";
 import { SimNode } from "@sharedllm/testkit/simNode";
 import { processCpuMs } from "./coordinator.ts";
 import { type CoordinatorProcess, startCoordinatorProcess } from "./coordinatorProcess.ts";
-import { fullSpeed } from "./relay.ts";
+import { call, fullSpeed } from "./relay.ts";
 
 /** The value at share `q` of the sorted samples (nearest rank). */
 function percentile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? Number.NaN;
-}
-
-/** One request; resolves with its milliseconds and, streamed, the token events it read. */
-function call(url: string, apiKey: string, maxTokens: number, stream: boolean): Promise<{ ms: number; events: number }> {
-  const payload = JSON.stringify({ model: "sim-model", stream, max_tokens: maxTokens, messages: [{ role: "user", content: "go" }] });
-  const t0 = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = request(`${url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${apiKey}`, "content-length": Buffer.byteLength(payload) },
-    });
-    req.on("response", (res) => {
-      if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`));
-      let events = 0;
-      let tail = "";
-      res.setEncoding("utf8");
-      res.on("data", (s: string) => {
-        if (!stream) return;
-        const text = tail + s;
-        for (let at = text.indexOf('"content"'); at >= 0; at = text.indexOf('"content"', at + 1)) events++;
-        tail = text.slice(-8);
-      });
-      res.on("end", () => resolve({ ms: performance.now() - t0, events }));
-    });
-    req.on("error", reject);
-    req.end(payload);
-  });
 }
 
 export interface ScaleArm {
