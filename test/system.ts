@@ -17,6 +17,7 @@ export async function startSystem(
     ledger?: CoordinatorOptions["ledger"];
     models?: CoordinatorOptions["models"];
     indexer?: CoordinatorOptions["indexer"];
+    queueWaitMs?: number;
   } = {},
 ) {
   const paths = await tempPaths();
@@ -32,6 +33,7 @@ export async function startSystem(
     ledger: opts.ledger,
     models: opts.models,
     indexer: opts.indexer,
+    queueWaitMs: opts.queueWaitMs,
   });
   const { secret: apiKey } = await createApiKey(coordinator.db, "test");
   const node = await startNodeDaemon({

@@ -254,6 +254,14 @@ export function addListenOptions(cmd: Command): Command {
     )
     .addOption(
       new Option(
+        "--queue-wait <seconds>",
+        "how long a request waits its turn when no node serving its model has room (503 after; 0: at once)",
+      )
+        .default(10)
+        .argParser(wholeNumber),
+    )
+    .addOption(
+      new Option(
         "--browser-nodes <who>",
         "who may contribute from a browser tab (Contribute page): off, token (those given the site's join link, as for nodes), open (any wallet)",
       )
@@ -270,5 +278,6 @@ export interface ListenArgs {
   trustProxy?: string[];
   maxRegistrationsPerMinute: number;
   maxSignInsPerMinute: number;
+  queueWait: number;
   browserNodes: "off" | "token" | "open";
 }

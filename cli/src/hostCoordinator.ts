@@ -184,6 +184,7 @@ async function startListening(o: HostOptions): Promise<RunningCoordinator> {
     publicOrigins: l.publicUrl,
     rateLimits: { registrations: l.maxRegistrationsPerMinute, signIns: l.maxSignInsPerMinute },
     trustProxy: l.trustProxy,
+    queueWaitMs: l.queueWait * 1000,
   }).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "EADDRINUSE") throw new SharedLLMError("busy", `port ${o.port} is in use; pick another with --port`);
     const cause = err.cause as NodeJS.ErrnoException | undefined;

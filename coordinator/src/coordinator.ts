@@ -79,6 +79,8 @@ export interface CoordinatorOptions {
   continueWaitMs?: number;
   /** how long a unit may go without sending once output has begun before it counts as failed; default 20 s */
   stallMs?: number;
+  /** how long a request waits its turn when no unit serving its model has room; default 10 s */
+  queueWaitMs?: number;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
@@ -338,6 +340,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       ledger,
       continueWaitMs: o.continueWaitMs,
       stallMs: o.stallMs,
+      queueWaitMs: o.queueWaitMs,
       peers,
       forwarding,
     });

@@ -131,18 +131,6 @@ export function pickLoader<T extends NodeView & { role?: string; loading?: strin
   return best;
 }
 
-/** Adds a node to (or takes it from) the order of each model it serves. */
-function indexIn<T extends NodeView>(orders: Map<string, LoadOrder<T>>, node: T, add: boolean): void {
-  const now = Date.now();
-  for (const m of node.models.keys()) {
-    const order = orders.get(m) ?? new LoadOrder<T>(m);
-    if (add) order.set(node, now);
-    else order.delete(node);
-    if (order.size) orders.set(m, order);
-    else orders.delete(m);
-  }
-}
-
 export class Fleet {
   private readonly nodes = new Map<string, ConnectedNode>();
   /**
@@ -152,6 +140,10 @@ export class Fleet {
    */
   private readonly servedBy = new Map<string, LoadOrder<ConnectedNode>>();
   private readonly watchers = new Set<() => void>();
+  /** the watchers are told of rank changes once the current turn's are in */
+  private rankChangesPending = false;
+  /** model id -> when its last node left (a node or a replica moving hands it over for a moment) */
+  private readonly unservedSince = new Map<string, number>();
   private connections = 0;
   /** the nodes other replicas hold, by id, and by model */
   private readonly remote = new Map<string, RemoteUnit>();
@@ -192,20 +184,20 @@ export class Fleet {
   putRemote(node: RemoteUnit): void {
     if (this.nodes.has(node.id)) return;
     const old = this.remote.get(node.id);
-    if (old) indexIn(this.remoteServedBy, old, false);
+    if (old) this.indexed(this.remoteServedBy, old, false);
     node.order = old?.order ?? ++this.connections;
     this.remote.set(node.id, node);
     // its rank changes as its replica tells its state, and as jobs are sent to it from here
     node.rankChanged = () => this.rerankIn(this.remoteServedBy, node, this.remote.get(node.id) === node);
-    indexIn(this.remoteServedBy, node, true);
+    this.indexed(this.remoteServedBy, node, true);
   }
 
   /** A node another replica holds serves other models now (as setModels for this replica's own). */
   setRemoteModels(node: RemoteUnit, models: ReadonlyMap<string, ServedModel>): void {
     const live = this.remote.get(node.id) === node;
-    if (live) indexIn(this.remoteServedBy, node, false);
+    if (live) this.indexed(this.remoteServedBy, node, false);
     node.models = models;
-    if (live) indexIn(this.remoteServedBy, node, true);
+    if (live) this.indexed(this.remoteServedBy, node, true);
   }
 
   /** Drops a node another replica held; returns it (its jobs from here are the caller's to fail). */
@@ -213,12 +205,16 @@ export class Fleet {
     const node = this.remote.get(id);
     if (!node) return undefined;
     this.remote.delete(id);
-    indexIn(this.remoteServedBy, node, false);
+    this.indexed(this.remoteServedBy, node, false);
     node.rankChanged = () => {};
     return node;
   }
 
-  /** Calls `listener` after every change of who is connected or what they serve; returns the unsubscribe. */
+  /**
+   * Calls `listener` after every change of who is connected or what they serve, at once, and
+   * after changes of what they can take (jobs ending, a node taking jobs again), once per turn;
+   * returns the unsubscribe.
+   */
   watch(listener: () => void): () => void {
     this.watchers.add(listener);
     return () => this.watchers.delete(listener);
@@ -257,8 +253,28 @@ export class Fleet {
     for (const w of [...this.watchers]) w();
   }
 
+  /** Whether the last node serving `model` left less than `ms` ago (none serves it now). */
+  leftWithin(model: string, ms: number): boolean {
+    const since = this.unservedSince.get(model);
+    return since !== undefined && !this.servesModel(model) && Date.now() - since < ms;
+  }
+
   private index(node: ConnectedNode, add: boolean): void {
-    indexIn(this.servedBy, node, add);
+    this.indexed(this.servedBy, node, add);
+  }
+
+  /** Adds a node to (or takes it from) its models' orders, noting when the last node of a model left. */
+  private indexed<T extends NodeView>(orders: Map<string, LoadOrder<T>>, node: T, add: boolean): void {
+    const now = Date.now();
+    for (const m of node.models.keys()) {
+      const order = orders.get(m) ?? new LoadOrder<T>(m);
+      if (add) order.set(node, now);
+      else order.delete(node);
+      if (order.size) orders.set(m, order);
+      else orders.delete(m);
+      if (add) this.unservedSince.delete(m);
+      else if (!this.servesModel(m)) this.unservedSince.set(m, now);
+    }
   }
 
   /**
@@ -274,6 +290,12 @@ export class Fleet {
     if (!live) return;
     const now = Date.now();
     for (const m of node.models.keys()) orders.get(m)?.set(node, now);
+    if (this.watchers.size === 0 || this.rankChangesPending) return;
+    this.rankChangesPending = true;
+    setImmediate(() => {
+      this.rankChangesPending = false;
+      this.changed();
+    });
   }
 
   /** Adds a node; a node that reconnects under the same id replaces its old session (here, or at another replica). */
@@ -326,6 +348,13 @@ export class Fleet {
 
   servesModel(model: string): boolean {
     return this.servedBy.has(model) || this.remoteServedBy.has(model);
+  }
+
+  /** Whether a node of any replica serving `model`, taking jobs now or not, passes `allow`. */
+  anyServing(model: string, allow: (n: ConnectedNode | RemoteUnit) => boolean): boolean {
+    for (const n of this.servedBy.get(model) ?? []) if (allow(n)) return true;
+    for (const n of this.remoteServedBy.get(model) ?? []) if (allow(n)) return true;
+    return false;
   }
 
   /** The unit for a job among the nodes of every replica: the first in pick order of each side, then the better of the two. */

@@ -16,9 +16,12 @@ export class Metrics {
   private readonly yields: Counter<"cause">;
   private readonly forwarded: Counter<"peer" | "direction" | "status">;
   private readonly refusals: Counter<"reason">;
+  /** how many jobs wait their turn for a unit now (jobs/queue.ts) */
+  private waitingNow: () => number = () => 0;
 
   constructor(fleet: Fleet) {
     const registers = [this.registry];
+    const waiting = () => this.waitingNow();
     new Gauge({
       name: "sharedllm_nodes_online",
       help: "nodes connected over the control channel",
@@ -33,6 +36,14 @@ export class Metrics {
       registers,
       collect() {
         this.set(fleet.list().reduce((sum, n) => sum + n.active, 0));
+      },
+    });
+    new Gauge({
+      name: "sharedllm_jobs_waiting",
+      help: "jobs waiting their turn for a node with room",
+      registers,
+      collect() {
+        this.set(waiting());
       },
     });
     new Gauge({
@@ -85,6 +96,11 @@ export class Metrics {
       ageBuckets: 5,
       registers,
     });
+  }
+
+  /** The jobs waiting their turn for a unit are counted by `count` (read at scrape time). */
+  countWaiting(count: () => number): void {
+    this.waitingNow = count;
   }
 
   continued(cause: string): void {

@@ -5,7 +5,7 @@
  * requests are spread over the replicas, nodes hold their control channel, the replicas see each
  * client's own address, and a replica that is stopped hands its new requests to the other.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";

@@ -54,8 +54,9 @@ function stream(maxTokens: number) {
   return { firstChunk, done };
 }
 
-function chat(extra: Record<string, unknown> = {}): Promise<Response> {
+function chat(extra: Record<string, unknown> = {}, signal?: AbortSignal): Promise<Response> {
   return fetch(`${coordinator.url}/v1/chat/completions`, {
+    signal,
     method: "POST",
     headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
     body: JSON.stringify({ model: MODEL, messages: [{ role: "user", content: "Count to one hundred." }], max_tokens: 4, ...extra }),
@@ -63,6 +64,12 @@ function chat(extra: Record<string, unknown> = {}): Promise<Response> {
 }
 
 const accepting = () => coordinator.fleet.get(nodeId)?.accepting;
+
+/** How many requests wait their turn for a node with room, as /metrics says. */
+async function waitingRequests(): Promise<number> {
+  const metrics = await (await fetch(`${coordinator.url}/metrics`)).text();
+  return Number(/^sharedllm_jobs_waiting (\d+)$/m.exec(metrics)?.[1]);
+}
 
 async function availabilityEvents(): Promise<{ accepting: boolean; reason: string }[]> {
   const rows = await coordinator.db
@@ -77,7 +84,8 @@ async function availabilityEvents(): Promise<{ accepting: boolean; reason: strin
 
 beforeAll(async () => {
   database = await testDatabase();
-  coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger() });
+  // a request waits its turn longer than an owner's command takes to start on a loaded machine
+  coordinator = await startCoordinator({ host: "127.0.0.1", port: 0, ...database, joinToken, logger: quietLogger(), queueWaitMs: 60_000 });
   apiKey = (await createApiKey(coordinator.db, "owner")).secret;
   daemon = await startNodeProcess({ coordinatorUrl: coordinator.url, joinToken, args: ["--slots", "2", "--no-owner-first"] });
   nodeId = daemon.id;
@@ -91,7 +99,7 @@ afterAll(async () => {
 });
 
 describe("node pause, resume and leave", () => {
-  it("a paused node hands its job in flight off at once and gets no new jobs; resumed, it takes jobs again", async () => {
+  it("a paused node hands its job in flight off at once and gets no new jobs; a request waits its turn, and is served once it resumes", async () => {
     const running = stream(300);
     let endedAt = 0;
     const ended = running.done.then((text) => {
@@ -132,14 +140,13 @@ describe("node pause, resume and leave", () => {
     // a failed job is charged nothing (its hold, with a ledger, is released)
     expect(job).toEqual({ status: "failed", completion_tokens: null });
 
-    const refused = await chat();
-    expect(refused.status).toBe(503);
-    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe("no_capacity");
-
+    const waiting = chat();
+    await waitFor("the request to wait its turn", async () => (await waitingRequests()) === 1);
     await owner("resume");
-    await waitFor("the coordinator to see the node taking jobs", () => accepting() === true);
-    const served = await chat();
+    const served = await waiting;
     expect(served.status).toBe(200);
+    expect(accepting()).toBe(true);
+    expect(await waitingRequests()).toBe(0);
     expect(served.headers.get("x-sharedllm-node")).toBe(nodeId);
     await waitFor("both changes recorded", async () => (await availabilityEvents()).length === 2);
     expect(await availabilityEvents()).toEqual([
@@ -158,9 +165,13 @@ describe("node pause, resume and leave", () => {
     const { pid: engine } = await daemon.engine();
     process.kill(engine, "SIGSTOP");
     const leaving = owner("leave");
+    const gone = new AbortController();
+    let waiting: Promise<unknown> = Promise.resolve();
     try {
       await waitFor("the coordinator to see the node draining", () => accepting() === false);
-      expect((await chat()).status).toBe(503);
+      // no new job goes to a draining node: a request waits its turn
+      waiting = chat({}, gone.signal).catch(() => undefined);
+      await waitFor("the request to wait its turn", async () => (await waitingRequests()) === 1);
     } finally {
       process.kill(engine, "SIGCONT");
     }
@@ -183,5 +194,10 @@ describe("node pause, resume and leave", () => {
       coordinator.db.selectFrom("events").select("kind").where("kind", "=", "node.left").where("node_id", "=", nodeId).executeTakeFirst(),
     );
     expect(left.kind).toBe("node.left");
+    // its client gives up: it waits no more
+    expect(await waitingRequests()).toBe(1);
+    gone.abort();
+    await waiting;
+    await waitFor("the request to leave the queue", async () => (await waitingRequests()) === 0);
   }, 120_000);
 });

@@ -12,7 +12,8 @@ import { MODEL, type System, startSystem } from "../system.ts";
 
 let sys: System;
 beforeAll(async () => {
-  sys = await startSystem();
+  // a request with no node to run on is refused after a short wait (its node might be coming back)
+  sys = await startSystem({ queueWaitMs: 1_000 });
 });
 afterAll(async () => {
   await sys?.close();

@@ -59,6 +59,8 @@ describe.skipIf(!process.env.DATABASE_URL)("replicas on one PostgreSQL and one N
           joinToken,
           logger: quietLogger(),
           replicas: { natsUrl: nats.url },
+          // a request whose model's nodes have all left is refused after a short wait
+          queueWaitMs: 1_000,
         }),
       );
     }

@@ -29,6 +29,8 @@ beforeAll(async () => {
     ...db,
     joinToken,
     logger: quietLogger(),
+    // a request no node takes now is refused after a short wait
+    queueWaitMs: 1_000,
   });
 });
 afterAll(async () => {

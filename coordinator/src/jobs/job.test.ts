@@ -84,12 +84,22 @@ function setup(
     resumable?: boolean;
     spare?: boolean;
     stallMs?: number;
+    /** jobs with no unit free wait their turn (the test serves them); else the wait runs out at once */
+    waits?: boolean;
   } = {},
 ) {
   const units = o.units ?? [new FakeUnit("n1"), new FakeUnit("n2"), new FakeUnit("n3"), new FakeUnit("n4")];
   const credits = new FakeCredits();
   const rows: string[] = [];
   const out = new FakeResponse();
+  /** the jobs waiting their turn for a unit: `serve` gives each one a unit can take now */
+  const waiting = new Set<{ take: () => boolean; settle: (taken: boolean) => void }>();
+  const queue = {
+    waiting,
+    serve: () => {
+      for (const w of waiting) if (w.take()) w.settle(true);
+    },
+  };
   const job = new Job(
     {
       start: { type: "job.start", jobId: "job_1", kind: "chat", stream: o.stream ?? true, includeUsage: false, request: {} },
@@ -101,6 +111,19 @@ function setup(
     },
     {
       pick: (_model, tried) => units.find((u) => tried.get(u.id) !== u.incarnation),
+      queue: (take, signal) =>
+        new Promise((resolve) => {
+          if (!o.waits) return resolve(false);
+          const w = {
+            take,
+            settle: (taken: boolean) => {
+              waiting.delete(w);
+              resolve(taken);
+            },
+          };
+          waiting.add(w);
+          signal.addEventListener("abort", () => w.settle(false));
+        }),
       // none to continue on when there is no spare unit (the wait ran out)
       continuer: async (_model, sha256, tried) =>
         o.spare === false ? undefined : units.find((u) => tried.get(u.id) !== u.incarnation && u.models.get("m")?.sha256 === sha256),
@@ -116,7 +139,7 @@ function setup(
     },
     out,
   );
-  return { job, units, credits, rows, out };
+  return { job, units, credits, rows, out, queue };
 }
 
 const chunk = (text: string) => JSON.stringify({ choices: [{ delta: { content: text } }] });
@@ -314,7 +337,47 @@ describe("Job", () => {
     expect(credits.log).toEqual(["hold", "release"]);
   });
 
-  it("fails with no capacity when no unit can take the job, releasing the hold", async () => {
+  it("waits its turn when no unit can take the job, and runs once one can", async () => {
+    const { job, units, credits, out, rows, queue } = setup({ units: [], waits: true });
+    await job.run();
+    expect([job.state, queue.waiting.size]).toEqual(["queued", 1]);
+    queue.serve();
+    expect(job.state).toBe("queued");
+    units.push(new FakeUnit("n1"));
+    queue.serve();
+    expect([states(job), queue.waiting.size]).toEqual([["queued", "dispatched@n1"], 0]);
+    say(units[0], "hi");
+    units[0]?.sink?.end(usage(1));
+    await waitFor("the end", () => out.seen.includes("end n1"));
+    expect(credits.log).toEqual(["hold", "charge 1 to n1 for a"]);
+    expect(rows).toEqual(["running on n1", "completed on n1 1"]);
+  });
+
+  it("a job that failed before output waits its turn for another unit", async () => {
+    const { job, units, out, queue } = setup({ units: [new FakeUnit("n1")], waits: true });
+    await job.run();
+    units[0]?.sink?.error({ message: "engine crashed", retryable: true });
+    expect([job.state, queue.waiting.size]).toEqual(["dispatched", 1]);
+    // a late word from the failed unit changes nothing
+    units[0]?.sink?.error({ message: "engine crashed", retryable: true });
+    expect(queue.waiting.size).toBe(1);
+    units.push(new FakeUnit("n2"));
+    queue.serve();
+    say(units[1], "hi");
+    units[1]?.sink?.end(usage(1));
+    await waitFor("the end", () => out.seen.includes("end n2"));
+    expect(states(job)).toEqual(["queued", "dispatched@n1", "dispatched@n2", "streaming", "completed"]);
+  });
+
+  it("a client that leaves while its job waits for a unit: the hold is released, nothing recorded", async () => {
+    const { job, credits, rows, queue } = setup({ units: [], waits: true });
+    await job.run();
+    job.cancel("client disconnected");
+    await waitFor("the release", () => credits.log.includes("release"));
+    expect([states(job), credits.log, rows, queue.waiting.size]).toEqual([["queued", "cancelled"], ["hold", "release"], [], 0]);
+  });
+
+  it("fails with no capacity when no unit can take the job within the wait, releasing the hold", async () => {
     const { job, credits, out, rows } = setup({ units: [] });
     await job.run();
     await waitFor("the failure", () => out.error !== undefined);

@@ -4,8 +4,9 @@
  *
  *   queued -> dispatched -> streaming <-> continuing -> completed | failed | cancelled
  *
- * A job is queued while its credits are held, dispatched once a serving unit has it (again, on
- * another unit, when one fails before any output: at most MAX_ATTEMPTS), and streaming once
+ * A job is queued while its credits are held and while it waits its turn for a unit with room
+ * (queue.ts), dispatched once a serving unit has it (again, on another unit, when one fails
+ * before any output: at most MAX_ATTEMPTS, each waiting its turn too), and streaming once
  * output has come. When its unit fails mid-job, the job is continuing: another unit with the same
  * model file is given the prompt and the output so far (the Transcript's tokens) and generates
  * the rest, and the client keeps its one response (docs/continuation.md). Every unit streams;
@@ -115,6 +116,11 @@ export type Tried = ReadonlyMap<string, number>;
 export interface JobEffects {
   /** a unit for the next attempt, none of `tried` (unit id -> its incarnation then); undefined when none can take the job */
   pick(model: string, tried: Tried): ServingUnit | undefined;
+  /**
+   * waits the job's turn for a unit: `take` dispatches to one if one can take the job now and says
+   * whether it did; resolves false when the wait runs out (queue.ts)
+   */
+  queue(take: () => boolean, signal: AbortSignal): Promise<boolean>;
   /** a unit to continue the job on, none of `tried`, serving the model file `sha256`: waits a bounded time for one */
   continuer(model: string, sha256: string, tried: Tried, signal: AbortSignal): Promise<ServingUnit | undefined>;
   /** continuations by cause, and the gap each left (failure to the next token) */
@@ -162,8 +168,10 @@ export class Job implements JobSink {
   /** when the unit last sent an event, and the watch on it once output has begun */
   private lastEventAt = 0;
   private stallWatch: NodeJS.Timeout | undefined;
-  /** while continuing: when the unit failed, and the wait for the next one */
-  private gap: { since: number; wait: AbortController } | undefined;
+  /** while continuing: when the unit failed (the gap runs to the next token) */
+  private gapSince: number | undefined;
+  /** the wait for a unit to start or continue the job on, while there is one */
+  private waiting: AbortController | undefined;
 
   constructor(
     readonly spec: JobSpec,
@@ -211,22 +219,34 @@ export class Job implements JobSink {
     this.dispatch();
   }
 
-  /** -> dispatched: the next attempt from the start, on a unit not tried yet. */
+  /** -> dispatched: the next attempt from the start, on a unit not tried yet; with none free now, once one is (it waits its turn). */
   private dispatch(): void {
+    if (this.take()) return;
+    const wait = new AbortController();
+    this.waiting = wait;
+    this.fx
+      .queue(() => this.take(), wait.signal)
+      .then((taken) => {
+        if (this.waiting === wait) this.waiting = undefined;
+        if (taken || wait.signal.aborted || this.done) return;
+        const { model } = this.spec;
+        this.fail(
+          this.tried.size
+            ? new ApiError("node_failed", `every node serving "${model}" failed this request; try again shortly`)
+            : new ApiError("no_capacity", `no node serving "${model}" has capacity right now; try again shortly`),
+        );
+      });
+  }
+
+  /** Dispatches the next attempt if a unit not tried yet can take it now; whether one did. */
+  private take(): boolean {
     const unit = this.fx.pick(this.spec.model, this.tried);
-    if (!unit) {
-      const { model } = this.spec;
-      this.fail(
-        this.tried.size
-          ? new ApiError("node_failed", `every node serving "${model}" failed this request; try again shortly`)
-          : new ApiError("no_capacity", `no node serving "${model}" has capacity right now; try again shortly`),
-      );
-      return;
-    }
+    if (!unit) return false;
     this.parts.pop(); // an attempt that produced nothing is no part of the job
     this.attempts++;
     this.start(unit, "dispatched", this.spec.start);
     if (!this.streamed) this.recordStart();
+    return true;
   }
 
   private start(unit: ServingUnit, state: "dispatched" | "continuing", start: JobStart): void {
@@ -282,9 +302,9 @@ export class Job implements JobSink {
     const first = this.state === "dispatched";
     this.to("streaming");
     this.watchStalls();
-    if (this.gap) {
-      this.fx.observe?.resumed((performance.now() - this.gap.since) / 1000);
-      this.gap = undefined;
+    if (this.gapSince !== undefined) {
+      this.fx.observe?.resumed((performance.now() - this.gapSince) / 1000);
+      this.gapSince = undefined;
     }
     if (!this.streamed) return;
     if (first) {
@@ -324,7 +344,8 @@ export class Job implements JobSink {
    * it continues on another unit when the request allows. Else -> failed.
    */
   error(e: { message: string; retryable: boolean; status?: number; cause?: FailureCause }): void {
-    if (this.done || this.state === "queued") return;
+    // a job waiting for a unit has none running: what a failed one sends now is late
+    if (this.done || this.state === "queued" || this.waiting) return;
     // an engine that refuses a continuation refuses what the job's units made, not the client's request
     const clientFault = e.status !== undefined && e.status < 500 && !this.parts.at(-1)?.continued;
     if (!clientFault && this.state === "dispatched" && e.retryable && this.attempts < MAX_ATTEMPTS) {
@@ -370,12 +391,14 @@ export class Job implements JobSink {
     this.to("continuing");
     this.fx.observe?.continued(cause);
     const wait = new AbortController();
+    this.waiting = wait;
     // the gap runs from the first failure to the next token, however many units fail in between
-    this.gap = { since: this.gap?.since ?? performance.now(), wait };
+    this.gapSince ??= performance.now();
     const sha256 = this.modelSha256;
     const next = sha256 ? this.fx.continuer(this.spec.model, sha256, this.tried, wait.signal) : Promise.resolve(undefined);
     next.then(
       (unit) => {
+        if (this.waiting === wait) this.waiting = undefined;
         if (this.state !== "continuing" || wait.signal.aborted) return;
         if (!unit) {
           this.fail(
@@ -407,10 +430,12 @@ export class Job implements JobSink {
   cancel(reason: string, atMost?: { tokens: number; promptTokens: number }): void {
     if (this.done) return;
     const queued = this.state === "queued";
+    const waited = this.waiting;
     this.to("cancelled");
-    this.gap?.wait.abort();
+    this.waiting?.abort();
     if (queued) {
-      // run() releases the hold once it is made
+      // run() releases the hold once it is made; a job waiting its turn for a unit has made it
+      if (waited) this.fx.credits?.release().catch((err) => this.fx.log.error({ err, jobId: this.id }, "releasing the hold failed"));
       this.out.cancelled?.(this.unitId, undefined);
       return;
     }
@@ -443,7 +468,7 @@ export class Job implements JobSink {
    */
   private fail(err: ApiError): void {
     this.to("failed");
-    this.gap?.wait.abort();
+    this.waiting?.abort();
     this.settle("failed", undefined, err.message).then(
       () => this.out.fail(err),
       (dbErr) => {

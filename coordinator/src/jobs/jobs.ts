@@ -18,9 +18,10 @@ import type { Fleet, SchedulingPolicy } from "../fleet.js";
 import { type Metering, promptTokenBound } from "../ledger/metering.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
-import type { ServingUnit } from "../units.js";
+import type { ConnectedNode, RemoteUnit, ServingUnit } from "../units.js";
 import { CreditHold } from "./credits.js";
 import { Job, type JobCredits, type JobOutput, type Tried } from "./job.js";
+import { Queue } from "./queue.js";
 import { JobTable } from "./records.js";
 
 /**
@@ -57,6 +58,8 @@ export interface JobsOptions {
   continueWaitMs?: number;
   /** how long a unit may go without sending once output has begun before it counts as failed; default 20 s */
   stallMs?: number;
+  /** how long a job waits its turn for a unit with room (and for a model whose nodes just left); default 10 s */
+  queueWaitMs?: number;
   /** trusted peer sites a job no unit here can take may be forwarded to, when outbound is on */
   peers?: Peers;
   forwarding?: ForwardingSettings;
@@ -80,10 +83,13 @@ export class Jobs {
   private readonly records: JobTable;
   /** jobs started and not yet seen to end */
   private readonly live = new Set<Job>();
+  private readonly queue: Queue;
   private taking = true;
 
   constructor(private readonly o: JobsOptions) {
     this.records = new JobTable(o.db, o.metrics, o.instance);
+    this.queue = new Queue(o.fleet, o.queueWaitMs);
+    o.metrics.countWaiting(() => this.queue.size);
   }
 
   /** From now on every request is refused (503): this coordinator is stopping. */
@@ -119,7 +125,8 @@ export class Jobs {
         metrics.federationRefused("no_peer");
         throw new ApiError("no_capacity", `only peer sites serve "${body.model}", and none takes jobs now; try again later`);
       }
-      await this.loadOnDemand(body.model, signal, r.log);
+      // its nodes are on their way to another replica, or reconnecting: the request waits for them
+      if (!(await this.queue.returns(body.model, signal))) await this.loadOnDemand(body.model, signal, r.log);
     }
     const owner = apiKey.owner?.toLowerCase();
     // own_nodes: only a node whose every payee is the key's owner (a private pool)
@@ -128,6 +135,9 @@ export class Jobs {
       return members.length > 0 && members.every((m) => m.node.toLowerCase() === owner);
     };
     const allowed = (n: ServingUnit) => apiKey.policy !== "own_nodes" || ownNode(n);
+    /** the units this job may run on, taking jobs now or not */
+    const mayRun = (n: ConnectedNode | RemoteUnit) =>
+      allowed(n) && (!r.only || n.id === r.only) && (!policy || policy({ model: body.model, apiKeyId: apiKey.id }, n));
     const jobId = `job_${randomUUID()}`;
     // the engine generates at most what the credits were reserved for
     const generationLimit = requestedMaxTokens(body as never) ?? DEFAULT_MAX_TOKENS;
@@ -154,15 +164,13 @@ export class Jobs {
       {
         pick(model, tried) {
           const t0 = performance.now();
-          const unit =
-            fleet.pick(
-              model,
-              (n) =>
-                untried(tried, n) && allowed(n) && (!r.only || n.id === r.only) && (!policy || policy({ model, apiKeyId: apiKey.id }, n)),
-            ) ?? peers?.pick(model, (u) => untried(tried, u));
+          const unit = fleet.pick(model, (n) => untried(tried, n) && mayRun(n)) ?? peers?.pick(model, (u) => untried(tried, u));
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
+        // a job that only units it may not run on serve has nothing to wait for
+        queue: (take, signal) =>
+          fleet.anyServing(body.model, mayRun) ? this.queue.wait(body.model, take, signal) : Promise.resolve(false),
         continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal, allowed),
         observe: metrics,
         credits:
