@@ -437,6 +437,11 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         stopping = true;
         jobs.stopTaking();
         replicas?.drain();
+        if (replicas) {
+          // its nodes go to other replicas: none takes a job from here any more, not even one waiting its turn
+          for (const n of fleet.list()) n.setAvailability(false, "draining");
+          fleet.notify();
+        }
         const deadline = Date.now() + withinMs;
         // its own clients' jobs, and other replicas' jobs on its nodes
         const inFlight = () => jobs.inFlight() + (replicas?.serving ?? 0);

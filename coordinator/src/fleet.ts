@@ -35,6 +35,9 @@ export interface NodeView {
 /** Extra say over where a job may run (site-only keys, federation); default: anywhere. */
 export type SchedulingPolicy = (job: { model: string; apiKeyId: string }, node: NodeView) => boolean;
 
+/** Models whose last node left that the fleet remembers (the latest). */
+const MAX_UNSERVED = 1024;
+
 /** How deep a node's queue may grow beyond its slots before the fleet reports no capacity. */
 export const QUEUE_FACTOR = 8;
 
@@ -273,7 +276,12 @@ export class Fleet {
       if (order.size) orders.set(m, order);
       else orders.delete(m);
       if (add) this.unservedSince.delete(m);
-      else if (!this.servesModel(m)) this.unservedSince.set(m, now);
+      else if (!this.servesModel(m)) {
+        this.unservedSince.delete(m);
+        this.unservedSince.set(m, now);
+        // the oldest go first: nodes naming ever new models add no memory without bound
+        if (this.unservedSince.size > MAX_UNSERVED) this.unservedSince.delete(this.unservedSince.keys().next().value as string);
+      }
     }
   }
 

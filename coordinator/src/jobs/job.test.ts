@@ -124,8 +124,8 @@ function setup(
           waiting.add(w);
           signal.addEventListener("abort", () => w.settle(false));
         }),
-      // none to continue on when there is no spare unit (the wait ran out)
-      continuer: async (_model, sha256, tried) =>
+      // none to continue on when there is no spare unit (the wait runs out)
+      continuer: (_model, sha256, tried) =>
         o.spare === false ? undefined : units.find((u) => tried.get(u.id) !== u.incarnation && u.models.get("m")?.sha256 === sha256),
       credits: o.paid === false ? undefined : credits,
       records: {
@@ -348,7 +348,10 @@ describe("Job", () => {
     expect([states(job), queue.waiting.size]).toEqual([["queued", "dispatched@n1"], 0]);
     say(units[0], "hi");
     units[0]?.sink?.end(usage(1));
+    // done, but not over until its row, its charge and its client's answer are (what a stopping coordinator waits for)
+    expect([job.done, job.over]).toEqual([true, false]);
     await waitFor("the end", () => out.seen.includes("end n1"));
+    await waitFor("the job over", () => job.over);
     expect(credits.log).toEqual(["hold", "charge 1 to n1 for a"]);
     expect(rows).toEqual(["running on n1", "completed on n1 1"]);
   });
@@ -369,11 +372,27 @@ describe("Job", () => {
     expect(states(job)).toEqual(["queued", "dispatched@n1", "dispatched@n2", "streaming", "completed"]);
   });
 
+  it("a unit handed a waiting job that fails it at once: the job goes on to another unit", async () => {
+    const { job, units, out, queue } = setup({ units: [], waits: true });
+    await job.run();
+    const refusing = new FakeUnit("n1");
+    // it refuses the job as it is dispatched (another replica's node with a request too large to send there)
+    refusing.dispatch = (_job, sink) => queueMicrotask(() => sink.error({ message: "too large", retryable: true }));
+    units.push(refusing, new FakeUnit("n2"));
+    queue.serve();
+    await waitFor("the job on the other unit", () => units[1]?.sink !== undefined);
+    say(units[1], "hi");
+    units[1]?.sink?.end(usage(1));
+    await waitFor("the end", () => out.seen.includes("end n2"));
+    expect(states(job)).toEqual(["queued", "dispatched@n1", "dispatched@n2", "streaming", "completed"]);
+  });
+
   it("a client that leaves while its job waits for a unit: the hold is released, nothing recorded", async () => {
     const { job, credits, rows, queue } = setup({ units: [], waits: true });
     await job.run();
     job.cancel("client disconnected");
     await waitFor("the release", () => credits.log.includes("release"));
+    await waitFor("the job over", () => job.over);
     expect([states(job), credits.log, rows, queue.waiting.size]).toEqual([["queued", "cancelled"], ["hold", "release"], [], 0]);
   });
 

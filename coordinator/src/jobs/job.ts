@@ -116,13 +116,14 @@ export type Tried = ReadonlyMap<string, number>;
 export interface JobEffects {
   /** a unit for the next attempt, none of `tried` (unit id -> its incarnation then); undefined when none can take the job */
   pick(model: string, tried: Tried): ServingUnit | undefined;
+  /** a unit to continue the job on now, none of `tried`, serving the model file `sha256` */
+  continuer(model: string, sha256: string, tried: Tried): ServingUnit | undefined;
   /**
-   * waits the job's turn for a unit: `take` dispatches to one if one can take the job now and says
-   * whether it did; resolves false when the wait runs out (queue.ts)
+   * waits the job's turn for a unit (queue.ts): `take` dispatches to one if one can take the job
+   * now and says whether it did; resolves false when the wait runs out, or at once when no unit
+   * it has not tried could ever take it. A continuing job goes first, and waits a bound of its own.
    */
-  queue(take: () => boolean, signal: AbortSignal): Promise<boolean>;
-  /** a unit to continue the job on, none of `tried`, serving the model file `sha256`: waits a bounded time for one */
-  continuer(model: string, sha256: string, tried: Tried, signal: AbortSignal): Promise<ServingUnit | undefined>;
+  queue(take: () => boolean, signal: AbortSignal, o: { tried: Tried; continuing: boolean }): Promise<boolean>;
   /** continuations by cause, and the gap each left (failure to the next token) */
   observe?: { continued(cause: FailureCause): void; resumed(gapSeconds: number): void };
   /** absent for a free key */
@@ -206,47 +207,66 @@ export class Job implements JobSink {
     return NEXT[this.state].length === 0;
   }
 
+  /**
+   * Done, and everything after it too: its row written, its credits charged or released, its
+   * client told. What a stopping coordinator waits for.
+   */
+  get over(): boolean {
+    return this.concluded;
+  }
+
+  private concluded = false;
+
   /** queued: holds the credits (HTTP 402 when short: the job ends without a row), then dispatches. */
   async run(): Promise<void> {
     try {
       await this.fx.credits?.hold();
     } catch (err) {
       if (!this.done) this.to("failed");
+      this.concluded = true;
       throw err;
     }
     // the client went away while the credits were held
-    if (this.state === "cancelled") return void (await this.fx.credits?.release());
+    if (this.state === "cancelled") {
+      try {
+        return void (await this.fx.credits?.release());
+      } finally {
+        this.concluded = true;
+      }
+    }
     this.dispatch();
   }
 
   /** -> dispatched: the next attempt from the start, on a unit not tried yet; with none free now, once one is (it waits its turn). */
   private dispatch(): void {
-    if (this.take()) return;
-    const wait = new AbortController();
-    this.waiting = wait;
-    this.fx
-      .queue(() => this.take(), wait.signal)
-      .then((taken) => {
-        if (this.waiting === wait) this.waiting = undefined;
-        if (taken || wait.signal.aborted || this.done) return;
-        const { model } = this.spec;
-        this.fail(
-          this.tried.size
-            ? new ApiError("node_failed", `every node serving "${model}" failed this request; try again shortly`)
-            : new ApiError("no_capacity", `no node serving "${model}" has capacity right now; try again shortly`),
-        );
-      });
+    const take = () => {
+      const unit = this.fx.pick(this.spec.model, this.tried);
+      if (!unit) return false;
+      this.parts.pop(); // an attempt that produced nothing is no part of the job
+      this.attempts++;
+      this.start(unit, "dispatched", this.spec.start);
+      if (!this.streamed) this.recordStart();
+      return true;
+    };
+    this.whenUnit(take, false, () => {
+      const { model } = this.spec;
+      this.fail(
+        this.tried.size
+          ? new ApiError("node_failed", `every node serving "${model}" failed this request; try again shortly`)
+          : new ApiError("no_capacity", `no node serving "${model}" has capacity right now; try again shortly`),
+      );
+    });
   }
 
-  /** Dispatches the next attempt if a unit not tried yet can take it now; whether one did. */
-  private take(): boolean {
-    const unit = this.fx.pick(this.spec.model, this.tried);
-    if (!unit) return false;
-    this.parts.pop(); // an attempt that produced nothing is no part of the job
-    this.attempts++;
-    this.start(unit, "dispatched", this.spec.start);
-    if (!this.streamed) this.recordStart();
-    return true;
+  /** Runs `take` now, or when the job's turn for a unit comes; `none` when its wait runs out. */
+  private whenUnit(take: () => boolean, continuing: boolean, none: () => void): void {
+    if (take()) return;
+    const wait = new AbortController();
+    this.waiting = wait;
+    void this.fx.queue(take, wait.signal, { tried: this.tried, continuing }).then((taken) => {
+      if (this.waiting === wait) this.waiting = undefined;
+      if (!taken && !wait.signal.aborted && !this.done) none();
+    });
   }
 
   private start(unit: ServingUnit, state: "dispatched" | "continuing", start: JobStart): void {
@@ -257,6 +277,8 @@ export class Job implements JobSink {
     const from = this.transcript.tokens;
     this.parts.push({ unit, continued: state === "continuing", payees: unit.payees(), modelSha256, from, to: from });
     this.to(state, unit.id);
+    // the unit has it now: what it reports, even at once, is the job's
+    this.waiting = undefined;
     unit.dispatch(start, this);
   }
 
@@ -328,7 +350,8 @@ export class Job implements JobSink {
       streamedTokens: this.transcript.tokens + endToken,
     });
     this.to("completed");
-    this.settle("completed", usage).then(
+    this.conclude(
+      this.settle("completed", usage),
       () => {
         if (!this.streamed) return this.out.result(this.transcript.body(usage), this.unitId);
         // the usage is the job's, as metered, not a unit's word
@@ -390,34 +413,26 @@ export class Job implements JobSink {
     this.continuations++;
     this.to("continuing");
     this.fx.observe?.continued(cause);
-    const wait = new AbortController();
-    this.waiting = wait;
     // the gap runs from the first failure to the next token, however many units fail in between
     this.gapSince ??= performance.now();
     const sha256 = this.modelSha256;
-    const next = sha256 ? this.fx.continuer(this.spec.model, sha256, this.tried, wait.signal) : Promise.resolve(undefined);
-    next.then(
-      (unit) => {
-        if (this.waiting === wait) this.waiting = undefined;
-        if (this.state !== "continuing" || wait.signal.aborted) return;
-        if (!unit) {
-          this.fail(
-            new ApiError(
-              "node_failed",
-              `the node serving this request failed and no other node serving "${this.spec.model}" could continue it; try again`,
-            ),
-          );
-          return;
-        }
-        const left = Math.max(1, this.spec.bounds.generationLimit - this.transcript.tokens);
-        const { request } = this.spec.start;
-        this.start(unit, "continuing", { ...this.spec.start, request: { ...request, max_tokens: left, n_predict: left }, resume });
-      },
-      (err) => {
-        this.fx.log.error({ err, jobId: this.id }, "finding a node to continue the job failed");
-        if (this.state === "continuing") this.fail(new ApiError("node_failed", "the node serving this request failed; try again"));
-      },
-    );
+    const take = () => {
+      const unit = sha256 && this.fx.continuer(this.spec.model, sha256, this.tried);
+      if (!unit) return false;
+      const left = Math.max(1, this.spec.bounds.generationLimit - this.transcript.tokens);
+      const { request } = this.spec.start;
+      this.start(unit, "continuing", { ...this.spec.start, request: { ...request, max_tokens: left, n_predict: left }, resume });
+      return true;
+    };
+    const none = () =>
+      this.fail(
+        new ApiError(
+          "node_failed",
+          `the node serving this request failed and no other node serving "${this.spec.model}" could continue it; try again`,
+        ),
+      );
+    if (sha256) this.whenUnit(take, true, none);
+    else none();
   }
 
   /**
@@ -434,9 +449,14 @@ export class Job implements JobSink {
     this.to("cancelled");
     this.waiting?.abort();
     if (queued) {
-      // run() releases the hold once it is made; a job waiting its turn for a unit has made it
-      if (waited) this.fx.credits?.release().catch((err) => this.fx.log.error({ err, jobId: this.id }, "releasing the hold failed"));
       this.out.cancelled?.(this.unitId, undefined);
+      // run() releases the hold once it is made; a job waiting its turn for a unit has made it
+      if (waited)
+        this.conclude(
+          this.fx.credits?.release() ?? Promise.resolve(),
+          () => {},
+          (err) => this.fx.log.error({ err, jobId: this.id }, "releasing the hold failed"),
+        );
       return;
     }
     const streamed = Math.min(this.transcript.tokens, atMost?.tokens ?? Number.POSITIVE_INFINITY);
@@ -453,7 +473,8 @@ export class Job implements JobSink {
     // a unit picked to continue the job that streamed nothing did no part of it
     const last = this.parts.at(-1);
     if (last && last.to === last.from && this.parts.length > 1) this.parts.pop();
-    this.settle("cancelled", sent, reason).then(
+    this.conclude(
+      this.settle("cancelled", sent, reason),
       () => this.out.cancelled?.(this.unitId, sent),
       (err) => {
         this.fx.log.error({ err, jobId: this.id }, "recording job failed");
@@ -469,13 +490,21 @@ export class Job implements JobSink {
   private fail(err: ApiError): void {
     this.to("failed");
     this.waiting?.abort();
-    this.settle("failed", undefined, err.message).then(
+    this.conclude(
+      this.settle("failed", undefined, err.message),
       () => this.out.fail(err),
       (dbErr) => {
         this.fx.log.error({ err: dbErr, jobId: this.id }, "recording job failed");
         this.out.fail(err);
       },
     );
+  }
+
+  /** Once `settled` (the final row and the credits): the client is told (`then`, or `otherwise` if settling failed), and the job is over. */
+  private conclude(settled: Promise<void>, then: () => void, otherwise: (err: unknown) => void): void {
+    settled.then(then, otherwise).finally(() => {
+      this.concluded = true;
+    });
   }
 
   /**

@@ -84,6 +84,8 @@ export class Jobs {
   /** jobs started and not yet seen to end */
   private readonly live = new Set<Job>();
   private readonly queue: Queue;
+  /** requests waiting for their model (its nodes coming back, or loading) before their job starts */
+  private arriving = 0;
   private taking = true;
 
   constructor(private readonly o: JobsOptions) {
@@ -97,17 +99,19 @@ export class Jobs {
     this.taking = false;
   }
 
-  /** How many jobs have not ended yet. */
+  /** How many requests are not over yet: jobs, and requests waiting for their model before their job starts. */
   inFlight(): number {
-    for (const job of this.live) if (job.done) this.live.delete(job);
-    return this.live.size;
+    for (const job of this.live) if (job.over) this.live.delete(job);
+    return this.live.size + this.arriving;
   }
 
   /** Starts a job for `r`, its output going to `out`; throws (an ApiError) when it cannot start. */
   async submit(r: JobRequest, out: JobOutput): Promise<Job> {
     const { fleet, policy, metrics, ledger, knownModels } = this.o;
-    if (!this.taking) throw new ApiError("no_capacity", "this coordinator is stopping; send the request again");
+    if (!this.taking) throw stopping();
     const { body, apiKey, signal } = r;
+    // however many times it waits (its model's nodes coming back, a unit with room, after a failure), a request waits this long in all
+    const waitUntil = Date.now() + this.queue.waitMs;
     const peers = this.forwardable(r) ? this.o.peers : undefined;
     if (!fleet.servesModel(body.model) && !peers?.serves(body.model)) {
       const remote = this.o.peers?.knows(body.model);
@@ -125,8 +129,15 @@ export class Jobs {
         metrics.federationRefused("no_peer");
         throw new ApiError("no_capacity", `only peer sites serve "${body.model}", and none takes jobs now; try again later`);
       }
-      // its nodes are on their way to another replica, or reconnecting: the request waits for them
-      if (!(await this.queue.returns(body.model, signal))) await this.loadOnDemand(body.model, signal, r.log);
+      this.arriving++;
+      try {
+        // its nodes are on their way to another replica, or reconnecting: the request waits for them
+        if (!(await this.queue.returns(body.model, waitUntil, signal)) && !signal.aborted)
+          await this.loadOnDemand(body.model, signal, r.log);
+      } finally {
+        this.arriving--;
+      }
+      if (!this.taking) throw stopping();
     }
     const owner = apiKey.owner?.toLowerCase();
     // own_nodes: only a node whose every payee is the key's owner (a private pool)
@@ -168,10 +179,14 @@ export class Jobs {
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
-        // a job that only units it may not run on serve has nothing to wait for
-        queue: (take, signal) =>
-          fleet.anyServing(body.model, mayRun) ? this.queue.wait(body.model, take, signal) : Promise.resolve(false),
-        continuer: (model, sha256, tried, signal) => this.continuer(model, sha256, tried, r, signal, allowed),
+        continuer: (model, sha256, tried) =>
+          fleet.pick(model, (n) => untried(tried, n) && n.models.get(model)?.sha256 === sha256 && mayRun(n)),
+        queue: (take, signal, { tried, continuing }) => {
+          if (continuing) return this.queue.wait(body.model, take, Date.now() + (this.o.continueWaitMs ?? CONTINUE_WAIT_MS), signal, true);
+          // a job that only units it may not run on, or has tried, serve has nothing to wait for
+          if (!fleet.anyServing(body.model, (n) => untried(tried, n) && mayRun(n))) return Promise.resolve(false);
+          return this.queue.wait(body.model, take, waitUntil, signal);
+        },
         observe: metrics,
         credits:
           r.credits ??
@@ -194,31 +209,6 @@ export class Jobs {
     this.live.add(job);
     await job.run();
     return job;
-  }
-
-  /**
-   * A unit to continue a job on: one serving the same model file, not tried for this job yet,
-   * taking jobs now or within the wait (a node coming back, a split re-forming).
-   */
-  private continuer(
-    model: string,
-    sha256: string,
-    tried: Tried,
-    r: JobRequest,
-    signal: AbortSignal,
-    allowed: (n: ServingUnit) => boolean,
-  ): Promise<ServingUnit | undefined> {
-    const { fleet, policy } = this.o;
-    const pick = () =>
-      fleet.pick(
-        model,
-        (n) =>
-          untried(tried, n) &&
-          allowed(n) &&
-          n.models.get(model)?.sha256 === sha256 &&
-          (!policy || policy({ model, apiKeyId: r.apiKey.id }, n)),
-      );
-    return fleet.until(pick, this.o.continueWaitMs ?? CONTINUE_WAIT_MS, signal);
   }
 
   /** Why a request may not be forwarded to a peer site, if it may not. */
@@ -265,6 +255,11 @@ export class Jobs {
       signal.aborted ? "the client went away while the model was loading" : `"${model}" is still loading; try again shortly`,
     );
   }
+}
+
+/** The refusal of a request that comes as this coordinator stops. */
+function stopping(): ApiError {
+  return new ApiError("no_capacity", "this coordinator is stopping; send the request again");
 }
 
 /** Whether a job has not tried `unit`, or tried it in another incarnation (a split since re-formed). */

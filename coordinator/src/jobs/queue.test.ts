@@ -39,16 +39,34 @@ describe("Queue", () => {
     const fleet = new Fleet();
     const paused = node("a", false);
     fleet.add(paused);
-    const queue = new Queue(fleet, 60_000);
+    const queue = new Queue(fleet);
     const ran: string[] = [];
     const never = new AbortController().signal;
-    const waits = ["j1", "j2", "j3"].map((id) => queue.wait("m", job(fleet, id, ran), never));
+    const waits = ["j1", "j2", "j3"].map((id) => queue.wait("m", job(fleet, id, ran), Date.now() + 60_000, never));
     expect([ran, queue.size]).toEqual([[], 3]);
     // the node takes jobs again: it has room for 8 a slot, and every waiting job gets it, first come first
     paused.setAvailability(true, "resumed");
     fleet.notify();
     expect(await Promise.all(waits)).toEqual([true, true, true]);
     expect([ran, queue.size]).toEqual([["j1@a", "j2@a", "j3@a"], 0]);
+  });
+
+  it("gives a freed place to a job continuing mid-stream before the new jobs that waited longer", async () => {
+    const fleet = new Fleet();
+    const busy = node("a", true);
+    fleet.add(busy);
+    const ran: string[] = [];
+    for (let i = 0; i < 8; i++) job(fleet, `full${i}`, ran)();
+    const queue = new Queue(fleet, undefined, 1);
+    const never = new AbortController().signal;
+    const fresh = queue.wait("m", job(fleet, "fresh", ran), Date.now() + 60_000, never);
+    // the queue is full for new jobs, never for one whose client is reading its output
+    const continuing = queue.wait("m", job(fleet, "continuing", ran), Date.now() + 60_000, never, true);
+    busy.end("full0", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
+    expect(await continuing).toBe(true);
+    expect([ran.at(-1), queue.size]).toEqual(["continuing@a", 1]);
+    busy.end("full1", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
+    expect(await fresh).toBe(true);
   });
 
   it("serves a waiting job as soon as a node's job ends and frees a place", async () => {
@@ -58,21 +76,23 @@ describe("Queue", () => {
     const ran: string[] = [];
     for (let i = 0; i < 8; i++) job(fleet, `full${i}`, ran)();
     expect(fleet.pick("m")).toBeUndefined();
-    const queue = new Queue(fleet, 60_000);
-    const waited = queue.wait("m", job(fleet, "late", ran), new AbortController().signal);
+    const queue = new Queue(fleet);
+    const waited = queue.wait("m", job(fleet, "late", ran), Date.now() + 60_000, new AbortController().signal);
     busy.end("full0", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
     expect(await waited).toBe(true);
     expect(ran.at(-1)).toBe("late@a");
   });
 
-  it("gives up after its wait, or when the client leaves, and stops watching the fleet", async () => {
+  it("gives up at the end of its wait, or when the client leaves", async () => {
     const fleet = new Fleet();
     fleet.add(node("a", false));
-    const queue = new Queue(fleet, 50);
+    const queue = new Queue(fleet);
     const ran: string[] = [];
-    expect(await queue.wait("m", job(fleet, "j1", ran), new AbortController().signal)).toBe(false);
+    expect(await queue.wait("m", job(fleet, "j1", ran), Date.now() + 50, new AbortController().signal)).toBe(false);
+    // a request that has used its wait (on earlier attempts) waits no more
+    expect(await queue.wait("m", job(fleet, "j2", ran), Date.now() - 1, new AbortController().signal)).toBe(false);
     const leaving = new AbortController();
-    const waited = queue.wait("m", job(fleet, "j2", ran), leaving.signal);
+    const waited = queue.wait("m", job(fleet, "j3", ran), Date.now() + 60_000, leaving.signal);
     leaving.abort();
     expect([await waited, queue.size, ran]).toEqual([false, 0, []]);
   });
@@ -80,10 +100,10 @@ describe("Queue", () => {
   it("refuses a job at once when the queue is full", async () => {
     const fleet = new Fleet();
     fleet.add(node("a", false));
-    const queue = new Queue(fleet, 60_000, 1);
+    const queue = new Queue(fleet, undefined, 1);
     const leaving = new AbortController();
-    const first = queue.wait("m", () => false, leaving.signal);
-    expect(await queue.wait("m", () => false, new AbortController().signal)).toBe(false);
+    const first = queue.wait("m", () => false, Date.now() + 60_000, leaving.signal);
+    expect(await queue.wait("m", () => false, Date.now() + 60_000, new AbortController().signal)).toBe(false);
     leaving.abort();
     await first;
   });
@@ -91,12 +111,12 @@ describe("Queue", () => {
   it("waits for a model whose last node just left to be served again", async () => {
     const fleet = new Fleet();
     fleet.add(node("a", true));
-    const queue = new Queue(fleet, 60_000);
+    const queue = new Queue(fleet);
     const never = new AbortController().signal;
     // never served here: nothing to wait for
-    expect(await queue.returns("other", never)).toBe(false);
+    expect(await queue.returns("other", Date.now() + 60_000, never)).toBe(false);
     fleet.remove("a", "moving to another replica");
-    const back = queue.returns("m", never);
+    const back = queue.returns("m", Date.now() + 60_000, never);
     let served: boolean | undefined;
     void back.then((b) => {
       served = b;

@@ -8,7 +8,7 @@
  */
 import type { Fleet } from "../fleet.js";
 
-/** How long a job waits for a unit with room, and for a model whose nodes just left, by default. */
+/** How long a request waits, in all, for a unit with room and for a model whose nodes just left, by default. */
 export const QUEUE_WAIT_MS = 10_000;
 
 /** Jobs that may wait at once; one more is refused at once (503). */
@@ -21,7 +21,11 @@ interface Waiter {
 }
 
 export class Queue {
+  /** jobs continuing mid-stream, served first, then new jobs: each in arrival order */
+  private readonly continuing = new Set<Waiter>();
   private readonly waiting = new Set<Waiter>();
+  /** requests waiting for their model's nodes to come back (returns) */
+  private returning = 0;
   private unwatch: (() => void) | undefined;
 
   constructor(
@@ -30,29 +34,32 @@ export class Queue {
     private readonly max = MAX_WAITING,
   ) {}
 
-  /** jobs waiting now */
+  /** requests waiting now */
   get size(): number {
-    return this.waiting.size;
+    return this.continuing.size + this.waiting.size + this.returning;
   }
 
   /**
    * Waits its turn for a unit of `model`: `take` dispatches the job to one if one can take it now,
-   * and says whether it did. Resolves true once it has; false when the wait runs out, the queue is
-   * full or `signal` aborts.
+   * and says whether it did. Resolves true once it has; false at `until` (ms epoch), when the
+   * queue is full or when `signal` aborts. A job continuing mid-stream (`first`) is served before
+   * new ones, and never refused for a full queue: its client is reading its output.
    */
-  wait(model: string, take: () => boolean, signal: AbortSignal): Promise<boolean> {
-    if (signal.aborted || this.waiting.size >= this.max) return Promise.resolve(false);
+  wait(model: string, take: () => boolean, until: number, signal: AbortSignal, first = false): Promise<boolean> {
+    const left = until - Date.now();
+    if (signal.aborted || left <= 0 || (!first && this.size >= this.max)) return Promise.resolve(false);
+    const line = first ? this.continuing : this.waiting;
     return new Promise((resolve) => {
       const gone = () => waiter.settle(false);
-      const timer = setTimeout(gone, this.waitMs);
+      const timer = setTimeout(gone, left);
       const waiter: Waiter = {
         model,
         take,
         settle: (taken) => {
           clearTimeout(timer);
           signal.removeEventListener("abort", gone);
-          this.waiting.delete(waiter);
-          if (this.waiting.size === 0) {
+          line.delete(waiter);
+          if (this.continuing.size + this.waiting.size === 0) {
             this.unwatch?.();
             this.unwatch = undefined;
           }
@@ -60,27 +67,46 @@ export class Queue {
         },
       };
       signal.addEventListener("abort", gone, { once: true });
-      this.waiting.add(waiter);
+      line.add(waiter);
       this.unwatch ??= this.fleet.watch(() => this.serve());
     });
   }
 
   /**
-   * Waits for `model` to be served again when its last node left within the wait (a replica
-   * stopping hands its nodes to another; a node reconnects): whether it is served.
+   * Waits, until `until` (ms epoch), for `model` to be served again when its last node left within
+   * the wait (a replica stopping hands its nodes to another; a node reconnects): whether it is served.
    */
-  async returns(model: string, signal: AbortSignal): Promise<boolean> {
-    if (!this.fleet.leftWithin(model, this.waitMs)) return false;
-    return (await this.fleet.until(() => this.fleet.servesModel(model) || undefined, this.waitMs, signal)) === true;
+  async returns(model: string, until: number, signal: AbortSignal): Promise<boolean> {
+    const left = until - Date.now();
+    if (left <= 0 || this.size >= this.max || !this.fleet.leftWithin(model, this.waitMs)) return false;
+    this.returning++;
+    try {
+      return (await this.fleet.until(() => this.fleet.servesModel(model) || undefined, left, signal)) === true;
+    } finally {
+      this.returning--;
+    }
   }
 
-  /** Hands each waiting job, first come first served, a unit that can take it now; a model no unit has room for is passed over. */
+  /**
+   * Hands each waiting job, continuing ones first, then first come first served, a unit that can
+   * take it now; a model no unit has room for is passed over.
+   */
   private serve(): void {
     const full = new Set<string>();
-    for (const w of this.waiting) {
-      if (full.has(w.model)) continue;
-      if (w.take()) w.settle(true);
-      else if (!this.fleet.pick(w.model)) full.add(w.model);
+    for (const line of [this.continuing, this.waiting]) {
+      for (const w of line) {
+        if (full.has(w.model)) continue;
+        let taken = false;
+        try {
+          taken = w.take();
+        } catch {
+          // a unit that cannot be handed the job (its channel just closed): the job's wait ends, as a wait that ran out
+          w.settle(false);
+          continue;
+        }
+        if (taken) w.settle(true);
+        else if (!this.fleet.pick(w.model)) full.add(w.model);
+      }
     }
   }
 }
