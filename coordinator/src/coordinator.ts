@@ -435,13 +435,9 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       dialLocal: (token) => (dialLocal as LocalDial)(token),
       async drain(withinMs) {
         stopping = true;
-        jobs.stopTaking();
+        // with replicas, its nodes go to others: none takes a job from here any more
+        jobs.stopTaking(Boolean(replicas));
         replicas?.drain();
-        if (replicas) {
-          // its nodes go to other replicas: none takes a job from here any more, not even one waiting its turn
-          for (const n of fleet.list()) n.setAvailability(false, "draining");
-          fleet.notify();
-        }
         const deadline = Date.now() + withinMs;
         // its own clients' jobs, and other replicas' jobs on its nodes
         const inFlight = () => jobs.inFlight() + (replicas?.serving ?? 0);

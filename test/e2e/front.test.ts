@@ -244,21 +244,33 @@ describe.skipIf(Boolean(nginxMissing) || !process.env.DATABASE_URL)(
         await n.start();
         cleanups.push(() => n.stop());
       }
-      const held = async (r: Replica) =>
-        ((await (await fetch(`${r.url}/v1/network`)).json()) as NetworkResponse).models.find((m) => m.id === "lan-model")?.nodes ?? 0;
-      const counts = await Promise.all(replicas.map(held));
-      expect([...counts].sort()).toEqual([0, 2]);
-      // a job reaches them over the channel through nginx (asked of their replica: reaching a node
-      // that another replica holds is for the replicas to arrange between them)
-      const holder = replicas[counts.indexOf(2)] as Replica;
-      const res = await fetch(`${holder.url}/v1/chat/completions`, {
+      // every replica shows the site's nodes, its own and the others'
+      await waitFor("every replica to show both machines", async () => {
+        for (const r of replicas) {
+          const network = (await (await fetch(`${r.url}/v1/network`)).json()) as NetworkResponse;
+          if (network.models.find((m) => m.id === "lan-model")?.nodes !== 2) return false;
+        }
+        return true;
+      });
+      // a job reaches them through nginx, whichever replica it lands on
+      const res = await httpsFetch(`${front.url}/v1/chat/completions`, {
+        ca,
         method: "POST",
         headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
         body: JSON.stringify({ model: "lan-model", max_tokens: 2, messages: [{ role: "user", content: "go" }] }),
       });
       expect(res.status).toBe(200);
-      expect(lan.map((n) => n.id)).toContain(res.headers.get("x-sharedllm-node"));
+      expect(lan.map((n) => n.id)).toContain(res.headers["x-sharedllm-node"]);
       await res.text();
+      // nginx logs each channel as it closes, with the replica that held it: both held by one
+      for (const n of lan) n.stop();
+      const channels = await waitFor("nginx to log both channels", async () => {
+        const lines = (await front.accessLog()).split("\n").filter((l) => l.startsWith("127.0.0.5 ") && l.includes("/v1/control"));
+        return lines.length === 2 ? lines : undefined;
+      });
+      const holders = new Set(channels.map((l) => /upstream=(\S+)/.exec(l)?.[1]));
+      expect(holders.size).toBe(1);
+      expect(replicas.map((r) => r.address)).toContain([...holders][0]);
     });
 
     it("tells a replica each client's own address (--trust-proxy): one client's registrations do not use up another's", async () => {

@@ -113,6 +113,7 @@ function setup(
       pick: (_model, tried) => units.find((u) => tried.get(u.id) !== u.incarnation),
       queue: (take, signal) =>
         new Promise((resolve) => {
+          if (take()) return resolve(true);
           if (!o.waits) return resolve(false);
           const w = {
             take,

@@ -119,9 +119,10 @@ export interface JobEffects {
   /** a unit to continue the job on now, none of `tried`, serving the model file `sha256` */
   continuer(model: string, sha256: string, tried: Tried): ServingUnit | undefined;
   /**
-   * waits the job's turn for a unit (queue.ts): `take` dispatches to one if one can take the job
-   * now and says whether it did; resolves false when the wait runs out, or at once when no unit
-   * it has not tried could ever take it. A continuing job goes first, and waits a bound of its own.
+   * the job's turn for a unit (queue.ts): `take` dispatches to one if one can take the job now and
+   * says whether it did; resolves true once it did (at once, with none waiting before it), false
+   * when the wait runs out, or at once when no unit it has not tried could ever take it. A
+   * continuing job goes first, and waits a bound of its own.
    */
   queue(take: () => boolean, signal: AbortSignal, o: { tried: Tried; continuing: boolean }): Promise<boolean>;
   /** continuations by cause, and the gap each left (failure to the next token) */
@@ -258,9 +259,8 @@ export class Job implements JobSink {
     });
   }
 
-  /** Runs `take` now, or when the job's turn for a unit comes; `none` when its wait runs out. */
+  /** Runs `take` when the job's turn for a unit comes (now, with none waiting before it); `none` when its wait runs out. */
   private whenUnit(take: () => boolean, continuing: boolean, none: () => void): void {
-    if (take()) return;
     const wait = new AbortController();
     this.waiting = wait;
     void this.fx.queue(take, wait.signal, { tried: this.tried, continuing }).then((taken) => {
@@ -449,14 +449,16 @@ export class Job implements JobSink {
     this.to("cancelled");
     this.waiting?.abort();
     if (queued) {
-      this.out.cancelled?.(this.unitId, undefined);
+      const told = () => this.out.cancelled?.(this.unitId, undefined);
       // run() releases the hold once it is made; a job waiting its turn for a unit has made it
-      if (waited)
-        this.conclude(
-          this.fx.credits?.release() ?? Promise.resolve(),
-          () => {},
-          (err) => this.fx.log.error({ err, jobId: this.id }, "releasing the hold failed"),
-        );
+      if (!waited) {
+        told();
+        return;
+      }
+      this.conclude(this.fx.credits?.release() ?? Promise.resolve(), told, (err) => {
+        this.fx.log.error({ err, jobId: this.id }, "releasing the hold failed");
+        told();
+      });
       return;
     }
     const streamed = Math.min(this.transcript.tokens, atMost?.tokens ?? Number.POSITIVE_INFINITY);

@@ -87,6 +87,10 @@ export class Jobs {
   /** requests waiting for their model (its nodes coming back, or loading) before their job starts */
   private arriving = 0;
   private taking = true;
+  /** aborts as this coordinator stops: a request waiting for its model is refused at once */
+  private readonly stopping = new AbortController();
+  /** stopping with replicas: this replica's own nodes go to others, and take no job from here */
+  private handingOver = false;
 
   constructor(private readonly o: JobsOptions) {
     this.records = new JobTable(o.db, o.metrics, o.instance);
@@ -94,9 +98,14 @@ export class Jobs {
     o.metrics.countWaiting(() => this.queue.size);
   }
 
-  /** From now on every request is refused (503): this coordinator is stopping. */
-  stopTaking(): void {
+  /**
+   * From now on every request is refused (503): this coordinator is stopping. `handOver`: its
+   * nodes go to other replicas, so no job here, not even one waiting its turn, is given one of them.
+   */
+  stopTaking(handOver: boolean): void {
     this.taking = false;
+    this.handingOver = handOver;
+    this.stopping.abort();
   }
 
   /** How many requests are not over yet: jobs, and requests waiting for their model before their job starts. */
@@ -132,8 +141,9 @@ export class Jobs {
       this.arriving++;
       try {
         // its nodes are on their way to another replica, or reconnecting: the request waits for them
-        if (!(await this.queue.returns(body.model, waitUntil, signal)) && !signal.aborted)
-          await this.loadOnDemand(body.model, signal, r.log);
+        const waiting = AbortSignal.any([signal, this.stopping.signal]);
+        if (!(await this.queue.returns(body.model, waitUntil, waiting)) && !waiting.aborted)
+          await this.loadOnDemand(body.model, waiting, r.log);
       } finally {
         this.arriving--;
       }
@@ -149,6 +159,8 @@ export class Jobs {
     /** the units this job may run on, taking jobs now or not */
     const mayRun = (n: ConnectedNode | RemoteUnit) =>
       allowed(n) && (!r.only || n.id === r.only) && (!policy || policy({ model: body.model, apiKeyId: apiKey.id }, n));
+    /** a unit a job may be given now: none of this replica's own while it hands them over */
+    const givable = (n: ConnectedNode | RemoteUnit) => !this.handingOver || fleet.get(n.id) !== n;
     const jobId = `job_${randomUUID()}`;
     // the engine generates at most what the credits were reserved for
     const generationLimit = requestedMaxTokens(body as never) ?? DEFAULT_MAX_TOKENS;
@@ -175,18 +187,22 @@ export class Jobs {
       {
         pick(model, tried) {
           const t0 = performance.now();
-          const unit = fleet.pick(model, (n) => untried(tried, n) && mayRun(n)) ?? peers?.pick(model, (u) => untried(tried, u));
+          const unit =
+            fleet.pick(model, (n) => untried(tried, n) && mayRun(n) && givable(n)) ?? peers?.pick(model, (u) => untried(tried, u));
           metrics.scheduled((performance.now() - t0) / 1000);
           return unit;
         },
         continuer: (model, sha256, tried) =>
-          fleet.pick(model, (n) => untried(tried, n) && n.models.get(model)?.sha256 === sha256 && mayRun(n)),
-        queue: (take, signal, { tried, continuing }) => {
-          if (continuing) return this.queue.wait(body.model, take, Date.now() + (this.o.continueWaitMs ?? CONTINUE_WAIT_MS), signal, true);
-          // a job that only units it may not run on, or has tried, serve has nothing to wait for
-          if (!fleet.anyServing(body.model, (n) => untried(tried, n) && mayRun(n))) return Promise.resolve(false);
-          return this.queue.wait(body.model, take, waitUntil, signal);
-        },
+          fleet.pick(model, (n) => untried(tried, n) && n.models.get(model)?.sha256 === sha256 && mayRun(n) && givable(n)),
+        queue: (take, signal, { tried, continuing }) =>
+          continuing
+            ? this.queue.wait(body.model, take, { until: Date.now() + (this.o.continueWaitMs ?? CONTINUE_WAIT_MS), signal, first: true })
+            : this.queue.wait(body.model, take, {
+                until: waitUntil,
+                signal,
+                // a job that only units it may not run on, or has tried, serve has nothing to wait for
+                hopeless: () => !fleet.anyServing(body.model, (n) => untried(tried, n) && mayRun(n)),
+              }),
         observe: metrics,
         credits:
           r.credits ??

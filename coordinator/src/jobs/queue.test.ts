@@ -42,7 +42,7 @@ describe("Queue", () => {
     const queue = new Queue(fleet);
     const ran: string[] = [];
     const never = new AbortController().signal;
-    const waits = ["j1", "j2", "j3"].map((id) => queue.wait("m", job(fleet, id, ran), Date.now() + 60_000, never));
+    const waits = ["j1", "j2", "j3"].map((id) => queue.wait("m", job(fleet, id, ran), { until: Date.now() + 60_000, signal: never }));
     expect([ran, queue.size]).toEqual([[], 3]);
     // the node takes jobs again: it has room for 8 a slot, and every waiting job gets it, first come first
     paused.setAvailability(true, "resumed");
@@ -59,9 +59,9 @@ describe("Queue", () => {
     for (let i = 0; i < 8; i++) job(fleet, `full${i}`, ran)();
     const queue = new Queue(fleet, undefined, 1);
     const never = new AbortController().signal;
-    const fresh = queue.wait("m", job(fleet, "fresh", ran), Date.now() + 60_000, never);
+    const fresh = queue.wait("m", job(fleet, "fresh", ran), { until: Date.now() + 60_000, signal: never });
     // the queue is full for new jobs, never for one whose client is reading its output
-    const continuing = queue.wait("m", job(fleet, "continuing", ran), Date.now() + 60_000, never, true);
+    const continuing = queue.wait("m", job(fleet, "continuing", ran), { until: Date.now() + 60_000, signal: never, first: true });
     busy.end("full0", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
     expect(await continuing).toBe(true);
     expect([ran.at(-1), queue.size]).toEqual(["continuing@a", 1]);
@@ -77,10 +77,37 @@ describe("Queue", () => {
     for (let i = 0; i < 8; i++) job(fleet, `full${i}`, ran)();
     expect(fleet.pick("m")).toBeUndefined();
     const queue = new Queue(fleet);
-    const waited = queue.wait("m", job(fleet, "late", ran), Date.now() + 60_000, new AbortController().signal);
+    const waited = queue.wait("m", job(fleet, "late", ran), { until: Date.now() + 60_000, signal: new AbortController().signal });
     busy.end("full0", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
     expect(await waited).toBe(true);
     expect(ran.at(-1)).toBe("late@a");
+  });
+
+  it("takes a freed place at once only with no job waiting before it for the model", async () => {
+    const fleet = new Fleet();
+    const busy = node("a", true);
+    fleet.add(busy);
+    const ran: string[] = [];
+    for (let i = 0; i < 8; i++) job(fleet, `full${i}`, ran)();
+    const queue = new Queue(fleet);
+    const never = new AbortController().signal;
+    const older = queue.wait("m", job(fleet, "older", ran), { until: Date.now() + 60_000, signal: never });
+    // a place frees; before the queue has been told, a new job comes: it waits behind the older one
+    busy.end("full0", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
+    const newer = queue.wait("m", job(fleet, "newer", ran), { until: Date.now() + 60_000, signal: never });
+    expect(await older).toBe(true);
+    expect([ran.at(-1), queue.size]).toEqual(["older@a", 1]);
+    busy.end("full1", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
+    expect(await newer).toBe(true);
+    expect(ran.slice(-2)).toEqual(["older@a", "newer@a"]);
+  });
+
+  it("does not wait when the job is hopeless", async () => {
+    const fleet = new Fleet();
+    fleet.add(node("a", false));
+    const queue = new Queue(fleet);
+    const waited = queue.wait("m", () => false, { until: Date.now() + 60_000, signal: new AbortController().signal, hopeless: () => true });
+    expect([await waited, queue.size]).toEqual([false, 0]);
   });
 
   it("gives up at the end of its wait, or when the client leaves", async () => {
@@ -88,11 +115,11 @@ describe("Queue", () => {
     fleet.add(node("a", false));
     const queue = new Queue(fleet);
     const ran: string[] = [];
-    expect(await queue.wait("m", job(fleet, "j1", ran), Date.now() + 50, new AbortController().signal)).toBe(false);
+    expect(await queue.wait("m", job(fleet, "j1", ran), { until: Date.now() + 50, signal: new AbortController().signal })).toBe(false);
     // a request that has used its wait (on earlier attempts) waits no more
-    expect(await queue.wait("m", job(fleet, "j2", ran), Date.now() - 1, new AbortController().signal)).toBe(false);
+    expect(await queue.wait("m", job(fleet, "j2", ran), { until: Date.now() - 1, signal: new AbortController().signal })).toBe(false);
     const leaving = new AbortController();
-    const waited = queue.wait("m", job(fleet, "j3", ran), Date.now() + 60_000, leaving.signal);
+    const waited = queue.wait("m", job(fleet, "j3", ran), { until: Date.now() + 60_000, signal: leaving.signal });
     leaving.abort();
     expect([await waited, queue.size, ran]).toEqual([false, 0, []]);
   });
@@ -102,8 +129,8 @@ describe("Queue", () => {
     fleet.add(node("a", false));
     const queue = new Queue(fleet, undefined, 1);
     const leaving = new AbortController();
-    const first = queue.wait("m", () => false, Date.now() + 60_000, leaving.signal);
-    expect(await queue.wait("m", () => false, Date.now() + 60_000, new AbortController().signal)).toBe(false);
+    const first = queue.wait("m", () => false, { until: Date.now() + 60_000, signal: leaving.signal });
+    expect(await queue.wait("m", () => false, { until: Date.now() + 60_000, signal: new AbortController().signal })).toBe(false);
     leaving.abort();
     await first;
   });

@@ -20,10 +20,24 @@ interface Waiter {
   settle: (taken: boolean) => void;
 }
 
+/** How a job waits (`Queue.wait`). */
+export interface WaitOptions {
+  /** when it stops waiting, ms epoch */
+  until: number;
+  signal: AbortSignal;
+  /** it continues mid-stream: it goes before new jobs, and a full queue does not refuse it (its client is reading its output) */
+  first?: boolean;
+  /** whether no unit could ever take it (none it may run on serves its model): then it does not wait */
+  hopeless?: () => boolean;
+}
+
 export class Queue {
   /** jobs continuing mid-stream, served first, then new jobs: each in arrival order */
   private readonly continuing = new Set<Waiter>();
   private readonly waiting = new Set<Waiter>();
+  /** model id -> its jobs waiting in each line */
+  private readonly continuingFor = new Map<string, number>();
+  private readonly waitingFor = new Map<string, number>();
   /** requests waiting for their model's nodes to come back (returns) */
   private returning = 0;
   private unwatch: (() => void) | undefined;
@@ -40,15 +54,20 @@ export class Queue {
   }
 
   /**
-   * Waits its turn for a unit of `model`: `take` dispatches the job to one if one can take it now,
-   * and says whether it did. Resolves true once it has; false at `until` (ms epoch), when the
-   * queue is full or when `signal` aborts. A job continuing mid-stream (`first`) is served before
-   * new ones, and never refused for a full queue: its client is reading its output.
+   * A job's turn for a unit of `model`: `take` dispatches it to one if one can take it now, and
+   * says whether it did. With no job of its line (or one before) waiting for the model, it takes
+   * one at once if it can; else it waits behind them. Resolves true once it has one; false at
+   * `until`, when the queue is full, when it is hopeless or when `signal` aborts.
    */
-  wait(model: string, take: () => boolean, until: number, signal: AbortSignal, first = false): Promise<boolean> {
-    const left = until - Date.now();
-    if (signal.aborted || left <= 0 || (!first && this.size >= this.max)) return Promise.resolve(false);
+  wait(model: string, take: () => boolean, o: WaitOptions): Promise<boolean> {
+    const { first = false, signal } = o;
+    const ahead = (this.continuingFor.get(model) ?? 0) + (first ? 0 : (this.waitingFor.get(model) ?? 0));
+    if (ahead === 0 && !signal.aborted && take()) return Promise.resolve(true);
+    const left = o.until - Date.now();
+    if (signal.aborted || left <= 0 || (!first && this.size >= this.max) || o.hopeless?.()) return Promise.resolve(false);
     const line = first ? this.continuing : this.waiting;
+    const count = first ? this.continuingFor : this.waitingFor;
+    count.set(model, (count.get(model) ?? 0) + 1);
     return new Promise((resolve) => {
       const gone = () => waiter.settle(false);
       const timer = setTimeout(gone, left);
@@ -59,6 +78,9 @@ export class Queue {
           clearTimeout(timer);
           signal.removeEventListener("abort", gone);
           line.delete(waiter);
+          const n = (count.get(model) ?? 1) - 1;
+          if (n) count.set(model, n);
+          else count.delete(model);
           if (this.continuing.size + this.waiting.size === 0) {
             this.unwatch?.();
             this.unwatch = undefined;
