@@ -86,8 +86,7 @@ export class Jobs {
   private readonly queue: Queue;
   /** requests waiting for their model (its nodes coming back, or loading) before their job starts */
   private arriving = 0;
-  private taking = true;
-  /** aborts as this coordinator stops: a request waiting for its model is refused at once */
+  /** aborts as this coordinator stops: new requests are refused, and one waiting for its model at once */
   private readonly stopping = new AbortController();
   /** stopping with replicas: this replica's own nodes go to others, and take no job from here */
   private handingOver = false;
@@ -103,7 +102,6 @@ export class Jobs {
    * nodes go to other replicas, so no job here, not even one waiting its turn, is given one of them.
    */
   stopTaking(handOver: boolean): void {
-    this.taking = false;
     this.handingOver = handOver;
     this.stopping.abort();
   }
@@ -117,7 +115,7 @@ export class Jobs {
   /** Starts a job for `r`, its output going to `out`; throws (an ApiError) when it cannot start. */
   async submit(r: JobRequest, out: JobOutput): Promise<Job> {
     const { fleet, policy, metrics, ledger, knownModels } = this.o;
-    if (!this.taking) throw stopping();
+    if (this.stopping.signal.aborted) throw stopping();
     const { body, apiKey, signal } = r;
     // however many times it waits (its model's nodes coming back, a unit with room, after a failure), a request waits this long in all
     const waitUntil = Date.now() + this.queue.waitMs;
@@ -147,7 +145,7 @@ export class Jobs {
       } finally {
         this.arriving--;
       }
-      if (!this.taking) throw stopping();
+      if (this.stopping.signal.aborted) throw stopping();
     }
     const owner = apiKey.owner?.toLowerCase();
     // own_nodes: only a node whose every payee is the key's owner (a private pool)
