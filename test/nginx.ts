@@ -109,7 +109,7 @@ export async function startNginx(o: { replicas: string[]; cert: string; key: str
   const main = join(dir, "nginx.conf");
   await writeFile(
     main,
-    `worker_processes 1;
+    `worker_processes auto;
 pid ${join(dir, "nginx.pid")};
 events { worker_connections 512; }
 http {

@@ -152,7 +152,9 @@ describe("Fleet bookkeeping", () => {
     fleet.add(local);
     remote.update({ ...state(id, ["x"]), active: 1 });
     expect(fleet.pick("x")).toBe(local);
+    // all else equal, this replica's own node goes first, though the other replica's was known before it
     remote.update(state(id, ["x"]));
+    expect(fleet.pick("x")).toBe(local);
     local.dispatch(
       { type: "job.start", jobId: "j", kind: "chat", stream: false, includeUsage: false, request: {} },
       {

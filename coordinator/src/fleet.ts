@@ -92,6 +92,9 @@ function better(a: NodeView, b: NodeView): boolean {
   return a.order < b.order;
 }
 
+/** where other replicas' nodes are numbered from, in tie-break order (NodeView.order) */
+const REMOTE_ORDER = 2 ** 40;
+
 /** How often, per heartbeat period, the coordinator looks for silent nodes. */
 export const SWEEPS_PER_HEARTBEAT = 5;
 
@@ -188,7 +191,9 @@ export class Fleet {
     if (this.nodes.has(node.id)) return;
     const old = this.remote.get(node.id);
     if (old) this.indexed(this.remoteServedBy, old, false);
-    node.order = old?.order ?? ++this.connections;
+    // numbered after every node of this replica's own: where all else ties, a job goes to one of
+    // those, which needs no hop over NATS
+    node.order = old?.order ?? REMOTE_ORDER + ++this.connections;
     this.remote.set(node.id, node);
     // its rank changes as its replica tells its state, and as jobs are sent to it from here
     node.rankChanged = () => this.rerankIn(this.remoteServedBy, node, this.remote.get(node.id) === node);

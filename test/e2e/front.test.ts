@@ -183,6 +183,16 @@ describe.skipIf(Boolean(nginxMissing) || !process.env.DATABASE_URL)(
       }
       front = await startNginx({ replicas: replicas.map((r) => r.address), ...cert });
       cleanups.push(() => front.stop());
+      // each node's speed comes with its first heartbeat: until every replica has both, a replica
+      // would send a job to the node whose speed it knows, though its own is idle
+      const ids = replicas.map((r) => r.node.id);
+      await waitFor("every replica to know both nodes' speed", async () => {
+        for (const r of replicas) {
+          const { nodes } = (await (await fetch(`${r.url}/v1/network`)).json()) as NetworkResponse;
+          if (!ids.every((id) => nodes.some((n) => n.id === id && n.tokensPerSecond === 42))) return false;
+        }
+        return true;
+      });
     }, 120_000);
 
     afterAll(async () => {
