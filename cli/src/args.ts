@@ -2,6 +2,7 @@
 import { isIP } from "node:net";
 import { DEFAULT_RATE_LIMITS, type IndexerSettings } from "@sharedllm/coordinator";
 import { SharedLLMError } from "@sharedllm/node";
+import { MAX_SLOTS } from "@sharedllm/protocol";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { type Logger, pino } from "pino";
 
@@ -14,6 +15,13 @@ export function commandLogger(verbose: boolean | undefined): Logger {
 export function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 65_535) throw new InvalidArgumentError("expected a whole number from 1 to 65535");
+  return n;
+}
+
+/** How many jobs a node runs at once: 1 to MAX_SLOTS, the most a coordinator accepts. */
+export function slotCount(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_SLOTS) throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_SLOTS}`);
   return n;
 }
 

@@ -21,7 +21,7 @@ import {
 import { type NetworkNode, type NetworkResponse, UNAVAILABLE_REASONS } from "@sharedllm/protocol";
 import { Command, Option } from "commander";
 import type { Logger } from "pino";
-import { commandLogger, positiveInt, wholeNumber } from "./args.js";
+import { commandLogger, slotCount, wholeNumber } from "./args.js";
 import {
   addOwnerOptions,
   commandFile,
@@ -153,7 +153,7 @@ export function nodeCommand(): Command {
     .option("--token <token>", "the site's join token (default: from node init)")
     .addOption(coordinatorCaOption())
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
-    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt));
+    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(slotCount));
   addOwnerOptions(start)
     .option("--engine-args <args>", "extra llama-server arguments, space-separated")
     .addOption(

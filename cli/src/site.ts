@@ -23,7 +23,15 @@ import {
 import type { NetworkResponse } from "@sharedllm/protocol";
 import { DISCOVERY_PORT, NonceCache, openBeacon, sealBeacon, siteBeaconKey } from "@sharedllm/protocol/node";
 import { Command, InvalidArgumentError, Option } from "commander";
-import { addCoordinatorOptions, addListenOptions, type CoordinatorArgs, commandLogger, type ListenArgs, positiveInt } from "./args.js";
+import {
+  addCoordinatorOptions,
+  addListenOptions,
+  type CoordinatorArgs,
+  commandLogger,
+  type ListenArgs,
+  positiveInt,
+  slotCount,
+} from "./args.js";
 import { coordinatorAccount, hostCoordinator } from "./hostCoordinator.js";
 import { checkUrl, coordinatorCaOption, files, type NodeConfig, readCoordinatorCa, readJson, recordRun, runningNode } from "./node.js";
 import { addOwnerOptions, type OwnerArgs, ownerCommands, ownerSettings } from "./ownerOptions.js";
@@ -99,7 +107,7 @@ export function siteCommand(): Command {
     .option("--token <token>", "the site's join token (required the first time; then read from this machine's 0600 config)")
     .addOption(coordinatorCaOption())
     .option("--model <source>", "model to serve", "default")
-    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(positiveInt));
+    .addOption(new Option("--slots <n>", "parallel requests").default(2).argParser(slotCount));
   addOwnerOptions(join_)
     .option("--scan <cidr...>", "also probe these ranges for peers (networks that drop multicast)")
     .option("--no-multicast", "do not use multicast beacons")

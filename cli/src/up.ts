@@ -32,10 +32,10 @@ import {
   type IndexerArgs,
   indexerSettings,
   type ListenArgs,
-  positiveInt,
   registryReadOptions,
   type SettlementArgs,
   settlementOptions,
+  slotCount,
   wholeNumber,
 } from "./args.js";
 import { deployDevContracts, startDevChain } from "./chain.js";
@@ -62,7 +62,7 @@ export function upCommand(): Command {
     { portHelp: "coordinator port (0 = any free port)", host: "127.0.0.1", hostHelp: "address to listen on" },
   )
     .option("--model <source>", "model to serve: an id in the store, 'default', hf:..., or a .gguf path", "default")
-    .addOption(new Option("--slots <n>", "parallel requests on the node").default(2).argParser(positiveInt))
+    .addOption(new Option("--slots <n>", "parallel requests on the node").default(2).argParser(slotCount))
     .option("--engine-args <args>", 'extra llama-server arguments, space-separated (e.g. "--poll 0")')
     .option("--no-chain", "run without the local dev chain: no credits, every key is free")
     .addOption(new Option("--chain-port <port>", "port of the local dev chain (0 = any free port)").default(8545).argParser(wholeNumber));

@@ -5,6 +5,7 @@ import {
   encodeChunkFrame,
   MAX_MODEL_ID,
   MAX_SERVED_MODELS,
+  MAX_SLOTS,
   MAX_TOKENS_PER_CHUNK,
   nodeFrameSchema,
   parseFrame,
@@ -64,5 +65,9 @@ describe("what a node announces", () => {
     expect(parseFrame(nodeFrameSchema, hello([model("x".repeat(MAX_MODEL_ID + 1))])).ok).toBe(false);
     const models = JSON.stringify({ type: "models", models: [...many, model("one-more")] });
     expect(parseFrame(nodeFrameSchema, models).ok).toBe(false);
+    // at most MAX_SLOTS slots: a node cannot say it takes any number of jobs at once
+    const slots = (n: number) => parseFrame(nodeFrameSchema, JSON.stringify({ ...JSON.parse(hello([model("m")])), slots: n }));
+    expect(slots(MAX_SLOTS).ok).toBe(true);
+    expect(slots(MAX_SLOTS + 1)).toMatchObject({ ok: false, reason: expect.stringContaining("slots") });
   });
 });

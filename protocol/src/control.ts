@@ -30,6 +30,13 @@ export const MAX_NODE_FRAME_BYTES = 1024 * 1024;
 /** The largest context a node may report: larger figures are lies or mistakes. */
 export const MAX_CONTEXT_SIZE = 1 << 20;
 
+/**
+ * The most jobs a node may say it runs at once. llama-server divides its context among its slots
+ * (64 slots of a 131,072-token context leave 2,048 each); a larger figure would only let a node
+ * that lies draw and hold more than its share of jobs (8 per slot, docs/architecture.md).
+ */
+export const MAX_SLOTS = 64;
+
 /** The most models one node may announce (each a llama-server of its own), and the longest model id. */
 export const MAX_SERVED_MODELS = 64;
 export const MAX_MODEL_ID = 256;
@@ -104,7 +111,7 @@ export const helloSchema = z.looseObject({
   engine: z.looseObject({ tag: z.string().max(100), variant: z.string().max(100) }),
   models: z.array(servedModelSchema).max(MAX_SERVED_MODELS),
   /** how many jobs the node runs at once */
-  slots: z.number().int().positive(),
+  slots: z.number().int().positive().max(MAX_SLOTS),
   /** false when the node starts paused or outside its schedule; default true */
   accepting: z.boolean().optional(),
   /** why it does not take jobs, when `accepting` is false */

@@ -10,6 +10,7 @@ import {
   encodeChunkFrame,
   type JobStart,
   jobStartSchema,
+  MAX_SLOTS,
   type NetworkNode,
   servedModelSchema,
   type Usage,
@@ -52,7 +53,7 @@ const payeesSchema = z.object({
 export const remoteStateSchema = z.object({
   id: z.string().regex(/^0x[0-9a-f]{40}$/),
   models: z.array(servedModelSchema),
-  slots: z.number().int().positive(),
+  slots: z.number().int().positive().max(MAX_SLOTS),
   active: z.number().int().nonnegative(),
   accepting: z.boolean(),
   coolingUntil: z.number(),
