@@ -462,6 +462,7 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
         await replicas?.close();
         await app.close();
         await indexer?.stop();
+        await ledger?.metering.stop();
         await lease.end();
         ledger?.audits?.stop();
         canaries?.stop();
@@ -518,7 +519,7 @@ async function openLedger(
   lease: InstanceLease,
   sendElsewhere: (node: string, frame: ReceiptRequest) => boolean,
 ) {
-  const chain = await LedgerChain.connect(o.chain);
+  const chain = await LedgerChain.connect(o.chain, (message) => logger.warn(message));
   const genesis = await chain.public.getBlock({ blockNumber: 0n });
   const identity = `${chain.chainId}:${chain.ledger.toLowerCase()}:${chain.coordinator.toLowerCase()}:${genesis.hash}`;
   const stored = await db.selectFrom("meta").select("value").where("key", "=", "ledger").executeTakeFirst();

@@ -442,7 +442,17 @@ describe.skipIf(!process.env.DATABASE_URL || nginxMissing)("a hosted coordinator
         (await sql<{ held: string }>`select coalesce(sum(held), 0) as held from credit_accounts`.execute(store)).rows[0]?.held === "0",
       60_000,
       500,
-    );
+    ).catch(async (err) => {
+      // which jobs hold credits still, and what their rows and replicas say
+      const open = await sql`select h.job_id, h.instance_id, h.created_at, j.status, j.error, j.instance_id as job_instance,
+          (select seen_at from coordinator_instances i where i.id = h.instance_id) as holder_seen
+        from ledger_entries h left join jobs j on j.id = h.job_id
+        where h.kind = 'hold' and not exists (select 1 from ledger_entries r where r.job_id = h.job_id and r.kind = 'release')`.execute(
+        store,
+      );
+      console.log("holds left:", JSON.stringify(open.rows), "faults:", happened.join(", "));
+      throw err;
+    });
     await waitFor("every charge and earning settled", async () => (await unsettled()) === 0, 90_000, 500);
 
     const charges = await sql<{ n: string }>`select count(*) as n from ledger_entries where kind = 'charge'`.execute(store);

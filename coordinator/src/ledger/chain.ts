@@ -21,6 +21,9 @@ import {
   type WalletClient,
 } from "viem";
 
+/** How long a coordinator starting waits for its chain to answer. */
+export const CHAIN_WAIT_MS = 30_000;
+
 export interface ChainOptions {
   rpcUrl: string;
   /** CreditLedger address */
@@ -77,11 +80,26 @@ export class LedgerChain {
     this.coordinator = account.address;
   }
 
-  static async connect(o: ChainOptions): Promise<LedgerChain> {
-    const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 10_000 }) });
-    const chainId = await probe.getChainId().catch((err: Error) => {
-      throw new Error(`the chain at ${o.rpcUrl} does not answer: ${err.message}`);
-    });
+  /**
+   * Connects once the chain answers: a node of the chain that is away for a while (restarting,
+   * a network blip) is waited for up to `waitMs` (default CHAIN_WAIT_MS), each failed try told to
+   * `waiting`; one that does not answer by then is an error.
+   */
+  static async connect(o: ChainOptions, waiting: (message: string) => void = () => {}, waitMs = CHAIN_WAIT_MS): Promise<LedgerChain> {
+    const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 0, timeout: 5_000 }) });
+    const until = Date.now() + waitMs;
+    let chainId: number;
+    for (;;) {
+      try {
+        chainId = await probe.getChainId();
+        break;
+      } catch (err) {
+        const message = `the chain at ${o.rpcUrl} does not answer: ${(err as Error).message}`;
+        if (Date.now() + 1_000 > until) throw new Error(message);
+        waiting(`${message.split("\n")[0]}; trying again for up to ${Math.ceil((until - Date.now()) / 1000)} s`);
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
     const code = await probe.getCode({ address: o.ledger });
     if (!code || code === "0x") throw new Error(`no CreditLedger contract at ${o.ledger} on chain ${chainId} (${o.rpcUrl})`);
     return new LedgerChain(o, chainId);

@@ -1,4 +1,4 @@
-import { storageBackends } from "@sharedllm/testkit";
+import { storageBackends, waitFor } from "@sharedllm/testkit";
 import { sql } from "kysely";
 import { describe, expect, it } from "vitest";
 import { type Db, openDatabase } from "../db/database.js";
@@ -60,6 +60,28 @@ describe.each(storageBackends())("credit holds on $name", ({ name, open }) => {
       expect(after.account).toEqual(after.journal);
     } finally {
       for (const db of dbs) await db.destroy();
+      await db0.cleanup();
+    }
+  });
+
+  it("a release the database refuses is tried again until it goes through: no hold is left while the process runs", async () => {
+    const db0 = await open();
+    const db = await openDatabase(db0);
+    const metering = new Metering(db, escrowOf(1000n), DEFAULT_PRICING, "instance-0");
+    try {
+      await metering.reserve(user, "job-x", 100n);
+      // the database refuses releases for a while (as while its connections are cut)
+      await sql`create function refuse_release() returns trigger language plpgsql as $$
+        begin if new.kind = 'release' then raise exception 'the database is away'; end if; return new; end $$`.execute(db);
+      await sql`create trigger refuse_release before insert on ledger_entries for each row execute function refuse_release()`.execute(db);
+      await expect(metering.release(user, "job-x", 100n)).rejects.toThrow(/the database is away/);
+      expect((await totals(db)).account.held).toBe(100n);
+      await sql`drop trigger refuse_release on ledger_entries`.execute(db);
+      await waitFor("the release to go through", async () => (await totals(db)).account.held === 0n, 5_000);
+      expect(await totals(db)).toEqual({ journal: { charged: 0n, held: 0n }, account: { charged: 0n, held: 0n } });
+    } finally {
+      await metering.stop();
+      await db.destroy();
       await db0.cleanup();
     }
   });

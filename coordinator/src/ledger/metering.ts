@@ -55,6 +55,9 @@ export interface Balance {
 }
 
 const ESCROW_CACHE_MS = 2_000;
+/** the first retry of a failed release, and the longest wait between retries */
+const RELEASE_RETRY_MS = 1_000;
+const MAX_RELEASE_RETRY_MS = 30_000;
 
 export class Metering {
   private readonly escrows = new Map<string, { escrow: Escrow; until: number }>();
@@ -162,8 +165,60 @@ export class Metering {
     return { charged: amount, recorded };
   }
 
+  /**
+   * Ends a job's hold without a charge. When that fails (the database away for a moment), the
+   * caller hears of it, and the release is tried again in the background until it goes through:
+   * else the payer's credits would stay held for as long as this process runs.
+   */
   async release(address: Address, jobId: string, held: bigint): Promise<void> {
-    await releaseHold(this.db, address.toLowerCase(), jobId, held);
+    const who = address.toLowerCase();
+    try {
+      await releaseHold(this.db, who, jobId, held);
+    } catch (err) {
+      this.unreleased.set(jobId, { who, held });
+      this.retryReleases(RELEASE_RETRY_MS);
+      throw err;
+    }
+  }
+
+  /** holds whose release failed, by job: tried again, less often each time they fail, until they go through */
+  private readonly unreleased = new Map<string, { who: string; held: bigint }>();
+  private retrying: NodeJS.Timeout | undefined;
+
+  private stopped = false;
+
+  private retryReleases(afterMs: number): void {
+    if (this.retrying || this.stopped) return;
+    this.retrying = setTimeout(async () => {
+      const failed = await this.releaseFailed();
+      this.retrying = undefined;
+      if (failed) this.retryReleases(Math.min(afterMs * 2, MAX_RELEASE_RETRY_MS));
+    }, afterMs);
+    this.retrying.unref();
+  }
+
+  /** Tries each failed release once more; returns whether any failed again. */
+  private async releaseFailed(): Promise<boolean> {
+    let failed = false;
+    for (const [jobId, { who, held }] of this.unreleased) {
+      try {
+        await releaseHold(this.db, who, jobId, held);
+        this.unreleased.delete(jobId);
+      } catch {
+        failed = true;
+      }
+    }
+    return failed;
+  }
+
+  /**
+   * Before this process's lease ends: failed releases are tried a last time. What fails still is
+   * released by a replica that finds the lease lapsed, or by the next start.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retrying);
+    await this.releaseFailed();
   }
 
   /**
