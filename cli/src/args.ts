@@ -11,7 +11,7 @@ export function commandLogger(verbose: boolean | undefined): Logger {
   return pino({ level: verbose ? "info" : "warn" }, pino.destination(2));
 }
 
-/** A whole number from 1 to 65535 (counts: slots, threads, limits). */
+/** A whole number from 1 to 65535 (counts: threads, limits). */
 export function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 65_535) throw new InvalidArgumentError("expected a whole number from 1 to 65535");

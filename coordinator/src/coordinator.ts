@@ -34,7 +34,7 @@ import { type ForwardingSettings, inboundRoutes } from "./federation/forwarding.
 import { Peers } from "./federation/peers.js";
 import { federationPlugin } from "./federation/plugin.js";
 import { FederatedJobs } from "./federation/store.js";
-import { Fleet, HUNG_NODE_MS, type SchedulingPolicy } from "./fleet.js";
+import { Fleet, type SchedulingPolicy } from "./fleet.js";
 import { History } from "./indexer/history.js";
 import { Indexer, type IndexerOptions } from "./indexer/indexer.js";
 import { InstanceLease, LEASE_RENEW_MS } from "./instance.js";
@@ -81,8 +81,6 @@ export interface CoordinatorOptions {
   stallMs?: number;
   /** how long a request waits its turn when no unit serving its model has room; default 10 s */
   queueWaitMs?: number;
-  /** how long a node with jobs may send nothing for them before it is taken off as hung; default 5 min (HUNG_NODE_MS) */
-  hungNodeMs?: number;
   /** largest accepted request body, bytes */
   bodyLimit?: number;
   /** credits on an EVM chain; without it every key is free and nodes earn nothing */
@@ -306,7 +304,6 @@ export async function startCoordinator(o: CoordinatorOptions): Promise<Coordinat
       clusters: new Clusters(fleet),
       knownModels,
       heartbeatIntervalMs: o.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS,
-      hungNodeMs: o.hungNodeMs ?? HUNG_NODE_MS,
       metrics,
       receipts: ledger?.receipts,
       audits: ledger?.audits,

@@ -1,6 +1,6 @@
 import type { ServedModel } from "@sharedllm/protocol";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { Fleet, hungNodes, type NodeView, pickLoader, pickNode, QUEUE_FACTOR, silentNodes, sweepSchedule } from "./fleet.js";
+import { Fleet, type NodeView, pickLoader, pickNode, QUEUE_FACTOR, silentNodes, sweepSchedule } from "./fleet.js";
 import { RemoteNode } from "./replicas/remoteNode.js";
 import type { RemoteState } from "./replicas/wire.js";
 import { ConnectedNode } from "./units.js";
@@ -68,51 +68,6 @@ describe("silent nodes", () => {
         expect(at - lastSeenAt).toBeGreaterThan(2 * intervalMs);
       }
     }
-  });
-});
-
-describe("hung nodes", () => {
-  afterEach(() => {
-    vi.useRealTimers();
-  });
-
-  it("are those with jobs that have sent nothing for them past the bound, heartbeats or not", () => {
-    vi.useFakeTimers({ now: 1_000_000 });
-    const sink = { chunk() {}, end() {}, error() {} };
-    const n = new ConnectedNode({
-      id: "n",
-      models: new Map([["m", model]]),
-      slots: 2,
-      accepting: true,
-      engine: "e",
-      role: "solo",
-      send: () => {},
-      disconnect: () => {},
-    });
-    const hung = () => hungNodes([n], Date.now(), 1_000).length === 1;
-    // idle for long: not hung; its first job starts the clock
-    vi.advanceTimersByTime(5_000);
-    expect(hung()).toBe(false);
-    n.dispatch({ jobId: "a" } as never, sink);
-    vi.advanceTimersByTime(1_000);
-    expect(hung()).toBe(false);
-    // a token for its job keeps it on, as does a second job's prompt count; frames for jobs it does not have do not
-    n.chunk("a", "{}", 1);
-    vi.advanceTimersByTime(500);
-    n.dispatch({ jobId: "b" } as never, sink);
-    vi.advanceTimersByTime(400);
-    expect(hung()).toBe(false);
-    n.prompted("b", 5);
-    vi.advanceTimersByTime(900);
-    n.chunk("z", "{}", 1);
-    n.end("z", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
-    vi.advanceTimersByTime(200);
-    expect(hung()).toBe(true);
-    // once its jobs are over it is not hung, however long it then idles
-    n.end("a", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
-    n.end("b", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
-    vi.advanceTimersByTime(10_000);
-    expect(hung()).toBe(false);
   });
 });
 

@@ -118,21 +118,6 @@ export function silentNodes<T extends { id: string; lastSeenAt: number }>(nodes:
 }
 
 /**
- * How long a node with jobs may send nothing for any of them (no token, no prompt count, no end)
- * before it counts as hung: longer than an honest node takes to read a long prompt on a CPU
- * before its first token, short enough that a node that takes jobs and never answers holds them
- * for minutes, not for good. Output that has begun has its own, shorter bound (a job's stall).
- */
-export const HUNG_NODE_MS = 300_000;
-
-/** Nodes with jobs in flight that have sent nothing for them for longer than `hungMs`: a pure decision over a snapshot. */
-export function hungNodes<T extends { active: number; heardAt: number }>(nodes: Iterable<T>, now: number, hungMs: number): T[] {
-  const out: T[] = [];
-  for (const n of nodes) if (n.active > 0 && now - n.heardAt > hungMs) out.push(n);
-  return out;
-}
-
-/**
  * The node to ask to load a model in demand: a solo node (a worker serves no models, and a
  * head's split, which decides its pay, is for its own model), idle (nothing in flight), taking
  * jobs, not loading anything already, with free memory for twice the model file; among those the

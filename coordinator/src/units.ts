@@ -135,12 +135,6 @@ export class ConnectedNode implements NodeView, ServingUnit {
   readonly engine: string;
   /** last heartbeat (or hello), ms epoch */
   lastSeenAt = Date.now();
-  /**
-   * when the node last sent a frame for one of its jobs, or was given a job after having none (ms
-   * epoch): a node that has jobs and stays quiet past the coordinator's bound has hung (fleet.ts
-   * `hungNodes`), whatever its heartbeats say
-   */
-  heardAt = Date.now();
   readonly connectedAt = Date.now();
   capabilities: Capabilities | undefined;
   heartbeat: Heartbeat | undefined = undefined;
@@ -179,7 +173,6 @@ export class ConnectedNode implements NodeView, ServingUnit {
   }
 
   dispatch(job: JobStart, sink: JobSink): void {
-    if (!this.jobs.size) this.heardAt = Date.now();
     this.jobs.set(job.jobId, sink);
     this.active = this.jobs.size;
     this.rankChanged();
@@ -218,29 +211,19 @@ export class ConnectedNode implements NodeView, ServingUnit {
 
   /** the hot path: one call per streamed token */
   chunk(jobId: string, data: string, tokens: readonly number[] | number): void {
-    const sink = this.jobs.get(jobId);
-    if (!sink) return;
-    this.heardAt = Date.now();
-    sink.chunk(data, tokens);
+    this.jobs.get(jobId)?.chunk(data, tokens);
   }
 
   prompted(jobId: string, promptTokens: number): void {
-    const sink = this.jobs.get(jobId);
-    if (!sink) return;
-    this.heardAt = Date.now();
-    sink.prompted?.(promptTokens);
+    this.jobs.get(jobId)?.prompted?.(promptTokens);
   }
 
   end(jobId: string, usage: Usage, resumed?: number): void {
-    const sink = this.take(jobId);
-    if (!sink) return;
-    this.heardAt = Date.now();
-    sink.end(usage, resumed);
+    this.take(jobId)?.end(usage, resumed);
   }
 
   error(jobId: string, e: Pick<JobErrorFrame, "message" | "retryable" | "status">): void {
     const sink = this.take(jobId);
-    if (sink) this.heardAt = Date.now();
     // an engine failure (not a bad request) sends the next jobs elsewhere for a while
     if (sink && e.status === undefined) {
       this.coolingUntil = Date.now() + COOL_OFF_MS;

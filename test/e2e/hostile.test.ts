@@ -22,8 +22,6 @@ const joinToken = randomBytes(32).toString("base64url");
 /** short, so that the deadlines are seen within the test: a hello is due within 3 heartbeats (1.5 s) */
 const HEARTBEAT_MS = 500;
 const TIMEOUTS = { headersMs: 1_000, requestMs: 2_000 };
-/** how long a node with jobs may send nothing for them (HUNG_NODE_MS, short here) */
-const HUNG_MS = 3_000;
 /** an honest client's request must be answered within this while an attack runs */
 const SERVED_WITHIN_MS = 2_000;
 
@@ -43,7 +41,6 @@ beforeAll(async () => {
     joinToken,
     logger: quietLogger(),
     heartbeatIntervalMs: HEARTBEAT_MS,
-    hungNodeMs: HUNG_MS,
     httpTimeouts: TIMEOUTS,
   });
   apiKey = (await createApiKey(coordinator.db, "hostile")).secret;
@@ -283,49 +280,6 @@ describe("the control channel, from a hostile node", () => {
     expect(text).not.toContain("INJECTED");
     expect(text.endsWith("data: [DONE]\n\n")).toBe(true);
     victim.stop();
-  });
-
-  it("takes off a node that takes jobs and never answers them, heartbeats and all: its job is served by another node", async () => {
-    const mute = await rawChannel();
-    const frames: { type: string; jobId?: string }[] = [];
-    mute.ws.on("message", (d) => frames.push(JSON.parse(d.toString())));
-    // it claims every slot it may, so that it draws jobs first
-    const models = [{ id: "mute-model", sha256: "0".repeat(64), contextSize: 2048 }];
-    mute.ws.send(hello(mute.nodeId, { models, slots: MAX_SLOTS }));
-    await waitFor("the mute node's welcome", () => frames.some((f) => f.type === "welcome"), 3_000);
-    const heartbeat = JSON.stringify({
-      type: "heartbeat",
-      load: 0,
-      freeMemoryBytes: 1e9,
-      activeJobs: 0,
-      loadedModels: ["mute-model"],
-      tokensPerSecond: 42,
-    });
-    const beating = setInterval(() => mute.ws.send(heartbeat), HEARTBEAT_MS / 2);
-    try {
-      const answering = await simNode({ models: ["mute-model"] });
-      const started = performance.now();
-      const res = fetch(`${coordinator.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { authorization: `Bearer ${apiKey}`, "content-type": "application/json" },
-        body: JSON.stringify({ model: "mute-model", messages: [{ role: "user", content: "hi" }], max_tokens: 4 }),
-      });
-      await waitFor("the mute node's job", () => frames.some((f) => f.type === "job.start"), 3_000);
-      // it holds the job; others are served meanwhile
-      await expectServed();
-      const served = await res;
-      expect(served.status).toBe(200);
-      expect(served.headers.get("x-sharedllm-node")).toBe(answering.id);
-      expect(performance.now() - started).toBeGreaterThanOrEqual(HUNG_MS);
-      expect(await within(mute.closed, 3_000, "the mute node's channel")).toEqual({
-        code: CLOSE_REFUSED,
-        reason: `sent nothing for its jobs in ${HUNG_MS / 1000} s`,
-      });
-      expect(coordinator.fleet.get(mute.nodeId)).toBeUndefined();
-      answering.stop();
-    } finally {
-      clearInterval(beating);
-    }
   });
 
   it("stops a node that streams past its job's limit: the client gets an error event, the node a cancel", async () => {

@@ -28,7 +28,7 @@ import type { Clusters } from "../clusters.js";
 import { bearerToken, protocolBearer } from "../credentials.js";
 import type { Db } from "../db/database.js";
 import { recordEvent } from "../events.js";
-import { type Fleet, hungNodes, silentNodes, sweepSchedule } from "../fleet.js";
+import { type Fleet, silentNodes, sweepSchedule } from "../fleet.js";
 import { FrameBudget, WRITTEN_FRAMES_PER_MINUTE } from "../frameBudget.js";
 import type { Receipts } from "../ledger/receipts.js";
 import type { Metrics } from "../metrics.js";
@@ -42,8 +42,6 @@ export interface ControlPluginOptions {
   clusters: Clusters;
   knownModels: Map<string, KnownModel>;
   heartbeatIntervalMs: number;
-  /** how long a node with jobs may send nothing for them before it is taken off as hung (fleet.ts HUNG_NODE_MS) */
-  hungNodeMs: number;
   /** counts the nodes' yields to their owners */
   metrics?: Metrics;
   /** where signed work receipts go; absent when the coordinator runs without a ledger */
@@ -75,22 +73,12 @@ function notLoaded(node: ConnectedNode, loaded: string[]): Set<string> | undefin
 export async function controlPlugin(app: FastifyInstance, o: ControlPluginOptions): Promise<void> {
   // a node silent for three heartbeat periods is offline (taken off within them): its jobs fail, its socket closes
   const sweep = sweepSchedule(o.heartbeatIntervalMs, MISSED_HEARTBEATS_OFFLINE);
-  // so is a node that has jobs and has sent nothing for them for hungNodeMs (its engine hung, or it
-  // lies): its jobs are tried again or continued elsewhere, its channel closed (it may dial again)
-  const hung = `sent nothing for its jobs in ${o.hungNodeMs / 1000} s`;
   const sweeper = setInterval(() => {
-    const now = Date.now();
-    for (const n of silentNodes(o.fleet.list(), now, sweep.silentMs)) {
+    for (const n of silentNodes(o.fleet.list(), Date.now(), sweep.silentMs)) {
       app.log.warn({ nodeId: n.id }, "node missed its heartbeats; marking it offline");
       recordEvent(o.db, app.log, "node.offline", n.id, { reason: "missed heartbeats" });
       o.fleet.remove(n.id, `missed ${MISSED_HEARTBEATS_OFFLINE} heartbeats`);
       n.disconnect("missed heartbeats");
-    }
-    for (const n of hungNodes(o.fleet.list(), now, o.hungNodeMs)) {
-      app.log.warn({ nodeId: n.id, jobs: n.active }, "node sent nothing for its jobs; taking it off as hung");
-      recordEvent(o.db, app.log, "node.offline", n.id, { reason: hung });
-      o.fleet.remove(n.id, hung);
-      n.disconnect(hung);
     }
   }, sweep.everyMs);
   app.addHook("onClose", async () => clearInterval(sweeper));

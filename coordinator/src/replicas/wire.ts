@@ -10,7 +10,6 @@ import {
   encodeChunkFrame,
   type JobStart,
   jobStartSchema,
-  MAX_SLOTS,
   type NetworkNode,
   servedModelSchema,
   type Usage,
@@ -53,7 +52,7 @@ const payeesSchema = z.object({
 export const remoteStateSchema = z.object({
   id: z.string().regex(/^0x[0-9a-f]{40}$/),
   models: z.array(servedModelSchema),
-  slots: z.number().int().positive().max(MAX_SLOTS),
+  slots: z.number().int().positive(),
   active: z.number().int().nonnegative(),
   accepting: z.boolean(),
   coolingUntil: z.number(),
