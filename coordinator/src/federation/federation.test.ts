@@ -2,7 +2,8 @@ import pino from "pino";
 import { generatePrivateKey } from "viem/accounts";
 import { describe, expect, it } from "vitest";
 import type { Db } from "../db/database.js";
-import { chainErrorText, Federation, redactRpcUrl } from "./federation.js";
+import { chainErrorText, redactRpcUrl } from "../ledger/chain.js";
+import { Federation } from "./federation.js";
 
 describe("the RPC URL in messages", () => {
   it("keeps only its scheme and host: its path, query or user part may hold an API key", () => {

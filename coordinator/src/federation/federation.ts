@@ -22,6 +22,7 @@ import type { Logger } from "pino";
 import { type Address, createPublicClient, defineChain, type Hex, http, type PublicClient } from "viem";
 import { type PrivateKeyAccount, privateKeyToAccount } from "viem/accounts";
 import type { Db } from "../db/database.js";
+import { chainErrorText, redactRpcUrl } from "../ledger/chain.js";
 import type { LedgerDomain } from "./clearing.js";
 import { pairKey } from "./pairKey.js";
 import { RegistryReader, type RegistryReadOptions } from "./registry.js";
@@ -60,25 +61,6 @@ export interface FederationOptions {
 }
 
 export const DEFAULT_FEDERATION_REFRESH_MS = 15_000;
-
-/**
- * An RPC URL as it may appear in a message: its scheme and host only (its path, query or user
- * part may hold an API key).
- */
-export function redactRpcUrl(rpcUrl: string): string {
-  try {
-    const u = new URL(rpcUrl);
-    return `${u.protocol}//${u.host}`;
-  } catch {
-    return "the configured RPC URL";
-  }
-}
-
-/** A chain error's text without the RPC URL in it (viem's messages repeat the URL they called). */
-export function chainErrorText(err: Error, rpcUrl: string): string {
-  const text = (err as Error & { shortMessage?: string }).shortMessage ?? err.message;
-  return text.split(rpcUrl).join(redactRpcUrl(rpcUrl));
-}
 
 /** A peer that was trusted and no longer is. */
 export interface PeerCutOff {

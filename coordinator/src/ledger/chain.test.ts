@@ -51,6 +51,23 @@ describe("LedgerChain.connect", () => {
     expect(told[0]).toMatch(new RegExp(`^the chain at http://127\\.0\\.0\\.1:${port} does not answer: .*; trying again for up to \\d+ s$`));
   });
 
+  it("does not wait for an endpoint that answers, but not as a chain (a wrong path, a refused key)", async () => {
+    const server = createServer((_, res) => {
+      res.statusCode = 401;
+      res.end("unauthorized");
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const { port } = server.address() as AddressInfo;
+    const told: string[] = [];
+    const started = Date.now();
+    await expect(
+      LedgerChain.connect({ rpcUrl: `http://127.0.0.1:${port}/v3/SECRET`, ledger, account }, (m) => told.push(m), 20_000),
+    ).rejects.toThrow(new RegExp(`^the chain at http://127\\.0\\.0\\.1:${port} does not answer: (?!.*SECRET)`));
+    expect(told).toEqual([]);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
   it("gives up on a chain that does not answer within the wait", async () => {
     const port = await unusedPort();
     const started = Date.now();

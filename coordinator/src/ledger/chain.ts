@@ -8,18 +8,39 @@ import { CreditLedger } from "@sharedllm/contracts";
 import {
   type Account,
   type Address,
+  BaseError,
   type Chain,
   createPublicClient,
   createWalletClient,
   decodeFunctionData,
   defineChain,
   type Hex,
+  HttpRequestError,
   http,
   type LocalAccount,
   type PublicClient,
   type Transport,
   type WalletClient,
 } from "viem";
+
+/**
+ * An RPC URL as it may appear in a message: its scheme and host only (its path, query or user
+ * part may hold an API key).
+ */
+export function redactRpcUrl(rpcUrl: string): string {
+  try {
+    const u = new URL(rpcUrl);
+    return `${u.protocol}//${u.host}`;
+  } catch {
+    return "the configured RPC URL";
+  }
+}
+
+/** A chain error's text without the RPC URL in it (viem's messages repeat the URL they called). */
+export function chainErrorText(err: Error, rpcUrl: string): string {
+  const text = (err as Error & { shortMessage?: string }).shortMessage ?? err.message;
+  return text.split(rpcUrl).join(redactRpcUrl(rpcUrl));
+}
 
 /** How long a coordinator starting waits for its chain to answer. */
 export const CHAIN_WAIT_MS = 30_000;
@@ -86,7 +107,7 @@ export class LedgerChain {
    * `waiting`; one that does not answer by then is an error.
    */
   static async connect(o: ChainOptions, waiting: (message: string) => void = () => {}, waitMs = CHAIN_WAIT_MS): Promise<LedgerChain> {
-    const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 0, timeout: 5_000 }) });
+    const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 5_000 }) });
     const until = Date.now() + waitMs;
     let chainId: number;
     for (;;) {
@@ -94,9 +115,11 @@ export class LedgerChain {
         chainId = await probe.getChainId();
         break;
       } catch (err) {
-        const message = `the chain at ${o.rpcUrl} does not answer: ${(err as Error).message}`;
-        if (Date.now() + 1_000 > until) throw new Error(message);
-        waiting(`${message.split("\n")[0]}; trying again for up to ${Math.ceil((until - Date.now()) / 1000)} s`);
+        const message = `the chain at ${redactRpcUrl(o.rpcUrl)} does not answer: ${chainErrorText(err as Error, o.rpcUrl)}`;
+        // an HTTP answer (a wrong path, a refused key) is not a chain that is away
+        const answered = err instanceof BaseError && err.walk((e) => e instanceof HttpRequestError && e.status !== undefined);
+        if (answered || Date.now() + 1_000 > until) throw new Error(message);
+        waiting(`${message}; trying again for up to ${Math.ceil((until - Date.now()) / 1000)} s`);
         await new Promise((r) => setTimeout(r, 1_000));
       }
     }

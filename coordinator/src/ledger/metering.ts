@@ -190,35 +190,35 @@ export class Metering {
   private retryReleases(afterMs: number): void {
     if (this.retrying || this.stopped) return;
     this.retrying = setTimeout(async () => {
-      const failed = await this.releaseFailed();
+      await this.releaseFailed();
       this.retrying = undefined;
-      if (failed) this.retryReleases(Math.min(afterMs * 2, MAX_RELEASE_RETRY_MS));
+      if (this.unreleased.size) this.retryReleases(Math.min(afterMs * 2, MAX_RELEASE_RETRY_MS));
     }, afterMs);
     this.retrying.unref();
   }
 
-  /** Tries each failed release once more; returns whether any failed again. */
-  private async releaseFailed(): Promise<boolean> {
-    let failed = false;
+  /** Tries each failed release once more. */
+  private async releaseFailed(): Promise<void> {
     for (const [jobId, { who, held }] of this.unreleased) {
       try {
         await releaseHold(this.db, who, jobId, held);
         this.unreleased.delete(jobId);
       } catch {
-        failed = true;
+        // tried again later
       }
     }
-    return failed;
   }
 
   /**
-   * Before this process's lease ends: failed releases are tried a last time. What fails still is
-   * released by a replica that finds the lease lapsed, or by the next start.
+   * As the process stops: failed releases are tried a last time. Returns whether none is left;
+   * if some are, the process must leave its lease to lapse (not end it), so that a replica that
+   * finds it lapsed, or the next start, releases them.
    */
-  async stop(): Promise<void> {
+  async stop(): Promise<boolean> {
     this.stopped = true;
     clearTimeout(this.retrying);
     await this.releaseFailed();
+    return this.unreleased.size === 0;
   }
 
   /**
