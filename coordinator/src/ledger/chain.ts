@@ -108,6 +108,7 @@ export class LedgerChain {
    */
   static async connect(o: ChainOptions, waiting: (message: string) => void = () => {}, waitMs = CHAIN_WAIT_MS): Promise<LedgerChain> {
     const probe = createPublicClient({ transport: http(o.rpcUrl, { retryCount: 1, timeout: 5_000 }) });
+    const rpc = redactRpcUrl(o.rpcUrl);
     const until = Date.now() + waitMs;
     let chainId: number;
     for (;;) {
@@ -115,7 +116,7 @@ export class LedgerChain {
         chainId = await probe.getChainId();
         break;
       } catch (err) {
-        const message = `the chain at ${redactRpcUrl(o.rpcUrl)} does not answer: ${chainErrorText(err as Error, o.rpcUrl)}`;
+        const message = `the chain at ${rpc} does not answer: ${chainErrorText(err as Error, o.rpcUrl)}`;
         // an HTTP answer (a wrong path, a refused key) is not a chain that is away
         const answered = err instanceof BaseError && err.walk((e) => e instanceof HttpRequestError && e.status !== undefined);
         if (answered || Date.now() + 1_000 > until) throw new Error(message);
@@ -123,8 +124,10 @@ export class LedgerChain {
         await new Promise((r) => setTimeout(r, 1_000));
       }
     }
-    const code = await probe.getCode({ address: o.ledger });
-    if (!code || code === "0x") throw new Error(`no CreditLedger contract at ${o.ledger} on chain ${chainId} (${o.rpcUrl})`);
+    const code = await probe.getCode({ address: o.ledger }).catch((err: Error) => {
+      throw new Error(`the chain at ${rpc} did not give the ledger's code: ${chainErrorText(err, o.rpcUrl)}`);
+    });
+    if (!code || code === "0x") throw new Error(`no CreditLedger contract at ${o.ledger} on chain ${chainId} (${rpc})`);
     return new LedgerChain(o, chainId);
   }
 

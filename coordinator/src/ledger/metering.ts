@@ -61,6 +61,10 @@ const MAX_RELEASE_RETRY_MS = 30_000;
 
 export class Metering {
   private readonly escrows = new Map<string, { escrow: Escrow; until: number }>();
+  /** holds whose release failed, by job: tried again, less often each time they fail, until they go through */
+  private readonly unreleased = new Map<string, { who: string; held: bigint }>();
+  private retrying: NodeJS.Timeout | undefined;
+  private stopped = false;
 
   constructor(
     private readonly db: Kysely<Database>,
@@ -180,12 +184,6 @@ export class Metering {
       throw err;
     }
   }
-
-  /** holds whose release failed, by job: tried again, less often each time they fail, until they go through */
-  private readonly unreleased = new Map<string, { who: string; held: bigint }>();
-  private retrying: NodeJS.Timeout | undefined;
-
-  private stopped = false;
 
   private retryReleases(afterMs: number): void {
     if (this.retrying || this.stopped) return;
