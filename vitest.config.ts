@@ -4,8 +4,9 @@ import { configDefaults, defineConfig } from "vitest/config";
  * What a run on PostgreSQL (DATABASE_URL set: .ci/run's second run) leaves out: the files whose
  * subject is not the coordinator's storage (the node, the browser, the CLI, the protocol, the
  * contracts and the subgraph, and what the coordinator does with nodes and clients without
- * touching more of the database than any other test). They run once, on PGlite. Files that need
- * something more than the database skip themselves, with their reason.
+ * touching more of the database than any other test). They run once, on PGlite. Some files
+ * still skip themselves on PostgreSQL, with their reason (up, telemetry, the multi-host and Python
+ * SDK tests); they could be listed here instead.
  */
 const NOT_STORAGE = [
   "protocol/src/**",

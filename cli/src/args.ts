@@ -11,26 +11,23 @@ export function commandLogger(verbose: boolean | undefined): Logger {
   return pino({ level: verbose ? "info" : "warn" }, pino.destination(2));
 }
 
-/** A whole number from 1 to 65535 (counts: threads, limits). */
-export function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 65_535) throw new InvalidArgumentError("expected a whole number from 1 to 65535");
-  return n;
+/** A parser of whole numbers from `min` to `max`, for commander's argParser. */
+function wholeNumberFrom(min: number, max: number): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}`);
+    return n;
+  };
 }
+
+/** A whole number from 1 to 65535 (counts: threads, limits). */
+export const positiveInt = wholeNumberFrom(1, 65_535);
 
 /** How many jobs a node runs at once: 1 to MAX_SLOTS, the most a coordinator accepts. */
-export function slotCount(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > MAX_SLOTS) throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_SLOTS}`);
-  return n;
-}
+export const slotCount = wholeNumberFrom(1, MAX_SLOTS);
 
 /** A whole number from 0 to 65535 (ports, where 0 picks a free one; seconds, where 0 means at once). */
-export function wholeNumber(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 65_535) throw new InvalidArgumentError("expected a whole number from 0 to 65535");
-  return n;
-}
+export const wholeNumber = wholeNumberFrom(0, 65_535);
 
 /** A block number of a chain. */
 export function blockNumber(value: string): number {

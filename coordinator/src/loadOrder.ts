@@ -1,13 +1,13 @@
 /**
  * The nodes serving one model, kept in the order `pickNode` ranks them (fleet.ts: least
  * outstanding work per slot with its penalties, then faster, then more slots, then this replica's
- * own nodes, then connected first), so that choosing a node walks from the front and stops at the first that may take the
- * job: a few steps, where a scan of 10,000 nodes took p50 1.4 ms, p99 17 ms (control-plane
- * bench, bench/METHODOLOGY.md). Each node's place is kept from a snapshot of what ranks it; the
- * fleet moves it (`set`) whenever any of that changes (its load, speed, loaded models,
- * suspicion, a failure's cool-off). A cool-off ends with time,
- * not with an event: a node ranked while cooling off is ranked again once it has ended, before the
- * next choice.
+ * own nodes, then connected first), so that choosing a node walks from the front and stops at
+ * the first that may take the job: a few steps, where a scan of 10,000 nodes took p50 1.4 ms,
+ * p99 17 ms (control-plane bench, bench/METHODOLOGY.md). Each node's place is kept from a
+ * snapshot of what ranks it; the fleet moves it (`set`) whenever any of that changes (its load,
+ * speed, loaded models, suspicion, a failure's cool-off). A cool-off ends with time, not with an
+ * event: a node ranked while cooling off is ranked again once it has ended, before the next
+ * choice.
  *
  * The order is sorted blocks (at most 2 * BLOCK entries each): moving a node is two binary
  * searches and two short splices.
